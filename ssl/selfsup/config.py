@@ -1,0 +1,335 @@
+"""Typed configuration: YAML files and ``a.b=c`` overrides loaded into dataclasses.
+
+Every section is a dataclass; a key that no dataclass field names is an error that
+names the key and the closest valid key, and every value is checked against the
+field's type and range. The method section is chosen by ``method.name`` from the
+method registry, so each method keeps its own config dataclass in its own file.
+
+Ranges are declared on the field: ``lr: float = param(0.3, gt=0)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from selfsup.registry import closest
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+def param(default: Any = dataclasses.MISSING, *, gt: float | None = None, ge: float | None = None,
+          le: float | None = None, lt: float | None = None, help: str = "",
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a range check and a help string."""
+    meta = {"gt": gt, "ge": ge, "le": le, "lt": lt, "help": help}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class DataConfig:
+    """Which images to train and evaluate on, and how to load them."""
+
+    name: str = param("fashion-mnist", help="dataset name (selfsup list shows them)")
+    root: str | None = param(None, help="where the data is; each dataset has its own default")
+    download: bool = param(False, help="allow downloading when the data is not found")
+    image_size: int | None = param(None, gt=0, help="resize to this side length; None keeps the dataset's")
+    batch_size: int = param(256, gt=0, help="pretraining batch size (per device)")
+    eval_batch_size: int = param(512, gt=0)
+    num_workers: int = param(0, ge=0, help="decoding workers (image folders); in-memory sets need none")
+    subset: int | None = param(None, gt=0, help="use a seeded random subset of this many training images")
+    in_chans: int | None = param(None, gt=0, help="image folders: 1 (grayscale) or 3 (RGB); default 3")
+
+
+@dataclass
+class EncoderConfig:
+    """The timm encoder: any timm model name, created with num_classes=0."""
+
+    name: str = param("resnet18", help="timm model name")
+    kwargs: dict[str, Any] = param(default_factory=dict, help="passed through to timm.create_model")
+    channels_last: bool = param(True, help="channels_last memory format for convnets")
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule: cosine decay after a linear warmup, per step."""
+
+    name: Literal["sgd", "lars", "adamw"] = "lars"
+    lr: float = param(0.3, gt=0, help="peak learning rate at batch size 256 (scaled linearly)")
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    weight_decay: float = param(1e-6, ge=0)
+    momentum: float = param(0.9, ge=0, lt=1)
+    warmup_epochs: float = param(1.0, ge=0)
+    min_lr_ratio: float = param(0.0, ge=0, le=1, help="final lr as a fraction of the peak")
+    probe_lr: float = param(0.1, gt=0, help="learning rate of the online linear probe")
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to lightning.Trainer."""
+
+    max_epochs: int = param(100, gt=0)
+    accelerator: str = "auto"
+    devices: Union[int, str] = 1
+    precision: str = "32-true"
+    log_every_n_steps: int = param(20, gt=0)
+    limit_train_batches: Union[int, float] = param(1.0, gt=0, help="fraction or number of batches per epoch")
+    online_probe: bool = param(True, help="train a linear probe on detached features when labels exist")
+    val_every_n_epochs: int = param(1, gt=0, help="online-probe validation frequency")
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Frozen-encoder evaluation: weighted kNN (faiss) and a linear probe on cached features."""
+
+    knn: list[tuple[int, float]] = param(default_factory=lambda: [(20, 0.07), (200, 0.1)],
+                                         help="(k, temperature) pairs; one search answers all")
+    linear: bool = True
+    linear_epochs: int = param(60, gt=0)
+    linear_batch_size: int = param(1024, gt=0)
+    linear_lrs: list[float] = param(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
+    linear_wds: list[float] = param(default_factory=lambda: [0.0, 1e-5, 1e-4])
+    linear_val_fraction: float = param(0.1, gt=0, lt=1, help="training data held out to choose lr/wd")
+    baselines: list[str] = param(default_factory=lambda: ["random", "pixels"],
+                                 help="evaluated beside the pretrained encoder after pretraining")
+    after_pretrain: bool = param(True, help="evaluate and export when pretraining ends")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: everything `selfsup pretrain` needs."""
+
+    method: Any  # a registered method's config dataclass, chosen by method.name
+    name: str = "run"
+    seed: int = 0
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin)) + "[" + ", ".join(_type_name(a) for a in typing.get_args(tp) if a is not Ellipsis) + "]"
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"config key {key!r} must be one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise bad
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"config key {key!r} must have {len(args)} items ({_type_name(tp)}), got {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    if value is None or isinstance(value, (bool, str, list, tuple, dict)):
+        return
+    checks = [("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
+              ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")]
+    for name, ok, sym in checks:
+        bound = meta.get(name)
+        if bound is not None and not ok(value, bound):
+            raise ConfigError(f"config key {key!r} must be {sym} {bound}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys, wrong types and ranges are errors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            hint = closest(str(key), list(fields))
+            where = f"{prefix!r}" if prefix else "the top level"
+            suggestion = f"did you mean {(prefix + '.' + hint) if prefix else hint!r}? " if hint else ""
+            raise ConfigError(f"unknown config key {full!r}: {suggestion}"
+                              f"valid keys in {where}: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"config key {(prefix + '.' if prefix else '') + name!r} is required")
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        value = _coerce(data[name], hints[name], key)
+        _check_range(value, f.metadata, key)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config section {prefix or 'top level'!r}: {err}") from None
+
+
+def method_config_class(name: str) -> type:
+    from selfsup.methods import METHODS
+
+    return METHODS.get(name).Config
+
+
+def build_config(raw: dict[str, Any]) -> RunConfig:
+    """Turn a plain dict (parsed YAML plus overrides) into a validated RunConfig."""
+    raw = copy.deepcopy(raw)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    method_raw = raw.pop("method", None)
+    if not isinstance(method_raw, dict) or "name" not in method_raw:
+        raise ConfigError("config key 'method.name' is required (selfsup list shows the methods)")
+    method_raw = dict(method_raw)
+    method_name = method_raw.pop("name")
+    try:
+        mcls = method_config_class(method_name)
+    except KeyError as err:
+        raise ConfigError(f"config key 'method.name': {err}") from None
+    method_cfg = from_dict(mcls, method_raw, prefix="method")
+    return from_dict(RunConfig, {**raw, "method": method_cfg})
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b.c=value`` override to the raw dict; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    path, _, text = override.partition("=")
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {override!r} has an empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({err})") from None
+    node = raw
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(keys[:i + 1])!r} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Load a YAML config file, apply ``key=value`` overrides, validate everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, "
+                              f"got {type(loaded).__name__}")
+        raw = loaded
+    for ov in overrides:
+        apply_override(raw, ov)
+    return build_config(raw)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as plain YAML-safe types (``method.name`` included)."""
+    from selfsup.methods import METHODS
+
+    out = _plain(dataclasses.asdict(cfg))
+    method_name = next(n for n in METHODS.names() if METHODS.get(n).Config is type(cfg.method))
+    out["method"] = {"name": method_name, **out["method"]}
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def method_name(cfg: RunConfig) -> str:
+    return to_dict(cfg)["method"]["name"]
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,339 @@
+"""Dataset registry: every dataset yields uint8 image tensors ``[C, H, W]`` and int labels.
+
+Labels are ``-1`` for unlabeled images. Small datasets are held in memory as one
+uint8 tensor and served a whole batch at a time (``__getitems__``), so a DataLoader
+needs no workers for them; image folders decode files in DataLoader workers.
+
+Splits: ``"train"`` (pretraining and the training side of evaluation) and
+``"test"`` (evaluation only). STL-10 pretrains on ``train+unlabeled``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from selfsup.config import DataConfig
+from selfsup.registry import Registry
+
+DATASETS: Registry[Callable[[DataConfig, str], "ImageDataset"]] = Registry("dataset")
+
+CACHE_DIR = Path.home() / ".cache" / "selfsup"
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+class DataError(RuntimeError):
+    """The data cannot be found or read; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know about the images (never the dataset's name)."""
+
+    in_chans: int
+    image_size: int
+    num_classes: int  # 0 when unlabeled
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class ImageDataset(Dataset):
+    """Base: ``__getitem__`` -> (uint8 [C,H,W], label); ``labels`` is a LongTensor [N]."""
+
+    labels: Tensor
+    num_classes: int
+    in_chans: int
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def channel_stats(self, max_images: int = 10_000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std in [0, 1] units over (at most) ``max_images`` images."""
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randperm(len(self), generator=g)[:max_images].tolist()
+        x, _ = self.__getitems__(idx)
+        x = x.float().div_(255)  # [N, C, H, W]
+        mean = x.mean(dim=(0, 2, 3))
+        std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+    def info(self) -> DataInfo:
+        mean, std = self.channel_stats()
+        return DataInfo(self.in_chans, self.image_size, self.num_classes, mean, std)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        items = [self[i] for i in indices]
+        return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
+
+
+def collate(batch: tuple[Tensor, Tensor] | list) -> tuple[Tensor, Tensor]:
+    """DataLoader collate for datasets whose ``__getitems__`` already returns a batch."""
+    if isinstance(batch, tuple):
+        return batch
+    return torch.stack([x for x, _ in batch]), torch.as_tensor([y for _, y in batch])
+
+
+class TensorImages(ImageDataset):
+    """Images held in memory: uint8 ``[N, C, H, W]`` and labels ``[N]``."""
+
+    def __init__(self, images: Tensor, labels: Tensor, num_classes: int) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if len(images) == 0:
+            raise DataError("the dataset holds no images")
+        self.images, self.labels, self.num_classes = images, labels.long(), num_classes
+        self.in_chans, self.image_size = images.shape[1], images.shape[-1]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(indices)
+        return self.images[idx], self.labels[idx]
+
+
+def resize_images(images: Tensor, size: int | None) -> Tensor:
+    """Resize a uint8 batch ``[N, C, H, W]`` to ``size`` x ``size`` (antialiased)."""
+    if size is None or (images.shape[-1] == size and images.shape[-2] == size):
+        return images
+    from torchvision.transforms.v2 import functional as TF
+
+    out = [TF.resize(chunk, [size, size], antialias=True) for chunk in images.split(4096)]
+    return torch.cat(out)
+
+
+def subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
+    """A seeded random subset of ``n`` images (the whole set when n is None or too big)."""
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
+    if isinstance(ds, TensorImages):
+        return TensorImages(ds.images[idx], ds.labels[idx], ds.num_classes)
+    return _Subset(ds, idx.tolist())
+
+
+class _Subset(ImageDataset):
+    def __init__(self, base: ImageDataset, indices: list[int]) -> None:
+        self.base, self.indices = base, indices
+        self.labels = base.labels[torch.as_tensor(indices)]
+        self.num_classes, self.in_chans, self.image_size = base.num_classes, base.in_chans, base.image_size
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.base[self.indices[i]]
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def build_dataset(cfg: DataConfig, split: str) -> ImageDataset:
+    """The dataset named by ``cfg.name`` for ``split`` ("train" or "test")."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return DATASETS.get(cfg.name)(cfg, split)
+
+
+def _from_torchvision(data, targets, num_classes: int, size: int | None) -> TensorImages:
+    x = torch.as_tensor(data)
+    if x.ndim == 3:  # [N, H, W] grayscale
+        x = x[:, None]
+    elif x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):  # [N, H, W, C] -> [N, C, H, W]
+        x = x.permute(0, 3, 1, 2)
+    x = resize_images(x.contiguous(), size)
+    return TensorImages(x, torch.as_tensor(targets), num_classes)
+
+
+def _missing(name: str, tried: list[str], how: str) -> DataError:
+    return DataError(f"{name} was not found (looked in: {'; '.join(tried)}). {how}")
+
+
+def _stage_idx_files(src: Path, dst_root: Path, folder: str, names: list[str]) -> Path:
+    """Copy (and gunzip) IDX files into torchvision's ``root/<folder>/raw`` layout."""
+    raw = dst_root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        out = raw / name
+        if out.exists():
+            continue
+        tmp = out.with_suffix(".tmp")
+        if (src / name).exists():
+            shutil.copyfile(src / name, tmp)
+        else:
+            with gzip.open(src / f"{name}.gz", "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        tmp.replace(out)
+    return dst_root
+
+
+_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def _has_idx(folder: Path) -> bool:
+    return all((folder / n).exists() or (folder / f"{n}.gz").exists() for n in _MNIST_FILES)
+
+
+def _mnist_like(cls_name: str, cfg: DataConfig, split: str, system_dir: Path | None, how: str) -> TensorImages:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cls_name)
+    train = split == "train"
+    candidates = [Path(cfg.root)] if cfg.root else []
+    if system_dir is not None and not cfg.root:
+        candidates.append(system_dir)
+    tried = []
+    for folder in candidates:
+        tried.append(str(folder))
+        if (folder / cls_name / "raw").is_dir() and _has_idx(folder / cls_name / "raw"):
+            ds = cls(str(folder), train=train, download=False)
+            return _from_torchvision(ds.data, ds.targets, 10, cfg.image_size)
+        if _has_idx(folder):  # flat folder of IDX files, e.g. Debian's dataset-fashion-mnist
+            staged = _stage_idx_files(folder, CACHE_DIR / "datasets", cls_name, _MNIST_FILES)
+            ds = cls(str(staged), train=train, download=False)
+            return _from_torchvision(ds.data, ds.targets, 10, cfg.image_size)
+    if cfg.download:
+        root = Path(cfg.root) if cfg.root else CACHE_DIR / "datasets"
+        try:
+            ds = cls(str(root), train=train, download=True)
+        except Exception as err:  # network errors come in many types
+            raise _missing(cls_name, tried, f"Downloading into {root} failed ({err}). {how}") from err
+        return _from_torchvision(ds.data, ds.targets, 10, cfg.image_size)
+    raise _missing(cls_name, tried or ["no root given"],
+                   f"{how} Or set data.download=true to download it, or data.root=DIR to point at it.")
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist(cfg: DataConfig, split: str) -> TensorImages:
+    """Fashion-MNIST (Xiao et al. 2017): 60k/10k 28x28 grayscale, 10 classes."""
+    return _mnist_like("FashionMNIST", cfg, split, FASHION_MNIST_SYSTEM_DIR,
+                       "On Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist.")
+
+
+@DATASETS.register("mnist")
+def mnist(cfg: DataConfig, split: str) -> TensorImages:
+    """MNIST (LeCun et al. 1998): 60k/10k 28x28 grayscale digits."""
+    return _mnist_like("MNIST", cfg, split, None, "")
+
+
+def _cifar(cls_name: str, num_classes: int, cfg: DataConfig, split: str) -> TensorImages:
+    import torchvision.datasets as tvd
+
+    root = Path(cfg.root) if cfg.root else CACHE_DIR / "datasets"
+    cls = getattr(tvd, cls_name)
+    try:
+        ds = cls(str(root), train=split == "train", download=cfg.download)
+    except RuntimeError as err:
+        raise _missing(cls_name, [str(root)], f"({err}) Set data.download=true (needs the network) "
+                       f"or data.root to a folder holding the extracted python-version archive.") from None
+    return _from_torchvision(ds.data, ds.targets, num_classes, cfg.image_size)
+
+
+@DATASETS.register("cifar10")
+def cifar10(cfg: DataConfig, split: str) -> TensorImages:
+    """CIFAR-10 (Krizhevsky 2009): 50k/10k 32x32 RGB, 10 classes."""
+    return _cifar("CIFAR10", 10, cfg, split)
+
+
+@DATASETS.register("cifar100")
+def cifar100(cfg: DataConfig, split: str) -> TensorImages:
+    """CIFAR-100 (Krizhevsky 2009): 50k/10k 32x32 RGB, 100 classes."""
+    return _cifar("CIFAR100", 100, cfg, split)
+
+
+@DATASETS.register("stl10")
+def stl10(cfg: DataConfig, split: str) -> TensorImages:
+    """STL-10 (Coates et al. 2011): 96x96 RGB; pretraining uses train+unlabeled (105k)."""
+    import torchvision.datasets as tvd
+
+    root = Path(cfg.root) if cfg.root else CACHE_DIR / "datasets"
+    tv_split = "train+unlabeled" if split == "train" else "test"
+    try:
+        ds = tvd.STL10(str(root), split=tv_split, download=cfg.download)
+    except RuntimeError as err:
+        raise _missing("STL10", [str(root)], f"({err}) Set data.download=true (needs the network) "
+                       f"or data.root to the folder holding stl10_binary/.") from None
+    return _from_torchvision(ds.data, ds.labels, 10, cfg.image_size)
+
+
+@DATASETS.register("digits")
+def digits(cfg: DataConfig, split: str) -> TensorImages:
+    """scikit-learn's bundled 8x8 digits (1,797 images), split 80/20 stratified with seed 0."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = torch.from_numpy(d.images * (255.0 / 16.0)).round().to(torch.uint8)[:, None]  # [N,1,8,8]
+    labels = torch.from_numpy(d.target)
+    tr, te = train_test_split(range(len(labels)), test_size=0.2, random_state=0, stratify=d.target)
+    idx = torch.as_tensor(tr if split == "train" else te)
+    return TensorImages(resize_images(images[idx], cfg.image_size), labels[idx], 10)
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+class FolderImages(ImageDataset):
+    """Image files decoded on access (in DataLoader workers), resized to a square side."""
+
+    def __init__(self, files: list[str], labels: list[int], num_classes: int, size: int, in_chans: int) -> None:
+        self.files = files
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.num_classes, self.image_size, self.in_chans = num_classes, size, in_chans
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        from PIL import Image
+        from torchvision.transforms.v2 import functional as TF
+
+        try:
+            with Image.open(self.files[i]) as im:
+                im = im.convert("L" if self.in_chans == 1 else "RGB")  # palette, CMYK, RGBA, 16-bit
+                img = TF.pil_to_tensor(im)  # uint8 [C, H, W]
+        except Exception as err:  # PIL raises many types for corrupt or truncated files
+            raise DataError(f"cannot decode image {self.files[i]!r}: {err}. Remove or replace the file.") from None
+        img = TF.resize(img, self.image_size, antialias=True)  # shorter side -> size
+        img = TF.center_crop(img, [self.image_size, self.image_size])
+        return img, int(self.labels[i])
+
+
+@DATASETS.register("image-folder")
+def image_folder(cfg: DataConfig, split: str) -> FolderImages:
+    """Any folder of images. Class subfolders give labels; a flat folder is unlabeled.
+
+    If ``root`` holds ``train/`` and ``test/`` (or ``val/``) subfolders they are the
+    splits; otherwise the whole folder is the training split and there is no test split.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension, make_dataset
+
+    if not cfg.root:
+        raise DataError("data.root must name the image folder for dataset 'image-folder'")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(f"image folder {str(root)!r} does not exist")
+    sub = {"train": ["train"], "test": ["test", "val"]}[split]
+    folder = next((root / s for s in sub if (root / s).is_dir()), None)
+    if folder is None:
+        if split == "test":
+            raise DataError(f"image folder {str(root)!r} has no test/ or val/ subfolder, so there is "
+                            f"nothing to evaluate on; add one (with class subfolders) to evaluate.")
+        folder = root
+    size = cfg.image_size or 224
+    in_chans = cfg.in_chans or 3
+    has_classes = any(p.is_dir() for p in folder.iterdir())
+    if has_classes:
+        classes, class_to_idx = find_classes(str(folder))
+        samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        files, labels, n_cls = [s[0] for s in samples], [s[1] for s in samples], len(classes)
+    else:
+        files = sorted(str(p) for p in folder.iterdir() if has_file_allowed_extension(p.name, IMG_EXTENSIONS))
+        labels, n_cls = [-1] * len(files), 0
+    if not files:
+        raise DataError(f"image folder {str(folder)!r} holds no images with extensions "
+                        f"{', '.join(IMG_EXTENSIONS)}")
+    return FolderImages(files, labels, n_cls, size, in_chans)

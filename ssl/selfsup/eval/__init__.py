@@ -1,0 +1,1 @@
+"""Evaluation of frozen encoders: cached features, faiss kNN, linear probe, reports."""

@@ -1,0 +1,109 @@
+"""Evaluate a frozen encoder: a run, an export, ``random:<timm-name>`` or ``pixels``.
+
+An evaluator never needs the method, only an encoder and the data. Features are
+extracted once per split and cached; kNN and the linear probe read the cache.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.config import RunConfig
+from selfsup.data import DataInfo, ImageDataset, build_dataset, subset
+from selfsup.encoders import create_encoder
+from selfsup.eval.features import FeatureCache, extract_features, fingerprint
+from selfsup.eval.knn import knn_evaluate
+from selfsup.eval.linear import linear_probe
+from selfsup.export import LoadError, is_export_dir, load_encoder
+
+
+@dataclass
+class Target:
+    """What is evaluated: a feature function over a dataset, with a label for tables."""
+
+    label: str
+    kind: str  # "pretrained" | "random" | "pixels"
+    info: DataInfo | None  # None: take it from the data
+    encoder: nn.Module | None  # None for pixels
+
+
+def resolve_target(spec: str, cfg: RunConfig) -> Target:
+    """Turn a CLI target string into a Target."""
+    if spec == "pixels":
+        return Target("raw pixels", "pixels", None, None)
+    if spec.startswith("random:"):
+        name = spec.split(":", 1)[1] or cfg.encoder.name
+        return Target(f"random-init {name}", "random", None, None)
+    path = Path(spec)
+    if not path.exists():
+        raise LoadError(f"evaluation target {spec!r} is neither a path, 'pixels', nor 'random:<timm-name>'")
+    encoder = load_encoder(path)
+    kind = "pretrained"
+    label = f"{'export' if is_export_dir(path) else 'run'} {path.name or spec}"
+    return Target(label, kind, encoder.selfsup_info, encoder)
+
+
+def _random_encoder(spec: str, cfg: RunConfig, in_chans: int) -> nn.Module:
+    name = spec.split(":", 1)[1] or cfg.encoder.name
+    torch.manual_seed(cfg.seed)
+    kwargs = cfg.encoder.kwargs if name == cfg.encoder.name else {}
+    return create_encoder(name, in_chans, kwargs, fair_random_init=True)
+
+
+def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str = "cpu",
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """kNN (every (k, T) in ``cfg.eval.knn``) and linear-probe results for target ``spec``."""
+    t0 = time.perf_counter()
+    target = resolve_target(spec, cfg)
+    train_ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
+    test_ds = build_dataset(cfg.data, "test")
+    if train_ds.num_classes == 0:
+        raise LoadError(f"dataset {cfg.data.name!r} has no labels, so kNN and linear probes cannot be scored; "
+                        f"evaluate on a labelled dataset (class subfolders for image-folder)")
+    info = target.info or train_ds.info()
+    cache = FeatureCache(cache_dir)
+
+    if target.kind == "pixels":
+        feats = {split: _pixels(ds, info) for split, ds in (("train", train_ds), ("test", test_ds))}
+        mean = feats["train"][0].mean(0, keepdim=True)  # centre on the training mean image
+        feats = {s: (f - mean, y) for s, (f, y) in feats.items()}
+    else:
+        encoder = target.encoder if target.encoder is not None else _random_encoder(spec, cfg, info.in_chans)
+        key = fingerprint(encoder)
+        feats = {}
+        for split, ds in (("train", train_ds), ("test", test_ds)):
+            log(f"[eval] extracting {split} features for {target.label} ({len(ds)} images)")
+            feats[split] = cache.get(f"{key}-{cfg.data.name}-{split}-{len(ds)}", key,
+                                     lambda ds=ds: extract_features(encoder, ds, info, cfg.data.eval_batch_size,
+                                                                    device, cfg.data.num_workers))
+    (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
+    classes = train_ds.num_classes
+    results: dict[str, Any] = {
+        "target": spec, "label": target.label, "kind": target.kind, "dataset": cfg.data.name,
+        "train_images": len(ytr), "test_images": len(yte), "feature_dim": xtr.shape[1], "seed": cfg.seed,
+    }
+    results["knn"] = knn_evaluate(xtr, ytr, xte, yte, list(cfg.eval.knn), classes)
+    if cfg.eval.linear:
+        log(f"[eval] linear probe for {target.label} (lr x wd grid {len(cfg.eval.linear_lrs)}x{len(cfg.eval.linear_wds)})")
+        results["linear"] = linear_probe(xtr, ytr, xte, yte, classes, cfg.eval.linear_lrs, cfg.eval.linear_wds,
+                                         cfg.eval.linear_epochs, cfg.eval.linear_batch_size,
+                                         cfg.eval.linear_val_fraction, cfg.seed)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    return results
+
+
+def _pixels(ds: ImageDataset, info: DataInfo) -> tuple[Tensor, Tensor]:
+    from selfsup.data import CleanTransform, make_loader
+
+    clean = CleanTransform(info.mean, info.std, info.image_size)
+    xs, ys = [], []
+    for images, y in make_loader(ds, 4096, train=False):
+        xs.append(clean(images).flatten(1))
+        ys.append(y)
+    return torch.cat(xs), torch.cat(ys)

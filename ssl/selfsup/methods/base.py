@@ -1,0 +1,47 @@
+"""What every method is: its config, the modules it adds to the encoder, its views and its step."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from selfsup.data import DataInfo
+from selfsup.registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method")
+
+
+class Method(nn.Module):
+    """Base class of a self-supervised method.
+
+    A subclass sets ``Config`` (a dataclass with the paper's defaults) and implements
+    ``training_step``. It never sees the dataset's name, the optimiser or the logger.
+
+    Args:
+        cfg: an instance of ``Config``.
+        encoder: a timm model with ``num_classes=0`` (pooled ``[B, num_features]`` output).
+        info: image channels, size, normalisation and number of classes.
+    """
+
+    Config: ClassVar[type]
+
+    def __init__(self, cfg: Any, encoder: nn.Module, info: DataInfo) -> None:
+        super().__init__()
+        self.cfg, self.encoder, self.info = cfg, encoder, info
+        self.num_features: int = encoder.num_features
+
+    def training_step(self, images: Tensor) -> dict[str, Tensor]:
+        """uint8 images ``[B, C, H, W]`` -> ``{"loss": scalar, "features": [B, D] detached, ...}``.
+
+        ``features`` (optional) are the encoder's pooled features of one view, used
+        by the online linear probe; other entries are logged as scalars.
+        """
+        raise NotImplementedError
+
+    def on_train_step_end(self, step: int, total_steps: int) -> None:
+        """Called after each optimiser step (momentum updates, schedules)."""
+
+    def exported_encoder(self) -> nn.Module:
+        """The encoder to evaluate and export (a momentum teacher may override this)."""
+        return self.encoder

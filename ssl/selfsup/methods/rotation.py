@@ -1,0 +1,61 @@
+"""RotNet (Gidaris, Singh, Komodakis 2018, "Unsupervised Representation Learning by
+Predicting Image Rotations"): every image is shown at 0, 90, 180 and 270 degrees in the
+same batch and a classifier on the shared encoder predicts which rotation it sees."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.config import param
+from selfsup.data import AugmentConfig, BatchAugment, DataInfo
+from selfsup.heads import mlp
+from selfsup.methods.base import METHODS, Method
+
+
+def rotation_batch(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``[B, C, H, W]`` -> (the 4 rotations ``[4B, C, H, W]``, labels ``[4B]`` in {0,1,2,3}).
+
+    Label r means a counter-clockwise rotation by r * 90 degrees; the batch holds the
+    four rotations of each image (the paper's best setting).
+    """
+    rots = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
+    labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
+    return torch.cat(rots), labels
+
+
+def rotation_light_augment() -> AugmentConfig:
+    """Crops and flips only: colour cues carry no rotation information."""
+    return AugmentConfig(crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0)
+
+
+@dataclass
+class RotationConfig:
+    """RotNet hyper-parameters. The paper puts conv blocks on a NIN trunk; on a pooled
+    timm encoder the classifier is an MLP (``head_layers=1`` makes it linear)."""
+
+    head_hidden_dim: int = param(512, gt=0)
+    head_layers: int = param(2, ge=1)
+    augment: AugmentConfig = field(default_factory=rotation_light_augment)
+
+
+@METHODS.register("rotation")
+class Rotation(Method):
+    Config = RotationConfig
+
+    def __init__(self, cfg: RotationConfig, encoder: nn.Module, info: DataInfo) -> None:
+        super().__init__(cfg, encoder, info)
+        self.augment = BatchAugment(cfg.augment, info.mean, info.std, info.image_size)
+        self.head = mlp(self.num_features, cfg.head_hidden_dim, 4, cfg.head_layers)
+
+    def training_step(self, images: Tensor) -> dict[str, Tensor]:
+        n = images.shape[0]
+        x, target = rotation_batch(self.augment(images))  # [4N, C, S, S], [4N]
+        h = self.encoder(x)  # [4N, D]
+        logits = self.head(h)  # [4N, 4]
+        loss = F.cross_entropy(logits, target)
+        acc = (logits.argmax(1) == target).float().mean()
+        return {"loss": loss, "rotation_acc": acc, "features": h[:n].detach()}

@@ -1,0 +1,47 @@
+"""SimCLR (Chen, Kornblith, Norouzi, Hinton 2020, "A Simple Framework for Contrastive
+Learning of Visual Representations"): two augmented views per image, an MLP projection
+head, and NT-Xent over the 2N views with 2N-2 negatives per anchor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.config import param
+from selfsup.data import AugmentConfig, BatchAugment, DataInfo
+from selfsup.heads import mlp
+from selfsup.losses import NTXent
+from selfsup.methods.base import METHODS, Method
+
+
+@dataclass
+class SimCLRConfig:
+    """SimCLR hyper-parameters; defaults are the paper's CIFAR-10 settings (appendix B.9):
+    temperature 0.5, a 2-layer projection head 2048 -> 128, SimCLR augmentations."""
+
+    temperature: float = param(0.5, gt=0)
+    proj_hidden_dim: int = param(2048, gt=0)
+    proj_dim: int = param(128, gt=0)
+    proj_layers: int = param(2, ge=1)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@METHODS.register("simclr")
+class SimCLR(Method):
+    Config = SimCLRConfig
+
+    def __init__(self, cfg: SimCLRConfig, encoder: nn.Module, info: DataInfo) -> None:
+        super().__init__(cfg, encoder, info)
+        self.augment = BatchAugment(cfg.augment, info.mean, info.std, info.image_size)
+        self.projector = mlp(self.num_features, cfg.proj_hidden_dim, cfg.proj_dim, cfg.proj_layers)
+        self.criterion = NTXent(cfg.temperature)
+
+    def training_step(self, images: Tensor) -> dict[str, Tensor]:
+        n = images.shape[0]
+        views = torch.cat([self.augment(images), self.augment(images)])  # [2N, C, S, S]
+        h = self.encoder(views)  # [2N, D]
+        z = self.projector(h)  # [2N, P]
+        out = self.criterion(z[:n], z[n:])
+        return {"loss": out.loss, "mi_bound": out.mi_bound, "features": h[:n].detach()}

@@ -1,0 +1,1 @@
+"""Training: the one LightningModule that wraps any method, optimisers, schedules, runs."""

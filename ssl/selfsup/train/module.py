@@ -1,0 +1,119 @@
+"""The one LightningModule: wraps any registered method, adds the online probe,
+optimiser and schedule, and stores the resolved config in every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.config import RunConfig, build_config, method_name, to_dict
+from selfsup.data import CleanTransform, DataInfo
+from selfsup.encoders import create_encoder, is_convnet
+from selfsup.methods import METHODS
+from selfsup.train.optim import build_optimizer, build_scheduler
+
+CHECKPOINT_KEY = "selfsup"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; the message names the step, the terms and the last good checkpoint."""
+
+
+class PretrainModule(L.LightningModule):
+    """Pretrains ``cfg.method`` on a timm encoder.
+
+    When the data has labels and ``trainer.online_probe`` is on, a linear classifier
+    is trained on the *detached* features the method returns (it never changes the
+    encoder) and scored on the clean test split every ``val_every_n_epochs``.
+    """
+
+    def __init__(self, cfg: RunConfig, info: DataInfo) -> None:
+        super().__init__()
+        self.cfg, self.info = cfg, info
+        encoder = create_encoder(cfg.encoder.name, info.in_chans, cfg.encoder.kwargs)
+        if cfg.encoder.channels_last and is_convnet(encoder):
+            encoder = encoder.to(memory_format=torch.channels_last)
+        self.method = METHODS.get(method_name(cfg))(cfg.method, encoder, info)
+        use_probe = cfg.trainer.online_probe and info.num_classes > 0
+        self.probe = nn.Linear(self.method.num_features, info.num_classes) if use_probe else None
+        self.clean = CleanTransform(info.mean, info.std, info.image_size)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        out = self.method.training_step(images)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            self._non_finite(out)
+        bs = images.shape[0]
+        logs = {f"train/{k}": v for k, v in out.items() if k not in ("loss", "features") and v.ndim == 0}
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log_dict(logs, on_step=True, on_epoch=True, batch_size=bs)
+        if self.probe is not None and "features" in out:
+            known = labels >= 0
+            if known.any():
+                logits = self.probe(out["features"].detach()[known].float())  # [b, classes]
+                probe_loss = F.cross_entropy(logits, labels[known])
+                acc = (logits.argmax(1) == labels[known]).float().mean()
+                self.log("probe/train_acc", acc, on_step=False, on_epoch=True, batch_size=int(known.sum()))
+                loss = loss + probe_loss
+        return loss
+
+    def _non_finite(self, out: dict[str, Tensor]) -> None:
+        terms = {k: float(v) for k, v in out.items() if k != "features" and v.ndim == 0}
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") if self._trainer else ""
+        raise NonFiniteLossError(
+            f"the loss is not finite at epoch {self.current_epoch}, step {self.global_step} "
+            f"(terms: {terms}). The weights of this step were not saved; the last good checkpoint is "
+            f"{ckpt or 'none yet'}. Lower optim.lr, or check the data for constant images.")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.method.on_train_step_end(self.global_step, self.trainer.estimated_stepping_batches)
+
+    # ---------------------------------------------------------------- online probe
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        if self.probe is None:
+            return
+        images, labels = batch
+        feats = self.method.exported_encoder()(self.clean(images))  # [B, D]
+        logits = self.probe(feats.float())
+        acc = (logits.argmax(1) == labels).float().mean()
+        self.log("probe/val_acc", acc, prog_bar=True, on_epoch=True, batch_size=images.shape[0])
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.cfg.optim
+        global_batch = self.cfg.data.batch_size * self.trainer.world_size
+        extra = []
+        if self.probe is not None:
+            extra.append({"params": list(self.probe.parameters()), "lr": cfg.probe_lr, "weight_decay": 0.0})
+        opt = build_optimizer(cfg, self.method, global_batch, extra)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        sched = build_scheduler(opt, cfg, total, per_epoch)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from selfsup import __version__
+
+        checkpoint[CHECKPOINT_KEY] = {"config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
+                                      "version": __version__}
+
+
+def module_from_checkpoint(checkpoint: dict[str, Any]) -> PretrainModule:
+    """Rebuild the module from a checkpoint dict (loaded with ``weights_only=True``)."""
+    meta = checkpoint.get(CHECKPOINT_KEY)
+    if meta is None:
+        raise ValueError("this checkpoint was not written by selfsup (it has no 'selfsup' entry with the config)")
+    cfg = build_config(meta["config"])
+    info_d = dict(meta["data_info"])
+    info = DataInfo(**{**info_d, "mean": tuple(info_d["mean"]), "std": tuple(info_d["std"])})
+    module = PretrainModule(cfg, info)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module

@@ -1,0 +1,47 @@
+"""Optimisers (from timm) with no weight decay on norms and biases, and a per-step
+cosine schedule after linear warmup (Loshchilov & Hutter 2017; Goyal et al. 2017)."""
+
+from __future__ import annotations
+
+import math
+
+import timm.optim
+import torch
+from torch import nn
+
+from selfsup.config import OptimConfig
+
+
+def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """Peak learning rate for ``global_batch``: ``lr`` is quoted at batch size 256."""
+    ratio = global_batch / 256
+    return cfg.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[cfg.lr_scaling]
+
+
+def build_optimizer(cfg: OptimConfig, model: nn.Module, global_batch: int,
+                    extra_groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """SGD (momentum), LARS (You et al. 2017; norms and biases neither decayed nor
+    adapted, as in SimCLR) or AdamW. ``extra_groups`` carry their own lr (the online probe)."""
+    lr = scaled_lr(cfg, global_batch)
+    groups = timm.optim.param_groups_weight_decay(model, cfg.weight_decay)
+    for g in groups:
+        g["lr"] = lr
+    groups += extra_groups or []
+    kwargs = {"momentum": cfg.momentum} if cfg.name in ("sgd", "lars") else {}
+    return timm.optim.create_optimizer_v2(groups, opt=cfg.name, lr=lr, weight_decay=cfg.weight_decay, **kwargs)
+
+
+def cosine_factors(total_steps: int, warmup_steps: int, min_ratio: float) -> torch.Tensor:
+    """Per-step multipliers of the peak lr: linear warmup to 1, then cosine to ``min_ratio``."""
+    steps = torch.arange(total_steps + 1, dtype=torch.float64)
+    warm = (steps + 1) / max(1, warmup_steps)
+    progress = ((steps - warmup_steps) / max(1, total_steps - warmup_steps)).clamp(0, 1)
+    cos = min_ratio + (1 - min_ratio) * 0.5 * (1 + torch.cos(math.pi * progress))
+    return torch.where(steps < warmup_steps, warm, cos)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+    factors = cosine_factors(total_steps, warmup, cfg.min_lr_ratio).tolist()
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factors[min(s, total_steps)])

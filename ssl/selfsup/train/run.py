@@ -1,0 +1,117 @@
+"""A pretraining run: run directory, data, Lightning Trainer, then evaluation and export."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from selfsup.config import RunConfig, dump_yaml, load_config
+from selfsup.data import build_dataset, make_loader, subset
+from selfsup.fileio import write_json, write_text
+from selfsup.train.module import PretrainModule
+
+CONFIG_FILE = "config.yaml"
+
+
+def new_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.out_dir) / f"{cfg.name}-{stamp}"
+    run_dir, i = base, 1
+    while run_dir.exists():
+        i += 1
+        run_dir = base.with_name(f"{base.name}-{i}")
+    return run_dir
+
+
+def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,
+             log: Callable[[str], None] = print) -> Path:
+    """Train ``cfg.method``; returns the run directory (config, metrics.csv, checkpoints/)."""
+    run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"cannot resume: {last} does not exist")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(dump_yaml(cfg), run_dir / CONFIG_FILE)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    train_ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
+    info = train_ds.info()
+    write_json(dataclasses.asdict(info), run_dir / "data_info.json")
+    train_loader = make_loader(train_ds, cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
+                               seed=cfg.seed)
+    module = PretrainModule(cfg, info)
+    val_loader = None
+    if module.probe is not None:
+        val_loader = make_loader(build_dataset(cfg.data, "test"), cfg.data.eval_batch_size, train=False,
+                                 num_workers=cfg.data.num_workers)
+    log(f"[pretrain] {type(module.method).__name__} on {cfg.data.name} ({len(train_ds)} images, "
+        f"{info.in_chans}x{info.image_size}x{info.image_size}), encoder {cfg.encoder.name}, run dir {run_dir}")
+
+    callbacks: list[Any] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}", save_last=True,
+                        save_top_k=0, every_n_epochs=1, auto_insert_metric_name=False),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if cfg.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        logger=CSVLogger(save_dir=str(run_dir), name="", version="logs"),
+        callbacks=callbacks,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        limit_train_batches=cfg.trainer.limit_train_batches,
+        check_val_every_n_epoch=cfg.trainer.val_every_n_epochs,
+        num_sanity_val_steps=0,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
+    return run_dir
+
+
+def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Evaluate the run's encoder and ``cfg.eval.baselines``; write results.json/.md."""
+    from selfsup.eval.evaluate import evaluate
+    from selfsup.eval.report import markdown_table
+
+    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    targets = [str(run_dir)] + [f"random:{cfg.encoder.name}" if b == "random" else b for b in cfg.eval.baselines]
+    rows = [evaluate(t, cfg, run_dir / "features", device, log) for t in targets]
+    rows[0]["label"] = f"{cfg.method.__class__.__name__.removesuffix('Config')} {cfg.encoder.name} (pretrained)"
+    write_json(rows, run_dir / "results.json")
+    table = markdown_table(rows)
+    write_text(table, run_dir / "results.md")
+    return rows
+
+
+def finish_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> str:
+    """Evaluate and export after pretraining; returns the markdown table."""
+    from selfsup.export import export_encoder
+
+    rows = evaluate_run(run_dir, cfg, log)
+    export_dir = export_encoder(run_dir, run_dir / "export", results={r["label"]: {k: r[k] for k in ("knn", "linear") if k in r} for r in rows})
+    log(f"[export] encoder written to {export_dir} (loads with timm.create_model, see {export_dir / 'config.json'})")
+    return (run_dir / "results.md").read_text()
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a selfsup run directory")
+    return load_config(path, overrides)
+
+
+def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
+    return json.loads((Path(run_dir) / "results.json").read_text())

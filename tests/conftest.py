@@ -1,0 +1,31 @@
+"""Shared fixtures. Tests run on CPU with few threads so the suite fits on 2 cores."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "ssl"
+if str(SRC) not in sys.path:  # tests also run without `pip install -e .`
+    sys.path.insert(0, str(SRC))
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_config():
+    """A RunConfig for fast runs on sklearn's digits (8x8, resized to 16)."""
+    from selfsup.config import load_config
+
+    def make(*overrides: str, method: str = "simclr"):
+        return load_config(None, [
+            f"method.name={method}", "data.name=digits", "data.image_size=16", "data.batch_size=64",
+            "encoder.name=resnet18", "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
+            "trainer.max_epochs=1", "trainer.progress_bar=false", "eval.linear_epochs=5",
+            "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]", *overrides])
+
+    return make

@@ -1,0 +1,77 @@
+"""Config errors name the key; overrides reach nested keys; the resolved config round-trips."""
+
+import pytest
+import yaml
+
+from selfsup.config import ConfigError, dump_yaml, load_config
+from selfsup.methods.simclr import SimCLRConfig
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_misspelled_key_names_key_and_closest(tmp_path):
+    p = write(tmp_path, "method: {name: simclr, temprature: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"'method.temprature'.*did you mean 'method.temperature'"):
+        load_config(p)
+
+
+def test_misspelled_section_and_top_level_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"'optimm'.*did you mean 'optim'"):
+        load_config(write(tmp_path, "method: {name: simclr}\noptimm: {lr: 0.1}\n"))
+    with pytest.raises(ConfigError, match=r"'trainer.max_epoch'.*'trainer.max_epochs'"):
+        load_config(None, ["method.name=simclr", "trainer.max_epoch=3"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=-0.1", "optim.lr"),
+    ("method.temperature=0", "method.temperature"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs"),
+    ("trainer.max_epochs=2.5", "trainer.max_epochs"),
+    ("data.batch_size=true", "data.batch_size"),
+    ("optim.name=adam", "optim.name"),
+    ("method.augment.crop_scale=[0.5]", "method.augment.crop_scale"),
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, ["method.name=simclr", override])
+
+
+def test_inconsistent_section_is_an_error():
+    with pytest.raises(ConfigError, match="crop_scale"):
+        load_config(None, ["method.name=simclr", "method.augment.crop_scale=[0.9, 0.2]"])
+
+
+def test_unknown_method_suggests():
+    with pytest.raises(ConfigError, match="(?i)did you mean 'simclr'"):
+        load_config(None, ["method.name=simclrr"])
+
+
+def test_overrides_apply_and_types_are_checked(tmp_path):
+    p = write(tmp_path, "method: {name: simclr}\ntrainer: {max_epochs: 10}\n")
+    cfg = load_config(p, ["method.temperature=0.2", "trainer.max_epochs=3", "method.augment.crop_scale=[0.2, 1]",
+                          "encoder.kwargs.drop_rate=0.1"])
+    assert isinstance(cfg.method, SimCLRConfig)
+    assert cfg.method.temperature == 0.2
+    assert cfg.trainer.max_epochs == 3
+    assert cfg.method.augment.crop_scale == (0.2, 1.0)
+    assert cfg.encoder.kwargs == {"drop_rate": 0.1}
+    assert cfg.optim.lr == 0.3  # untouched default
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["method.name=simclr", "method.temperature=0.3", "eval.knn=[[10, 0.05]]"])
+    text = dump_yaml(cfg)
+    assert yaml.safe_load(text)["method"]["name"] == "simclr"
+    again = load_config(write(tmp_path, text))
+    assert again == cfg
+
+
+def test_shipped_configs_load():
+    from conftest import ROOT
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path)

@@ -1,0 +1,69 @@
+"""Training wrapper: online probe isolation, config in checkpoints, resume, non-finite losses."""
+
+import pytest
+import torch
+
+from selfsup.config import load_config
+from selfsup.data import DataInfo
+from selfsup.export import load_checkpoint
+from selfsup.train.module import NonFiniteLossError, PretrainModule
+from selfsup.train.optim import build_optimizer, cosine_factors
+from selfsup.train.run import pretrain
+
+INFO = DataInfo(in_chans=1, image_size=16, num_classes=10, mean=(0.3,), std=(0.3,))
+
+
+def test_online_probe_never_changes_encoder_gradients(tiny_config):
+    images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(8)
+    grads = []
+    for probe in (True, False):
+        torch.manual_seed(0)
+        module = PretrainModule(tiny_config(f"trainer.online_probe={str(probe).lower()}"), INFO)
+        assert (module.probe is not None) == probe
+        torch.manual_seed(1)
+        loss = module.training_step((images, labels), 0)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in module.method.named_parameters()})
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_no_weight_decay_on_norms_and_biases(tiny_config):
+    module = PretrainModule(tiny_config("optim.weight_decay=0.1"), INFO)
+    opt = build_optimizer(module.cfg.optim, module.method, 64)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    for name, p in module.method.named_parameters():
+        expected = 0.0 if p.ndim <= 1 else 0.1
+        assert decay[id(p)] == expected, name
+
+
+def test_cosine_schedule_shape():
+    f = cosine_factors(100, 10, 0.1)
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[100] == pytest.approx(0.1)
+    assert torch.all(f[10:].diff() <= 1e-12)  # decays monotonically after warmup
+
+
+def test_checkpoint_holds_config_and_resume_continues(tiny_config, tmp_path):
+    cfg = tiny_config("trainer.max_epochs=1", "data.subset=256")
+    run = pretrain(cfg, run_dir=tmp_path / "run", log=lambda s: None)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["selfsup"]["config"]["method"]["name"] == "simclr"
+    assert ckpt["global_step"] == 4  # 256 images / batch 64
+    assert (run / "config.yaml").is_file() and (run / "logs" / "metrics.csv").is_file()
+    longer = tiny_config("trainer.max_epochs=2", "data.subset=256")
+    pretrain(longer, run_dir=run, resume=True, log=lambda s: None)
+    ckpt2 = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt2["global_step"] == 8  # continued from step 4, not restarted
+    assert ckpt2["selfsup"]["config"]["trainer"]["max_epochs"] == 2
+
+
+def test_non_finite_loss_stops_with_step_and_terms(tiny_config):
+    module = PretrainModule(tiny_config(), INFO)
+    images = torch.full((8, 1, 16, 16), 0, dtype=torch.uint8)
+    with torch.no_grad():
+        for p in module.method.projector.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"step 0 .*terms"):
+        module.training_step((images, torch.zeros(8, dtype=torch.long)), 0)
