@@ -18,14 +18,20 @@ torch.set_num_threads(2)
 
 @pytest.fixture
 def tiny_config():
-    """A RunConfig for fast runs on sklearn's digits (8x8, resized to 16)."""
+    """A RunConfig for fast runs on sklearn's digits (8x8, resized to 16): a tiny ResNet-18,
+    or a tiny ViT (patch 4, 2 blocks, 32 wide) for methods that require one (``requires_vit``)."""
     from selfsup.config import load_config
+    from selfsup.methods import METHODS
 
     def make(*overrides: str, method: str = "simclr"):
+        if method in METHODS and METHODS.get(method).requires_vit:
+            encoder = ["encoder.name=vit_tiny_patch16_224",
+                       "encoder.kwargs={img_size: 16, patch_size: 4, depth: 2, embed_dim: 32, num_heads: 2}"]
+        else:
+            encoder = ["encoder.name=resnet18", "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"]
         return load_config(None, [
             f"method.name={method}", "data.name=digits", "data.image_size=16", "data.batch_size=64",
-            "encoder.name=resnet18", "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
-            "trainer.max_epochs=1", "trainer.progress_bar=false", "eval.linear_epochs=5",
+            *encoder, "trainer.max_epochs=1", "trainer.progress_bar=false", "eval.linear_epochs=5",
             "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]", *overrides])
 
     return make

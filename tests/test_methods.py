@@ -38,3 +38,33 @@ def test_method_config_has_citation_and_defaults(name):
     doc = sys.modules[cls.__module__].__doc__
     assert doc and any(ch.isdigit() for ch in doc), "the method's module docstring cites the paper (authors, year)"
     cls.Config()  # every hyper-parameter has a default
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_two_steps_move_the_encoder_and_a_checkpoint_restores_identical_features(name, tiny_config):
+    from selfsup.train.module import module_from_checkpoint
+
+    torch.manual_seed(0)
+    module = PretrainModule(tiny_config(method=name), INFO)
+    encoder = module.method.exported_encoder()
+    before = {k: p.detach().clone() for k, p in encoder.named_parameters()}
+    opt = torch.optim.SGD(module.method.parameters(), lr=0.05, momentum=0.9)
+    images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
+    for step in range(2):
+        opt.zero_grad()
+        loss = module.method.training_step(images)["loss"]
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        module.method.on_train_step_end(step, 2)
+    moved = [k for k, p in encoder.named_parameters() if not torch.equal(p, before[k])]
+    assert len(moved) > len(before) // 2, f"only {len(moved)} of {len(before)} encoder tensors changed"
+
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    restored = module_from_checkpoint(checkpoint)
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(module.eval().method.exported_encoder()(x), restored.eval().method.exported_encoder()(x))
+    for key, value in module.method.state_dict().items():  # heads, decoders, buffers such as jigsaw's permutations
+        assert torch.equal(value, restored.method.state_dict()[key]), key

@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from selfsup.encoders import EncoderError
     from selfsup.export import LoadError
     from selfsup.registry import RegistryError
+    from selfsup.train.module import NonFiniteLossError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
-    except (ConfigError, DataError, EncoderError, LoadError, RegistryError, FileNotFoundError) as err:
+    except (ConfigError, DataError, EncoderError, LoadError, RegistryError, NonFiniteLossError,
+            FileNotFoundError) as err:
         print(f"selfsup {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -25,6 +25,9 @@ class Method(nn.Module):
     """
 
     Config: ClassVar[type]
+    #: True when the method only works on a timm VisionTransformer encoder (MAE);
+    #: the shared tests then build it on a tiny ViT instead of the tiny ResNet.
+    requires_vit: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, encoder: nn.Module, info: DataInfo) -> None:
         super().__init__()

@@ -7,13 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.config import param
-from selfsup.data import AugmentConfig, BatchAugment, DataInfo
-from selfsup.heads import mlp
-from selfsup.methods.base import METHODS, Method
+from selfsup.data import AugmentConfig, DataInfo
+from selfsup.methods._pretext import TransformClassification
+from selfsup.methods.base import METHODS
 
 
 def rotation_batch(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,19 +42,17 @@ class RotationConfig:
 
 
 @METHODS.register("rotation")
-class Rotation(Method):
+class Rotation(TransformClassification):
     Config = RotationConfig
+    label_name = "rotation"
 
     def __init__(self, cfg: RotationConfig, encoder: nn.Module, info: DataInfo) -> None:
-        super().__init__(cfg, encoder, info)
-        self.augment = BatchAugment(cfg.augment, info.mean, info.std, info.image_size)
-        self.head = mlp(self.num_features, cfg.head_hidden_dim, 4, cfg.head_layers)
+        super().__init__(cfg, encoder, info, view_size=info.image_size, head_in_dim=encoder.num_features,
+                         num_labels=4)
 
-    def training_step(self, images: Tensor) -> dict[str, Tensor]:
-        n = images.shape[0]
-        x, target = rotation_batch(self.augment(images))  # [4N, C, S, S], [4N]
-        h = self.encoder(x)  # [4N, D]
-        logits = self.head(h)  # [4N, 4]
-        loss = F.cross_entropy(logits, target)
-        acc = (logits.argmax(1) == target).float().mean()
-        return {"loss": loss, "rotation_acc": acc, "features": h[:n].detach()}
+    def transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return rotation_batch(x)  # [4N, C, S, S], [4N]
+
+    def embed(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(inputs)  # [4N, D]
+        return h, h[: inputs.shape[0] // 4]  # the unrotated views come first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -62,12 +63,17 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     ]
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
+    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
+    if importlib.util.find_spec("tensorboard") is not None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         precision=cfg.trainer.precision,
-        logger=CSVLogger(save_dir=str(run_dir), name="", version="logs"),
+        logger=loggers,
         callbacks=callbacks,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
         limit_train_batches=cfg.trainer.limit_train_batches,

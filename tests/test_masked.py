@@ -1,0 +1,197 @@
+"""Masked image modelling: patches, masks and masked losses (shared), MAE and SimMIM."""
+
+import pytest
+import timm
+import torch
+
+from selfsup.data import DataInfo
+from selfsup.encoders import create_encoder
+from selfsup.methods._pixels import (feature_map, masked_loss, normalise_patches, num_visible, patchify,
+                                     random_masking, unpatchify, upsample_mask)
+from selfsup.methods.mae import MAE, MAEConfig, sincos_pos_embed_2d
+from selfsup.methods.simmim import SimMIM, SimMIMConfig, default_mask_patch_size, mask_image
+
+INFO = DataInfo(in_chans=1, image_size=16, num_classes=10, mean=(0.3,), std=(0.3,))
+VIT = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}
+RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
+
+
+def tiny_vit(**kw):
+    return create_encoder("vit_tiny_patch16_224", 1, {**VIT, **kw})
+
+
+def uint8_images(b=4, c=1, s=16):
+    return torch.randint(0, 256, (b, c, s, s), dtype=torch.uint8)
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def test_patchify_layout_and_round_trip():
+    x = torch.randn(2, 3, 8, 12)
+    p = patchify(x, 4)  # [2, 6, 48]
+    assert p.shape == (2, 6, 48)
+    # patch 4 (row 1, col 1) holds the pixels x[:, :, 4:8, 4:8] laid out (row, col, channel)
+    assert torch.equal(p[:, 4].view(2, 4, 4, 3), x[:, :, 4:8, 4:8].permute(0, 2, 3, 1))
+    assert torch.equal(unpatchify(p, 4, 3, grid=(2, 3)), x)
+    sq = torch.randn(2, 1, 16, 16)
+    assert torch.equal(unpatchify(patchify(sq, 4), 4, 1), sq)
+
+
+@pytest.mark.parametrize("n, ratio", [(16, 0.75), (49, 0.75), (49, 0.6), (36, 0.5), (64, 0.9)])
+def test_mask_ratio_is_exact_in_every_sample(n, ratio):
+    torch.manual_seed(0)
+    mask, keep = random_masking(32, n, ratio)
+    k = round((1 - ratio) * n)
+    assert k == num_visible(n, ratio)
+    assert mask.shape == (32, n) and keep.shape == (32, k)
+    assert (mask.sum(1) == n - k).all()  # every sample, not just on average
+    assert (~mask.gather(1, keep)).all()  # the kept indices are exactly the visible patches
+    assert (keep.diff(dim=1) > 0).all()  # sorted, no repeats
+    assert len({tuple(m) for m in mask.tolist()}) > 25  # independent per sample
+
+
+def test_upsample_mask_matches_pixels():
+    mask = torch.tensor([[True, False, False, True]])  # 2x2 grid
+    up = upsample_mask(mask, 2, 2).view(4, 4)
+    assert up.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1"])
+def test_masked_loss_ignores_visible_patches(kind):
+    torch.manual_seed(0)
+    pred, target = torch.randn(3, 16, 12), torch.randn(3, 16, 12)
+    mask, _ = random_masking(3, 16, 0.75)
+    base = masked_loss(pred, target, mask, kind)
+    vis = (~mask).nonzero()[0].tolist()
+    hid = mask.nonzero()[0].tolist()
+
+    changed = pred.clone()
+    changed[vis[0], vis[1]] += 100.0
+    assert torch.equal(masked_loss(changed, target, mask, kind), base)
+    changed[vis[0], vis[1]] = float("nan")  # not even a NaN at a visible patch leaks in
+    assert torch.equal(masked_loss(changed, target, mask, kind), base)
+
+    changed = pred.clone()
+    changed[hid[0], hid[1]] += 1.0
+    assert masked_loss(changed, target, mask, kind) != base
+
+    # naive reference: the mean error over the masked patches' elements
+    err = (pred - target).square() if kind == "mse" else (pred - target).abs()
+    assert torch.allclose(base, err[mask].mean())
+
+
+def test_normalised_targets_are_per_patch():
+    t = torch.randn(2, 5, 48) * 3 + 7
+    n = normalise_patches(t)
+    assert torch.allclose(n.mean(-1), torch.zeros(2, 5), atol=1e-5)
+    assert torch.allclose(n.var(-1), torch.ones(2, 5), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- MAE
+
+
+@pytest.mark.parametrize("ratio", [0.75, 0.5, 0.9])
+def test_mae_encoder_sees_only_the_visible_tokens_and_decoder_output_unpatchifies(ratio):
+    torch.manual_seed(0)
+    method = MAE(MAEConfig(mask_ratio=ratio, decoder_dim=32, decoder_depth=1, decoder_heads=2), tiny_vit(), INFO)
+    n = (16 // 4) ** 2
+    seen, decoded = [], []
+    method.encoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    method.decoder_pred.register_forward_hook(lambda m, args, out: decoded.append(out))
+    out = method.training_step(uint8_images(4))
+    prefix = method.encoder.num_prefix_tokens  # the class token
+    assert seen == [(4, prefix + round((1 - ratio) * n), 32)]
+    assert decoded[0].shape == (4, n, 4 * 4 * 1)
+    assert unpatchify(decoded[0], 4, 1).shape == (4, 1, 16, 16)  # the input's shape
+    assert out["features"].shape == (4, 32) and torch.isfinite(out["loss"])
+
+
+def test_mae_loss_is_mse_on_masked_normalised_patches():
+    torch.manual_seed(0)
+    method = MAE(MAEConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2), tiny_vit(), INFO)
+    x = torch.randn(3, 1, 16, 16)
+    mask, keep = random_masking(3, 16, 0.75)
+    pred = method.decode(method.encode_visible(x, keep), keep)
+    target = patchify(x, 4)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    ref = ((pred - target) ** 2).mean(-1)[mask].mean()
+    assert torch.allclose(masked_loss(pred, normalise_patches(patchify(x, 4)), mask), ref)
+    # the decoder's visible-position outputs do not enter the loss: their gradient is zero
+    pred.retain_grad()
+    masked_loss(pred, normalise_patches(patchify(x, 4)), mask).backward()
+    assert pred.grad[~mask].abs().max() == 0 and pred.grad[mask].abs().max() > 0
+
+
+def test_mae_exports_the_timm_vit_unchanged_and_rejects_convnets():
+    vit = tiny_vit()
+    keys = set(vit.state_dict())
+    method = MAE(MAEConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2), vit, INFO)
+    assert method.exported_encoder() is vit and set(vit.state_dict()) == keys
+    assert isinstance(vit, timm.models.vision_transformer.VisionTransformer)
+    with pytest.raises(ValueError, match=r"'mae'.*VisionTransformer.*resnet18"):
+        MAE(MAEConfig(), create_encoder("resnet18", 1, RESNET), INFO)
+
+
+def test_sincos_position_embeddings():
+    pe = sincos_pos_embed_2d(16, 4)
+    assert pe.shape == (16, 16)
+    assert len({tuple(r) for r in pe.round(decimals=5).tolist()}) == 16  # every position distinct
+    assert torch.allclose(pe[0], torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 4 + [1.0] * 4))
+
+
+# --------------------------------------------------------------------------- SimMIM
+
+
+def test_default_mask_patch_size():
+    assert default_mask_patch_size(192) == 32  # the paper
+    assert default_mask_patch_size(224) == 32
+    assert default_mask_patch_size(28) == 4
+    assert default_mask_patch_size(32) == 4
+    assert default_mask_patch_size(16, unit=4) == 4
+    assert default_mask_patch_size(224, unit=16) == 32
+
+
+def test_simmim_convnet_pastes_the_pixel_token_over_masked_squares_only():
+    torch.manual_seed(0)
+    method = SimMIM(SimMIMConfig(mask_patch_size=4), create_encoder("resnet18", 1, RESNET), INFO)
+    assert method.mask_token.shape == (1, 1, 4, 4)
+    with torch.no_grad():
+        method.mask_token.copy_(torch.randn(1, 1, 4, 4))
+    x = torch.randn(2, 1, 16, 16)
+    mask, _ = random_masking(2, 16, 0.6)
+    masked = mask_image(x, mask, method.mask_token)
+    px, pm = patchify(masked, 4), patchify(x, 4)
+    assert torch.equal(px[~mask], pm[~mask])  # visible squares untouched
+    assert torch.equal(px[mask], method.mask_token.flatten().expand(int(mask.sum()), 16))
+    assert (mask.sum(1) == round(0.6 * 16)).all()
+
+    seen = []
+    method.encoder.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0]))  # the stem
+    out = method.training_step(uint8_images(2))
+    assert torch.isfinite(out["loss"]) and out["features"].shape == (2, 64)
+    token_squares = (patchify(seen[0], 4) == method.mask_token.flatten()).all(-1)  # [2, 16]
+    assert token_squares.sum(1).tolist() == [10, 10]  # the encoder saw exactly 60% of squares masked
+    out["loss"].backward()
+    assert method.mask_token.grad.abs().sum() > 0 and method.decoder.proj.weight.grad is not None
+
+
+def test_simmim_vit_masks_in_patch_embedding_space():
+    torch.manual_seed(0)
+    vit = tiny_vit()
+    method = SimMIM(SimMIMConfig(mask_patch_size=8), vit, INFO)  # 2x2 mask grid over a 4x4 token grid
+    assert method.mask_token.shape == (1, 1, 32)
+    embedded = []
+    vit.patch_embed.register_forward_hook(lambda m, args, out: embedded.append(out))
+    x = torch.randn(2, 1, 16, 16)
+    mask, _ = random_masking(2, 4, 0.5)
+    tokens = method.encode(x, mask)  # [2, 1 + 16, 32]
+    assert tokens.shape == (2, 17, 32)
+    fmap = feature_map(vit, tokens)
+    assert fmap.shape == (2, 32, 4, 4)
+    assert method.decoder(fmap).shape == (2, 1, 16, 16)
+    out = method.training_step(uint8_images(2))
+    out["loss"].backward()
+    assert method.mask_token.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        SimMIM(SimMIMConfig(mask_patch_size=2), tiny_vit(), INFO)
