@@ -28,11 +28,8 @@ VARIANTS: dict[str, list[str]] = {
     "temperature-0.5": ["method.temperature=0.5"],
     "crop-0.08": ["method.augment.crop_scale=[0.08, 1.0]"],
     "crop-0.5": ["method.augment.crop_scale=[0.5, 1.0]"],
-    "adamw": ["optim.name=adamw", "optim.lr=0.002", "optim.weight_decay=0.05"],
-    "no-zero-init-last": ["encoder.kwargs.zero_init_last=false"],
-    "lars-lr-1.0": ["optim.lr=1.0"],
-    "lars-lr-0.1": ["optim.lr=0.1"],
-    "full-width-resnet18": ["encoder.kwargs={output_stride: 16}"],
+    "lars-lr-0.3": ["optim.lr=0.3"],
+    "batch-128": ["data.batch_size=128"],
 }
 
 

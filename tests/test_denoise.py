@@ -8,7 +8,7 @@ from selfsup.data import AugmentConfig, DataInfo
 from selfsup.encoders import create_encoder
 from selfsup.methods.denoise import Denoise, DenoiseConfig, edm_loss, edm_precond, network_target, sample_noise
 
-INFO = DataInfo(in_chans=1, image_size=16, num_classes=10, mean=(0.3,), std=(0.3,))
+from conftest import TINY_INFO as INFO  # noqa: E402
 SD = 0.5
 
 

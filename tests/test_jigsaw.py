@@ -84,7 +84,7 @@ def test_tile_size_follows_the_image_with_a_floor():
 @pytest.fixture
 def tiny_jigsaw():
     def make(**kw):
-        info = DataInfo(in_chans=1, image_size=16, num_classes=10, mean=(0.3,), std=(0.3,))
+        from conftest import TINY_INFO as info
         enc = create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64], "stem_width": 8})
         cfg = JigsawConfig(**{"head_hidden_dim": 64, **kw})
         return Jigsaw(cfg, enc, info)

@@ -11,7 +11,7 @@ from selfsup.methods._pixels import (feature_map, masked_loss, normalise_patches
 from selfsup.methods.mae import MAE, MAEConfig, sincos_pos_embed_2d
 from selfsup.methods.simmim import SimMIM, SimMIMConfig, default_mask_patch_size, mask_image
 
-INFO = DataInfo(in_chans=1, image_size=16, num_classes=10, mean=(0.3,), std=(0.3,))
+from conftest import TINY_INFO as INFO  # noqa: E402
 VIT = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}
 RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
 

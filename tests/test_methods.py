@@ -11,7 +11,15 @@ from selfsup.data import DataInfo
 from selfsup.methods import METHODS
 from selfsup.train.module import PretrainModule
 
-INFO = DataInfo(in_chans=1, image_size=16, num_classes=10, mean=(0.3,), std=(0.3,))
+from conftest import TINY_INFO as INFO  # noqa: E402
+
+
+def train_step(method, images):
+    """``method.training_step``, with dataset indices and labels for methods that need them."""
+    if type(method).needs_indices:
+        n = images.shape[0]
+        return method.training_step(images, indices=torch.arange(n), labels=torch.arange(n) % 10)
+    return method.training_step(images)
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -21,7 +29,7 @@ def test_one_step_reduces_nothing_to_nan_and_reaches_every_parameter(name, tiny_
     assert method_name(cfg) == name
     module = PretrainModule(cfg, INFO)
     images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
-    out = module.method.training_step(images)
+    out = train_step(module.method, images)
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     assert out["features"].shape == (8, module.method.num_features) and not out["features"].requires_grad
     out["loss"].backward()
@@ -52,7 +60,7 @@ def test_two_steps_move_the_encoder_and_a_checkpoint_restores_identical_features
     images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
     for step in range(2):
         opt.zero_grad()
-        loss = module.method.training_step(images)["loss"]
+        loss = train_step(module.method, images)["loss"]
         assert torch.isfinite(loss)
         loss.backward()
         opt.step()

@@ -10,7 +10,7 @@ from selfsup.train.module import NonFiniteLossError, PretrainModule
 from selfsup.train.optim import build_optimizer, cosine_factors
 from selfsup.train.run import pretrain
 
-INFO = DataInfo(in_chans=1, image_size=16, num_classes=10, mean=(0.3,), std=(0.3,))
+from conftest import TINY_INFO as INFO  # noqa: E402
 
 
 def test_online_probe_never_changes_encoder_gradients(tiny_config):
@@ -67,3 +67,13 @@ def test_non_finite_loss_stops_with_step_and_terms(tiny_config):
             p.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match=r"step 0 .*terms"):
         module.training_step((images, torch.zeros(8, dtype=torch.long)), 0)
+
+
+def test_methods_with_per_image_state_get_dataset_indices(tiny_config, tmp_path):
+    """npid's memory bank is sized from the data and every training image's row is written."""
+    cfg = tiny_config("data.subset=128", "method.num_noise=16", "trainer.max_epochs=1", method="npid")
+    run = pretrain(cfg, run_dir=tmp_path / "run", log=lambda s: None)
+    state = load_checkpoint(run / "checkpoints" / "last.ckpt")["state_dict"]
+    bank_labels = state["method.bank_labels"]
+    assert bank_labels.shape == (128,)
+    assert (bank_labels >= 0).all()  # one epoch over 128 images (2 batches of 64) filled every row

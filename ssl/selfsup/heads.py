@@ -5,18 +5,24 @@ from __future__ import annotations
 from torch import nn
 
 
-def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, *, last_bn: bool = False) -> nn.Sequential:
+def mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, *, last_bn: bool = False,
+        batch_norm: bool = True) -> nn.Sequential:
     """``num_layers`` linear layers with BatchNorm + ReLU between them.
 
     SimCLR's projection head is ``mlp(d, 2048, 128, 2)`` (Chen et al. 2020); SimCLR v2
     and MoCo v3 use three layers and a final BatchNorm without affine (``last_bn``).
+    MoCo v2's head has no BatchNorm (``batch_norm=False``: linear, ReLU, linear).
     """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(num_layers - 1):
-        layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        if batch_norm:
+            layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim)]
+        else:
+            layers.append(nn.Linear(dim, hidden_dim))
+        layers.append(nn.ReLU(inplace=True))
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim, bias=not last_bn))
     if last_bn:

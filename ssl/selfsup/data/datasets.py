@@ -42,6 +42,7 @@ class DataInfo:
     num_classes: int  # 0 when unlabeled
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    num_samples: int = 0  # training images (0: unknown); sizes per-image state such as memory banks
 
 
 class ImageDataset(Dataset):
@@ -67,18 +68,33 @@ class ImageDataset(Dataset):
 
     def info(self) -> DataInfo:
         mean, std = self.channel_stats()
-        return DataInfo(self.in_chans, self.image_size, self.num_classes, mean, std)
+        return DataInfo(self.in_chans, self.image_size, self.num_classes, mean, std, len(self))
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         items = [self[i] for i in indices]
         return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
 
 
-def collate(batch: tuple[Tensor, Tensor] | list) -> tuple[Tensor, Tensor]:
+def collate(batch: tuple[Tensor, ...] | list) -> tuple[Tensor, ...]:
     """DataLoader collate for datasets whose ``__getitems__`` already returns a batch."""
     if isinstance(batch, tuple):
         return batch
-    return torch.stack([x for x, _ in batch]), torch.as_tensor([y for _, y in batch])
+    images, *rest = zip(*batch)
+    return (torch.stack(images), *(torch.as_tensor(r) for r in rest))
+
+
+class WithIndices(ImageDataset):
+    """Yields (image, label, dataset index) for methods with per-image state (memory banks)."""
+
+    def __init__(self, base: ImageDataset) -> None:
+        self.base, self.labels = base, base.labels
+        self.num_classes, self.in_chans, self.image_size = base.num_classes, base.in_chans, base.image_size
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        return (*self.base[i], i)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        return (*self.base.__getitems__(indices), torch.as_tensor(indices))
 
 
 class TensorImages(ImageDataset):

@@ -56,10 +56,16 @@ def _random_encoder(spec: str, cfg: RunConfig, in_chans: int) -> nn.Module:
     return create_encoder(name, in_chans, kwargs, fair_random_init=True)
 
 
-def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str = "cpu",
+def default_device(accelerator: str = "auto") -> str:
+    """"cuda" when a GPU is present and the config allows it, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+
+
+def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """kNN (every (k, T) in ``cfg.eval.knn``) and linear-probe results for target ``spec``."""
     t0 = time.perf_counter()
+    device = device or default_device(cfg.trainer.accelerator)
     target = resolve_target(spec, cfg)
     train_ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
     test_ds = build_dataset(cfg.data, "test")

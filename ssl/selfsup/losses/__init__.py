@@ -1,5 +1,9 @@
 """Objectives: pure nn.Modules with no config."""
 
-from selfsup.losses.infonce import NTXent, LossOutput
+from selfsup.losses.infonce import (InfoNCE, LossOutput, NTXent, cross_entropy_bound, full_precision, mi_lower_bound,
+                                    no_autocast)
+from selfsup.losses.memory import MemoryBank, Queue
+from selfsup.losses.nce import NCE, NCEOutput, nce_loss
 
-__all__ = ["NTXent", "LossOutput"]
+__all__ = ["InfoNCE", "LossOutput", "NTXent", "cross_entropy_bound", "full_precision", "mi_lower_bound",
+           "no_autocast", "MemoryBank", "Queue", "NCE", "NCEOutput", "nce_loss"]

@@ -28,6 +28,10 @@ class Method(nn.Module):
     #: True when the method only works on a timm VisionTransformer encoder (MAE);
     #: the shared tests then build it on a tiny ViT instead of the tiny ResNet.
     requires_vit: ClassVar[bool] = False
+    #: True when ``training_step`` needs each image's dataset index (a memory bank, npid):
+    #: it is then called as ``training_step(images, indices=..., labels=...)`` with
+    #: ``indices`` a LongTensor [B] and ``labels`` [B] (-1 when unknown).
+    needs_indices: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, encoder: nn.Module, info: DataInfo) -> None:
         super().__init__()

@@ -44,9 +44,15 @@ class PretrainModule(L.LightningModule):
         self.clean = CleanTransform(info.mean, info.std, info.image_size)
 
     # ---------------------------------------------------------------- training
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, labels = batch
-        out = self.method.training_step(images)
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        images, labels = batch[0], batch[1]
+        if self.method.needs_indices:
+            if len(batch) < 3:
+                raise ValueError(f"{type(self.method).__name__} needs dataset indices: build the loader with "
+                                 f"make_loader(..., with_indices=True)")
+            out = self.method.training_step(images, indices=batch[2], labels=labels)
+        else:
+            out = self.method.training_step(images)
         loss = out["loss"]
         if not torch.isfinite(loss):
             self._non_finite(out)
@@ -65,7 +71,7 @@ class PretrainModule(L.LightningModule):
         return loss
 
     def _non_finite(self, out: dict[str, Tensor]) -> None:
-        terms = {k: float(v) for k, v in out.items() if k != "features" and v.ndim == 0}
+        terms = {k: float(v.detach()) for k, v in out.items() if k != "features" and v.ndim == 0}
         ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") if self._trainer else ""
         raise NonFiniteLossError(
             f"the loss is not finite at epoch {self.current_epoch}, step {self.global_step} "
@@ -76,10 +82,10 @@ class PretrainModule(L.LightningModule):
         self.method.on_train_step_end(self.global_step, self.trainer.estimated_stepping_batches)
 
     # ---------------------------------------------------------------- online probe
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         if self.probe is None:
             return
-        images, labels = batch
+        images, labels = batch[0], batch[1]
         feats = self.method.exported_encoder()(self.clean(images))  # [B, D]
         logits = self.probe(feats.float())
         acc = (logits.argmax(1) == labels).float().mean()

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
@@ -46,9 +45,9 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     train_ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
     info = train_ds.info()
     write_json(dataclasses.asdict(info), run_dir / "data_info.json")
-    train_loader = make_loader(train_ds, cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
-                               seed=cfg.seed)
     module = PretrainModule(cfg, info)
+    train_loader = make_loader(train_ds, cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
+                               seed=cfg.seed, with_indices=module.method.needs_indices)
     val_loader = None
     if module.probe is not None:
         val_loader = make_loader(build_dataset(cfg.data, "test"), cfg.data.eval_batch_size, train=False,
@@ -92,9 +91,8 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
     from selfsup.eval.evaluate import evaluate
     from selfsup.eval.report import markdown_table
 
-    device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
     targets = [str(run_dir)] + [f"random:{cfg.encoder.name}" if b == "random" else b for b in cfg.eval.baselines]
-    rows = [evaluate(t, cfg, run_dir / "features", device, log) for t in targets]
+    rows = [evaluate(t, cfg, run_dir / "features", log=log) for t in targets]
     rows[0]["label"] = f"{cfg.method.__class__.__name__.removesuffix('Config')} {cfg.encoder.name} (pretrained)"
     write_json(rows, run_dir / "results.json")
     table = markdown_table(rows)

@@ -1,0 +1,82 @@
+"""The few collective operations the contrastive methods need; each is the identity
+when ``torch.distributed`` is not initialised or has one process.
+
+``gather`` concatenates a tensor from every rank along dim 0 and is differentiable: the
+backward pass sums the gradient of the gathered tensor over all ranks and returns the
+local slice, so each rank receives the gradient of *every* rank's loss with respect to
+its own rows. With DDP averaging parameter gradients over ranks, this gives exactly the
+gradient of the mean loss over the global batch (tests/test_contrastive.py checks it
+against one process on the concatenated batch). Rows that do not require gradients
+(keys of a momentum encoder) are gathered without any backward communication.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def _all_gather_cat(x: Tensor) -> Tensor:
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather forward; backward: all-reduce (sum) the gathered gradient, keep the local rows."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.rows = x.shape[0]
+        return _all_gather_cat(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def gather(x: Tensor) -> Tensor:
+    """``[b, ...]`` on each of R ranks -> ``[R*b, ...]`` (rank order); every rank must pass
+    the same ``b``. Differentiable as described in the module docstring."""
+    if not is_distributed():
+        return x
+    if x.requires_grad:
+        return _GatherWithGrad.apply(x)
+    return _all_gather_cat(x)
+
+
+@torch.no_grad()
+def all_reduce_mean(x: Tensor) -> Tensor:
+    """Mean of ``x`` over ranks (a new tensor; ``x`` is untouched)."""
+    if not is_distributed():
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y / dist.get_world_size()
+
+
+@torch.no_grad()
+def broadcast(x: Tensor, src: int = 0) -> Tensor:
+    """``x`` of rank ``src`` on every rank (in place)."""
+    if is_distributed():
+        dist.broadcast(x, src)
+    return x

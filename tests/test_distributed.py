@@ -1,0 +1,103 @@
+"""Two CPU processes (gloo, DDP) with negatives gathered from both ranks give the same loss
+and the same encoder gradients as one process on the concatenated batch; MoCo's shuffled
+BatchNorm across ranks puts every key back in place."""
+
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from selfsup import distributed
+from selfsup.losses import InfoNCE
+from selfsup.methods._contrastive import shuffled_forward
+
+WORLD, B = 2, 4  # ranks, samples per rank
+CASES = {
+    "nt_xent": dict(query_negatives=True, symmetric=True),  # SimCLR: gathered queries and keys, both with grads
+    "symmetric": dict(symmetric=True),
+    "one_way": dict(),
+    "teacher_keys": dict(),  # MoCo v3: keys from a frozen momentum encoder, no gradient
+}
+
+
+def make_data():
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(WORLD * B, 6, generator=g), torch.randn(WORLD * B, 6, generator=g)
+    return x1, x2, torch.randn(WORLD * B, 3, generator=g), torch.randperm(WORLD * B, generator=g)
+
+
+def make_nets():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8)).double()
+    teacher = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 8)).double().requires_grad_(False)
+    return student, teacher
+
+
+def run_cases(rank: int, world: int) -> dict:
+    """Every case on this rank's slice of the batch (the whole batch when world == 1)."""
+    x1, x2, x_bn, perm = make_data()
+    mine = slice(rank * B, (rank + 1) * B) if world > 1 else slice(None)
+    x1, x2 = x1[mine].double(), x2[mine].double()
+    results = {}
+    for name, kwargs in CASES.items():
+        student, teacher = make_nets()
+        model = DistributedDataParallel(student) if world > 1 else student
+        criterion = InfoNCE(0.3, gather_distributed=True, **kwargs)
+        if name == "teacher_keys":
+            q = model(x1)
+            with torch.no_grad():
+                k = teacher(x2)
+        else:
+            q, k = model(torch.cat([x1, x2])).chunk(2)  # one DDP forward for both views
+        out = criterion(q, k)
+        out.loss.backward()  # DDP averages the gradients over ranks
+        results[name] = {"loss": distributed.all_reduce_mean(out.loss.detach()), "candidates": out.candidates,
+                         "grads": [p.grad.clone() for p in student.parameters()]}
+    bn = nn.BatchNorm1d(3, affine=False)
+    results["shuffled_bn"] = shuffled_forward(bn, x_bn[mine], splits=1, perm=perm)
+    linear = nn.Linear(3, 2)
+    torch.manual_seed(rank)  # ranks draw different permutations; rank 0's is broadcast
+    results["shuffled_linear_ok"] = torch.allclose(shuffled_forward(linear, x_bn[mine], splits=1), linear(x_bn[mine]),
+                                                   atol=1e-6)
+    return results
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.save(run_cases(rank, world), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_match_one_process_on_the_concatenated_batch(tmp_path):
+    mp.spawn(_worker, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    single = run_cases(0, 1)
+    for name in CASES:
+        want = single[name]
+        for got in ranks:
+            assert got[name]["candidates"] == want["candidates"], name
+            assert torch.allclose(got[name]["loss"], want["loss"], rtol=1e-10, atol=1e-12), name
+            for g, w in zip(got[name]["grads"], want["grads"]):
+                assert torch.allclose(g, w, rtol=1e-9, atol=1e-12), name
+
+    # shuffled BN: rank r normalised the samples perm[r*B:(r+1)*B] together, and each key is back in its row
+    _, _, x_bn, perm = make_data()
+    expected = torch.empty_like(x_bn)
+    for r in range(WORLD):
+        group = perm[r * B:(r + 1) * B]
+        expected[group] = F.batch_norm(x_bn[group], None, None, training=True)
+    assert torch.allclose(torch.cat([rk["shuffled_bn"] for rk in ranks]), expected, atol=1e-6)
+    assert all(rk["shuffled_linear_ok"] for rk in ranks)
