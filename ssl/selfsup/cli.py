@@ -13,8 +13,12 @@ def _pretrain(args: argparse.Namespace) -> None:
     from selfsup.config import load_config
     from selfsup.train.run import finish_run, load_run_config, pretrain
 
+    if args.config and "=" in args.config and not Path(args.config).exists():  # an override, not a file
+        args.overrides, args.config = [args.config, *args.overrides], None
     if args.resume:
-        cfg = load_run_config(args.resume, args.overrides if args.config is None else [args.config, *args.overrides])
+        if args.config:
+            raise SystemExit("selfsup pretrain --resume takes the run's own config; pass only key=value overrides")
+        cfg = load_run_config(args.resume, args.overrides)
         run_dir = pretrain(cfg, run_dir=args.resume, resume=True)
     else:
         if args.config is None:
