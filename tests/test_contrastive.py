@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.data import DataInfo
 from selfsup.losses import InfoNCE, NTXent, Queue
 from selfsup.methods._contrastive import (MomentumTeacher, bn_groups, cosine_momentum, ema_update_,
                                           grouped_forward, shuffled_forward)

@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from selfsup.data import DataInfo
 from selfsup.losses import InfoNCE
 from selfsup.methods.cpc import ContextNetwork, extract_patches, offset_pairs, patch_geometry
 

@@ -4,7 +4,7 @@ per-sample noise."""
 import pytest
 import torch
 
-from selfsup.data import AugmentConfig, DataInfo
+from selfsup.data import AugmentConfig
 from selfsup.encoders import create_encoder
 from selfsup.methods.denoise import Denoise, DenoiseConfig, edm_loss, edm_precond, network_target, sample_noise
 

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from selfsup.data import DataInfo
 from selfsup.encoders import create_encoder
 from selfsup.methods.jigsaw import (Jigsaw, JigsawConfig, assemble_tiles, cut_tiles, hamming_distances,
                                     inverse_permutations, max_hamming_permutations, normalise_tiles,

@@ -4,7 +4,6 @@ import pytest
 import timm
 import torch
 
-from selfsup.data import DataInfo
 from selfsup.encoders import create_encoder
 from selfsup.methods._pixels import (feature_map, masked_loss, normalise_patches, num_visible, patchify,
                                      random_masking, unpatchify, upsample_mask)

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from selfsup.config import method_name
-from selfsup.data import DataInfo
 from selfsup.methods import METHODS
 from selfsup.train.module import PretrainModule
 

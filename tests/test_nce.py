@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.data import DataInfo
 from selfsup.losses import NCE, MemoryBank, nce_loss
 from selfsup.methods.npid import bank_knn_accuracy, bank_scores
 

@@ -3,8 +3,6 @@
 import pytest
 import torch
 
-from selfsup.config import load_config
-from selfsup.data import DataInfo
 from selfsup.export import load_checkpoint
 from selfsup.train.module import NonFiniteLossError, PretrainModule
 from selfsup.train.optim import build_optimizer, cosine_factors

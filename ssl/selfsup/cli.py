@@ -31,10 +31,10 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from selfsup.config import load_config
+    from selfsup.config import apply_override, build_config, load_config
     from selfsup.eval.evaluate import evaluate
     from selfsup.eval.report import markdown_table
-    from selfsup.export import is_export_dir
+    from selfsup.export import is_export_dir, read_card
     from selfsup.fileio import write_json, write_text
     from selfsup.train.run import CONFIG_FILE, load_run_config
 
@@ -44,11 +44,7 @@ def _eval(args: argparse.Namespace) -> None:
     elif (target / CONFIG_FILE).is_file():
         cfg = load_run_config(target, args.overrides)
     elif is_export_dir(target):
-        from selfsup.export import read_card
-
         base = read_card(target)["training_config"]
-        from selfsup.config import apply_override, build_config
-
         for ov in args.overrides:
             apply_override(base, ov)
         cfg = build_config(base)
@@ -66,13 +62,12 @@ def _eval(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     import json
 
-    from selfsup.export import export_encoder
+    from selfsup.export import export_encoder, results_summary
 
     results = None
     res = Path(args.run_dir) / "results.json"
     if res.is_file():
-        rows = json.loads(res.read_text())
-        results = {r["label"]: {k: r[k] for k in ("knn", "linear") if k in r} for r in rows}
+        results = results_summary(json.loads(res.read_text()))
     out = export_encoder(args.run_dir, args.out_dir, results)
     print(f"exported to {out}; load with selfsup.load_encoder({str(out)!r}) or timm (see {out / 'config.json'})")
 

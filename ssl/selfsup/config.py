@@ -311,11 +311,8 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The resolved config as plain YAML-safe types (``method.name`` included)."""
-    from selfsup.methods import METHODS
-
     out = _plain(dataclasses.asdict(cfg))
-    method_name = next(n for n in METHODS.names() if METHODS.get(n).Config is type(cfg.method))
-    out["method"] = {"name": method_name, **out["method"]}
+    out["method"] = {"name": method_name(cfg), **out["method"]}
     return out
 
 
@@ -328,7 +325,10 @@ def _plain(obj: Any) -> Any:
 
 
 def method_name(cfg: RunConfig) -> str:
-    return to_dict(cfg)["method"]["name"]
+    """The registered name of the method whose config ``cfg.method`` is."""
+    from selfsup.methods import METHODS
+
+    return next(n for n in METHODS.names() if METHODS.get(n).Config is type(cfg.method))
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -109,6 +109,11 @@ def export_encoder(source: str | Path, out_dir: str | Path, results: dict[str, A
     return out
 
 
+def results_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the export card keeps of evaluation rows: kNN and linear results per target."""
+    return {r["label"]: {k: r[k] for k in ("knn", "linear") if k in r} for r in rows}
+
+
 def read_card(path: str | Path) -> dict[str, Any]:
     card_path = Path(path) / CARD
     try:

@@ -134,8 +134,7 @@ class BatchAugment(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         cfg = self.cfg
         x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-        b, c, dev = x.shape[0], x.shape[1], x.device
-        theta = crop_flip_theta(b, cfg.crop_scale, cfg.crop_ratio, cfg.hflip, dev)
+        theta = crop_flip_theta(x.shape[0], cfg.crop_scale, cfg.crop_ratio, cfg.hflip, x.device)
         x = resample(x, theta, self.size)  # [B, C, S, S]
         x = self.photometric(x)
         return TF.normalize(x, self.mean, self.std)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from selfsup.config import RunConfig
-from selfsup.data import DataInfo, ImageDataset, build_dataset, subset
+from selfsup.data import DataInfo, build_dataset, subset
 from selfsup.encoders import create_encoder
 from selfsup.eval.features import FeatureCache, extract_features, fingerprint
 from selfsup.eval.knn import knn_evaluate
@@ -25,35 +25,32 @@ from selfsup.export import LoadError, is_export_dir, load_encoder
 
 @dataclass
 class Target:
-    """What is evaluated: a feature function over a dataset, with a label for tables."""
+    """What is evaluated: an encoder (raw pixels: a flatten), with a label for tables."""
 
     label: str
     kind: str  # "pretrained" | "random" | "pixels"
-    info: DataInfo | None  # None: take it from the data
-    encoder: nn.Module | None  # None for pixels
+    info: DataInfo  # input size and normalisation the encoder expects
+    encoder: nn.Module
 
 
-def resolve_target(spec: str, cfg: RunConfig) -> Target:
-    """Turn a CLI target string into a Target."""
+def resolve_target(spec: str, cfg: RunConfig, data_info: Callable[[], DataInfo]) -> Target:
+    """Turn a CLI target string into a Target; ``data_info()`` describes the evaluation data
+    (called only for pixels and random encoders, which carry no input metadata)."""
     if spec == "pixels":
-        return Target("raw pixels", "pixels", None, None)
+        return Target("raw pixels", "pixels", data_info(), nn.Flatten())
     if spec.startswith("random:"):
         name = spec.split(":", 1)[1] or cfg.encoder.name
-        return Target(f"random-init {name}", "random", None, None)
+        torch.manual_seed(cfg.seed)
+        kwargs = cfg.encoder.kwargs if name == cfg.encoder.name else {}
+        info = data_info()
+        encoder = create_encoder(name, info.in_chans, kwargs, fair_random_init=True)
+        return Target(f"random-init {name}", "random", info, encoder)
     path = Path(spec)
     if not path.exists():
         raise LoadError(f"evaluation target {spec!r} is neither a path, 'pixels', nor 'random:<timm-name>'")
     encoder = load_encoder(path)
-    kind = "pretrained"
     label = f"{'export' if is_export_dir(path) else 'run'} {path.name or spec}"
-    return Target(label, kind, encoder.selfsup_info, encoder)
-
-
-def _random_encoder(spec: str, cfg: RunConfig, in_chans: int) -> nn.Module:
-    name = spec.split(":", 1)[1] or cfg.encoder.name
-    torch.manual_seed(cfg.seed)
-    kwargs = cfg.encoder.kwargs if name == cfg.encoder.name else {}
-    return create_encoder(name, in_chans, kwargs, fair_random_init=True)
+    return Target(label, "pretrained", encoder.selfsup_info, encoder)
 
 
 def default_device(accelerator: str = "auto") -> str:
@@ -66,28 +63,24 @@ def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | Non
     """kNN (every (k, T) in ``cfg.eval.knn``) and linear-probe results for target ``spec``."""
     t0 = time.perf_counter()
     device = device or default_device(cfg.trainer.accelerator)
-    target = resolve_target(spec, cfg)
     train_ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
     test_ds = build_dataset(cfg.data, "test")
     if train_ds.num_classes == 0:
         raise LoadError(f"dataset {cfg.data.name!r} has no labels, so kNN and linear probes cannot be scored; "
                         f"evaluate on a labelled dataset (class subfolders for image-folder)")
-    info = target.info or train_ds.info()
+    target = resolve_target(spec, cfg, train_ds.info)
+    info = target.info
     cache = FeatureCache(cache_dir)
-
-    if target.kind == "pixels":
-        feats = {split: _pixels(ds, info) for split, ds in (("train", train_ds), ("test", test_ds))}
-        mean = feats["train"][0].mean(0, keepdim=True)  # centre on the training mean image
-        feats = {s: (f - mean, y) for s, (f, y) in feats.items()}
-    else:
-        encoder = target.encoder if target.encoder is not None else _random_encoder(spec, cfg, info.in_chans)
-        key = fingerprint(encoder)
-        feats = {}
-        for split, ds in (("train", train_ds), ("test", test_ds)):
-            log(f"[eval] extracting {split} features for {target.label} ({len(ds)} images)")
-            feats[split] = cache.get(f"{key}-{cfg.data.name}-{split}-{len(ds)}", key,
-                                     lambda ds=ds: extract_features(encoder, ds, info, cfg.data.eval_batch_size,
-                                                                    device, cfg.data.num_workers))
+    key = fingerprint(target.encoder)
+    feats = {}
+    for split, ds in (("train", train_ds), ("test", test_ds)):
+        log(f"[eval] extracting {split} features for {target.label} ({len(ds)} images)")
+        feats[split] = cache.get(f"{target.kind}-{key}-{cfg.data.name}{info.image_size}-{split}-{len(ds)}", key,
+                                 lambda ds=ds: extract_features(target.encoder, ds, info, cfg.data.eval_batch_size,
+                                                                device, cfg.data.num_workers))
+    if target.kind == "pixels":  # centre on the training mean image
+        mean = feats["train"][0].mean(0, keepdim=True)
+        feats = {k: (f - mean, y) for k, (f, y) in feats.items()}
     (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
     classes = train_ds.num_classes
     results: dict[str, Any] = {
@@ -102,14 +95,3 @@ def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | Non
                                          cfg.eval.linear_val_fraction, cfg.seed)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
-
-
-def _pixels(ds: ImageDataset, info: DataInfo) -> tuple[Tensor, Tensor]:
-    from selfsup.data import CleanTransform, make_loader
-
-    clean = CleanTransform(info.mean, info.std, info.image_size)
-    xs, ys = [], []
-    for images, y in make_loader(ds, 4096, train=False):
-        xs.append(clean(images).flatten(1))
-        ys.append(y)
-    return torch.cat(xs), torch.cat(ys)

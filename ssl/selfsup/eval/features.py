@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -56,5 +55,5 @@ class FeatureCache:
                 data = load_file(str(path))
                 return data["features"].float(), data["labels"]
         feats, labels = compute()
-        save_tensors({"features": feats.half(), "labels": labels}, path, {"key": key, "info": json.dumps({"n": len(labels)})})
+        save_tensors({"features": feats.half(), "labels": labels}, path, {"key": key})
         return feats.half().float(), labels

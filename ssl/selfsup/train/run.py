@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -102,10 +101,10 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
 
 def finish_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> str:
     """Evaluate and export after pretraining; returns the markdown table."""
-    from selfsup.export import export_encoder
+    from selfsup.export import export_encoder, results_summary
 
     rows = evaluate_run(run_dir, cfg, log)
-    export_dir = export_encoder(run_dir, run_dir / "export", results={r["label"]: {k: r[k] for k in ("knn", "linear") if k in r} for r in rows})
+    export_dir = export_encoder(run_dir, run_dir / "export", results=results_summary(rows))
     log(f"[export] encoder written to {export_dir} (loads with timm.create_model, see {export_dir / 'config.json'})")
     return (run_dir / "results.md").read_text()
 
@@ -116,6 +115,3 @@ def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig
         raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a selfsup run directory")
     return load_config(path, overrides)
 
-
-def read_results(run_dir: str | Path) -> list[dict[str, Any]]:
-    return json.loads((Path(run_dir) / "results.json").read_text())
