@@ -83,6 +83,7 @@ class TrainerConfig:
     """Passed to lightning.Trainer."""
 
     max_epochs: int = param(100, gt=0)
+    max_steps: int = param(-1, ge=-1, help="stop after this many optimiser steps; the schedule spans them (-1: max_epochs)")
     accelerator: str = "auto"
     devices: Union[int, str] = 1
     precision: str = "32-true"

@@ -100,7 +100,8 @@ class PretrainModule(L.LightningModule):
             extra.append({"params": list(self.probe.parameters()), "lr": cfg.probe_lr, "weight_decay": 0.0})
         opt = build_optimizer(cfg, self.method, global_batch, extra)
         total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        batches = self.trainer.num_training_batches  # known once estimated_stepping_batches has run
+        per_epoch = max(1, int(batches) if batches != float("inf") else total // max(1, self.trainer.max_epochs))
         sched = build_scheduler(opt, cfg, total, per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -68,6 +68,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
+        max_steps=cfg.trainer.max_steps,
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         precision=cfg.trainer.precision,
