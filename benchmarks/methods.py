@@ -150,14 +150,14 @@ def markdown(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], a
     lines = [f"Fashion-MNIST, {args.budget_minutes:g} min of training per method on "
              f"{torch.get_num_threads()} CPU threads, seed {args.seed}, final-step weights. kNN: weighted, "
              "cosine, T=0.07 at k=20 and T=0.1 at k=200; linear: grid-searched on 10% of train, top-1 on the 10k test images.", "",
-             "| method | family | encoder | steps (epochs) | kNN k=20 | kNN k=200 | linear | "
+             "| method | family | encoder | steps (epochs) | train min | kNN k=20 | kNN k=200 | linear | "
              "random-init kNN / linear | MI bound (nats) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = baselines[r["encoder"]]
         mi = "" if r["mi_bound_nats"] is None else f"{r['mi_bound_nats']:.2f}"
         lines.append(f"| {r['method']} | {r['family']} | {b['encoder_label']} | {r['steps']} ({r['epochs']:g}) | "
-                     f"{r['knn20']:.2f} | {r['knn200']:.2f} | {r['linear']:.2f} | "
+                     f"{r['train_minutes']:.1f} | {r['knn20']:.2f} | {r['knn200']:.2f} | {r['linear']:.2f} | "
                      f"{b['knn20']:.2f} / {b['linear']:.2f} | {mi} |")
     lines += ["", "| baseline | kNN k=20 | kNN k=200 | linear |", "|---|---:|---:|---:|"]
     lines += [f"| {b['label']} | {b['knn20']:.2f} | {b['knn200']:.2f} | {b['linear']:.2f} |"
@@ -176,17 +176,22 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated method names (default: all)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--runs", default="/tmp/selfsup-methods")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other methods' rows and the baselines of an existing methods.json")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every config (e.g. data.subset=2000)")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(FAMILY)
+    out = Path(args.out)
+    previous = json.loads((out / "methods.json").read_text()) if args.merge and (out / "methods.json").is_file() else {}
     cache = Path(args.runs) / "features"
-    rows = []
+    rows = [r for r in previous.get("methods", []) if r["method"] not in names]
     for name in names:
         rows.append(bench_method(name, args, cache))
         print(json.dumps(rows[-1]), flush=True)
-    baselines: dict[str, dict[str, Any]] = {}
-    for name in names:  # one random-init baseline per distinct encoder config
-        cfg = method_config(name, args)
+    rows.sort(key=lambda r: list(FAMILY).index(r["method"]))
+    baselines = {b["encoder"]: b for b in previous.get("baselines", [])}
+    for r in rows:  # one random-init baseline per distinct encoder config
+        cfg = method_config(r["method"], args)
         key = encoder_key(cfg)
         if key not in baselines:
             label = ENCODER_LABEL.get(cfg.encoder.name, cfg.encoder.name)
@@ -195,9 +200,11 @@ def main() -> None:
             res = evaluate(f"random:{cfg.encoder.name}", cfg, cache, log=lambda s: None)
             baselines[key] = {"label": f"random-init {label}", "encoder": key, "encoder_label": label, **scores(res)}
             print(json.dumps(baselines[key]), flush=True)
-    res = evaluate("pixels", method_config(names[0], args), cache, log=lambda s: None)
-    baselines["pixels"] = {"label": "raw pixels (784-d)", "encoder": "pixels", **scores(res)}
-    print(json.dumps(baselines["pixels"]), flush=True)
+    if "pixels" not in baselines:
+        res = evaluate("pixels", method_config(names[0], args), cache, log=lambda s: None)
+        baselines["pixels"] = {"label": "raw pixels (784-d)", "encoder": "pixels", **scores(res)}
+        print(json.dumps(baselines["pixels"]), flush=True)
+    baselines["pixels"] = baselines.pop("pixels")  # last in the tables
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"budget_minutes": args.budget_minutes, "seed": args.seed, "threads": torch.get_num_threads(),

@@ -37,6 +37,6 @@ def tiny_config():
         return load_config(None, [
             f"method.name={method}", "data.name=digits", "data.image_size=16", "data.batch_size=64",
             *encoder, "trainer.max_epochs=1", "trainer.progress_bar=false", "eval.linear_epochs=5",
-            "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]", *overrides])
+            "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]", "eval.low_shot=[]", "eval.probe_seeds=1", *overrides])
 
     return make

@@ -1,6 +1,7 @@
 """End to end through the command line: pretrain -> eval -> export on sklearn digits."""
 
 import json
+import statistics
 
 import pytest
 
@@ -8,7 +9,8 @@ from selfsup.cli import main
 
 TINY = ["data.name=digits", "data.image_size=16", "data.batch_size=64",
         "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.progress_bar=false",
-        "eval.linear_epochs=5", "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]"]
+        "eval.linear_epochs=5", "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]", "eval.low_shot=[0.1]",
+        "eval.probe_seeds=2"]
 
 
 def test_pretrain_eval_export(tmp_path, capsys):
@@ -23,6 +25,11 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert [r["kind"] for r in rows] == ["pretrained", "random", "pixels"]
     for r in rows:
         assert 0 < r["knn"]["k=20,T=0.07"]["top1"] <= 100 and 0 < r["linear"]["top1"] <= 100
+        low = r["linear_10pct"]  # class-balanced 10% subsets, two seeds
+        assert low["seeds"] == 2 and len(low["top1_per_seed"]) == 2 and low["fraction"] == 0.1
+        assert abs(low["top1_std"] - statistics.stdev(low["top1_per_seed"])) < 1e-9
+        assert "linear_sklearn" in r  # digits is small enough for the scikit-learn cross-check
+    assert "linear top-1, 10% labels" in (run_dir / "results.md").read_text()
     assert rows[2]["knn"]["k=20,T=0.07"]["top1"] > 90  # pixels on digits are a strong baseline
     assert (run_dir / "results.md").is_file() and (run_dir / "export" / "model.safetensors").is_file()
     card = json.loads((run_dir / "export" / "config.json").read_text())

@@ -59,3 +59,52 @@ def test_load_errors_are_explained(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(LoadError, match="cannot read"):
         selfsup.load_encoder(bad)
+
+
+def _trained_encoder(run):
+    enc = load_run(run).method.exported_encoder().eval()
+    return enc.to(memory_format=torch.contiguous_format)  # training used channels_last
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
+def test_cli_export_torchscript_and_refused_torchvision(trained_run, tmp_path, capsys):
+    from selfsup.cli import main
+
+    out = tmp_path / "exp"
+    assert main(["export", str(trained_run), str(out), "--format", "torchscript"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{out / 'model.torchscript.pt'} (torchscript): features vs the timm encoder: max abs diff" in printed
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        ref = _trained_encoder(trained_run)(x)  # [4, 64]
+        got = torch.jit.load(str(out / "model.torchscript.pt"))(x)
+    assert (got - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("---\nlibrary_name: timm\n") and "| seed | 0 |" in readme
+    card = json.loads((out / "config.json").read_text())
+    assert f"the exported checkpoint was written after {card['trained_steps']} optimiser steps" in readme
+    assert card["trained_steps"] > 0
+    # the tiny encoder's stage widths have no torchvision counterpart: one line, nothing written
+    assert main(["export", str(trained_run), str(tmp_path / "tv"), "--format", "torchvision"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "selfsup export: error: cannot export 'resnet18' for torchvision: the timm kwargs channels=[8, 16, 32, 64], "
+        "stem_width=8 change the network")
+    assert not (tmp_path / "tv").exists()
+
+
+def test_cli_export_onnx(trained_run, tmp_path, capsys):
+    from selfsup.cli import main
+
+    pytest.importorskip("onnx", reason="onnx is not installed: pip install -e '.[onnx]' to test the ONNX export")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install -e '.[onnx]' to "
+                                                    "check the ONNX export's outputs")
+    out = tmp_path / "exp"
+    assert main(["export", str(trained_run), str(out), "--format", "onnx,safetensors"]) == 0
+    assert "(onnx): features vs the timm encoder: max abs diff" in capsys.readouterr().out
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(6, 1, 16, 16)
+    with torch.no_grad():
+        ref = _trained_encoder(trained_run)(x)  # [6, 64]
+    got = torch.from_numpy(session.run(["features"], {"images": x.numpy()})[0])
+    assert (got - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())

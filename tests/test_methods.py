@@ -15,9 +15,11 @@ from conftest import TINY_INFO as INFO  # noqa: E402
 
 def train_step(method, images):
     """``method.training_step``, with dataset indices and labels for methods that need them."""
+    n = images.shape[0]
     if type(method).needs_indices:
-        n = images.shape[0]
         return method.training_step(images, indices=torch.arange(n), labels=torch.arange(n) % 10)
+    if type(method).needs_labels:
+        return method.training_step(images, labels=torch.arange(n) % 10)
     return method.training_step(images)
 
 
@@ -35,6 +37,17 @@ def test_one_step_reduces_nothing_to_nan_and_reaches_every_parameter(name, tiny_
     no_grad = [n for n, p in module.method.named_parameters() if p.requires_grad and p.grad is None]
     assert not no_grad, f"parameters untouched by the loss: {no_grad[:5]}"
     assert module.method.exported_encoder() is module.method.encoder
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names()
+                                  if METHODS.get(n).needs_labels or METHODS.get(n).needs_indices])
+def test_the_training_module_feeds_each_method_what_it_declares(name, tiny_config):
+    """PretrainModule.training_step passes dataset indices and labels to methods that need them."""
+    torch.manual_seed(0)
+    module = PretrainModule(tiny_config("trainer.online_probe=false", method=name), INFO)
+    images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
+    loss = module.training_step((images, torch.arange(8) % 10, torch.arange(8)), 0)
+    assert loss.ndim == 0 and torch.isfinite(loss)
 
 
 @pytest.mark.parametrize("name", METHODS.names())

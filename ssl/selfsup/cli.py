@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from selfsup.config import RunConfig
 
 EPILOG = "Any config key can be overridden as key.path=value, e.g. method.temperature=0.2 trainer.max_epochs=3"
 
@@ -31,7 +35,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from selfsup.config import apply_override, build_config, load_config
+    from selfsup.config import ConfigError, apply_override, build_config, load_config
     from selfsup.eval.evaluate import evaluate
     from selfsup.eval.report import markdown_table
     from selfsup.export import is_export_dir, read_card
@@ -50,6 +54,12 @@ def _eval(args: argparse.Namespace) -> None:
         cfg = build_config(base)
     else:
         cfg = load_config(None, ["method.name=simclr", *args.overrides])
+    if args.task == "detection":
+        _eval_detection(args, cfg, target)
+        return
+    if args.dataset or args.test_dataset:
+        raise ConfigError("--dataset and --test-dataset choose detection data; add --task detection, or set "
+                          "data.name=... for kNN and linear probes")
     out = Path(args.out) if args.out else (target if (target / CONFIG_FILE).is_file() else Path("runs") / "eval")
     rows = [evaluate(t, cfg, out / "features") for t in [args.target, *args.baseline]]
     write_json(rows, out / "results.json")
@@ -59,17 +69,48 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"results written to {out / 'results.json'} and {out / 'results.md'}")
 
 
+def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:
+    """Detection transfer of the target and its baselines on one dataset; results.json/.md."""
+    from selfsup.eval.detection import check_target, detection_data, detection_markdown, evaluate_detection
+    from selfsup.fileio import write_json, write_text
+    from selfsup.train.run import CONFIG_FILE
+
+    if args.dataset:
+        cfg.detection.dataset = args.dataset
+    if args.test_dataset:
+        cfg.detection.test_dataset = args.test_dataset
+    for spec in [args.target, *args.baseline]:
+        check_target(spec)
+    default = target / "detection" if (target / CONFIG_FILE).is_file() else Path("runs") / "eval-detection"
+    out = Path(args.out) if args.out else default
+    data = detection_data(cfg)
+    rows = [evaluate_detection(args.target, cfg, data=data)]
+    in_chans = rows[0]["encoder"]["in_chans"]  # random baselines see the images as the target does
+    rows += [evaluate_detection(spec, cfg, data=data, in_chans=in_chans) for spec in args.baseline]
+    write_json(rows, out / "results.json")
+    table = detection_markdown(rows)
+    write_text(table, out / "results.md")
+    print("\n" + table)
+    print(f"results written to {out / 'results.json'} and {out / 'results.md'}")
+
+
 def _export(args: argparse.Namespace) -> None:
+    """model.safetensors + config.json + README.md of a run's encoder, plus the files of --format."""
     import json
 
-    from selfsup.export import export_encoder, results_summary
+    from selfsup.export import MODEL_CARD, export_encoder, parse_formats, read_card, results_summary
 
+    formats = parse_formats(args.format)  # an unknown format fails before the run is loaded
     results = None
     res = Path(args.run_dir) / "results.json"
     if res.is_file():
         results = results_summary(json.loads(res.read_text()))
-    out = export_encoder(args.run_dir, args.out_dir, results)
-    print(f"exported to {out}; load with selfsup.load_encoder({str(out)!r}) or timm (see {out / 'config.json'})")
+    out = export_encoder(args.run_dir, args.out_dir, results, formats)
+    print(f"exported to {out}; load with selfsup.load_encoder({str(out)!r}) or timm (see {out / MODEL_CARD})")
+    for fmt, rec in read_card(out)["exports"].items():
+        check = (f"max abs diff {rec['max_abs_diff']:.2g} <= {rec['tolerance']:.2g}, {rec['checked_with']}"
+                 if rec.get("checked_with") else rec.get("note", "not checked"))
+        print(f"  {out / rec['file']} ({fmt}): features vs the timm encoder: {check}")
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -100,17 +141,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-eval", action="store_true", help="skip evaluation and export after pretraining")
     s.set_defaults(func=_pretrain)
 
-    s = sub.add_parser("eval", help="kNN and linear probe of a frozen encoder", epilog=EPILOG)
+    s = sub.add_parser("eval", help="kNN and linear probe (default) or detection transfer of a frozen encoder",
+                       epilog=EPILOG + ". Detection settings: detection.epochs, detection.image_size, "
+                       "detection.trainable_layers, detection.lr, ... (selfsup/config.py: DetectionConfig)")
     s.add_argument("target", help="run directory, export directory, checkpoint, random:<timm-name> or pixels")
-    s.add_argument("overrides", nargs="*", help="key.path=value overrides (data.*, eval.*)")
+    s.add_argument("overrides", nargs="*", help="key.path=value overrides (data.*, eval.*, detection.*)")
     s.add_argument("--config", help="config for data and evaluation settings (default: the run's own)")
-    s.add_argument("--baseline", action="append", default=[], help="also evaluate: pixels or random:<timm-name>")
-    s.add_argument("--out", help="directory for results.json, results.md and cached features")
+    s.add_argument("--baseline", action="append", default=[], help="also evaluate: pixels or random:<timm-name> "
+                   "(detection: random:<timm-name> only, built with the target's input channels)")
+    s.add_argument("--task", choices=["classification", "detection"], default="classification",
+                   help="classification: kNN + linear probe on data.name; detection: train Faster R-CNN + FPN "
+                        "heads on the frozen encoder and report COCO mAP")
+    s.add_argument("--dataset", metavar="SPEC",
+                   help="detection data (default: detection.dataset): synthetic-fmnist (Fashion-MNIST test objects "
+                        "pasted on canvases), deepforest (tree-crown tiles; pip install --no-deps deepforest), "
+                        "voc:DIR (Annotations/ + JPEGImages/, or images with same-stem .xml) or "
+                        "coco:IMAGES_DIR,ANNOTATIONS.json; voc/coco are split by detection.test_fraction")
+    s.add_argument("--test-dataset", metavar="SPEC", help="detection: a separate voc:DIR or "
+                   "coco:IMAGES_DIR,ANNOTATIONS.json test set instead of splitting --dataset")
+    s.add_argument("--out", help="directory for results.json, results.md and cached features "
+                   "(detection default: RUN_DIR/detection or runs/eval-detection)")
     s.set_defaults(func=_eval)
 
-    s = sub.add_parser("export", help="write the encoder as safetensors + config.json (timm-loadable)")
+    from selfsup.export import FEATURE_RTOL, FORMAT_FILES, ONNX_OPSET
+
+    s = sub.add_parser("export", help="write the encoder as safetensors + config.json + README.md model card "
+                       "(timm-loadable), optionally as TorchScript, ONNX and torchvision files",
+                       epilog=f"Every file besides model.safetensors is run on a batch it was not traced with and "
+                       f"compared with the timm encoder before it is written (max abs difference of the features "
+                       f"<= {FEATURE_RTOL:g} x max(1, max |feature|)); config.json records each check. All take "
+                       f"normalised images [B, C, H, W] and return features [B, D].")
     s.add_argument("run_dir", help="run directory or checkpoint")
     s.add_argument("out_dir", help="export directory")
+    s.add_argument("--format", action="append", metavar="FORMAT",
+                   help=f"safetensors (default, always written: model.safetensors, config.json, README.md), "
+                        f"torchscript ({FORMAT_FILES['torchscript']}, traced), onnx ({FORMAT_FILES['onnx']}, opset "
+                        f"{ONNX_OPSET}, dynamic batch axis; needs pip install 'selfsup[onnx]'), torchvision "
+                        f"({FORMAT_FILES['torchvision']} for torchvision.models.resnet18/50/...; plain timm ResNets "
+                        f"only). Repeat the option or separate with commas: --format onnx,torchscript")
     s.set_defaults(func=_export)
 
     s = sub.add_parser("list", help="registered methods and datasets")

@@ -53,6 +53,8 @@ class DataConfig:
     num_workers: int = param(0, ge=0, help="decoding workers (image folders); in-memory sets need none")
     subset: int | None = param(None, gt=0, help="use a seeded random subset of this many training images")
     in_chans: int | None = param(None, gt=0, help="image folders: 1 (grayscale) or 3 (RGB); default 3")
+    on_bad_file: Literal["skip", "error"] = param("skip", help="image folders: leave unreadable files out "
+                                                  "(counted, listed in the run's bad_files.txt) or stop")
 
 
 @dataclass
@@ -106,9 +108,63 @@ class EvalConfig:
     linear_lrs: list[float] = param(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
     linear_wds: list[float] = param(default_factory=lambda: [0.0, 1e-5, 1e-4])
     linear_val_fraction: float = param(0.1, gt=0, lt=1, help="training data held out to choose lr/wd")
+    low_shot: list[float] = param(default_factory=lambda: [0.01, 0.1],
+                                  help="labelled fractions (class-balanced, seeded) probed besides all labels")
+    probe_seeds: int = param(3, gt=0, help="seeds per probe; every probe number is their mean +- std")
+    sklearn_max_images: int = param(20000, ge=0, help="cross-check the probe with scikit-learn's logistic "
+                                                       "regression when train has at most this many images (0: off)")
     baselines: list[str] = param(default_factory=lambda: ["random", "pixels"],
                                  help="evaluated beside the pretrained encoder after pretraining")
     after_pretrain: bool = param(True, help="evaluate and export when pretraining ends")
+
+
+@dataclass
+class DetectionConfig:
+    """Downstream detection on a frozen encoder (``selfsup eval --task detection``): torchvision's
+    Faster R-CNN (Ren et al. 2015) on an FPN (Lin et al. 2017) over the encoder's feature maps
+    (ViTs: ViTDet's simple pyramid, Li et al. 2022), small images and a short SGD schedule."""
+
+    dataset: str = param("synthetic-fmnist", help="synthetic-fmnist | deepforest | voc:DIR | coco:IMAGES,ANN.json")
+    test_dataset: str | None = param(None, help="voc:DIR or coco:IMAGES,ANN.json scored instead of a split of dataset")
+    test_fraction: float = param(0.25, gt=0, lt=1, help="held-out share of sets without their own split (seeded)")
+    data_seed: int = param(0, ge=0, help="seed of the synthetic images and of the train/test splits")
+    image_size: int = param(128, gt=0, help="detector input side: images are resized to image_size x image_size")
+    epochs: int = param(8, gt=0)
+    batch_size: int = param(8, gt=0)
+    lr: float = param(0.02, gt=0, help="SGD peak learning rate at batch size 16 (scaled linearly)")
+    momentum: float = param(0.9, ge=0, lt=1)
+    weight_decay: float = param(1e-4, ge=0, help="not applied to norms and biases")
+    warmup_steps: int = param(50, ge=0, help="linear warmup, then cosine decay to 0 over the remaining steps")
+    trainable_layers: int = param(0, ge=0, help="encoder stages trained, deepest first (0: frozen); "
+                                                "BatchNorm statistics and affines stay frozen")
+    fpn_channels: int = param(128, gt=0)
+    box_head_dim: int = param(256, gt=0, help="width of the two-layer box head")
+    rois_per_image: int = param(128, gt=0, help="proposals sampled per image to train the box head")
+    anchor_sizes: list[int] = param(default_factory=list, help="one anchor side per pyramid level, finest first; "
+                                                               "empty: image_size/16, doubling per level")
+    hflip: bool = param(True, help="random horizontal flips while training")
+    score_threshold: float = param(0.01, ge=0, lt=1, help="detections below this score are not scored")
+    num_workers: int = param(0, ge=0, help="image decoding workers (voc/coco folders)")
+    synthetic_train: int = param(1000, gt=0, help="synthetic-fmnist training canvases")
+    synthetic_test: int = param(300, gt=0, help="synthetic-fmnist test canvases")
+    synthetic_canvas: int = param(128, gt=0, help="synthetic-fmnist canvas side")
+    synthetic_objects: tuple[int, int] = (2, 5)
+    synthetic_object_size: tuple[int, int] = (20, 56)
+    deepforest_root: str | None = param(None, help="tree-crown images + VOC XML; default: the deepforest wheel's data/")
+    tile_size: int = param(200, gt=0, help="deepforest: side of the square tiles cut from the large images")
+    min_visible: float = param(0.4, gt=0, le=1, help="keep a box cut by a tile border when this share of its area "
+                                                     "is inside the tile")
+
+    def __post_init__(self) -> None:
+        lo, hi = self.synthetic_objects
+        if not 1 <= lo <= hi:
+            raise ValueError(f"synthetic_objects must satisfy 1 <= min <= max, got {self.synthetic_objects}")
+        lo, hi = self.synthetic_object_size
+        if not 4 <= lo <= hi <= self.synthetic_canvas:
+            raise ValueError(f"synthetic_object_size must satisfy 4 <= min <= max <= synthetic_canvas "
+                             f"({self.synthetic_canvas}), got {self.synthetic_object_size}")
+        if any(s <= 0 for s in self.anchor_sizes):
+            raise ValueError(f"anchor_sizes must be positive, got {self.anchor_sizes}")
 
 
 @dataclass
@@ -124,6 +180,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -296,7 +353,10 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                              f"give a YAML file") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
         if loaded is None:

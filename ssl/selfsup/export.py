@@ -1,32 +1,254 @@
-"""Export a trained encoder as safetensors + a JSON card, and load encoders back.
+"""Export a trained encoder, load it back, and convert it for other runtimes.
 
-The export directory holds ``model.safetensors`` (the timm model's own state dict,
-so timm loads it as a pretrained file) and ``config.json`` (architecture, kwargs,
-input size, normalisation, how it was trained and how it scored). Nothing is ever
-unpickled: weights come from safetensors, Lightning checkpoints are read with
-``torch.load(weights_only=True)``.
+An export directory holds
+
+- ``model.safetensors``: the timm model's own state dict, so timm loads it as a pretrained file;
+- ``config.json``: the card (architecture, kwargs, input size, normalisation, how the encoder was
+  trained and how it scored, which interop files were written and how closely they match);
+- ``README.md``: a Hugging Face-style model card rendered from the card;
+- on request (:func:`export_formats`, ``selfsup export --format``): ``model.torchscript.pt``
+  (TorchScript, traced), ``model.onnx`` (ONNX opset :data:`ONNX_OPSET`, dynamic batch axis) and
+  ``model.torchvision.safetensors`` (the same weights for ``torchvision.models.resnet*``).
+
+Every interop file maps normalised images ``[B, C, H, W]`` (the card's ``input_size``) to the
+pooled features ``[B, num_features]`` of the timm encoder. Before it is written, each one is run on
+a batch of another size than the one it was traced with and compared with the timm encoder:
+``max |exported - timm| <= FEATURE_RTOL * max(1, max |timm|)``, else nothing is written.
+
+TorchScript and the TorchScript-based ONNX exporter are deprecated upstream (torch >= 2.9 warns).
+selfsup uses them on purpose: they need no extra compiler stack (the ``torch.export``-based ONNX
+exporter needs onnxscript and takes ~30x longer on a ResNet), and every output is checked
+numerically. Their deprecation warnings are silenced inside these calls only.
+
+Nothing is ever unpickled: weights come from safetensors, Lightning checkpoints are read with
+``torch.load(weights_only=True)``. A path that cannot be loaded raises :class:`LoadError` saying
+what was found there and what to pass instead.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
+import io
 import json
+import pickle
+import warnings
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torch import nn
+from torch import Tensor, nn
 
 from selfsup.data import DataInfo
-from selfsup.encoders import create_encoder
-from selfsup.fileio import save_tensors, write_json
+from selfsup.encoders import EncoderError, create_encoder
+from selfsup.fileio import save_tensors, write_bytes, write_json, write_text
 
 WEIGHTS = "model.safetensors"
 CARD = "config.json"
+MODEL_CARD = "README.md"
+FORMATS = ("safetensors", "torchscript", "onnx", "torchvision")
+FORMAT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx",
+                "torchvision": "model.torchvision.safetensors"}
+ONNX_OPSET = 17  # run by onnxruntime >= 1.11 and most other ONNX runtimes
+ONNX_INPUT, ONNX_OUTPUT = "images", "features"
+# float32 reassociation (fused conv + BN, other kernels) moves features by ~1e-6 relative; a wrong
+# mapping moves them by O(1). The bound sits between, relative to the features' scale.
+FEATURE_RTOL = 1e-4
+TRACE_BATCH, CHECK_BATCH = 2, 3  # checked on another batch size than traced: the batch axis is dynamic
+WHAT_LOADS = ("an export directory (config.json + model.safetensors, written by `selfsup export`), a run "
+              "directory (with checkpoints/last.ckpt) or a selfsup checkpoint (.ckpt)")
+
+Shape = tuple[int, ...]
 
 
 class LoadError(ValueError):
     """The path holds nothing selfsup can load; the message says what was found."""
+
+
+class ExportError(LoadError):
+    """An export cannot be written as asked; the message says why and what to do instead.
+
+    A LoadError, so that everything that reports load problems (the CLI) reports it in one line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What a path holds
+
+
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip file"), (b"PK\x03\x04", "a zip archive"))
+
+
+def _is_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    for cut in range(4):  # the sample may end inside a multi-byte character
+        try:
+            head[:len(head) - cut].decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            continue
+    return False
+
+
+def describe_bytes(head: bytes) -> str:
+    """What a file is, judged from its first bytes: "a PNG image", "a safetensors file", ..."""
+    if not head:
+        return "an empty file"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    if len(head) >= 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 30:
+        return "a safetensors file"  # 8-byte little-endian header length, then the JSON header
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle"
+    if _is_text(head):
+        first = head.decode("utf-8", errors="ignore").strip().splitlines()[0][:60] if head.strip() else ""
+        return f"a text file (it starts with {first!r})"
+    return "binary data of an unknown kind"
+
+
+def _zip_kind(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except zipfile.BadZipFile:
+        return "a damaged zip archive"
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "a TorchScript archive"
+    if any(n.endswith("data.pkl") for n in names):
+        return "a PyTorch checkpoint"
+    return "a zip archive"
+
+
+def describe_file(path: str | Path) -> str:
+    """What the file at ``path`` is, for error messages (see :func:`describe_bytes`)."""
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(64)
+    kind = describe_bytes(head)
+    if kind == "a zip archive":
+        return _zip_kind(path)
+    if kind == "binary data of an unknown kind" and path.suffix == ".onnx":
+        return "an ONNX model"
+    return kind
+
+
+def _what_to_do(kind: str) -> str:
+    if kind == "a TorchScript archive":
+        return "load it with torch.jit.load(path)"
+    if kind == "an ONNX model":
+        return "run it with onnxruntime.InferenceSession(path)"
+    return f"pass {WHAT_LOADS}"
+
+
+def _names(keys: Iterable[str], n: int = 3) -> str:
+    return ", ".join(repr(k) for k in list(keys)[:n])
+
+
+def _listing(path: Path, n: int = 6) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    if not names:
+        return "nothing (it is empty)"
+    return ", ".join(names[:n]) + (f", ... ({len(names)} entries)" if len(names) > n else "")
+
+
+def describe_directory(path: str | Path) -> str:
+    """Why directory ``path`` is neither an export directory nor a run directory, and what to pass instead."""
+    from selfsup.train.run import CONFIG_FILE
+
+    path = Path(path)
+    where = repr(str(path))
+    if (path / CARD).is_file() and not (path / WEIGHTS).is_file():
+        return (f"{where} is an incomplete export directory: it has {CARD} but no {WEIGHTS}; export again with "
+                f"`selfsup export RUN_DIR {path}`")
+    if (path / WEIGHTS).is_file():
+        return (f"{where} has {WEIGHTS} but no {CARD} card saying which architecture the weights are for; export "
+                f"with `selfsup export RUN_DIR DIR`, or load plain timm weights with timm.create_model(NAME, "
+                f"pretrained=True, pretrained_cfg_overlay=dict(file={str(path / WEIGHTS)!r}))")
+    ckpts = sorted((path / "checkpoints").glob("*.ckpt")) if (path / "checkpoints").is_dir() else []
+    if ckpts:
+        return (f"{where} has no checkpoints/last.ckpt; pass one of its checkpoints instead: "
+                f"{', '.join(str(c) for c in ckpts[:3])}")
+    if (path / CONFIG_FILE).is_file():
+        return (f"{where} is a selfsup run directory without a checkpoint (no checkpoints/last.ckpt): its "
+                f"training stopped before the first one was saved; resume it with `selfsup pretrain --resume {path}`")
+    return (f"{where} is not a selfsup run directory (no checkpoints/last.ckpt) nor an export directory (no {CARD} "
+            f"and {WEIGHTS}); it holds {_listing(path)}. Pass {WHAT_LOADS}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing a state dict with the one a model expects
+
+
+@dataclass(frozen=True)
+class StateMismatch:
+    """How a state dict differs from the one a model expects."""
+
+    missing: list[str]  # the model's tensors that the file lacks
+    unexpected: list[str]  # the file's tensors that the model does not have
+    shapes: list[tuple[str, Shape, Shape]]  # (name, shape in the file, shape in the model)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.shapes)
+
+
+def tensor_shapes(state: Mapping[str, Tensor]) -> dict[str, Shape]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def compare_state(expected: Mapping[str, Shape], found: Mapping[str, Shape]) -> StateMismatch:
+    """Names and shapes of ``found`` (a file) against ``expected`` (a model)."""
+    return StateMismatch(missing=[k for k in expected if k not in found],
+                         unexpected=[k for k in found if k not in expected],
+                         shapes=[(k, found[k], s) for k, s in expected.items() if k in found and found[k] != s])
+
+
+def _prefix_hint(m: StateMismatch) -> str:
+    """Names a prefix that the file's keys carry where the model's have none (e.g. 'encoder.')."""
+    missing = set(m.missing)
+    for head in sorted({k.split(".", 1)[0] for k in m.unexpected if "." in k}):
+        hits = sum(k.split(".", 1)[1] in missing for k in m.unexpected if k.startswith(head + "."))
+        if missing and hits >= len(missing) / 2:
+            return (f"; the file's names carry a {head + '.'!r} prefix: it is the state of a model that contains the "
+                    f"encoder, not the encoder's own")
+    return ""
+
+
+def describe_mismatch(m: StateMismatch, n_expected: int, n_found: int) -> str:
+    """Counts and a few names of each kind of difference."""
+    parts = []
+    if m.missing:
+        parts.append(f"{len(m.missing)} of the model's {n_expected} tensors are missing from the file "
+                     f"(e.g. {_names(m.missing)})")
+    if m.unexpected:
+        parts.append(f"{len(m.unexpected)} of the file's {n_found} tensors are not in the model "
+                     f"(e.g. {_names(m.unexpected)})")
+    if m.shapes:
+        shown = ", ".join(f"{k!r}: file {list(f)} vs model {list(e)}" for k, f, e in m.shapes[:2])
+        parts.append(f"{len(m.shapes)} have another shape (e.g. {shown})")
+    return "; ".join(parts) + _prefix_hint(m)
+
+
+def file_in_chans(m: StateMismatch, first_conv: str | None) -> int | None:
+    """The file's input channels when the stem conv's input channels are the only difference."""
+    if m.missing or m.unexpected or len(m.shapes) != 1 or not isinstance(first_conv, str):
+        return None
+    name, found, expected = m.shapes[0]
+    if name != f"{first_conv}.weight" or len(found) != len(expected) or len(found) < 2:
+        return None
+    return found[1] if found[:1] + found[2:] == expected[:1] + expected[2:] else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs and checkpoints
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -37,33 +259,96 @@ def find_checkpoint(path: str | Path) -> Path:
     last = path / "checkpoints" / "last.ckpt"
     if last.is_file():
         return last
-    raise LoadError(f"{str(path)!r} is not a selfsup run directory (no checkpoints/last.ckpt) "
-                    f"nor an export directory (no {CARD} and {WEIGHTS})")
+    raise LoadError(describe_directory(path))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a Lightning checkpoint without unpickling code (``weights_only=True``)."""
     path = Path(path)
+    kind = describe_file(path)
+    if kind not in ("a PyTorch checkpoint", "a pickle"):
+        raise LoadError(f"cannot read {str(path)!r} as a selfsup checkpoint: it is {kind}; {_what_to_do(kind)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError, RuntimeError for non-zip files, ...
+    except pickle.UnpicklingError as err:  # what weights_only raises for a pickle that would run code
         raise LoadError(f"cannot read {str(path)!r} as a selfsup checkpoint: {type(err).__name__}: "
                         f"{str(err).splitlines()[0]}. selfsup only loads checkpoints that need no "
                         f"code to unpickle.") from None
+    except Exception as err:  # RuntimeError for a truncated zip, EOFError, ...
+        raise LoadError(f"cannot read {str(path)!r} as a selfsup checkpoint: {type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}; the file looks truncated or "
+                        f"damaged") from None
+
+
+def _check_selfsup_checkpoint(ckpt: Any, path: Path) -> None:
+    """Raise a LoadError naming what ``ckpt`` is when selfsup did not write it."""
+    from selfsup.train.module import CHECKPOINT_KEY
+
+    where = repr(str(path))
+    if not isinstance(ckpt, dict):
+        raise LoadError(f"{where} holds a {type(ckpt).__name__}, not a checkpoint; pass {WHAT_LOADS}")
+    if CHECKPOINT_KEY in ckpt:
+        return
+    if ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
+        raise LoadError(f"{where} is a plain state dict of {len(ckpt)} tensors (e.g. {_names(ckpt)}), not a selfsup "
+                        f"checkpoint: nothing in it says which architecture the weights belong to. Load it into "
+                        f"its model with model.load_state_dict(torch.load(path, weights_only=True)), or pass "
+                        f"{WHAT_LOADS}")
+    what = "a Lightning checkpoint" if "state_dict" in ckpt else f"a dict with keys {_names(ckpt, 5)}"
+    raise LoadError(f"{where} is {what} not written by selfsup (it has no {CHECKPOINT_KEY!r} entry with the config "
+                    f"that built the model); pass {WHAT_LOADS}")
+
+
+def _checkpoint_mismatch(ckpt: dict[str, Any], path: Path, err: RuntimeError) -> str:
+    """Why a selfsup checkpoint's weights do not fit the model its own config builds (code or timm drift)."""
+    import timm
+
+    from selfsup import __version__
+    from selfsup.config import build_config
+    from selfsup.train.module import CHECKPOINT_KEY, PretrainModule
+
+    meta = ckpt[CHECKPOINT_KEY]
+    head = f"the weights in {str(path)!r} do not fit the model its own config builds"
+    try:
+        d = dict(meta["data_info"])
+        info = DataInfo(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+        expected = tensor_shapes(PretrainModule(build_config(meta["config"]), info).state_dict())
+        found = tensor_shapes(ckpt["state_dict"])
+        detail = describe_mismatch(compare_state(expected, found), len(expected), len(found))
+    except Exception:  # the summary is a courtesy; fall back to torch's first line
+        detail = str(err).splitlines()[0]
+    return (f"{head}: {detail}. It was written by selfsup {meta.get('version', '?')}, and this selfsup "
+            f"{__version__} with timm {timm.__version__} builds a different model: load it with the versions "
+            f"it was trained with")
+
+
+def _read_run(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The PretrainModule (eval mode) of a run directory or checkpoint, and the checkpoint dict."""
+    from selfsup.train.module import module_from_checkpoint
+
+    ckpt_path = find_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_path)
+    _check_selfsup_checkpoint(ckpt, ckpt_path)
+    try:
+        module = module_from_checkpoint(ckpt)
+    except LoadError:
+        raise
+    except RuntimeError as err:
+        if "Error(s) in loading state_dict" in str(err):
+            raise LoadError(_checkpoint_mismatch(ckpt, ckpt_path, err)) from None
+        raise LoadError(f"cannot rebuild the run from {str(ckpt_path)!r}: {err}") from None
+    except (KeyError, ValueError) as err:
+        raise LoadError(f"cannot rebuild the run from {str(ckpt_path)!r}: {err}") from None
+    return module.eval(), ckpt
 
 
 def load_run(path: str | Path):
     """The PretrainModule of a run directory or checkpoint, in eval mode."""
-    from selfsup.train.module import module_from_checkpoint
+    return _read_run(path)[0]
 
-    ckpt_path = find_checkpoint(path)
-    try:
-        module = module_from_checkpoint(load_checkpoint(ckpt_path))
-    except (KeyError, ValueError, RuntimeError) as err:
-        if isinstance(err, LoadError):
-            raise
-        raise LoadError(f"cannot rebuild the run from {str(ckpt_path)!r}: {err}") from None
-    return module.eval()
+
+# ---------------------------------------------------------------------------------------------
+# The card and export directories
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -71,54 +356,76 @@ def is_export_dir(path: str | Path) -> bool:
     return (path / CARD).is_file() and (path / WEIGHTS).is_file()
 
 
-def export_encoder(source: str | Path, out_dir: str | Path, results: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` for the encoder of run ``source``."""
+def _first_group(text: str) -> str:
+    """``text`` up to the parenthesis closing its first one: "SimCLR (Chen et al. 2020, "...")"."""
+    start, depth = text.find("("), 0
+    for i in range(max(start, 0), len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if start >= 0 and depth == 0:
+            return text[:i + 1]
+    return text.split(". ")[0]
+
+
+def method_reference(name: str) -> str:
+    """A method's name and citation, from the first sentence of its module's docstring."""
+    import sys
+
+    from selfsup.methods import METHODS
+
+    if name not in METHODS:
+        return name
+    doc = " ".join((sys.modules[METHODS.get(name).__module__].__doc__ or "").split())
+    return _first_group(doc) if doc else name
+
+
+def make_card(cfg: Any, info: DataInfo, encoder: nn.Module, results: dict[str, Any] | None = None,
+              trained_steps: int | None = None) -> dict[str, Any]:
+    """The ``config.json`` card of ``encoder``, trained by run config ``cfg`` on data ``info``."""
+    import timm
+
     from selfsup import __version__
     from selfsup.config import to_dict
 
-    module = load_run(source)
-    cfg, info = module.cfg, module.info
-    encoder = module.method.exported_encoder()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    save_tensors(state, out / WEIGHTS, {"format": "pt"})
     cfg_d = to_dict(cfg)
     kwargs = dict(cfg.encoder.kwargs)
-    card = {
+    return {
         "architecture": cfg.encoder.name,
         "kwargs": kwargs,
         "in_chans": info.in_chans,
         "num_features": encoder.num_features,
+        "num_params": sum(p.numel() for p in encoder.parameters()),
         "input_size": [info.in_chans, info.image_size, info.image_size],
         "mean": list(info.mean),
         "std": list(info.std),
         "num_classes_seen": info.num_classes,
+        "train_images": info.num_samples,
+        "trained_steps": trained_steps,
         "method": cfg_d["method"]["name"],
+        "method_reference": method_reference(cfg_d["method"]["name"]),
         "method_config": cfg_d["method"],
         "training_config": cfg_d,
         "selfsup_version": __version__,
+        "versions": {"selfsup": __version__, "torch": torch.__version__, "timm": timm.__version__},
         "results": results or {},
         "load_with_timm": (
             f"timm.create_model({cfg.encoder.name!r}, pretrained=True, num_classes=0, "
             f"in_chans={info.in_chans}, pretrained_cfg_overlay=dict(file='{WEIGHTS}')"
             + "".join(f", {k}={v!r}" for k, v in kwargs.items()) + ")"
         ),
+        "exports": {},
     }
-    write_json(card, out / CARD)
-    return out
 
 
 def results_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the export card keeps of evaluation rows: kNN and linear results per target."""
-    return {r["label"]: {k: r[k] for k in ("knn", "linear") if k in r} for r in rows}
+    """What the export card keeps of evaluation rows: kNN and every linear-probe result per target."""
+    return {r["label"]: {k: v for k, v in r.items() if k == "knn" or k.startswith("linear")} for r in rows}
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
     card_path = Path(path) / CARD
     try:
         return json.loads(card_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LoadError(f"cannot read the export card {str(card_path)!r}: {err}") from None
 
 
@@ -127,28 +434,570 @@ def card_info(card: dict[str, Any]) -> DataInfo:
                     tuple(card["mean"]), tuple(card["std"]))
 
 
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file; a LoadError names what the file is otherwise."""
+    kind = describe_file(path)
+    if kind != "a safetensors file":
+        raise LoadError(f"{str(path)!r} should hold the encoder's weights as safetensors but is {kind}; export "
+                        f"again with `selfsup export RUN_DIR {path.parent}`")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError for a truncated or corrupt file
+        raise LoadError(f"cannot read {str(path)!r}: {err}; the file looks truncated or damaged, export "
+                        f"again with `selfsup export RUN_DIR {path.parent}`") from None
+
+
+def _weights_mismatch(weights: Path, card: dict[str, Any], encoder: nn.Module, m: StateMismatch,
+                      n_expected: int, n_found: int) -> str:
+    """The message for weights that do not fit the encoder their card describes."""
+    first_conv = getattr(encoder, "pretrained_cfg", {}).get("first_conv")
+    chans = file_in_chans(m, first_conv)
+    if chans is not None:
+        name, found, _ = m.shapes[0]
+        return (f"the weights in {str(weights)!r} are for {chans}-channel images ({name} has shape {list(found)}) "
+                f"but {CARD} says in_chans={card['in_chans']}: set \"in_chans\": {chans} and \"input_size\": "
+                f"[{chans}, H, W] in {str(weights.parent / CARD)!r}, or export the run again with "
+                f"`selfsup export RUN_DIR DIR`")
+    kwargs = card.get("kwargs") or {}
+    arch = repr(card["architecture"]) + (f" with kwargs {kwargs}" if kwargs else "")
+    return (f"the weights in {str(weights)!r} do not fit {arch} as {CARD} describes it: "
+            f"{describe_mismatch(m, n_expected, n_found)}. {CARD}'s \"architecture\" and \"kwargs\" must be the "
+            f"ones the weights were trained with; export the run again with `selfsup export RUN_DIR DIR`")
+
+
+def _load_export(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    card = read_card(path)
+    lacking = [k for k in ("architecture", "in_chans", "input_size", "mean", "std") if k not in card]
+    if lacking:
+        raise LoadError(f"{str(path / CARD)!r} is not a selfsup export card: it lacks {', '.join(lacking)}; "
+                        f"export again with `selfsup export RUN_DIR {path}`")
+    try:
+        encoder = create_encoder(card["architecture"], card["in_chans"], card.get("kwargs") or {})
+    except EncoderError as err:
+        raise LoadError(f"{str(path / CARD)!r} describes an encoder timm cannot build: {err}") from None
+    state = read_weights(path / WEIGHTS)
+    expected, found = tensor_shapes(encoder.state_dict()), tensor_shapes(state)
+    mismatch = compare_state(expected, found)
+    if mismatch:
+        raise LoadError(_weights_mismatch(path / WEIGHTS, card, encoder, mismatch, len(expected), len(found)))
+    encoder.load_state_dict(state)
+    encoder.selfsup_info = card_info(card)
+    return encoder.eval(), card
+
+
+def _loose_safetensors(path: Path) -> str:
+    """The message for a safetensors file passed without its export directory."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+        held = f" of {len(keys)} tensors (e.g. {_names(keys)})"
+    except Exception:  # damaged header: say what we can
+        held = ""
+    beside = (f"; it sits in the export directory {str(path.parent)!r}: pass that directory"
+              if is_export_dir(path.parent)
+              else f"; pass the export directory that holds it with its {CARD} (written by `selfsup export`), or load "
+                   f"timm weights with timm.create_model(NAME, pretrained=True, "
+                   f"pretrained_cfg_overlay=dict(file={str(path)!r}))")
+    return f"{str(path)!r} is a safetensors file{held} with no {CARD} card to say which encoder they belong to{beside}"
+
+
+def load_encoder_and_card(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_encoder`, plus the encoder's card (for a run, the card an export would write)."""
+    path = Path(path)
+    if not path.exists():
+        raise LoadError(f"{str(path)!r} does not exist; pass {WHAT_LOADS}")
+    if path.is_file() and path.name in (WEIGHTS, CARD) and is_export_dir(path.parent):
+        path = path.parent  # a file of an export directory stands for the directory
+    if is_export_dir(path):
+        return _load_export(path)
+    if path.is_file() and describe_file(path) == "a safetensors file":
+        raise LoadError(_loose_safetensors(path))
+    module, ckpt = _read_run(path)
+    encoder = module.method.exported_encoder().eval()
+    encoder.selfsup_info = module.info
+    return encoder, make_card(module.cfg, module.info, encoder, trained_steps=ckpt.get("global_step"))
+
+
 def load_encoder(path: str | Path) -> nn.Module:
     """An encoder in eval mode from an export directory, a run directory or a checkpoint.
 
     The result is the timm model itself; ``selfsup_info`` (a DataInfo with input size and
-    normalisation) is attached to it.
+    normalisation) is attached to it. Anything else raises a :class:`LoadError` that says what
+    was found (a PNG, a text file, weights for another architecture or channel count, ...) and
+    what to pass instead.
     """
-    path = Path(path)
-    if not path.exists():
-        raise LoadError(f"{str(path)!r} does not exist")
-    if is_export_dir(path):
-        card = read_card(path)
-        encoder = create_encoder(card["architecture"], card["in_chans"], card.get("kwargs", {}))
-        state = load_file(str(path / WEIGHTS))
-        missing, unexpected = encoder.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise LoadError(
-                f"the weights in {str(path / WEIGHTS)!r} do not fit {card['architecture']!r}: "
-                f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                f"(e.g. {unexpected[:3]})")
-        encoder.selfsup_info = card_info(card)
-        return encoder.eval()
-    module = load_run(path)
+    return load_encoder_and_card(path)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Export formats
+
+
+def parse_formats(values: Iterable[str] | None) -> tuple[str, ...]:
+    """Export formats from ``--format`` values (repeated and/or comma-separated); safetensors comes first
+    and always: the other formats are derived from it."""
+    chosen = ["safetensors"]
+    for value in values or ():
+        for name in (v.strip().lower() for v in value.split(",")):
+            if not name:
+                continue
+            if name not in FORMATS:
+                near = difflib.get_close_matches(name, FORMATS, n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise ExportError(f"unknown export format {name!r}: {hint}choose from {', '.join(FORMATS)}")
+            if name not in chosen:
+                chosen.append(name)
+    return tuple(chosen)
+
+
+def onnx_installed() -> bool:
+    return importlib.util.find_spec("onnx") is not None
+
+
+def check_formats(card: Mapping[str, Any], formats: Iterable[str]) -> None:
+    """Raise an ExportError, before anything is written, when a format cannot be produced for ``card``."""
+    formats = set(formats)
+    if "torchvision" in formats and (problem := torchvision_problem(card)):
+        raise ExportError(f"cannot export {card['architecture']!r} for torchvision: {problem}")
+    if "onnx" in formats and not onnx_installed():
+        raise ExportError("the onnx export needs the onnx package: pip install 'selfsup[onnx]' (onnx and "
+                          "onnxruntime, which also checks the exported model's outputs)")
+
+
+def export_encoder(source: str | Path, out_dir: str | Path, results: dict[str, Any] | None = None,
+                   formats: Iterable[str] = ("safetensors",)) -> Path:
+    """Write the export directory of run ``source`` (a run directory or checkpoint).
+
+    Always ``model.safetensors``, ``config.json`` and ``README.md``; ``formats`` adds interop files
+    (see :func:`export_formats` and :func:`write_export`).
+    """
+    wanted = parse_formats(formats)  # an unknown format fails before the run is loaded
+    module, ckpt = _read_run(source)
     encoder = module.method.exported_encoder()
-    encoder.selfsup_info = module.info
-    return encoder.eval()
+    card = make_card(module.cfg, module.info, encoder, results, ckpt.get("global_step"))
+    return write_export(encoder, card, out_dir, wanted)
+
+
+def write_export(encoder: nn.Module, card: dict[str, Any], out_dir: str | Path,
+                 formats: Iterable[str] = ("safetensors",)) -> Path:
+    """Write ``encoder`` with its ``card`` (:func:`make_card`) as the export directory ``out_dir``.
+
+    Every format is checked to be possible before anything is written; interop files that an
+    earlier export left in ``out_dir`` are removed (they hold the earlier weights).
+    """
+    wanted = parse_formats(formats)
+    check_formats(card, wanted)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{str(out)!r} exists and is not a directory; choose a directory to export into")
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    save_tensors(state, out / WEIGHTS, {"format": "pt"})
+    write_json({**card, "exports": {}}, out / CARD)  # export_formats records the files it writes
+    for name in FORMAT_FILES.values():
+        (out / name).unlink(missing_ok=True)
+    export_formats(out, wanted)
+    return out
+
+
+def export_formats(export_dir: str | Path, formats: Iterable[str]) -> dict[str, Path]:
+    """Add interop files to an export directory; returns the file of each format.
+
+    Each file is derived from ``model.safetensors``, checked against the timm encoder before it is
+    written, and its check is recorded in the card under ``exports``; ``README.md`` is rewritten.
+    """
+    out = Path(export_dir)
+    if not is_export_dir(out):
+        raise LoadError(describe_directory(out) if out.is_dir() else f"{str(out)!r} is not an export directory")
+    wanted = parse_formats(formats)
+    encoder, card = _load_export(out)
+    check_formats(card, wanted)
+    writers = {"torchscript": write_torchscript, "onnx": write_onnx, "torchvision": write_torchvision}
+    exports = dict(card.get("exports") or {})
+    written = {"safetensors": out / WEIGHTS}
+    for fmt in wanted[1:]:
+        written[fmt] = out / FORMAT_FILES[fmt]
+        exports[fmt] = writers[fmt](encoder, card, written[fmt])
+    card["exports"] = exports
+    write_json(card, out / CARD)
+    write_text(model_card_markdown(card, out.name), out / MODEL_CARD)
+    return written
+
+
+def example_input(card: Mapping[str, Any], batch: int, seed: int = 0) -> Tensor:
+    """Normal noise shaped like a batch of normalised images: ``[batch, C, H, W]``."""
+    return torch.randn(batch, *card["input_size"], generator=torch.Generator().manual_seed(seed))
+
+
+def check_features(fmt: str, ref: Tensor, out: Tensor) -> dict[str, float]:
+    """``max |out - ref|`` and its bound ``FEATURE_RTOL * max(1, max |ref|)``; an ExportError beyond it."""
+    if tuple(out.shape) != tuple(ref.shape):
+        raise ExportError(f"the {fmt} export gives features of shape {list(out.shape)}, the timm encoder "
+                          f"{list(ref.shape)}; nothing was written")
+    diff = (out.float() - ref.float()).abs().max().item()  # [B, D] -> scalar
+    tol = FEATURE_RTOL * max(1.0, ref.abs().max().item())
+    if not diff <= tol:  # also catches NaN
+        raise ExportError(f"the {fmt} export's features differ from the timm encoder's by up to {diff:.3g} "
+                          f"(allowed {tol:.3g}); nothing was written")
+    return {"max_abs_diff": diff, "tolerance": tol}
+
+
+def _compare(fmt: str, encoder: nn.Module, run: Callable[[Tensor], Tensor],
+             card: Mapping[str, Any]) -> dict[str, float]:
+    x = example_input(card, CHECK_BATCH, seed=1)  # [CHECK_BATCH, C, H, W]
+    with torch.no_grad():
+        return check_features(fmt, encoder(x), run(x))  # [CHECK_BATCH, D] each
+
+
+@contextmanager
+def _upstream_deprecations_silenced() -> Iterator[None]:
+    """torch >= 2.9 deprecates TorchScript and the TorchScript-based ONNX exporter (see the module docstring)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
+        yield
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def write_torchscript(encoder: nn.Module, card: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """``torch.jit.trace`` of the encoder (eval mode) at ``path``; returns the card's record of it."""
+    try:
+        with _upstream_deprecations_silenced(), torch.no_grad():
+            traced = torch.jit.trace(encoder, example_input(card, TRACE_BATCH), check_trace=False)
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf)
+            data = buf.getvalue()
+            reloaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    except Exception as err:  # a model that cannot be traced: say so in one line
+        raise ExportError(f"cannot trace {card['architecture']!r} to TorchScript: {_first_line(err)}") from None
+    record = _compare("torchscript", encoder, reloaded, card)
+    write_bytes(data, path)
+    return {"file": path.name, "how": f"torch.jit.trace in eval mode on a batch of {TRACE_BATCH}",
+            "checked_with": f"torch.jit.load (torch {torch.__version__}) on a batch of {CHECK_BATCH}", **record}
+
+
+def _onnxruntime_runner(data: bytes) -> tuple[Callable[[Tensor], Tensor], str] | None:
+    """Features from the ONNX model ``data`` run by onnxruntime, or None when it is not installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+    def run(x: Tensor) -> Tensor:  # [B, C, H, W] -> [B, D]
+        return torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0])
+
+    return run, f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
+
+
+def write_onnx(encoder: nn.Module, card: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The encoder as ONNX (opset ONNX_OPSET, batch axis dynamic) at ``path``; checked with onnxruntime
+    when it is installed. Returns the card's record of it."""
+    buf = io.BytesIO()
+    try:
+        with _upstream_deprecations_silenced(), torch.no_grad():
+            torch.onnx.export(encoder, (example_input(card, TRACE_BATCH),), buf, dynamo=False,
+                              opset_version=ONNX_OPSET, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                              dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}})
+    except Exception as err:
+        raise ExportError(f"cannot export {card['architecture']!r} to ONNX: {_first_line(err)}") from None
+    data = buf.getvalue()
+    c, h, w = card["input_size"]
+    record: dict[str, Any] = {
+        "file": path.name, "opset": ONNX_OPSET, "exporter": "torch.onnx.export(dynamo=False), TorchScript-based",
+        "input": f"{ONNX_INPUT}: float32 [batch, {c}, {h}, {w}], normalised",
+        "output": f"{ONNX_OUTPUT}: float32 [batch, {card['num_features']}]"}
+    runner = _onnxruntime_runner(data)
+    if runner is None:
+        record.update(checked_with=None, note="not checked: onnxruntime is not installed (pip install 'selfsup[onnx]')")
+    else:
+        run, engine = runner
+        record.update(_compare("onnx", encoder, run, card), checked_with=f"{engine} on a batch of {CHECK_BATCH}")
+    write_bytes(data, path)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision
+
+
+# timm and torchvision name these identically and build them alike (ResNet v1.5: stride on the 3x3
+# conv; stem conv 7x7/2 + max pool): the parameters have the same names and shapes in both libraries.
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                       "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+_BASIC_BLOCK = ("resnet18", "resnet34")
+_EVAL_NEUTRAL = ("drop_block_rate", "drop_path_rate", "drop_rate", "zero_init_last")  # change training only
+_DILATION = {32: None, 16: [False, False, True], 8: [False, True, True]}  # output_stride -> torchvision's arg
+
+
+def torchvision_problem(card: Mapping[str, Any]) -> str | None:
+    """Why the card's encoder has no torchvision counterpart, or None when it has one."""
+    arch = card["architecture"]
+    if arch not in TORCHVISION_RESNETS:
+        return (f"torchvision has no model matching timm's {arch!r}; the torchvision export covers timm's "
+                f"{', '.join(TORCHVISION_RESNETS)}, whose parameters have the same names and shapes in both libraries")
+    kwargs = card.get("kwargs") or {}
+    other = sorted(k for k in kwargs if k not in (*_EVAL_NEUTRAL, "output_stride", "global_pool")
+                   or (k == "global_pool" and kwargs[k] != "avg"))
+    if other:
+        return (f"the timm kwargs {', '.join(f'{k}={kwargs[k]!r}' for k in other)} change the network in ways "
+                f"torchvision's ResNet cannot express (its stem, stage widths, normalisation, activation and "
+                f"pooling are fixed); only output_stride and {', '.join(_EVAL_NEUTRAL)} carry over. The "
+                f"torchscript and onnx exports keep the timm architecture")
+    stride = kwargs.get("output_stride", 32)
+    if stride not in _DILATION:
+        return f"output_stride={stride!r}: timm and torchvision ResNets agree only on 8, 16 and 32"
+    if stride != 32 and arch in _BASIC_BLOCK:
+        return (f"output_stride={stride} dilates {arch}'s BasicBlocks, which torchvision's BasicBlock does not "
+                f"support (its replace_stride_with_dilation is for Bottleneck ResNets: resnet50 and larger)")
+    return None
+
+
+def torchvision_call(card: Mapping[str, Any]) -> str:
+    """The torchvision constructor call that builds the card's encoder (before fc and conv1 are adapted)."""
+    dilation = _DILATION[(card.get("kwargs") or {}).get("output_stride", 32)]
+    return f"torchvision.models.{card['architecture']}(" + (
+        f"replace_stride_with_dilation={dilation})" if dilation else ")")
+
+
+def torchvision_model(card: Mapping[str, Any]) -> nn.Module:
+    """torchvision's counterpart of the card's encoder, untrained: ``fc`` is an Identity (the output is
+    the pooled features ``[B, D]``) and ``conv1`` takes ``in_chans`` channels (torchvision's takes 3)."""
+    import torchvision
+
+    dilation = _DILATION[(card.get("kwargs") or {}).get("output_stride", 32)]
+    model = getattr(torchvision.models, card["architecture"])(weights=None, replace_stride_with_dilation=dilation)
+    model.fc = nn.Identity()
+    if card["in_chans"] != model.conv1.in_channels:
+        c = model.conv1
+        model.conv1 = nn.Conv2d(card["in_chans"], c.out_channels, c.kernel_size, c.stride, c.padding, bias=False)
+    return model
+
+
+def torchvision_from_encoder(encoder: nn.Module, card: Mapping[str, Any]) -> nn.Module:
+    """The torchvision ResNet (eval mode) holding ``encoder``'s weights, loaded strictly."""
+    problem = torchvision_problem(card)
+    if problem:
+        raise ExportError(f"cannot convert {card['architecture']!r} to torchvision: {problem}")
+    with torch.device("meta"):  # no time spent initialising weights that are replaced
+        model = torchvision_model(card)
+    state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}  # the same names in both libraries
+    expected, found = tensor_shapes(model.state_dict()), tensor_shapes(state)
+    mismatch = compare_state(expected, found)
+    if mismatch:
+        raise ExportError(f"timm's and torchvision's {card['architecture']!r} do not line up with these library "
+                          f"versions: {describe_mismatch(mismatch, len(expected), len(found))}")
+    model.load_state_dict(state, strict=True, assign=True)
+    if hasattr(encoder, "selfsup_info"):
+        model.selfsup_info = encoder.selfsup_info
+    return model.eval()
+
+
+def to_torchvision(path: str | Path) -> nn.Module:
+    """A ``torchvision.models`` ResNet holding the encoder at ``path`` (export directory, run directory or
+    checkpoint), in eval mode: ``fc`` is an Identity, so it returns the same features ``[B, D]`` as the timm
+    encoder; for ``in_chans != 3``, ``conv1`` is rebuilt for that many channels. Only timm ResNets with
+    torchvision's layout convert (see :func:`torchvision_problem`); others raise an ExportError saying why."""
+    encoder, card = load_encoder_and_card(path)
+    return torchvision_from_encoder(encoder, card)
+
+
+def write_torchvision(encoder: nn.Module, card: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The torchvision-keyed state dict (no ``fc``) at ``path``; returns the card's record of it."""
+    model = torchvision_from_encoder(encoder, card)
+    record = _compare("torchvision", encoder, model, card)
+    save_tensors(dict(model.state_dict()), path, {"format": "pt", "torchvision_call": torchvision_call(card),
+                                                  "in_chans": str(card["in_chans"])})
+    return {"file": path.name, "load": torchvision_call(card), "fc": "replace by torch.nn.Identity() (no classifier)",
+            "conv1": "torchvision's (3 channels)" if card["in_chans"] == 3 else
+            f"replace by torch.nn.Conv2d({card['in_chans']}, 64, 7, 2, 3, bias=False)",
+            "checked_with": f"{torchvision_call(card)} on a batch of {CHECK_BATCH}", **record}
+
+
+# ---------------------------------------------------------------------------------------------
+# README.md: the model card
+
+
+def _front_matter(card: Mapping[str, Any]) -> str:
+    import yaml
+
+    data = card.get("training_config", {}).get("data", {}).get("name")
+    kind = "supervised" if card["method"] == "supervised" else "self-supervised-learning"
+    meta: dict[str, Any] = {"library_name": "timm", "pipeline_tag": "image-feature-extraction",
+                            "tags": ["image-feature-extraction", "timm", "selfsup", kind, card["method"],
+                                     card["architecture"]]}
+    if data and data != "image-folder":  # an image folder is no named dataset
+        meta["datasets"] = [data]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def _training_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
+    tc = card.get("training_config", {})
+    data, trainer, optim = tc.get("data", {}), tc.get("trainer", {}), tc.get("optim", {})
+    c, h, w = card["input_size"]
+    hyper = ", ".join(f"{k}={v}" for k, v in card.get("method_config", {}).items()
+                      if k != "name" and isinstance(v, (int, float, str, bool)))
+    method = f"`{card['method']}`: {card.get('method_reference', card['method'])}" + (
+        f"; hyper-parameters {hyper}" if hyper else "")
+    kwargs = card.get("kwargs") or {}
+    encoder = (f"timm `{card['architecture']}`" + (f", kwargs `{json.dumps(kwargs)}`" if kwargs else "")
+               + f"; {c} input channel{'s' * (c != 1)}; {card['num_features']}-d features"
+               + (f"; {card['num_params']:,} parameters" if card.get("num_params") else ""))
+    name = data.get("name", "?")
+    images = f", {card['train_images']:,} training images" if card.get("train_images") else ""
+    subset = f" (a seeded subset of {data['subset']:,})" if data.get("subset") else ""
+    data_row = (("a folder of images (`image-folder`)" if name == "image-folder" else f"`{name}`") + images + subset
+                + f"; {h}x{w} pixels, normalised with mean {card['mean']} and std {card['std']}")
+    steps = trainer.get("max_steps", -1)
+    length = f"{steps:,} optimiser steps" if steps and steps > 0 else f"{trainer.get('max_epochs', '?')} epochs"
+    done = (f"; the exported checkpoint was written after {card['trained_steps']:,} optimiser steps"
+            if card.get("trained_steps") is not None else "")
+    schedule = (f"{length}{done}; batch {data.get('batch_size', '?')}; {optim.get('name', '?')}, peak lr "
+                f"{optim.get('lr', '?')} at batch 256 ({optim.get('lr_scaling', '?')} scaling), weight decay "
+                f"{optim.get('weight_decay', '?')}, {optim.get('warmup_epochs', '?')} warmup epochs; precision "
+                f"{trainer.get('precision', '?')}")
+    versions = card.get("versions") or {"selfsup": card.get("selfsup_version", "?")}
+    return [("method", method), ("encoder", encoder), ("data", data_row), ("schedule", schedule),
+            ("seed", str(tc.get("seed", "?"))), ("software", ", ".join(f"{k} {v}" for k, v in versions.items()))]
+
+
+def _probe_order(key: str, value: Mapping[str, Any]) -> tuple[int, float]:
+    rank = 0 if key == "linear" else 2 if key == "linear_sklearn" else 1
+    return rank, -float(value.get("fraction", 0.0))
+
+
+def _probe_header(key: str) -> str:
+    if key == "linear":
+        return "linear top-1"
+    if key == "linear_sklearn":
+        return "sklearn logistic top-1"
+    return f"linear top-1, {key.removeprefix('linear_').replace('pct', '%')} labels"
+
+
+def _pm(result: Mapping[str, Any]) -> str:
+    std = result.get("top1_std")
+    return f"{result['top1']:.2f}" if std is None else f"{result['top1']:.2f} ± {std:.2f}"
+
+
+def results_markdown(results: Mapping[str, Any], dataset: str) -> str:
+    """The card's evaluation results as a markdown table (top-1 %, one row per evaluated encoder)."""
+    rows = {label: r for label, r in results.items() if isinstance(r, Mapping)}
+    if not rows:
+        return ("No evaluation results were recorded with this export; `selfsup eval DIR` scores it with a kNN "
+                "classifier and a linear probe.\n")
+    knn = list(dict.fromkeys(k for r in rows.values() for k in r.get("knn", {})))
+    probes = {k: v for r in rows.values() for k, v in r.items() if k.startswith("linear") and isinstance(v, Mapping)}
+    probe_keys = sorted(probes, key=lambda k: _probe_order(k, probes[k]))
+    header = ["encoder"] + [f"kNN {k} top-1" for k in knn] + [_probe_header(k) for k in probe_keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for label, r in rows.items():
+        cells = [label] + [f"{r['knn'][k]['top1']:.2f}" if k in r.get("knn", {}) else "" for k in knn]
+        cells += [_pm(r[k]) if isinstance(r.get(k), Mapping) and "top1" in r[k] else "" for k in probe_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = next((v["seeds"] for v in probes.values() if "seeds" in v), None)
+    note = (f"\nTop-1 accuracy (%) of the frozen features on the test split of `{dataset}` (`selfsup eval`): "
+            f"weighted kNN (cosine similarity, votes weighted by exp(sim/T)) and a linear probe whose learning rate "
+            f"and weight decay were chosen on held-out training images"
+            + (f"; ± is the standard deviation over {seeds} probe seeds" if seeds else "")
+            + ". Rows other than the pretrained encoder are baselines scored the same way.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def _code(text: str) -> str:
+    return f"```python\n{text}\n```\n"
+
+
+def _timm_snippet(card: Mapping[str, Any], dir_name: str) -> str:
+    c, h, w = card["input_size"]
+    kwargs = "".join(f", {k}={v!r}" for k, v in (card.get("kwargs") or {}).items())
+    return _code(
+        f"import timm, torch\n"
+        f"model = timm.create_model({card['architecture']!r}, pretrained=True, num_classes=0, in_chans={c},\n"
+        f"                          pretrained_cfg_overlay=dict(file=\"{dir_name}/{WEIGHTS}\")"
+        + (f",\n                          {kwargs[2:]}" if kwargs else "") + ").eval()\n"
+        f"mean = torch.tensor({list(card['mean'])}).view(1, -1, 1, 1)\n"
+        f"std = torch.tensor({list(card['std'])}).view(1, -1, 1, 1)\n"
+        f"x = (images.float() / 255 - mean) / std  # images: uint8 [B, {c}, {h}, {w}]\n"
+        f"features = model(x)  # [B, {card['num_features']}]")
+
+
+def _torchvision_snippet(card: Mapping[str, Any], dir_name: str) -> str:
+    c = card["in_chans"]
+    if "torchvision" in (card.get("exports") or {}):
+        conv1 = "" if c == 3 else (f"model.conv1 = torch.nn.Conv2d({c}, 64, kernel_size=7, stride=2, padding=3, "
+                                   f"bias=False)  # {c}-channel images\n")
+        return _code(f"import torch, torchvision\nfrom safetensors.torch import load_file\n"
+                     f"model = {torchvision_call(card)}\n"
+                     f"model.fc = torch.nn.Identity()  # features, as the timm encoder\n{conv1}"
+                     f"model.load_state_dict(load_file(\"{dir_name}/{FORMAT_FILES['torchvision']}\"))\n"
+                     f"model.eval()")
+    problem = torchvision_problem(card)
+    if problem:
+        return f"Not available for this encoder: {problem}.\n"
+    return (f"`selfsup.export.to_torchvision(\"{dir_name}\")` returns it as a torchvision model; "
+            f"`selfsup export RUN_DIR {dir_name} --format torchvision` writes `{FORMAT_FILES['torchvision']}`.\n")
+
+
+def _torchscript_snippet(card: Mapping[str, Any], dir_name: str) -> str:
+    if "torchscript" not in (card.get("exports") or {}):
+        return (f"`selfsup export RUN_DIR {dir_name} --format torchscript` writes "
+                f"`{FORMAT_FILES['torchscript']}`.\n")
+    return _code(f"import torch\nmodel = torch.jit.load(\"{dir_name}/{FORMAT_FILES['torchscript']}\")\n"
+                 f"features = model(x)  # [B, {card['num_features']}]")
+
+
+def _onnx_snippet(card: Mapping[str, Any], dir_name: str) -> str:
+    if "onnx" not in (card.get("exports") or {}):
+        return (f"`selfsup export RUN_DIR {dir_name} --format onnx` writes `{FORMAT_FILES['onnx']}` (ONNX opset "
+                f"{ONNX_OPSET}, dynamic batch axis; needs `pip install 'selfsup[onnx]'`).\n")
+    return _code(f"import onnxruntime\n"
+                 f"session = onnxruntime.InferenceSession(\"{dir_name}/{FORMAT_FILES['onnx']}\")\n"
+                 f"features = session.run([\"{ONNX_OUTPUT}\"], {{\"{ONNX_INPUT}\": x.numpy()}})[0]  "
+                 f"# [B, {card['num_features']}], any batch size")
+
+
+def _usage(card: Mapping[str, Any], dir_name: str) -> str:
+    c, h, w = card["input_size"]
+    intro = (f"Inputs are images resized to {h}x{w} with {c} channel{'s' * (c != 1)}, scaled to [0, 1] and "
+             f"normalised per channel; the output is the pooled feature vector `[B, {card['num_features']}]` "
+             f"(no classifier).\n")
+    selfsup_snippet = _code(f"import selfsup\nmodel = selfsup.load_encoder(\"{dir_name}\")  "
+                            f"# eval mode; model.selfsup_info has the input size, mean and std")
+    parts = [intro, "**timm**\n", _timm_snippet(card, dir_name), "**selfsup**\n", selfsup_snippet,
+             "**torchvision**\n", _torchvision_snippet(card, dir_name),
+             "**TorchScript**\n", _torchscript_snippet(card, dir_name), "**ONNX**\n", _onnx_snippet(card, dir_name)]
+    return "\n".join(parts)
+
+
+def _files(card: Mapping[str, Any]) -> str:
+    lines = ["| file | what | checked against the timm encoder |", "|---|---|---|",
+             f"| `{WEIGHTS}` | the timm model's state dict | the reference |",
+             f"| `{CARD}` | architecture, kwargs, input size, normalisation, training config, results | |"]
+    what = {"torchscript": "TorchScript (traced)", "onnx": f"ONNX, opset {ONNX_OPSET}, dynamic batch axis",
+            "torchvision": "state dict keyed for torchvision (no `fc`)"}
+    for fmt, rec in (card.get("exports") or {}).items():
+        check = (f"max abs diff {rec['max_abs_diff']:.2g} (bound {rec['tolerance']:.2g}), {rec['checked_with']}"
+                 if rec.get("checked_with") else rec.get("note", "not checked"))
+        lines.append(f"| `{rec['file']}` | {what.get(fmt, fmt)} | {check} |")
+    return "\n".join(lines) + "\n"
+
+
+def model_card_markdown(card: Mapping[str, Any], dir_name: str) -> str:
+    """``README.md`` of an export directory: YAML front matter for the Hugging Face Hub, how the encoder
+    was trained and how it scored (from the card), and how to load it with each library."""
+    data = card.get("training_config", {}).get("data", {}).get("name", "?")
+    intro = (f"# {card['architecture']} pretrained with {card['method']} (selfsup)\n\n"
+             f"A timm `{card['architecture']}` encoder without classifier (`num_classes=0`), pretrained with "
+             f"selfsup: {card.get('method_reference', card['method'])}.\n")
+    training = ("## Training\n\n| | |\n|---|---|\n"
+                + "".join(f"| {k} | {v} |\n" for k, v in _training_rows(card))
+                + f"\nThe whole training config is `training_config` in `{CARD}`.\n")
+    return "\n".join([_front_matter(card), intro, training, "## Evaluation\n",
+                      results_markdown(card.get("results") or {}, data), "## Use\n", _usage(card, dir_name),
+                      "## Files\n", _files(card)])

@@ -70,15 +70,25 @@ class ImageDataset(Dataset):
         mean, std = self.channel_stats()
         return DataInfo(self.in_chans, self.image_size, self.num_classes, mean, std, len(self))
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        items = [self[i] for i in indices]
-        return torch.stack([x for x, _ in items]), torch.as_tensor([y for _, y in items])
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
+        items = [item for item in (self[i] for i in indices) if item is not None]  # None: a skipped bad file
+        return collate(items) if items else self.empty_batch()
+
+    def empty_batch(self) -> tuple[Tensor, ...]:
+        """A batch of zero images (every file of a batch was skipped as unreadable)."""
+        return (torch.empty(0, self.in_chans, self.image_size, self.image_size, dtype=torch.uint8),
+                torch.empty(0, dtype=torch.long))
+
+    def set_bad_file_log(self, path: Path) -> None:
+        """Where skipped unreadable files are listed (only image folders have any)."""
 
 
 def collate(batch: tuple[Tensor, ...] | list) -> tuple[Tensor, ...]:
-    """DataLoader collate for datasets whose ``__getitems__`` already returns a batch."""
+    """DataLoader collate for datasets whose ``__getitems__`` already returns a batch;
+    items that are None (unreadable files skipped under ``data.on_bad_file=skip``) are dropped."""
     if isinstance(batch, tuple):
         return batch
+    batch = [item for item in batch if item is not None]
     images, *rest = zip(*batch)
     return (torch.stack(images), *(torch.as_tensor(r) for r in rest))
 
@@ -90,11 +100,20 @@ class WithIndices(ImageDataset):
         self.base, self.labels = base, base.labels
         self.num_classes, self.in_chans, self.image_size = base.num_classes, base.in_chans, base.image_size
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
-        return (*self.base[i], i)
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int] | None:
+        item = self.base[i]
+        return None if item is None else (*item, i)
+
+    def set_bad_file_log(self, path: Path) -> None:
+        self.base.set_bad_file_log(path)
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-        return (*self.base.__getitems__(indices), torch.as_tensor(indices))
+        if isinstance(self.base, TensorImages):  # nothing can be skipped: one indexing op per batch
+            return (*self.base.__getitems__(indices), torch.as_tensor(indices))
+        return super().__getitems__(indices)
+
+    def empty_batch(self) -> tuple[Tensor, ...]:
+        return (*self.base.empty_batch(), torch.empty(0, dtype=torch.long))
 
 
 class TensorImages(ImageDataset):
@@ -142,8 +161,11 @@ class _Subset(ImageDataset):
         self.labels = base.labels[torch.as_tensor(indices)]
         self.num_classes, self.in_chans, self.image_size = base.num_classes, base.in_chans, base.image_size
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         return self.base[self.indices[i]]
+
+    def set_bad_file_log(self, path: Path) -> None:
+        self.base.set_bad_file_log(path)
 
 
 # --------------------------------------------------------------------------- builders
@@ -295,27 +317,78 @@ def digits(cfg: DataConfig, split: str) -> TensorImages:
 # --------------------------------------------------------------------------- image folders
 
 
-class FolderImages(ImageDataset):
-    """Image files decoded on access (in DataLoader workers), resized to a square side."""
+def decode_image(path: str, in_chans: int) -> Tensor:
+    """uint8 ``[C, H, W]`` of an image file as grayscale (C=1) or RGB (C=3).
 
-    def __init__(self, files: list[str], labels: list[int], num_classes: int, size: int, in_chans: int) -> None:
+    Palette, CMYK, RGBA (alpha dropped), grayscale+alpha and 16-bit images are converted;
+    16-bit values are scaled to 8 bits (65535 -> 255) instead of clipped. Any failure
+    (missing permission, not an image, truncated or corrupt data) is a DataError naming
+    the file.
+    """
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: truncated files fail here, not later
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16/32-bit grayscale
+                arr = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+            elif im.mode == "P":
+                im = im.convert("RGBA")  # palettes with transparency convert cleanly through RGBA
+            im = im.convert("L" if in_chans == 1 else "RGB")
+            return TF.pil_to_tensor(im)  # uint8 [C, H, W]
+    except Exception as err:  # PIL raises many types for corrupt, truncated or foreign files
+        raise DataError(f"cannot decode image {path!r}: {type(err).__name__}: {err}. Remove or replace the "
+                        f"file, or set data.on_bad_file=skip to leave such files out") from None
+
+
+class FolderImages(ImageDataset):
+    """Image files decoded on access (in DataLoader workers), resized to a square side.
+
+    ``on_bad_file="skip"`` leaves unreadable files out of their batch (``__getitem__``
+    returns None, :func:`collate` drops it), warns once per process and appends the file
+    and the reason to the log set by :meth:`set_bad_file_log`; ``"error"`` raises.
+    """
+
+    def __init__(self, files: list[str], labels: list[int], num_classes: int, size: int, in_chans: int,
+                 on_bad_file: str = "skip") -> None:
         self.files = files
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.num_classes, self.image_size, self.in_chans = num_classes, size, in_chans
+        self.on_bad_file = on_bad_file
+        self.bad_file_log: Path | None = None
+        self.skipped: list[str] = []  # in this process (each DataLoader worker has its own)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        from PIL import Image
+    def set_bad_file_log(self, path: Path) -> None:
+        self.bad_file_log = Path(path)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         from torchvision.transforms.v2 import functional as TF
 
         try:
-            with Image.open(self.files[i]) as im:
-                im = im.convert("L" if self.in_chans == 1 else "RGB")  # palette, CMYK, RGBA, 16-bit
-                img = TF.pil_to_tensor(im)  # uint8 [C, H, W]
-        except Exception as err:  # PIL raises many types for corrupt or truncated files
-            raise DataError(f"cannot decode image {self.files[i]!r}: {err}. Remove or replace the file.") from None
+            img = decode_image(self.files[i], self.in_chans)
+        except DataError as err:
+            if self.on_bad_file == "error":
+                raise
+            self._skip(self.files[i], str(err))
+            return None
         img = TF.resize(img, self.image_size, antialias=True)  # shorter side -> size
         img = TF.center_crop(img, [self.image_size, self.image_size])
         return img, int(self.labels[i])
+
+    def _skip(self, path: str, reason: str) -> None:
+        import warnings
+
+        if not self.skipped:
+            where = f"; the list is in {self.bad_file_log}" if self.bad_file_log else ""
+            warnings.warn(f"skipping unreadable images (data.on_bad_file=skip), first: {reason}{where}", stacklevel=2)
+        self.skipped.append(path)
+        if self.bad_file_log is not None:
+            with open(self.bad_file_log, "a") as f:  # one short line per file: appends do not interleave
+                f.write(f"{path}\t{reason}\n")
 
 
 @DATASETS.register("image-folder")
@@ -352,4 +425,4 @@ def image_folder(cfg: DataConfig, split: str) -> FolderImages:
     if not files:
         raise DataError(f"image folder {str(folder)!r} holds no images with extensions "
                         f"{', '.join(IMG_EXTENSIONS)}")
-    return FolderImages(files, labels, n_cls, size, in_chans)
+    return FolderImages(files, labels, n_cls, size, in_chans, cfg.on_bad_file)

@@ -19,7 +19,7 @@ from selfsup.data import DataInfo, build_dataset, subset
 from selfsup.encoders import create_encoder
 from selfsup.eval.features import FeatureCache, extract_features, fingerprint
 from selfsup.eval.knn import knn_evaluate
-from selfsup.eval.linear import linear_probe
+from selfsup.eval.linear import probe_protocol, sklearn_probe
 from selfsup.export import LoadError, is_export_dir, load_encoder
 
 
@@ -89,9 +89,14 @@ def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | Non
     }
     results["knn"] = knn_evaluate(xtr, ytr, xte, yte, list(cfg.eval.knn), classes)
     if cfg.eval.linear:
-        log(f"[eval] linear probe for {target.label} (lr x wd grid {len(cfg.eval.linear_lrs)}x{len(cfg.eval.linear_wds)})")
-        results["linear"] = linear_probe(xtr, ytr, xte, yte, classes, cfg.eval.linear_lrs, cfg.eval.linear_wds,
-                                         cfg.eval.linear_epochs, cfg.eval.linear_batch_size,
-                                         cfg.eval.linear_val_fraction, cfg.seed)
+        log(f"[eval] linear probes for {target.label} (lr x wd grid {len(cfg.eval.linear_lrs)}x"
+            f"{len(cfg.eval.linear_wds)}, labelled fractions 1 {' '.join(f'{f:g}' for f in cfg.eval.low_shot)}, "
+            f"{cfg.eval.probe_seeds} seeds)")
+        results.update(probe_protocol(xtr, ytr, xte, yte, classes, cfg.eval.linear_lrs, cfg.eval.linear_wds,
+                                      (1.0, *sorted(cfg.eval.low_shot, reverse=True)), cfg.eval.probe_seeds,
+                                      cfg.eval.linear_epochs, cfg.eval.linear_batch_size,
+                                      cfg.eval.linear_val_fraction, cfg.seed))
+        if 0 < len(ytr) <= cfg.eval.sklearn_max_images:
+            results["linear_sklearn"] = sklearn_probe(xtr, ytr, xte, yte)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results

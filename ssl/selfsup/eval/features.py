@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -37,23 +38,112 @@ def extract_features(encoder: nn.Module, ds: ImageDataset, info: DataInfo, batch
     return torch.cat(feats), torch.cat(labels)
 
 
+class FeatureFile:
+    """A 2-D tensor in a safetensors file, read lazily a row range at a time.
+
+    ``rows(start, stop)`` returns float32 ``[stop - start, D]`` through
+    ``safe_open(...).get_slice``, which reads only that range; the file is opened per
+    read, so the memory map (and its resident pages) is released after each chunk and
+    a float16 file far larger than memory can be streamed. ``offset`` (``[D]``), when
+    given, is subtracted from every row read (e.g. centring raw pixels on the training
+    mean without materialising a centred copy).
+    """
+
+    def __init__(self, path: str | Path, name: str = "features", offset: Tensor | None = None) -> None:
+        self.path = Path(path)
+        self.name = name
+        with safe_open(str(self.path), "pt") as f:
+            sl = f.get_slice(name)
+            shape = tuple(sl.get_shape())
+            self.dtype = sl.get_dtype()  # safetensors dtype code, e.g. "F16"
+        if len(shape) != 2:
+            raise ValueError(f"{self.path}: tensor {name!r} has shape {list(shape)}, expected [rows, dim]")
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        self.offset = None if offset is None else offset.detach().float().reshape(1, -1)  # [1, D]
+        if self.offset is not None and self.offset.shape[1] != self.shape[1]:
+            raise ValueError(f"offset has {self.offset.shape[1]} values, features have {self.shape[1]} columns")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Rows ``[start, stop)`` as float32 ``[stop - start, D]`` (a fresh tensor)."""
+        start, stop = max(0, start), min(stop, self.shape[0])
+        with safe_open(str(self.path), "pt") as f:
+            x = f.get_slice(self.name)[start:stop].float()  # [R, D]; copies out of the mapping
+        return x if self.offset is None else x - self.offset
+
+    def chunks(self, chunk_rows: int) -> Iterator[Tensor]:
+        """Float32 chunks ``[<= chunk_rows, D]`` covering every row in order."""
+        for start in range(0, self.shape[0], chunk_rows):
+            yield self.rows(start, start + chunk_rows)
+
+    def load(self, chunk_rows: int = 65_536) -> Tensor:
+        """Every row as one float32 tensor ``[N, D]`` (for consumers that need it all in memory),
+        filled chunk by chunk so no whole-file float16 copy exists beside it."""
+        out = torch.empty(self.shape)  # [N, D]
+        for start in range(0, self.shape[0], chunk_rows):
+            out[start:start + chunk_rows] = self.rows(start, start + chunk_rows)
+        return out
+
+    def mean(self, chunk_rows: int = 65_536) -> Tensor:
+        """Column mean ``[D]`` (float32), accumulated in float64 chunk by chunk."""
+        total = torch.zeros(self.shape[1], dtype=torch.float64)
+        for x in self.chunks(chunk_rows):
+            total += x.double().sum(0)
+        return (total / max(1, self.shape[0])).float()
+
+    def centered(self, mean: Tensor) -> FeatureFile:
+        """The same file, read with ``mean`` (``[D]``) subtracted from every row."""
+        shift = mean if self.offset is None else mean + self.offset[0]
+        return FeatureFile(self.path, self.name, shift)
+
+    def tensor(self, name: str) -> Tensor:
+        """Another (small) tensor of the same file, loaded whole, e.g. ``"labels"``."""
+        with safe_open(str(self.path), "pt") as f:
+            return f.get_tensor(name)
+
+
 class FeatureCache:
     """Features stored as float16 safetensors under ``directory``, keyed by name and
-    checked against the encoder fingerprint (a retrained encoder never reuses stale features)."""
+    checked against the encoder fingerprint (a retrained encoder never reuses stale features).
+
+    ``get`` loads a split into memory as float32; ``get_lazy`` returns a :class:`FeatureFile`
+    that streams the float16 rows, for evaluators (kNN) that never need them all at once."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
 
-    def get(self, name: str, key: str, compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        path = self.directory / f"{name}.safetensors"
-        if path.exists():
-            from safetensors import safe_open
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.safetensors"
 
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            if meta.get("key") == key:
-                data = load_file(str(path))
-                return data["features"].float(), data["labels"]
+    def has(self, name: str, key: str) -> bool:
+        """Whether ``name`` is cached for the encoder with fingerprint ``key``."""
+        path = self.path(name)
+        if not path.exists():
+            return False
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return meta.get("key") == key
+
+    def _store(self, name: str, key: str, compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         feats, labels = compute()
-        save_tensors({"features": feats.half(), "labels": labels}, path, {"key": key})
+        save_tensors({"features": feats.half(), "labels": labels}, self.path(name), {"key": key})
+        return feats, labels
+
+    def get(self, name: str, key: str, compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Float32 features ``[N, D]`` (float16-rounded, as stored) and labels ``[N]``."""
+        if self.has(name, key):
+            data = load_file(str(self.path(name)))
+            return data["features"].float(), data["labels"]
+        feats, labels = self._store(name, key, compute)
         return feats.half().float(), labels
+
+    def get_lazy(self, name: str, key: str,
+                 compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[FeatureFile, Tensor]:
+        """A lazy :class:`FeatureFile` over the cached features and the labels ``[N]``;
+        computed and stored first when missing or stale."""
+        if not self.has(name, key):
+            self._store(name, key, compute)
+        lazy = FeatureFile(self.path(name))
+        return lazy, lazy.tensor("labels")

@@ -1,15 +1,23 @@
-"""Linear probe on cached frozen features (the backbone never runs again).
+"""Linear probes on cached frozen features (the backbone never runs again).
 
 Features are standardised with training statistics (as MAE's BatchNorm-without-affine
 probe does); a grid of learning rates and weight decays is trained at once, one
 linear head per setting, the best is chosen on a seeded split held out from the
 training set, then retrained on the whole training set and scored on the test split.
+
+:func:`probe_protocol` adds the low-shot protocol of the semi-supervised evaluations
+(SimCLR, Chen et al. 2020, sec. 4.2; VISSL's 1% / 10% ImageNet subsets): probes on
+class-balanced, seeded 1% and 10% subsets of the labelled training set, and every
+number as the mean and standard deviation over several seeds. :func:`sklearn_probe`
+is scikit-learn's multinomial logistic regression on the same standardised features,
+a cross-check of the SGD probe on small data.
 """
 
 from __future__ import annotations
 
 import math
 from itertools import product
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +26,14 @@ from torch import Tensor, nn
 from selfsup.eval.knn import topk_accuracy
 
 
+MIN_STEPS = 1000  # small (low-shot) training sets get more epochs, so that every probe takes this many steps
+
+
 def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[float, float]],
                  epochs: int, batch_size: int, seed: int) -> list[nn.Linear]:
     """One linear head per (lr, wd) setting, trained together with SGD (momentum 0.9,
-    cosine schedule) on standardised features ``x`` [N, D]."""
+    cosine schedule) on standardised features ``x`` [N, D], for ``epochs`` or at least
+    :data:`MIN_STEPS` steps."""
     g = torch.Generator().manual_seed(seed)
     heads = []
     for _ in settings:
@@ -33,6 +45,7 @@ def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[fl
     opt = torch.optim.SGD([{"params": h.parameters(), "lr": lr, "weight_decay": wd}
                            for h, (lr, wd) in zip(heads, settings)], lr=0.1, momentum=0.9)
     steps_per_epoch = math.ceil(len(x) / batch_size)
+    epochs = max(epochs, math.ceil(MIN_STEPS / steps_per_epoch))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
@@ -52,15 +65,16 @@ def standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
     return [(t - mean) / std for t in (train, *others)]
 
 
-def linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
-                 lrs: list[float], wds: list[float], epochs: int = 60, batch_size: int = 1024,
-                 val_fraction: float = 0.1, seed: int = 0) -> dict[str, float]:
-    """Test top-1/top-5 (percent) of the probe whose (lr, wd) won on the held-out split."""
-    train, test = train.float(), test.float()
+def select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: list[float], wds: list[float],
+                   epochs: int = 60, batch_size: int = 1024, val_fraction: float = 0.1,
+                   seed: int = 0) -> tuple[tuple[float, float], float]:
+    """The (lr, wd) whose probe scores best on a seeded split held out from ``train``
+    [N, D]; returns it and its held-out top-1 (percent)."""
+    train = train.float()
     settings = list(product(lrs, wds))
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(train), generator=g)
-    n_val = max(1, int(round(val_fraction * len(train))))
+    n_val = min(len(train) - 1, max(1, int(round(val_fraction * len(train)))))
     val_idx, fit_idx = perm[:n_val], perm[n_val:]
     fit_x, val_x = standardise(train[fit_idx], train[val_idx])
     with torch.enable_grad():
@@ -68,9 +82,106 @@ def linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels:
     with torch.no_grad():
         val_acc = [topk_accuracy(h(val_x), train_labels[val_idx], (1,))["top1"] for h in heads]
     best = max(range(len(settings)), key=lambda i: val_acc[i])
-    full_x, test_x = standardise(train, test)
+    return settings[best], val_acc[best]
+
+
+def fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
+                  setting: tuple[float, float], epochs: int = 60, batch_size: int = 1024,
+                  seed: int = 0) -> dict[str, float]:
+    """Test top-1/top-5 (percent) of one probe at ``setting`` = (lr, wd) trained on all of ``train``."""
+    full_x, test_x = standardise(train.float(), test.float())
     with torch.enable_grad():
-        (head,) = _train_heads(full_x, train_labels, num_classes, [settings[best]], epochs, batch_size, seed)
+        (head,) = _train_heads(full_x, train_labels, num_classes, [setting], epochs, batch_size, seed)
     with torch.no_grad():
-        acc = topk_accuracy(head(test_x), test_labels)
-    return {**acc, "lr": settings[best][0], "weight_decay": settings[best][1], "val_top1": val_acc[best]}
+        return topk_accuracy(head(test_x), test_labels)
+
+
+def linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
+                 lrs: list[float], wds: list[float], epochs: int = 60, batch_size: int = 1024,
+                 val_fraction: float = 0.1, seed: int = 0) -> dict[str, float]:
+    """Test top-1/top-5 (percent) of the probe whose (lr, wd) won on the held-out split."""
+    setting, val_acc = select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
+                                      val_fraction, seed)
+    acc = fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs, batch_size, seed)
+    return {**acc, "lr": setting[0], "weight_decay": setting[1], "val_top1": val_acc}
+
+
+def class_balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
+    """Sorted indices of a seeded subset holding ``round(fraction * n_c)`` (at least one)
+    of the ``n_c`` images of every class c, so class proportions are kept."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"a labelled fraction must lie in (0, 1], got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().squeeze(1)  # [n_c]
+        n = max(1, round(fraction * len(members)))
+        picks.append(members[torch.randperm(len(members), generator=g)[:n]])
+    return torch.cat(picks).sort().values
+
+
+def fraction_key(fraction: float) -> str:
+    """Result key of a labelled fraction: "linear" for all labels, else e.g. "linear_1pct"."""
+    return "linear" if fraction >= 1 else f"linear_{fraction * 100:g}pct"
+
+
+def summarise(per_seed: list[dict[str, float]]) -> dict[str, Any]:
+    """Mean and (sample) standard deviation of top-1/top-5 over seeds, plus the per-seed values."""
+    out: dict[str, Any] = {"seeds": len(per_seed)}
+    for key in ("top1", "top5"):
+        vals = torch.tensor([r[key] for r in per_seed], dtype=torch.float64)
+        out[key] = vals.mean().item()
+        out[f"{key}_std"] = vals.std().item() if len(vals) > 1 else 0.0
+        out[f"{key}_per_seed"] = vals.tolist()
+    out["lr"] = [r["lr"] for r in per_seed]
+    out["weight_decay"] = [r["weight_decay"] for r in per_seed]
+    return out
+
+
+def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
+                   lrs: list[float], wds: list[float], fractions: tuple[float, ...] = (1.0, 0.1, 0.01),
+                   seeds: int = 3, epochs: int = 60, batch_size: int = 1024, val_fraction: float = 0.1,
+                   seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Linear probes on every labelled fraction, each as mean +- std over ``seeds`` seeds.
+
+    A fraction below 1 draws a class-balanced subset per seed and chooses (lr, wd) on a
+    split held out from that subset. With all labels the choice is made once (at
+    ``seed``) and the chosen probe is retrained from each seed (initialisation and
+    batch order), which costs one grid instead of ``seeds``.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for fraction in fractions:
+        runs = []
+        if fraction >= 1:
+            setting, val_acc = select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
+                                              val_fraction, seed)
+            for s in range(seed, seed + seeds):
+                acc = fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs,
+                                    batch_size, s)
+                runs.append({**acc, "lr": setting[0], "weight_decay": setting[1]})
+            n_train = len(train_labels)
+        else:
+            for s in range(seed, seed + seeds):
+                idx = class_balanced_subset(train_labels, fraction, s)  # [n]
+                runs.append(linear_probe(train[idx], train_labels[idx], test, test_labels, num_classes, lrs, wds,
+                                         epochs, batch_size, val_fraction, s))
+                n_train = len(idx)
+        results[fraction_key(fraction)] = {**summarise(runs), "fraction": fraction, "train_images": n_train}
+    return results
+
+
+def sklearn_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, c: float = 1.0,
+                  max_iter: int = 1000) -> dict[str, float]:
+    """Top-1/top-5 (percent) of scikit-learn's multinomial logistic regression (L-BFGS,
+    inverse regularisation ``c``) on the same standardised features as the SGD probe."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, xt = standardise(train.float(), test.float())
+    model = LogisticRegression(C=c, max_iter=max_iter)
+    model.fit(x.numpy(), train_labels.numpy())
+    scores = torch.from_numpy(model.predict_log_proba(xt.numpy()))  # [Q, classes seen in train]
+    classes = torch.from_numpy(model.classes_)
+    full = torch.full((len(xt), int(max(classes.max().item(), test_labels.max().item())) + 1), float("-inf"),
+                      dtype=scores.dtype)
+    full[:, classes] = scores
+    return topk_accuracy(full, test_labels)

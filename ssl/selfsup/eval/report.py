@@ -10,26 +10,61 @@ NOTES = {
 }
 
 
+def _pm(result: dict[str, Any], key: str) -> str:
+    """``mean ± std`` of a probe result (the std over its seeds)."""
+    std = result.get(f"{key}_std")
+    return f"{result[key]:.2f}" if std is None else f"{result[key]:.2f} ± {std:.2f}"
+
+
+def probe_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The probe results present ("linear", then low-shot "linear_10pct", ... by falling fraction)."""
+    keys = {k for r in rows for k, v in r.items() if k.startswith("linear") and isinstance(v, dict) and "fraction" in v}
+    keys |= {"linear"} if any("linear" in r for r in rows) else set()
+    frac = {k: next(r[k].get("fraction", 1.0) for r in rows if k in r) for k in keys}
+    return sorted(keys, key=lambda k: -frac[k])
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """One row per evaluated target: kNN top-1 for each (k, T), linear top-1/top-5."""
+    """One row per evaluated target: kNN top-1 for each (k, T); linear top-1/top-5 with all
+    labels and top-1 on each low-shot fraction, as mean ± std over the probe seeds."""
     if not rows:
         return ""
     knn_keys = list(rows[0].get("knn", {}))
     header = ["encoder"] + [f"kNN {k} top-1" for k in knn_keys]
-    has_linear = any("linear" in r for r in rows)
-    if has_linear:
-        header += ["linear top-1", "linear top-5"]
+    probes = probe_keys(rows)
+    for key in probes:
+        if key == "linear":
+            header += ["linear top-1", "linear top-5"]
+        else:
+            header.append(f"linear top-1, {key.removeprefix('linear_').replace('pct', '%')} labels")
+    has_sklearn = any("linear_sklearn" in r for r in rows)
+    if has_sklearn:
+        header.append("sklearn logistic top-1")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for r in rows:
         cells = [r["label"]] + [f"{r['knn'][k]['top1']:.2f}" for k in knn_keys]
-        if has_linear:
-            lin = r.get("linear")
-            cells += [f"{lin['top1']:.2f}", f"{lin['top5']:.2f}"] if lin else ["", ""]
+        for key in probes:
+            res = r.get(key)
+            width = 2 if key == "linear" else 1
+            if not res:
+                cells += [""] * width
+            else:
+                cells += [_pm(res, "top1"), _pm(res, "top5")][:width]
+        if has_sklearn:
+            cells.append(f"{r['linear_sklearn']['top1']:.2f}" if "linear_sklearn" in r else "")
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0]
     notes = [f"Dataset {first['dataset']}: {first['train_images']} train / {first['test_images']} test images; "
              f"accuracies in percent on the test split; seed {first['seed']}; final-epoch weights, no epoch picked "
              f"on the test set. kNN: cosine, votes weighted by exp(sim/T). Linear probe: lr and weight decay "
              f"chosen on a split held out from the training set."]
+    lin = next((r["linear"] for r in rows if "linear" in r), None)
+    if lin and "seeds" in lin:
+        notes.append(f"Probe numbers are mean ± sample standard deviation over {lin['seeds']} seeds (seed "
+                     f"{first['seed']} onwards). All labels: lr/wd chosen once, the probe retrained from each seed. "
+                     f"Low-shot: a class-balanced subset drawn per seed, lr/wd chosen on a split held out from it.")
+    if has_sklearn:
+        notes.append("sklearn logistic top-1: scikit-learn's multinomial logistic regression (L-BFGS, C=1) on the "
+                     "same standardised features, a cross-check of the SGD probe.")
     notes += [f"{r['label']}: {NOTES[r['kind']]}." for r in rows if r["kind"] in NOTES]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -32,6 +32,9 @@ class Method(nn.Module):
     #: it is then called as ``training_step(images, indices=..., labels=...)`` with
     #: ``indices`` a LongTensor [B] and ``labels`` [B] (-1 when unknown).
     needs_indices: ClassVar[bool] = False
+    #: True when ``training_step`` needs the images' class labels (supervised): it is then
+    #: called as ``training_step(images, labels=...)`` with ``labels`` a LongTensor [B] (-1 when unknown).
+    needs_labels: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, encoder: nn.Module, info: DataInfo) -> None:
         super().__init__()

@@ -16,6 +16,7 @@ from selfsup.data import CleanTransform, DataInfo
 from selfsup.encoders import create_encoder, is_convnet
 from selfsup.methods import METHODS
 from selfsup.train.optim import build_optimizer, build_scheduler
+from selfsup.train.state import rng_state, set_rng_state
 
 CHECKPOINT_KEY = "selfsup"
 
@@ -44,13 +45,17 @@ class PretrainModule(L.LightningModule):
         self.clean = CleanTransform(info.mean, info.std, info.image_size)
 
     # ---------------------------------------------------------------- training
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor | None:
         images, labels = batch[0], batch[1]
+        if images.shape[0] < 2:  # unreadable files were left out of this batch; BatchNorm needs two images
+            return None  # Lightning skips the optimiser step
         if self.method.needs_indices:
             if len(batch) < 3:
                 raise ValueError(f"{type(self.method).__name__} needs dataset indices: build the loader with "
                                  f"make_loader(..., with_indices=True)")
             out = self.method.training_step(images, indices=batch[2], labels=labels)
+        elif self.method.needs_labels:
+            out = self.method.training_step(images, labels=labels)
         else:
             out = self.method.training_step(images)
         loss = out["loss"]
@@ -110,7 +115,16 @@ class PretrainModule(L.LightningModule):
         from selfsup import __version__
 
         checkpoint[CHECKPOINT_KEY] = {"config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
-                                      "version": __version__}
+                                      "version": __version__, "rng": rng_state()}
+        if self._trainer is not None:  # metrics on disk before the checkpoint that covers them
+            for logger in self.trainer.loggers:
+                logger.save()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run continues the random streams where the checkpoint left them."""
+        rng = checkpoint.get(CHECKPOINT_KEY, {}).get("rng")
+        if rng is not None:
+            set_rng_state(rng)
 
 
 def module_from_checkpoint(checkpoint: dict[str, Any]) -> PretrainModule:

@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger
 
 from selfsup.config import RunConfig, dump_yaml, load_config
+from selfsup.train.state import AtomicCheckpointIO, ResumableCSVLogger
 from selfsup.data import build_dataset, make_loader, subset
 from selfsup.fileio import write_json, write_text
 from selfsup.train.module import PretrainModule
@@ -42,6 +42,8 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     train_ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
+    bad_files = run_dir / "bad_files.txt"
+    train_ds.set_bad_file_log(bad_files)
     info = train_ds.info()
     write_json(dataclasses.asdict(info), run_dir / "data_info.json")
     module = PretrainModule(cfg, info)
@@ -55,13 +57,15 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         f"{info.in_chans}x{info.image_size}x{info.image_size}), encoder {cfg.encoder.name}, run dir {run_dir}")
 
     callbacks: list[Any] = [
+        # save_top_k=1 without a monitor keeps the newest epoch file; Lightning (>= 2.6) writes
+        # last.ckpt only in an epoch that saved one, so top-k 0 would leave no checkpoint until the end
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="epoch{epoch:03d}", save_last=True,
-                        save_top_k=0, every_n_epochs=1, auto_insert_metric_name=False),
+                        save_top_k=1, every_n_epochs=1, auto_insert_metric_name=False),
         LearningRateMonitor(logging_interval="step"),
     ]
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
+    loggers: list[Any] = [ResumableCSVLogger(save_dir=str(run_dir), name="", version="logs")]
     if importlib.util.find_spec("tensorboard") is not None:
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -81,8 +85,12 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         enable_progress_bar=cfg.trainer.progress_bar,
         enable_model_summary=False,
         default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
     )
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
+    if bad_files.is_file():
+        n = len({line.split("\t")[0] for line in bad_files.read_text().splitlines()})
+        log(f"[data] {n} unreadable image file(s) were left out (data.on_bad_file=skip); see {bad_files}")
     return run_dir
 
 

@@ -1,0 +1,173 @@
+"""Bad input gets a clear error or is left out and counted, never a crash: image folders
+with corrupt, truncated, foreign, unusual-mode and tiny files, an empty folder, and
+random bytes / random YAML fed through the loaders (hypothesis)."""
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from selfsup.config import ConfigError, load_config
+from selfsup.data import DataError, build_dataset, make_loader
+from selfsup.data.datasets import FolderImages, decode_image
+
+
+def _save(im: Image.Image, path, fmt: str) -> None:
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    path.write_bytes(buf.getvalue())
+
+
+def test_unusual_modes_decode_to_the_right_values(tmp_path):
+    _save(Image.new("CMYK", (5, 4), (0, 255, 0, 0)), tmp_path / "cmyk.jpg", "JPEG")  # magenta ink
+    _save(Image.new("RGBA", (5, 4), (10, 20, 30, 0)), tmp_path / "rgba.png", "PNG")  # fully transparent
+    pal = Image.new("P", (5, 4), 1)
+    pal.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    pal.info["transparency"] = 0
+    _save(pal, tmp_path / "palette.png", "PNG")
+    deep = np.full((4, 5), 65535, dtype=np.uint16)
+    deep[0, 0] = 32896  # 128 * 257
+    _save(Image.fromarray(deep), tmp_path / "deep16.png", "PNG")
+    _save(Image.new("L", (1, 1), 77), tmp_path / "tiny.png", "PNG")
+
+    cmyk = decode_image(str(tmp_path / "cmyk.jpg"), 3)
+    assert cmyk.shape == (3, 4, 5) and cmyk[0].float().mean() > 200 and cmyk[1].float().mean() < 60
+    assert decode_image(str(tmp_path / "rgba.png"), 3)[:, 0, 0].tolist() == [10, 20, 30]  # alpha dropped
+    assert decode_image(str(tmp_path / "palette.png"), 3)[:, 0, 0].tolist() == [200, 100, 50]
+    deep8 = decode_image(str(tmp_path / "deep16.png"), 1)
+    assert deep8.dtype == torch.uint8 and deep8[0, 0, 0] == 128 and deep8[0, 1, 1] == 255  # scaled, not clipped
+    ds = FolderImages([str(tmp_path / "tiny.png")], [-1], 0, size=8, in_chans=3)
+    img, _ = ds[0]
+    assert img.shape == (3, 8, 8) and img.unique().tolist() == [77]  # a 1x1 image is upscaled
+
+
+@pytest.fixture()
+def messy_folder(tmp_path):
+    root = tmp_path / "photos"
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            _save(Image.new("RGB", (12, 10), (40 * i, 80, 120)), root / cls / f"ok{i}.png", "PNG")
+    (root / "cats" / "random.jpg").write_bytes(np.random.default_rng(0).bytes(500))  # not an image
+    (root / "cats" / "notes.png").write_text("this is a text file with an image extension")
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(good, "PNG")
+    (root / "dogs" / "truncated.png").write_bytes(good.getvalue()[:60])
+    (root / "dogs" / "folder.png").mkdir()  # a directory with an image name: not a sample at all
+    return root
+
+
+def test_skip_policy_counts_and_lists_bad_files(messy_folder, tmp_path):
+    cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={messy_folder}",
+                             "data.image_size=8"])
+    ds = build_dataset(cfg.data, "train")
+    log = tmp_path / "bad_files.txt"
+    ds.set_bad_file_log(log)
+    with pytest.warns(UserWarning, match="skipping unreadable images"):
+        batches = list(make_loader(ds, batch_size=4, train=False))
+    images = torch.cat([b[0] for b in batches])
+    labels = torch.cat([b[1] for b in batches])
+    assert images.shape == (6, 3, 8, 8) and labels.tolist() == [0, 0, 0, 1, 1, 1]  # the six good files
+    listed = sorted(line.split("\t")[0].rsplit("/", 1)[1] for line in log.read_text().splitlines())
+    assert listed == ["notes.png", "random.jpg", "truncated.png"]
+
+
+def test_error_policy_names_the_file_and_the_fix(messy_folder):
+    cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={messy_folder}",
+                             "data.image_size=8", "data.on_bad_file=error"])
+    ds = build_dataset(cfg.data, "train")
+    with pytest.raises(DataError, match=r"cannot decode image .*notes\.png.*UnidentifiedImageError.*data\.on_bad_file=skip"):
+        list(make_loader(ds, batch_size=16, train=False))
+
+
+def test_permission_denied_is_a_bad_file(tmp_path, monkeypatch):
+    path = tmp_path / "locked.png"
+    _save(Image.new("L", (4, 4)), path, "PNG")
+    real_open = Image.open
+
+    def refuse(fp, *args, **kwargs):  # what a file without read permission does (root would bypass chmod)
+        if str(fp) == str(path):
+            raise PermissionError(13, "Permission denied", str(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(DataError, match="PermissionError"):
+        decode_image(str(path), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert FolderImages([str(path)], [-1], 0, 8, 1)[0] is None
+
+
+def test_empty_folder_and_missing_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    for root, message in ((tmp_path / "empty", "holds no images"), (tmp_path / "nowhere", "does not exist")):
+        cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={root}"])
+        with pytest.raises(DataError, match=message):
+            build_dataset(cfg.data, "train")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=0, max_size=300), ext=st.sampled_from(["png", "jpg", "bmp", "gif", "webp"]))
+def test_fuzz_random_bytes_are_skipped_or_a_data_error(tmp_path, data, ext):
+    path = tmp_path / f"fuzz.{ext}"
+    path.write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        item = FolderImages([str(path)], [-1], 0, 8, 3)[0]
+    assert item is None or (item[0].dtype == torch.uint8 and item[0].shape == (3, 8, 8))
+    try:
+        decode_image(str(path), 1)
+    except DataError as err:
+        assert "fuzz." in str(err) and "data.on_bad_file" in str(err)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(h=st.integers(1, 40), w=st.integers(1, 40), mode=st.sampled_from(["L", "RGB", "RGBA", "CMYK", "P", "I;16", "1"]),
+       fmt=st.sampled_from(["PNG", "TIFF", "BMP", "JPEG"]), seed=st.integers(0, 2**16))
+def test_fuzz_random_small_images_decode(tmp_path, h, w, mode, fmt, seed):
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        im = Image.fromarray(rng.integers(0, 65536, (h, w), dtype=np.uint16))
+    else:
+        bands = len(Image.new(mode, (1, 1)).getbands())
+        arr = rng.integers(0, 256, (h, w, bands), dtype=np.uint8)
+        im = Image.fromarray(arr[..., 0] if bands == 1 else arr, "L" if bands == 1 else None)
+        im = im.convert(mode) if im.mode != mode else im
+    path = tmp_path / f"img.{fmt.lower()}"
+    try:
+        im.save(path, fmt)
+    except (OSError, ValueError, KeyError):
+        return  # PIL cannot write this mode in this format: nothing to read back
+    for c in (1, 3):
+        assert decode_image(str(path), c).shape == (c, h, w)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200),
+                      st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                                             st.text(max_size=8)),
+                                   lambda kids: st.one_of(st.lists(kids, max_size=3),
+                                                          st.dictionaries(st.sampled_from(
+                                                              ["method", "name", "data", "optim", "lr", "seed",
+                                                               "batch_size", "encoder", "trainer", "eval", "x"]),
+                                                              kids, max_size=4)), max_leaves=12)))
+def test_fuzz_config_loader_raises_only_config_errors(tmp_path, text):
+    import yaml
+
+    path = tmp_path / "fuzz.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    elif isinstance(text, str):
+        path.write_text(text)
+    else:
+        path.write_text(yaml.safe_dump(text))
+    try:
+        load_config(path)
+    except ConfigError as err:
+        assert str(err)  # a message, never an unhandled exception type
