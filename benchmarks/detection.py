@@ -118,7 +118,10 @@ def main() -> None:
         data = limit(detection_data(cfg), args.deepforest_limit if name == "deepforest" else 0)
         arch = cfg.encoder.name
         method = type(cfg.method).__name__.removesuffix("Config")
-        sup_note = f", {args.supervised_epochs} epoch(s)" if args.supervised is None else ""
+        sup_note = ""
+        if args.supervised is None:
+            sup_note = f", {args.supervised_epochs} epoch(s)" + (
+                f" on {args.supervised_subset} images" if args.supervised_subset else "")
         targets = [("self-supervised", args.ssl, f"{method} {arch} (self-supervised)"),
                    ("random init", f"random:{arch}", f"random-init {arch}"),
                    ("supervised", supervised, f"supervised {arch} (Fashion-MNIST labels{sup_note})")]
@@ -134,6 +137,7 @@ def main() -> None:
     minutes = (time.perf_counter() - t_start) / 60
     settings = {"ssl": args.ssl, "supervised": supervised, "supervised_trained_here": args.supervised is None,
                 "supervised_epochs": args.supervised_epochs if args.supervised is None else None,
+                "supervised_subset": args.supervised_subset or None,
                 "supervised_train_minutes": None if sup_minutes is None else round(sup_minutes, 2),
                 "seed": args.seed, "image_size": args.image_size, "synthetic": {
                     "train": args.synthetic_train, "test": args.synthetic_test, "epochs": args.synthetic_epochs},

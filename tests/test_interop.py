@@ -10,34 +10,19 @@ import re
 from pathlib import Path
 
 import pytest
-import selfsup
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+
+import selfsup
 from selfsup.cli import main
 from selfsup.config import load_config, to_dict
 from selfsup.data import DataInfo
 from selfsup.encoders import create_encoder
-from selfsup.export import (
-    CARD,
-    FEATURE_RTOL,
-    FORMAT_FILES,
-    MODEL_CARD,
-    ONNX_INPUT,
-    ONNX_OPSET,
-    ONNX_OUTPUT,
-    WEIGHTS,
-    ExportError,
-    LoadError,
-    check_features,
-    export_formats,
-    make_card,
-    parse_formats,
-    to_torchvision,
-    torchvision_from_encoder,
-    torchvision_problem,
-    write_export,
-)
+from selfsup.export import (CARD, FEATURE_RTOL, FORMAT_FILES, MODEL_CARD, ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT,
+                            WEIGHTS, ExportError, LoadError, check_features, export_formats, make_card,
+                            parse_formats, to_torchvision, torchvision_from_encoder, torchvision_problem,
+                            write_export)
 
 # torch >= 2.9 deprecates TorchScript; these tests load TorchScript files on purpose
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")

@@ -102,6 +102,13 @@ class EvalConfig:
 
     knn: list[tuple[int, float]] = param(default_factory=lambda: [(20, 0.07), (200, 0.1)],
                                          help="(k, temperature) pairs; one search answers all")
+    knn_index: Literal["auto", "exact", "ivf"] = param("auto", help="faiss index: exact up to knn_exact_max "
+                                                                   "train rows, IVF beyond")
+    knn_exact_max: int = param(2_000_000, gt=0)
+    knn_nlist: int = param(0, ge=0, help="IVF cells; 0: round(4 sqrt(N))")
+    knn_nprobe: int = param(32, gt=0, help="IVF cells scanned per query: higher recall, linearly slower")
+    knn_ivf_codes: Literal["fp16", "flat"] = param("fp16", help="IVF storage: float16 (half the memory) or float32")
+    knn_chunk_rows: int = param(65536, gt=0, help="train feature rows read from the cache at a time")
     linear: bool = True
     linear_epochs: int = param(60, gt=0)
     linear_batch_size: int = param(1024, gt=0)
@@ -301,7 +308,12 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 def method_config_class(name: str) -> type:
     from selfsup.methods import METHODS
 
-    return METHODS.get(name).Config
+    if not isinstance(name, str):
+        raise ConfigError(f"method.name must be a method name (a string; selfsup list shows them), got {name!r}")
+    try:
+        return METHODS.get(name).Config
+    except KeyError as err:  # RegistryError: unknown name, with the closest registered one
+        raise ConfigError(f"method.name: {err.args[0]}") from None
 
 
 def build_config(raw: dict[str, Any]) -> RunConfig:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -442,7 +443,7 @@ def read_weights(path: Path) -> dict[str, Tensor]:
                         f"again with `selfsup export RUN_DIR {path.parent}`")
     try:
         return load_file(str(path))
-    except Exception as err:  # SafetensorError for a truncated or corrupt file
+    except (SafetensorError, OSError) as err:  # a truncated or corrupt file
         raise LoadError(f"cannot read {str(path)!r}: {err}; the file looks truncated or damaged, export "
                         f"again with `selfsup export RUN_DIR {path.parent}`") from None
 
@@ -487,20 +488,19 @@ def _load_export(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def _loose_safetensors(path: Path) -> str:
     """The message for a safetensors file passed without its export directory."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), "pt") as f:
             keys = list(f.keys())
         held = f" of {len(keys)} tensors (e.g. {_names(keys)})"
-    except Exception:  # damaged header: say what we can
+    except (SafetensorError, OSError):  # damaged header: say what we can
         held = ""
     beside = (f"; it sits in the export directory {str(path.parent)!r}: pass that directory"
               if is_export_dir(path.parent)
               else f"; pass the export directory that holds it with its {CARD} (written by `selfsup export`), or load "
                    f"timm weights with timm.create_model(NAME, pretrained=True, "
                    f"pretrained_cfg_overlay=dict(file={str(path)!r}))")
-    return f"{str(path)!r} is a safetensors file{held} with no {CARD} card to say which encoder they belong to{beside}"
+    return (f"{str(path)!r} is a safetensors file{held} with no {CARD} card to say which encoder its tensors "
+            f"belong to{beside}")
 
 
 def load_encoder_and_card(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -594,10 +594,13 @@ def write_export(encoder: nn.Module, card: dict[str, Any], out_dir: str | Path,
         raise ExportError(f"{str(out)!r} exists and is not a directory; choose a directory to export into")
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     save_tensors(state, out / WEIGHTS, {"format": "pt"})
-    write_json({**card, "exports": {}}, out / CARD)  # export_formats records the files it writes
+    card = {**card, "exports": {}}  # export_formats records the files it writes
+    write_json(card, out / CARD)
+    write_text(model_card_markdown(card, out.name), out / MODEL_CARD)  # complete even if a format fails below
     for name in FORMAT_FILES.values():
         (out / name).unlink(missing_ok=True)
-    export_formats(out, wanted)
+    if len(wanted) > 1:
+        export_formats(out, wanted)
     return out
 
 

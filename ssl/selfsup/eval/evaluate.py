@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from selfsup.config import RunConfig
 from selfsup.data import DataInfo, build_dataset, subset
 from selfsup.encoders import create_encoder
 from selfsup.eval.features import FeatureCache, extract_features, fingerprint
-from selfsup.eval.knn import knn_evaluate
+from selfsup.eval.knn import IndexOptions, knn_evaluate_with_index
 from selfsup.eval.linear import probe_protocol, sklearn_probe
 from selfsup.export import LoadError, is_export_dir, load_encoder
 
@@ -72,22 +72,31 @@ def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | Non
     info = target.info
     cache = FeatureCache(cache_dir)
     key = fingerprint(target.encoder)
-    feats = {}
-    for split, ds in (("train", train_ds), ("test", test_ds)):
-        log(f"[eval] extracting {split} features for {target.label} ({len(ds)} images)")
-        feats[split] = cache.get(f"{target.kind}-{key}-{cfg.data.name}{info.image_size}-{split}-{len(ds)}", key,
-                                 lambda ds=ds: extract_features(target.encoder, ds, info, cfg.data.eval_batch_size,
-                                                                device, cfg.data.num_workers))
+    names = {split: f"{target.kind}-{key}-{cfg.data.name}{info.image_size}-{split}-{len(ds)}"
+             for split, ds in (("train", train_ds), ("test", test_ds))}
+
+    def compute(ds) -> Callable[[], tuple[Tensor, Tensor]]:
+        def run() -> tuple[Tensor, Tensor]:
+            log(f"[eval] extracting features for {target.label} ({len(ds)} images)")
+            return extract_features(target.encoder, ds, info, cfg.data.eval_batch_size, device, cfg.data.num_workers)
+        return run
+
+    lazy_tr, ytr = cache.get_lazy(names["train"], key, compute(train_ds))  # streamed from disk into faiss
+    xte, yte = cache.get(names["test"], key, compute(test_ds))
     if target.kind == "pixels":  # centre on the training mean image
-        mean = feats["train"][0].mean(0, keepdim=True)
-        feats = {k: (f - mean, y) for k, (f, y) in feats.items()}
-    (xtr, ytr), (xte, yte) = feats["train"], feats["test"]
+        mean = lazy_tr.mean()
+        lazy_tr, xte = lazy_tr.centered(mean), xte - mean
     classes = train_ds.num_classes
     results: dict[str, Any] = {
         "target": spec, "label": target.label, "kind": target.kind, "dataset": cfg.data.name,
-        "train_images": len(ytr), "test_images": len(yte), "feature_dim": xtr.shape[1], "seed": cfg.seed,
+        "train_images": len(ytr), "test_images": len(yte), "feature_dim": lazy_tr.shape[1], "seed": cfg.seed,
     }
-    results["knn"] = knn_evaluate(xtr, ytr, xte, yte, list(cfg.eval.knn), classes)
+    e = cfg.eval
+    opts = IndexOptions(kind=e.knn_index, exact_max=e.knn_exact_max, nlist=e.knn_nlist or None, nprobe=e.knn_nprobe,
+                        codes=e.knn_ivf_codes, chunk_rows=e.knn_chunk_rows, seed=cfg.seed,
+                        gpu=None if str(device).startswith("cuda") else False)
+    results["knn"], results["knn_index"] = knn_evaluate_with_index(lazy_tr, ytr, xte, yte, list(e.knn), classes, opts)
+    xtr = lazy_tr.load() if cfg.eval.linear else None  # the probes need train in memory
     if cfg.eval.linear:
         log(f"[eval] linear probes for {target.label} (lr x wd grid {len(cfg.eval.linear_lrs)}x"
             f"{len(cfg.eval.linear_wds)}, labelled fractions 1 {' '.join(f'{f:g}' for f in cfg.eval.low_shot)}, "

@@ -53,7 +53,7 @@ GPU_MAX_K = 2048  # faiss GPU k-selection limit
 
 class RowSource(Protocol):
     """Anything with ``shape == (N, D)`` and ``rows(start, stop) -> Tensor [stop - start, D]``
-    (e.g. :class:`selfsup.eval.features.FeatureFile`)."""
+    returning a fresh tensor on each call (e.g. :class:`selfsup.eval.features.FeatureFile`)."""
 
     @property
     def shape(self) -> tuple[int, int]: ...
@@ -166,10 +166,12 @@ def read_rows(source: Features, start: int, stop: int) -> Tensor:
     return source[start:stop] if isinstance(source, Tensor) else source.rows(start, stop)
 
 
-def unit_rows(x: Tensor) -> np.ndarray:
-    """L2-normalised float32 copy ``[R, D]`` (never a view of ``x``: the caller's data is untouched)."""
+def unit_rows(x: Tensor, owned: bool = False) -> np.ndarray:
+    """L2-normalised float32 rows ``[R, D]``. ``x`` itself is left untouched unless ``owned``
+    (a fresh tensor nobody else holds, normalised in place when it is already float32)."""
     y = x.detach().to("cpu", torch.float32)
-    a = y.numpy().copy(order="C") if y.data_ptr() == x.data_ptr() else np.ascontiguousarray(y.numpy())
+    shared = y.data_ptr() == x.data_ptr() and not owned
+    a = y.numpy().copy(order="C") if shared else np.ascontiguousarray(y.numpy())
     faiss.normalize_L2(a)  # in place, [R, D]
     return a
 
@@ -181,8 +183,9 @@ def chunk_bounds(n: int, size: int) -> list[tuple[int, int]]:
 
 def unit_chunks(source: Features, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, normalised float32 chunk ``[<= chunk_rows, D]``) over the whole source."""
+    owned = not isinstance(source, Tensor)  # a RowSource returns fresh rows; a tensor slice is the caller's
     for start, stop in chunk_bounds(source.shape[0], chunk_rows):
-        yield start, unit_rows(read_rows(source, start, stop))
+        yield start, unit_rows(read_rows(source, start, stop), owned)
 
 
 def load_unit(source: Features, chunk_rows: int = 65_536) -> np.ndarray:
@@ -203,7 +206,8 @@ def sample_unit_rows(source: Features, n: int, seed: int, chunk_rows: int) -> np
     for start, stop in chunk_bounds(total, chunk_rows):
         lo, hi = np.searchsorted(picked, [start, stop])
         if hi > lo:
-            out[filled:filled + hi - lo] = unit_rows(read_rows(source, start, stop)[picked[lo:hi] - start])
+            rows = read_rows(source, start, stop)[picked[lo:hi] - start]  # [r, D], a fresh copy
+            out[filled:filled + hi - lo] = unit_rows(rows, owned=True)
             filled += hi - lo
     return out
 

@@ -58,6 +58,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
              f"accuracies in percent on the test split; seed {first['seed']}; final-epoch weights, no epoch picked "
              f"on the test set. kNN: cosine, votes weighted by exp(sim/T). Linear probe: lr and weight decay "
              f"chosen on a split held out from the training set."]
+    index = first.get("knn_index")
+    if index:
+        shown = ", ".join(f"{k} {v}" for k, v in index.items() if k not in ("seconds",) and v is not None)
+        notes.append(f"kNN search: faiss, {shown}.")
     lin = next((r["linear"] for r in rows if "linear" in r), None)
     if lin and "seeds" in lin:
         notes.append(f"Probe numbers are mean ± sample standard deviation over {lin['seeds']} seeds (seed "
