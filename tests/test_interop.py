@@ -196,6 +196,18 @@ def test_onnx_without_the_onnx_package_is_explained(tmp_path, monkeypatch):
     assert not (tmp_path / "export").exists()
 
 
+def test_onnx_without_onnxruntime_is_written_and_marked_unchecked(tmp_path, monkeypatch):
+    pytest.importorskip("onnx", reason="onnx is not installed: pip install -e '.[onnx]' to test the export")
+    monkeypatch.setattr("selfsup.export._onnxruntime_runner", lambda data: None)  # as if not installed
+    out = tmp_path / "export"
+    _export(out, formats=("onnx",))
+    rec = json.loads((out / CARD).read_text())["exports"]["onnx"]
+    assert rec["checked_with"] is None and "max_abs_diff" not in rec
+    assert "not checked: onnxruntime is not installed" in rec["note"]
+    readme = (out / MODEL_CARD).read_text()
+    assert "| `model.onnx` | ONNX, opset 17, dynamic batch axis | not checked: onnxruntime" in readme
+
+
 def test_check_features_bounds_the_difference():
     ref = torch.randn(3, 64) * 10  # [3, 64]
     bound = FEATURE_RTOL * ref.abs().max().item()
