@@ -53,8 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ssl"))
 
 from selfsup.eval.features import FeatureFile  # noqa: E402
-from selfsup.eval.knn import (IndexOptions, add_rows, index_search, load_unit, new_ivf, plan_index,  # noqa: E402
-                              search_with_plan, set_nprobe, train_ivf)
+from selfsup.eval.knn import (IndexOptions, add_rows, faiss_gpu_available, index_search, load_unit,  # noqa: E402
+                              new_ivf, plan_index, search_with_plan, set_nprobe, train_ivf)
 from selfsup.fileio import save_tensors, write_json, write_text  # noqa: E402
 
 RECALL_TARGET = 0.95
@@ -111,14 +111,16 @@ def run_exact(train: FeatureFile, queries: FeatureFile, k: int, ids_dir: Path) -
 
 def run_ivf(train: FeatureFile, queries: FeatureFile, k: int, ids_dir: Path, nlist: int | None,
             nprobes: list[int], codes: str) -> dict[str, Any]:
-    plan = plan_index(train.shape[0], train.shape[1], k, IndexOptions(kind="ivf", nlist=nlist or None, codes=codes))
+    # the stages of knn.build_ivf, timed one by one, on the device search_with_plan would use
+    plan = plan_index(train.shape[0], train.shape[1], k, IndexOptions(kind="ivf", nlist=nlist or None, codes=codes),
+                      faiss_gpu_available())
     t0 = time.perf_counter()
     index = new_ivf(plan)
     train_ivf(index, train, plan)
     t1 = time.perf_counter()
     add_rows(index, train, plan)
     t2 = time.perf_counter()
-    xq = load_unit(queries)  # [Q, D]
+    xq = load_unit(queries, plan.chunk_rows)  # [Q, D]
     searches = {}
     for nprobe in nprobes:
         set_nprobe(index, nprobe)
@@ -288,6 +290,17 @@ def driver_main(args: argparse.Namespace) -> None:
     write_text(markdown(res), out / "knn_scale.md")
 
 
+def positive_ints(text: str) -> list[int]:
+    """``"1,4,16"`` -> ``[1, 4, 16]``; an argparse type, so bad input is a usage error."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, not {text!r}")
+    return values
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="train rows")
@@ -300,7 +313,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nlist", type=int, default=512,
                     help="IVF cells (0: the library default round(4 sqrt(N))); see the docstring")
-    ap.add_argument("--nprobes", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 4, 8, 16, 32])
+    ap.add_argument("--nprobes", type=positive_ints, default=[1, 2, 4, 8, 16, 32], help="comma-separated")
     ap.add_argument("--codes", choices=("fp16", "flat"), default="fp16", help="IVF storage")
     ap.add_argument("--torch-query-chunk", type=int, default=128, help="queries per matmul in the torch baseline")
     ap.add_argument("--repeats", type=int, default=1)

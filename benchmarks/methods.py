@@ -46,6 +46,7 @@ from selfsup.train.module import PretrainModule  # noqa: E402
 from selfsup.train.optim import build_optimizer  # noqa: E402
 from selfsup.train.run import pretrain  # noqa: E402
 
+# every self-supervised method (``supervised`` is the labelled reference of the detection benchmark)
 FAMILY = {"rotation": "pretext", "jigsaw": "pretext", "mae": "pretext (masked)", "simmim": "pretext (masked)",
           "denoise": "pretext (denoising)", "simclr": "contrastive", "moco": "contrastive",
           "mocov3": "contrastive", "npid": "contrastive (NCE)", "cpc": "contrastive"}
@@ -54,13 +55,17 @@ CONFIG["simclr"] = ROOT / "configs" / "quickstart.yaml"
 
 
 def method_config(name: str, args: argparse.Namespace, extra: list[str] = ()) -> RunConfig:
+    """The method's Fashion-MNIST config; the table's probe protocol is one linear probe on
+    all labels (seed ``args.seed``), so low-shot probes and extra probe seeds are off."""
     return load_config(CONFIG[name], [f"seed={args.seed}", "trainer.online_probe=false", "trainer.progress_bar=false",
-                                      f"name=bench-{name}", f"out_dir={args.runs}", *args.overrides, *extra])
+                                      "eval.low_shot=[]", "eval.probe_seeds=1", f"name=bench-{name}",
+                                      f"out_dir={args.runs}", *args.overrides, *extra])
 
 
-def steps_per_second(cfg: RunConfig, steps: int) -> float:
-    """Median training-step rate on real batches: augmentation, forward, loss, backward,
-    optimiser step and the method's per-step hook, as the trainer runs them."""
+def steps_per_second(cfg: RunConfig, steps: int) -> tuple[float, int]:
+    """Median training-step rate on real batches (augmentation, forward, loss, backward,
+    optimiser step and the method's per-step hook, as the trainer runs them) and the
+    number of training images."""
     torch.manual_seed(cfg.seed)
     ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
     module = PretrainModule(cfg, ds.info())
@@ -73,16 +78,13 @@ def steps_per_second(cfg: RunConfig, steps: int) -> float:
         t = time.perf_counter()
         batch = next(batches)
         opt.zero_grad(set_to_none=True)
-        if method.needs_indices:
-            out = method.training_step(batch[0], indices=batch[2], labels=batch[1])
-        else:
-            out = method.training_step(batch[0])
+        out = method.step(batch[0], batch[1], batch[2] if len(batch) > 2 else None)
         out["loss"].backward()
         opt.step()
         method.on_train_step_end(i, 10_000)
         if i >= 3:  # the first steps warm up allocators and oneDNN kernels
             times.append(time.perf_counter() - t)
-    return 1.0 / statistics.median(times)
+    return 1.0 / statistics.median(times), len(ds)
 
 
 def late_mean(metrics: Path, key: str, fraction: float = 0.1) -> float | None:
@@ -107,11 +109,10 @@ def scores(res: dict[str, Any]) -> dict[str, float]:
 
 def bench_method(name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     cfg = method_config(name, args)
-    rate = steps_per_second(cfg, args.calibration_steps)
+    rate, images = steps_per_second(cfg, args.calibration_steps)
     steps = max(10, int(args.budget_minutes * 60 * rate))
-    per_epoch = len(subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)) // cfg.data.batch_size
-    cfg = method_config(name, args, [f"trainer.max_steps={steps}",
-                                                     f"trainer.max_epochs={steps // per_epoch + 1}"])
+    per_epoch = images // cfg.data.batch_size
+    cfg = method_config(name, args, [f"trainer.max_steps={steps}", f"trainer.max_epochs={steps // per_epoch + 1}"])
     t0 = time.perf_counter()
     run = pretrain(cfg, log=lambda s: None)
     train_min = (time.perf_counter() - t0) / 60
@@ -181,6 +182,9 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every config (e.g. data.subset=2000)")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(FAMILY)
+    unknown = sorted(set(names) - set(FAMILY))
+    if unknown:
+        ap.error(f"--only: unknown method(s) {', '.join(unknown)}; choose from {', '.join(FAMILY)}")
     out = Path(args.out)
     previous = json.loads((out / "methods.json").read_text()) if args.merge and (out / "methods.json").is_file() else {}
     cache = Path(args.runs) / "features"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from selfsup.config import DetectionConfig, load_config
-from selfsup.data import DataError
+from selfsup.data import DataError, DataInfo
 from selfsup.data.detection import (
     FASHION_MNIST_CLASSES,
     BoxReport,
@@ -168,6 +168,44 @@ def test_dataset_specs_parse_or_explain():
         parse_dataset_spec("deepforrest")
     with pytest.raises(DataError, match="coco:IMAGES_DIR,ANNOTATIONS.json"):
         parse_dataset_spec("coco:/only/one")
+    with pytest.raises(DataError, match="voc needs a folder"):
+        parse_dataset_spec("voc:")
+    with pytest.raises(DataError, match="takes no path.*deepforest_root"):
+        parse_dataset_spec("deepforest:/data/trees")
+
+
+def test_missing_or_empty_data_is_a_clear_error(tmp_path, monkeypatch):
+    import selfsup.data.detection as det
+
+    def build(dataset, **kw):
+        return build_detection_data(DetectionConfig(dataset=dataset, **kw))
+
+    with pytest.raises(DataError, match="does not exist"):
+        build(f"voc:{tmp_path / 'nowhere'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no .xml annotations"):
+        build(f"voc:{tmp_path / 'empty'}")
+    (tmp_path / "empty" / "a.xml").write_text(voc_xml("a.png", 8, 8, [("cat", (1, 1, 5, 5))]))  # no a.png
+    with pytest.raises(DataError, match="no usable boxes.*annotation files without an image"):
+        build(f"voc:{tmp_path / 'empty'}")
+    with pytest.raises(DataError, match="annotation file .*ann.json.* does not exist"):
+        build(f"coco:{tmp_path},{tmp_path / 'ann.json'}")
+    (tmp_path / "ann.json").write_text("{not json")
+    with pytest.raises(DataError, match="cannot read .* as COCO detection JSON"):
+        build(f"coco:{tmp_path},{tmp_path / 'ann.json'}")
+    with pytest.raises(DataError, match="deepforest_root .* does not exist"):
+        build("deepforest", deepforest_root=str(tmp_path / "nowhere"))
+    monkeypatch.setattr(det.importlib.util, "find_spec", lambda name: None)  # the wheel is not installed
+    with pytest.raises(DataError, match="pip install --no-deps deepforest"):
+        build("deepforest")
+
+
+def test_undecodable_image_names_the_file(voc_folder):
+    ds = voc_dataset(voc_folder)
+    (voc_folder / "img0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="img0.png.*remove or replace") as err:
+        ds.image(0)
+    assert "on_bad_file" not in str(err.value)  # detection never skips files
 
 
 # --------------------------------------------------------------------------- tiling
@@ -307,19 +345,32 @@ def test_frozen_encoder_is_unchanged_while_the_heads_train(voc_folder, trainable
     cfg = tiny_detection_cfg(trainable_layers=trainable_layers)
     torch.manual_seed(0)
     encoder = create_encoder("resnet18", 1, TINY_RESNET, fair_random_init=True)
+    callers = snapshot(encoder)
     model = build_detector(encoder, detection_data_info(ds, cfg, 1), ds.num_classes, cfg)
-    assert model.backbone.body.encoder is encoder  # the very module that was evaluated
-    before_enc, before_all = snapshot(encoder), snapshot(model)
+    inner = model.backbone.body.encoder  # a copy: the caller's module is never frozen or trained
+    assert inner is not encoder and all(torch.equal(v, callers[k]) for k, v in snapshot(inner).items())
+    before_enc, before_all = snapshot(inner), snapshot(model)
     fit = train_detector(model, ds, cfg, 1, "cpu", seed=0, log=lambda s: None)
     assert fit["steps"] == 1 and all(math.isfinite(v) for v in fit["final_losses"].values())
     for part in ("backbone.fpn.", "rpn.head.", "roi_heads.box_head.", "roi_heads.box_predictor."):
         assert changed(before_all, model, part), f"{part} did not train"
-    moved = changed(before_enc, encoder)
+    assert not changed(callers, encoder) and all(p.requires_grad for p in encoder.parameters())
+    moved = changed(before_enc, inner)
     if trainable_layers == 0:
         assert not moved
     else:  # only the last stage's convolutions; BatchNorm weights and statistics never
-        norms = tuple(f"{n}." for n, m in encoder.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+        norms = tuple(f"{n}." for n, m in inner.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
         assert moved and all(k.startswith("layer4.") and not k.startswith(norms) for k in moved)
+
+
+def test_build_detector_leaves_the_callers_vit_as_it_was():
+    vit = create_encoder("vit_tiny_patch16_224", 1, TINY_VIT)
+    pos_embed = vit.pos_embed.detach().clone()
+    model = build_detector(vit, DataInfo(1, 64, 2, (0.5,), (0.25,)), 2, tiny_detection_cfg())
+    inner = model.backbone.body.encoder
+    assert tuple(inner.patch_embed.img_size) == (64, 64) and not any(p.requires_grad for p in inner.parameters())
+    assert tuple(vit.patch_embed.img_size) == (16, 16) and torch.equal(vit.pos_embed, pos_embed)
+    assert all(p.requires_grad for p in vit.parameters())
 
 
 # --------------------------------------------------------------------------- COCO mAP

@@ -7,7 +7,7 @@ import timm
 import torch
 
 import selfsup
-from selfsup.export import LoadError, export_encoder, load_run
+from selfsup.export import FEATURE_RTOL, LoadError, export_encoder, load_run
 from selfsup.train.run import pretrain
 
 
@@ -21,13 +21,25 @@ def trained_run(tmp_path_factory):
     return pretrain(cfg, run_dir=tmp_path_factory.mktemp("run"), log=lambda s: None)
 
 
-def test_export_round_trip_identical_features_in_selfsup_and_timm(trained_run, tmp_path):
+@pytest.fixture(scope="module")
+def trained_encoder(trained_run):
+    """The run's encoder as training left it (eval mode), loaded once for the module's tests."""
+    enc = load_run(trained_run).method.exported_encoder().eval()
+    return enc.to(memory_format=torch.contiguous_format)  # training used channels_last
+
+
+def _assert_same_features(out, ref):
+    """Within the bound every interop export is checked against (shapes equal: no broadcasting)."""
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() <= FEATURE_RTOL * max(1.0, ref.abs().max().item())
+
+
+def test_export_round_trip_identical_features_in_selfsup_and_timm(trained_run, trained_encoder, tmp_path):
     out = export_encoder(trained_run, tmp_path / "export", results={"note": 1})
     card = json.loads((out / "config.json").read_text())
     assert card["architecture"] == "resnet18" and card["in_chans"] == 1 and card["input_size"] == [1, 16, 16]
     assert card["method"] == "simclr" and card["training_config"]["trainer"]["max_epochs"] == 1
-    trained = load_run(trained_run).method.exported_encoder().eval()
-    trained = trained.to(memory_format=torch.contiguous_format)  # training used channels_last
+    trained = trained_encoder
     x = torch.randn(5, 1, 16, 16)
     with torch.no_grad():
         ref = trained(x)
@@ -61,13 +73,8 @@ def test_load_errors_are_explained(tmp_path):
         selfsup.load_encoder(bad)
 
 
-def _trained_encoder(run):
-    enc = load_run(run).method.exported_encoder().eval()
-    return enc.to(memory_format=torch.contiguous_format)  # training used channels_last
-
-
 @pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
-def test_cli_export_torchscript_and_refused_torchvision(trained_run, tmp_path, capsys):
+def test_cli_export_torchscript_and_refused_torchvision(trained_run, trained_encoder, tmp_path, capsys):
     from selfsup.cli import main
 
     out = tmp_path / "exp"
@@ -76,9 +83,9 @@ def test_cli_export_torchscript_and_refused_torchvision(trained_run, tmp_path, c
     assert f"{out / 'model.torchscript.pt'} (torchscript): features vs the timm encoder: max abs diff" in printed
     x = torch.randn(4, 1, 16, 16)
     with torch.no_grad():
-        ref = _trained_encoder(trained_run)(x)  # [4, 64]
+        ref = trained_encoder(x)  # [4, 64]
         got = torch.jit.load(str(out / "model.torchscript.pt"))(x)
-    assert (got - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
+    _assert_same_features(got, ref)
     readme = (out / "README.md").read_text()
     assert readme.startswith("---\nlibrary_name: timm\n") and "| seed | 0 |" in readme
     card = json.loads((out / "config.json").read_text())
@@ -93,7 +100,7 @@ def test_cli_export_torchscript_and_refused_torchvision(trained_run, tmp_path, c
     assert not (tmp_path / "tv").exists()
 
 
-def test_cli_export_onnx(trained_run, tmp_path, capsys):
+def test_cli_export_onnx(trained_run, trained_encoder, tmp_path, capsys):
     from selfsup.cli import main
 
     pytest.importorskip("onnx", reason="onnx is not installed: pip install -e '.[onnx]' to test the ONNX export")
@@ -105,6 +112,6 @@ def test_cli_export_onnx(trained_run, tmp_path, capsys):
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(6, 1, 16, 16)
     with torch.no_grad():
-        ref = _trained_encoder(trained_run)(x)  # [6, 64]
+        ref = trained_encoder(x)  # [6, 64]
     got = torch.from_numpy(session.run(["features"], {"images": x.numpy()})[0])
-    assert (got - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
+    _assert_same_features(got, ref)

@@ -281,6 +281,14 @@ def test_reexport_removes_interop_files_of_earlier_weights(tmp_path):
     assert json.loads((out / CARD).read_text())["exports"] == {}
 
 
+def test_export_formats_needs_an_export_directory(tmp_path):
+    with pytest.raises(LoadError, match=r"'.*nope' is not an export directory \(it does not exist\); write one with "
+                                        r"`selfsup export RUN_DIR "):
+        export_formats(tmp_path / "nope", ["onnx"])
+    with pytest.raises(LoadError, match="not a selfsup run directory .* nor an export directory"):
+        export_formats(tmp_path, ["torchscript"])
+
+
 # --- load errors ------------------------------------------------------------------------------
 
 

@@ -82,6 +82,20 @@ def test_feature_cache_get_lazy(tmp_path):
     assert torch.equal(eager, lazy.load())
     lazy3, _ = cache.get_lazy("split", "key-b", lambda: compute(1))  # stale key: recomputed
     assert calls == [0, 1] and torch.equal(lazy3.load(), (x + 1).half().float())
+    fresh, fresh_y = cache.get("other", "key-a", lambda: compute(2))  # get computes a missing split too
+    assert calls == [0, 1, 2] and torch.equal(fresh, (x + 2).half().float()) and torch.equal(fresh_y, y)
+
+
+def test_feature_cache_rejects_bad_shapes(tmp_path):
+    cache = FeatureCache(tmp_path)
+    with pytest.raises(ValueError, match="labels"):
+        cache.get_lazy("a", "k", lambda: (torch.randn(5, 4), torch.arange(4)))
+    save_tensors({"features": torch.randn(5, 4).half(), "labels": torch.arange(3)}, cache.path("b"), {"key": "k"})
+    with pytest.raises(ValueError, match="5 feature rows"):
+        cache.get("b", "k", lambda: (torch.randn(5, 4), torch.arange(5)))
+    save_tensors({"features": torch.randn(5, 4, 2).half(), "labels": torch.arange(5)}, cache.path("c"), {"key": "k"})
+    with pytest.raises(ValueError, match="expected \\[rows, dim\\]"):
+        cache.get_lazy("c", "k", lambda: (torch.randn(5, 4), torch.arange(5)))
 
 
 # --------------------------------------------------------------------------- streamed exact search
@@ -138,11 +152,35 @@ def test_train_rows_are_read_in_chunks(kind):
     assert torch.equal(idx[:, 0], torch.arange(40))  # each query (a train row) finds itself first
 
 
-def test_search_leaves_inputs_untouched():
-    train, queries = torch.randn(200, 16) * 4, torch.randn(20, 16) * 4
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_search_leaves_inputs_untouched(kind):
+    train, queries = torch.randn(400, 16) * 4, torch.randn(20, 16) * 4
     before = train.clone(), queries.clone()
-    search(train, queries, 5)
+    search(train, queries, 5, IndexOptions(kind=kind, chunk_rows=150))
     assert torch.equal(train, before[0]) and torch.equal(queries, before[1])
+
+
+def test_bad_input_is_a_clear_error():
+    x = torch.randn(100, 8)
+    with pytest.raises(ValueError, match="nprobe must be positive"):
+        IndexOptions(nprobe=0)
+    with pytest.raises(ValueError, match="nlist must be positive"):
+        IndexOptions(nlist=0)
+    with pytest.raises(ValueError, match="no train features"):
+        search(x[:0], x, 5)
+    with pytest.raises(ValueError, match="k must be positive"):
+        search(x, x, 0)
+    with pytest.raises(ValueError, match="columns"):
+        search(x, torch.randn(3, 4), 5)
+    with pytest.raises(ValueError, match="T > 0"):
+        knn_evaluate(x, torch.zeros(100, dtype=torch.long), x, torch.zeros(100, dtype=torch.long), [(5, 0.0)], 2)
+    with pytest.raises(ValueError, match="labels"):
+        knn_evaluate(x, torch.zeros(99, dtype=torch.long), x, torch.zeros(100, dtype=torch.long), [(5, 0.1)], 2)
+    index = build_ivf(x, plan_index(100, 8, 5, IndexOptions(kind="ivf")))
+    with pytest.raises(ValueError, match="nprobe must be positive"):
+        set_nprobe(index, 0)
+    # k beyond the train set is capped (and reported), not an error
+    assert search(x[:3], x, 5)[1].shape == (100, 3)
 
 
 def test_knn_evaluate_same_from_file_and_tensor(tmp_path):

@@ -73,6 +73,6 @@ def test_sgd_probe_agrees_with_sklearn_logistic_regression():
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     tr, te = perm[:1400], perm[1400:]
     ours = linear_probe(x[tr], y[tr], x[te], y[te], 10, lrs=[0.01, 0.1], wds=[0.0, 1e-4], epochs=60, batch_size=256)
-    ref = sklearn_probe(x[tr], y[tr], x[te], y[te])
+    ref = sklearn_probe(x[tr], y[tr], x[te], y[te], 10)
     assert ref["top1"] > 90 and ours["top1"] > 90
     assert abs(ours["top1"] - ref["top1"]) <= 3.0

@@ -14,13 +14,9 @@ from conftest import TINY_INFO as INFO  # noqa: E402
 
 
 def train_step(method, images):
-    """``method.training_step``, with dataset indices and labels for methods that need them."""
+    """One step with labels and dataset indices at hand (the method takes what it declares)."""
     n = images.shape[0]
-    if type(method).needs_indices:
-        return method.training_step(images, indices=torch.arange(n), labels=torch.arange(n) % 10)
-    if type(method).needs_labels:
-        return method.training_step(images, labels=torch.arange(n) % 10)
-    return method.training_step(images)
+    return method.step(images, labels=torch.arange(n) % 10, indices=torch.arange(n))
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -41,13 +37,29 @@ def test_one_step_reduces_nothing_to_nan_and_reaches_every_parameter(name, tiny_
 
 @pytest.mark.parametrize("name", [n for n in METHODS.names()
                                   if METHODS.get(n).needs_labels or METHODS.get(n).needs_indices])
-def test_the_training_module_feeds_each_method_what_it_declares(name, tiny_config):
-    """PretrainModule.training_step passes dataset indices and labels to methods that need them."""
+def test_the_training_module_feeds_each_method_what_it_declares(name, tiny_config, monkeypatch):
+    """PretrainModule.training_step passes the batch's own dataset indices and labels to methods that need them."""
     torch.manual_seed(0)
     module = PretrainModule(tiny_config("trainer.online_probe=false", method=name), INFO)
     images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
-    loss = module.training_step((images, torch.arange(8) % 10, torch.arange(8)), 0)
+    labels, indices = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6]), torch.tensor([7, 0, 6, 1, 5, 2, 4, 3])
+    seen = {}
+    real = module.method.training_step
+
+    def spy(imgs, **kwargs):
+        seen.update(kwargs)
+        return real(imgs, **kwargs)
+
+    monkeypatch.setattr(module.method, "training_step", spy)
+    loss = module.training_step((images, labels, indices), 0)
     assert loss.ndim == 0 and torch.isfinite(loss)
+    assert torch.equal(seen["labels"], labels)
+    if METHODS.get(name).needs_indices:
+        assert torch.equal(seen["indices"], indices)
+        with pytest.raises(ValueError, match="needs dataset indices"):
+            module.training_step((images, labels), 0)
+    else:
+        assert "indices" not in seen
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -150,6 +150,11 @@ def _what_to_do(kind: str) -> str:
     return f"pass {WHAT_LOADS}"
 
 
+def _first_line(err: BaseException) -> str:
+    """``"TypeName: first line of the message"``, for one-line errors."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
 def _names(keys: Iterable[str], n: int = 3) -> str:
     return ", ".join(repr(k) for k in list(keys)[:n])
 
@@ -196,6 +201,8 @@ class StateMismatch:
     missing: list[str]  # the model's tensors that the file lacks
     unexpected: list[str]  # the file's tensors that the model does not have
     shapes: list[tuple[str, Shape, Shape]]  # (name, shape in the file, shape in the model)
+    n_expected: int = 0  # how many tensors the model has
+    n_found: int = 0  # how many tensors the file has
 
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.shapes)
@@ -205,11 +212,13 @@ def tensor_shapes(state: Mapping[str, Tensor]) -> dict[str, Shape]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
-def compare_state(expected: Mapping[str, Shape], found: Mapping[str, Shape]) -> StateMismatch:
-    """Names and shapes of ``found`` (a file) against ``expected`` (a model)."""
-    return StateMismatch(missing=[k for k in expected if k not in found],
-                         unexpected=[k for k in found if k not in expected],
-                         shapes=[(k, found[k], s) for k, s in expected.items() if k in found and found[k] != s])
+def compare_state(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> StateMismatch:
+    """Names and shapes of state dict ``found`` (a file) against ``expected`` (a model's)."""
+    want, got = tensor_shapes(expected), tensor_shapes(found)
+    return StateMismatch(missing=[k for k in want if k not in got],
+                         unexpected=[k for k in got if k not in want],
+                         shapes=[(k, got[k], s) for k, s in want.items() if k in got and got[k] != s],
+                         n_expected=len(want), n_found=len(got))
 
 
 def _prefix_hint(m: StateMismatch) -> str:
@@ -223,14 +232,14 @@ def _prefix_hint(m: StateMismatch) -> str:
     return ""
 
 
-def describe_mismatch(m: StateMismatch, n_expected: int, n_found: int) -> str:
+def describe_mismatch(m: StateMismatch) -> str:
     """Counts and a few names of each kind of difference."""
     parts = []
     if m.missing:
-        parts.append(f"{len(m.missing)} of the model's {n_expected} tensors are missing from the file "
+        parts.append(f"{len(m.missing)} of the model's {m.n_expected} tensors are missing from the file "
                      f"(e.g. {_names(m.missing)})")
     if m.unexpected:
-        parts.append(f"{len(m.unexpected)} of the file's {n_found} tensors are not in the model "
+        parts.append(f"{len(m.unexpected)} of the file's {m.n_found} tensors are not in the model "
                      f"(e.g. {_names(m.unexpected)})")
     if m.shapes:
         shown = ", ".join(f"{k!r}: file {list(f)} vs model {list(e)}" for k, f, e in m.shapes[:2])
@@ -272,13 +281,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # what weights_only raises for a pickle that would run code
-        raise LoadError(f"cannot read {str(path)!r} as a selfsup checkpoint: {type(err).__name__}: "
-                        f"{str(err).splitlines()[0]}. selfsup only loads checkpoints that need no "
-                        f"code to unpickle.") from None
+        raise LoadError(f"cannot read {str(path)!r} as a selfsup checkpoint: {_first_line(err)}. selfsup only "
+                        f"loads checkpoints that need no code to unpickle.") from None
     except Exception as err:  # RuntimeError for a truncated zip, EOFError, ...
-        raise LoadError(f"cannot read {str(path)!r} as a selfsup checkpoint: {type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''}; the file looks truncated or "
-                        f"damaged") from None
+        raise LoadError(f"cannot read {str(path)!r} as a selfsup checkpoint: {_first_line(err)}; the file looks "
+                        f"truncated or damaged") from None
 
 
 def _check_selfsup_checkpoint(ckpt: Any, path: Path) -> None:
@@ -313,9 +320,8 @@ def _checkpoint_mismatch(ckpt: dict[str, Any], path: Path, err: RuntimeError) ->
     try:
         d = dict(meta["data_info"])
         info = DataInfo(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
-        expected = tensor_shapes(PretrainModule(build_config(meta["config"]), info).state_dict())
-        found = tensor_shapes(ckpt["state_dict"])
-        detail = describe_mismatch(compare_state(expected, found), len(expected), len(found))
+        detail = describe_mismatch(compare_state(PretrainModule(build_config(meta["config"]), info).state_dict(),
+                                                 ckpt["state_dict"]))
     except Exception:  # the summary is a courtesy; fall back to torch's first line
         detail = str(err).splitlines()[0]
     return (f"{head}: {detail}. It was written by selfsup {meta.get('version', '?')}, and this selfsup "
@@ -346,6 +352,14 @@ def _read_run(path: str | Path) -> tuple[Any, dict[str, Any]]:
 def load_run(path: str | Path):
     """The PretrainModule of a run directory or checkpoint, in eval mode."""
     return _read_run(path)[0]
+
+
+def _run_encoder_and_card(path: str | Path, results: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The encoder (eval mode, ``selfsup_info`` attached) of a run directory or checkpoint, and its export card."""
+    module, ckpt = _read_run(path)
+    encoder = module.method.exported_encoder().eval()
+    encoder.selfsup_info = module.info
+    return encoder, make_card(module.cfg, module.info, encoder, results, ckpt.get("global_step"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,8 +462,7 @@ def read_weights(path: Path) -> dict[str, Tensor]:
                         f"again with `selfsup export RUN_DIR {path.parent}`") from None
 
 
-def _weights_mismatch(weights: Path, card: dict[str, Any], encoder: nn.Module, m: StateMismatch,
-                      n_expected: int, n_found: int) -> str:
+def _weights_mismatch(weights: Path, card: dict[str, Any], encoder: nn.Module, m: StateMismatch) -> str:
     """The message for weights that do not fit the encoder their card describes."""
     first_conv = getattr(encoder, "pretrained_cfg", {}).get("first_conv")
     chans = file_in_chans(m, first_conv)
@@ -462,7 +475,7 @@ def _weights_mismatch(weights: Path, card: dict[str, Any], encoder: nn.Module, m
     kwargs = card.get("kwargs") or {}
     arch = repr(card["architecture"]) + (f" with kwargs {kwargs}" if kwargs else "")
     return (f"the weights in {str(weights)!r} do not fit {arch} as {CARD} describes it: "
-            f"{describe_mismatch(m, n_expected, n_found)}. {CARD}'s \"architecture\" and \"kwargs\" must be the "
+            f"{describe_mismatch(m)}. {CARD}'s \"architecture\" and \"kwargs\" must be the "
             f"ones the weights were trained with; export the run again with `selfsup export RUN_DIR DIR`")
 
 
@@ -477,10 +490,9 @@ def _load_export(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     except EncoderError as err:
         raise LoadError(f"{str(path / CARD)!r} describes an encoder timm cannot build: {err}") from None
     state = read_weights(path / WEIGHTS)
-    expected, found = tensor_shapes(encoder.state_dict()), tensor_shapes(state)
-    mismatch = compare_state(expected, found)
+    mismatch = compare_state(encoder.state_dict(), state)
     if mismatch:
-        raise LoadError(_weights_mismatch(path / WEIGHTS, card, encoder, mismatch, len(expected), len(found)))
+        raise LoadError(_weights_mismatch(path / WEIGHTS, card, encoder, mismatch))
     encoder.load_state_dict(state)
     encoder.selfsup_info = card_info(card)
     return encoder.eval(), card
@@ -514,10 +526,7 @@ def load_encoder_and_card(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         return _load_export(path)
     if path.is_file() and describe_file(path) == "a safetensors file":
         raise LoadError(_loose_safetensors(path))
-    module, ckpt = _read_run(path)
-    encoder = module.method.exported_encoder().eval()
-    encoder.selfsup_info = module.info
-    return encoder, make_card(module.cfg, module.info, encoder, trained_steps=ckpt.get("global_step"))
+    return _run_encoder_and_card(path)
 
 
 def load_encoder(path: str | Path) -> nn.Module:
@@ -574,9 +583,7 @@ def export_encoder(source: str | Path, out_dir: str | Path, results: dict[str, A
     (see :func:`export_formats` and :func:`write_export`).
     """
     wanted = parse_formats(formats)  # an unknown format fails before the run is loaded
-    module, ckpt = _read_run(source)
-    encoder = module.method.exported_encoder()
-    card = make_card(module.cfg, module.info, encoder, results, ckpt.get("global_step"))
+    encoder, card = _run_encoder_and_card(source, results)
     return write_export(encoder, card, out_dir, wanted)
 
 
@@ -612,7 +619,11 @@ def export_formats(export_dir: str | Path, formats: Iterable[str]) -> dict[str, 
     """
     out = Path(export_dir)
     if not is_export_dir(out):
-        raise LoadError(describe_directory(out) if out.is_dir() else f"{str(out)!r} is not an export directory")
+        if out.is_dir():
+            raise LoadError(describe_directory(out))
+        found = "it is a file" if out.exists() else "it does not exist"
+        raise LoadError(f"{str(out)!r} is not an export directory ({found}); write one with "
+                        f"`selfsup export RUN_DIR {out}`")
     wanted = parse_formats(formats)
     encoder, card = _load_export(out)
     check_formats(card, wanted)
@@ -662,10 +673,6 @@ def _upstream_deprecations_silenced() -> Iterator[None]:
                                 category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
         yield
-
-
-def _first_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
 def write_torchscript(encoder: nn.Module, card: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -762,9 +769,14 @@ def torchvision_problem(card: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _dilation(card: Mapping[str, Any]) -> list[bool] | None:
+    """torchvision's ``replace_stride_with_dilation`` for the card's ``output_stride``."""
+    return _DILATION[(card.get("kwargs") or {}).get("output_stride", 32)]
+
+
 def torchvision_call(card: Mapping[str, Any]) -> str:
     """The torchvision constructor call that builds the card's encoder (before fc and conv1 are adapted)."""
-    dilation = _DILATION[(card.get("kwargs") or {}).get("output_stride", 32)]
+    dilation = _dilation(card)
     return f"torchvision.models.{card['architecture']}(" + (
         f"replace_stride_with_dilation={dilation})" if dilation else ")")
 
@@ -774,8 +786,8 @@ def torchvision_model(card: Mapping[str, Any]) -> nn.Module:
     the pooled features ``[B, D]``) and ``conv1`` takes ``in_chans`` channels (torchvision's takes 3)."""
     import torchvision
 
-    dilation = _DILATION[(card.get("kwargs") or {}).get("output_stride", 32)]
-    model = getattr(torchvision.models, card["architecture"])(weights=None, replace_stride_with_dilation=dilation)
+    build = getattr(torchvision.models, card["architecture"])
+    model = build(weights=None, replace_stride_with_dilation=_dilation(card))
     model.fc = nn.Identity()
     if card["in_chans"] != model.conv1.in_channels:
         c = model.conv1
@@ -791,11 +803,10 @@ def torchvision_from_encoder(encoder: nn.Module, card: Mapping[str, Any]) -> nn.
     with torch.device("meta"):  # no time spent initialising weights that are replaced
         model = torchvision_model(card)
     state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}  # the same names in both libraries
-    expected, found = tensor_shapes(model.state_dict()), tensor_shapes(state)
-    mismatch = compare_state(expected, found)
+    mismatch = compare_state(model.state_dict(), state)
     if mismatch:
         raise ExportError(f"timm's and torchvision's {card['architecture']!r} do not line up with these library "
-                          f"versions: {describe_mismatch(mismatch, len(expected), len(found))}")
+                          f"versions: {describe_mismatch(mismatch)}")
     model.load_state_dict(state, strict=True, assign=True)
     if hasattr(encoder, "selfsup_info"):
         model.selfsup_info = encoder.selfsup_info
@@ -815,12 +826,13 @@ def write_torchvision(encoder: nn.Module, card: Mapping[str, Any], path: Path) -
     """The torchvision-keyed state dict (no ``fc``) at ``path``; returns the card's record of it."""
     model = torchvision_from_encoder(encoder, card)
     record = _compare("torchvision", encoder, model, card)
-    save_tensors(dict(model.state_dict()), path, {"format": "pt", "torchvision_call": torchvision_call(card),
-                                                  "in_chans": str(card["in_chans"])})
-    return {"file": path.name, "load": torchvision_call(card), "fc": "replace by torch.nn.Identity() (no classifier)",
+    call = torchvision_call(card)
+    save_tensors(model.state_dict(), path, {"format": "pt", "torchvision_call": call,
+                                            "in_chans": str(card["in_chans"])})
+    return {"file": path.name, "load": call, "fc": "replace by torch.nn.Identity() (no classifier)",
             "conv1": "torchvision's (3 channels)" if card["in_chans"] == 3 else
             f"replace by torch.nn.Conv2d({card['in_chans']}, 64, 7, 2, 3, bias=False)",
-            "checked_with": f"{torchvision_call(card)} on a batch of {CHECK_BATCH}", **record}
+            "checked_with": f"{call} on a batch of {CHECK_BATCH}", **record}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -916,6 +928,16 @@ def _code(text: str) -> str:
     return f"```python\n{text}\n```\n"
 
 
+def _exported(card: Mapping[str, Any], fmt: str) -> bool:
+    """Whether the export directory holds ``fmt``'s interop file."""
+    return fmt in (card.get("exports") or {})
+
+
+def _how_to_write(fmt: str, dir_name: str) -> str:
+    """The command that adds ``fmt``'s interop file to the export directory."""
+    return f"`selfsup export RUN_DIR {dir_name} --format {fmt}` writes `{FORMAT_FILES[fmt]}`"
+
+
 def _timm_snippet(card: Mapping[str, Any], dir_name: str) -> str:
     c, h, w = card["input_size"]
     kwargs = "".join(f", {k}={v!r}" for k, v in (card.get("kwargs") or {}).items())
@@ -932,7 +954,7 @@ def _timm_snippet(card: Mapping[str, Any], dir_name: str) -> str:
 
 def _torchvision_snippet(card: Mapping[str, Any], dir_name: str) -> str:
     c = card["in_chans"]
-    if "torchvision" in (card.get("exports") or {}):
+    if _exported(card, "torchvision"):
         conv1 = "" if c == 3 else (f"model.conv1 = torch.nn.Conv2d({c}, 64, kernel_size=7, stride=2, padding=3, "
                                    f"bias=False)  # {c}-channel images\n")
         return _code(f"import torch, torchvision\nfrom safetensors.torch import load_file\n"
@@ -944,21 +966,20 @@ def _torchvision_snippet(card: Mapping[str, Any], dir_name: str) -> str:
     if problem:
         return f"Not available for this encoder: {problem}.\n"
     return (f"`selfsup.export.to_torchvision(\"{dir_name}\")` returns it as a torchvision model; "
-            f"`selfsup export RUN_DIR {dir_name} --format torchvision` writes `{FORMAT_FILES['torchvision']}`.\n")
+            f"{_how_to_write('torchvision', dir_name)}.\n")
 
 
 def _torchscript_snippet(card: Mapping[str, Any], dir_name: str) -> str:
-    if "torchscript" not in (card.get("exports") or {}):
-        return (f"`selfsup export RUN_DIR {dir_name} --format torchscript` writes "
-                f"`{FORMAT_FILES['torchscript']}`.\n")
+    if not _exported(card, "torchscript"):
+        return f"{_how_to_write('torchscript', dir_name)}.\n"
     return _code(f"import torch\nmodel = torch.jit.load(\"{dir_name}/{FORMAT_FILES['torchscript']}\")\n"
                  f"features = model(x)  # [B, {card['num_features']}]")
 
 
 def _onnx_snippet(card: Mapping[str, Any], dir_name: str) -> str:
-    if "onnx" not in (card.get("exports") or {}):
-        return (f"`selfsup export RUN_DIR {dir_name} --format onnx` writes `{FORMAT_FILES['onnx']}` (ONNX opset "
-                f"{ONNX_OPSET}, dynamic batch axis; needs `pip install 'selfsup[onnx]'`).\n")
+    if not _exported(card, "onnx"):
+        return (f"{_how_to_write('onnx', dir_name)} (ONNX opset {ONNX_OPSET}, dynamic batch axis; needs "
+                f"`pip install 'selfsup[onnx]'`).\n")
     return _code(f"import onnxruntime\n"
                  f"session = onnxruntime.InferenceSession(\"{dir_name}/{FORMAT_FILES['onnx']}\")\n"
                  f"features = session.run([\"{ONNX_OUTPUT}\"], {{\"{ONNX_INPUT}\": x.numpy()}})[0]  "

@@ -84,11 +84,10 @@ class ImageDataset(Dataset):
 
 
 def collate(batch: tuple[Tensor, ...] | list) -> tuple[Tensor, ...]:
-    """DataLoader collate for datasets whose ``__getitems__`` already returns a batch;
-    items that are None (unreadable files skipped under ``data.on_bad_file=skip``) are dropped."""
+    """DataLoader collate: a batch from ``__getitems__`` passes through; a list of
+    (image, label, ...) items is stacked."""
     if isinstance(batch, tuple):
         return batch
-    batch = [item for item in batch if item is not None]
     images, *rest = zip(*batch)
     return (torch.stack(images), *(torch.as_tensor(r) for r in rest))
 

@@ -34,16 +34,16 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.datasets import FashionMNIST
 from torchvision.ops import box_area, box_convert, box_iou, clip_boxes_to_image
 
 from selfsup.config import DataConfig, DetectionConfig
-from selfsup.data.datasets import DataError, build_dataset
+from selfsup.data.datasets import DataError, ImageDataset, build_dataset, decode_image
 
 Target = dict[str, Tensor]
 
-#: Fashion-MNIST's classes in label order (Xiao et al. 2017).
-FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
-                         "bag", "ankle boot"]
+#: Fashion-MNIST's classes in label order (Xiao et al. 2017), as torchvision names them, lower-cased.
+FASHION_MNIST_CLASSES = [c.lower() for c in FashionMNIST.classes]
 DATASET_SPECS = "synthetic-fmnist, deepforest, voc:DIR or coco:IMAGES_DIR,ANNOTATIONS.json"
 DEEPFOREST_INSTALL = "pip install --no-deps deepforest"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -125,18 +125,6 @@ class DetectionSample:
     labels: Tensor  # int64 [N], 1..K
 
 
-def load_rgb(path: str | Path) -> Tensor:
-    """An image file as uint8 RGB ``[3, H, W]`` (palette, CMYK, 16-bit and TIFF through PIL)."""
-    from PIL import Image
-    from torchvision.transforms.v2 import functional as TF
-
-    try:
-        with Image.open(path) as im:
-            return TF.pil_to_tensor(im.convert("RGB"))
-    except Exception as err:  # PIL raises many types for corrupt or truncated files
-        raise DataError(f"cannot decode image {str(path)!r}: {err}. Remove or replace the file.") from None
-
-
 class DetectionDataset(Dataset):
     """Samples with boxes; ``__getitem__`` -> (uint8 ``[C, H, W]``, target dict)."""
 
@@ -163,8 +151,15 @@ class DetectionDataset(Dataset):
         return first.shape[0] if isinstance(first, Tensor) else 3
 
     def image(self, i: int) -> Tensor:
+        """uint8 ``[C, H, W]``; files are decoded as RGB by selfsup's ``decode_image``."""
         img = self.samples[i].image
-        return img if isinstance(img, Tensor) else load_rgb(img)
+        if isinstance(img, Tensor):
+            return img
+        try:
+            return decode_image(img, 3)
+        except DataError as err:  # detection never skips files, so drop decode_image's data.on_bad_file hint
+            raise DataError(f"{str(err).partition(' Remove or replace')[0]} (in detection dataset {self.name!r}); "
+                            f"remove or replace the file") from None
 
     def target(self, i: int) -> Target:
         s = self.samples[i]
@@ -550,11 +545,18 @@ def paste_objects(objects: Tensor, labels: Tensor, n_images: int, canvas: int, p
     return samples, placements
 
 
-def synthetic_fmnist(cfg: DetectionConfig, split: str, source: DataConfig | None = None) -> DetectionDataset:
+def fmnist_objects(source: DataConfig | None = None) -> ImageDataset:
+    """Fashion-MNIST's TEST split, where ``source`` (default: selfsup's usual places) finds it."""
+    return build_dataset(source or DataConfig(name="fashion-mnist"), "test")
+
+
+def synthetic_fmnist(cfg: DetectionConfig, split: str,
+                     source: DataConfig | ImageDataset | None = None) -> DetectionDataset:
     """Fashion-MNIST objects on black canvases: objects come from Fashion-MNIST's TEST split
     (never seen by an encoder pretrained on its train split), half of it (seeded) for the
-    training canvases and the other half for the test canvases; 10 classes."""
-    fm = build_dataset(source or DataConfig(name="fashion-mnist"), "test")
+    training canvases and the other half for the test canvases; 10 classes. ``source`` is
+    where to find Fashion-MNIST, or its test split already loaded (:func:`fmnist_objects`)."""
+    fm = source if isinstance(source, ImageDataset) else fmnist_objects(source)
     half = torch.randperm(len(fm), generator=torch.Generator().manual_seed(cfg.data_seed))
     pool = half[: len(fm) // 2] if split == "train" else half[len(fm) // 2:]
     images, labels = fm.__getitems__(pool.tolist())  # [M, 1, 28, 28], [M]
@@ -586,7 +588,10 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
 
     kind, _, rest = text.partition(":")
     kind = kind.strip().lower()
-    if kind in ("synthetic-fmnist", "deepforest") and not rest:
+    if kind in ("synthetic-fmnist", "deepforest"):
+        if rest:
+            where = "detection.deepforest_root=DIR" if kind == "deepforest" else "data.root=DIR (Fashion-MNIST)"
+            raise DataError(f"detection dataset {text!r}: {kind} takes no path after ':'; set {where} instead")
         return DatasetSpec(kind)
     if kind == "voc" and rest:
         return DatasetSpec("voc", (rest,))
@@ -618,7 +623,8 @@ def build_detection_data(cfg: DetectionConfig, fmnist: DataConfig | None = None
         raise DataError(f"detection.test_dataset applies to voc: and coco: sets; {spec.kind} has its own test "
                         f"split, so remove --test-dataset")
     if spec.kind == "synthetic-fmnist":
-        train, test = synthetic_fmnist(cfg, "train", fmnist), synthetic_fmnist(cfg, "test", fmnist)
+        objects = fmnist_objects(fmnist)  # loaded once for both splits
+        train, test = synthetic_fmnist(cfg, "train", objects), synthetic_fmnist(cfg, "test", objects)
     elif spec.kind == "deepforest":
         train, test = deepforest_split(cfg, "train"), deepforest_split(cfg, "test")
     elif cfg.test_dataset:

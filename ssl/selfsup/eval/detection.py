@@ -3,7 +3,8 @@
 The detector is torchvision's ``FasterRCNN`` (Ren et al. 2015, "Faster R-CNN: Towards
 Real-Time Object Detection with Region Proposal Networks") on torchvision's
 ``FeaturePyramidNetwork`` (Lin et al. 2017, "Feature Pyramid Networks for Object Detection").
-The pyramid is built on the very encoder module being evaluated:
+The pyramid is built on a copy of the encoder being evaluated (freezing it and resizing a
+ViT's position embeddings leave the caller's module as it was):
 
 - convnets (any timm model whose ``feature_info`` has several strides): the deepest map of each
   stride >= 4, read with timm's ``forward_intermediates``;
@@ -23,10 +24,11 @@ decay, fixed seed. Scoring: pycocotools' COCOeval, mAP@[.5:.95], AP50, AP75 and 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Callable
 
 import torch
@@ -201,9 +203,11 @@ def padded_size(size: int, divisor: int = 32) -> int:
 
 
 def build_detector(encoder: nn.Module, info: DataInfo, num_classes: int, cfg: DetectionConfig) -> FasterRCNN:
-    """Faster R-CNN (Ren et al. 2015) with an FPN (Lin et al. 2017) over ``encoder``'s maps, for
+    """Faster R-CNN (Ren et al. 2015) with an FPN (Lin et al. 2017) over the maps of a copy of
+    ``encoder`` (``model.backbone.body.encoder``; ``encoder`` itself is left untouched), for
     ``num_classes`` object classes (plus background), on ``info.in_chans``-channel images
-    normalised with ``info.mean``/``info.std``; the encoder is frozen per ``cfg.trainable_layers``."""
+    normalised with ``info.mean``/``info.std``; the copy is frozen per ``cfg.trainable_layers``."""
+    encoder = copy.deepcopy(encoder)
     vit = is_plain_vit(encoder)
     body = SimplePyramid(encoder, padded_size(cfg.image_size)) if vit else ConvPyramid(encoder)
     freeze_encoder(encoder, cfg.trainable_layers, body.deepest)
@@ -298,7 +302,8 @@ def train_detector(model: FasterRCNN, ds: DetectionDataset, cfg: DetectionConfig
     factors = cosine_factors(total, min(cfg.warmup_steps, total // 2), 0.0).tolist()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factors[min(s, total)])
     model.to(device).train()
-    t0, step, window = time.perf_counter(), 0, []
+    t0, step = time.perf_counter(), 0
+    window: deque[dict[str, float]] = deque(maxlen=20)  # the last steps' losses
     for epoch in range(cfg.epochs):
         for images, targets in loader:
             images, targets = prepare_batch(images, targets, in_chans, device, hflip=cfg.hflip)
@@ -313,7 +318,7 @@ def train_detector(model: FasterRCNN, ds: DetectionDataset, cfg: DetectionConfig
             opt.step()
             sched.step()
             step += 1
-            window = (window + [{k: float(v.detach()) for k, v in losses.items()}])[-20:]
+            window.append({k: float(v.detach()) for k, v in losses.items()})
         log(f"[detection] epoch {epoch + 1}/{cfg.epochs}: loss {sum(sum(w.values()) for w in window) / len(window):.3f}")
     last = {k: round(sum(w[k] for w in window) / len(window), 4) for k in window[0]} if window else {}
     return {"steps": step, "lr": lr, "train_seconds": round(time.perf_counter() - t0, 1), "final_losses": last}
@@ -449,7 +454,7 @@ def evaluate_detection(spec: str, cfg: RunConfig, device: str | None = None, in_
         f"{train.num_classes} classes, {dcfg.epochs} epochs, trainable_layers={dcfg.trainable_layers}")
     torch.manual_seed(cfg.seed)
     model = build_detector(target.encoder, info, train.num_classes, dcfg)
-    encoder_trainable = sum(p.numel() for p in target.encoder.parameters() if p.requires_grad)
+    encoder_trainable = sum(p.numel() for p in model.backbone.body.encoder.parameters() if p.requires_grad)
     detector_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fit = train_detector(model, train, dcfg, info.in_chans, device, cfg.seed, log)
     t_eval = time.perf_counter()

@@ -96,8 +96,8 @@ def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | Non
                         codes=e.knn_ivf_codes, chunk_rows=e.knn_chunk_rows, seed=cfg.seed,
                         gpu=None if str(device).startswith("cuda") else False)
     results["knn"], results["knn_index"] = knn_evaluate_with_index(lazy_tr, ytr, xte, yte, list(e.knn), classes, opts)
-    xtr = lazy_tr.load() if cfg.eval.linear else None  # the probes need train in memory
     if cfg.eval.linear:
+        xtr = lazy_tr.load()  # the probes need train in memory
         log(f"[eval] linear probes for {target.label} (lr x wd grid {len(cfg.eval.linear_lrs)}x"
             f"{len(cfg.eval.linear_wds)}, labelled fractions 1 {' '.join(f'{f:g}' for f in cfg.eval.low_shot)}, "
             f"{cfg.eval.probe_seeds} seeds)")
@@ -106,6 +106,6 @@ def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | Non
                                       cfg.eval.linear_epochs, cfg.eval.linear_batch_size,
                                       cfg.eval.linear_val_fraction, cfg.seed))
         if 0 < len(ytr) <= cfg.eval.sklearn_max_images:
-            results["linear_sklearn"] = sklearn_probe(xtr, ytr, xte, yte)
+            results["linear_sklearn"] = sklearn_probe(xtr, ytr, xte, yte, classes)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results

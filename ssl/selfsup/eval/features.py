@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from selfsup.fileio import save_tensors
@@ -71,7 +70,7 @@ class FeatureFile:
         start, stop = max(0, start), min(stop, self.shape[0])
         with safe_open(str(self.path), "pt") as f:
             x = f.get_slice(self.name)[start:stop].float()  # [R, D]; copies out of the mapping
-        return x if self.offset is None else x - self.offset
+        return x if self.offset is None else x.sub_(self.offset)  # x is ours: shift in place
 
     def chunks(self, chunk_rows: int) -> Iterator[Tensor]:
         """Float32 chunks ``[<= chunk_rows, D]`` covering every row in order."""
@@ -82,8 +81,10 @@ class FeatureFile:
         """Every row as one float32 tensor ``[N, D]`` (for consumers that need it all in memory),
         filled chunk by chunk so no whole-file float16 copy exists beside it."""
         out = torch.empty(self.shape)  # [N, D]
-        for start in range(0, self.shape[0], chunk_rows):
-            out[start:start + chunk_rows] = self.rows(start, start + chunk_rows)
+        start = 0
+        for x in self.chunks(chunk_rows):
+            out[start:start + len(x)] = x
+            start += len(x)
         return out
 
     def mean(self, chunk_rows: int = 65_536) -> Tensor:
@@ -126,24 +127,25 @@ class FeatureCache:
             meta = f.metadata() or {}
         return meta.get("key") == key
 
-    def _store(self, name: str, key: str, compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        feats, labels = compute()
-        save_tensors({"features": feats.half(), "labels": labels}, self.path(name), {"key": key})
-        return feats, labels
-
     def get(self, name: str, key: str, compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """Float32 features ``[N, D]`` (float16-rounded, as stored) and labels ``[N]``."""
-        if self.has(name, key):
-            data = load_file(str(self.path(name)))
-            return data["features"].float(), data["labels"]
-        feats, labels = self._store(name, key, compute)
-        return feats.half().float(), labels
+        lazy, labels = self.get_lazy(name, key, compute)
+        return lazy.load(), labels
 
     def get_lazy(self, name: str, key: str,
                  compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[FeatureFile, Tensor]:
         """A lazy :class:`FeatureFile` over the cached features and the labels ``[N]``;
         computed and stored first when missing or stale."""
+        path = self.path(name)
         if not self.has(name, key):
-            self._store(name, key, compute)
-        lazy = FeatureFile(self.path(name))
-        return lazy, lazy.tensor("labels")
+            feats, labels = compute()
+            if feats.ndim != 2 or labels.shape != (len(feats),):
+                raise ValueError(f"features for {name!r} must be [N, D] with labels [N], got "
+                                 f"{list(feats.shape)} and {list(labels.shape)}")
+            save_tensors({"features": feats.half(), "labels": labels}, path, {"key": key})
+        lazy = FeatureFile(path)
+        labels = lazy.tensor("labels")
+        if labels.shape != (lazy.shape[0],):
+            raise ValueError(f"{path}: {lazy.shape[0]} feature rows but labels of shape {list(labels.shape)}; "
+                             f"delete the file to recompute it")
+        return lazy, labels

@@ -49,6 +49,8 @@ from torch import Tensor
 EXACT_MAX = 2_000_000  # auto: exact search up to this many train rows
 NPROBE = 32  # IVF cells scanned per query (see the module docstring for the recall trade-off)
 GPU_MAX_K = 2048  # faiss GPU k-selection limit
+TRAIN_PER_LIST = 40  # IVF k-means sample rows per cell (faiss's k-means wants at least 39)
+KMEANS_ITERS = 10  # IVF k-means iterations (faiss's IVF default)
 
 
 class RowSource(Protocol):
@@ -73,8 +75,8 @@ class IndexOptions:
         (faiss's k-means needs at least 39 training points per centroid).
     nprobe: IVF cells scanned per query (capped at nlist).
     codes: IVF storage, "fp16" (IndexIVFScalarQuantizer) or "flat" (IndexIVFFlat, float32).
-    train_per_list: k-means sample size per cell (the sample is ``min(N, train_per_list * nlist)``
-        rows drawn with ``seed``); kmeans_iters: k-means iterations (faiss's IVF default 10).
+    The k-means sample is ``min(N, TRAIN_PER_LIST * nlist)`` rows drawn with ``seed``, run for
+    ``KMEANS_ITERS`` iterations.
     chunk_rows: train rows read, normalised and indexed at a time; query_rows: queries per
         faiss search call.
     gpu: True / False, or None for faiss GPU indexes when available.
@@ -85,8 +87,6 @@ class IndexOptions:
     nlist: int | None = None
     nprobe: int = NPROBE
     codes: str = "fp16"
-    train_per_list: int = 40
-    kmeans_iters: int = 10
     chunk_rows: int = 65_536
     query_rows: int = 16_384
     gpu: bool | None = None
@@ -97,13 +97,10 @@ class IndexOptions:
             raise ValueError(f"index kind must be 'auto', 'exact' or 'ivf', not {self.kind!r}")
         if self.codes not in ("fp16", "flat"):
             raise ValueError(f"IVF codes must be 'fp16' or 'flat', not {self.codes!r}")
-        if self.train_per_list < 39:
-            raise ValueError("train_per_list must be >= 39 (faiss k-means wants 39 points per centroid)")
-        for name in ("exact_max", "nprobe", "kmeans_iters", "chunk_rows", "query_rows"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
-        if self.nlist is not None and self.nlist < 1:
-            raise ValueError("nlist must be positive")
+        for name in ("exact_max", "nlist", "nprobe", "chunk_rows", "query_rows"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, not {value}")
 
 
 @dataclass(frozen=True)
@@ -144,6 +141,10 @@ def plan_index(n_rows: int, dim: int, k: int, options: IndexOptions | None = Non
     """The size rule: exact search up to ``options.exact_max`` train rows, IVF beyond it
     (or whatever ``options.kind`` forces); on GPU when allowed and available."""
     o = options or IndexOptions()
+    if n_rows < 1:
+        raise ValueError("no train features to search")
+    if k < 1:
+        raise ValueError(f"k must be positive, not {k}")
     if o.gpu and not gpu_available:
         raise RuntimeError("IndexOptions(gpu=True) but faiss has no GPU support or no GPU is visible")
     kind = o.kind if o.kind != "auto" else ("exact" if n_rows <= o.exact_max else "ivf")
@@ -155,7 +156,7 @@ def plan_index(n_rows: int, dim: int, k: int, options: IndexOptions | None = Non
         return IndexPlan("exact", **common)
     nlist = max(1, min(o.nlist, n_rows // 39)) if o.nlist is not None else default_nlist(n_rows)
     return IndexPlan("ivf", **common, nlist=nlist, nprobe=min(o.nprobe, nlist), codes=o.codes,
-                     train_rows=min(n_rows, o.train_per_list * nlist), kmeans_iters=o.kmeans_iters, seed=o.seed)
+                     train_rows=min(n_rows, TRAIN_PER_LIST * nlist), kmeans_iters=KMEANS_ITERS, seed=o.seed)
 
 
 # --------------------------------------------------------------------------- reading rows
@@ -228,6 +229,8 @@ def _on_device(index: faiss.Index, plan: IndexPlan) -> faiss.Index:
 
 def set_nprobe(index: faiss.Index, nprobe: int) -> None:
     """Cells scanned per query of a CPU or GPU IVF index."""
+    if nprobe < 1:
+        raise ValueError(f"nprobe must be positive, not {nprobe}")
     space = faiss.ParameterSpace() if isinstance(index, faiss.IndexIVF) else faiss.GpuParameterSpace()
     space.set_index_parameter(index, "nprobe", nprobe)
 
@@ -301,6 +304,8 @@ def search_with_plan(train: Features, queries: Features, k: int,
     indices ``[Q, k']``, the plan used), ``k' = min(k, N)``, best first. ``train`` and
     ``queries`` are tensors or lazy sources; neither is modified."""
     n, d = train.shape
+    if queries.shape[1] != d:
+        raise ValueError(f"queries have {queries.shape[1]} columns, train features {d}")
     plan = plan_index(n, d, k, options, faiss_gpu_available())
     xq = load_unit(queries, plan.chunk_rows)  # [Q, D]
     if plan.kind == "exact":
@@ -340,6 +345,11 @@ def knn_evaluate_with_index(train: Features, train_labels: Tensor, test: Feature
     """Top-1/top-5 of weighted kNN for each (k, T) in ``pairs`` (keys like ``"k=20,T=0.07"``)
     and the index used: its plan, search seconds, and how many queries got fewer than k
     neighbours (IVF only; a missing neighbour casts no vote)."""
+    if not pairs or any(t <= 0 for _, t in pairs):
+        raise ValueError(f"pairs must be a non-empty list of (k, T) with T > 0, not {pairs}")
+    if len(train_labels) != train.shape[0] or len(test_labels) != test.shape[0]:
+        raise ValueError(f"labels ({len(train_labels)} train, {len(test_labels)} test) do not match the "
+                         f"feature rows ({train.shape[0]} train, {test.shape[0]} test)")
     kmax = max(k for k, _ in pairs)
     t0 = time.perf_counter()
     sims, idx, plan = search_with_plan(train, test, kmax, options)

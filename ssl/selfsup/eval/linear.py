@@ -153,8 +153,8 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
     for fraction in fractions:
         runs = []
         if fraction >= 1:
-            setting, val_acc = select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
-                                              val_fraction, seed)
+            setting, _ = select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
+                                        val_fraction, seed)
             for s in range(seed, seed + seeds):
                 acc = fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs,
                                     batch_size, s)
@@ -170,8 +170,8 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
     return results
 
 
-def sklearn_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, c: float = 1.0,
-                  max_iter: int = 1000) -> dict[str, float]:
+def sklearn_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
+                  c: float = 1.0, max_iter: int = 1000) -> dict[str, float]:
     """Top-1/top-5 (percent) of scikit-learn's multinomial logistic regression (L-BFGS,
     inverse regularisation ``c``) on the same standardised features as the SGD probe."""
     from sklearn.linear_model import LogisticRegression
@@ -181,7 +181,6 @@ def sklearn_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels
     model.fit(x.numpy(), train_labels.numpy())
     scores = torch.from_numpy(model.predict_log_proba(xt.numpy()))  # [Q, classes seen in train]
     classes = torch.from_numpy(model.classes_)
-    full = torch.full((len(xt), int(max(classes.max().item(), test_labels.max().item())) + 1), float("-inf"),
-                      dtype=scores.dtype)
+    full = torch.full((len(xt), num_classes), float("-inf"), dtype=scores.dtype)  # classes absent from train: -inf
     full[:, classes] = scores
     return topk_accuracy(full, test_labels)

@@ -49,6 +49,21 @@ class Method(nn.Module):
         """
         raise NotImplementedError
 
+    def step(self, images: Tensor, labels: Tensor | None = None,
+             indices: Tensor | None = None) -> dict[str, Tensor]:
+        """:meth:`training_step` called with what this method declares it needs
+        (``needs_indices``, ``needs_labels``): the one place that dispatch lives."""
+        if self.needs_indices:
+            if indices is None:
+                raise ValueError(f"{type(self).__name__} needs dataset indices: build the loader with "
+                                 f"make_loader(..., with_indices=True)")
+            return self.training_step(images, indices=indices, labels=labels)
+        if self.needs_labels:
+            if labels is None:
+                raise ValueError(f"{type(self).__name__} needs the images' class labels")
+            return self.training_step(images, labels=labels)
+        return self.training_step(images)
+
     def on_train_step_end(self, step: int, total_steps: int) -> None:
         """Called after each optimiser step (momentum updates, schedules)."""
 

@@ -49,15 +49,7 @@ class PretrainModule(L.LightningModule):
         images, labels = batch[0], batch[1]
         if images.shape[0] < 2:  # unreadable files were left out of this batch; BatchNorm needs two images
             return None  # Lightning skips the optimiser step
-        if self.method.needs_indices:
-            if len(batch) < 3:
-                raise ValueError(f"{type(self.method).__name__} needs dataset indices: build the loader with "
-                                 f"make_loader(..., with_indices=True)")
-            out = self.method.training_step(images, indices=batch[2], labels=labels)
-        elif self.method.needs_labels:
-            out = self.method.training_step(images, labels=labels)
-        else:
-            out = self.method.training_step(images)
+        out = self.method.step(images, labels, batch[2] if len(batch) > 2 else None)
         loss = out["loss"]
         if not torch.isfinite(loss):
             self._non_finite(out)

@@ -11,6 +11,7 @@ masks and noise samples are restored from the checkpoint.
 from __future__ import annotations
 
 import csv
+import io
 import random
 from typing import Any
 
@@ -22,7 +23,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from selfsup.fileio import save_torch
+from selfsup.fileio import save_torch, write_text
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -63,14 +64,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts; on a
-    resumed run that would lose the metrics of everything before the crash. This one
-    keeps the file and appends (steps replayed after a crash appear twice)."""
+    """Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts (on a
+    resumed run that would lose the metrics of everything before the crash) and rewrites
+    the file in place, truncating it first, whenever a new metric name appears (a kill
+    at that moment loses every row). This one keeps the file, appends (steps replayed
+    after a crash appear twice), and rewrites it atomically."""
 
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 self.metrics_keys = next(csv.reader(f), [])
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(out.getvalue(), self.metrics_file_path)
 
 
 class ResumableCSVLogger(CSVLogger):
