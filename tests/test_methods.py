@@ -100,3 +100,47 @@ def test_two_steps_move_the_encoder_and_a_checkpoint_restores_identical_features
         assert torch.equal(module.eval().method.exported_encoder()(x), restored.eval().method.exported_encoder()(x))
     for key, value in module.method.state_dict().items():  # heads, decoders, buffers such as jigsaw's permutations
         assert torch.equal(value, restored.method.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_one_step_under_bf16_autocast_and_gradient_checkpointing(name, tiny_config):
+    """What trainer.precision=bf16-mixed and trainer.grad_checkpointing do on a GPU, on the CPU:
+    every method's step runs under autocast (queues, banks and losses keep their dtypes) and
+    with timm's activation checkpointing, to the same loss and gradients as without it."""
+    cfg = tiny_config("trainer.grad_checkpointing=true", method=name)
+    images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
+    torch.manual_seed(0)
+    module = PretrainModule(cfg, INFO)
+    assert module.method.encoder.grad_checkpointing
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = train_step(module.method, images)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in module.method.parameters() if p.grad is not None)
+    for buf in module.method.buffers():  # queues and banks were not turned into bf16
+        assert buf.dtype in (torch.float32, torch.int64, torch.bool, torch.long), buf.dtype
+
+    # checkpointing recomputes the same activations: same loss and gradients as without it
+    ref_cfg = tiny_config(method=name)
+    torch.manual_seed(0)
+    ref = PretrainModule(ref_cfg, INFO)
+    torch.manual_seed(1)
+    a = train_step(ref.method, images)
+    a["loss"].backward()
+    torch.manual_seed(0)
+    ckpt = PretrainModule(cfg, INFO)
+    torch.manual_seed(1)
+    b = train_step(ckpt.method, images)
+    b["loss"].backward()
+    torch.testing.assert_close(a["loss"], b["loss"])
+    for (n, p), q in zip(ref.method.named_parameters(), ckpt.method.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+
+
+def test_grad_checkpointing_on_an_encoder_without_it_is_a_config_error(tiny_config):
+    from selfsup.config import ConfigError
+
+    cfg = tiny_config("encoder.name=dla34", "encoder.kwargs={}", "trainer.grad_checkpointing=true")
+    with pytest.raises(ConfigError, match="does not support gradient checkpointing; set it to false"):
+        PretrainModule(cfg, INFO)

@@ -75,3 +75,23 @@ def test_methods_with_per_image_state_get_dataset_indices(tiny_config, tmp_path)
     bank_labels = state["method.bank_labels"]
     assert bank_labels.shape == (128,)
     assert (bank_labels >= 0).all()  # one epoch over 128 images (2 batches of 64) filled every row
+
+
+def test_gradient_accumulation_steps_the_momentum_teacher_once_per_optimiser_step(tiny_config, tmp_path, monkeypatch):
+    """With trainer.accumulate_grad_batches=3 the method's per-step hook (MoCo's EMA update)
+    runs once per optimiser step, not per batch, and the lr is scaled for the batch of
+    batch_size x 3 that each step sees."""
+    from selfsup.methods.moco import MoCo
+
+    calls = []
+    original = MoCo.on_train_step_end
+    monkeypatch.setattr(MoCo, "on_train_step_end", lambda self, step, total: (calls.append(step), original(self, step, total)))
+    cfg = tiny_config("method.name=moco", "method.queue_size=128", "method.bn_splits=1", "data.batch_size=16",
+                      "trainer.accumulate_grad_batches=3", "trainer.limit_train_batches=9", "trainer.max_epochs=2",
+                      "optim.lr_scaling=linear", "optim.warmup_epochs=0")
+    run = pretrain(cfg, run_dir=tmp_path / "run", log=lambda s: None)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 6  # 2 epochs x 9 batches / 3
+    assert calls == [1, 2, 3, 4, 5, 6]
+    peak = ckpt["lr_schedulers"][0]["base_lrs"][0]
+    assert peak == pytest.approx(cfg.optim.lr * 16 * 3 / 256)

@@ -14,6 +14,7 @@ EPILOG = "Any config key can be overridden as key.path=value, e.g. method.temper
 
 
 def _pretrain(args: argparse.Namespace) -> None:
+    from selfsup import distributed
     from selfsup.config import load_config
     from selfsup.train.run import finish_run, load_run_config, pretrain
 
@@ -29,6 +30,8 @@ def _pretrain(args: argparse.Namespace) -> None:
             raise SystemExit("selfsup pretrain: give a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
         run_dir = pretrain(cfg, run_dir=args.run_dir)
+    if distributed.rank() != 0:
+        return  # rank 0 evaluates, exports and reports
     if cfg.eval.after_pretrain and not args.no_eval:
         print("\n" + finish_run(run_dir, cfg))
     print(f"run directory: {run_dir}")

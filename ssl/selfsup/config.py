@@ -86,9 +86,20 @@ class TrainerConfig:
 
     max_epochs: int = param(100, gt=0)
     max_steps: int = param(-1, ge=-1, help="stop after this many optimiser steps; the schedule spans them (-1: max_epochs)")
-    accelerator: str = "auto"
-    devices: Union[int, str] = 1
-    precision: str = "32-true"
+    accelerator: str = param("auto", help="cpu, gpu, mps or auto (Lightning's names)")
+    devices: Union[int, str] = param(1, help="devices per node: a count, 'auto', or a list string like '0,1'")
+    num_nodes: int = param(1, gt=0, help="machines; each runs `devices` processes (torchrun or SLURM)")
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true", "fsdp"] = param(
+        "auto", help="Lightning strategy: ddp for several devices, fsdp to shard large ViTs")
+    sync_batchnorm: bool = param(False, help="BatchNorm statistics over the global batch (SyncBatchNorm)")
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"] = param(
+        "auto", help="auto: bf16-mixed on GPUs with bf16 and on CPUs with native bf16, "
+                     "16-mixed (loss scaling) on older GPUs, else 32-true")
+    accumulate_grad_batches: int = param(1, gt=0, help="batches per optimiser step (the lr scales with "
+                                                        "batch_size x devices x nodes x this)")
+    compile: bool = param(False, help="torch.compile the encoder (in place; checkpoints keep plain names)")
+    grad_checkpointing: bool = param(False, help="recompute activations in backward (timm "
+                                                 "set_grad_checkpointing): less memory, about 30% slower")
     log_every_n_steps: int = param(20, gt=0)
     limit_train_batches: Union[int, float] = param(1.0, gt=0, help="fraction or number of batches per epoch")
     online_probe: bool = param(True, help="train a linear probe on detached features when labels exist")

@@ -8,11 +8,19 @@ its own rows. With DDP averaging parameter gradients over ranks, this gives exac
 gradient of the mean loss over the global batch (tests/test_contrastive.py checks it
 against one process on the concatenated batch). Rows that do not require gradients
 (keys of a momentum encoder) are gathered without any backward communication.
+
+Random draws (augmentation parameters, masks, noise, tile offsets) go through
+``draw_local``: every rank runs the same random stream (the same seed, the same calls,
+the same generator state restored from a checkpoint), draws for the whole global batch
+and keeps the rows of its own slice. With the data sampler's contiguous per-rank slices
+(:class:`selfsup.data.EpochShuffle`), R processes of batch b see exactly the images and
+random draws of one process of batch R*b, and a run resumed on a different number of
+devices continues the same streams.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -80,3 +88,17 @@ def broadcast(x: Tensor, src: int = 0) -> Tensor:
     if is_distributed():
         dist.broadcast(x, src)
     return x
+
+
+def draw_local(draw: Callable[[int], Tensor], rows: int) -> Tensor:
+    """This rank's ``rows`` rows of a random draw made for the global batch.
+
+    ``draw(n)`` must return ``n`` rows (dim 0) from a random stream that is identical on
+    every rank; each rank draws ``world_size * rows`` and keeps rows
+    ``[rank * rows, (rank + 1) * rows)``, the slice its images occupy in the global batch.
+    Every rank must pass the same ``rows`` (the loader drops incomplete batches).
+    """
+    if not is_distributed():
+        return draw(rows)
+    r = dist.get_rank()
+    return draw(rows * dist.get_world_size())[r * rows:(r + 1) * rows]

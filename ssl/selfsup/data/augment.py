@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
 from selfsup.config import param
+from selfsup.distributed import draw_local
 
 
 @dataclass
@@ -51,7 +52,13 @@ class AugmentConfig:
 
 
 def uniform(n: int, lo: float, hi: float, device: torch.device) -> Tensor:
-    return torch.empty(n, device=device).uniform_(lo, hi)
+    """``[n]`` uniform in [lo, hi), this rank's rows of a draw for the global batch."""
+    return draw_local(lambda m: torch.empty(m, device=device).uniform_(lo, hi), n)
+
+
+def rand(n: int, device: torch.device) -> Tensor:
+    """``[n]`` uniform in [0, 1), this rank's rows of a draw for the global batch."""
+    return draw_local(lambda m: torch.rand(m, device=device), n)
 
 
 def crop_flip_theta(n: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: float,
@@ -67,9 +74,9 @@ def crop_flip_theta(n: int, scale: tuple[float, float], ratio: tuple[float, floa
     r = log_r.exp()
     w = (area * r).sqrt().clamp(max=1.0)  # fraction of the width
     h = (area / r).sqrt().clamp(max=1.0)
-    cx = (torch.rand(n, device=device) * 2 - 1) * (1 - w)  # centre in [-1, 1] coordinates
-    cy = (torch.rand(n, device=device) * 2 - 1) * (1 - h)
-    flip = torch.where(torch.rand(n, device=device) < hflip, -1.0, 1.0)
+    cx = (rand(n, device) * 2 - 1) * (1 - w)  # centre in [-1, 1] coordinates
+    cy = (rand(n, device) * 2 - 1) * (1 - h)
+    flip = torch.where(rand(n, device) < hflip, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3, device=device)
     theta[:, 0, 0] = w * flip
     theta[:, 0, 2] = cx
@@ -145,7 +152,7 @@ class BatchAugment(nn.Module):
         cfg, b, c, dev = self.cfg, x.shape[0], x.shape[1], x.device
 
         def chosen(p: float) -> Tensor:
-            return (torch.rand(b, device=dev) < p).view(-1, 1, 1, 1)
+            return (rand(b, dev) < p).view(-1, 1, 1, 1)
 
         if cfg.jitter_p > 0:
             jit = chosen(cfg.jitter_p)

@@ -14,6 +14,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from selfsup.distributed import draw_local
+
 # --------------------------------------------------------------------------- patches
 
 
@@ -65,7 +67,7 @@ def random_masking(batch: int, n: int, mask_ratio: float, device: torch.device |
     the K = :func:`num_visible` visible patches of each sample in increasing order.
     """
     k = num_visible(n, mask_ratio)
-    noise = torch.rand(batch, n, device=device, generator=generator)  # [B, N]
+    noise = draw_local(lambda rows: torch.rand(rows, n, device=device, generator=generator), batch)  # [B, N]
     keep = noise.argsort(dim=1)[:, :k].sort(dim=1).values  # [B, K]
     mask = torch.ones(batch, n, dtype=torch.bool, device=device).scatter(1, keep, False)  # [B, N]
     return mask, keep

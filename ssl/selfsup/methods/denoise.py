@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.config import param
+from selfsup.distributed import draw_local
 from selfsup.data import AugmentConfig, BatchAugment, DataInfo
 from selfsup.methods._pixels import PixelDecoder, feature_map
 from selfsup.methods.base import METHODS, Method
@@ -72,8 +73,10 @@ def sample_noise(x0: Tensor, p_mean: float, p_std: float,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Independent noise per sample: sigma [B] with ln(sigma) ~ N(p_mean, p_std^2), and
     standard normal eps shaped like ``x0`` [B, C, H, W]."""
-    z = torch.randn(x0.shape[0], device=x0.device, generator=generator)  # [B]
-    eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    b, shape = x0.shape[0], x0.shape[1:]
+    z = draw_local(lambda rows: torch.randn(rows, device=x0.device, generator=generator), b)  # [B]
+    eps = draw_local(lambda rows: torch.randn(rows, *shape, device=x0.device, dtype=x0.dtype, generator=generator),
+                     b)  # [B, C, H, W]
     return (p_mean + p_std * z).exp(), eps
 
 

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.config import param
+from selfsup.distributed import draw_local
 from selfsup.data import AugmentConfig, DataInfo
 from selfsup.methods._pretext import TransformClassification
 from selfsup.methods.base import METHODS
@@ -122,7 +123,7 @@ def tile_geometry(image_size: int, tile_size: int | None = None, min_tile_size: 
 
 def random_offsets(batch: int, cell: int, tile: int, device: torch.device | None = None) -> Tensor:
     """Independent (row, col) offsets of each tile inside its cell, ``[B, 9, 2]`` long."""
-    return torch.randint(0, cell - tile + 1, (batch, NUM_TILES, 2), device=device)
+    return draw_local(lambda rows: torch.randint(0, cell - tile + 1, (rows, NUM_TILES, 2), device=device), batch)
 
 
 def cut_tiles(x: Tensor, tile: int, offsets: Tensor) -> Tensor:
@@ -210,7 +211,7 @@ class Jigsaw(TransformClassification):
         b = x.shape[0]
         offsets = random_offsets(b, self.cell, self.tile, x.device)  # [B, 9, 2]
         tiles = normalise_tiles(cut_tiles(x, self.tile, offsets))  # [B, 9, C, T, T]
-        labels = torch.randint(len(self.permutations), (b,), device=x.device)  # [B]
+        labels = draw_local(lambda rows: torch.randint(len(self.permutations), (rows,), device=x.device), b)  # [B]
         return shuffle_tiles(tiles, self.permutations[labels]), labels
 
     def embed(self, inputs: Tensor) -> tuple[Tensor, Tensor]:

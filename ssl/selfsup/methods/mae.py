@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
@@ -124,6 +125,8 @@ class MAE(Method):
         prefix, patches = tokens[:, : self.num_prefix], tokens[:, self.num_prefix:]
         visible = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # [B, K, E]
         h = enc.norm_pre(torch.cat([prefix, visible], dim=1))  # [B, prefix + K, E]
+        if enc.grad_checkpointing and torch.is_grad_enabled():  # trainer.grad_checkpointing
+            return enc.norm(checkpoint_seq(enc.blocks, h))
         return enc.norm(enc.blocks(h))
 
     def decode(self, latent: Tensor, keep: Tensor) -> Tensor:

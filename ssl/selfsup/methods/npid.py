@@ -129,7 +129,8 @@ class NPID(Method):
         h = self.encoder(self.augment(images))  # [B, D]
         v = F.normalize(full_precision(self.head(h)), dim=1)  # [B, F]
         with no_autocast(v):  # scores / 0.07 in float32
-            noise_idx = self.bank.sample((v.shape[0], cfg.num_noise))  # [B, m], uniform over the bank
+            noise_idx = distributed.draw_local(lambda rows: self.bank.sample((rows, cfg.num_noise)),
+                                               v.shape[0])  # [B, m], uniform over the bank
             pos, noise = bank_scores(v, self.bank.bank, indices, noise_idx)  # [B], [B, m]
             pos, noise = pos / cfg.temperature, noise / cfg.temperature
             out = self.nce(pos, noise)

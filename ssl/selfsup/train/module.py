@@ -39,7 +39,10 @@ class PretrainModule(L.LightningModule):
         encoder = create_encoder(cfg.encoder.name, info.in_chans, cfg.encoder.kwargs)
         if cfg.encoder.channels_last and is_convnet(encoder):
             encoder = encoder.to(memory_format=torch.channels_last)
+        if cfg.trainer.grad_checkpointing:
+            enable_grad_checkpointing(encoder, cfg.encoder.name)
         self.method = METHODS.get(method_name(cfg))(cfg.method, encoder, info)
+        self._stepped_at = 0  # global_step after the last optimiser step seen by on_train_batch_end
         use_probe = cfg.trainer.online_probe and info.num_classes > 0
         self.probe = nn.Linear(self.method.num_features, info.num_classes) if use_probe else None
         self.clean = CleanTransform(info.mean, info.std, info.image_size)
@@ -75,8 +78,15 @@ class PretrainModule(L.LightningModule):
             f"(terms: {terms}). The weights of this step were not saved; the last good checkpoint is "
             f"{ckpt or 'none yet'}. Lower optim.lr, or check the data for constant images.")
 
+    def on_train_start(self) -> None:
+        self._stepped_at = self.global_step  # > 0 when resumed
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.method.on_train_step_end(self.global_step, self.trainer.estimated_stepping_batches)
+        # once per optimiser step: not after batches that only accumulated gradients
+        # (trainer.accumulate_grad_batches) or were skipped
+        if self.global_step != self._stepped_at:
+            self._stepped_at = self.global_step
+            self.method.on_train_step_end(self.global_step, self.trainer.estimated_stepping_batches)
 
     # ---------------------------------------------------------------- online probe
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
@@ -91,7 +101,8 @@ class PretrainModule(L.LightningModule):
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.cfg.optim
-        global_batch = self.cfg.data.batch_size * self.trainer.world_size
+        # world_size counts every process on every node
+        global_batch = self.cfg.data.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
         extra = []
         if self.probe is not None:
             extra.append({"params": list(self.probe.parameters()), "lr": cfg.probe_lr, "weight_decay": 0.0})
@@ -117,6 +128,17 @@ class PretrainModule(L.LightningModule):
         rng = checkpoint.get(CHECKPOINT_KEY, {}).get("rng")
         if rng is not None:
             set_rng_state(rng)
+
+
+def enable_grad_checkpointing(encoder: nn.Module, name: str) -> None:
+    """timm's activation checkpointing (recompute each block in the backward pass)."""
+    try:
+        encoder.set_grad_checkpointing(True)
+    except (AssertionError, NotImplementedError, AttributeError):
+        from selfsup.config import ConfigError
+
+        raise ConfigError(f"trainer.grad_checkpointing: timm's {name!r} does not support gradient "
+                          f"checkpointing; set it to false") from None
 
 
 def module_from_checkpoint(checkpoint: dict[str, Any]) -> PretrainModule:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from selfsup.config import RunConfig, dump_yaml, load_config
@@ -20,7 +22,23 @@ from selfsup.train.module import PretrainModule
 CONFIG_FILE = "config.yaml"
 
 
+RUN_DIR_ENV = "SELFSUP_RUN_DIR"  # how the processes Lightning launches for DDP find rank 0's run directory
+
+
+def launched_processes() -> int:
+    """Processes started by an external launcher (torchrun, SLURM) for this run; 1 if none."""
+    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
 def new_run_dir(cfg: RunConfig) -> Path:
+    if os.environ.get(RUN_DIR_ENV):  # a DDP process Lightning started: rank 0's directory
+        return Path(os.environ[RUN_DIR_ENV])
+    if launched_processes() > 1:
+        raise ValueError("this run was started as several processes (torchrun or SLURM): pass the same "
+                         "--run-dir to every process so that they write to one run directory")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(cfg.out_dir) / f"{cfg.name}-{stamp}"
     run_dir, i = base, 1
@@ -70,12 +88,20 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         from lightning.pytorch.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
+    if cfg.trainer.compile:
+        module.method.encoder.compile()  # in place: parameter names (checkpoints, exports) unchanged
+    t = cfg.trainer
     trainer = L.Trainer(
-        max_epochs=cfg.trainer.max_epochs,
-        max_steps=cfg.trainer.max_steps,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        precision=cfg.trainer.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        sync_batchnorm=t.sync_batchnorm,
+        precision=resolve_precision(t.precision, t.accelerator),
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        use_distributed_sampler=False,  # EpochShuffle shards the global batches itself
         logger=loggers,
         callbacks=callbacks,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
@@ -87,11 +113,37 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()],
     )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
-    if bad_files.is_file():
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes Lightning's DDP launcher starts
+    # Lightning's DDP setup re-seeds every rank with this seed; seeding here too puts one process
+    # in the same state, so the random draws of any device count are the same (a resume then
+    # restores the checkpoint's generators)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None, weights_only=True)
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+    if bad_files.is_file() and trainer.is_global_zero:
         n = len({line.split("\t")[0] for line in bad_files.read_text().splitlines()})
         log(f"[data] {n} unreadable image file(s) were left out (data.on_bad_file=skip); see {bad_files}")
     return run_dir
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """``trainer.precision`` for Lightning: "auto" is bf16-mixed on GPUs that support bf16
+    (Ampere and later) and CPUs with native bf16, 16-mixed (fp16 with loss scaling) on older
+    GPUs, 32-true otherwise; any other value is passed through."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.backends.mps.is_available())
+    return "bf16-mixed" if on_cpu and cpu_has_bf16() else "32-true"
 
 
 def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
