@@ -28,6 +28,9 @@ selfsup's SimCLR step in one process; medians of ``--repeats``:
 
     python benchmarks/throughput.py                          # CPU-sized: 64 px, batch 32
     python benchmarks/throughput.py --size 224 --batch 128 --compile both   # on a GPU
+
+Input pipeline (``--pipeline-images``): one pass of the training loader over a folder of
+generated JPEGs, decoding in workers against the pre-decoded memory map.
 Prints JSON lines and writes benchmarks/results/throughput.{json,md}.
 """
 
@@ -50,7 +53,8 @@ sys.path.insert(0, str(ROOT / "ssl"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from selfsup.config import RunConfig, load_config  # noqa: E402
-from selfsup.data import DataInfo  # noqa: E402
+from selfsup.data import DataInfo, make_loader  # noqa: E402
+from selfsup.encoders import is_convnet  # noqa: E402
 from selfsup.fileio import write_json, write_text  # noqa: E402
 from selfsup.train.module import PretrainModule  # noqa: E402
 from selfsup.train.optim import build_optimizer  # noqa: E402
@@ -161,7 +165,7 @@ def measure_one(args: argparse.Namespace) -> dict[str, Any]:
     sec = statistics.median(times)
     row = {"method": args.method, "encoder": args.encoder, "size": args.size, "batch": args.batch,
            "device": device, "precision": step.precision, "compile": args.compile_one,
-           "channels_last": cfg.encoder.channels_last, "step_s": round(sec, 4),
+           "channels_last": cfg.encoder.channels_last and is_convnet(step.method.encoder), "step_s": round(sec, 4),
            "images_per_s": round(args.batch / sec, 1),
            "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb(), 1),
            "memory_kind": "max allocated (CUDA)" if device == "cuda" else "peak RSS (process)"}
@@ -260,6 +264,50 @@ def measure_peer(args: argparse.Namespace) -> dict[str, Any]:
                                  "ratio": round(c / d, 3)}}
 
 
+# --------------------------------------------------------------------------- input pipeline
+
+
+def measure_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """Images/s of one pass over an image folder of JPEGs: decoding in DataLoader workers
+    against the pre-decoded memory-mapped copy (``data.cache=uint8``), same loader settings."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.config import DataConfig
+    from selfsup.data import build_dataset
+
+    n, side, workers = args.pipeline_images, args.pipeline_side, args.pipeline_workers
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "photos" / "train" / "all"
+        root.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
+        for i in range(n):  # smooth random images (JPEG-typical sizes, not noise)
+            im = Image.fromarray(np.roll(base, i, axis=0)).resize((side, side * 3 // 4), Image.BILINEAR)
+            im.save(root / f"{i:05d}.jpg", quality=90)
+        cfg = DataConfig(name="image-folder", root=str(Path(tmp) / "photos"), image_size=args.size,
+                         num_workers=workers, cache_dir=str(Path(tmp) / "cache"))
+        folder = build_dataset(cfg, "train")
+        t = time.perf_counter()
+        mapped = build_dataset(DataConfig(**{**vars(cfg), "cache": "uint8"}), "train")
+        build_s = time.perf_counter() - t
+
+        def one_pass(ds) -> float:
+            t = time.perf_counter()
+            for _ in make_loader(ds, args.batch, train=True, num_workers=workers):
+                pass
+            return time.perf_counter() - t
+
+        one_pass(folder)  # warm the page cache and the workers' imports
+        folder_s = statistics.median(one_pass(folder) for _ in range(3))
+        mapped_s = statistics.median(one_pass(mapped) for _ in range(3))
+    return {"images": n, "jpeg_side": side, "size": args.size, "workers": workers,
+            "decode_images_per_s": round(n / folder_s, 1), "mapped_images_per_s": round(n / mapped_s, 1),
+            "ratio": round(folder_s / mapped_s, 2), "build_s": round(build_s, 2)}
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -275,7 +323,8 @@ def in_subprocess(args: argparse.Namespace, **variant: Any) -> dict[str, Any]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def markdown(rows: list[dict[str, Any]], peers: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def markdown(rows: list[dict[str, Any]], peers: list[dict[str, Any]], pipeline: dict[str, Any] | None,
+             args: argparse.Namespace) -> str:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     lines = [f"Training throughput on {device}: {args.size} px, batch {args.batch}, synthetic uint8 images, "
              f"median of {args.steps} steps after {args.warmup} warm-up steps; torch {torch.__version__}.", "",
@@ -301,6 +350,14 @@ def markdown(rows: list[dict[str, Any]], peers: list[dict[str, Any]], args: argp
                 v = p[key]
                 lines.append(f"| {p['encoder']} | {label} | {v['selfsup_images_per_s']} | {v['lightly_images_per_s']} | "
                              f"{v['ratio']} |")
+    if pipeline:
+        p = pipeline
+        lines += ["", f"Input pipeline: one pass over {p['images']} JPEGs ({p['jpeg_side']} px wide) resized to "
+                      f"{p['size']} px, batch {args.batch}, {p['workers']} workers, median of 3 passes.", "",
+                  "| source | images/s |", "|---|---:|",
+                  f"| decoding JPEGs in workers | {p['decode_images_per_s']} |",
+                  f"| pre-decoded uint8 memory map (data.cache=uint8; built once in {p['build_s']} s) | "
+                  f"{p['mapped_images_per_s']} |"]
     return "\n".join(lines) + "\n"
 
 
@@ -318,6 +375,9 @@ def main() -> None:
     ap.add_argument("--compile", choices=("off", "on", "both"), default="off")
     ap.add_argument("--peer", choices=("lightly", "none"), default="lightly")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak dense bf16 TFLOP/s")
+    ap.add_argument("--pipeline-images", type=int, default=2000, help="JPEGs in the input-pipeline test (0: skip)")
+    ap.add_argument("--pipeline-side", type=int, default=256, help="their width in pixels (height 3/4 of it)")
+    ap.add_argument("--pipeline-workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     # one measurement, in a subprocess
     ap.add_argument("--method", help=argparse.SUPPRESS)
@@ -353,11 +413,15 @@ def main() -> None:
                 p = in_subprocess(args, encoder=encoder, peer_one="lightly")
                 print(json.dumps(p), flush=True)
                 peers.append(p)
+    pipeline = measure_pipeline(args) if args.pipeline_images else None
+    if pipeline:
+        print(json.dumps(pipeline), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json({"settings": {k: v for k, v in vars(args).items() if not k.endswith("_one") and k not in
-                             ("method", "encoder")}, "rows": rows, "peer": peers}, out / "throughput.json")
-    write_text(markdown(rows, peers, args), out / "throughput.md")
+                             ("method", "encoder")}, "rows": rows, "peer": peers, "pipeline": pipeline},
+               out / "throughput.json")
+    write_text(markdown(rows, peers, pipeline, args), out / "throughput.md")
 
 
 if __name__ == "__main__":

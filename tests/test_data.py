@@ -62,3 +62,52 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 def test_unknown_dataset_suggests():
     with pytest.raises(KeyError, match="did you mean 'fashion-mnist'"):
         build_dataset(DataConfig(name="fashion_mnist"), "train")
+
+
+def test_decoded_uint8_cache_matches_decoding_and_follows_the_folder(tmp_path):
+    """data.cache=uint8: the mapped copy holds exactly what decoding gives, skips unreadable
+    files (listed in the bad-file log), is reused while the folder is unchanged and rebuilt
+    when a file changes; DataLoader workers map it themselves."""
+    import pickle
+
+    from selfsup.data import make_loader
+    from selfsup.data.decoded import MappedImages
+
+    root, cache = tmp_path / "photos", tmp_path / "cache"
+    g = torch.Generator().manual_seed(0)
+    for c in ("a", "b"):
+        for i in range(5):
+            path = root / "train" / c / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            arr = torch.randint(0, 256, (12 + i, 10, 3), dtype=torch.uint8, generator=g).numpy()
+            Image.fromarray(arr).save(path)
+    (root / "train" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    plain = build_dataset(DataConfig(name="image-folder", root=str(root), image_size=8), "train")
+    cfg = DataConfig(name="image-folder", root=str(root), image_size=8, cache="uint8", cache_dir=str(cache))
+    with pytest.warns(UserWarning, match="1 unreadable image"):
+        mapped = build_dataset(cfg, "train")
+    assert isinstance(mapped, MappedImages) and len(mapped) == 10 and len(plain) == 11
+    good = [i for i, f in enumerate(plain.files) if not f.endswith("broken.png")]
+    expected = torch.stack([plain.load(i)[0] for i in good])  # [10, 3, 8, 8]
+    assert torch.equal(mapped.images, expected)
+    assert mapped.labels.tolist() == [plain.labels[i].item() for i in good]
+    log = tmp_path / "bad.txt"
+    mapped.set_bad_file_log(log)
+    assert "broken.png\tcannot decode image" in log.read_text()
+
+    again = build_dataset(cfg, "train")  # unchanged folder: the same file, no decoding (no warning)
+    assert again.path == mapped.path and len(list(cache.glob("*.u8"))) == 1
+    state = pickle.loads(pickle.dumps(again))  # what a spawned worker receives: no pixels, it maps the file
+    assert state._images is None and torch.equal(state.images, expected)
+    x, y = next(iter(make_loader(again, 4, train=False)))
+    assert torch.equal(x, expected[:4]) and y.tolist() == again.labels[:4].tolist()
+
+    Image.fromarray(torch.zeros(9, 9, 3, dtype=torch.uint8).numpy()).save(root / "train" / "a" / "0.png")
+    with pytest.warns(UserWarning):
+        changed = build_dataset(cfg, "train")
+    assert changed.path != mapped.path and changed.images[0].sum() == 0
+
+    strict = DataConfig(name="image-folder", root=str(root), image_size=8, cache="uint8", cache_dir=str(cache),
+                        on_bad_file="error")
+    with pytest.raises(DataError, match="broken.png"):
+        build_dataset(strict, "train")

@@ -101,3 +101,49 @@ def test_two_ranks_match_one_process_on_the_concatenated_batch(tmp_path):
         expected[group] = F.batch_norm(x_bn[group], None, None, training=True)
     assert torch.allclose(torch.cat([rk["shuffled_bn"] for rk in ranks]), expected, atol=1e-6)
     assert all(rk["shuffled_linear_ok"] for rk in ranks)
+
+
+# --------------------------------------------------------------------------- sharded feature extraction
+
+N_IMAGES = 11  # not a multiple of the ranks: the shares differ in size
+
+
+def _extraction_data():
+    from selfsup.data import DataInfo, TensorImages
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (N_IMAGES, 1, 8, 8), dtype=torch.uint8, generator=g)
+    ds = TensorImages(images, torch.arange(N_IMAGES) % 3, 3)
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return ds, DataInfo(1, 8, 3, (0.5,), (0.25,)), encoder
+
+
+def _extract_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    from selfsup.eval.features import extract_features
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        ds, info, encoder = _extraction_data()
+        feats, labels = extract_features(encoder, ds, info, batch_size=2)
+        rows = distributed.gather_uneven(torch.arange(rank * 5, rank * 5 + 1 + 2 * rank)[:, None], chunk_rows=2)
+        torch.save({"feats": feats, "labels": labels, "rows": rows, "share": list(distributed.shard(N_IMAGES))},
+                   f"{out_dir}/extract{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_feature_extraction_is_sharded_and_gathered_in_dataset_order(tmp_path):
+    from selfsup.eval.features import extract_features
+
+    mp.spawn(_extract_worker, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"extract{r}.pt", weights_only=False) for r in range(WORLD)]
+    ds, info, encoder = _extraction_data()
+    want, want_labels = extract_features(encoder, ds, info, batch_size=4)  # one process
+    assert [r["share"] for r in ranks] == [list(range(0, 5)), list(range(5, 11))]
+    for r in ranks:
+        torch.testing.assert_close(r["feats"], want)
+        assert torch.equal(r["labels"], want_labels)
+        # uneven rows (1 on rank 0, 3 on rank 1), sent in chunks of 2: rank order, nothing padded in
+        assert r["rows"].flatten().tolist() == [0, 5, 6, 7]

@@ -34,11 +34,12 @@ def _cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "selfsup.cli", "pretrain", *args]  # -m: Lightning re-launches it per rank
 
 
-def _train(run_dir: Path, *extra: str, epochs: int = 3) -> None:
+def _train(run_dir: Path, *extra: str, epochs: int = 3, evaluate: bool = False) -> str:
     res = subprocess.run(_cmd(str(ROOT / "configs/moco-fashion-mnist.yaml"), "--run-dir", str(run_dir),
-                              "--no-eval", *BASE, f"trainer.max_epochs={epochs}", *extra),
+                              *([] if evaluate else ["--no-eval"]), *BASE, f"trainer.max_epochs={epochs}", *extra),
                          env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
 
 
 def _weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], int]:
@@ -63,7 +64,7 @@ def single(tmp_path_factory) -> Path:
 
 
 def test_two_processes_match_one_process_on_the_same_global_batch(single, tmp_path):
-    _train(tmp_path / "two", *TWO)
+    printed = _train(tmp_path / "two", *TWO, "eval.linear=false", "eval.baselines=[random]", evaluate=True)
     (one, steps1), (two, steps2) = _weights(single), _weights(tmp_path / "two")
     assert steps1 == steps2 == 3 * (512 // 32)
     assert (one["method.queue.keys"] != 0).any()  # the queue was filled (by gathered keys on two ranks)
@@ -72,6 +73,21 @@ def test_two_processes_match_one_process_on_the_same_global_batch(single, tmp_pa
     # moved the weights several times further than the tolerance allows the two runs to differ
     q, k = one["method.encoder.blocks.0.attn.qkv.weight"], one["method.teacher.encoder.blocks.0.attn.qkv.weight"]
     assert (q - k).abs().max() > 1e-3
+
+    # after training both processes extracted features (a share each), rank 0 scored and exported once
+    import json
+
+    from selfsup.eval.evaluate import evaluate
+    from selfsup.train.run import load_run_config
+
+    assert printed.count("run directory:") == 1 and printed.count("[export] encoder written") == 1
+    assert printed.count("[eval] extracting features for run two") == 2  # train and test, logged by rank 0
+    rows = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert [r["kind"] for r in rows] == ["pretrained", "random"]
+    cfg = load_run_config(tmp_path / "two")
+    alone = evaluate(str(tmp_path / "two"), cfg, tmp_path / "features-one-process", log=lambda s: None)
+    assert rows[0]["knn"] == alone["knn"]  # the sharded features score like one process's
+    assert (tmp_path / "two" / "export" / "config.json").is_file()
 
 
 def test_run_killed_on_one_process_resumes_on_two(single, tmp_path):

@@ -30,10 +30,12 @@ def _pretrain(args: argparse.Namespace) -> None:
             raise SystemExit("selfsup pretrain: give a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
         run_dir = pretrain(cfg, run_dir=args.run_dir)
-    if distributed.rank() != 0:
-        return  # rank 0 evaluates, exports and reports
     if cfg.eval.after_pretrain and not args.no_eval:
-        print("\n" + finish_run(run_dir, cfg))
+        table = finish_run(run_dir, cfg)  # distributed: every rank extracts features, rank 0 reports
+        if table is not None:
+            print("\n" + table)
+    if distributed.rank() != 0:
+        return
     print(f"run directory: {run_dir}")
 
 

@@ -102,3 +102,42 @@ def draw_local(draw: Callable[[int], Tensor], rows: int) -> Tensor:
         return draw(rows)
     r = dist.get_rank()
     return draw(rows * dist.get_world_size())[r * rows:(r + 1) * rows]
+
+
+def shard(n: int) -> range:
+    """This rank's contiguous share of ``n`` items (all of them in one process)."""
+    w, r = world_size(), rank()
+    return range(r * n // w, (r + 1) * n // w)
+
+
+@torch.no_grad()
+def gather_uneven(x: Tensor, chunk_rows: int = 65_536) -> Tensor:
+    """The rows of every rank concatenated in rank order ``[sum of rows, ...]``, on every
+    rank; ranks may hold different numbers of rows. Sent ``chunk_rows`` at a time through
+    the backend's device (a GPU for NCCL), returned on ``x``'s device."""
+    if not is_distributed():
+        return x
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    sizes = _all_gather_cat(torch.tensor([x.shape[0]], device=dev)).tolist()  # rows per rank
+    parts: list[list[Tensor]] = [[] for _ in sizes]
+    for start in range(0, max(sizes), chunk_rows):
+        piece = x[start:start + chunk_rows].to(dev)
+        padded = piece.new_zeros((min(chunk_rows, max(sizes) - start), *x.shape[1:]))
+        padded[:len(piece)] = piece
+        for r, got in enumerate(_all_gather_cat(padded).split(len(padded))):
+            parts[r].append(got[:max(0, min(len(padded), sizes[r] - start))].to(x.device))
+    return torch.cat([t for rank_parts in parts for t in rank_parts])
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank (a decision all ranks must share)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

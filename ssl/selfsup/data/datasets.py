@@ -151,10 +151,12 @@ def subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
     if isinstance(ds, TensorImages):
         return TensorImages(ds.images[idx], ds.labels[idx], ds.num_classes)
-    return _Subset(ds, idx.tolist())
+    return Subset(ds, idx.tolist())
 
 
-class _Subset(ImageDataset):
+class Subset(ImageDataset):
+    """The images of ``base`` at ``indices``, in that order."""
+
     def __init__(self, base: ImageDataset, indices: list[int]) -> None:
         self.base, self.indices = base, indices
         self.labels = base.labels[torch.as_tensor(indices)]
@@ -364,19 +366,24 @@ class FolderImages(ImageDataset):
     def set_bad_file_log(self, path: Path) -> None:
         self.bad_file_log = Path(path)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+    def load(self, i: int) -> tuple[Tensor, int]:
+        """Image ``i`` (uint8 ``[C, S, S]``: shorter side resized to S, centre crop) and its
+        label; a DataError when the file cannot be decoded."""
         from torchvision.transforms.v2 import functional as TF
 
+        img = decode_image(self.files[i], self.in_chans)
+        img = TF.resize(img, self.image_size, antialias=True)  # shorter side -> size
+        img = TF.center_crop(img, [self.image_size, self.image_size])
+        return img, int(self.labels[i])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         try:
-            img = decode_image(self.files[i], self.in_chans)
+            return self.load(i)
         except DataError as err:
             if self.on_bad_file == "error":
                 raise
             self._skip(self.files[i], str(err))
             return None
-        img = TF.resize(img, self.image_size, antialias=True)  # shorter side -> size
-        img = TF.center_crop(img, [self.image_size, self.image_size])
-        return img, int(self.labels[i])
 
     def _skip(self, path: str, reason: str) -> None:
         import warnings
@@ -391,7 +398,7 @@ class FolderImages(ImageDataset):
 
 
 @DATASETS.register("image-folder")
-def image_folder(cfg: DataConfig, split: str) -> FolderImages:
+def image_folder(cfg: DataConfig, split: str) -> ImageDataset:
     """Any folder of images. Class subfolders give labels; a flat folder is unlabeled.
 
     If ``root`` holds ``train/`` and ``test/`` (or ``val/``) subfolders they are the
@@ -424,4 +431,9 @@ def image_folder(cfg: DataConfig, split: str) -> FolderImages:
     if not files:
         raise DataError(f"image folder {str(folder)!r} holds no images with extensions "
                         f"{', '.join(IMG_EXTENSIONS)}")
-    return FolderImages(files, labels, n_cls, size, in_chans, cfg.on_bad_file)
+    ds = FolderImages(files, labels, n_cls, size, in_chans, cfg.on_bad_file)
+    if cfg.cache == "uint8":
+        from selfsup.data.decoded import cached_folder
+
+        return cached_folder(ds, cfg.cache_dir, split, cfg.num_workers)
+    return ds

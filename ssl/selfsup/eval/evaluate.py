@@ -14,8 +14,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from selfsup import distributed
 from selfsup.config import RunConfig
-from selfsup.data import DataInfo, build_dataset, subset
+from selfsup.data import DataInfo, ImageDataset, build_dataset, subset
 from selfsup.encoders import create_encoder
 from selfsup.eval.features import FeatureCache, extract_features, fingerprint
 from selfsup.eval.knn import IndexOptions, knn_evaluate_with_index
@@ -58,31 +59,68 @@ def default_device(accelerator: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
 
 
-def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """kNN (every (k, T) in ``cfg.eval.knn``) and linear-probe results for target ``spec``."""
-    t0 = time.perf_counter()
-    device = device or default_device(cfg.trainer.accelerator)
+@dataclass
+class Prepared:
+    """A target with its evaluation data and where its features are cached."""
+
+    target: Target
+    train_ds: ImageDataset
+    test_ds: ImageDataset
+    cache: FeatureCache
+    key: str  # the encoder's fingerprint
+    names: dict[str, str]  # split -> cache entry
+
+    def splits(self) -> list[tuple[str, ImageDataset]]:
+        return [("train", self.train_ds), ("test", self.test_ds)]
+
+
+def prepare(spec: str, cfg: RunConfig, cache_dir: str | Path) -> Prepared:
     train_ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
     test_ds = build_dataset(cfg.data, "test")
     if train_ds.num_classes == 0:
         raise LoadError(f"dataset {cfg.data.name!r} has no labels, so kNN and linear probes cannot be scored; "
                         f"evaluate on a labelled dataset (class subfolders for image-folder)")
     target = resolve_target(spec, cfg, train_ds.info)
-    info = target.info
-    cache = FeatureCache(cache_dir)
     key = fingerprint(target.encoder)
-    names = {split: f"{target.kind}-{key}-{cfg.data.name}{info.image_size}-{split}-{len(ds)}"
+    names = {split: f"{target.kind}-{key}-{cfg.data.name}{target.info.image_size}-{split}-{len(ds)}"
              for split, ds in (("train", train_ds), ("test", test_ds))}
+    return Prepared(target, train_ds, test_ds, FeatureCache(cache_dir), key, names)
 
-    def compute(ds) -> Callable[[], tuple[Tensor, Tensor]]:
-        def run() -> tuple[Tensor, Tensor]:
-            log(f"[eval] extracting features for {target.label} ({len(ds)} images)")
-            return extract_features(target.encoder, ds, info, cfg.data.eval_batch_size, device, cfg.data.num_workers)
-        return run
 
-    lazy_tr, ytr = cache.get_lazy(names["train"], key, compute(train_ds))  # streamed from disk into faiss
-    xte, yte = cache.get(names["test"], key, compute(test_ds))
+def _extractor(p: Prepared, ds: ImageDataset, cfg: RunConfig, device: str,
+               log: Callable[[str], None]) -> Callable[[], tuple[Tensor, Tensor]]:
+    def run() -> tuple[Tensor, Tensor]:
+        log(f"[eval] extracting features for {p.target.label} ({len(ds)} images)")
+        return extract_features(p.target.encoder, ds, p.target.info, cfg.data.eval_batch_size, device,
+                                cfg.data.num_workers)
+    return run
+
+
+def cache_features(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
+                   log: Callable[[str], None] = print) -> None:
+    """Extract and cache the features :func:`evaluate` needs, sharded over the ranks of a
+    distributed run (every rank must call it; rank 0 decides what is missing and writes the
+    cache, so the disk need not be shared)."""
+    device = device or default_device(cfg.trainer.accelerator)
+    p = prepare(spec, cfg, cache_dir)
+    for split, ds in p.splits():
+        if distributed.broadcast_object(p.cache.has(p.names[split], p.key)):
+            continue
+        feats, labels = _extractor(p, ds, cfg, device, log)()  # collective
+        if distributed.rank() == 0:
+            p.cache.store(p.names[split], p.key, feats, labels)
+    distributed.barrier()
+
+
+def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """kNN (every (k, T) in ``cfg.eval.knn``) and linear-probe results for target ``spec``."""
+    t0 = time.perf_counter()
+    device = device or default_device(cfg.trainer.accelerator)
+    p = prepare(spec, cfg, cache_dir)
+    target, train_ds, cache, key, names = p.target, p.train_ds, p.cache, p.key, p.names
+    lazy_tr, ytr = cache.get_lazy(names["train"], key, _extractor(p, train_ds, cfg, device, log))  # streamed
+    xte, yte = cache.get(names["test"], key, _extractor(p, p.test_ds, cfg, device, log))
     if target.kind == "pixels":  # centre on the training mean image
         mean = lazy_tr.mean()
         lazy_tr, xte = lazy_tr.centered(mean), xte - mean

@@ -10,8 +10,10 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
+from selfsup import distributed
+from selfsup.data import CleanTransform, DataInfo, ImageDataset, TensorImages, make_loader
+from selfsup.data.datasets import Subset
 from selfsup.fileio import save_tensors
-from selfsup.data import CleanTransform, DataInfo, ImageDataset, make_loader
 
 
 def fingerprint(encoder: nn.Module) -> str:
@@ -26,15 +28,38 @@ def fingerprint(encoder: nn.Module) -> str:
 @torch.inference_mode()
 def extract_features(encoder: nn.Module, ds: ImageDataset, info: DataInfo, batch_size: int = 512,
                      device: str | torch.device = "cpu", num_workers: int = 0) -> tuple[Tensor, Tensor]:
-    """Pooled features ``[N, D]`` (float32) and labels ``[N]`` of clean images, encoder in eval mode."""
+    """Pooled features ``[N, D]`` (float32) and labels ``[N]`` of clean images, encoder in eval mode.
+
+    Distributed, every rank extracts a contiguous share of the images and every rank
+    receives all rows, in dataset order (a collective: all ranks must call it)."""
     encoder = encoder.to(device).eval()
     clean = CleanTransform(info.mean, info.std, info.image_size)
     feats, labels = [], []
-    for images, y in make_loader(ds, batch_size, train=False, num_workers=num_workers):
+    for images, y in make_loader(rank_share(ds), batch_size, train=False, num_workers=num_workers):
         x = clean(images.to(device, non_blocking=True))
         feats.append(encoder(x).float().cpu())
         labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+    dim = feats[0].shape[1] if feats else _feature_dim(encoder, info, device)
+    mine = torch.cat(feats) if feats else torch.empty(0, dim)
+    return distributed.gather_uneven(mine), distributed.gather_uneven(torch.cat(labels) if labels else
+                                                                      torch.empty(0, dtype=torch.long))
+
+
+def rank_share(ds: ImageDataset) -> ImageDataset:
+    """This rank's contiguous share of ``ds`` (``ds`` itself in one process)."""
+    rows = distributed.shard(len(ds))
+    if len(rows) == len(ds):
+        return ds
+    if isinstance(ds, TensorImages):  # a view, no copy
+        return TensorImages(ds.images[rows.start:rows.stop], ds.labels[rows.start:rows.stop], ds.num_classes)
+    return Subset(ds, list(rows))
+
+
+@torch.no_grad()
+def _feature_dim(encoder: nn.Module, info: DataInfo, device: str | torch.device) -> int:
+    """Width of the encoder's features (for a rank whose share of the images is empty)."""
+    x = torch.zeros(1, info.in_chans, info.image_size, info.image_size, device=device)
+    return encoder(x).shape[1]
 
 
 class FeatureFile:
@@ -127,6 +152,13 @@ class FeatureCache:
             meta = f.metadata() or {}
         return meta.get("key") == key
 
+    def store(self, name: str, key: str, feats: Tensor, labels: Tensor) -> None:
+        """Write features ``[N, D]`` (as float16) and labels ``[N]`` under ``name``."""
+        if feats.ndim != 2 or labels.shape != (len(feats),):
+            raise ValueError(f"features for {name!r} must be [N, D] with labels [N], got "
+                             f"{list(feats.shape)} and {list(labels.shape)}")
+        save_tensors({"features": feats.half(), "labels": labels}, self.path(name), {"key": key})
+
     def get(self, name: str, key: str, compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """Float32 features ``[N, D]`` (float16-rounded, as stored) and labels ``[N]``."""
         lazy, labels = self.get_lazy(name, key, compute)
@@ -138,11 +170,7 @@ class FeatureCache:
         computed and stored first when missing or stale."""
         path = self.path(name)
         if not self.has(name, key):
-            feats, labels = compute()
-            if feats.ndim != 2 or labels.shape != (len(feats),):
-                raise ValueError(f"features for {name!r} must be [N, D] with labels [N], got "
-                                 f"{list(feats.shape)} and {list(labels.shape)}")
-            save_tensors({"features": feats.half(), "labels": labels}, path, {"key": key})
+            self.store(name, key, *compute())
         lazy = FeatureFile(path)
         labels = lazy.tensor("labels")
         if labels.shape != (lazy.shape[0],):

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
+from selfsup import distributed
 from selfsup.config import RunConfig, dump_yaml, load_config
 from selfsup.train.state import AtomicCheckpointIO, ResumableCSVLogger
 from selfsup.data import build_dataset, make_loader, subset
@@ -148,10 +149,15 @@ def resolve_precision(precision: str, accelerator: str = "auto") -> str:
 
 def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Evaluate the run's encoder and ``cfg.eval.baselines``; write results.json/.md."""
-    from selfsup.eval.evaluate import evaluate
+    from selfsup.eval.evaluate import cache_features, evaluate
     from selfsup.eval.report import markdown_table
 
     targets = [str(run_dir)] + [f"random:{cfg.encoder.name}" if b == "random" else b for b in cfg.eval.baselines]
+    if distributed.is_distributed():  # every rank extracts its share of the features; rank 0 scores them
+        for t in targets:
+            cache_features(t, cfg, run_dir / "features", log=log if distributed.rank() == 0 else lambda s: None)
+        if distributed.rank() != 0:
+            return []
     rows = [evaluate(t, cfg, run_dir / "features", log=log) for t in targets]
     rows[0]["label"] = f"{cfg.method.__class__.__name__.removesuffix('Config')} {cfg.encoder.name} (pretrained)"
     write_json(rows, run_dir / "results.json")
@@ -160,11 +166,14 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
     return rows
 
 
-def finish_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> str:
-    """Evaluate and export after pretraining; returns the markdown table."""
+def finish_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> str | None:
+    """Evaluate and export after pretraining; returns the markdown table (None on the ranks
+    other than 0 of a distributed run, which only help extract features)."""
     from selfsup.export import export_encoder, results_summary
 
     rows = evaluate_run(run_dir, cfg, log)
+    if distributed.rank() != 0:
+        return None
     export_dir = export_encoder(run_dir, run_dir / "export", results=results_summary(rows))
     log(f"[export] encoder written to {export_dir} (loads with timm.create_model, see {export_dir / 'config.json'})")
     return (run_dir / "results.md").read_text()
