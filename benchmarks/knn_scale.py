@@ -13,10 +13,10 @@ Variants, each in a fresh subprocess so that its peak RSS (``VmHWM``) is its own
     (a flat inner-product index per chunk, top-k merged by faiss.ResultHeap);
 (b) ivf: an IVF index (k-means on a seeded sample, rows added chunk by chunk), searched
     at every ``--nprobes`` value; recall@k is measured against (a). ``--nlist`` defaults
-    to 512, not the library's round(4 sqrt(N)) (4,000 at 1M rows): that rule suits an
-    index searched many times, but kNN evaluation builds it for one search, whose cost
-    is dominated by assigning every row to a cell (N x nlist similarities) and k-means
-    (about 40 nlist^2 x iterations); 512 cells keep both small at 10,000 queries;
+    to 512 (the library's default is round(sqrt(N) / 2), 500 at 1M rows): kNN evaluation
+    builds the index for one search, whose cost is dominated by assigning every row to
+    a cell (N x nlist similarities) and k-means (about 256 nlist^2 x iterations), so far
+    fewer cells than the round(4 sqrt(N)) of indexes searched many times;
 (c) torch: every train row loaded as float32, then ``--torch-query-chunk`` queries at a
     time: one matmul against all of train and ``topk`` (DINO's and solo-learn's kNN).
 
@@ -312,7 +312,7 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=1.0, help="norm of the noise around a unit centre")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--nlist", type=int, default=512,
-                    help="IVF cells (0: the library default round(4 sqrt(N))); see the docstring")
+                    help="IVF cells (0: the library default round(sqrt(N) / 2)); see the docstring")
     ap.add_argument("--nprobes", type=positive_ints, default=[1, 2, 4, 8, 16, 32], help="comma-separated")
     ap.add_argument("--codes", choices=("fp16", "flat"), default="fp16", help="IVF storage")
     ap.add_argument("--torch-query-chunk", type=int, default=128, help="queries per matmul in the torch baseline")

@@ -119,8 +119,8 @@ class EvalConfig:
     knn_index: Literal["auto", "exact", "ivf"] = param("auto", help="faiss index: exact up to knn_exact_max "
                                                                    "train rows, IVF beyond")
     knn_exact_max: int = param(2_000_000, gt=0)
-    knn_nlist: int = param(0, ge=0, help="IVF cells; 0: round(4 sqrt(N))")
-    knn_nprobe: int = param(32, gt=0, help="IVF cells scanned per query: higher recall, linearly slower")
+    knn_nlist: int = param(0, ge=0, help="IVF cells; 0: round(sqrt(N) / 2)")
+    knn_nprobe: int = param(8, gt=0, help="IVF cells scanned per query: higher recall, linearly slower")
     knn_ivf_codes: Literal["fp16", "flat"] = param("fp16", help="IVF storage: float16 (half the memory) or float32")
     knn_chunk_rows: int = param(65536, gt=0, help="train feature rows read from the cache at a time")
     linear: bool = True

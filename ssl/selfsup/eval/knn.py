@@ -13,8 +13,8 @@ train features are read chunk by chunk from a tensor or a lazy float16 file
   ``IndexFlatIP`` over that chunk answers every query, and ``faiss.ResultHeap`` merges
   the per-chunk top-k: the neighbours of one flat index over all rows (up to ties).
 - IVF (beyond ``exact_max``, or ``kind="ivf"``): an inverted file of ``nlist`` cells
-  (default ``round(4 * sqrt(N))``) from spherical k-means on a seeded sample of
-  ``40 * nlist`` rows; a query scans the ``nprobe`` cells whose centroids are nearest.
+  (default ``round(sqrt(N) / 2)``, :func:`default_nlist`) from spherical k-means on a seeded sample of
+  ``256 * nlist`` rows (faiss's own cap per centroid); a query scans the ``nprobe`` cells whose centroids are nearest.
   Codes are float16 (``IndexIVFScalarQuantizer``, ``QT_fp16``: the precision of the
   feature cache, half the memory of float32) or float32 (``IndexIVFFlat``, ``codes="flat"``).
   Rows are added chunk by chunk.
@@ -22,12 +22,13 @@ train features are read chunk by chunk from a tensor or a lazy float16 file
 nprobe trades recall for time: a query scans about ``nprobe * N / nlist`` rows, so search
 time grows linearly with nprobe while recall@k (the fraction of the exact top-k that IVF
 returns) saturates. On clustered synthetic features (20,000 x 64, 100 clusters, k = 200,
-nlist = 512; tests/test_knn_scale.py) recall@k is 0.29 at nprobe 1, 0.80 at 4, 0.94 at 8,
-0.97 at 16, 0.99 at the default 32 and 0.996 at 64. Building costs about ``N * nlist``
-similarities to assign rows to cells plus k-means on ``40 * nlist`` rows, and a scanned row
-costs several times a row of the exact search's matrix product, so for a single search of
-few queries a smaller nlist than the default can be faster overall (benchmarks/knn_scale.py
-measures this at 1,000,000 rows).
+the default 71 cells; tests/test_knn_scale.py) recall@k is 0.92 at nprobe 1, 0.97 at 4,
+0.98 at the default 8, 0.99 at 16 and 0.999 at 32; at 1,000,000 x 512 (4,096 clusters,
+512 cells, benchmarks/knn_scale.py) 0.966 at 1, 0.979 at 4 and 0.983 at 8, where IVF with
+nprobe 1 (k-means, adding and search) took 5.7x less time than the exact search.
+Building costs about ``N * nlist`` similarities to assign rows to cells plus k-means on
+``256 * nlist`` rows, and a scanned row costs several times a row of the exact search's
+matrix product (faiss scans codes, the exact search multiplies matrices).
 
 faiss GPU indexes are used when faiss was built with GPU support and torch sees a GPU.
 """
@@ -47,9 +48,12 @@ import torch
 from torch import Tensor
 
 EXACT_MAX = 2_000_000  # auto: exact search up to this many train rows
-NPROBE = 32  # IVF cells scanned per query (see the module docstring for the recall trade-off)
+NPROBE = 8  # IVF cells scanned per query (see the module docstring for the recall trade-off)
 GPU_MAX_K = 2048  # faiss GPU k-selection limit
-TRAIN_PER_LIST = 40  # IVF k-means sample rows per cell (faiss's k-means wants at least 39)
+# IVF k-means sample rows per cell: faiss's own cap (ClusteringParameters.max_points_per_centroid).
+# Fewer gives centroids that split clusters across cells: on 250,000 x 512 clustered rows
+# (8 clusters per cell) recall@200 at nprobe 1 was 0.75 with 40 rows per cell, 0.99 with 256.
+TRAIN_PER_LIST = 256
 KMEANS_ITERS = 10  # IVF k-means iterations (faiss's IVF default)
 
 
@@ -71,7 +75,7 @@ class IndexOptions:
     """How the search index is chosen and built.
 
     kind: "auto" (exact up to ``exact_max`` rows, IVF beyond), "exact" or "ivf".
-    nlist: IVF cells; None means ``round(4 * sqrt(N))``. Always capped at ``N // 39``
+    nlist: IVF cells; None means :func:`default_nlist`. Always capped at ``N // 39``
         (faiss's k-means needs at least 39 training points per centroid).
     nprobe: IVF cells scanned per query (capped at nlist).
     codes: IVF storage, "fp16" (IndexIVFScalarQuantizer) or "flat" (IndexIVFFlat, float32).
@@ -132,8 +136,15 @@ def faiss_gpu_available() -> bool:
 
 
 def default_nlist(n_rows: int) -> int:
-    """IVF cells for ``n_rows``: ``round(4 * sqrt(N))``, at most ``N // 39``, at least 1."""
-    return max(1, min(round(4 * math.sqrt(n_rows)), n_rows // 39))
+    """IVF cells for ``n_rows``: ``round(sqrt(N) / 2)``, at most ``N // 39``, at least 1.
+
+    An evaluation builds its index for one search, so fewer cells than the
+    ``4 * sqrt(N)`` of indexes built once and searched many times: building costs
+    ``N * nlist`` similarities to assign the rows plus k-means on ``256 * nlist`` rows
+    (``nlist^2`` growth), while a query scans ``nprobe * N / nlist`` rows. At 1,000,000
+    rows that is 500 cells (benchmarks/knn_scale.py measures 512).
+    """
+    return max(1, min(round(math.sqrt(n_rows) / 2), n_rows // 39))
 
 
 def plan_index(n_rows: int, dim: int, k: int, options: IndexOptions | None = None,
