@@ -186,3 +186,20 @@ def test_precision_auto(monkeypatch):
     assert run.resolve_precision("auto", "cpu") == "32-true"
     monkeypatch.setattr(run, "cpu_has_bf16", lambda: True)
     assert run.resolve_precision("auto", "cpu") == "bf16-mixed"
+
+
+def test_fsdp_wraps_each_vit_block_and_refuses_momentum_teachers(tiny_config):
+    from selfsup.config import ConfigError
+    from selfsup.train.module import PretrainModule
+    from selfsup.train.run import fsdp_strategy
+
+    from conftest import TINY_INFO
+
+    mae = tiny_config("trainer.strategy=fsdp", method="mae")
+    strategy = fsdp_strategy(PretrainModule(mae, TINY_INFO), mae)
+    from timm.models.vision_transformer import Block
+
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
+    moco = tiny_config("trainer.strategy=fsdp", method="moco")
+    with pytest.raises(ConfigError, match="momentum teacher .* use trainer.strategy=ddp"):
+        fsdp_strategy(PretrainModule(moco, TINY_INFO), moco)

@@ -34,7 +34,8 @@ def evil_run(tmp_path):
 
 def test_load_checkpoint_refuses_code(evil_run):
     run, ckpt, marker = evil_run
-    with pytest.raises(LoadError, match="only loads checkpoints that need no code to unpickle"):
+    with pytest.raises(LoadError, match=r"refusing to load .*last.ckpt': its pickle would import and call "
+                                        r"\S*open\. selfsup only loads checkpoints that need no code to unpickle"):
         load_checkpoint(ckpt)
     with pytest.raises(LoadError, match="need no code"):
         load_encoder(run)
@@ -46,5 +47,5 @@ def test_cli_refuses_code(evil_run, capsys):
     assert main(["eval", str(ckpt)]) == 2
     assert main(["export", str(run), str(run.parent / "export")]) == 2
     err = capsys.readouterr().err
-    assert "need no code to unpickle" in err
+    assert "need no code to unpickle" in err and "weights_only" not in err  # not torch's advice to disable the check
     assert not marker.exists()

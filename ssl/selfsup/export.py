@@ -32,6 +32,7 @@ import importlib.util
 import io
 import json
 import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -148,6 +149,15 @@ def _what_to_do(kind: str) -> str:
     if kind == "an ONNX model":
         return "run it with onnxruntime.InferenceSession(path)"
     return f"pass {WHAT_LOADS}"
+
+
+def _refused_objects(err: BaseException) -> str:
+    """What torch's weights_only unpickler refused, without its advice to disable the check."""
+    lines = [ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+    found = re.findall(r"GLOBAL ([\w.]+)", " ".join(lines))
+    if found:
+        return f"its pickle would import and call {', '.join(dict.fromkeys(found))}"
+    return f"its pickle holds objects other than tensors and plain values ({lines[0] if lines else type(err).__name__})"
 
 
 def _first_line(err: BaseException) -> str:
@@ -281,8 +291,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # what weights_only raises for a pickle that would run code
-        raise LoadError(f"cannot read {str(path)!r} as a selfsup checkpoint: {_first_line(err)}. selfsup only "
-                        f"loads checkpoints that need no code to unpickle.") from None
+        raise LoadError(f"refusing to load {str(path)!r}: {_refused_objects(err)}. selfsup only loads checkpoints "
+                        f"that need no code to unpickle (tensors, numbers, strings, containers); a checkpoint "
+                        f"written by selfsup never needs any") from None
     except Exception as err:  # RuntimeError for a truncated zip, EOFError, ...
         raise LoadError(f"cannot read {str(path)!r} as a selfsup checkpoint: {_first_line(err)}; the file looks "
                         f"truncated or damaged") from None

@@ -92,13 +92,14 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     if cfg.trainer.compile:
         module.method.encoder.compile()  # in place: parameter names (checkpoints, exports) unchanged
     t = cfg.trainer
+    strategy = fsdp_strategy(module, cfg) if t.strategy == "fsdp" else t.strategy
     trainer = L.Trainer(
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=strategy,
         sync_batchnorm=t.sync_batchnorm,
         precision=resolve_precision(t.precision, t.accelerator),
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -127,6 +128,23 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         n = len({line.split("\t")[0] for line in bad_files.read_text().splitlines()})
         log(f"[data] {n} unreadable image file(s) were left out (data.on_bad_file=skip); see {bad_files}")
     return run_dir
+
+
+def fsdp_strategy(module: PretrainModule, cfg: RunConfig) -> Any:
+    """Lightning's FSDP with each block of the encoder (``encoder.blocks``: ViTs) its own
+    shard unit, so a block's weights are gathered only while it runs (timm's activation
+    checkpointing, ``trainer.grad_checkpointing``, composes with it)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from selfsup.config import ConfigError
+
+    if any(name.endswith("teacher") for name, _ in module.method.named_children()):
+        raise ConfigError(f"trainer.strategy=fsdp: {type(module.method).__name__}'s momentum teacher is updated "
+                          f"from the online weights parameter by parameter, which FSDP shards differently; "
+                          f"use trainer.strategy=ddp")
+    blocks = getattr(module.method.encoder, "blocks", None)
+    policy = {type(b) for b in blocks} if blocks is not None else None
+    return FSDPStrategy(auto_wrap_policy=policy)
 
 
 def cpu_has_bf16() -> bool:
