@@ -37,25 +37,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ssl"))
 
-from selfsup.config import RunConfig, apply_override, build_config, load_config  # noqa: E402
+from selfsup.config import RunConfig, load_config  # noqa: E402
 from selfsup.data.detection import DetectionDataset  # noqa: E402
 from selfsup.eval.detection import detection_data, detection_markdown, evaluate_detection  # noqa: E402
-from selfsup.export import is_export_dir, read_card  # noqa: E402
 from selfsup.fileio import write_json, write_text  # noqa: E402
-from selfsup.train.run import CONFIG_FILE, load_run_config, pretrain  # noqa: E402
+from selfsup.train.run import pretrain, saved_config  # noqa: E402
 
 
 def target_config(path: str, overrides: list[str]) -> RunConfig:
     """The config a run or export directory was trained with, plus ``overrides``."""
-    p = Path(path)
-    if (p / CONFIG_FILE).is_file():
-        return load_run_config(p, overrides)
-    if is_export_dir(p):
-        raw = read_card(p)["training_config"]
-        for ov in overrides:
-            apply_override(raw, ov)
-        return build_config(raw)
-    raise SystemExit(f"--ssl/--supervised {path!r} is neither a selfsup run directory nor an export directory")
+    cfg = saved_config(path, overrides)
+    if cfg is None:
+        raise SystemExit(f"--ssl/--supervised {path!r} is neither a selfsup run directory nor an export directory")
+    return cfg
 
 
 def train_supervised(args: argparse.Namespace) -> tuple[str, float]:

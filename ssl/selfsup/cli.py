@@ -40,25 +40,17 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from selfsup.config import ConfigError, apply_override, build_config, load_config
+    from selfsup.config import ConfigError, load_config
     from selfsup.eval.evaluate import evaluate
     from selfsup.eval.report import markdown_table
-    from selfsup.export import is_export_dir, read_card
     from selfsup.fileio import write_json, write_text
-    from selfsup.train.run import CONFIG_FILE, load_run_config
+    from selfsup.train.run import CONFIG_FILE, saved_config
 
     target = Path(args.target)
     if args.config:
         cfg = load_config(args.config, args.overrides)
-    elif (target / CONFIG_FILE).is_file():
-        cfg = load_run_config(target, args.overrides)
-    elif is_export_dir(target):
-        base = read_card(target)["training_config"]
-        for ov in args.overrides:
-            apply_override(base, ov)
-        cfg = build_config(base)
     else:
-        cfg = load_config(None, ["method.name=simclr", *args.overrides])
+        cfg = saved_config(target, args.overrides) or load_config(None, ["method.name=simclr", *args.overrides])
     if args.task == "detection":
         _eval_detection(args, cfg, target)
         return

@@ -197,6 +197,23 @@ def finish_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print
     return (run_dir / "results.md").read_text()
 
 
+def saved_config(path: str | Path, overrides: list[str] = ()) -> RunConfig | None:
+    """The config a run directory or an export directory was trained with, plus
+    ``overrides``; None when ``path`` is neither."""
+    from selfsup.config import apply_override, build_config
+    from selfsup.export import is_export_dir, read_card
+
+    p = Path(path)
+    if (p / CONFIG_FILE).is_file():
+        return load_run_config(p, overrides)
+    if is_export_dir(p):
+        raw = read_card(p)["training_config"]
+        for ov in overrides:
+            apply_override(raw, ov)
+        return build_config(raw)
+    return None
+
+
 def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
