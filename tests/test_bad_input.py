@@ -171,3 +171,22 @@ def test_fuzz_config_loader_raises_only_config_errors(tmp_path, text):
         load_config(path)
     except ConfigError as err:
         assert str(err)  # a message, never an unhandled exception type
+
+
+def test_distributed_training_replaces_unreadable_files_so_batches_keep_their_size(messy_folder):
+    """Several processes need the same batch size on every rank: after keep_batches_full an
+    unreadable file's slot holds the next readable image, and each bad file is logged once."""
+    cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={messy_folder}",
+                             "data.image_size=8"])
+    ds = build_dataset(cfg.data, "train")
+    bad = [i for i, f in enumerate(ds.files) if not f.rsplit("/", 1)[-1].startswith("ok")]
+    assert bad
+    with pytest.warns(UserWarning, match="skipping unreadable"):
+        assert len(ds.__getitems__(list(range(len(ds))))[0]) == len(ds) - len(bad)  # dropped by default
+    ds.keep_batches_full()
+    images, labels = ds.__getitems__(list(range(len(ds))))
+    assert len(images) == len(ds)
+    for i in bad:  # the stand-in is the next readable file (wrapping around)
+        j = next((i + s) % len(ds) for s in range(1, len(ds)) if (i + s) % len(ds) not in bad)
+        assert torch.equal(images[i], ds.load(j)[0]) and labels[i] == ds.labels[j]
+    assert sorted(ds.skipped) == sorted(ds.files[i] for i in bad)  # logged once each

@@ -4,6 +4,7 @@ BatchNorm across ranks puts every key back in place."""
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -105,45 +106,45 @@ def test_two_ranks_match_one_process_on_the_concatenated_batch(tmp_path):
 
 # --------------------------------------------------------------------------- sharded feature extraction
 
-N_IMAGES = 11  # not a multiple of the ranks: the shares differ in size
-
-
-def _extraction_data():
+def _extraction_data(n_images: int):
     from selfsup.data import DataInfo, TensorImages
 
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (N_IMAGES, 1, 8, 8), dtype=torch.uint8, generator=g)
-    ds = TensorImages(images, torch.arange(N_IMAGES) % 3, 3)
+    images = torch.randint(0, 256, (n_images, 1, 8, 8), dtype=torch.uint8, generator=g)
+    ds = TensorImages(images, torch.arange(n_images) % 3, 3)
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return ds, DataInfo(1, 8, 3, (0.5,), (0.25,)), encoder
 
 
-def _extract_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _extract_worker(rank: int, world: int, port: int, out_dir: str, n_images: int) -> None:
     from selfsup.eval.features import extract_features
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        ds, info, encoder = _extraction_data()
-        feats, labels = extract_features(encoder, ds, info, batch_size=2)
-        rows = distributed.gather_uneven(torch.arange(rank * 5, rank * 5 + 1 + 2 * rank)[:, None], chunk_rows=2)
-        torch.save({"feats": feats, "labels": labels, "rows": rows, "share": list(distributed.shard(N_IMAGES))},
+        ds, info, encoder = _extraction_data(n_images)
+        feats, labels = extract_features(encoder, ds, info, batch_size=2, sharded=True)
+        # uneven rows (1 on rank 0, 3 on rank 1, ...), sent 8 bytes per all-gather: one row at a time
+        rows = distributed.gather_to_rank0(torch.arange(rank * 5, rank * 5 + 1 + 2 * rank)[:, None], max_bytes=8)
+        torch.save({"feats": feats, "labels": labels, "rows": rows, "share": list(distributed.shard(n_images))},
                    f"{out_dir}/extract{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_feature_extraction_is_sharded_and_gathered_in_dataset_order(tmp_path):
+@pytest.mark.parametrize("world,n_images", [(2, 11), (3, 2)])  # uneven shares; more ranks than images
+def test_feature_extraction_is_sharded_and_gathered_on_rank0_in_dataset_order(tmp_path, world, n_images):
     from selfsup.eval.features import extract_features
 
-    mp.spawn(_extract_worker, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"extract{r}.pt", weights_only=False) for r in range(WORLD)]
-    ds, info, encoder = _extraction_data()
+    mp.spawn(_extract_worker, args=(world, free_port(), str(tmp_path), n_images), nprocs=world, join=True)
+    ranks = [torch.load(tmp_path / f"extract{r}.pt", weights_only=False) for r in range(world)]
+    ds, info, encoder = _extraction_data(n_images)
     want, want_labels = extract_features(encoder, ds, info, batch_size=4)  # one process
-    assert [r["share"] for r in ranks] == [list(range(0, 5)), list(range(5, 11))]
-    for r in ranks:
-        torch.testing.assert_close(r["feats"], want)
-        assert torch.equal(r["labels"], want_labels)
-        # uneven rows (1 on rank 0, 3 on rank 1), sent in chunks of 2: rank order, nothing padded in
-        assert r["rows"].flatten().tolist() == [0, 5, 6, 7]
+    shares = [r["share"] for r in ranks]
+    assert sum(shares, []) == list(range(n_images)) and all(s == sorted(s) for s in shares)
+    torch.testing.assert_close(ranks[0]["feats"], want)
+    assert torch.equal(ranks[0]["labels"], want_labels)
+    for r in ranks[1:]:  # the other ranks keep only their own share
+        torch.testing.assert_close(r["feats"], want[r["share"]] if r["share"] else want[:0])
+    assert ranks[0]["rows"].flatten().tolist() == [0, 5, 6, 7] + ([10, 11, 12, 13, 14] if world == 3 else [])

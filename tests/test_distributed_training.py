@@ -25,7 +25,8 @@ ENV.pop("SELFSUP_RUN_DIR", None)
 BASE = ["data.name=digits", "data.image_size=16", "data.subset=512", "encoder.name=vit_tiny_patch16_224",
         "encoder.kwargs={img_size: 16, patch_size: 4, depth: 2, embed_dim: 32, num_heads: 2}",
         "method.queue_size=128", "method.bn_splits=1", "method.proj_hidden_dim=64", "method.proj_dim=32",
-        "trainer.accelerator=cpu", "trainer.progress_bar=false", "trainer.log_every_n_steps=4", "seed=3"]
+        "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.progress_bar=false",
+        "trainer.log_every_n_steps=4", "seed=3"]
 ONE = ["trainer.devices=1", "data.batch_size=32"]
 TWO = ["trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=16"]
 

@@ -96,7 +96,11 @@ def draw_local(draw: Callable[[int], Tensor], rows: int) -> Tensor:
     ``draw(n)`` must return ``n`` rows (dim 0) from a random stream that is identical on
     every rank; each rank draws ``world_size * rows`` and keeps rows
     ``[rank * rows, (rank + 1) * rows)``, the slice its images occupy in the global batch.
-    Every rank must pass the same ``rows`` (the loader drops incomplete batches).
+    Every rank must pass the same ``rows`` (the loader drops incomplete batches and
+    replaces unreadable files). The cost is a draw for the global batch on every rank:
+    negligible for augmentation parameters and masks, R times the local noise tensor for
+    the denoising method. Draws made inside timm models (dropout, drop-path) use local
+    shapes and are not covered: with them, ranks stay in step but differ from one process.
     """
     if not is_distributed():
         return draw(rows)
@@ -111,22 +115,29 @@ def shard(n: int) -> range:
 
 
 @torch.no_grad()
-def gather_uneven(x: Tensor, chunk_rows: int = 65_536) -> Tensor:
-    """The rows of every rank concatenated in rank order ``[sum of rows, ...]``, on every
-    rank; ranks may hold different numbers of rows. Sent ``chunk_rows`` at a time through
-    the backend's device (a GPU for NCCL), returned on ``x``'s device."""
+def gather_to_rank0(x: Tensor, max_bytes: int = 64 * 2**20) -> Tensor:
+    """The rows of every rank concatenated in rank order on rank 0; every other rank gets
+    its own ``x`` back. Ranks may hold different numbers of rows (a collective: all must
+    call it). Rows travel in padded all-gathers of at most ``max_bytes`` in all, through
+    the backend's device (a GPU for NCCL); ranks other than 0 drop what they receive."""
     if not is_distributed():
         return x
     dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     sizes = _all_gather_cat(torch.tensor([x.shape[0]], device=dev)).tolist()  # rows per rank
+    row_bytes = max(1, x[:1].numel() * x.element_size()) if x.ndim else x.element_size()
+    step = max(1, max_bytes // (row_bytes * len(sizes)))
+    keep = dist.get_rank() == 0
     parts: list[list[Tensor]] = [[] for _ in sizes]
-    for start in range(0, max(sizes), chunk_rows):
-        piece = x[start:start + chunk_rows].to(dev)
-        padded = piece.new_zeros((min(chunk_rows, max(sizes) - start), *x.shape[1:]))
-        padded[:len(piece)] = piece
-        for r, got in enumerate(_all_gather_cat(padded).split(len(padded))):
-            parts[r].append(got[:max(0, min(len(padded), sizes[r] - start))].to(x.device))
-    return torch.cat([t for rank_parts in parts for t in rank_parts])
+    for start in range(0, max(sizes), step):
+        rows = min(step, max(sizes) - start)
+        padded = torch.zeros((rows, *x.shape[1:]), dtype=x.dtype, device=dev)
+        piece = x[start:start + rows]
+        padded[:len(piece)] = piece.to(dev)
+        got = _all_gather_cat(padded).split(rows)
+        if keep:
+            for r, chunk in enumerate(got):
+                parts[r].append(chunk[:max(0, min(rows, sizes[r] - start))].to(x.device))
+    return torch.cat([t for rank_parts in parts for t in rank_parts]) if keep else x
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -61,9 +61,10 @@ def make_loader(ds: ImageDataset, batch_size: int, *, train: bool, num_workers: 
     when ``with_indices`` (methods with per-image state).
 
     In-memory datasets are indexed a batch at a time in the main process; folders
-    decode in ``num_workers`` persistent workers. Memory is pinned when CUDA is present.
+    decode (and memory-mapped copies read) in ``num_workers`` persistent workers, a batch
+    per call. Memory is pinned when CUDA is present.
     """
-    in_memory = isinstance(ds, TensorImages)
+    in_memory = type(ds) is TensorImages  # memory-mapped sets (data.cache=uint8) read in workers too
     if with_indices:
         ds = WithIndices(ds)
     workers = 0 if in_memory else num_workers

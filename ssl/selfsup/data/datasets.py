@@ -82,6 +82,10 @@ class ImageDataset(Dataset):
     def set_bad_file_log(self, path: Path) -> None:
         """Where skipped unreadable files are listed (only image folders have any)."""
 
+    def keep_batches_full(self) -> None:
+        """Replace unreadable files instead of dropping them (image folders), so that every
+        batch has its full size: distributed training needs the same batch on every rank."""
+
 
 def collate(batch: tuple[Tensor, ...] | list) -> tuple[Tensor, ...]:
     """DataLoader collate: a batch from ``__getitems__`` passes through; a list of
@@ -105,6 +109,9 @@ class WithIndices(ImageDataset):
 
     def set_bad_file_log(self, path: Path) -> None:
         self.base.set_bad_file_log(path)
+
+    def keep_batches_full(self) -> None:
+        self.base.keep_batches_full()
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor, Tensor]:
         if isinstance(self.base, TensorImages):  # nothing can be skipped: one indexing op per batch
@@ -149,7 +156,7 @@ def subset(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
     if n is None or n >= len(ds):
         return ds
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-    if isinstance(ds, TensorImages):
+    if type(ds) is TensorImages:  # in memory: copy the rows (a memory-mapped set keeps its mapping)
         return TensorImages(ds.images[idx], ds.labels[idx], ds.num_classes)
     return Subset(ds, idx.tolist())
 
@@ -165,8 +172,14 @@ class Subset(ImageDataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         return self.base[self.indices[i]]
 
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
+        return self.base.__getitems__([self.indices[i] for i in indices])  # one indexing op for tensors
+
     def set_bad_file_log(self, path: Path) -> None:
         self.base.set_bad_file_log(path)
+
+    def keep_batches_full(self) -> None:
+        self.base.keep_batches_full()
 
 
 # --------------------------------------------------------------------------- builders
@@ -350,8 +363,10 @@ class FolderImages(ImageDataset):
     """Image files decoded on access (in DataLoader workers), resized to a square side.
 
     ``on_bad_file="skip"`` leaves unreadable files out of their batch (``__getitem__``
-    returns None, :func:`collate` drops it), warns once per process and appends the file
-    and the reason to the log set by :meth:`set_bad_file_log`; ``"error"`` raises.
+    returns None, ``__getitems__`` drops it), warns once per process and appends the file
+    and the reason to the log set by :meth:`set_bad_file_log`; ``"error"`` raises. After
+    :meth:`keep_batches_full` (distributed training) an unreadable file is replaced by
+    the next readable one instead, so no batch shrinks.
     """
 
     def __init__(self, files: list[str], labels: list[int], num_classes: int, size: int, in_chans: int,
@@ -362,6 +377,7 @@ class FolderImages(ImageDataset):
         self.on_bad_file = on_bad_file
         self.bad_file_log: Path | None = None
         self.skipped: list[str] = []  # in this process (each DataLoader worker has its own)
+        self.substitute = False
 
     def set_bad_file_log(self, path: Path) -> None:
         self.bad_file_log = Path(path)
@@ -376,14 +392,24 @@ class FolderImages(ImageDataset):
         img = TF.center_crop(img, [self.image_size, self.image_size])
         return img, int(self.labels[i])
 
+    def keep_batches_full(self) -> None:
+        self.substitute = True
+
     def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
-        try:
-            return self.load(i)
-        except DataError as err:
-            if self.on_bad_file == "error":
-                raise
-            self._skip(self.files[i], str(err))
-            return None
+        for step in range(len(self.files) if self.substitute else 1):
+            j = (i + step) % len(self.files)
+            if step and self.files[j] in self.skipped:
+                continue
+            try:
+                return self.load(j)  # j != i: the next readable image stands in for file i
+            except DataError as err:
+                if self.on_bad_file == "error":
+                    raise
+                if self.files[j] not in self.skipped:
+                    self._skip(self.files[j], str(err))
+        if self.substitute:
+            raise DataError(f"none of the {len(self.files)} image files can be decoded (see the warnings)")
+        return None
 
     def _skip(self, path: str, reason: str) -> None:
         import warnings

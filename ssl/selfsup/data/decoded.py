@@ -48,9 +48,9 @@ def folder_key(ds: FolderImages) -> str:
 
 
 class MappedImages(TensorImages):
-    """Images in a memory-mapped uint8 file ``[N, C, S, S]``; rows are read when indexed.
-    The mapping is opened lazily in each process (DataLoader workers map the file
-    themselves instead of receiving a copy)."""
+    """Images in a memory-mapped uint8 file ``[N, C, S, S]``; rows are read when indexed,
+    a batch per call, in the loader's workers (``data.num_workers``), each of which maps
+    the file itself instead of receiving a copy."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int, int], labels: Tensor, num_classes: int,
                  skipped: list[list[str]]) -> None:

@@ -87,26 +87,26 @@ def prepare(spec: str, cfg: RunConfig, cache_dir: str | Path) -> Prepared:
     return Prepared(target, train_ds, test_ds, FeatureCache(cache_dir), key, names)
 
 
-def _extractor(p: Prepared, ds: ImageDataset, cfg: RunConfig, device: str,
-               log: Callable[[str], None]) -> Callable[[], tuple[Tensor, Tensor]]:
+def _extractor(p: Prepared, ds: ImageDataset, cfg: RunConfig, device: str, log: Callable[[str], None],
+               sharded: bool = False) -> Callable[[], tuple[Tensor, Tensor]]:
     def run() -> tuple[Tensor, Tensor]:
         log(f"[eval] extracting features for {p.target.label} ({len(ds)} images)")
         return extract_features(p.target.encoder, ds, p.target.info, cfg.data.eval_batch_size, device,
-                                cfg.data.num_workers)
+                                cfg.data.num_workers, sharded=sharded)
     return run
 
 
 def cache_features(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
                    log: Callable[[str], None] = print) -> None:
     """Extract and cache the features :func:`evaluate` needs, sharded over the ranks of a
-    distributed run (every rank must call it; rank 0 decides what is missing and writes the
-    cache, so the disk need not be shared)."""
+    distributed run: a collective, every rank calls it (and reads the run directory, so it
+    must be on a disk all ranks share); rank 0 decides what is missing and writes the cache."""
     device = device or default_device(cfg.trainer.accelerator)
     p = prepare(spec, cfg, cache_dir)
     for split, ds in p.splits():
         if distributed.broadcast_object(p.cache.has(p.names[split], p.key)):
             continue
-        feats, labels = _extractor(p, ds, cfg, device, log)()  # collective
+        feats, labels = _extractor(p, ds, cfg, device, log, sharded=True)()  # collective; all rows on rank 0
         if distributed.rank() == 0:
             p.cache.store(p.names[split], p.key, feats, labels)
     distributed.barrier()

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from selfsup import distributed
-from selfsup.data import CleanTransform, DataInfo, ImageDataset, TensorImages, make_loader
+from selfsup.data import CleanTransform, DataInfo, ImageDataset, make_loader
 from selfsup.data.datasets import Subset
 from selfsup.fileio import save_tensors
 
@@ -27,31 +27,36 @@ def fingerprint(encoder: nn.Module) -> str:
 
 @torch.inference_mode()
 def extract_features(encoder: nn.Module, ds: ImageDataset, info: DataInfo, batch_size: int = 512,
-                     device: str | torch.device = "cpu", num_workers: int = 0) -> tuple[Tensor, Tensor]:
+                     device: str | torch.device = "cpu", num_workers: int = 0,
+                     sharded: bool = False) -> tuple[Tensor, Tensor]:
     """Pooled features ``[N, D]`` (float32) and labels ``[N]`` of clean images, encoder in eval mode.
 
-    Distributed, every rank extracts a contiguous share of the images and every rank
-    receives all rows, in dataset order (a collective: all ranks must call it)."""
+    ``sharded`` (a collective: every rank of a distributed run calls it): each rank
+    extracts a contiguous share of the images; rank 0 gets all rows in dataset order, the
+    other ranks their own share."""
     encoder = encoder.to(device).eval()
     clean = CleanTransform(info.mean, info.std, info.image_size)
+    share = rank_share(ds) if sharded else ds
     feats, labels = [], []
-    for images, y in make_loader(rank_share(ds), batch_size, train=False, num_workers=num_workers):
-        x = clean(images.to(device, non_blocking=True))
-        feats.append(encoder(x).float().cpu())
-        labels.append(y)
-    dim = feats[0].shape[1] if feats else _feature_dim(encoder, info, device)
-    mine = torch.cat(feats) if feats else torch.empty(0, dim)
-    return distributed.gather_uneven(mine), distributed.gather_uneven(torch.cat(labels) if labels else
-                                                                      torch.empty(0, dtype=torch.long))
+    if share is not None:
+        for images, y in make_loader(share, batch_size, train=False, num_workers=num_workers):
+            x = clean(images.to(device, non_blocking=True))
+            feats.append(encoder(x).float().cpu())
+            labels.append(y)
+    mine = torch.cat(feats) if feats else torch.empty(0, _feature_dim(encoder, info, device))  # [n, D]
+    my_labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)  # [n]
+    if not sharded:
+        return mine, my_labels
+    return distributed.gather_to_rank0(mine), distributed.gather_to_rank0(my_labels)
 
 
-def rank_share(ds: ImageDataset) -> ImageDataset:
-    """This rank's contiguous share of ``ds`` (``ds`` itself in one process)."""
+def rank_share(ds: ImageDataset) -> ImageDataset | None:
+    """This rank's contiguous share of ``ds`` (``ds`` itself in one process; None when empty)."""
     rows = distributed.shard(len(ds))
     if len(rows) == len(ds):
         return ds
-    if isinstance(ds, TensorImages):  # a view, no copy
-        return TensorImages(ds.images[rows.start:rows.stop], ds.labels[rows.start:rows.stop], ds.num_classes)
+    if not rows:
+        return None
     return Subset(ds, list(rows))
 
 

@@ -115,6 +115,8 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         default_root_dir=str(run_dir),
         plugins=[AtomicCheckpointIO()],
     )
+    if trainer.world_size > 1:  # every rank needs the same batch size: replace unreadable files, never drop
+        train_ds.keep_batches_full()
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by the processes Lightning's DDP launcher starts
     # Lightning's DDP setup re-seeds every rank with this seed; seeding here too puts one process
     # in the same state, so the random draws of any device count are the same (a resume then

@@ -47,7 +47,9 @@ def rng_state() -> dict[str, Any]:
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this process's device only: every rank draws the same stream on its own device
+        # (selfsup.distributed.draw_local), and rank 0's saved state restores them all
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -60,7 +62,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, (list, tuple)) else cuda)  # lists: older checkpoints
 
 
 class _AppendingWriter(ExperimentWriter):
