@@ -111,3 +111,14 @@ def test_decoded_uint8_cache_matches_decoding_and_follows_the_folder(tmp_path):
                         on_bad_file="error")
     with pytest.raises(DataError, match="broken.png"):
         build_dataset(strict, "train")
+
+
+def test_decoded_cache_dir_that_cannot_be_made_is_a_clear_error(tmp_path):
+    for c in ("a", "b"):
+        _png(tmp_path / "photos" / "train" / c / "0.png", 10)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    cfg = DataConfig(name="image-folder", root=str(tmp_path / "photos"), image_size=8, cache="uint8",
+                     cache_dir=str(blocker / "cache"))
+    with pytest.raises(DataError, match="cannot use .*a-file/cache.*set data.cache_dir to a writable directory"):
+        build_dataset(cfg, "train")

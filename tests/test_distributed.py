@@ -127,7 +127,10 @@ def _extract_worker(rank: int, world: int, port: int, out_dir: str, n_images: in
         feats, labels = extract_features(encoder, ds, info, batch_size=2, sharded=True)
         # uneven rows (1 on rank 0, 3 on rank 1, ...), sent 8 bytes per all-gather: one row at a time
         rows = distributed.gather_to_rank0(torch.arange(rank * 5, rank * 5 + 1 + 2 * rank)[:, None], max_bytes=8)
-        torch.save({"feats": feats, "labels": labels, "rows": rows, "share": list(distributed.shard(n_images))},
+        # 3, 0 (and 1) rows 4 wide, 48 bytes per all-gather: the rank with no rows must chunk like the others
+        share = list(distributed.shard(n_images))
+        wide = distributed.gather_to_rank0(torch.full(([3, 0, 1][rank], 4), float(rank)), max_bytes=48)
+        torch.save({"feats": feats, "labels": labels, "rows": rows, "share": share, "wide": wide},
                    f"{out_dir}/extract{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -148,3 +151,4 @@ def test_feature_extraction_is_sharded_and_gathered_on_rank0_in_dataset_order(tm
     for r in ranks[1:]:  # the other ranks keep only their own share
         torch.testing.assert_close(r["feats"], want[r["share"]] if r["share"] else want[:0])
     assert ranks[0]["rows"].flatten().tolist() == [0, 5, 6, 7] + ([10, 11, 12, 13, 14] if world == 3 else [])
+    assert ranks[0]["wide"][:, 0].tolist() == [0.0] * 3 + ([2.0] if world == 3 else [])

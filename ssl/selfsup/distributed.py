@@ -20,6 +20,7 @@ devices continues the same streams.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -124,7 +125,7 @@ def gather_to_rank0(x: Tensor, max_bytes: int = 64 * 2**20) -> Tensor:
         return x
     dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     sizes = _all_gather_cat(torch.tensor([x.shape[0]], device=dev)).tolist()  # rows per rank
-    row_bytes = max(1, x[:1].numel() * x.element_size()) if x.ndim else x.element_size()
+    row_bytes = math.prod(x.shape[1:]) * x.element_size()  # from the shape: the same on a rank with no rows
     step = max(1, max_bytes // (row_bytes * len(sizes)))
     keep = dist.get_rank() == 0
     parts: list[list[Tensor]] = [[] for _ in sizes]

@@ -129,7 +129,11 @@ def decode_all(ds: FolderImages, out: Path, num_workers: int) -> tuple[list[int]
 def cached_folder(ds: FolderImages, cache_dir: str | Path | None, split: str, num_workers: int = 0) -> MappedImages:
     """``ds`` decoded once into ``cache_dir`` (default ``~/.cache/selfsup/decoded``) and mapped."""
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"data.cache=uint8 cannot use {str(root)!r} ({err.strerror}); set data.cache_dir to a "
+                        f"writable directory with room for N x C x S x S bytes") from None
     key = folder_key(ds)
     stem = f"{split}-{ds.image_size}px-{ds.in_chans}ch-{key[:20]}"
     data, meta = root / f"{stem}.u8", root / f"{stem}.json"

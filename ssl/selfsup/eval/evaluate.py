@@ -97,10 +97,11 @@ def _extractor(p: Prepared, ds: ImageDataset, cfg: RunConfig, device: str, log: 
 
 
 def cache_features(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
-                   log: Callable[[str], None] = print) -> None:
+                   log: Callable[[str], None] = print) -> Prepared:
     """Extract and cache the features :func:`evaluate` needs, sharded over the ranks of a
     distributed run: a collective, every rank calls it (and reads the run directory, so it
-    must be on a disk all ranks share); rank 0 decides what is missing and writes the cache."""
+    must be on a disk all ranks share); rank 0 decides what is missing and writes the cache.
+    Returns the prepared target, for rank 0 to pass on to :func:`evaluate`."""
     device = device or default_device(cfg.trainer.accelerator)
     p = prepare(spec, cfg, cache_dir)
     for split, ds in p.splits():
@@ -110,14 +111,16 @@ def cache_features(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str
         if distributed.rank() == 0:
             p.cache.store(p.names[split], p.key, feats, labels)
     distributed.barrier()
+    return p
 
 
 def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """kNN (every (k, T) in ``cfg.eval.knn``) and linear-probe results for target ``spec``."""
+             log: Callable[[str], None] = print, prepared: Prepared | None = None) -> dict[str, Any]:
+    """kNN (every (k, T) in ``cfg.eval.knn``) and linear-probe results for target ``spec``
+    (``prepared``: what :func:`cache_features` already loaded for it, so nothing is loaded twice)."""
     t0 = time.perf_counter()
     device = device or default_device(cfg.trainer.accelerator)
-    p = prepare(spec, cfg, cache_dir)
+    p = prepared or prepare(spec, cfg, cache_dir)
     target, train_ds, cache, key, names = p.target, p.train_ds, p.cache, p.key, p.names
     lazy_tr, ytr = cache.get_lazy(names["train"], key, _extractor(p, train_ds, cfg, device, log))  # streamed
     xte, yte = cache.get(names["test"], key, _extractor(p, p.test_ds, cfg, device, log))

@@ -173,12 +173,13 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
     from selfsup.eval.report import markdown_table
 
     targets = [str(run_dir)] + [f"random:{cfg.encoder.name}" if b == "random" else b for b in cfg.eval.baselines]
+    prepared = [None] * len(targets)
     if distributed.is_distributed():  # every rank extracts its share of the features; rank 0 scores them
-        for t in targets:
-            cache_features(t, cfg, run_dir / "features", log=log if distributed.rank() == 0 else lambda s: None)
+        quiet = log if distributed.rank() == 0 else lambda s: None
+        prepared = [cache_features(t, cfg, run_dir / "features", log=quiet) for t in targets]
         if distributed.rank() != 0:
             return []
-    rows = [evaluate(t, cfg, run_dir / "features", log=log) for t in targets]
+    rows = [evaluate(t, cfg, run_dir / "features", log=log, prepared=p) for t, p in zip(targets, prepared)]
     rows[0]["label"] = f"{cfg.method.__class__.__name__.removesuffix('Config')} {cfg.encoder.name} (pretrained)"
     write_json(rows, run_dir / "results.json")
     table = markdown_table(rows)
