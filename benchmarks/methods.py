@@ -6,8 +6,9 @@ architecture and raw pixels.
 Protocol:
 - each method starts from its ``configs/<method>-fashion-mnist.yaml`` (SimCLR: the
   quickstart), seed fixed, online probe off;
-- budget: its training steps are timed on real batches (a few warm-up steps, then the
-  median of ``--calibration-steps``), and the run gets ``max_steps = budget x steps/s``
+- budget: its training steps are timed on real batches, on the device and at the
+  precision the trainer uses (a GPU when there is one: bf16 autocast), a few warm-up
+  steps then the median of ``--calibration-steps``; the run gets ``max_steps = budget x steps/s``
   with its cosine schedule spanning exactly those steps, so every method finishes its
   schedule within about the same wall time;
 - final-step weights are scored (never a best epoch): weighted kNN (k=20 at T=0.07,
@@ -32,7 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -41,10 +42,10 @@ sys.path.insert(0, str(ROOT / "ssl"))
 
 from selfsup.config import RunConfig, load_config  # noqa: E402
 from selfsup.data import build_dataset, make_loader, subset  # noqa: E402
-from selfsup.eval.evaluate import evaluate  # noqa: E402
+from selfsup.eval.evaluate import default_device, evaluate  # noqa: E402
 from selfsup.train.module import PretrainModule  # noqa: E402
 from selfsup.train.optim import build_optimizer  # noqa: E402
-from selfsup.train.run import pretrain  # noqa: E402
+from selfsup.train.run import pretrain, resolve_precision  # noqa: E402
 
 # every self-supervised method (``supervised`` is the labelled reference of the detection benchmark)
 FAMILY = {"rotation": "pretext", "jigsaw": "pretext", "mae": "pretext (masked)", "simmim": "pretext (masked)",
@@ -62,29 +63,47 @@ def method_config(name: str, args: argparse.Namespace, extra: list[str] = ()) ->
                                       f"out_dir={args.runs}", *args.overrides, *extra])
 
 
-def steps_per_second(cfg: RunConfig, steps: int) -> tuple[float, int]:
-    """Median training-step rate on real batches (augmentation, forward, loss, backward,
-    optimiser step and the method's per-step hook, as the trainer runs them) and the
-    number of training images."""
+class StepRun(NamedTuple):
+    rate: float  # median training steps per second
+    images: int  # training images
+    losses: list[float]
+    module: PretrainModule
+    initial_encoder: dict[str, torch.Tensor]  # the encoder's parameters before the first step (CPU copies)
+
+
+def run_steps(cfg: RunConfig, steps: int) -> StepRun:
+    """``steps`` + 3 training steps on real batches (augmentation, forward, loss, backward,
+    optimiser step and the method's per-step hook, as the trainer runs them), on the device
+    and at the precision the trainer would use; the rate is the median over the timed steps
+    (the first 3 warm up allocators, cuDNN and oneDNN kernels)."""
     torch.manual_seed(cfg.seed)
     ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
-    module = PretrainModule(cfg, ds.info())
+    device = torch.device(default_device(cfg.trainer.accelerator))
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    autocast = torch.autocast(device.type, torch.bfloat16 if precision.startswith("bf16") else torch.float16,
+                              enabled=precision != "32-true")
+    module = PretrainModule(cfg, ds.info()).to(device)
     method = module.method
+    initial = {k: v.detach().cpu().clone() for k, v in method.encoder.named_parameters()}
     opt = build_optimizer(cfg.optim, method, cfg.data.batch_size)
     loader = make_loader(ds, cfg.data.batch_size, train=True, seed=cfg.seed, with_indices=method.needs_indices)
     batches = (b for _ in range(steps + 3) for b in loader)  # cycles when an epoch is shorter than the steps
-    times = []
+    times, losses = [], []
     for i in range(steps + 3):
         t = time.perf_counter()
-        batch = next(batches)
+        batch = [x.to(device, non_blocking=True) for x in next(batches)]
         opt.zero_grad(set_to_none=True)
-        out = method.step(batch[0], batch[1], batch[2] if len(batch) > 2 else None)
+        with autocast:
+            out = method.step(batch[0], batch[1], batch[2] if len(batch) > 2 else None)
         out["loss"].backward()
         opt.step()
         method.on_train_step_end(i, 10_000)
-        if i >= 3:  # the first steps warm up allocators and oneDNN kernels
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
             times.append(time.perf_counter() - t)
-    return 1.0 / statistics.median(times), len(ds)
+        losses.append(float(out["loss"].detach()))
+    return StepRun(1.0 / statistics.median(times), len(ds), losses, module, initial)
 
 
 def late_mean(metrics: Path, key: str, fraction: float = 0.1) -> float | None:
@@ -109,7 +128,7 @@ def scores(res: dict[str, Any]) -> dict[str, float]:
 
 def bench_method(name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     cfg = method_config(name, args)
-    rate, images = steps_per_second(cfg, args.calibration_steps)
+    rate, images = run_steps(cfg, args.calibration_steps)[:2]
     steps = max(10, int(args.budget_minutes * 60 * rate))
     per_epoch = images // cfg.data.batch_size
     cfg = method_config(name, args, [f"trainer.max_steps={steps}", f"trainer.max_epochs={steps // per_epoch + 1}"])
@@ -149,7 +168,7 @@ def plot(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], path:
 
 def markdown(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [f"Fashion-MNIST, {args.budget_minutes:g} min of training per method on "
-             f"{torch.get_num_threads()} CPU threads, seed {args.seed}, final-step weights. kNN: weighted, "
+             f"{device_label()}, seed {args.seed}, final-step weights. kNN: weighted, "
              "cosine, T=0.07 at k=20 and T=0.1 at k=200; linear: grid-searched on 10% of train, top-1 on the 10k test images.", "",
              "| method | family | encoder | steps (epochs) | train min | kNN k=20 | kNN k=200 | linear | "
              "random-init kNN / linear | MI bound (nats) |",
@@ -164,6 +183,13 @@ def markdown(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], a
     lines += [f"| {b['label']} | {b['knn20']:.2f} | {b['knn200']:.2f} | {b['linear']:.2f} |"
               for b in baselines.values()]
     return "\n".join(lines) + "\n"
+
+
+def device_label() -> str:
+    """Where training ran: the GPU's name, else the CPU thread count."""
+    if torch.cuda.is_available():
+        return f"one {torch.cuda.get_device_name()}"
+    return f"{torch.get_num_threads()} CPU threads"
 
 
 ENCODER_LABEL = {"resnet18": "resnet18 (slim)", "vit_tiny_patch16_224": "ViT (patch 4, 6 blocks, 128-d)"}
@@ -212,6 +238,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"budget_minutes": args.budget_minutes, "seed": args.seed, "threads": torch.get_num_threads(),
+                "device": device_label(),
                 "torch": torch.__version__, "dataset": "fashion-mnist"}
     (out / "methods.json").write_text(json.dumps({"settings": settings, "methods": rows,
                                                   "baselines": list(baselines.values())}, indent=2) + "\n")

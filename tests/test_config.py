@@ -33,6 +33,8 @@ def test_misspelled_section_and_top_level_key(tmp_path):
     ("trainer.max_epochs=2.5", "trainer.max_epochs"),
     ("data.batch_size=true", "data.batch_size"),
     ("optim.name=adam", "optim.name"),
+    ("optim.lr=1e", "optim.lr"),
+    ("optim.lr=e-3", "optim.lr"),
     ("method.augment.crop_scale=[0.5]", "method.augment.crop_scale"),
 ])
 def test_bad_values_name_the_key(override, key):
@@ -60,6 +62,18 @@ def test_overrides_apply_and_types_are_checked(tmp_path):
     assert cfg.method.augment.crop_scale == (0.2, 1.0)
     assert cfg.encoder.kwargs == {"drop_rate": 0.1}
     assert cfg.optim.lr == 0.3  # untouched default
+
+
+def test_exponent_floats_that_yaml_reads_as_strings_are_floats(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3 without a dot as a string; float keys accept it."""
+    assert yaml.safe_load("lr: 1e-3")["lr"] == "1e-3"
+    p = write(tmp_path, "method: {name: simclr}\noptim: {lr: 1e-3, weight_decay: 5E-4}\n")
+    cfg = load_config(p, ["method.temperature=2e-1"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.method.temperature) == (0.001, 0.0005, 0.2)
+    with pytest.raises(ConfigError, match=r"'optim.lr' must be > 0, got -0.001"):
+        load_config(None, ["method.name=simclr", "optim.lr=-1e-3"])
+    with pytest.raises(ConfigError, match=r"'data.batch_size' must be int"):  # only float keys
+        load_config(None, ["method.name=simclr", "data.batch_size=1e3"])
 
 
 def test_resolved_config_round_trips(tmp_path):

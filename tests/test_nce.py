@@ -148,3 +148,32 @@ def test_npid_bank_size_must_match_the_data(tiny_config):
 
     with pytest.raises(ValueError, match="bank_size=20 but the training set has 256"):
         PretrainModule(tiny_config("method.bank_size=20", method="npid"), INFO)
+
+
+def test_npid_softmax_objective_is_the_exact_softmax_over_the_bank(tiny_config):
+    """objective=softmax (Wu et al. eq. 2): -log exp(v.w_i/T) / sum_j exp(v.w_j/T) over every bank
+    row, written as a per-row loop over the bank as it was before the step's update."""
+    from selfsup.train.module import PretrainModule
+
+    torch.manual_seed(0)
+    module = PretrainModule(tiny_config("method.objective=softmax", "method.temperature=0.1", method="npid"), INFO)
+    npid = module.method.train()
+    images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8)
+    idx = torch.tensor([5, 17, 100, 2])
+    bank = npid.bank.bank.clone()
+    torch.manual_seed(1)
+    out = npid.training_step(images, indices=idx, labels=torch.tensor([0, 1, 2, 3]))
+    torch.manual_seed(1)  # the same augmentation draws, to rebuild the features
+    v = F.normalize(npid.head(npid.encoder(npid.augment(images))), dim=1).detach()
+    losses = []
+    for b in range(4):
+        scores = [float(v[b] @ bank[j]) / 0.1 for j in range(len(bank))]
+        top = max(scores)
+        log_z = top + math.log(sum(math.exp(s - top) for s in scores))
+        losses.append(log_z - scores[int(idx[b])])
+    assert math.isclose(float(out["loss"]), sum(losses) / 4, rel_tol=1e-5)
+    assert math.isclose(float(out["mi_bound"]), math.log(len(bank)) - sum(losses) / 4, rel_tol=1e-5, abs_tol=1e-5)
+    assert int(npid.nce.z_seen) == 0  # the NCE estimate of Z is not involved
+    out["loss"].backward()
+    assert npid.head.weight.grad is not None and npid.head.weight.grad.abs().sum() > 0
+    assert not torch.equal(npid.bank.bank[idx], bank[idx])  # rows updated after scoring

@@ -5,18 +5,22 @@ Every training image is its own class. The encoder and a linear layer give an
 L2-normalised 128-d feature ``v``; a memory bank holds one normalised vector per image,
 updated with momentum 0.5 after each step. The classifier ``P(i|v) = exp(w_i^T v / tau) / Z``
 (tau = 0.07) is trained with binary NCE against m = 4096 noise entries drawn uniformly from
-the bank, Z estimated on the first batch and then fixed (:mod:`selfsup.losses.nce`).
+the bank, Z estimated on the first batch and then fixed (:mod:`selfsup.losses.nce`). The
+paper's exact objective, the non-parametric softmax over all n bank entries (its eq. 2,
+which NCE approximates for large n), is ``objective: softmax``.
 
 The method needs each image's dataset index: ``training_step(images, indices=...)``
 (``needs_indices``); ``labels`` (optional, -1 when unknown) feed a free monitor, the
 weighted kNN accuracy of the batch against the labelled memory bank (k = 200, as in the
 paper's kNN evaluation, excluding the image's own entry). ``mi_bound`` is the InfoNCE
-bound ``log(m + 1) - L`` of the same scores, the positive among its m noise entries.
+bound ``log(m + 1) - L`` of the same scores, the positive among its m noise entries
+(softmax: ``log n - L``, the positive among every bank entry).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +50,9 @@ class NPIDConfig:
     per training image; ``bank_size`` 0 (the default) takes that number from the data."""
 
     feature_dim: int = param(128, gt=0)
+    objective: Literal["nce", "softmax"] = param(
+        "nce", help="nce: binary NCE against num_noise bank samples, Z fixed (eq. 4-7, O(m) per image); "
+                    "softmax: the exact non-parametric softmax over every bank entry (eq. 2, O(n) per image)")
     temperature: float = param(0.07, gt=0)
     num_noise: int = param(4096, gt=0, help="m: noise samples per image")
     bank_size: int = param(0, ge=0, help="memory-bank rows; 0: the number of training images")
@@ -129,15 +136,23 @@ class NPID(Method):
         h = self.encoder(self.augment(images))  # [B, D]
         v = F.normalize(full_precision(self.head(h)), dim=1)  # [B, F]
         with no_autocast(v):  # scores / 0.07 in float32
-            noise_idx = distributed.draw_local(lambda rows: self.bank.sample((rows, cfg.num_noise)),
-                                               v.shape[0])  # [B, m], uniform over the bank
-            pos, noise = bank_scores(v, self.bank.bank, indices, noise_idx)  # [B], [B, m]
-            pos, noise = pos / cfg.temperature, noise / cfg.temperature
-            out = self.nce(pos, noise)
-            logits = torch.cat([pos[:, None], noise], dim=1).detach()  # [B, 1 + m]
-            bound = cross_entropy_bound(logits, torch.zeros_like(indices)).mi_bound
-            sims = v.detach() @ self.bank.bank.T if labels is not None and cfg.knn_k > 0 else None  # [B, n]
-        result = {"loss": out.loss, "mi_bound": bound, "log_z": out.log_z, "features": h.detach()}
+            if cfg.objective == "softmax":
+                every = v @ self.bank.bank.T.clone() / cfg.temperature  # [B, n]
+                out = cross_entropy_bound(every, indices)  # the positive is the image's own row
+                loss, bound = out.loss, out.mi_bound
+                log_z = torch.logsumexp(every.detach(), 1).mean()  # the exact log Z, mean over the batch
+                sims = every.detach() * cfg.temperature if labels is not None and cfg.knn_k > 0 else None
+            else:
+                noise_idx = distributed.draw_local(lambda rows: self.bank.sample((rows, cfg.num_noise)),
+                                                   v.shape[0])  # [B, m], uniform over the bank
+                pos, noise = bank_scores(v, self.bank.bank, indices, noise_idx)  # [B], [B, m]
+                pos, noise = pos / cfg.temperature, noise / cfg.temperature
+                nce = self.nce(pos, noise)
+                loss, log_z = nce.loss, nce.log_z
+                logits = torch.cat([pos[:, None], noise], dim=1).detach()  # [B, 1 + m]
+                bound = cross_entropy_bound(logits, torch.zeros_like(indices)).mi_bound
+                sims = v.detach() @ self.bank.bank.T if labels is not None and cfg.knn_k > 0 else None  # [B, n]
+        result = {"loss": loss, "mi_bound": bound, "log_z": log_z, "features": h.detach()}
         if sims is not None and self.info.num_classes > 0:
             labels = labels.to(indices.device)
             acc = bank_knn_accuracy(sims, self.bank_labels, labels, indices, cfg.knn_k, cfg.knn_temperature,

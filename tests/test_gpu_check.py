@@ -1,0 +1,32 @@
+"""benchmarks/gpu_check.py on the CPU: the per-method check passes for a method that trains
+and fails for one whose encoder does not move (its Lightning runs need a GPU)."""
+
+import argparse
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402
+
+
+def args(*overrides: str) -> argparse.Namespace:
+    return argparse.Namespace(seed=0, runs="/tmp/selfsup-test-gpu-check", steps=1,
+                              overrides=["data.subset=64", "data.batch_size=16", *overrides])
+
+
+def test_a_method_that_trains_passes_on_the_cpu():
+    row = gpu_check.check_method("npid", args())
+    assert row["ok"], row
+    assert row["device"] == "cpu" and row["not_on_device"] == []
+    assert row["encoder_max_change"] > 0 and row["steps_per_s"] > 0
+
+
+def test_an_encoder_that_does_not_move_fails_the_check(monkeypatch):
+    import methods
+    import torch
+
+    monkeypatch.setattr(methods, "build_optimizer", lambda cfg, method, batch: torch.optim.SGD(method.parameters(), lr=0.0))
+    row = gpu_check.check_method("rotation", args())
+    assert not row["ok"] and row["encoder_max_change"] == 0.0
