@@ -5,12 +5,17 @@ the same checks on the CPU.
 1. Every registered method, from its Fashion-MNIST config (real data and encoders), takes
    ``--steps`` training steps on the device at the trainer's precision (bf16 autocast on
    Ampere and later), the loop ``benchmarks/methods.py`` times: each loss is finite, the
-   encoder's weights move, and every parameter and buffer lives on the device.
+   encoder's gradients are finite and non-zero and its weights move, and every parameter
+   and buffer lives on the expected device (the GPU when there is one).
 2. Short Lightning runs (``trainer.max_steps``) of the trainer's GPU settings on one
    device: DDP with SyncBatchNorm and ``torch.compile`` (SimCLR, ResNet), FSDP with one
    shard unit per ViT block and activation checkpointing (MAE), and FSDP refused for a
    momentum teacher (MoCo). Each must leave a loadable ``last.ckpt`` with finite losses.
    These need a GPU (Lightning and torch refuse both on a CPU) and are left out without one.
+   On one GPU they build and step these paths only: with a single process SyncBatchNorm
+   computes plain batch statistics and FSDP shards nothing; synchronisation and sharding
+   need several GPUs, which this script does not drive (under torchrun each rank would
+   repeat every check).
 
 Prints one JSON line per check, writes ``--out``/gpu_check.json, exits 1 if any fails.
 
@@ -37,6 +42,7 @@ sys.path.insert(0, str(ROOT / "ssl"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from methods import FAMILY, method_config, run_steps  # noqa: E402
+from selfsup.eval.evaluate import default_device  # noqa: E402
 from selfsup.config import ConfigError  # noqa: E402
 from selfsup.export import load_checkpoint  # noqa: E402
 from selfsup.fileio import write_json  # noqa: E402
@@ -48,14 +54,18 @@ def check_method(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cfg = method_config(name, args)
     run = run_steps(cfg, args.steps)
     method = run.module.method
-    device = next(method.parameters()).device
+    expected = torch.device(default_device(cfg.trainer.accelerator))
     after = dict(method.encoder.named_parameters())
     moved = max(float((after[k].detach().float().cpu() - v.float()).abs().max()) for k, v in run.initial_encoder.items())
-    elsewhere = [n for n, t in [*method.named_parameters(), *method.named_buffers()] if t.device != device]
-    ok = all(math.isfinite(x) for x in run.losses) and moved > 0 and not elsewhere
-    return {"check": f"steps:{name}", "ok": ok, "device": str(device), "steps_per_s": round(run.rate, 2),
-            "first_loss": round(run.losses[0], 4), "last_loss": round(run.losses[-1], 4),
-            "encoder_max_change": moved, "not_on_device": elsewhere[:5]}
+    grads = [p.grad for p in method.encoder.parameters() if p.grad is not None]  # of the last step
+    grad_norm = float(torch.stack([g.float().norm() for g in grads]).norm()) if grads else 0.0
+    elsewhere = [n for n, t in [*method.named_parameters(), *method.named_buffers()] if t.device.type != expected.type]
+    ok = (all(math.isfinite(x) for x in run.losses) and moved > 0 and math.isfinite(grad_norm) and grad_norm > 0
+          and not elsewhere)
+    return {"check": f"steps:{name}", "ok": ok, "device": str(next(method.parameters()).device),
+            "steps_per_s": round(run.rate, 2), "first_loss": round(run.losses[0], 4),
+            "last_loss": round(run.losses[-1], 4), "encoder_max_change": moved, "encoder_grad_norm": grad_norm,
+            "not_on_device": elsewhere[:5]}
 
 
 def check_fit(label: str, name: str, args: argparse.Namespace, overrides: list[str],
@@ -98,7 +108,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated method names (default: all)")
     ap.add_argument("--skip-fits", action="store_true", help="only the per-method steps")
     ap.add_argument("--runs", default="/tmp/selfsup-gpu-check")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu"))
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every config (e.g. data.root=DIR)")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(FAMILY)

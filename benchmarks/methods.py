@@ -64,26 +64,35 @@ def method_config(name: str, args: argparse.Namespace, extra: list[str] = ()) ->
 
 
 class StepRun(NamedTuple):
-    rate: float  # median training steps per second
+    rate: float  # median optimiser steps per second
     images: int  # training images
     losses: list[float]
     module: PretrainModule
     initial_encoder: dict[str, torch.Tensor]  # the encoder's parameters before the first step (CPU copies)
 
 
+MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
 def run_steps(cfg: RunConfig, steps: int) -> StepRun:
     """``steps`` + 3 training steps on real batches (augmentation, forward, loss, backward,
-    optimiser step and the method's per-step hook, as the trainer runs them), on the device
-    and at the precision the trainer would use; the rate is the median over the timed steps
-    (the first 3 warm up allocators, cuDNN and oneDNN kernels)."""
+    optimiser step and the method's per-step hook), on the device, at the precision
+    (autocast; fp16 with loss scaling) and with the ``torch.compile`` setting the trainer
+    would use. The rate is the median over the timed steps (the first 3 warm up
+    allocators, cuDNN and oneDNN kernels, and compile), divided by
+    ``trainer.accumulate_grad_batches`` (batches per optimiser step)."""
     torch.manual_seed(cfg.seed)
     ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
     device = torch.device(default_device(cfg.trainer.accelerator))
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    autocast = torch.autocast(device.type, torch.bfloat16 if precision.startswith("bf16") else torch.float16,
-                              enabled=precision != "32-true")
+    if precision not in ("32-true", *MIXED):
+        raise ValueError(f"step timing supports trainer.precision 32-true, bf16-mixed and 16-mixed, got {precision!r}")
+    autocast = torch.autocast(device.type, MIXED.get(precision, torch.float32), enabled=precision in MIXED)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
     module = PretrainModule(cfg, ds.info()).to(device)
     method = module.method
+    if cfg.trainer.compile:
+        method.encoder.compile()
     initial = {k: v.detach().cpu().clone() for k, v in method.encoder.named_parameters()}
     opt = build_optimizer(cfg.optim, method, cfg.data.batch_size)
     loader = make_loader(ds, cfg.data.batch_size, train=True, seed=cfg.seed, with_indices=method.needs_indices)
@@ -95,15 +104,17 @@ def run_steps(cfg: RunConfig, steps: int) -> StepRun:
         opt.zero_grad(set_to_none=True)
         with autocast:
             out = method.step(batch[0], batch[1], batch[2] if len(batch) > 2 else None)
-        out["loss"].backward()
-        opt.step()
+        scaler.scale(out["loss"]).backward()
+        scaler.step(opt)
+        scaler.update()
         method.on_train_step_end(i, 10_000)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= 3:
             times.append(time.perf_counter() - t)
         losses.append(float(out["loss"].detach()))
-    return StepRun(1.0 / statistics.median(times), len(ds), losses, module, initial)
+    rate = 1.0 / statistics.median(times) / cfg.trainer.accumulate_grad_batches
+    return StepRun(rate, len(ds), losses, module, initial)
 
 
 def late_mean(metrics: Path, key: str, fraction: float = 0.1) -> float | None:
