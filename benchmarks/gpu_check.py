@@ -10,7 +10,8 @@ the same checks on the CPU.
 2. Short Lightning runs (``trainer.max_steps``) of the trainer's GPU settings on one
    device: DDP with SyncBatchNorm and ``torch.compile`` (SimCLR, ResNet), FSDP with one
    shard unit per ViT block and activation checkpointing (MAE), and FSDP refused for a
-   momentum teacher (MoCo). Each must leave a loadable ``last.ckpt`` with finite losses.
+   momentum teacher (MoCo). Each must log a finite loss at every step and leave a
+   ``last.ckpt`` at the last step that rebuilds an encoder with finite weights.
    These need a GPU (Lightning and torch refuse both on a CPU) and are left out without one.
    On one GPU they build and step these paths only: with a single process SyncBatchNorm
    computes plain batch statistics and FSDP shards nothing; synchronisation and sharding
@@ -31,8 +32,8 @@ import math
 import sys
 import time
 import traceback
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,8 +43,8 @@ sys.path.insert(0, str(ROOT / "ssl"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from methods import FAMILY, method_config, run_steps  # noqa: E402
-from selfsup.eval.evaluate import default_device  # noqa: E402
 from selfsup.config import ConfigError  # noqa: E402
+from selfsup.eval.evaluate import default_device  # noqa: E402
 from selfsup.export import load_checkpoint  # noqa: E402
 from selfsup.fileio import write_json  # noqa: E402
 from selfsup.train.module import module_from_checkpoint  # noqa: E402
@@ -82,9 +83,12 @@ def check_fit(label: str, name: str, args: argparse.Namespace, overrides: list[s
         return {"check": f"fit:{label}", "ok": False, "refused": None}
     rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
     losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
-    module = module_from_checkpoint(load_checkpoint(run / "checkpoints" / "last.ckpt"))
-    ok = bool(losses) and all(math.isfinite(x) for x in losses) and module is not None
-    return {"check": f"fit:{label}", "ok": ok, "losses_logged": len(losses),
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    encoder = module_from_checkpoint(ckpt).method.encoder  # rebuilt from the checkpoint, as `selfsup eval` does
+    finite = all(bool(torch.isfinite(p).all()) for p in encoder.parameters())
+    ok = (len(losses) == args.fit_steps and all(math.isfinite(x) for x in losses)
+          and ckpt.get("global_step") == args.fit_steps and finite)
+    return {"check": f"fit:{label}", "ok": ok, "losses_logged": len(losses), "checkpoint_step": ckpt.get("global_step"),
             "last_loss": losses[-1] if losses else None, "run_dir": str(run)}
 
 

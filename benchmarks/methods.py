@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,6 +65,58 @@ def method_config(name: str, args: argparse.Namespace, extra: list[str] = ()) ->
                                       f"out_dir={args.runs}", *args.overrides, *extra])
 
 
+class Step(NamedTuple):
+    index: int  # 0, 1, ... over the whole loop
+    epoch: int
+    batch: list[torch.Tensor]  # on the device: images, labels (and dataset indices)
+    out: dict[str, torch.Tensor]  # the method's step output (loss, monitors)
+
+
+MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def training_loop(cfg: RunConfig) -> tuple[PretrainModule, int, Iterator[Step]]:
+    """The module, the number of training images, and an endless iterator of training
+    steps on real batches (augmentation, forward, loss, backward, optimiser step and the
+    method's per-step hook) on the device, at the precision (autocast; fp16 with loss
+    scaling) and with the ``torch.compile`` setting the trainer would use. Each step has
+    finished on the device when it is yielded."""
+    torch.manual_seed(cfg.seed)
+    ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
+    device = torch.device(default_device(cfg.trainer.accelerator))
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    if precision not in ("32-true", *MIXED):
+        raise ValueError(f"the benchmark loop supports trainer.precision 32-true, bf16-mixed and 16-mixed, "
+                         f"got {precision!r}")
+    autocast = torch.autocast(device.type, MIXED.get(precision, torch.float32), enabled=precision in MIXED)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
+    module = PretrainModule(cfg, ds.info()).to(device)
+    method = module.method
+    if cfg.trainer.compile:
+        method.encoder.compile()
+    opt = build_optimizer(cfg.optim, method, cfg.data.batch_size)
+    loader = make_loader(ds, cfg.data.batch_size, train=True, seed=cfg.seed, with_indices=method.needs_indices)
+
+    def steps() -> Iterator[Step]:
+        i = 0
+        for epoch in itertools.count():
+            for raw in loader:
+                batch = [x.to(device, non_blocking=True) for x in raw]
+                opt.zero_grad(set_to_none=True)
+                with autocast:
+                    out = method.step(batch[0], batch[1], batch[2] if len(batch) > 2 else None)
+                scaler.scale(out["loss"]).backward()
+                scaler.step(opt)
+                scaler.update()
+                method.on_train_step_end(i, 10_000)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                yield Step(i, epoch, batch, out)
+                i += 1
+
+    return module, len(ds), steps()
+
+
 class StepRun(NamedTuple):
     rate: float  # median optimiser steps per second
     images: int  # training images
@@ -71,50 +125,22 @@ class StepRun(NamedTuple):
     initial_encoder: dict[str, torch.Tensor]  # the encoder's parameters before the first step (CPU copies)
 
 
-MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-
-
 def run_steps(cfg: RunConfig, steps: int) -> StepRun:
-    """``steps`` + 3 training steps on real batches (augmentation, forward, loss, backward,
-    optimiser step and the method's per-step hook), on the device, at the precision
-    (autocast; fp16 with loss scaling) and with the ``torch.compile`` setting the trainer
-    would use. The rate is the median over the timed steps (the first 3 warm up
+    """``steps`` + 3 steps of :func:`training_loop`, timed from fetching the batch to the
+    finished step. The rate is the median over the timed steps (the first 3 warm up
     allocators, cuDNN and oneDNN kernels, and compile), divided by
     ``trainer.accumulate_grad_batches`` (batches per optimiser step)."""
-    torch.manual_seed(cfg.seed)
-    ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
-    device = torch.device(default_device(cfg.trainer.accelerator))
-    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    if precision not in ("32-true", *MIXED):
-        raise ValueError(f"step timing supports trainer.precision 32-true, bf16-mixed and 16-mixed, got {precision!r}")
-    autocast = torch.autocast(device.type, MIXED.get(precision, torch.float32), enabled=precision in MIXED)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-    module = PretrainModule(cfg, ds.info()).to(device)
-    method = module.method
-    if cfg.trainer.compile:
-        method.encoder.compile()
-    initial = {k: v.detach().cpu().clone() for k, v in method.encoder.named_parameters()}
-    opt = build_optimizer(cfg.optim, method, cfg.data.batch_size)
-    loader = make_loader(ds, cfg.data.batch_size, train=True, seed=cfg.seed, with_indices=method.needs_indices)
-    batches = (b for _ in range(steps + 3) for b in loader)  # cycles when an epoch is shorter than the steps
+    module, images, loop = training_loop(cfg)
+    initial = {k: v.detach().cpu().clone() for k, v in module.method.encoder.named_parameters()}
     times, losses = [], []
-    for i in range(steps + 3):
+    for _ in range(steps + 3):
         t = time.perf_counter()
-        batch = [x.to(device, non_blocking=True) for x in next(batches)]
-        opt.zero_grad(set_to_none=True)
-        with autocast:
-            out = method.step(batch[0], batch[1], batch[2] if len(batch) > 2 else None)
-        scaler.scale(out["loss"]).backward()
-        scaler.step(opt)
-        scaler.update()
-        method.on_train_step_end(i, 10_000)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 3:
+        step = next(loop)
+        if step.index >= 3:
             times.append(time.perf_counter() - t)
-        losses.append(float(out["loss"].detach()))
+        losses.append(float(step.out["loss"].detach()))
     rate = 1.0 / statistics.median(times) / cfg.trainer.accumulate_grad_batches
-    return StepRun(rate, len(ds), losses, module, initial)
+    return StepRun(rate, images, losses, module, initial)
 
 
 def late_mean(metrics: Path, key: str, fraction: float = 0.1) -> float | None:
@@ -150,7 +176,7 @@ def bench_method(name: str, args: argparse.Namespace, cache: Path) -> dict[str, 
     mi = late_mean(run / "logs" / "metrics.csv", "train/mi_bound_step")
     return {"method": name, "family": FAMILY[name], "encoder": encoder_key(cfg), "seed": args.seed,
             "batch_size": cfg.data.batch_size, "steps": steps, "epochs": round(steps / per_epoch, 2),
-            "steps_per_s": round(rate, 3), "train_minutes": round(train_min, 2), **scores(res),
+            "steps_per_s": round(rate, 3), "train_minutes": round(train_min, 2), "device": device_label(), **scores(res),
             "mi_bound_nats": None if mi is None else round(mi, 3), "run_dir": str(run)}
 
 
@@ -178,8 +204,9 @@ def plot(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], path:
 
 
 def markdown(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
+    devices = " and ".join(dict.fromkeys(r.get("device") or device_label() for r in rows))  # merged rows keep theirs
     lines = [f"Fashion-MNIST, {args.budget_minutes:g} min of training per method on "
-             f"{device_label()}, seed {args.seed}, final-step weights. kNN: weighted, "
+             f"{devices}, seed {args.seed}, final-step weights. kNN: weighted, "
              "cosine, T=0.07 at k=20 and T=0.1 at k=200; linear: grid-searched on 10% of train, top-1 on the 10k test images.", "",
              "| method | family | encoder | steps (epochs) | train min | kNN k=20 | kNN k=200 | linear | "
              "random-init kNN / linear | MI bound (nats) |",

@@ -29,11 +29,10 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ssl"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from methods import training_loop  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
-from selfsup.data import build_dataset, make_loader, subset  # noqa: E402
-from selfsup.train.module import PretrainModule  # noqa: E402
-from selfsup.train.optim import build_optimizer  # noqa: E402
 
 
 def main() -> None:
@@ -47,32 +46,27 @@ def main() -> None:
     extra = [f"data.subset={args.subset}"] if args.subset else []
     cfg = load_config(ROOT / "configs" / "npid-fashion-mnist.yaml", [*extra, "trainer.online_probe=false",
                                                                        *args.overrides])
-    torch.manual_seed(0)
-    ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, 0)
-    method = PretrainModule(cfg, ds.info()).method
-    opt = build_optimizer(cfg.optim, method, cfg.data.batch_size)
-    loader = make_loader(ds, cfg.data.batch_size, train=True, seed=0, with_indices=True)
-    step = 0
-    for epoch in range(args.epochs):
-        for images, labels, idx in loader:
-            bank_before = method.bank.bank.clone()  # [n, F]
-            out = method.step(images, labels, idx)
-            opt.zero_grad()
-            out["loss"].backward()
-            opt.step()
-            step += 1
-            if step % args.every:
-                continue
+    module, _, loop = training_loop(cfg)  # the benchmark's step loop, on the trainer's device
+    method = module.method
+    bank_before = method.bank.bank.clone()  # [n, F]
+    for step in loop:
+        if step.epoch >= args.epochs:
+            break
+        if (step.index + 1) % args.every == 0:
+            images, _, idx = step.batch
+            out = step.out
             with torch.no_grad():
                 v = F.normalize(method.head(method.encoder(method.augment(images))), dim=1)  # [B, F]
                 pos = (v * bank_before[idx]).sum(1)  # [B]
                 sims = v @ bank_before.T  # [B, n]
                 other = sims.scatter(1, idx[:, None], -2).max(1).values  # [B]
             knn = out.get("bank_knn_acc", torch.tensor(-1.0))
-            print(f"ep {epoch} step {step} loss {out['loss'].item():.2f} mi {out['mi_bound'].item():.2f} "
-                  f"logz {out['log_z'].item():.2f} pos_cos {pos.mean():.3f} noise_cos_mean {sims.mean():.3f} "
-                  f"top1_other {other.mean():.3f} bankmean {method.bank.bank.mean(0).norm():.3f} "
-                  f"vmean {v.mean(0).norm():.3f} knn {knn.item():.3f}", flush=True)
+            print(f"ep {step.epoch} step {step.index + 1} loss {out['loss'].item():.2f} "
+                  f"mi {out['mi_bound'].item():.2f} logz {out['log_z'].item():.2f} pos_cos {pos.mean():.3f} "
+                  f"noise_cos_mean {sims.mean():.3f} top1_other {other.mean():.3f} "
+                  f"bankmean {method.bank.bank.mean(0).norm():.3f} vmean {v.mean(0).norm():.3f} "
+                  f"knn {knn.item():.3f}", flush=True)
+        bank_before = method.bank.bank.clone()
 
 
 if __name__ == "__main__":

@@ -190,3 +190,8 @@ def test_distributed_training_replaces_unreadable_files_so_batches_keep_their_si
         j = next((i + s) % len(ds) for s in range(1, len(ds)) if (i + s) % len(ds) not in bad)
         assert torch.equal(images[i], ds.load(j)[0]) and labels[i] == ds.labels[j]
     assert sorted(ds.skipped) == sorted(ds.files[i] for i in bad)  # logged once each
+    decoded = []
+    real_load = ds.load
+    ds.load = lambda j: decoded.append(j) or real_load(j)
+    assert len(ds.__getitems__(list(range(len(ds))))[0]) == len(ds)  # a second epoch, full again
+    assert decoded and not set(decoded) & set(bad)  # known-bad files are not decoded again

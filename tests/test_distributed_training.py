@@ -190,6 +190,8 @@ def test_precision_auto(monkeypatch):
 
 
 def test_fsdp_wraps_each_vit_block_and_refuses_momentum_teachers(tiny_config):
+    from timm.models.vision_transformer import Block
+
     from selfsup.config import ConfigError
     from selfsup.train.module import PretrainModule
     from selfsup.train.run import fsdp_strategy
@@ -198,8 +200,6 @@ def test_fsdp_wraps_each_vit_block_and_refuses_momentum_teachers(tiny_config):
 
     mae = tiny_config("trainer.strategy=fsdp", method="mae")
     strategy = fsdp_strategy(PretrainModule(mae, TINY_INFO), mae)
-    from timm.models.vision_transformer import Block
-
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
     moco = tiny_config("trainer.strategy=fsdp", method="moco")
     with pytest.raises(ConfigError, match="momentum teacher .* use trainer.strategy=ddp"):

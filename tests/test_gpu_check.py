@@ -1,5 +1,7 @@
 """benchmarks/gpu_check.py on the CPU: the per-method check passes for a method that trains
-and fails for one whose encoder does not move (its Lightning runs need a GPU)."""
+and fails for one whose encoder does not move or whose loss is NaN; the Lightning-run check
+accepts the expected refusal and checks a run's logged losses and checkpoint (its GPU-only
+settings are replaced by CPU ones here)."""
 
 import argparse
 import sys
@@ -52,3 +54,14 @@ def test_fsdp_is_refused_for_a_momentum_teacher_before_any_training():
     ns.fit_steps = 2
     row = gpu_check.check_fit("fsdp-refuses-teacher", "moco", ns, ["trainer.strategy=fsdp"], "momentum teacher")
     assert row["ok"] and "momentum teacher" in row["refused"]
+
+
+def test_a_lightning_run_is_checked_by_its_logged_losses_and_its_checkpoint():
+    ns = args("trainer.accelerator=cpu")
+    ns.fit_steps = 3
+    row = gpu_check.check_fit("cpu-run", "rotation", ns, [])
+    assert row["ok"] and row["losses_logged"] == 3 and row["checkpoint_step"] == 3
+    ns.fit_steps = 2  # a run that logged fewer steps than asked fails
+    assert gpu_check.check_fit("cpu-run", "rotation", ns, ["trainer.max_steps=1"])["ok"] is False
+    unexpected = gpu_check.check_fit("cpu-run", "rotation", ns, [], expect_error="momentum teacher")
+    assert unexpected == {"check": "fit:cpu-run", "ok": False, "refused": None}  # no refusal where one was expected

@@ -376,7 +376,7 @@ class FolderImages(ImageDataset):
         self.num_classes, self.image_size, self.in_chans = num_classes, size, in_chans
         self.on_bad_file = on_bad_file
         self.bad_file_log: Path | None = None
-        self.skipped: list[str] = []  # in this process (each DataLoader worker has its own)
+        self.skipped: dict[str, str] = {}  # unreadable file -> reason, in this process (each worker has its own)
         self.substitute = False
 
     def set_bad_file_log(self, path: Path) -> None:
@@ -398,15 +398,14 @@ class FolderImages(ImageDataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         for step in range(len(self.files) if self.substitute else 1):
             j = (i + step) % len(self.files)
-            if step and self.files[j] in self.skipped:
+            if self.files[j] in self.skipped:  # known unreadable: not decoded again in later epochs
                 continue
             try:
                 return self.load(j)  # j != i: the next readable image stands in for file i
             except DataError as err:
                 if self.on_bad_file == "error":
                     raise
-                if self.files[j] not in self.skipped:
-                    self._skip(self.files[j], str(err))
+                self._skip(self.files[j], str(err))
         if self.substitute:
             raise DataError(f"none of the {len(self.files)} image files can be decoded (see the warnings)")
         return None
@@ -417,7 +416,7 @@ class FolderImages(ImageDataset):
         if not self.skipped:
             where = f"; the list is in {self.bad_file_log}" if self.bad_file_log else ""
             warnings.warn(f"skipping unreadable images (data.on_bad_file=skip), first: {reason}{where}", stacklevel=2)
-        self.skipped.append(path)
+        self.skipped[path] = reason
         if self.bad_file_log is not None:
             with open(self.bad_file_log, "a") as f:  # one short line per file: appends do not interleave
                 f.write(f"{path}\t{reason}\n")

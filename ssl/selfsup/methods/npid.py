@@ -54,10 +54,10 @@ class NPIDConfig:
         "nce", help="nce: binary NCE against num_noise bank samples, Z fixed (eq. 4-7, O(m) per image); "
                     "softmax: the exact non-parametric softmax over every bank entry (eq. 2, O(n) per image)")
     temperature: float = param(0.07, gt=0)
-    num_noise: int = param(4096, gt=0, help="m: noise samples per image")
+    num_noise: int = param(4096, gt=0, help="m: noise samples per image (objective nce)")
     bank_size: int = param(0, ge=0, help="memory-bank rows; 0: the number of training images")
     bank_momentum: float = param(0.5, ge=0, lt=1)
-    z_batches: int = param(1, ge=1, help="first batches that estimate Z, which is fixed afterwards")
+    z_batches: int = param(1, ge=1, help="first batches that estimate Z, which is fixed afterwards (objective nce)")
     knn_k: int = param(200, ge=0, help="neighbours of the memory-bank kNN monitor (0: off; needs labels)")
     knn_temperature: float = param(0.07, gt=0)
     augment: NPIDAugment = field(default_factory=NPIDAugment)
@@ -121,7 +121,7 @@ class NPID(Method):
             raise ValueError(f"npid: method.bank_size={size} but the training set has {info.num_samples} images; "
                              f"set method.bank_size=0 to size the memory bank from the data")
         self.bank = MemoryBank(size, cfg.feature_dim, cfg.bank_momentum)
-        self.nce = NCE(size, cfg.z_batches)
+        self.nce = NCE(size, cfg.z_batches) if cfg.objective == "nce" else None  # softmax needs no Z estimate
         self.register_buffer("bank_labels", torch.full((size,), -1, dtype=torch.long))
 
     def training_step(self, images: Tensor, indices: Tensor | None = None,
