@@ -64,7 +64,7 @@ def messy_folder(tmp_path):
 
 def test_skip_policy_counts_and_lists_bad_files(messy_folder, tmp_path):
     cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={messy_folder}",
-                             "data.image_size=8"])
+                             "data.image_size=8", "data.holdout_fraction=0"])
     ds = build_dataset(cfg.data, "train")
     log = tmp_path / "bad_files.txt"
     ds.set_bad_file_log(log)
@@ -79,7 +79,7 @@ def test_skip_policy_counts_and_lists_bad_files(messy_folder, tmp_path):
 
 def test_error_policy_names_the_file_and_the_fix(messy_folder):
     cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={messy_folder}",
-                             "data.image_size=8", "data.on_bad_file=error"])
+                             "data.image_size=8", "data.holdout_fraction=0", "data.on_bad_file=error"])
     ds = build_dataset(cfg.data, "train")
     with pytest.raises(DataError, match=r"cannot decode image .*notes\.png.*UnidentifiedImageError.*data\.on_bad_file=skip"):
         list(make_loader(ds, batch_size=16, train=False))
@@ -88,14 +88,16 @@ def test_error_policy_names_the_file_and_the_fix(messy_folder):
 def test_permission_denied_is_a_bad_file(tmp_path, monkeypatch):
     path = tmp_path / "locked.png"
     _save(Image.new("L", (4, 4)), path, "PNG")
-    real_open = Image.open
+    import builtins
+
+    from selfsup.data import datasets
 
     def refuse(fp, *args, **kwargs):  # what a file without read permission does (root would bypass chmod)
         if str(fp) == str(path):
             raise PermissionError(13, "Permission denied", str(fp))
-        return real_open(fp, *args, **kwargs)
+        return builtins.open(fp, *args, **kwargs)
 
-    monkeypatch.setattr(Image, "open", refuse)
+    monkeypatch.setattr(datasets, "open", refuse, raising=False)  # decode_image opens the file itself
     with pytest.raises(DataError, match="PermissionError"):
         decode_image(str(path), 1)
     with warnings.catch_warnings():
@@ -177,7 +179,7 @@ def test_distributed_training_replaces_unreadable_files_so_batches_keep_their_si
     """Several processes need the same batch size on every rank: after keep_batches_full an
     unreadable file's slot holds the next readable image, and each bad file is logged once."""
     cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={messy_folder}",
-                             "data.image_size=8"])
+                             "data.image_size=8", "data.holdout_fraction=0"])
     ds = build_dataset(cfg.data, "train")
     bad = [i for i, f in enumerate(ds.files) if not f.rsplit("/", 1)[-1].startswith("ok")]
     assert bad

@@ -1,7 +1,13 @@
 """End to end through the command line: pretrain -> eval -> export on sklearn digits."""
 
+import contextlib
+import io
 import json
+import os
+import re
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -43,16 +49,76 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert (tmp_path / "exp2" / "config.json").is_file()
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="give a config file"):
-        main(["pretrain", "--run-dir", str(tmp_path / "r"), "method.name=simclr"])
+def run_cli(argv):
+    """``sys.exit(main(argv))`` as the interpreter runs it: returns (exit status, stderr text).
+    A ``SystemExit`` with a message prints it and exits 1, as Python does; any other exception is
+    a crash with a traceback, which a bad input must never cause."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+            if isinstance(code, str):
+                print(code, file=sys.stderr)
+                code = 1
+        except Exception as exc:  # noqa: BLE001 - the point of the test
+            raise AssertionError(f"selfsup {' '.join(argv)} crashed instead of a one-line error: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    return (0 if code is None else code), err.getvalue()
+
+
+# (arguments, what the error must name); {tmp} is a fresh directory, {cfg} the quickstart config
+BAD_INPUTS = [
+    (["pretrain", "--run-dir", "{tmp}/r", "method.name=simclr"], "give a config file"),
+    (["pretrain", "{cfg}", "--run-dir", "{tmp}/r", "method.temprature=0.1"], "did you mean 'method.temperature'"),
+    (["pretrain", "{cfg}", "--run-dir", "{tmp}/r", "optim.lr=-1"], "'optim.lr' must be > 0"),
+    (["pretrain", "{cfg}", "--run-dir", "{tmp}/r", "trainer.max_epochs=abc"], "'trainer.max_epochs' must be int"),
+    (["pretrain", "{cfg}", "--run-dir", "{tmp}/r", "data.name=digitz"], "did you mean 'digits'"),
+    (["pretrain", "{cfg}", "--run-dir", "{tmp}/r", "data.name=digits", "data.image_size=16",
+      "encoder.name=resnet9000"], "'resnet9000' is not a timm model"),
+    (["pretrain", "{tmp}/missing.yaml", "--run-dir", "{tmp}/r"], "missing.yaml"),
+    (["pretrain", "{tmp}/broken.yaml", "--run-dir", "{tmp}/r"], "not valid YAML"),
+    (["pretrain", "{cfg}", "--run-dir", "{tmp}/r", "eval.knn=[[20, 0.07]"], "not valid YAML"),
+    (["pretrain", "--resume", "{tmp}/no-run"], "not a selfsup run directory"),
+    (["pretrain", "--resume", "{tmp}/no-run", "{cfg}"], "--resume takes the run's own config"),
+    (["pretrain", "{cfg}", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["eval", "nothing-here"], "neither a path"),
+    (["eval", "random:resnet9000", "--out", "{tmp}/ev", "data.name=digits"], "'resnet9000' is not a timm model"),
+    (["eval", "pixels", "--out", "{tmp}/ev", "data.name=image-folder", "data.root={tmp}/no-images"], "no-images"),
+    (["eval", "pixels", "--dataset", "deepforest", "data.name=digits"], "add --task detection"),
+    (["export", "{tmp}/no-run", "{tmp}/out"], "no-run"),
+    (["export", "{tmp}/no-run", "{tmp}/out", "--format", "bogus"], "unknown export format 'bogus'"),
+]
+
+
+@pytest.mark.parametrize("argv, names", BAD_INPUTS, ids=[" ".join(a[:3]) + f" ({n})" for a, n in BAD_INPUTS])
+def test_cli_errors_are_one_line(argv, names, tmp_path):
+    """Every bad input: exit status 2 and exactly one line on stderr, 'selfsup CMD: error: ...',
+    that names the problem; no traceback."""
     from conftest import ROOT
 
-    assert main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "method.temprature=0.1"]) == 2
-    err = capsys.readouterr().err
-    assert "did you mean 'method.temperature'" in err
-    assert main(["eval", "nothing-here"]) == 2
-    assert "neither a path" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("data: {name: digits\nmethod: [\n")
+    argv = [a.format(tmp=tmp_path, cfg=ROOT / "configs" / "quickstart.yaml") for a in argv]
+    code, err = run_cli(argv)
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    assert len(lines) == 1, f"stderr of selfsup {' '.join(argv)} is {len(lines)} lines: {err!r}"
+    assert re.match(r"selfsup( \w+)?: error: ", lines[0]), lines[0]
+    assert names in lines[0]
+    assert code == 2, f"exit status {code} ({lines[0]!r})"
+
+
+def test_the_installed_entry_point_prints_one_line_and_exits_2(tmp_path):
+    """The same through a real process (``python -m selfsup.cli``): the interpreter adds no traceback."""
+    from conftest import ROOT, SRC
+
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", "pretrain", str(tmp_path / "missing.yaml")],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert lines == [f"selfsup pretrain: error: config file '{tmp_path / 'missing.yaml'}' does not exist"]
 
 
 @pytest.mark.parametrize("cmd", ["pretrain", "eval", "export", "list"])

@@ -82,8 +82,10 @@ def test_decoded_uint8_cache_matches_decoding_and_follows_the_folder(tmp_path):
             arr = torch.randint(0, 256, (12 + i, 10, 3), dtype=torch.uint8, generator=g).numpy()
             Image.fromarray(arr).save(path)
     (root / "train" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    plain = build_dataset(DataConfig(name="image-folder", root=str(root), image_size=8), "train")
-    cfg = DataConfig(name="image-folder", root=str(root), image_size=8, cache="uint8", cache_dir=str(cache))
+    # train/ without test/: data.holdout_fraction=0 keeps every image in the training split
+    plain = build_dataset(DataConfig(name="image-folder", root=str(root), image_size=8, holdout_fraction=0), "train")
+    cfg = DataConfig(name="image-folder", root=str(root), image_size=8, cache="uint8", cache_dir=str(cache),
+                     holdout_fraction=0)
     with pytest.warns(UserWarning, match="1 unreadable image"):
         mapped = build_dataset(cfg, "train")
     assert isinstance(mapped, MappedImages) and len(mapped) == 10 and len(plain) == 11
@@ -108,7 +110,7 @@ def test_decoded_uint8_cache_matches_decoding_and_follows_the_folder(tmp_path):
     assert changed.path != mapped.path and changed.images[0].sum() == 0
 
     strict = DataConfig(name="image-folder", root=str(root), image_size=8, cache="uint8", cache_dir=str(cache),
-                        on_bad_file="error")
+                        on_bad_file="error", holdout_fraction=0)
     with pytest.raises(DataError, match="broken.png"):
         build_dataset(strict, "train")
 
@@ -122,3 +124,14 @@ def test_decoded_cache_dir_that_cannot_be_made_is_a_clear_error(tmp_path):
                      cache_dir=str(blocker / "cache"))
     with pytest.raises(DataError, match="cannot use .*a-file/cache.*set data.cache_dir to a writable directory"):
         build_dataset(cfg, "train")
+
+
+def test_an_empty_selection_is_an_empty_dataset_not_an_index_error():
+    """Selecting no rows (e.g. the labelled rows of an unlabeled set) gives zero images."""
+    from selfsup.data.datasets import Subset, TensorImages
+
+    ds = TensorImages(torch.arange(12, dtype=torch.uint8).view(3, 1, 2, 2), torch.tensor([0, 1, -1]), 2)
+    empty = Subset(ds, [])
+    assert len(empty) == 0 and empty.labels.dtype == torch.long
+    assert ds.__getitems__([])[0].shape == (0, 1, 2, 2)
+    assert Subset(ds, [2, 0]).labels.tolist() == [-1, 0]

@@ -1,6 +1,8 @@
 """Denoising (EDM parametrisation): preconditioning, loss weighting, the sigma -> 0 limits,
 per-sample noise."""
 
+import math
+
 import pytest
 import torch
 
@@ -17,25 +19,76 @@ def make_method(**kw):
     return Denoise(DenoiseConfig(**kw), enc, INFO)
 
 
+def karras_table1(sigma, sd, target="edm"):
+    """EDM's preconditioning for one noise level, written from Karras et al. 2022, Table 1:
+    c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2),
+    c_noise = ln(s) / 4, loss weight lambda = (s^2 + sd^2) / (s sd)^2. ``clean`` (Chen et al.
+    2024's clean-image prediction) drops the skip: c_skip = 0, c_out = sd, lambda = 1 / sd^2."""
+    s = float(sigma)
+    c_in = 1 / math.sqrt(s * s + sd * sd)
+    if target == "edm":
+        c_skip = sd * sd / (s * s + sd * sd)
+        c_out = s * sd / math.sqrt(s * s + sd * sd)
+        weight = (s * s + sd * sd) / (s * sd) ** 2
+    else:
+        c_skip, c_out, weight = 0.0, sd, 1 / (sd * sd)
+    return {"c_in": c_in, "c_skip": c_skip, "c_out": c_out, "c_noise": math.log(s) / 4, "weight": weight}
+
+
+def naive_edm_loss(out, x0, eps, sigma, sd, target="edm"):
+    """lambda(sigma) ||D(x_t; sigma) - x_0||^2 averaged over every element, one sample at a time,
+    with D = c_skip x_t + c_out F and every coefficient from :func:`karras_table1`."""
+    total, count = 0.0, 0
+    for i in range(len(sigma)):
+        c = karras_table1(sigma[i], sd, target)
+        x_t = x0[i] + float(sigma[i]) * eps[i]
+        denoised = c["c_skip"] * x_t + c["c_out"] * out[i]
+        total += c["weight"] * float(((denoised - x0[i]) ** 2).sum())
+        count += x0[i].numel()
+    return total / count
+
+
+SIGMAS = [0.002, 0.05, 0.3, 1.0, 5.0, 80.0]
+
+
 @pytest.mark.parametrize("target", ["edm", "clean"])
 def test_loss_equals_naive_weighted_denoiser_error(target):
     torch.manual_seed(0)
     x0 = torch.randn(6, 3, 8, 8, dtype=torch.float64) * SD
     eps = torch.randn_like(x0)
     out = torch.randn_like(x0)  # any network output F
-    sigma = torch.tensor([0.002, 0.05, 0.3, 1.0, 5.0, 80.0], dtype=torch.float64)
+    sigma = torch.tensor(SIGMAS, dtype=torch.float64)
     pc = edm_precond(sigma, SD, target)
-    b = lambda v: v.view(-1, 1, 1, 1)  # noqa: E731
-    x_t = x0 + b(sigma) * eps
-    denoised = b(pc.c_skip) * x_t + b(pc.c_out) * out  # D(x_t; sigma)
-    naive = (b(pc.weight) * (denoised - x0) ** 2).mean()
-    assert torch.allclose(edm_loss(out, x0, eps, sigma, SD, target).double(), naive, rtol=1e-5)
-    assert torch.allclose(pc.weight * pc.c_out ** 2, torch.ones_like(sigma, dtype=torch.float64))
-    if target == "edm":
-        lam = (sigma ** 2 + SD ** 2) / (sigma * SD) ** 2  # lambda(sigma) as the paper writes it
-        assert torch.allclose(pc.weight, lam)
-        assert torch.allclose(pc.c_in, 1 / (sigma ** 2 + SD ** 2).sqrt())
-        assert torch.allclose(pc.c_noise, sigma.log() / 4)
+    for i, s in enumerate(SIGMAS):  # every factor against Table 1, written here
+        for name, want in karras_table1(s, SD, target).items():
+            assert math.isclose(float(getattr(pc, name)[i]), want, rel_tol=1e-9), (name, s)
+    got = float(edm_loss(out, x0, eps, sigma, SD, target))
+    assert math.isclose(got, naive_edm_loss(out, x0, eps, sigma, SD, target), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["edm", "clean"])
+def test_method_step_feeds_c_in_x_t_and_c_noise_and_scores_the_naive_loss(target):
+    """Through the real network: the encoder receives c_in * (x_0 + sigma * eps), the decoder's
+    conditioning receives c_noise, and the loss is the naive EDM loss of the decoder's output."""
+    torch.manual_seed(0)
+    method = make_method(target=target)
+    with torch.no_grad():
+        method.noise_embed.mlp[-1].weight.normal_()  # the conditioning matters
+    x0 = torch.randn(4, 1, 16, 16) * SD
+    eps = torch.randn_like(x0)
+    sigma = torch.tensor([0.01, 0.4, 2.0, 30.0])
+    encoder_in, decoded, c_noise = [], [], []
+    method.encoder.conv1.register_forward_pre_hook(lambda m, args: encoder_in.append(args[0].detach().clone()))
+    method.decoder.register_forward_hook(lambda m, args, out: decoded.append(out.detach().clone()))
+    method.noise_embed.register_forward_pre_hook(lambda m, args: c_noise.append(args[0].detach().clone()))
+    loss = method.loss_terms(x0, sigma, eps)["loss"]
+    coeffs = [karras_table1(s, SD, target) for s in sigma.tolist()]
+    want_in = torch.stack([c["c_in"] * (x0[i].double() + float(sigma[i]) * eps[i].double())
+                           for i, c in enumerate(coeffs)])
+    torch.testing.assert_close(encoder_in[0].double(), want_in, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c_noise[0].double(), torch.tensor([c["c_noise"] for c in coeffs], dtype=torch.float64))
+    ref = naive_edm_loss(decoded[0].double(), x0.double(), eps.double(), sigma.double(), SD, target)
+    assert math.isclose(float(loss.detach()), ref, rel_tol=1e-4)
 
 
 def test_every_noise_level_has_a_unit_variance_target():

@@ -424,3 +424,19 @@ def test_cli_detection_end_to_end(tmp_path, capsys):
 
     assert main(["eval", "random:resnet18", "--task", "detection", "--baseline", "pixels"]) == 2
     assert "no feature maps" in capsys.readouterr().err
+
+
+def test_detection_results_of_each_dataset_have_their_own_folder():
+    """A second detection dataset never overwrites the first one's results.json."""
+    from selfsup.cli import detection_tag
+
+    def tag(*overrides):
+        return detection_tag(load_config(None, ["method.name=simclr", *overrides]))
+
+    tags = [tag(), tag("detection.dataset=deepforest"), tag("detection.dataset=voc:/data/a"),
+            tag("detection.dataset=voc:/data/b"), tag("detection.dataset=voc:/data/a", "detection.test_dataset=voc:/t"),
+            tag("detection.dataset=coco:/im,/ann.json")]
+    assert tags[:2] == ["synthetic-fmnist", "deepforest"]
+    assert len(set(tags)) == len(tags)  # every dataset spec its own folder
+    assert tags[2].startswith("voc-") and tags[5].startswith("coco-")
+    assert tag("detection.dataset=voc:/data/a") == tags[2]  # the same data: the same folder

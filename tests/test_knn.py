@@ -1,41 +1,240 @@
-"""faiss weighted kNN against a brute-force numpy implementation."""
+"""faiss weighted kNN against a naive reference: neighbours by numpy, votes summed exactly
+(``decimal``) in a python loop; what is refused (NaN/inf rows, bad labels) and what is warned."""
+
+import math
+from decimal import Decimal, localcontext
 
 import numpy as np
 import pytest
 import torch
 
-from selfsup.eval.knn import knn_evaluate
+import selfsup.eval.knn as knn
+from selfsup.config import ConfigError
+from selfsup.data import DataError
+from selfsup.eval.knn import knn_evaluate, knn_evaluate_with_index
+from selfsup.eval.report import markdown_table
 
 
-def brute_force(train, ytr, test, k, t, classes):
+def naive_rank(sims, labels, t):
+    """Classes that got a vote, best first: each neighbour (similarity, class) votes exp(sim / t),
+    summed exactly; ties by class number. ``labels`` -1: no neighbour, no vote."""
+    with localcontext() as ctx:
+        ctx.prec = 60
+        scores = {}
+        for s, c in zip(sims, labels):
+            if c >= 0:
+                scores[c] = scores.get(c, Decimal(0)) + (Decimal(float(s)) / Decimal(t)).exp()
+    return sorted(scores, key=lambda c: (-scores[c], c))
+
+
+def naive_accuracy(neighbours, ytr, yte, k, t):
+    """(top-1, top-5) in percent from ``neighbours`` = per query a list of (similarity, train row or -1)."""
+    hits1 = hits5 = 0
+    for q, pairs in enumerate(neighbours):
+        pairs = pairs[:k]
+        ranked = naive_rank([s for s, _ in pairs], [ytr[i] if i >= 0 else -1 for _, i in pairs], t)
+        hits1 += yte[q] in ranked[:1]
+        hits5 += yte[q] in ranked[:5]
+    return 100 * hits1 / len(yte), 100 * hits5 / len(yte)
+
+
+def brute_neighbours(train, test, k):
+    """Per query the k most similar train rows by float64 cosine similarity: [(sim, row), ...]."""
     a = train / np.linalg.norm(train, axis=1, keepdims=True)
     b = test / np.linalg.norm(test, axis=1, keepdims=True)
-    preds = []
+    out = []
     for q in b:
         sims = a @ q
         order = np.argsort(-sims, kind="stable")[:k]
-        scores = np.zeros(classes)
-        for i in order:
-            scores[ytr[i]] += np.exp(sims[i] / t)
-        preds.append(np.argsort(-scores, kind="stable"))
-    return np.array(preds)
+        out.append([(sims[i], int(i)) for i in order])
+    return out
 
 
-@pytest.mark.parametrize("k, t", [(1, 0.1), (5, 0.07), (20, 0.5)])
-def test_matches_brute_force(k, t):
-    rng = np.random.default_rng(k)
-    classes = 4
-    centers = rng.normal(size=(classes, 16))
-    ytr = rng.integers(0, classes, 300)
-    yte = rng.integers(0, classes, 80)
-    train = centers[ytr] + rng.normal(scale=1.5, size=(300, 16))
-    test = centers[yte] + rng.normal(scale=1.5, size=(80, 16))
-    res = knn_evaluate(torch.tensor(train, dtype=torch.float32), torch.tensor(ytr), torch.tensor(test, dtype=torch.float32),
-                       torch.tensor(yte), [(k, t), (2, 1.0)], classes)
-    preds = brute_force(train, ytr, test, k, t, classes)
-    top1 = 100 * np.mean(preds[:, 0] == yte)
-    top5 = 100 * np.mean([yte[i] in preds[i, :5] for i in range(len(yte))])
-    got = res[f"k={k},T={t:g}"]
-    assert got["top1"] == pytest.approx(top1, abs=1e-4)
-    assert got["top5"] == pytest.approx(top5, abs=1e-4)
-    assert 40 < top1 <= 100  # the toy problem is learnable, so the comparison is not vacuous
+def toy(classes=12, n_train=400, n_test=100, dim=16, noise=1.5, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, dim))
+    ytr, yte = rng.integers(0, classes, n_train), rng.integers(0, classes, n_test)
+    train = centres[ytr] + rng.normal(scale=noise, size=(n_train, dim))
+    test = centres[yte] + rng.normal(scale=noise, size=(n_test, dim))
+    return train, ytr, test, yte
+
+
+def tensors(*arrays):
+    return [torch.tensor(a, dtype=torch.float32 if a.dtype.kind == "f" else torch.long) for a in arrays]
+
+
+PAIRS = [(1, 0.1), (5, 0.07), (20, 0.5), (50, 0.01), (50, 10.0)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_naive_reference_for_every_k_and_t(seed):
+    """12 classes, so top-5 is informative; every (k, T) of one call gives that (k, T)'s reference value."""
+    train, ytr, test, yte = toy(seed=seed)
+    res = knn_evaluate(*tensors(train, ytr, test, yte), PAIRS, 12)
+    neighbours = brute_neighbours(train, test, 50)
+    refs = {}
+    for k, t in PAIRS:
+        top1, top5 = naive_accuracy(neighbours, ytr, yte, k, t)
+        got = res[f"k={k},T={t:g}"]
+        assert got["top1"] == pytest.approx(top1, abs=1e-4)
+        assert got["top5"] == pytest.approx(top5, abs=1e-4)
+        refs[k, t] = (top1, top5)
+        if k == 1:  # one class gets a vote, and a class without a vote is no prediction
+            assert 15 < top1 == top5 < 100
+        else:  # learnable, and top-5 is neither top-1 nor 100 by definition
+            assert 15 < top1 < top5 < 100
+    # the settings give different numbers, so a (k, T) mixed up with another would fail above
+    assert len(set(refs.values())) == len(PAIRS)
+
+
+def neighbours_with_holes(train, test, k, drop):
+    """The exact top-k with the positions ``drop[q]`` of query q's list replaced by -1 ids (a
+    similarity of 1.0 there: a missing neighbour must not vote whatever faiss put beside it)."""
+    sims, idx = knn.search(torch.tensor(train, dtype=torch.float32), torch.tensor(test, dtype=torch.float32), k)
+    for q, cols in drop.items():
+        idx[q, cols] = -1
+        sims[q, cols] = 1.0
+    return sims, idx
+
+
+def patch_search(monkeypatch, sims, idx):
+    def fake(train, queries, k, options=None):
+        plan = knn.plan_index(train.shape[0], train.shape[1], k, options)
+        return sims[:, :plan.k], idx[:, :plan.k], plan
+    monkeypatch.setattr(knn, "search_with_plan", fake)
+
+
+def test_issue_case_query_without_neighbours_is_a_miss(monkeypatch):
+    """12 train rows, 3 queries, k=3; query 0 (true label 0) gets no neighbour back (-1 ids):
+    it used to be scored as class 0, a hit (100.0); it is a miss: 66.67."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(12, 4, generator=g)
+    ytr = torch.arange(12) % 3
+    test = torch.stack([train[0] + 0.01, train[4], train[8]])  # nearest rows: classes 0, 1, 2
+    yte = torch.tensor([0, 1, 2])
+    sims, idx = neighbours_with_holes(train.numpy(), test.numpy(), 3, {0: [0, 1, 2]})
+    assert knn_evaluate(train, ytr, test, yte, [(3, 0.07)], 3)["k=3,T=0.07"]["top1"] == 100.0  # unpatched
+    patch_search(monkeypatch, sims, idx)
+    res, info = knn_evaluate_with_index(train, ytr, test, yte, [(3, 0.07)], 3)
+    assert res["k=3,T=0.07"]["top1"] == pytest.approx(200 / 3) and res["k=3,T=0.07"]["top5"] == pytest.approx(200 / 3)
+    assert info["short_queries"] == 1
+    assert any("1 of 3 queries got fewer than k=3 neighbours" in w and "1 none at all" in w for w in info["warnings"])
+
+
+def test_missing_neighbours_anywhere_match_naive_loop(monkeypatch):
+    """Holes at the front, middle and tail of neighbour lists, and whole lists empty: each
+    query votes with the neighbours it has and is counted; one with none is a miss."""
+    train, ytr, test, yte = toy(n_train=300, n_test=60, seed=3)
+    rng = np.random.default_rng(0)
+    drop = {q: list(rng.choice(30, size=rng.integers(1, 30), replace=False)) for q in range(0, 60, 2)}
+    odd = np.arange(1, 60, 2)
+    empty = [*odd[yte[odd] == 0][:2], odd[yte[odd] != 0][0]]  # two of class 0: what an empty query used to get
+    assert len(empty) == 3
+    drop.update({q: list(range(30)) for q in empty})  # no neighbour at all
+    sims, idx = neighbours_with_holes(train, test, 30, drop)
+    patch_search(monkeypatch, sims, idx)
+    pairs = [(3, 0.1), (30, 0.07), (30, 1.0)]
+    res, info = knn_evaluate_with_index(*tensors(train, ytr, test, yte), pairs, 12)
+    neighbours = [list(zip(sims[q].tolist(), idx[q].tolist())) for q in range(60)]
+    for k, t in pairs:
+        top1, top5 = naive_accuracy(neighbours, ytr, yte, k, t)
+        assert res[f"k={k},T={t:g}"] == pytest.approx({"top1": top1, "top5": top5}, abs=1e-4)
+    assert info["short_queries"] == len(drop)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_issue_case_nonfinite_features_are_refused(bad):
+    """12 train rows with one NaN row, 3 queries of which one is all-NaN (true label 0), k=3:
+    scored 100.0 before; now refused, naming the rows (train first, then test)."""
+    g = torch.Generator().manual_seed(0)
+    train, ytr = torch.randn(12, 4, generator=g), torch.arange(12) % 3
+    test, yte = torch.stack([torch.full((4,), bad), train[4], train[8]]), torch.tensor([0, 1, 2])
+    train[5, 2] = bad
+    with pytest.raises(DataError, match=r"^1 of 12 train feature rows hold NaN or inf \(rows 5\).*weights"):
+        knn_evaluate(train, ytr, test, yte, [(3, 0.07)], 3)
+    train[5] = 1.0
+    with pytest.raises(DataError, match=r"^1 of 3 test feature rows hold NaN or inf \(rows 0\)"):
+        knn_evaluate(train, ytr, test, yte, [(3, 0.07)], 3)
+
+
+def test_nonfinite_rows_of_a_lazy_source_are_listed():
+    """A lazy source read chunk by chunk (as a float16 cache file is): every bad row counted, the first five named."""
+    x = torch.randn(100, 6)
+    bad = [3, 40, 41, 64, 65, 99]
+    x[bad, 1] = float("inf")
+
+    class Lazy:
+        shape = (100, 6)
+
+        def rows(self, a, b):
+            return x[a:b].clone()
+
+    with pytest.raises(DataError, match=r"6 of 100 train feature rows .*rows 3, 40, 41, 64, 65 and 1 more"):
+        knn_evaluate_with_index(Lazy(), torch.zeros(100, dtype=torch.long), torch.randn(4, 6),
+                                torch.zeros(4, dtype=torch.long), [(5, 0.1)], 2, knn.IndexOptions(chunk_rows=16))
+    assert knn.nonfinite_rows(Lazy(), 7).tolist() == bad
+
+
+@pytest.mark.parametrize("where, labels, message", [
+    ("train", [0, 1, -1, 2, 1, 0], r"1 of 6 train labels lie outside \[0, 3\) \(e.g. -1 at row 2"),
+    ("train", [0, 1, 3, 2, 1, 0], r"1 of 6 train labels lie outside \[0, 3\) \(e.g. 3 at row 2"),
+    ("test", [-1, -1],
+     r"2 of 2 test labels lie outside \[0, 3\) \(e.g. -1 at row 0; rows 0, 1\): -1 marks an unlabeled"),
+])
+def test_labels_outside_the_classes_are_refused(where, labels, message):
+    train, test = torch.randn(6, 4), torch.randn(2, 4)
+    ytr, yte = torch.tensor([0, 1, 2, 2, 1, 0]), torch.tensor([0, 1])
+    if where == "train":
+        ytr = torch.tensor(labels)
+    else:
+        yte = torch.tensor(labels)
+    with pytest.raises(DataError, match=message):
+        knn_evaluate(train, ytr, test, yte, [(3, 0.1)], 3)
+
+
+def test_bad_pairs_and_float_labels_are_refused():
+    x, y = torch.randn(10, 4), torch.arange(10) % 2
+    for pairs in ([], [(5, 0.0)], [(5, -1.0)], [(5, float("inf"))], [(5, float("nan"))], [(0, 0.1)], [(2.5, 0.1)]):
+        with pytest.raises(ConfigError, match="eval.knn must be a non-empty list of .* T > 0"):
+            knn_evaluate(x, y, x, y, pairs, 2)
+    with pytest.raises(DataError, match="integer class numbers"):
+        knn_evaluate(x, y.float(), x, y, [(3, 0.1)], 2)
+    with pytest.raises(DataError, match="no test rows"):
+        knn_evaluate(x, y, x[:0], y[:0], [(3, 0.1)], 2)
+
+
+def test_k_beyond_the_smallest_class_or_the_train_set_warns_in_the_report():
+    g = torch.Generator().manual_seed(0)
+    ytr = torch.tensor([0] * 30 + [1] * 30 + [2] * 4)  # class 2 has 4 train rows
+    train, test = torch.randn(64, 8, generator=g), torch.randn(10, 8, generator=g)
+    yte = torch.arange(10) % 3
+    res, info = knn_evaluate_with_index(train, ytr, test, yte, [(3, 0.1), (20, 0.07), (20, 0.1), (100, 0.1)], 3)
+    assert info["warnings"] == [
+        "kNN k=20 exceeds the 4 train rows of the smallest class (class 2): it fills at most 4 of the k votes, "
+        "so larger classes outvote it; choose k <= 4 in eval.knn",
+        "kNN k=100 exceeds the 64 train rows: every query votes with all 64 of them; choose k < 64 in eval.knn"]
+    # k beyond the train set votes with every row: the same as k = N
+    assert res["k=100,T=0.1"] == knn_evaluate(train, ytr, test, yte, [(64, 0.1)], 3)["k=64,T=0.1"]
+    # a class without train rows cannot be predicted: said, not hidden
+    _, info4 = knn_evaluate_with_index(train, ytr, test, torch.full((10,), 3), [(3, 0.1)], 4)
+    assert info4["warnings"] == ["10 of 10 test rows belong to classes without train rows (class 3): "
+                                 "kNN can never predict them"]
+    _, quiet = knn_evaluate_with_index(train, ytr, test, yte, [(3, 0.1)], 3)
+    assert quiet["warnings"] == []
+    row = {"label": "run x", "kind": "pretrained", "dataset": "toy", "train_images": 64, "test_images": 10,
+           "seed": 0, "knn": res, "knn_index": info, "warnings": ["kNN and probes skipped 5 unlabeled rows"]}
+    table = markdown_table([row, {**row, "label": "raw pixels", "kind": "pixels", "knn_index": quiet,
+                                  "warnings": []}])
+    lines = table.splitlines()
+    body_end = max(i for i, line in enumerate(lines) if line.startswith("|"))
+    warned = [line for line in lines[body_end + 1:] if "**Warning**" in line]
+    expected = ["kNN and probes skipped 5 unlabeled rows", *info["warnings"]]  # the row's own, then kNN's
+    assert warned == [f"- **Warning** (run x): {w}" for w in expected]
+    assert "warnings" not in next(line for line in lines if line.startswith("- kNN search"))
+
+
+def test_votes_in_query_blocks_equal_one_block(monkeypatch):
+    train, ytr, test, yte = toy(n_test=101, seed=4)
+    whole = knn_evaluate(*tensors(train, ytr, test, yte), PAIRS, 12)
+    monkeypatch.setattr(knn, "VOTE_CELLS", 7 * 13)  # blocks of 7 queries (12 classes + a spare), the last of 3
+    assert knn_evaluate(*tensors(train, ytr, test, yte), PAIRS, 12) == whole

@@ -1,25 +1,86 @@
-"""The linear probe learns a linearly separable set and chooses its lr on held-out data."""
+"""The linear probe learns, chooses lr / weight decay on held-out data (also inside each
+low-shot subset), is retrained on the whole training set, and refuses what it cannot score."""
 
 import statistics
 
+import numpy as np
 import pytest
 import torch
 
-from selfsup.eval.linear import linear_probe
+import selfsup.eval.linear as linear
+from selfsup.config import ConfigError
+from selfsup.data import DataError
+from selfsup.eval.linear import fit_and_score, linear_probe, probe_protocol, select_setting, sklearn_probe
+
+GOOD, SLOW, DIVERGES = (0.5, 0.0), (1e-7, 0.0), (0.5, 100.0)  # lr * wd = 50: each step multiplies w by -49
 
 
-def test_learns_linearly_separable_toy_set():
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(20, 5, generator=g)
-    x = torch.randn(3000, 20, generator=g)
-    y = (x @ w).argmax(1)  # labels given by a linear rule
-    res = linear_probe(x[:2500], y[:2500], x[2500:], y[2500:], 5, lrs=[0.001, 0.5], wds=[0.0],
+def noisy_linear_set(classes=12, n=3000, dim=20, noise=1.5, seed=0):
+    """Labels from a noisy linear rule over 12 classes: learnable, with top-5 informative (< 100)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(dim, classes, generator=g)
+    x = torch.randn(n, dim, generator=g)
+    return x, (x @ w + noise * torch.randn(n, classes, generator=g)).argmax(1)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Every _train_heads call as (rows, settings, heads); fewer minimum steps to stay fast."""
+    calls = []
+    real = linear._train_heads
+
+    def record(x, y, num_classes, settings, *args):
+        heads = real(x, y, num_classes, settings, *args)
+        calls.append((len(x), list(settings), heads, x, y))
+        return heads
+
+    monkeypatch.setattr(linear, "_train_heads", record)
+    monkeypatch.setattr(linear, "MIN_STEPS", 300)
+    return calls
+
+
+def test_chooses_lr_and_wd_on_held_out_split_and_retrains_on_all(spy):
+    x, y = noisy_linear_set()
+    res = linear_probe(x[:2500], y[:2500], x[2500:], y[2500:], 12, lrs=[1e-7, 0.5], wds=[0.0, 100.0],
                        epochs=30, batch_size=256)
-    assert res["top1"] >= 95.0
-    assert res["lr"] == 0.5  # the tiny lr cannot fit in 30 epochs; the held-out split must reject it
-    assert res["top5"] == 100.0
+    assert (res["lr"], res["weight_decay"]) == GOOD
+    # selection: the 2 x 2 grid on the 2250 rows left after holding out 10%, then one probe on all 2500
+    (n_fit, grid, heads, fit_x, fit_y), (n_all, final, (head,), all_x, _) = spy
+    assert n_fit == 2250 and grid == [SLOW, (1e-7, 100.0), GOOD, DIVERGES]
+    assert n_all == 2500 and final == [GOOD]
+    # the grid had settings that clearly fail: a tiny lr stays at chance, lr * wd = 5 diverges
+    with torch.no_grad():
+        fit_acc = [100 * (h(fit_x).argmax(1) == fit_y).float().mean().item() for h in heads]
+    assert fit_acc[0] < 20 and fit_acc[1] < 20 and fit_acc[2] > 60
+    assert not torch.isfinite(heads[3].weight).all()
+    # the reported numbers are the final probe's: top-1 and top-5 recomputed from its weights in numpy
+    xtr, xte = x[:2500].double().numpy(), x[2500:].double().numpy()
+    z = (xte - xtr.mean(0)) / xtr.std(0, ddof=1)
+    logits = z @ head.weight.detach().double().numpy().T + head.bias.detach().double().numpy()
+    order = np.argsort(-logits, axis=1)
+    yte = y[2500:].numpy()
+    assert res["top1"] == pytest.approx(100 * np.mean(order[:, 0] == yte), abs=0.21)  # one row of 500
+    assert res["top5"] == pytest.approx(100 * np.mean((order[:, :5] == yte[:, None]).any(1)), abs=0.21)
+    assert 60 < res["top1"] < res["top5"] < 100  # 12 classes: top-5 is informative
+    # the same as training the chosen setting on all of train directly
+    direct = fit_and_score(x[:2500], y[:2500], x[2500:], y[2500:], 12, GOOD, epochs=30, batch_size=256)
+    assert direct == {k: res[k] for k in ("top1", "top5")}
 
 
+def test_low_shot_chooses_its_own_setting_on_a_split_of_each_subset(spy):
+    x, y = noisy_linear_set(n=2700)
+    res = probe_protocol(x[:2400], y[:2400], x[2400:], y[2400:], 12, [1e-7, 0.5], [0.0], fractions=(1.0, 0.2),
+                         seeds=2, epochs=30, batch_size=256)
+    assert res["linear"]["lr"] == [0.5, 0.5] and res["linear_20pct"]["lr"] == [0.5, 0.5]
+    n_sub = res["linear_20pct"]["train_images"]
+    assert 450 < n_sub < 510
+    n_val = round(0.1 * n_sub)
+    sizes = [(n, settings) for n, settings, *_ in spy]
+    assert sizes == [
+        (2400 - 240, [SLOW, GOOD]), (2400, [GOOD]), (2400, [GOOD]),  # all labels: one selection, one probe a seed
+        (n_sub - n_val, [SLOW, GOOD]), (n_sub, [GOOD]),  # each seed's subset: its own selection, then all of it
+        (n_sub - n_val, [SLOW, GOOD]), (n_sub, [GOOD])]
+    assert not torch.equal(spy[3][4], spy[5][4])  # the two seeds drew different subsets
 def test_random_labels_stay_near_chance():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2000, 10, generator=g)
@@ -76,3 +137,49 @@ def test_sgd_probe_agrees_with_sklearn_logistic_regression():
     ref = sklearn_probe(x[tr], y[tr], x[te], y[te], 10)
     assert ref["top1"] > 90 and ours["top1"] > 90
     assert abs(ours["top1"] - ref["top1"]) <= 3.0
+
+
+@pytest.mark.parametrize("probe", ["linear_probe", "probe_protocol", "select_setting", "fit_and_score",
+                                   "sklearn_probe"])
+def test_probes_refuse_what_they_cannot_score(probe):
+    """One class in train, unlabeled (-1) or out-of-range labels, NaN/inf features: one-line errors before any work."""
+    g = torch.Generator().manual_seed(0)
+    x, xt = torch.randn(40, 6, generator=g), torch.randn(10, 6, generator=g)
+    y, yt = torch.arange(40) % 3, torch.arange(10) % 3
+
+    def call(x, y, xt, yt, classes=3):
+        if probe == "select_setting":
+            return select_setting(x, y, classes, [0.1], [0.0])
+        if probe == "fit_and_score":
+            return fit_and_score(x, y, xt, yt, classes, (0.1, 0.0))
+        if probe == "sklearn_probe":
+            return sklearn_probe(x, y, xt, yt, classes)
+        return getattr(linear, probe)(x, y, xt, yt, classes, [0.1], [0.0])
+
+    one_class = r"^a linear probe needs at least two classes in its training labels, found only class 2 \(40 rows\)"
+    with pytest.raises(DataError, match=one_class + ".*eval.linear=false"):
+        call(x, torch.full((40,), 2), xt, yt)
+    with pytest.raises(DataError, match=r"^1 of 40 train labels lie outside \[0, 3\) \(e.g. -1 at row 7"):
+        call(x, torch.where(torch.arange(40) == 7, -1, y), xt, yt)
+    out_of_range = r"^13 of 40 train labels lie outside \[0, 2\) \(e.g. 2 at row 2; rows 2, 5, 8, 11, 14 and 8 more\)"
+    with pytest.raises(DataError, match=out_of_range):
+        call(x, y, xt, yt % 2, classes=2)  # class 2 beyond num_classes = 2
+    bad = x.clone()
+    bad[[4, 9], 0] = float("nan")
+    with pytest.raises(DataError, match=r"^2 of 40 train feature rows hold NaN or inf \(rows 4, 9\)"):
+        call(bad, y, xt, yt)
+    if probe != "select_setting":  # test data: only where it is used
+        with pytest.raises(DataError, match=r"^1 of 10 test labels lie outside \[0, 3\) \(e.g. 5 at row 0"):
+            call(x, y, xt, torch.where(torch.arange(10) == 0, 5, yt))
+        inf = xt.clone()
+        inf[3] = float("inf")
+        with pytest.raises(DataError, match=r"^1 of 10 test feature rows hold NaN or inf \(rows 3\)"):
+            call(x, y, inf, yt)
+
+
+def test_a_diverging_probe_is_an_error_not_a_number(spy):
+    x, y = noisy_linear_set(n=600)
+    with pytest.raises(ConfigError, match=r"every linear-probe setting diverged .*lower eval.linear_lrs"):
+        select_setting(x, y, 12, [0.5], [100.0], epochs=5, batch_size=256)
+    with pytest.raises(ConfigError, match=r"diverged .* at lr 0.5, weight decay 100: lower eval.linear_lrs"):
+        fit_and_score(x[:500], y[:500], x[500:], y[500:], 12, DIVERGES, epochs=5, batch_size=256)

@@ -1,9 +1,13 @@
 """Masked image modelling: patches, masks and masked losses (shared), MAE and SimMIM."""
 
+import math
+import statistics
+
 import pytest
 import timm
 import torch
 
+from selfsup.data import DataInfo
 from selfsup.encoders import create_encoder
 from selfsup.methods._pixels import (feature_map, masked_loss, normalise_patches, num_visible, patchify,
                                      random_masking, unpatchify, upsample_mask)
@@ -120,6 +124,68 @@ def test_mae_loss_is_mse_on_masked_normalised_patches():
     pred.retain_grad()
     masked_loss(pred, normalise_patches(patchify(x, 4)), mask).backward()
     assert pred.grad[~mask].abs().max() == 0 and pred.grad[mask].abs().max() > 0
+
+
+def naive_mae_loss(x, pred, masked, patch, norm_pix):
+    """MAE's loss written out one masked patch at a time: the patch's pixels read in (row,
+    column, channel) order from the image ``x`` [B, C, H, W], normalised to zero mean and unit
+    (unbiased) variance with eps 1e-6 when ``norm_pix``, and the mean squared error of the
+    prediction ``pred`` [B, N, p*p*C] over those pixels, averaged over every masked patch."""
+    b_count, chans, side, _ = x.shape
+    grid = side // patch
+    errors = []
+    for b in range(b_count):
+        for n in masked[b]:
+            row, col = divmod(n, grid)
+            pixels = [float(x[b, c, row * patch + i, col * patch + j])
+                      for i in range(patch) for j in range(patch) for c in range(chans)]
+            if norm_pix:
+                mu, var = statistics.fmean(pixels), statistics.variance(pixels)
+                pixels = [(v - mu) / math.sqrt(var + 1e-6) for v in pixels]
+            guess = pred[b, n].tolist()
+            errors.append(sum((g - t) ** 2 for g, t in zip(guess, pixels)) / len(pixels))
+    return sum(errors) / len(errors)
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_mae_training_step_loss_equals_naive_masked_patch_mse_on_a_fixed_mask(monkeypatch, norm_pix):
+    """MAE.training_step itself (augment -> mask -> encode -> decode -> loss) on RGB images with a
+    mask chosen here: its loss is the naive per-patch loop's, and the encoder saw exactly the
+    patches the mask leaves visible."""
+    import selfsup.methods.mae as mae_module
+
+    torch.manual_seed(0)
+    info = DataInfo(in_chans=3, image_size=16, num_classes=10, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    method = MAE(MAEConfig(decoder_dim=32, decoder_depth=1, decoder_heads=2, norm_pix_loss=norm_pix),
+                 create_encoder("vit_tiny_patch16_224", 3, VIT), info)
+    visible = [[12, 13, 14, 15], [0, 5, 10, 15], [1, 2, 8, 11]]  # 4 of 16 patches each (mask ratio 0.75)
+    masked = [[n for n in range(16) if n not in keep] for keep in visible]
+    calls = []
+
+    def fixed_masking(batch, n, ratio, device=None, generator=None):
+        calls.append((batch, n, ratio))
+        mask = torch.ones(batch, n, dtype=torch.bool)
+        for b, keep in enumerate(visible):
+            mask[b, keep] = False
+        return mask, torch.tensor(visible)
+
+    monkeypatch.setattr(mae_module, "random_masking", fixed_masking)
+    seen, decoded, tokens = [], [], []
+    method.encoder.patch_embed.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    method.encoder.blocks[0].register_forward_pre_hook(lambda m, args: tokens.append(args[0].detach().clone()))
+    method.decoder_pred.register_forward_hook(lambda m, args, out: decoded.append(out.detach().clone()))
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    out = method.training_step(images)
+    assert calls == [(3, 16, 0.75)]
+    x, pred = seen[0].double(), decoded[0].double()  # the augmented view [3, 3, 16, 16], predictions [3, 16, 48]
+    ref = naive_mae_loss(x, pred, masked, 4, norm_pix)
+    assert math.isclose(float(out["loss"].detach()), ref, rel_tol=1e-5)
+    # the encoder's blocks got the class token plus the 4 visible patches, in the mask's order
+    with torch.no_grad():
+        embedded = method.encoder._pos_embed(method.encoder.patch_embed(seen[0]))  # [3, 1 + 16, 32]
+    assert tokens[0].shape == (3, 1 + 4, 32)
+    for b, keep in enumerate(visible):
+        torch.testing.assert_close(tokens[0][b, 1:], embedded[b, [1 + n for n in keep]])
 
 
 def test_mae_exports_the_timm_vit_unchanged_and_rejects_convnets():

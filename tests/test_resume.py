@@ -18,6 +18,8 @@ import torch
 
 from selfsup.fileio import DiskFullError, save_torch
 
+from spy_pretrain import SCRIPT as SPY, SPY_ENV, assert_resumed_from
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
 
@@ -68,7 +70,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 TINY = ["data.name=digits", "data.image_size=16", "data.batch_size=64", "encoder.name=resnet18",
         "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.progress_bar=false",
-        "trainer.max_epochs=6", "trainer.log_every_n_steps=5"]
+        "trainer.max_epochs=6", "trainer.log_every_n_steps=5", "trainer.precision=32-true"]
 
 
 def _pretrain(config: str, run_dir: Path, *extra: str) -> subprocess.Popen:
@@ -118,11 +120,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, config, extra):
     cut = torch.load(last, weights_only=True)
     assert cut["epoch"] < 5  # it really was cut short of the six epochs
 
-    resumed = subprocess.run([sys.executable, "-c", "import sys; from selfsup.cli import main; sys.exit(main(sys.argv[1:]))",
-                              "pretrain", "--resume", str(killed), "--no-eval"], env=ENV, capture_output=True, text=True)
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    resumed = subprocess.run([sys.executable, str(SPY), "pretrain", "--resume", str(killed), "--no-eval"],
+                             env={**ENV, SPY_ENV: str(spy)}, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     a, b = _final_state(straight), _final_state(killed)
     assert a["step"] == b["step"] > 0
+    # the resumed process trained only the steps after the checkpoint, from its state: a restart
+    # from step 0 (same seed, same data order) would end with the same step count and weights
+    assert_resumed_from(spy, cut, final_step=b["step"])
     _assert_identical(a, b, "final state")  # bitwise: same data order, same random streams
     rows = list(csv.DictReader((killed / "logs" / "metrics.csv").open()))
     assert min(int(float(r["step"])) for r in rows) < 10  # the metrics from before the crash survive the resume

@@ -1,4 +1,7 @@
-"""Training wrapper: online probe isolation, config in checkpoints, resume, non-finite losses."""
+"""Training wrapper: online probe isolation, config in checkpoints, resume, non-finite losses
+and gradients."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,18 +46,43 @@ def test_cosine_schedule_shape():
     assert torch.all(f[10:].diff() <= 1e-12)  # decays monotonically after warmup
 
 
-def test_checkpoint_holds_config_and_resume_continues(tiny_config, tmp_path):
-    cfg = tiny_config("trainer.max_epochs=1", "data.subset=256")
+def spy_training_steps(monkeypatch) -> list[tuple[int, dict[str, torch.Tensor] | None]]:
+    """Records ``(global_step, state)`` at every ``PretrainModule.training_step`` call from now
+    on; ``state`` (a copy of the module's state_dict) only for the first call."""
+    calls: list[tuple[int, dict[str, torch.Tensor] | None]] = []
+    real = PretrainModule.training_step
+
+    def spy(self, batch, batch_idx):
+        state = None if calls else {k: v.detach().clone() for k, v in self.state_dict().items()}
+        calls.append((self.global_step, state))
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(PretrainModule, "training_step", spy)
+    return calls
+
+
+def test_checkpoint_holds_config_and_resume_continues(tiny_config, tmp_path, monkeypatch):
+    """The resumed run trains only the steps left (a restart from step 0 reaches the same
+    global_step, so the step count alone proves nothing), starting from the checkpoint's
+    weights, buffers and step number."""
+    cfg = tiny_config("trainer.max_epochs=1", "data.subset=256", "trainer.precision=32-true")
     run = pretrain(cfg, run_dir=tmp_path / "run", log=lambda s: None)
     ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert ckpt["selfsup"]["config"]["method"]["name"] == "simclr"
     assert ckpt["global_step"] == 4  # 256 images / batch 64
     assert (run / "config.yaml").is_file() and (run / "logs" / "metrics.csv").is_file()
-    longer = tiny_config("trainer.max_epochs=2", "data.subset=256")
+    calls = spy_training_steps(monkeypatch)
+    longer = tiny_config("trainer.max_epochs=2", "data.subset=256", "trainer.precision=32-true")
     pretrain(longer, run_dir=run, resume=True, log=lambda s: None)
+    assert [step for step, _ in calls] == [4, 5, 6, 7]  # the second epoch only, numbered on from the checkpoint
+    first = calls[0][1]
+    assert first.keys() == ckpt["state_dict"].keys()
+    for key, value in ckpt["state_dict"].items():  # the first resumed step starts from the checkpoint's state
+        assert torch.equal(first[key], value), key
     ckpt2 = load_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert ckpt2["global_step"] == 8  # continued from step 4, not restarted
+    assert ckpt2["global_step"] == 8
     assert ckpt2["selfsup"]["config"]["trainer"]["max_epochs"] == 2
+    assert not torch.equal(ckpt2["state_dict"]["method.encoder.conv1.weight"], first["method.encoder.conv1.weight"])
 
 
 def test_non_finite_loss_stops_with_step_and_terms(tiny_config):
@@ -65,6 +93,93 @@ def test_non_finite_loss_stops_with_step_and_terms(tiny_config):
             p.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match=r"step 0 .*terms"):
         module.training_step((images, torch.zeros(8, dtype=torch.long)), 0)
+
+
+def test_first_non_finite_grad_matches_a_naive_scan():
+    """The fused check names the same parameter as a plain loop over every gradient, for NaN,
+    +inf and -inf anywhere, and passes huge finite gradients (a 2-norm of them would overflow)."""
+    from selfsup.train.module import first_non_finite_grad
+
+    def naive(named):
+        return next((n for n, p in named if p.grad is not None and not bool(torch.isfinite(p.grad).all())), None)
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 3, 3), (1,), (7, 2)]
+    assert first_non_finite_grad([]) is None
+    for trial in range(30):
+        named = [(f"p{i}", torch.nn.Parameter(torch.randn(s, generator=gen))) for i, s in enumerate(shapes)]
+        for i, (_, p) in enumerate(named):
+            if i != trial % len(shapes):  # one parameter without a gradient
+                p.grad = torch.randn(p.shape, generator=gen) * 3e38  # finite, near float32's max
+        for _ in range(trial % 3):  # 0, 1 or 2 non-finite entries
+            i = int(torch.randint(len(shapes), (1,), generator=gen))
+            if named[i][1].grad is not None:
+                g = named[i][1].grad.view(-1)
+                g[int(torch.randint(g.numel(), (1,), generator=gen))] = [float("nan"), float("inf"), -float("inf")][trial % 3]
+        assert first_non_finite_grad(named) == naive(named), trial
+
+
+def test_non_finite_gradient_stops_naming_the_parameter(tiny_config, tmp_path, monkeypatch, capsys):
+    """A NaN gradient (injected by a hook at step 2) under a finite loss stops the run before
+    the optimiser steps, naming the parameter, the step and the precision; the CLI prints it as
+    its one-line error."""
+    from selfsup.cli import main
+    from selfsup.train.module import NonFiniteGradientError
+
+    target = "method.encoder.layer2.0.conv1.weight"
+    real_start = PretrainModule.on_train_start
+
+    def inject(self):
+        real_start(self)
+        param = dict(self.named_parameters())[target]
+        param.register_hook(lambda g: torch.full_like(g, float("nan")) if self.global_step == 2 else g)
+
+    monkeypatch.setattr(PretrainModule, "on_train_start", inject)
+    cfg = tiny_config("trainer.max_epochs=1", "data.subset=256", "trainer.precision=32-true")
+    with pytest.raises(NonFiniteGradientError) as err:
+        pretrain(cfg, run_dir=tmp_path / "run", log=lambda s: None)
+    message = str(err.value)
+    assert message.startswith(f"the gradient of {target} is not finite at epoch 0, step 2 "
+                              f"(trainer.precision=32-true; the loss was finite). No optimiser step was taken")
+    assert message.endswith("Lower optim.lr.") and "\n" not in message
+
+    quickstart = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    code = main(["pretrain", quickstart, "--run-dir", str(tmp_path / "cli"), "--no-eval",
+                 "data.name=digits", "data.image_size=16", "data.batch_size=64", "data.subset=256",
+                 "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.max_epochs=1",
+                 "trainer.progress_bar=false", "trainer.precision=32-true"])
+    assert code == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert err_lines[-1].startswith(f"selfsup pretrain: error: the gradient of {target} is not finite at epoch 0, step 2")
+    assert "Traceback" not in "\n".join(err_lines)
+
+
+@pytest.mark.parametrize("precision,scaler,fix", [
+    ("32-true", None, "Lower optim.lr."),
+    ("bf16-mixed", None, "Set trainer.precision=32-true (half precision is the usual cause), or lower optim.lr."),
+    ("16-mixed", torch.amp.GradScaler("cpu"), None),  # the GradScaler skips steps with inf gradients itself
+])
+def test_non_finite_gradient_check_by_precision(tiny_config, precision, scaler, fix):
+    from types import SimpleNamespace
+
+    from selfsup.train.module import NonFiniteGradientError
+
+    module = PretrainModule(tiny_config(), INFO)
+    module._trainer = SimpleNamespace(precision=precision, precision_plugin=SimpleNamespace(scaler=scaler),
+                                      current_epoch=1, global_step=7, checkpoint_callback=None)
+    for p in module.parameters():
+        p.grad = torch.zeros_like(p)
+    module.on_before_optimizer_step(None)  # all finite: nothing to say
+    module.method.projector[0].weight.grad[0, 0] = float("inf")
+    if fix is None:
+        module.on_before_optimizer_step(None)
+        return
+    with pytest.raises(NonFiniteGradientError, match=rf"^the gradient of method\.projector\.0\.weight is not finite "
+                                                     rf"at epoch 1, step 7 \(trainer\.precision={precision};"):
+        module.on_before_optimizer_step(None)
+    with pytest.raises(NonFiniteGradientError) as err:
+        module.on_before_optimizer_step(None)
+    assert str(err.value).endswith(f"the last good checkpoint is none yet. {fix}")
 
 
 def test_methods_with_per_image_state_get_dataset_indices(tiny_config, tmp_path):

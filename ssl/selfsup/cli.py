@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from selfsup.config import RunConfig
@@ -15,25 +15,28 @@ EPILOG = "Any config key can be overridden as key.path=value, e.g. method.temper
 
 def _pretrain(args: argparse.Namespace) -> None:
     from selfsup import distributed
-    from selfsup.config import load_config
+    from selfsup.config import ConfigError, load_config
     from selfsup.train.run import finish_run, load_run_config, pretrain
 
     if args.config and "=" in args.config and not Path(args.config).exists():  # an override, not a file
         args.overrides, args.config = [args.config, *args.overrides], None
     if args.resume:
         if args.config:
-            raise SystemExit("selfsup pretrain --resume takes the run's own config; pass only key=value overrides")
+            raise ConfigError(f"--resume takes the run's own config ({args.resume}/config.yaml); drop "
+                              f"{args.config} and pass only key=value overrides")
         cfg = load_run_config(args.resume, args.overrides)
-        run_dir = pretrain(cfg, run_dir=args.resume, resume=True)
     else:
         if args.config is None:
-            raise SystemExit("selfsup pretrain: give a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
+            raise ConfigError("give a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
-        run_dir = pretrain(cfg, run_dir=args.run_dir)
-    if cfg.eval.after_pretrain and not args.no_eval:
-        table = finish_run(run_dir, cfg)  # distributed: every rank extracts features, rank 0 reports
-        if table is not None:
-            print("\n" + table)
+
+    def evaluate_and_export(run_dir: Path) -> None:  # run by pretrain while it still holds the run directory
+        if cfg.eval.after_pretrain and not args.no_eval:
+            table = finish_run(run_dir, cfg)  # distributed: every rank extracts features, rank 0 reports
+            if table is not None:
+                print("\n" + table)
+
+    run_dir = pretrain(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume), then=evaluate_and_export)
     if distributed.rank() != 0:
         return
     print(f"run directory: {run_dir}")
@@ -41,10 +44,10 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from selfsup.config import ConfigError, load_config
-    from selfsup.eval.evaluate import evaluate
+    from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate
     from selfsup.eval.report import markdown_table
     from selfsup.fileio import write_json, write_text
-    from selfsup.train.run import CONFIG_FILE, saved_config
+    from selfsup.train.run import CONFIG_FILE, load_run_config, saved_config
 
     target = Path(args.target)
     if args.config:
@@ -57,13 +60,32 @@ def _eval(args: argparse.Namespace) -> None:
     if args.dataset or args.test_dataset:
         raise ConfigError("--dataset and --test-dataset choose detection data; add --task detection, or set "
                           "data.name=... for kNN and linear probes")
-    out = Path(args.out) if args.out else (target if (target / CONFIG_FILE).is_file() else Path("runs") / "eval")
+    is_run = (target / CONFIG_FILE).is_file()
+    out = Path(args.out) if args.out else (target if is_run else Path("runs") / "eval")
+    changed = changed_data_keys(load_run_config(target), cfg) if is_run and not args.out else []
+    if changed:  # other data: the run's own results.json stays as it is
+        out = target / f"eval-{data_tag(cfg)}"
+        print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
+              f"the run's own results stay in {target / 'results.json'}")
     rows = [evaluate(t, cfg, out / "features") for t in [args.target, *args.baseline]]
     write_json(rows, out / "results.json")
     table = markdown_table(rows)
     write_text(table, out / "results.md")
     print("\n" + table)
     print(f"results written to {out / 'results.json'} and {out / 'results.md'}")
+
+
+def detection_tag(cfg: RunConfig) -> str:
+    """A folder name for the detection data of ``cfg``: the dataset's kind, plus a short hash
+    of the full spec (paths, separate test set) when it names files, e.g. ``voc-3f2a9c1e``."""
+    import hashlib
+
+    d = cfg.detection
+    kind = d.dataset.split(":", 1)[0]
+    if d.dataset in ("synthetic-fmnist", "deepforest") and not d.test_dataset:
+        return kind
+    spec = f"{d.dataset}|{d.test_dataset or ''}"
+    return f"{kind}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
 def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:
@@ -78,8 +100,8 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
         cfg.detection.test_dataset = args.test_dataset
     for spec in [args.target, *args.baseline]:
         check_target(spec)
-    default = target / "detection" if (target / CONFIG_FILE).is_file() else Path("runs") / "eval-detection"
-    out = Path(args.out) if args.out else default
+    base = target / "detection" if (target / CONFIG_FILE).is_file() else Path("runs") / "eval-detection"
+    out = Path(args.out) if args.out else base / detection_tag(cfg)  # one folder per dataset: none overwrites another
     data = detection_data(cfg)
     rows = [evaluate_detection(args.target, cfg, data=data)]
     in_chans = rows[0]["encoder"]["in_chans"]  # random baselines see the images as the target does
@@ -126,15 +148,26 @@ def _list(args: argparse.Namespace) -> None:
           "  list them with: python -c \"import timm; print(timm.list_models('*resnet*'))\"")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``selfsup CMD: error: ...``, exit status 2): the usage
+    block argparse prints first is left to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="selfsup", description="Self-supervised pretraining and evaluation on timm encoders.")
+    p = _Parser(prog="selfsup", description="Self-supervised pretraining and evaluation on timm encoders.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("pretrain", help="pretrain an encoder, then evaluate and export it", epilog=EPILOG)
     s.add_argument("config", nargs="?", help="YAML config file (configs/*.yaml)")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides")
-    s.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint")
-    s.add_argument("--run-dir", help="run directory (default: out_dir/name-TIMESTAMP)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint; overrides may "
+                   "only lengthen the run (trainer.max_epochs/max_steps) or change how it is run, logged, evaluated")
+    s.add_argument("--run-dir", help="run directory (default: out_dir/name-TIMESTAMP); a new run refuses one "
+                   "that already holds a run")
     s.add_argument("--no-eval", action="store_true", help="skip evaluation and export after pretraining")
     s.set_defaults(func=_pretrain)
 
@@ -157,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-dataset", metavar="SPEC", help="detection: a separate voc:DIR or "
                    "coco:IMAGES_DIR,ANNOTATIONS.json test set instead of splitting --dataset")
     s.add_argument("--out", help="directory for results.json, results.md and cached features "
-                   "(detection default: RUN_DIR/detection or runs/eval-detection)")
+                   "(default: the run directory, or RUN_DIR/eval-<dataset>-<hash> when data.* differs from the "
+                   "run's own, or runs/eval; detection: RUN_DIR/detection/<dataset> or "
+                   "runs/eval-detection/<dataset>)")
     s.set_defaults(func=_eval)
 
     from selfsup.export import FEATURE_RTOL, FORMAT_FILES, ONNX_OPSET
@@ -183,27 +218,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _usage_error(command: str, message: str) -> int:
+    print(f"selfsup {command}: error: {message} (see selfsup {command} --help)", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     from selfsup.config import ConfigError
     from selfsup.data import DataError
     from selfsup.encoders import EncoderError
     from selfsup.export import LoadError
+    from selfsup.fileio import WriteError
     from selfsup.registry import RegistryError
     from selfsup.train.module import NonFiniteLossError
+    from selfsup.train.run import NoStepsError, RunDirError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return _usage_error(args.command, f"unrecognized arguments: {' '.join(unknown)}")
     if extra:  # key=value overrides placed after options
         if not hasattr(args, "overrides"):
-            parser.error(f"'selfsup {args.command}' takes no key=value overrides: {' '.join(extra)}")
+            return _usage_error(args.command, f"takes no key=value overrides: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except (ConfigError, DataError, EncoderError, LoadError, RegistryError, NonFiniteLossError,
-            FileNotFoundError) as err:
+            FileNotFoundError, RunDirError, NoStepsError, WriteError) as err:
         print(f"selfsup {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -44,7 +44,18 @@ def param(default: Any = dataclasses.MISSING, *, gt: float | None = None, ge: fl
 
 @dataclass
 class DataConfig:
-    """Which images to train and evaluate on, and how to load them."""
+    """Which images to train and evaluate on, and how to load them.
+
+    Image folders (``name: image-folder``): ``root`` holds class subfolders (labelled) or
+    loose images (unlabeled), optionally under ``train/`` and ``test/`` (or ``val/``). A
+    labelled folder without ``test/`` or ``val/`` is split: ``holdout_fraction`` of each
+    class's images (at least one, at most all but one, when the class has two or more) is
+    the test split and the rest the training split, chosen by a hash of ``holdout_seed``
+    and each file's path inside the folder, so the split is the same in every process and
+    for any listing order, and does not depend on the run's ``seed`` (runs with different
+    seeds are scored on the same images). ``holdout_fraction: 0`` trains on every image
+    and leaves no test split. An unlabeled folder is never split (it has nothing to score).
+    """
 
     name: str = param("fashion-mnist", help="dataset name (selfsup list shows them)")
     root: str | None = param(None, help="where the data is; each dataset has its own default")
@@ -60,6 +71,9 @@ class DataConfig:
     cache: Literal["none", "uint8"] = param("none", help="image folders: decode every image once into a "
                                            "memory-mapped uint8 file (N x C x S x S bytes) and train from it")
     cache_dir: str | None = param(None, help="where data.cache=uint8 keeps its files (default ~/.cache/selfsup/decoded)")
+    holdout_fraction: float = param(0.2, ge=0, lt=1, help="image folders without test/ or val/: share of each "
+                                    "class held out (seeded, stratified) as the test split; 0: none")
+    holdout_seed: int = param(0, ge=0, help="seed of that held-out split (independent of the run's seed)")
 
 
 @dataclass
@@ -139,6 +153,13 @@ class EvalConfig:
     baselines: list[str] = param(default_factory=lambda: ["random", "pixels"],
                                  help="evaluated beside the pretrained encoder after pretraining")
     after_pretrain: bool = param(True, help="evaluate and export when pretraining ends")
+
+    def __post_init__(self) -> None:
+        for k, t in self.knn:  # refused when the config loads, not after pretraining
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ValueError(f"knn: k must be a whole number >= 1, got {k!r} in ({k!r}, {t!r})")
+            if not math.isfinite(t) or t <= 0:
+                raise ValueError(f"knn: the temperature must be a finite number > 0, got {t!r} in ({k!r}, {t!r})")
 
 
 @dataclass
@@ -357,6 +378,70 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
     return from_dict(RunConfig, {**raw, "method": method_cfg})
 
 
+def _check_unique_keys(node: yaml.Node, loader: yaml.SafeLoader, where: str, path: str = "",
+                       seen_nodes: set[int] | None = None) -> None:
+    """ConfigError when a mapping anywhere under ``node`` names a key twice (YAML keeps
+    only the later value, so a repeated section would replace the earlier one wholesale).
+    Keys merged in with ``<<`` may be overridden; that is what merging is for."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias of a node already checked (or a recursive one)
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, loader, where, f"{path}[{i}]", seen_nodes)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            _check_unique_keys(value_node, loader, where, path, seen_nodes)
+            continue
+        try:
+            key = loader.construct_object(key_node, deep=True)
+            hash(key)
+        except (TypeError, yaml.YAMLError):
+            key = (key_node.tag, getattr(key_node, "value", None)) if isinstance(key_node, yaml.ScalarNode) \
+                else id(key_node)
+        line = key_node.start_mark.line + 1
+        full = f"{path}.{key}" if path else str(key)
+        if key in seen:
+            raise ConfigError(f"{where}: key {full!r} is given twice (lines {seen[key]} and {line}); YAML would "
+                              f"keep only the later one and silently drop the first: merge them into one")
+        seen[key] = line
+        _check_unique_keys(value_node, loader, where, full, seen_nodes)
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: the problem and where (line and column counted from 1)."""
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return " ".join(str(err).split())
+    text = err.problem or "invalid YAML"
+    if err.problem_mark is not None:
+        text += f" at {at(err.problem_mark)}"
+    if err.context:
+        text += f" ({err.context}" + (f" at {at(err.context_mark)}" if err.context_mark is not None else "") + ")"
+    return " ".join(text.split())
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice in any mapping (ConfigError naming
+    the key, its full path and both line numbers, counted from 1 in ``text``); raises
+    yaml.YAMLError for text that is not YAML."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node, loader, where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Apply one ``a.b.c=value`` override to the raw dict; the value is parsed as YAML."""
     if "=" not in override:
@@ -366,9 +451,10 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not all(keys):
         raise ConfigError(f"override {override!r} has an empty key")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = parse_yaml(text, f"override {override!r}") if text.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {override!r}: value is not valid YAML ({err})") from None
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({yaml_problem(err)}); if the "
+                          f"shell split it at a space, quote the whole override: 'key=[1, 2]'") from None
     node = raw
     for i, k in enumerate(keys[:-1]):
         nxt = node.get(k)
@@ -388,12 +474,12 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_bytes().decode("utf-8"))
+            loaded = parse_yaml(path.read_bytes().decode("utf-8"), f"config file {str(path)!r}")
         except UnicodeDecodeError as err:
             raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
                               f"give a YAML file") from None
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {yaml_problem(err)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

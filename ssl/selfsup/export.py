@@ -4,7 +4,8 @@ An export directory holds
 
 - ``model.safetensors``: the timm model's own state dict, so timm loads it as a pretrained file;
 - ``config.json``: the card (architecture, kwargs, input size, normalisation, how the encoder was
-  trained and how it scored, which interop files were written and how closely they match);
+  trained and how it scored, which interop files were written and how closely they match, and
+  ``weights_sha256``, the checksum of ``model.safetensors``);
 - ``README.md``: a Hugging Face-style model card rendered from the card;
 - on request (:func:`export_formats`, ``selfsup export --format``): ``model.torchscript.pt``
   (TorchScript, traced), ``model.onnx`` (ONNX opset :data:`ONNX_OPSET`, dynamic batch axis) and
@@ -20,6 +21,10 @@ selfsup uses them on purpose: they need no extra compiler stack (the ``torch.exp
 exporter needs onnxscript and takes ~30x longer on a ResNet), and every output is checked
 numerically. Their deprecation warnings are silenced inside these calls only.
 
+A card may have been edited by hand: on load every field the loader uses is checked for type, range
+and agreement with the others and with the weights (:func:`validate_card`), and the weights for their
+checksum, names, shapes and finite values, before the encoder is built from them.
+
 Nothing is ever unpickled: weights come from safetensors, Lightning checkpoints are read with
 ``torch.load(weights_only=True)``. A path that cannot be loaded raises :class:`LoadError` saying
 what was found there and what to pass instead.
@@ -28,9 +33,11 @@ what was found there and what to pass instead.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.util
 import io
 import json
+import math
 import pickle
 import re
 import warnings
@@ -47,7 +54,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from selfsup.data import DataInfo
-from selfsup.encoders import EncoderError, create_encoder
+from selfsup.encoders import EncoderError, check_timm_name, create_encoder
 from selfsup.fileio import save_tensors, write_bytes, write_json, write_text
 
 WEIGHTS = "model.safetensors"
@@ -299,7 +306,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                         f"truncated or damaged") from None
 
 
-def _check_selfsup_checkpoint(ckpt: Any, path: Path) -> None:
+def check_selfsup_checkpoint(ckpt: Any, path: Path) -> None:
     """Raise a LoadError naming what ``ckpt`` is when selfsup did not write it."""
     from selfsup.train.module import CHECKPOINT_KEY
 
@@ -346,7 +353,7 @@ def _read_run(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
     ckpt_path = find_checkpoint(path)
     ckpt = load_checkpoint(ckpt_path)
-    _check_selfsup_checkpoint(ckpt, ckpt_path)
+    check_selfsup_checkpoint(ckpt, ckpt_path)
     try:
         module = module_from_checkpoint(ckpt)
     except LoadError:
@@ -369,6 +376,11 @@ def _run_encoder_and_card(path: str | Path, results: dict[str, Any] | None = Non
     """The encoder (eval mode, ``selfsup_info`` attached) of a run directory or checkpoint, and its export card."""
     module, ckpt = _read_run(path)
     encoder = module.method.exported_encoder().eval()
+    state = encoder.state_dict()
+    fault = tensor_faults(state, state)
+    if fault:
+        raise LoadError(f"the encoder in {str(find_checkpoint(path))!r} is damaged: {fault}; load or resume from an "
+                        f"earlier checkpoint of the run, or train it again")
     encoder.selfsup_info = module.info
     return encoder, make_card(module.cfg, module.info, encoder, results, ckpt.get("global_step"))
 
@@ -447,15 +459,141 @@ def results_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {r["label"]: {k: v for k, v in r.items() if k == "knn" or k.startswith("linear")} for r in rows}
 
 
+# ---------------------------------------------------------------------------------------------
+# Validating a card: config.json may have been edited by hand
+
+
+RESERVED_KWARGS = ("num_classes", "in_chans", "pretrained")  # selfsup passes these to timm itself
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _positive_int(v: Any) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _count_or_null(v: Any) -> bool:
+    return v is None or (_is_int(v) and v >= 0)
+
+
+def _finite_numbers(v: Any) -> bool:
+    """A non-empty list of finite real numbers (JSON's NaN and Infinity are not)."""
+    return (isinstance(v, list) and len(v) > 0
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v))
+
+
+# field -> (whether the loader needs it, its check, what it must be); the other fields are free-form
+CARD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
+    "architecture": (True, lambda v: isinstance(v, str) and bool(v.strip()),
+                     "it must be the name of the timm model the weights were trained with (a string)"),
+    "in_chans": (True, _positive_int, "it must be a positive integer: the images' channel count"),
+    "input_size": (True, lambda v: isinstance(v, list) and len(v) == 3 and all(_positive_int(x) for x in v),
+                   "it must be [C, H, W], three positive integers"),
+    "mean": (True, _finite_numbers, "it must be a list of finite numbers, one per input channel"),
+    "std": (True, lambda v: _finite_numbers(v) and all(x > 0 for x in v),
+            "it must be a list of finite numbers > 0, one per input channel (the images are divided by it)"),
+    "kwargs": (False, lambda v: v is None or isinstance(v, dict),
+               "it must be a JSON object of timm.create_model keyword arguments ({} for none)"),
+    "num_features": (False, _positive_int, "it must be a positive integer: the width of the encoder's features"),
+    "num_classes_seen": (False, lambda v: _is_int(v) and v >= 0,
+                         "it must be an integer >= 0: the classes of the training data (0 when unlabeled)"),
+    "num_params": (False, _count_or_null, "it must be an integer >= 0 or null"),
+    "train_images": (False, _count_or_null, "it must be an integer >= 0 or null"),
+    "trained_steps": (False, _count_or_null, "it must be an integer >= 0 or null"),
+    "weights_sha256": (False, lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+                       f"it must be the SHA-256 of {WEIGHTS} (64 lowercase hex digits)"),
+    **{k: (False, lambda v: isinstance(v, dict), "it must be a JSON object")
+       for k in ("training_config", "method_config", "versions", "results", "exports")},
+    **{k: (False, lambda v: isinstance(v, str), "it must be a string")
+       for k in ("method", "method_reference", "selfsup_version", "load_with_timm")},
+}
+REQUIRED_FIELDS = tuple(k for k, (required, _, _) in CARD_FIELDS.items() if required)
+
+
+def _json_value(value: Any, limit: int = 80) -> str:
+    """``value`` as it reads in the JSON file, on one line, shortened to about ``limit`` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def card_error(card_path: Path, field: str, value: Any, problem: str, fix: str | None = None) -> LoadError:
+    """One line: the card file, the field, its bad value, what is wrong and how to fix it."""
+    fix = fix or (f"correct \"{field}\" in that file, or export the run again with "
+                  f"`selfsup export RUN_DIR {card_path.parent}`")
+    return LoadError(f"{str(card_path)!r}: \"{field}\" is {_json_value(value)}, but {problem}; {fix}")
+
+
+def _timm_name_problem(name: str) -> str | None:
+    """Why timm cannot build ``name`` (with its close names), or None when it can."""
+    try:
+        check_timm_name(name)
+    except EncoderError as err:
+        near = re.search(r"Close timm names: ([^.]*)\.", str(err))
+        return "timm has no model of that name" + (f" (close names: {near.group(1)})" if near else "")
+    return None
+
+
+def _cross_field_problem(card: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(field, problem) for the first disagreement between fields that each have the right type."""
+    c = card["in_chans"]
+    if card["input_size"][0] != c:
+        return "input_size", f"its channel count C must equal \"in_chans\" ({c})"
+    if card["input_size"][1] != card["input_size"][2]:
+        return "input_size", "H and W must be equal (selfsup resizes images to squares)"
+    for field in ("mean", "std"):
+        if len(card[field]) != c:
+            return field, f"it must hold one value per input channel: \"in_chans\" is {c}"
+    reserved = [k for k in RESERVED_KWARGS if k in (card.get("kwargs") or {})]
+    if reserved:
+        return "kwargs", (f"it sets {', '.join(reserved)}, which selfsup passes to timm itself (from \"in_chans\"; "
+                          f"the encoder has no classifier): remove {'them' if len(reserved) > 1 else 'it'}")
+    return None
+
+
+def validate_card(card: Any, card_path: Path) -> dict[str, Any]:
+    """``card`` when every field the loader uses has the right type, range and agreement with the others.
+
+    Raises:
+        LoadError: one line naming ``card_path``, the field, its value and the fix.
+    """
+    if not isinstance(card, dict):
+        raise LoadError(f"{str(card_path)!r} holds a JSON {type(card).__name__}, not the object of fields an export "
+                        f"card is; export again with `selfsup export RUN_DIR {card_path.parent}`")
+    lacking = [k for k in REQUIRED_FIELDS if k not in card]
+    if lacking:
+        raise LoadError(f"{str(card_path)!r} is not a selfsup export card: it lacks {', '.join(lacking)}; "
+                        f"export again with `selfsup export RUN_DIR {card_path.parent}`")
+    for field, (_, ok, rule) in CARD_FIELDS.items():
+        if field in card and not ok(card[field]):
+            raise card_error(card_path, field, card[field], rule)
+    problem = _timm_name_problem(card["architecture"])
+    if problem:
+        raise card_error(card_path, "architecture", card["architecture"], problem)
+    cross = _cross_field_problem(card)
+    if cross:
+        raise card_error(card_path, cross[0], card[cross[0]], cross[1])
+    return card
+
+
 def read_card(path: str | Path) -> dict[str, Any]:
+    """The validated ``config.json`` of export directory ``path`` (see :func:`validate_card`).
+
+    Raises:
+        LoadError: the file is missing or unreadable, or a field is wrong (one line each).
+    """
     card_path = Path(path) / CARD
     try:
-        return json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LoadError(f"cannot read the export card {str(card_path)!r}: {err}") from None
+        raise LoadError(f"cannot read the export card {str(card_path)!r}: {_first_line(err)}; export again with "
+                        f"`selfsup export RUN_DIR {card_path.parent}`") from None
+    return validate_card(card, card_path)
 
 
 def card_info(card: dict[str, Any]) -> DataInfo:
+    """The DataInfo of a validated card (square images: ``input_size`` is ``[C, S, S]``)."""
     return DataInfo(card["in_chans"], card["input_size"][-1], card.get("num_classes_seen", 0),
                     tuple(card["mean"]), tuple(card["std"]))
 
@@ -480,9 +618,9 @@ def _weights_mismatch(weights: Path, card: dict[str, Any], encoder: nn.Module, m
     if chans is not None:
         name, found, _ = m.shapes[0]
         return (f"the weights in {str(weights)!r} are for {chans}-channel images ({name} has shape {list(found)}) "
-                f"but {CARD} says in_chans={card['in_chans']}: set \"in_chans\": {chans} and \"input_size\": "
-                f"[{chans}, H, W] in {str(weights.parent / CARD)!r}, or export the run again with "
-                f"`selfsup export RUN_DIR DIR`")
+                f"but {CARD} says in_chans={card['in_chans']}: set \"in_chans\": {chans}, \"input_size\": "
+                f"[{chans}, H, W] and one \"mean\" and \"std\" value per channel in {str(weights.parent / CARD)!r}, or "
+                f"export the run again with `selfsup export RUN_DIR DIR`")
     kwargs = card.get("kwargs") or {}
     arch = repr(card["architecture"]) + (f" with kwargs {kwargs}" if kwargs else "")
     return (f"the weights in {str(weights)!r} do not fit {arch} as {CARD} describes it: "
@@ -490,23 +628,75 @@ def _weights_mismatch(weights: Path, card: dict[str, Any], encoder: nn.Module, m
             f"ones the weights were trained with; export the run again with `selfsup export RUN_DIR DIR`")
 
 
-def _load_export(path: Path) -> tuple[nn.Module, dict[str, Any]]:
-    card = read_card(path)
-    lacking = [k for k in ("architecture", "in_chans", "input_size", "mean", "std") if k not in card]
-    if lacking:
-        raise LoadError(f"{str(path / CARD)!r} is not a selfsup export card: it lacks {', '.join(lacking)}; "
-                        f"export again with `selfsup export RUN_DIR {path}`")
+def file_sha256(path: Path) -> str:
+    """The SHA-256 (hex) of the file at ``path``."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_checksum(weights: Path, card: Mapping[str, Any]) -> None:
+    """A LoadError when the card records a checksum of ``weights`` and the file no longer has it."""
+    want = card.get("weights_sha256")
+    if want is None:  # exports written before selfsup recorded it
+        return
+    got = file_sha256(weights)
+    if got != want:
+        raise LoadError(f"{str(weights)!r} is not the file this export wrote: its SHA-256 starts {got[:12]}, "
+                        f"\"weights_sha256\" in {CARD} says {want[:12]}; the file was damaged or replaced. Export "
+                        f"the run again with `selfsup export RUN_DIR {weights.parent}` (if you replaced the weights "
+                        f"on purpose, delete \"weights_sha256\" from {CARD})")
+
+
+def tensor_faults(expected: Mapping[str, Tensor], found: Mapping[str, Tensor]) -> str | None:
+    """What is wrong with the values of ``found`` (whose names and shapes fit ``expected``): a float
+    tensor where the model has an integer one or the reverse, or NaN / infinite values; None if nothing."""
+    kinds = [k for k, v in found.items() if k in expected and v.is_floating_point() != expected[k].is_floating_point()]
+    if kinds:
+        k = kinds[0]
+        return (f"{len(kinds)} tensors hold another kind of number than the model's (e.g. {k!r}: file "
+                f"{found[k].dtype} vs model {expected[k].dtype})")
+    bad = [k for k, v in found.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        return f"{len(bad)} of its {len(found)} tensors hold NaN or infinite values (e.g. {_names(bad)})"
+    return None
+
+
+def _build_from_card(card: Mapping[str, Any], card_path: Path) -> nn.Module:
+    """The untrained timm encoder a validated card describes; a LoadError naming "kwargs" if timm fails."""
+    kwargs = card.get("kwargs") or {}
     try:
-        encoder = create_encoder(card["architecture"], card["in_chans"], card.get("kwargs") or {})
-    except EncoderError as err:
-        raise LoadError(f"{str(path / CARD)!r} describes an encoder timm cannot build: {err}") from None
-    state = read_weights(path / WEIGHTS)
-    mismatch = compare_state(encoder.state_dict(), state)
-    if mismatch:
-        raise LoadError(_weights_mismatch(path / WEIGHTS, card, encoder, mismatch))
+        return create_encoder(card["architecture"], card["in_chans"], kwargs)
+    except Exception as err:  # timm raises TypeError, ValueError, AssertionError, ... for bad kwargs
+        cause = err.__context__ if isinstance(err, EncoderError) and err.__context__ else err  # timm's own error
+        raise card_error(card_path, "kwargs", kwargs, f"timm cannot build {card['architecture']!r} with them "
+                         f"({_first_line(cause)})") from None
+
+
+def _load_export(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The encoder (eval mode) of export directory ``path`` and its card, every field and tensor checked."""
+    card = read_card(path)
+    encoder = _build_from_card(card, path / CARD)
+    weights = path / WEIGHTS
+    state = read_weights(weights)
+    expected = encoder.state_dict()
+    mismatch = compare_state(expected, state)
+    if mismatch:  # said before the checksum: which tensors differ tells more than that the file changed
+        raise LoadError(_weights_mismatch(weights, card, encoder, mismatch))
+    _check_checksum(weights, card)
+    fault = tensor_faults(expected, state)
+    if fault:
+        raise LoadError(f"the weights in {str(weights)!r} are damaged: {fault}; export the run again with "
+                        f"`selfsup export RUN_DIR {path}`")
+    if "num_features" in card and card["num_features"] != encoder.num_features:
+        raise card_error(path / CARD, "num_features", card["num_features"],
+                         f"the encoder it describes (whose tensors the weights fit) gives {encoder.num_features} "
+                         f"features", f"set \"num_features\": {encoder.num_features} in that file")
     encoder.load_state_dict(state)
     encoder.selfsup_info = card_info(card)
-    return encoder.eval(), card
+    return encoder.eval(), {**card, "num_features": encoder.num_features}
 
 
 def _loose_safetensors(path: Path) -> str:
@@ -533,6 +723,8 @@ def load_encoder_and_card(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise LoadError(f"{str(path)!r} does not exist; pass {WHAT_LOADS}")
     if path.is_file() and path.name in (WEIGHTS, CARD) and is_export_dir(path.parent):
         path = path.parent  # a file of an export directory stands for the directory
+    elif path.is_file() and path.name == CARD:
+        raise LoadError(describe_directory(path.parent))  # a card without its weights
     if is_export_dir(path):
         return _load_export(path)
     if path.is_file() and describe_file(path) == "a safetensors file":
@@ -612,7 +804,8 @@ def write_export(encoder: nn.Module, card: dict[str, Any], out_dir: str | Path,
         raise ExportError(f"{str(out)!r} exists and is not a directory; choose a directory to export into")
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     save_tensors(state, out / WEIGHTS, {"format": "pt"})
-    card = {**card, "exports": {}}  # export_formats records the files it writes
+    # export_formats records the files it writes; the checksum lets a load tell a damaged file
+    card = {**card, "exports": {}, "weights_sha256": file_sha256(out / WEIGHTS)}
     write_json(card, out / CARD)
     write_text(model_card_markdown(card, out.name), out / MODEL_CARD)  # complete even if a format fails below
     for name in FORMAT_FILES.values():
@@ -637,6 +830,9 @@ def export_formats(export_dir: str | Path, formats: Iterable[str]) -> dict[str, 
                         f"`selfsup export RUN_DIR {out}`")
     wanted = parse_formats(formats)
     encoder, card = _load_export(out)
+    if "method" not in card:  # the README model card says how the encoder was trained
+        raise LoadError(f"{str(out / CARD)!r} lacks \"method\", which the README model card needs; export the run "
+                        f"again with `selfsup export RUN_DIR {out} --format ...`")
     check_formats(card, wanted)
     writers = {"torchscript": write_torchscript, "onnx": write_onnx, "torchvision": write_torchvision}
     exports = dict(card.get("exports") or {})

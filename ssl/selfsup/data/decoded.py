@@ -6,15 +6,16 @@ on few CPU cores). Costs ``N x C x S x S`` bytes of disk: 1.28M ImageNet images 
 
 The file is raw uint8 bytes (mapped with ``np.memmap``; nothing is unpickled) with a
 JSON sidecar holding its shape, the labels, the files left out as unreadable, and a key over
-the file list (paths, sizes, modification times), the side length and the channels: a
-changed folder or setting builds a new file. Both are written to temporary files and
-renamed into place; concurrent processes (several ranks on one machine) take a file
-lock, one builds and the others then map its result.
+everything the pixels and labels depend on (:func:`folder_key`): the file list with each
+file's label, size, inode and modification and change times, the class names, the side
+length, the channels and the decoder's version. A changed folder, split (``train/`` or
+``test/``, or the held-out split: their file lists differ) or setting builds a new file.
+Both are written to temporary files and renamed into place; concurrent processes (several
+ranks on one machine) take a file lock, one builds and the others then map its result.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -28,20 +29,29 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from selfsup.data.datasets import DataError, FolderImages, TensorImages
-from selfsup.fileio import atomic_path, write_json
+from selfsup.fileio import atomic_path, file_lock, write_json
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selfsup" / "decoded"
 
 
+# Bump when decoding or resizing changes what a file decodes to (2: EXIF orientation applied),
+# so that copies made by an older decoder are not reused.
+DECODER_VERSION = 2
+
+
 def folder_key(ds: FolderImages) -> str:
-    """Hash of what the decoded file depends on: each file's path, size and mtime, the side, the channels."""
-    h = hashlib.sha256(f"{ds.image_size}|{ds.in_chans}|{ds.num_classes}".encode())
+    """Hash of what the decoded file depends on: the decoder version, the side, the channels,
+    the class names, and each file's path, label, size, inode, mtime and ctime (links are
+    followed: a symlink pointed at another file changes the key; ctime also catches a
+    rewrite whose mtime was set back, as ``rsync -t`` or ``touch -d`` do)."""
+    names = "/".join(ds.class_names)
+    h = hashlib.sha256(f"v{DECODER_VERSION}|{ds.image_size}|{ds.in_chans}|{ds.num_classes}|{names}\n".encode())
     for path, label in zip(ds.files, ds.labels.tolist()):
         try:
             st = os.stat(path)
-            h.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(f"{path}|{label}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
         except OSError:  # unreadable now: part of the key, left out when decoding
             h.update(f"{path}|{label}|missing\n".encode())
     return h.hexdigest()
@@ -142,8 +152,7 @@ def cached_folder(ds: FolderImages, cache_dir: str | Path | None, split: str, nu
         return data.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key
 
     if not current():
-        with open(root / f"{stem}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one process decodes; the others wait, then map its file
+        with file_lock(root / f"{stem}.lock"):  # one process decodes; the others wait, then map its file
             if not current():
                 with atomic_path(data) as tmp:
                     labels, skipped = decode_all(ds, tmp, num_workers)

@@ -151,12 +151,15 @@ class DetectionDataset(Dataset):
         return first.shape[0] if isinstance(first, Tensor) else 3
 
     def image(self, i: int) -> Tensor:
-        """uint8 ``[C, H, W]``; files are decoded as RGB by selfsup's ``decode_image``."""
+        """uint8 ``[C, H, W]``; files are decoded as RGB by selfsup's ``decode_image``, EXIF
+        orientation not applied (boxes are given in the stored pixel grid)."""
         img = self.samples[i].image
         if isinstance(img, Tensor):
             return img
         try:
-            return decode_image(img, 3)
+            # the stored pixel grid: box annotations and the header size checks refer to it, not to
+            # the EXIF-rotated view
+            return decode_image(img, 3, exif_orientation=False)
         except DataError as err:  # detection never skips files, so drop decode_image's data.on_bad_file hint
             raise DataError(f"{str(err).partition(' Remove or replace')[0]} (in detection dataset {self.name!r}); "
                             f"remove or replace the file") from None

@@ -1,13 +1,21 @@
 """Evaluate a frozen encoder: a run, an export, ``random:<timm-name>`` or ``pixels``.
 
 An evaluator never needs the method, only an encoder and the data. Features are
-extracted once per split and cached; kNN and the linear probe read the cache.
+extracted once per split and cached, keyed by the encoder's weights and by the data
+(:func:`data_key`: dataset, root, split, the images and labels themselves, the transform),
+and a cached entry is used only when its labels are the data's; kNN and the linear probe
+read the cache. Only labelled images are scored: unlabeled training images (label -1) are
+left out and counted, and what cannot be scored (no labels, one class, unlabeled test
+images, an encoder of other channels than the images) is refused before any feature is
+extracted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,12 +24,16 @@ from torch import Tensor, nn
 
 from selfsup import distributed
 from selfsup.config import RunConfig
-from selfsup.data import DataInfo, ImageDataset, build_dataset, subset
+from selfsup.data import DataError, DataInfo, ImageDataset, build_dataset, subset
+from selfsup.data.datasets import Subset
 from selfsup.encoders import create_encoder
-from selfsup.eval.features import FeatureCache, extract_features, fingerprint
+from selfsup.eval.features import FeatureCache, dataset_fingerprint, extract_features, fingerprint
 from selfsup.eval.knn import IndexOptions, knn_evaluate_with_index
 from selfsup.eval.linear import probe_protocol, sklearn_probe
 from selfsup.export import LoadError, is_export_dir, load_encoder
+
+
+STORAGE = {"F16": "float16", "F32": "float32"}  # safetensors dtype code -> name in results.json
 
 
 @dataclass
@@ -64,27 +76,138 @@ class Prepared:
     """A target with its evaluation data and where its features are cached."""
 
     target: Target
-    train_ds: ImageDataset
+    train_ds: ImageDataset  # labelled training images only
     test_ds: ImageDataset
     cache: FeatureCache
     key: str  # the encoder's fingerprint
     names: dict[str, str]  # split -> cache entry
+    keys: dict[str, str] = field(default_factory=dict)  # split -> cache key: encoder and data fingerprints
+    unlabeled_left_out: int = 0  # training images with label -1 left out of kNN and the probes
 
     def splits(self) -> list[tuple[str, ImageDataset]]:
         return [("train", self.train_ds), ("test", self.test_ds)]
 
 
-def prepare(spec: str, cfg: RunConfig, cache_dir: str | Path) -> Prepared:
-    train_ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
+class NotScorable(DataError):
+    """The training data cannot score kNN or a probe at all (no labels, or one class):
+    ``reason`` says why; the message adds how to evaluate on labelled data."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"{reason}; {fix}")
+        self.reason = reason
+
+
+def describe_data(cfg: RunConfig) -> str:
+    """``dataset 'image-folder' at '/photos'``: the data named in one-line messages."""
+    return f"dataset {cfg.data.name!r}" + (f" at {cfg.data.root!r}" if cfg.data.root else "")
+
+
+def labelled_part(ds: ImageDataset) -> tuple[ImageDataset, int]:
+    """``ds`` without its unlabeled images (label -1, e.g. STL-10's unlabeled split inside
+    "train") and how many were left out; ``ds`` itself when every image has a label."""
+    keep = ds.labels >= 0  # [N]
+    dropped = int((~keep).sum())
+    if dropped == 0:
+        return ds, 0
+    return Subset(ds, keep.nonzero().squeeze(1).tolist()), dropped
+
+
+def evaluation_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset, int]:
+    """The labelled training images (``cfg.data.subset`` of them when set), the test split,
+    and how many unlabeled training images were left out.
+
+    Everything is checked before any feature is extracted: :class:`NotScorable` (one line)
+    when the training split has no labels or labelled images of fewer than two classes, a
+    DataError when the test split holds unlabeled images.
+    """
+    full = build_dataset(cfg.data, "train")
+    if full.num_classes == 0 or not (full.labels >= 0).any():
+        raise NotScorable(f"the training split of {describe_data(cfg)} has no labels, so kNN and linear probes "
+                          f"cannot be scored", "evaluate on labelled data, e.g. `selfsup eval RUN "
+                          "data.root=LABELLED_FOLDER` (a folder of class subfolders) or data.name=...")
+    labelled, dropped = labelled_part(full)
+    train_ds = subset(labelled, cfg.data.subset, cfg.seed)
+    classes = train_ds.labels.unique()
+    if len(classes) < 2:
+        names = getattr(full, "class_names", ())
+        which = repr(names[int(classes[0])]) if names and len(classes) else str(classes.tolist()[0])
+        raise NotScorable(f"a linear probe / kNN evaluation needs at least two classes, but the training split "
+                          f"of {describe_data(cfg)} has labelled images of one class only ({which})",
+                          "add images of another class (a class subfolder for image-folder) or evaluate on "
+                          "other labelled data (data.root=... or data.name=...)")
     test_ds = build_dataset(cfg.data, "test")
-    if train_ds.num_classes == 0:
-        raise LoadError(f"dataset {cfg.data.name!r} has no labels, so kNN and linear probes cannot be scored; "
-                        f"evaluate on a labelled dataset (class subfolders for image-folder)")
+    unlabeled = int((test_ds.labels < 0).sum())
+    if unlabeled:
+        raise DataError(f"the test split of {describe_data(cfg)} has {unlabeled} unlabeled image(s) (label -1) "
+                        f"of {len(test_ds)}; kNN and probes are scored on labelled test images only: give every "
+                        f"test image a class (a class subfolder for image-folder)")
+    return train_ds, test_ds, dropped
+
+
+def check_channels(target: Target, ds: ImageDataset, cfg: RunConfig) -> None:
+    """A DataError (one line) when the encoder and the images disagree on channels,
+    before anything runs through the encoder."""
+    want, got = target.info.in_chans, ds.in_chans
+    if want != got:
+        raise DataError(f"the encoder of {target.label} takes {want}-channel images but {describe_data(cfg)} "
+                        f"gives {got}-channel images; set data.in_chans={want} (image folders) or evaluate "
+                        f"on data with {want} channel(s)")
+
+
+def data_key(cfg: RunConfig, split: str, ds: ImageDataset, info: DataInfo) -> str:
+    """The identity of the features' data: dataset name, root, split, the images and labels
+    themselves (:func:`selfsup.eval.features.dataset_fingerprint`), their size and channels,
+    and the transform (side length and normalisation) the encoder sees them through."""
+    root = str(Path(cfg.data.root).expanduser().resolve()) if cfg.data.root else None
+    about = {"dataset": cfg.data.name, "root": root, "split": split, "image_size": ds.image_size,
+             "in_chans": ds.in_chans, "transform": [info.image_size, list(info.mean), list(info.std)]}
+    h = hashlib.blake2b(json.dumps(about, sort_keys=True).encode(), digest_size=12)
+    h.update(dataset_fingerprint(ds).encode())
+    return h.hexdigest()
+
+
+# the data.* keys that decide which images and labels an evaluation sees
+DATA_IDENTITY = ("name", "root", "image_size", "in_chans", "subset", "holdout_fraction", "holdout_seed")
+
+
+def data_identity(cfg: RunConfig) -> dict[str, Any]:
+    """The config keys that decide which images and labels an evaluation sees (``data.root``
+    resolved; ``seed`` when ``data.subset`` draws a seeded subset)."""
+    out = {f"data.{k}": getattr(cfg.data, k, None) for k in DATA_IDENTITY}
+    if cfg.data.root:
+        out["data.root"] = str(Path(cfg.data.root).expanduser().resolve())
+    if cfg.data.subset is not None:
+        out["seed"] = cfg.seed
+    return out
+
+
+def changed_data_keys(before: RunConfig, after: RunConfig) -> list[str]:
+    """The keys of :func:`data_identity` whose values differ between two configs, sorted."""
+    a, b = data_identity(before), data_identity(after)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def data_tag(cfg: RunConfig) -> str:
+    """A directory name that says which data: ``<dataset name>-<8 hex digits of its identity>``."""
+    digest = hashlib.blake2b(json.dumps(data_identity(cfg), sort_keys=True).encode(), digest_size=4).hexdigest()
+    return f"{cfg.data.name}-{digest}"
+
+
+def prepare(spec: str, cfg: RunConfig, cache_dir: str | Path) -> Prepared:
+    """Build and check the evaluation data (:func:`evaluation_data`), resolve the target,
+    check that it takes the data's channels, and name each split's cache entry by the
+    encoder's and the data's fingerprints."""
+    train_ds, test_ds, dropped = evaluation_data(cfg)
     target = resolve_target(spec, cfg, train_ds.info)
+    check_channels(target, train_ds, cfg)
+    check_channels(target, test_ds, cfg)
     key = fingerprint(target.encoder)
-    names = {split: f"{target.kind}-{key}-{cfg.data.name}{target.info.image_size}-{split}-{len(ds)}"
-             for split, ds in (("train", train_ds), ("test", test_ds))}
-    return Prepared(target, train_ds, test_ds, FeatureCache(cache_dir), key, names)
+    names, keys = {}, {}
+    for split, ds in (("train", train_ds), ("test", test_ds)):
+        dkey = data_key(cfg, split, ds, target.info)
+        names[split] = f"{target.kind}-{key}-{cfg.data.name}{target.info.image_size}-{split}-{len(ds)}-{dkey[:12]}"
+        keys[split] = f"{key}/{dkey}"
+    return Prepared(target, train_ds, test_ds, FeatureCache(cache_dir), key, names, keys, dropped)
 
 
 def _extractor(p: Prepared, ds: ImageDataset, cfg: RunConfig, device: str, log: Callable[[str], None],
@@ -105,11 +228,11 @@ def cache_features(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str
     device = device or default_device(cfg.trainer.accelerator)
     p = prepare(spec, cfg, cache_dir)
     for split, ds in p.splits():
-        if distributed.broadcast_object(p.cache.has(p.names[split], p.key)):
+        if distributed.broadcast_object(p.cache.has(p.names[split], p.keys[split], ds.labels)):
             continue
         feats, labels = _extractor(p, ds, cfg, device, log, sharded=True)()  # collective; all rows on rank 0
         if distributed.rank() == 0:
-            p.cache.store(p.names[split], p.key, feats, labels)
+            p.cache.store(p.names[split], p.keys[split], feats, labels)
     distributed.barrier()
     return p
 
@@ -121,22 +244,32 @@ def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | Non
     t0 = time.perf_counter()
     device = device or default_device(cfg.trainer.accelerator)
     p = prepared or prepare(spec, cfg, cache_dir)
-    target, train_ds, cache, key, names = p.target, p.train_ds, p.cache, p.key, p.names
-    lazy_tr, ytr = cache.get_lazy(names["train"], key, _extractor(p, train_ds, cfg, device, log))  # streamed
-    xte, yte = cache.get(names["test"], key, _extractor(p, p.test_ds, cfg, device, log))
+    target, train_ds, test_ds, cache, keys, names = p.target, p.train_ds, p.test_ds, p.cache, p.keys, p.names
+    if p.unlabeled_left_out:
+        log(f"[eval] {p.unlabeled_left_out} unlabeled training image(s) (label -1) left out of kNN and the probes")
+    lazy_tr, ytr = cache.get_lazy(names["train"], keys["train"], _extractor(p, train_ds, cfg, device, log),
+                                  train_ds.labels)  # streamed
+    lazy_te, yte = cache.get_lazy(names["test"], keys["test"], _extractor(p, test_ds, cfg, device, log),
+                                  test_ds.labels)
+    xte = lazy_te.load()
     if target.kind == "pixels":  # centre on the training mean image
         mean = lazy_tr.mean()
         lazy_tr, xte = lazy_tr.centered(mean), xte - mean
     classes = train_ds.num_classes
     results: dict[str, Any] = {
         "target": spec, "label": target.label, "kind": target.kind, "dataset": cfg.data.name,
-        "train_images": len(ytr), "test_images": len(yte), "feature_dim": lazy_tr.shape[1], "seed": cfg.seed,
+        "data_root": cfg.data.root, "train_images": len(ytr), "test_images": len(yte),
+        "train_unlabeled_left_out": p.unlabeled_left_out, "feature_dim": lazy_tr.shape[1],
+        "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
+                            "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
     }
     e = cfg.eval
     opts = IndexOptions(kind=e.knn_index, exact_max=e.knn_exact_max, nlist=e.knn_nlist or None, nprobe=e.knn_nprobe,
                         codes=e.knn_ivf_codes, chunk_rows=e.knn_chunk_rows, seed=cfg.seed,
                         gpu=None if str(device).startswith("cuda") else False)
     results["knn"], results["knn_index"] = knn_evaluate_with_index(lazy_tr, ytr, xte, yte, list(e.knn), classes, opts)
+    for warning in results["knn_index"].get("warnings", []):  # also under the results.md table
+        log(f"[eval] warning ({target.label}): {warning}")
     if cfg.eval.linear:
         xtr = lazy_tr.load()  # the probes need train in memory
         log(f"[eval] linear probes for {target.label} (lr x wd grid {len(cfg.eval.linear_lrs)}x"

@@ -11,9 +11,12 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from selfsup import distributed
-from selfsup.data import CleanTransform, DataInfo, ImageDataset, make_loader
-from selfsup.data.datasets import Subset
+from selfsup.data import CleanTransform, DataInfo, ImageDataset, TensorImages, make_loader
+from selfsup.data.datasets import FolderImages, Subset, WithIndices
 from selfsup.fileio import save_tensors
+
+FLOAT16_RTOL = 2.0 ** -11  # float16's unit roundoff: the relative error of rounding a normal value
+HASH_CHUNK_BYTES = 64 * 2**20  # image bytes hashed at a time
 
 
 def fingerprint(encoder: nn.Module) -> str:
@@ -23,6 +26,91 @@ def fingerprint(encoder: nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _update_rows(h: "hashlib._Hash", images: Tensor, indices: Tensor | None = None) -> None:
+    """Feed the bytes of ``images`` ``[N, ...]`` (the rows at ``indices`` when given) to ``h``,
+    a chunk of rows at a time (no copy of the whole tensor)."""
+    n = len(images) if indices is None else len(indices)
+    row_bytes = max(1, images[:1].numel() * images.element_size())
+    step = max(1, HASH_CHUNK_BYTES // row_bytes)
+    for start in range(0, n, step):
+        rows = images[start:start + step] if indices is None else images[indices[start:start + step]]
+        h.update(rows.contiguous().reshape(-1).view(torch.uint8).numpy())  # [rows * bytes]
+
+
+def dataset_fingerprint(ds: ImageDataset) -> str:
+    """A hash of the images and labels ``ds`` yields, cheap where it can be:
+
+    - image folders (:class:`FolderImages`): each file's path, size and modification time,
+      its label, the side length and channels (``selfsup.data.decoded.folder_key``);
+    - a memory-mapped decoded copy: its file's path, size and modification time (the
+      name holds the folder's key) and the labels;
+    - images in memory: their bytes and the labels;
+    - a subset: its rows of an in-memory base, else the base's fingerprint and the indices;
+    - anything else: every image read through ``__getitems__``, and the labels.
+    """
+    from selfsup.data.decoded import MappedImages, folder_key
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{type(ds).__name__}|{len(ds)}|{ds.num_classes}|{ds.in_chans}|{ds.image_size}|".encode())
+    h.update(ds.labels.long().contiguous().numpy())  # [N]
+    if isinstance(ds, WithIndices):
+        h.update(dataset_fingerprint(ds.base).encode())
+    elif isinstance(ds, Subset):
+        idx = torch.as_tensor(ds.indices, dtype=torch.long)  # [n]
+        if type(ds.base) is TensorImages:
+            _update_rows(h, ds.base.images, idx)
+        else:
+            h.update(dataset_fingerprint(ds.base).encode())
+            h.update(idx.numpy())
+    elif isinstance(ds, MappedImages):
+        st = ds.path.stat()
+        h.update(f"{ds.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{list(ds.shape)}".encode())
+    elif isinstance(ds, TensorImages):
+        _update_rows(h, ds.images)
+    elif isinstance(ds, FolderImages):
+        h.update(folder_key(ds).encode())
+    else:
+        for start in range(0, len(ds), 256):
+            h.update(ds.__getitems__(list(range(start, min(start + 256, len(ds)))))[0].contiguous().numpy())
+    return h.hexdigest()
+
+
+def float16_faithful(x: Tensor, chunk_elements: int = 2**22) -> bool:
+    """Whether float16 holds the features ``x`` ``[N, D]`` faithfully: every value is finite and
+    rounding it to float16 changes it by at most :data:`FLOAT16_RTOL` (2^-11) times the largest
+    |value| of its row and of its column, the scales cosine kNN (rows) and the probe's
+    standardisation (columns) see. Fails for values above float16's range (65504, they would
+    become inf) and for rows or columns that lie wholly in float16's subnormal range
+    (below 2^-14 = 6.1e-5, where float16 keeps only a few bits). Read ``chunk_elements``
+    values at a time (no full-size temporary)."""
+    if x.ndim != 2:
+        raise ValueError(f"features must be [N, D], got shape {list(x.shape)}")
+    n, d = x.shape
+    if n == 0 or d == 0:
+        return True
+    step = max(1, chunk_elements // d)
+    row_max = torch.empty(n)  # [N]
+    col_max = torch.zeros(d)  # [D]
+    for start in range(0, n, step):
+        a = x[start:start + step].float().abs()  # [R, D]
+        if not a.isfinite().all():
+            return False
+        row_max[start:start + len(a)] = a.amax(1)
+        torch.maximum(col_max, a.amax(0), out=col_max)
+    for start in range(0, n, step):
+        c = x[start:start + step].float()  # [R, D]
+        err = (c.half().float() - c).abs()  # [R, D]; inf where float16 overflows
+        scale = torch.minimum(row_max[start:start + len(c), None], col_max[None])  # [R, D]
+        if not (err <= FLOAT16_RTOL * scale).all():
+            return False
+    return True
+
+
+def storage_dtype(x: Tensor) -> torch.dtype:
+    """float16 where :func:`float16_faithful` allows it, else float32 (features never need more)."""
+    return torch.float16 if float16_faithful(x) else torch.float32
 
 
 @torch.inference_mode()
@@ -73,7 +161,7 @@ class FeatureFile:
     ``rows(start, stop)`` returns float32 ``[stop - start, D]`` through
     ``safe_open(...).get_slice``, which reads only that range; the file is opened per
     read, so the memory map (and its resident pages) is released after each chunk and
-    a float16 file far larger than memory can be streamed. ``offset`` (``[D]``), when
+    a float16 or float32 file far larger than memory can be streamed. ``offset`` (``[D]``), when
     given, is subtracted from every row read (e.g. centring raw pixels on the training
     mean without materialising a centred copy).
     """
@@ -84,7 +172,7 @@ class FeatureFile:
         with safe_open(str(self.path), "pt") as f:
             sl = f.get_slice(name)
             shape = tuple(sl.get_shape())
-            self.dtype = sl.get_dtype()  # safetensors dtype code, e.g. "F16"
+            self.dtype = sl.get_dtype()  # safetensors dtype code: "F16" or "F32"
         if len(shape) != 2:
             raise ValueError(f"{self.path}: tensor {name!r} has shape {list(shape)}, expected [rows, dim]")
         self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
@@ -109,7 +197,7 @@ class FeatureFile:
 
     def load(self, chunk_rows: int = 65_536) -> Tensor:
         """Every row as one float32 tensor ``[N, D]`` (for consumers that need it all in memory),
-        filled chunk by chunk so no whole-file float16 copy exists beside it."""
+        filled chunk by chunk so no whole-file copy in the stored dtype exists beside it."""
         out = torch.empty(self.shape)  # [N, D]
         start = 0
         for x in self.chunks(chunk_rows):
@@ -136,11 +224,17 @@ class FeatureFile:
 
 
 class FeatureCache:
-    """Features stored as float16 safetensors under ``directory``, keyed by name and
-    checked against the encoder fingerprint (a retrained encoder never reuses stale features).
+    """Features stored as safetensors under ``directory``, keyed by name and checked against
+    a key (the caller's: :mod:`selfsup.eval.evaluate` joins the encoder's fingerprint and the
+    data's, so neither a retrained encoder nor other data reuses stale features) and,
+    when the caller passes them, against the data's labels.
 
-    ``get`` loads a split into memory as float32; ``get_lazy`` returns a :class:`FeatureFile`
-    that streams the float16 rows, for evaluators (kNN) that never need them all at once."""
+    Features are stored as float16 when :func:`float16_faithful` says float16 holds them
+    (each value within 2^-11 of the largest |value| of its row and of its column), else as
+    float32 (values beyond float16's range, rows or columns of tiny values, non-finite
+    values, which are kept as they are). ``get`` loads a split into memory as float32;
+    ``get_lazy`` returns a :class:`FeatureFile` that streams the rows, for evaluators
+    (kNN) that never need them all at once."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -148,33 +242,39 @@ class FeatureCache:
     def path(self, name: str) -> Path:
         return self.directory / f"{name}.safetensors"
 
-    def has(self, name: str, key: str) -> bool:
-        """Whether ``name`` is cached for the encoder with fingerprint ``key``."""
+    def has(self, name: str, key: str, labels: Tensor | None = None) -> bool:
+        """Whether ``name`` is cached under ``key`` (and, given the data's ``labels`` ``[N]``,
+        holds those labels: see :func:`labels_agree`)."""
         path = self.path(name)
         if not path.exists():
             return False
         with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        return meta.get("key") == key
+            if (f.metadata() or {}).get("key") != key:
+                return False
+            return labels is None or labels_agree(f.get_tensor("labels"), labels)
 
     def store(self, name: str, key: str, feats: Tensor, labels: Tensor) -> None:
-        """Write features ``[N, D]`` (as float16) and labels ``[N]`` under ``name``."""
+        """Write features ``[N, D]`` (float16 or float32, see :func:`storage_dtype`) and labels
+        ``[N]`` under ``name``."""
         if feats.ndim != 2 or labels.shape != (len(feats),):
             raise ValueError(f"features for {name!r} must be [N, D] with labels [N], got "
                              f"{list(feats.shape)} and {list(labels.shape)}")
-        save_tensors({"features": feats.half(), "labels": labels}, self.path(name), {"key": key})
+        save_tensors({"features": feats.to(storage_dtype(feats)), "labels": labels}, self.path(name), {"key": key})
 
-    def get(self, name: str, key: str, compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """Float32 features ``[N, D]`` (float16-rounded, as stored) and labels ``[N]``."""
-        lazy, labels = self.get_lazy(name, key, compute)
-        return lazy.load(), labels
+    def get(self, name: str, key: str, compute: Callable[[], tuple[Tensor, Tensor]],
+            labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Float32 features ``[N, D]`` (as stored: float16-rounded within the stated tolerance,
+        or exact) and labels ``[N]``; see :meth:`get_lazy`."""
+        lazy, stored = self.get_lazy(name, key, compute, labels)
+        return lazy.load(), stored
 
-    def get_lazy(self, name: str, key: str,
-                 compute: Callable[[], tuple[Tensor, Tensor]]) -> tuple[FeatureFile, Tensor]:
+    def get_lazy(self, name: str, key: str, compute: Callable[[], tuple[Tensor, Tensor]],
+                 labels: Tensor | None = None) -> tuple[FeatureFile, Tensor]:
         """A lazy :class:`FeatureFile` over the cached features and the labels ``[N]``;
-        computed and stored first when missing or stale."""
+        computed and stored first when missing, under another key, or (given the data's
+        ``labels``) holding other labels: a stale entry is recomputed, never used."""
         path = self.path(name)
-        if not self.has(name, key):
+        if not self.has(name, key, labels):
             self.store(name, key, *compute())
         lazy = FeatureFile(path)
         labels = lazy.tensor("labels")
@@ -182,3 +282,16 @@ class FeatureCache:
             raise ValueError(f"{path}: {lazy.shape[0]} feature rows but labels of shape {list(labels.shape)}; "
                              f"delete the file to recompute it")
         return lazy, labels
+
+
+def labels_agree(stored: Tensor, labels: Tensor) -> bool:
+    """Whether cached labels ``stored`` ``[n]`` are those of data with labels ``labels`` ``[N]``:
+    equal, or (when unreadable images were left out while extracting, n < N) the labels of
+    some of its rows in order."""
+    stored, labels = stored.long().reshape(-1), labels.long().reshape(-1)
+    if len(stored) == len(labels):
+        return torch.equal(stored, labels)
+    if len(stored) > len(labels):
+        return False
+    it = iter(labels.tolist())
+    return all(any(y == v for v in it) for y in stored.tolist())  # a subsequence: one pass over labels

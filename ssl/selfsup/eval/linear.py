@@ -11,6 +11,11 @@ class-balanced, seeded 1% and 10% subsets of the labelled training set, and ever
 number as the mean and standard deviation over several seeds. :func:`sklearn_probe`
 is scikit-learn's multinomial logistic regression on the same standardised features,
 a cross-check of the SGD probe on small data.
+
+Every probe refuses features with NaN or inf, labels outside ``[0, num_classes)``
+(-1: unlabeled) and training labels of fewer than two classes (:func:`check_probe_data`);
+a setting whose probe diverges (non-finite weights) is never chosen, and a chosen
+probe that diverges on the whole training set is an error.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.eval.knn import topk_accuracy
+from selfsup.config import ConfigError
+from selfsup.data.datasets import DataError
+from selfsup.eval.knn import check_finite, check_labels, topk_accuracy
 
 
 MIN_STEPS = 1000  # small (low-shot) training sets get more epochs, so that every probe takes this many steps
@@ -60,6 +67,34 @@ def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[fl
     return heads
 
 
+def check_probe_data(train: Tensor, train_labels: Tensor, num_classes: int, test: Tensor | None = None,
+                     test_labels: Tensor | None = None) -> None:
+    """Refuse what a probe cannot score faithfully: rows and labels that do not match
+    (ValueError); NaN or inf features, labels outside ``[0, num_classes)``, fewer than two
+    classes in ``train_labels``, an empty test split (DataError). ``train`` ``[N, D]``,
+    ``test`` ``[Q, D]``, labels ``[N]`` and ``[Q]``."""
+    splits = [("train", train, train_labels)] + ([("test", test, test_labels)] if test is not None else [])
+    for what, x, y in splits:
+        if y is None or len(y) != len(x):
+            raise ValueError(f"{what} labels ({None if y is None else len(y)}) do not match the {len(x)} "
+                             f"{what} feature rows")
+        check_labels(y, num_classes, what)
+        check_finite(x, what)
+    present = train_labels.unique()
+    if len(present) < 2:
+        found = f"only class {int(present[0])}" if len(present) else "no labelled rows"
+        raise DataError(f"a linear probe needs at least two classes in its training labels, found {found} "
+                        f"({len(train_labels)} rows): evaluate on labelled data with two or more classes, "
+                        f"or set eval.linear=false")
+    if test is not None and len(test) == 0:
+        raise DataError("no test rows to score the linear probe on: the test split is empty")
+
+
+def diverged(head: nn.Linear) -> bool:
+    """True when training left NaN or inf in the head's weights or bias."""
+    return not all(bool(p.isfinite().all()) for p in head.parameters())
+
+
 def standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
     mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
     return [(t - mean) / std for t in (train, *others)]
@@ -69,7 +104,10 @@ def select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: l
                    epochs: int = 60, batch_size: int = 1024, val_fraction: float = 0.1,
                    seed: int = 0) -> tuple[tuple[float, float], float]:
     """The (lr, wd) whose probe scores best on a seeded split held out from ``train``
-    [N, D]; returns it and its held-out top-1 (percent)."""
+    [N, D]; returns it and its held-out top-1 (percent). A setting whose probe diverged
+    (non-finite weights) is never chosen; ConfigError when every one did. DataError: see
+    :func:`check_probe_data`."""
+    check_probe_data(train, train_labels, num_classes)
     train = train.float()
     settings = list(product(lrs, wds))
     g = torch.Generator().manual_seed(seed)
@@ -79,19 +117,28 @@ def select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: l
     fit_x, val_x = standardise(train[fit_idx], train[val_idx])
     with torch.enable_grad():
         heads = _train_heads(fit_x, train_labels[fit_idx], num_classes, settings, epochs, batch_size, seed)
+    alive = [i for i, h in enumerate(heads) if not diverged(h)]
+    if not alive:
+        raise ConfigError(f"every linear-probe setting diverged (non-finite weights) with lr in {lrs} and weight "
+                          f"decay in {wds}: lower eval.linear_lrs (and eval.linear_wds)")
     with torch.no_grad():
-        val_acc = [topk_accuracy(h(val_x), train_labels[val_idx], (1,))["top1"] for h in heads]
-    best = max(range(len(settings)), key=lambda i: val_acc[i])
+        val_acc = {i: topk_accuracy(heads[i](val_x), train_labels[val_idx], (1,))["top1"] for i in alive}
+    best = max(alive, key=lambda i: val_acc[i])  # the first of equals, in grid order
     return settings[best], val_acc[best]
 
 
 def fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
                   setting: tuple[float, float], epochs: int = 60, batch_size: int = 1024,
                   seed: int = 0) -> dict[str, float]:
-    """Test top-1/top-5 (percent) of one probe at ``setting`` = (lr, wd) trained on all of ``train``."""
+    """Test top-1/top-5 (percent) of one probe at ``setting`` = (lr, wd) trained on all of ``train``.
+    ConfigError when it diverges (non-finite weights); DataError: see :func:`check_probe_data`."""
+    check_probe_data(train, train_labels, num_classes, test, test_labels)
     full_x, test_x = standardise(train.float(), test.float())
     with torch.enable_grad():
         (head,) = _train_heads(full_x, train_labels, num_classes, [setting], epochs, batch_size, seed)
+    if diverged(head):
+        raise ConfigError(f"the linear probe diverged (non-finite weights) on the whole training set at lr "
+                          f"{setting[0]:g}, weight decay {setting[1]:g}: lower eval.linear_lrs")
     with torch.no_grad():
         return topk_accuracy(head(test_x), test_labels)
 
@@ -99,7 +146,9 @@ def fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_labels
 def linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
                  lrs: list[float], wds: list[float], epochs: int = 60, batch_size: int = 1024,
                  val_fraction: float = 0.1, seed: int = 0) -> dict[str, float]:
-    """Test top-1/top-5 (percent) of the probe whose (lr, wd) won on the held-out split."""
+    """Test top-1/top-5 (percent) of the probe whose (lr, wd) won on the held-out split
+    (:func:`select_setting`), retrained on all of ``train`` (:func:`fit_and_score`)."""
+    check_probe_data(train, train_labels, num_classes, test, test_labels)
     setting, val_acc = select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
                                       val_fraction, seed)
     acc = fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs, batch_size, seed)
@@ -147,8 +196,9 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
     A fraction below 1 draws a class-balanced subset per seed and chooses (lr, wd) on a
     split held out from that subset. With all labels the choice is made once (at
     ``seed``) and the chosen probe is retrained from each seed (initialisation and
-    batch order), which costs one grid instead of ``seeds``.
+    batch order), which costs one grid instead of ``seeds``. Raises as :func:`linear_probe`.
     """
+    check_probe_data(train, train_labels, num_classes, test, test_labels)
     results: dict[str, dict[str, Any]] = {}
     for fraction in fractions:
         runs = []
@@ -173,7 +223,9 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
 def sklearn_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
                   c: float = 1.0, max_iter: int = 1000) -> dict[str, float]:
     """Top-1/top-5 (percent) of scikit-learn's multinomial logistic regression (L-BFGS,
-    inverse regularisation ``c``) on the same standardised features as the SGD probe."""
+    inverse regularisation ``c``) on the same standardised features as the SGD probe.
+    DataError: see :func:`check_probe_data`."""
+    check_probe_data(train, train_labels, num_classes, test, test_labels)
     from sklearn.linear_model import LogisticRegression
 
     x, xt = standardise(train.float(), test.float())

@@ -24,9 +24,15 @@ def probe_keys(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(keys, key=lambda k: -frac[k])
 
 
+def row_warnings(row: dict[str, Any]) -> list[str]:
+    """A result's one-line warnings: its own ``warnings`` and its kNN index's (``knn_index.warnings``)."""
+    return [*(row.get("warnings") or []), *((row.get("knn_index") or {}).get("warnings") or [])]
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """One row per evaluated target: kNN top-1 for each (k, T); linear top-1/top-5 with all
-    labels and top-1 on each low-shot fraction, as mean ± std over the probe seeds."""
+    labels and top-1 on each low-shot fraction, as mean ± std over the probe seeds. Under
+    the table, every warning of every row (:func:`row_warnings`), then notes on the protocol."""
     if not rows:
         return ""
     knn_keys = list(rows[0].get("knn", {}))
@@ -54,13 +60,16 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             cells.append(f"{r['linear_sklearn']['top1']:.2f}" if "linear_sklearn" in r else "")
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0]
-    notes = [f"Dataset {first['dataset']}: {first['train_images']} train / {first['test_images']} test images; "
+    warnings = [f"**Warning** ({r['label']}): {w}" for r in rows for w in row_warnings(r)]
+    notes = [*warnings,
+             f"Dataset {first['dataset']}: {first['train_images']} train / {first['test_images']} test images; "
              f"accuracies in percent on the test split; seed {first['seed']}; final-epoch weights, no epoch picked "
-             f"on the test set. kNN: cosine, votes weighted by exp(sim/T). Linear probe: lr and weight decay "
+             f"on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
+             f"is never counted as predicted, in top-5 too. Linear probe: lr and weight decay "
              f"chosen on a split held out from the training set."]
     index = first.get("knn_index")
     if index:
-        shown = ", ".join(f"{k} {v}" for k, v in index.items() if k not in ("seconds",) and v is not None)
+        shown = ", ".join(f"{k} {v}" for k, v in index.items() if k not in ("seconds", "warnings") and v is not None)
         notes.append(f"kNN search: faiss, {shown}.")
     lin = next((r["linear"] for r in rows if "linear" in r), None)
     if lin and "seeds" in lin:

@@ -4,6 +4,7 @@ optimiser and schedule, and stores the resolved config in every checkpoint."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -25,6 +26,30 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf; the message names the step, the terms and the last good checkpoint."""
 
 
+class NonFiniteGradientError(NonFiniteLossError):
+    """A gradient became NaN or inf although the loss was finite; the message names the first
+    parameter hit, the step, the precision and the fix. A subclass of :class:`NonFiniteLossError`
+    so that whatever reports that one (the CLI's one-line errors) reports this one too."""
+
+
+def first_non_finite_grad(named_params: Iterable[tuple[str, nn.Parameter]]) -> str | None:
+    """The name of the first parameter whose gradient holds a NaN or an inf; None when every
+    gradient is finite (parameters without a gradient are skipped).
+
+    Cheap enough for every step: one fused max-|g| reduction over all gradients
+    (``torch._foreach_norm`` with ord=inf: NaN or inf for a gradient with any such element)
+    and one host sync; the names are looked at only when something is not finite.
+    """
+    named = [(name, p.grad) for name, p in named_params if p.grad is not None]
+    if not named:
+        return None
+    peaks = torch.stack(torch._foreach_norm([g for _, g in named], float("inf")))  # [P] max |grad| per parameter
+    finite = torch.isfinite(peaks)  # [P]
+    if bool(finite.all()):
+        return None
+    return named[int((~finite).nonzero()[0, 0])][0]
+
+
 class PretrainModule(L.LightningModule):
     """Pretrains ``cfg.method`` on a timm encoder.
 
@@ -43,6 +68,9 @@ class PretrainModule(L.LightningModule):
             enable_grad_checkpointing(encoder, cfg.encoder.name)
         self.method = METHODS.get(method_name(cfg))(cfg.method, encoder, info)
         self._stepped_at = 0  # global_step after the last optimiser step seen by on_train_batch_end
+        # training batches of fewer than 2 images (Lightning still calls the optimiser, without
+        # gradients, and counts a global step) and batches that trained: a run must train one
+        self.skipped_batches = self.trained_batches = 0
         use_probe = cfg.trainer.online_probe and info.num_classes > 0
         self.probe = nn.Linear(self.method.num_features, info.num_classes) if use_probe else None
         self.clean = CleanTransform(info.mean, info.std, info.image_size)
@@ -51,7 +79,9 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor | None:
         images, labels = batch[0], batch[1]
         if images.shape[0] < 2:  # unreadable files were left out of this batch; BatchNorm needs two images
-            return None  # Lightning skips the optimiser step
+            self.skipped_batches += 1  # counted: a run whose every batch is skipped is an error (train.run)
+            return None  # no loss: nothing to backpropagate
+        self.trained_batches += 1
         out = self.method.step(images, labels, batch[2] if len(batch) > 2 else None)
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -72,11 +102,41 @@ class PretrainModule(L.LightningModule):
 
     def _non_finite(self, out: dict[str, Tensor]) -> None:
         terms = {k: float(v.detach()) for k, v in out.items() if k != "features" and v.ndim == 0}
-        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") if self._trainer else ""
         raise NonFiniteLossError(
             f"the loss is not finite at epoch {self.current_epoch}, step {self.global_step} "
-            f"(terms: {terms}). The weights of this step were not saved; the last good checkpoint is "
-            f"{ckpt or 'none yet'}. Lower optim.lr, or check the data for constant images.")
+            f"(terms: {terms}, trainer.precision={self._precision()}). The weights of this step were not saved; "
+            f"the last good checkpoint is {self._last_checkpoint()}. {self._non_finite_fix()}, "
+            f"or check the data for constant images.")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse to step on a non-finite gradient, naming the parameter (the loss was finite).
+        Under fp16 with loss scaling (16-mixed) inf gradients are expected: the GradScaler
+        skips those steps and lowers its scale, so nothing is checked there.
+
+        Raises:
+            NonFiniteGradientError: a parameter's gradient holds a NaN or an inf.
+        """
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return
+        name = first_non_finite_grad(self.named_parameters())
+        if name is not None:
+            raise NonFiniteGradientError(
+                f"the gradient of {name} is not finite at epoch {self.current_epoch}, step {self.global_step} "
+                f"(trainer.precision={self._precision()}; the loss was finite). No optimiser step was taken; the "
+                f"last good checkpoint is {self._last_checkpoint()}. {self._non_finite_fix()}.")
+
+    def _precision(self) -> str:
+        return str(self.trainer.precision) if self._trainer is not None else "unknown (no trainer)"
+
+    def _last_checkpoint(self) -> str:
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") if self._trainer is not None else ""
+        return ckpt or "none yet"
+
+    def _non_finite_fix(self) -> str:
+        if self._precision().startswith(("bf16", "16")):
+            # CPUs: oneDNN's bf16 convolution weight-gradient is wrong for some shapes (benchmarks/precision.py)
+            return "Set trainer.precision=32-true (half precision is the usual cause), or lower optim.lr"
+        return "Lower optim.lr"
 
     def on_train_start(self) -> None:
         self._stepped_at = self.global_step  # > 0 when resumed

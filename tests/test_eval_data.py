@@ -1,0 +1,306 @@
+"""Evaluation scores the data the user names: cached features belong to their data, unlabeled
+images never vote, one class or no labels is said before any work, a run's results are never
+replaced by an evaluation on other data, channels are checked before the first forward pass."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup.cli import main
+from selfsup.config import load_config
+from selfsup.data import DATASETS, DataError, DataInfo, TensorImages
+from selfsup.eval.evaluate import NotScorable, evaluate
+
+KNN = "k=3,T=0.07"
+TINY_ENCODER = "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def toy_images(per_class: int, classes: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[N, 1, S, S]`` images of ``classes`` patterns (a bright quadrant per class on a dark
+    ground, with noise) and their labels ``[N]``, classes interleaved."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(per_class * classes) % classes
+    x = torch.full((len(labels), 1, size, size), 40.0)
+    h = size // 2
+    for i, c in enumerate(labels.tolist()):
+        r, q = divmod(c, 2)
+        x[i, :, r * h:(r + 1) * h, q * h:(q + 1) * h] = 200.0
+    x += 15 * torch.randn(x.shape, generator=g)
+    return x.clamp(0, 255).round().to(torch.uint8), labels
+
+
+def write_split(folder: Path, images: torch.Tensor, labels: torch.Tensor, rgb: bool = False) -> None:
+    for i, (img, y) in enumerate(zip(images, labels.tolist())):
+        d = folder / f"class{y}"
+        d.mkdir(parents=True, exist_ok=True)
+        im = Image.fromarray(img[0].numpy(), "L")
+        (im.convert("RGB") if rgb else im).save(d / f"{i:03d}.png")
+
+
+def toy_folder(root: Path, classes: int = 2, train: int = 8, test: int = 4, size: int = 8, rgb: bool = False,
+               scramble: int | None = None) -> Path:
+    """``root/train/classK/*.png`` and ``root/test/classK/*.png``. ``scramble``: the same images
+    with their labels permuted by that seed (the same count in every class)."""
+    for split, n, seed in (("train", train, 0), ("test", test, 1)):
+        images, labels = toy_images(n, classes, size, seed)
+        if scramble is not None:
+            labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(scramble + seed))]
+        write_split(root / split, images, labels, rgb)
+    return root
+
+
+def eval_cfg(root: Path | None, *extra: str):
+    data = ["data.name=image-folder", f"data.root={root}"] if root else []
+    return load_config(None, ["method.name=simclr", *data, "data.image_size=8", "data.in_chans=1",
+                              "eval.knn=[[3, 0.07]]", "eval.linear=false", *extra])
+
+
+def eval_args(root: Path) -> list[str]:
+    return ["data.name=image-folder", f"data.root={root}", "data.image_size=8", "data.in_chans=1",
+            "eval.knn=[[3, 0.07]]", "eval.linear=false"]
+
+
+def top1(results_json: Path) -> float:
+    return json.loads(results_json.read_text())[0]["knn"][KNN]["top1"]
+
+
+def one_line_error(capsys, *parts: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for p in parts:
+        assert p in err, err
+    return err
+
+
+def files_under(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+
+
+# --------------------------------------------------------------------------- cached features belong to their data
+
+
+def test_second_folder_with_the_same_counts_gets_its_own_score(tmp_path):
+    clean = toy_folder(tmp_path / "clean", classes=4)
+    scrambled = toy_folder(tmp_path / "scrambled", classes=4, scramble=7)  # same images, labels permuted
+    out = tmp_path / "ev"  # one --out, so one feature cache for both
+    assert main(["eval", "pixels", *eval_args(clean), "--out", str(out)]) == 0
+    assert top1(out / "results.json") == 100.0  # four patterns, each its own class
+    assert main(["eval", "pixels", *eval_args(scrambled), "--out", str(out)]) == 0
+    got = top1(out / "results.json")
+    alone = evaluate("pixels", eval_cfg(scrambled), tmp_path / "fresh-cache", log=quiet)["knn"][KNN]["top1"]
+    assert got == alone  # its own number, not the clean folder's
+    assert got <= 50.0  # labels unrelated to the images: about chance (25) for four classes
+    # and back: the clean folder still scores its own
+    assert main(["eval", "pixels", *eval_args(clean), "--out", str(out)]) == 0
+    assert top1(out / "results.json") == 100.0
+
+
+def test_a_cache_entry_holding_other_labels_is_recomputed_not_used(tmp_path):
+    from selfsup.eval.evaluate import prepare
+
+    folder = toy_folder(tmp_path / "data")
+    cfg = eval_cfg(folder)
+    p = prepare("pixels", cfg, tmp_path / "cache")
+    for split, ds in p.splits():  # stale entries under the right names and keys: other labels, junk features
+        p.cache.store(p.names[split], p.keys[split], torch.full((len(ds), 64), 3.0), 1 - ds.labels)
+    logs: list[str] = []
+    got = evaluate("pixels", cfg, tmp_path / "cache", log=logs.append, prepared=p)
+    assert sum("extracting features" in line for line in logs) == 2  # both splits recomputed
+    assert got["knn"] == evaluate("pixels", cfg, tmp_path / "fresh", log=quiet)["knn"]
+    assert got["knn"][KNN]["top1"] == 100.0
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A 1-step run on a labelled 1-channel toy folder (evaluated after training), the folder,
+    and a folder with the same counts and scrambled labels."""
+    from conftest import ROOT
+
+    base = tmp_path_factory.mktemp("labelled")
+    folder = toy_folder(base / "data", size=16)
+    other = toy_folder(base / "other", size=16, scramble=3)
+    run = base / "run"
+    assert main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run),
+                 "data.name=image-folder", f"data.root={folder}", "data.image_size=16", "data.in_chans=1",
+                 "data.batch_size=8", "trainer.max_steps=1", "trainer.precision=32-true", "trainer.progress_bar=false",
+                 TINY_ENCODER, "eval.knn=[[3, 0.07]]", "eval.linear=false", "eval.baselines=[pixels]"]) == 0
+    return run, folder, other
+
+
+def test_eval_of_a_run_on_other_data_keeps_the_runs_results(labelled_run, tmp_path, capsys):
+    run, folder, other = labelled_run
+    own = (run / "results.json").read_bytes()
+    rows = json.loads(own)
+    assert [r["kind"] for r in rows] == ["pretrained", "pixels"] and rows[1]["knn"][KNN]["top1"] == 100.0
+    capsys.readouterr()
+    assert main(["eval", str(run), f"data.root={other}"]) == 0
+    printed = capsys.readouterr().out
+    assert (run / "results.json").read_bytes() == own  # untouched
+    written = sorted(run.glob("eval-image-folder-*/results.json"))
+    assert len(written) == 1 and "data.root changed" in printed and str(written[0].parent) in printed
+    cfg = load_config(run / "config.yaml", [f"data.root={other}"])
+    alone = evaluate(str(run), cfg, tmp_path / "fresh", log=quiet)
+    assert json.loads(written[0].read_text())[0]["knn"] == alone["knn"]  # the other folder's own number
+    assert json.loads(written[0].read_text())[0]["data_root"] == str(other)
+    # the run's own data again: results.json is the run's, rewritten with the same numbers
+    assert main(["eval", str(run), "eval.baselines=[]"]) == 0
+    assert json.loads((run / "results.json").read_text())[0]["knn"] == rows[0]["knn"]
+    assert len(sorted(run.glob("eval-*/results.json"))) == 1
+
+
+def test_features_beyond_float16_range_score_as_they_should(tmp_path):
+    """The float16 cache overflowed on large features (fair random resnet152: up to 1.4e5) and a
+    two-class toy set scored 50 instead of 100. An encoder scaled by 1e6 scores as the unscaled one."""
+    from selfsup.encoders import create_encoder
+    from selfsup.export import make_card, write_export
+    from safetensors import safe_open
+
+    folder = toy_folder(tmp_path / "data")
+    cfg = eval_cfg(folder, "encoder.name=resnet18", TINY_ENCODER)
+    torch.manual_seed(0)
+    encoder = create_encoder("resnet18", 1, cfg.encoder.kwargs, fair_random_init=True).eval()
+    info = DataInfo(1, 8, 2, (0.35,), (0.3,), 16)
+    write_export(encoder, make_card(cfg, info, encoder), tmp_path / "plain")
+    with torch.no_grad():  # every layer after layer4.0 is positively homogeneous at init: features x 1e6
+        block = encoder.layer4[0]
+        for bn in (block.bn2, block.downsample[1]):
+            bn.weight.mul_(1e6)
+            bn.bias.mul_(1e6)
+    write_export(encoder, make_card(cfg, info, encoder), tmp_path / "scaled")
+    plain = evaluate(str(tmp_path / "plain"), cfg, tmp_path / "cache", log=quiet)
+    scaled = evaluate(str(tmp_path / "scaled"), cfg, tmp_path / "cache", log=quiet)
+    assert plain["knn"][KNN]["top1"] == scaled["knn"][KNN]["top1"] == 100.0
+    assert scaled["feature_storage"] == {"train": "float32", "test": "float32"}
+    biggest = 0.0
+    for path in (tmp_path / "cache").glob("*-train-*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            biggest = max(biggest, f.get_tensor("features").float().abs().max().item())
+    assert biggest > 65504  # the regime where float16 overflows
+
+
+# --------------------------------------------------------------------------- unlabeled images and classes
+
+
+def _register(monkeypatch, name: str, train: TensorImages, test: TensorImages) -> None:
+    monkeypatch.setitem(DATASETS._items, name, lambda cfg, split: train if split == "train" else test)
+
+
+def test_unlabeled_training_rows_never_vote_nor_train_a_probe(monkeypatch, tmp_path):
+    """STL-10's "train" is train+unlabeled (label -1); only the labelled rows are scored."""
+    xtr, ytr = toy_images(8, 2, 8, 0)
+    xte, yte = toy_images(4, 2, 8, 1)
+    xun, _ = toy_images(10, 2, 8, 2)  # 20 unlabeled images, interleaved with the labelled ones
+    mixed_x = torch.cat([xun[:10], xtr[:8], xun[10:], xtr[8:]])
+    mixed_y = torch.cat([torch.full((10,), -1), ytr[:8], torch.full((10,), -1), ytr[8:]])
+    test = TensorImages(xte, yte, 2)
+    _register(monkeypatch, "toy-with-unlabeled", TensorImages(mixed_x, mixed_y, 2), test)
+    _register(monkeypatch, "toy-labelled", TensorImages(xtr, ytr, 2), test)
+    probe = ["eval.linear=true", "eval.linear_epochs=2", "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]",
+             "eval.low_shot=[]", "eval.probe_seeds=1"]
+    logs: list[str] = []
+    got = evaluate("pixels", eval_cfg(None, "data.name=toy-with-unlabeled", *probe), tmp_path, log=logs.append)
+    ref = evaluate("pixels", eval_cfg(None, "data.name=toy-labelled", *probe), tmp_path / "ref", log=quiet)
+    assert got["train_images"] == 16 and got["train_unlabeled_left_out"] == 20 and ref["train_unlabeled_left_out"] == 0
+    assert got["knn"] == ref["knn"] and got["knn"][KNN]["top1"] == 100.0
+    assert got["linear"]["top1"] == ref["linear"]["top1"] and got["linear"]["train_images"] == 16
+    assert got["linear_sklearn"] == ref["linear_sklearn"]
+    assert any("20 unlabeled training image(s)" in line for line in logs)
+
+
+def test_unlabeled_test_rows_are_an_error_before_any_work(monkeypatch, tmp_path):
+    xtr, ytr = toy_images(8, 2, 8, 0)
+    xte, yte = toy_images(4, 2, 8, 1)
+    yte = yte.clone()
+    yte[[1, 5, 6]] = -1
+    _register(monkeypatch, "toy-test-unlabeled", TensorImages(xtr, ytr, 2), TensorImages(xte, yte, 2))
+    with pytest.raises(DataError, match=r"test split of dataset 'toy-test-unlabeled' has 3 unlabeled image\(s\)"):
+        evaluate("pixels", eval_cfg(None, "data.name=toy-test-unlabeled"), tmp_path / "cache", log=quiet)
+    assert not files_under(tmp_path / "cache")
+
+
+def test_one_class_needs_two_classes_before_any_work(tmp_path, capsys):
+    folder = tmp_path / "one"
+    images, labels = toy_images(6, 1, 8, 0)
+    write_split(folder / "train", images, labels)
+    write_split(folder / "test", images[:2], labels[:2])
+    out = tmp_path / "ev"
+    assert main(["eval", "pixels", *eval_args(folder), "--out", str(out)]) == 2
+    one_line_error(capsys, "a linear probe / kNN evaluation needs at least two classes", "'class0'")
+    assert not files_under(out)  # nothing extracted, nothing written
+    # another member of the kind: a subset that keeps one class of a two-class folder
+    two = toy_folder(tmp_path / "two")
+    with pytest.raises(NotScorable, match="needs at least two classes"):
+        evaluate("pixels", eval_cfg(two, "data.subset=1"), tmp_path / "cache", log=quiet)
+    assert not files_under(tmp_path / "cache")
+
+
+# --------------------------------------------------------------------------- the README's own-folder workflow
+
+
+@pytest.fixture(scope="module")
+def unlabeled_run(tmp_path_factory) -> tuple[Path, str]:
+    """The README's command on a flat folder of RGB PNGs (no labels), one step; what it printed."""
+    import contextlib
+    import io
+
+    from conftest import ROOT
+
+    base = tmp_path_factory.mktemp("unlabeled")
+    flat = base / "photos"
+    flat.mkdir()
+    images, _ = toy_images(4, 2, 16, 5)
+    for i, img in enumerate(images):
+        Image.fromarray(np.repeat(img[0].numpy()[..., None], 3, 2), "RGB").save(flat / f"img{i}.png")
+    run = base / "run"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run),
+                     "data.name=image-folder", f"data.root={flat}", "data.image_size=16", "data.batch_size=4",
+                     "trainer.max_steps=1", "trainer.precision=32-true", "trainer.progress_bar=false", TINY_ENCODER])
+    assert code == 0, buf.getvalue()[-2000:]
+    return run, buf.getvalue()
+
+
+def test_unlabeled_folder_trains_and_exports_and_says_why_not_evaluated(unlabeled_run, capsys):
+    run, printed = unlabeled_run
+    assert (run / "export" / "model.safetensors").is_file() and (run / "export" / "config.json").is_file()
+    assert not (run / "results.json").exists() and not (run / "results.md").exists()
+    assert not files_under(run / "features")
+    skipped = [line for line in printed.splitlines() if "kNN and linear probes skipped" in line]
+    assert len(skipped) == 1 and "has no labels" in skipped[0]
+    assert f"selfsup eval {run} data.root=LABELLED_FOLDER" in skipped[0]
+    assert f"run directory: {run}" in printed
+    # evaluating the run on its own (unlabeled) data is an error that says how to evaluate it
+    assert main(["eval", str(run)]) == 2
+    one_line_error(capsys, "has no labels", "data.root=LABELLED_FOLDER")
+
+
+# --------------------------------------------------------------------------- channels
+
+
+def test_channel_mismatch_is_named_before_the_first_forward_pass(labelled_run, unlabeled_run, tmp_path, capsys):
+    gray_run, _, _ = labelled_run
+    rgb = toy_folder(tmp_path / "rgb", size=16, rgb=True)
+    out = tmp_path / "ev"
+    # an export trained on 1-channel images, evaluated on an RGB folder
+    assert main(["eval", str(gray_run / "export"), f"data.root={rgb}", "data.in_chans=3", "--out", str(out)]) == 2
+    one_line_error(capsys, "takes 1-channel images", "gives 3-channel images", "data.in_chans=1")
+    assert not files_under(out)
+    # and the other way round: an RGB encoder (run directory) on images read as grayscale
+    rgb_run, _ = unlabeled_run
+    assert main(["eval", str(rgb_run), "data.name=image-folder", f"data.root={rgb}", "data.in_chans=1",
+                 "--out", str(out)]) == 2
+    one_line_error(capsys, "takes 3-channel images", "gives 1-channel images", "data.in_chans=3")
+    assert not files_under(out)
+    # with the channels the encoder takes, the same folder evaluates
+    assert main(["eval", str(gray_run / "export"), f"data.root={rgb}", "data.in_chans=1", "eval.baselines=[]",
+                 "--out", str(out)]) == 0
+    assert 0 <= top1(out / "results.json") <= 100

@@ -1,0 +1,266 @@
+"""An export directory edited or damaged by hand: every fault in config.json or model.safetensors is a
+one-line LoadError naming the file, the field, its value and the fix, from selfsup.load_encoder and
+from `selfsup eval EXPORT` (exit 2), before any forward pass."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import selfsup
+from selfsup.cli import main
+from selfsup.config import load_config
+from selfsup.data import DataInfo
+from selfsup.encoders import create_encoder
+from selfsup.export import LoadError, load_encoder_and_card, make_card, write_export
+
+from conftest import ROOT
+
+TINY = {"channels": [8, 16, 32, 64], "stem_width": 8}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    """A valid export of a tiny 1-channel resnet18 (16x16, mean 0.5, std 0.25), written once."""
+    torch.manual_seed(0)
+    enc = create_encoder("resnet18", 1, TINY).eval()
+    cfg = load_config(None, ["method.name=simclr", "data.name=digits", "data.image_size=16", "encoder.name=resnet18",
+                             f"encoder.kwargs={json.dumps(TINY)}"])
+    card = make_card(cfg, DataInfo(1, 16, 10, (0.5,), (0.25,), 256), enc, trained_steps=4)
+    return write_export(enc, card, tmp_path_factory.mktemp("pristine") / "export")
+
+
+@pytest.fixture
+def export(pristine, tmp_path) -> Path:
+    """A copy of the pristine export for one test to damage."""
+    return Path(shutil.copytree(pristine, tmp_path / "export"))
+
+
+def _edit(out: Path, **changes) -> None:
+    """Set (value) or delete (``...``) fields of the card, as a hand edit would."""
+    card = json.loads((out / "config.json").read_text())
+    for k, v in changes.items():
+        card.pop(k) if v is ... else card.__setitem__(k, v)
+    (out / "config.json").write_text(json.dumps(card, indent=2))
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(LoadError) as err:
+        selfsup.load_encoder(path)
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def _cli_error(out: Path, tmp_path: Path, capsys) -> str:
+    """`selfsup eval EXPORT` exits 2 with one line on stderr; returns what follows 'error: '."""
+    assert main(["eval", str(out), "--out", str(tmp_path / "ev")]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith("selfsup eval: error: ")
+    return captured.err[len("selfsup eval: error: "):].rstrip("\n")
+
+
+REEXPORT = "or export the run again with `selfsup export RUN_DIR "
+
+# field, value written into config.json, how the message shows it, what the message says is wrong
+FIELD_FAULTS = [
+    ("architecture", 18, "18", "it must be the name of the timm model the weights were trained with"),
+    ("architecture", "", '""', "it must be the name of the timm model"),
+    ("architecture", "resnet1800", '"resnet1800"', "timm has no model of that name (close names: resnet18"),
+    ("in_chans", 0, "0", "it must be a positive integer: the images' channel count"),
+    ("in_chans", -1, "-1", "it must be a positive integer"),
+    ("in_chans", 1.0, "1.0", "it must be a positive integer"),
+    ("in_chans", True, "true", "it must be a positive integer"),
+    ("in_chans", "1", '"1"', "it must be a positive integer"),
+    ("input_size", [1, -16, 16], "[1, -16, 16]", "it must be [C, H, W], three positive integers"),
+    ("input_size", [1, 0, 0], "[1, 0, 0]", "it must be [C, H, W], three positive integers"),
+    ("input_size", [1, 16], "[1, 16]", "it must be [C, H, W]"),
+    ("input_size", [1, 16.5, 16], "[1, 16.5, 16]", "it must be [C, H, W]"),
+    ("input_size", 16, "16", "it must be [C, H, W]"),
+    ("input_size", [3, 16, 16], "[3, 16, 16]", 'its channel count C must equal "in_chans" (1)'),
+    ("input_size", [1, 16, 32], "[1, 16, 32]", "H and W must be equal (selfsup resizes images to squares)"),
+    ("mean", 0.5, "0.5", "it must be a list of finite numbers, one per input channel"),
+    ("mean", [], "[]", "it must be a list of finite numbers"),
+    ("mean", ["0.5"], '["0.5"]', "it must be a list of finite numbers"),
+    ("mean", [float("nan")], "[NaN]", "it must be a list of finite numbers"),
+    ("mean", [0.5, 0.5], "[0.5, 0.5]", 'it must hold one value per input channel: "in_chans" is 1'),
+    ("std", 0, "0", "it must be a list of finite numbers > 0, one per input channel (the images are divided by it)"),
+    ("std", [0], "[0]", "it must be a list of finite numbers > 0"),
+    ("std", [-0.25], "[-0.25]", "it must be a list of finite numbers > 0"),
+    ("std", [float("inf")], "[Infinity]", "it must be a list of finite numbers > 0"),
+    ("std", [True], "[true]", "it must be a list of finite numbers > 0"),
+    ("std", [0.25, 0.25, 0.25], "[0.25, 0.25, 0.25]", 'it must hold one value per input channel: "in_chans" is 1'),
+    ("kwargs", "abc", '"abc"', "it must be a JSON object of timm.create_model keyword arguments ({} for none)"),
+    ("kwargs", [], "[]", "it must be a JSON object of timm.create_model keyword arguments"),
+    ("kwargs", 7, "7", "it must be a JSON object"),
+    ("kwargs", {**TINY, "in_chans": 3}, '{"channels": [8, 16, 32, 64], "stem_width": 8, "in_chans": 3}',
+     "it sets in_chans, which selfsup passes to timm itself"),
+    ("kwargs", {**TINY, "not_an_option": 1}, '{"channels": [8, 16, 32, 64], "stem_width": 8, "not_an_option": 1}',
+     "timm cannot build 'resnet18' with them (TypeError: ResNet.__init__() got an unexpected keyword argument "
+     "'not_an_option')"),
+    ("kwargs", {**TINY, "global_pool": "nope"}, '{"channels": [8, 16, 32, 64], "stem_width": 8, "global_pool": "nope"}',
+     "timm cannot build 'resnet18' with them (AssertionError: Invalid pool type: nope)"),
+    ("kwargs", {"act_layer": "nope"}, '{"act_layer": "nope"}', "timm cannot build 'resnet18' with them (KeyError: 'nope')"),
+    ("num_features", 0, "0", "it must be a positive integer: the width of the encoder's features"),
+    ("num_features", "64", '"64"', "it must be a positive integer"),
+    ("num_features", 32, "32", "the encoder it describes (whose tensors the weights fit) gives 64 features"),
+    ("num_classes_seen", -1, "-1", "it must be an integer >= 0: the classes of the training data"),
+    ("num_classes_seen", 2.5, "2.5", "it must be an integer >= 0"),
+    ("trained_steps", -3, "-3", "it must be an integer >= 0 or null"),
+    ("train_images", "256", '"256"', "it must be an integer >= 0 or null"),
+    ("num_params", 1.5, "1.5", "it must be an integer >= 0 or null"),
+    ("training_config", "digits", '"digits"', "it must be a JSON object"),
+    ("method_config", [], "[]", "it must be a JSON object"),
+    ("results", [1], "[1]", "it must be a JSON object"),
+    ("exports", "none", '"none"', "it must be a JSON object"),
+    ("versions", 1, "1", "it must be a JSON object"),
+    ("method", 5, "5", "it must be a string"),
+    ("weights_sha256", "abc", '"abc"', "it must be the SHA-256 of model.safetensors (64 lowercase hex digits)"),
+]
+
+
+@pytest.mark.parametrize("field,value,shown,problem", FIELD_FAULTS,
+                         ids=[f"{f}={s}" for f, _, s, _ in FIELD_FAULTS])
+def test_every_card_field_fault_is_one_line_naming_file_field_value_and_fix(export, tmp_path, capsys, field, value,
+                                                                            shown, problem):
+    _edit(export, **{field: value})
+    card = export / "config.json"
+    msg = _load_error(export)
+    fix = (f'set "num_features": 64 in that file' if problem.endswith("gives 64 features")
+           else f'correct "{field}" in that file, {REEXPORT}{export}`')
+    assert msg.startswith(f'{str(card)!r}: "{field}" is {shown}, but {problem}'), msg
+    assert msg.endswith(fix), msg
+    assert _cli_error(export, tmp_path, capsys) == msg  # the CLI prints the same line and exits 2
+
+
+def test_issue_std_zero_negative_size_and_list_kwargs(export):
+    """The three hand edits of the issue: each used to load silently or raise a raw ValueError."""
+    card = export / "config.json"
+    _edit(export, std=0)
+    assert _load_error(export).startswith(f'{str(card)!r}: "std" is 0, but it must be a list of finite numbers > 0')
+    _edit(export, std=[0.25], input_size=[1, -16, 16])
+    assert _load_error(export).startswith(f'{str(card)!r}: "input_size" is [1, -16, 16], but it must be [C, H, W]')
+    _edit(export, input_size=[1, 16, 16], kwargs=[["channels", [8, 16, 32, 64]]])
+    assert _load_error(export).startswith(f'{str(card)!r}: "kwargs" is [["channels", [8, 16, 32, 64]]], but it must '
+                                          f'be a JSON object')
+    _edit(export, kwargs=TINY)  # the card restored: the export loads again
+    assert selfsup.load_encoder(export).selfsup_info == DataInfo(1, 16, 10, (0.5,), (0.25,))
+
+
+def test_cli_eval_of_a_hand_edited_export_prints_one_line(export, tmp_path):
+    """The CLI in its own process (every other fault is checked through cli.main in-process): exit 2, one
+    line on stderr, no traceback, nothing written."""
+    _edit(export, std=0)
+    res = subprocess.run([sys.executable, "-m", "selfsup.cli", "eval", str(export), "--out", str(tmp_path / "ev")],
+                         env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"selfsup eval: error: {str(export / 'config.json')!r}: \"std\" is 0, but ")
+    assert not (tmp_path / "ev").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("[1, 2]", "holds a JSON list, not the object of fields an export card is; export again with"),
+    ('"resnet18"', "holds a JSON str, not the object of fields an export card is"),
+    ("{", "cannot read the export card"),
+    ("", "cannot read the export card"),
+])
+def test_card_that_is_no_json_object(export, tmp_path, capsys, text, expected):
+    (export / "config.json").write_text(text)
+    msg = _load_error(export)
+    assert expected in msg and str(export) in msg and "selfsup export RUN_DIR" in msg
+    assert _cli_error(export, tmp_path, capsys) == msg
+
+
+@pytest.mark.parametrize("missing", ["architecture", "in_chans", "input_size", "mean", "std"])
+def test_card_lacking_a_required_field(export, tmp_path, capsys, missing):
+    _edit(export, **{missing: ...})
+    msg = _load_error(export)
+    assert msg == (f"{str(export / 'config.json')!r} is not a selfsup export card: it lacks {missing}; export again "
+                   f"with `selfsup export RUN_DIR {export}`")
+    assert _cli_error(export, tmp_path, capsys) == msg
+
+
+def test_optional_fields_may_be_absent_or_null(export):
+    """A minimal hand-written card loads: kwargs null and no free-form fields; the card reports num_features."""
+    card = json.loads((export / "config.json").read_text())
+    minimal = {k: card[k] for k in ("architecture", "in_chans", "input_size", "mean", "std")}
+    (export / "config.json").write_text(json.dumps({**minimal, "kwargs": TINY, "trained_steps": None}))
+    enc, loaded = load_encoder_and_card(export)
+    assert loaded["num_features"] == enc.num_features == 64
+    assert enc.selfsup_info == DataInfo(1, 16, 0, (0.5,), (0.25,))
+    (export / "config.json").write_text(json.dumps({**minimal, "kwargs": None}))
+    with pytest.raises(LoadError, match=r"do not fit 'resnet18' as config\.json describes it"):  # default widths
+        selfsup.load_encoder(export)
+
+
+# --- the weights ------------------------------------------------------------------------------
+
+
+def test_missing_weights(export, tmp_path, capsys):
+    (export / "model.safetensors").unlink()
+    expected = (f"{str(export)!r} is an incomplete export directory: it has config.json but no model.safetensors; "
+                f"export again with `selfsup export RUN_DIR {export}`")
+    assert _load_error(export) == expected
+    assert _load_error(export / "config.json") == expected  # the card's path stands for its directory
+    assert _cli_error(export, tmp_path, capsys) == expected
+
+
+@pytest.mark.parametrize("damage,expected", [
+    (lambda b: b[:len(b) // 2], "the file looks truncated or damaged, export again"),
+    (lambda b: b[:40], "the file looks truncated or damaged"),
+    (lambda b: b"", "should hold the encoder's weights as safetensors but is an empty file"),
+    # the header intact, the second half of the tensors' bytes zeroed: only the checksum tells
+    (lambda b: b[:len(b) // 2] + bytes(len(b) - len(b) // 2), "is not the file this export wrote: its SHA-256"),
+])
+def test_damaged_weights(export, tmp_path, capsys, damage, expected):
+    weights = export / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    msg = _load_error(export)
+    assert expected in msg and str(weights) in msg and f"`selfsup export RUN_DIR {export}`" in msg
+    assert _cli_error(export, tmp_path, capsys) == msg
+
+
+def test_weights_replaced_by_nan_or_integer_tensors(export):
+    """Without a checksum (older exports, or deleted after a deliberate replacement), the values are checked."""
+    weights = export / "model.safetensors"
+    _edit(export, weights_sha256=...)
+    state = load_file(str(weights))
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    save_file(state, str(weights))
+    n = len(state)
+    assert _load_error(export) == (f"the weights in {str(weights)!r} are damaged: 1 of its {n} tensors hold NaN or "
+                                   f"infinite values (e.g. 'layer2.0.conv1.weight'); export the run again with "
+                                   f"`selfsup export RUN_DIR {export}`")
+    state["layer2.0.conv1.weight"] = torch.zeros_like(state["layer2.0.conv1.weight"], dtype=torch.int32)
+    save_file(state, str(weights))
+    assert ("1 tensors hold another kind of number than the model's (e.g. 'layer2.0.conv1.weight': file torch.int32 "
+            "vs model torch.float32)") in _load_error(export)
+
+
+def test_replaced_weights_with_the_checksum_deleted_load(export, pristine):
+    """The checksum's message names the way out for a deliberate replacement: deleting it loads the new weights."""
+    weights = export / "model.safetensors"
+    state = load_file(str(weights))
+    state["conv1.weight"] = state["conv1.weight"] * 2
+    save_file(state, str(weights))
+    assert 'delete "weights_sha256" from config.json' in _load_error(export)
+    _edit(export, weights_sha256=...)
+    assert torch.equal(selfsup.load_encoder(export).conv1.weight, state["conv1.weight"])
+    assert not torch.equal(selfsup.load_encoder(pristine).conv1.weight, state["conv1.weight"])
+
+
+def test_export_records_the_checksum_of_its_weights(pristine):
+    import hashlib
+
+    card = json.loads((pristine / "config.json").read_text())
+    assert card["weights_sha256"] == hashlib.sha256((pristine / "model.safetensors").read_bytes()).hexdigest()

@@ -1,0 +1,508 @@
+"""Image folders are read as the user sees them: one class list for every split, hidden and
+system entries ignored, mixed or empty layouts refused, EXIF orientation applied, each file
+counted once however it is linked, a seeded stratified held-out split for labelled folders
+without test/, and a decoded cache that never outlives the data it was built from."""
+
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup.config import ConfigError, DataConfig, load_config
+from selfsup.data import DataError, build_dataset
+from selfsup.data.datasets import decode_image
+
+COLOURS = {"a": (220, 30, 30), "b": (30, 220, 30), "c": (30, 30, 220), "d": (200, 200, 30)}
+
+
+def _png(path: Path, colour=(128, 128, 128), size=(6, 5)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def _cfg(root: Path, **kw) -> DataConfig:
+    return DataConfig(name="image-folder", root=str(root), image_size=4, **kw)
+
+
+def _class_of(path: str, names: tuple[str, ...]) -> int:
+    """The label a file must have: its class folder's place among the sorted training classes."""
+    return names.index(Path(path).parent.name)
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg
+    return msg
+
+
+# --------------------------------------------------------------------------- one class list
+
+
+def test_test_split_uses_the_training_class_numbers(tmp_path):
+    """train/{a,b,c} and test/{a,c}: test 'c' images are class 2, as in train (per-split
+    numbering made them 1), so pixel nearest-neighbour scoring gets every test image right."""
+    for cls in "abc":
+        for i in range(3):
+            _png(tmp_path / "train" / cls / f"{i}.png", COLOURS[cls])
+    for cls in "ac":
+        for i in range(2):
+            _png(tmp_path / "test" / cls / f"t{i}.png", COLOURS[cls])
+    train, test = build_dataset(_cfg(tmp_path), "train"), build_dataset(_cfg(tmp_path), "test")
+    assert train.class_names == test.class_names == ("a", "b", "c") and test.num_classes == 3
+    c_labels = [int(y) for f, y in zip(test.files, test.labels) if Path(f).parent.name == "c"]
+    assert c_labels == [2, 2]
+    assert test.labels.tolist() == [_class_of(f, ("a", "b", "c")) for f in test.files]
+
+    def pixels(ds):  # [N, D]
+        return torch.stack([ds.load(i)[0] for i in range(len(ds))]).flatten(1).float()
+
+    nearest = torch.cdist(pixels(test), pixels(train)).argmin(1)  # [N_test] 1-NN in pixel space
+    assert (train.labels[nearest] == test.labels).float().mean().item() == 1.0
+
+
+def test_another_member_test_with_one_late_class_and_an_empty_folder(tmp_path):
+    for cls in "abcd":
+        _png(tmp_path / "train" / cls / "0.png", COLOURS[cls])
+    _png(tmp_path / "val" / "d" / "0.png", COLOURS["d"])  # val/ stands in for test/
+    (tmp_path / "val" / "b").mkdir()  # an empty test class folder is the class being absent
+    test = build_dataset(_cfg(tmp_path), "test")
+    assert test.labels.tolist() == [3] and test.num_classes == 4
+
+
+def test_a_test_class_that_train_lacks_is_a_one_line_error(tmp_path):
+    for cls in "ab":
+        _png(tmp_path / "train" / cls / "0.png")
+    for cls in "abde":
+        _png(tmp_path / "test" / cls / "0.png")
+    assert len(build_dataset(_cfg(tmp_path), "train")) == 2  # the training split does not depend on test/
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path), "test")
+    msg = _one_line(err)
+    assert "test class(es) 'd', 'e'" in msg and "not in" in msg and "add the class(es) there" in msg
+
+
+def test_labelled_test_folder_with_unlabeled_train_folder_is_an_error(tmp_path):
+    _png(tmp_path / "train" / "0.png")
+    _png(tmp_path / "test" / "a" / "0.png")
+    with pytest.raises(DataError, match="class subfolders .*'a'.* but .*train.* has none"):
+        build_dataset(_cfg(tmp_path), "test")
+    shutil.rmtree(tmp_path / "train")
+    _png(tmp_path / "train" / "a" / "0.png")
+    shutil.rmtree(tmp_path / "test" / "a")
+    _png(tmp_path / "test" / "loose.png")
+    with pytest.raises(DataError, match="holds loose images but .* has class subfolders; .*'a'"):
+        build_dataset(_cfg(tmp_path), "test")
+
+
+def test_a_test_folder_without_train_is_an_error(tmp_path):
+    for cls in "ab":
+        _png(tmp_path / cls / "0.png")
+    _png(tmp_path / "test" / "a" / "1.png")  # would otherwise become a third class named 'test'
+    with pytest.raises(DataError, match=r"has a test/ subfolder but no train/"):
+        build_dataset(_cfg(tmp_path), "train")
+
+
+# --------------------------------------------------------------------------- hidden and system entries
+
+
+def test_flat_folder_with_a_hidden_thumbnail_folder_stays_flat(tmp_path):
+    """300 loose images plus .thumbnails/ with one image: 300 unlabeled images (it was
+    read as one class holding 1 image)."""
+    for i in range(300):
+        _png(tmp_path / f"img{i:03d}.png", (i % 256, 0, 0), size=(2, 2))
+    _png(tmp_path / ".thumbnails" / "img000.png")
+    ds = build_dataset(_cfg(tmp_path), "train")
+    assert len(ds) == 300 and ds.num_classes == 0 and set(ds.labels.tolist()) == {-1}
+    assert sorted(Path(f).name for f in ds.files) == [f"img{i:03d}.png" for i in range(300)]
+
+
+@pytest.mark.parametrize("junk", ["__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information", "lost+found",
+                                  ".git", "#recycle"])
+def test_system_folders_and_hidden_files_are_ignored(tmp_path, junk):
+    for i in range(3):
+        _png(tmp_path / f"{i}.png")
+    _png(tmp_path / junk / "x.png")
+    _png(tmp_path / "._0.png")  # an AppleDouble file: not an image of the user's
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    ds = build_dataset(_cfg(tmp_path), "train")
+    assert sorted(Path(f).name for f in ds.files) == ["0.png", "1.png", "2.png"] and ds.num_classes == 0
+
+
+def test_hidden_entries_inside_class_folders_are_ignored(tmp_path):
+    for cls in "ab":
+        for i in range(2):
+            _png(tmp_path / "train" / cls / f"{i}.png", COLOURS[cls])
+        _png(tmp_path / "train" / cls / f"._{cls}.png")
+        _png(tmp_path / "train" / cls / ".thumbs" / "t.png")
+        _png(tmp_path / "train" / cls / "@eaDir" / "SYNOPHOTO_THUMB.png")
+    _png(tmp_path / "train" / "__MACOSX" / "a" / "._0.png")
+    _png(tmp_path / "test" / "a" / "0.png", COLOURS["a"])
+    ds = build_dataset(_cfg(tmp_path), "train")
+    assert ds.class_names == ("a", "b") and len(ds) == 4
+    assert ds.labels.tolist() == [_class_of(f, ("a", "b")) for f in ds.files] == [0, 0, 1, 1]
+
+
+def test_loose_images_beside_subfolders_is_an_error_naming_both(tmp_path):
+    for i in range(5):
+        _png(tmp_path / f"img{i}.png")
+    _png(tmp_path / "cats" / "c.png")
+    _png(tmp_path / "dogs" / "d.png")
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path), "train")
+    msg = _one_line(err)
+    assert "mixes 5 loose image(s) ('img0.png', 'img1.png', 'img2.png' and 2 more)" in msg
+    assert "subfolder(s) ('cats/', 'dogs/')" in msg and "put every image in a class subfolder" in msg
+
+
+def test_a_class_folder_without_images_is_an_error(tmp_path):
+    _png(tmp_path / "a" / "0.png")
+    _png(tmp_path / "b" / "._0.png")  # only hidden and non-image files: no images
+    (tmp_path / "b" / "notes.txt").write_text("to do")
+    (tmp_path / "c").mkdir()
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path), "train")
+    assert "class folder(s) 'b', 'c'" in _one_line(err) and "hold no images" in str(err.value)
+
+
+def test_gif_files_count_as_images(tmp_path):
+    _png(tmp_path / "0.png")
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(tmp_path / "1.GIF")
+    assert len(build_dataset(_cfg(tmp_path), "train")) == 2
+
+
+# --------------------------------------------------------------------------- decoding as a viewer shows it
+
+
+def _oriented(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """What a viewer shows for stored pixels ``arr`` [H, W, C] under EXIF Orientation 1-8
+    (the TIFF/EXIF definition, written with numpy's own flips and rotations)."""
+    return {1: arr, 2: arr[:, ::-1], 3: arr[::-1, ::-1], 4: arr[::-1], 5: arr.swapaxes(0, 1),
+            6: np.rot90(arr, -1), 7: np.rot90(arr, 2).swapaxes(0, 1), 8: np.rot90(arr, 1)}[orientation]
+
+
+def _with_orientation(im: Image.Image, path: Path, orientation: int, **kw) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(path, exif=exif, **kw)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff", "webp"])
+def test_exif_orientation_is_applied_to_lossless_files(tmp_path, fmt):
+    arr = np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)  # [H, W, C], not symmetric
+    kw = {"lossless": True} if fmt == "webp" else {}
+    for o in range(1, 9):
+        path = _with_orientation(Image.fromarray(arr), tmp_path / f"o{o}.{fmt}", o, **kw)
+        out = decode_image(str(path), 3).permute(1, 2, 0).numpy()  # [H', W', 3]
+        assert np.array_equal(out, _oriented(arr, o)), (fmt, o)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_exif_orientation_of_uncompressed_tiffs_in_other_modes(tmp_path, mode):
+    """Pillow memory-maps uncompressed TIFFs opened by path and then garbles a transposing
+    Orientation; decoding must match the file's pixels turned as a viewer turns them."""
+    arr = np.random.default_rng(1).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    im = Image.fromarray(arr[..., 0].astype(np.uint16) * 257) if mode == "I;16" else Image.fromarray(arr).convert(mode)
+    stored = np.asarray(im.convert("RGB") if mode != "I;16" else Image.fromarray(arr[..., 0]).convert("RGB"))
+    for o in (6, 5, 8):
+        path = _with_orientation(im, tmp_path / f"{mode.replace(';', '')}{o}.tiff", o)
+        out = decode_image(str(path), 3).permute(1, 2, 0).numpy()
+        assert np.array_equal(out, _oriented(stored, o)), (mode, o)
+
+
+def test_exif_orientation_of_a_jpeg_photo(tmp_path):
+    """A phone JPEG stored sideways with Orientation 6 is decoded upright: the decoded pixels
+    equal the stored (lossy) pixels rotated 90 degrees clockwise, in RGB and in grayscale."""
+    yy, xx = np.mgrid[0:24, 0:40]
+    arr = np.stack([xx * 6, yy * 10, np.full_like(xx, 90)], -1).astype(np.uint8)  # smooth ramps: [24, 40, 3]
+    path = _with_orientation(Image.fromarray(arr), tmp_path / "phone.jpg", 6, quality=95)
+    with Image.open(path) as raw:  # what the file stores, as Pillow decodes it without the tag
+        stored_rgb, stored_l = np.asarray(raw.convert("RGB")), np.asarray(raw.convert("L"))
+    assert np.array_equal(decode_image(str(path), 3).permute(1, 2, 0).numpy(), np.rot90(stored_rgb, -1))
+    assert np.array_equal(decode_image(str(path), 1)[0].numpy(), np.rot90(stored_l, -1))
+    raw = decode_image(str(path), 3, exif_orientation=False)  # the stored grid, for boxes annotated on it
+    assert np.array_equal(raw.permute(1, 2, 0).numpy(), stored_rgb)
+    ds = build_dataset(DataConfig(name="image-folder", root=str(tmp_path), image_size=8), "train")
+    assert ds.load(0)[0].shape == (3, 8, 8)
+
+
+def test_unreadable_exif_leaves_the_pixels_as_stored(tmp_path):
+    arr = np.random.default_rng(2).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "bad_exif.png", exif=b"Exif\x00\x00MM\x00*garbage")
+    assert np.array_equal(decode_image(str(tmp_path / "bad_exif.png"), 3).permute(1, 2, 0).numpy(), arr)
+
+
+def test_transparency_is_dropped_the_same_way_for_every_mode(tmp_path):
+    """Alpha is dropped (each pixel keeps its stored colour, as torchvision's loader does),
+    whether the image is RGBA, grayscale+alpha or a palette with a transparent index."""
+    Image.new("RGBA", (3, 2), (10, 20, 30, 0)).save(tmp_path / "rgba.png")
+    Image.new("LA", (3, 2), (77, 0)).save(tmp_path / "la.png")
+    pal = Image.new("P", (3, 2), 0)
+    pal.putpalette([10, 20, 30] + [0] * 765)
+    pal.save(tmp_path / "pal.png", transparency=0)
+    assert decode_image(str(tmp_path / "rgba.png"), 3)[:, 1, 2].tolist() == [10, 20, 30]
+    assert decode_image(str(tmp_path / "pal.png"), 3)[:, 1, 2].tolist() == [10, 20, 30]
+    assert decode_image(str(tmp_path / "la.png"), 3)[:, 1, 2].tolist() == [77, 77, 77]
+    assert decode_image(str(tmp_path / "la.png"), 1)[:, 1, 2].tolist() == [77]
+    gray = round(0.299 * 10 + 0.587 * 20 + 0.114 * 30)  # ITU-R 601 luma, what "L" means
+    assert abs(decode_image(str(tmp_path / "rgba.png"), 1)[0, 1, 2].item() - gray) <= 1
+
+
+@pytest.mark.parametrize("fmt", ["gif", "tiff", "webp", "png"])
+def test_multi_frame_files_give_their_first_frame(tmp_path, fmt):
+    first, second = Image.new("RGB", (5, 4), (255, 0, 0)), Image.new("RGB", (5, 4), (0, 0, 255))
+    kw = {"lossless": True} if fmt == "webp" else {}
+    first.save(tmp_path / f"anim.{fmt}", save_all=True, append_images=[second], **kw)
+    with Image.open(tmp_path / f"anim.{fmt}") as im:
+        assert getattr(im, "n_frames", 1) == 2  # the file really holds two frames
+    out = decode_image(str(tmp_path / f"anim.{fmt}"), 3)
+    assert out.shape == (3, 4, 5) and out[:, 0, 0].tolist() == [255, 0, 0] and out.unique().tolist() == [0, 255]
+
+
+# --------------------------------------------------------------------------- links
+
+
+def test_symlinked_and_hard_linked_files_count_once_in_a_flat_folder(tmp_path):
+    for i in range(4):
+        _png(tmp_path / f"{i}.png", (i, 0, 0))
+    os.symlink(tmp_path / "0.png", tmp_path / "link.png")
+    os.link(tmp_path / "1.png", tmp_path / "hard.png")
+    os.symlink("link.png", tmp_path / "link2.png")  # a link to a link
+    ds = build_dataset(_cfg(tmp_path), "train")
+    assert sorted(Path(f).name for f in ds.files) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_linked_folders_and_loops_count_each_file_once(tmp_path):
+    outside = tmp_path / "elsewhere"
+    for i in range(2):
+        _png(outside / f"o{i}.png", COLOURS["b"])
+    root = tmp_path / "data"
+    for i in range(3):
+        _png(root / "a" / f"{i}.png", COLOURS["a"])
+    _png(root / "a" / "sub" / "3.png", COLOURS["a"])
+    os.symlink(root / "a" / "sub", root / "a" / "sub_again")  # the same folder twice
+    os.symlink(root / "a", root / "a" / "sub" / "loop")  # a loop back up
+    os.symlink(".", root / "a" / "self")  # a loop onto itself
+    os.symlink(outside, root / "b")  # a class folder that is a link
+    ds = build_dataset(_cfg(root, holdout_fraction=0), "train")
+    assert ds.class_names == ("a", "b") and torch.bincount(ds.labels).tolist() == [4, 2]
+    assert len({(os.stat(f).st_dev, os.stat(f).st_ino) for f in ds.files}) == len(ds) == 6  # no file twice
+    assert {os.path.realpath(f) for f, y in zip(ds.files, ds.labels) if y == 1} == \
+        {str(outside / "o0.png"), str(outside / "o1.png")}
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink", "linked folder"])
+def test_one_file_in_two_classes_is_an_error_naming_it(tmp_path, link):
+    _png(tmp_path / "a" / "0.png")
+    _png(tmp_path / "b" / "1.png")
+    if link == "symlink":
+        os.symlink(tmp_path / "a" / "0.png", tmp_path / "b" / "dup.png")
+    elif link == "hardlink":
+        os.link(tmp_path / "a" / "0.png", tmp_path / "b" / "dup.png")
+    else:
+        os.symlink(tmp_path / "a", tmp_path / "b" / "dup")
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path), "train")
+    msg = _one_line(err)
+    assert "0.png" in msg and "(class 'a')" in msg and "(class 'b')" in msg and "only one label" in msg
+
+
+def test_a_test_image_linked_to_a_training_image_is_an_error(tmp_path):
+    for cls in "ab":
+        _png(tmp_path / "train" / cls / "0.png", COLOURS[cls])
+    _png(tmp_path / "test" / "a" / "t.png", COLOURS["a"])
+    (tmp_path / "test" / "b").mkdir()
+    os.link(tmp_path / "train" / "b" / "0.png", tmp_path / "test" / "b" / "0.png")
+    with pytest.raises(DataError, match=r"1 test image\(s\) are the same files .* as training images, first .*b/0"):
+        build_dataset(_cfg(tmp_path), "test")
+
+
+def test_a_broken_link_is_an_unreadable_file_not_a_crash(tmp_path):
+    _png(tmp_path / "0.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "broken.png")
+    ds = build_dataset(_cfg(tmp_path), "train")
+    assert sorted(Path(f).name for f in ds.files) == ["0.png", "broken.png"]
+    with pytest.warns(UserWarning, match="broken.png"):
+        assert ds[ds.files.index(str(tmp_path / "broken.png"))] is None
+
+
+# --------------------------------------------------------------------------- held-out split
+
+
+def _labelled(root: Path, counts: dict[str, int]) -> list[str]:
+    files = []
+    for cls, n in counts.items():
+        for i in range(n):
+            files.append(str(_png(root / cls / f"{cls}{i:02d}.png", COLOURS[cls], size=(2, 2))))
+    return files
+
+
+COUNTS = {"a": 10, "b": 7, "c": 1, "d": 2}
+HELD = {"a": 2, "b": 1, "c": 0, "d": 1}  # round(0.2 n), at least 1 and at most n - 1 when n >= 2: by hand
+
+
+def test_labelled_folder_without_splits_gets_a_stratified_held_out_split(tmp_path):
+    every = _labelled(tmp_path, COUNTS)
+    train, test = build_dataset(_cfg(tmp_path), "train"), build_dataset(_cfg(tmp_path), "test")
+    assert train.class_names == test.class_names == ("a", "b", "c", "d")
+    assert not set(train.files) & set(test.files) and sorted(train.files + test.files) == sorted(every)
+    for ds in (train, test):
+        assert ds.labels.tolist() == [_class_of(f, ds.class_names) for f in ds.files]
+    held = {cls: sum(Path(f).parent.name == cls for f in test.files) for cls in COUNTS}
+    assert held == HELD
+    assert {Path(f).parent.name for f in train.files} == set(COUNTS)  # every class trains
+
+
+def test_held_out_split_is_deterministic_and_independent_of_listing_order_and_location(tmp_path, monkeypatch):
+    _labelled(tmp_path / "one", COUNTS)
+    cfg = _cfg(tmp_path / "one")
+
+    def rel(ds, root):
+        return sorted(str(Path(f).relative_to(root)) for f in ds.files)
+
+    first = rel(build_dataset(cfg, "test"), tmp_path / "one")
+    assert rel(build_dataset(cfg, "test"), tmp_path / "one") == first
+    real_scandir = os.scandir
+
+    class Shuffled:  # the same entries, listed in another order (file systems promise none)
+        def __init__(self, path):
+            self.it = real_scandir(path)
+            self.entries = list(self.it)
+            random.Random(7).shuffle(self.entries)
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc):
+            self.it.close()
+
+    monkeypatch.setattr(os, "scandir", Shuffled)
+    assert rel(build_dataset(cfg, "test"), tmp_path / "one") == first
+    monkeypatch.undo()
+    shutil.copytree(tmp_path / "one", tmp_path / "moved" / "two")
+    assert rel(build_dataset(_cfg(tmp_path / "moved" / "two"), "test"), tmp_path / "moved" / "two") == first
+    others = [rel(build_dataset(_cfg(tmp_path / "one", holdout_seed=s), "test"), tmp_path / "one") for s in (1, 2, 3)]
+    assert any(o != first for o in others)  # the seed chooses the images
+
+
+def test_adding_an_image_moves_at_most_one_other(tmp_path):
+    _labelled(tmp_path, {"a": 10, "b": 4})
+    before = set(build_dataset(_cfg(tmp_path), "test").files)
+    new = _png(tmp_path / "a" / "zz_new.png", COLOURS["a"], size=(2, 2))
+    after = set(build_dataset(_cfg(tmp_path), "test").files)
+    assert len(after) == len(before) == 3  # a: round(0.2 * 11) == round(0.2 * 10) == 2, b: 1
+    assert after - before <= {str(new)} and len(before - after) == len(after - before)
+
+
+def test_held_out_split_inside_train_folder_and_fraction_options(tmp_path):
+    _labelled(tmp_path / "train", {"a": 5, "b": 5})
+    test = build_dataset(_cfg(tmp_path, holdout_fraction=0.4), "test")  # no test/: split train/ itself
+    assert sorted(test.labels.tolist()) == [0, 0, 1, 1]
+    assert len(build_dataset(_cfg(tmp_path, holdout_fraction=0.4), "train")) == 6
+    assert len(build_dataset(_cfg(tmp_path, holdout_fraction=0), "train")) == 10
+    with pytest.raises(DataError, match="holdout_fraction is 0.*set data.holdout_fraction"):
+        build_dataset(_cfg(tmp_path, holdout_fraction=0), "test")
+    for bad in ("1", "-0.1", "1.5"):
+        with pytest.raises(ConfigError, match="holdout_fraction"):
+            load_config(None, ["method.name=simclr", f"data.holdout_fraction={bad}"])
+    assert load_config(None, ["method.name=simclr", "data.holdout_seed=5"]).data.holdout_seed == 5
+
+
+def test_single_image_classes_leave_nothing_to_hold_out(tmp_path):
+    _labelled(tmp_path, {"a": 1, "b": 1})
+    assert len(build_dataset(_cfg(tmp_path), "train")) == 2
+    with pytest.raises(DataError, match="no class in .* has two or more images"):
+        build_dataset(_cfg(tmp_path), "test")
+
+
+def test_unlabeled_folder_trains_on_everything_and_has_no_test_split(tmp_path):
+    for i in range(10):
+        _png(tmp_path / f"{i}.png")
+    assert len(build_dataset(_cfg(tmp_path), "train")) == 10  # never split: nothing to score
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path), "test")
+    assert "unlabeled" in _one_line(err) and "no test/ or val/" in str(err.value)
+
+
+# --------------------------------------------------------------------------- the decoded cache follows the data
+
+
+def _bmp(path: Path, value: int) -> Path:
+    """A 6x6 BMP: every such file has the same size, whatever its pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((6, 6, 3), value, np.uint8)).save(path, "BMP")
+    return path
+
+
+def _plain_and_mapped(root: Path, cache: Path, split: str, **kw):
+    plain = build_dataset(_cfg(root, **kw), split)
+    mapped = build_dataset(_cfg(root, cache="uint8", cache_dir=str(cache), **kw), split)
+    assert torch.equal(mapped.images, torch.stack([plain.load(i)[0] for i in range(len(plain))]))  # [N, 3, 4, 4]
+    assert torch.equal(mapped.labels, plain.labels)
+    return mapped
+
+
+def test_decoded_cache_is_keyed_by_the_split_and_the_held_out_seed(tmp_path):
+    root, cache = tmp_path / "photos", tmp_path / "cache"
+    for cls in "ab":
+        for i in range(5):
+            _bmp(root / cls / f"{i}.bmp", 20 * i + (100 if cls == "b" else 0))
+    tr0, te0 = (_plain_and_mapped(root, cache, s) for s in ("train", "test"))
+    assert tr0.path != te0.path and len(tr0) == 8 and len(te0) == 2
+    tr1, te1 = (_plain_and_mapped(root, cache, s, holdout_seed=1) for s in ("train", "test"))
+    assert {tr1.path, te1.path}.isdisjoint({tr0.path, te0.path})
+    assert _plain_and_mapped(root, cache, "train").path == tr0.path  # unchanged data and settings: reused
+    assert len(list(cache.glob("*.u8"))) == 4
+
+
+def test_decoded_cache_follows_a_retargeted_link_with_the_same_size_and_times(tmp_path):
+    root, cache = tmp_path / "photos", tmp_path / "cache"
+    first, second = _bmp(tmp_path / "first.bmp", 10), _bmp(tmp_path / "second.bmp", 250)
+    st = os.stat(first)
+    os.utime(second, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.path.getsize(second) == st.st_size
+    _bmp(root / "plain.bmp", 90)
+    os.symlink(first, root / "link.bmp")
+    before = _plain_and_mapped(root, cache, "train")
+    (root / "link.bmp").unlink()
+    os.symlink(second, root / "link.bmp")  # same path, size and mtime: another file
+    after = _plain_and_mapped(root, cache, "train")
+    assert after.path != before.path and after.images.amax().item() == 250
+
+
+def test_decoded_cache_notices_a_rewrite_whose_mtime_was_set_back(tmp_path):
+    root, cache = tmp_path / "photos", tmp_path / "cache"
+    for i in range(3):
+        _bmp(root / f"{i}.bmp", 40 * i)
+    before = _plain_and_mapped(root, cache, "train")
+    path = root / "1.bmp"
+    st = os.stat(path)
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    _bmp(path, 41)  # new pixels, the same size, in place
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime back (rsync -t, touch -d)
+    now = os.stat(path)
+    assert (now.st_size, now.st_mtime_ns, now.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    after = _plain_and_mapped(root, cache, "train")
+    assert after.path != before.path and after.images[1].unique().tolist() == [41]
+
+
+def test_decoded_cache_key_covers_the_decoder_version_and_class_names(tmp_path, monkeypatch):
+    from selfsup.data import decoded
+
+    for cls in "ab":
+        _png(tmp_path / "train" / cls / "0.png")
+    ds = build_dataset(_cfg(tmp_path, holdout_fraction=0), "train")
+    key = decoded.folder_key(ds)
+    monkeypatch.setattr(decoded, "DECODER_VERSION", decoded.DECODER_VERSION + 1)
+    assert decoded.folder_key(ds) != key
+    monkeypatch.undo()
+    renamed = build_dataset(_cfg(tmp_path, holdout_fraction=0), "train")
+    renamed.class_names = ("x", "y")
+    assert decoded.folder_key(renamed) != key
