@@ -148,12 +148,12 @@ def test_one_step_under_bf16_autocast_and_gradient_checkpointing(name, tiny_conf
     """What trainer.precision=bf16-mixed and trainer.grad_checkpointing do on a GPU, on the CPU:
     every method's step runs under autocast (the encoder's convolutions and linear layers in
     bf16; queues, banks and the loss in float32) with timm's activation checkpointing, to a
-    finite loss within bf16 rounding of the float32 loss and finite gradients that point the
-    same way as float32's; and checkpointing gives the same loss and gradients as without it.
+    finite loss within bf16 rounding of the float32 loss and finite gradients (the heads' pointing
+    the way float32's do); and checkpointing gives the same loss and gradients as without it.
 
     A ResNet's bf16 step runs with oneDNN off (ATen's own bf16 kernels, the same autocast):
     oneDNN's bf16 convolution weight-gradient (3.12, jit_bf16:avx512_core) returns garbage,
-    often NaN or inf, for the filter taps of a strided convolution whose input is narrower than
+    at times NaN or inf, for the filter taps of a strided convolution whose input is narrower than
     its stride, here the tiny ResNet's layer4.0.conv1 on 1x1 maps. It does so intermittently
     and only on CPUs where oneDNN picks that kernel (AVX-512, with or without AVX512-BF16/AMX),
     so with oneDNN on this test passed or failed by the machine. That is a kernel fault that a
@@ -161,7 +161,7 @@ def test_one_step_under_bf16_autocast_and_gradient_checkpointing(name, tiny_conf
     trainer.precision=auto -> 32-true on CPUs and an error naming the parameter on a non-finite
     gradient (test_train.py). With oneDNN off, a NaN here is selfsup's. A ViT keeps oneDNN (its
     one convolution, the patch embedding, has stride = kernel over a 16 px image; ATen's own bf16
-    matmul would make its step ten times slower)."""
+    matmul would make its step several times slower)."""
     import copy
 
     from selfsup.encoders import is_convnet

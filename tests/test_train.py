@@ -115,7 +115,8 @@ def test_first_non_finite_grad_matches_a_naive_scan():
             i = int(torch.randint(len(shapes), (1,), generator=gen))
             if named[i][1].grad is not None:
                 g = named[i][1].grad.view(-1)
-                g[int(torch.randint(g.numel(), (1,), generator=gen))] = [float("nan"), float("inf"), -float("inf")][trial % 3]
+                where = int(torch.randint(g.numel(), (1,), generator=gen))
+                g[where] = [float("nan"), float("inf"), -float("inf")][trial % 3]
         assert first_non_finite_grad(named) == naive(named), trial
 
 
@@ -150,7 +151,8 @@ def test_non_finite_gradient_stops_naming_the_parameter(tiny_config, tmp_path, m
                  "trainer.progress_bar=false", "trainer.precision=32-true"])
     assert code == 2
     err_lines = capsys.readouterr().err.strip().splitlines()
-    assert err_lines[-1].startswith(f"selfsup pretrain: error: the gradient of {target} is not finite at epoch 0, step 2")
+    assert err_lines[-1].startswith(f"selfsup pretrain: error: the gradient of {target} is not finite at epoch 0, "
+                                    f"step 2")
     assert "Traceback" not in "\n".join(err_lines)
 
 

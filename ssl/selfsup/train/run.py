@@ -508,13 +508,14 @@ class PrecisionWarning(UserWarning):
 
 # Measured by benchmarks/precision.py (benchmarks/results/precision.md): under bf16 autocast,
 # oneDNN's bf16 convolution weight-gradient (jit_bf16:avx512_core, oneDNN 3.12) returns garbage,
-# often NaN/inf, for the filter taps of a strided convolution whose input is narrower than its
-# stride (a ResNet's layer4.0.conv1 on 1-pixel maps at 16 px); and bf16 is not faster.
-CPU_BF16_CAVEAT = ("oneDNN's bf16 convolution weight-gradient is wrong (NaN/inf) when a strided convolution's "
-                   "input is narrower than its stride (e.g. a ResNet's layer4 on 16 px images), and bf16 "
-                   "measured no faster than float32 (1.02x with AMX, {speed} here); trainer.precision=32-true "
-                   "(what auto picks on CPUs) avoids both")
-CPU_BF16_SPEED = {True: "native bf16", False: "emulated: about 0.5x, no AVX512-BF16/AMX"}
+# at times NaN/inf, for the filter taps of a strided convolution whose input is narrower than its
+# stride (a ResNet's layer4.0.conv1 on 1-pixel maps at 16 px: wrong in 264 of 300 steps over five
+# methods); and bf16 is not faster (speed-up by CPU kind below).
+CPU_BF16_CAVEAT = ("oneDNN's bf16 convolution weight-gradient returns garbage, at times NaN/inf, when a strided "
+                   "convolution's input is narrower than its stride (e.g. a ResNet's layer4 at 16 px), and bf16 "
+                   "steps measured {speed}; trainer.precision=32-true (what auto picks on CPUs) avoids both")
+CPU_BF16_SPEED = {True: "1.02x the float32 rate on a Xeon with AMX",
+                  False: "0.68-0.78x the float32 rate on a CPU without AVX512-BF16/AMX (emulated)"}
 
 
 def cpu_has_bf16() -> bool:
