@@ -515,7 +515,7 @@ CPU_BF16_CAVEAT = ("oneDNN's bf16 convolution weight-gradient returns garbage, a
                    "convolution's input is narrower than its stride (e.g. a ResNet's layer4 at 16 px), and bf16 "
                    "steps measured {speed}; trainer.precision=32-true (what auto picks on CPUs) avoids both")
 CPU_BF16_SPEED = {True: "1.02x the float32 rate on a Xeon with AMX",
-                  False: "0.68-0.78x the float32 rate on a CPU without AVX512-BF16/AMX (emulated)"}
+                  False: "0.6-0.85x the float32 rate on a CPU without AVX512-BF16/AMX (emulated)"}
 
 
 def cpu_has_bf16() -> bool:
