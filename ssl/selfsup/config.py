@@ -112,8 +112,8 @@ class TrainerConfig:
         "auto", help="Lightning strategy: ddp for several devices, fsdp to shard large ViTs")
     sync_batchnorm: bool = param(False, help="BatchNorm statistics over the global batch (SyncBatchNorm)")
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true"] = param(
-        "auto", help="auto: bf16-mixed on GPUs with bf16 and on CPUs with native bf16, "
-                     "16-mixed (loss scaling) on older GPUs, else 32-true")
+        "auto", help="auto: bf16-mixed on GPUs with bf16, 16-mixed (loss scaling) on older GPUs, "
+                     "32-true on CPUs (benchmarks/results/precision.md)")
     accumulate_grad_batches: int = param(1, gt=0, help="batches per optimiser step (the lr scales with "
                                                         "batch_size x devices x nodes x this)")
     compile: bool = param(False, help="torch.compile the encoder (in place; checkpoints keep plain names)")

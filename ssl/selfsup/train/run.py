@@ -384,7 +384,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     if module.probe is not None:
         val_loader = make_loader(build_dataset(cfg.data, "test"), cfg.data.eval_batch_size, train=False,
                                  num_workers=cfg.data.num_workers)
-    trainer = build_trainer(cfg, module, run_dir)
+    trainer = build_trainer(cfg, module, run_dir, log)
     plan = plan_steps(len(train_ds), cfg.data.batch_size, trainer.world_size, t.limit_train_batches,
                       t.accumulate_grad_batches, t.max_epochs, t.max_steps)
     if trainer.world_size > 1:  # every rank needs the same batch size: replace unreadable files, never drop
@@ -438,7 +438,8 @@ def no_steps_message(skipped: int, removed: bool) -> str:
             f"data.batch_size, then start again with a fresh --run-dir")
 
 
-def build_trainer(cfg: RunConfig, module: PretrainModule, run_dir: Path) -> L.Trainer:
+def build_trainer(cfg: RunConfig, module: PretrainModule, run_dir: Path,
+                  log: Callable[[str], None] = print) -> L.Trainer:
     """The Lightning Trainer of a run (writes nothing until it fits): epoch-end checkpoints
     in ``run_dir/checkpoints`` (last.ckpt kept), metrics.csv, TensorBoard when installed."""
     callbacks: list[Any] = [
@@ -469,7 +470,7 @@ def build_trainer(cfg: RunConfig, module: PretrainModule, run_dir: Path) -> L.Tr
         num_nodes=t.num_nodes,
         strategy=strategy,
         sync_batchnorm=t.sync_batchnorm,
-        precision=resolve_precision(t.precision, t.accelerator),
+        precision=resolve_precision(t.precision, t.accelerator, warn=lambda m: log(f"[precision] {m}")),
         accumulate_grad_batches=t.accumulate_grad_batches,
         use_distributed_sampler=False,  # EpochShuffle shards the global batches itself
         logger=loggers,
@@ -509,8 +510,8 @@ class PrecisionWarning(UserWarning):
 # Measured by benchmarks/precision.py (benchmarks/results/precision.md): under bf16 autocast,
 # oneDNN's bf16 convolution weight-gradient (jit_bf16:avx512_core, oneDNN 3.12) returns garbage,
 # at times NaN/inf, for the filter taps of a strided convolution whose input is narrower than its
-# stride (a ResNet's layer4.0.conv1 on 1-pixel maps at 16 px: wrong in 264 of 300 steps over five
-# methods); and bf16 is not faster (speed-up by CPU kind below).
+# stride (a ResNet's layer4.0.conv1 on 1-pixel maps at 16 px: wrong in 283 of 300 steps over five
+# methods, NaN in 2 of 300 in another run); and bf16 is not faster (speed-up by CPU kind below).
 CPU_BF16_CAVEAT = ("oneDNN's bf16 convolution weight-gradient returns garbage, at times NaN/inf, when a strided "
                    "convolution's input is narrower than its stride (e.g. a ResNet's layer4 at 16 px), and bf16 "
                    "steps measured {speed}; trainer.precision=32-true (what auto picks on CPUs) avoids both")
