@@ -506,3 +506,28 @@ def test_decoded_cache_key_covers_the_decoder_version_and_class_names(tmp_path, 
     renamed = build_dataset(_cfg(tmp_path, holdout_fraction=0), "train")
     renamed.class_names = ("x", "y")
     assert decoded.folder_key(renamed) != key
+
+
+# --------------------------------------------------------------------------- the sibling path: VOC detection folders
+
+
+def test_voc_folders_ignore_hidden_annotations_and_know_every_image_extension(tmp_path):
+    """A VOC folder unpacked from a macOS zip holds ``._name.xml`` AppleDouble files beside the
+    annotations: they are not annotations (they were reported as unreadable ones). An image
+    found by the annotation's stem may have any extension image folders accept (.gif here)."""
+    from selfsup.data.detection import voc_dataset
+
+    def xml(filename: str) -> str:
+        return (f"<annotation><filename>{filename}</filename><size><width>6</width><height>5</height></size>"
+                f"<object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>4</xmax><ymax>4</ymax>"
+                f"</bndbox></object></annotation>")
+
+    _png(tmp_path / "a.png")
+    (tmp_path / "a.xml").write_text(xml("a.png"))
+    Image.new("RGB", (6, 5), (1, 2, 3)).save(tmp_path / "b.gif")
+    (tmp_path / "b.xml").write_text(xml("renamed.png"))  # <filename> is stale: found by the stem
+    for name in ("a", "b"):
+        (tmp_path / f"._{name}.xml").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    ds = voc_dataset(tmp_path)
+    assert sorted(s.name for s in ds.samples) == ["a.png", "b.gif"] and ds.num_boxes == 2
+    assert ds.report.total == 0, ds.report.summary()

@@ -38,7 +38,7 @@ from torchvision.datasets import FashionMNIST
 from torchvision.ops import box_area, box_convert, box_iou, clip_boxes_to_image
 
 from selfsup.config import DataConfig, DetectionConfig
-from selfsup.data.datasets import DataError, ImageDataset, build_dataset, decode_image
+from selfsup.data.datasets import IMAGE_EXTENSIONS, DataError, ImageDataset, build_dataset, decode_image, is_ignored
 
 Target = dict[str, Tensor]
 
@@ -46,7 +46,6 @@ Target = dict[str, Tensor]
 FASHION_MNIST_CLASSES = [c.lower() for c in FashionMNIST.classes]
 DATASET_SPECS = "synthetic-fmnist, deepforest, voc:DIR or coco:IMAGES_DIR,ANNOTATIONS.json"
 DEEPFOREST_INSTALL = "pip install --no-deps deepforest"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
 # --------------------------------------------------------------------------- box validation
@@ -239,7 +238,7 @@ def _image_for(xml: Path, filename: str | None, image_dirs: list[Path]) -> Path 
     for folder in image_dirs:
         if filename and (folder / filename).is_file():
             return folder / filename
-        for suffix in IMAGE_SUFFIXES:
+        for suffix in IMAGE_EXTENSIONS:
             for cand in (folder / f"{xml.stem}{suffix}", folder / f"{xml.stem}{suffix.upper()}"):
                 if cand.is_file():
                     return cand
@@ -298,14 +297,19 @@ def assign_labels(items: list[tuple[DetectionSample, list[str]]], class_names: l
     return samples
 
 
+def _xml_files(folder: Path) -> list[Path]:
+    """The ``.xml`` files directly in ``folder``, sorted; hidden ones (macOS ``._name.xml``
+    AppleDouble files) left out, as image folders leave them out (:func:`is_ignored`)."""
+    return sorted(p for p in folder.glob("*.xml") if not is_ignored(p.name))
+
+
 def _voc_layout(root: Path) -> tuple[list[Path], list[Path], Path | None]:
     """(xml files, image folders, ImageSets/Main folder or None) of a VOC root or a flat folder."""
     if (root / "Annotations").is_dir():
-        xmls = sorted((root / "Annotations").glob("*.xml"))
         images = [root / "JPEGImages", root / "images", root]
         sets = root / "ImageSets" / "Main"
-        return xmls, images, sets if sets.is_dir() else None
-    return sorted(root.glob("*.xml")), [root], None
+        return _xml_files(root / "Annotations"), images, sets if sets.is_dir() else None
+    return _xml_files(root), [root], None
 
 
 def _read_ids(path: Path) -> set[str]:
