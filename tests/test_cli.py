@@ -47,6 +47,28 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert ev[0]["knn"] == rows[0]["knn"]
     assert main(["export", str(run_dir), str(tmp_path / "exp2")]) == 0
     assert (tmp_path / "exp2" / "config.json").is_file()
+    assert main(["export", str(run_dir), str(tmp_path / "exp2")]) == 0  # an existing export is replaced
+    assert main(["export", str(run_dir), str(run_dir)]) == 2  # a run directory is refused, nothing written
+    assert not (run_dir / "model.safetensors").exists() and not (run_dir / "README.md").exists()
+
+
+def test_export_never_writes_into_a_run_or_a_folder_of_other_files(tmp_path, capsys):
+    """`selfsup export` refuses, before it loads anything, a directory holding a training run
+    (even the run it exports) and a non-empty folder that is no export (its README.md and
+    config.json would be overwritten); their files are left byte for byte."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project\n")
+    (project / "config.json").write_text("{}\n")
+    for out, names in [(run, "holds a training run (config.yaml and checkpoints)"),
+                       (project, "is a non-empty directory that holds no export")]:
+        before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+        code, err = run_cli(["export", str(run), str(out)])
+        assert code == 2 and err.count("\n") == 1 and f"selfsup export: error: {out} {names}" in err, err
+        assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
 
 
 def run_cli(argv):

@@ -13,7 +13,9 @@ from PIL import Image
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data import DATASETS, DataError, DataInfo, TensorImages
+import selfsup.eval.linear as linear
 from selfsup.eval.evaluate import NotScorable, evaluate
+from selfsup.eval.report import markdown_table
 
 KNN = "k=3,T=0.07"
 TINY_ENCODER = "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"
@@ -203,6 +205,7 @@ def test_unlabeled_training_rows_never_vote_nor_train_a_probe(monkeypatch, tmp_p
     test = TensorImages(xte, yte, 2)
     _register(monkeypatch, "toy-with-unlabeled", TensorImages(mixed_x, mixed_y, 2), test)
     _register(monkeypatch, "toy-labelled", TensorImages(xtr, ytr, 2), test)
+    monkeypatch.setattr(linear, "MIN_STEPS", 20)  # a short probe: what is compared is which rows it sees
     probe = ["eval.linear=true", "eval.linear_epochs=2", "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]",
              "eval.low_shot=[]", "eval.probe_seeds=1"]
     logs: list[str] = []
@@ -213,6 +216,9 @@ def test_unlabeled_training_rows_never_vote_nor_train_a_probe(monkeypatch, tmp_p
     assert got["linear"]["top1"] == ref["linear"]["top1"] and got["linear"]["train_images"] == 16
     assert got["linear_sklearn"] == ref["linear_sklearn"]
     assert any("20 unlabeled training image(s)" in line for line in logs)
+    left_out = "20 unlabeled training image(s) (label -1) left out of kNN and the probes"
+    assert got["warnings"] == [left_out] and ref["warnings"] == []
+    assert f"- **Warning** (raw pixels): {left_out}" in markdown_table([got]).splitlines()  # said in results.md too
 
 
 def test_unlabeled_test_rows_are_an_error_before_any_work(monkeypatch, tmp_path):
@@ -304,3 +310,18 @@ def test_channel_mismatch_is_named_before_the_first_forward_pass(labelled_run, u
     assert main(["eval", str(gray_run / "export"), f"data.root={rgb}", "data.in_chans=1", "eval.baselines=[]",
                  "--out", str(out)]) == 0
     assert 0 <= top1(out / "results.json") <= 100
+
+
+def test_detection_results_of_another_deepforest_folder_get_their_own_folder(tmp_path):
+    """detection.deepforest_root names other images: its results never land in (and overwrite)
+    the default deepforest folder's, and one folder gives one name however it is spelled."""
+    from selfsup.cli import detection_tag
+
+    def tag(*overrides):
+        return detection_tag(load_config(None, ["method.name=simclr", "detection.dataset=deepforest", *overrides]))
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    tags = [tag(), tag(f"detection.deepforest_root={a}"), tag(f"detection.deepforest_root={b}")]
+    assert tags[0] == "deepforest" and all(t.startswith("deepforest-") for t in tags[1:])
+    assert len(set(tags)) == 3
+    assert tag(f"detection.deepforest_root={a}/../a") == tags[1]

@@ -203,6 +203,39 @@ def test_optional_fields_may_be_absent_or_null(export):
         selfsup.load_encoder(export)
 
 
+VIT = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}
+
+
+def _vit_export(out: Path, **extra) -> tuple[Path, torch.nn.Module]:
+    """A valid export of a one-block 1-channel ViT for 16x16 images (``extra``: more timm kwargs), and its encoder."""
+    torch.manual_seed(0)
+    kwargs = {**VIT, **extra}
+    enc = create_encoder("vit_tiny_patch16_224", 1, kwargs).eval()
+    cfg = load_config(None, ["method.name=mae", "data.name=digits", "data.image_size=16",
+                             "encoder.name=vit_tiny_patch16_224", f"encoder.kwargs={json.dumps(kwargs)}"])
+    return write_export(enc, make_card(cfg, DataInfo(1, 16, 10, (0.5,), (0.25,), 256), enc), out), enc
+
+
+def test_input_size_that_a_fixed_size_vit_cannot_take(tmp_path, capsys):
+    """A ViT whose patch embedding is built for 16x16 images refuses a card saying 32x32 at load, in one line
+    (it used to load, then crash with a raw AssertionError at the first forward pass); a ViT built with
+    dynamic_img_size takes other sizes, so the same edit loads and its features are the encoder's."""
+    strict, _ = _vit_export(tmp_path / "strict")
+    _edit(strict, input_size=[1, 32, 32])
+    msg = _load_error(strict)
+    assert msg == (f'{str(strict / "config.json")!r}: "input_size" is [1, 32, 32], but the encoder it describes '
+                   f"takes 16x16 images only (its patch embedding's img_size); set \"input_size\": [1, 16, 16] in "
+                   f"that file")
+    assert _cli_error(strict, tmp_path, capsys) == msg
+    dynamic, enc = _vit_export(tmp_path / "dynamic", dynamic_img_size=True)
+    _edit(dynamic, input_size=[1, 32, 32])
+    loaded = selfsup.load_encoder(dynamic)
+    assert loaded.selfsup_info.image_size == 32
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), enc(x))  # [2, 32]
+
+
 # --- the weights ------------------------------------------------------------------------------
 
 
@@ -264,3 +297,14 @@ def test_export_records_the_checksum_of_its_weights(pristine):
 
     card = json.loads((pristine / "config.json").read_text())
     assert card["weights_sha256"] == hashlib.sha256((pristine / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_a_field_given_twice_in_a_hand_edited_card_is_refused(export, tmp_path, capsys):
+    """json keeps the last of two equal keys silently; a card whose editor wrote "in_chans" twice
+    is refused in one line naming the key, by the library and by the CLI."""
+    text = (export / "config.json").read_text()
+    assert text.count('"in_chans": 1') == 1
+    (export / "config.json").write_text(text.replace('"in_chans": 1', '"in_chans": 1, "in_chans": 3'))
+    msg = _load_error(export)
+    assert msg == f"{str(export / 'config.json')!r} gives 'in_chans' twice; keep one of them in that file"
+    assert _cli_error(export, tmp_path, capsys) == msg

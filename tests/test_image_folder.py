@@ -531,3 +531,20 @@ def test_voc_folders_ignore_hidden_annotations_and_know_every_image_extension(tm
     ds = voc_dataset(tmp_path)
     assert sorted(s.name for s in ds.samples) == ["a.png", "b.gif"] and ds.num_boxes == 2
     assert ds.report.total == 0, ds.report.summary()
+
+
+def test_voc_annotations_with_an_upper_case_extension_are_read(tmp_path):
+    """Annotations saved by a Windows tool as ``NAME.XML`` are annotations too (they were not
+    found, and a folder of them was 'no .xml annotations'); a folder also named ``x.xml`` is not one."""
+    from selfsup.data.detection import voc_dataset
+
+    for i, ext in enumerate([".XML", ".xml", ".Xml"]):
+        _png(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}{ext}").write_text(
+            f"<annotation><filename>{i}.png</filename><size><width>6</width><height>5</height></size>"
+            f"<object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>4</xmax><ymax>4</ymax>"
+            f"</bndbox></object></annotation>")
+    (tmp_path / "folder.xml").mkdir()
+    ds = voc_dataset(tmp_path)
+    assert sorted(s.name for s in ds.samples) == ["0.png", "1.png", "2.png"] and ds.num_boxes == 3
+    assert ds.report.total == 0, ds.report.summary()

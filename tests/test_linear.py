@@ -183,3 +183,27 @@ def test_a_diverging_probe_is_an_error_not_a_number(spy):
         select_setting(x, y, 12, [0.5], [100.0], epochs=5, batch_size=256)
     with pytest.raises(ConfigError, match=r"diverged .* at lr 0.5, weight decay 100: lower eval.linear_lrs"):
         fit_and_score(x[:500], y[:500], x[500:], y[500:], 12, DIVERGES, epochs=5, batch_size=256)
+
+
+def test_protocol_checks_each_split_once_not_once_per_probe(spy, monkeypatch):
+    """3 fractions x 2 seeds run 7 probes; the NaN/inf scan reads train and test once each (on
+    ImageNet-size features every extra scan is a pass over gigabytes), and still refuses bad data."""
+    scans = []
+    real = linear.check_finite
+
+    def counting(x, what, *args):
+        scans.append((what, len(x)))
+        return real(x, what, *args)
+
+    monkeypatch.setattr(linear, "check_finite", counting)
+    monkeypatch.setattr(linear, "MIN_STEPS", 4)  # what is counted here is scans, not accuracy
+    x, y = noisy_linear_set(n=600)
+    res = probe_protocol(x[:500], y[:500], x[500:], y[500:], 12, [0.1], [0.0], fractions=(1.0, 0.5, 0.2), seeds=2,
+                         epochs=2, batch_size=256)
+    assert set(res) == {"linear", "linear_50pct", "linear_20pct"}
+    assert len(spy) == 1 + 2 + 2 * 2 * 2  # probes trained: one selection + 2 refits, then 2 x (select + fit)
+    assert scans == [("train", 500), ("test", 100)]
+    bad = x[500:].clone()
+    bad[7, 3] = float("nan")
+    with pytest.raises(DataError, match=r"^1 of 100 test feature rows hold NaN or inf \(rows 7\)"):
+        probe_protocol(x[:500], y[:500], bad, y[500:], 12, [0.1], [0.0], fractions=(1.0, 0.5), seeds=2, epochs=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 if TYPE_CHECKING:
     from selfsup.config import RunConfig
@@ -77,14 +77,16 @@ def _eval(args: argparse.Namespace) -> None:
 
 def detection_tag(cfg: RunConfig) -> str:
     """A folder name for the detection data of ``cfg``: the dataset's kind, plus a short hash
-    of the full spec (paths, separate test set) when it names files, e.g. ``voc-3f2a9c1e``."""
+    of the full spec (paths, separate test set, ``detection.deepforest_root``) when it names
+    files, e.g. ``voc-3f2a9c1e``."""
     import hashlib
 
     d = cfg.detection
     kind = d.dataset.split(":", 1)[0]
-    if d.dataset in ("synthetic-fmnist", "deepforest") and not d.test_dataset:
+    root = d.deepforest_root if kind == "deepforest" else None
+    if d.dataset in ("synthetic-fmnist", "deepforest") and not d.test_dataset and not root:
         return kind
-    spec = f"{d.dataset}|{d.test_dataset or ''}"
+    spec = f"{d.dataset}|{d.test_dataset or ''}" + (f"|{Path(root).expanduser().resolve()}" if root else "")
     return f"{kind}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
@@ -113,13 +115,39 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     print(f"results written to {out / 'results.json'} and {out / 'results.md'}")
 
 
+def check_out_dir(out: Path, holds_own: Callable[[Path], bool], what: str, flag: str,
+                  run: Path | None = None) -> None:
+    """Refuse an output directory whose files another kind of directory owns, before anything
+    is written: one that holds a training run (config.yaml or checkpoints/) other than ``run``,
+    or a non-empty directory that holds no ``what`` (``holds_own(out)`` is False). A missing or
+    empty directory (hidden files aside), or one that already holds ``what``, is fine (it is rewritten).
+
+    Raises:
+        ConfigError: (one line) naming the directory, what it holds, and ``flag`` to choose another.
+    """
+    from selfsup.config import ConfigError
+    from selfsup.train.run import CHECKPOINT_DIR, CONFIG_FILE
+
+    if not out.is_dir():
+        return
+    held = [name for name in (CONFIG_FILE, CHECKPOINT_DIR) if (out / name).exists()]
+    if held and (run is None or out.resolve() != run.resolve()):
+        raise ConfigError(f"{out} holds a training run ({' and '.join(held)}), which writing {what} there would "
+                          f"mix with its files; choose another {flag}, e.g. a new folder such as {out / 'export'}")
+    if not held and any(not f.name.startswith(".") for f in out.iterdir()) and not holds_own(out):
+        raise ConfigError(f"{out} is a non-empty directory that holds no {what}: writing there could overwrite "
+                          f"its files; choose a new or empty {flag}")
+
+
 def _export(args: argparse.Namespace) -> None:
     """model.safetensors + config.json + README.md of a run's encoder, plus the files of --format."""
     import json
 
-    from selfsup.export import MODEL_CARD, export_encoder, parse_formats, read_card, results_summary
+    from selfsup.export import MODEL_CARD, export_encoder, is_export_dir, parse_formats, read_card, results_summary
 
     formats = parse_formats(args.format)  # an unknown format fails before the run is loaded
+    # never into a run directory or a folder of other files (its README.md, config.json); an export is replaced
+    check_out_dir(Path(args.out_dir), is_export_dir, "export", "export directory")
     results = None
     res = Path(args.run_dir) / "results.json"
     if res.is_file():

@@ -22,8 +22,9 @@ exporter needs onnxscript and takes ~30x longer on a ResNet), and every output i
 numerically. Their deprecation warnings are silenced inside these calls only.
 
 A card may have been edited by hand: on load every field the loader uses is checked for type, range
-and agreement with the others and with the weights (:func:`validate_card`), and the weights for their
-checksum, names, shapes and finite values, before the encoder is built from them.
+and agreement with the others (:func:`validate_card`) and with the model they build (its feature width,
+a ViT's fixed image size), and the weights for their checksum, names, shapes and finite values, all before
+the weights are loaded and before any forward pass.
 
 Nothing is ever unpickled: weights come from safetensors, Lightning checkpoints are read with
 ``torch.load(weights_only=True)``. A path that cannot be loaded raises :class:`LoadError` saying
@@ -585,11 +586,27 @@ def read_card(path: str | Path) -> dict[str, Any]:
     """
     card_path = Path(path) / CARD
     try:
-        card = json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text(), object_pairs_hook=_unique_keys)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LoadError(f"cannot read the export card {str(card_path)!r}: {_first_line(err)}; export again with "
                         f"`selfsup export RUN_DIR {card_path.parent}`") from None
+    except _DuplicateKey as dup:  # json keeps the last silently: which one the editor meant is unknown
+        raise LoadError(f"{str(card_path)!r} gives {str(dup)!r} twice; keep one of them in that file") from None
     return validate_card(card, card_path)
+
+
+class _DuplicateKey(Exception):
+    """A key given twice in one JSON object (its args[0] is the key)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` object hook: the object as a dict; _DuplicateKey on a key given twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def card_info(card: dict[str, Any]) -> DataInfo:
@@ -675,6 +692,22 @@ def _build_from_card(card: Mapping[str, Any], card_path: Path) -> nn.Module:
                          f"({_first_line(cause)})") from None
 
 
+def _encoder_card_problem(encoder: nn.Module, card: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(field, problem, fix) for the first field of a validated card that the encoder it builds (whose
+    tensors the weights fit) contradicts: ``num_features``, or an ``input_size`` that a model with a fixed
+    image size (a timm ViT's strict patch embedding) cannot take; None when they agree."""
+    if "num_features" in card and card["num_features"] != encoder.num_features:
+        return ("num_features", f"the encoder it describes (whose tensors the weights fit) gives "
+                f"{encoder.num_features} features", f"set \"num_features\": {encoder.num_features} in that file")
+    embed = getattr(encoder, "patch_embed", None)
+    fixed = getattr(embed, "img_size", None) if getattr(embed, "strict_img_size", False) else None
+    if fixed is not None and tuple(fixed) != tuple(card["input_size"][1:]):
+        h, w = fixed
+        return ("input_size", f"the encoder it describes takes {h}x{w} images only (its patch embedding's "
+                f"img_size)", f"set \"input_size\": [{card['in_chans']}, {h}, {w}] in that file")
+    return None
+
+
 def _load_export(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The encoder (eval mode) of export directory ``path`` and its card, every field and tensor checked."""
     card = read_card(path)
@@ -690,10 +723,10 @@ def _load_export(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if fault:
         raise LoadError(f"the weights in {str(weights)!r} are damaged: {fault}; export the run again with "
                         f"`selfsup export RUN_DIR {path}`")
-    if "num_features" in card and card["num_features"] != encoder.num_features:
-        raise card_error(path / CARD, "num_features", card["num_features"],
-                         f"the encoder it describes (whose tensors the weights fit) gives {encoder.num_features} "
-                         f"features", f"set \"num_features\": {encoder.num_features} in that file")
+    disagreement = _encoder_card_problem(encoder, card)
+    if disagreement:
+        field, problem, fix = disagreement
+        raise card_error(path / CARD, field, card[field], problem, fix)
     encoder.load_state_dict(state)
     encoder.selfsup_info = card_info(card)
     return encoder.eval(), {**card, "num_features": encoder.num_features}

@@ -298,9 +298,10 @@ def assign_labels(items: list[tuple[DetectionSample, list[str]]], class_names: l
 
 
 def _xml_files(folder: Path) -> list[Path]:
-    """The ``.xml`` files directly in ``folder``, sorted; hidden ones (macOS ``._name.xml``
-    AppleDouble files) left out, as image folders leave them out (:func:`is_ignored`)."""
-    return sorted(p for p in folder.glob("*.xml") if not is_ignored(p.name))
+    """The ``.xml`` files (any case: ``.XML`` from a Windows tool too) directly in ``folder``, sorted;
+    hidden ones (macOS ``._name.xml`` AppleDouble files) left out, as image folders leave them out
+    (:func:`is_ignored`)."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".xml" and p.is_file() and not is_ignored(p.name))
 
 
 def _voc_layout(root: Path) -> tuple[list[Path], list[Path], Path | None]:
@@ -457,7 +458,7 @@ def deepforest_root(root: str | None = None) -> Path:
         raise DataError(f"the deepforest tree-crown data was not found: install the wheel just for its data "
                         f"({DEEPFOREST_INSTALL}) or set detection.deepforest_root=DIR")
     path = Path(next(iter(spec.submodule_search_locations))) / "data"
-    if not any(path.glob("*.xml")):
+    if not _xml_files(path):
         raise DataError(f"{str(path)!r} holds no VOC .xml files; reinstall with {DEEPFOREST_INSTALL}")
     return path
 

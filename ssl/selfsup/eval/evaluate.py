@@ -245,8 +245,10 @@ def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | Non
     device = device or default_device(cfg.trainer.accelerator)
     p = prepared or prepare(spec, cfg, cache_dir)
     target, train_ds, test_ds, cache, keys, names = p.target, p.train_ds, p.test_ds, p.cache, p.keys, p.names
-    if p.unlabeled_left_out:
-        log(f"[eval] {p.unlabeled_left_out} unlabeled training image(s) (label -1) left out of kNN and the probes")
+    warnings = [f"{p.unlabeled_left_out} unlabeled training image(s) (label -1) left out of kNN and the probes"
+                ] if p.unlabeled_left_out else []  # the row's own; the kNN index adds its own (report.row_warnings)
+    for warning in warnings:
+        log(f"[eval] {warning}")
     lazy_tr, ytr = cache.get_lazy(names["train"], keys["train"], _extractor(p, train_ds, cfg, device, log),
                                   train_ds.labels)  # streamed
     lazy_te, yte = cache.get_lazy(names["test"], keys["test"], _extractor(p, test_ds, cfg, device, log),
@@ -262,6 +264,7 @@ def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | Non
         "train_unlabeled_left_out": p.unlabeled_left_out, "feature_dim": lazy_tr.shape[1],
         "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
+        "warnings": warnings,
     }
     e = cfg.eval
     opts = IndexOptions(kind=e.knn_index, exact_max=e.knn_exact_max, nlist=e.knn_nlist or None, nprobe=e.knn_nprobe,

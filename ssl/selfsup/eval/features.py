@@ -84,28 +84,28 @@ def float16_faithful(x: Tensor, chunk_elements: int = 2**22) -> bool:
     standardisation (columns) see. Fails for values above float16's range (65504, they would
     become inf) and for rows or columns that lie wholly in float16's subnormal range
     (below 2^-14 = 6.1e-5, where float16 keeps only a few bits). Read ``chunk_elements``
-    values at a time (no full-size temporary)."""
+    values at a time (no full-size temporary), in one pass: the row bound is checked per
+    chunk (rows are whole in a chunk), the column bound at the end on the largest rounding
+    error of each column (``max_i err_ij <= rtol * colmax_j`` is ``err_ij <= rtol * colmax_j`` for all i)."""
     if x.ndim != 2:
         raise ValueError(f"features must be [N, D], got shape {list(x.shape)}")
     n, d = x.shape
     if n == 0 or d == 0:
         return True
     step = max(1, chunk_elements // d)
-    row_max = torch.empty(n)  # [N]
-    col_max = torch.zeros(d)  # [D]
-    for start in range(0, n, step):
-        a = x[start:start + step].float().abs()  # [R, D]
-        if not a.isfinite().all():
-            return False
-        row_max[start:start + len(a)] = a.amax(1)
-        torch.maximum(col_max, a.amax(0), out=col_max)
+    col_max = torch.zeros(d)  # [D] largest |value| of each column
+    col_err = torch.zeros(d)  # [D] largest float16 rounding error of each column
     for start in range(0, n, step):
         c = x[start:start + step].float()  # [R, D]
-        err = (c.half().float() - c).abs()  # [R, D]; inf where float16 overflows
-        scale = torch.minimum(row_max[start:start + len(c), None], col_max[None])  # [R, D]
-        if not (err <= FLOAT16_RTOL * scale).all():
+        a = c.abs()  # [R, D]
+        if not a.isfinite().all():
             return False
-    return True
+        err = (c.half().float() - c).abs()  # [R, D]; inf where float16 overflows
+        if not (err <= FLOAT16_RTOL * a.amax(1, keepdim=True)).all():  # the row bound
+            return False
+        torch.maximum(col_max, a.amax(0), out=col_max)
+        torch.maximum(col_err, err.amax(0), out=col_err)
+    return bool((col_err <= FLOAT16_RTOL * col_max).all())  # the column bound
 
 
 def storage_dtype(x: Tensor) -> torch.dtype:

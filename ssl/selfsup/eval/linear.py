@@ -108,6 +108,13 @@ def select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: l
     (non-finite weights) is never chosen; ConfigError when every one did. DataError: see
     :func:`check_probe_data`."""
     check_probe_data(train, train_labels, num_classes)
+    return _select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size, val_fraction, seed)
+
+
+def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: list[float], wds: list[float],
+                    epochs: int, batch_size: int, val_fraction: float,
+                    seed: int) -> tuple[tuple[float, float], float]:
+    """:func:`select_setting` on data already checked (the protocol checks once, not per probe)."""
     train = train.float()
     settings = list(product(lrs, wds))
     g = torch.Generator().manual_seed(seed)
@@ -133,6 +140,12 @@ def fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_labels
     """Test top-1/top-5 (percent) of one probe at ``setting`` = (lr, wd) trained on all of ``train``.
     ConfigError when it diverges (non-finite weights); DataError: see :func:`check_probe_data`."""
     check_probe_data(train, train_labels, num_classes, test, test_labels)
+    return _fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs, batch_size, seed)
+
+
+def _fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
+                   setting: tuple[float, float], epochs: int, batch_size: int, seed: int) -> dict[str, float]:
+    """:func:`fit_and_score` on data already checked."""
     full_x, test_x = standardise(train.float(), test.float())
     with torch.enable_grad():
         (head,) = _train_heads(full_x, train_labels, num_classes, [setting], epochs, batch_size, seed)
@@ -149,9 +162,17 @@ def linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels:
     """Test top-1/top-5 (percent) of the probe whose (lr, wd) won on the held-out split
     (:func:`select_setting`), retrained on all of ``train`` (:func:`fit_and_score`)."""
     check_probe_data(train, train_labels, num_classes, test, test_labels)
-    setting, val_acc = select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
-                                      val_fraction, seed)
-    acc = fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs, batch_size, seed)
+    return _linear_probe(train, train_labels, test, test_labels, num_classes, lrs, wds, epochs, batch_size,
+                         val_fraction, seed)
+
+
+def _linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
+                  lrs: list[float], wds: list[float], epochs: int, batch_size: int, val_fraction: float,
+                  seed: int) -> dict[str, float]:
+    """:func:`linear_probe` on data already checked."""
+    setting, val_acc = _select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
+                                       val_fraction, seed)
+    acc = _fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs, batch_size, seed)
     return {**acc, "lr": setting[0], "weight_decay": setting[1], "val_top1": val_acc}
 
 
@@ -196,25 +217,27 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
     A fraction below 1 draws a class-balanced subset per seed and chooses (lr, wd) on a
     split held out from that subset. With all labels the choice is made once (at
     ``seed``) and the chosen probe is retrained from each seed (initialisation and
-    batch order), which costs one grid instead of ``seeds``. Raises as :func:`linear_probe`.
+    batch order), which costs one grid instead of ``seeds``. Raises as :func:`linear_probe`;
+    the data is checked once here (a class-balanced subset of checked data keeps every
+    class, so it needs no check of its own).
     """
     check_probe_data(train, train_labels, num_classes, test, test_labels)
     results: dict[str, dict[str, Any]] = {}
     for fraction in fractions:
         runs = []
         if fraction >= 1:
-            setting, _ = select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
-                                        val_fraction, seed)
+            setting, _ = _select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
+                                         val_fraction, seed)
             for s in range(seed, seed + seeds):
-                acc = fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs,
-                                    batch_size, s)
+                acc = _fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs,
+                                     batch_size, s)
                 runs.append({**acc, "lr": setting[0], "weight_decay": setting[1]})
             n_train = len(train_labels)
         else:
             for s in range(seed, seed + seeds):
                 idx = class_balanced_subset(train_labels, fraction, s)  # [n]
-                runs.append(linear_probe(train[idx], train_labels[idx], test, test_labels, num_classes, lrs, wds,
-                                         epochs, batch_size, val_fraction, s))
+                runs.append(_linear_probe(train[idx], train_labels[idx], test, test_labels, num_classes, lrs,
+                                          wds, epochs, batch_size, val_fraction, s))
                 n_train = len(idx)
         results[fraction_key(fraction)] = {**summarise(runs), "fraction": fraction, "train_images": n_train}
     return results
