@@ -290,3 +290,62 @@ def test_mocov3_runs_on_a_vit_and_scales_by_two_tau(tiny_config):
     resnet = PretrainModule(tiny_config("method.proj_hidden_dim=32", "method.pred_hidden_dim=32",
                                         method="mocov3"), INFO)
     assert resnet.method.temperature == 1.0
+
+
+def layer_spec(head):
+    """A head as plain tuples: ("linear", in, out, has bias), ("bn", dim, affine), ("relu",)."""
+    spec = []
+    for layer in head:
+        if isinstance(layer, nn.Linear):
+            spec.append(("linear", layer.in_features, layer.out_features, layer.bias is not None))
+        elif isinstance(layer, nn.BatchNorm1d):
+            spec.append(("bn", layer.num_features, layer.affine))
+        else:
+            assert isinstance(layer, nn.ReLU), layer
+            spec.append(("relu",))
+    return spec
+
+
+def moco_v3_reference_mlp(num_layers, in_dim, hidden, out, last_bn):
+    """facebookresearch/moco-v3 moco/builder.py MoCo._build_mlp, described layer by layer: every
+    linear without a bias, BatchNorm (affine) + ReLU after each hidden one, and a BatchNorm without
+    affine parameters after the last one when ``last_bn``."""
+    spec = []
+    for i in range(num_layers):
+        d_in, d_out = in_dim if i == 0 else hidden, out if i == num_layers - 1 else hidden
+        spec.append(("linear", d_in, d_out, False))
+        if i < num_layers - 1:
+            spec += [("bn", d_out, True), ("relu",)]
+        elif last_bn:
+            spec.append(("bn", d_out, False))
+    return spec
+
+
+VIT_16 = ["encoder.name=vit_tiny_patch16_224",
+          "encoder.kwargs={img_size: 16, patch_size: 4, depth: 1, embed_dim: 32, num_heads: 2}"]
+HEADS = ["method.proj_hidden_dim=24", "method.pred_hidden_dim=40", "method.proj_dim=16"]
+
+
+@pytest.mark.parametrize("encoder, overrides, proj, pred", [
+    # the reference code's MoCo_ViT: a 3-layer projector and a predictor, both ending in BN(affine=False)
+    ("vit", [], (3, 32, True), (2, True)),
+    # its MoCo_ResNet: a 2-layer projector ending in that BN, a predictor ending in a plain linear layer
+    ("resnet", [], (2, 64, True), (2, False)),
+    # explicit choices override the per-encoder defaults
+    ("vit", ["method.pred_last_bn=false", "method.proj_layers=2"], (2, 32, True), (2, False)),
+    ("resnet", ["method.pred_last_bn=true", "method.proj_layers=3", "method.pred_layers=3"], (3, 64, True),
+     (3, True)),
+])
+def test_mocov3_heads_are_built_as_in_the_reference_code(tiny_config, encoder, overrides, proj, pred):
+    from selfsup.train.module import PretrainModule
+
+    enc = VIT_16 if encoder == "vit" else []
+    method = PretrainModule(tiny_config(*enc, *HEADS, *overrides, method="mocov3"), INFO).method
+    (proj_layers, feat_dim, proj_last_bn), (pred_layers, pred_last_bn) = proj, pred
+    assert layer_spec(method.projector) == moco_v3_reference_mlp(proj_layers, feat_dim, 24, 16, proj_last_bn)
+    assert layer_spec(method.predictor) == moco_v3_reference_mlp(pred_layers, 16, 40, 16, pred_last_bn)
+    last = method.predictor[-1]
+    if pred_last_bn:  # the predictor's output is standardised per dimension, with nothing to learn
+        assert isinstance(last, nn.BatchNorm1d) and not last.affine and not list(last.parameters())
+    else:
+        assert isinstance(last, nn.Linear) and last.bias is None

@@ -1,5 +1,6 @@
 """Shared by the pixel-reconstruction pretexts (mae, simmim, denoise): patchify and
-unpatchify, per-sample random masks with an exact ratio, losses on masked patches only,
+unpatchify, each method's count of masked patches (MAE's and SimMIM's own rules), per-sample
+random masks with that exact count, losses on masked patches only,
 the encoder's last feature map, and a light pixel decoder (a 1x1 conv and a pixel shuffle).
 
 Not a method itself (the method registry skips modules starting with ``_``).
@@ -8,12 +9,14 @@ Not a method itself (the method registry skips modules starting with ``_``).
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Literal
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from selfsup.config import ConfigError
 from selfsup.distributed import draw_local
 
 # --------------------------------------------------------------------------- patches
@@ -53,22 +56,78 @@ def normalise_patches(target: Tensor, eps: float = 1e-6) -> Tensor:
 # --------------------------------------------------------------------------- masks
 
 
-def num_visible(n: int, mask_ratio: float) -> int:
-    """Patches kept visible out of ``n``: ``round((1 - mask_ratio) * n)``, at least one
-    visible and one masked patch."""
-    return min(n - 1, max(1, round((1 - mask_ratio) * n)))
+def _exact_ratio(mask_ratio: float) -> Fraction:
+    """``mask_ratio`` as the decimal it is written as (its shortest ``repr``): 0.9 -> 9/10.
+
+    Counts are then exact: in floats ``10 * (1 - 0.9)`` is 0.99999..., whose ``int`` is 0, and
+    ``100 * 0.55`` is 55.000...01, whose ceiling is 56."""
+    return Fraction(repr(float(mask_ratio)))
 
 
-def random_masking(batch: int, n: int, mask_ratio: float, device: torch.device | None = None,
-                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Independent random masks with the same number of masked patches in every sample.
+def _check_visible(n: int, visible: int, mask_ratio: float) -> int:
+    """``visible`` if it leaves at least one patch visible and one masked out of ``n``.
 
-    Returns ``mask`` [B, N] bool (True = masked) and ``keep`` [B, K] long, the indices of
-    the K = :func:`num_visible` visible patches of each sample in increasing order.
+    Raises:
+        ConfigError: naming ``method.mask_ratio`` and the largest ratio that works on ``n`` patches.
     """
-    k = num_visible(n, mask_ratio)
+    if 1 <= visible <= n - 1:
+        return visible
+    if n < 2:
+        raise ConfigError(f"method.mask_ratio: a grid of {n} patch cannot be split into visible and masked "
+                          f"patches; use a smaller patch (or mask patch) size")
+    highest = math.floor((n - 1) / n * 1000) / 1000
+    raise ConfigError(f"method.mask_ratio={mask_ratio} leaves {visible} of {n} patches visible; masked "
+                      f"image modelling needs at least one visible and one masked patch: use a mask_ratio "
+                      f"<= {highest}")
+
+
+def mae_visible_count(n: int, mask_ratio: float) -> int:
+    """MAE's number of visible patches out of ``n``: ``floor(n * (1 - mask_ratio))``.
+
+    He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners"; facebookresearch/mae,
+    ``models_mae.py``, ``MaskedAutoencoderViT.random_masking``: ``len_keep = int(L * (1 -
+    mask_ratio))``. Computed on the ratio as written (:func:`_exact_ratio`), so it differs from
+    the reference's float expression only where that one is off by a rounding error (100 patches
+    at 0.9: 10 visible here, 9 there; at the paper's 0.75 the two agree on every grid).
+
+    Raises:
+        ConfigError: when no patch would be visible (see :func:`_check_visible`).
+    """
+    return _check_visible(n, math.floor(n * (1 - _exact_ratio(mask_ratio))), mask_ratio)
+
+
+def simmim_visible_count(n: int, mask_ratio: float) -> int:
+    """SimMIM's number of visible mask patches out of ``n``: ``n - ceil(n * mask_ratio)``.
+
+    Xie et al. 2022, "SimMIM: A Simple Framework for Masked Image Modeling"; microsoft/SimMIM,
+    ``data/data_simmim.py``, ``MaskGenerator``: ``mask_count = int(np.ceil(token_count *
+    mask_ratio))`` over the grid of mask patches. Computed on the ratio as written
+    (:func:`_exact_ratio`; 100 patches at 0.55: 55 masked here, 56 by the float expression; at
+    the paper's 0.6 the two agree on every grid).
+
+    Raises:
+        ConfigError: when every patch would be masked (see :func:`_check_visible`).
+    """
+    return _check_visible(n, n - math.ceil(n * _exact_ratio(mask_ratio)), mask_ratio)
+
+
+def random_masking(batch: int, n: int, visible: int, device: torch.device | None = None,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Independent random masks with the same number of visible patches in every sample.
+
+    ``visible`` comes from the method's own rule (:func:`mae_visible_count`,
+    :func:`simmim_visible_count`). Returns ``mask`` [B, N] bool (True = masked) and ``keep``
+    [B, K] long, the indices of the K = ``visible`` visible patches of each sample in
+    increasing order.
+
+    Raises:
+        ValueError: when ``visible`` is not an int between 1 and ``n - 1``.
+    """
+    if isinstance(visible, bool) or not isinstance(visible, int) or not 1 <= visible <= n - 1:
+        raise ValueError(f"random_masking: visible must be a whole number of patches from 1 to {n - 1} of {n}, "
+                         f"got {visible!r}")
     noise = draw_local(lambda rows: torch.rand(rows, n, device=device, generator=generator), batch)  # [B, N]
-    keep = noise.argsort(dim=1)[:, :k].sort(dim=1).values  # [B, K]
+    keep = noise.argsort(dim=1)[:, :visible].sort(dim=1).values  # [B, K]
     mask = torch.ones(batch, n, dtype=torch.bool, device=device).scatter(1, keep, False)  # [B, N]
     return mask, keep
 

@@ -12,6 +12,10 @@ and ``norm``. Nothing is added to or renamed in the encoder, so the exported enc
 the timm ViT itself. Differences from the paper: the encoder's position embeddings are
 timm's learned ones (the paper fixes them to 2-D sine-cosine; the decoder's are sine-cosine
 here as there), and ``patch_drop`` (timm's PatchDropout) is not applied.
+
+Mask count: ``floor(N * (1 - mask_ratio))`` of the N patches stay visible, the reference
+code's ``len_keep = int(L * (1 - mask_ratio))`` (facebookresearch/mae, ``models_mae.py``,
+``random_masking``): 12 of 49 at 0.75, 19 of 49 at 0.6 (see ``_pixels.mae_visible_count``).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from torch import Tensor, nn
 
 from selfsup.config import param
 from selfsup.data import AugmentConfig, BatchAugment, DataInfo
-from selfsup.methods._pixels import (encoder_name, is_vit, masked_loss, normalise_patches, patchify,
-                                     random_masking, vit_patch_size)
+from selfsup.methods._pixels import (encoder_name, is_vit, mae_visible_count, masked_loss, normalise_patches,
+                                     patchify, random_masking, vit_patch_size)
 from selfsup.methods.base import METHODS, Method
 
 
@@ -57,7 +61,8 @@ class MAEConfig:
     """MAE hyper-parameters; defaults are the paper's (mask ratio 0.75, a decoder of 8
     blocks, 512 wide, 16 heads, normalised pixel targets)."""
 
-    mask_ratio: float = param(0.75, gt=0, lt=1, help="fraction of patches hidden from the encoder")
+    mask_ratio: float = param(0.75, gt=0, lt=1, help="fraction of patches hidden from the encoder; "
+                              "floor(N * (1 - mask_ratio)) of the N patches stay visible, as in MAE's code")
     decoder_dim: int = param(512, gt=0)
     decoder_depth: int = param(8, ge=1)
     decoder_heads: int = param(16, ge=1)
@@ -99,6 +104,7 @@ class MAE(Method):
                              f"{self.patch} of encoder {encoder_name(encoder)!r}")
         self.grid = info.image_size // self.patch
         self.num_patches = self.grid * self.grid
+        self.num_visible = mae_visible_count(self.num_patches, cfg.mask_ratio)
         self.num_prefix = encoder.num_prefix_tokens
         self.augment = BatchAugment(cfg.augment, info.mean, info.std, info.image_size)
 
@@ -142,7 +148,7 @@ class MAE(Method):
 
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         x = self.augment(images)  # [B, C, S, S]
-        mask, keep = random_masking(x.shape[0], self.num_patches, self.cfg.mask_ratio, x.device)  # [B, N], [B, K]
+        mask, keep = random_masking(x.shape[0], self.num_patches, self.num_visible, x.device)  # [B, N], [B, K]
         latent = self.encode_visible(x, keep)  # [B, prefix + K, E]
         pred = self.decode(latent, keep)  # [B, N, p*p*C]
         target = patchify(x, self.patch)  # [B, N, p*p*C]

@@ -15,6 +15,10 @@ Mask patches. The paper masks 32x32 squares of 192 px images (a 6x6 grid). By de
 mask patch side is the divisor of the image size closest to a sixth of it (and a multiple
 of a ViT's patch size): 32 px at 192 or 224, 4 px at 28 (Fashion-MNIST, a 7x7 grid) and
 32 (CIFAR, 8x8).
+
+Mask count: ``ceil(G * mask_ratio)`` of the G mask patches are masked, the reference code's
+``mask_count`` (microsoft/SimMIM, ``data/data_simmim.py``, ``MaskGenerator``): 30 of 49 (7x7)
+and 39 of 64 (8x8) at 0.6 (see ``_pixels.simmim_visible_count``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from torch import Tensor, nn
 from selfsup.config import param
 from selfsup.data import AugmentConfig, BatchAugment, DataInfo
 from selfsup.methods._pixels import (PixelDecoder, encoder_name, feature_map, is_vit, masked_loss, patchify,
-                                     random_masking, upsample_mask, vit_patch_size, vit_tokens)
+                                     random_masking, simmim_visible_count, upsample_mask, vit_patch_size,
+                                     vit_tokens)
 from selfsup.methods.base import METHODS, Method
 
 
@@ -60,7 +65,8 @@ class SimMIMConfig:
     """SimMIM hyper-parameters; the paper's defaults: mask ratio 0.6 of 32 px squares
     (here scaled with the image size, see the module docstring), L1 loss on masked pixels."""
 
-    mask_ratio: float = param(0.6, gt=0, lt=1, help="fraction of mask patches replaced by the mask token")
+    mask_ratio: float = param(0.6, gt=0, lt=1, help="fraction of mask patches replaced by the mask token; "
+                              "ceil(G * mask_ratio) of the G mask patches, as in SimMIM's code")
     mask_patch_size: int | None = param(None, gt=0, help="side of a masked square in pixels; None: about "
                                         "image_size / 6, a divisor of the image size")
     augment: AugmentConfig = field(default_factory=simmim_augment)
@@ -81,6 +87,7 @@ class SimMIM(Method):
                              + (f" and be a multiple of the patch size {unit} of encoder {encoder_name(encoder)!r}"
                                 if self.vit else ""))
         self.mask_patch, self.token_patch, self.grid = m, unit, size // m
+        self.num_visible = simmim_visible_count(self.grid * self.grid, cfg.mask_ratio)
         self.augment = BatchAugment(cfg.augment, info.mean, info.std, size)
         if self.vit:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))  # patch-embedding space
@@ -99,7 +106,7 @@ class SimMIM(Method):
 
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         x = self.augment(images)  # [B, C, S, S]
-        mask, _ = random_masking(x.shape[0], self.grid * self.grid, self.cfg.mask_ratio, x.device)  # [B, G]
+        mask, _ = random_masking(x.shape[0], self.grid * self.grid, self.num_visible, x.device)  # [B, G]
         feats = self.encode(x, mask)
         pred = self.decoder(feature_map(self.encoder, feats))  # [B, C, S, S]
         m = self.mask_patch
