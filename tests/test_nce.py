@@ -177,3 +177,53 @@ def test_npid_softmax_objective_is_the_exact_softmax_over_the_bank(tiny_config):
     out["loss"].backward()
     assert npid.head.weight.grad is not None and npid.head.weight.grad.abs().sum() > 0
     assert not torch.equal(npid.bank.bank[idx], bank[idx])  # rows updated after scoring
+
+
+def _concentrated_bank(n: int, d: int, spread: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A unit direction mu [d] and n unit rows scattered around it [n, d] (cos with mu about
+    1 / sqrt(1 + spread^2)): the bank after one epoch of nearly coinciding features."""
+    mu = F.normalize(torch.randn(d, generator=g, dtype=torch.float64), dim=0)
+    return mu, F.normalize(mu + spread * torch.randn(n, d, generator=g, dtype=torch.float64) / math.sqrt(d), dim=1)
+
+
+def test_z_fixed_on_the_random_bank_pushes_every_feature_off_a_concentrated_bank():
+    """The mechanism of NPID's collapse measured on Fashion-MNIST with the authors' own recipe
+    (benchmarks/results/npid_authors.md). Z is estimated on the first batch, while the bank is
+    random: log Z = log n + 1 / (2 d tau^2) (the mean of exp(s) for s ~ N(0, 1 / (d tau^2))).
+    Once the bank's rows concentrate around one direction mu (features nearly coincide at
+    init, so the bank does after an epoch), the noise posteriors h_j, computed here by hand,
+    sum to far more than 1, so the NCE gradient pushes every feature off mu together, many
+    times harder than the positive (weight <= 1) pulls it to its own row. The exact softmax
+    (eq. 2) weighs noise and positive equally (sum 1 each): its push along mu is at most
+    the spread of the rows' cosines with mu."""
+    g = torch.Generator().manual_seed(0)
+    n, d, m, b, tau = 5000, 128, 4096, 16, 0.1
+    random_bank = F.normalize(torch.randn(n, d, generator=g, dtype=torch.float64), dim=1)
+    first = F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)
+    noise_idx = torch.randint(n, (b, m), generator=g)
+    nce = NCE(n).double()
+    nce(torch.zeros(b, dtype=torch.float64), torch.einsum("bd,bmd->bm", first, random_bank[noise_idx]) / tau)
+    assert math.isclose(float(nce.log_z), math.log(n) + 1 / (2 * d * tau**2), abs_tol=0.03)
+
+    mu, bank = _concentrated_bank(n, d, 0.75, g)  # rows at cos ~0.8 with mu
+    v = F.normalize(mu + 0.75 * torch.randn(b, d, generator=g, dtype=torch.float64) / math.sqrt(d), dim=1)
+    v.requires_grad_(True)
+    idx = torch.arange(b)
+    pos = (v * bank[idx]).sum(1) / tau  # [B]
+    noise = torch.einsum("bd,bmd->bm", v, bank[noise_idx]) / tau  # [B, M]
+    loss = nce(pos, noise).loss
+    (grad,) = torch.autograd.grad(loss * b, v)  # per-sample gradients [B, d]
+
+    p_noise = noise.detach().exp() / float(nce.log_z.exp())  # P(j|v) = exp(s) / Z  [B, M]
+    mass = (p_noise / (p_noise + m / n)).sum(1)  # sum_j h_j, the paper's h = P / (P + m P_n)  [B]
+    assert float(mass.min()) > 50  # noise weight vs the positive's <= 1
+    along_mu = grad @ mu  # [B]; gradient descent moves v by -grad: off mu when > 0
+    assert bool((along_mu > 0).all())
+    assert float(along_mu.min()) > 0.5 * float(mass.min()) / tau  # rows' cos with mu >= 0.5
+
+    every = v @ bank.T / tau  # [B, n]: the exact softmax over every row
+    (soft,) = torch.autograd.grad(F.cross_entropy(every, idx) * b, v)
+    cos_mu = bank @ mu  # [n]
+    bound = float(cos_mu.max() - cos_mu.min()) / tau
+    assert float((soft @ mu).abs().max()) <= bound
+    assert float((soft @ mu).abs().mean()) < float(along_mu.mean()) / 50

@@ -9,6 +9,14 @@ the bank, Z estimated on the first batch and then fixed (:mod:`selfsup.losses.nc
 paper's exact objective, the non-parametric softmax over all n bank entries (its eq. 2,
 which NCE approximates for large n), is ``objective: softmax``.
 
+Z fixed while the bank is still random is NCE's weak point when the features of all
+images start nearly coinciding (Fashion-MNIST with a convnet): once the bank's rows
+concentrate, the noise posteriors sum to far more than 1 and the gradient pushes every
+feature off the bank's common direction together. Measured with the authors' own recipe
+re-implemented (benchmarks/npid_authors.py, benchmarks/results/npid_authors.md): the
+encoder ends below where it started, as selfsup's NCE does; the softmax learns. The
+Fashion-MNIST config therefore uses ``objective: softmax``.
+
 The method needs each image's dataset index: ``training_step(images, indices=...)``
 (``needs_indices``); ``labels`` (optional, -1 when unknown) feed a free monitor, the
 weighted kNN accuracy of the batch against the labelled memory bank (k = 200, as in the
