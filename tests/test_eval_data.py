@@ -325,3 +325,36 @@ def test_detection_results_of_another_deepforest_folder_get_their_own_folder(tmp
     assert tags[0] == "deepforest" and all(t.startswith("deepforest-") for t in tags[1:])
     assert len(set(tags)) == 3
     assert tag(f"detection.deepforest_root={a}/../a") == tags[1]
+
+
+def test_layer_wise_evaluation_through_pretrain_and_eval(tmp_path, capsys):
+    """`eval.layers=all` reaches the user: pretraining ends with one row per stage of the
+    pretrained and the random encoder (pixels: one), the final stage's row equal to the default
+    `last` evaluation of `selfsup eval`; the export card keeps the final stage's numbers only; a
+    stage the encoder lacks is refused before any training step, no checkpoint written."""
+    from conftest import ROOT
+
+    folder = toy_folder(tmp_path / "data", size=16)
+    args = ["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "data.name=image-folder", f"data.root={folder}",
+            "data.image_size=16", "data.in_chans=1", "data.batch_size=8", "trainer.max_steps=1",
+            "trainer.precision=32-true", "trainer.progress_bar=false", TINY_ENCODER, "eval.knn=[[3, 0.07]]",
+            "eval.linear=false", "eval.baselines=[random, pixels]"]
+    bad = tmp_path / "bad"
+    capsys.readouterr()
+    code = main([*args[:2], "--run-dir", str(bad), *args[2:], "eval.layers=[layer2, layer9]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "layer9" in err and "layer1" in err and err.count("\n") == 1, err
+    assert not (bad / "checkpoints").exists()
+    run = tmp_path / "run"
+    assert main([*args[:2], "--run-dir", str(run), *args[2:], "eval.layers=all"]) == 0
+    rows = json.loads((run / "results.json").read_text())
+    stages = ["act1", "layer1", "layer2", "layer3", "layer4"]
+    assert [(r["kind"], r["layer"]) for r in rows] == [("pretrained", s) for s in stages] + [
+        ("random", s) for s in stages] + [("pixels", None)]
+    out = tmp_path / "ev"
+    assert main(["eval", str(run), "--out", str(out), "--baseline", "pixels", "eval.layers=last"]) == 0
+    last = json.loads((out / "results.json").read_text())
+    assert last[0]["knn"] == rows[4]["knn"] and "layer" not in last[0]
+    card = json.loads((run / "export" / "config.json").read_text())
+    pretrained = [lbl for lbl in card["results"] if "pretrained" in lbl]
+    assert len(pretrained) == 1 and card["results"][pretrained[0]]["knn"] == rows[4]["knn"]

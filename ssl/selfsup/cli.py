@@ -44,7 +44,7 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from selfsup.config import ConfigError, load_config
-    from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate
+    from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers
     from selfsup.eval.report import markdown_table
     from selfsup.fileio import write_json, write_text
     from selfsup.train.run import CONFIG_FILE, load_run_config, saved_config
@@ -67,7 +67,7 @@ def _eval(args: argparse.Namespace) -> None:
         out = target / f"eval-{data_tag(cfg)}"
         print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
               f"the run's own results stay in {target / 'results.json'}")
-    rows = [evaluate(t, cfg, out / "features") for t in [args.target, *args.baseline]]
+    rows = [row for t in [args.target, *args.baseline] for row in evaluate_layers(t, cfg, out / "features")]
     write_json(rows, out / "results.json")
     table = markdown_table(rows)
     write_text(table, out / "results.md")

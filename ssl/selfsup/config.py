@@ -153,8 +153,20 @@ class EvalConfig:
     baselines: list[str] = param(default_factory=lambda: ["random", "pixels"],
                                  help="evaluated beside the pretrained encoder after pretraining")
     after_pretrain: bool = param(True, help="evaluate and export when pretraining ends")
+    layers: Union[str, list[str]] = param("last", help="stages scored, one result row each: last (the pooled "
+                                          "encoder output), all, or stage names from timm's feature_info "
+                                          "(layer1..layer4 for a ResNet, blocks.N for a ViT)")
+    layer_pool: Literal["grid", "avg"] = param("grid", help="stages before the last: grid = average-pooled to "
+                                               "about 9k values as in Goyal et al. 2019 / VISSL; avg = global "
+                                               "average (C values, cheaper); selfsup.eval.layers says why")
 
     def __post_init__(self) -> None:
+        names = [self.layers] if isinstance(self.layers, str) else list(self.layers)
+        if not names or any(not n.strip() for n in names):
+            raise ValueError(f"layers must be 'last', 'all', a stage name or a non-empty list of stage names, "
+                             f"got {self.layers!r}")
+        if not isinstance(self.layers, str) and {"all", "last"} & set(names):
+            raise ValueError(f"layers: 'all' and 'last' stand alone (layers=all), not inside a list: {self.layers!r}")
         for k, t in self.knn:  # refused when the config loads, not after pretraining
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                 raise ValueError(f"knn: k must be a whole number >= 1, got {k!r} in ({k!r}, {t!r})")

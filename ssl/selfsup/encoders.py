@@ -47,6 +47,16 @@ def create_encoder(name: str, in_chans: int, kwargs: dict[str, Any] | None = Non
         raise EncoderError(f"timm could not build {name!r} with encoder.kwargs={kwargs}: {err}") from None
 
 
+def pooled_width(encoder: nn.Module) -> int:
+    """Width D of ``encoder(x)`` -> ``[B, D]``: timm's ``head_hidden_size`` where the model has one,
+    else ``num_features``. They differ when pooling or a pre-logits layer changes the width:
+    ``global_pool='catavgmax'`` doubles it (a resnet18 gives 1024 from a 512-channel map), a
+    MobileNetV3's ``conv_head`` gives 1024 from 576 channels; ``num_features`` is the channel
+    count of the last feature map (timm's convention), not what the pooled encoder returns."""
+    width = getattr(encoder, "head_hidden_size", None) or encoder.num_features
+    return int(width)
+
+
 def is_convnet(model: nn.Module) -> bool:
     return not any(isinstance(m, nn.MultiheadAttention) or type(m).__name__ == "Attention"
                    for m in model.modules())

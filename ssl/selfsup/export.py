@@ -55,7 +55,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from selfsup.data import DataInfo
-from selfsup.encoders import EncoderError, check_timm_name, create_encoder
+from selfsup.encoders import EncoderError, check_timm_name, create_encoder, pooled_width
 from selfsup.fileio import save_tensors, write_bytes, write_json, write_text
 
 WEIGHTS = "model.safetensors"
@@ -431,7 +431,7 @@ def make_card(cfg: Any, info: DataInfo, encoder: nn.Module, results: dict[str, A
         "architecture": cfg.encoder.name,
         "kwargs": kwargs,
         "in_chans": info.in_chans,
-        "num_features": encoder.num_features,
+        "num_features": pooled_width(encoder),
         "num_params": sum(p.numel() for p in encoder.parameters()),
         "input_size": [info.in_chans, info.image_size, info.image_size],
         "mean": list(info.mean),
@@ -456,8 +456,11 @@ def make_card(cfg: Any, info: DataInfo, encoder: nn.Module, results: dict[str, A
 
 
 def results_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the export card keeps of evaluation rows: kNN and every linear-probe result per target."""
-    return {r["label"]: {k: v for k, v in r.items() if k == "knn" or k.startswith("linear")} for r in rows}
+    """What the export card keeps of evaluation rows: kNN and every linear-probe result per target, of
+    the features the exported encoder gives (its pooled output: the rows of other stages of a
+    layer-wise evaluation, ``pooling`` ``grid`` or ``avg``, are left out)."""
+    return {r["label"]: {k: v for k, v in r.items() if k == "knn" or k.startswith("linear")} for r in rows
+            if r.get("pooling") in (None, "encoder")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -696,9 +699,10 @@ def _encoder_card_problem(encoder: nn.Module, card: Mapping[str, Any]) -> tuple[
     """(field, problem, fix) for the first field of a validated card that the encoder it builds (whose
     tensors the weights fit) contradicts: ``num_features``, or an ``input_size`` that a model with a fixed
     image size (a timm ViT's strict patch embedding) cannot take; None when they agree."""
-    if "num_features" in card and card["num_features"] != encoder.num_features:
+    width = pooled_width(encoder)
+    if "num_features" in card and card["num_features"] != width:
         return ("num_features", f"the encoder it describes (whose tensors the weights fit) gives "
-                f"{encoder.num_features} features", f"set \"num_features\": {encoder.num_features} in that file")
+                f"{width} features", f"set \"num_features\": {width} in that file")
     embed = getattr(encoder, "patch_embed", None)
     fixed = getattr(embed, "img_size", None) if getattr(embed, "strict_img_size", False) else None
     if fixed is not None and tuple(fixed) != tuple(card["input_size"][1:]):
@@ -729,7 +733,7 @@ def _load_export(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise card_error(path / CARD, field, card[field], problem, fix)
     encoder.load_state_dict(state)
     encoder.selfsup_info = card_info(card)
-    return encoder.eval(), {**card, "num_features": encoder.num_features}
+    return encoder.eval(), {**card, "num_features": pooled_width(encoder)}
 
 
 def _loose_safetensors(path: Path) -> str:

@@ -8,10 +8,16 @@ read the cache. Only labelled images are scored: unlabeled training images (labe
 left out and counted, and what cannot be scored (no labels, one class, unlabeled test
 images, an encoder of other channels than the images) is refused before any feature is
 extracted.
+
+Layer-wise evaluation (``eval.layers``: ``all`` or stage names; :mod:`selfsup.eval.layers`)
+scores every asked-for stage of the encoder the same way, one result row each
+(:func:`evaluate_layers`); the stages come from one extraction pass and are cached per stage,
+the final stage under the same entry as ``eval.layers=last`` (the encoder's pooled output).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -27,7 +33,8 @@ from selfsup.config import RunConfig
 from selfsup.data import DataError, DataInfo, ImageDataset, build_dataset, subset
 from selfsup.data.datasets import Subset
 from selfsup.encoders import create_encoder
-from selfsup.eval.features import FeatureCache, dataset_fingerprint, extract_features, fingerprint
+from selfsup.eval.features import FeatureCache, dataset_fingerprint, extract_features, extract_stages, fingerprint
+from selfsup.eval.layers import Stage, encoder_stages, select_stages, stage_tag
 from selfsup.eval.knn import IndexOptions, knn_evaluate_with_index
 from selfsup.eval.linear import probe_protocol, sklearn_probe
 from selfsup.export import LoadError, is_export_dir, load_encoder
@@ -83,9 +90,20 @@ class Prepared:
     names: dict[str, str]  # split -> cache entry
     keys: dict[str, str] = field(default_factory=dict)  # split -> cache key: encoder and data fingerprints
     unlabeled_left_out: int = 0  # training images with label -1 left out of kNN and the probes
+    stages: list[Stage] = field(default_factory=list)  # eval.layers' stages; empty: the encoder's output only
+    pool: str = "grid"  # eval.layer_pool: how stages before the last are pooled
 
     def splits(self) -> list[tuple[str, ImageDataset]]:
         return [("train", self.train_ds), ("test", self.test_ds)]
+
+    def entry(self, stage: Stage | None, split: str) -> tuple[str, str]:
+        """Cache entry name and key of ``stage``'s features on ``split``: the final stage (or
+        None) is the encoder's pooled output, today's entry (so ``eval.layers=last`` and
+        ``all`` share it); another stage's name and key add the stage and its pooling."""
+        if stage is None or stage.last:
+            return self.names[split], self.keys[split]
+        tag = stage_tag(stage, self.pool)
+        return f"{self.names[split]}-{tag}", f"{self.keys[split]}/{tag}"
 
 
 class NotScorable(DataError):
@@ -207,16 +225,49 @@ def prepare(spec: str, cfg: RunConfig, cache_dir: str | Path) -> Prepared:
         dkey = data_key(cfg, split, ds, target.info)
         names[split] = f"{target.kind}-{key}-{cfg.data.name}{target.info.image_size}-{split}-{len(ds)}-{dkey[:12]}"
         keys[split] = f"{key}/{dkey}"
-    return Prepared(target, train_ds, test_ds, FeatureCache(cache_dir), key, names, keys, dropped)
+    return Prepared(target, train_ds, test_ds, FeatureCache(cache_dir), key, names, keys, dropped,
+                    target_stages(target, cfg), cfg.eval.layer_pool)
+
+
+def layer_wise(cfg: RunConfig) -> bool:
+    """Whether ``eval.layers`` asks for stages (one result row each) rather than ``last``."""
+    return cfg.eval.layers != "last"
+
+
+def target_stages(target: Target, cfg: RunConfig) -> list[Stage]:
+    """The stages of ``target`` that ``eval.layers`` asks for (:func:`selfsup.eval.layers.select_stages`):
+    none for ``last`` and for raw pixels (no stages: one row). ConfigError (one line) for a model
+    without timm's feature API or a stage name it does not have, before anything is extracted."""
+    if not layer_wise(cfg) or target.kind == "pixels":
+        return []
+    return select_stages(cfg.eval.layers, encoder_stages(target.encoder, target.label), target.label)
+
+
+def check_layers(cfg: RunConfig, in_chans: int) -> None:
+    """Refuse ``eval.layers`` naming stages ``cfg.encoder`` does not have, e.g. before pretraining
+    (a fresh encoder has the same stages as the trained one). ConfigError, one line."""
+    if layer_wise(cfg):
+        encoder = create_encoder(cfg.encoder.name, in_chans, cfg.encoder.kwargs)
+        select_stages(cfg.eval.layers, encoder_stages(encoder, f"encoder {cfg.encoder.name!r}"),
+                      f"encoder {cfg.encoder.name!r}")
 
 
 def _extractor(p: Prepared, ds: ImageDataset, cfg: RunConfig, device: str, log: Callable[[str], None],
-               sharded: bool = False) -> Callable[[], tuple[Tensor, Tensor]]:
+               sharded: bool = False, stage: Stage | None = None) -> Callable[[], tuple[Tensor, Tensor]]:
+    """What computes a cache entry when it is missing: the encoder's pooled output (``stage``
+    None or the final one), else that one stage (loaded whole: only when a stage's entry went
+    missing after :func:`fill_stage_cache` wrote it)."""
     def run() -> tuple[Tensor, Tensor]:
         log(f"[eval] extracting features for {p.target.label} ({len(ds)} images)")
         return extract_features(p.target.encoder, ds, p.target.info, cfg.data.eval_batch_size, device,
                                 cfg.data.num_workers, sharded=sharded)
-    return run
+
+    def run_stage() -> tuple[Tensor, Tensor]:
+        log(f"[eval] extracting stage {stage.name} of {p.target.label} ({len(ds)} images)")
+        rows, labels = extract_stages(p.target.encoder, ds, p.target.info, [stage], p.pool, p.cache.directory,
+                                      cfg.data.eval_batch_size, device, cfg.data.num_workers, label=p.target.label)
+        return rows.features(stage.name).clone(), labels
+    return run if stage is None or stage.last else run_stage
 
 
 def cache_features(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
@@ -227,6 +278,9 @@ def cache_features(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str
     Returns the prepared target, for rank 0 to pass on to :func:`evaluate`."""
     device = device or default_device(cfg.trainer.accelerator)
     p = prepare(spec, cfg, cache_dir)
+    if p.stages:
+        fill_stage_cache(p, cfg, device, log, sharded=True)
+        return p
     for split, ds in p.splits():
         if distributed.broadcast_object(p.cache.has(p.names[split], p.keys[split], ds.labels)):
             continue
@@ -237,45 +291,110 @@ def cache_features(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str
     return p
 
 
+def fill_stage_cache(p: Prepared, cfg: RunConfig, device: str, log: Callable[[str], None] = print,
+                     sharded: bool = False) -> None:
+    """Cache every stage of ``p.stages`` missing on each split, all from ONE extraction pass
+    (:func:`extract_stages`), streamed to the cache a stage at a time: the rows wait in float32
+    scratch files, and only one stage is in memory (as stored, float16 where faithful) while it
+    is written. ``sharded``: a collective, as in :func:`cache_features` (one stage at a time is
+    gathered on rank 0)."""
+    for split, ds in p.splits():
+        missing = [s for s in p.stages if not p.cache.has(*p.entry(s, split), ds.labels)]
+        missing = distributed.broadcast_object(missing) if sharded else missing
+        if not missing:
+            continue
+        log(f"[eval] extracting {len(missing)} stage(s) of {p.target.label} in one pass "
+            f"({', '.join(s.name for s in missing)}; {len(ds)} {split} images)")
+        rows, labels = extract_stages(p.target.encoder, ds, p.target.info, missing, p.pool, p.cache.directory,
+                                      cfg.data.eval_batch_size, device, cfg.data.num_workers, sharded,
+                                      p.target.label)
+        labels = distributed.gather_to_rank0(labels) if sharded else labels
+        for stage in missing:
+            feats = rows.features(stage.name)  # [n, D]: a view of the scratch file
+            feats = distributed.gather_to_rank0(feats.contiguous()) if sharded else feats
+            if distributed.rank() == 0:
+                p.cache.store(*p.entry(stage, split), feats, labels)
+        del rows
+    if sharded:
+        distributed.barrier()
+
+
 def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
              log: Callable[[str], None] = print, prepared: Prepared | None = None) -> dict[str, Any]:
-    """kNN (every (k, T) in ``cfg.eval.knn``) and linear-probe results for target ``spec``
-    (``prepared``: what :func:`cache_features` already loaded for it, so nothing is loaded twice)."""
+    """kNN (every (k, T) in ``cfg.eval.knn``) and linear-probe results for target ``spec`` on the
+    encoder's pooled output (the final stage, whatever ``eval.layers`` says; :func:`evaluate_layers`
+    gives a row per stage). ``prepared``: what :func:`cache_features` already loaded for it, so
+    nothing is loaded twice."""
+    if prepared is not None:
+        prepared = dataclasses.replace(prepared, stages=[])
+    else:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, layers="last"))
+    return evaluate_layers(spec, cfg, cache_dir, device, log, prepared)[0]
+
+
+def evaluate_layers(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
+                    log: Callable[[str], None] = print, prepared: Prepared | None = None) -> list[dict[str, Any]]:
+    """One result row per stage ``eval.layers`` asks for (:mod:`selfsup.eval.layers`), shallowest
+    first, each scored by the same kNN and linear probes; with ``eval.layers=last`` (and for raw
+    pixels, which have no stages) one row, as before layer-wise evaluation existed. Rows of
+    layer-wise evaluation add ``layer`` (the timm feature_info name; None for pixels) and
+    ``pooling`` (``encoder`` for the final stage: the pooled output, the same numbers as
+    ``last``; ``grid`` or ``avg`` for the others). Every missing stage is extracted in one pass
+    (:func:`fill_stage_cache`); ``seconds`` counts from the start of the target's evaluation."""
     t0 = time.perf_counter()
     device = device or default_device(cfg.trainer.accelerator)
     p = prepared or prepare(spec, cfg, cache_dir)
-    target, train_ds, test_ds, cache, keys, names = p.target, p.train_ds, p.test_ds, p.cache, p.keys, p.names
     warnings = [f"{p.unlabeled_left_out} unlabeled training image(s) (label -1) left out of kNN and the probes"
                 ] if p.unlabeled_left_out else []  # the row's own; the kNN index adds its own (report.row_warnings)
     for warning in warnings:
         log(f"[eval] {warning}")
-    lazy_tr, ytr = cache.get_lazy(names["train"], keys["train"], _extractor(p, train_ds, cfg, device, log),
+    if p.stages:
+        fill_stage_cache(p, cfg, device, log)
+    rows = []
+    for stage in p.stages or [None]:
+        about = None if not layer_wise(cfg) else {
+            "layer": stage and stage.name, "pooling": stage and ("encoder" if stage.last else p.pool)}
+        row = _score(p, spec, cfg, stage, about, warnings, device, log)
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+    return rows
+
+
+def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: dict[str, Any] | None,
+           warnings: list[str], device: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The result row of one stage (None: the encoder's pooled output) of a prepared target;
+    ``about`` (layer, pooling) goes after ``kind`` when given."""
+    target, train_ds, test_ds, cache = p.target, p.train_ds, p.test_ds, p.cache
+    (name_tr, key_tr), (name_te, key_te) = p.entry(stage, "train"), p.entry(stage, "test")
+    lazy_tr, ytr = cache.get_lazy(name_tr, key_tr, _extractor(p, train_ds, cfg, device, log, stage=stage),
                                   train_ds.labels)  # streamed
-    lazy_te, yte = cache.get_lazy(names["test"], keys["test"], _extractor(p, test_ds, cfg, device, log),
+    lazy_te, yte = cache.get_lazy(name_te, key_te, _extractor(p, test_ds, cfg, device, log, stage=stage),
                                   test_ds.labels)
     xte = lazy_te.load()
     if target.kind == "pixels":  # centre on the training mean image
         mean = lazy_tr.mean()
         lazy_tr, xte = lazy_tr.centered(mean), xte - mean
     classes = train_ds.num_classes
-    results: dict[str, Any] = {
-        "target": spec, "label": target.label, "kind": target.kind, "dataset": cfg.data.name,
+    results: dict[str, Any] = {"target": spec, "label": target.label, "kind": target.kind, **(about or {})}
+    results.update({
+        "dataset": cfg.data.name,
         "data_root": cfg.data.root, "train_images": len(ytr), "test_images": len(yte),
         "train_unlabeled_left_out": p.unlabeled_left_out, "feature_dim": lazy_tr.shape[1],
         "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
-        "warnings": warnings,
-    }
+        "warnings": list(warnings),
+    })
+    shown = target.label if stage is None else f"{target.label} [{stage.name}]"
     e = cfg.eval
     opts = IndexOptions(kind=e.knn_index, exact_max=e.knn_exact_max, nlist=e.knn_nlist or None, nprobe=e.knn_nprobe,
                         codes=e.knn_ivf_codes, chunk_rows=e.knn_chunk_rows, seed=cfg.seed,
                         gpu=None if str(device).startswith("cuda") else False)
     results["knn"], results["knn_index"] = knn_evaluate_with_index(lazy_tr, ytr, xte, yte, list(e.knn), classes, opts)
     for warning in results["knn_index"].get("warnings", []):  # also under the results.md table
-        log(f"[eval] warning ({target.label}): {warning}")
+        log(f"[eval] warning ({shown}): {warning}")
     if cfg.eval.linear:
         xtr = lazy_tr.load()  # the probes need train in memory
-        log(f"[eval] linear probes for {target.label} (lr x wd grid {len(cfg.eval.linear_lrs)}x"
+        log(f"[eval] linear probes for {shown} (lr x wd grid {len(cfg.eval.linear_lrs)}x"
             f"{len(cfg.eval.linear_wds)}, labelled fractions 1 {' '.join(f'{f:g}' for f in cfg.eval.low_shot)}, "
             f"{cfg.eval.probe_seeds} seeds)")
         results.update(probe_protocol(xtr, ytr, xte, yte, classes, cfg.eval.linear_lrs, cfg.eval.linear_wds,
@@ -284,5 +403,4 @@ def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | Non
                                       cfg.eval.linear_val_fraction, cfg.seed))
         if 0 < len(ytr) <= cfg.eval.sklearn_max_images:
             results["linear_sklearn"] = sklearn_probe(xtr, ytr, xte, yte, classes)
-    results["seconds"] = round(time.perf_counter() - t0, 1)
     return results

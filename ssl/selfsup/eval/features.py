@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Iterator
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from torch import Tensor, nn
@@ -13,6 +17,7 @@ from torch import Tensor, nn
 from selfsup import distributed
 from selfsup.data import CleanTransform, DataInfo, ImageDataset, TensorImages, make_loader
 from selfsup.data.datasets import FolderImages, Subset, WithIndices
+from selfsup.eval.layers import Stage, stage_vectors
 from selfsup.fileio import save_tensors
 
 FLOAT16_RTOL = 2.0 ** -11  # float16's unit roundoff: the relative error of rounding a normal value
@@ -136,6 +141,77 @@ def extract_features(encoder: nn.Module, ds: ImageDataset, info: DataInfo, batch
     if not sharded:
         return mine, my_labels
     return distributed.gather_to_rank0(mine), distributed.gather_to_rank0(my_labels)
+
+
+class StageRows:
+    """Rows of several stages' features, written a batch at a time into float32 scratch files
+    (``np.memmap`` in ``directory``, unlinked at once: the disk space is freed when the last view
+    goes), so extracting every stage of 60k images never holds them all in memory.
+
+    ``append({stage: [B, D_stage]})`` adds a batch; ``features(stage)`` is the float32 ``[n, D]``
+    tensor of the rows written (a view of the scratch file, paged in as read)."""
+
+    def __init__(self, directory: str | Path, max_rows: int) -> None:
+        self.directory = Path(directory)
+        self.max_rows = max_rows
+        self.n = 0
+        self._maps: dict[str, np.memmap] = {}
+
+    def _scratch(self, dim: int) -> np.memmap:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".stage-", suffix=".f32", dir=self.directory)
+        os.close(fd)
+        try:
+            return np.memmap(name, dtype=np.float32, mode="w+", shape=(max(1, self.max_rows), dim))
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(name)  # the mapping stays valid; nothing is left behind on any exit
+
+    def append(self, vectors: dict[str, Tensor]) -> None:
+        rows = {len(v) for v in vectors.values()}
+        if len(rows) != 1:
+            raise ValueError(f"stages of one batch must have the same rows, got {sorted(rows)}")
+        b = rows.pop()
+        if self.n + b > self.max_rows:
+            raise ValueError(f"more rows ({self.n + b}) than the {self.max_rows} expected")
+        for name, v in vectors.items():
+            if name not in self._maps:
+                self._maps[name] = self._scratch(v.shape[1])
+            torch.from_numpy(self._maps[name])[self.n:self.n + b] = v.float().cpu()  # [B, D]
+        self.n += b
+
+    def features(self, name: str) -> Tensor:
+        return torch.from_numpy(self._maps[name])[:self.n]  # [n, D], backed by the scratch file
+
+
+@torch.inference_mode()
+def extract_stages(encoder: nn.Module, ds: ImageDataset, info: DataInfo, stages: Sequence[Stage], pool: str,
+                   scratch_dir: str | Path, batch_size: int = 512, device: str | torch.device = "cpu",
+                   num_workers: int = 0, sharded: bool = False,
+                   label: str = "the encoder") -> tuple[StageRows, Tensor]:
+    """Pooled features of every stage in ``stages`` (:mod:`selfsup.eval.layers`) of clean images,
+    encoder in eval mode, from ONE forward pass per batch; the rows go to a :class:`StageRows`
+    in ``scratch_dir`` (``rows.features(name)``: float32 ``[n, D_stage]``), the labels ``[n]``
+    are returned beside it. The final stage's rows equal :func:`extract_features`'s.
+
+    ``sharded`` (every rank of a distributed run calls it): each rank extracts its own
+    contiguous share (:func:`rank_share`); the caller gathers a stage at a time."""
+    encoder = encoder.to(device).eval()
+    clean = CleanTransform(info.mean, info.std, info.image_size)
+    share = rank_share(ds) if sharded else ds
+    rows = StageRows(scratch_dir, 0 if share is None else len(share))
+    labels = []
+    if share is not None:
+        for images, y in make_loader(share, batch_size, train=False, num_workers=num_workers):
+            x = clean(images.to(device, non_blocking=True))
+            rows.append(stage_vectors(encoder, x, stages, pool, label))  # {stage: [B, D_stage]}
+            labels.append(y)
+    if rows.n == 0:  # no images here: the widths from one blank image, for the gather
+        blank = torch.zeros(1, info.in_chans, info.image_size, info.image_size, device=device)
+        rows = StageRows(scratch_dir, 1)
+        rows.append(stage_vectors(encoder, blank, stages, pool, label))
+        rows.n = 0
+    return rows, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
 
 
 def rank_share(ds: ImageDataset) -> ImageDataset | None:

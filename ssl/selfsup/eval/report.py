@@ -10,6 +10,13 @@ NOTES = {
 }
 
 
+POOL_NOTES = {
+    "grid": "earlier stages average-pooled to a grid of about 9k values (round(sqrt(9216 / channels)) cells "
+            "a side, at most the map's own size)",
+    "avg": "earlier stages globally average-pooled (one value per channel)",
+}
+
+
 def _pm(result: dict[str, Any], key: str) -> str:
     """``mean ± std`` of a probe result (the std over its seeds)."""
     std = result.get(f"{key}_std")
@@ -29,14 +36,25 @@ def row_warnings(row: dict[str, Any]) -> list[str]:
     return [*(row.get("warnings") or []), *((row.get("knn_index") or {}).get("warnings") or [])]
 
 
+def layer_cell(row: dict[str, Any]) -> str:
+    """The "stage" cell of a layer-wise row: the timm stage name, its pooling and width
+    (``layer3 (grid, 1024-d)``; the final stage is the encoder's pooled output)."""
+    if row.get("layer") is None:
+        return "no stages"
+    how = "pooled output" if row.get("pooling") == "encoder" else row.get("pooling")
+    return f"{row['layer']} ({how}, {row['feature_dim']}-d)"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """One row per evaluated target: kNN top-1 for each (k, T); linear top-1/top-5 with all
+    """One row per evaluated target, or per stage of each target when evaluated layer-wise
+    (rows with a ``layer`` key: a "stage" column after the encoder's). kNN top-1 for each (k, T); linear top-1/top-5 with all
     labels and top-1 on each low-shot fraction, as mean ± std over the probe seeds. Under
     the table, every warning of every row (:func:`row_warnings`), then notes on the protocol."""
     if not rows:
         return ""
     knn_keys = list(rows[0].get("knn", {}))
-    header = ["encoder"] + [f"kNN {k} top-1" for k in knn_keys]
+    layered = any("layer" in r for r in rows)
+    header = ["encoder"] + (["stage"] if layered else []) + [f"kNN {k} top-1" for k in knn_keys]
     probes = probe_keys(rows)
     for key in probes:
         if key == "linear":
@@ -48,7 +66,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         header.append("sklearn logistic top-1")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for r in rows:
-        cells = [r["label"]] + [f"{r['knn'][k]['top1']:.2f}" for k in knn_keys]
+        cells = [r["label"]] + ([layer_cell(r)] if layered else []) + [f"{r['knn'][k]['top1']:.2f}" for k in knn_keys]
         for key in probes:
             res = r.get(key)
             width = 2 if key == "linear" else 1
@@ -61,7 +79,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0]
     warnings = [f"**Warning** ({r['label']}): {w}" for r in rows for w in row_warnings(r)]
-    notes = [*warnings,
+    once = (lambda xs: list(dict.fromkeys(xs))) if layered else list  # a target's stage rows share its notes
+    notes = [*once(warnings),
              f"Dataset {first['dataset']}: {first['train_images']} train / {first['test_images']} test images; "
              f"accuracies in percent on the test split; seed {first['seed']}; final-epoch weights, no epoch picked "
              f"on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
@@ -79,5 +98,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     if has_sklearn:
         notes.append("sklearn logistic top-1: scikit-learn's multinomial logistic regression (L-BFGS, C=1) on the "
                      "same standardised features, a cross-check of the SGD probe.")
-    notes += [f"{r['label']}: {NOTES[r['kind']]}." for r in rows if r["kind"] in NOTES]
+    if layered:
+        pools = sorted({r["pooling"] for r in rows if r.get("pooling") in POOL_NOTES})
+        notes.append("Layer-wise evaluation (Goyal et al. 2019; VISSL): one row per encoder stage (timm feature_info "
+                     "names), all from one extraction pass, scored by the same kNN and probes; the final stage is "
+                     "the encoder's pooled output, the same numbers as eval.layers=last"
+                     + "".join(f"; {POOL_NOTES[p]}" for p in pools) + ".")
+        if any(r.get("layer") is None for r in rows):
+            notes.append("Raw pixels have no stages: one row.")
+    notes += once(f"{r['label']}: {NOTES[r['kind']]}." for r in rows if r["kind"] in NOTES)
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

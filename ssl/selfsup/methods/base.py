@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from selfsup.data import DataInfo
+from selfsup.encoders import pooled_width
 from selfsup.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method")
@@ -39,7 +40,7 @@ class Method(nn.Module):
     def __init__(self, cfg: Any, encoder: nn.Module, info: DataInfo) -> None:
         super().__init__()
         self.cfg, self.encoder, self.info = cfg, encoder, info
-        self.num_features: int = encoder.num_features
+        self.num_features: int = pooled_width(encoder)  # [B, D] of encoder(x), not timm's map channels
 
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         """uint8 images ``[B, C, H, W]`` -> ``{"loss": scalar, "features": [B, D] detached, ...}``.

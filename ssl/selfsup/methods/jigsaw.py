@@ -40,6 +40,7 @@ from selfsup.config import param
 from selfsup.distributed import draw_local
 from selfsup.data import AugmentConfig, DataInfo
 from selfsup.methods._pretext import TransformClassification
+from selfsup.encoders import pooled_width
 from selfsup.methods.base import METHODS
 
 GRID = 3
@@ -201,7 +202,7 @@ class Jigsaw(TransformClassification):
 
     def __init__(self, cfg: JigsawConfig, encoder: nn.Module, info: DataInfo) -> None:
         tile, cell = tile_geometry(info.image_size, cfg.tile_size, cfg.min_tile_size, cfg.tile_fraction)
-        super().__init__(cfg, encoder, info, view_size=GRID * cell, head_in_dim=NUM_TILES * encoder.num_features,
+        super().__init__(cfg, encoder, info, view_size=GRID * cell, head_in_dim=NUM_TILES * pooled_width(encoder),
                          num_labels=cfg.num_permutations)
         self.tile, self.cell = tile, cell
         self.register_buffer("permutations", max_hamming_permutations(cfg.num_permutations, cfg.permutation_seed))

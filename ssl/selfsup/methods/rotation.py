@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from selfsup.config import param
 from selfsup.data import AugmentConfig, DataInfo
 from selfsup.methods._pretext import TransformClassification
+from selfsup.encoders import pooled_width
 from selfsup.methods.base import METHODS
 
 
@@ -47,7 +48,7 @@ class Rotation(TransformClassification):
     label_name = "rotation"
 
     def __init__(self, cfg: RotationConfig, encoder: nn.Module, info: DataInfo) -> None:
-        super().__init__(cfg, encoder, info, view_size=info.image_size, head_in_dim=encoder.num_features,
+        super().__init__(cfg, encoder, info, view_size=info.image_size, head_in_dim=pooled_width(encoder),
                          num_labels=4)
 
     def transform(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -377,6 +377,10 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         plan_steps(len(train_ds), cfg.data.batch_size, devices * t.num_nodes, t.limit_train_batches,
                    t.accumulate_grad_batches, t.max_epochs, t.max_steps)
     info = train_ds.info()
+    if cfg.eval.after_pretrain:  # a stage eval.layers names that the encoder lacks fails now, not after training
+        from selfsup.eval.evaluate import check_layers
+
+        check_layers(cfg, info.in_chans)
     module = PretrainModule(cfg, info)
     train_loader = make_loader(train_ds, cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
                                seed=cfg.seed, with_indices=module.method.needs_indices)
@@ -557,7 +561,7 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
     When the training data cannot score kNN or probes (no labels, e.g. a flat folder of
     images, or a single class) nothing is evaluated or written: one line says why and how to
     evaluate the run on labelled data, and the result is ``[]`` (as on ranks other than 0)."""
-    from selfsup.eval.evaluate import NotScorable, cache_features, evaluate
+    from selfsup.eval.evaluate import NotScorable, cache_features, evaluate_layers
     from selfsup.eval.report import markdown_table
 
     targets = [str(run_dir)] + [f"random:{cfg.encoder.name}" if b == "random" else b for b in cfg.eval.baselines]
@@ -568,13 +572,16 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
             prepared = [cache_features(t, cfg, run_dir / "features", log=quiet) for t in targets]
             if distributed.rank() != 0:
                 return []
-        rows = [evaluate(t, cfg, run_dir / "features", log=log, prepared=p) for t, p in zip(targets, prepared)]
+        per_target = [evaluate_layers(t, cfg, run_dir / "features", log=log, prepared=p)
+                      for t, p in zip(targets, prepared)]  # one row per stage of eval.layers (pixels: one)
     except NotScorable as err:
         if distributed.rank() == 0:
             log(f"[eval] kNN and linear probes skipped: {err.reason}; to evaluate this run on a labelled folder "
                 f"(class subfolders): selfsup eval {run_dir} data.root=LABELLED_FOLDER")
         return []
-    rows[0]["label"] = f"{cfg.method.__class__.__name__.removesuffix('Config')} {cfg.encoder.name} (pretrained)"
+    for row in per_target[0]:
+        row["label"] = f"{cfg.method.__class__.__name__.removesuffix('Config')} {cfg.encoder.name} (pretrained)"
+    rows = [row for target_rows in per_target for row in target_rows]
     write_json(rows, run_dir / "results.json")
     table = markdown_table(rows)
     write_text(table, run_dir / "results.md")

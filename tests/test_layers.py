@@ -1,0 +1,286 @@
+"""Layer-wise evaluation (eval.layers): stages from timm's feature API, pooled as in Goyal et al. 2019 /
+VISSL, all from one forward pass, cached per stage, one result row per stage, the last equal to today's."""
+
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import selfsup.eval.evaluate as ev
+from selfsup.config import ConfigError
+from selfsup.data import DataInfo, TensorImages
+from selfsup.eval.evaluate import evaluate, evaluate_layers
+from selfsup.eval.features import FeatureFile, extract_features, extract_stages
+from selfsup.eval.layers import TARGET_DIM, encoder_stages, grid_side, pool_map, select_stages, stage_vectors
+from selfsup.eval.report import markdown_table
+
+TINY_RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
+TINY_VIT = {"img_size": 16, "patch_size": 4, "depth": 3, "embed_dim": 32, "num_heads": 2}
+INFO16 = DataInfo(in_chans=1, image_size=16, num_classes=3, mean=(0.5,), std=(0.25,), num_samples=40)
+
+
+def model(name: str, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, num_classes=0, in_chans=1, **kwargs).eval()
+
+
+def images(n: int, size: int = 16, seed: int = 0) -> TensorImages:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, size, size), generator=g, dtype=torch.uint8)
+    return TensorImages(x, torch.arange(n) % 3, num_classes=3)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------- pooling rule
+
+
+@pytest.mark.parametrize("channels,side,dims", [(64, 112, 9216), (256, 56, 9216), (512, 28, 8192),
+                                                (1024, 14, 9216), (2048, 7, 8192)])
+def test_grid_rule_gives_vissl_resnet50_dims(channels, side, dims):
+    """VISSL's ResNet-50 per-layer benchmark (LINEAR_EVAL_FEAT_POOL_OPS_MAP, eval_mlp dims): conv1 9216,
+    res2 9216, res3 8192, res4 9216, res5 8192 values at 224 px."""
+    gh, gw = grid_side(channels, side, side)
+    assert channels * gh * gw == dims
+
+
+@pytest.mark.parametrize("channels,h,w,want", [(64, 7, 7, (7, 7)), (64, 3, 20, (3, 12)), (100000, 5, 5, (1, 1))])
+def test_grid_is_capped_by_the_map(channels, h, w, want):
+    assert grid_side(channels, h, w) == want
+
+
+def test_grid_pooling_is_the_mean_of_each_block_channel_major():
+    """576 channels at 8x8 -> grid sqrt(9216 / 576) = 4: the mean of each 2x2 block, channel-major;
+    32 channels at 8x8 -> grid 17, capped to 8: the map itself."""
+    x = torch.randn(2, 576, 8, 8)
+    assert grid_side(576, 8, 8) == (4, 4)
+    ref = x.reshape(2, 576, 4, 2, 4, 2).mean((3, 5)).reshape(2, -1)  # block means, channel-major
+    torch.testing.assert_close(pool_map(x, "grid"), ref)
+    z = torch.randn(2, 64, 14, 14)  # grid 12: overlapping bins, as adaptive average pooling makes them
+    torch.testing.assert_close(pool_map(z, "grid"), F.adaptive_avg_pool2d(z, 12).reshape(2, -1))
+    y = torch.randn(2, 32, 8, 8)
+    assert torch.equal(pool_map(y, "grid"), y.reshape(2, -1))
+    torch.testing.assert_close(pool_map(x, "avg"), x.reshape(2, 576, -1).mean(2))
+
+
+# --------------------------------------------------------------------------- stages from timm's feature API
+
+
+@pytest.mark.parametrize("name,kwargs,size", [
+    ("resnet18", TINY_RESNET, 32),
+    ("resnet18", {**TINY_RESNET, "output_stride": 16}, 28),  # the quickstart's layout: layer4 dilated
+    ("convnext_atto", {}, 32),
+    ("vit_tiny_patch16_224", {**TINY_VIT, "img_size": 32}, 32),
+])
+def test_stage_shapes_follow_feature_info(name, kwargs, size):
+    """Each stage's map has feature_info's channels and side ceil(size / reduction); with avg pooling its
+    vector has `channels` values, with grid pooling channels * min(round(sqrt(9216 / C)), side)^2."""
+    enc = model(name, **kwargs)
+    stages = encoder_stages(enc, name)
+    assert [s.name for s in stages] == [f["module"] for f in enc.feature_info]
+    x = torch.randn(2, 1, size, size)
+    with torch.no_grad():
+        avg = stage_vectors(enc, x, stages, "avg")
+        grid = stage_vectors(enc, x, stages, "grid")
+    for s in stages[:-1]:
+        side = math.ceil(size / s.reduction)
+        g = min(side, max(1, math.floor(math.sqrt(TARGET_DIM / s.channels) + 0.5)))
+        assert avg[s.name].shape == (2, s.channels), s.name
+        assert grid[s.name].shape == (2, s.channels * g * g), s.name
+    with torch.no_grad():
+        assert torch.equal(grid[stages[-1].name], enc(x))  # the final stage: the encoder's pooled output
+
+
+def test_a_stage_is_that_module_output_pooled():
+    """The vector named layer2 is layer2's output (read by an independent forward hook) pooled to its grid."""
+    enc = model("resnet18", **TINY_RESNET)
+    seen = {}
+    enc.layer2.register_forward_hook(lambda m, i, o: seen.setdefault("layer2", o))
+    stages = select_stages(["layer2"], encoder_stages(enc, "resnet18"), "resnet18")
+    with torch.no_grad():
+        got = stage_vectors(enc, torch.randn(3, 1, 32, 32), stages, "grid")
+    fmap = seen["layer2"]  # [3, 16, 4, 4]
+    assert list(got) == ["layer2"]
+    assert torch.equal(got["layer2"], F.adaptive_avg_pool2d(fmap, grid_side(16, 4, 4)).reshape(3, -1))
+
+
+def test_unknown_stage_name_lists_the_valid_ones():
+    stages = encoder_stages(model("resnet18", **TINY_RESNET), "resnet18")
+    with pytest.raises(ConfigError) as err:
+        select_stages(["layer2", "layer9"], stages, "random-init resnet18")
+    msg = str(err.value)
+    assert "\n" not in msg and "'layer9'" in msg and "act1, layer1, layer2, layer3, layer4" in msg
+    assert "layer2'" not in msg.split("are")[0]  # only the unknown name is named as unknown
+    vit = encoder_stages(model("vit_tiny_patch16_224", **TINY_VIT), "vit")
+    with pytest.raises(ConfigError, match=r"no stage named 'layer4'.*blocks\.0, blocks\.1, blocks\.2"):
+        select_stages("layer4", vit, "vit")
+
+
+def test_a_model_without_timm_feature_api_is_refused_on_one_line():
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ConfigError) as err:
+        encoder_stages(plain, "my-encoder")
+    msg = str(err.value)
+    assert "\n" not in msg and "my-encoder" in msg and "feature_info" in msg and "eval.layers=last" in msg
+
+
+# --------------------------------------------------------------------------- one pass, equal last stage
+
+
+@pytest.mark.parametrize("name,kwargs", [("resnet18", TINY_RESNET), ("vit_tiny_patch16_224", TINY_VIT)])
+def test_one_pass_gives_every_stage_and_the_last_equals_todays_features(tmp_path, name, kwargs):
+    enc = model(name, **kwargs)
+    stem = enc.conv1 if name == "resnet18" else enc.patch_embed
+    calls = []
+    stem.register_forward_hook(lambda *a: calls.append(1))
+    ds = images(40)
+    today, y_today = extract_features(enc, ds, INFO16, batch_size=16)
+    assert len(calls) == 3  # 40 images, batches of 16
+    calls.clear()
+    stages = encoder_stages(enc, name)
+    rows, labels = extract_stages(enc, ds, INFO16, stages, "grid", tmp_path, batch_size=16)
+    assert len(calls) == 3  # one forward pass per batch gives every stage
+    assert torch.equal(labels, y_today)
+    assert torch.equal(rows.features(stages[-1].name), today)
+    for s in stages:
+        assert rows.features(s.name).shape[0] == 40 and rows.features(s.name).isfinite().all()
+    assert list(tmp_path.iterdir()) == []  # the scratch files are unlinked at once
+
+
+def test_stages_before_the_last_stop_early(tmp_path):
+    """Without the final stage, the pass stops after the deepest stage asked for (layer4 never runs)."""
+    enc = model("resnet18", **TINY_RESNET)
+    ran = []
+    enc.layer4.register_forward_hook(lambda *a: ran.append(1))
+    stages = select_stages(["layer1", "layer2"], encoder_stages(enc, "resnet18"), "resnet18")
+    rows, _ = extract_stages(enc, images(8), INFO16, stages, "avg", tmp_path, batch_size=8)
+    assert ran == [] and rows.features("layer2").shape == (8, 16)
+
+
+# --------------------------------------------------------------------------- evaluation rows and caching
+
+
+@pytest.fixture
+def small_cfg(tiny_config):
+    def make(*overrides):
+        return tiny_config("data.subset=300", "eval.knn=[[5, 0.1]]", "eval.sklearn_max_images=0",
+                           "eval.linear_epochs=1", *overrides)
+    return make
+
+
+def _spy(monkeypatch):
+    calls = {"features": 0, "stages": []}
+    real_f, real_s = ev.extract_features, ev.extract_stages
+
+    def f(*a, **k):
+        calls["features"] += 1
+        return real_f(*a, **k)
+
+    def s(enc, ds, info, stages, *a, **k):
+        calls["stages"].append([st.name for st in stages])
+        return real_s(enc, ds, info, stages, *a, **k)
+    monkeypatch.setattr(ev, "extract_features", f)
+    monkeypatch.setattr(ev, "extract_stages", s)
+    return calls
+
+
+def _same(a: dict, b: dict) -> None:
+    """Rows equal but for wall-clock times."""
+    drop = lambda r: {k: ({**v, "seconds": 0} if k == "knn_index" else v) for k, v in r.items()
+                      if k not in ("seconds", "layer", "pooling")}
+    assert drop(a) == drop(b)
+
+
+def test_one_row_per_stage_the_last_equal_to_layers_last(tmp_path, small_cfg, monkeypatch):
+    """kNN only here (the probes' rows are compared in the next test, on two small stages)."""
+    calls = _spy(monkeypatch)
+    small_cfg = (lambda make: lambda *o: make("eval.linear=false", *o))(small_cfg)
+    last = evaluate_layers("random:resnet18", small_cfg(), tmp_path, log=quiet)
+    assert len(last) == 1 and "layer" not in last[0]
+    assert calls == {"features": 2, "stages": []}  # today's path: one extraction per split
+    rows = evaluate_layers("random:resnet18", small_cfg("eval.layers=all"), tmp_path, log=quiet)
+    # the final stage was cached by `last` and reused; the rest came from one pass per split
+    assert calls["stages"] == [["act1", "layer1", "layer2", "layer3"]] * 2 and calls["features"] == 2
+    assert [r["layer"] for r in rows] == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    assert [r["pooling"] for r in rows] == ["grid"] * 4 + ["encoder"]
+    assert list(rows[-1]) == [*list(last[0])[:3], "layer", "pooling", *list(last[0])[3:]]
+    _same(rows[-1], last[0])
+    assert len({r["feature_dim"] for r in rows}) > 1
+    again = evaluate_layers("random:resnet18", small_cfg("eval.layers=all"), tmp_path, log=quiet)
+    assert calls["stages"] == [["act1", "layer1", "layer2", "layer3"]] * 2 and calls["features"] == 2  # all cached
+    for a, b in zip(rows, again):
+        _same(a, b)
+    table = markdown_table(rows)
+    assert "| stage |" in table and "| layer4 (pooled output, 64-d) |" in table and "Layer-wise evaluation" in table
+
+
+def digest_probe(xtr, ytr, xte, yte, *args):
+    """Stands in for the probe protocol (tested in test_linear.py; 2000 SGD steps per call): a digest of
+    exactly the features and labels each row's probe is given."""
+    return {"linear": {"fraction": 1.0, "top1": float(xtr.double().sum()), "top5": float(xte.double().sum()),
+                       "dim": xtr.shape[1], "labels": int(ytr.sum() + yte.sum())}}
+
+
+def test_layers_last_is_todays_evaluate_and_stages_never_share_a_cache_entry(tmp_path, small_cfg, monkeypatch):
+    monkeypatch.setattr(ev, "probe_protocol", digest_probe)
+    one = evaluate("random:resnet18", small_cfg(), tmp_path, log=quiet)
+    rows = evaluate_layers("random:resnet18", small_cfg("eval.layers=[layer1, layer4]"), tmp_path, log=quiet)
+    assert [r["layer"] for r in rows] == ["layer1", "layer4"]
+    _same(rows[-1], one)  # kNN, and the probe saw the same features and labels
+    layer1 = FeatureFile(next(tmp_path.glob("*-train-*-layer1-grid9216.safetensors"))).load()  # [N, 128]
+    assert rows[0]["linear"]["dim"] == 128 and rows[0]["linear"]["top1"] == float(layer1.double().sum())
+    calls = _spy(monkeypatch)
+    knn_only = (lambda *o: small_cfg("eval.linear=false", *o))  # noqa: E731
+    avg = evaluate_layers("random:resnet18", knn_only("eval.layers=[layer1]", "eval.layer_pool=avg"), tmp_path,
+                          log=quiet)
+    assert calls["stages"] == [["layer1"]] * 2  # another pooling is another entry, never the grid one
+    assert avg[0]["feature_dim"] == 8 and rows[0]["feature_dim"] == 8 * 4 * 4  # 8 channels at 4x4 (16 px / 4)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert sum("-layer1-grid9216" in n for n in names) == 2 and sum("-layer1-avg" in n for n in names) == 2
+    # evaluate() is the final stage whatever eval.layers says
+    _same(evaluate("random:resnet18", knn_only("eval.layers=all"), tmp_path, log=quiet),
+          evaluate_layers("random:resnet18", knn_only(), tmp_path, log=quiet)[0])
+
+
+def test_unknown_stage_is_refused_before_any_extraction(tmp_path, small_cfg, monkeypatch):
+    calls = _spy(monkeypatch)
+    with pytest.raises(ConfigError, match=r"no stage named 'layer9'; its stages .* are act1, layer1, layer2, "
+                                          r"layer3, layer4"):
+        evaluate_layers("random:resnet18", small_cfg("eval.layers=[layer1, layer9]"), tmp_path, log=quiet)
+    assert calls == {"features": 0, "stages": []} and not list(tmp_path.glob("*.safetensors"))
+
+
+def test_pixels_have_one_row_random_gets_stages(tmp_path, small_cfg):
+    cfg = small_cfg("eval.layers=all", "eval.linear=false")
+    pix = evaluate_layers("pixels", cfg, tmp_path, log=quiet)
+    assert len(pix) == 1 and pix[0]["layer"] is None
+    _same(pix[0], evaluate("pixels", small_cfg("eval.linear=false"), tmp_path, log=quiet))
+    rand = evaluate_layers("random:resnet18", cfg, tmp_path, log=quiet)
+    table = markdown_table(rand + pix)
+    assert "| raw pixels | no stages |" in table and "Raw pixels have no stages: one row." in table
+    assert len(rand) == 5
+
+
+def test_cache_features_fills_every_stage_for_evaluate_layers(tmp_path, small_cfg, monkeypatch):
+    cfg = small_cfg("eval.layers=[act1, layer4]", "eval.linear=false")
+    p = ev.cache_features("random:resnet18", cfg, tmp_path, log=quiet)
+    calls = _spy(monkeypatch)
+    rows = evaluate_layers("random:resnet18", cfg, tmp_path, log=quiet, prepared=p)
+    assert calls == {"features": 0, "stages": []} and [r["layer"] for r in rows] == ["act1", "layer4"]
+
+
+@pytest.mark.parametrize("value,fix", [("[]", "non-empty list"), ("[all, layer1]", "stand alone")])
+def test_bad_layers_values_are_config_errors(tiny_config, value, fix):
+    with pytest.raises(ConfigError, match=fix):
+        tiny_config(f"eval.layers={value}")
+
+
+def test_check_layers_refuses_before_pretraining(tiny_config):
+    ev.check_layers(tiny_config("eval.layers=[layer3]"), 1)
+    with pytest.raises(ConfigError, match="'layer5'"):
+        ev.check_layers(tiny_config("eval.layers=layer5"), 1)
