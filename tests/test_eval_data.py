@@ -152,10 +152,29 @@ def test_eval_of_a_run_on_other_data_keeps_the_runs_results(labelled_run, tmp_pa
     alone = evaluate(str(run), cfg, tmp_path / "fresh", log=quiet)
     assert json.loads(written[0].read_text())[0]["knn"] == alone["knn"]  # the other folder's own number
     assert json.loads(written[0].read_text())[0]["data_root"] == str(other)
-    # the run's own data again: results.json is the run's, rewritten with the same numbers
-    assert main(["eval", str(run), "eval.baselines=[]"]) == 0
-    assert json.loads((run / "results.json").read_text())[0]["knn"] == rows[0]["knn"]
+    # the run's own data and settings again: results.json is the run's, rewritten with the same numbers
+    assert main(["eval", str(run), "--baseline", "pixels"]) == 0
+    again = json.loads((run / "results.json").read_text())
+    assert [(r["kind"], r["knn"]) for r in again] == [(r["kind"], r["knn"]) for r in rows]
     assert len(sorted(run.glob("eval-*/results.json"))) == 1
+
+
+def test_eval_of_a_run_never_replaces_its_results_with_fewer_rows_or_other_settings(labelled_run, capsys):
+    """`selfsup eval RUN` on the run's own data writes over RUN/results.json only with the run's eval
+    settings and every row it held: a one-stage check or a missing baseline goes to its own folder
+    (the run's kNN, probes and baselines were lost, and the next export's card said "no results")."""
+    run, _, _ = labelled_run
+    own = (run / "results.json").read_bytes()
+    for extra, reason in [(["eval.layers=[layer2]"], "eval settings differ from the run's (eval.layers)"),
+                          ([], "the run's results.json holds rows this evaluation lacks (raw pixels; add --baseline")]:
+        capsys.readouterr()
+        assert main(["eval", str(run), *extra]) == 0
+        printed = capsys.readouterr().out
+        assert (run / "results.json").read_bytes() == own, extra
+        assert reason in printed, printed
+    written = [json.loads(f.read_text()) for f in sorted(run.glob("eval-image-folder-*-*/results.json"))]
+    assert sorted([(r["kind"], str(r.get("layer"))) for r in rows] for rows in written) == [
+        [("pretrained", "None")], [("pretrained", "layer2")]]
 
 
 def test_features_beyond_float16_range_score_as_they_should(tmp_path):

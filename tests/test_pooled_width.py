@@ -54,3 +54,49 @@ def test_export_card_states_the_pooled_width_and_loads(tmp_path, tiny_config):
     import json
 
     assert json.loads((out / "config.json").read_text())["num_features"] == 128
+
+
+@pytest.mark.parametrize("config,extra,message", [
+    ("mocov3-fashion-mnist.yaml", ["encoder.name=resnet18"],
+     "method 'mocov3' on encoder 'resnet18': freeze_patch_embed keeps a ViT's patch projection fixed and this "
+     "encoder has none; set method.freeze_patch_embed=false"),
+    ("mae-fashion-mnist.yaml", ["encoder.name=resnet18"], "method 'mae' on encoder 'resnet18': method 'mae' needs a timm "
+     "VisionTransformer encoder"),
+    ("cpc-fashion-mnist.yaml", ["encoder.name=vit_tiny_patch16_224",
+                                "encoder.kwargs={img_size: 16, patch_size: 4, depth: 1, embed_dim: 32, num_heads: 2}"],
+     "method 'cpc' on encoder 'vit_tiny_patch16_224': cpc embeds small patches of any size; use a convolutional"),
+])
+def test_a_method_refusing_its_encoder_is_one_line_before_training(config, extra, message, tmp_path, capsys):
+    """A shipped config on an encoder its method cannot use (a user swapping encoder.name) used to end in
+    an 18-line traceback (rc 1); it is one `error:` line (rc 2) and no run directory holds a checkpoint."""
+    from conftest import ROOT
+    from selfsup.cli import main
+
+    kwargs = [] if any(e.startswith("encoder.kwargs") for e in extra) else [
+        "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"]
+    code = main(["pretrain", str(ROOT / "configs" / config), "--run-dir", str(tmp_path / "run"), "data.name=digits",
+                 "data.image_size=16", "trainer.max_steps=1", "--no-eval", *extra, *kwargs])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"selfsup pretrain: error: {message}"), err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_encoder_kwargs_key_that_is_no_python_name_is_refused(tmp_path, capsys):
+    """`{channels:[8,16,32,64],stem_width:8}` (no space after the colons): YAML makes keys
+    'channels:[8' ... and 'stem_width:8' with null values; timm dropped them silently, and the
+    export's timm call was invalid Python. Refused in one line naming the fix."""
+    from conftest import ROOT
+    from selfsup.cli import main
+    from selfsup.encoders import EncoderError
+
+    with pytest.raises(EncoderError, match=r"^encoder.kwargs key 'stem_width:8' is not a Python keyword name: YAML "
+                                           r"reads `stem_width:8` as one key with no value; write `stem_width: 8`"):
+        create_encoder("resnet18", 1, {"stem_width:8": None})
+    with pytest.raises(EncoderError, match=r"key 'stem width' is not a Python keyword name; use timm's"):
+        create_encoder("resnet18", 1, {"stem width": 8})
+    code = main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(tmp_path / "run"),
+                 "data.name=digits", "data.image_size=16", "trainer.max_steps=1", "--no-eval",
+                 "encoder.kwargs={stem_width:8}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "stem_width: 8" in err, err

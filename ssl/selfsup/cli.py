@@ -43,7 +43,10 @@ def _pretrain(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from selfsup.config import ConfigError, load_config
+    import hashlib
+    import json
+
+    from selfsup.config import ConfigError, load_config, to_dict
     from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers
     from selfsup.eval.report import markdown_table
     from selfsup.fileio import write_json, write_text
@@ -61,18 +64,51 @@ def _eval(args: argparse.Namespace) -> None:
         raise ConfigError("--dataset and --test-dataset choose detection data; add --task detection, or set "
                           "data.name=... for kNN and linear probes")
     is_run = (target / CONFIG_FILE).is_file()
+    in_place = is_run and not args.out  # results would go over the run's own results.json
     out = Path(args.out) if args.out else (target if is_run else Path("runs") / "eval")
-    changed = changed_data_keys(load_run_config(target), cfg) if is_run and not args.out else []
+    changed = changed_data_keys(load_run_config(target), cfg) if in_place else []
     if changed:  # other data: the run's own results.json stays as it is
         out = target / f"eval-{data_tag(cfg)}"
         print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
               f"the run's own results stay in {target / 'results.json'}")
-    rows = [row for t in [args.target, *args.baseline] for row in evaluate_layers(t, cfg, out / "features")]
+    targets = [args.target, *args.baseline]
+    rows = [row for t in targets for row in evaluate_layers(t, cfg, out / "features")]  # cache keyed by data
+    reason = run_results_kept(target, cfg, rows) if in_place and not changed else None
+    if reason:  # other eval settings or fewer rows: never replace the run's results with them
+        digest = hashlib.blake2b(json.dumps([to_dict(cfg)["eval"], targets], sort_keys=True).encode(),
+                                 digest_size=4).hexdigest()
+        out = target / f"eval-{data_tag(cfg)}-{digest}"
+        print(f"[eval] {reason}: results go to {out}, the run's own results stay in {target / 'results.json'}")
     write_json(rows, out / "results.json")
     table = markdown_table(rows)
     write_text(table, out / "results.md")
     print("\n" + table)
     print(f"results written to {out / 'results.json'} and {out / 'results.md'}")
+
+
+def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
+    """Why ``rows`` (an evaluation of run directory ``run`` on its own data) must not replace the
+    run's ``results.json``, or None when they may: the ``eval`` settings differ from the run's
+    config (other protocol, other numbers), or a row of the saved results (a baseline, a stage)
+    has no counterpart among ``rows``."""
+    import json
+
+    from selfsup.config import to_dict
+    from selfsup.train.run import load_run_config
+
+    before, after = to_dict(load_run_config(run))["eval"], to_dict(cfg)["eval"]
+    differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if differ:
+        return f"eval settings differ from the run's ({', '.join(f'eval.{k}' for k in differ)})"
+    saved = run / "results.json"
+    if not saved.is_file():
+        return None
+    have = {(r.get("kind"), r.get("layer")) for r in rows}
+    missing = [r for r in json.loads(saved.read_text()) if (r.get("kind"), r.get("layer")) not in have]
+    if missing:
+        return (f"the run's results.json holds rows this evaluation lacks ({', '.join(str(r.get('label')) for r in missing)}"
+                f"; add --baseline for them)")
+    return None
 
 
 def detection_tag(cfg: RunConfig) -> str:

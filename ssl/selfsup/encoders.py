@@ -33,6 +33,12 @@ def create_encoder(name: str, in_chans: int, kwargs: dict[str, Any] | None = Non
     """
     check_timm_name(name)
     kwargs = dict(kwargs or {})
+    for key in kwargs:  # each key becomes a timm keyword argument, and one in the export's timm call
+        if not (isinstance(key, str) and key.isidentifier()):
+            name, sep, value = str(key).partition(":")
+            hint = (f": YAML reads `{key}` as one key with no value; write `{name}: {value}` (a space after the "
+                    f"colon)") if sep else "; use timm's keyword names"
+            raise EncoderError(f"encoder.kwargs key {key!r} is not a Python keyword name{hint}")
     for bad in ("num_classes", "in_chans", "pretrained"):
         if bad in kwargs:
             raise EncoderError(f"encoder.kwargs.{bad} is set by selfsup; remove it from the config")

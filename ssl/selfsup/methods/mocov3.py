@@ -134,7 +134,8 @@ class MoCoV3(Method):
         super().__init__(cfg, encoder, info)
         if cfg.freeze_patch_embed:
             if not is_vit(encoder):
-                raise ValueError("mocov3: freeze_patch_embed needs a ViT encoder")
+                raise ValueError("freeze_patch_embed keeps a ViT's patch projection fixed and this encoder has none; "
+                                 "set method.freeze_patch_embed=false")
             encoder.patch_embed.requires_grad_(False)
         self.temperature = cfg.temperature if cfg.temperature is not None else default_temperature(encoder)
         self.augment1 = BatchAugment(cfg.augment1, info.mean, info.std, info.image_size)

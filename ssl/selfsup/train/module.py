@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.config import RunConfig, build_config, method_name, to_dict
+from selfsup.config import ConfigError, RunConfig, build_config, method_name, to_dict
 from selfsup.data import CleanTransform, DataInfo
 from selfsup.encoders import create_encoder, is_convnet
-from selfsup.methods import METHODS
+from selfsup.methods import METHODS, Method
 from selfsup.train.optim import build_optimizer, build_scheduler
 from selfsup.train.state import rng_state, set_rng_state
 
@@ -50,6 +50,22 @@ def first_non_finite_grad(named_params: Iterable[tuple[str, nn.Parameter]]) -> s
     return named[int((~finite).nonzero()[0, 0])][0]
 
 
+def build_method(cfg: RunConfig, encoder: nn.Module, info: DataInfo) -> Method:
+    """The method ``cfg.method`` names, built on ``encoder``.
+
+    Raises:
+        ConfigError: (one line) when the method refuses its settings or this encoder (e.g. a
+            pixel-reconstruction method that needs a ViT), naming the method and the encoder.
+    """
+    name = method_name(cfg)
+    try:
+        return METHODS.get(name)(cfg.method, encoder, info)
+    except ConfigError:
+        raise
+    except ValueError as err:  # the method's own check of its settings against the encoder and data
+        raise ConfigError(f"method {name!r} on encoder {cfg.encoder.name!r}: {err}") from None
+
+
 class PretrainModule(L.LightningModule):
     """Pretrains ``cfg.method`` on a timm encoder.
 
@@ -66,7 +82,7 @@ class PretrainModule(L.LightningModule):
             encoder = encoder.to(memory_format=torch.channels_last)
         if cfg.trainer.grad_checkpointing:
             enable_grad_checkpointing(encoder, cfg.encoder.name)
-        self.method = METHODS.get(method_name(cfg))(cfg.method, encoder, info)
+        self.method = build_method(cfg, encoder, info)
         self._stepped_at = 0  # global_step after the last optimiser step seen by on_train_batch_end
         # training batches of fewer than 2 images (Lightning still calls the optimiser, without
         # gradients, and counts a global step) and batches that trained: a run must train one
