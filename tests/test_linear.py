@@ -207,3 +207,21 @@ def test_protocol_checks_each_split_once_not_once_per_probe(spy, monkeypatch):
     bad[7, 3] = float("nan")
     with pytest.raises(DataError, match=r"^1 of 100 test feature rows hold NaN or inf \(rows 7\)"):
         probe_protocol(x[:500], y[:500], bad, y[500:], 12, [0.1], [0.0], fractions=(1.0, 0.5), seeds=2, epochs=2)
+
+
+def test_one_probe_seed_shows_no_spread_it_did_not_measure():
+    """With eval.probe_seeds=1 the table printed `95.56 ± 0.00`, a spread of zero that nobody measured:
+    one seed shows the mean alone and says so; two seeds show the sample std."""
+    from selfsup.eval.report import markdown_table
+
+    def table(per_seed):
+        row = {"label": "run x", "kind": "pretrained", "dataset": "toy", "train_images": 64, "test_images": 10,
+               "seed": 0, "knn": {}, "linear": linear.summarise(per_seed)}
+        return markdown_table([row])
+
+    one = table([{"top1": 95.555, "top5": 99.0, "lr": 0.1, "weight_decay": 0.0}])
+    assert "| 95.56 |" in one and "95.56 ±" not in one and "± 0.00" not in one
+    assert "from one seed: no spread is measured" in one
+    two = table([{"top1": 95.0, "top5": 99.0, "lr": 0.1, "weight_decay": 0.0},
+                 {"top1": 96.0, "top5": 99.0, "lr": 0.1, "weight_decay": 0.0}])
+    assert f"95.50 ± {statistics.stdev([95.0, 96.0]):.2f}" in two and "sample standard deviation over 2" in two

@@ -18,9 +18,11 @@ POOL_NOTES = {
 
 
 def _pm(result: dict[str, Any], key: str) -> str:
-    """``mean ± std`` of a probe result (the std over its seeds)."""
+    """``mean ± std`` of a probe result (the std over its seeds); the mean alone for one seed,
+    whose spread is not measured (a ``± 0.00`` would claim none)."""
     std = result.get(f"{key}_std")
-    return f"{result[key]:.2f}" if std is None else f"{result[key]:.2f} ± {std:.2f}"
+    one_seed = result.get("seeds") == 1
+    return f"{result[key]:.2f}" if std is None or one_seed else f"{result[key]:.2f} ± {std:.2f}"
 
 
 def probe_keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -91,7 +93,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         shown = ", ".join(f"{k} {v}" for k, v in index.items() if k not in ("seconds", "warnings") and v is not None)
         notes.append(f"kNN search: faiss, {shown}.")
     lin = next((r["linear"] for r in rows if "linear" in r), None)
-    if lin and "seeds" in lin:
+    if lin and lin.get("seeds") == 1:
+        notes.append("Probe numbers are from one seed: no spread is measured (eval.probe_seeds sets more).")
+    elif lin and "seeds" in lin:
         notes.append(f"Probe numbers are mean ± sample standard deviation over {lin['seeds']} seeds (seed "
                      f"{first['seed']} onwards). All labels: lr/wd chosen once, the probe retrained from each seed. "
                      f"Low-shot: a class-balanced subset drawn per seed, lr/wd chosen on a split held out from it.")
