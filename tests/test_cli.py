@@ -149,3 +149,17 @@ def test_help(cmd, capsys):
         main([cmd, "--help"])
     assert exc.value.code == 0
     assert "usage: selfsup" in capsys.readouterr().out
+
+
+def test_eval_without_out_gives_each_target_its_own_folder(tmp_path):
+    """`selfsup eval TARGET` without --out wrote every non-run target to runs/eval/, so evaluating an
+    export replaced the results of the random encoder evaluated before it. Each target now has its own
+    folder; two exports whose paths end alike still differ."""
+    from selfsup.cli import eval_folder
+
+    a, b = tmp_path / "x" / "run1" / "export", tmp_path / "y" / "run1" / "export"
+    names = [eval_folder("pixels"), eval_folder("random:resnet18"), eval_folder(str(a)), eval_folder(str(b))]
+    assert names[:2] == ["pixels", "random-resnet18"]
+    assert names[2].startswith("run1-export-") and names[3].startswith("run1-export-") and len(set(names)) == 4
+    assert eval_folder(str(a / ".." / "export")) == names[2]  # one folder however the path is spelled
+    assert eval_folder("my run/exp ort").startswith("my_run-exp_ort-")

@@ -280,7 +280,9 @@ def test_bad_layers_values_are_config_errors(tiny_config, value, fix):
         tiny_config(f"eval.layers={value}")
 
 
-def test_check_layers_refuses_before_pretraining(tiny_config):
-    ev.check_layers(tiny_config("eval.layers=[layer3]"), 1)
-    with pytest.raises(ConfigError, match="'layer5'"):
-        ev.check_layers(tiny_config("eval.layers=layer5"), 1)
+def test_check_layers_names_the_stages_the_encoder_has(tiny_config):
+    """(pretraining calls it on its untrained encoder: tests/test_eval_data.py checks no step runs)"""
+    enc = model("resnet18", **TINY_RESNET)
+    ev.check_layers(tiny_config("eval.layers=[layer3]"), enc)
+    with pytest.raises(ConfigError, match=r"'layer5'.*act1, layer1, layer2, layer3, layer4"):
+        ev.check_layers(tiny_config("eval.layers=layer5"), enc)

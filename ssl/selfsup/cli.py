@@ -65,7 +65,7 @@ def _eval(args: argparse.Namespace) -> None:
                           "data.name=... for kNN and linear probes")
     is_run = (target / CONFIG_FILE).is_file()
     in_place = is_run and not args.out  # results would go over the run's own results.json
-    out = Path(args.out) if args.out else (target if is_run else Path("runs") / "eval")
+    out = Path(args.out) if args.out else (target if is_run else Path("runs") / "eval" / eval_folder(args.target))
     changed = changed_data_keys(load_run_config(target), cfg) if in_place else []
     if changed:  # other data: the run's own results.json stays as it is
         out = target / f"eval-{data_tag(cfg)}"
@@ -84,6 +84,20 @@ def _eval(args: argparse.Namespace) -> None:
     write_text(table, out / "results.md")
     print("\n" + table)
     print(f"results written to {out / 'results.json'} and {out / 'results.md'}")
+
+
+def eval_folder(spec: str) -> str:
+    """The folder under runs/eval/ for target ``spec`` when no --out is given, one per target so
+    that evaluating another one never replaces its results: ``pixels``, ``random-resnet18``, or a
+    path's last two parts plus a hash of the full path (``run1-export-3f2a9c1e``)."""
+    import hashlib
+    import re
+
+    if spec == "pixels" or spec.startswith("random:"):
+        return spec.replace(":", "-")
+    path = Path(spec).expanduser().resolve()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(path.parts[-2:]))
+    return f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
 def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
@@ -255,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "coco:IMAGES_DIR,ANNOTATIONS.json test set instead of splitting --dataset")
     s.add_argument("--out", help="directory for results.json, results.md and cached features "
                    "(default: the run directory, or RUN_DIR/eval-<dataset>-<hash> when data.* differs from the "
-                   "run's own, or runs/eval; detection: RUN_DIR/detection/<dataset> or "
+                   "run's own, or runs/eval/<target>; detection: RUN_DIR/detection/<dataset> or "
                    "runs/eval-detection/<dataset>)")
     s.set_defaults(func=_eval)
 

@@ -243,11 +243,10 @@ def target_stages(target: Target, cfg: RunConfig) -> list[Stage]:
     return select_stages(cfg.eval.layers, encoder_stages(target.encoder, target.label), target.label)
 
 
-def check_layers(cfg: RunConfig, in_chans: int) -> None:
-    """Refuse ``eval.layers`` naming stages ``cfg.encoder`` does not have, e.g. before pretraining
-    (a fresh encoder has the same stages as the trained one). ConfigError, one line."""
+def check_layers(cfg: RunConfig, encoder: nn.Module) -> None:
+    """Refuse ``eval.layers`` naming stages ``encoder`` (built from ``cfg.encoder``) does not have,
+    e.g. before pretraining (the untrained encoder has the trained one's stages). ConfigError, one line."""
     if layer_wise(cfg):
-        encoder = create_encoder(cfg.encoder.name, in_chans, cfg.encoder.kwargs)
         select_stages(cfg.eval.layers, encoder_stages(encoder, f"encoder {cfg.encoder.name!r}"),
                       f"encoder {cfg.encoder.name!r}")
 

@@ -377,11 +377,11 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         plan_steps(len(train_ds), cfg.data.batch_size, devices * t.num_nodes, t.limit_train_batches,
                    t.accumulate_grad_batches, t.max_epochs, t.max_steps)
     info = train_ds.info()
+    module = PretrainModule(cfg, info)
     if cfg.eval.after_pretrain:  # a stage eval.layers names that the encoder lacks fails now, not after training
         from selfsup.eval.evaluate import check_layers
 
-        check_layers(cfg, info.in_chans)
-    module = PretrainModule(cfg, info)
+        check_layers(cfg, module.method.encoder)
     train_loader = make_loader(train_ds, cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
                                seed=cfg.seed, with_indices=module.method.needs_indices)
     val_loader = None
