@@ -1,26 +1,36 @@
-"""Does each method learn something? Every registered method pretrains on Fashion-MNIST for
-the same wall-clock budget on this machine, then its frozen encoder is scored by the
-same weighted kNN and linear probe, beside a random-init encoder of the same
-architecture and raw pixels.
+"""Does each method learn something? Every registered method pretrains on Fashion-MNIST,
+then its frozen encoder is scored by the same weighted kNN and linear probe, beside a
+random-init encoder of the same architecture and raw pixels.
 
-Protocol:
+Two budgets:
+- ``--epochs E --subset N`` (the README's table): each method trains ``E`` epochs on the same
+  seeded ``N``-image subset of the 60k training images (``data.subset``, drawn with the run
+  seed), its cosine schedule spanning exactly those epochs; ``--epochs-for cpc=8`` gives a
+  slow method fewer (the table says so). Evaluation uses all 60k training and 10k test images;
+- ``--budget-minutes M``: each method's training steps are timed on real batches, on the
+  device and at the precision the trainer uses, a few warm-up steps then the median of
+  ``--calibration-steps``; the run gets ``max_steps = budget x steps/s``, so every method
+  finishes its schedule within about the same wall time.
+
+Protocol (both budgets):
 - each method starts from its ``configs/<method>-fashion-mnist.yaml`` (SimCLR: the
   quickstart), seed fixed, online probe off;
-- budget: its training steps are timed on real batches, on the device and at the
-  precision the trainer uses (a GPU when there is one: bf16 autocast), a few warm-up
-  steps then the median of ``--calibration-steps``; the run gets ``max_steps = budget x steps/s``
-  with its cosine schedule spanning exactly those steps, so every method finishes its
-  schedule within about the same wall time;
 - final-step weights are scored (never a best epoch): weighted kNN (k=20 at T=0.07,
   k=200 at T=0.1) and the linear-probe grid (lr x wd chosen on 10% of train, retrained on all
   of train, top-1 on the 10k test split);
-- random-init baselines use the same encoder config with timm's fair init; the pixel
-  baseline is the centred 784-d image;
-- contrastive methods report their InfoNCE mutual-information lower bound in nats
-  (mean of the logged training values over the last 10% of steps).
+- ``--layers all``: every stage of the encoder is probed (``eval.layers=all``, Goyal et al.
+  2019), a convnet's maps grid-pooled to about 9k values as in VISSL, a ViT's blocks by their
+  mean token (``eval.layer_pool=avg``, the layer-wise probes of BEiT and MAE); the best stage is the one whose probe scores highest on the probe's own held-out
+  10% of train (``val_top1``), never chosen on the test split, and its test top-1 is reported;
+- random-init baselines use the same encoder config with timm's fair init, probed the same
+  way; the pixel baseline is the centred 784-d image;
+- contrastive methods report their mutual-information lower bound in nats (mean of the
+  logged training values over the last 10% of steps).
 
-Writes benchmarks/results/methods.{json,md,png}; prints one JSON line per result.
+Writes ``--out``/methods.{json,md,png} (and methods-layers.png with ``--layers all``) after
+every method, so an interrupted run keeps what it measured; prints one JSON line per result.
 
+    python benchmarks/methods.py --epochs 20 --subset 4000 --epochs-for cpc=8 --layers all
     python benchmarks/methods.py [--budget-minutes 4] [--only simclr,npid] [--seed 0] [key=value ...]
 """
 
@@ -44,7 +54,7 @@ sys.path.insert(0, str(ROOT / "ssl"))
 
 from selfsup.config import RunConfig, load_config  # noqa: E402
 from selfsup.data import build_dataset, make_loader, subset  # noqa: E402
-from selfsup.eval.evaluate import default_device, evaluate  # noqa: E402
+from selfsup.eval.evaluate import default_device, evaluate, evaluate_layers  # noqa: E402
 from selfsup.train.module import PretrainModule  # noqa: E402
 from selfsup.train.optim import build_optimizer  # noqa: E402
 from selfsup.train.run import pretrain, resolve_precision  # noqa: E402
@@ -163,63 +173,171 @@ def scores(res: dict[str, Any]) -> dict[str, float]:
             "linear": res["linear"]["top1"]}
 
 
+def stage_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final stage's scores, every stage's linear probe, and the best stage: the one whose
+    probe did best on the probe's held-out 10% of train (``val_top1``; the first of equals,
+    shallowest first), never picked on the test split."""
+    final = scores(rows[-1])
+    if len(rows) == 1:
+        return final
+    best = max(rows, key=lambda r: r["linear"]["val_top1"])
+    return {**final, "best_layer": best["layer"], "best_linear": best["linear"]["top1"],
+            "layers": [{"layer": r["layer"], "dims": r.get("dims"), **scores(r),
+                        "val_top1": r["linear"]["val_top1"]} for r in rows]}
+
+
+def eval_config(name: str, args: argparse.Namespace) -> RunConfig:
+    """The method's config for evaluation: all 60k training images (no ``data.subset``, which
+    only limits pretraining) and every stage with ``--layers all``."""
+    cfg = method_config(name, args)
+    # ViTs: every block's mean token (the layer-wise probes of BEiT and MAE); convnets: VISSL's grid
+    pool = "avg" if cfg.encoder.name.startswith("vit") else "grid"
+    return method_config(name, args, ["data.subset=null", f"eval.layers={args.layers}", f"eval.layer_pool={pool}"])
+
+
 def bench_method(name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     cfg = method_config(name, args)
-    rate, images = run_steps(cfg, args.calibration_steps)[:2]
-    steps = max(10, int(args.budget_minutes * 60 * rate))
-    per_epoch = images // cfg.data.batch_size
-    cfg = method_config(name, args, [f"trainer.max_steps={steps}", f"trainer.max_epochs={steps // per_epoch + 1}"])
+    if args.epochs:
+        epochs = int(args.epochs_for.get(name, args.epochs))
+        cfg = method_config(name, args, [f"data.subset={args.subset}", f"trainer.max_epochs={epochs}",
+                                         "trainer.max_steps=-1"])
+        images = min(args.subset or 10**9, len(build_dataset(cfg.data, "train")))
+        per_epoch = images // cfg.data.batch_size
+        steps, rate = epochs * per_epoch, None
+    else:
+        rate, images = run_steps(cfg, args.calibration_steps)[:2]
+        steps = max(10, int(args.budget_minutes * 60 * rate))
+        per_epoch = images // cfg.data.batch_size
+        cfg = method_config(name, args, [f"trainer.max_steps={steps}", f"trainer.max_epochs={steps // per_epoch + 1}"])
     t0 = time.perf_counter()
     run = pretrain(cfg, log=lambda s: None)
     train_min = (time.perf_counter() - t0) / 60
-    res = evaluate(str(run), cfg, cache, log=lambda s: None)
+    t0 = time.perf_counter()
+    res = evaluate_layers(str(run), eval_config(name, args), cache, log=lambda s: None)
+    eval_min = (time.perf_counter() - t0) / 60
     mi = late_mean(run / "logs" / "metrics.csv", "train/mi_bound_step")
     return {"method": name, "family": FAMILY[name], "encoder": encoder_key(cfg), "seed": args.seed,
-            "batch_size": cfg.data.batch_size, "steps": steps, "epochs": round(steps / per_epoch, 2),
-            "steps_per_s": round(rate, 3), "train_minutes": round(train_min, 2), "device": device_label(), **scores(res),
-            "mi_bound_nats": None if mi is None else round(mi, 3), "run_dir": str(run)}
+            "batch_size": cfg.data.batch_size, "train_images": images, "steps": steps,
+            "epochs": round(steps / per_epoch, 2), "steps_per_s": rate and round(rate, 3),
+            "train_minutes": round(train_min, 2), "eval_minutes": round(eval_min, 2), "device": device_label(),
+            **stage_scores(res), "mi_bound_nats": None if mi is None else round(mi, 3), "run_dir": str(run)}
 
 
-def plot(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], path: Path) -> None:
+def verdict(r: dict[str, Any], b: dict[str, Any]) -> str:
+    """Whether a method beats its random-init encoder on the final kNN (k=20) and on the
+    best-stage linear probe (the last stage's when only one was probed)."""
+    lose = [what for what, key in (("kNN", "knn20"), ("best-stage linear", "best_linear"))
+            if r.get(key, r["linear"] if key == "best_linear" else None) <= b.get(key, b["linear"] if key == "best_linear" else None)]
+    return "yes" if not lose else "**no** (" + ", ".join(lose) + ")"
+
+
+def _bars(ax: Any, labels: list[str], series: dict[str, list[float]]) -> None:
+    x = torch.arange(len(labels)).float()
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x.tolist(), labels, rotation=35, ha="right")
+
+
+def plot(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [r["method"] for r in rows] + [b["label"] for b in baselines.values()]
-    knn = [r["knn20"] for r in rows] + [b["knn20"] for b in baselines.values()]
-    lin = [r["linear"] for r in rows] + [b["linear"] for b in baselines.values()]
-    x = torch.arange(len(labels)).float()
-    fig, ax = plt.subplots(figsize=(max(8, 0.8 * len(labels)), 4.5))
-    ax.bar(x - 0.2, knn, 0.4, label="kNN k=20")
-    ax.bar(x + 0.2, lin, 0.4, label="linear probe")
+    both = rows + list(baselines.values())
+    series = {"kNN k=20": [r["knn20"] for r in both], "linear (last stage)": [r["linear"] for r in both]}
+    if any("best_linear" in r for r in both):
+        series["linear (best stage)"] = [r.get("best_linear", r["linear"]) for r in both]
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(labels)), 4.8))
+    _bars(ax, labels, series)
     ax.axvline(len(rows) - 0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(x.tolist(), labels, rotation=35, ha="right")
     ax.set_ylabel("Fashion-MNIST test top-1 (%)")
-    ax.set_ylim(min(knn + lin) - 5, 100)
-    ax.set_title("Frozen encoders after the same wall-clock budget (left) vs baselines (right)")
+    ax.set_ylim(min(v for vs in series.values() for v in vs) - 5, 100)
+    ax.set_title(title)
     ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_layers(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], path: Path) -> None:
+    """Linear top-1 per stage, one panel per method, its random-init encoder dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "layers" in r]
+    if not rows:
+        return
+    cols = min(5, len(rows))
+    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.8 * ((len(rows) + cols - 1) // cols)),
+                             squeeze=False, sharey=True)
+    for ax, r in zip(axes.flat, rows):
+        names = [s["layer"] for s in r["layers"]]
+        ax.plot(names, [s["linear"] for s in r["layers"]], "o-", label=r["method"])
+        b = baselines[r["encoder"]]
+        if "layers" in b:
+            ax.plot([s["layer"] for s in b["layers"]], [s["linear"] for s in b["layers"]], "s--", color="grey",
+                    label="random init")
+        ax.set_title(r["method"])
+        ax.tick_params(axis="x", rotation=35)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("linear top-1 (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def budget_text(args: argparse.Namespace) -> str:
+    if args.epochs:
+        slow = "".join(f"; {m}: {e:g} epochs" for m, e in args.epochs_for.items())
+        return (f"{args.epochs:g} epochs per method on a seeded {args.subset}-image subset of the 60k training "
+                f"images (seed {args.seed}){slow}")
+    return f"{args.budget_minutes:g} min of training per method"
 
 
 def markdown(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     devices = " and ".join(dict.fromkeys(r.get("device") or device_label() for r in rows))  # merged rows keep theirs
-    lines = [f"Fashion-MNIST, {args.budget_minutes:g} min of training per method on "
-             f"{devices}, seed {args.seed}, final-step weights. kNN: weighted, "
-             "cosine, T=0.07 at k=20 and T=0.1 at k=200; linear: grid-searched on 10% of train, top-1 on the 10k test images.", "",
-             "| method | family | encoder | steps (epochs) | train min | kNN k=20 | kNN k=200 | linear | "
-             "random-init kNN / linear | MI bound (nats) |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    staged = any("best_linear" in r for r in rows)
+    lines = [f"Fashion-MNIST, {budget_text(args)}, on {devices}, seed {args.seed}, final-step weights. kNN: "
+             "weighted, cosine, T=0.07 at k=20 and T=0.1 at k=200; linear: grid-searched on 10% of train, "
+             "retrained on all 60k, top-1 on the 10k test images."
+             + (" Best stage: the stage whose probe scored highest on that held-out 10% (never chosen on "
+                "test); its test top-1." if staged else ""), ""]
+    if staged:
+        lines += ["| method | family | encoder | steps (epochs) | train min | kNN k=20 | kNN k=200 | linear (last) | "
+                  "best stage: linear | random-init kNN / linear / best stage | MI bound (nats) | beats random-init |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    else:
+        lines += ["| method | family | encoder | steps (epochs) | train min | kNN k=20 | kNN k=200 | linear | "
+                  "random-init kNN / linear | MI bound (nats) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = baselines[r["encoder"]]
         mi = "" if r["mi_bound_nats"] is None else f"{r['mi_bound_nats']:.2f}"
-        lines.append(f"| {r['method']} | {r['family']} | {b['encoder_label']} | {r['steps']} ({r['epochs']:g}) | "
-                     f"{r['train_minutes']:.1f} | {r['knn20']:.2f} | {r['knn200']:.2f} | {r['linear']:.2f} | "
-                     f"{b['knn20']:.2f} / {b['linear']:.2f} | {mi} |")
-    lines += ["", "| baseline | kNN k=20 | kNN k=200 | linear |", "|---|---:|---:|---:|"]
-    lines += [f"| {b['label']} | {b['knn20']:.2f} | {b['knn200']:.2f} | {b['linear']:.2f} |"
-              for b in baselines.values()]
+        head = (f"| {r['method']} | {r['family']} | {b['encoder_label']} | {r['steps']} ({r['epochs']:g}) | "
+                f"{r['train_minutes']:.1f} | {r['knn20']:.2f} | {r['knn200']:.2f} | {r['linear']:.2f} | ")
+        if staged:
+            lines.append(head + f"{r['best_layer']}: {r['best_linear']:.2f} | {b['knn20']:.2f} / {b['linear']:.2f} / "
+                         f"{b.get('best_layer')}: {b.get('best_linear', b['linear']):.2f} | {mi} | {verdict(r, b)} |")
+        else:
+            lines.append(head + f"{b['knn20']:.2f} / {b['linear']:.2f} | {mi} |")
+    lines += ["", "| baseline | kNN k=20 | kNN k=200 | linear (last) |" + (" best stage: linear |" if staged else ""),
+              "|---|---:|---:|---:|" + ("---:|" if staged else "")]
+    for b in baselines.values():
+        best = (f" {b['best_layer']}: {b['best_linear']:.2f} |" if "best_layer" in b else " |") if staged else ""
+        lines.append(f"| {b['label']} | {b['knn20']:.2f} | {b['knn200']:.2f} | {b['linear']:.2f} |{best}")
+    if staged:
+        lines += ["", "Linear top-1 per stage (test; the held-out 10% picks the best):", "",
+                  "| target | " + " | ".join(f"stage {i + 1}" for i in range(max(len(r.get("layers", [])) for r in [*rows, *baselines.values()]))) + " |"]
+        lines.append("|---|" + "---:|" * (lines[-1].count("|") - 2))
+        for r in [*rows, *[b for b in baselines.values() if "layers" in b]]:
+            lines.append(f"| {r.get('method', r.get('label'))} | "
+                         + " | ".join(f"{s['layer']}: {s['linear']:.2f}" for s in r["layers"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -233,9 +351,51 @@ def device_label() -> str:
 ENCODER_LABEL = {"resnet18": "resnet18 (slim)", "vit_tiny_patch16_224": "ViT (patch 4, 6 blocks, 128-d)"}
 
 
+def parse_epochs_for(text: str) -> dict[str, float]:
+    pairs = [t.split("=", 1) for t in text.split(",") if t]
+    if any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"--epochs-for wants METHOD=EPOCHS[,...], got {text!r}")
+    return {m: float(e) for m, e in pairs}
+
+
+def baseline_row(name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
+    """The random-init encoder of method ``name``'s config, probed as the methods are."""
+    cfg = eval_config(name, args)
+    label = ENCODER_LABEL.get(cfg.encoder.name, cfg.encoder.name)
+    if "groupnorm" in encoder_key(cfg):
+        label += ", GroupNorm"
+    res = evaluate_layers(f"random:{cfg.encoder.name}", cfg, cache, log=lambda s: None)
+    return {"label": f"random-init {label}", "encoder": encoder_key(cfg), "encoder_label": label,
+            **stage_scores(res)}
+
+
+def write(out: Path, rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    """methods.{json,md,png} (methods-layers.png with stages) of the rows measured so far; a
+    method whose baseline is not measured yet waits for it."""
+    shown = [r for r in rows if r["encoder"] in baselines]
+    order = {**{k: v for k, v in baselines.items() if k != "pixels"}, **({"pixels": baselines["pixels"]} if "pixels" in baselines else {})}
+    settings = {"budget_minutes": None if args.epochs else args.budget_minutes, "epochs": args.epochs,
+                "epochs_for": args.epochs_for, "subset": args.subset, "layers": args.layers, "seed": args.seed,
+                "threads": torch.get_num_threads(), "device": device_label(), "torch": torch.__version__,
+                "dataset": "fashion-mnist"}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "methods.json").write_text(json.dumps({"settings": settings, "methods": rows,
+                                                  "baselines": list(order.values())}, indent=2) + "\n")
+    (out / "methods.md").write_text(markdown(shown, order, args))
+    title = ("Frozen encoders after the same epochs on the same images" if args.epochs
+             else "Frozen encoders after the same wall-clock budget") + " (left) vs baselines (right)"
+    plot(shown, order, out / "methods.png", title)
+    if args.layers == "all":
+        plot_layers(shown, order, out / "methods-layers.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget-minutes", type=float, default=4.0, help="training wall time per method")
+    ap.add_argument("--epochs", type=float, default=None, help="train this many epochs per method instead of a time budget")
+    ap.add_argument("--subset", type=int, default=None, help="with --epochs: pretrain on a seeded subset of this many images")
+    ap.add_argument("--epochs-for", type=parse_epochs_for, default={}, help="with --epochs: METHOD=EPOCHS,... for slow methods")
+    ap.add_argument("--layers", choices=["last", "all"], default="last", help="probe the last stage or every stage")
     ap.add_argument("--calibration-steps", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="", help="comma-separated method names (default: all)")
@@ -249,39 +409,28 @@ def main() -> None:
     unknown = sorted(set(names) - set(FAMILY))
     if unknown:
         ap.error(f"--only: unknown method(s) {', '.join(unknown)}; choose from {', '.join(FAMILY)}")
+    if (args.subset or args.epochs_for) and not args.epochs:
+        ap.error("--subset and --epochs-for go with --epochs (the time budget trains on all images)")
+    if args.epochs and args.epochs <= 0:
+        ap.error(f"--epochs must be positive, got {args.epochs:g}")
     out = Path(args.out)
     previous = json.loads((out / "methods.json").read_text()) if args.merge and (out / "methods.json").is_file() else {}
     cache = Path(args.runs) / "features"
     rows = [r for r in previous.get("methods", []) if r["method"] not in names]
-    for name in names:
-        rows.append(bench_method(name, args, cache))
-        print(json.dumps(rows[-1]), flush=True)
-    rows.sort(key=lambda r: list(FAMILY).index(r["method"]))
     baselines = {b["encoder"]: b for b in previous.get("baselines", [])}
-    for r in rows:  # one random-init baseline per distinct encoder config
-        cfg = method_config(r["method"], args)
-        key = encoder_key(cfg)
-        if key not in baselines:
-            label = ENCODER_LABEL.get(cfg.encoder.name, cfg.encoder.name)
-            if "groupnorm" in key:
-                label += ", GroupNorm"
-            res = evaluate(f"random:{cfg.encoder.name}", cfg, cache, log=lambda s: None)
-            baselines[key] = {"label": f"random-init {label}", "encoder": key, "encoder_label": label, **scores(res)}
-            print(json.dumps(baselines[key]), flush=True)
     if "pixels" not in baselines:
-        res = evaluate("pixels", method_config(names[0], args), cache, log=lambda s: None)
+        res = evaluate("pixels", eval_config(names[0], args), cache, log=lambda s: None)
         baselines["pixels"] = {"label": "raw pixels (784-d)", "encoder": "pixels", **scores(res)}
         print(json.dumps(baselines["pixels"]), flush=True)
-    baselines["pixels"] = baselines.pop("pixels")  # last in the tables
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {"budget_minutes": args.budget_minutes, "seed": args.seed, "threads": torch.get_num_threads(),
-                "device": device_label(),
-                "torch": torch.__version__, "dataset": "fashion-mnist"}
-    (out / "methods.json").write_text(json.dumps({"settings": settings, "methods": rows,
-                                                  "baselines": list(baselines.values())}, indent=2) + "\n")
-    (out / "methods.md").write_text(markdown(rows, baselines, args))
-    plot(rows, baselines, out / "methods.png")
+    for name in names:
+        key = encoder_key(method_config(name, args))
+        if key not in baselines:  # one random-init baseline per distinct encoder config, before its methods
+            baselines[key] = baseline_row(name, args, cache)
+            print(json.dumps(baselines[key]), flush=True)
+        rows.append(bench_method(name, args, cache))
+        rows.sort(key=lambda r: list(FAMILY).index(r["method"]))
+        print(json.dumps(next(r for r in rows if r["method"] == name)), flush=True)
+        write(out, rows, baselines, args)
 
 
 if __name__ == "__main__":
