@@ -38,7 +38,7 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert "linear top-1, 10% labels" in (run_dir / "results.md").read_text()
     assert rows[2]["knn"]["k=20,T=0.07"]["top1"] > 90  # pixels on digits are a strong baseline
     assert (run_dir / "results.md").is_file() and (run_dir / "export" / "model.safetensors").is_file()
-    card = json.loads((run_dir / "export" / "config.json").read_text())
+    card = json.loads((run_dir / "export" / "config.json").read_text())["selfsup"]
     assert "SimCLR resnet18 (pretrained)" in card["results"]
 
     assert main(["eval", str(run_dir / "export"), "--out", str(tmp_path / "ev"), "--baseline", "pixels", *TINY[:3]]) == 0

@@ -13,7 +13,6 @@ from PIL import Image
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data import DATASETS, DataError, DataInfo, TensorImages
-import selfsup.eval.linear as linear
 from selfsup.eval.evaluate import NotScorable, evaluate
 from selfsup.eval.report import markdown_table
 
@@ -224,7 +223,6 @@ def test_unlabeled_training_rows_never_vote_nor_train_a_probe(monkeypatch, tmp_p
     test = TensorImages(xte, yte, 2)
     _register(monkeypatch, "toy-with-unlabeled", TensorImages(mixed_x, mixed_y, 2), test)
     _register(monkeypatch, "toy-labelled", TensorImages(xtr, ytr, 2), test)
-    monkeypatch.setattr(linear, "MIN_STEPS", 20)  # a short probe: what is compared is which rows it sees
     probe = ["eval.linear=true", "eval.linear_epochs=2", "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]",
              "eval.low_shot=[]", "eval.probe_seeds=1"]
     logs: list[str] = []
@@ -374,6 +372,6 @@ def test_layer_wise_evaluation_through_pretrain_and_eval(tmp_path, capsys):
     assert main(["eval", str(run), "--out", str(out), "--baseline", "pixels", "eval.layers=last"]) == 0
     last = json.loads((out / "results.json").read_text())
     assert last[0]["knn"] == rows[4]["knn"] and "layer" not in last[0]
-    card = json.loads((run / "export" / "config.json").read_text())
+    card = json.loads((run / "export" / "config.json").read_text())["selfsup"]
     pretrained = [lbl for lbl in card["results"] if "pretrained" in lbl]
     assert len(pretrained) == 1 and card["results"][pretrained[0]]["knn"] == rows[4]["knn"]

@@ -45,9 +45,13 @@ def _assert_onnx_features(out, ref):
 
 def test_export_round_trip_identical_features_in_selfsup_and_timm(trained_run, trained_encoder, tmp_path):
     out = export_encoder(trained_run, tmp_path / "export", results={"note": 1})
-    card = json.loads((out / "config.json").read_text())
-    assert card["architecture"] == "resnet18" and card["in_chans"] == 1 and card["input_size"] == [1, 16, 16]
+    raw = json.loads((out / "config.json").read_text())  # timm's schema, selfsup's metadata under "selfsup"
+    kwargs = {k: v for k, v in raw["model_args"].items() if k != "in_chans"}
+    assert raw["architecture"] == "resnet18" and raw["model_args"]["in_chans"] == 1
+    assert raw["pretrained_cfg"]["input_size"] == [1, 16, 16]
+    card = raw["selfsup"]
     assert card["method"] == "simclr" and card["training_config"]["trainer"]["max_epochs"] == 1
+    assert kwargs == card["training_config"]["encoder"]["kwargs"] and card["results"] == {"note": 1}
     trained = trained_encoder
     x = torch.randn(5, 1, 16, 16)
     with torch.no_grad():
@@ -58,10 +62,10 @@ def test_export_round_trip_identical_features_in_selfsup_and_timm(trained_run, t
         assert torch.equal(loaded(x), ref)
         plain = timm.create_model("resnet18", pretrained=True, num_classes=0, in_chans=1,
                                   pretrained_cfg_overlay=dict(file=str(out / "model.safetensors")),
-                                  **card["kwargs"]).eval()
+                                  **kwargs).eval()
         assert torch.equal(plain(x), ref)
     # the trained weights differ from a fresh model's, so equality above is meaningful
-    fresh = timm.create_model("resnet18", num_classes=0, in_chans=1, **card["kwargs"]).eval()
+    fresh = timm.create_model("resnet18", num_classes=0, in_chans=1, **kwargs).eval()
     with torch.no_grad():
         assert not torch.allclose(fresh(x), ref)
 
@@ -91,9 +95,12 @@ def test_load_encoder_from_run_dir(trained_run):
         assert not torch.allclose(fresh(x), ref, atol=1e-2)  # trained weights: the comparisons above are not vacuous
 
 
-README_TIMM_CALL = """enc = selfsup.load_encoder("my_encoder")        # eval mode; enc.selfsup_info has size and mean/std
+README_TIMM_CALL = """enc = timm.create_model("local-dir:my_encoder", pretrained=True)   # "hf-hub:USER/REPO" once uploaded
+cfg = timm.data.resolve_model_data_config(enc)  # the export's input_size (1, 28, 28), mean and std
+enc = selfsup.load_encoder("my_encoder")        # eval mode; enc.selfsup_info has size and mean/std
 enc = timm.create_model("resnet18", pretrained=True, num_classes=0, in_chans=1,
-                        pretrained_cfg_overlay=dict(file="my_encoder/model.safetensors"),
+                        pretrained_cfg_overlay=dict(file="my_encoder/model.safetensors", input_size=(1, 28, 28),
+                                                    mean=(0.286,), std=(0.353,)),  # from my_encoder/config.json
                         output_stride=16, channels=[32, 64, 128, 256], stem_width=32)"""
 
 
@@ -113,21 +120,31 @@ def test_readme_load_snippet_loads_a_quickstart_export(tmp_path, monkeypatch):
         "resnet18", {"output_stride": 16, "channels": [32, 64, 128, 256], "stem_width": 32})
     torch.manual_seed(0)
     exported = create_encoder(cfg.encoder.name, 1, cfg.encoder.kwargs, fair_random_init=True).eval()
-    write_export(exported, make_card(cfg, DataInfo(1, 28, 10, (0.29,), (0.35,)), exported), tmp_path / "my_encoder")
+    write_export(exported, make_card(cfg, DataInfo(1, 28, 10, (0.286,), (0.353,)), exported), tmp_path / "my_encoder")
     monkeypatch.chdir(tmp_path)  # the snippet's relative paths
+    expected_data = ((1, 28, 28), (0.286,), (0.353,))
+    enc = timm.create_model("local-dir:my_encoder", pretrained=True)   # "hf-hub:USER/REPO" once uploaded
+    cfg_timm = timm.data.resolve_model_data_config(enc)  # the export's input_size (1, 28, 28), mean and std
+    assert (tuple(cfg_timm["input_size"]), tuple(cfg_timm["mean"]), tuple(cfg_timm["std"])) == expected_data
+    local = enc.eval()
     enc = selfsup.load_encoder("my_encoder")        # eval mode; enc.selfsup_info has size and mean/std
     assert not enc.training and enc.selfsup_info.image_size == 28
     loaded = enc
     enc = timm.create_model("resnet18", pretrained=True, num_classes=0, in_chans=1,
-                            pretrained_cfg_overlay=dict(file="my_encoder/model.safetensors"),
+                            pretrained_cfg_overlay=dict(file="my_encoder/model.safetensors", input_size=(1, 28, 28),
+                                                        mean=(0.286,), std=(0.353,)),  # from my_encoder/config.json
                             output_stride=16, channels=[32, 64, 128, 256], stem_width=32)
+    cfg_overlay = timm.data.resolve_model_data_config(enc)
+    assert (tuple(cfg_overlay["input_size"]), tuple(cfg_overlay["mean"]), tuple(cfg_overlay["std"])) == expected_data
     enc.eval()
     for name, t in exported.state_dict().items():
         assert torch.equal(enc.state_dict()[name], t) and torch.equal(loaded.state_dict()[name], t), name
+        assert torch.equal(local.state_dict()[name], t), name
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         ref = exported(x)  # [3, 256]
         assert ref.shape == (3, 256) and torch.equal(enc(x), ref) and torch.equal(loaded(x), ref)
+        assert torch.equal(local(x), ref)
         unloaded = timm.create_model("resnet18", num_classes=0, in_chans=1, **cfg.encoder.kwargs).eval()
         assert not torch.allclose(unloaded(x), ref, atol=1e-2)  # pretrained=True did load the file
 
@@ -157,8 +174,8 @@ def test_cli_export_torchscript_and_refused_torchvision(trained_run, trained_enc
         got = torch.jit.load(str(out / "model.torchscript.pt"))(x)
     _assert_same_features(got, ref)
     readme = (out / "README.md").read_text()
-    assert readme.startswith("---\nlibrary_name: timm\n") and "| seed | 0 |" in readme
-    card = json.loads((out / "config.json").read_text())
+    assert readme.startswith("---\nlicense: apache-2.0\nlibrary_name: timm\n") and "| seed | 0 |" in readme
+    card = json.loads((out / "config.json").read_text())["selfsup"]
     assert f"the exported checkpoint was written after {card['trained_steps']} optimiser steps" in readme
     assert card["trained_steps"] > 0
     # the tiny encoder's stage widths have no torchvision counterpart: one line, nothing written
@@ -184,3 +201,17 @@ def test_cli_export_onnx(trained_run, trained_encoder, tmp_path, capsys):
         ref = trained_encoder(x)  # [6, 64]
     got = torch.from_numpy(session.run(["features"], {"images": x.numpy()})[0])
     _assert_onnx_features(got, ref)
+
+
+def test_run_dir_names_the_files_pretrain_writes(trained_run):
+    """RunDir's paths are the files a run directory holds after pretraining (and nothing names them twice)."""
+    from selfsup.rundir import RunDir
+
+    run = RunDir(trained_run)
+    assert run.is_run() and run.has_checkpoint() and run.checkpoint_files()[-1].suffix == ".ckpt"
+    assert run.last_checkpoint in run.checkpoint_files()
+    assert run.data_info.is_file() and json.loads(run.data_info.read_text())["in_chans"] == 1
+    assert (run.logs / "metrics.csv").is_file() and run.lock.is_file()
+    written = {p.name for p in trained_run.iterdir()}
+    assert {run.config.name, run.data_info.name, run.checkpoints.name, run.logs.name, run.lock.name} <= written
+    assert not RunDir(trained_run / "checkpoints").is_run()

@@ -39,17 +39,59 @@ def pristine(tmp_path_factory) -> Path:
     return write_export(enc, card, tmp_path_factory.mktemp("pristine") / "export")
 
 
-@pytest.fixture
-def export(pristine, tmp_path) -> Path:
-    """A copy of the pristine export for one test to damage."""
-    return Path(shutil.copytree(pristine, tmp_path / "export"))
+# Where each field of the card sits in timm's schema (selfsup >= issue 15); the others sit under "selfsup".
+TIMM_PATHS = {"architecture": ("architecture",), "num_features": ("num_features",), "global_pool": ("global_pool",),
+              "in_chans": ("model_args", "in_chans"), "kwargs": ("model_args",),
+              **{k: ("pretrained_cfg", k) for k in ("input_size", "mean", "std", "crop_pct", "interpolation", "license")}}
+
+
+def _timm_schema(out: Path) -> bool:
+    return "pretrained_cfg" in json.loads((out / "config.json").read_text())
+
+
+def _keys(out: Path, field: str) -> tuple[str, ...]:
+    """The keys leading to ``field`` in the card file of ``out``: timm's schema or the flat card of format 1."""
+    return TIMM_PATHS.get(field, ("selfsup", field)) if _timm_schema(out) else (field,)
+
+
+def _path(out: Path, field: str) -> str:
+    """``field`` as the card file of ``out`` spells it (what error messages name)."""
+    return ".".join(_keys(out, field))
+
+
+def _to_flat(raw: dict) -> dict:
+    """The flat card selfsup wrote before timm's schema (format 1), from a card in timm's schema; written here
+    from the two layouts, not with selfsup's own conversion."""
+    args = dict(raw["model_args"])
+    flat = {"architecture": raw["architecture"], "kwargs": args, "in_chans": args.pop("in_chans"),
+            "num_features": raw["num_features"], **{k: raw["pretrained_cfg"][k] for k in ("input_size", "mean", "std")}}
+    flat.update({k: v for k, v in raw["selfsup"].items() if k != "format_version"})
+    return flat
+
+
+@pytest.fixture(params=["timm", "flat"])
+def export(pristine, tmp_path, request) -> Path:
+    """A copy of the pristine export for one test to damage: as written (timm's schema), or with the flat
+    config.json of exports written before it."""
+    out = Path(shutil.copytree(pristine, tmp_path / "export"))
+    if request.param == "flat":
+        raw = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps(_to_flat(raw), indent=2))
+    return out
 
 
 def _edit(out: Path, **changes) -> None:
-    """Set (value) or delete (``...``) fields of the card, as a hand edit would."""
+    """Set (value) or delete (``...``) fields of the card, as a hand edit would (``kwargs`` in timm's schema:
+    ``model_args`` less ``in_chans``)."""
     card = json.loads((out / "config.json").read_text())
     for k, v in changes.items():
-        card.pop(k) if v is ... else card.__setitem__(k, v)
+        *parents, last = _keys(out, k)
+        if k == "kwargs" and parents == [] and last == "model_args" and isinstance(v, dict):
+            v = {"in_chans": card["pretrained_cfg"]["input_size"][0], **v}  # model_args may hold no object now
+        node = card
+        for key in parents:
+            node = node[key]
+        node.pop(last) if v is ... else node.__setitem__(last, v)
     (out / "config.json").write_text(json.dumps(card, indent=2))
 
 
@@ -104,7 +146,9 @@ FIELD_FAULTS = [
     ("kwargs", [], "[]", "it must be a JSON object of timm.create_model keyword arguments"),
     ("kwargs", 7, "7", "it must be a JSON object"),
     ("kwargs", {**TINY, "in_chans": 3}, '{"channels": [8, 16, 32, 64], "stem_width": 8, "in_chans": 3}',
-     "it sets in_chans, which selfsup passes to timm itself"),
+     "it sets in_chans, which selfsup passes to timm itself"),  # flat format only: model_args holds in_chans
+    ("kwargs", {**TINY, "num_classes": 10}, '{"channels": [8, 16, 32, 64], "stem_width": 8, "num_classes": 10}',
+     "it sets num_classes, which selfsup passes to timm itself"),
     ("kwargs", {**TINY, "not_an_option": 1}, '{"channels": [8, 16, 32, 64], "stem_width": 8, "not_an_option": 1}',
      "timm cannot build 'resnet18' with them (TypeError: ResNet.__init__() got an unexpected keyword argument "
      "'not_an_option')"),
@@ -126,6 +170,10 @@ FIELD_FAULTS = [
     ("versions", 1, "1", "it must be a JSON object"),
     ("method", 5, "5", "it must be a string"),
     ("weights_sha256", "abc", '"abc"', "it must be the SHA-256 of model.safetensors (64 lowercase hex digits)"),
+    ("global_pool", "max", '"max"', "the encoder it describes pools with 'avg'"),
+    ("global_pool", 3, "3", "it must be a string"),
+    ("license", "", '""', 'it must be the licence\'s identifier, e.g. "apache-2.0" (a non-empty string)'),
+    ("crop_pct", 0, "0", "it must be a number in (0, 1]"),
 ]
 
 
@@ -133,12 +181,17 @@ FIELD_FAULTS = [
                          ids=[f"{f}={s}" for f, _, s, _ in FIELD_FAULTS])
 def test_every_card_field_fault_is_one_line_naming_file_field_value_and_fix(export, tmp_path, capsys, field, value,
                                                                             shown, problem):
+    if _timm_schema(export) and "in_chans" in str(value):
+        value, shown, problem = {**TINY, "pretrained": True}, shown.replace('"in_chans": 3', '"pretrained": true'), \
+            "it sets pretrained, which selfsup passes to timm itself"  # timm's model_args hold in_chans by right
+    problem = problem.replace('"in_chans"', f'"{_path(export, "in_chans")}"')  # the messages name it as the file does
     _edit(export, **{field: value})
     card = export / "config.json"
     msg = _load_error(export)
     fix = (f'set "num_features": 64 in that file' if problem.endswith("gives 64 features")
-           else f'correct "{field}" in that file, {REEXPORT}{export}`')
-    assert msg.startswith(f'{str(card)!r}: "{field}" is {shown}, but {problem}'), msg
+           else "set \"global_pool\": 'avg' in that file" if "pools with" in problem
+           else f'correct "{_path(export, field)}" in that file, {REEXPORT}{export}`')
+    assert msg.startswith(f'{str(card)!r}: "{_path(export, field)}" is {shown}, but {problem}'), msg
     assert msg.endswith(fix), msg
     assert _cli_error(export, tmp_path, capsys) == msg  # the CLI prints the same line and exits 2
 
@@ -146,13 +199,14 @@ def test_every_card_field_fault_is_one_line_naming_file_field_value_and_fix(expo
 def test_issue_std_zero_negative_size_and_list_kwargs(export):
     """The three hand edits of the issue: each used to load silently or raise a raw ValueError."""
     card = export / "config.json"
+    std, size, kwargs = (_path(export, f) for f in ("std", "input_size", "kwargs"))
     _edit(export, std=0)
-    assert _load_error(export).startswith(f'{str(card)!r}: "std" is 0, but it must be a list of finite numbers > 0')
+    assert _load_error(export).startswith(f'{str(card)!r}: "{std}" is 0, but it must be a list of finite numbers > 0')
     _edit(export, std=[0.25], input_size=[1, -16, 16])
-    assert _load_error(export).startswith(f'{str(card)!r}: "input_size" is [1, -16, 16], but it must be [C, H, W]')
+    assert _load_error(export).startswith(f'{str(card)!r}: "{size}" is [1, -16, 16], but it must be [C, H, W]')
     _edit(export, input_size=[1, 16, 16], kwargs=[["channels", [8, 16, 32, 64]]])
-    assert _load_error(export).startswith(f'{str(card)!r}: "kwargs" is [["channels", [8, 16, 32, 64]]], but it must '
-                                          f'be a JSON object')
+    assert _load_error(export).startswith(f'{str(card)!r}: "{kwargs}" is [["channels", [8, 16, 32, 64]]], but it '
+                                          f'must be a JSON object')
     _edit(export, kwargs=TINY)  # the card restored: the export loads again
     assert selfsup.load_encoder(export).selfsup_info == DataInfo(1, 16, 10, (0.5,), (0.25,))
 
@@ -164,7 +218,8 @@ def test_cli_eval_of_a_hand_edited_export_prints_one_line(export, tmp_path):
     res = subprocess.run([sys.executable, "-m", "selfsup.cli", "eval", str(export), "--out", str(tmp_path / "ev")],
                          env=ENV, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
-    assert res.stderr.startswith(f"selfsup eval: error: {str(export / 'config.json')!r}: \"std\" is 0, but ")
+    assert res.stderr.startswith(f"selfsup eval: error: {str(export / 'config.json')!r}: \"{_path(export, 'std')}\" is 0, "
+                                 f"but ")
     assert not (tmp_path / "ev").exists()  # refused before anything was written
 
 
@@ -185,7 +240,8 @@ def test_card_that_is_no_json_object(export, tmp_path, capsys, text, expected):
 def test_card_lacking_a_required_field(export, tmp_path, capsys, missing):
     _edit(export, **{missing: ...})
     msg = _load_error(export)
-    assert msg == (f"{str(export / 'config.json')!r} is not a selfsup export card: it lacks {missing}; export again "
+    assert msg == (f"{str(export / 'config.json')!r} is not a selfsup export card: it lacks {_path(export, missing)}; "
+                   f"export again "
                    f"with `selfsup export RUN_DIR {export}`")
     assert _cli_error(export, tmp_path, capsys) == msg
 
@@ -193,6 +249,17 @@ def test_card_lacking_a_required_field(export, tmp_path, capsys, missing):
 def test_optional_fields_may_be_absent_or_null(export):
     """A minimal hand-written card loads: kwargs null and no free-form fields; the card reports num_features."""
     card = json.loads((export / "config.json").read_text())
+    if _timm_schema(export):  # timm's schema: the sections with what timm needs, no selfsup metadata
+        minimal = {"architecture": card["architecture"], "model_args": {"in_chans": 1},
+                   "pretrained_cfg": {k: card["pretrained_cfg"][k] for k in ("input_size", "mean", "std")}}
+        (export / "config.json").write_text(json.dumps({**minimal, "model_args": {"in_chans": 1, **TINY}}))
+        enc, loaded = load_encoder_and_card(export)
+        assert loaded["num_features"] == enc.num_features == 64
+        assert enc.selfsup_info == DataInfo(1, 16, 0, (0.5,), (0.25,))
+        (export / "config.json").write_text(json.dumps(minimal))
+        with pytest.raises(LoadError, match=r"do not fit 'resnet18' as config\.json describes it"):  # default widths
+            selfsup.load_encoder(export)
+        return
     minimal = {k: card[k] for k in ("architecture", "in_chans", "input_size", "mean", "std")}
     (export / "config.json").write_text(json.dumps({**minimal, "kwargs": TINY, "trained_steps": None}))
     enc, loaded = load_encoder_and_card(export)
@@ -223,8 +290,9 @@ def test_input_size_that_a_fixed_size_vit_cannot_take(tmp_path, capsys):
     strict, _ = _vit_export(tmp_path / "strict")
     _edit(strict, input_size=[1, 32, 32])
     msg = _load_error(strict)
-    assert msg == (f'{str(strict / "config.json")!r}: "input_size" is [1, 32, 32], but the encoder it describes '
-                   f"takes 16x16 images only (its patch embedding's img_size); set \"input_size\": [1, 16, 16] in "
+    size = _path(strict, "input_size")
+    assert msg == (f'{str(strict / "config.json")!r}: "{size}" is [1, 32, 32], but the encoder it describes '
+                   f"takes 16x16 images only (its patch embedding's img_size); set \"{size}\": [1, 16, 16] in "
                    f"that file")
     assert _cli_error(strict, tmp_path, capsys) == msg
     dynamic, enc = _vit_export(tmp_path / "dynamic", dynamic_img_size=True)
@@ -286,7 +354,7 @@ def test_replaced_weights_with_the_checksum_deleted_load(export, pristine):
     state = load_file(str(weights))
     state["conv1.weight"] = state["conv1.weight"] * 2
     save_file(state, str(weights))
-    assert 'delete "weights_sha256" from config.json' in _load_error(export)
+    assert f'delete "{_path(export, "weights_sha256")}" from config.json' in _load_error(export)
     _edit(export, weights_sha256=...)
     assert torch.equal(selfsup.load_encoder(export).conv1.weight, state["conv1.weight"])
     assert not torch.equal(selfsup.load_encoder(pristine).conv1.weight, state["conv1.weight"])
@@ -295,7 +363,7 @@ def test_replaced_weights_with_the_checksum_deleted_load(export, pristine):
 def test_export_records_the_checksum_of_its_weights(pristine):
     import hashlib
 
-    card = json.loads((pristine / "config.json").read_text())
+    card = json.loads((pristine / "config.json").read_text())["selfsup"]
     assert card["weights_sha256"] == hashlib.sha256((pristine / "model.safetensors").read_bytes()).hexdigest()
 
 

@@ -120,7 +120,7 @@ def test_torchvision_resnet18_gives_the_timm_features(tmp_path):
         tv.fc = torch.nn.Identity()
         _assert_same_features(tv(x), ref)
         assert not torch.allclose(untrained, ref, atol=1e-2)  # the comparison above is not vacuous
-    rec = json.loads((out / CARD).read_text())["exports"]["torchvision"]
+    rec = json.loads((out / CARD).read_text())["selfsup"]["exports"]["torchvision"]
     assert rec["max_abs_diff"] == 0.0 and rec["file"] == FORMAT_FILES["torchvision"]  # the card's own check: exact
     scope = _run_snippets((out / MODEL_CARD).read_text(), tmp_path, ["torchvision"])  # the README's snippet
     with torch.no_grad():
@@ -170,7 +170,7 @@ def test_torchscript_export_gives_the_timm_features(tmp_path):
     x = torch.randn(5, 1, 16, 16)  # traced at batch 2: the batch axis is free
     with torch.no_grad():
         _assert_same_features(scripted(x), enc(x))
-    card = json.loads((out / CARD).read_text())
+    card = json.loads((out / CARD).read_text())["selfsup"]
     assert card["exports"]["torchscript"]["max_abs_diff"] == 0.0  # the card's own check: exact
     x = torch.randn(4, 1, 16, 16)
     scope = _run_snippets((out / MODEL_CARD).read_text(), tmp_path, ["TorchScript"], x=x)
@@ -193,7 +193,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
         x = torch.randn(batch, 1, 16, 16)
         with torch.no_grad():
             _assert_onnx_features(torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0]), enc(x))
-    rec = json.loads((out / CARD).read_text())["exports"]["onnx"]
+    rec = json.loads((out / CARD).read_text())["selfsup"]["exports"]["onnx"]
     assert rec["opset"] == ONNX_OPSET and rec["checked_with"].startswith("onnxruntime")
     assert rec["max_abs_diff"] <= 1e-5  # the card's own check (features of scale ~1; README: about 1e-6)
     scope = _run_snippets((out / MODEL_CARD).read_text(), tmp_path, ["ONNX"], x=x)
@@ -202,7 +202,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
 
 
 def test_onnx_without_the_onnx_package_is_explained(tmp_path, monkeypatch):
-    monkeypatch.setattr("selfsup.export.onnx_installed", lambda: False)
+    monkeypatch.setattr("selfsup.artifacts.exportdir.onnx_installed", lambda: False)
     enc = _encoder()
     with pytest.raises(ExportError, match=r"needs the onnx package: pip install 'selfsup\[onnx\]'"):
         write_export(enc, _card(enc), tmp_path / "export", ["onnx"])
@@ -210,10 +210,10 @@ def test_onnx_without_the_onnx_package_is_explained(tmp_path, monkeypatch):
 
 
 def test_onnx_without_onnxruntime_is_written_and_marked_unchecked(tmp_path, monkeypatch):
-    monkeypatch.setattr("selfsup.export._onnxruntime_runner", lambda data: None)  # as if not installed
+    monkeypatch.setattr("selfsup.artifacts.interop._onnxruntime_runner", lambda data: None)  # as if not installed
     out = tmp_path / "export"
     _export(out, formats=("onnx",))
-    rec = json.loads((out / CARD).read_text())["exports"]["onnx"]
+    rec = json.loads((out / CARD).read_text())["selfsup"]["exports"]["onnx"]
     assert rec["checked_with"] is None and "max_abs_diff" not in rec
     assert "not checked: onnxruntime is not installed" in rec["note"]
     readme = (out / MODEL_CARD).read_text()
@@ -260,26 +260,62 @@ def test_model_card_readme(tmp_path):
     text = (out / MODEL_CARD).read_text()
     _, front, body = text.split("---\n", 2)
     meta = yaml.safe_load(front)
-    assert meta["library_name"] == "timm" and meta["datasets"] == ["digits"]
+    assert meta["library_name"] == "timm" and meta["datasets"] == ["digits"] and meta["license"] == "apache-2.0"
     assert {"simclr", "resnet18", "self-supervised-learning"} <= set(meta["tags"])
     for expected in ('SimCLR (Chen, Kornblith, Norouzi, Hinton 2020, "A Simple Framework',  # method + citation
                      "timm `resnet18`, kwargs `{\"channels\": [8, 16, 32, 64], \"stem_width\": 8}`",
                      "`digits`, 256 training images", "3 epochs", "after 12 optimiser steps", "| seed | 7 |",
                      "| SimCLR resnet18 (pretrained) | 91.25 | 93.50 ± 0.42 | 80.00 ± 1.50 |",  # results
                      "| raw pixels | 88.00 | 90.00 |  |", "± is the standard deviation over 3 probe seeds",
-                     'pretrained_cfg_overlay=dict(file="my_encoder/model.safetensors"),',
+                     "model = timm.create_model('local-dir:my_encoder', pretrained=True).eval()",
+                     'pretrained_cfg_overlay=dict(file="my_encoder/model.safetensors", input_size=(1, 16, 16),',
                      'selfsup.load_encoder("my_encoder")', "--format torchscript` writes `model.torchscript.pt`",
                      "Not available for this encoder: the timm kwargs channels",  # torchvision
                      "--format onnx` writes `model.onnx`"):
         assert expected in body, expected
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
-    # the README's timm and selfsup snippets run as written and give the encoder's features
+    # the README's timm (local-dir:) and selfsup snippets run as written and give the encoder's features
     images = torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8)
     scope = _run_snippets(text, tmp_path, ["timm", "selfsup"], images=images)
     with torch.no_grad():
         ref = enc((images.float() / 255 - 0.5) / 0.25)  # the card's mean and std
         _assert_same_features(scope["features"], ref)
         _assert_same_features(scope["model"](scope["x"]), ref)  # selfsup.load_encoder's model
+    # the second timm snippet (the architecture spelled out, the data settings as an overlay) builds the same model,
+    # and timm resolves the export's own input size and normalisation from it
+    overlay = text.split("spell the architecture out:\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope = {"timm": __import__("timm")}
+    import os
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(overlay, scope)  # noqa: S102 - the snippet is the behaviour under test
+    finally:
+        os.chdir(here)
+    from timm.data import resolve_model_data_config
+    config = resolve_model_data_config(scope["model"])
+    assert (config["input_size"], config["mean"], config["std"]) == ((1, 16, 16), (0.5,), (0.25,))
+    with torch.no_grad():
+        _assert_same_features(scope["model"]((images.float() / 255 - 0.5) / 0.25), ref)
+
+
+def test_model_card_model_index_is_the_hubs_format(tmp_path):
+    """The front matter's model-index holds the card's own encoder's results (not the baselines') in the Hub's
+    format: huggingface_hub's own parser reads them back as the numbers of RESULTS."""
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "my_encoder"
+    _export(out)
+    card = ModelCard((out / MODEL_CARD).read_text())
+    got = {(r.dataset_type, r.dataset_split, r.metric_type, r.metric_name): r.metric_value
+           for r in card.data.eval_results}
+    assert card.data.model_name == "my_encoder" and card.data.license == "apache-2.0"
+    assert got == {("digits", "test", "accuracy", "kNN k=20,T=0.07 top-1"): 91.25,
+                   ("digits", "test", "accuracy", "linear top-1"): 93.5,
+                   ("digits", "test", "accuracy", "linear top-1, 10% labels"): 80.0}
+    enc = _encoder()  # no results: no model-index (the Hub refuses an empty one)
+    write_export(enc, {**_card(enc), "results": {}}, tmp_path / "bare")
+    assert "model-index" not in yaml.safe_load((tmp_path / "bare" / MODEL_CARD).read_text().split("---\n")[1])
 
 
 def test_reexport_removes_interop_files_of_earlier_weights(tmp_path):
@@ -287,10 +323,10 @@ def test_reexport_removes_interop_files_of_earlier_weights(tmp_path):
     _export(out)
     export_formats(out, ["torchscript"])  # interop files can be added to an existing export
     assert (out / FORMAT_FILES["torchscript"]).is_file()
-    assert "torchscript" in json.loads((out / CARD).read_text())["exports"]
+    assert "torchscript" in json.loads((out / CARD).read_text())["selfsup"]["exports"]
     _export(out)
     assert not (out / FORMAT_FILES["torchscript"]).exists()
-    assert json.loads((out / CARD).read_text())["exports"] == {}
+    assert json.loads((out / CARD).read_text())["selfsup"]["exports"] == {}
 
 
 def test_export_formats_needs_an_export_directory(tmp_path):
@@ -304,9 +340,19 @@ def test_export_formats_needs_an_export_directory(tmp_path):
 # --- load errors ------------------------------------------------------------------------------
 
 
-def _edit_card(out: Path, **changes) -> None:
+def _edit_card(out: Path, architecture: str | None = None, kwargs: dict | None = None, in_chans: int | None = None,
+               **data) -> None:
+    """A hand edit of config.json (timm's schema): the architecture, the timm kwargs beside in_chans, in_chans,
+    or the data settings of pretrained_cfg (input_size, mean, std)."""
     card = json.loads((out / CARD).read_text())
-    (out / CARD).write_text(json.dumps({**card, **changes}))
+    if architecture is not None:
+        card["architecture"] = architecture
+    if kwargs is not None:
+        card["model_args"] = {"in_chans": card["model_args"]["in_chans"], **kwargs}
+    if in_chans is not None:
+        card["model_args"]["in_chans"] = in_chans
+    card["pretrained_cfg"].update(data)
+    (out / CARD).write_text(json.dumps(card))
 
 
 def test_load_error_other_architecture(tmp_path):
@@ -337,8 +383,9 @@ def test_load_error_in_chans(tmp_path):
     # a consistent card for 3 channels: only the weights tell that they are for 1
     _edit_card(out, in_chans=3, input_size=[3, 16, 16], mean=[0.5] * 3, std=[0.25] * 3)
     with pytest.raises(LoadError, match=r"are for 1-channel images \(conv1\.weight has shape \[64, 1, 7, 7\]\) but "
-                                        r"config\.json says in_chans=3: set \"in_chans\": 1, \"input_size\": \[1, H, W\] "
-                                        r"and one \"mean\" and \"std\" value per channel"):
+                                        r"config\.json says in_chans=3: set \"model_args\.in_chans\": 1, "
+                                        r"\"pretrained_cfg\.input_size\": \[1, H, W\] and one \"pretrained_cfg\.mean\" "
+                                        r"and \"pretrained_cfg\.std\" value per channel"):
         selfsup.load_encoder(out)
 
 

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn
 
+from selfsup.rundir import CHECKPOINT_DIR, CONFIG_FILE, RunDir  # no heavy imports: `selfsup --help` stays fast
+
 if TYPE_CHECKING:
     from selfsup.config import RunConfig
 
@@ -50,7 +52,7 @@ def _eval(args: argparse.Namespace) -> None:
     from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers
     from selfsup.eval.report import markdown_table
     from selfsup.fileio import write_json, write_text
-    from selfsup.train.run import CONFIG_FILE, load_run_config, saved_config
+    from selfsup.train.run import load_run_config, saved_config
 
     target = Path(args.target)
     if args.config:
@@ -63,27 +65,29 @@ def _eval(args: argparse.Namespace) -> None:
     if args.dataset or args.test_dataset:
         raise ConfigError("--dataset and --test-dataset choose detection data; add --task detection, or set "
                           "data.name=... for kNN and linear probes")
-    is_run = (target / CONFIG_FILE).is_file()
+    run = RunDir(target)
+    is_run = run.is_run()
     in_place = is_run and not args.out  # results would go over the run's own results.json
     out = Path(args.out) if args.out else (target if is_run else Path("runs") / "eval" / eval_folder(args.target))
     changed = changed_data_keys(load_run_config(target), cfg) if in_place else []
     if changed:  # other data: the run's own results.json stays as it is
-        out = target / f"eval-{data_tag(cfg)}"
+        out = run.eval_dir(data_tag(cfg))
         print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
-              f"the run's own results stay in {target / 'results.json'}")
+              f"the run's own results stay in {run.results_json}")
     targets = [args.target, *args.baseline]
-    rows = [row for t in targets for row in evaluate_layers(t, cfg, out / "features")]  # cache keyed by data
+    rows = [row for t in targets for row in evaluate_layers(t, cfg, RunDir(out).features)]  # cache keyed by data
     reason = run_results_kept(target, cfg, rows) if in_place and not changed else None
     if reason:  # other eval settings or fewer rows: never replace the run's results with them
         digest = hashlib.blake2b(json.dumps([to_dict(cfg)["eval"], targets], sort_keys=True).encode(),
                                  digest_size=4).hexdigest()
-        out = target / f"eval-{data_tag(cfg)}-{digest}"
-        print(f"[eval] {reason}: results go to {out}, the run's own results stay in {target / 'results.json'}")
-    write_json(rows, out / "results.json")
+        out = run.eval_dir(f"{data_tag(cfg)}-{digest}")
+        print(f"[eval] {reason}: results go to {out}, the run's own results stay in {run.results_json}")
+    written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
+    write_json(rows, written.results_json)
     table = markdown_table(rows)
-    write_text(table, out / "results.md")
+    write_text(table, written.results_md)
     print("\n" + table)
-    print(f"results written to {out / 'results.json'} and {out / 'results.md'}")
+    print(f"results written to {written.results_json} and {written.results_md}")
 
 
 def eval_folder(spec: str) -> str:
@@ -114,7 +118,7 @@ def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if differ:
         return f"eval settings differ from the run's ({', '.join(f'eval.{k}' for k in differ)})"
-    saved = run / "results.json"
+    saved = RunDir(run).results_json
     if not saved.is_file():
         return None
     have = {(r.get("kind"), r.get("layer")) for r in rows}
@@ -144,7 +148,6 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     """Detection transfer of the target and its baselines on one dataset; results.json/.md."""
     from selfsup.eval.detection import check_target, detection_data, detection_markdown, evaluate_detection
     from selfsup.fileio import write_json, write_text
-    from selfsup.train.run import CONFIG_FILE
 
     if args.dataset:
         cfg.detection.dataset = args.dataset
@@ -152,17 +155,18 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
         cfg.detection.test_dataset = args.test_dataset
     for spec in [args.target, *args.baseline]:
         check_target(spec)
-    base = target / "detection" if (target / CONFIG_FILE).is_file() else Path("runs") / "eval-detection"
+    base = RunDir(target).detection if RunDir(target).is_run() else Path("runs") / "eval-detection"
     out = Path(args.out) if args.out else base / detection_tag(cfg)  # one folder per dataset: none overwrites another
     data = detection_data(cfg)
     rows = [evaluate_detection(args.target, cfg, data=data)]
     in_chans = rows[0]["encoder"]["in_chans"]  # random baselines see the images as the target does
     rows += [evaluate_detection(spec, cfg, data=data, in_chans=in_chans) for spec in args.baseline]
-    write_json(rows, out / "results.json")
+    written = RunDir(out)
+    write_json(rows, written.results_json)
     table = detection_markdown(rows)
-    write_text(table, out / "results.md")
+    write_text(table, written.results_md)
     print("\n" + table)
-    print(f"results written to {out / 'results.json'} and {out / 'results.md'}")
+    print(f"results written to {written.results_json} and {written.results_md}")
 
 
 def check_out_dir(out: Path, holds_own: Callable[[Path], bool], what: str, flag: str,
@@ -176,7 +180,6 @@ def check_out_dir(out: Path, holds_own: Callable[[Path], bool], what: str, flag:
         ConfigError: (one line) naming the directory, what it holds, and ``flag`` to choose another.
     """
     from selfsup.config import ConfigError
-    from selfsup.train.run import CHECKPOINT_DIR, CONFIG_FILE
 
     if not out.is_dir():
         return
@@ -193,13 +196,17 @@ def _export(args: argparse.Namespace) -> None:
     """model.safetensors + config.json + README.md of a run's encoder, plus the files of --format."""
     import json
 
-    from selfsup.export import MODEL_CARD, export_encoder, is_export_dir, parse_formats, read_card, results_summary
+    from selfsup.artifacts.card import MODEL_CARD, results_summary
+    from selfsup.artifacts.exportdir import parse_formats
+    from selfsup.artifacts.load import export_encoder
+    from selfsup.artifacts.validate import read_card
+    from selfsup.rundir import is_export_dir
 
     formats = parse_formats(args.format)  # an unknown format fails before the run is loaded
     # never into a run directory or a folder of other files (its README.md, config.json); an export is replaced
     check_out_dir(Path(args.out_dir), is_export_dir, "export", "export directory")
     results = None
-    res = Path(args.run_dir) / "results.json"
+    res = RunDir(args.run_dir).results_json
     if res.is_file():
         results = results_summary(json.loads(res.read_text()))
     out = export_encoder(args.run_dir, args.out_dir, results, formats)
@@ -273,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "runs/eval-detection/<dataset>)")
     s.set_defaults(func=_eval)
 
-    from selfsup.export import FEATURE_RTOL, FORMAT_FILES, ONNX_OPSET
+    from selfsup.artifacts.interop import FEATURE_RTOL, FORMAT_FILES, ONNX_OPSET
 
     s = sub.add_parser("export", help="write the encoder as safetensors + config.json + README.md model card "
                        "(timm-loadable), optionally as TorchScript, ONNX and torchvision files",
@@ -305,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     from selfsup.config import ConfigError
     from selfsup.data import DataError
     from selfsup.encoders import EncoderError
-    from selfsup.export import LoadError
     from selfsup.fileio import WriteError
     from selfsup.registry import RegistryError
+    from selfsup.safeload import LoadError
     from selfsup.train.module import NonFiniteLossError
     from selfsup.train.run import NoStepsError, RunDirError
 

@@ -45,6 +45,8 @@ from selfsup.config import DataConfig, DetectionConfig, RunConfig
 from selfsup.data import DataInfo
 from selfsup.data.detection import DetectionDataset, Target, build_detection_data, detection_collate
 from selfsup.encoders import EncoderError
+from selfsup.losses import NonFiniteLossError
+from selfsup.schedules import cosine_factors
 
 # --------------------------------------------------------------------------- feature pyramids
 
@@ -288,9 +290,6 @@ def train_detector(model: FasterRCNN, ds: DetectionDataset, cfg: DetectionConfig
     linear warmup then cosine decay per step; returns the step count, time and last losses."""
     import timm.optim
 
-    from selfsup.train.module import NonFiniteLossError
-    from selfsup.train.optim import cosine_factors
-
     torch.manual_seed(seed)
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(ds) > cfg.batch_size,
                         num_workers=cfg.num_workers, collate_fn=detection_collate,
@@ -418,7 +417,7 @@ def detection_data_info(train: DetectionDataset, cfg: DetectionConfig, in_chans:
 
 def check_target(spec: str) -> None:
     """Raise a LoadError for targets that cannot be detection backbones (raw pixels)."""
-    from selfsup.export import LoadError
+    from selfsup.safeload import LoadError
 
     if spec == "pixels":
         raise LoadError("raw pixels have no feature maps to detect from; evaluate an encoder, and use "

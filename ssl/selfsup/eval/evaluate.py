@@ -37,7 +37,9 @@ from selfsup.eval.features import FeatureCache, dataset_fingerprint, extract_fea
 from selfsup.eval.layers import Stage, encoder_stages, select_stages, stage_tag
 from selfsup.eval.knn import IndexOptions, knn_evaluate_with_index
 from selfsup.eval.linear import probe_protocol, sklearn_probe
-from selfsup.export import LoadError, is_export_dir, load_encoder
+from selfsup.artifacts.load import load_encoder
+from selfsup.rundir import is_export_dir
+from selfsup.safeload import LoadError
 
 
 STORAGE = {"F16": "float16", "F32": "float32"}  # safetensors dtype code -> name in results.json

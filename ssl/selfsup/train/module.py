@@ -15,15 +15,13 @@ from torch import Tensor, nn
 from selfsup.config import ConfigError, RunConfig, build_config, method_name, to_dict
 from selfsup.data import CleanTransform, DataInfo
 from selfsup.encoders import create_encoder, is_convnet
+from selfsup.losses import NonFiniteLossError
 from selfsup.methods import METHODS, Method
 from selfsup.train.optim import build_optimizer, build_scheduler
 from selfsup.train.state import rng_state, set_rng_state
+from selfsup.version import __version__
 
 CHECKPOINT_KEY = "selfsup"
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or inf; the message names the step, the terms and the last good checkpoint."""
 
 
 class NonFiniteGradientError(NonFiniteLossError):
@@ -191,8 +189,6 @@ class PretrainModule(L.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from selfsup import __version__
-
         checkpoint[CHECKPOINT_KEY] = {"config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
                                       "version": __version__, "rng": rng_state()}
         if self._trainer is not None:  # metrics on disk before the checkpoint that covers them
@@ -211,8 +207,6 @@ def enable_grad_checkpointing(encoder: nn.Module, name: str) -> None:
     try:
         encoder.set_grad_checkpointing(True)
     except (AssertionError, NotImplementedError, AttributeError):
-        from selfsup.config import ConfigError
-
         raise ConfigError(f"trainer.grad_checkpointing: timm's {name!r} does not support gradient "
                           f"checkpointing; set it to false") from None
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from selfsup.config import OptimConfig
+from selfsup.schedules import cosine_factors  # noqa: F401 - used below; tests import it from here too
 
 
 def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
@@ -29,15 +30,6 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module, global_batch: int,
     groups += extra_groups or []
     kwargs = {"momentum": cfg.momentum} if cfg.name in ("sgd", "lars") else {}
     return timm.optim.create_optimizer_v2(groups, opt=cfg.name, lr=lr, weight_decay=cfg.weight_decay, **kwargs)
-
-
-def cosine_factors(total_steps: int, warmup_steps: int, min_ratio: float) -> torch.Tensor:
-    """Per-step multipliers of the peak lr: linear warmup to 1, then cosine to ``min_ratio``."""
-    steps = torch.arange(total_steps + 1, dtype=torch.float64)
-    warm = (steps + 1) / max(1, warmup_steps)
-    progress = ((steps - warmup_steps) / max(1, total_steps - warmup_steps)).clamp(0, 1)
-    cos = min_ratio + (1 - min_ratio) * 0.5 * (1 + torch.cos(math.pi * progress))
-    return torch.where(steps < warmup_steps, warm, cos)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int,

@@ -28,11 +28,9 @@ from selfsup.config import ConfigError, RunConfig, dump_yaml, load_config, to_di
 from selfsup.train.state import AtomicCheckpointIO, ResumableCSVLogger
 from selfsup.data import build_dataset, make_loader, subset
 from selfsup.fileio import LockedError, ensure_dir, file_lock, lock_holder, write_json, write_text
+from selfsup.rundir import CHECKPOINT_DIR, CONFIG_FILE, RunDir
 from selfsup.train.module import PretrainModule
 
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
-LOCK_FILE = ".lock"  # held (flock) by the process writing the run; holds its pid
 
 
 RUN_DIR_ENV = "SELFSUP_RUN_DIR"  # how the processes Lightning launches for DDP find rank 0's run directory
@@ -104,11 +102,11 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
     """
     run_dir = Path(run_dir)
     if run_dir.resolve() not in _HELD:
-        holder = lock_holder(run_dir / LOCK_FILE)
+        holder = lock_holder(RunDir(run_dir).lock)
         if holder is not None:
             raise RunDirError(_in_use(run_dir, holder))
     if resume:
-        last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+        last = RunDir(run_dir).last_checkpoint
         if not last.is_file():
             raise FileNotFoundError(f"cannot resume: {last} does not exist")
         return
@@ -147,7 +145,7 @@ def hold_run_dir(run_dir: str | Path, resume: bool = False) -> Iterator[None]:
     ensure_dir(run_dir)
     with ExitStack() as stack:
         try:
-            stack.enter_context(file_lock(run_dir / LOCK_FILE, wait=False))
+            stack.enter_context(file_lock(RunDir(run_dir).lock, wait=False))
         except LockedError as err:
             raise RunDirError(_in_use(run_dir, err.holder)) from None
         _HELD[key] = 1
@@ -255,7 +253,7 @@ def record_config(run_dir: Path, cfg: RunConfig, resume: bool, changes: list[str
     """Write the run's config.yaml: a new run's, or on a resume that changed allowed keys
     the new one, after keeping the previous file as ``config.before-resume-N.yaml``
     (an unchanged resume rewrites nothing)."""
-    path = run_dir / CONFIG_FILE
+    path = RunDir(run_dir).config
     if not resume:
         write_text(dump_yaml(cfg), path)
         return
@@ -367,7 +365,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         check_run_dir(run_dir, resume)
         if resume:
             changes = resume_changes(load_run_config(run_dir), cfg)
-    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    last = RunDir(run_dir).last_checkpoint
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     train_ds = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
@@ -397,10 +395,10 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     with hold_run_dir(run_dir, resume):
         if owner:
             record_config(run_dir, cfg, resume, changes, log)
-        bad_files = run_dir / "bad_files.txt"
+        bad_files = RunDir(run_dir).bad_files
         train_ds.set_bad_file_log(bad_files)
         if owner:
-            write_json(dataclasses.asdict(info), run_dir / "data_info.json")
+            write_json(dataclasses.asdict(info), RunDir(run_dir).data_info)
         log(f"[pretrain] {type(module.method).__name__} on {cfg.data.name} ({len(train_ds)} images, "
             f"{info.in_chans}x{info.image_size}x{info.image_size}; "
             f"{describe_plan(plan, cfg.data.batch_size, trainer.world_size)}), encoder {cfg.encoder.name}, "
@@ -422,7 +420,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         if module.trained_batches == 0 and (module.skipped_batches or trainer.global_step == 0):
             removed = owner and trainer.is_global_zero and not resume  # a new run's untrained initial weights
             if removed:
-                shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+                shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)
             raise NoStepsError(no_steps_message(module.skipped_batches, removed))
         if bad_files.is_file() and trainer.is_global_zero:
             n = len({line.split("\t")[0] for line in bad_files.read_text().splitlines()})
@@ -451,13 +449,13 @@ def build_trainer(cfg: RunConfig, module: PretrainModule, run_dir: Path,
         # last.ckpt only in an epoch that saved one, so top-k 0 would leave no checkpoint until the end
         # no version counter: a run directory that was moved or copied resumes from last.ckpt and
         # must overwrite it (Lightning would otherwise write last-v1.ckpt beside the stale one)
-        ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="epoch{epoch:03d}", save_last=True,
+        ModelCheckpoint(dirpath=RunDir(run_dir).checkpoints, filename="epoch{epoch:03d}", save_last=True,
                         save_top_k=1, every_n_epochs=1, auto_insert_metric_name=False, enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
     ]
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
-    loggers: list[Any] = [ResumableCSVLogger(save_dir=str(run_dir), name="", version="logs")]
+    loggers: list[Any] = [ResumableCSVLogger(save_dir=str(run_dir), name="", version=RunDir(run_dir).logs_name)]
     if importlib.util.find_spec("tensorboard") is not None:
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -495,8 +493,6 @@ def fsdp_strategy(module: PretrainModule, cfg: RunConfig) -> Any:
     shard unit, so a block's weights are gathered only while it runs (timm's activation
     checkpointing, ``trainer.grad_checkpointing``, composes with it)."""
     from lightning.pytorch.strategies import FSDPStrategy
-
-    from selfsup.config import ConfigError
 
     if any(name.endswith("teacher") for name, _ in module.method.named_children()):
         raise ConfigError(f"trainer.strategy=fsdp: {type(module.method).__name__}'s momentum teacher is updated "
@@ -569,10 +565,10 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
     try:  # the data is checked before any feature is extracted
         if distributed.is_distributed():  # every rank extracts its share of the features; rank 0 scores them
             quiet = log if distributed.rank() == 0 else lambda s: None
-            prepared = [cache_features(t, cfg, run_dir / "features", log=quiet) for t in targets]
+            prepared = [cache_features(t, cfg, RunDir(run_dir).features, log=quiet) for t in targets]
             if distributed.rank() != 0:
                 return []
-        per_target = [evaluate_layers(t, cfg, run_dir / "features", log=log, prepared=p)
+        per_target = [evaluate_layers(t, cfg, RunDir(run_dir).features, log=log, prepared=p)
                       for t, p in zip(targets, prepared)]  # one row per stage of eval.layers (pixels: one)
     except NotScorable as err:
         if distributed.rank() == 0:
@@ -582,9 +578,9 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
     for row in per_target[0]:
         row["label"] = f"{cfg.method.__class__.__name__.removesuffix('Config')} {cfg.encoder.name} (pretrained)"
     rows = [row for target_rows in per_target for row in target_rows]
-    write_json(rows, run_dir / "results.json")
+    write_json(rows, RunDir(run_dir).results_json)
     table = markdown_table(rows)
-    write_text(table, run_dir / "results.md")
+    write_text(table, RunDir(run_dir).results_md)
     return rows
 
 
@@ -592,14 +588,15 @@ def finish_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print
     """Evaluate and export after pretraining; returns the markdown table (None on the ranks
     other than 0 of a distributed run, which only help extract features, and when the
     training data has no labels to evaluate with: the encoder is exported all the same)."""
-    from selfsup.export import export_encoder, results_summary
+    from selfsup.artifacts.card import results_summary
+    from selfsup.artifacts.load import export_encoder
 
     rows = evaluate_run(run_dir, cfg, log)
     if distributed.rank() != 0:
         return None
-    export_dir = export_encoder(run_dir, run_dir / "export", results=results_summary(rows) if rows else None)
+    export_dir = export_encoder(run_dir, RunDir(run_dir).export, results=results_summary(rows) if rows else None)
     log(f"[export] encoder written to {export_dir} (loads with timm.create_model, see {export_dir / 'config.json'})")
-    return (run_dir / "results.md").read_text() if rows else None
+    return RunDir(run_dir).results_md.read_text() if rows else None
 
 
 def saved_config(path: str | Path, overrides: list[str] = ()) -> RunConfig | None:
@@ -608,11 +605,14 @@ def saved_config(path: str | Path, overrides: list[str] = ()) -> RunConfig | Non
     none of these, or an export whose card holds no training config (the caller then uses
     the defaults plus the overrides). A checkpoint selfsup did not write is a LoadError."""
     from selfsup.config import apply_override, build_config
-    from selfsup.export import check_selfsup_checkpoint, describe_file, is_export_dir, load_checkpoint, read_card
+    from selfsup.artifacts.validate import read_card
+    from selfsup.rundir import is_export_dir
+    from selfsup.safeload import describe_file, load_checkpoint
+    from selfsup.train.checkpoint import check_selfsup_checkpoint
     from selfsup.train.module import CHECKPOINT_KEY
 
     p = Path(path)
-    if (p / CONFIG_FILE).is_file():
+    if RunDir(p).is_run():
         return load_run_config(p, overrides)
     raw = None
     if p.is_file() and describe_file(p) in ("a PyTorch checkpoint", "a pickle"):
@@ -629,7 +629,7 @@ def saved_config(path: str | Path, overrides: list[str] = ()) -> RunConfig | Non
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
-    path = Path(run_dir) / CONFIG_FILE
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a selfsup run directory")
     return load_config(path, overrides)

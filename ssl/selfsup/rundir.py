@@ -1,0 +1,126 @@
+"""The layout of a run directory, and nothing else: every module asks :class:`RunDir` for a path.
+
+A run directory (``selfsup pretrain`` writes one under ``runs/``) holds::
+
+    config.yaml            the resolved run config (what built the model)
+    data_info.json         what the method saw of the data (channels, size, mean/std, ...)
+    bad_files.txt          images of an image folder that could not be decoded (when there were any)
+    .lock                  held (flock) by the process writing the run; holds its pid
+    checkpoints/last.ckpt  the last Lightning checkpoint (other *.ckpt beside it)
+    logs/                  CSV (and TensorBoard) logs
+    features/              cached frozen features of the evaluation
+    results.json / .md     evaluation rows and their markdown table
+    export/                the export directory (see selfsup.artifacts.exportdir)
+    eval-<data>[-<hash>]/  `selfsup eval RUN` on other data or eval settings than the run's
+    detection/<dataset>/   `selfsup eval RUN --task detection`
+
+This module sits on the bottom layer (beside ``fileio``): it imports nothing from selfsup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_FILE = "config.yaml"
+DATA_INFO_FILE = "data_info.json"
+BAD_FILES = "bad_files.txt"
+LOCK_FILE = ".lock"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+LOGS_DIR = "logs"
+FEATURES_DIR = "features"
+RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+EXPORT_DIR = "export"
+DETECTION_DIR = "detection"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The paths of run directory ``root`` (none of them needs to exist)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def data_info(self) -> Path:
+        return self.root / DATA_INFO_FILE
+
+    @property
+    def bad_files(self) -> Path:
+        return self.root / BAD_FILES
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINT_DIR
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / LAST_CHECKPOINT
+
+    @property
+    def logs_name(self) -> str:
+        """The logs folder's name inside ``root`` (Lightning's loggers take the root and this name)."""
+        return LOGS_DIR
+
+    @property
+    def logs(self) -> Path:
+        return self.root / LOGS_DIR
+
+    @property
+    def features(self) -> Path:
+        return self.root / FEATURES_DIR
+
+    @property
+    def results_json(self) -> Path:
+        return self.root / RESULTS_JSON
+
+    @property
+    def results_md(self) -> Path:
+        return self.root / RESULTS_MD
+
+    @property
+    def export(self) -> Path:
+        return self.root / EXPORT_DIR
+
+    @property
+    def detection(self) -> Path:
+        return self.root / DETECTION_DIR
+
+    def eval_dir(self, tag: str) -> Path:
+        """Where `selfsup eval RUN` writes for other data or eval settings: ``eval-<tag>/``."""
+        return self.root / f"eval-{tag}"
+
+    def checkpoint_files(self) -> list[Path]:
+        """The ``*.ckpt`` files in ``checkpoints/``, sorted by name (empty when there is none)."""
+        return sorted(self.checkpoints.glob("*.ckpt")) if self.checkpoints.is_dir() else []
+
+    def is_run(self) -> bool:
+        """Whether ``root`` is a run directory (it has ``config.yaml``)."""
+        return self.config.is_file()
+
+    def has_checkpoint(self) -> bool:
+        return self.last_checkpoint.is_file()
+
+
+# The export directory's own files (written by selfsup.artifacts.exportdir; interop files are named in
+# selfsup.artifacts.interop). Named here so that the bottom layer can tell an export directory from a run.
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
+EXPORT_README = "README.md"
+
+
+def is_export_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds an export directory's ``config.json`` and ``model.safetensors``."""
+    path = Path(path)
+    return (path / EXPORT_CONFIG).is_file() and (path / EXPORT_WEIGHTS).is_file()

@@ -1,0 +1,120 @@
+"""An export directory is a timm / Hugging Face Hub model directory: timm.create_model("local-dir:DIR") builds
+the encoder with its weights, timm.data.resolve_model_data_config returns the export's own input size and
+normalisation; exports written before timm's schema (flat config.json) still load; written files follow
+the umask."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.data import resolve_model_data_config
+
+import selfsup
+from selfsup.config import load_config
+from selfsup.data import DataInfo
+from selfsup.encoders import create_encoder
+from selfsup.export import LoadError, export_formats, make_card, write_export
+
+pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # tracing the ViT's shape checks
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RESNET = ("resnet18", "simclr", {"channels": [8, 16, 32, 64], "stem_width": 8, "output_stride": 16})
+VIT = ("vit_tiny_patch16_224", "mae", {"img_size": 24, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2})
+# not ImageNet's (3, 224, 224) and mean/std, and not equal across channels: a default or a swap shows
+INFO = DataInfo(2, 24, 10, (0.1, 0.7), (0.3, 0.45), 64)
+
+
+def _export(out: Path, spec: tuple, info: DataInfo = INFO) -> torch.nn.Module:
+    arch, method, kwargs = spec
+    torch.manual_seed(0)
+    enc = create_encoder(arch, info.in_chans, kwargs, fair_random_init=True).eval()
+    cfg = load_config(None, [f"method.name={method}", "data.name=digits", f"data.image_size={info.image_size}",
+                             f"encoder.name={arch}", f"encoder.kwargs={json.dumps(kwargs)}"])
+    write_export(enc, make_card(cfg, info, enc), out)
+    return enc
+
+
+@pytest.mark.parametrize("spec", [RESNET, VIT], ids=["convnet", "vit"])
+def test_local_dir_gives_the_encoder_with_identical_features(tmp_path, spec):
+    out = tmp_path / "export"
+    enc = _export(out, spec)
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    assert type(model) is type(enc) and model.num_classes == 0
+    x = torch.randn(3, 2, 24, 24)
+    with torch.no_grad():
+        ref = enc(x)  # [3, D]
+        assert torch.equal(model(x), ref)
+        assert torch.equal(selfsup.load_encoder(out)(x), ref)
+        fresh = timm.create_model(spec[0], num_classes=0, in_chans=2, **spec[2]).eval()
+        assert not torch.allclose(fresh(x), ref, atol=1e-3)  # local-dir did load the weights
+    for name, t in enc.state_dict().items():
+        assert torch.equal(model.state_dict()[name], t), name
+
+
+@pytest.mark.parametrize("spec", [RESNET, VIT], ids=["convnet", "vit"])
+def test_resolve_model_data_config_returns_the_exports_settings(tmp_path, spec):
+    out = tmp_path / "export"
+    _export(out, spec)
+    config = resolve_model_data_config(timm.create_model(f"local-dir:{out}", pretrained=True))
+    assert config["input_size"] == (2, 24, 24)
+    assert config["mean"] == pytest.approx(INFO.mean) and config["std"] == pytest.approx(INFO.std)
+    assert config["crop_pct"] == 1.0 and config["interpolation"] == "bilinear"
+    raw = json.loads((out / "config.json").read_text())
+    assert raw["num_classes"] == 0 and raw["model_args"] == {"in_chans": 2, **spec[2]}
+    assert raw["pretrained_cfg"]["license"] == "apache-2.0"
+    assert raw["global_pool"] == ("avg" if spec is RESNET else "token")
+    assert raw["selfsup"]["format_version"] == 2 and raw["selfsup"]["method"] == spec[1]
+    assert raw["selfsup"]["load_with_timm"] == "timm.create_model('local-dir:export', pretrained=True)"
+
+
+@pytest.mark.parametrize("tag", ["resnet", "vit"])
+def test_exports_written_before_timms_schema_still_load(tag, tmp_path):
+    """tests/fixtures/export_v1_*: exports written by selfsup before issue 15 (flat config.json, written by
+    tests/fixtures/make_export_v1.py at that commit), with the features that encoder gave on a fixed input."""
+    old = FIXTURES / f"export_v1_{tag}"
+    raw = json.loads((old / "config.json").read_text())
+    assert "pretrained_cfg" not in raw and "kwargs" in raw and "in_chans" in raw  # the old, flat format
+    ref = load_file(str(FIXTURES / f"export_v1_{tag}_features.safetensors"))
+    enc = selfsup.load_encoder(old)
+    assert enc.selfsup_info == DataInfo(1, 8, 10, (0.5,), (0.25,))
+    with torch.no_grad():
+        assert torch.equal(enc(ref["x"]), ref["features"])
+    # its card is still checked field by field, in its own spelling
+    copy = Path(shutil.copytree(old, tmp_path / "old"))
+    (copy / "config.json").write_text(json.dumps({**raw, "std": [0]}))
+    with pytest.raises(LoadError, match=r"config\.json': \"std\" is \[0\], but it must be a list of finite numbers > 0"):
+        selfsup.load_encoder(copy)
+    # adding a format rewrites config.json in timm's schema; the encoder is unchanged and timm loads it
+    (copy / "config.json").write_text(json.dumps(raw))
+    export_formats(copy, ["torchscript"])
+    assert "pretrained_cfg" in json.loads((copy / "config.json").read_text())
+    with torch.no_grad():
+        assert torch.equal(selfsup.load_encoder(copy)(ref["x"]), ref["features"])
+        assert torch.equal(timm.create_model(f"local-dir:{copy}", pretrained=True).eval()(ref["x"]), ref["features"])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    """Every file of an export has the mode open(path, "w") gives under the umask (model.safetensors was 0600:
+    unreadable to the other users of a shared disk)."""
+    previous = os.umask(umask)
+    try:
+        out = tmp_path / "export"
+        _export(out, RESNET, DataInfo(1, 16, 10, (0.5,), (0.25,), 64))
+        export_formats(out, ["torchscript"])
+        (tmp_path / "reference").write_text("")  # what the OS gives a plain new file under this umask
+    finally:
+        os.umask(previous)
+    want = stat.S_IMODE((tmp_path / "reference").stat().st_mode)
+    assert want == 0o666 & ~umask
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert set(modes) == {"model.safetensors", "config.json", "README.md", "model.torchscript.pt"}
+    assert modes == dict.fromkeys(modes, want), {k: oct(v) for k, v in modes.items()}
