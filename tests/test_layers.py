@@ -3,6 +3,8 @@ VISSL, all from one forward pass, cached per stage, one result row per stage, th
 
 import math
 
+import numpy as np
+
 import pytest
 import timm
 import torch
@@ -150,6 +152,44 @@ def test_one_pass_gives_every_stage_and_the_last_equals_todays_features(tmp_path
     for s in stages:
         assert rows.features(s.name).shape[0] == 40 and rows.features(s.name).isfinite().all()
     assert list(tmp_path.iterdir()) == []  # the scratch files are unlinked at once
+
+
+def test_stage_rows_in_memory_and_on_disk_hold_the_same_rows(tmp_path, monkeypatch):
+    """Rows that fit the memory budget stay in memory; a budget they exceed sends every stage to
+    unlinked scratch files; both give the same features, and so does extract_stages either way."""
+    import selfsup.eval.features as feats
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"a": torch.randn(5, 3, generator=g), "b": torch.randn(5, 7, generator=g)} for _ in range(3)]
+    need = 4 * 15 * (3 + 7)  # float32 bytes of every stage's 15 rows
+    small, large = feats.StageRows(tmp_path, 15, budget=need - 1), feats.StageRows(tmp_path, 15, budget=need)
+    for batch in batches:
+        small.append(batch)
+        large.append(batch)
+    assert small.on_disk is True and large.on_disk is False
+    assert type(small._maps["a"]) is np.memmap and type(large._maps["a"]) is np.ndarray
+    for name in ("a", "b"):
+        expected = torch.cat([b[name] for b in batches])  # [15, D]
+        assert torch.equal(small.features(name), expected) and torch.equal(large.features(name), expected)
+    assert list(tmp_path.iterdir()) == []
+    enc = model("resnet18", **TINY_RESNET)
+    stages = encoder_stages(enc, "resnet18")
+    in_memory, _ = extract_stages(enc, images(12), INFO16, stages, "grid", tmp_path, batch_size=8)
+    monkeypatch.setattr(feats, "memory_budget", lambda: 0)
+    on_disk, _ = extract_stages(enc, images(12), INFO16, stages, "grid", tmp_path, batch_size=8)
+    assert in_memory.on_disk is False and on_disk.on_disk is True
+    for s in stages:
+        assert torch.equal(in_memory.features(s.name), on_disk.features(s.name))
+
+
+def test_memory_budget_is_an_eighth_of_memory_at_most_2_gib(monkeypatch):
+    import selfsup.eval.features as feats
+
+    sizes = {"SC_PHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(feats.os, "sysconf", lambda key: sizes[key])
+    assert feats.memory_budget() == 1000 * 4096 // 8
+    sizes["SC_PHYS_PAGES"] = 64 << 20  # 256 GiB of 4 KiB pages
+    assert feats.memory_budget() == 2 << 30
 
 
 def test_stages_before_the_last_stop_early(tmp_path):

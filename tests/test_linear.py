@@ -25,7 +25,7 @@ def noisy_linear_set(classes=12, n=3000, dim=20, noise=1.5, seed=0):
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Every _train_heads call as (rows, settings, heads); fewer minimum steps to stay fast."""
+    """Every _train_heads call as (rows, settings, heads)."""
     calls = []
     real = linear._train_heads
 
@@ -35,7 +35,6 @@ def spy(monkeypatch):
         return heads
 
     monkeypatch.setattr(linear, "_train_heads", record)
-    monkeypatch.setattr(linear, "MIN_STEPS", 300)
     return calls
 
 
@@ -196,7 +195,6 @@ def test_protocol_checks_each_split_once_not_once_per_probe(spy, monkeypatch):
         return real(x, what, *args)
 
     monkeypatch.setattr(linear, "check_finite", counting)
-    monkeypatch.setattr(linear, "MIN_STEPS", 4)  # what is counted here is scans, not accuracy
     x, y = noisy_linear_set(n=600)
     res = probe_protocol(x[:500], y[:500], x[500:], y[500:], 12, [0.1], [0.0], fractions=(1.0, 0.5, 0.2), seeds=2,
                          epochs=2, batch_size=256)
@@ -225,3 +223,55 @@ def test_one_probe_seed_shows_no_spread_it_did_not_measure():
     two = table([{"top1": 95.0, "top5": 99.0, "lr": 0.1, "weight_decay": 0.0},
                  {"top1": 96.0, "top5": 99.0, "lr": 0.1, "weight_decay": 0.0}])
     assert f"95.50 ± {statistics.stdev([95.0, 96.0]):.2f}" in two and "sample standard deviation over 2" in two
+
+
+def per_head_reference(x, y, num_classes, settings, epochs, batch_size, seed):
+    """The probe grid as it was written before the heads were stacked: one nn.Linear per
+    setting, autograd, torch.optim.SGD with a param group per setting, CosineAnnealingLR."""
+    g = torch.Generator().manual_seed(seed)
+    heads = []
+    for _ in settings:
+        head = torch.nn.Linear(x.shape[1], num_classes)
+        with torch.no_grad():
+            head.weight.normal_(0, 0.01, generator=g)
+            head.bias.zero_()
+        heads.append(head)
+    opt = torch.optim.SGD([{"params": h.parameters(), "lr": lr, "weight_decay": wd}
+                           for h, (lr, wd) in zip(heads, settings)], lr=0.1, momentum=0.9)
+    batch, epochs = linear.probe_schedule(len(x), epochs, batch_size)
+    per_epoch = -(-len(x) // batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(per_epoch):
+            idx = perm[i * batch:(i + 1) * batch]
+            loss = sum(torch.nn.functional.cross_entropy(h(x[idx]), y[idx]) for h in heads)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return heads
+
+
+def test_stacked_heads_equal_separately_trained_heads():
+    """One stacked weight with a hand-written gradient and SGD gives the numbers of separate
+    heads trained by autograd and torch.optim.SGD (the code it replaced), for every setting,
+    including a last batch smaller than the others and weight decay on the bias."""
+    x, y = noisy_linear_set(n=700, dim=24)
+    settings = [(0.01, 0.0), (0.3, 1e-4), (0.1, 1e-2), (1e-7, 0.0)]
+    got = linear._train_heads(x, y, 12, settings, 4, 256, 5)  # 700 rows: batches of 88, the last of 84
+    ref = per_head_reference(x, y, 12, settings, 4, 256, 5)
+    for a, b in zip(got, ref):
+        assert torch.allclose(a.weight, b.weight, atol=1e-5, rtol=1e-4)
+        assert torch.allclose(a.bias, b.bias, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got[0].weight, got[1].weight)  # the settings trained differently
+
+
+def test_probe_schedule_follows_the_data():
+    """Epochs are kept; a set of fewer than 8 full batches gets smaller batches (8 steps an
+    epoch), so a probe costs epochs x rows, not a fixed 1,000 full batches."""
+    assert linear.probe_schedule(54_000, 60, 1024) == (1024, 60)
+    assert linear.probe_schedule(8192, 60, 1024) == (1024, 60)
+    assert linear.probe_schedule(1437, 60, 1024) == (180, 60)
+    assert linear.probe_schedule(600, 60, 1024) == (75, 60)
+    assert linear.probe_schedule(5, 60, 1024) == (1, 60)

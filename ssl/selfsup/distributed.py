@@ -1,10 +1,11 @@
 """The few collective operations the contrastive methods need; each is the identity
 when ``torch.distributed`` is not initialised or has one process.
 
-``gather`` concatenates a tensor from every rank along dim 0 and is differentiable: the
-backward pass sums the gradient of the gathered tensor over all ranks and returns the
-local slice, so each rank receives the gradient of *every* rank's loss with respect to
-its own rows. With DDP averaging parameter gradients over ranks, this gives exactly the
+``gather`` concatenates a tensor from every rank along dim 0 and is differentiable
+(``torch.distributed.nn.functional.all_gather``): the backward pass sums the gradient of
+the gathered tensor over all ranks and returns the local slice (a reduce-scatter on NCCL,
+an all-to-all and a sum on gloo), so each rank receives the gradient of *every* rank's loss
+with respect to its own rows. With DDP averaging parameter gradients over ranks, this gives exactly the
 gradient of the mean loss over the global batch (tests/test_contrastive.py checks it
 against one process on the concatenated batch). Rows that do not require gradients
 (keys of a momentum encoder) are gathered without any backward communication.
@@ -25,6 +26,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import Tensor
 
 
@@ -47,29 +49,13 @@ def _all_gather_cat(x: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather forward; backward: all-reduce (sum) the gathered gradient, keep the local rows."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.rows = x.shape[0]
-        return _all_gather_cat(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
-
-
 def gather(x: Tensor) -> Tensor:
     """``[b, ...]`` on each of R ranks -> ``[R*b, ...]`` (rank order); every rank must pass
     the same ``b``. Differentiable as described in the module docstring."""
     if not is_distributed():
         return x
-    if x.requires_grad:
-        return _GatherWithGrad.apply(x)
+    if x.requires_grad:  # torch's differentiable all_gather: backward is a reduce-scatter of the gradient
+        return torch.cat(dist_nn.all_gather(x))
     return _all_gather_cat(x)
 
 

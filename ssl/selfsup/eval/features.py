@@ -143,19 +143,35 @@ def extract_features(encoder: nn.Module, ds: ImageDataset, info: DataInfo, batch
     return distributed.gather_to_rank0(mine), distributed.gather_to_rank0(my_labels)
 
 
+def memory_budget() -> int:
+    """Bytes of stage rows :class:`StageRows` keeps in memory: an eighth of the machine's
+    physical memory, at most 2 GiB (2 GiB when the size is unknown)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 2 << 30
+    return min(2 << 30, total // 8)
+
+
 class StageRows:
-    """Rows of several stages' features, written a batch at a time into float32 scratch files
-    (``np.memmap`` in ``directory``, unlinked at once: the disk space is freed when the last view
-    goes), so extracting every stage of 60k images never holds them all in memory.
+    """Rows of several stages' features, appended a batch at a time: in memory when all
+    stages' float32 rows fit ``budget`` bytes (:func:`memory_budget`), else in float32 scratch
+    files (``np.memmap`` in ``directory``, unlinked at once: the disk space is freed when the
+    last view goes), so extracting every stage of 60k images never needs them all in memory.
+    Writing rows to scratch files costs about a fifth of the extraction's time
+    (benchmarks/results/layers.md), so memory is used where it suffices.
 
     ``append({stage: [B, D_stage]})`` adds a batch; ``features(stage)`` is the float32 ``[n, D]``
-    tensor of the rows written (a view of the scratch file, paged in as read)."""
+    tensor of the rows written (in memory, or a view of the scratch file paged in as read);
+    ``on_disk`` says which."""
 
-    def __init__(self, directory: str | Path, max_rows: int) -> None:
+    def __init__(self, directory: str | Path, max_rows: int, budget: int | None = None) -> None:
         self.directory = Path(directory)
         self.max_rows = max_rows
+        self.budget = memory_budget() if budget is None else budget
         self.n = 0
-        self._maps: dict[str, np.memmap] = {}
+        self.on_disk: bool | None = None  # decided by the first batch, which gives every stage's width
+        self._maps: dict[str, np.ndarray] = {}
 
     def _scratch(self, dim: int) -> np.memmap:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -174,9 +190,12 @@ class StageRows:
         b = rows.pop()
         if self.n + b > self.max_rows:
             raise ValueError(f"more rows ({self.n + b}) than the {self.max_rows} expected")
+        if self.on_disk is None:
+            self.on_disk = 4 * max(1, self.max_rows) * sum(v.shape[1] for v in vectors.values()) > self.budget
         for name, v in vectors.items():
             if name not in self._maps:
-                self._maps[name] = self._scratch(v.shape[1])
+                self._maps[name] = (self._scratch(v.shape[1]) if self.on_disk
+                                    else np.empty((max(1, self.max_rows), v.shape[1]), dtype=np.float32))
             torch.from_numpy(self._maps[name])[self.n:self.n + b] = v.float().cpu()  # [B, D]
         self.n += b
 

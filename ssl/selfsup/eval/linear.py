@@ -33,32 +33,44 @@ from selfsup.data.datasets import DataError
 from selfsup.eval.knn import check_finite, check_labels, topk_accuracy
 
 
-MIN_STEPS = 1000  # small (low-shot) training sets get more epochs, so that every probe takes this many steps
+STEPS_PER_EPOCH = 8  # a training set smaller than this many batches gets smaller batches
+
+
+def probe_schedule(n: int, epochs: int, batch_size: int) -> tuple[int, int]:
+    """(batch, epochs) of a probe on ``n`` rows: ``epochs`` passes over the data, in batches of
+    ``batch_size`` rows, or of ``ceil(n / STEPS_PER_EPOCH)`` when that is smaller, so a small
+    (low-shot) set still takes :data:`STEPS_PER_EPOCH` SGD steps per epoch. The step count
+    follows the data: a probe costs ``epochs * n`` rows whatever ``n`` (a fixed minimum of
+    1,000 steps made a 1,437-image probe cost as much as a 60k-row one;
+    benchmarks/results/probe.md)."""
+    return max(1, min(batch_size, math.ceil(n / STEPS_PER_EPOCH))), epochs
 
 
 def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[float, float]],
                  epochs: int, batch_size: int, seed: int) -> list[nn.Linear]:
     """One linear head per (lr, wd) setting, trained together with SGD (momentum 0.9,
     weight decay on weight and bias, cosine schedule: ``torch.optim.SGD`` with
-    ``CosineAnnealingLR``) on standardised features ``x`` [N, D], for ``epochs`` or at least
-    :data:`MIN_STEPS` steps.
+    ``CosineAnnealingLR``) on standardised features ``x`` [N, D], for ``epochs`` in batches of
+    at most ``batch_size`` (:func:`probe_schedule`).
 
     The S heads are one stacked weight [S, C, D], so every batch is read once by one matmul
     instead of once per head: the probe is bound by reading ``x`` (9k-dim stage features of
     60k images are 2 GB), and a grid of 12 settings otherwise reads it 12 times. The
-    optimiser is written out because the settings' learning rates and weight decays are
-    slices of one tensor; the heads' numbers equal separate heads trained by
-    ``torch.optim.SGD`` up to float rounding (tests/test_linear.py)."""
+    gradient (softmax minus one-hot, the cross-entropy's) and the optimiser are written out,
+    because the settings' learning rates and weight decays are slices of one tensor and
+    autograd's bookkeeping cost more than the arithmetic on small sets; the heads' numbers
+    equal separate heads trained by autograd and ``torch.optim.SGD`` up to float rounding
+    (tests/test_linear.py)."""
     g = torch.Generator().manual_seed(seed)
     n_set, dim = len(settings), x.shape[1]
     weight = torch.stack([torch.empty(num_classes, dim).normal_(0, 0.01, generator=g) for _ in settings])  # [S, C, D]
     bias = torch.zeros(n_set, num_classes)  # [S, C]
-    params = [weight.requires_grad_(), bias.requires_grad_()]
+    params = [weight, bias]
     base_lr = torch.tensor([lr for lr, _ in settings], dtype=torch.float64)  # [S]
     wd = torch.tensor([w for _, w in settings])  # [S]
     momentum = [torch.zeros_like(weight), torch.zeros_like(bias)]
+    batch_size, epochs = probe_schedule(len(x), epochs, batch_size)
     steps_per_epoch = math.ceil(len(x) / batch_size)
-    epochs = max(epochs, math.ceil(MIN_STEPS / steps_per_epoch))
     total = epochs * steps_per_epoch
     step = 0
     for _ in range(epochs):
@@ -66,20 +78,23 @@ def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[fl
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size:(i + 1) * batch_size]
             xb, yb = x[idx], y[idx]  # [B, D], [B]
-            logits = (xb @ weight.reshape(n_set * num_classes, dim).T).view(len(xb), n_set, num_classes) + bias  # [B, S, C]
-            # the sum over heads of each head's mean cross-entropy
-            loss = F.cross_entropy(logits.transpose(1, 2), yb[:, None].expand(-1, n_set), reduction="sum") / len(xb)
-            grads = torch.autograd.grad(loss, params)
+            b = len(xb)
+            logits = (xb @ weight.reshape(n_set * num_classes, dim).T).view(b, n_set, num_classes) + bias  # [B, S, C]
+            # gradient of the sum over heads of each head's mean cross-entropy: (softmax - one-hot) / B
+            delta = logits.softmax(-1)  # [B, S, C]
+            delta[torch.arange(b), :, yb] -= 1
+            delta /= b
+            grads = [(delta.reshape(b, n_set * num_classes).T @ xb).view(n_set, num_classes, dim),  # [S, C, D]
+                     delta.sum(0)]  # [S, C]
             lr = (base_lr * (1 + math.cos(math.pi * step / total)) / 2).float()  # [S] cosine, as CosineAnnealingLR
-            with torch.no_grad():
-                for p, grad, buf in zip(params, grads, momentum):
-                    shape = (n_set,) + (1,) * (p.dim() - 1)
-                    d_p = grad + wd.view(shape) * p
-                    if step == 0:
-                        buf.copy_(d_p)
-                    else:
-                        buf.mul_(0.9).add_(d_p)
-                    p.sub_(lr.view(shape) * buf)
+            for p, grad, buf in zip(params, grads, momentum):
+                shape = (n_set,) + (1,) * (p.dim() - 1)
+                d_p = grad + wd.view(shape) * p
+                if step == 0:
+                    buf.copy_(d_p)
+                else:
+                    buf.mul_(0.9).add_(d_p)
+                p.sub_(lr.view(shape) * buf)
             step += 1
     heads = []
     for s in range(n_set):
@@ -146,7 +161,7 @@ def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: 
     n_val = min(len(train) - 1, max(1, int(round(val_fraction * len(train)))))
     val_idx, fit_idx = perm[:n_val], perm[n_val:]
     fit_x, val_x = standardise(train[fit_idx], train[val_idx])
-    with torch.enable_grad():
+    with torch.no_grad():
         heads = _train_heads(fit_x, train_labels[fit_idx], num_classes, settings, epochs, batch_size, seed)
     alive = [i for i, h in enumerate(heads) if not diverged(h)]
     if not alive:
@@ -171,7 +186,7 @@ def _fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_label
                    setting: tuple[float, float], epochs: int, batch_size: int, seed: int) -> dict[str, float]:
     """:func:`fit_and_score` on data already checked."""
     full_x, test_x = standardise(train.float(), test.float())
-    with torch.enable_grad():
+    with torch.no_grad():
         (head,) = _train_heads(full_x, train_labels, num_classes, [setting], epochs, batch_size, seed)
     if diverged(head):
         raise ConfigError(f"the linear probe diverged (non-finite weights) on the whole training set at lr "

@@ -1,0 +1,62 @@
+"""Label-free quality signals (selfsup.monitors) against direct numpy computations of their formulas."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.monitors import alignment, collapse_warning, rankme, uniformity
+
+
+def numpy_rankme(z: np.ndarray, eps: float = 1e-7) -> float:
+    s = np.linalg.svd(z, compute_uv=False)
+    p = s / np.abs(s).sum() + eps
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def unit(z: np.ndarray) -> np.ndarray:
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def test_rankme_of_identity_is_full_and_of_rank_one_is_one():
+    assert rankme(torch.eye(64)) == pytest.approx(64, rel=1e-4)  # every singular value equal
+    u, v = torch.randn(200, 1), torch.randn(1, 32)
+    assert rankme(u @ v) == pytest.approx(1.0, abs=1e-3)  # one non-zero singular value
+    assert rankme(torch.zeros(10, 4)) == 1.0
+
+
+def test_rankme_matches_numpy_on_a_random_matrix_with_decaying_spectrum():
+    g = np.random.default_rng(0)
+    z = g.normal(size=(300, 40)) * np.linspace(3, 0.01, 40)  # columns of decaying scale
+    assert rankme(torch.from_numpy(z).float()) == pytest.approx(numpy_rankme(z), rel=1e-4)
+    assert 1 < rankme(torch.from_numpy(z)) < 40
+
+
+def test_alignment_and_uniformity_match_their_formulas():
+    g = np.random.default_rng(1)
+    a, b = g.normal(size=(20, 8)), g.normal(size=(20, 8))
+    ua, ub = unit(a), unit(b)
+    expected_align = np.mean([np.sum((ua[i] - ub[i]) ** 2) for i in range(20)])
+    assert alignment(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected_align, rel=1e-9)
+    pairs = [np.exp(-2 * np.sum((ua[i] - ua[j]) ** 2)) for i, j in itertools.combinations(range(20), 2)]
+    assert uniformity(torch.from_numpy(a)) == pytest.approx(math.log(np.mean(pairs)), rel=1e-9)
+    assert alignment(torch.from_numpy(a), torch.from_numpy(3 * a)) == pytest.approx(0, abs=1e-12)  # scale-free
+    assert uniformity(torch.ones(5, 3)) == pytest.approx(0, abs=1e-12)  # one point: the maximum
+
+
+def test_monitors_refuse_bad_embeddings():
+    with pytest.raises(ValueError, match="NaN or inf"):
+        rankme(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"N >= 2"):
+        uniformity(torch.ones(1, 4))
+    with pytest.raises(ValueError, match="same images"):
+        alignment(torch.ones(4, 3), torch.ones(5, 3))
+
+
+def test_collapse_warning_below_one_percent_of_the_width():
+    assert "collapsed" in collapse_warning(2.0, 2048)  # < 20.48
+    assert collapse_warning(30.0, 2048) is None
+    assert "RankMe 1.20 of 64" in collapse_warning(1.2, 64)  # below 1.5 whatever the width
+    assert collapse_warning(5.0, 64) is None

@@ -1,0 +1,115 @@
+"""Pictures (selfsup.plots): each PNG is written, non-empty, readable by matplotlib, and has the
+expected number of panels (the ``panels`` text chunk the writer stores, counted from the figure)."""
+
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from PIL import Image
+
+from selfsup import plots
+
+
+def panels(path) -> int:
+    with Image.open(path) as im:
+        return int(im.text["panels"])
+
+
+def drawn(path) -> np.ndarray:
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+    assert img[..., :3].std() > 0.01  # not a blank canvas
+    return img
+
+
+def write_metrics(path, rows):
+    keys = sorted({k for r in rows for k in r})
+    path.write_text(",".join(keys) + "\n" + "\n".join(",".join(str(r.get(k, "")) for k in keys) for r in rows) + "\n")
+
+
+def test_training_curves_one_panel_per_logged_curve(tmp_path):
+    rows = [{"step": s, "epoch": 0, "train/loss_step": 5 - 0.1 * s, "lr-SGD": 0.1 * (1 - s / 20)} for s in range(20)]
+    rows += [{"step": 19, "epoch": 0, "probe/val_acc": 42.0, "train/loss_epoch": 3.0}]
+    write_metrics(tmp_path / "metrics.csv", rows)
+    out = plots.training_curves(tmp_path / "metrics.csv", tmp_path / "curves.png")
+    drawn(out)
+    assert panels(out) == 3  # loss, learning rate, online probe; the epoch mean is not a curve here
+    write_metrics(tmp_path / "empty.csv", [{"step": 0, "epoch": 0, "other": 1}])
+    assert plots.training_curves(tmp_path / "empty.csv", tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def result(label, knn, linear=None, layer=None, pooling=None):
+    row = {"label": label, "knn": {key: {"top1": v} for key, v in knn.items()}}
+    if linear is not None:
+        row["linear"] = {"top1": linear}
+    if layer is not None:
+        row |= {"layer": layer, "pooling": pooling}
+    return row
+
+
+def test_knn_heatmap_per_target_and_blank_cells(tmp_path):
+    rows = [result("run", {"k=20,T=0.07": 80.0, "k=200,T=0.1": 77.0, "k=20,T=0.1": 79.5}),
+            result("random-init", {"k=20,T=0.07": 70.0})]
+    out = plots.knn_heatmap(rows, tmp_path / "knn.png")
+    drawn(out)
+    assert panels(out) == 2
+    assert plots.knn_heatmap([{"label": "x", "knn": {}}], tmp_path / "n.png") is None
+
+
+def test_layer_probes_draw_stages_and_skip_single_stage_results(tmp_path):
+    rows = [result("run", {"k=20,T=0.07": 60 + i}, 70 + i, name, "encoder" if name == "layer4" else "grid")
+            for i, name in enumerate(["act1", "layer1", "layer4"])]
+    rows += [result("random-init", {"k=20,T=0.07": 55 + i}, 65 + i, name, "encoder" if name == "layer4" else "grid")
+             for i, name in enumerate(["act1", "layer1", "layer4"])]
+    out = plots.layer_probes(rows, tmp_path / "layers.png")
+    drawn(out)
+    assert panels(out) == 2
+    assert plots.layer_probes([result("run", {"k=20,T=0.07": 1.0}, 2.0)], tmp_path / "n.png") is None
+    # the heat map uses each target's final stage only
+    assert panels(plots.knn_heatmap(rows, tmp_path / "knn.png")) == 2
+
+
+def test_balanced_sample_takes_per_class_rows_seeded():
+    labels = np.array([0] * 50 + [1] * 5 + [2] * 30)
+    idx = plots.balanced_sample(labels, 10, seed=3)
+    assert np.bincount(labels[idx]).tolist() == [10, 5, 10]
+    assert np.array_equal(idx, plots.balanced_sample(labels, 10, seed=3)) and np.all(np.diff(idx) > 0)
+
+
+def test_embedding_plot_one_panel_per_target(tmp_path, monkeypatch):
+    g = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    x = g.normal(size=(60, 8)) + 4 * np.eye(8)[y]
+    out = plots.embedding_plot({"run": (x, y), "random-init": (g.normal(size=(60, 8)), y)}, tmp_path / "emb.png",
+                               class_names=["a", "b", "c"], method="tsne")
+    drawn(out)
+    assert panels(out) == 2
+    monkeypatch.setitem(sys.modules, "umap", None)  # umap-learn absent, whether or not it is installed here
+    with pytest.raises(ImportError, match="pip install umap-learn"):
+        plots.embed_2d(x, method="umap")
+    assert plots.embed_2d(x, method="auto")[1] == "t-SNE"  # auto falls back to scikit-learn
+
+
+def test_augmentation_preview_and_detection_boxes(tmp_path):
+    g = np.random.default_rng(0)
+    originals = g.random((3, 1, 16, 16))
+    out = plots.augmentation_preview(originals, [g.random((3, 1, 16, 16)), g.random((3, 1, 16, 16))],
+                                     tmp_path / "views.png")
+    drawn(out)
+    assert panels(out) == 9  # 3 images x (original + 2 views)
+    rgb = g.random((2, 3, 32, 32))
+    boxes = [np.array([[2, 2, 20, 20]]), np.array([[5, 5, 30, 25], [1, 1, 4, 4]])]
+    out = plots.detection_boxes(rgb, boxes, boxes, [np.array([0.9]), np.array([0.8, 0.1])], tmp_path / "det.png")
+    drawn(out)
+    assert panels(out) == 2
+    assert plots.detection_boxes([], [], [], [], tmp_path / "n.png") is None
+
+
+def test_bar_chart_with_missing_values_and_error_bars(tmp_path):
+    out = plots.bar_chart(["a", "b"], {"kNN": [80.0, None], "linear": [82.0, 85.0]}, tmp_path / "bars.png",
+                          errors={"linear": [0.5, None]})
+    drawn(out)
+    assert panels(out) == 1
+    assert plots.bar_chart(["a"], {"kNN": [None]}, tmp_path / "n.png") is None
