@@ -80,6 +80,10 @@ def test_low_shot_chooses_its_own_setting_on_a_split_of_each_subset(spy):
         (n_sub - n_val, [SLOW, GOOD]), (n_sub, [GOOD]),  # each seed's subset: its own selection, then all of it
         (n_sub - n_val, [SLOW, GOOD]), (n_sub, [GOOD])]
     assert not torch.equal(spy[3][4], spy[5][4])  # the two seeds drew different subsets
+    # val_top1: the chosen setting's held-out top-1 (never the test split), for picking among probes
+    _, held_out = select_setting(x[:2400], y[:2400], 12, [1e-7, 0.5], [0.0], epochs=30, batch_size=256)
+    assert res["linear"]["val_top1"] == held_out and 60 < held_out <= 100
+    assert 0 < res["linear_20pct"]["val_top1"] <= 100
 def test_random_labels_stay_near_chance():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2000, 10, generator=g)
