@@ -1,6 +1,7 @@
 """End to end through the command line: pretrain -> eval -> export on sklearn digits."""
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -50,6 +51,31 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert main(["export", str(run_dir), str(tmp_path / "exp2")]) == 0  # an existing export is replaced
     assert main(["export", str(run_dir), str(run_dir)]) == 2  # a run directory is refused, nothing written
     assert not (run_dir / "model.safetensors").exists() and not (run_dir / "README.md").exists()
+
+    # pictures, training time and one table across the run and its export
+    assert f"plots: {run_dir / 'plots' / 'training_curves.png'}" in out
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == ["knn_grid.png", "training_curves.png"]
+    timing = json.loads((run_dir / "training_time.json").read_text())
+    steps = max(int(r["step"]) for r in csv.DictReader((run_dir / "logs" / "metrics.csv").open()) if r["step"])
+    assert timing["seconds"] > 0 and timing["steps"] == steps + 1 and len(timing["sessions"]) == 1
+    capsys.readouterr()
+    (run_dir / "plots" / "knn_grid.png").unlink()
+    assert main(["plot", str(run_dir)]) == 0 and (run_dir / "plots" / "knn_grid.png").is_file()
+    assert str(run_dir / "plots" / "knn_grid.png") in capsys.readouterr().out.splitlines()
+    assert main(["compare", str(run_dir), str(run_dir / "export"), "--baselines", "--csv", str(tmp_path / "c.csv"),
+                 "--plot", str(tmp_path / "c.png")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| target | method | encoder | epochs | train min | kNN k=20,T=0.07 |")
+    knn = f"{rows[0]['knn']['k=20,T=0.07']['top1']:.2f}"
+    own = [line for line in table if line.startswith(f"| {run_dir}")]
+    assert len(own) == 2 and all(f"| simclr | resnet18 | 1 |" in line and f"| {knn} |" in line for line in own)
+    assert f"{timing['seconds'] / 60:.1f}" in own[0]  # the run knows its training time; the export leaves it blank
+    assert any(line.startswith("| raw pixels |") for line in table)
+    with open(tmp_path / "c.csv", newline="") as f:
+        assert len(list(csv.reader(f))) == len(table) - 3  # header + rows (the markdown adds a rule; 2 lines said)
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert main(["compare", str(tmp_path / "ev")]) == 2  # an evaluation folder is neither a run nor an export
+    assert "is neither a run directory" in capsys.readouterr().err
 
 
 def test_export_never_writes_into_a_run_or_a_folder_of_other_files(tmp_path, capsys):
@@ -143,7 +169,7 @@ def test_the_installed_entry_point_prints_one_line_and_exits_2(tmp_path):
     assert lines == [f"selfsup pretrain: error: config file '{tmp_path / 'missing.yaml'}' does not exist"]
 
 
-@pytest.mark.parametrize("cmd", ["pretrain", "eval", "export", "list"])
+@pytest.mark.parametrize("cmd", ["pretrain", "eval", "export", "plot", "compare", "list"])
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main([cmd, "--help"])

@@ -24,7 +24,7 @@ LAYERS = [
     ["selfsup.methods"],
     ["selfsup.train"],
     ["selfsup.eval", "selfsup.plots"],
-    ["selfsup.artifacts", "selfsup.export"],
+    ["selfsup.artifacts", "selfsup.export", "selfsup.compare"],
     ["selfsup.cli", "selfsup"],  # the package itself: its lazy load_encoder re-exports artifacts
 ]
 # Beside the order: evaluation needs an encoder, never the training code.

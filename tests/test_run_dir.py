@@ -3,6 +3,7 @@ trained as is refused before anything is written, a new run never goes into a di
 that holds a run, a second process is locked out of a directory being written, and a
 read-only place is named with how to choose another."""
 
+import json
 import csv
 import errno
 import os
@@ -303,3 +304,17 @@ def test_every_atomic_write_names_a_forbidden_place(tmp_path, monkeypatch, capsy
                  "eval.linear=false"]) == 2
     line = _one_line_error(capsys.readouterr().err)
     assert line.startswith(f"selfsup eval: error: cannot write {ro / 'eval'}") and line.endswith(WHERE)
+
+
+def test_training_time_adds_each_resumed_session_and_a_new_run_starts_over(tmp_path):
+    from selfsup.train.run import record_training_time
+
+    path = tmp_path / "training_time.json"
+    assert record_training_time(path, 12.5, 100, resumed=False) == {
+        "seconds": 12.5, "steps": 100, "sessions": [{"seconds": 12.5, "steps": 100, "resumed": False}]}
+    second = record_training_time(path, 7.25, 160, resumed=True)  # the resume went from step 100 to 160
+    assert second["seconds"] == 19.75 and second["steps"] == 160
+    assert [s["steps"] for s in second["sessions"]] == [100, 60]
+    assert json.loads(path.read_text()) == second
+    assert record_training_time(path, 3.0, 10, resumed=False)["sessions"] == [
+        {"seconds": 3.0, "steps": 10, "resumed": False}]

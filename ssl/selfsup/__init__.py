@@ -18,9 +18,9 @@ module first in a fresh interpreter, which exposes an import circle):
    (``train.checkpoint``).
 7. ``eval``, ``plots``: features, kNN, linear probes, layer-wise and detection evaluation, result tables
    and plots. Evaluation never imports ``train``: it needs an encoder, not the training code.
-8. ``artifacts`` (and ``export``, its public names in one module): the export card and config.json in
-   timm's schema, export directories, TorchScript / ONNX / torchvision, the README model card, and
-   ``load_encoder`` for any path.
+8. ``artifacts`` (and ``export``, its public names in one module), ``compare``: the export card and
+   config.json in timm's schema, export directories, TorchScript / ONNX / torchvision, the README model
+   card, ``load_encoder`` for any path; one table across runs and exports.
 9. ``cli`` (and this package's ``load_encoder``): the command line.
 
 Lazy (function-level) imports exist only to keep ``import selfsup`` and ``selfsup --help`` fast, to keep

@@ -1,4 +1,4 @@
-"""Command line: ``selfsup pretrain | eval | export | list``."""
+"""Command line: ``selfsup pretrain | eval | export | plot | compare | list``."""
 
 from __future__ import annotations
 
@@ -41,7 +41,18 @@ def _pretrain(args: argparse.Namespace) -> None:
     run_dir = pretrain(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume), then=evaluate_and_export)
     if distributed.rank() != 0:
         return
+    if cfg.eval.plots:
+        _draw(run_dir)
     print(f"run directory: {run_dir}")
+
+
+def _draw(folder: Path) -> None:
+    """The pictures of a run or evaluation folder (selfsup.plots.plot_run), listed."""
+    from selfsup.plots import plot_run
+
+    written = plot_run(folder)
+    if written:
+        print("plots: " + ", ".join(str(p) for p in written))
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -88,6 +99,8 @@ def _eval(args: argparse.Namespace) -> None:
     write_text(table, written.results_md)
     print("\n" + table)
     print(f"results written to {written.results_json} and {written.results_md}")
+    if cfg.eval.plots:
+        _draw(written.root)
 
 
 def eval_folder(spec: str) -> str:
@@ -167,6 +180,8 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     write_text(table, written.results_md)
     print("\n" + table)
     print(f"results written to {written.results_json} and {written.results_md}")
+    if cfg.eval.plots:
+        _draw(written.root)
 
 
 def check_out_dir(out: Path, holds_own: Callable[[Path], bool], what: str, flag: str,
@@ -215,6 +230,32 @@ def _export(args: argparse.Namespace) -> None:
         check = (f"max abs diff {rec['max_abs_diff']:.2g} <= {rec['tolerance']:.2g}, {rec['checked_with']}"
                  if rec.get("checked_with") else rec.get("note", "not checked"))
         print(f"  {out / rec['file']} ({fmt}): features vs the timm encoder: {check}")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from selfsup.plots import plot_run
+
+    if not (RunDir(args.run_dir).results_json.is_file() or RunDir(args.run_dir).metrics_csv.is_file()):
+        raise FileNotFoundError(f"{args.run_dir} holds neither logs/metrics.csv nor results.json: give a run "
+                                f"directory (selfsup pretrain) or an evaluation folder (selfsup eval)")
+    written = plot_run(args.run_dir)
+    for path in written:
+        print(path)
+    if not written:
+        print(f"nothing to draw in {args.run_dir} yet")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from selfsup.compare import bar_plot, markdown, read_entry, table_rows, to_csv
+    from selfsup.fileio import write_text
+
+    header, cells = table_rows([read_entry(t) for t in args.targets], baselines=args.baselines)
+    print(markdown(header, cells), end="")
+    if args.csv:
+        write_text(to_csv(header, cells), Path(args.csv))
+        print(f"CSV written to {args.csv}")
+    if args.plot:
+        print(f"plot written to {bar_plot(header, cells, args.plot)}")
 
 
 def _list(args: argparse.Namespace) -> None:
@@ -297,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
                         f"({FORMAT_FILES['torchvision']} for torchvision.models.resnet18/50/...; plain timm ResNets "
                         f"only). Repeat the option or separate with commas: --format onnx,torchscript")
     s.set_defaults(func=_export)
+
+    s = sub.add_parser("plot", help="redraw a run's pictures (training curves, kNN grid, per-stage probes) "
+                       "into RUN_DIR/plots/ from what is on disk, without running the encoder")
+    s.add_argument("run_dir", help="run directory or evaluation folder")
+    s.set_defaults(func=_plot)
+
+    s = sub.add_parser("compare", help="one table (markdown) across runs and exports: method, encoder, epochs, "
+                       "training minutes, every kNN and linear-probe column (mean ± sd); blanks where one lacks it")
+    s.add_argument("targets", nargs="+", help="run directories and export directories")
+    s.add_argument("--baselines", action="store_true", help="also list the random-init and pixel rows")
+    s.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    s.add_argument("--plot", metavar="PNG", help="also draw a bar plot (kNN and linear top-1)")
+    s.set_defaults(func=_compare)
 
     s = sub.add_parser("list", help="registered methods and datasets")
     s.set_defaults(func=_list)

@@ -153,6 +153,7 @@ class EvalConfig:
     baselines: list[str] = param(default_factory=lambda: ["random", "pixels"],
                                  help="evaluated beside the pretrained encoder after pretraining")
     after_pretrain: bool = param(True, help="evaluate and export when pretraining ends")
+    plots: bool = param(True, help="draw the run's pictures (RUN_DIR/plots/*.png) after pretraining and evaluation")
     layers: Union[str, list[str]] = param("last", help="stages scored, one result row each: last (the pooled "
                                           "encoder output), all, or stage names from timm's feature_info "
                                           "(layer1..layer4 for a ResNet, blocks.N for a ViT)")

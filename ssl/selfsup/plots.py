@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from selfsup.rundir import RunDir
+
 DPI = 110
 # metrics.csv columns drawn as training curves, in panel order: (column pattern, panel title)
 CURVES = (("train/loss_step", "training loss"), (r"lr-.*", "learning rate"),
@@ -285,3 +287,19 @@ def bar_chart(labels: Sequence[str], columns: Mapping[str, Sequence[float | None
     ax.set_ylim(max(0.0, low - 5), max(values_seen) + 2)
     ax.legend(fontsize=8)
     return _save(fig, out)
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Redraw a run's (or an evaluation folder's) pictures from disk into ``RUN_DIR/plots/``:
+    training curves (``logs/metrics.csv``), the kNN (k, T) heat map and the per-stage probes
+    (``results.json``). Returns the files written (none when nothing is there to draw)."""
+    import json
+
+    run = RunDir(run_dir)
+    written = []
+    if run.metrics_csv.is_file():
+        written.append(training_curves(run.metrics_csv, run.plots / "training_curves.png"))
+    if run.results_json.is_file():
+        rows = json.loads(run.results_json.read_text())
+        written += [knn_heatmap(rows, run.plots / "knn_grid.png"), layer_probes(rows, run.plots / "layers.png")]
+    return [p for p in written if p is not None]

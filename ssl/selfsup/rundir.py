@@ -10,6 +10,8 @@ A run directory (``selfsup pretrain`` writes one under ``runs/``) holds::
     logs/                  CSV (and TensorBoard) logs
     features/              cached frozen features of the evaluation
     results.json / .md     evaluation rows and their markdown table
+    training_time.json     wall seconds and steps of each training session
+    plots/                 PNG pictures of the run (selfsup plot RUN_DIR redraws them)
     export/                the export directory (see selfsup.artifacts.exportdir)
     eval-<data>[-<hash>]/  `selfsup eval RUN` on other data or eval settings than the run's
     detection/<dataset>/   `selfsup eval RUN --task detection`
@@ -31,6 +33,8 @@ LAST_CHECKPOINT = "last.ckpt"
 LOGS_DIR = "logs"
 FEATURES_DIR = "features"
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+TRAINING_TIME = "training_time.json"
+PLOTS_DIR = "plots"
 EXPORT_DIR = "export"
 DETECTION_DIR = "detection"
 
@@ -78,6 +82,11 @@ class RunDir:
         return self.root / LOGS_DIR
 
     @property
+    def metrics_csv(self) -> Path:
+        """Lightning's CSV log of every logged value (the loss, learning rate, probe accuracy...)."""
+        return self.logs / "metrics.csv"
+
+    @property
     def features(self) -> Path:
         return self.root / FEATURES_DIR
 
@@ -88,6 +97,15 @@ class RunDir:
     @property
     def results_md(self) -> Path:
         return self.root / RESULTS_MD
+
+    @property
+    def training_time(self) -> Path:
+        """Wall seconds of each training session (``selfsup pretrain`` and every ``--resume``)."""
+        return self.root / TRAINING_TIME
+
+    @property
+    def plots(self) -> Path:
+        return self.root / PLOTS_DIR
 
     @property
     def export(self) -> Path:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.util
+import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -408,11 +410,15 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         # in the same state, so the random draws of any device count are the same (a resume then
         # restores the checkpoint's generators)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
+        started = time.perf_counter()
         try:
             trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None,
                         weights_only=True)
         finally:
             os.environ.pop(RUN_DIR_ENV, None)
+        if owner and trainer.is_global_zero:
+            record_training_time(RunDir(run_dir).training_time, time.perf_counter() - started, trainer.global_step,
+                                 resume)
         if module.skipped_batches and trainer.is_global_zero:
             log(f"[pretrain] {module.skipped_batches} batch(es) of fewer than 2 images were skipped")
         # a skipped batch still counts a global step (Lightning calls the optimiser, which has no
@@ -428,6 +434,20 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         if then is not None:
             then(run_dir)
     return run_dir
+
+
+def record_training_time(path: Path, seconds: float, global_step: int, resumed: bool) -> dict[str, Any]:
+    """Append one training session (wall seconds of ``trainer.fit``; the optimiser steps it took:
+    ``global_step`` less the steps of the sessions before) to ``path`` (``training_time.json``) and
+    return the file's content: ``{"seconds": total, "steps": global_step, "sessions": [...]}``. A
+    new run starts the list again; a resume adds to it."""
+    old = json.loads(path.read_text()) if resumed and path.is_file() else {}
+    before = sum(s["steps"] for s in old.get("sessions", []))
+    sessions = [*old.get("sessions", []),
+                {"seconds": round(seconds, 2), "steps": global_step - before, "resumed": resumed}]
+    record = {"seconds": round(sum(s["seconds"] for s in sessions), 2), "steps": global_step, "sessions": sessions}
+    write_json(record, path)
+    return record
 
 
 def no_steps_message(skipped: int, removed: bool) -> str:
