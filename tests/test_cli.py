@@ -37,6 +37,10 @@ def test_pretrain_eval_export(tmp_path, capsys):
         assert abs(low["top1_std"] - statistics.stdev(low["top1_per_seed"])) < 1e-9
         assert "linear_sklearn" in r  # digits is small enough for the scikit-learn cross-check
     assert "linear top-1, 10% labels" in (run_dir / "results.md").read_text()
+    for r in rows:  # label-free signals of the test features, in results.json and under the table
+        assert 1 <= r["label_free"]["rankme"] <= min(r["feature_dim"], r["label_free"]["rows"])
+        assert -8 <= r["label_free"]["uniformity"] <= 0
+    assert "Label-free signals of " in (run_dir / "results.md").read_text()
     assert rows[2]["knn"]["k=20,T=0.07"]["top1"] > 90  # pixels on digits are a strong baseline
     assert (run_dir / "results.md").is_file() and (run_dir / "export" / "model.safetensors").is_file()
     card = json.loads((run_dir / "export" / "config.json").read_text())["selfsup"]

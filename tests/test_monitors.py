@@ -60,3 +60,41 @@ def test_collapse_warning_below_one_percent_of_the_width():
     assert collapse_warning(30.0, 2048) is None
     assert "RankMe 1.20 of 64" in collapse_warning(1.2, 64)  # below 1.5 whatever the width
     assert collapse_warning(5.0, 64) is None
+
+
+def test_pretraining_logs_the_monitors_and_restores_train_mode(tmp_path):
+    """A tiny SimCLR run logs RankMe, uniformity and alignment every step on its held batch; the
+    values are the monitors of the encoder (eval mode, clean images) and training mode comes back."""
+    import csv
+
+    from conftest import ROOT
+    from selfsup.config import load_config
+    from selfsup.monitors import rankme as rank_of
+    from selfsup.train.monitors import LabelFreeMonitor
+    from selfsup.train.run import pretrain
+
+    cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
+        "data.name=digits", "data.image_size=16", "data.batch_size=64", "trainer.max_steps=3",
+        "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.progress_bar=false",
+        "trainer.monitor_every_n_steps=1", "trainer.monitor_images=48", "trainer.online_probe=false"])
+    run = pretrain(cfg, run_dir=tmp_path / "run", log=lambda s: None)
+    rows = [r for r in csv.DictReader((run / "logs" / "metrics.csv").open()) if r.get("monitor/rankme")]
+    assert len(rows) == 3  # steps 0, 1, 2
+    for r in rows:
+        assert 1 <= float(r["monitor/rankme"]) <= 48  # at most min(N, D)
+        assert -8 <= float(r["monitor/uniformity"]) <= 0 and 0 <= float(r["monitor/alignment"]) <= 4
+
+    from selfsup.data import build_dataset
+    from selfsup.train.module import PretrainModule
+
+    ds = build_dataset(cfg.data, "train")
+    module = PretrainModule(cfg, ds.info())
+    monitor = LabelFreeMonitor(1, 32)
+    monitor.held = torch.stack([ds[i][0] for i in range(32)])  # uint8 [32, C, H, W]
+    module.train()
+    got = monitor.measure(module)
+    assert module.method.encoder.training  # restored
+    module.method.encoder.eval()
+    with torch.no_grad():
+        z = module.method.encoder(module.clean(monitor.held))
+    assert got["rankme"] == pytest.approx(rank_of(z), rel=1e-6) and set(got) == {"rankme", "uniformity", "alignment"}

@@ -124,6 +124,9 @@ class TrainerConfig:
     online_probe: bool = param(True, help="train a linear probe on detached features when labels exist")
     val_every_n_epochs: int = param(1, gt=0, help="online-probe validation frequency")
     progress_bar: bool = True
+    monitor_every_n_steps: int = param(50, ge=0, help="log RankMe, uniformity and (two-view methods) alignment of a "
+                                       "held batch every N steps (0: off)")
+    monitor_images: int = param(256, ge=2, help="images in the held batch of the label-free monitors")
 
 
 @dataclass

@@ -33,6 +33,7 @@ from selfsup.config import RunConfig
 from selfsup.data import DataError, DataInfo, ImageDataset, build_dataset, subset
 from selfsup.data.datasets import Subset
 from selfsup.encoders import create_encoder
+from selfsup.monitors import rankme, uniformity
 from selfsup.eval.features import FeatureCache, dataset_fingerprint, extract_features, extract_stages, fingerprint
 from selfsup.eval.layers import Stage, encoder_stages, select_stages, stage_tag
 from selfsup.eval.knn import IndexOptions, knn_evaluate_with_index
@@ -54,6 +55,8 @@ class Target:
     info: DataInfo  # input size and normalisation the encoder expects
     encoder: nn.Module
 
+
+LABEL_FREE_ROWS = 2048  # test rows RankMe and uniformity are measured on (a seeded sample)
 
 def resolve_target(spec: str, cfg: RunConfig, data_info: Callable[[], DataInfo]) -> Target:
     """Turn a CLI target string into a Target; ``data_info()`` describes the evaluation data
@@ -385,6 +388,10 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
         "warnings": list(warnings),
     })
+    if len(xte) >= 2:  # label-free signals of the test features (selfsup.monitors), on a seeded sample
+        pick = torch.randperm(len(xte), generator=torch.Generator().manual_seed(cfg.seed))[:LABEL_FREE_ROWS]
+        sample = xte[pick].float()  # [n, D]
+        results["label_free"] = {"rankme": rankme(sample), "uniformity": uniformity(sample), "rows": len(sample)}
     shown = target.label if stage is None else f"{target.label} [{stage.name}]"
     e = cfg.eval
     opts = IndexOptions(kind=e.knn_index, exact_max=e.knn_exact_max, nlist=e.knn_nlist or None, nprobe=e.knn_nprobe,

@@ -110,5 +110,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                      + "".join(f"; {POOL_NOTES[p]}" for p in pools) + ".")
         if any(r.get("layer") is None for r in rows):
             notes.append("Raw pixels have no stages: one row.")
+    free = [f"{r['label']}{' [' + r['layer'] + ']' if r.get('layer') else ''} {r['label_free']['rankme']:.1f} / "
+            f"{r['label_free']['uniformity']:.2f}" for r in rows if r.get("label_free")]
+    if free:
+        n = next(r["label_free"]["rows"] for r in rows if r.get("label_free"))
+        notes.append(f"Label-free signals of {n} test features (RankMe: effective rank, Garrido et al. 2023; uniformity at t=2, Wang & Isola "
+                     f"2020; no labels used), RankMe / uniformity: " + "; ".join(free) + ".")
     notes += once(f"{r['label']}: {NOTES[r['kind']]}." for r in rows if r["kind"] in NOTES)
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -71,3 +72,9 @@ class Method(nn.Module):
     def exported_encoder(self) -> nn.Module:
         """The encoder to evaluate and export (a momentum teacher may override this)."""
         return self.encoder
+
+    def view_augments(self) -> list[Callable[[Tensor], Tensor]]:
+        """The augmentations of the two views a two-view method compares (uint8 images
+        ``[B, C, H, W]`` -> normalised views), for the alignment monitor (selfsup.monitors);
+        empty for methods that do not train on pairs of views."""
+        return []

@@ -29,6 +29,7 @@ step the batch's keys (gathered from all ranks) are enqueued.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -83,6 +84,10 @@ class MoCo(Method):
         self.teacher = MomentumTeacher(self.encoder, self.projector, cfg.momentum, cfg.momentum_end)
         self.queue = Queue(cfg.queue_size, cfg.proj_dim, random_init=cfg.random_init_queue)
         self.criterion = InfoNCE(cfg.temperature, batch_negatives=False)
+
+    def view_augments(self) -> list[Callable[[Tensor], Tensor]]:
+        """The two views' augmentations (the alignment monitor's pairs)."""
+        return [self.augment, self.augment]
 
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         cfg = self.cfg

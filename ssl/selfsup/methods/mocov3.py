@@ -28,6 +28,7 @@ Algorithm 1 (``scale_loss``); ``mi_bound`` is computed from the unscaled terms.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -143,6 +144,10 @@ class MoCoV3(Method):
         self.projector, self.predictor = build_heads(cfg, self.num_features, encoder)
         self.teacher = MomentumTeacher(self.encoder, self.projector, cfg.momentum, cfg.momentum_end)
         self.criterion = InfoNCE(self.temperature, batch_negatives=True, gather_distributed=cfg.gather_distributed)
+
+    def view_augments(self) -> list[Callable[[Tensor], Tensor]]:
+        """The two views' augmentations (the alignment monitor's pairs)."""
+        return [self.augment1, self.augment2]
 
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         x1, x2 = self.augment1(images), self.augment2(images)  # [B, C, S, S] each

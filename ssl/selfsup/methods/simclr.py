@@ -6,6 +6,7 @@ with the other queries as negatives, symmetric, gathered from every rank when di
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -42,6 +43,10 @@ class SimCLR(Method):
         hidden = cfg.proj_hidden_dim or self.num_features
         self.projector = mlp(self.num_features, hidden, cfg.proj_dim, cfg.proj_layers)
         self.criterion = NTXent(cfg.temperature, gather_distributed=cfg.gather_distributed)
+
+    def view_augments(self) -> list[Callable[[Tensor], Tensor]]:
+        """The two views' augmentations (the alignment monitor's pairs)."""
+        return [self.augment, self.augment]
 
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         n = images.shape[0]

@@ -32,6 +32,7 @@ from selfsup.data import build_dataset, make_loader, subset
 from selfsup.fileio import LockedError, ensure_dir, file_lock, lock_holder, write_json, write_text
 from selfsup.rundir import CHECKPOINT_DIR, CONFIG_FILE, RunDir
 from selfsup.train.module import PretrainModule
+from selfsup.train.monitors import LabelFreeMonitor
 
 
 
@@ -475,6 +476,8 @@ def build_trainer(cfg: RunConfig, module: PretrainModule, run_dir: Path,
     ]
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
+    if cfg.trainer.monitor_every_n_steps:
+        callbacks.append(LabelFreeMonitor(cfg.trainer.monitor_every_n_steps, cfg.trainer.monitor_images, log))
     loggers: list[Any] = [ResumableCSVLogger(save_dir=str(run_dir), name="", version=RunDir(run_dir).logs_name)]
     if importlib.util.find_spec("tensorboard") is not None:
         from lightning.pytorch.loggers import TensorBoardLogger
