@@ -173,7 +173,7 @@ FIELD_FAULTS = [
     ("global_pool", "max", '"max"', "the encoder it describes pools with 'avg'"),
     ("global_pool", 3, "3", "it must be a string"),
     ("license", "", '""', 'it must be the licence\'s identifier, e.g. "apache-2.0" (a non-empty string)'),
-    ("crop_pct", 0, "0", "it must be a number in (0, 1]"),
+    ("crop_pct", 0, "0", "it must be 1.0: the encoder was trained and evaluated on whole images"),
 ]
 
 

@@ -118,3 +118,57 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert set(modes) == {"model.safetensors", "config.json", "README.md", "model.torchscript.pt"}
     assert modes == dict.fromkeys(modes, want), {k: oct(v) for k, v in modes.items()}
+
+
+@pytest.mark.parametrize("spec", [RESNET, VIT], ids=["convnet", "vit"])
+def test_timm_fine_tunes_an_export_with_a_new_head_and_channel_count(tmp_path, spec):
+    """pretrained_cfg names timm's classifier and first conv, so create_model(..., num_classes=N) gets a fresh
+    head on the exported trunk and in_chans=C adapts the first conv (it failed on missing fc.weight before)."""
+    out = tmp_path / "export"
+    enc = _export(out, spec)
+    cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert (cfg["classifier"], cfg["first_conv"]) == (("fc", "conv1") if spec is RESNET else ("head", "patch_embed.proj"))
+    model = timm.create_model(f"local-dir:{out}", pretrained=True, num_classes=7).eval()
+    assert model.num_classes == 7
+    trunk = {k: v for k, v in model.state_dict().items() if not k.startswith(cfg["classifier"])}
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in trunk.items())  # the exported weights, a new head
+    three = timm.create_model(f"local-dir:{out}", pretrained=True, in_chans=3)
+    assert three.state_dict()[cfg["first_conv"] + ".weight"].shape[1] == 3
+
+
+def test_hand_edited_model_args_that_keep_shapes_are_refused(tmp_path):
+    """output_stride 16 -> 32 keeps every tensor's shape but changes the features: the card's training config
+    says what the weights were trained with, so the edit is refused in one line; so are crop_pct and
+    interpolation values timm would misuse."""
+    out = tmp_path / "export"
+    _export(out, RESNET)
+    raw = json.loads((out / "config.json").read_text())
+    for section, key, value, match in [("model_args", "output_stride", 32, "was trained with"),
+                                       ("pretrained_cfg", "crop_pct", 0.5, "must be 1.0"),
+                                       ("pretrained_cfg", "interpolation", "foo", "must be one of bilinear")]:
+        edited = json.loads(json.dumps(raw))
+        edited[section][key] = value
+        (out / "config.json").write_text(json.dumps(edited))
+        with pytest.raises(LoadError, match=match):
+            selfsup.load_encoder(out)
+    (out / "config.json").write_text(json.dumps(raw))
+    selfsup.load_encoder(out)  # the file as written loads
+
+
+def test_cli_adds_formats_to_an_export_in_place_or_to_a_copy(tmp_path, capsys):
+    import shutil
+
+    from selfsup.cli import main
+
+    old = tmp_path / "v1"
+    shutil.copytree(FIXTURES / "export_v1_resnet", old)
+    assert main(["export", str(old), str(old), "--format", "torchscript"]) == 0
+    assert (old / "model.torchscript.pt").is_file()
+    assert "pretrained_cfg" in json.loads((old / "config.json").read_text())  # rewritten in timm's schema
+    assert main(["export", str(old), str(tmp_path / "copy"), "--format", "torchscript"]) == 0
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == sorted(p.name for p in old.iterdir())
+    capsys.readouterr()
+    assert main(["export", str(old), str(tmp_path / "copy")]) == 0  # replacing an export says what it held
+    assert f"replacing the export in {tmp_path / 'copy'}" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "nothere"), str(tmp_path / "x")]) == 2
+    assert "nothere does not exist: give a run directory" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn
@@ -218,13 +219,30 @@ def _export(args: argparse.Namespace) -> None:
     from selfsup.rundir import is_export_dir
 
     formats = parse_formats(args.format)  # an unknown format fails before the run is loaded
-    # never into a run directory or a folder of other files (its README.md, config.json); an export is replaced
-    check_out_dir(Path(args.out_dir), is_export_dir, "export", "export directory")
-    results = None
-    res = RunDir(args.run_dir).results_json
-    if res.is_file():
-        results = results_summary(json.loads(res.read_text()))
-    out = export_encoder(args.run_dir, args.out_dir, results, formats)
+    source, out = Path(args.run_dir), Path(args.out_dir)
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist: give a run directory (selfsup pretrain wrote it), a "
+                                f"checkpoint or an export directory")
+    same = out.exists() and source.resolve() == out.resolve()
+    if not same:
+        # never into a run directory or a folder of other files (its README.md, config.json); an export is replaced
+        check_out_dir(out, is_export_dir, "export", "export directory")
+        if is_export_dir(out):
+            print(f"replacing the export in {out} (its files: {', '.join(sorted(p.name for p in out.iterdir()))})")
+    if is_export_dir(source):  # an export: add formats in place, or copy it and add them there
+        from selfsup.artifacts.exportdir import export_formats
+
+        if not same:
+            if out.exists():
+                shutil.rmtree(out)
+            shutil.copytree(source, out)
+        export_formats(out, [f for f in formats if f != "safetensors"])
+    else:
+        results = None
+        res = RunDir(source).results_json
+        if res.is_file():
+            results = results_summary(json.loads(res.read_text()))
+        out = export_encoder(source, out, results, formats)
     print(f"exported to {out}; load with selfsup.load_encoder({str(out)!r}) or timm (see {out / MODEL_CARD})")
     for fmt, rec in read_card(out)["exports"].items():
         check = (f"max abs diff {rec['max_abs_diff']:.2g} <= {rec['tolerance']:.2g}, {rec['checked_with']}"
@@ -329,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                        f"compared with the timm encoder before it is written (max abs difference of the features "
                        f"<= {FEATURE_RTOL:g} x max(1, max |feature|)); config.json records each check. All take "
                        f"normalised images [B, C, H, W] and return features [B, D].")
-    s.add_argument("run_dir", help="run directory or checkpoint")
+    s.add_argument("run_dir", help="run directory, checkpoint, or an export directory (to add --format files to it, "
+                   "in place when OUT_DIR is the same folder)")
     s.add_argument("out_dir", help="export directory")
     s.add_argument("--format", action="append", metavar="FORMAT",
                    help=f"safetensors (default, always written: model.safetensors, config.json, README.md), "

@@ -46,7 +46,7 @@ INTERPOLATION = "bilinear"  # torchvision's resize (antialiased), as selfsup's d
 # selfsup's own licence; the weights' owner may change it in config.json (and the README's front matter)
 LICENSE = "apache-2.0"
 TOP_FIELDS = ("architecture", "num_features", "global_pool")  # timm's top-level keys that the flat card keeps
-PRETRAINED_FIELDS = ("input_size", "mean", "std", "crop_pct", "interpolation", "license")
+PRETRAINED_FIELDS = ("input_size", "mean", "std", "crop_pct", "interpolation", "license", "classifier", "first_conv")
 SECTIONS = ("model_args", "pretrained_cfg", "selfsup")  # the JSON objects of timm's schema
 
 
@@ -99,6 +99,9 @@ def make_card(cfg: Any, info: DataInfo, encoder: nn.Module, results: dict[str, A
         "crop_pct": CROP_PCT,
         "interpolation": INTERPOLATION,
         "license": LICENSE,
+        # timm's names of the head and first conv: create_model(..., num_classes=N / in_chans=C) adapts them
+        **{k: v for k in ("classifier", "first_conv")
+           if isinstance(v := (getattr(encoder, "pretrained_cfg", None) or {}).get(k), str)},
         "num_classes_seen": info.num_classes,
         "train_images": info.num_samples,
         "trained_steps": trained_steps,
@@ -132,7 +135,8 @@ def to_config_json(card: Mapping[str, Any]) -> dict[str, Any]:
     out["pretrained_cfg"] = {"input_size": list(card["input_size"]), "mean": list(card["mean"]),
                              "std": list(card["std"]), "crop_pct": card.get("crop_pct", CROP_PCT),
                              "interpolation": card.get("interpolation", INTERPOLATION),
-                             "license": card.get("license", LICENSE)}
+                             "license": card.get("license", LICENSE),
+                             **{k: card[k] for k in ("classifier", "first_conv") if k in card}}
     out["selfsup"] = {FORMAT_KEY: FORMAT_VERSION, **{k: v for k, v in card.items() if k not in timm_keys}}
     return out
 

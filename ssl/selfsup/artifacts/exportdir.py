@@ -28,7 +28,7 @@ from selfsup.artifacts.card import (CARD, MODEL_CARD, WEIGHTS, card_info, field_
 from selfsup.artifacts.interop import FORMAT_FILES, FORMATS, onnx_installed, write_onnx, write_torchscript
 from selfsup.artifacts.modelcard import model_card_markdown
 from selfsup.artifacts.torchvision import torchvision_problem, write_torchvision
-from selfsup.artifacts.validate import card_error, read_card
+from selfsup.artifacts.validate import card_error, read_card, training_config_problem
 from selfsup.encoders import EncoderError, create_encoder, pooled_width
 from selfsup.fileio import save_tensors, write_json, write_text
 from selfsup.rundir import is_export_dir
@@ -123,6 +123,10 @@ def load_export(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if disagreement:
         field, problem, fix = disagreement
         raise card_error(path / CARD, field_path(card, field), card[field], problem, fix)
+    trained = training_config_problem(card)
+    if trained:
+        field, problem = trained
+        raise card_error(path / CARD, field_path(card, field), card[field], problem)
     encoder.load_state_dict(state)
     encoder.selfsup_info = card_info(card)
     return encoder.eval(), {**card, "num_features": pooled_width(encoder)}

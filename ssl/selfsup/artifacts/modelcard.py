@@ -28,9 +28,9 @@ def model_index(card: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
     if not dataset or not results:
         return []
     own = results[0]
-    metrics = [{"type": "accuracy", "name": f"kNN {k} top-1", "value": float(v["top1"])}
+    metrics = [{"type": "accuracy", "name": f"kNN {k} top-1", "value": round(float(v["top1"]), 2)}
                for k, v in (own.get("knn") or {}).items() if isinstance(v, Mapping) and "top1" in v]
-    metrics += [{"type": "accuracy", "name": _probe_header(k), "value": float(v["top1"])}
+    metrics += [{"type": "accuracy", "name": _probe_header(k), "value": round(float(v["top1"]), 2)}
                 for k, v in own.items() if k.startswith("linear") and isinstance(v, Mapping) and "top1" in v]
     if not metrics:
         return []

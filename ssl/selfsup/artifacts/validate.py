@@ -38,6 +38,7 @@ def _finite_numbers(v: Any) -> bool:
 
 
 # field -> (whether the loader needs it, its check, what it must be); the other fields are free-form
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")  # timm.data.str_to_interp_mode
 CARD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "architecture": (True, lambda v: isinstance(v, str) and bool(v.strip()),
                      "it must be the name of the timm model the weights were trained with (a string)"),
@@ -60,10 +61,15 @@ CARD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     **{k: (False, lambda v: isinstance(v, dict), "it must be a JSON object")
        for k in ("training_config", "method_config", "versions", "results", "exports")},
     **{k: (False, lambda v: isinstance(v, str), "it must be a string")
-       for k in ("method", "method_reference", "selfsup_version", "load_with_timm", "global_pool", "interpolation")},
+       for k in ("method", "method_reference", "selfsup_version", "load_with_timm", "global_pool", "classifier",
+                 "first_conv")},
+    "interpolation": (False, lambda v: v in INTERPOLATIONS, f"it must be one of {', '.join(INTERPOLATIONS)} "
+                      f"(timm's names)"),
     "license": (False, lambda v: isinstance(v, str) and bool(v.strip()),
                 "it must be the licence's identifier, e.g. \"apache-2.0\" (a non-empty string)"),
-    "crop_pct": (False, lambda v: _finite_numbers([v]) and 0 < v <= 1, "it must be a number in (0, 1]"),
+    "crop_pct": (False, lambda v: _finite_numbers([v]) and v == 1,
+                 "it must be 1.0: the encoder was trained and evaluated on whole images, and timm would crop them "
+                 "to that fraction"),
     FORMAT_KEY: (False, _positive_int, "it must be a positive integer"),
 }
 REQUIRED_FIELDS = tuple(k for k, (required, _, _) in CARD_FIELDS.items() if required)
@@ -180,3 +186,19 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _DuplicateKey(key)
         out[key] = value
     return out
+
+
+def training_config_problem(card: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(field, problem) when the architecture or kwargs disagree with the training config the card keeps
+    (``selfsup.training_config.encoder``): kwargs that keep every tensor's shape (e.g. ``output_stride``)
+    load the weights but give other features. Checked after the model is built, so a kwarg timm rejects
+    gets timm's message first."""
+    trained = (card.get("training_config") or {}).get("encoder")
+    if isinstance(trained, dict):  # the weights were trained with these; other kwargs give other features
+        if trained.get("name") not in (None, card["architecture"]):
+            return "architecture", f"the encoder was trained as {trained['name']!r} (selfsup.training_config.encoder.name)"
+        if isinstance(trained.get("kwargs"), dict) and trained["kwargs"] != (card.get("kwargs") or {}):
+            return "kwargs", (f"the encoder was trained with {_json_value(trained['kwargs'])} "
+                              f"(selfsup.training_config.encoder.kwargs); other kwargs that keep the tensor shapes "
+                              f"give other features")
+    return None

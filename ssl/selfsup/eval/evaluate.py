@@ -299,16 +299,18 @@ def fill_stage_cache(p: Prepared, cfg: RunConfig, device: str, log: Callable[[st
                      sharded: bool = False) -> None:
     """Cache every stage of ``p.stages`` missing on each split, all from ONE extraction pass
     (:func:`extract_stages`), streamed to the cache a stage at a time: the rows wait in float32
-    scratch files, and only one stage is in memory (as stored, float16 where faithful) while it
-    is written. ``sharded``: a collective, as in :func:`cache_features` (one stage at a time is
+    (in memory when they fit :func:`selfsup.eval.features.memory_budget`, else in scratch files),
+    and each stage is written to the cache (float16 where faithful) in turn. ``sharded``: a collective, as in :func:`cache_features` (one stage at a time is
     gathered on rank 0)."""
     for split, ds in p.splits():
         missing = [s for s in p.stages if not p.cache.has(*p.entry(s, split), ds.labels)]
         missing = distributed.broadcast_object(missing) if sharded else missing
         if not missing:
             continue
+        cached = [s.name for s in p.stages if s not in missing]
         log(f"[eval] extracting {len(missing)} stage(s) of {p.target.label} in one pass "
-            f"({', '.join(s.name for s in missing)}; {len(ds)} {split} images)")
+            f"({', '.join(s.name for s in missing)}; {len(ds)} {split} images)"
+            + (f"; {', '.join(cached)} from the cache" if cached else ""))
         rows, labels = extract_stages(p.target.encoder, ds, p.target.info, missing, p.pool, p.cache.directory,
                                       cfg.data.eval_batch_size, device, cfg.data.num_workers, sharded,
                                       p.target.label)
@@ -403,8 +405,8 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
     if cfg.eval.linear:
         xtr = lazy_tr.load()  # the probes need train in memory
         log(f"[eval] linear probes for {shown} (lr x wd grid {len(cfg.eval.linear_lrs)}x"
-            f"{len(cfg.eval.linear_wds)}, labelled fractions 1 {' '.join(f'{f:g}' for f in cfg.eval.low_shot)}, "
-            f"{cfg.eval.probe_seeds} seeds)")
+            f"{len(cfg.eval.linear_wds)}, labelled fractions {' '.join(f'{f:g}' for f in [1, *cfg.eval.low_shot])}, "
+            f"{cfg.eval.probe_seeds} seed{'s' if cfg.eval.probe_seeds != 1 else ''})")
         results.update(probe_protocol(xtr, ytr, xte, yte, classes, cfg.eval.linear_lrs, cfg.eval.linear_wds,
                                       (1.0, *sorted(cfg.eval.low_shot, reverse=True)), cfg.eval.probe_seeds,
                                       cfg.eval.linear_epochs, cfg.eval.linear_batch_size,
