@@ -193,7 +193,7 @@ def stage_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return final
     best = max(rows, key=lambda r: r["linear"]["val_top1"])
     return {**final, "best_layer": best["layer"], "best_linear": best["linear"]["top1"],
-            "layers": [{"layer": r["layer"], "dims": r.get("dims"), **scores(r),
+            "layers": [{"layer": r["layer"], "dims": r.get("feature_dim"), **scores(r),
                         "val_top1": r["linear"]["val_top1"]} for r in rows]}
 
 
