@@ -223,13 +223,14 @@ def _export(args: argparse.Namespace) -> None:
     if not source.exists():
         raise FileNotFoundError(f"{source} does not exist: give a run directory (selfsup pretrain wrote it), a "
                                 f"checkpoint or an export directory")
-    same = out.exists() and source.resolve() == out.resolve()
+    from_export = is_export_dir(source)
+    same = from_export and out.exists() and source.resolve() == out.resolve()  # formats added in place
     if not same:
         # never into a run directory or a folder of other files (its README.md, config.json); an export is replaced
         check_out_dir(out, is_export_dir, "export", "export directory")
         if is_export_dir(out):
             print(f"replacing the export in {out} (its files: {', '.join(sorted(p.name for p in out.iterdir()))})")
-    if is_export_dir(source):  # an export: add formats in place, or copy it and add them there
+    if from_export:  # an export: add formats in place, or copy it and add them there
         from selfsup.artifacts.exportdir import export_formats
 
         if not same:
