@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.data import resolve_model_data_config
 
 import selfsup
@@ -40,6 +39,32 @@ def _export(out: Path, spec: tuple, info: DataInfo = INFO) -> torch.nn.Module:
                              f"encoder.name={arch}", f"encoder.kwargs={json.dumps(kwargs)}"])
     write_export(enc, make_card(cfg, info, enc), out)
     return enc
+
+
+V1_SPECS = {"resnet": ("resnet10t", {"channels": [4, 4, 4, 4], "stem_width": 4}),
+            "vit": ("vit_tiny_patch16_224", {"img_size": 8, "patch_size": 4, "embed_dim": 8, "depth": 1, "num_heads": 1})}
+
+
+def v1_export(tag: str, dest: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """An export in the format selfsup wrote before issue 15: the flat config.json and README.md that
+    tests/fixtures/make_export_v1.py wrote then (text, tracked), with weights generated here from the same
+    seeded encoder (binary files are not tracked) and the card's weights_sha256 set to them. Returns the
+    directory and {"x": a fixed input, "features": what that encoder gives on it}."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    arch, kwargs = V1_SPECS[tag]
+    out = Path(shutil.copytree(FIXTURES / f"export_v1_{tag}", dest))
+    torch.manual_seed(0)
+    enc = create_encoder(arch, 1, kwargs).eval()
+    save_file({k: v.contiguous() for k, v in enc.state_dict().items()}, str(out / "model.safetensors"))
+    card = json.loads((out / "config.json").read_text())
+    card["weights_sha256"] = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    (out / "config.json").write_text(json.dumps(card, indent=2))
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return out, {"x": x, "features": enc(x)}
 
 
 @pytest.mark.parametrize("spec", [RESNET, VIT], ids=["convnet", "vit"])
@@ -77,12 +102,11 @@ def test_resolve_model_data_config_returns_the_exports_settings(tmp_path, spec):
 
 @pytest.mark.parametrize("tag", ["resnet", "vit"])
 def test_exports_written_before_timms_schema_still_load(tag, tmp_path):
-    """tests/fixtures/export_v1_*: exports written by selfsup before issue 15 (flat config.json, written by
-    tests/fixtures/make_export_v1.py at that commit), with the features that encoder gave on a fixed input."""
-    old = FIXTURES / f"export_v1_{tag}"
+    """Exports in the format selfsup wrote before issue 15 (flat config.json: :func:`v1_export`) load with the
+    features of the encoder they hold."""
+    old, ref = v1_export(tag, tmp_path / "v1")
     raw = json.loads((old / "config.json").read_text())
     assert "pretrained_cfg" not in raw and "kwargs" in raw and "in_chans" in raw  # the old, flat format
-    ref = load_file(str(FIXTURES / f"export_v1_{tag}_features.safetensors"))
     enc = selfsup.load_encoder(old)
     assert enc.selfsup_info == DataInfo(1, 8, 10, (0.5,), (0.25,))
     with torch.no_grad():
@@ -160,8 +184,7 @@ def test_cli_adds_formats_to_an_export_in_place_or_to_a_copy(tmp_path, capsys):
 
     from selfsup.cli import main
 
-    old = tmp_path / "v1"
-    shutil.copytree(FIXTURES / "export_v1_resnet", old)
+    old, _ = v1_export("resnet", tmp_path / "v1")
     assert main(["export", str(old), str(old), "--format", "torchscript"]) == 0
     assert (old / "model.torchscript.pt").is_file()
     assert "pretrained_cfg" in json.loads((old / "config.json").read_text())  # rewritten in timm's schema

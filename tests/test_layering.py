@@ -153,8 +153,11 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
 
 def test_loading_an_export_imports_no_training_code(tmp_path):
     """selfsup.load_encoder of an export directory never imports selfsup.train (nor Lightning)."""
+    from test_export_timm import v1_export
+
+    export, _ = v1_export("resnet", tmp_path / "export")
     code = ("import sys, selfsup\n"
-            f"selfsup.load_encoder({str(ROOT / 'tests' / 'fixtures' / 'export_v1_resnet')!r})\n"
+            f"selfsup.load_encoder({str(export)!r})\n"
             "print(sorted(m for m in sys.modules if m.startswith(('selfsup.train', 'lightning'))))")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
