@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.artifacts.validate import read_card
-from selfsup.eval.report import _pm, probe_keys
+from selfsup.eval.report import _pm, probe_header, probe_keys
 from selfsup.rundir import RunDir, is_export_dir
 from selfsup.safeload import LoadError
 
@@ -99,8 +99,7 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
     knn_keys = list(dict.fromkeys(k for _, r in picked for k in r.get("knn", {})))
     probes = probe_keys([r for _, r in picked])
     header = ["target", "method", "encoder", "epochs", "train min", *[f"kNN {k}" for k in knn_keys],
-              *[("linear top-1" if k == "linear" else f"linear {k.removeprefix('linear_').replace('pct', '%')} labels")
-                for k in probes]]
+              *[probe_header(k) for k in probes]]
     cells = []
     for e, r in picked:
         label = r["label"] if r.get("kind") in BASELINE_KINDS else e.target

@@ -13,6 +13,7 @@ import yaml
 from selfsup.artifacts.card import CARD, LICENSE, WEIGHTS, timm_call
 from selfsup.artifacts.interop import FORMAT_FILES, ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT
 from selfsup.artifacts.torchvision import torchvision_call, torchvision_problem
+from selfsup.eval.report import probe_header
 
 def _dataset(card: Mapping[str, Any]) -> str | None:
     """The named dataset the encoder was trained on (None for an image folder, which has no name)."""
@@ -30,7 +31,7 @@ def model_index(card: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
     own = results[0]
     metrics = [{"type": "accuracy", "name": f"kNN {k} top-1", "value": round(float(v["top1"]), 2)}
                for k, v in (own.get("knn") or {}).items() if isinstance(v, Mapping) and "top1" in v]
-    metrics += [{"type": "accuracy", "name": _probe_header(k), "value": round(float(v["top1"]), 2)}
+    metrics += [{"type": "accuracy", "name": probe_header(k), "value": round(float(v["top1"]), 2)}
                 for k, v in own.items() if k.startswith("linear") and isinstance(v, Mapping) and "top1" in v]
     if not metrics:
         return []
@@ -88,14 +89,6 @@ def _probe_order(key: str, value: Mapping[str, Any]) -> tuple[int, float]:
     return rank, -float(value.get("fraction", 0.0))
 
 
-def _probe_header(key: str) -> str:
-    if key == "linear":
-        return "linear top-1"
-    if key == "linear_sklearn":
-        return "sklearn logistic top-1"
-    return f"linear top-1, {key.removeprefix('linear_').replace('pct', '%')} labels"
-
-
 def _pm(result: Mapping[str, Any]) -> str:
     std = result.get("top1_std")
     return f"{result['top1']:.2f}" if std is None else f"{result['top1']:.2f} ± {std:.2f}"
@@ -110,7 +103,7 @@ def results_markdown(results: Mapping[str, Any], dataset: str) -> str:
     knn = list(dict.fromkeys(k for r in rows.values() for k in r.get("knn", {})))
     probes = {k: v for r in rows.values() for k, v in r.items() if k.startswith("linear") and isinstance(v, Mapping)}
     probe_keys = sorted(probes, key=lambda k: _probe_order(k, probes[k]))
-    header = ["encoder"] + [f"kNN {k} top-1" for k in knn] + [_probe_header(k) for k in probe_keys]
+    header = ["encoder"] + [f"kNN {k} top-1" for k in knn] + [probe_header(k) for k in probe_keys]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for label, r in rows.items():
         cells = [label] + [f"{r['knn'][k]['top1']:.2f}" if k in r.get("knn", {}) else "" for k in knn]

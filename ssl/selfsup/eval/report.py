@@ -25,6 +25,16 @@ def _pm(result: dict[str, Any], key: str) -> str:
     return f"{result[key]:.2f}" if std is None or one_seed else f"{result[key]:.2f} ± {std:.2f}"
 
 
+def probe_header(key: str) -> str:
+    """The column name of probe result ``key``: "linear top-1" for all labels, "linear top-1, 10% labels"
+    for a low-shot fraction, "sklearn logistic top-1" for the scikit-learn cross-check."""
+    if key == "linear":
+        return "linear top-1"
+    if key == "linear_sklearn":
+        return "sklearn logistic top-1"
+    return f"linear top-1, {key.removeprefix('linear_').replace('pct', '%')} labels"
+
+
 def probe_keys(rows: list[dict[str, Any]]) -> list[str]:
     """The probe results present ("linear", then low-shot "linear_10pct", ... by falling fraction)."""
     keys = {k for r in rows for k, v in r.items() if k.startswith("linear") and isinstance(v, dict) and "fraction" in v}
@@ -62,7 +72,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         if key == "linear":
             header += ["linear top-1", "linear top-5"]
         else:
-            header.append(f"linear top-1, {key.removeprefix('linear_').replace('pct', '%')} labels")
+            header.append(probe_header(key))
     has_sklearn = any("linear_sklearn" in r for r in rows)
     if has_sklearn:
         header.append("sklearn logistic top-1")
