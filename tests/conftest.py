@@ -40,3 +40,10 @@ def tiny_config():
             "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]", "eval.low_shot=[]", "eval.probe_seeds=1", *overrides])
 
     return make
+
+
+def one_line_error(err: str) -> str:
+    """The one line a CLI error writes to stderr (fails on a traceback or on several lines)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

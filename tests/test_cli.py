@@ -14,6 +14,8 @@ import pytest
 
 from selfsup.cli import main
 
+from conftest import one_line_error
+
 TINY = ["data.name=digits", "data.image_size=16", "data.batch_size=64",
         "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.progress_bar=false",
         "eval.linear_epochs=5", "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]", "eval.low_shot=[0.1]",
@@ -62,6 +64,10 @@ def test_pretrain_eval_export(tmp_path, capsys):
     timing = json.loads((run_dir / "training_time.json").read_text())
     steps = max(int(r["step"]) for r in csv.DictReader((run_dir / "logs" / "metrics.csv").open()) if r["step"])
     assert timing["seconds"] > 0 and timing["steps"] == steps + 1 and len(timing["sessions"]) == 1
+    assert timing["epochs"] == 1  # epochs completed (here equal to trainer.max_epochs=1)
+    # the export's card keeps the run's training time and epochs, and its model card says them
+    assert card["training_minutes"] == round(timing["seconds"] / 60, 4) and card["trained_epochs"] == 1
+    assert "(1 epochs completed) in " in (run_dir / "export" / "README.md").read_text()
     capsys.readouterr()
     (run_dir / "plots" / "knn_grid.png").unlink()
     assert main(["plot", str(run_dir)]) == 0 and (run_dir / "plots" / "knn_grid.png").is_file()
@@ -73,13 +79,35 @@ def test_pretrain_eval_export(tmp_path, capsys):
     knn = f"{rows[0]['knn']['k=20,T=0.07']['top1']:.2f}"
     own = [line for line in table if line.startswith(f"| {run_dir}")]
     assert len(own) == 2 and all(f"| simclr | resnet18 | 1 |" in line and f"| {knn} |" in line for line in own)
-    assert f"{timing['seconds'] / 60:.1f}" in own[0]  # the run knows its training time; the export leaves it blank
+    assert all(f"| {timing['seconds'] / 60:.1f} |" in line for line in own)  # the run's time, and the card's copy
     assert any(line.startswith("| raw pixels |") for line in table)
     with open(tmp_path / "c.csv", newline="") as f:
         assert len(list(csv.reader(f))) == len(table) - 3  # header + rows (the markdown adds a rule; 2 lines said)
     assert (tmp_path / "c.png").stat().st_size > 0
     assert main(["compare", str(tmp_path / "ev")]) == 2  # an evaluation folder is neither a run nor an export
     assert "is neither a run directory" in capsys.readouterr().err
+    # a target given twice (however spelled) is listed once, with a note
+    assert main(["compare", str(run_dir), str(run_dir) + "/", str(run_dir / "export"),
+                 str(run_dir / "export" / ".." / "export")]) == 0
+    captured = capsys.readouterr()
+    assert len([line for line in captured.out.splitlines() if line.startswith(f"| {run_dir}")]) == 2
+    assert captured.err.count("was given more than once; it is listed once") == 2
+    # outputs that cannot be written are refused before the table is printed (no traceback, no partial output)
+    (tmp_path / "adir").mkdir()
+    for extra, message in ((["--csv", str(tmp_path / "adir")], f"--csv {tmp_path / 'adir'} is a directory"),
+                           (["--plot", str(tmp_path / "adir")], f"--plot {tmp_path / 'adir'} is a directory"),
+                           (["--plot", str(tmp_path / "c.txt")], "its name must end in .png (e.g. ")):
+        assert main(["compare", str(run_dir), *extra]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and message in one_line_error(captured.err)
+    assert not (tmp_path / "c.txt").exists() and list((tmp_path / "adir").iterdir()) == []
+    assert main(["compare", str(tmp_path / "nothing")]) == 2
+    assert f"{tmp_path / 'nothing'} does not exist: give a run directory" in capsys.readouterr().err
+    # an export onto an existing file is refused; the file is left as it was
+    (tmp_path / "afile").write_text("keep me")
+    assert main(["export", str(run_dir), str(tmp_path / "afile")]) == 2
+    assert "is a file, not a directory" in one_line_error(capsys.readouterr().err)
+    assert (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_export_never_writes_into_a_run_or_a_folder_of_other_files(tmp_path, capsys):

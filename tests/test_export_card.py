@@ -376,3 +376,20 @@ def test_a_field_given_twice_in_a_hand_edited_card_is_refused(export, tmp_path, 
     msg = _load_error(export)
     assert msg == f"{str(export / 'config.json')!r} gives 'in_chans' twice; keep one of them in that file"
     assert _cli_error(export, tmp_path, capsys) == msg
+
+
+def test_training_time_goes_to_the_card_only_for_the_weights_it_timed(tmp_path):
+    """The card's training minutes and epochs come from the run's training_time.json only when its step
+    count is the exported checkpoint's: an earlier checkpoint of the run did not take the run's time."""
+    from selfsup.artifacts.load import run_training_time
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    record = {"seconds": 90.0, "steps": 40, "epochs": 2, "sessions": [{"seconds": 90.0, "steps": 40, "resumed": False}]}
+    (run / "training_time.json").write_text(json.dumps(record))
+    assert run_training_time(run, 40) == record
+    assert run_training_time(run / "checkpoints" / "last.ckpt", 40) == record
+    assert run_training_time(run / "checkpoints" / "epoch=0.ckpt", 20) is None  # an earlier checkpoint
+    assert run_training_time(tmp_path / "loose.ckpt", 40) is None  # a checkpoint outside a run
+    (run / "training_time.json").write_text("{not json")
+    assert run_training_time(run, 40) is None

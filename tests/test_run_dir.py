@@ -25,7 +25,7 @@ from selfsup.fileio import UnwritableError, lock_holder, write_json
 from selfsup.train import run as run_mod
 from selfsup.train.run import RUN_DIR_ENV, RunDirError, hold_run_dir, pretrain, resume_changes
 
-from conftest import ROOT
+from conftest import ROOT, one_line_error
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
 ENV.pop(RUN_DIR_ENV, None)
@@ -39,12 +39,6 @@ CLI = [sys.executable, "-c", "import sys; from selfsup.cli import main; sys.exit
 
 def _files(run: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
-
-
-def _one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +67,7 @@ def test_resume_with_another_architecture_is_refused_before_anything_is_written(
     load after rewriting config.yaml, so that a plain --resume failed too."""
     before = _files(run_copy)
     assert main(["pretrain", "--resume", str(run_copy), "encoder.kwargs={}", "--no-eval"]) == 2
-    line = _one_line_error(capsys.readouterr().err)
+    line = one_line_error(capsys.readouterr().err)
     assert f"encoder.kwargs {KWARGS!r} -> {{}}" in line
     assert "fresh --run-dir" in line and "trainer.max_epochs" in line
     assert _files(run_copy) == before  # config.yaml byte-identical, nothing added
@@ -97,7 +91,7 @@ def test_resume_with_another_architecture_is_refused_before_anything_is_written(
 def test_resume_refuses_changes_to_what_was_trained(run_copy, capsys, override, key, old, new):
     before = _files(run_copy)
     assert main(["pretrain", "--resume", str(run_copy), override, "--no-eval"]) == 2
-    line = _one_line_error(capsys.readouterr().err)
+    line = one_line_error(capsys.readouterr().err)
     assert f"{key} {old!r} -> {new!r}" in line
     assert _files(run_copy) == before
 
@@ -146,7 +140,7 @@ def test_a_resumed_run_can_only_get_longer(tiny_config):
 def test_new_run_into_a_directory_holding_a_run_is_refused(run_copy, tiny_config, capsys):
     before = _files(run_copy)
     assert main(["pretrain", QUICKSTART, "--run-dir", str(run_copy), "--no-eval", *TINY]) == 2
-    line = _one_line_error(capsys.readouterr().err)
+    line = one_line_error(capsys.readouterr().err)
     assert "already holds a run" in line and f"--resume {run_copy}" in line and "fresh --run-dir" in line
     with pytest.raises(RunDirError, match="already holds a run"):
         pretrain(tiny_config("data.subset=128"), run_dir=run_copy, log=lambda s: None)
@@ -174,7 +168,7 @@ def test_second_process_is_refused_while_the_first_writes_the_run(tmp_path, caps
         for args in (["pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval", *TINY],
                      ["pretrain", "--resume", str(run), "--no-eval"]):
             assert main(args) == 2
-            line = _one_line_error(capsys.readouterr().err)
+            line = one_line_error(capsys.readouterr().err)
             assert f"in use: process {first.pid} is writing a run there" in line and "fresh --run-dir" in line
         assert first.poll() is None  # the first run was not disturbed
     finally:
@@ -182,7 +176,7 @@ def test_second_process_is_refused_while_the_first_writes_the_run(tmp_path, caps
         first.wait()
     assert lock_holder(run / ".lock") is None  # a killed holder releases the lock
     assert main(["pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval", *TINY]) == 2
-    assert "already holds a run" in _one_line_error(capsys.readouterr().err)
+    assert "already holds a run" in one_line_error(capsys.readouterr().err)
 
 
 def test_two_runs_started_with_the_same_run_dir(tmp_path):
@@ -284,7 +278,7 @@ def test_read_only_run_directory_names_the_place_and_the_way_out(tmp_path, monke
                         ([f"out_dir={ro}"], None),
                         (["--run-dir", str(ro / "existing")], ro / "existing")]:
         assert main(["pretrain", QUICKSTART, "--no-eval", *TINY, *args]) == 2
-        line = _one_line_error(capsys.readouterr().err)
+        line = one_line_error(capsys.readouterr().err)
         assert line.startswith(f"selfsup pretrain: error: cannot write {where or ro}")
         assert "(Read-only file system)" in line and line.endswith(WHERE)
     assert sorted(p.name for p in ro.iterdir()) == ["existing"]
@@ -302,7 +296,7 @@ def test_every_atomic_write_names_a_forbidden_place(tmp_path, monkeypatch, capsy
     # selfsup eval --out on a read-only disk: one line, exit 2
     assert main(["eval", "pixels", "--out", str(ro / "eval"), "data.name=digits", "data.image_size=8",
                  "eval.linear=false"]) == 2
-    line = _one_line_error(capsys.readouterr().err)
+    line = one_line_error(capsys.readouterr().err)
     assert line.startswith(f"selfsup eval: error: cannot write {ro / 'eval'}") and line.endswith(WHERE)
 
 

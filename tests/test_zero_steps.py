@@ -17,17 +17,11 @@ from selfsup.export import load_checkpoint
 from selfsup.train import run as run_mod
 from selfsup.train.run import NoStepsError, plan_steps, pretrain
 
-from conftest import ROOT
+from conftest import ROOT, one_line_error
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 TINY = ["data.name=digits", "data.image_size=16", "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
         "trainer.progress_bar=false", "trainer.precision=32-true", "trainer.max_epochs=1"]
-
-
-def _one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- refused before anything is written
@@ -44,7 +38,7 @@ def test_a_run_that_would_take_no_step_is_refused(tmp_path, capsys, override, me
     run = tmp_path / "run"
     args = ["pretrain", QUICKSTART, "--run-dir", str(run), *TINY, "data.batch_size=64", "data.subset=128", override]
     assert main(args) == 2
-    line = _one_line_error(capsys.readouterr().err)
+    line = one_line_error(capsys.readouterr().err)
     assert message in line
     assert not run.exists()  # nothing written: no directory, no config, no checkpoint, no export
 
@@ -121,7 +115,7 @@ def test_a_run_whose_every_batch_was_skipped_is_an_error_and_exports_nothing(tmp
     run = tmp_path / "run"
     assert main(["pretrain", QUICKSTART, "--run-dir", str(run), *TINY, "data.batch_size=1", "data.subset=5"]) == 2
     captured = capsys.readouterr()
-    line = _one_line_error(captured.err)
+    line = one_line_error(captured.err)
     assert "the run trained nothing: all 5 batch(es) had fewer than 2 images" in line
     assert "[pretrain] 5 batch(es) of fewer than 2 images were skipped" in captured.out
     assert not (run / "export").exists() and not (run / "checkpoints").exists()
@@ -162,7 +156,7 @@ def test_two_data_sections_are_refused_naming_the_key_and_both_lines(tmp_path, c
     with pytest.raises(ConfigError, match=rf"key 'data' is given twice \(lines {first} and {second}\)"):
         load_config(path)
     assert main(["pretrain", str(path), "--run-dir", str(tmp_path / "run")]) == 2
-    line = _one_line_error(capsys.readouterr().err)
+    line = one_line_error(capsys.readouterr().err)
     assert f"config file {str(path)!r}: key 'data' is given twice (lines 4 and 9)" in line and "merge them" in line
     assert not (tmp_path / "run").exists()
 

@@ -197,6 +197,9 @@ def check_out_dir(out: Path, holds_own: Callable[[Path], bool], what: str, flag:
     """
     from selfsup.config import ConfigError
 
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a directory: writing {what} there would replace it; choose a new "
+                          f"or empty {flag}")
     if not out.is_dir():
         return
     held = [name for name in (CONFIG_FILE, CHECKPOINT_DIR) if (out / name).exists()]
@@ -265,10 +268,14 @@ def _plot(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from selfsup.compare import bar_plot, markdown, read_entry, table_rows, to_csv
+    from selfsup.compare import bar_plot, check_outputs, markdown, read_entry, table_rows, to_csv, unique_targets
     from selfsup.fileio import write_text
 
-    header, cells = table_rows([read_entry(t) for t in args.targets], baselines=args.baselines)
+    check_outputs(args.csv, args.plot)
+    targets, repeats = unique_targets(args.targets)
+    for t in repeats:
+        print(f"selfsup compare: {t} was given more than once; it is listed once", file=sys.stderr)
+    header, cells = table_rows([read_entry(t) for t in targets], baselines=args.baselines)
     print(markdown(header, cells), end="")
     if args.csv:
         write_text(to_csv(header, cells), Path(args.csv))

@@ -2,7 +2,9 @@
 
 Each target contributes the row of its own encoder (the final stage when it was evaluated
 layer-wise); ``baselines=True`` adds the random-init and pixel rows they were evaluated beside
-(once per label and dataset). Columns: method, encoder, epochs, training minutes, every kNN
+(once per label and dataset). Columns: method, encoder, epochs completed and training minutes
+(from the run's ``training_time.json``, or the export card's copy of it; blank when unknown, never
+the configured ``max_epochs``), every kNN
 (k, T) and every linear-probe fraction any target has, as mean ± sd over probe seeds. A
 column a target lacks is blank; a target with nothing to compare is an error naming it.
 """
@@ -50,12 +52,10 @@ def read_run(path: Path) -> Entry:
     if not run.results_json.is_file():
         raise LoadError(f"{path} has no results.json (the run was not evaluated): run selfsup eval {path} first")
     rows = json.loads(run.results_json.read_text())
-    minutes = None
-    if run.training_time.is_file():
-        minutes = json.loads(run.training_time.read_text()).get("seconds", 0) / 60
-    trainer = cfg.get("trainer") or {}
+    timing = json.loads(run.training_time.read_text()) if run.training_time.is_file() else {}
+    minutes = timing["seconds"] / 60 if "seconds" in timing else None
     return Entry(str(path), (cfg.get("method") or {}).get("name"), (cfg.get("encoder") or {}).get("name"),
-                 trainer.get("max_epochs"), minutes, _final_stage(rows))
+                 timing.get("epochs"), minutes, _final_stage(rows))
 
 
 def read_export(path: Path) -> Entry:
@@ -64,20 +64,48 @@ def read_export(path: Path) -> Entry:
     rows = [{"label": label, "kind": "random" if label.startswith("random") else
              "pixels" if label.startswith("raw pixels") else "pretrained", **res}
             for label, res in (card.get("results") or {}).items()]
-    training = card.get("training_config") or {}
-    return Entry(str(path), card.get("method"), card.get("architecture"),
-                 (training.get("trainer") or {}).get("max_epochs"), card.get("training_minutes"), rows)
+    return Entry(str(path), card.get("method"), card.get("architecture"), card.get("trained_epochs"),
+                 card.get("training_minutes"), rows)
 
 
 def read_entry(target: str | Path) -> Entry:
     """A run directory or an export directory; LoadError (one line) for anything else."""
     path = Path(target)
+    if not path.exists():
+        raise LoadError(f"{target} does not exist: give a run directory (selfsup pretrain) or an export directory "
+                        f"(selfsup export)")
     if is_export_dir(path):
         return read_export(path)
     if RunDir(path).is_run():
         return read_run(path)
     raise LoadError(f"{target} is neither a run directory (config.yaml + checkpoints/) nor an export directory "
                     f"(config.json + model.safetensors): give what selfsup pretrain or selfsup export wrote")
+
+
+def unique_targets(targets: list[str]) -> tuple[list[str], list[str]]:
+    """``targets`` with repeats of one directory (however spelled) left out, and the repeats."""
+    kept, repeats, seen = [], [], set()
+    for t in targets:
+        key = Path(t).resolve()
+        (repeats if key in seen else kept).append(t)
+        seen.add(key)
+    return kept, repeats
+
+
+def check_outputs(csv_path: str | None, plot_path: str | None) -> None:
+    """Refuse, before anything is read or printed, a ``--csv`` or ``--plot`` path that cannot be written:
+    a directory, or a picture whose name does not end in .png (selfsup's pictures are PNG files).
+
+    Raises:
+        LoadError: (one line) naming the path and the fix.
+    """
+    for flag, path in (("--csv", csv_path), ("--plot", plot_path)):
+        if path and Path(path).is_dir():
+            raise LoadError(f"{flag} {path} is a directory: give a file name, e.g. {Path(path) / 'compare'}"
+                            f"{'.csv' if flag == '--csv' else '.png'}")
+    if plot_path and Path(plot_path).suffix.lower() != ".png":
+        raise LoadError(f"--plot {plot_path}: the picture is a PNG file, so its name must end in .png "
+                        f"(e.g. {Path(plot_path).with_suffix('.png')})")
 
 
 def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str], list[list[str]]]:

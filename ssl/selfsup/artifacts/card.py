@@ -81,9 +81,11 @@ def method_reference(name: str) -> str:
 
 
 def make_card(cfg: Any, info: DataInfo, encoder: nn.Module, results: dict[str, Any] | None = None,
-              trained_steps: int | None = None) -> dict[str, Any]:
+              trained_steps: int | None = None, training_time: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The card of ``encoder``, trained by run config ``cfg`` on data ``info`` (flat; :func:`to_config_json`
-    writes it in timm's schema)."""
+    writes it in timm's schema). ``training_time``: the run's ``training_time.json`` record of these very
+    weights (``seconds``, ``epochs``), kept as ``training_minutes`` and ``trained_epochs`` (null without it)."""
+    training_time = training_time or {}
     cfg_d = to_dict(cfg)
     kwargs = dict(cfg.encoder.kwargs)
     return {
@@ -105,6 +107,8 @@ def make_card(cfg: Any, info: DataInfo, encoder: nn.Module, results: dict[str, A
         "num_classes_seen": info.num_classes,
         "train_images": info.num_samples,
         "trained_steps": trained_steps,
+        "trained_epochs": training_time.get("epochs"),
+        "training_minutes": (round(training_time["seconds"] / 60, 4) if "seconds" in training_time else None),
         "method": cfg_d["method"]["name"],
         "method_reference": method_reference(cfg_d["method"]["name"]),
         "method_config": cfg_d["method"],

@@ -75,6 +75,10 @@ def _training_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     length = f"{steps:,} optimiser steps" if steps and steps > 0 else f"{trainer.get('max_epochs', '?')} epochs"
     done = (f"; the exported checkpoint was written after {card['trained_steps']:,} optimiser steps"
             if card.get("trained_steps") is not None else "")
+    if card.get("trained_epochs") is not None:
+        done += f" ({card['trained_epochs']:,} epochs completed)"
+    if card.get("training_minutes") is not None:
+        done += f" in {card['training_minutes']:.1f} wall minutes"
     schedule = (f"{length}{done}; batch {data.get('batch_size', '?')}; {optim.get('name', '?')}, peak lr "
                 f"{optim.get('lr', '?')} at batch 256 ({optim.get('lr_scaling', '?')} scaling), weight decay "
                 f"{optim.get('weight_decay', '?')}, {optim.get('warmup_epochs', '?')} warmup epochs; precision "

@@ -56,6 +56,9 @@ CARD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "num_params": (False, _count_or_null, "it must be an integer >= 0 or null"),
     "train_images": (False, _count_or_null, "it must be an integer >= 0 or null"),
     "trained_steps": (False, _count_or_null, "it must be an integer >= 0 or null"),
+    "trained_epochs": (False, _count_or_null, "it must be an integer >= 0 or null"),
+    "training_minutes": (False, lambda v: v is None or (_finite_numbers([v]) and v >= 0),
+                         "it must be a number >= 0 (wall minutes of training) or null"),
     "weights_sha256": (False, lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
                        f"it must be the SHA-256 of {WEIGHTS} (64 lowercase hex digits)"),
     **{k: (False, lambda v: isinstance(v, dict), "it must be a JSON object")

@@ -419,7 +419,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
             os.environ.pop(RUN_DIR_ENV, None)
         if owner and trainer.is_global_zero:
             record_training_time(RunDir(run_dir).training_time, time.perf_counter() - started, trainer.global_step,
-                                 resume)
+                                 resume, epochs=trainer.fit_loop.epoch_progress.current.completed)
         if module.skipped_batches and trainer.is_global_zero:
             log(f"[pretrain] {module.skipped_batches} batch(es) of fewer than 2 images were skipped")
         # a skipped batch still counts a global step (Lightning calls the optimiser, which has no
@@ -437,16 +437,20 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     return run_dir
 
 
-def record_training_time(path: Path, seconds: float, global_step: int, resumed: bool) -> dict[str, Any]:
+def record_training_time(path: Path, seconds: float, global_step: int, resumed: bool,
+                         epochs: int | None = None) -> dict[str, Any]:
     """Append one training session (wall seconds of ``trainer.fit``; the optimiser steps it took:
     ``global_step`` less the steps of the sessions before) to ``path`` (``training_time.json``) and
-    return the file's content: ``{"seconds": total, "steps": global_step, "sessions": [...]}``. A
-    new run starts the list again; a resume adds to it."""
+    return the file's content: ``{"seconds": total, "steps": global_step, "epochs": epochs,
+    "sessions": [...]}`` (``epochs``: the epochs completed so far, resumed sessions included, which
+    is less than ``trainer.max_epochs`` when a run stopped early; left out when not given). A new
+    run starts the list again; a resume adds to it."""
     old = json.loads(path.read_text()) if resumed and path.is_file() else {}
     before = sum(s["steps"] for s in old.get("sessions", []))
     sessions = [*old.get("sessions", []),
                 {"seconds": round(seconds, 2), "steps": global_step - before, "resumed": resumed}]
-    record = {"seconds": round(sum(s["seconds"] for s in sessions), 2), "steps": global_step, "sessions": sessions}
+    record = {"seconds": round(sum(s["seconds"] for s in sessions), 2), "steps": global_step,
+              **({"epochs": epochs} if epochs is not None else {}), "sessions": sessions}
     write_json(record, path)
     return record
 
