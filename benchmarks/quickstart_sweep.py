@@ -125,8 +125,8 @@ def keep_every_epoch(folder: Path) -> None:
 
     build = run_module.build_trainer
 
-    def build_keeping(cfg, module, run_dir, log=print):
-        trainer = build(cfg, module, run_dir, log)
+    def build_keeping(cfg, module, run_dir, log=print, resume=False):
+        trainer = build(cfg, module, run_dir, log, resume)
         trainer.callbacks.append(ModelCheckpoint(dirpath=folder, filename="epoch{epoch:03d}", save_top_k=-1,
                                                  every_n_epochs=1, auto_insert_metric_name=False))
         return trainer

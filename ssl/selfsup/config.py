@@ -124,6 +124,15 @@ class TrainerConfig:
     online_probe: bool = param(True, help="train a linear probe on detached features when labels exist")
     val_every_n_epochs: int = param(1, gt=0, help="online-probe validation frequency")
     progress_bar: bool = True
+    logger: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = param(
+        default_factory=lambda: ["csv"], help="where the training metrics go: csv (logs/metrics.csv, always "
+        "written: the plots read it) plus any of tensorboard, wandb, mlflow (Lightning's loggers)")
+    logger_project: str = param("selfsup", help="wandb project / mlflow experiment name (the run is named after "
+                                                "its run directory)")
+    wandb_mode: Literal["online", "offline"] = param("online", help="offline: W&B writes to RUN_DIR/wandb only "
+                                                     "(no network; `wandb sync` uploads it later)")
+    mlflow_tracking_uri: str = param("", help="MLflow tracking server or store; empty: a file store in "
+                                              "RUN_DIR/mlruns (no server, no network)")
     monitor_every_n_steps: int = param(50, ge=0, help="log RankMe, uniformity and (two-view methods) alignment of a "
                                        "held batch every N steps (0: off)")
     monitor_images: int = param(256, ge=2, help="images in the held batch of the label-free monitors")

@@ -34,6 +34,7 @@ LOGS_DIR = "logs"
 FEATURES_DIR = "features"
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 TRAINING_TIME = "training_time.json"
+LOGGER_IDS = "logger_ids.json"
 PLOTS_DIR = "plots"
 EXPORT_DIR = "export"
 DETECTION_DIR = "detection"
@@ -102,6 +103,26 @@ class RunDir:
     def training_time(self) -> Path:
         """Wall seconds of each training session (``selfsup pretrain`` and every ``--resume``)."""
         return self.root / TRAINING_TIME
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard's event files (``trainer.logger`` with tensorboard)."""
+        return self.root / "tensorboard"
+
+    @property
+    def wandb(self) -> Path:
+        """W&B's local files (``trainer.logger`` with wandb; all of it in offline mode)."""
+        return self.root / "wandb"
+
+    @property
+    def mlruns(self) -> Path:
+        """MLflow's file store when ``trainer.mlflow_tracking_uri`` is empty."""
+        return self.root / "mlruns"
+
+    @property
+    def logger_ids(self) -> Path:
+        """The W&B / MLflow run ids of the run (``logs/logger_ids.json``): a resume continues those runs."""
+        return self.logs / LOGGER_IDS
 
     @property
     def plots(self) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import json
 import math
 import os
@@ -27,7 +26,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 
 from selfsup import distributed
 from selfsup.config import ConfigError, RunConfig, dump_yaml, load_config, to_dict
-from selfsup.train.state import AtomicCheckpointIO, ResumableCSVLogger
+from selfsup.train.loggers import LoggerSessions, build_loggers
+from selfsup.train.state import AtomicCheckpointIO
 from selfsup.data import build_dataset, make_loader, subset
 from selfsup.fileio import LockedError, ensure_dir, file_lock, lock_holder, write_json, write_text
 from selfsup.rundir import CHECKPOINT_DIR, CONFIG_FILE, RunDir
@@ -389,7 +389,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     if module.probe is not None:
         val_loader = make_loader(build_dataset(cfg.data, "test"), cfg.data.eval_batch_size, train=False,
                                  num_workers=cfg.data.num_workers)
-    trainer = build_trainer(cfg, module, run_dir, log)
+    trainer = build_trainer(cfg, module, run_dir, log, resume)
     plan = plan_steps(len(train_ds), cfg.data.batch_size, trainer.world_size, t.limit_train_batches,
                       t.accumulate_grad_batches, t.max_epochs, t.max_steps)
     if trainer.world_size > 1:  # every rank needs the same batch size: replace unreadable files, never drop
@@ -466,9 +466,13 @@ def no_steps_message(skipped: int, removed: bool) -> str:
 
 
 def build_trainer(cfg: RunConfig, module: PretrainModule, run_dir: Path,
-                  log: Callable[[str], None] = print) -> L.Trainer:
+                  log: Callable[[str], None] = print, resume: bool = False) -> L.Trainer:
     """The Lightning Trainer of a run (writes nothing until it fits): epoch-end checkpoints
-    in ``run_dir/checkpoints`` (last.ckpt kept), metrics.csv, TensorBoard when installed."""
+    in ``run_dir/checkpoints`` (last.ckpt kept), metrics.csv and the loggers of ``trainer.logger``
+    (:mod:`selfsup.train.loggers`; a resume continues their runs).
+
+    Raises:
+        ConfigError: a logger's package is not installed."""
     callbacks: list[Any] = [
         # save_top_k=1 without a monitor keeps the newest epoch file; Lightning (>= 2.6) writes
         # last.ckpt only in an epoch that saved one, so top-k 0 would leave no checkpoint until the end
@@ -482,11 +486,9 @@ def build_trainer(cfg: RunConfig, module: PretrainModule, run_dir: Path,
         callbacks.append(TQDMProgressBar(refresh_rate=5))
     if cfg.trainer.monitor_every_n_steps:
         callbacks.append(LabelFreeMonitor(cfg.trainer.monitor_every_n_steps, cfg.trainer.monitor_images, log))
-    loggers: list[Any] = [ResumableCSVLogger(save_dir=str(run_dir), name="", version=RunDir(run_dir).logs_name)]
-    if importlib.util.find_spec("tensorboard") is not None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
+    loggers = build_loggers(cfg.trainer, run_dir, resume)
+    if len(loggers) > 1:
+        callbacks.append(LoggerSessions(run_dir))
     if cfg.trainer.compile:
         module.method.encoder.compile()  # in place: parameter names (checkpoints, exports) unchanged
     t = cfg.trainer
