@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from selfsup.data.datasets import DataError, FolderImages, TensorImages
 from selfsup.fileio import atomic_path, file_lock, write_json
+from selfsup.progress import progress
 
 
 def default_cache_dir() -> Path:
@@ -119,7 +120,7 @@ def decode_all(ds: FolderImages, out: Path, num_workers: int) -> tuple[list[int]
     arr = np.memmap(out, dtype=np.uint8, mode="w+", shape=(len(ds), *item))
     loader = DataLoader(_Decoded(ds), batch_size=64, num_workers=num_workers, collate_fn=_as_list)
     labels, skipped, row = [], [], 0
-    for batch in loader:
+    for batch in progress(loader, f"decoding {len(ds)} images once", total=len(loader), unit="batch"):
         for img, y, i in batch:
             if img is None:
                 skipped.append([ds.files[i], y])

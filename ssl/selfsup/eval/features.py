@@ -15,6 +15,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from selfsup import distributed
+from selfsup.progress import progress
 from selfsup.data import CleanTransform, DataInfo, ImageDataset, TensorImages, make_loader
 from selfsup.data.datasets import FolderImages, Subset, WithIndices
 from selfsup.eval.layers import Stage, stage_vectors
@@ -132,7 +133,8 @@ def extract_features(encoder: nn.Module, ds: ImageDataset, info: DataInfo, batch
     share = rank_share(ds) if sharded else ds
     feats, labels = [], []
     if share is not None:
-        for images, y in make_loader(share, batch_size, train=False, num_workers=num_workers):
+        loader = make_loader(share, batch_size, train=False, num_workers=num_workers)
+        for images, y in progress(loader, "features", total=len(loader), unit="batch"):
             x = clean(images.to(device, non_blocking=True))
             feats.append(encoder(x).float().cpu())
             labels.append(y)
@@ -221,7 +223,8 @@ def extract_stages(encoder: nn.Module, ds: ImageDataset, info: DataInfo, stages:
     rows = StageRows(scratch_dir, 0 if share is None else len(share))
     labels = []
     if share is not None:
-        for images, y in make_loader(share, batch_size, train=False, num_workers=num_workers):
+        loader = make_loader(share, batch_size, train=False, num_workers=num_workers)
+        for images, y in progress(loader, f"stage features of {label}", total=len(loader), unit="batch"):
             x = clean(images.to(device, non_blocking=True))
             rows.append(stage_vectors(encoder, x, stages, pool, label))  # {stage: [B, D_stage]}
             labels.append(y)

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from selfsup.config import ConfigError
 from selfsup.data.datasets import DataError
+from selfsup.progress import progress
 
 EXACT_MAX = 2_000_000  # auto: exact search up to this many train rows
 NPROBE = 8  # IVF cells scanned per query (see the module docstring for the recall trade-off)
@@ -259,7 +260,8 @@ def exact_search(train: Features, xq: np.ndarray, k: int, plan: IndexPlan) -> tu
     heap = faiss.ResultHeap(len(xq), k, keep_max=True)
     index = _on_device(faiss.IndexFlatIP(xq.shape[1]), plan)
     queries = chunk_bounds(len(xq), plan.query_rows)
-    for start, xb in unit_chunks(train, plan.chunk_rows):
+    chunks = math.ceil(train.shape[0] / plan.chunk_rows)
+    for start, xb in progress(unit_chunks(train, plan.chunk_rows), "kNN search (train chunks)", total=chunks):
         index.reset()
         index.add(xb)
         kc = min(k, len(xb))  # a short last chunk still fills every slot it returns
@@ -290,7 +292,8 @@ def train_ivf(index: faiss.Index, train: Features, plan: IndexPlan) -> None:
 
 def add_rows(index: faiss.Index, train: Features, plan: IndexPlan) -> None:
     """Every train row, normalised, added chunk by chunk (ids are row numbers)."""
-    for _, xb in unit_chunks(train, plan.chunk_rows):
+    chunks = math.ceil(train.shape[0] / plan.chunk_rows)
+    for _, xb in progress(unit_chunks(train, plan.chunk_rows), "kNN index (train chunks)", total=chunks):
         index.add(xb)
 
 
@@ -307,7 +310,7 @@ def index_search(index: faiss.Index, xq: np.ndarray, k: int, query_rows: int) ->
     search returns id -1 (similarity -FLT_MAX) where the scanned cells hold fewer than k rows."""
     sims = np.empty((len(xq), k), dtype=np.float32)
     ids = np.empty((len(xq), k), dtype=np.int64)
-    for qs, qe in chunk_bounds(len(xq), query_rows):
+    for qs, qe in progress(chunk_bounds(len(xq), query_rows), "kNN search (query chunks)"):
         sims[qs:qe], ids[qs:qe] = index.search(xq[qs:qe], k)
     return sims, ids
 

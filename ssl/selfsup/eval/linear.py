@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from selfsup.config import ConfigError
 from selfsup.data.datasets import DataError
+from selfsup.progress import Bar
 from selfsup.eval.knn import check_finite, check_labels, topk_accuracy
 
 
@@ -73,6 +74,7 @@ def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[fl
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total = epochs * steps_per_epoch
     step = 0
+    bar = Bar(f"linear probe: {n_set} head(s), {len(x)} rows", total, unit="step")
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(steps_per_epoch):
@@ -96,6 +98,8 @@ def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[fl
                     buf.mul_(0.9).add_(d_p)
                 p.sub_(lr.view(shape) * buf)
             step += 1
+            bar.update()
+    bar.close()
     heads = []
     for s in range(n_set):
         head = nn.Linear(dim, num_classes)
@@ -264,16 +268,20 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
     """
     check_probe_data(train, train_labels, num_classes, test, test_labels)
     results: dict[str, dict[str, Any]] = {}
+    fits = sum(seeds + (f >= 1) for f in fractions)  # the grid once for all labels, then one fit per seed
+    bar = Bar(f"linear probes ({len(fractions)} label fraction(s) x {seeds} seed(s))", fits, unit="fit")
     for fraction in fractions:
         runs = []
         if fraction >= 1:
             setting, val_acc = _select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
                                                val_fraction, seed)
             val = [val_acc]
+            bar.update()
             for s in range(seed, seed + seeds):
                 acc = _fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs,
                                      batch_size, s)
                 runs.append({**acc, "lr": setting[0], "weight_decay": setting[1]})
+                bar.update()
             n_train = len(train_labels)
         else:
             for s in range(seed, seed + seeds):
@@ -281,9 +289,11 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
                 runs.append(_linear_probe(train[idx], train_labels[idx], test, test_labels, num_classes, lrs,
                                           wds, epochs, batch_size, val_fraction, s))
                 n_train = len(idx)
+                bar.update()
             val = [r["val_top1"] for r in runs]
         results[fraction_key(fraction)] = {**summarise(runs), "fraction": fraction, "train_images": n_train,
                                            "val_top1": sum(val) / len(val)}
+    bar.close()
     return results
 
 
