@@ -3,10 +3,12 @@
 from selfsup.losses.infonce import (InfoNCE, LossOutput, NTXent, cross_entropy_bound, full_precision, mi_lower_bound,
                                     no_autocast)
 from selfsup.losses.memory import MemoryBank, Queue
+from selfsup.losses.mi_bounds import BOUNDS, Bound, ConcatCritic, SeparableCritic
 from selfsup.losses.nce import NCE, NCEOutput, nce_loss
 
 __all__ = ["NonFiniteLossError", "InfoNCE", "LossOutput", "NTXent", "cross_entropy_bound", "full_precision",
-           "mi_lower_bound", "no_autocast", "MemoryBank", "Queue", "NCE", "NCEOutput", "nce_loss"]
+           "mi_lower_bound", "no_autocast", "MemoryBank", "Queue", "NCE", "NCEOutput", "nce_loss", "BOUNDS", "Bound",
+           "ConcatCritic", "SeparableCritic"]
 
 
 class NonFiniteLossError(FloatingPointError):
