@@ -112,6 +112,7 @@ def test_gradients_dv_mine_js_and_smile():
     assert torch.allclose(grad(smile(s).loss), grad(-js_divergence_bound(s)))
 
 
+@torch.no_grad()
 def test_critics_score_every_pair():
     torch.manual_seed(0)
     x, y = torch.randn(5, 3), torch.randn(5, 4)
@@ -120,9 +121,8 @@ def test_critics_score_every_pair():
     assert torch.allclose(sep(x, y), loop, atol=1e-5)
     cat = ConcatCritic(3, 4, hidden=16, layers=2)
     first = torch.nn.Linear(7, 16)  # the first layer on the concatenation [x, y]
-    with torch.no_grad():
-        first.weight.copy_(torch.cat([cat.x_in.weight, cat.y_in.weight], 1))
-        first.bias.copy_(cat.x_in.bias)
+    first.weight.copy_(torch.cat([cat.x_in.weight, cat.y_in.weight], 1))
+    first.bias.copy_(cat.x_in.bias)
     loop = torch.tensor([[float(cat.out(torch.relu(first(torch.cat([x[i], y[j]]))))) for j in range(5)]
                          for i in range(5)])
     assert torch.allclose(cat(x, y), loop, atol=1e-5)
