@@ -171,3 +171,107 @@ def test_decoder_is_conditioned_on_the_noise_level_and_the_encoder_is_not():
     assert not torch.allclose(out[0][0], out[1][0])  # decoder output depends on c_noise
     assert torch.equal(out[0][1], out[1][1])  # encoder features do not
     assert make_method(condition_decoder=False).noise_embed is None
+
+
+# --------------------------------------------------------------------------- vp and flow corruptions
+
+from selfsup.config import ConfigError, load_config  # noqa: E402
+from selfsup.methods.denoise import (T_MIN, clean_estimate, flow_corruption, prediction_target,  # noqa: E402
+                                     sample_t, vp_corruption)
+
+
+def ddpm_alpha_bar(t: float) -> float:
+    """DDPM's discrete product prod_{i <= tT} (1 - beta_i), beta linear from 1e-4 to 0.02 over T = 1000
+    (Ho et al. 2020), evaluated directly."""
+    steps = round(t * 1000)
+    return math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / 999) for i in range(steps))
+
+
+def nichol_alpha_bar(t: float, s: float = 0.008) -> float:
+    """Nichol & Dhariwal 2021, eq. 17: f(t) / f(0), f(t) = cos^2(((t + s) / (1 + s)) pi / 2)."""
+    f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    return f(t) / f(0)
+
+
+@pytest.mark.parametrize("t", [0.05, 0.25, 0.5, 0.75, 0.95])
+def test_each_corruption_has_its_mean_and_variance(t):
+    """x_t = alpha x_0 + sigma eps over 400k draws of eps: mean alpha x_0 and variance sigma^2, with
+    alpha and sigma from formulas written here (DDPM's discrete product for the linear schedule)."""
+    g = torch.Generator().manual_seed(0)
+    eps = torch.randn(400_000, generator=g, dtype=torch.float64)
+    x0 = 0.7
+    tt = torch.tensor([t], dtype=torch.float64)
+    cases = {"vp-linear": (vp_corruption(tt, "linear"), math.sqrt(ddpm_alpha_bar(t)), 2e-3),
+             "vp-cosine": (vp_corruption(tt, "cosine"), math.sqrt(nichol_alpha_bar(t)), 1e-9),
+             "flow": (flow_corruption(tt), 1 - t, 1e-12)}
+    for name, (c, alpha, tol) in cases.items():
+        sigma = t if name == "flow" else math.sqrt(1 - alpha**2)
+        assert abs(float(c.alpha) - alpha) < tol and abs(float(c.sigma) - sigma) < max(tol, 2e-3 * (name != "flow")), name
+        x_t = c.alpha * x0 + c.sigma * eps
+        assert abs(float(x_t.mean()) - alpha * x0) < 5e-3, name
+        assert abs(float(x_t.var()) - sigma**2) < 5e-3 * max(sigma**2, 0.1), name
+        assert abs(float(c.c_noise) - math.log(float(c.sigma) / float(c.alpha)) / 4) < 1e-12
+
+
+def test_time_distributions():
+    g = torch.Generator().manual_seed(0)
+    t = sample_t(200_000, torch.device("cpu"), "vp", generator=g)
+    assert abs(float(t.mean()) - 0.5) < 3e-3 and abs(float(t.var()) - 1 / 12) < 2e-3
+    t = sample_t(200_000, torch.device("cpu"), "flow", logit_mean=0.5, logit_std=1.5, generator=g)
+    logit = torch.log(t / (1 - t))
+    assert abs(float(logit.mean()) - 0.5) < 0.02 and abs(float(logit.std()) - 1.5) < 0.02
+    assert float(t.min()) >= T_MIN and float(t.max()) <= 1 - T_MIN
+
+
+@pytest.mark.parametrize("kind", ["vp-eps", "vp-v", "flow"])
+def test_the_loss_at_the_ends_of_each_schedule(kind):
+    """At t -> 0 x_t is x_0 and at t -> 1 it is the noise: the best prediction from x_t there has a loss
+    in closed form: E[eps^2] = 1 where the target needs the unseen noise, Var(x_0) where it needs the
+    unseen image, 0 where x_t gives the target away. The method's loss with those predictions matches."""
+    corruption, prediction = ("flow", "eps") if kind == "flow" else ("vp", kind.split("-")[1])
+    method = make_method(corruption=corruption, prediction=prediction)
+    g = torch.Generator().manual_seed(0)
+    x0 = 0.3 + 0.8 * torch.randn(64, 1, 16, 16, generator=g)  # Var(x_0) = 0.64
+    eps = torch.randn(64, 1, 16, 16, generator=g)
+    var_x0 = float(x0.var())
+    # (t, prediction from x_t, expected loss)
+    ends = {"vp-eps": [(T_MIN, lambda x_t: torch.zeros_like(x_t), 1.0), (1 - T_MIN, lambda x_t: x_t, 0.0)],
+            "vp-v": [(T_MIN, lambda x_t: torch.zeros_like(x_t), 1.0), (1 - T_MIN, lambda x_t: -x0.mean() + 0 * x_t,
+                                                                         var_x0)],
+            "flow": [(T_MIN, lambda x_t: -x_t, 1.0), (1 - T_MIN, lambda x_t: x_t - x0.mean(), var_x0)]}[kind]
+    for t, predict, want in ends:
+        seen = {}
+
+        def network(x_t, c_noise, predict=predict, seen=seen):
+            seen["x_t"] = x_t
+            return predict(x_t), torch.zeros(len(x_t), 4)
+        method.network = network
+        loss = float(method.diffusion_terms(x0, torch.full((64,), t), eps)["loss"])
+        assert abs(loss - want) < 0.03 * max(1.0, want), (t, loss, want)
+    # an exact prediction scores 0 and gives x_0 back
+    c = vp_corruption(torch.full((64,), 0.5)) if corruption == "vp" else flow_corruption(torch.full((64,), 0.5))
+    x_t = c.alpha.view(-1, 1, 1, 1) * x0 + c.sigma.view(-1, 1, 1, 1) * eps
+    target = prediction_target(x0, eps, c, method.cfg.predicts)
+    torch.testing.assert_close(clean_estimate(x_t, target, c, method.cfg.predicts), x0, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("corruption", ["vp", "flow"])
+def test_a_training_step_of_each_corruption_feeds_x_t_to_the_encoder_and_trains_it(corruption):
+    torch.manual_seed(0)
+    method = make_method(corruption=corruption)
+    images = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
+    seen = []
+    method.encoder.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    out = method.training_step(images)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and torch.isfinite(out["recon_mse"])
+    assert method.encoder.conv1.weight.grad.abs().sum() > 0
+    assert seen[0].shape == (8, 1, 16, 16) and float(seen[0].std()) > 0.3  # x_t unscaled: variance near 1
+
+
+def test_corruption_options_that_do_not_apply_are_refused():
+    with pytest.raises(ConfigError, match="target=clean is EDM's preconditioning choice"):
+        load_config(None, ["method.name=denoise", "method.corruption=vp", "method.target=clean"])
+    with pytest.raises(ConfigError, match="prediction=v applies to corruption=vp only"):
+        load_config(None, ["method.name=denoise", "method.corruption=flow", "method.prediction=v"])
+    assert load_config(None, ["method.name=denoise", "method.corruption=vp", "method.prediction=v"]).method.prediction == "v"

@@ -21,6 +21,25 @@ sigma, the negated noise -eps as sigma -> 0 (where D is x_t itself through the s
 Chen et al.'s clean-image prediction), and as sigma -> 0 the loss becomes the plain
 autoencoder reconstruction loss ||D(x_0) - x_0||^2 / sigma_data^2.
 
+Corruptions (``corruption``), one form x_t = alpha(t) x_0 + sigma(t) eps (Kingma et al. 2021,
+"Variational Diffusion Models"; Karras et al. 2022, section 2):
+
+- ``edm`` (default): alpha = 1, ln sigma ~ N(p_mean, p_std^2), the preconditioning above.
+- ``vp``: variance preserving, alpha^2 + sigma^2 = 1, t ~ U(0, 1): DDPM's ``linear`` schedule in
+  continuous time (Ho et al. 2020, beta 1e-4 to 0.02 over 1000 steps, i.e. the VP SDE of
+  Song et al. 2021 with beta_min 0.1, beta_max 20: alpha^2 = exp(-beta_min t - (beta_max -
+  beta_min) t^2 / 2)) or the ``cosine`` schedule (Nichol & Dhariwal 2021, s = 0.008:
+  alpha^2 = cos^2((t + s) / (1 + s) pi/2) / cos^2(s / (1 + s) pi/2)); the network predicts
+  ``eps`` (Ho et al.'s simple loss) or ``v`` = alpha eps - sigma x_0 (Salimans & Ho 2022).
+- ``flow``: flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023), alpha = 1 - t,
+  sigma = t, the velocity target eps - x_0, t logit-normal (Esser et al. 2024, m = 0, s = 1).
+
+For ``vp`` and ``flow``, x_0 is the normalised view itself (unit variance, so x_t keeps a
+variance near 1 and x_0 at t = 0 is the evaluation input), x_t goes to the encoder as it is
+(their models take x_t unscaled), and the loss is the unweighted mean squared error of the
+prediction. The decoder's noise input is c_noise = ln(sigma / alpha) / 4 (-log-SNR / 8), which
+is EDM's ln(sigma) / 4 when alpha = 1; t is kept within [1e-4, 1 - 1e-4] so that it stays finite.
+
 Noise level. The encoder gets sigma only through c_in (it stays a plain timm model that
 is evaluated and exported without a noise input); the decoder is conditioned on c_noise:
 a sinusoidal embedding of c_noise and a two-layer MLP (its last layer zero-initialised)
@@ -73,11 +92,14 @@ def sample_noise(x0: Tensor, p_mean: float, p_std: float,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Independent noise per sample: sigma [B] with ln(sigma) ~ N(p_mean, p_std^2), and
     standard normal eps shaped like ``x0`` [B, C, H, W]."""
-    b, shape = x0.shape[0], x0.shape[1:]
-    z = draw_local(lambda rows: torch.randn(rows, device=x0.device, generator=generator), b)  # [B]
-    eps = draw_local(lambda rows: torch.randn(rows, *shape, device=x0.device, dtype=x0.dtype, generator=generator),
-                     b)  # [B, C, H, W]
-    return (p_mean + p_std * z).exp(), eps
+    z = draw_local(lambda rows: torch.randn(rows, device=x0.device, generator=generator), x0.shape[0])  # [B]
+    return (p_mean + p_std * z).exp(), noise_like(x0, generator)
+
+
+def noise_like(x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal eps shaped like ``x0`` [B, C, H, W], drawn for the global batch (``draw_local``)."""
+    return draw_local(lambda rows: torch.randn(rows, *x0.shape[1:], device=x0.device, dtype=x0.dtype,
+                                               generator=generator), x0.shape[0])
 
 
 def _bcast(v: Tensor) -> Tensor:
@@ -118,6 +140,75 @@ class NoiseEmbedding(nn.Module):
         return self.mlp(torch.cat([a.sin(), a.cos()], dim=1))  # [B, dim]
 
 
+T_MIN = 1e-4  # t is drawn within [T_MIN, 1 - T_MIN]: alpha and sigma stay > 0, ln(sigma / alpha) finite
+VP_BETA = (0.1, 20.0)  # DDPM's beta_1 = 1e-4, beta_T = 0.02 times T = 1000 (Song et al. 2021, VP SDE)
+COSINE_S = 0.008  # Nichol & Dhariwal 2021, eq. 17
+
+
+class Corruption(NamedTuple):
+    """x_t = alpha x_0 + sigma eps at times t, each ``[B]``; ``c_noise`` conditions the decoder."""
+
+    alpha: Tensor
+    sigma: Tensor
+    c_noise: Tensor
+
+
+def _corruption(alpha: Tensor, sigma: Tensor) -> Corruption:
+    return Corruption(alpha, sigma, (sigma / alpha).log() / 4)
+
+
+def vp_alpha_bar(t: Tensor, schedule: Literal["cosine", "linear"]) -> Tensor:
+    """alpha(t)^2 of the VP schedules (module docstring) for t ``[B]`` in [0, 1]."""
+    if schedule == "linear":
+        lo, hi = VP_BETA
+        return torch.exp(-lo * t - (hi - lo) * t.square() / 2)
+    f = torch.cos((t + COSINE_S) / (1 + COSINE_S) * math.pi / 2).square()
+    return f / math.cos(COSINE_S / (1 + COSINE_S) * math.pi / 2) ** 2
+
+
+def vp_corruption(t: Tensor, schedule: Literal["cosine", "linear"] = "cosine") -> Corruption:
+    """Variance-preserving: alpha = sqrt(alpha_bar(t)), sigma = sqrt(1 - alpha_bar(t))."""
+    a2 = vp_alpha_bar(t, schedule)
+    return _corruption(a2.sqrt(), (1 - a2).sqrt())
+
+
+def flow_corruption(t: Tensor) -> Corruption:
+    """Flow matching / rectified flow: alpha = 1 - t, sigma = t."""
+    return _corruption(1 - t, t)
+
+
+def sample_t(b: int, device: torch.device, corruption: Literal["vp", "flow"], logit_mean: float = 0.0,
+             logit_std: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """Times ``[B]`` within [T_MIN, 1 - T_MIN]: uniform for ``vp``; logit-normal for ``flow``
+    (logit t ~ N(logit_mean, logit_std^2)). Drawn for the global batch (``draw_local``)."""
+    if corruption == "vp":
+        u = draw_local(lambda rows: torch.rand(rows, device=device, generator=generator), b)  # [B]
+    else:
+        z = draw_local(lambda rows: torch.randn(rows, device=device, generator=generator), b)  # [B]
+        u = torch.sigmoid(logit_mean + logit_std * z)
+    return u.clamp(T_MIN, 1 - T_MIN)
+
+
+def prediction_target(x0: Tensor, eps: Tensor, c: Corruption, kind: Literal["eps", "v", "velocity"]) -> Tensor:
+    """What the network predicts, ``[B, C, H, W]``: the noise ``eps``; ``v`` = alpha eps - sigma x_0;
+    the flow ``velocity`` d x_t / dt = eps - x_0."""
+    if kind == "eps":
+        return eps
+    if kind == "v":
+        return _bcast(c.alpha) * eps - _bcast(c.sigma) * x0
+    return eps - x0
+
+
+def clean_estimate(x_t: Tensor, out: Tensor, c: Corruption, kind: Literal["eps", "v", "velocity"]) -> Tensor:
+    """x_0 implied by the prediction ``out`` at x_t (for the reconstruction error that is logged)."""
+    a, s = _bcast(c.alpha), _bcast(c.sigma)
+    if kind == "eps":
+        return (x_t - s * out) / a
+    if kind == "v":
+        return a * x_t - s * out  # alpha^2 + sigma^2 = 1
+    return x_t - s * out  # x_t - t v
+
+
 def denoise_augment() -> AugmentConfig:
     """Random resized crops (scale 0.2-1) and flips, as for MAE; no colour changes."""
     return AugmentConfig(crop_scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0)
@@ -135,7 +226,27 @@ class DenoiseConfig:
                                             "directly (c_skip = 0)")
     condition_decoder: bool = param(True, help="add an embedding of c_noise = ln(sigma)/4 to the features "
                                     "before the decoder (the encoder never gets sigma)")
+    corruption: Literal["edm", "vp", "flow"] = param("edm", help="x_t = alpha x_0 + sigma eps: edm (alpha 1, "
+                                                     "log-normal sigma), vp (DDPM), flow (rectified flow)")
+    vp_schedule: Literal["cosine", "linear"] = param("cosine", help="corruption=vp: the alpha(t) schedule")
+    prediction: Literal["eps", "v"] = param("eps", help="corruption=vp: predict the noise or v = alpha eps - "
+                                            "sigma x_0 (flow always predicts the velocity eps - x_0)")
+    logit_mean: float = param(0.0, help="corruption=flow: mean of logit(t)")
+    logit_std: float = param(1.0, gt=0, help="corruption=flow: standard deviation of logit(t)")
     augment: AugmentConfig = field(default_factory=denoise_augment)
+
+    def __post_init__(self) -> None:
+        if self.corruption != "edm" and self.target != "edm":
+            raise ValueError(f"target={self.target} is EDM's preconditioning choice; with corruption="
+                             f"{self.corruption} leave target at edm (what is predicted is set by prediction)")
+        if self.corruption != "vp" and self.prediction != "eps":
+            raise ValueError(f"prediction={self.prediction} applies to corruption=vp only (edm predicts through "
+                             f"its preconditioning, flow predicts the velocity); use corruption=vp")
+
+    @property
+    def predicts(self) -> Literal["eps", "v", "velocity"]:
+        """The prediction target of the vp and flow corruptions."""
+        return "velocity" if self.corruption == "flow" else self.prediction
 
 
 @METHODS.register("denoise")
@@ -170,7 +281,24 @@ class Denoise(Method):
             recon = (denoised.float() - x0.float()).square().mean() / cfg.sigma_data ** 2
         return {"loss": loss, "recon_mse": recon, "features": features.detach()}
 
+    def diffusion_terms(self, x0: Tensor, t: Tensor, eps: Tensor) -> dict[str, Tensor]:
+        """The vp / flow loss for clean images ``x0`` [B, C, H, W] at times ``t`` [B] with noise ``eps``:
+        mean squared error of the prediction against :func:`prediction_target`."""
+        cfg = self.cfg
+        c = vp_corruption(t, cfg.vp_schedule) if cfg.corruption == "vp" else flow_corruption(t)
+        x_t = _bcast(c.alpha) * x0 + _bcast(c.sigma) * eps  # [B, C, H, W]
+        out, features = self.network(x_t, c.c_noise)  # [B, C, H, W], [B, D]
+        target = prediction_target(x0, eps, c, cfg.predicts)
+        loss = (out.float() - target.float()).square().mean()
+        with torch.no_grad():
+            recon = (clean_estimate(x_t, out, c, cfg.predicts).float() - x0.float()).square().mean()
+        return {"loss": loss, "recon_mse": recon, "features": features.detach()}
+
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
+        if self.cfg.corruption != "edm":
+            x0 = self.augment(images)  # [B, C, S, S], the normalised view (unit variance)
+            t = sample_t(x0.shape[0], x0.device, self.cfg.corruption, self.cfg.logit_mean, self.cfg.logit_std)
+            return self.diffusion_terms(x0, t, noise_like(x0))  # eps [B, C, S, S]
         x0 = self.augment(images) * self.cfg.sigma_data  # [B, C, S, S], std about sigma_data
         sigma, eps = sample_noise(x0, self.cfg.p_mean, self.cfg.p_std)  # [B], [B, C, S, S]
         return self.loss_terms(x0, sigma, eps)
