@@ -134,3 +134,101 @@ def test_critics_score_every_pair():
 def test_a_score_matrix_that_is_not_square_is_refused(shape):
     with pytest.raises(ValueError, match=r"scores must be a square \[B, B\] matrix with B >= 2"):
         nwj(torch.zeros(shape))
+
+
+def test_a_rectangular_matrix_with_positive_columns_splits_joint_and_marginal_pairs():
+    """[B, N] scores with the positive of row i in column target[i] (a queue of negatives), and -inf
+    entries that are no candidates (SimCLR's anchor against itself), against explicit loops."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    target = torch.tensor([0, 3, 5, 1])
+    s[2, 2] = float("-inf")  # not a candidate of row 2
+    a = s.numpy()
+    joint = [a[i][int(target[i])] for i in range(4)]
+    marg = [a[i][j] for i in range(4) for j in range(6) if j != int(target[i]) and np.isfinite(a[i][j])]
+    assert len(marg) == 4 * 5 - 1
+    e_q = sum(math.exp(v) for v in marg) / len(marg)
+    assert abs(float(nwj(s, target).mi) - (np.mean(joint) - e_q / math.e)) < 1e-10
+    assert abs(float(dv(s, target=target)[0].mi) - (np.mean(joint) - math.log(e_q))) < 1e-10
+    rows = [math.log(6 - (i == 2)) + a[i][int(target[i])] - math.log(sum(math.exp(v) for v in a[i] if np.isfinite(v)))
+            for i in range(4)]
+    assert abs(float(infonce(s[[0, 1, 3]], target[[0, 1, 3]]).mi) - np.mean([rows[0], rows[1], rows[3]])) < 1e-10
+    with pytest.raises(ValueError, match="unknown MI bound 'mine': choose from infonce, nwj, js, dv, smile"):
+        from selfsup.losses.mi_bounds import estimate
+        estimate("mine", s, target)
+
+
+# --------------------------------------------------------------------------- method.estimator
+
+
+def _nwj(joint: list[float], marg: list[float]) -> float:
+    return sum(joint) / len(joint) - sum(math.exp(v) for v in marg) / len(marg) / math.e
+
+
+def test_simclr_views_read_by_nwj_equal_the_bound_on_the_2n_view_matrix():
+    """NT-Xent's critic (cosine / tau over 2N views, an anchor never its own candidate) read by NWJ:
+    each direction's NWJ from explicit loops over the 2N x 2N view matrix, averaged."""
+    from selfsup.losses import NTXent
+    from selfsup.losses.mi_bounds import ContrastiveBound
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(5, 8, generator=g, dtype=torch.float64), torch.randn(5, 8, generator=g, dtype=torch.float64)
+    tau, n = 0.5, 5
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1).numpy()
+    sim = (z @ z.T) / tau  # [2N, 2N]
+    values = []
+    for anchors in (range(n), range(n, 2 * n)):  # direction 1: views 1 as anchors; direction 2: views 2
+        joint = [sim[i][(i + n) % (2 * n)] for i in anchors]
+        marg = [sim[i][j] for i in anchors for j in range(2 * n) if j not in (i, (i + n) % (2 * n))]
+        values.append(_nwj(joint, marg))
+    out = ContrastiveBound(NTXent(tau, gather_distributed=False), "nwj")(z1, z2)
+    assert abs(float(out.mi_bound) - sum(values) / 2) < 1e-10 and abs(float(out.loss) + sum(values) / 2) < 1e-10
+    assert out.candidates == 2 * n - 1
+    plain = NTXent(tau, gather_distributed=False)(z1, z2)  # infonce: the criterion itself
+    same = ContrastiveBound(NTXent(tau, gather_distributed=False), "infonce")(z1, z2)
+    assert torch.equal(plain.loss, same.loss) and torch.equal(plain.mi_bound, same.mi_bound)
+
+
+def test_moco_queue_read_by_js_and_mine_state():
+    """MoCo's critic (the positive key and a queue of K negatives) read by JS and by DV / MINE."""
+    from selfsup.losses import InfoNCE
+    from selfsup.losses.mi_bounds import ContrastiveBound
+
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
+    queue = torch.randn(7, 6, generator=g, dtype=torch.float64)
+    tau = 0.2
+    nq, nk, nn_ = (torch.nn.functional.normalize(t, dim=1).numpy() for t in (q, k, queue))
+    joint = [float(nq[i] @ nk[i]) / tau for i in range(4)]
+    marg = [float(nq[i] @ nn_[j]) / tau for i in range(4) for j in range(7)]
+    nwj_at_f_plus_1 = sum(joint) / 4 + 1 - sum(math.exp(v) for v in marg) / len(marg)
+    out = ContrastiveBound(InfoNCE(tau, batch_negatives=False), "js")(q, k, queue)
+    assert abs(float(out.mi_bound) - nwj_at_f_plus_1) < 1e-10 and out.candidates == 8
+    js_ref = sum(-_softplus(-v) for v in joint) / 4 - sum(_softplus(v) for v in marg) / len(marg)
+    assert abs(float(out.loss) + js_ref) < 1e-10
+    mine = ContrastiveBound(InfoNCE(tau, batch_negatives=False), "dv")
+    partition = sum(math.exp(v) for v in marg) / len(marg)
+    mine(q, k, queue)
+    assert abs(float(mine.ema) - (0.9 + 0.1 * partition)) < 1e-6  # the moving average moved (a float32 buffer)
+    mine.eval()
+    mine(q, k, queue)
+    assert abs(float(mine.ema) - (0.9 + 0.1 * partition)) < 1e-6  # not in evaluation
+    assert "ema" not in mine.state_dict()  # checkpoints keep their keys
+
+
+def test_method_estimator_reaches_simclr_and_moco_and_is_checked():
+    from selfsup.config import ConfigError, load_config
+    from selfsup.encoders import create_encoder
+    from selfsup.methods import METHODS
+
+    from conftest import TINY_INFO
+
+    for name in ("simclr", "moco"):
+        cfg = load_config(None, [f"method.name={name}", "method.estimator=smile", "method.smile_tau=2.0"])
+        enc = create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64], "stem_width": 8})
+        method = METHODS.get(name)(cfg.method, enc, TINY_INFO)
+        assert method.criterion.estimator == "smile" and method.criterion.tau == 2.0
+        out = method.training_step(torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8))
+        assert torch.isfinite(out["loss"]) and torch.isfinite(out["mi_bound"])
+    with pytest.raises(ConfigError, match="method.estimator"):
+        load_config(None, ["method.name=simclr", "method.estimator=mine"])

@@ -108,6 +108,23 @@ class InfoNCE(nn.Module):
                                  full_precision(negatives) if negatives is not None else None)
 
     def _forward(self, q: Tensor, k: Tensor, neg: Tensor | None) -> LossOutput:
+        outs = [cross_entropy_bound(*scored) for scored in self._scored(q, k, neg)]
+        if len(outs) == 1:
+            return outs[0]
+        loss = (outs[0].loss + outs[1].loss) / 2
+        return LossOutput(loss, mi_lower_bound(loss, outs[0].candidates), outs[0].candidates)
+
+    def score_matrices(self, query: Tensor, key: Tensor, negatives: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+        """The critic scores this InfoNCE takes its cross entropy of, for the other MI bounds
+        (:mod:`selfsup.losses.mi_bounds`): one ``(scores [B, N'], target [B])`` per direction (two when
+        ``symmetric``), ``scores`` already divided by the temperature, the positive of row i in
+        column ``target[i]``, -inf where a column is no candidate of the row."""
+        with no_autocast(query):
+            return [(logits, target) for logits, target, _ in self._scored(
+                full_precision(query), full_precision(key), full_precision(negatives) if negatives is not None else None)]
+
+    def _scored(self, q: Tensor, k: Tensor, neg: Tensor | None) -> list[tuple[Tensor, Tensor, int]]:
+        """``(logits, target, masked)`` of each direction (see :meth:`_direction`)."""
         if self.normalize:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
             neg = F.normalize(neg, dim=-1) if neg is not None else None
@@ -115,16 +132,15 @@ class InfoNCE(nn.Module):
         q_all = distributed.gather(q) if gather and (self.query_negatives or self.symmetric) else q  # [R*B, D]
         k_all = distributed.gather(k) if gather else k  # [R*B, D]
         offset = distributed.rank() * q.shape[0] if gather else 0
-        out = self._direction(q, k_all, q_all, neg, offset)
+        out = [self._direction(q, k_all, q_all, neg, offset)]
         if self.symmetric:
-            back = self._direction(k, q_all, k_all, neg, offset)
-            loss = (out.loss + back.loss) / 2
-            out = LossOutput(loss, mi_lower_bound(loss, out.candidates), out.candidates)
+            out.append(self._direction(k, q_all, k_all, neg, offset))
         return out
 
     def _direction(self, anchor: Tensor, keys: Tensor, anchors_all: Tensor, neg: Tensor | None,
-                   offset: int) -> LossOutput:
-        """Loss of ``anchor`` [B, D] whose positives are ``keys[offset + i]`` (batch
+                   offset: int) -> tuple[Tensor, Tensor, int]:
+        """Logits ``[B, N (+1 masked)]``, the positive's column ``[B]`` and the count of masked
+        columns per row, of ``anchor`` [B, D] whose positives are ``keys[offset + i]`` (batch
         negatives) or the aligned rows of ``keys`` (no batch negatives)."""
         b = anchor.shape[0]
         idx = torch.arange(b, device=anchor.device)
@@ -143,7 +159,7 @@ class InfoNCE(nn.Module):
         if neg is not None:
             parts.append(extra_logits(anchor, neg))  # [B, K]
         logits = torch.cat(parts, dim=1) / self.temperature  # [B, N (+1 masked)]
-        return cross_entropy_bound(logits, target, masked)
+        return logits, target, masked
 
 
 class NTXent(InfoNCE):

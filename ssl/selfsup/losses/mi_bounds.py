@@ -29,7 +29,13 @@ Information Estimators", ICLR):
   with JS's gradient (Song & Ermon 2020, eq. 17); ``tau=None`` (no clip) gives DV's value.
 
 Tensor shapes: ``scores`` ``[B, B]`` with ``B >= 2``, any float dtype (computed in float32 or
-float64). Raises ``ValueError`` for a score matrix that is not square or has fewer than 2 rows.
+float64). A contrastive method's scores are rectangular, ``[B, N]`` with the positive of row i
+in column ``target[i]`` (a queue or memory bank of negatives, or SimCLR's 2N views): pass
+``target`` ``[B]``; the other entries of each row are its marginal pairs, and entries equal to
+-inf are no candidates (an anchor against itself). Raises ``ValueError`` for a square matrix
+with fewer than 2 rows, a non-square one without ``target``, or a row with no marginal pair.
+
+:func:`estimate` picks a bound by name (``method.estimator`` of the contrastive methods).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from selfsup.losses.infonce import cross_entropy_bound, full_precision
+from selfsup.losses.infonce import InfoNCE, LossOutput, cross_entropy_bound, full_precision
 
 BOUNDS = ("infonce", "nwj", "js", "dv", "smile")
 
@@ -51,65 +57,82 @@ class Bound(NamedTuple):
     mi: Tensor  # scalar, the MI estimate in nats (detached)
 
 
-def _check(scores: Tensor) -> Tensor:
-    if scores.ndim != 2 or scores.shape[0] != scores.shape[1] or scores.shape[0] < 2:
+class Pairs(NamedTuple):
+    """The scores of one critic split by where the pair was drawn from."""
+
+    scores: Tensor  # [B, N], full precision
+    target: Tensor  # [B], the positive's column per row
+    joint: Tensor  # [B], scores of the pairs from p(x, y)
+    marginal: Tensor  # [M], scores of the pairs from p(x) p(y) (the finite non-positive entries)
+
+
+def pairs(scores: Tensor, target: Tensor | None = None) -> Pairs:
+    """Split ``scores`` ``[B, N]`` into joint and marginal pairs (module docstring)."""
+    if target is None and (scores.ndim != 2 or scores.shape[0] != scores.shape[1] or scores.shape[0] < 2):
         raise ValueError(f"scores must be a square [B, B] matrix with B >= 2 (row i: x_i against every y_j), "
-                         f"got shape {tuple(scores.shape)}")
-    return full_precision(scores)
+                         f"got shape {tuple(scores.shape)}; pass target for a [B, N] matrix")
+    s = full_precision(scores)
+    target = torch.arange(s.shape[0], device=s.device) if target is None else target
+    if s.ndim != 2 or target.shape != (s.shape[0],) or s.shape[1] < 2:
+        raise ValueError(f"scores must be [B, N] with N >= 2 and target [B], got {tuple(s.shape)} and "
+                         f"{tuple(target.shape)}")
+    positive = torch.zeros_like(s, dtype=torch.bool)
+    positive[torch.arange(s.shape[0], device=s.device), target] = True
+    joint = s[positive]  # [B]
+    marginal = s[~positive & (s != float("-inf"))]  # [M]
+    if marginal.numel() == 0:
+        raise ValueError("scores hold no marginal pair (every entry besides the positives is -inf)")
+    return Pairs(s, target, joint, marginal)
 
 
-def off_diagonal(scores: Tensor) -> Tensor:
-    """The B(B-1) off-diagonal entries of ``scores`` ``[B, B]`` as a vector ``[B(B-1)]``."""
-    b = scores.shape[0]
-    return scores.masked_select(~torch.eye(b, dtype=torch.bool, device=scores.device))
+def log_mean_exp(values: Tensor) -> Tensor:
+    """``log mean exp(values)`` of a vector: with the marginal pairs, the log of the critic's
+    exponential averaged over the product of marginals."""
+    return torch.logsumexp(values, 0) - math.log(values.numel())
 
 
-def log_mean_exp_marginal(scores: Tensor) -> Tensor:
-    """``log mean_{i != j} exp(scores_ij)``: the log of the critic's exponential averaged over
-    the product of marginals (the off-diagonal pairs)."""
-    off = off_diagonal(scores)  # [B(B-1)]
-    return torch.logsumexp(off, 0) - math.log(off.numel())
-
-
-def infonce(scores: Tensor) -> Bound:
-    """InfoNCE (module docstring): loss = the cross entropy of picking y_i for x_i among the B
-    candidates of row i; MI = ``log B - loss``."""
-    s = _check(scores)
-    out = cross_entropy_bound(s, torch.arange(s.shape[0], device=s.device))
+def infonce(scores: Tensor, target: Tensor | None = None) -> Bound:
+    """InfoNCE (module docstring): loss = the cross entropy of picking the positive among the
+    candidates of its row; MI = ``log N - loss`` (N: the finite candidates of a row)."""
+    p = pairs(scores, target)
+    masked = int((p.scores[0] == float("-inf")).sum())
+    out = cross_entropy_bound(p.scores, p.target, masked)
     return Bound(out.loss, out.mi_bound)
 
 
-def nwj_value(scores: Tensor, offset: float = 0.0) -> Tensor:
-    """``E_p[f + offset] - e^-1 E_q[e^(f + offset)]`` on ``scores`` (with its gradient)."""
-    s = scores + offset
-    return s.diagonal().mean() - torch.exp(log_mean_exp_marginal(s) - 1.0)
+def nwj_value(p: Pairs, offset: float = 0.0) -> Tensor:
+    """``E_p[f + offset] - e^-1 E_q[e^(f + offset)]`` (with its gradient)."""
+    return p.joint.mean() + offset - torch.exp(log_mean_exp(p.marginal) + offset - 1.0)
 
 
-def nwj(scores: Tensor) -> Bound:
+def nwj(scores: Tensor, target: Tensor | None = None) -> Bound:
     """NWJ (module docstring): loss = -I_NWJ, MI = I_NWJ."""
-    value = nwj_value(_check(scores))
+    value = nwj_value(pairs(scores, target))
     return Bound(-value, value.detach())
 
 
-def js_divergence_bound(scores: Tensor) -> Tensor:
+def js_divergence_bound(scores: Tensor, target: Tensor | None = None) -> Tensor:
     """The f-GAN lower bound on the Jensen-Shannon divergence (Nowozin et al. 2016), as Deep
     InfoMax trains it: ``E_p[-softplus(-f)] - E_q[softplus(f)]`` (with its gradient)."""
-    return -F.softplus(-scores.diagonal()).mean() - F.softplus(off_diagonal(scores)).mean()
+    p = pairs(scores, target)
+    return -F.softplus(-p.joint).mean() - F.softplus(p.marginal).mean()
 
 
-def js(scores: Tensor, nwj_offset: float = 1.0) -> Bound:
+def js(scores: Tensor, target: Tensor | None = None, nwj_offset: float = 1.0) -> Bound:
     """JS-trained critic, MI read by NWJ (module docstring): loss = -JS bound;
     MI = ``I_NWJ(f + nwj_offset)``."""
-    s = _check(scores)
-    return Bound(-js_divergence_bound(s), nwj_value(s.detach(), nwj_offset))
+    p = pairs(scores, target)
+    detached = Pairs(p.scores, p.target, p.joint.detach(), p.marginal.detach())
+    return Bound(-js_divergence_bound(scores, target), nwj_value(detached, nwj_offset))
 
 
-def dv_value(scores: Tensor) -> Tensor:
-    """Donsker-Varadhan ``E_p[f] - log E_q[e^f]`` on ``scores`` (with its gradient)."""
-    return scores.diagonal().mean() - log_mean_exp_marginal(scores)
+def dv_value(p: Pairs) -> Tensor:
+    """Donsker-Varadhan ``E_p[f] - log E_q[e^f]`` (with its gradient)."""
+    return p.joint.mean() - log_mean_exp(p.marginal)
 
 
-def dv(scores: Tensor, ema: Tensor | None = None, momentum: float = 0.9) -> tuple[Bound, Tensor | None]:
+def dv(scores: Tensor, ema: Tensor | None = None, momentum: float = 0.9,
+       target: Tensor | None = None) -> tuple[Bound, Tensor | None]:
     """Donsker-Varadhan / MINE (module docstring). ``ema``: the moving average of ``E_q[e^f]``
     from the step before (a 0-d tensor; None: the plain DV gradient, no average kept).
 
@@ -117,24 +140,82 @@ def dv(scores: Tensor, ema: Tensor | None = None, momentum: float = 0.9) -> tupl
     ``-(grad E_p[f] - grad E_q[e^f] / new_ema)``, where ``new_ema = momentum * ema +
     (1 - momentum) * E_q[e^f]`` (Belghazi et al. 2018, section 3.2); pass ``new_ema`` to the
     next step. Start MINE with ``ema = torch.tensor(1.0)``."""
-    s = _check(scores)
-    value = dv_value(s)
+    p = pairs(scores, target)
+    value = dv_value(p)
     if ema is None:
         return Bound(-value, value.detach()), None
-    partition = torch.exp(log_mean_exp_marginal(s))  # E_q[e^f] on the batch, with its gradient
+    log_partition = log_mean_exp(p.marginal)
+    partition = torch.exp(log_partition)  # E_q[e^f] on the batch, with its gradient
     new_ema = (momentum * ema.to(partition) + (1 - momentum) * partition.detach()).clamp_min(1e-4)
     # value of DV, gradient of E_p[f] - E_q[e^f] / new_ema (the two partition terms cancel in value)
-    surrogate = s.diagonal().mean() - partition / new_ema + (partition / new_ema).detach() \
-        - log_mean_exp_marginal(s).detach()
+    surrogate = p.joint.mean() - partition / new_ema + (partition / new_ema).detach() - log_partition.detach()
     return Bound(-surrogate, value.detach()), new_ema
 
 
-def smile(scores: Tensor, tau: float | None = 5.0) -> Bound:
+def smile(scores: Tensor, tau: float | None = 5.0, target: Tensor | None = None) -> Bound:
     """SMILE (module docstring): loss = -JS bound; MI = ``E_p[f] - log E_q[e^clip(f, -tau, tau)]``."""
-    s = _check(scores)
-    clipped = s if tau is None else s.clamp(-tau, tau)
-    mi = s.diagonal().mean() - log_mean_exp_marginal(clipped)
-    return Bound(-js_divergence_bound(s), mi.detach())
+    p = pairs(scores, target)
+    marginal = p.marginal if tau is None else p.marginal.clamp(-tau, tau)
+    mi = p.joint.mean() - log_mean_exp(marginal)
+    return Bound(-js_divergence_bound(scores, target), mi.detach())
+
+
+def estimate(name: str, scores: Tensor, target: Tensor | None = None, ema: Tensor | None = None,
+             tau: float = 5.0) -> tuple[Bound, Tensor | None]:
+    """The bound ``name`` (one of :data:`BOUNDS`) on ``scores``: ``(Bound, new_ema)``; ``dv`` is
+    MINE's when ``ema`` is given (the moving average to carry to the next step), the others
+    return ``ema`` unchanged. ``tau``: SMILE's clip.
+
+    Raises:
+        ValueError: an unknown name (listing :data:`BOUNDS`), or bad scores (see :func:`pairs`).
+    """
+    if name == "infonce":
+        return infonce(scores, target), ema
+    if name == "nwj":
+        return nwj(scores, target), ema
+    if name == "js":
+        return js(scores, target), ema
+    if name == "dv":
+        return dv(scores, ema, target=target)
+    if name == "smile":
+        return smile(scores, tau, target), ema
+    raise ValueError(f"unknown MI bound {name!r}: choose from {', '.join(BOUNDS)}")
+
+
+class ContrastiveBound(nn.Module):
+    """A contrastive method's InfoNCE criterion with its scores read by another MI bound
+    (``method.estimator``): the same critic (temperature-scaled cosine similarities of the
+    method's positives and negatives: the batch, a queue, SimCLR's 2N views), the bound
+    ``estimator`` for the loss and the MI estimate. ``infonce`` is the criterion itself,
+    unchanged. Symmetric criteria average the two directions. ``dv`` keeps MINE's moving
+    average of ``E_q[e^f]`` in a buffer that checkpoints leave out (a resume starts it again
+    at 1, as MINE starts it; the checkpoints of methods without it keep loading).
+
+    ``forward(query [B, D], key [B, D], negatives [K, D] | None) -> LossOutput``
+    (``candidates``: the scored candidates per row).
+    """
+
+    def __init__(self, criterion: InfoNCE, estimator: str = "infonce", tau: float = 5.0,
+                 momentum: float = 0.9) -> None:
+        super().__init__()
+        if estimator not in BOUNDS:
+            raise ValueError(f"unknown MI bound {estimator!r}: choose from {', '.join(BOUNDS)}")
+        self.criterion, self.estimator, self.tau, self.momentum = criterion, estimator, tau, momentum
+        self.register_buffer("ema", torch.tensor(1.0), persistent=False)
+
+    def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None) -> LossOutput:
+        if self.estimator == "infonce":
+            return self.criterion(query, key, negatives)
+        losses, mis, candidates = [], [], 0
+        for scores, target in self.criterion.score_matrices(query, key, negatives):  # [B, N'], [B]
+            bound, new_ema = estimate(self.estimator, scores, target, self.ema if self.estimator == "dv" else None,
+                                      self.tau)
+            if new_ema is not None and self.training:
+                self.ema.copy_(new_ema)
+            losses.append(bound.loss)
+            mis.append(bound.mi)
+            candidates = int((scores[0] != float("-inf")).sum())
+        return LossOutput(torch.stack(losses).mean(), torch.stack(mis).mean(), candidates)
 
 
 # --------------------------------------------------------------------------- critics

@@ -10,13 +10,35 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from selfsup import distributed
+from selfsup.config import param
+from selfsup.losses import InfoNCE
+from selfsup.losses.mi_bounds import ContrastiveBound
 
 # --------------------------------------------------------------------------- momentum teacher
+
+
+@dataclass
+class BoundChoice:
+    """``method.estimator``: the MI bound a contrastive method trains with and reports, on its
+    InfoNCE critic's scores (:class:`selfsup.losses.mi_bounds.ContrastiveBound`). InfoNCE is the
+    method's own objective; the others are for comparing bounds on one critic (Poole et al. 2019)."""
+
+    estimator: Literal["infonce", "nwj", "js", "dv", "smile"] = param(
+        "infonce", help="MI bound of the loss and of the reported MI (train/mi_bound): infonce (the method's "
+                        "own), nwj, js (read by NWJ), dv (MINE's gradient), smile")
+    smile_tau: float = param(5.0, gt=0, help="estimator=smile: the clip tau of the partition term")
+
+
+def bound_criterion(criterion: InfoNCE, cfg: BoundChoice) -> ContrastiveBound:
+    """``criterion`` with its scores read by ``cfg.estimator``."""
+    return ContrastiveBound(criterion, cfg.estimator, cfg.smile_tau)
 
 
 def check_momentum(base: float, end: float) -> None:

@@ -40,7 +40,8 @@ from selfsup.config import param
 from selfsup.data import AugmentConfig, BatchAugment, DataInfo
 from selfsup.heads import mlp
 from selfsup.losses import InfoNCE, Queue
-from selfsup.methods._contrastive import MomentumTeacher, check_momentum, grouped_forward, shuffled_forward
+from selfsup.methods._contrastive import (BoundChoice, MomentumTeacher, bound_criterion, check_momentum,
+                                         grouped_forward, shuffled_forward)
 from selfsup.methods.base import METHODS, Method
 
 
@@ -53,7 +54,7 @@ class MoCoV2Augment(AugmentConfig):
 
 
 @dataclass
-class MoCoConfig:
+class MoCoConfig(BoundChoice):
     """MoCo v2 hyper-parameters; defaults are the paper's ImageNet settings (queue 65,536,
     temperature 0.2, MLP head 2048 -> 128, MoCo v2 augmentation, 8 BatchNorm groups of 32
     at batch 256) except for the cosine momentum schedule (see the module docstring)."""
@@ -83,7 +84,7 @@ class MoCo(Method):
         self.projector = mlp(self.num_features, cfg.proj_hidden_dim, cfg.proj_dim, 2, batch_norm=False)
         self.teacher = MomentumTeacher(self.encoder, self.projector, cfg.momentum, cfg.momentum_end)
         self.queue = Queue(cfg.queue_size, cfg.proj_dim, random_init=cfg.random_init_queue)
-        self.criterion = InfoNCE(cfg.temperature, batch_negatives=False)
+        self.criterion = bound_criterion(InfoNCE(cfg.temperature, batch_negatives=False), cfg)
 
     def view_augments(self) -> list[Callable[[Tensor], Tensor]]:
         """The two views' augmentations (the alignment monitor's pairs)."""

@@ -16,11 +16,12 @@ from selfsup.config import param
 from selfsup.data import AugmentConfig, BatchAugment, DataInfo
 from selfsup.heads import mlp
 from selfsup.losses import NTXent
+from selfsup.methods._contrastive import BoundChoice, bound_criterion
 from selfsup.methods.base import METHODS, Method
 
 
 @dataclass
-class SimCLRConfig:
+class SimCLRConfig(BoundChoice):
     """SimCLR hyper-parameters; defaults are the paper's CIFAR-10 settings (appendix B.9):
     temperature 0.5, a 2-layer projection head whose hidden layer has the representation's
     width (2048 for a ResNet-50) -> 128, SimCLR augmentations."""
@@ -42,7 +43,7 @@ class SimCLR(Method):
         self.augment = BatchAugment(cfg.augment, info.mean, info.std, info.image_size)
         hidden = cfg.proj_hidden_dim or self.num_features
         self.projector = mlp(self.num_features, hidden, cfg.proj_dim, cfg.proj_layers)
-        self.criterion = NTXent(cfg.temperature, gather_distributed=cfg.gather_distributed)
+        self.criterion = bound_criterion(NTXent(cfg.temperature, gather_distributed=cfg.gather_distributed), cfg)
 
     def view_augments(self) -> list[Callable[[Tensor], Tensor]]:
         """The two views' augmentations (the alignment monitor's pairs)."""
