@@ -92,6 +92,40 @@ def test_embedding_plot_one_panel_per_target(tmp_path, monkeypatch):
     assert plots.embed_2d(x, method="auto")[1] == "t-SNE"  # auto falls back to scikit-learn
 
 
+def test_feature_embedding_draws_the_cached_test_features_of_each_encoder_and_skips_stale_entries(tmp_path,
+                                                                                                   monkeypatch):
+    import torch
+
+    from selfsup.eval.features import FeatureCache
+
+    cache = FeatureCache(tmp_path / "features")
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(90) % 3
+    for name in ("run-test", "random-test", "old-test"):
+        cache.store(name, f"key-{name}", torch.randn(90, 6, generator=g), labels)
+    seen = {}
+    real = plots.embedding_plot
+    monkeypatch.setattr(plots, "embedding_plot", lambda samples, out, **kw: seen.update(samples) or real(samples, out,
+                                                                                                          **kw))
+    where = lambda name, key: {"directory": str(tmp_path / "features"), "name": name, "key": key}  # noqa: E731
+    rows = [{"label": "run", "kind": "pretrained", "test_features": where("run-test", "key-run-test")},
+            {"label": "random-init", "kind": "random", "test_features": where("random-test", "key-random-test")},
+            {"label": "stale", "kind": "pretrained", "test_features": where("old-test", "another key")},
+            {"label": "gone", "kind": "random", "test_features": where("missing", "k")},
+            {"label": "raw pixels", "kind": "pixels", "test_features": where("run-test", "key-run-test")},
+            {"label": "run layer1", "kind": "pretrained", "pooling": "grid",
+             "test_features": where("run-test", "key-run-test")}]
+    out = plots.feature_embedding(rows, tmp_path / "emb.png", per_class=10)
+    drawn(out)
+    assert panels(out) == 2 and sorted(seen) == ["random-init", "run"]
+    x, y = seen["run"]
+    assert x.shape == (30, 6) and np.bincount(y).tolist() == [10, 10, 10]  # class-balanced sample
+    stored = cache.get("run-test", "key-run-test", lambda: None)[0].numpy()
+    nearest = np.abs(x[:, None, :] - stored[None, :, :]).max(-1).min(1)  # [30]: distance to the closest cached row
+    assert nearest.max() == 0  # every drawn row is a row of the cache
+    assert plots.feature_embedding(rows[2:4], tmp_path / "none.png") is None
+
+
 def test_augmentation_preview_and_detection_boxes(tmp_path):
     g = np.random.default_rng(0)
     originals = g.random((3, 1, 16, 16))

@@ -214,6 +214,32 @@ def embedding_plot(samples: Mapping[str, tuple[np.ndarray, np.ndarray]], out: st
     return _save(fig, out, rect=(0, 0.08, 1, 1))
 
 
+def feature_embedding(rows: Sequence[Mapping[str, Any]], out: str | Path, per_class: int = 100,
+                      seed: int = 0) -> Path | None:
+    """:func:`embedding_plot` of a class-balanced sample (``per_class`` test images of each class,
+    seeded) of the cached test features of every evaluated encoder (the pretrained and the
+    random-init rows, their final stage), read from the feature cache the rows name
+    (``test_features``: cache directory, entry name and key). An entry that is gone or holds
+    other features (its key differs: the cache was refilled since) is left out rather than drawn
+    under the wrong label. None when nothing is left to draw."""
+    from selfsup.eval.features import FeatureCache, FeatureFile
+
+    samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for r in rows:
+        where = r.get("test_features")
+        if r.get("kind") not in ("pretrained", "random") or r.get("pooling") not in (None, "encoder") or not where:
+            continue
+        cache = FeatureCache(where["directory"])
+        if not cache.has(where["name"], where["key"]):
+            continue
+        feats = FeatureFile(cache.path(where["name"]))
+        labels = feats.tensor("labels").numpy()
+        idx = balanced_sample(labels, per_class, seed)  # [n]
+        x = feats.load().numpy()[idx]  # [n, D]
+        samples[str(r["label"])] = (x, labels[idx])
+    return embedding_plot(samples, out, seed=seed) if samples else None
+
+
 def _as_image(x: np.ndarray) -> np.ndarray:
     """``x`` [C, H, W] in [0, 1] as what imshow takes: [H, W] for one channel, else [H, W, 3]."""
     x = np.clip(np.asarray(x, dtype=np.float32), 0, 1)
