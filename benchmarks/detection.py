@@ -2,7 +2,7 @@
 detector can use? A self-supervised encoder (given on the command line), a random-init encoder
 of the same architecture and a supervised encoder (trained here on the Fashion-MNIST labels
 unless given) are each frozen under a torchvision Faster R-CNN + FPN whose neck and heads are
-trained on the same data with the same seed and schedule (``selfsup.eval.detection``), then
+trained on the same data with the same seed and schedule (``selfsup.detection``), then
 scored with COCOeval on two sets:
 
 - synthetic-fmnist: Fashion-MNIST test-split objects (unseen by the encoders, which were
@@ -37,11 +37,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ssl"))
 
+from selfsup.artifacts.load import load_encoder  # noqa: E402
 from selfsup.config import RunConfig, load_config  # noqa: E402
-from selfsup.data.detection import DetectionDataset  # noqa: E402
-from selfsup.eval.detection import detection_data, detection_markdown, evaluate_detection  # noqa: E402
+from selfsup.detection.boxes import DetectionDataset  # noqa: E402
+from selfsup.detection.evaluate import detection_data, detection_markdown, evaluate_detection  # noqa: E402
 from selfsup.fileio import write_json, write_text  # noqa: E402
-from selfsup.train.run import pretrain, saved_config  # noqa: E402
+from selfsup.pipeline import saved_config  # noqa: E402
+from selfsup.train.run import pretrain  # noqa: E402
 
 
 def target_config(path: str, overrides: list[str]) -> RunConfig:
@@ -121,7 +123,7 @@ def main() -> None:
                    ("supervised", supervised, f"supervised {arch} (Fashion-MNIST labels{sup_note})")]
         in_chans = None
         for role, spec, label in targets:
-            res = evaluate_detection(spec, cfg, in_chans=in_chans, data=data, log=lambda s: None)
+            res = evaluate_detection(spec, cfg, in_chans=in_chans, data=data, log=lambda s: None, load=load_encoder)
             in_chans = in_chans or res["encoder"]["in_chans"]  # random init sees the images as the SSL encoder does
             res["role"], res["label"] = role, label
             rows.append(res)

@@ -61,6 +61,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ssl"))
 
+from selfsup.artifacts.load import load_encoder  # noqa: E402
 from selfsup.config import RunConfig, load_config  # noqa: E402
 from selfsup.data import build_dataset, make_loader, subset  # noqa: E402
 from selfsup.encoders import create_encoder  # noqa: E402
@@ -229,7 +230,7 @@ def bench_method(name: str, args: argparse.Namespace, cache: Path) -> dict[str, 
     run = pretrain(cfg, log=lambda s: None)
     train_min = (time.perf_counter() - t0) / 60
     t0 = time.perf_counter()
-    res = evaluate_layers(str(run), eval_config(name, args), cache, log=lambda s: None)
+    res = evaluate_layers(str(run), eval_config(name, args), cache, log=lambda s: None, load=load_encoder)
     eval_min = (time.perf_counter() - t0) / 60
     mi = late_mean(run / "logs" / "metrics.csv", "train/mi_bound_step")
     return {"method": name, "family": FAMILY[name], "encoder": encoder_key(cfg), "seed": args.seed,

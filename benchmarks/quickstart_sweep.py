@@ -39,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ssl"))
 
+from selfsup.artifacts.load import load_encoder  # noqa: E402
 from selfsup.config import RunConfig, load_config  # noqa: E402
 from selfsup.data import build_dataset  # noqa: E402
 from selfsup.eval.evaluate import evaluate  # noqa: E402
@@ -184,7 +185,8 @@ def main() -> None:
         row = {"variant": name, "overrides": [*VARIANTS[name], *args.extra], "seed": args.seed, "ratio": args.ratio,
                "steps": steps, "images": steps * cfg.data.batch_size,
                "epochs": round(steps * cfg.data.batch_size / 60_000, 2), "wall_minutes_1_thread": round(minutes, 1),
-               "run_dir": str(run_dir), **scores(evaluate(str(run_dir), cfg, run_dir / "features", log=quiet))}
+               "run_dir": str(run_dir), **scores(evaluate(str(run_dir), cfg, run_dir / "features", log=quiet,
+                                                                   load=load_encoder))}
         print(json.dumps(row), flush=True)
         with open(args.log, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -202,7 +204,7 @@ def main() -> None:
         targets = [str(c) for c in sorted((run_dir / "every_epoch").glob("epoch*.ckpt"))
                    if not args.epochs or int(c.stem[5:]) + 1 in args.epochs]
         for target in targets + ([f"random:{cfg.encoder.name}"] if args.random else []):
-            res = evaluate(target, cfg, run_dir / "features", log=quiet)
+            res = evaluate(target, cfg, run_dir / "features", log=quiet, load=load_encoder)
             epoch = int(Path(target).stem[5:]) + 1 if target.endswith(".ckpt") else 0
             row = {"run_dir": str(run_dir), "target": Path(target).name, "epoch": epoch,
                    "images": epoch * (60_000 // cfg.data.batch_size) * cfg.data.batch_size, **scores(res)}

@@ -60,7 +60,12 @@ def test_pretrain_eval_export(tmp_path, capsys):
 
     # pictures, training time and one table across the run and its export
     assert f"plots: {run_dir / 'plots' / 'training_curves.png'}" in out
-    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == ["knn_grid.png", "training_curves.png"]
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == ["embedding.png", "knn_grid.png",
+                                                                      "training_curves.png", "views.png"]
+    from PIL import Image
+
+    panels = {name: int(Image.open(run_dir / "plots" / name).text["panels"]) for name in ("embedding.png", "views.png")}
+    assert panels == {"embedding.png": 2, "views.png": 6 * 3}  # run + random init; 6 images x (original + 2 views)
     timing = json.loads((run_dir / "training_time.json").read_text())
     steps = max(int(r["step"]) for r in csv.DictReader((run_dir / "logs" / "metrics.csv").open()) if r["step"])
     assert timing["seconds"] > 0 and timing["steps"] == steps + 1 and len(timing["sessions"]) == 1

@@ -9,33 +9,14 @@ import torch
 
 from selfsup.config import DetectionConfig, load_config
 from selfsup.data import DataError, DataInfo
-from selfsup.data.detection import (
-    FASHION_MNIST_CLASSES,
-    BoxReport,
-    DetectionDataset,
-    DetectionSample,
-    boxes_in_tile,
-    build_detection_data,
-    coco_dataset,
-    crop_tile,
-    parse_dataset_spec,
-    render_object,
-    synthetic_fmnist,
-    tile_dataset,
-    tile_origins,
-    validate_boxes,
-    voc_dataset,
-)
+from selfsup.detection.boxes import BoxReport, DetectionDataset, DetectionSample, validate_boxes
+from selfsup.detection.datasets import build_detection_data, parse_dataset_spec
+from selfsup.detection.evaluate import detection_data_info, draw_detections, evaluate_detection
+from selfsup.detection.model import ConvPyramid, EncoderFPN, SimplePyramid, build_detector
+from selfsup.detection.readers import boxes_in_tile, coco_dataset, crop_tile, tile_dataset, tile_origins, voc_dataset
+from selfsup.detection.synthetic import FASHION_MNIST_CLASSES, render_object, synthetic_fmnist
+from selfsup.detection.train import train_detector
 from selfsup.encoders import create_encoder
-from selfsup.eval.detection import (
-    ConvPyramid,
-    EncoderFPN,
-    SimplePyramid,
-    build_detector,
-    coco_map,
-    detection_data_info,
-    train_detector,
-)
 
 TINY_RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
 TINY_VIT = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}
@@ -175,7 +156,7 @@ def test_dataset_specs_parse_or_explain():
 
 
 def test_missing_or_empty_data_is_a_clear_error(tmp_path, monkeypatch):
-    import selfsup.data.detection as det
+    import selfsup.detection.readers as det
 
     def build(dataset, **kw):
         return build_detection_data(DetectionConfig(dataset=dataset, **kw))
@@ -340,7 +321,7 @@ def changed(before, module, prefix=""):
 
 
 @pytest.mark.parametrize("trainable_layers", [0, 1])
-def test_frozen_encoder_is_unchanged_while_the_heads_train(voc_folder, trainable_layers):
+def test_frozen_encoder_is_unchanged_while_the_heads_train(voc_folder, trainable_layers, capsys):
     ds = voc_dataset(voc_folder)  # RGB images for a 1-channel encoder; one image without boxes
     cfg = tiny_detection_cfg(trainable_layers=trainable_layers)
     torch.manual_seed(0)
@@ -352,6 +333,7 @@ def test_frozen_encoder_is_unchanged_while_the_heads_train(voc_folder, trainable
     before_enc, before_all = snapshot(inner), snapshot(model)
     fit = train_detector(model, ds, cfg, 1, "cpu", seed=0, log=lambda s: None)
     assert fit["steps"] == 1 and all(math.isfinite(v) for v in fit["final_losses"].values())
+    assert "[detection] training" not in capsys.readouterr().err  # no bar: stderr is not a terminal here
     for part in ("backbone.fpn.", "rpn.head.", "roi_heads.box_head.", "roi_heads.box_predictor."):
         assert changed(before_all, model, part), f"{part} did not train"
     assert not changed(callers, encoder) and all(p.requires_grad for p in encoder.parameters())
@@ -373,40 +355,20 @@ def test_build_detector_leaves_the_callers_vit_as_it_was():
     assert all(p.requires_grad for p in vit.parameters())
 
 
-# --------------------------------------------------------------------------- COCO mAP
-
-
-def test_coco_map_is_one_for_ground_truth_and_drops_for_shifted_boxes():
-    targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 30]]), "labels": torch.tensor([1, 2])},
-               {"boxes": torch.tensor([[5.0, 5, 25, 45]]), "labels": torch.tensor([2])}]
-    sizes = [(50, 50), (50, 50)]
-    perfect = [{"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))} for t in targets]
-    res = coco_map(targets, perfect, sizes, ["a", "b"])
-    assert res["map"] == 100.0 and res["ap50"] == 100.0 and res["per_class_ap"] == {"a": 100.0, "b": 100.0}
-
-    # One box of class a shifted by 2 px: IoU = (8 x 10) / (12 x 10) = 2/3, so it matches at IoU
-    # thresholds 0.50, 0.55, 0.60, 0.65 and misses at 0.70 ... 0.95: AP = 4/10. Class b stays perfect.
-    shifted = [{"boxes": torch.tensor([[2.0, 0, 12, 10], [20, 20, 40, 30]]), "labels": torch.tensor([1, 2]),
-                "scores": torch.tensor([0.9, 0.8])}, perfect[1]]
-    res = coco_map(targets, shifted, sizes, ["a", "b"])
-    assert res["per_class_ap"] == {"a": 40.0, "b": 100.0}
-    assert res["map"] == pytest.approx(70.0) and res["ap50"] == 100.0 and res["ap75"] == 50.0
-
-    nothing = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "scores": torch.zeros(0)}] * 2
-    assert coco_map(targets, nothing, sizes, ["a", "b", "c"])["per_class_ap"] == {"a": 0.0, "b": 0.0, "c": None}
-
-
 # --------------------------------------------------------------------------- end to end
+
+
+TINY_RUN = ["detection.synthetic_train=12", "detection.synthetic_test=6", "detection.synthetic_canvas=64",
+            "detection.synthetic_object_size=[12, 30]", "detection.image_size=64", "detection.epochs=1",
+            "detection.batch_size=6", "detection.fpn_channels=16", "detection.box_head_dim=32",
+            "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"]
 
 
 def test_cli_detection_end_to_end(tmp_path, capsys):
     from selfsup.cli import main
 
     out = tmp_path / "det"
-    tiny = ["detection.synthetic_train=12", "detection.synthetic_test=6", "detection.synthetic_canvas=64",
-            "detection.synthetic_object_size=[12, 30]", "detection.image_size=64", "detection.epochs=1",
-            "detection.batch_size=6", "detection.fpn_channels=16", "detection.box_head_dim=32",
-            "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"]
+    tiny = TINY_RUN
     assert main(["eval", "random:resnet18", "--task", "detection", "--dataset", "synthetic-fmnist",
                  "--out", str(out), *tiny]) == 0
     rows = json.loads((out / "results.json").read_text())
@@ -421,6 +383,22 @@ def test_cli_detection_end_to_end(tmp_path, capsys):
     assert r["map"] == pytest.approx(sum(scored) / len(scored), abs=0.01)  # COCO's mAP: mean over classes
     assert "| random-init resnet18 | synthetic-fmnist |" in (out / "results.md").read_text()
     assert "results written to" in capsys.readouterr().out
+    assert (out / "plots" / "detection_random-init_resnet18.png").stat().st_size > 0  # true and predicted boxes
+
+    # a path target (an export directory) is loaded through selfsup's loader
+    from selfsup.artifacts.card import make_card
+    from selfsup.artifacts.exportdir import write_export
+    from selfsup.data import DataInfo
+    from selfsup.encoders import create_encoder
+
+    cfg = load_config(None, ["method.name=simclr", *tiny])
+    enc = create_encoder("resnet18", 1, cfg.encoder.kwargs)
+    write_export(enc, make_card(cfg, DataInfo(1, 28, 10, (0.5,), (0.25,), 100), enc), tmp_path / "exp")
+    assert main(["eval", str(tmp_path / "exp"), "--task", "detection", "--dataset", "synthetic-fmnist",
+                 "--out", str(tmp_path / "det2"), "eval.plots=false", *tiny]) == 0
+    assert json.loads((tmp_path / "det2" / "results.json").read_text())[0]["target"] == str(tmp_path / "exp")
+    assert not (tmp_path / "det2" / "plots").exists()  # eval.plots=false draws nothing
+    capsys.readouterr()
 
     assert main(["eval", "random:resnet18", "--task", "detection", "--baseline", "pixels"]) == 2
     assert "no feature maps" in capsys.readouterr().err
@@ -440,3 +418,35 @@ def test_detection_results_of_each_dataset_have_their_own_folder():
     assert len(set(tags)) == len(tags)  # every dataset spec its own folder
     assert tags[2].startswith("voc-") and tags[5].startswith("coco-")
     assert tag("detection.dataset=voc:/data/a") == tags[2]  # the same data: the same folder
+
+
+def test_evaluation_draws_test_images_with_boxes_and_shows_progress(tmp_path, capsys, monkeypatch):
+    """plot_dir: the first test images (at most 6) with true and predicted boxes, one panel each; where
+    bars are shown (selfsup.progress.enabled), a tqdm bar over every training step on stderr."""
+    from test_plots import drawn, panels
+
+    import selfsup.progress
+    from selfsup.detection.evaluate import picture_name
+
+    monkeypatch.setattr(selfsup.progress, "enabled", lambda: True)  # as if stderr were a terminal
+
+    cfg = load_config(None, ["method.name=simclr", *TINY_RUN, "detection.synthetic_test=4"])
+    row = evaluate_detection("random:resnet18", cfg, device="cpu", log=lambda s: None, plot_dir=tmp_path / "plots")
+    picture = tmp_path / "plots" / picture_name(row["label"])
+    assert picture.name == "detection_random-init_resnet18.png" and row["label"] == "random-init resnet18"
+    assert panels(picture) == 4 == row["test_images"]  # fewer test images than PICTURE_IMAGES: all of them
+    drawn(picture)
+    err = capsys.readouterr().err
+    assert "[detection] training" in err and f"{row['steps']}/{row['steps']}" in err
+
+
+def test_draw_detections_one_panel_per_image_up_to_count(voc_folder, tmp_path):
+    from test_plots import panels
+
+    ds = voc_dataset(voc_folder)  # 7 images
+    preds = [{"boxes": ds.target(i)["boxes"] + 1, "scores": torch.full((len(ds.target(i)["boxes"]),), 0.9),
+              "labels": ds.target(i)["labels"]} for i in range(len(ds))]
+    assert panels(draw_detections(ds, preds, tmp_path / "a.png", count=2)) == 2
+    assert panels(draw_detections(ds, preds, tmp_path / "b.png")) == 6  # PICTURE_IMAGES of the 7
+    assert draw_detections(DetectionDataset("empty", [], ["cat"]), [], tmp_path / "c.png") is None
+    assert not (tmp_path / "c.png").exists()

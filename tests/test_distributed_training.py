@@ -80,6 +80,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(single, tmp_pa
     # after training both processes extracted features (a share each), rank 0 scored and exported once
     import json
 
+    from selfsup.artifacts.load import load_encoder
     from selfsup.eval.evaluate import evaluate
     from selfsup.train.run import load_run_config
 
@@ -88,7 +89,8 @@ def test_two_processes_match_one_process_on_the_same_global_batch(single, tmp_pa
     rows = json.loads((tmp_path / "two" / "results.json").read_text())
     assert [r["kind"] for r in rows] == ["pretrained", "random"]
     cfg = load_run_config(tmp_path / "two")
-    alone = evaluate(str(tmp_path / "two"), cfg, tmp_path / "features-one-process", log=lambda s: None)
+    alone = evaluate(str(tmp_path / "two"), cfg, tmp_path / "features-one-process", log=lambda s: None,
+                     load=load_encoder)
     assert rows[0]["knn"] == alone["knn"]  # the sharded features score like one process's
     assert (tmp_path / "two" / "export" / "config.json").is_file()
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from selfsup.artifacts.load import load_encoder
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data import DATASETS, DataError, DataInfo, TensorImages
@@ -148,7 +149,7 @@ def test_eval_of_a_run_on_other_data_keeps_the_runs_results(labelled_run, tmp_pa
     written = sorted(run.glob("eval-image-folder-*/results.json"))
     assert len(written) == 1 and "data.root changed" in printed and str(written[0].parent) in printed
     cfg = load_config(run / "config.yaml", [f"data.root={other}"])
-    alone = evaluate(str(run), cfg, tmp_path / "fresh", log=quiet)
+    alone = evaluate(str(run), cfg, tmp_path / "fresh", log=quiet, load=load_encoder)
     assert json.loads(written[0].read_text())[0]["knn"] == alone["knn"]  # the other folder's own number
     assert json.loads(written[0].read_text())[0]["data_root"] == str(other)
     # the run's own data and settings again: results.json is the run's, rewritten with the same numbers
@@ -195,8 +196,8 @@ def test_features_beyond_float16_range_score_as_they_should(tmp_path):
             bn.weight.mul_(1e6)
             bn.bias.mul_(1e6)
     write_export(encoder, make_card(cfg, info, encoder), tmp_path / "scaled")
-    plain = evaluate(str(tmp_path / "plain"), cfg, tmp_path / "cache", log=quiet)
-    scaled = evaluate(str(tmp_path / "scaled"), cfg, tmp_path / "cache", log=quiet)
+    plain = evaluate(str(tmp_path / "plain"), cfg, tmp_path / "cache", log=quiet, load=load_encoder)
+    scaled = evaluate(str(tmp_path / "scaled"), cfg, tmp_path / "cache", log=quiet, load=load_encoder)
     assert plain["knn"][KNN]["top1"] == scaled["knn"][KNN]["top1"] == 100.0
     assert scaled["feature_storage"] == {"train": "float32", "test": "float32"}
     biggest = 0.0

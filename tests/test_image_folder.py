@@ -515,7 +515,7 @@ def test_voc_folders_ignore_hidden_annotations_and_know_every_image_extension(tm
     """A VOC folder unpacked from a macOS zip holds ``._name.xml`` AppleDouble files beside the
     annotations: they are not annotations (they were reported as unreadable ones). An image
     found by the annotation's stem may have any extension image folders accept (.gif here)."""
-    from selfsup.data.detection import voc_dataset
+    from selfsup.detection.readers import voc_dataset
 
     def xml(filename: str) -> str:
         return (f"<annotation><filename>{filename}</filename><size><width>6</width><height>5</height></size>"
@@ -536,7 +536,7 @@ def test_voc_folders_ignore_hidden_annotations_and_know_every_image_extension(tm
 def test_voc_annotations_with_an_upper_case_extension_are_read(tmp_path):
     """Annotations saved by a Windows tool as ``NAME.XML`` are annotations too (they were not
     found, and a folder of them was 'no .xml annotations'); a folder also named ``x.xml`` is not one."""
-    from selfsup.data.detection import voc_dataset
+    from selfsup.detection.readers import voc_dataset
 
     for i, ext in enumerate([".XML", ".xml", ".Xml"]):
         _png(tmp_path / f"{i}.png")

@@ -1,25 +1,34 @@
-"""Command line: ``selfsup pretrain | eval | export | plot | compare | list``."""
+"""Command line: ``selfsup pretrain | eval | export | plot | compare | list | config``.
+
+``selfsup --help``, ``selfsup CMD --help``, ``selfsup list`` and ``selfsup config`` (without
+``method`` keys or ``--file``) import neither torch, Lightning nor timm: each command imports
+what it needs when it runs (tests/test_cli_fast.py checks it)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn
 
+from selfsup import clihelp
 from selfsup.rundir import CHECKPOINT_DIR, CONFIG_FILE, RunDir  # no heavy imports: `selfsup --help` stays fast
 
 if TYPE_CHECKING:
     from selfsup.config import RunConfig
 
-EPILOG = "Any config key can be overridden as key.path=value, e.g. method.temperature=0.2 trainer.max_epochs=3"
+QUIET_HELP = "no progress bars (sets SELFSUP_QUIET=1; pretrain: trainer.progress_bar=false)"
+EPILOG = ("Any config key can be overridden as key.path=value, e.g. method.temperature=0.2 trainer.max_epochs=3 "
+          "(selfsup config [KEY_PREFIX] lists the keys with their types, defaults, ranges and help)")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
     from selfsup import distributed
     from selfsup.config import ConfigError, load_config
-    from selfsup.train.run import finish_run, load_run_config, pretrain
+    from selfsup.pipeline import pretrain_evaluate_export
+    from selfsup.train.run import load_run_config
 
     if args.config and "=" in args.config and not Path(args.config).exists():  # an override, not a file
         args.overrides, args.config = [args.config, *args.overrides], None
@@ -32,14 +41,8 @@ def _pretrain(args: argparse.Namespace) -> None:
         if args.config is None:
             raise ConfigError("give a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
-
-    def evaluate_and_export(run_dir: Path) -> None:  # run by pretrain while it still holds the run directory
-        if cfg.eval.after_pretrain and not args.no_eval:
-            table = finish_run(run_dir, cfg)  # distributed: every rank extracts features, rank 0 reports
-            if table is not None:
-                print("\n" + table)
-
-    run_dir = pretrain(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume), then=evaluate_and_export)
+    run_dir = pretrain_evaluate_export(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
+                                       evaluate=not args.no_eval)
     if distributed.rank() != 0:
         return
     if cfg.eval.plots:
@@ -60,11 +63,13 @@ def _eval(args: argparse.Namespace) -> None:
     import hashlib
     import json
 
+    from selfsup.artifacts.load import load_encoder
     from selfsup.config import ConfigError, load_config, to_dict
     from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers
     from selfsup.eval.report import markdown_table
     from selfsup.fileio import write_json, write_text
-    from selfsup.train.run import load_run_config, saved_config
+    from selfsup.pipeline import saved_config
+    from selfsup.train.run import load_run_config
 
     target = Path(args.target)
     if args.config:
@@ -87,7 +92,8 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
               f"the run's own results stay in {run.results_json}")
     targets = [args.target, *args.baseline]
-    rows = [row for t in targets for row in evaluate_layers(t, cfg, RunDir(out).features)]  # cache keyed by data
+    rows = [row for t in targets  # cache keyed by data
+            for row in evaluate_layers(t, cfg, RunDir(out).features, load=load_encoder)]
     reason = run_results_kept(target, cfg, rows) if in_place and not changed else None
     if reason:  # other eval settings or fewer rows: never replace the run's results with them
         digest = hashlib.blake2b(json.dumps([to_dict(cfg)["eval"], targets], sort_keys=True).encode(),
@@ -160,7 +166,8 @@ def detection_tag(cfg: RunConfig) -> str:
 
 def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:
     """Detection transfer of the target and its baselines on one dataset; results.json/.md."""
-    from selfsup.eval.detection import check_target, detection_data, detection_markdown, evaluate_detection
+    from selfsup.artifacts.load import load_encoder
+    from selfsup.detection.evaluate import check_target, detection_data, detection_markdown, evaluate_detection
     from selfsup.fileio import write_json, write_text
 
     if args.dataset:
@@ -172,10 +179,12 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     base = RunDir(target).detection if RunDir(target).is_run() else Path("runs") / "eval-detection"
     out = Path(args.out) if args.out else base / detection_tag(cfg)  # one folder per dataset: none overwrites another
     data = detection_data(cfg)
-    rows = [evaluate_detection(args.target, cfg, data=data)]
-    in_chans = rows[0]["encoder"]["in_chans"]  # random baselines see the images as the target does
-    rows += [evaluate_detection(spec, cfg, data=data, in_chans=in_chans) for spec in args.baseline]
     written = RunDir(out)
+    pictures = written.plots if cfg.eval.plots else None  # test images with true and predicted boxes
+    rows = [evaluate_detection(args.target, cfg, data=data, plot_dir=pictures, load=load_encoder)]
+    in_chans = rows[0]["encoder"]["in_chans"]  # random baselines see the images as the target does
+    rows += [evaluate_detection(spec, cfg, data=data, in_chans=in_chans, plot_dir=pictures, load=load_encoder)
+             for spec in args.baseline]
     write_json(rows, written.results_json)
     table = detection_markdown(rows)
     write_text(table, written.results_md)
@@ -285,19 +294,25 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _list(args: argparse.Namespace) -> None:
-    from selfsup.data import DATASETS
-    from selfsup.methods import METHODS
+    print(clihelp.list_text(), end="")  # a static table (checked against the registries): no torch
 
-    print("methods:")
-    for name in METHODS.names():
-        doc = (METHODS.get(name).__module__ and sys.modules[METHODS.get(name).__module__].__doc__ or "").strip()
-        print(f"  {name:14s} {doc.splitlines()[0] if doc else ''}")
-    print("datasets:")
-    for name in DATASETS.names():
-        doc = (DATASETS.get(name).__doc__ or "").strip()
-        print(f"  {name:14s} {doc.splitlines()[0] if doc else ''}")
-    print("encoders: any timm model name (encoder.name=...), e.g. resnet18, resnet50, vit_small_patch16_224;\n"
-          "  list them with: python -c \"import timm; print(timm.list_models('*resnet*'))\"")
+
+def _config(args: argparse.Namespace) -> None:
+    """Without --file or overrides: the keys under the prefix (type, default, range, help); with them: the
+    resolved config (under the prefix) as YAML."""
+    import yaml
+
+    from selfsup.config import load_config, to_dict
+    from selfsup.configkeys import keys_text, resolved_section, select_keys
+
+    prefix = args.prefix or ""
+    if "=" in prefix:  # an override, not a prefix
+        args.overrides, prefix = [prefix, *args.overrides], ""
+    if args.file is None and not args.overrides:
+        print(keys_text(select_keys(prefix)), end="")
+        return
+    section = resolved_section(to_dict(load_config(args.file, args.overrides)), prefix)
+    print(yaml.safe_dump({prefix: section} if prefix else section, sort_keys=False), end="")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -311,9 +326,15 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="selfsup", description="Self-supervised pretraining and evaluation on timm encoders.")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    common = argparse.ArgumentParser(add_help=False)  # --quiet after the command too (SUPPRESS: no default there)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("pretrain", help="pretrain an encoder, then evaluate and export it", epilog=EPILOG)
+    def command(name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)  # every subcommand takes --quiet
+
+    s = command("pretrain", help="pretrain an encoder, then evaluate and export it", epilog=EPILOG)
     s.add_argument("config", nargs="?", help="YAML config file (configs/*.yaml)")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint; overrides may "
@@ -323,9 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-eval", action="store_true", help="skip evaluation and export after pretraining")
     s.set_defaults(func=_pretrain)
 
-    s = sub.add_parser("eval", help="kNN and linear probe (default) or detection transfer of a frozen encoder",
-                       epilog=EPILOG + ". Detection settings: detection.epochs, detection.image_size, "
-                       "detection.trainable_layers, detection.lr, ... (selfsup/config.py: DetectionConfig)")
+    s = command("eval", help="kNN and linear probe (default) or detection transfer of a frozen encoder",
+                epilog=EPILOG + ". Detection settings: detection.epochs, detection.image_size, "
+                "detection.trainable_layers, detection.lr, ... (selfsup/config.py: DetectionConfig)")
     s.add_argument("target", help="run directory, export directory, checkpoint, random:<timm-name> or pixels")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides (data.*, eval.*, detection.*)")
     s.add_argument("--config", help="config for data and evaluation settings (default: the run's own)")
@@ -347,14 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "runs/eval-detection/<dataset>)")
     s.set_defaults(func=_eval)
 
-    from selfsup.artifacts.interop import FEATURE_RTOL, FORMAT_FILES, ONNX_OPSET
+    FEATURE_RTOL, FORMAT_FILES, ONNX_OPSET = clihelp.FEATURE_RTOL, clihelp.FORMAT_FILES, clihelp.ONNX_OPSET
 
-    s = sub.add_parser("export", help="write the encoder as safetensors + config.json + README.md model card "
-                       "(timm-loadable), optionally as TorchScript, ONNX and torchvision files",
-                       epilog=f"Every file besides model.safetensors is run on a batch it was not traced with and "
-                       f"compared with the timm encoder before it is written (max abs difference of the features "
-                       f"<= {FEATURE_RTOL:g} x max(1, max |feature|)); config.json records each check. All take "
-                       f"normalised images [B, C, H, W] and return features [B, D].")
+    s = command("export", help="write the encoder as safetensors + config.json + README.md model card "
+                "(timm-loadable), optionally as TorchScript, ONNX and torchvision files",
+                epilog=f"Every file besides model.safetensors is run on a batch it was not traced with and "
+                f"compared with the timm encoder before it is written (max abs difference of the features "
+                f"<= {FEATURE_RTOL:g} x max(1, max |feature|)); config.json records each check. All take "
+                f"normalised images [B, C, H, W] and return features [B, D].")
     s.add_argument("run_dir", help="run directory, checkpoint, or an export directory (to add --format files to it, "
                    "in place when OUT_DIR is the same folder)")
     s.add_argument("out_dir", help="export directory")
@@ -366,21 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
                         f"only). Repeat the option or separate with commas: --format onnx,torchscript")
     s.set_defaults(func=_export)
 
-    s = sub.add_parser("plot", help="redraw a run's pictures (training curves, kNN grid, per-stage probes) "
-                       "into RUN_DIR/plots/ from what is on disk, without running the encoder")
+    s = command("plot", help="redraw a run's pictures (training curves, kNN grid, per-stage probes) "
+                "into RUN_DIR/plots/ from what is on disk, without running the encoder")
     s.add_argument("run_dir", help="run directory or evaluation folder")
     s.set_defaults(func=_plot)
 
-    s = sub.add_parser("compare", help="one table (markdown) across runs and exports: method, encoder, epochs, "
-                       "training minutes, every kNN and linear-probe column (mean ± sd); blanks where one lacks it")
+    s = command("compare", help="one table (markdown) across runs and exports: method, encoder, epochs, "
+                "training minutes, every kNN and linear-probe column (mean ± sd); blanks where one lacks it")
     s.add_argument("targets", nargs="+", help="run directories and export directories")
     s.add_argument("--baselines", action="store_true", help="also list the random-init and pixel rows")
     s.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     s.add_argument("--plot", metavar="PNG", help="also draw a bar plot (kNN and linear top-1)")
     s.set_defaults(func=_compare)
 
-    s = sub.add_parser("list", help="registered methods and datasets")
+    s = command("list", help="registered methods and datasets")
     s.set_defaults(func=_list)
+
+    s = command("config", help="every config key with its type, default, range and help; or the resolved "
+                "config of a file plus overrides (YAML)",
+                epilog="e.g. selfsup config optim; selfsup config method.simclr; "
+                "selfsup config --file configs/quickstart.yaml trainer.max_epochs=3")
+    s.add_argument("prefix", nargs="?", metavar="KEY_PREFIX", help="a section or key (optim, data.root, "
+                   "method.temperature; method.NAME: one method's keys); default: every key")
+    s.add_argument("overrides", nargs="*", help="key.path=value overrides (show the resolved config)")
+    s.add_argument("--file", metavar="CONFIG.yaml", help="show this config file resolved (defaults filled in, "
+                   "overrides applied, every value checked) as YAML")
+    s.set_defaults(func=_config)
     return p
 
 
@@ -389,16 +421,23 @@ def _usage_error(command: str, message: str) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def one_line_errors() -> tuple[type[BaseException], ...]:
+    """The errors the CLI prints as one line (``selfsup CMD: error: ...``, exit status 2). Imported only
+    when an error is raised: most of them live in modules that import torch."""
     from selfsup.config import ConfigError
     from selfsup.data import DataError
     from selfsup.encoders import EncoderError
     from selfsup.fileio import WriteError
+    from selfsup.losses import NonFiniteLossError
     from selfsup.registry import RegistryError
     from selfsup.safeload import LoadError
-    from selfsup.train.module import NonFiniteLossError
     from selfsup.train.run import NoStepsError, RunDirError
 
+    return (ConfigError, DataError, EncoderError, LoadError, RegistryError, NonFiniteLossError,
+            FileNotFoundError, RunDirError, NoStepsError, WriteError)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-") or "=" not in a]
@@ -408,10 +447,15 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             return _usage_error(args.command, f"takes no key=value overrides: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    if args.quiet:
+        os.environ["SELFSUP_QUIET"] = "1"  # progress bars read it (selfsup.progress)
+        if args.command == "pretrain":
+            args.overrides = [*args.overrides, "trainer.progress_bar=false"]
     try:
         args.func(args)
-    except (ConfigError, DataError, EncoderError, LoadError, RegistryError, NonFiniteLossError,
-            FileNotFoundError, RunDirError, NoStepsError, WriteError) as err:
+    except Exception as err:
+        if not isinstance(err, one_line_errors()):
+            raise
         print(f"selfsup {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

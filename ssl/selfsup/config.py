@@ -2,8 +2,11 @@
 
 Every section is a dataclass; a key that no dataclass field names is an error that
 names the key and the closest valid key, and every value is checked against the
-field's type and range. The method section is chosen by ``method.name`` from the
-method registry, so each method keeps its own config dataclass in its own file.
+field's type and range. The method section's dataclass is chosen by ``method.name`` from
+:data:`METHOD_CONFIGS`, so each method keeps its own config dataclass in its own file:
+``selfsup.methods`` (a layer above this one, never imported here) registers each method's
+``Config`` there as it registers the method, and ``selfsup/__init__.py`` installs the loader
+that imports ``selfsup.methods`` at the first lookup.
 
 Ranges are declared on the field: ``lr: float = param(0.3, gt=0)``.
 """
@@ -22,7 +25,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from selfsup.registry import closest
+from selfsup.registry import Registry, closest
+
+METHOD_CONFIGS: Registry[type] = Registry("method")  # method name -> its config dataclass (filled by selfsup.methods)
 
 
 class ConfigError(ValueError):
@@ -255,14 +260,17 @@ class RunConfig:
 # --------------------------------------------------------------------------- loading
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
+    """A field's type as error messages and ``selfsup config`` spell it: ``float``, ``'grid' | 'avg'``,
+    ``list[int] | None``."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
     if origin is not None:
-        return getattr(origin, "__name__", str(origin)) + "[" + ", ".join(_type_name(a) for a in typing.get_args(tp) if a is not Ellipsis) + "]"
+        args = ", ".join(type_name(a) for a in typing.get_args(tp) if a is not Ellipsis)
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
     return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
@@ -272,7 +280,7 @@ _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` or raise a ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"config key {key!r} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    bad = ConfigError(f"config key {key!r} must be {type_name(tp)}, got {value!r} ({type(value).__name__})")
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
@@ -281,7 +289,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=key)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"config key {key!r} must be one of {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"config key {key!r} must be one of {type_name(tp)}, got {value!r}")
         return value
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -303,7 +311,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ConfigError(f"config key {key!r} must have {len(args)} items ({_type_name(tp)}), got {value!r}")
+                raise ConfigError(f"config key {key!r} must have {len(args)} items ({type_name(tp)}), got {value!r}")
             return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
         out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -375,12 +383,12 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def method_config_class(name: str) -> type:
-    from selfsup.methods import METHODS
-
+    """The config dataclass of method ``name`` (:data:`METHOD_CONFIGS`); ConfigError naming the closest
+    registered method for an unknown one."""
     if not isinstance(name, str):
         raise ConfigError(f"method.name must be a method name (a string; selfsup list shows them), got {name!r}")
     try:
-        return METHODS.get(name).Config
+        return METHOD_CONFIGS.get(name)
     except KeyError as err:  # RegistryError: unknown name, with the closest registered one
         raise ConfigError(f"method.name: {err.args[0]}") from None
 
@@ -518,24 +526,23 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The resolved config as plain YAML-safe types (``method.name`` included)."""
-    out = _plain(dataclasses.asdict(cfg))
+    out = plain(dataclasses.asdict(cfg))
     out["method"] = {"name": method_name(cfg), **out["method"]}
     return out
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
+    """``obj`` with tuples as lists (YAML-safe), recursively."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     return obj
 
 
 def method_name(cfg: RunConfig) -> str:
     """The registered name of the method whose config ``cfg.method`` is."""
-    from selfsup.methods import METHODS
-
-    return next(n for n in METHODS.names() if METHODS.get(n).Config is type(cfg.method))
+    return next(n for n in METHOD_CONFIGS.names() if METHOD_CONFIGS.get(n) is type(cfg.method))
 
 
 def dump_yaml(cfg: RunConfig) -> str:

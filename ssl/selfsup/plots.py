@@ -265,6 +265,46 @@ def augmentation_preview(originals: np.ndarray, views: Sequence[np.ndarray], out
     return _save(fig, out)
 
 
+def view_preview(run_dir: str | Path, out: str | Path, n: int = 6, seed: int = 0) -> Path | None:
+    """:func:`augmentation_preview` of what a run's method trains on: the first ``n`` training
+    images (in dataset order) beside the views the method's augmentations make of them (its two
+    views for two-view methods, else its one augmentation), drawn with the run's resolved
+    ``config.yaml`` and ``data_info.json`` (seeded; no training, no checkpoint). None when the run
+    has no such files, its data cannot be read here, or its method trains on no augmented view."""
+    import json
+
+    import torch
+
+    from selfsup.config import load_config, method_name
+    from selfsup.data import DataError, DataInfo, build_dataset, make_loader
+    from selfsup.encoders import create_encoder
+    from selfsup.methods import METHODS
+
+    run = RunDir(run_dir)
+    if not (run.config.is_file() and run.data_info.is_file()):
+        return None
+    cfg = load_config(run.config)
+    d = json.loads(run.data_info.read_text())
+    info = DataInfo(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+    try:
+        ds = build_dataset(cfg.data, "train")
+    except (DataError, OSError):
+        return None  # the data is elsewhere (another machine): nothing to draw
+    method = METHODS.get(method_name(cfg))(cfg.method, create_encoder(cfg.encoder.name, info.in_chans,
+                                                                      cfg.encoder.kwargs), info)
+    views = method.view_augments() or ([method.augment] if callable(getattr(method, "augment", None)) else [])
+    if not views or len(ds) == 0:
+        return None
+    images = next(iter(make_loader(ds, min(n, len(ds)), train=False)))[0]  # uint8 [n, C, S, S]
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        shown = [(v(images) * std + mean).numpy() for v in views]  # de-normalised [n, C, S, S] each
+    names = [f"view {i + 1}" for i in range(len(views))] if len(views) > 1 else ["augmented"]
+    return augmentation_preview(images.float().numpy() / 255, shown, out, names)
+
+
 def detection_boxes(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], predictions: Sequence[np.ndarray],
                     scores: Sequence[np.ndarray], out: str | Path, min_score: float = 0.5) -> Path | None:
     """Test images [C, H, W] in [0, 1] with their ground-truth boxes (green) and the
@@ -317,7 +357,8 @@ def bar_chart(labels: Sequence[str], columns: Mapping[str, Sequence[float | None
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Redraw a run's (or an evaluation folder's) pictures from disk into ``RUN_DIR/plots/``:
-    training curves (``logs/metrics.csv``), the kNN (k, T) heat map and the per-stage probes
+    training curves (``logs/metrics.csv``), the method's training views (:func:`view_preview`), the
+    kNN (k, T) heat map, the per-stage probes and the 2-D embedding of the cached test features
     (``results.json``). Returns the files written (none when nothing is there to draw)."""
     import json
 
@@ -325,7 +366,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     written = []
     if run.metrics_csv.is_file():
         written.append(training_curves(run.metrics_csv, run.plots / "training_curves.png"))
+    if run.is_run():
+        written.append(view_preview(run_dir, run.plots / "views.png"))
     if run.results_json.is_file():
         rows = json.loads(run.results_json.read_text())
-        written += [knn_heatmap(rows, run.plots / "knn_grid.png"), layer_probes(rows, run.plots / "layers.png")]
+        written += [knn_heatmap(rows, run.plots / "knn_grid.png"), layer_probes(rows, run.plots / "layers.png"),
+                    feature_embedding(rows, run.plots / "embedding.png")]
     return [p for p in written if p is not None]

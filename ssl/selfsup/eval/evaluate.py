@@ -13,6 +13,11 @@ Layer-wise evaluation (``eval.layers``: ``all`` or stage names; :mod:`selfsup.ev
 scores every asked-for stage of the encoder the same way, one result row each
 (:func:`evaluate_layers`); the stages come from one extraction pass and are cached per stage,
 the final stage under the same entry as ``eval.layers=last`` (the encoder's pooled output).
+
+A target that is a path (run, export, checkpoint) is read by the ``load`` function the caller
+passes (:data:`EncoderLoader`; the CLI and :mod:`selfsup.pipeline` pass
+:func:`selfsup.artifacts.load.load_encoder`): reading a run needs the training code, which
+evaluation never imports.
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ from selfsup.eval.features import FeatureCache, dataset_fingerprint, extract_fea
 from selfsup.eval.layers import Stage, encoder_stages, select_stages, stage_tag
 from selfsup.eval.knn import IndexOptions, knn_evaluate_with_index
 from selfsup.eval.linear import probe_protocol, sklearn_probe
-from selfsup.artifacts.load import load_encoder
 from selfsup.rundir import is_export_dir
 from selfsup.safeload import LoadError
 
@@ -58,9 +62,20 @@ class Target:
 
 LABEL_FREE_ROWS = 2048  # test rows RankMe and uniformity are measured on (a seeded sample)
 
-def resolve_target(spec: str, cfg: RunConfig, data_info: Callable[[], DataInfo]) -> Target:
+# path of a run, export or checkpoint -> its encoder in eval mode, with ``selfsup_info`` (a DataInfo) attached
+EncoderLoader = Callable[[Path], nn.Module]
+
+
+def resolve_target(spec: str, cfg: RunConfig, data_info: Callable[[], DataInfo],
+                   load: EncoderLoader | None = None) -> Target:
     """Turn a CLI target string into a Target; ``data_info()`` describes the evaluation data
-    (called only for pixels and random encoders, which carry no input metadata)."""
+    (called only for pixels and random encoders, which carry no input metadata); ``load`` reads a
+    path target (selfsup.artifacts.load.load_encoder).
+
+    Raises:
+        LoadError: ``spec`` is neither an existing path, ``pixels`` nor ``random:<timm-name>``, or a
+            path given without ``load``.
+    """
     if spec == "pixels":
         return Target("raw pixels", "pixels", data_info(), nn.Flatten())
     if spec.startswith("random:"):
@@ -73,7 +88,10 @@ def resolve_target(spec: str, cfg: RunConfig, data_info: Callable[[], DataInfo])
     path = Path(spec)
     if not path.exists():
         raise LoadError(f"evaluation target {spec!r} is neither a path, 'pixels', nor 'random:<timm-name>'")
-    encoder = load_encoder(path)
+    if load is None:
+        raise LoadError(f"evaluation target {spec!r} is a path: pass load=selfsup.artifacts.load.load_encoder "
+                        f"(selfsup.eval reads no run or export itself)")
+    encoder = load(path)
     label = f"{'export' if is_export_dir(path) else 'run'} {path.name or spec}"
     return Target(label, "pretrained", encoder.selfsup_info, encoder)
 
@@ -216,12 +234,12 @@ def data_tag(cfg: RunConfig) -> str:
     return f"{cfg.data.name}-{digest}"
 
 
-def prepare(spec: str, cfg: RunConfig, cache_dir: str | Path) -> Prepared:
-    """Build and check the evaluation data (:func:`evaluation_data`), resolve the target,
-    check that it takes the data's channels, and name each split's cache entry by the
-    encoder's and the data's fingerprints."""
+def prepare(spec: str, cfg: RunConfig, cache_dir: str | Path, load: EncoderLoader | None = None) -> Prepared:
+    """Build and check the evaluation data (:func:`evaluation_data`), resolve the target (a path
+    with ``load``: :func:`resolve_target`), check that it takes the data's channels, and name each
+    split's cache entry by the encoder's and the data's fingerprints."""
     train_ds, test_ds, dropped = evaluation_data(cfg)
-    target = resolve_target(spec, cfg, train_ds.info)
+    target = resolve_target(spec, cfg, train_ds.info, load)
     check_channels(target, train_ds, cfg)
     check_channels(target, test_ds, cfg)
     key = fingerprint(target.encoder)
@@ -275,13 +293,13 @@ def _extractor(p: Prepared, ds: ImageDataset, cfg: RunConfig, device: str, log: 
 
 
 def cache_features(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
-                   log: Callable[[str], None] = print) -> Prepared:
+                   log: Callable[[str], None] = print, load: EncoderLoader | None = None) -> Prepared:
     """Extract and cache the features :func:`evaluate` needs, sharded over the ranks of a
     distributed run: a collective, every rank calls it (and reads the run directory, so it
     must be on a disk all ranks share); rank 0 decides what is missing and writes the cache.
-    Returns the prepared target, for rank 0 to pass on to :func:`evaluate`."""
+    Returns the prepared target, for rank 0 to pass on to :func:`evaluate`. ``load``: as in :func:`prepare`."""
     device = device or default_device(cfg.trainer.accelerator)
-    p = prepare(spec, cfg, cache_dir)
+    p = prepare(spec, cfg, cache_dir, load)
     if p.stages:
         fill_stage_cache(p, cfg, device, log, sharded=True)
         return p
@@ -326,30 +344,33 @@ def fill_stage_cache(p: Prepared, cfg: RunConfig, device: str, log: Callable[[st
 
 
 def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
-             log: Callable[[str], None] = print, prepared: Prepared | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] = print, prepared: Prepared | None = None,
+             load: EncoderLoader | None = None) -> dict[str, Any]:
     """kNN (every (k, T) in ``cfg.eval.knn``) and linear-probe results for target ``spec`` on the
     encoder's pooled output (the final stage, whatever ``eval.layers`` says; :func:`evaluate_layers`
     gives a row per stage). ``prepared``: what :func:`cache_features` already loaded for it, so
-    nothing is loaded twice."""
+    nothing is loaded twice; ``load``: as in :func:`prepare`."""
     if prepared is not None:
         prepared = dataclasses.replace(prepared, stages=[])
     else:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, layers="last"))
-    return evaluate_layers(spec, cfg, cache_dir, device, log, prepared)[0]
+    return evaluate_layers(spec, cfg, cache_dir, device, log, prepared, load)[0]
 
 
 def evaluate_layers(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
-                    log: Callable[[str], None] = print, prepared: Prepared | None = None) -> list[dict[str, Any]]:
+                    log: Callable[[str], None] = print, prepared: Prepared | None = None,
+                    load: EncoderLoader | None = None) -> list[dict[str, Any]]:
     """One result row per stage ``eval.layers`` asks for (:mod:`selfsup.eval.layers`), shallowest
     first, each scored by the same kNN and linear probes; with ``eval.layers=last`` (and for raw
     pixels, which have no stages) one row, as before layer-wise evaluation existed. Rows of
     layer-wise evaluation add ``layer`` (the timm feature_info name; None for pixels) and
     ``pooling`` (``encoder`` for the final stage: the pooled output, the same numbers as
     ``last``; ``grid`` or ``avg`` for the others). Every missing stage is extracted in one pass
-    (:func:`fill_stage_cache`); ``seconds`` counts from the start of the target's evaluation."""
+    (:func:`fill_stage_cache`); ``seconds`` counts from the start of the target's evaluation.
+    ``load`` reads a path target (:func:`prepare`)."""
     t0 = time.perf_counter()
     device = device or default_device(cfg.trainer.accelerator)
-    p = prepared or prepare(spec, cfg, cache_dir)
+    p = prepared or prepare(spec, cfg, cache_dir, load)
     warnings = [f"{p.unlabeled_left_out} unlabeled training image(s) (label -1) left out of kNN and the probes"
                 ] if p.unlabeled_left_out else []  # the row's own; the kNN index adds its own (report.row_warnings)
     for warning in warnings:
@@ -389,6 +410,8 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
         "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
         "warnings": list(warnings),
+        # where the test features are cached (the embedding picture reads them; checked against the key)
+        "test_features": {"directory": str(cache.directory), "name": name_te, "key": key_te},
     })
     if len(xte) >= 2:  # label-free signals of the test features (selfsup.monitors), on a seeded sample
         pick = torch.randperm(len(xte), generator=torch.Generator().manual_seed(cfg.seed))[:LABEL_FREE_ROWS]

@@ -7,11 +7,18 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from selfsup.config import METHOD_CONFIGS
 from selfsup.data import DataInfo
 from selfsup.encoders import pooled_width
 from selfsup.registry import Registry
 
-METHODS: Registry[type["Method"]] = Registry("method")
+
+def _register_config(name: str, method: type[Method]) -> None:
+    """``method.name: NAME`` in a config then selects the method's ``Config`` (selfsup.config, a layer below)."""
+    METHOD_CONFIGS.register(name)(method.Config)
+
+
+METHODS: Registry[type[Method]] = Registry("method", on_register=_register_config)
 
 
 class Method(nn.Module):

@@ -1,4 +1,5 @@
-"""A pretraining run: run directory, data, Lightning Trainer, then evaluation and export.
+"""A pretraining run: run directory, data, Lightning Trainer (evaluation and export after it are
+:mod:`selfsup.pipeline`'s, a layer above both).
 
 A run directory is never damaged: a new run refuses a directory that already holds a run,
 the process writing a run holds a lock on it (``RUN_DIR/.lock``, with its pid), a resume
@@ -24,7 +25,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-from selfsup import distributed
 from selfsup.config import ConfigError, RunConfig, dump_yaml, load_config, to_dict
 from selfsup.train.loggers import LoggerSessions, build_loggers
 from selfsup.train.state import AtomicCheckpointIO
@@ -343,10 +343,12 @@ def describe_plan(plan: StepPlan, batch_size: int, world_size: int) -> str:
 
 
 def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,
-             log: Callable[[str], None] = print, then: Callable[[Path], Any] | None = None) -> Path:
+             log: Callable[[str], None] = print, then: Callable[[Path], Any] | None = None,
+             check_encoder: Callable[[torch.nn.Module], None] | None = None) -> Path:
     """Train ``cfg.method``; returns the run directory (config, metrics.csv, checkpoints/).
-    ``then(run_dir)`` runs after training while the run directory is still locked
-    (the CLI evaluates and exports there).
+    ``check_encoder(encoder)`` runs on the untrained encoder before anything is written (selfsup.pipeline
+    checks ``eval.layers`` there); ``then(run_dir)`` runs after training while the run directory is still
+    locked (selfsup.pipeline evaluates and exports there).
 
     Everything is checked before anything is written: the run directory
     (:func:`check_run_dir`), on a resume the config changes (:func:`resume_changes`), and
@@ -379,10 +381,8 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
                    t.accumulate_grad_batches, t.max_epochs, t.max_steps)
     info = train_ds.info()
     module = PretrainModule(cfg, info)
-    if cfg.eval.after_pretrain:  # a stage eval.layers names that the encoder lacks fails now, not after training
-        from selfsup.eval.evaluate import check_layers
-
-        check_layers(cfg, module.method.encoder)
+    if check_encoder is not None:
+        check_encoder(module.method.encoder)
     train_loader = make_loader(train_ds, cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
                                seed=cfg.seed, with_indices=module.method.needs_indices)
     val_loader = None
@@ -578,83 +578,6 @@ def resolve_precision(precision: str, accelerator: str = "auto",
         else:
             warn(message)
     return precision
-
-
-def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Evaluate the run's encoder and ``cfg.eval.baselines``; write results.json/.md.
-
-    When the training data cannot score kNN or probes (no labels, e.g. a flat folder of
-    images, or a single class) nothing is evaluated or written: one line says why and how to
-    evaluate the run on labelled data, and the result is ``[]`` (as on ranks other than 0)."""
-    from selfsup.eval.evaluate import NotScorable, cache_features, evaluate_layers
-    from selfsup.eval.report import markdown_table
-
-    targets = [str(run_dir)] + [f"random:{cfg.encoder.name}" if b == "random" else b for b in cfg.eval.baselines]
-    prepared = [None] * len(targets)
-    try:  # the data is checked before any feature is extracted
-        if distributed.is_distributed():  # every rank extracts its share of the features; rank 0 scores them
-            quiet = log if distributed.rank() == 0 else lambda s: None
-            prepared = [cache_features(t, cfg, RunDir(run_dir).features, log=quiet) for t in targets]
-            if distributed.rank() != 0:
-                return []
-        per_target = [evaluate_layers(t, cfg, RunDir(run_dir).features, log=log, prepared=p)
-                      for t, p in zip(targets, prepared)]  # one row per stage of eval.layers (pixels: one)
-    except NotScorable as err:
-        if distributed.rank() == 0:
-            log(f"[eval] kNN and linear probes skipped: {err.reason}; to evaluate this run on a labelled folder "
-                f"(class subfolders): selfsup eval {run_dir} data.root=LABELLED_FOLDER")
-        return []
-    for row in per_target[0]:
-        row["label"] = f"{cfg.method.__class__.__name__.removesuffix('Config')} {cfg.encoder.name} (pretrained)"
-    rows = [row for target_rows in per_target for row in target_rows]
-    write_json(rows, RunDir(run_dir).results_json)
-    table = markdown_table(rows)
-    write_text(table, RunDir(run_dir).results_md)
-    return rows
-
-
-def finish_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> str | None:
-    """Evaluate and export after pretraining; returns the markdown table (None on the ranks
-    other than 0 of a distributed run, which only help extract features, and when the
-    training data has no labels to evaluate with: the encoder is exported all the same)."""
-    from selfsup.artifacts.card import results_summary
-    from selfsup.artifacts.load import export_encoder
-
-    rows = evaluate_run(run_dir, cfg, log)
-    if distributed.rank() != 0:
-        return None
-    export_dir = export_encoder(run_dir, RunDir(run_dir).export, results=results_summary(rows) if rows else None)
-    log(f"[export] encoder written to {export_dir} (loads with timm.create_model, see {export_dir / 'config.json'})")
-    return RunDir(run_dir).results_md.read_text() if rows else None
-
-
-def saved_config(path: str | Path, overrides: list[str] = ()) -> RunConfig | None:
-    """The config a run directory, a selfsup checkpoint (``.ckpt``: the config stored in it)
-    or an export directory was trained with, plus ``overrides``; None when ``path`` is
-    none of these, or an export whose card holds no training config (the caller then uses
-    the defaults plus the overrides). A checkpoint selfsup did not write is a LoadError."""
-    from selfsup.config import apply_override, build_config
-    from selfsup.artifacts.validate import read_card
-    from selfsup.rundir import is_export_dir
-    from selfsup.safeload import describe_file, load_checkpoint
-    from selfsup.train.checkpoint import check_selfsup_checkpoint
-    from selfsup.train.module import CHECKPOINT_KEY
-
-    p = Path(path)
-    if RunDir(p).is_run():
-        return load_run_config(p, overrides)
-    raw = None
-    if p.is_file() and describe_file(p) in ("a PyTorch checkpoint", "a pickle"):
-        ckpt = load_checkpoint(p)
-        check_selfsup_checkpoint(ckpt, p)
-        raw = ckpt[CHECKPOINT_KEY]["config"]  # the data it was trained on, not the defaults
-    elif is_export_dir(p):
-        raw = read_card(p).get("training_config")
-    if raw is not None:
-        for ov in overrides:
-            apply_override(raw, ov)
-        return build_config(raw)
-    return None
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:

@@ -1,0 +1,158 @@
+"""Every config key with its type, default, range and help string: what ``selfsup config`` prints.
+
+The keys are read from the config dataclasses (:mod:`selfsup.config`) and, under ``method``, from
+each registered method's config class (:data:`selfsup.config.METHOD_CONFIGS`, which imports the
+methods, and so torch, only when a ``method`` key is asked for). ``selfsup config method.simclr``
+lists one method's keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from selfsup.config import METHOD_CONFIGS, ConfigError, RunConfig, plain, type_name
+from selfsup.registry import close_matches
+
+REQUIRED = "(required)"
+RANGES = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One config key: its dotted path, type, default (YAML, as an override would spell it), range,
+    help string, and for a method's key the method whose section holds it."""
+
+    key: str
+    type: str
+    default: str
+    range: str
+    help: str
+    method: str | None = None
+
+    def line(self) -> str:
+        """``optim.lr: float = 0.3 (> 0)  peak learning rate``."""
+        bounds = f" ({self.range})" if self.range else ""
+        return f"{self.key}: {self.type} = {self.default}{bounds}" + (f"  {self.help}" if self.help else "")
+
+
+def yaml_value(value: Any) -> str:
+    """``value`` as YAML on one line: ``0.3``, ``[0.2, 1.0]``, ``null``, ``fashion-mnist``."""
+    text = yaml.safe_dump(plain(value), default_flow_style=True, width=10**9)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def describe_range(meta: typing.Mapping[str, Any]) -> str:
+    """The bounds of a ``param(gt=..., le=...)`` field: ``> 0, <= 1``; empty when it has none."""
+    return ", ".join(f"{sym} {meta[name]:g}" for name, sym in RANGES if meta.get(name) is not None)
+
+
+def _default(f: dataclasses.Field, owner: Any) -> Any:
+    if owner is not None:
+        return getattr(owner, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def section_keys(cls: type, prefix: str, owner: Any = None, method: str | None = None) -> list[KeyInfo]:
+    """The keys of dataclass ``cls`` under ``prefix``, nested sections expanded; defaults are read
+    from ``owner`` (an instance: a section's defaults as its parent builds it) or the fields."""
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        default = _default(f, owner)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += section_keys(hints[f.name], key, None if default is dataclasses.MISSING else default, method)
+            continue
+        shown = REQUIRED if default is dataclasses.MISSING else yaml_value(default)
+        keys.append(KeyInfo(key, type_name(hints[f.name]), shown, describe_range(f.metadata),
+                            f.metadata.get("help", ""), method))
+    return keys
+
+
+def method_keys(name: str) -> list[KeyInfo]:
+    """The ``method.*`` keys of method ``name`` (its config class's fields)."""
+    cls = METHOD_CONFIGS.get(name)
+    return section_keys(cls, "method", cls(), name)
+
+
+def run_keys(with_methods: bool = True) -> list[KeyInfo]:
+    """Every key of a run config: ``method.name``, each method's keys (``with_methods``), then the sections."""
+    keys = [KeyInfo("method.name", "str", REQUIRED, "", "the method (selfsup list shows them)")]
+    if with_methods:
+        keys += [k for name in METHOD_CONFIGS.names() for k in method_keys(name)]
+    return keys + [k for k in section_keys(RunConfig, "") if k.key != "method"]
+
+
+def _under(key: str, prefix: str) -> bool:
+    return not prefix or key == prefix or key.startswith(prefix + ".")
+
+
+def _sections(keys: list[str]) -> set[str]:
+    """Every key and every section above one: ``optim.lr`` -> ``optim``, ``optim.lr``."""
+    return {".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 2)}
+
+
+def select_keys(prefix: str = "") -> list[KeyInfo]:
+    """The keys under ``prefix`` (a key or a section, e.g. ``optim`` or ``method.temperature``;
+    ``method.NAME`` or ``method.NAME.KEY``: one method's keys). Methods (torch) are imported only
+    for a ``method`` prefix or none.
+
+    Raises:
+        ConfigError: no key is under ``prefix``; one line naming the closest keys.
+    """
+    parts = prefix.split(".")
+    wants_methods = not prefix or parts[0] == "method"
+    keys = run_keys(with_methods=wants_methods)
+    if wants_methods and len(parts) > 1 and parts[1] in METHOD_CONFIGS:
+        keys, prefix = method_keys(parts[1]), ".".join(["method", *parts[2:]])
+    found = [k for k in keys if _under(k.key, prefix)]
+    if not found:
+        near = close_matches(prefix, sorted(_sections([k.key for k in keys])))
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise ConfigError(f"no config key under {prefix!r}: {hint}(selfsup config with no prefix lists every key)")
+    return found
+
+
+def keys_text(keys: list[KeyInfo]) -> str:
+    """One line per key; a method's keys under a ``# method.name=NAME`` heading."""
+    lines, method = [], None
+    for k in keys:
+        if k.method != method and k.method is not None:
+            lines.append(f"# method.name={k.method}")
+        method = k.method
+        lines.append(k.line())
+    return "\n".join(lines) + "\n"
+
+
+def resolved_section(resolved: dict[str, Any], prefix: str) -> Any:
+    """The part of a resolved config (:func:`selfsup.config.to_dict`) under ``prefix``.
+
+    Raises:
+        ConfigError: no key ``prefix``; one line naming the closest keys.
+    """
+    node: Any = resolved
+    for i, part in enumerate(prefix.split(".") if prefix else []):
+        if not isinstance(node, dict) or part not in node:
+            near = close_matches(prefix, sorted(_sections(_leaves(resolved))))
+            hint = f"did you mean {', '.join(near)}? " if near else ""
+            raise ConfigError(f"the resolved config has no key {prefix!r}: {hint}(selfsup config --file FILE with no "
+                              f"prefix shows all of it)")
+        node = node[part]
+    return node
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys of a nested dict's values that are not sections."""
+    out = []
+    for name, value in tree.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        out += _leaves(value, key) if isinstance(value, dict) and value else [key]
+    return out

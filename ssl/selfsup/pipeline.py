@@ -1,0 +1,114 @@
+"""Pretrain, then evaluate, then export: the sequence ``selfsup pretrain`` runs, on the layer above
+training (:mod:`selfsup.train.run`), evaluation (:mod:`selfsup.eval`) and the export
+(:mod:`selfsup.artifacts`), which know nothing of each other's order. Also the config that any
+target (run, checkpoint, export) was trained with (:func:`saved_config`), which only this layer
+can read from all three."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from selfsup import distributed
+from selfsup.artifacts.card import results_summary
+from selfsup.artifacts.load import export_encoder, load_encoder
+from selfsup.artifacts.validate import read_card
+from selfsup.config import RunConfig, apply_override, build_config
+from selfsup.eval.evaluate import NotScorable, cache_features, check_layers, evaluate_layers
+from selfsup.eval.report import markdown_table
+from selfsup.fileio import write_json, write_text
+from selfsup.rundir import RunDir, is_export_dir
+from selfsup.safeload import describe_file, load_checkpoint
+from selfsup.train.checkpoint import check_selfsup_checkpoint
+from selfsup.train.module import CHECKPOINT_KEY
+from selfsup.train.run import load_run_config, pretrain
+
+
+def pretrain_evaluate_export(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,
+                             evaluate: bool = True, log: Callable[[str], None] = print) -> Path:
+    """:func:`selfsup.train.run.pretrain`, then (``evaluate`` and ``eval.after_pretrain``) :func:`finish_run`
+    while the run directory is still locked; the results table goes to ``log``. A stage ``eval.layers`` names
+    that the encoder lacks fails before training, not after it. Returns the run directory.
+
+    Raises:
+        what :func:`selfsup.train.run.pretrain` raises; ConfigError for an ``eval.layers`` stage the
+        encoder does not have.
+    """
+    after = evaluate and cfg.eval.after_pretrain
+
+    def check(encoder: nn.Module) -> None:
+        check_layers(cfg, encoder)
+
+    def evaluate_and_export(done: Path) -> None:
+        table = finish_run(done, cfg, log)  # distributed: every rank extracts features, rank 0 reports
+        if table is not None:
+            log("\n" + table)
+
+    return pretrain(cfg, run_dir=run_dir, resume=resume, log=log, then=evaluate_and_export if after else None,
+                    check_encoder=check if cfg.eval.after_pretrain else None)
+
+
+def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Evaluate the run's encoder and ``cfg.eval.baselines``; write results.json/.md.
+
+    When the training data cannot score kNN or probes (no labels, e.g. a flat folder of
+    images, or a single class) nothing is evaluated or written: one line says why and how to
+    evaluate the run on labelled data, and the result is ``[]`` (as on ranks other than 0)."""
+    targets = [str(run_dir)] + [f"random:{cfg.encoder.name}" if b == "random" else b for b in cfg.eval.baselines]
+    features = RunDir(run_dir).features
+    prepared = [None] * len(targets)
+    try:  # the data is checked before any feature is extracted
+        if distributed.is_distributed():  # every rank extracts its share of the features; rank 0 scores them
+            quiet = log if distributed.rank() == 0 else lambda s: None
+            prepared = [cache_features(t, cfg, features, log=quiet, load=load_encoder) for t in targets]
+            if distributed.rank() != 0:
+                return []
+        per_target = [evaluate_layers(t, cfg, features, log=log, prepared=p, load=load_encoder)
+                      for t, p in zip(targets, prepared)]  # one row per stage of eval.layers (pixels: one)
+    except NotScorable as err:
+        if distributed.rank() == 0:
+            log(f"[eval] kNN and linear probes skipped: {err.reason}; to evaluate this run on a labelled folder "
+                f"(class subfolders): selfsup eval {run_dir} data.root=LABELLED_FOLDER")
+        return []
+    for row in per_target[0]:
+        row["label"] = f"{cfg.method.__class__.__name__.removesuffix('Config')} {cfg.encoder.name} (pretrained)"
+    rows = [row for target_rows in per_target for row in target_rows]
+    write_json(rows, RunDir(run_dir).results_json)
+    write_text(markdown_table(rows), RunDir(run_dir).results_md)
+    return rows
+
+
+def finish_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> str | None:
+    """Evaluate and export after pretraining; returns the markdown table (None on the ranks
+    other than 0 of a distributed run, which only help extract features, and when the
+    training data has no labels to evaluate with: the encoder is exported all the same)."""
+    rows = evaluate_run(run_dir, cfg, log)
+    if distributed.rank() != 0:
+        return None
+    export_dir = export_encoder(run_dir, RunDir(run_dir).export, results=results_summary(rows) if rows else None)
+    log(f"[export] encoder written to {export_dir} (loads with timm.create_model, see {export_dir / 'config.json'})")
+    return RunDir(run_dir).results_md.read_text() if rows else None
+
+
+def saved_config(path: str | Path, overrides: list[str] = ()) -> RunConfig | None:
+    """The config a run directory, a selfsup checkpoint (``.ckpt``: the config stored in it)
+    or an export directory was trained with, plus ``overrides``; None when ``path`` is
+    none of these, or an export whose card holds no training config (the caller then uses
+    the defaults plus the overrides). A checkpoint selfsup did not write is a LoadError."""
+    p = Path(path)
+    if RunDir(p).is_run():
+        return load_run_config(p, overrides)
+    raw = None
+    if p.is_file() and describe_file(p) in ("a PyTorch checkpoint", "a pickle"):
+        ckpt = load_checkpoint(p)
+        check_selfsup_checkpoint(ckpt, p)
+        raw = ckpt[CHECKPOINT_KEY]["config"]  # the data it was trained on, not the defaults
+    elif is_export_dir(p):
+        raw = read_card(p).get("training_config")
+    if raw is not None:
+        for ov in overrides:
+            apply_override(raw, ov)
+        return build_config(raw)
+    return None

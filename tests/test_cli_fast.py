@@ -1,0 +1,228 @@
+"""A CLI that starts fast and explains itself: `selfsup --help`, `selfsup CMD --help`, `selfsup list` and
+`selfsup config PREFIX` import neither torch, Lightning nor timm; `selfsup config` shows every key's type,
+default, range and help (checked against the dataclass fields read here), or a resolved config; --quiet."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import typing
+
+import pytest
+import yaml
+
+from conftest import ROOT, one_line_error
+from selfsup import clihelp, config
+from selfsup.cli import main
+
+HEAVY = ("torch", "lightning", "timm")
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+# runs `main(argv)` in a fresh interpreter: prints the heavy modules it imported and the CPU seconds it took
+# (CPU time, not wall time: the suite shares its cores with other jobs, which stretch wall time, not CPU time)
+RUN_MAIN = """
+import json, sys, time
+t0 = time.process_time()
+from selfsup.cli import main
+try:
+    rc = main(json.loads(sys.argv[1]))
+except SystemExit as exc:
+    rc = exc.code
+print(json.dumps({"rc": rc, "heavy": [m for m in %r if m in sys.modules], "seconds": time.process_time() - t0}))
+""" % (HEAVY,)
+COMMANDS = ["pretrain", "eval", "export", "plot", "compare", "list", "config"]
+
+
+def fresh(code: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -c code args`` in a fresh interpreter that finds selfsup."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([c, "--help"] for c in COMMANDS), ["list"], ["config", "optim"],
+                                  ["--quiet", "config", "trainer.max_epochs"]])
+def test_help_list_and_config_import_no_torch_and_start_fast(argv):
+    res = fresh(RUN_MAIN, json.dumps(argv))
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rc"] == 0 and out["heavy"] == [], out
+    assert out["seconds"] < 1.0, out  # torch alone takes seconds to import
+
+
+def test_import_tree_of_the_cli_holds_no_heavy_package():
+    """`python -X importtime`: nothing selfsup.cli pulls in is torch, Lightning or timm (their import alone takes
+    seconds), and the import is timed (wall time, which other jobs on the machine stretch: a loose bound)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-X", "importtime", "-c", "import selfsup.cli"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    rows = [line.split("|") for line in res.stderr.splitlines() if line.startswith("import time:")][1:]  # no header
+    cumulative = {name.strip(): int(cum) for _, cum, name in rows}  # microseconds, the module and all it imports
+    assert res.returncode == 0 and cumulative["selfsup.cli"] < 3_000_000, res.stderr[-2000:]
+    assert not [name for name in cumulative if name.split(".")[0] in HEAVY]
+
+
+def test_list_table_is_the_registries():
+    """`selfsup list` reads a static table; it names exactly the registered methods and datasets, each
+    described as its own docstring begins."""
+    from selfsup.data import DATASETS
+    from selfsup.methods import METHODS
+
+    fix = "add (or remove) its one line in ssl/selfsup/clihelp.py"
+    assert sorted(clihelp.METHODS) == METHODS.names(), fix
+    assert sorted(clihelp.DATASETS) == DATASETS.names(), fix
+    for name, text in clihelp.METHODS.items():
+        doc = sys.modules[METHODS.get(name).__module__].__doc__.strip().splitlines()[0]
+        lead = doc.split(" (")[0]  # the method's name, before its citation
+        assert text.startswith(lead + ":"), (name, lead, text)
+    for name, text in clihelp.DATASETS.items():
+        assert text == DATASETS.get(name).__doc__.strip().splitlines()[0], name
+
+
+def test_list_prints_every_method_and_dataset(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, text in {**clihelp.METHODS, **clihelp.DATASETS}.items():
+        assert re.search(rf"^  {re.escape(name)} +{re.escape(text)}$", out, re.M), name
+
+
+def test_export_help_numbers_are_interops():
+    from selfsup.artifacts import interop
+
+    assert (clihelp.FORMAT_FILES, clihelp.ONNX_OPSET, clihelp.FEATURE_RTOL) == (
+        interop.FORMAT_FILES, interop.ONNX_OPSET, interop.FEATURE_RTOL)
+
+
+# --------------------------------------------------------------------------- selfsup config
+
+LINE = re.compile(r"^(?P<key>[\w.]+): (?P<type>.+?) = (?P<default>.*?)(?: \((?P<range>[<>]=? [^()]*)\))?"
+                  r"(?:  (?P<help>.*))?$")
+SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def shown_keys(capsys, *argv: str) -> dict[str, dict[str, str]]:
+    assert main(["config", *argv]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    parsed = [LINE.match(line) for line in lines]
+    assert all(parsed), [line for line, m in zip(lines, parsed) if not m]
+    return {m["key"]: m.groupdict() for m in parsed}
+
+
+def expected_fields(cls: type, prefix: str, owner: typing.Any = None) -> dict[str, tuple]:
+    """key -> (field, default, type hint), nested dataclasses expanded (defaults from the parent's instance)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if owner is not None:
+            default = getattr(owner, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(expected_fields(hints[f.name], f"{prefix}.{f.name}", default))
+        else:
+            out[f"{prefix}.{f.name}"] = (f, default, hints[f.name])
+    return out
+
+
+def as_yaml(value: typing.Any) -> typing.Any:
+    return [as_yaml(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def check_against_fields(shown: dict[str, dict[str, str]], expected: dict[str, tuple]) -> None:
+    assert list(shown) == list(expected)
+    for key, (f, default, hint) in expected.items():
+        row = shown[key]
+        assert yaml.safe_load(row["default"]) == as_yaml(default), key
+        assert (row["help"] or "") == f.metadata.get("help", ""), key
+        bounds = {(SYMBOLS[n], float(f.metadata[n])) for n in SYMBOLS if f.metadata.get(n) is not None}
+        got = {(part.split(" ")[0], float(part.split(" ")[1])) for part in (row["range"] or "").split(", ") if part}
+        assert got == bounds, key
+        if isinstance(hint, type):
+            assert row["type"] == hint.__name__, key
+
+
+@pytest.mark.parametrize("section", ["data", "encoder", "optim", "trainer", "eval", "detection"])
+def test_config_section_shows_each_fields_type_default_range_and_help(section, capsys):
+    cls = typing.get_type_hints(config.RunConfig)[section]
+    check_against_fields(shown_keys(capsys, section), expected_fields(cls, section))
+
+
+def test_config_method_shows_one_methods_keys(capsys):
+    from selfsup.methods import METHODS
+
+    for name in ("simclr", "mae"):
+        cls = METHODS.get(name).Config
+        check_against_fields(shown_keys(capsys, f"method.{name}"), expected_fields(cls, "method", cls()))
+    # one key across the methods that have it, each under its method's heading
+    assert main(["config", "method.temperature"]) == 0
+    out = capsys.readouterr().out
+    having = [n for n in METHODS.names()
+              if "temperature" in {f.name for f in dataclasses.fields(METHODS.get(n).Config)}]
+    assert re.findall(r"^# method.name=(\w+)$", out, re.M) == having and len(having) >= 3
+
+
+def test_config_without_prefix_lists_every_key(capsys):
+    shown = shown_keys(capsys)
+    for section in ("data", "encoder", "optim", "trainer", "eval", "detection"):
+        cls = typing.get_type_hints(config.RunConfig)[section]
+        assert set(expected_fields(cls, section)) <= set(shown)
+    assert {"method.name", "method.temperature", "method.augment.crop_scale", "seed", "out_dir"} <= set(shown)
+
+
+def test_config_file_with_override_is_the_resolved_yaml(capsys):
+    assert main(["config", "--file", QUICKSTART, "optim.lr=0.123", "trainer.max_epochs=7"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    want = config.to_dict(config.load_config(QUICKSTART))
+    assert (want["optim"]["lr"], want["trainer"]["max_epochs"]) != (0.123, 7)
+    want["optim"]["lr"], want["trainer"]["max_epochs"] = 0.123, 7
+    assert shown == want
+    assert main(["config", "optim", "--file", QUICKSTART, "optim.lr=0.123"]) == 0  # only the prefix's part
+    assert yaml.safe_load(capsys.readouterr().out) == {"optim": want["optim"]}
+    assert main(["config", "method.name=moco", "method.temperature=0.3"]) == 0  # overrides alone: the defaults
+    method = yaml.safe_load(capsys.readouterr().out)["method"]
+    assert method["name"] == "moco" and method["temperature"] == 0.3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["optimm"], "no config key under 'optimm': did you mean optim"),
+    (["trainer.max_epoch"], "no config key under 'trainer.max_epoch': did you mean trainer.max_epochs"),
+    (["method.temprature"], "no config key under 'method.temprature': did you mean method.temperature"),
+    (["trainr", "--file", QUICKSTART], "the resolved config has no key 'trainr': did you mean trainer"),
+])
+def test_config_unknown_prefix_is_one_line_naming_close_keys(argv, message, capsys):
+    assert main(["config", *argv]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith(f"selfsup config: error: {message}"), line
+
+
+def test_config_bad_override_is_the_config_error(capsys):
+    assert main(["config", "--file", QUICKSTART, "optim.lr=-1"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line == "selfsup config: error: config key 'optim.lr' must be > 0, got -1.0"
+
+
+# --------------------------------------------------------------------------- --quiet
+
+
+@pytest.mark.parametrize("argv", [["--quiet", "pretrain", QUICKSTART], ["pretrain", QUICKSTART, "--quiet"]])
+def test_quiet_sets_the_environment_and_turns_the_progress_bar_off(argv, monkeypatch):
+    seen = {}
+    monkeypatch.delenv("SELFSUP_QUIET", raising=False)
+    monkeypatch.setattr("selfsup.pipeline.pretrain_evaluate_export",
+                        lambda cfg, **kw: seen.setdefault("cfg", cfg) and None)
+    monkeypatch.setattr("selfsup.cli._draw", lambda folder: None)
+    main(argv)
+    assert seen["cfg"].trainer.progress_bar is False and os.environ["SELFSUP_QUIET"] == "1"
+
+
+def test_without_quiet_the_config_decides(monkeypatch):
+    seen = {}
+    monkeypatch.delenv("SELFSUP_QUIET", raising=False)
+    monkeypatch.setattr("selfsup.pipeline.pretrain_evaluate_export",
+                        lambda cfg, **kw: seen.setdefault("cfg", cfg) and None)
+    monkeypatch.setattr("selfsup.cli._draw", lambda folder: None)
+    main(["pretrain", QUICKSTART])
+    assert seen["cfg"].trainer.progress_bar is config.load_config(QUICKSTART).trainer.progress_bar is True
+    assert "SELFSUP_QUIET" not in os.environ
