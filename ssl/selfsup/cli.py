@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from selfsup import clihelp
 from selfsup.rundir import CHECKPOINT_DIR, CONFIG_FILE, RunDir  # no heavy imports: `selfsup --help` stays fast
@@ -78,6 +78,9 @@ def _eval(args: argparse.Namespace) -> None:
         cfg = saved_config(target, args.overrides) or load_config(None, ["method.name=simclr", *args.overrides])
     if args.task == "detection":
         _eval_detection(args, cfg, target)
+        return
+    if args.protocol:
+        _eval_transfer(args, cfg, target)
         return
     if args.dataset or args.test_dataset:
         raise ConfigError("--dataset and --test-dataset choose detection data; add --task detection, or set "
@@ -192,6 +195,67 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     print(f"results written to {written.results_json} and {written.results_md}")
     if cfg.eval.plots:
         _draw(written.root)
+
+
+def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
+    """:class:`selfsup.transfer.TransferOptions` of ``--protocol`` and ``--transfer KEY=VALUE`` pairs (values
+    read as YAML); the labelled fractions, seeds and seed default to ``eval.low_shot``, ``eval.probe_seeds``,
+    ``seed``. ConfigError (one line) for a pair that is not KEY=VALUE or an unknown key."""
+    import dataclasses
+
+    import yaml
+
+    from selfsup.config import ConfigError
+    from selfsup.transfer.options import TransferOptions
+
+    known = {f.name for f in dataclasses.fields(TransferOptions)} - {"protocol"} | {"lr"}  # lr: lrs=[lr]
+    values: dict[str, Any] = {"low_shot": list(cfg.eval.low_shot), "seeds": cfg.eval.probe_seeds, "seed": cfg.seed}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or key not in known:
+            raise ConfigError(f"--transfer {pair!r}: give KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        values[key] = yaml.safe_load(text)
+    if "lr" in values:
+        values["lrs"] = [values.pop("lr")]
+    return TransferOptions(protocol=protocol, **values)
+
+
+def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:
+    """Fine-tuning / parameter-efficient transfer of the target (selfsup.transfer); results.json/.md and
+    the adapted classifier in the output folder."""
+    import json
+
+    from selfsup.artifacts.load import load_encoder_and_card
+    from selfsup.config import ConfigError
+    from selfsup.eval.evaluate import evaluation_data, resolve_target
+    from selfsup.fileio import write_json, write_text
+    from selfsup.transfer import run_protocol
+    from selfsup.transfer.export import minimal_card
+    from selfsup.transfer.report import transfer_markdown
+
+    options = transfer_options(args.protocol, args.transfer, cfg)
+    if args.target == "pixels" or args.baseline:
+        raise ConfigError("--protocol adapts an encoder: give a run, an export, a checkpoint or random:<timm-name> "
+                          "(no pixels, no --baseline; run the random-init twin as its own target)")
+    train_ds, test_ds, _ = evaluation_data(cfg)
+    if args.target.startswith("random:"):
+        t = resolve_target(args.target, cfg, train_ds.info)
+        name = args.target.removeprefix("random:")
+        encoder, card = t.encoder, minimal_card(name, cfg.encoder.kwargs if name == cfg.encoder.name else {}, t.info)
+    else:
+        encoder, card = load_encoder_and_card(target)
+    run = RunDir(target)
+    base = run.root if run.is_run() else Path("runs") / "eval" / eval_folder(args.target)
+    out = Path(args.out) if args.out else base / f"transfer-{args.protocol}"
+    trainer = {"accelerator": cfg.trainer.accelerator, "devices": 1, "enable_progress_bar": cfg.trainer.progress_bar}
+    rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
+    frozen = json.loads(run.results_json.read_text()) if run.results_json.is_file() else []
+    written = RunDir(out)
+    write_json(rows, written.results_json)
+    table = transfer_markdown(args.target, rows, frozen)
+    write_text(table, written.results_md)
+    print("\n" + table)
+    print(f"results written to {written.results_json} and {written.results_md}; the adapted classifier in {out}")
 
 
 def check_out_dir(out: Path, holds_own: Callable[[Path], bool], what: str, flag: str,
@@ -352,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="config for data and evaluation settings (default: the run's own)")
     s.add_argument("--baseline", action="append", default=[], help="also evaluate: pixels or random:<timm-name> "
                    "(detection: random:<timm-name> only, built with the target's input channels)")
+    s.add_argument("--protocol", choices=["finetune", "partial", "bitfit", "lora", "prompt"],
+                   help="adapt the encoder with a linear head instead of scoring frozen features: full fine-tuning, "
+                        "the last K stages (partial), biases and norms (BitFit), LoRA (pip install peft), visual "
+                        "prompt tuning (ViTs); all labels and eval.low_shot fractions, eval.probe_seeds seeds")
+    s.add_argument("--transfer", action="append", default=[], metavar="KEY=VALUE",
+                   help="a transfer option (selfsup/transfer/options.py), e.g. epochs=10, lr=3e-4, lora_rank=4, "
+                        "partial_blocks=2, prompt_deep=true")
     s.add_argument("--task", choices=["classification", "detection"], default="classification",
                    help="classification: kNN + linear probe on data.name; detection: train Faster R-CNN + FPN "
                         "heads on the frozen encoder and report COCO mAP")

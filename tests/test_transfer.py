@@ -1,0 +1,283 @@
+"""Transfer protocols (selfsup.transfer): freeze masks, LoRA through peft, visual prompts, timm exports."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from selfsup.config import ConfigError
+from selfsup.data import DataInfo, TensorImages, make_loader
+from selfsup.transfer import TransferOptions, run_protocol
+from selfsup.transfer.export import export_transfer, minimal_card
+from selfsup.transfer.lora import merged_encoder
+from selfsup.transfer.prompt import PromptedViT
+from selfsup.transfer.protocols import build_classifier, encoder_param_groups, set_drop_path
+from selfsup.transfer.train import train_module, transfer_module
+
+ARCHS = {
+    "resnet18": {"channels": [8, 16, 32, 64], "stem_width": 8},
+    "vit_tiny_patch16_224": {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2},
+}
+INFO = DataInfo(1, 16, 10, (0.5,), (0.25,))
+
+
+def make_encoder(arch: str, **extra) -> nn.Module:
+    torch.manual_seed(0)
+    if arch == "resnet18":  # timm zero-initialises each block's last BatchNorm; frozen at 0 (LoRA) it would
+        extra.setdefault("zero_init_last", False)  # cut the block's convolutions off from any gradient
+    return timm.create_model(arch, num_classes=0, in_chans=1, **ARCHS[arch], **extra)
+
+
+def images(n: int = 16, seed: int = 0) -> TensorImages:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 16, 16), dtype=torch.uint8, generator=g)  # [N, 1, 16, 16]
+    return TensorImages(x, torch.arange(n) % 10, 10)
+
+
+def options(protocol: str, **kw) -> TransferOptions:
+    return TransferOptions(protocol=protocol, epochs=1, batch_size=8, warmup_epochs=0, lrs=[1e-2], **kw)
+
+
+def train_steps(classifier: nn.Module, opts: TransferOptions, n: int = 16) -> None:
+    """n / batch_size real training steps (Lightning, the protocol's optimiser and schedule)."""
+    loader = make_loader(images(n), opts.batch_size, train=True, seed=0)
+    train_module(transfer_module(classifier, INFO, opts, opts.lrs[0], len(loader)), loader, opts.epochs)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def expected_trainable(arch: str, protocol: str, names: list[str]) -> set[str]:
+    """The classifier's trainable parameters per protocol, written out by hand from the papers' definitions
+    (independently of selfsup.transfer.protocols)."""
+    head = {"head.weight", "head.bias"}
+    if protocol == "finetune":
+        return {n for n in names if n.startswith("encoder.")} | head
+    if protocol == "partial":  # K=1: the last stage and what follows it
+        last = ("encoder.layer4.",) if arch == "resnet18" else ("encoder.blocks.1.", "encoder.norm.")
+        return {n for n in names if n.startswith(last)} | head
+    if protocol == "bitfit":
+        norms = ("bn1", "bn2", "downsample.1", "norm1", "norm2", "encoder.norm")
+        return {n for n in names if n.endswith(".bias") or any(f"{m}." in n for m in norms)} | head
+    if protocol == "lora":
+        return {n for n in names if ".lora_A." in n or ".lora_B." in n} | head
+    return {"encoder.prompts"} | head
+
+
+CASES = [(a, p) for a in ARCHS for p in ("finetune", "partial", "bitfit", "lora", "prompt")
+         if not (a == "resnet18" and p == "prompt")]
+
+
+@pytest.mark.parametrize("arch,protocol", CASES)
+def test_only_declared_parameters_change(arch, protocol):
+    opts = options(protocol, partial_blocks=1)
+    clf = build_classifier(make_encoder(arch), 10, opts)
+    names = [n for n, _ in clf.named_parameters()]
+    want = expected_trainable(arch, protocol, names)
+    assert {n for n, p in clf.named_parameters() if p.requires_grad} == want
+    before = snapshot(clf)
+    train_steps(clf, opts)  # two steps: LoRA's A and zero-init-last blocks get a gradient only at the second
+    after = snapshot(clf)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    params = set(names)
+    assert changed & params == want  # every declared parameter moved, no other did
+    # buffers (BatchNorm statistics) move only in norm layers that train (frozen ones stay in eval mode)
+    moved_buffers = {k.rsplit(".", 1)[0] for k in changed - params}
+    training_norms = {n.rsplit(".", 1)[0] for n in want
+                      if n.endswith(".weight") and (".bn" in n or ".downsample.1." in n)}  # BatchNorms (ResNet)
+    assert moved_buffers == training_norms
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_lora_starts_as_the_frozen_encoder(arch):
+    frozen = make_encoder(arch).eval()
+    clf = build_classifier(copy.deepcopy(frozen), 10, options("lora")).eval()
+    lora_b = [p for n, p in clf.named_parameters() if ".lora_B." in n]
+    assert lora_b and all(bool((b == 0).all()) for b in lora_b)  # peft's default: B zero, A random
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(clf.encoder(x), frozen(x), rtol=0, atol=1e-6)
+        for b in lora_b:  # a non-zero B changes the output: the comparison above can fail
+            b.normal_()
+        assert (clf.encoder(x) - frozen(x)).abs().max() > 1e-3
+
+
+def naive_merge(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """W + scale * B A for linear ([out, in]) and conv ([out, in, k, k]; A [r, in, k, k], B [out, r, 1, 1])."""
+    return weight + scale * (b.flatten(1) @ a.flatten(1)).view_as(weight)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_merged_lora_equals_adapted_model(arch):
+    opts = options("lora", lora_rank=4, lora_alpha=8.0)
+    clf = build_classifier(make_encoder(arch), 10, opts)
+    train_steps(clf, opts)
+    clf.eval()
+    merged = merged_encoder(clf.encoder).eval()
+    assert type(merged).__module__.startswith("timm.")  # a plain timm encoder, not a peft wrapper
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), clf.encoder(x), rtol=1e-4, atol=1e-5)
+    layer = "blocks.0.attn.qkv" if arch != "resnet18" else "layer1.0.conv1"
+    params = dict(clf.encoder.named_parameters())
+    prefix = f"base_model.model.{layer}"
+    want = naive_merge(params[f"{prefix}.base_layer.weight"], params[f"{prefix}.lora_A.default.weight"],
+                       params[f"{prefix}.lora_B.default.weight"], 8.0 / 4)
+    torch.testing.assert_close(merged.get_submodule(layer).weight, want.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_lora_leaves_out_convolutions_peft_cannot_mirror():
+    """A ResNet at output stride 16 dilates its last stage; peft's A convolution would not (wrong map size)."""
+    enc = make_encoder("resnet18", output_stride=16)
+    dilated = {n for n, m in enc.named_modules() if isinstance(m, nn.Conv2d) and m.dilation != (1, 1)}
+    plain = {n for n, m in enc.named_modules() if isinstance(m, nn.Conv2d) and m.dilation == (1, 1)
+             and n.startswith("layer")}
+    assert dilated  # the case exists
+    clf = build_classifier(enc, 10, options("lora")).eval()
+    adapted = {n.split(".lora_A.")[0].removeprefix("encoder.base_model.model.") for n, _ in clf.named_parameters()
+               if ".lora_A." in n}
+    assert adapted == plain
+    with torch.no_grad():
+        for n, p in clf.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(0, 0.05)  # a trained-sized update
+        x = torch.randn(2, 1, 16, 16)
+        torch.testing.assert_close(merged_encoder(clf.encoder).eval()(x), clf.encoder(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pool,deep", [("token", False), ("avg", True)])
+def test_prompt_tokens_change_the_output_and_are_removed_before_pooling(pool, deep):
+    vit = make_encoder("vit_tiny_patch16_224", global_pool=pool).eval()
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        plain = vit(x)  # [4, 32]
+        torch.testing.assert_close(PromptedViT(vit, 0, deep)(x), plain, rtol=0, atol=1e-6)
+        prompted = PromptedViT(vit, 3, deep)
+        assert prompted.prompts.shape == (2 if deep else 1, 3, 32)
+        assert prompted(x).shape == plain.shape
+        assert (prompted(x) - plain).abs().max() > 1e-3
+
+
+def test_prompt_on_a_convnet_is_a_one_line_error():
+    with pytest.raises(ConfigError, match=r"ViT-only protocols are prompt") as err:
+        build_classifier(make_encoder("resnet18"), 10, options("prompt"))
+    assert "\n" not in str(err.value) and "ResNet" in str(err.value)
+
+
+@pytest.mark.parametrize("arch,protocol", [("vit_tiny_patch16_224", "finetune"), ("resnet18", "finetune"),
+                                           ("resnet18", "lora"), ("vit_tiny_patch16_224", "bitfit")])
+def test_export_loads_in_plain_timm_with_identical_logits(tmp_path, arch, protocol):
+    opts = options(protocol)
+    clf = build_classifier(make_encoder(arch), 10, opts)
+    train_steps(clf, opts)
+    written = export_transfer(clf, minimal_card(arch, ARCHS[arch], INFO), opts, tmp_path)
+    model = timm.create_model(f"local-dir:{written['classifier']}", pretrained=True).eval()
+    assert model.num_classes == 10 and type(model).__module__.startswith("timm.")
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), clf.eval()(x), rtol=1e-4, atol=1e-5)
+    if protocol == "lora":
+        import json
+
+        cfg = json.loads((written["adapter"] / "adapter_config.json").read_text())
+        assert cfg["peft_type"] == "LORA" and cfg["r"] == opts.lora_rank
+        assert (written["adapter"] / "adapter_model.safetensors").is_file()
+
+
+def test_prompt_export_holds_tokens_and_head(tmp_path):
+    from safetensors.torch import load_file
+
+    opts = options("prompt", prompt_tokens=2)
+    clf = build_classifier(make_encoder("vit_tiny_patch16_224"), 10, opts)
+    written = export_transfer(clf, minimal_card("vit_tiny_patch16_224", ARCHS["vit_tiny_patch16_224"], INFO), opts,
+                              tmp_path)
+    saved = load_file(written["prompt"])
+    torch.testing.assert_close(saved["prompts"], clf.encoder.prompts.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(saved["head.weight"], clf.head.weight.detach(), rtol=0, atol=0)
+    assert "classifier" not in written  # a prompted ViT is not a timm model
+
+
+def test_missing_peft_is_a_one_line_error(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install peft") as err:
+        build_classifier(make_encoder("vit_tiny_patch16_224"), 10, options("lora"))
+    assert "\n" not in str(err.value)
+
+
+def test_peft_is_a_listed_dependency():
+    import tomllib
+    from pathlib import Path
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(d.startswith("peft") for d in extras["transfer"]) and any(d.startswith("peft") for d in extras["test"])
+
+
+@pytest.mark.parametrize("kw,match", [({"protocol": "lorra"}, "unknown transfer protocol 'lorra'"),
+                                      ({"lora_rank": 0}, "lora_rank must be a whole number >= 1"),
+                                      ({"lrs": []}, "lrs must be a non-empty list"),
+                                      ({"layer_decay": 0.0}, r"layer_decay must lie in \(0, 1\]"),
+                                      ({"low_shot": [0.0]}, r"low_shot holds labelled fractions in \(0, 1\]")])
+def test_bad_options_are_one_line_errors(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        TransferOptions(**kw)
+
+
+@pytest.mark.parametrize("arch,stages", [("resnet18", 4), ("vit_tiny_patch16_224", 2)])
+def test_partial_beyond_the_stages_names_them(arch, stages):
+    build_classifier(make_encoder(arch), 10, options("partial", partial_blocks=stages))  # all stages: fine
+    with pytest.raises(ConfigError, match=f"the encoder has {stages}"):
+        build_classifier(make_encoder(arch), 10, options("partial", partial_blocks=stages + 1))
+
+
+def test_layer_decay_scales_follow_depth():
+    """timm's layer decay of a ViT with L blocks: embeddings decay^L, block i decay^(L - 1 - i), final norm
+    (grouped with the last block) and head 1."""
+    decay = 0.5
+    opts = options("finetune", layer_decay=decay)
+    clf = build_classifier(make_encoder("vit_tiny_patch16_224"), 10, opts)
+    scale = {id(p): g["lr_scale"] for g in encoder_param_groups(clf, opts) for p in g["params"]}
+    params = dict(clf.named_parameters())
+    want = {"encoder.patch_embed.proj.weight": decay ** 2, "encoder.cls_token": decay ** 2,
+            "encoder.blocks.0.attn.qkv.weight": decay ** 1, "encoder.blocks.1.mlp.fc1.weight": 1.0,
+            "encoder.norm.weight": 1.0, "head.weight": 1.0}
+    assert {k: scale[id(params[k])] for k in want} == pytest.approx(want)
+    assert len(scale) == len(params)  # every trainable parameter in exactly one group
+
+
+def test_drop_path_rises_linearly_and_leaves_eval_outputs():
+    vit = make_encoder("vit_tiny_patch16_224").eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        before = vit(x)
+    assert set_drop_path(vit, 0.2) == 4  # drop_path1 and drop_path2 of 2 blocks
+    rates = [vit.blocks[i].drop_path1.drop_prob for i in range(2)]
+    assert rates == pytest.approx([0.0, 0.2])
+    with torch.no_grad():
+        torch.testing.assert_close(vit(x), before, rtol=0, atol=0)
+
+
+def test_run_protocol_low_shot_rows(tmp_path):
+    train, test = images(60, seed=1), images(20, seed=2)
+    enc = make_encoder("vit_tiny_patch16_224")
+    opts = TransferOptions(protocol="bitfit", epochs=1, batch_size=16, lrs=[1e-3, 1e-2], seeds=2, low_shot=[0.5])
+    rows = run_protocol(enc, minimal_card("vit_tiny_patch16_224", ARCHS["vit_tiny_patch16_224"], INFO), train, test,
+                        opts, tmp_path, log=lambda m: None)
+    assert [r["key"] for r in rows] == ["bitfit", "bitfit_50pct"]
+    assert [r["train_images"] for r in rows] == [60, 10 * 3]  # 6 images per class, half of each kept
+    for r in rows:
+        assert r["seeds"] == 2 and len(r["top1_per_seed"]) == 2 and set(r["lr"]) <= {1e-3, 1e-2}
+        assert 0 <= r["top1"] <= 100 and r["top1"] <= r["top5"]
+    n_enc = sum(p.numel() for p in enc.parameters())
+    n_bitfit = sum(p.numel() for n, p in enc.named_parameters() if n.endswith(".bias") or "norm" in n)
+    assert rows[0]["trainable_params"] == n_bitfit
+    assert rows[0]["trainable_pct"] == pytest.approx(100 * n_bitfit / n_enc)
+    assert (tmp_path / "classifier" / "model.safetensors").is_file()
+    assert all(p.requires_grad for p in enc.parameters())  # the target encoder itself is left as it was

@@ -1,0 +1,45 @@
+"""`selfsup eval TARGET --protocol NAME`: the transfer protocols through the command line."""
+
+from __future__ import annotations
+
+import json
+
+import timm
+import torch
+
+from selfsup.cli import main
+
+from conftest import one_line_error
+
+TINY = ["data.name=digits", "data.image_size=16", "encoder.name=resnet18",
+        "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "eval.low_shot=[0.5]", "eval.probe_seeds=2",
+        "trainer.progress_bar=false"]
+
+
+def test_bitfit_through_the_cli_reports_each_fraction_and_exports_a_timm_classifier(tmp_path, capsys):
+    out = tmp_path / "bitfit"
+    assert main(["eval", "random:resnet18", "--protocol", "bitfit", "--out", str(out), "--transfer", "epochs=1",
+                 "--transfer", "lr=0.003", *TINY]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["key"] for r in rows] == ["bitfit", "bitfit_50pct"] and [r["seeds"] for r in rows] == [2, 2]
+    assert rows[0]["options"]["lrs"] == [0.003] and rows[0]["options"]["epochs"] == 1
+    enc = timm.create_model("resnet18", in_chans=1, channels=[8, 16, 32, 64], stem_width=8, num_classes=0)
+    norms = [m for m in enc.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    biases_and_norms = sum(p.numel() for m in norms for p in m.parameters()) + sum(
+        m.bias.numel() for m in enc.modules() if not isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and isinstance(getattr(m, "bias", None), torch.nn.Parameter))
+    assert rows[0]["trainable_params"] == biases_and_norms  # BitFit: biases and normalisation parameters only
+    table = (out / "results.md").read_text()
+    assert "| bitfit | 100% |" in table and "| bitfit | 50% |" in table and table in capsys.readouterr().out
+    model = timm.create_model(f"local-dir:{out / 'classifier'}", pretrained=True)
+    assert model.num_classes == 10 and model(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_transfer_input_errors_are_one_line(tmp_path, capsys):
+    cases = [(["random:resnet18", "--protocol", "prompt"], "prompt"),
+             (["random:resnet18", "--protocol", "bitfit", "--transfer", "epoch=2"], "--transfer 'epoch=2': give KEY=VALUE"),
+             (["pixels", "--protocol", "finetune"], "--protocol adapts an encoder")]
+    for args, message in cases:
+        assert main(["eval", *args, "--out", str(tmp_path / "x"), *TINY]) == 2
+        assert message in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
