@@ -62,7 +62,7 @@ def test_collapse_warning_below_one_percent_of_the_width():
     assert collapse_warning(5.0, 64) is None
 
 
-def test_pretraining_logs_the_monitors_and_restores_train_mode(tmp_path):
+def test_pretraining_logs_the_monitors_and_restores_train_mode(tmp_path, monkeypatch):
     """A tiny SimCLR run logs RankMe, uniformity and alignment every step on its held batch; the
     values are the monitors of the encoder (eval mode, clean images) and training mode comes back."""
     import csv
@@ -77,7 +77,15 @@ def test_pretraining_logs_the_monitors_and_restores_train_mode(tmp_path):
         "data.name=digits", "data.image_size=16", "data.batch_size=64", "trainer.max_steps=3",
         "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.progress_bar=false",
         "trainer.monitor_every_n_steps=1", "trainer.monitor_images=48", "trainer.online_probe=false"])
-    run = pretrain(cfg, run_dir=tmp_path / "run", log=lambda s: None)
+    # the collapse warning reaches the run's log once, through a real Trainer (Lightning replaces every
+    # callback's `log` attribute with the LightningModule's, which once crashed the run here)
+    import selfsup.train.monitors as monitors
+
+    monkeypatch.setattr(monitors, "collapse_warning", lambda rank, width: f"RankMe {rank:.1f} of {width} (forced)")
+    lines: list[str] = []
+    run = pretrain(cfg, run_dir=tmp_path / "run", log=lines.append)
+    warned = [line for line in lines if line.startswith("[monitor] step ")]
+    assert len(warned) == 1 and warned[0].endswith("of 64 (forced)")
     rows = [r for r in csv.DictReader((run / "logs" / "metrics.csv").open()) if r.get("monitor/rankme")]
     assert len(rows) == 3  # steps 0, 1, 2
     for r in rows:

@@ -169,6 +169,13 @@ def shuffle_tiles(tiles: Tensor, perms: Tensor) -> Tensor:
     return torch.gather(tiles, 1, idx)
 
 
+def jittered_tiles(x: Tensor, tile: int) -> Tensor:
+    """Views ``[B, C, 3c, 3c]`` -> tiles ``[B, 9, C, T, T]`` in row-major grid order: a ``tile`` px
+    tile at a random offset in each cell, normalised on its own."""
+    offsets = random_offsets(x.shape[0], x.shape[-1] // GRID, tile, x.device)  # [B, 9, 2]
+    return normalise_tiles(cut_tiles(x, tile, offsets))
+
+
 # --------------------------------------------------------------------------- method
 
 
@@ -209,10 +216,9 @@ class Jigsaw(TransformClassification):
 
     def transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Augmented views ``[B, C, 3c, 3c]`` -> (shuffled tiles ``[B, 9, C, T, T]``, labels ``[B]``)."""
-        b = x.shape[0]
-        offsets = random_offsets(b, self.cell, self.tile, x.device)  # [B, 9, 2]
-        tiles = normalise_tiles(cut_tiles(x, self.tile, offsets))  # [B, 9, C, T, T]
-        labels = draw_local(lambda rows: torch.randint(len(self.permutations), (rows,), device=x.device), b)  # [B]
+        tiles = jittered_tiles(x, self.tile)  # [B, 9, C, T, T]
+        labels = draw_local(lambda rows: torch.randint(len(self.permutations), (rows,), device=x.device),
+                            x.shape[0])  # [B]
         return shuffle_tiles(tiles, self.permutations[labels]), labels
 
     def embed(self, inputs: Tensor) -> tuple[Tensor, Tensor]:

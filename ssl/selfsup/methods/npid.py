@@ -89,6 +89,39 @@ def bank_scores(v: Tensor, bank: Tensor, indices: Tensor, noise_idx: Tensor) -> 
     return pos, noise
 
 
+def memory_bank_rows(method: str, bank_size: int, num_samples: int) -> int:
+    """Rows of a memory bank with one row per training image: ``bank_size``, or when it is 0 the
+    number of training images ``num_samples`` (0: unknown).
+
+    Raises:
+        ValueError: both are 0, or both are set and differ (naming ``method.bank_size``).
+    """
+    size = bank_size or num_samples
+    if size <= 0:
+        raise ValueError(f"{method}: method.bank_size is 0 and the data did not say how many training images "
+                         f"there are; set method.bank_size to the number of training images")
+    if num_samples and size != num_samples:
+        raise ValueError(f"{method}: method.bank_size={size} but the training set has {num_samples} images; "
+                         f"set method.bank_size=0 to size the memory bank from the data")
+    return size
+
+
+def bank_indices(method: str, indices: Tensor | None, bank: MemoryBank) -> Tensor:
+    """The images' dataset indices ``[B]`` as bank rows: long, on the bank's device, checked.
+
+    Raises:
+        ValueError: no indices (naming ``training_step(images, indices=...)``).
+        IndexError: an index outside the bank.
+    """
+    if indices is None:
+        raise ValueError(f"{method} needs the dataset index of every image: call training_step(images, indices=...) "
+                         f"with a LongTensor [B] of dataset indices (the training loop passes them to methods "
+                         f"with needs_indices = True)")
+    indices = indices.to(bank.bank.device, torch.long)
+    bank.check_indices(indices)
+    return indices
+
+
 @torch.no_grad()
 def bank_knn_accuracy(sims: Tensor, bank_labels: Tensor, labels: Tensor, indices: Tensor, k: int,
                       temperature: float, num_classes: int) -> Tensor | None:
@@ -121,26 +154,15 @@ class NPID(Method):
         super().__init__(cfg, encoder, info)
         self.augment = BatchAugment(cfg.augment, info.mean, info.std, info.image_size)
         self.head = nn.Linear(self.num_features, cfg.feature_dim)
-        size = cfg.bank_size or info.num_samples
-        if size <= 0:
-            raise ValueError("npid: method.bank_size is 0 and the data did not say how many training images "
-                             "there are; set method.bank_size to the number of training images")
-        if info.num_samples and size != info.num_samples:
-            raise ValueError(f"npid: method.bank_size={size} but the training set has {info.num_samples} images; "
-                             f"set method.bank_size=0 to size the memory bank from the data")
+        size = memory_bank_rows("npid", cfg.bank_size, info.num_samples)
         self.bank = MemoryBank(size, cfg.feature_dim, cfg.bank_momentum)
         self.nce = NCE(size, cfg.z_batches) if cfg.objective == "nce" else None  # softmax needs no Z estimate
         self.register_buffer("bank_labels", torch.full((size,), -1, dtype=torch.long))
 
     def training_step(self, images: Tensor, indices: Tensor | None = None,
                       labels: Tensor | None = None) -> dict[str, Tensor]:
-        if indices is None:
-            raise ValueError("npid needs the dataset index of every image: call training_step(images, indices=...) "
-                             "with a LongTensor [B] of dataset indices (the training loop passes them to methods "
-                             "with needs_indices = True)")
         cfg = self.cfg
-        indices = indices.to(self.bank.bank.device, torch.long)
-        self.bank.check_indices(indices)
+        indices = bank_indices("npid", indices, self.bank)
         h = self.encoder(self.augment(images))  # [B, D]
         v = F.normalize(full_precision(self.head(h)), dim=1)  # [B, F]
         with no_autocast(v):  # scores / 0.07 in float32

@@ -22,10 +22,11 @@ from selfsup.monitors import alignment, collapse_warning, rankme, uniformity
 
 
 class LabelFreeMonitor(L.Callback):
-    """See the module docstring. ``log``: where the collapse warning goes."""
+    """See the module docstring. ``log``: where the collapse warning goes (kept as ``self.say``:
+    Lightning replaces every callback's ``log`` attribute with the LightningModule's ``log``)."""
 
     def __init__(self, every_n_steps: int, images: int = 256, log: Callable[[str], None] = print) -> None:
-        self.every_n_steps, self.images, self.log = every_n_steps, images, log
+        self.every_n_steps, self.images, self.say = every_n_steps, images, log
         self.held: Tensor | None = None  # [N, C, H, W] raw images of the first batch
         self.warned = False
 
@@ -58,4 +59,4 @@ class LabelFreeMonitor(L.Callback):
         warning = collapse_warning(signals["rankme"], pl_module.method.num_features)
         if warning and not self.warned and trainer.is_global_zero:
             self.warned = True
-            self.log(f"[monitor] step {trainer.global_step}: {warning}")
+            self.say(f"[monitor] step {trainer.global_step}: {warning}")
