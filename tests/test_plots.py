@@ -126,6 +126,28 @@ def test_feature_embedding_draws_the_cached_test_features_of_each_encoder_and_sk
     assert plots.feature_embedding(rows[2:4], tmp_path / "none.png") is None
 
 
+def test_training_curves_fall_back_to_epoch_means_and_draw_the_probe_in_percent(tmp_path):
+    """Epochs shorter than log_every_n_steps leave only *_epoch columns: the loss and MI estimate are
+    drawn from them; the online probe's fraction is drawn in percent."""
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("epoch,probe/train_acc,probe/val_acc,step,train/loss_epoch,train/mi_bound_epoch\n"
+                       "0,,0.25,4,,\n0,0.11,,4,6.36,-0.12\n1,,0.5,9,,\n1,0.15,,9,6.15,0.08\n")
+    seen = {}
+    real = plots._save
+
+    def spy(fig, out, rect=None):
+        seen.update({ax.get_title(): ax.lines[0].get_ydata().tolist() for ax in fig.axes if ax.axison})
+        return real(fig, out, rect)
+    import pytest as _pytest
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "_save", spy)
+        out = plots.training_curves(metrics, tmp_path / "curves.png")
+    drawn(out)
+    assert panels(out) == 3
+    assert seen == {"training loss": [6.36, 6.15], "online probe accuracy (%)": [25.0, 50.0],
+                    "MI estimate (nats)": [-0.12, 0.08]}
+
+
 def test_augmentation_preview_and_detection_boxes(tmp_path):
     g = np.random.default_rng(0)
     originals = g.random((3, 1, 16, 16))

@@ -43,3 +43,15 @@ def test_transfer_input_errors_are_one_line(tmp_path, capsys):
         assert main(["eval", *args, "--out", str(tmp_path / "x"), *TINY]) == 2
         assert message in one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "x").exists()
+
+
+def test_transfer_flags_that_do_not_apply_are_refused(tmp_path, capsys):
+    cases = [(["random:resnet18", "--protocol", "finetune", "--task", "detection"],
+              "--protocol adapts an encoder for classification; it does not apply to --task detection"),
+             (["random:resnet18", "--transfer", "epochs=1"], "--transfer sets options of a transfer protocol")]
+    for args, message in cases:
+        assert main(["eval", *args, "--out", str(tmp_path / "y"), *TINY]) == 2
+        assert message in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "y").exists()
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert f"{tmp_path / 'nothing'} does not exist" in one_line_error(capsys.readouterr().err)

@@ -76,7 +76,13 @@ def _eval(args: argparse.Namespace) -> None:
         cfg = load_config(args.config, args.overrides)
     else:
         cfg = saved_config(target, args.overrides) or load_config(None, ["method.name=simclr", *args.overrides])
+    if args.transfer and not args.protocol:
+        raise ConfigError("--transfer sets options of a transfer protocol: add --protocol finetune|partial|bitfit|"
+                          "lora|prompt, or drop --transfer")
     if args.task == "detection":
+        if args.protocol:
+            raise ConfigError("--protocol adapts an encoder for classification; it does not apply to --task "
+                              "detection (detection.trainable_layers sets how much of the encoder detection trains)")
         _eval_detection(args, cfg, target)
         return
     if args.protocol:
@@ -247,7 +253,10 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     run = RunDir(target)
     base = run.root if run.is_run() else Path("runs") / "eval" / eval_folder(args.target)
     out = Path(args.out) if args.out else base / f"transfer-{args.protocol}"
-    trainer = {"accelerator": cfg.trainer.accelerator, "devices": 1, "enable_progress_bar": cfg.trainer.progress_bar}
+    from selfsup import progress
+
+    trainer = {"accelerator": cfg.trainer.accelerator, "devices": 1,  # a bar only on a terminal, never with --quiet
+               "enable_progress_bar": cfg.trainer.progress_bar and progress.enabled()}
     rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
     frozen = json.loads(run.results_json.read_text()) if run.results_json.is_file() else []
     written = RunDir(out)
@@ -255,7 +264,9 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     table = transfer_markdown(args.target, rows, frozen)
     write_text(table, written.results_md)
     print("\n" + table)
-    print(f"results written to {written.results_json} and {written.results_md}; the adapted classifier in {out}")
+    print(f"results written to {written.results_json} and {written.results_md}; the adapted classifier in "
+          f"{out / 'classifier'}" + (" (LoRA merged; the adapter alone in " + str(out / "adapter") + ")"
+                                     if args.protocol == "lora" else ""))
 
 
 def check_out_dir(out: Path, holds_own: Callable[[Path], bool], what: str, flag: str,
@@ -330,6 +341,9 @@ def _export(args: argparse.Namespace) -> None:
 def _plot(args: argparse.Namespace) -> None:
     from selfsup.plots import plot_run
 
+    if not Path(args.run_dir).exists():
+        raise FileNotFoundError(f"{args.run_dir} does not exist: give a run directory (selfsup pretrain) or an "
+                                f"evaluation folder (selfsup eval)")
     if not (RunDir(args.run_dir).results_json.is_file() or RunDir(args.run_dir).metrics_csv.is_file()):
         raise FileNotFoundError(f"{args.run_dir} holds neither logs/metrics.csv nor results.json: give a run "
                                 f"directory (selfsup pretrain) or an evaluation folder (selfsup eval)")

@@ -21,8 +21,10 @@ from selfsup.rundir import RunDir
 
 DPI = 110
 # metrics.csv columns drawn as training curves, in panel order: (column pattern, panel title)
+# (column pattern, title); "train/x_step" falls back to "train/x_epoch" when a run logged no step values
+# (epochs shorter than trainer.log_every_n_steps)
 CURVES = (("train/loss_step", "training loss"), (r"lr-.*", "learning rate"),
-          ("probe/val_acc", "online probe accuracy (%)"), ("train/mi_bound_step", "InfoNCE MI bound (nats)"),
+          ("probe/val_acc", "online probe accuracy (%)"), ("train/mi_bound_step", "MI estimate (nats)"),
           ("monitor/rankme", "RankMe (effective rank)"), ("monitor/alignment", "alignment (lower: invariant)"),
           ("monitor/uniformity", "uniformity (lower: spread)"))
 
@@ -82,6 +84,10 @@ def training_curves(metrics_csv: str | Path, out: str | Path) -> Path | None:
     """One panel per curve of :data:`CURVES` found in ``metrics_csv`` (loss, learning rate,
     online-probe accuracy, MI bound, label-free monitors) against the optimiser step."""
     series = read_metrics(metrics_csv)
+    for key in [k for k in series if k.endswith("_epoch")]:
+        series.setdefault(key.removesuffix("_epoch") + "_step", series[key])  # epoch means when no step values
+    if "probe/val_acc" in series:  # logged as a fraction; drawn in percent
+        series["probe/val_acc"] = [(step, 100 * v) for step, v in series["probe/val_acc"]]
     panels = [(title, key) for pattern, title in CURVES for key in sorted(series) if re.fullmatch(pattern, key)]
     if not panels:
         return None

@@ -133,7 +133,7 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
         module, secs = fit(encoder, fit_ds, info, train_ds.num_classes, options, lr, seed, trainer)
         seconds += secs
         val = topk_accuracy(predict(module, val_ds, options.batch_size, device), val_ds.labels, (1,))["top1"]
-        log(f"[{options.protocol}] {fraction:g} of labels, seed {seed}, lr {lr:g}: held-out top-1 {val:.2f}%")
+        log(f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}: held-out top-1 {val:.2f}%")
         if best is None or val > best[0]:
             best = (val, lr, module)
     val, lr, module = best
