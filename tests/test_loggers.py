@@ -80,5 +80,10 @@ def test_a_logger_whose_package_is_missing_is_refused_before_the_run_starts(tmp_
 
 def test_logger_names_are_checked_and_csv_is_the_default():
     assert load_config(ROOT / "configs" / "quickstart.yaml").trainer.logger == ["csv"]
-    with pytest.raises(ConfigError, match=r"trainer.logger\[1\]' must be one of 'csv' \| 'tensorboard'"):
+    with pytest.raises(ConfigError, match=r"'trainer.logger' must be list\['csv' \| 'tensorboard' \| 'wandb' \| "
+                                          r"'mlflow'\] \| 'csv'.*got \['csv', 'neptune'\]"):
         load_config(ROOT / "configs" / "quickstart.yaml", ["trainer.logger=[csv, neptune]"])
+    # one logger without brackets is a list of one; a logger named twice is refused
+    assert load_config(ROOT / "configs" / "quickstart.yaml", ["trainer.logger=wandb"]).trainer.logger == ["wandb"]
+    with pytest.raises(ConfigError, match=r"logger lists a logger twice: \['csv', 'csv'\]"):
+        load_config(ROOT / "configs" / "quickstart.yaml", ["trainer.logger=[csv, csv]"])

@@ -142,15 +142,15 @@ def test_a_rectangular_matrix_with_positive_columns_splits_joint_and_marginal_pa
     g = torch.Generator().manual_seed(3)
     s = torch.randn(4, 6, generator=g, dtype=torch.float64)
     target = torch.tensor([0, 3, 5, 1])
-    s[2, 2] = float("-inf")  # not a candidate of row 2
+    s[:, 2] = float("-inf")  # not a candidate of any row (as an anchor against itself)
     a = s.numpy()
     joint = [a[i][int(target[i])] for i in range(4)]
     marg = [a[i][j] for i in range(4) for j in range(6) if j != int(target[i]) and np.isfinite(a[i][j])]
-    assert len(marg) == 4 * 5 - 1
+    assert len(marg) == 4 * 5 - 4
     e_q = sum(math.exp(v) for v in marg) / len(marg)
     assert abs(float(nwj(s, target).mi) - (np.mean(joint) - e_q / math.e)) < 1e-10
     assert abs(float(dv(s, target=target)[0].mi) - (np.mean(joint) - math.log(e_q))) < 1e-10
-    rows = [math.log(6 - (i == 2)) + a[i][int(target[i])] - math.log(sum(math.exp(v) for v in a[i] if np.isfinite(v)))
+    rows = [math.log(5) + a[i][int(target[i])] - math.log(sum(math.exp(v) for v in a[i] if np.isfinite(v)))
             for i in range(4)]
     assert abs(float(infonce(s[[0, 1, 3]], target[[0, 1, 3]]).mi) - np.mean([rows[0], rows[1], rows[3]])) < 1e-10
     with pytest.raises(ValueError, match="unknown MI bound 'mine': choose from infonce, nwj, js, dv, smile"):
@@ -232,3 +232,11 @@ def test_method_estimator_reaches_simclr_and_moco_and_is_checked():
         assert torch.isfinite(out["loss"]) and torch.isfinite(out["mi_bound"])
     with pytest.raises(ConfigError, match="method.estimator"):
         load_config(None, ["method.name=simclr", "method.estimator=mine"])
+
+
+def test_rows_with_different_candidate_counts_are_refused():
+    """InfoNCE's log N counts each row's candidates; rows masked differently would get a wrong N."""
+    s = torch.zeros(3, 4)
+    s[0, 2] = float("-inf")
+    with pytest.raises(ValueError, match=r"same number of candidates \(non -inf entries\), got \[3, 4\]"):
+        infonce(s, torch.tensor([0, 1, 2]))

@@ -129,7 +129,8 @@ class TrainerConfig:
     online_probe: bool = param(True, help="train a linear probe on detached features when labels exist")
     val_every_n_epochs: int = param(1, gt=0, help="online-probe validation frequency")
     progress_bar: bool = True
-    logger: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = param(
+    logger: Union[list[Literal["csv", "tensorboard", "wandb", "mlflow"]], Literal["csv", "tensorboard", "wandb",
+                                                                                   "mlflow"]] = param(
         default_factory=lambda: ["csv"], help="where the training metrics go: csv (logs/metrics.csv, always "
         "written: the plots read it) plus any of tensorboard, wandb, mlflow (Lightning's loggers)")
     logger_project: str = param("selfsup", help="wandb project / mlflow experiment name (the run is named after "
@@ -141,6 +142,12 @@ class TrainerConfig:
     monitor_every_n_steps: int = param(50, ge=0, help="log RankMe, uniformity and (two-view methods) alignment of a "
                                        "held batch every N steps (0: off)")
     monitor_images: int = param(256, ge=2, help="images in the held batch of the label-free monitors")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.logger, str):  # trainer.logger=wandb: one logger, as a list
+            self.logger = [self.logger]
+        if len(set(self.logger)) != len(self.logger):
+            raise ValueError(f"logger lists a logger twice: {self.logger}")
 
 
 @dataclass

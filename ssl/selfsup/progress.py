@@ -28,9 +28,12 @@ def enabled() -> bool:
 def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
     """``iterable`` wrapped in a tqdm bar labelled ``desc`` when :func:`enabled`, else unchanged.
     The bar is removed when the loop ends (the log line after it says what was done)."""
-    if not enabled():
-        return iterable
-    from tqdm import tqdm  # only when a bar is drawn (tqdm is installed with Lightning)
+    return _bar(iterable, desc, total, unit) if enabled() else iterable
+
+
+def _bar(iterable: Iterable[T] | None, desc: str, total: int | None, unit: str) -> Any:
+    """A tqdm bar on stderr, removed when done (tqdm is installed with Lightning; imported only to draw)."""
+    from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
 
@@ -41,11 +44,7 @@ class Bar:
     block) removes it."""
 
     def __init__(self, desc: str, total: int, unit: str = "it") -> None:
-        self._bar: Any = None
-        if enabled():
-            from tqdm import tqdm
-
-            self._bar = tqdm(desc=desc, total=total, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+        self._bar: Any = _bar(None, desc, total, unit) if enabled() else None
 
     def update(self, n: int = 1) -> None:
         if self._bar is not None:

@@ -64,6 +64,7 @@ class Pairs(NamedTuple):
     target: Tensor  # [B], the positive's column per row
     joint: Tensor  # [B], scores of the pairs from p(x, y)
     marginal: Tensor  # [M], scores of the pairs from p(x) p(y) (the finite non-positive entries)
+    candidates: int  # N': the finite entries of each row, the positive included (the same in every row)
 
 
 def pairs(scores: Tensor, target: Tensor | None = None) -> Pairs:
@@ -82,7 +83,11 @@ def pairs(scores: Tensor, target: Tensor | None = None) -> Pairs:
     marginal = s[~positive & (s != float("-inf"))]  # [M]
     if marginal.numel() == 0:
         raise ValueError("scores hold no marginal pair (every entry besides the positives is -inf)")
-    return Pairs(s, target, joint, marginal)
+    per_row = (s != float("-inf")).sum(1)  # [B]
+    if bool((per_row != per_row[0]).any()):  # InfoNCE's log N would be wrong for some rows
+        raise ValueError(f"every row must have the same number of candidates (non -inf entries), got "
+                         f"{sorted(set(per_row.tolist()))}")
+    return Pairs(s, target, joint, marginal, int(per_row[0]))
 
 
 def log_mean_exp(values: Tensor) -> Tensor:
@@ -95,8 +100,7 @@ def infonce(scores: Tensor, target: Tensor | None = None) -> Bound:
     """InfoNCE (module docstring): loss = the cross entropy of picking the positive among the
     candidates of its row; MI = ``log N - loss`` (N: the finite candidates of a row)."""
     p = pairs(scores, target)
-    masked = int((p.scores[0] == float("-inf")).sum())
-    out = cross_entropy_bound(p.scores, p.target, masked)
+    out = cross_entropy_bound(p.scores, p.target, p.scores.shape[1] - p.candidates)
     return Bound(out.loss, out.mi_bound)
 
 
@@ -122,7 +126,7 @@ def js(scores: Tensor, target: Tensor | None = None, nwj_offset: float = 1.0) ->
     """JS-trained critic, MI read by NWJ (module docstring): loss = -JS bound;
     MI = ``I_NWJ(f + nwj_offset)``."""
     p = pairs(scores, target)
-    detached = Pairs(p.scores, p.target, p.joint.detach(), p.marginal.detach())
+    detached = p._replace(joint=p.joint.detach(), marginal=p.marginal.detach())
     return Bound(-js_divergence_bound(scores, target), nwj_value(detached, nwj_offset))
 
 
@@ -214,7 +218,7 @@ class ContrastiveBound(nn.Module):
                 self.ema.copy_(new_ema)
             losses.append(bound.loss)
             mis.append(bound.mi)
-            candidates = int((scores[0] != float("-inf")).sum())
+            candidates = pairs(scores, target).candidates
         return LossOutput(torch.stack(losses).mean(), torch.stack(mis).mean(), candidates)
 
 
