@@ -69,7 +69,8 @@ from selfsup.eval.layers import encoder_stages  # noqa: E402
 from selfsup.eval.evaluate import default_device, evaluate, evaluate_layers  # noqa: E402
 from selfsup.train.module import PretrainModule  # noqa: E402
 from selfsup.train.optim import build_optimizer  # noqa: E402
-from selfsup.train.run import pretrain, resolve_precision  # noqa: E402
+from selfsup.train.precision import resolve_precision  # noqa: E402
+from selfsup.train.run import pretrain  # noqa: E402
 
 # every self-supervised method (``supervised`` is the labelled reference of the detection benchmark)
 FAMILY = {"rotation": "pretext", "jigsaw": "pretext", "mae": "pretext (masked)", "simmim": "pretext (masked)",

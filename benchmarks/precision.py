@@ -54,7 +54,7 @@ from selfsup.data import build_dataset, make_loader, subset  # noqa: E402
 from selfsup.fileio import write_json, write_text  # noqa: E402
 from selfsup.train.module import PretrainModule, first_non_finite_grad  # noqa: E402
 from selfsup.train.optim import build_optimizer  # noqa: E402
-from selfsup.train.run import PrecisionWarning, cpu_has_bf16  # noqa: E402
+from selfsup.train.precision import PrecisionWarning, cpu_has_bf16  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
 SLIM = "encoder.kwargs={channels: [32, 64, 128, 256], stem_width: 32}"  # no output_stride: layer4 strides 2

@@ -58,7 +58,7 @@ from selfsup.encoders import is_convnet  # noqa: E402
 from selfsup.fileio import write_json, write_text  # noqa: E402
 from selfsup.train.module import PretrainModule  # noqa: E402
 from selfsup.train.optim import build_optimizer  # noqa: E402
-from selfsup.train.run import resolve_precision  # noqa: E402
+from selfsup.train.precision import resolve_precision  # noqa: E402
 from speed import alternate  # noqa: E402
 
 ENCODERS = {"resnet18": ("resnet18", {}), "resnet50": ("resnet50", {}),

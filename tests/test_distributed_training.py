@@ -82,7 +82,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(single, tmp_pa
 
     from selfsup.artifacts.load import load_encoder
     from selfsup.eval.evaluate import evaluate
-    from selfsup.train.run import load_run_config
+    from selfsup.train.workdir import load_run_config
 
     assert printed.count("run directory:") == 1 and printed.count("[export] encoder written") == 1
     assert printed.count("[eval] extracting features for run two") == 2  # train and test, logged by rank 0
@@ -174,7 +174,7 @@ def test_sampler_gives_each_rank_a_contiguous_slice_of_every_global_batch(monkey
 
 
 def test_several_launched_processes_need_one_run_dir(monkeypatch, tiny_config):
-    from selfsup.train.run import new_run_dir
+    from selfsup.train.workdir import new_run_dir
 
     monkeypatch.delenv("SELFSUP_RUN_DIR", raising=False)
     monkeypatch.setenv("WORLD_SIZE", "8")
@@ -190,7 +190,7 @@ def test_precision_auto_is_float32_on_every_cpu(monkeypatch, native_bf16):
     (forced off): bf16 autocast measured no faster and not stable there
     (benchmarks/results/precision.md). bf16 asked for explicitly is honoured, with one warning
     line that says why and names the fix."""
-    from selfsup.train import run
+    from selfsup.train import precision as run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
@@ -214,7 +214,7 @@ def test_precision_auto_is_float32_on_every_cpu(monkeypatch, native_bf16):
 def test_precision_auto_on_gpus(monkeypatch):
     """GPUs keep bf16 autocast where they support it (Ampere and later) and fp16 with loss
     scaling before; the CPU's bf16 support plays no part, and nothing is warned."""
-    from selfsup.train import run
+    from selfsup.train import precision as run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     said = []

@@ -22,8 +22,10 @@ import yaml
 from selfsup.cli import main
 from selfsup.config import ConfigError
 from selfsup.fileio import UnwritableError, lock_holder, write_json
-from selfsup.train import run as run_mod
-from selfsup.train.run import RUN_DIR_ENV, RunDirError, hold_run_dir, pretrain, resume_changes
+from selfsup.train import workdir as run_mod
+from selfsup.train.resume import resume_changes
+from selfsup.train.run import pretrain
+from selfsup.train.workdir import RUN_DIR_ENV, RunDirError, hold_run_dir
 
 from conftest import ROOT, one_line_error
 
@@ -161,7 +163,8 @@ def test_second_process_is_refused_while_the_first_writes_the_run(tmp_path, caps
     first = _start(run, "trainer.max_epochs=200")
     try:
         deadline = time.time() + 300
-        while lock_holder(run / ".lock") != first.pid:
+        # the first run's lock and its first checkpoint (a run killed before that one could be started again)
+        while lock_holder(run / ".lock") != first.pid or not (run / "checkpoints" / "last.ckpt").is_file():
             assert first.poll() is None, first.stderr.read()
             assert time.time() < deadline
             time.sleep(0.1)

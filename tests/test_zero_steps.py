@@ -15,7 +15,9 @@ from selfsup.config import ConfigError, load_config, parse_yaml
 from selfsup.data import TensorImages, make_loader
 from selfsup.export import load_checkpoint
 from selfsup.train import run as run_mod
-from selfsup.train.run import NoStepsError, plan_steps, pretrain
+from selfsup.train import steps as steps_mod
+from selfsup.train.run import pretrain
+from selfsup.train.steps import NoStepsError, plan_steps
 
 from conftest import ROOT, one_line_error
 
@@ -111,7 +113,8 @@ def test_a_run_whose_every_batch_was_skipped_is_an_error_and_exports_nothing(tmp
     """The issue's data.batch_size=1, with the check before training switched off, as the
     state a run reaches when unreadable files leave every batch with fewer than 2 images:
     it used to log no loss and export the random initial weights with exit 0."""
-    monkeypatch.setattr(run_mod, "check_trainable", lambda batch_size, max_steps: None)
+    for module in (run_mod, steps_mod):  # pretrain's own check and plan_steps'
+        monkeypatch.setattr(module, "check_trainable", lambda batch_size, max_steps: None)
     run = tmp_path / "run"
     assert main(["pretrain", QUICKSTART, "--run-dir", str(run), *TINY, "data.batch_size=1", "data.subset=5"]) == 2
     captured = capsys.readouterr()

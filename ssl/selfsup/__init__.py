@@ -18,6 +18,8 @@ module first in a fresh interpreter, which exposes an import circle):
    config; ``NonFiniteLossError``), label-free embedding statistics.
 5. ``methods``: one file per method: its config dataclass, modules and training step.
 6. ``train``: the LightningModule, optimisers, a training run (``train.run.pretrain``: training only),
+   its run directory (``train.workdir``: checks, lock, stopped attempts), what a resume may change
+   (``train.resume``), its step count (``train.steps``), precision (``train.precision``), its loggers,
    rebuilding a run from its checkpoint (``train.checkpoint``).
 7. ``eval``, ``plots``, ``detection``: features, kNN, linear probes, layer-wise evaluation, detection
    transfer, result tables and plots. Evaluation never imports ``train``: it needs an encoder, not the

@@ -28,7 +28,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     from selfsup import distributed
     from selfsup.config import ConfigError, load_config
     from selfsup.pipeline import pretrain_evaluate_export
-    from selfsup.train.run import load_run_config
+    from selfsup.train.workdir import load_run_config
 
     if args.config and "=" in args.config and not Path(args.config).exists():  # an override, not a file
         args.overrides, args.config = [args.config, *args.overrides], None
@@ -69,7 +69,7 @@ def _eval(args: argparse.Namespace) -> None:
     from selfsup.eval.report import markdown_table
     from selfsup.fileio import write_json, write_text
     from selfsup.pipeline import saved_config
-    from selfsup.train.run import load_run_config
+    from selfsup.train.workdir import load_run_config
 
     target = Path(args.target)
     if args.config:
@@ -141,7 +141,7 @@ def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
     import json
 
     from selfsup.config import to_dict
-    from selfsup.train.run import load_run_config
+    from selfsup.train.workdir import load_run_config
 
     before, after = to_dict(load_run_config(run))["eval"], to_dict(cfg)["eval"]
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
@@ -516,10 +516,12 @@ def one_line_errors() -> tuple[type[BaseException], ...]:
     from selfsup.losses import NonFiniteLossError
     from selfsup.registry import RegistryError
     from selfsup.safeload import LoadError
-    from selfsup.train.run import NoStepsError, RunDirError
+    from selfsup.train.loggers import LoggerStartError
+    from selfsup.train.steps import NoStepsError
+    from selfsup.train.workdir import RunDirError
 
     return (ConfigError, DataError, EncoderError, LoadError, RegistryError, NonFiniteLossError,
-            FileNotFoundError, RunDirError, NoStepsError, WriteError)
+            FileNotFoundError, RunDirError, NoStepsError, WriteError, LoggerStartError)
 
 
 def main(argv: list[str] | None = None) -> int:

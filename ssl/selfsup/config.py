@@ -220,6 +220,8 @@ class DetectionConfig:
                                                 "BatchNorm statistics and affines stay frozen")
     fpn_channels: int = param(128, gt=0)
     box_head_dim: int = param(256, gt=0, help="width of the two-layer box head")
+    deformable: bool = param(False, help="FPN output convs and RPN head conv as modulated deformable convs "
+                                         "(DCNv2, zero-initialised offsets: training starts from the plain detector)")
     rois_per_image: int = param(128, gt=0, help="proposals sampled per image to train the box head")
     anchor_sizes: list[int] = param(default_factory=list, help="one anchor side per pyramid level, finest first; "
                                                                "empty: image_size/16, doubling per level")

@@ -23,7 +23,8 @@ from selfsup.rundir import RunDir, is_export_dir
 from selfsup.safeload import describe_file, load_checkpoint
 from selfsup.train.checkpoint import check_selfsup_checkpoint
 from selfsup.train.module import CHECKPOINT_KEY
-from selfsup.train.run import load_run_config, pretrain
+from selfsup.train.run import pretrain
+from selfsup.train.workdir import load_run_config
 
 
 def pretrain_evaluate_export(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,

@@ -86,6 +86,41 @@ def build_loggers(t: TrainerConfig, run_dir: Path, resume: bool) -> list[Logger]
     return loggers
 
 
+# what to do when a logger cannot start its run, by the trainer.logger name
+START_FIX = {"wandb": "log in with `wandb login` (or set WANDB_API_KEY), or set trainer.wandb_mode=offline and "
+                      "upload later with `wandb sync`",
+             "mlflow": "check trainer.mlflow_tracking_uri (its server must be reachable), or leave it empty to log "
+                       "to mlruns/ in the run directory",
+             "tensorboard": "check that the run directory is writable"}
+LOGGER_NAMES = {"WandbLogger": "wandb", "MLFlowLogger": "mlflow", "TensorBoardLogger": "tensorboard"}
+
+
+class LoggerStartError(RuntimeError):
+    """A logger of ``trainer.logger`` could not start its run (no login, no server); nothing was trained."""
+
+
+def start_loggers(loggers: list[Logger]) -> None:
+    """Start every non-CSV logger's run now, before training, so that a logger that cannot
+    start (W&B online without a login, an unreachable MLflow server) stops the run with one
+    line rather than a traceback from inside the first training step. Call on rank 0 only.
+
+    Raises:
+        LoggerStartError: (one line) naming the logger, its own error's first line and the fix.
+    """
+    for logger in loggers:
+        name = LOGGER_NAMES.get(type(logger).__name__)
+        if name is None:
+            continue
+        try:
+            logger.experiment  # noqa: B018 (Lightning's loggers start their run on first access)
+        except Exception as err:  # any failure of the logger's package: its own message, one line
+            lines = str(err).strip().splitlines()
+            raise LoggerStartError(
+                f"trainer.logger {name} could not start its run ({type(err).__name__}: "
+                f"{lines[0] if lines else 'no message'}); {START_FIX[name]}. Nothing was trained: the same command "
+                f"starts again in this run directory") from None
+
+
 class LoggerSessions(L.Callback):
     """Writes ``logs/logger_ids.json`` (W&B and MLflow run ids) when training starts, on rank 0, and
     closes the W&B run when training ends, however it ends (W&B writes its records on close)."""

@@ -1,23 +1,19 @@
-"""A pretraining run: run directory, data, Lightning Trainer (evaluation and export after it are
-:mod:`selfsup.pipeline`'s, a layer above both).
+"""A pretraining run: data, Lightning Trainer, checkpoints and the run's records (evaluation and
+export after it are :mod:`selfsup.pipeline`'s, a layer above both).
 
-A run directory is never damaged: a new run refuses a directory that already holds a run,
-the process writing a run holds a lock on it (``RUN_DIR/.lock``, with its pid), a resume
-checks that the overrides leave the model, method, data and schedule of the checkpoint
-alone before anything is written, and a run that would take (or took) no optimiser step
-is an error rather than an export of the initial weights."""
+A run directory is never damaged (:mod:`selfsup.train.workdir`: a new run refuses a directory that
+holds a trained run, the writing process holds a lock), a resume checks that the overrides leave the
+model, method, data and schedule of the checkpoint alone before anything is written
+(:mod:`selfsup.train.resume`), and a run that would take (or took) no optimiser step is an error
+rather than an export of the initial weights (:mod:`selfsup.train.steps`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
-import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,321 +21,20 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-from selfsup.config import ConfigError, RunConfig, dump_yaml, load_config, to_dict
-from selfsup.train.loggers import LoggerSessions, build_loggers
-from selfsup.train.state import AtomicCheckpointIO
+from selfsup.config import ConfigError, RunConfig
 from selfsup.data import build_dataset, make_loader, subset
-from selfsup.fileio import LockedError, ensure_dir, file_lock, lock_holder, write_json, write_text
-from selfsup.rundir import CHECKPOINT_DIR, CONFIG_FILE, RunDir
+from selfsup.fileio import write_json
+from selfsup.rundir import RunDir
+from selfsup.train.loggers import LoggerSessions, build_loggers, start_loggers
 from selfsup.train.module import PretrainModule
 from selfsup.train.monitors import LabelFreeMonitor
+from selfsup.train.precision import resolve_precision
+from selfsup.train.resume import device_count, record_config, resume_changes
+from selfsup.train.state import AtomicCheckpointIO
+from selfsup.train.steps import NoStepsError, check_trainable, describe_plan, no_steps_message, plan_steps
+from selfsup.train.workdir import RUN_DIR_ENV, check_run_dir, hold_run_dir, load_run_config, new_run_dir, owns_run_dir
 
 
-
-RUN_DIR_ENV = "SELFSUP_RUN_DIR"  # how the processes Lightning launches for DDP find rank 0's run directory
-
-
-class RunDirError(RuntimeError):
-    """A run directory this run cannot use (it holds another run, or another process is
-    writing it); the message says what to do instead."""
-
-
-class NoStepsError(RuntimeError):
-    """A run that ended without taking one optimiser step; nothing was exported."""
-
-
-def launched_processes() -> int:
-    """Processes started by an external launcher (torchrun, SLURM) for this run; 1 if none."""
-    for var in ("WORLD_SIZE", "SLURM_NTASKS"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 1
-
-
-def owns_run_dir() -> bool:
-    """Whether this process checks, locks and writes the run directory's own files: not a
-    process Lightning's DDP launcher started (those follow rank 0, which holds the lock),
-    nor a rank above 0 of an external launcher (torchrun, SLURM)."""
-    if os.environ.get(RUN_DIR_ENV):
-        return False
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var]) == 0
-    return True
-
-
-def new_run_dir(cfg: RunConfig) -> Path:
-    if os.environ.get(RUN_DIR_ENV):  # a DDP process Lightning started: rank 0's directory
-        return Path(os.environ[RUN_DIR_ENV])
-    if launched_processes() > 1:
-        raise ValueError("this run was started as several processes (torchrun or SLURM): pass the same "
-                         "--run-dir to every process so that they write to one run directory")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.out_dir) / f"{cfg.name}-{stamp}"
-    run_dir, i = base, 1
-    while run_dir.exists():
-        i += 1
-        run_dir = base.with_name(f"{base.name}-{i}")
-    return run_dir
-
-
-# --------------------------------------------------------------------------- the run directory
-
-_HELD: dict[Path, int] = {}  # run directories this process holds the lock of -> nesting depth
-
-
-def _in_use(run_dir: Path, holder: int | None) -> str:
-    who = f"process {holder}" if holder else "another process"
-    return (f"run directory {run_dir} is in use: {who} is writing a run there; wait for it to finish "
-            f"(`selfsup pretrain --resume {run_dir}` then continues it) or choose a fresh --run-dir")
-
-
-def check_run_dir(run_dir: str | Path, resume: bool) -> None:
-    """Refuse a run directory before anything is written to it (reads only).
-
-    Raises:
-        RunDirError: another process holds the directory's lock (the message names its
-            pid), or a new run (``resume=False``) would go into a directory that already
-            holds a run (a config.yaml or checkpoints/).
-        FileNotFoundError: ``resume`` and the run has no last checkpoint.
-    """
-    run_dir = Path(run_dir)
-    if run_dir.resolve() not in _HELD:
-        holder = lock_holder(RunDir(run_dir).lock)
-        if holder is not None:
-            raise RunDirError(_in_use(run_dir, holder))
-    if resume:
-        last = RunDir(run_dir).last_checkpoint
-        if not last.is_file():
-            raise FileNotFoundError(f"cannot resume: {last} does not exist")
-        return
-    found = [name for name in (CONFIG_FILE, CHECKPOINT_DIR) if (run_dir / name).exists()]
-    if found:
-        raise RunDirError(f"run directory {run_dir} already holds a run ({' and '.join(found)}): continue it with "
-                          f"`selfsup pretrain --resume {run_dir}`, or start a new run with a fresh --run-dir "
-                          f"(without --run-dir a new one is made under out_dir)")
-
-
-@contextmanager
-def hold_run_dir(run_dir: str | Path, resume: bool = False) -> Iterator[None]:
-    """The run directory checked (:func:`check_run_dir`), created and locked against other
-    processes for the block; the lock file ``RUN_DIR/.lock`` holds this process's pid.
-    Re-entrant within a process; a no-op in processes that do not own the directory
-    (:func:`owns_run_dir`: Lightning's DDP processes, ranks above 0).
-
-    Raises:
-        RunDirError, FileNotFoundError: see :func:`check_run_dir`.
-        selfsup.fileio.UnwritableError: the directory cannot be created or written (a
-            read-only disk); the message names it and how to choose another place.
-    """
-    run_dir = Path(run_dir)
-    if not owns_run_dir():
-        yield
-        return
-    key = run_dir.resolve()
-    if key in _HELD:
-        _HELD[key] += 1
-        try:
-            yield
-        finally:
-            _HELD[key] -= 1
-        return
-    check_run_dir(run_dir, resume)  # before anything is written
-    ensure_dir(run_dir)
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(file_lock(RunDir(run_dir).lock, wait=False))
-        except LockedError as err:
-            raise RunDirError(_in_use(run_dir, err.holder)) from None
-        _HELD[key] = 1
-        stack.callback(_HELD.pop, key)
-        check_run_dir(run_dir, resume)  # again, locked: another process may have finished a run here meanwhile
-        yield
-
-
-# --------------------------------------------------------------------------- what a resume may change
-
-# keys a resume may change freely: how the run is watched, evaluated, computed or loaded,
-# never what the checkpoint holds (keys ending in "." are sections)
-RESUME_FREE = ("name", "out_dir", "eval.", "detection.", "data.download", "data.eval_batch_size",
-               "data.num_workers", "data.on_bad_file", "data.cache", "data.cache_dir", "trainer.accelerator",
-               "trainer.precision", "trainer.strategy", "trainer.sync_batchnorm", "trainer.compile",
-               "trainer.grad_checkpointing", "trainer.log_every_n_steps", "trainer.val_every_n_epochs",
-               "trainer.progress_bar")
-RESUME_LONGER = ("trainer.max_epochs", "trainer.max_steps")  # may grow: the run continues for longer
-# may change together while the global batch (the lr was scaled for it, the data order follows it) stays
-RESUME_GLOBAL_BATCH = ("data.batch_size", "trainer.devices", "trainer.num_nodes", "trainer.accumulate_grad_batches")
-
-
-def flat_config(cfg: RunConfig) -> dict[str, Any]:
-    """``{"section.key": value}`` of a resolved config (``method.name`` included;
-    dict-valued keys such as ``encoder.kwargs`` stay whole)."""
-    out: dict[str, Any] = {}
-    for key, value in to_dict(cfg).items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
-
-
-def device_count(devices: int | str) -> int | None:
-    """Devices per node that ``trainer.devices`` asks for; None when only the machine knows
-    (``auto``, ``-1``)."""
-    if isinstance(devices, int):
-        return devices if devices > 0 else None
-    text = str(devices).strip().strip("[]")
-    if text.isdigit():
-        return int(text)
-    items = [d for d in text.split(",") if d.strip()]
-    return len(items) if "," in text and all(d.strip().isdigit() for d in items) else None
-
-
-def global_batch(cfg: RunConfig) -> int | None:
-    """Images per optimiser step: batch_size x devices x nodes x accumulate_grad_batches
-    (None when the device count is ``auto``)."""
-    n = device_count(cfg.trainer.devices)
-    return None if n is None else cfg.data.batch_size * n * cfg.trainer.num_nodes * cfg.trainer.accumulate_grad_batches
-
-
-def _longer(key: str, old: int, new: int) -> bool:
-    if key == "trainer.max_steps":  # -1: no step limit (max_epochs decides)
-        return new == -1 or (old != -1 and new >= old)
-    return new >= old
-
-
-def resume_changes(saved: RunConfig, cfg: RunConfig) -> list[str]:
-    """The config changes a resume of a run trained with ``saved`` would make, as
-    ``"key old -> new"``, when every one is allowed: keys in RESUME_FREE, a longer
-    trainer.max_epochs / max_steps, and batch-size and device-count changes that keep the
-    global batch.
-
-    Raises:
-        ConfigError: (one line) naming every refused key with its old and new value and why.
-    """
-    old, new = flat_config(saved), flat_config(cfg)
-    changed = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
-    allowed, refused = [], []
-    batch_keys = [k for k in changed if k in RESUME_GLOBAL_BATCH]
-    if batch_keys:
-        before, after = global_batch(saved), global_batch(cfg)
-        why = (f"global batch {before} -> {after}" if before is not None and after is not None
-               else "trainer.devices=auto hides the device count")
-        keep = before is not None and before == after
-        for k in batch_keys:
-            (allowed if keep else refused).append((k, "" if keep else why))
-    for k in changed:
-        if k in RESUME_GLOBAL_BATCH:
-            continue
-        if k in RESUME_LONGER:
-            ok = _longer(k, old[k], new[k])
-            (allowed if ok else refused).append((k, "" if ok else "a resumed run can only get longer"))
-        elif any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_FREE):
-            allowed.append((k, ""))
-        else:
-            refused.append((k, ""))
-
-    def show(k: str, why: str) -> str:
-        return f"{k} {old.get(k)!r} -> {new.get(k)!r}" + (f" ({why})" if why else "")
-
-    if refused:
-        raise ConfigError(
-            f"cannot resume with these changes: {'; '.join(show(k, w) for k, w in refused)}. They would change "
-            f"what the checkpoint was trained as (model, method, data, optimiser or schedule); resume with the "
-            f"run's own config plus only allowed changes (a longer trainer.max_epochs or max_steps, eval.*, "
-            f"trainer.progress_bar, data.num_workers, ...), or start a new run with a fresh --run-dir")
-    return [show(k, w) for k, w in allowed]
-
-
-def record_config(run_dir: Path, cfg: RunConfig, resume: bool, changes: list[str],
-                  log: Callable[[str], None]) -> None:
-    """Write the run's config.yaml: a new run's, or on a resume that changed allowed keys
-    the new one, after keeping the previous file as ``config.before-resume-N.yaml``
-    (an unchanged resume rewrites nothing)."""
-    path = RunDir(run_dir).config
-    if not resume:
-        write_text(dump_yaml(cfg), path)
-        return
-    if not changes:
-        return
-    n = 1
-    while (run_dir / f"config.before-resume-{n}.yaml").exists():
-        n += 1
-    kept = run_dir / f"config.before-resume-{n}.yaml"
-    write_text(path.read_text(), kept)
-    write_text(dump_yaml(cfg), path)
-    log(f"[resume] config changes: {'; '.join(changes)} (the previous config is kept as {kept.name})")
-
-
-# --------------------------------------------------------------------------- how many steps
-
-
-@dataclasses.dataclass(frozen=True)
-class StepPlan:
-    """What one training epoch is, per process: its batches (after
-    ``trainer.limit_train_batches``), the optimiser steps they make, and the images left out."""
-
-    batches_per_epoch: int
-    steps_per_epoch: int
-    total_steps: int
-    dropped_per_epoch: int  # the incomplete last (global) batch of each shuffled epoch (drop_last)
-    limited_per_epoch: int  # images of the batches trainer.limit_train_batches leaves out
-
-
-def check_trainable(batch_size: int, max_steps: int) -> None:
-    """Settings that take no optimiser step whatever the data: ConfigError (one line)."""
-    if batch_size < 2:
-        raise ConfigError(f"data.batch_size={batch_size}: a training batch needs at least 2 images "
-                          f"(BatchNorm statistics, contrastive pairs; smaller batches are skipped), so this run "
-                          f"would train nothing; use data.batch_size >= 2")
-    if max_steps == 0:
-        raise ConfigError("trainer.max_steps=0 takes no optimiser step (like trainer.max_epochs=0): give a positive "
-                          "number of steps, or -1 to let trainer.max_epochs decide")
-
-
-def plan_steps(n_images: int, batch_size: int, world_size: int, limit_train_batches: int | float,
-               accumulate: int, max_epochs: int, max_steps: int) -> StepPlan:
-    """The optimiser steps a run takes, computed as the loader (:func:`selfsup.data.make_loader`,
-    :class:`selfsup.data.EpochShuffle`) and Lightning will batch it: one process drops the
-    incomplete last batch unless the data is smaller than one batch (then one short batch);
-    several processes drop the incomplete last global batch of ``batch_size x world_size``.
-
-    Raises:
-        ConfigError: (one line, naming why) when the run would take no optimiser step.
-    """
-    check_trainable(batch_size, max_steps)
-    per_batch = batch_size * world_size
-    if world_size == 1 and 0 < n_images < batch_size:  # drop_last is off: one short batch
-        if n_images < 2:
-            raise ConfigError(f"{n_images} training image: a training batch needs at least 2 images; "
-                              f"use more data (data.subset, data.root)")
-        batches, dropped, per_batch = 1, 0, n_images
-    else:
-        batches, dropped = n_images // per_batch, n_images % per_batch
-        if batches == 0:
-            raise ConfigError(f"{n_images} training images are fewer than one global batch (data.batch_size "
-                              f"{batch_size} x {world_size} processes): no optimiser step; lower data.batch_size")
-    limit = limit_train_batches
-    limited = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-    if limited == 0:
-        raise ConfigError(f"trainer.limit_train_batches={limit} of {batches} batch(es) per epoch is 0 batches: "
-                          f"no optimiser step; use at least {1 / batches:.3g} or a whole number of batches")
-    steps = math.ceil(limited / accumulate)  # Lightning steps at the last batch of an epoch too
-    total = steps * max_epochs if max_steps < 0 else min(steps * max_epochs, max_steps)
-    return StepPlan(limited, steps, total, dropped, (batches - limited) * per_batch)
-
-
-def describe_plan(plan: StepPlan, batch_size: int, world_size: int) -> str:
-    """The plan as the run's log says it."""
-    per = f"{batch_size} x {world_size} processes" if world_size > 1 else f"{batch_size}"
-    text = (f"{plan.batches_per_epoch} batches of {per} per epoch, {plan.dropped_per_epoch} image(s) of each "
-            f"epoch dropped by batching (drop_last)")
-    if plan.limited_per_epoch:
-        text += f", {plan.limited_per_epoch} left out by trainer.limit_train_batches"
-    return text + f"; {plan.total_steps} optimiser steps"
-
-
-# --------------------------------------------------------------------------- the run
 
 
 def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,
@@ -395,9 +90,11 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     if trainer.world_size > 1:  # every rank needs the same batch size: replace unreadable files, never drop
         train_ds.keep_batches_full()
 
-    with hold_run_dir(run_dir, resume):
+    with hold_run_dir(run_dir, resume, log):
         if owner:
             record_config(run_dir, cfg, resume, changes, log)
+        if owner and trainer.is_global_zero:
+            start_loggers(trainer.loggers)
         bad_files = RunDir(run_dir).bad_files
         train_ds.set_bad_file_log(bad_files)
         if owner:
@@ -453,16 +150,6 @@ def record_training_time(path: Path, seconds: float, global_step: int, resumed: 
               **({"epochs": epochs} if epochs is not None else {}), "sessions": sessions}
     write_json(record, path)
     return record
-
-
-def no_steps_message(skipped: int, removed: bool) -> str:
-    """Why a run trained nothing (``skipped``: its batches of fewer than 2 images;
-    ``removed``: its checkpoints, the untrained initial weights, were deleted)."""
-    why = (f"all {skipped} batch(es) had fewer than 2 images and were skipped (unreadable files left out, see "
-           f"bad_files.txt)" if skipped else "no batch reached an optimiser step")
-    gone = " and its checkpoints (the untrained initial weights) were removed" if removed else ""
-    return (f"the run trained nothing: {why}; nothing was exported{gone}. Fix the data or raise "
-            f"data.batch_size, then start again with a fresh --run-dir")
 
 
 def build_trainer(cfg: RunConfig, module: PretrainModule, run_dir: Path,
@@ -530,59 +217,3 @@ def fsdp_strategy(module: PretrainModule, cfg: RunConfig) -> Any:
     blocks = getattr(module.method.encoder, "blocks", None)
     policy = {type(b) for b in blocks} if blocks is not None else None
     return FSDPStrategy(auto_wrap_policy=policy)
-
-
-class PrecisionWarning(UserWarning):
-    """A precision that works but is known to be slower or less stable on this device."""
-
-
-# Measured by benchmarks/precision.py (benchmarks/results/precision.md): under bf16 autocast,
-# oneDNN's bf16 convolution weight-gradient (jit_bf16:avx512_core, oneDNN 3.12) returns garbage,
-# at times NaN/inf, for the filter taps of a strided convolution whose input is narrower than its
-# stride (a ResNet's layer4.0.conv1 on 1-pixel maps at 16 px: wrong in 283 of 300 steps over five
-# methods, NaN in 2 of 300 in another run); and bf16 is not faster (speed-up by CPU kind below).
-CPU_BF16_CAVEAT = ("oneDNN's bf16 convolution weight-gradient returns garbage, at times NaN/inf, when a strided "
-                   "convolution's input is narrower than its stride (e.g. a ResNet's layer4 at 16 px), and bf16 "
-                   "steps measured {speed}; trainer.precision=32-true (what auto picks on CPUs) avoids both")
-CPU_BF16_SPEED = {True: "1.02x the float32 rate on a Xeon with AMX",
-                  False: "0.6-0.85x the float32 rate on a CPU without AVX512-BF16/AMX (emulated)"}
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than float32."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def resolve_precision(precision: str, accelerator: str = "auto",
-                      warn: Callable[[str], None] | None = None) -> str:
-    """``trainer.precision`` for Lightning.
-
-    "auto" is bf16-mixed on GPUs that support bf16 (Ampere and later), 16-mixed (fp16 with
-    loss scaling) on older GPUs, and 32-true on CPUs, with or without native bf16: there
-    bf16 autocast was measured no faster and not stable (:data:`CPU_BF16_CAVEAT`). Any other
-    value is passed through; a bf16 precision on a CPU is honoured with a one-line warning
-    (``warn``, default :func:`warnings.warn` with a :class:`PrecisionWarning`)."""
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if precision == "auto":
-        if on_gpu:
-            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-        return "32-true"
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not on_gpu and not torch.backends.mps.is_available())
-    if on_cpu and precision.startswith("bf16"):
-        message = (f"trainer.precision={precision} on a CPU: "
-                   f"{CPU_BF16_CAVEAT.format(speed=CPU_BF16_SPEED[cpu_has_bf16()])}")
-        if warn is None:
-            import warnings
-
-            warnings.warn(message, PrecisionWarning, stacklevel=2)
-        else:
-            warn(message)
-    return precision
-
-
-def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
-    path = RunDir(run_dir).config
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: {run_dir} is not a selfsup run directory")
-    return load_config(path, overrides)
-

@@ -1,0 +1,122 @@
+"""What a resume may change in a run's config, and the config.yaml it leaves behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from selfsup.config import ConfigError, RunConfig, dump_yaml, to_dict
+from selfsup.fileio import write_text
+from selfsup.rundir import RunDir
+
+
+# keys a resume may change freely: how the run is watched, evaluated, computed or loaded,
+# never what the checkpoint holds (keys ending in "." are sections)
+RESUME_FREE = ("name", "out_dir", "eval.", "detection.", "data.download", "data.eval_batch_size",
+               "data.num_workers", "data.on_bad_file", "data.cache", "data.cache_dir", "trainer.accelerator",
+               "trainer.precision", "trainer.strategy", "trainer.sync_batchnorm", "trainer.compile",
+               "trainer.grad_checkpointing", "trainer.log_every_n_steps", "trainer.val_every_n_epochs",
+               "trainer.progress_bar")
+RESUME_LONGER = ("trainer.max_epochs", "trainer.max_steps")  # may grow: the run continues for longer
+# may change together while the global batch (the lr was scaled for it, the data order follows it) stays
+RESUME_GLOBAL_BATCH = ("data.batch_size", "trainer.devices", "trainer.num_nodes", "trainer.accumulate_grad_batches")
+
+
+def flat_config(cfg: RunConfig) -> dict[str, Any]:
+    """``{"section.key": value}`` of a resolved config (``method.name`` included;
+    dict-valued keys such as ``encoder.kwargs`` stay whole)."""
+    out: dict[str, Any] = {}
+    for key, value in to_dict(cfg).items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def device_count(devices: int | str) -> int | None:
+    """Devices per node that ``trainer.devices`` asks for; None when only the machine knows
+    (``auto``, ``-1``)."""
+    if isinstance(devices, int):
+        return devices if devices > 0 else None
+    text = str(devices).strip().strip("[]")
+    if text.isdigit():
+        return int(text)
+    items = [d for d in text.split(",") if d.strip()]
+    return len(items) if "," in text and all(d.strip().isdigit() for d in items) else None
+
+
+def global_batch(cfg: RunConfig) -> int | None:
+    """Images per optimiser step: batch_size x devices x nodes x accumulate_grad_batches
+    (None when the device count is ``auto``)."""
+    n = device_count(cfg.trainer.devices)
+    return None if n is None else cfg.data.batch_size * n * cfg.trainer.num_nodes * cfg.trainer.accumulate_grad_batches
+
+
+def _longer(key: str, old: int, new: int) -> bool:
+    if key == "trainer.max_steps":  # -1: no step limit (max_epochs decides)
+        return new == -1 or (old != -1 and new >= old)
+    return new >= old
+
+
+def resume_changes(saved: RunConfig, cfg: RunConfig) -> list[str]:
+    """The config changes a resume of a run trained with ``saved`` would make, as
+    ``"key old -> new"``, when every one is allowed: keys in RESUME_FREE, a longer
+    trainer.max_epochs / max_steps, and batch-size and device-count changes that keep the
+    global batch.
+
+    Raises:
+        ConfigError: (one line) naming every refused key with its old and new value and why.
+    """
+    old, new = flat_config(saved), flat_config(cfg)
+    changed = [k for k in new if old.get(k) != new[k]] + [k for k in old if k not in new]
+    allowed, refused = [], []
+    batch_keys = [k for k in changed if k in RESUME_GLOBAL_BATCH]
+    if batch_keys:
+        before, after = global_batch(saved), global_batch(cfg)
+        why = (f"global batch {before} -> {after}" if before is not None and after is not None
+               else "trainer.devices=auto hides the device count")
+        keep = before is not None and before == after
+        for k in batch_keys:
+            (allowed if keep else refused).append((k, "" if keep else why))
+    for k in changed:
+        if k in RESUME_GLOBAL_BATCH:
+            continue
+        if k in RESUME_LONGER:
+            ok = _longer(k, old[k], new[k])
+            (allowed if ok else refused).append((k, "" if ok else "a resumed run can only get longer"))
+        elif any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_FREE):
+            allowed.append((k, ""))
+        else:
+            refused.append((k, ""))
+
+    def show(k: str, why: str) -> str:
+        return f"{k} {old.get(k)!r} -> {new.get(k)!r}" + (f" ({why})" if why else "")
+
+    if refused:
+        raise ConfigError(
+            f"cannot resume with these changes: {'; '.join(show(k, w) for k, w in refused)}. They would change "
+            f"what the checkpoint was trained as (model, method, data, optimiser or schedule); resume with the "
+            f"run's own config plus only allowed changes (a longer trainer.max_epochs or max_steps, eval.*, "
+            f"trainer.progress_bar, data.num_workers, ...), or start a new run with a fresh --run-dir")
+    return [show(k, w) for k, w in allowed]
+
+
+def record_config(run_dir: Path, cfg: RunConfig, resume: bool, changes: list[str],
+                  log: Callable[[str], None]) -> None:
+    """Write the run's config.yaml: a new run's, or on a resume that changed allowed keys
+    the new one, after keeping the previous file as ``config.before-resume-N.yaml``
+    (an unchanged resume rewrites nothing)."""
+    path = RunDir(run_dir).config
+    if not resume:
+        write_text(dump_yaml(cfg), path)
+        return
+    if not changes:
+        return
+    n = 1
+    while (run_dir / f"config.before-resume-{n}.yaml").exists():
+        n += 1
+    kept = run_dir / f"config.before-resume-{n}.yaml"
+    write_text(path.read_text(), kept)
+    write_text(dump_yaml(cfg), path)
+    log(f"[resume] config changes: {'; '.join(changes)} (the previous config is kept as {kept.name})")
