@@ -281,3 +281,18 @@ def test_run_protocol_low_shot_rows(tmp_path):
     assert rows[0]["trainable_pct"] == pytest.approx(100 * n_bitfit / n_enc)
     assert (tmp_path / "classifier" / "model.safetensors").is_file()
     assert all(p.requires_grad for p in enc.parameters())  # the target encoder itself is left as it was
+
+
+def test_layer_decay_given_for_a_vit_trains_with_it_and_is_refused_for_a_convnet():
+    """A ViT-only option is used for a ViT (the encoder's groups get lr scales below 1) and refused for a convnet."""
+    from selfsup.transfer.protocols import encoder_param_groups
+
+    vit = build_classifier(make_encoder("vit_tiny_patch16_224"), 10,
+                           options("finetune", layer_decay=0.5, given=["layer_decay"]))
+    scales = sorted({g["lr_scale"] for g in encoder_param_groups(vit, options("finetune", layer_decay=0.5))})
+    # timm: with L=2 blocks the embeddings get decay^L, block 0 decay^1, the last block, norm and head 1
+    assert scales == pytest.approx([0.5 ** 2, 0.5, 1.0])
+    with pytest.raises(ConfigError, match=r"^transfer option layer_decay changes a ViT's training only"):
+        build_classifier(make_encoder("resnet18"), 10, options("finetune", layer_decay=0.5, given=["layer_decay"]))
+    # not given: the default applies silently to a convnet (no layer decay), as documented
+    build_classifier(make_encoder("resnet18"), 10, options("finetune"))

@@ -48,7 +48,20 @@ def test_transfer_input_errors_are_one_line(tmp_path, capsys):
 def test_transfer_flags_that_do_not_apply_are_refused(tmp_path, capsys):
     cases = [(["random:resnet18", "--protocol", "finetune", "--task", "detection"],
               "--protocol adapts an encoder for classification; it does not apply to --task detection"),
-             (["random:resnet18", "--transfer", "epochs=1"], "--transfer sets options of a transfer protocol")]
+             (["random:resnet18", "--transfer", "epochs=1"], "--transfer sets options of a transfer protocol"),
+             # an option of another protocol, or of ViTs only, is refused rather than ignored (the tour's cases)
+             (["random:resnet18", "--protocol", "bitfit", "--transfer", "partial_blocks=2"],
+              "transfer option partial_blocks applies to --protocol partial only, not bitfit: drop it, or use "
+              "--protocol partial"),
+             (["random:resnet18", "--protocol", "partial", "--transfer", "lora_rank=4"],
+              "transfer option lora_rank applies to --protocol lora only, not partial"),
+             (["random:resnet18", "--protocol", "lora", "--transfer", "drop_path=0.2"],
+              "transfer option drop_path applies to --protocol finetune / partial only, not lora"),
+             (["random:resnet18", "--protocol", "finetune", "--transfer", "prompt_deep=true"],
+              "transfer option prompt_deep applies to --protocol prompt only"),
+             (["random:resnet18", "--protocol", "finetune", "--transfer", "layer_decay=0.65"],
+              "transfer option layer_decay changes a ViT's training only, but the encoder (ResNet) is not a timm "
+              "VisionTransformer")]
     for args, message in cases:
         assert main(["eval", *args, "--out", str(tmp_path / "y"), *TINY]) == 2
         assert message in one_line_error(capsys.readouterr().err)

@@ -214,16 +214,17 @@ def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
     from selfsup.config import ConfigError
     from selfsup.transfer.options import TransferOptions
 
-    known = {f.name for f in dataclasses.fields(TransferOptions)} - {"protocol"} | {"lr"}  # lr: lrs=[lr]
+    known = {f.name for f in dataclasses.fields(TransferOptions)} - {"protocol", "given"} | {"lr"}  # lr: lrs=[lr]
     values: dict[str, Any] = {"low_shot": list(cfg.eval.low_shot), "seeds": cfg.eval.probe_seeds, "seed": cfg.seed}
     for pair in pairs:
         key, eq, text = pair.partition("=")
         if not eq or key not in known:
             raise ConfigError(f"--transfer {pair!r}: give KEY=VALUE with KEY one of {', '.join(sorted(known))}")
         values[key] = yaml.safe_load(text)
+    given = sorted({pair.partition("=")[0] for pair in pairs} - {"lr"} | ({"lrs"} if "lr" in values else set()))
     if "lr" in values:
         values["lrs"] = [values.pop("lr")]
-    return TransferOptions(protocol=protocol, **values)
+    return TransferOptions(protocol=protocol, given=given, **values)
 
 
 def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:

@@ -9,6 +9,11 @@ from selfsup.config import ConfigError
 
 PROTOCOLS = ("finetune", "partial", "lora", "prompt", "bitfit")
 VIT_ONLY = ("prompt",)  # protocols that need a timm VisionTransformer
+# options that change one protocol's training only: option -> the protocols it applies to (the rest apply to all)
+APPLIES_TO = {"partial_blocks": ("partial",), "lora_rank": ("lora",), "lora_alpha": ("lora",),
+              "lora_dropout": ("lora",), "prompt_tokens": ("prompt",), "prompt_deep": ("prompt",),
+              "drop_path": ("finetune", "partial"), "layer_decay": ("finetune", "partial")}
+VIT_OPTIONS = ("layer_decay",)  # options that change a ViT's training only (convnets get no layer decay)
 
 
 @dataclass
@@ -32,6 +37,9 @@ class TransferOptions:
       the ViT frozen; VPT's defaults are 50 tokens at lr chosen by a grid, we default to 10 for small models.
     - ``bitfit``: only biases and normalisation parameters (Ben Zaken et al. 2022, "BitFit: Simple
       Parameter-efficient Fine-tuning for Transformer-based Masked Language-models").
+
+    Options that change one protocol's training only (:data:`APPLIES_TO`; ``layer_decay`` a ViT's only) are
+    refused when ``given`` (set by the user) for another protocol or a convnet, rather than ignored.
 
     The head is always trainable. ``lrs``: the learning rates tried (the peak lr of the schedule, as MAE's
     ``blr * batch / 256``); the one whose run scores best on the split held out from the training images
@@ -58,6 +66,7 @@ class TransferOptions:
     seeds: int = 3
     seed: int = 0
     val_fraction: float = 0.1
+    given: list[str] = field(default_factory=list)  # the options the user set: each must apply (check_options)
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -90,6 +99,11 @@ def check_options(o: TransferOptions) -> None:
                           f"{o.weight_decay!r}, {o.warmup_epochs!r}, {o.lora_alpha!r}")
     if not 0 < o.val_fraction < 1:
         raise ConfigError(f"transfer option val_fraction must lie in (0, 1), got {o.val_fraction!r}")
+    for name in o.given:
+        protocols = APPLIES_TO.get(name, PROTOCOLS)
+        if o.protocol not in protocols:
+            raise ConfigError(f"transfer option {name} applies to --protocol {' / '.join(protocols)} only, not "
+                              f"{o.protocol}: drop it, or use --protocol {protocols[0]}")
     bad = [f for f in o.low_shot if not 0 < f <= 1]
     if bad:
         raise ConfigError(f"transfer option low_shot holds labelled fractions in (0, 1], got {bad}")

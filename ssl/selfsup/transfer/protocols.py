@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from selfsup.config import ConfigError
 from selfsup.encoders import is_convnet, pooled_width
-from selfsup.transfer.options import VIT_ONLY, TransferOptions
+from selfsup.transfer.options import VIT_ONLY, VIT_OPTIONS, TransferOptions
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
@@ -67,8 +67,15 @@ def declared_trainable(encoder: nn.Module, options: TransferOptions) -> set[str]
             "bitfit": lambda: bitfit_trainable(encoder), "lora": set, "prompt": set}[options.protocol]()
 
 
-def check_protocol(encoder: nn.Module, protocol: str) -> None:
-    """ConfigError (one line) when ``protocol`` cannot adapt ``encoder``: the ViT-only protocols on others."""
+def check_protocol(encoder: nn.Module, options: TransferOptions) -> None:
+    """ConfigError (one line) when ``options`` cannot adapt ``encoder``: the ViT-only protocols on others, and a
+    ViT-only option the user gave (``options.given``) for a convnet."""
+    protocol = options.protocol
+    vit_only = [name for name in options.given if name in VIT_OPTIONS]
+    if vit_only and not is_vit(encoder):
+        raise ConfigError(f"transfer option {vit_only[0]} changes a ViT's training only, but the encoder "
+                          f"({type(encoder).__name__}) is not a timm VisionTransformer (convnets get the same "
+                          f"schedule without layer decay): drop it")
     if protocol in VIT_ONLY and not is_vit(encoder):
         kind = "a convnet" if is_convnet(encoder) else "not a timm VisionTransformer"
         raise ConfigError(f"--protocol {protocol} needs a timm VisionTransformer, but the encoder "
@@ -96,7 +103,7 @@ def adapt(encoder: nn.Module, options: TransferOptions) -> nn.Module:
     """The module ``options.protocol`` trains around ``encoder`` (which it may change in place: pass a copy),
     with ``requires_grad`` set. Raises ConfigError (:func:`check_protocol`, :func:`partial_trainable`,
     a missing peft for lora)."""
-    check_protocol(encoder, options.protocol)
+    check_protocol(encoder, options)
     if options.protocol == "lora":
         from selfsup.transfer.lora import add_lora
 
