@@ -212,3 +212,25 @@ def test_gradient_accumulation_steps_the_momentum_teacher_once_per_optimiser_ste
     assert calls == [1, 2, 3, 4, 5, 6]
     peak = ckpt["lr_schedulers"][0]["base_lrs"][0]
     assert peak == pytest.approx(cfg.optim.lr * 16 * 3 / 256)
+
+
+@pytest.mark.parametrize("requested,total,expected", [(10, 100, 10), (60, 100, 50), (5, 5, 2), (3, 1, 0), (0, 7, 0)])
+def test_warmup_never_takes_more_than_half_the_run(requested, total, expected):
+    """The tour's case: epochs=1 with warmup_epochs=1 was all warmup, ending at the peak lr."""
+    from selfsup.schedules import warmup_steps
+
+    assert warmup_steps(requested, total) == expected
+    f = cosine_factors(total, warmup_steps(requested, total), 0.0)
+    assert f[-1] == pytest.approx(0.0)  # the cosine decay ran to its end whatever the warmup asked
+
+
+def test_a_one_epoch_run_with_a_one_epoch_warmup_still_decays(tiny_config):
+    """Every user of the schedule (pretraining here) applies the rule: the lr peaks at half the run."""
+    from selfsup.train.optim import build_scheduler
+
+    module = PretrainModule(tiny_config("optim.warmup_epochs=1"), INFO)
+    opt = build_optimizer(module.cfg.optim, module.method, 64)
+    sched = build_scheduler(opt, module.cfg.optim, total_steps=10, steps_per_epoch=10)
+    peak = opt.param_groups[0]["lr"] / sched.lr_lambdas[0](0)
+    lrs = [sched.lr_lambdas[0](s) * peak for s in range(11)]
+    assert max(lrs) == pytest.approx(peak) and lrs.index(max(lrs)) == 4 and lrs[10] == pytest.approx(0.0)

@@ -19,7 +19,7 @@ METHODS = {
     "pirl": "Pretext-invariant representation learning: an image and its jigsaw transform agree",
     "rotation": "RotNet: predict which of four rotations an image is shown at",
     "simclr": "SimCLR: two augmented views, NT-Xent over the batch",
-    "simmim": "SimMIM: predict the pixels of masked patches (ViT)",
+    "simmim": "SimMIM: predict the pixels of masked patches (any timm encoder: ViT, convnet)",
     "supervised": "Supervised pretraining: cross-entropy on the class labels (a reference)",
 }
 

@@ -99,7 +99,7 @@ class OptimConfig:
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     weight_decay: float = param(1e-6, ge=0)
     momentum: float = param(0.9, ge=0, lt=1)
-    warmup_epochs: float = param(1.0, ge=0)
+    warmup_epochs: float = param(1.0, ge=0, help="linear warmup; never more than half the run's steps")
     min_lr_ratio: float = param(0.0, ge=0, le=1, help="final lr as a fraction of the peak")
     probe_lr: float = param(0.1, gt=0, help="learning rate of the online linear probe")
 

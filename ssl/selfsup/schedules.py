@@ -15,3 +15,12 @@ def cosine_factors(total_steps: int, warmup_steps: int, min_ratio: float) -> tor
     progress = ((steps - warmup_steps) / max(1, total_steps - warmup_steps)).clamp(0, 1)
     cos = min_ratio + (1 - min_ratio) * 0.5 * (1 + torch.cos(math.pi * progress))
     return torch.where(steps < warmup_steps, warm, cos)
+
+
+def warmup_steps(requested: int, total_steps: int) -> int:
+    """The warmup of a run of ``total_steps``: ``requested`` steps, but never more than half the run,
+    so that the cosine decay always runs (a 1-epoch run with 1 warmup epoch would otherwise end at the
+    peak lr, its final weights taken at the highest lr of the schedule). Pretraining, transfer and
+    detection share this rule; the run's log and results state the warmup used."""
+    return max(0, min(requested, total_steps // 2))
+

@@ -18,7 +18,7 @@ from selfsup.detection.boxes import DetectionDataset, Target, detection_collate
 from selfsup.encoders import EncoderError
 from selfsup.losses import NonFiniteLossError
 from selfsup.progress import Bar
-from selfsup.schedules import cosine_factors
+from selfsup.schedules import cosine_factors, warmup_steps
 
 
 # --------------------------------------------------------------------------- inputs
@@ -90,7 +90,7 @@ def train_detector(model: FasterRCNN, ds: DetectionDataset, cfg: DetectionConfig
     lr = cfg.lr * cfg.batch_size / 16
     opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     total = cfg.epochs * len(loader)
-    factors = cosine_factors(total, min(cfg.warmup_steps, total // 2), 0.0).tolist()
+    factors = cosine_factors(total, warmup_steps(cfg.warmup_steps, total), 0.0).tolist()
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: factors[min(s, total)])
     model.to(device).train()
     t0, step = time.perf_counter(), 0

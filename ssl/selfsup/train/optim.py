@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from selfsup.config import OptimConfig
-from selfsup.schedules import cosine_factors  # noqa: F401 - used below; tests import it from here too
+from selfsup.schedules import cosine_factors, warmup_steps  # noqa: F401 - used below; tests import it from here too
 
 
 def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
@@ -34,6 +34,6 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module, global_batch: int,
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = min(total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = warmup_steps(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
     factors = cosine_factors(total_steps, warmup, cfg.min_lr_ratio).tolist()
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factors[min(s, total_steps)])

@@ -52,7 +52,7 @@ class TransferOptions:
     lrs: list[float] = field(default_factory=lambda: [1e-3])
     weight_decay: float = 0.05  # MAE fine-tuning
     layer_decay: float = 0.75  # MAE: 0.75 for ViT-B, 0.65 for ViT-L/H
-    warmup_epochs: float = 1.0  # MAE: 5 of 100
+    warmup_epochs: float = 1.0  # MAE: 5 of 100; never more than half the run (selfsup.schedules.warmup_steps)
     min_lr_ratio: float = 0.0
     label_smoothing: float = 0.1  # MAE fine-tuning
     drop_path: float = 0.1  # MAE fine-tuning (ViT-B); used by finetune and partial only

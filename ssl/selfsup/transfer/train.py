@@ -23,7 +23,7 @@ from selfsup.data.datasets import Subset
 from selfsup.eval.knn import topk_accuracy
 from selfsup.eval.linear import class_balanced_subset, fraction_key, summarise
 from selfsup.losses import NonFiniteLossError
-from selfsup.schedules import cosine_factors
+from selfsup.schedules import cosine_factors, warmup_steps
 from selfsup.transfer.options import TransferOptions
 from selfsup.transfer.protocols import Classifier, build_classifier, count_params, encoder_param_groups, \
     trainable_summary
@@ -95,8 +95,9 @@ def fit(encoder: nn.Module, ds: ImageDataset, info: DataInfo, num_classes: int, 
 def transfer_module(classifier: Classifier, info: DataInfo, options: TransferOptions, lr: float,
                     steps_per_epoch: int) -> TransferModule:
     """The Lightning module training ``classifier`` for ``options.epochs`` epochs of ``steps_per_epoch``."""
-    warmup = round(options.warmup_epochs * steps_per_epoch)
-    return TransferModule(classifier, info, options, lr, options.epochs * steps_per_epoch, warmup)
+    total = options.epochs * steps_per_epoch
+    warmup = warmup_steps(round(options.warmup_epochs * steps_per_epoch), total)
+    return TransferModule(classifier, info, options, lr, total, warmup)
 
 
 def train_module(module: TransferModule, loader: DataLoader, epochs: int, trainer: dict[str, Any] | None = None) -> None:
