@@ -14,7 +14,8 @@ Two budgets:
 
 Protocol (both budgets):
 - each method starts from its ``configs/<method>-fashion-mnist.yaml`` (SimCLR: the
-  quickstart), seed fixed, online probe off;
+  quickstart), seed fixed, online probe off; ``denoise-vp`` and ``denoise-flow`` are denoise's
+  config with ``method.corruption=vp`` / ``flow`` (the DDPM and rectified-flow corruptions);
 - final-step weights are scored (never a best epoch): weighted kNN (k=20 at T=0.07,
   k=200 at T=0.1) and the linear-probe grid (lr x wd chosen on 10% of train, retrained on all
   of train, top-1 on the 10k test split);
@@ -75,8 +76,13 @@ from selfsup.train.run import pretrain  # noqa: E402
 # every self-supervised method (``supervised`` is the labelled reference of the detection benchmark)
 FAMILY = {"rotation": "pretext", "jigsaw": "pretext", "mae": "pretext (masked)", "simmim": "pretext (masked)",
           "denoise": "pretext (denoising)", "simclr": "contrastive", "moco": "contrastive",
-          "mocov3": "contrastive", "npid": "contrastive (NCE)", "cpc": "contrastive"}
-CONFIG = {name: ROOT / "configs" / f"{name}-fashion-mnist.yaml" for name in FAMILY}
+          "mocov3": "contrastive", "npid": "contrastive (NCE)", "cpc": "contrastive",
+          "dim": "mutual information (DIM)", "pirl": "contrastive (memory bank)",
+          "denoise-vp": "pretext (denoising)", "denoise-flow": "pretext (denoising)"}
+# rows that are one method's config with a different setting: name -> (method, overrides)
+VARIANTS = {"denoise-vp": ("denoise", ["method.corruption=vp"]),
+            "denoise-flow": ("denoise", ["method.corruption=flow"])}
+CONFIG = {name: ROOT / "configs" / f"{VARIANTS.get(name, (name,))[0]}-fashion-mnist.yaml" for name in FAMILY}
 CONFIG["simclr"] = ROOT / "configs" / "quickstart.yaml"
 
 
@@ -85,7 +91,8 @@ def method_config(name: str, args: argparse.Namespace, extra: list[str] = ()) ->
     all labels (seed ``args.seed``), so low-shot probes and extra probe seeds are off."""
     return load_config(CONFIG[name], [f"seed={args.seed}", "trainer.online_probe=false", "trainer.progress_bar=false",
                                       "eval.low_shot=[]", "eval.probe_seeds=1", f"name=bench-{name}",
-                                      f"out_dir={args.runs}", *args.overrides, *extra])
+                                      f"out_dir={args.runs}", *VARIANTS.get(name, (name, []))[1], *args.overrides,
+                                      *extra])
 
 
 class Step(NamedTuple):
