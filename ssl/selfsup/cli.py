@@ -256,7 +256,15 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     out = Path(args.out) if args.out else base / f"transfer-{args.protocol}"
     from selfsup import progress
 
+    from selfsup.train.precision import resolve_precision
+    from selfsup.train.resume import device_count
+
+    if device_count(cfg.trainer.devices) != 1:  # the run's own config may name several: say what transfer uses
+        print(f"[{args.protocol}] trains on one device (trainer.devices={cfg.trainer.devices} is pretraining's: "
+              f"transfer runs are small and score each seed on one device)")
     trainer = {"accelerator": cfg.trainer.accelerator, "devices": 1,  # a bar only on a terminal, never with --quiet
+               "precision": resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator,
+                                              warn=lambda m: print(f"[precision] {m}")),
                "enable_progress_bar": cfg.trainer.progress_bar and progress.enabled()}
     rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
     frozen = json.loads(run.results_json.read_text()) if run.results_json.is_file() else []
