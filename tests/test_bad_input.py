@@ -14,7 +14,7 @@ from PIL import Image
 
 from selfsup.config import ConfigError, load_config
 from selfsup.data import DataError, build_dataset, make_loader
-from selfsup.data.datasets import FolderImages, decode_image
+from selfsup.data.imagefiles import FolderImages, decode_image
 
 
 def _save(im: Image.Image, path, fmt: str) -> None:
@@ -90,14 +90,14 @@ def test_permission_denied_is_a_bad_file(tmp_path, monkeypatch):
     _save(Image.new("L", (4, 4)), path, "PNG")
     import builtins
 
-    from selfsup.data import datasets
+    from selfsup.data import imagefiles
 
     def refuse(fp, *args, **kwargs):  # what a file without read permission does (root would bypass chmod)
         if str(fp) == str(path):
             raise PermissionError(13, "Permission denied", str(fp))
         return builtins.open(fp, *args, **kwargs)
 
-    monkeypatch.setattr(datasets, "open", refuse, raising=False)  # decode_image opens the file itself
+    monkeypatch.setattr(imagefiles, "open", refuse, raising=False)  # decode_image opens the file itself
     with pytest.raises(DataError, match="PermissionError"):
         decode_image(str(path), 1)
     with warnings.catch_warnings():

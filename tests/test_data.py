@@ -8,7 +8,7 @@ from PIL import Image
 
 from selfsup.config import DataConfig
 from selfsup.data import DataError, build_dataset, make_loader
-from selfsup.data.datasets import FASHION_MNIST_SYSTEM_DIR
+from selfsup.data.standard import FASHION_MNIST_SYSTEM_DIR
 
 
 def test_fashion_mnist_from_debian_package():
@@ -128,7 +128,7 @@ def test_decoded_cache_dir_that_cannot_be_made_is_a_clear_error(tmp_path):
 
 def test_an_empty_selection_is_an_empty_dataset_not_an_index_error():
     """Selecting no rows (e.g. the labelled rows of an unlabeled set) gives zero images."""
-    from selfsup.data.datasets import Subset, TensorImages
+    from selfsup.data.base import Subset, TensorImages
 
     ds = TensorImages(torch.arange(12, dtype=torch.uint8).view(3, 1, 2, 2), torch.tensor([0, 1, -1]), 2)
     empty = Subset(ds, [])

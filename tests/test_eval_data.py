@@ -106,7 +106,7 @@ def test_second_folder_with_the_same_counts_gets_its_own_score(tmp_path):
 
 
 def test_a_cache_entry_holding_other_labels_is_recomputed_not_used(tmp_path):
-    from selfsup.eval.evaluate import prepare
+    from selfsup.eval.prepare import prepare
 
     folder = toy_folder(tmp_path / "data")
     cfg = eval_cfg(folder)

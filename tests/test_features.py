@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.data import TensorImages
-from selfsup.data.datasets import FolderImages, ImageDataset, Subset
+from selfsup.data.base import ImageDataset, Subset
+from selfsup.data.imagefiles import FolderImages
 from selfsup.eval.features import (FLOAT16_RTOL, FeatureCache, FeatureFile, dataset_fingerprint, float16_faithful,
                                    labels_agree)
 from selfsup.eval.knn import knn_evaluate

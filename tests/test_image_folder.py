@@ -16,7 +16,7 @@ from PIL import Image
 
 from selfsup.config import ConfigError, DataConfig, load_config
 from selfsup.data import DataError, build_dataset
-from selfsup.data.datasets import decode_image
+from selfsup.data.imagefiles import decode_image
 
 COLOURS = {"a": (220, 30, 30), "b": (30, 220, 30), "c": (30, 30, 220), "d": (200, 200, 30)}
 

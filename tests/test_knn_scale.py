@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from selfsup.eval.features import FeatureCache, FeatureFile
-from selfsup.eval.knn import (EXACT_MAX, NPROBE, IndexOptions, build_ivf, index_search, knn_evaluate,
-                              knn_evaluate_with_index, load_unit, plan_index, search, search_with_plan, set_nprobe)
+from selfsup.eval.knn import knn_evaluate, knn_evaluate_with_index
+from selfsup.eval.search import (EXACT_MAX, NPROBE, IndexOptions, build_ivf, index_search, load_unit, plan_index,
+                                 search, search_with_plan, set_nprobe)
 from selfsup.fileio import save_tensors
 
 

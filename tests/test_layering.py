@@ -20,7 +20,7 @@ PACKAGE = ROOT / "ssl" / "selfsup"
 LAYERS = [
     ["selfsup.registry", "selfsup.fileio", "selfsup.distributed", "selfsup.version", "selfsup.rundir",
      "selfsup.safeload", "selfsup.statedict", "selfsup.schedules", "selfsup.progress"],
-    ["selfsup.config", "selfsup.configkeys"],
+    ["selfsup.config", "selfsup.configread", "selfsup.configkeys"],
     ["selfsup.data"],
     ["selfsup.encoders", "selfsup.heads", "selfsup.losses", "selfsup.monitors"],
     ["selfsup.methods"],
@@ -195,7 +195,7 @@ def test_evaluation_reads_a_path_target_only_through_the_loader_it_is_given(tmp_
     """eval never imports artifacts: a path target needs the caller's `load` (artifacts.load.load_encoder)."""
     from torch import nn
 
-    from selfsup.eval.evaluate import resolve_target
+    from selfsup.eval.target import resolve_target
     from selfsup.safeload import LoadError
     from conftest import TINY_INFO
 

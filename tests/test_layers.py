@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import selfsup.eval.evaluate as ev
+import selfsup.eval.prepare as prep
 from selfsup.config import ConfigError
 from selfsup.data import DataInfo, TensorImages
 from selfsup.eval.evaluate import evaluate, evaluate_layers
@@ -215,7 +216,7 @@ def small_cfg(tiny_config):
 
 def _spy(monkeypatch):
     calls = {"features": 0, "stages": []}
-    real_f, real_s = ev.extract_features, ev.extract_stages
+    real_f, real_s = prep.extract_features, prep.extract_stages
 
     def f(*a, **k):
         calls["features"] += 1
@@ -224,8 +225,8 @@ def _spy(monkeypatch):
     def s(enc, ds, info, stages, *a, **k):
         calls["stages"].append([st.name for st in stages])
         return real_s(enc, ds, info, stages, *a, **k)
-    monkeypatch.setattr(ev, "extract_features", f)
-    monkeypatch.setattr(ev, "extract_stages", s)
+    monkeypatch.setattr(prep, "extract_features", f)  # what selfsup.eval.prepare extracts with
+    monkeypatch.setattr(prep, "extract_stages", s)
     return calls
 
 

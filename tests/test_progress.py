@@ -13,10 +13,10 @@ from PIL import Image
 
 from selfsup import distributed, progress
 from selfsup.data import DataInfo, TensorImages
-from selfsup.data.datasets import FolderImages
+from selfsup.data.imagefiles import FolderImages
 from selfsup.data.decoded import decode_all
 from selfsup.eval.features import extract_features
-from selfsup.eval.knn import IndexOptions, search
+from selfsup.eval.search import IndexOptions, search
 from selfsup.eval.linear import probe_protocol
 
 

@@ -77,7 +77,7 @@ def gates_of_residual_blocks(model: torch.nn.Module) -> list[str]:
                          ids=["basic-blocks", "bottlenecks"])
 def test_random_baseline_disables_zero_init_last(name, kwargs):
     from selfsup.data import DataInfo
-    from selfsup.eval.evaluate import resolve_target
+    from selfsup.eval.target import resolve_target
 
     cfg = load_config(None, ["method.name=simclr", *DATA, f"encoder.name={name}",
                              f"encoder.kwargs={json.dumps(kwargs)}"])

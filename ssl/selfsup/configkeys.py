@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from selfsup.config import METHOD_CONFIGS, ConfigError, RunConfig, plain, type_name
+from selfsup.config import METHOD_CONFIGS, RunConfig
+from selfsup.configread import ConfigError, plain, type_name
 from selfsup.registry import close_matches
 
 REQUIRED = "(required)"

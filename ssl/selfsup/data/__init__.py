@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from selfsup import distributed
 from selfsup.data.augment import AugmentConfig, BatchAugment, CleanTransform
-from selfsup.data.datasets import (DATASETS, DataError, DataInfo, ImageDataset, TensorImages, WithIndices,
-                                   build_dataset, collate, subset)
+from selfsup.data.base import DataError, DataInfo, ImageDataset, TensorImages, WithIndices, collate, subset
+from selfsup.data.datasets import DATASETS, build_dataset  # every dataset registered
 
 __all__ = ["AugmentConfig", "BatchAugment", "CleanTransform", "DATASETS", "DataError", "DataInfo",
            "ImageDataset", "TensorImages", "build_dataset", "collate", "subset", "make_loader", "EpochShuffle"]

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from selfsup.data.datasets import DataError, FolderImages, TensorImages
+from selfsup.data.base import DataError, TensorImages
+from selfsup.data.imagefiles import FolderImages
 from selfsup.fileio import atomic_path, file_lock, write_json
 from selfsup.progress import progress
 

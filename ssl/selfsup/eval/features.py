@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from selfsup import distributed
 from selfsup.progress import progress
 from selfsup.data import CleanTransform, DataInfo, ImageDataset, TensorImages, make_loader
-from selfsup.data.datasets import FolderImages, Subset, WithIndices
+from selfsup.data.base import Subset, WithIndices
+from selfsup.data.imagefiles import FolderImages
 from selfsup.eval.layers import Stage, stage_vectors
 from selfsup.fileio import save_tensors
 

@@ -1,0 +1,256 @@
+"""Reading config values: a plain dict (parsed YAML plus overrides) into typed dataclasses.
+
+:func:`from_dict` builds a dataclass, refusing a key no field names (naming the closest valid
+key), a value of another type than the field's (:func:`type_name` spells it) and a number
+outside the range :func:`param` declared on the field; :func:`parse_yaml` is ``yaml.safe_load``
+that refuses a key given twice; :func:`apply_override` applies one ``a.b.c=value``. Every
+refusal is a one-line :class:`ConfigError`. Nothing here knows the run's sections: they are
+:mod:`selfsup.config`, which builds a run's config with these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import field
+from typing import Any, Literal, Union
+
+import yaml
+
+from selfsup.registry import closest
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+def param(default: Any = dataclasses.MISSING, *, gt: float | None = None, ge: float | None = None,
+          le: float | None = None, lt: float | None = None, help: str = "",
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a range check and a help string."""
+    meta = {"gt": gt, "ge": ge, "le": le, "lt": lt, "help": help}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def type_name(tp: Any) -> str:
+    """A field's type as error messages and ``selfsup config`` spell it: ``float``, ``'grid' | 'avg'``,
+    ``list[int] | None``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(type_name(a) for a in typing.get_args(tp) if a is not Ellipsis)
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"config key {key!r} must be {type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"config key {key!r} must be one of {type_name(tp)}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise bad
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"config key {key!r} must have {len(args)} items ({type_name(tp)}), got {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if not math.isfinite(value):
+            raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad
+
+
+def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    if value is None or isinstance(value, (bool, str, list, tuple, dict)):
+        return
+    checks = [("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
+              ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")]
+    for name, ok, sym in checks:
+        bound = meta.get(name)
+        if bound is not None and not ok(value, bound):
+            raise ConfigError(f"config key {key!r} must be {sym} {bound}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys, wrong types and ranges are errors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            full = f"{prefix}.{key}" if prefix else str(key)
+            hint = closest(str(key), list(fields))
+            where = f"{prefix!r}" if prefix else "the top level"
+            suggestion = f"did you mean {(prefix + '.' + hint) if prefix else hint!r}? " if hint else ""
+            raise ConfigError(f"unknown config key {full!r}: {suggestion}"
+                              f"valid keys in {where}: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"config key {(prefix + '.' if prefix else '') + name!r} is required")
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        value = _coerce(data[name], hints[name], key)
+        _check_range(value, f.metadata, key)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"config section {prefix or 'top level'!r}: {err}") from None
+
+
+def _check_unique_keys(node: yaml.Node, loader: yaml.SafeLoader, where: str, path: str = "",
+                       seen_nodes: set[int] | None = None) -> None:
+    """ConfigError when a mapping anywhere under ``node`` names a key twice (YAML keeps
+    only the later value, so a repeated section would replace the earlier one wholesale).
+    Keys merged in with ``<<`` may be overridden; that is what merging is for."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias of a node already checked (or a recursive one)
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, loader, where, f"{path}[{i}]", seen_nodes)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            _check_unique_keys(value_node, loader, where, path, seen_nodes)
+            continue
+        try:
+            key = loader.construct_object(key_node, deep=True)
+            hash(key)
+        except (TypeError, yaml.YAMLError):
+            key = (key_node.tag, getattr(key_node, "value", None)) if isinstance(key_node, yaml.ScalarNode) \
+                else id(key_node)
+        line = key_node.start_mark.line + 1
+        full = f"{path}.{key}" if path else str(key)
+        if key in seen:
+            raise ConfigError(f"{where}: key {full!r} is given twice (lines {seen[key]} and {line}); YAML would "
+                              f"keep only the later one and silently drop the first: merge them into one")
+        seen[key] = line
+        _check_unique_keys(value_node, loader, where, full, seen_nodes)
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: the problem and where (line and column counted from 1)."""
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return " ".join(str(err).split())
+    text = err.problem or "invalid YAML"
+    if err.problem_mark is not None:
+        text += f" at {at(err.problem_mark)}"
+    if err.context:
+        text += f" ({err.context}" + (f" at {at(err.context_mark)}" if err.context_mark is not None else "") + ")"
+    return " ".join(text.split())
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice in any mapping (ConfigError naming
+    the key, its full path and both line numbers, counted from 1 in ``text``); raises
+    yaml.YAMLError for text that is not YAML."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node, loader, where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b.c=value`` override to the raw dict; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    path, _, text = override.partition("=")
+    keys = path.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {override!r} has an empty key")
+    try:
+        value = parse_yaml(text, f"override {override!r}") if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({yaml_problem(err)}); if the "
+                          f"shell split it at a space, quote the whole override: 'key=[1, 2]'") from None
+    node = raw
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(keys[:i + 1])!r} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with tuples as lists (YAML-safe), recursively."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj

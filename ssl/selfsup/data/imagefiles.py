@@ -1,0 +1,132 @@
+"""Image files as a dataset: :func:`decode_image` reads one file the way an image viewer
+shows it, and :class:`FolderImages` decodes a list of files on access (in DataLoader
+workers), skipping or replacing unreadable ones as ``data.on_bad_file`` says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from selfsup.data.base import DataError, ImageDataset
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+def decode_image(path: str, in_chans: int, exif_orientation: bool = True) -> Tensor:
+    """uint8 ``[C, H, W]`` of an image file as grayscale (C=1) or RGB (C=3), the way an
+    image viewer shows it.
+
+    The EXIF Orientation tag (JPEG, PNG, WebP) is applied first, so a phone photo stored
+    sideways comes out upright (an unreadable EXIF block leaves the pixels as stored);
+    ``exif_orientation=False`` keeps the stored pixel grid instead (for annotations made
+    on it; Pillow applies a TIFF's Orientation tag itself, as its reported size says).
+    Multi-frame files (GIF, TIFF, WebP, APNG) give their first frame. Palette, CMYK, RGBA,
+    grayscale+alpha and 16-bit images are converted; transparency is dropped, not
+    composited (each pixel keeps its stored colour, as torchvision's ImageFolder loader
+    does); 16-bit values are scaled to 8 bits (65535 -> 255) instead of clipped.
+    Any failure (missing permission, not an image, truncated or corrupt data) is a
+    DataError naming the file.
+    """
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    try:
+        # from a file object, not the path: Pillow memory-maps uncompressed files opened by path,
+        # and its mapping of a TIFF whose Orientation swaps width and height garbles the pixels
+        with open(path, "rb") as f, Image.open(f) as im:
+            im.load()  # decode now (the first frame): truncated files fail here, not later
+            if exif_orientation:
+                im = _upright(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16/32-bit grayscale
+                arr = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+            elif im.mode == "P":
+                im = im.convert("RGBA")  # palettes with transparency convert cleanly through RGBA
+            im = im.convert("L" if in_chans == 1 else "RGB")
+            return TF.pil_to_tensor(im)  # uint8 [C, H, W]
+    except Exception as err:  # PIL raises many types for corrupt, truncated or foreign files
+        raise DataError(f"cannot decode image {path!r}: {type(err).__name__}: {err}. Remove or replace the "
+                        f"file, or set data.on_bad_file=skip to leave such files out") from None
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` turned as its EXIF Orientation tag (1-8) says; unchanged without a tag or
+    when the EXIF block cannot be parsed (viewers then show the stored pixels too)."""
+    from PIL import ImageOps
+
+    try:
+        ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to turn
+    except Exception:  # malformed EXIF raises assorted types; the pixels themselves are fine
+        pass
+    return im
+
+
+class FolderImages(ImageDataset):
+    """Image files decoded on access (in DataLoader workers), resized to a square side.
+
+    ``on_bad_file="skip"`` leaves unreadable files out of their batch (``__getitem__``
+    returns None, ``__getitems__`` drops it), warns once per process and appends the file
+    and the reason to the log set by :meth:`set_bad_file_log`; ``"error"`` raises. After
+    :meth:`keep_batches_full` (distributed training) an unreadable file is replaced by
+    the next readable one instead, so no batch shrinks.
+    """
+
+    def __init__(self, files: list[str], labels: list[int], num_classes: int, size: int, in_chans: int,
+                 on_bad_file: str = "skip", class_names: tuple[str, ...] = ()) -> None:
+        self.files = files
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.num_classes, self.image_size, self.in_chans = num_classes, size, in_chans
+        self.class_names = class_names  # label i is class_names[i] (class-folder names; empty when unlabeled)
+        self.on_bad_file = on_bad_file
+        self.bad_file_log: Path | None = None
+        self.skipped: dict[str, str] = {}  # unreadable file -> reason, in this process (each worker has its own)
+        self.substitute = False
+
+    def set_bad_file_log(self, path: Path) -> None:
+        self.bad_file_log = Path(path)
+
+    def load(self, i: int) -> tuple[Tensor, int]:
+        """Image ``i`` (uint8 ``[C, S, S]``: shorter side resized to S, centre crop) and its
+        label; a DataError when the file cannot be decoded."""
+        from torchvision.transforms.v2 import functional as TF
+
+        img = decode_image(self.files[i], self.in_chans)
+        img = TF.resize(img, self.image_size, antialias=True)  # shorter side -> size
+        img = TF.center_crop(img, [self.image_size, self.image_size])
+        return img, int(self.labels[i])
+
+    def keep_batches_full(self) -> None:
+        self.substitute = True
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+        for step in range(len(self.files) if self.substitute else 1):
+            j = (i + step) % len(self.files)
+            if self.files[j] in self.skipped:  # known unreadable: not decoded again in later epochs
+                continue
+            try:
+                return self.load(j)  # j != i: the next readable image stands in for file i
+            except DataError as err:
+                if self.on_bad_file == "error":
+                    raise
+                self._skip(self.files[j], str(err))
+        if self.substitute:
+            raise DataError(f"none of the {len(self.files)} image files can be decoded (see the warnings)")
+        return None
+
+    def _skip(self, path: str, reason: str) -> None:
+        import warnings
+
+        if not self.skipped:
+            where = f"; the list is in {self.bad_file_log}" if self.bad_file_log else ""
+            warnings.warn(f"skipping unreadable images (data.on_bad_file=skip), first: {reason}{where}", stacklevel=2)
+        self.skipped[path] = reason
+        if self.bad_file_log is not None:
+            with open(self.bad_file_log, "a") as f:  # one short line per file: appends do not interleave
+                f.write(f"{path}\t{reason}\n")

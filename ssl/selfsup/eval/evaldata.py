@@ -1,0 +1,124 @@
+"""The data an evaluation scores and its identity. Only labelled images are scored:
+unlabeled training images (label -1) are left out and counted, and what cannot be scored
+(no labels, one class, unlabeled test images, an encoder of other channels than the images)
+is refused before any feature is extracted (:class:`NotScorable`, DataError). The features' cache keys and the run directory's
+evaluation folders are named by the data's identity (:func:`data_key`, :func:`data_tag`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from selfsup.config import RunConfig
+from selfsup.data import DataError, DataInfo, ImageDataset, build_dataset, subset
+from selfsup.data.base import Subset
+from selfsup.eval.features import dataset_fingerprint
+from selfsup.eval.target import Target
+
+
+class NotScorable(DataError):
+    """The training data cannot score kNN or a probe at all (no labels, or one class):
+    ``reason`` says why; the message adds how to evaluate on labelled data."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"{reason}; {fix}")
+        self.reason = reason
+
+
+def describe_data(cfg: RunConfig) -> str:
+    """``dataset 'image-folder' at '/photos'``: the data named in one-line messages."""
+    return f"dataset {cfg.data.name!r}" + (f" at {cfg.data.root!r}" if cfg.data.root else "")
+
+
+def labelled_part(ds: ImageDataset) -> tuple[ImageDataset, int]:
+    """``ds`` without its unlabeled images (label -1, e.g. STL-10's unlabeled split inside
+    "train") and how many were left out; ``ds`` itself when every image has a label."""
+    keep = ds.labels >= 0  # [N]
+    dropped = int((~keep).sum())
+    if dropped == 0:
+        return ds, 0
+    return Subset(ds, keep.nonzero().squeeze(1).tolist()), dropped
+
+
+def evaluation_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset, int]:
+    """The labelled training images (``cfg.data.subset`` of them when set), the test split,
+    and how many unlabeled training images were left out.
+
+    Everything is checked before any feature is extracted: :class:`NotScorable` (one line)
+    when the training split has no labels or labelled images of fewer than two classes, a
+    DataError when the test split holds unlabeled images.
+    """
+    full = build_dataset(cfg.data, "train")
+    if full.num_classes == 0 or not (full.labels >= 0).any():
+        raise NotScorable(f"the training split of {describe_data(cfg)} has no labels, so kNN and linear probes "
+                          f"cannot be scored", "evaluate on labelled data, e.g. `selfsup eval RUN "
+                          "data.root=LABELLED_FOLDER` (a folder of class subfolders) or data.name=...")
+    labelled, dropped = labelled_part(full)
+    train_ds = subset(labelled, cfg.data.subset, cfg.seed)
+    classes = train_ds.labels.unique()
+    if len(classes) < 2:
+        names = getattr(full, "class_names", ())
+        which = repr(names[int(classes[0])]) if names and len(classes) else str(classes.tolist()[0])
+        raise NotScorable(f"a linear probe / kNN evaluation needs at least two classes, but the training split "
+                          f"of {describe_data(cfg)} has labelled images of one class only ({which})",
+                          "add images of another class (a class subfolder for image-folder) or evaluate on "
+                          "other labelled data (data.root=... or data.name=...)")
+    test_ds = build_dataset(cfg.data, "test")
+    unlabeled = int((test_ds.labels < 0).sum())
+    if unlabeled:
+        raise DataError(f"the test split of {describe_data(cfg)} has {unlabeled} unlabeled image(s) (label -1) "
+                        f"of {len(test_ds)}; kNN and probes are scored on labelled test images only: give every "
+                        f"test image a class (a class subfolder for image-folder)")
+    return train_ds, test_ds, dropped
+
+
+def check_channels(target: Target, ds: ImageDataset, cfg: RunConfig) -> None:
+    """A DataError (one line) when the encoder and the images disagree on channels,
+    before anything runs through the encoder."""
+    want, got = target.info.in_chans, ds.in_chans
+    if want != got:
+        raise DataError(f"the encoder of {target.label} takes {want}-channel images but {describe_data(cfg)} "
+                        f"gives {got}-channel images; set data.in_chans={want} (image folders) or evaluate "
+                        f"on data with {want} channel(s)")
+
+
+def data_key(cfg: RunConfig, split: str, ds: ImageDataset, info: DataInfo) -> str:
+    """The identity of the features' data: dataset name, root, split, the images and labels
+    themselves (:func:`selfsup.eval.features.dataset_fingerprint`), their size and channels,
+    and the transform (side length and normalisation) the encoder sees them through."""
+    root = str(Path(cfg.data.root).expanduser().resolve()) if cfg.data.root else None
+    about = {"dataset": cfg.data.name, "root": root, "split": split, "image_size": ds.image_size,
+             "in_chans": ds.in_chans, "transform": [info.image_size, list(info.mean), list(info.std)]}
+    h = hashlib.blake2b(json.dumps(about, sort_keys=True).encode(), digest_size=12)
+    h.update(dataset_fingerprint(ds).encode())
+    return h.hexdigest()
+
+
+# the data.* keys that decide which images and labels an evaluation sees
+DATA_IDENTITY = ("name", "root", "image_size", "in_chans", "subset", "holdout_fraction", "holdout_seed")
+
+
+def data_identity(cfg: RunConfig) -> dict[str, Any]:
+    """The config keys that decide which images and labels an evaluation sees (``data.root``
+    resolved; ``seed`` when ``data.subset`` draws a seeded subset)."""
+    out = {f"data.{k}": getattr(cfg.data, k, None) for k in DATA_IDENTITY}
+    if cfg.data.root:
+        out["data.root"] = str(Path(cfg.data.root).expanduser().resolve())
+    if cfg.data.subset is not None:
+        out["seed"] = cfg.seed
+    return out
+
+
+def changed_data_keys(before: RunConfig, after: RunConfig) -> list[str]:
+    """The keys of :func:`data_identity` whose values differ between two configs, sorted."""
+    a, b = data_identity(before), data_identity(after)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def data_tag(cfg: RunConfig) -> str:
+    """A directory name that says which data: ``<dataset name>-<8 hex digits of its identity>``."""
+    digest = hashlib.blake2b(json.dumps(data_identity(cfg), sort_keys=True).encode(), digest_size=4).hexdigest()
+    return f"{cfg.data.name}-{digest}"

@@ -1,0 +1,71 @@
+"""What is evaluated: a frozen encoder (a run, an export, ``random:<timm-name>`` or
+``pixels``) with the input size and normalisation it expects, and the device it runs on.
+
+A target that is a path (run, export, checkpoint) is read by the ``load`` function the caller
+passes (:data:`EncoderLoader`; the CLI and :mod:`selfsup.pipeline` pass
+:func:`selfsup.artifacts.load.load_encoder`): reading a run needs the training code, which
+evaluation never imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from selfsup.config import RunConfig
+from selfsup.data import DataInfo
+from selfsup.encoders import create_encoder
+from selfsup.rundir import is_export_dir
+from selfsup.safeload import LoadError
+
+
+@dataclass
+class Target:
+    """What is evaluated: an encoder (raw pixels: a flatten), with a label for tables."""
+
+    label: str
+    kind: str  # "pretrained" | "random" | "pixels"
+    info: DataInfo  # input size and normalisation the encoder expects
+    encoder: nn.Module
+
+# path of a run, export or checkpoint -> its encoder in eval mode, with ``selfsup_info`` (a DataInfo) attached
+EncoderLoader = Callable[[Path], nn.Module]
+
+
+def resolve_target(spec: str, cfg: RunConfig, data_info: Callable[[], DataInfo],
+                   load: EncoderLoader | None = None) -> Target:
+    """Turn a CLI target string into a Target; ``data_info()`` describes the evaluation data
+    (called only for pixels and random encoders, which carry no input metadata); ``load`` reads a
+    path target (selfsup.artifacts.load.load_encoder).
+
+    Raises:
+        LoadError: ``spec`` is neither an existing path, ``pixels`` nor ``random:<timm-name>``, or a
+            path given without ``load``.
+    """
+    if spec == "pixels":
+        return Target("raw pixels", "pixels", data_info(), nn.Flatten())
+    if spec.startswith("random:"):
+        name = spec.split(":", 1)[1] or cfg.encoder.name
+        torch.manual_seed(cfg.seed)
+        kwargs = cfg.encoder.kwargs if name == cfg.encoder.name else {}
+        info = data_info()
+        encoder = create_encoder(name, info.in_chans, kwargs, fair_random_init=True)
+        return Target(f"random-init {name}", "random", info, encoder)
+    path = Path(spec)
+    if not path.exists():
+        raise LoadError(f"evaluation target {spec!r} is neither a path, 'pixels', nor 'random:<timm-name>'")
+    if load is None:
+        raise LoadError(f"evaluation target {spec!r} is a path: pass load=selfsup.artifacts.load.load_encoder "
+                        f"(selfsup.eval reads no run or export itself)")
+    encoder = load(path)
+    label = f"{'export' if is_export_dir(path) else 'run'} {path.name or spec}"
+    return Target(label, "pretrained", encoder.selfsup_info, encoder)
+
+
+def default_device(accelerator: str = "auto") -> str:
+    """"cuda" when a GPU is present and the config allows it, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
