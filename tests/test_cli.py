@@ -218,7 +218,7 @@ def test_eval_without_out_gives_each_target_its_own_folder(tmp_path):
     """`selfsup eval TARGET` without --out wrote every non-run target to runs/eval/, so evaluating an
     export replaced the results of the random encoder evaluated before it. Each target now has its own
     folder; two exports whose paths end alike still differ."""
-    from selfsup.cli import eval_folder
+    from selfsup.cli_eval import eval_folder
 
     a, b = tmp_path / "x" / "run1" / "export", tmp_path / "y" / "run1" / "export"
     names = [eval_folder("pixels"), eval_folder("random:resnet18"), eval_folder(str(a)), eval_folder(str(b))]

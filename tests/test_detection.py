@@ -406,7 +406,7 @@ def test_cli_detection_end_to_end(tmp_path, capsys):
 
 def test_detection_results_of_each_dataset_have_their_own_folder():
     """A second detection dataset never overwrites the first one's results.json."""
-    from selfsup.cli import detection_tag
+    from selfsup.cli_eval import detection_tag
 
     def tag(*overrides):
         return detection_tag(load_config(None, ["method.name=simclr", *overrides]))

@@ -333,7 +333,7 @@ def test_channel_mismatch_is_named_before_the_first_forward_pass(labelled_run, u
 def test_detection_results_of_another_deepforest_folder_get_their_own_folder(tmp_path):
     """detection.deepforest_root names other images: its results never land in (and overwrite)
     the default deepforest folder's, and one folder gives one name however it is spelled."""
-    from selfsup.cli import detection_tag
+    from selfsup.cli_eval import detection_tag
 
     def tag(*overrides):
         return detection_tag(load_config(None, ["method.name=simclr", "detection.dataset=deepforest", *overrides]))

@@ -27,7 +27,7 @@ LAYERS = [
     ["selfsup.train"],
     ["selfsup.eval", "selfsup.plots", "selfsup.detection"],
     ["selfsup.artifacts", "selfsup.export", "selfsup.compare", "selfsup.pipeline", "selfsup.transfer"],
-    ["selfsup.cli", "selfsup.clihelp", "selfsup"],  # the package itself: its lazy load_encoder re-exports artifacts
+    ["selfsup.cli", "selfsup.cli_eval", "selfsup.clihelp", "selfsup"],  # the package itself: its lazy load_encoder re-exports artifacts
 ]
 # Beside the order: evaluation needs an encoder, never the training code.
 FORBIDDEN = [("selfsup.eval", "selfsup.train"), ("selfsup.detection", "selfsup.train")]

@@ -32,7 +32,7 @@ module first in a fresh interpreter, which exposes an import circle):
    the README model card, ``load_encoder`` for any path; one table across runs and exports; pretrain ->
    evaluate -> export in order, and the config any run, checkpoint or export was trained with
    (``pipeline``); fine-tuning protocols that adapt an encoder and export the result (``transfer``).
-9. ``cli``, ``clihelp`` (and this package, which installs the loader of ``config.METHOD_CONFIGS``:
+9. ``cli``, ``cli_eval`` (``selfsup eval``), ``clihelp`` (and this package, which installs the loader of ``config.METHOD_CONFIGS``:
    ``import selfsup.methods`` at the first lookup): the command line; what its help and ``selfsup list``
    show without importing torch.
 

@@ -1,0 +1,243 @@
+"""``selfsup eval TARGET``: frozen features (kNN, linear probes), detection transfer (``--task detection``) and
+fine-tuning / parameter-efficient transfer (``--protocol``), with their result folders and pictures.
+
+Like :mod:`selfsup.cli`, nothing heavy is imported at module level: each command imports what it needs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from selfsup.rundir import RunDir
+
+if TYPE_CHECKING:
+    from selfsup.config import RunConfig
+
+
+def draw(folder: Path) -> None:
+    """The pictures of a run or evaluation folder (selfsup.plots.plot_run), listed."""
+    from selfsup.plots import plot_run
+
+    written = plot_run(folder)
+    if written:
+        print("plots: " + ", ".join(str(p) for p in written))
+
+
+def eval_command(args: argparse.Namespace) -> None:
+    import hashlib
+    import json
+
+    from selfsup.artifacts.load import load_encoder
+    from selfsup.config import ConfigError, load_config, to_dict
+    from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers
+    from selfsup.eval.report import markdown_table
+    from selfsup.fileio import write_json, write_text
+    from selfsup.pipeline import saved_config
+    from selfsup.train.workdir import load_run_config
+
+    target = Path(args.target)
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        cfg = saved_config(target, args.overrides) or load_config(None, ["method.name=simclr", *args.overrides])
+    if args.transfer and not args.protocol:
+        raise ConfigError("--transfer sets options of a transfer protocol: add --protocol finetune|partial|bitfit|"
+                          "lora|prompt, or drop --transfer")
+    if args.task == "detection":
+        if args.protocol:
+            raise ConfigError("--protocol adapts an encoder for classification; it does not apply to --task "
+                              "detection (detection.trainable_layers sets how much of the encoder detection trains)")
+        _eval_detection(args, cfg, target)
+        return
+    if args.protocol:
+        _eval_transfer(args, cfg, target)
+        return
+    if args.dataset or args.test_dataset:
+        raise ConfigError("--dataset and --test-dataset choose detection data; add --task detection, or set "
+                          "data.name=... for kNN and linear probes")
+    run = RunDir(target)
+    is_run = run.is_run()
+    in_place = is_run and not args.out  # results would go over the run's own results.json
+    out = Path(args.out) if args.out else (target if is_run else Path("runs") / "eval" / eval_folder(args.target))
+    changed = changed_data_keys(load_run_config(target), cfg) if in_place else []
+    if changed:  # other data: the run's own results.json stays as it is
+        out = run.eval_dir(data_tag(cfg))
+        print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
+              f"the run's own results stay in {run.results_json}")
+    targets = [args.target, *args.baseline]
+    rows = [row for t in targets  # cache keyed by data
+            for row in evaluate_layers(t, cfg, RunDir(out).features, load=load_encoder)]
+    reason = run_results_kept(target, cfg, rows) if in_place and not changed else None
+    if reason:  # other eval settings or fewer rows: never replace the run's results with them
+        digest = hashlib.blake2b(json.dumps([to_dict(cfg)["eval"], targets], sort_keys=True).encode(),
+                                 digest_size=4).hexdigest()
+        out = run.eval_dir(f"{data_tag(cfg)}-{digest}")
+        print(f"[eval] {reason}: results go to {out}, the run's own results stay in {run.results_json}")
+    written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
+    write_json(rows, written.results_json)
+    table = markdown_table(rows)
+    write_text(table, written.results_md)
+    print("\n" + table)
+    print(f"results written to {written.results_json} and {written.results_md}")
+    if cfg.eval.plots:
+        draw(written.root)
+
+
+def eval_folder(spec: str) -> str:
+    """The folder under runs/eval/ for target ``spec`` when no --out is given, one per target so
+    that evaluating another one never replaces its results: ``pixels``, ``random-resnet18``, or a
+    path's last two parts plus a hash of the full path (``run1-export-3f2a9c1e``)."""
+    import hashlib
+    import re
+
+    if spec == "pixels" or spec.startswith("random:"):
+        return spec.replace(":", "-")
+    path = Path(spec).expanduser().resolve()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(path.parts[-2:]))
+    return f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
+    """Why ``rows`` (an evaluation of run directory ``run`` on its own data) must not replace the
+    run's ``results.json``, or None when they may: the ``eval`` settings differ from the run's
+    config (other protocol, other numbers), or a row of the saved results (a baseline, a stage)
+    has no counterpart among ``rows``."""
+    import json
+
+    from selfsup.config import to_dict
+    from selfsup.train.workdir import load_run_config
+
+    before, after = to_dict(load_run_config(run))["eval"], to_dict(cfg)["eval"]
+    differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if differ:
+        return f"eval settings differ from the run's ({', '.join(f'eval.{k}' for k in differ)})"
+    saved = RunDir(run).results_json
+    if not saved.is_file():
+        return None
+    have = {(r.get("kind"), r.get("layer")) for r in rows}
+    missing = [r for r in json.loads(saved.read_text()) if (r.get("kind"), r.get("layer")) not in have]
+    if missing:
+        return (f"the run's results.json holds rows this evaluation lacks ({', '.join(str(r.get('label')) for r in missing)}"
+                f"; add --baseline for them)")
+    return None
+
+
+def detection_tag(cfg: RunConfig) -> str:
+    """A folder name for the detection data of ``cfg``: the dataset's kind, plus a short hash
+    of the full spec (paths, separate test set, ``detection.deepforest_root``) when it names
+    files, e.g. ``voc-3f2a9c1e``."""
+    import hashlib
+
+    d = cfg.detection
+    kind = d.dataset.split(":", 1)[0]
+    root = d.deepforest_root if kind == "deepforest" else None
+    if d.dataset in ("synthetic-fmnist", "deepforest") and not d.test_dataset and not root:
+        return kind
+    spec = f"{d.dataset}|{d.test_dataset or ''}" + (f"|{Path(root).expanduser().resolve()}" if root else "")
+    return f"{kind}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+
+
+def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:
+    """Detection transfer of the target and its baselines on one dataset; results.json/.md."""
+    from selfsup.artifacts.load import load_encoder
+    from selfsup.detection.evaluate import check_target, detection_data, detection_markdown, evaluate_detection
+    from selfsup.fileio import write_json, write_text
+
+    if args.dataset:
+        cfg.detection.dataset = args.dataset
+    if args.test_dataset:
+        cfg.detection.test_dataset = args.test_dataset
+    for spec in [args.target, *args.baseline]:
+        check_target(spec)
+    base = RunDir(target).detection if RunDir(target).is_run() else Path("runs") / "eval-detection"
+    out = Path(args.out) if args.out else base / detection_tag(cfg)  # one folder per dataset: none overwrites another
+    data = detection_data(cfg)
+    written = RunDir(out)
+    pictures = written.plots if cfg.eval.plots else None  # test images with true and predicted boxes
+    rows = [evaluate_detection(args.target, cfg, data=data, plot_dir=pictures, load=load_encoder)]
+    in_chans = rows[0]["encoder"]["in_chans"]  # random baselines see the images as the target does
+    rows += [evaluate_detection(spec, cfg, data=data, in_chans=in_chans, plot_dir=pictures, load=load_encoder)
+             for spec in args.baseline]
+    write_json(rows, written.results_json)
+    table = detection_markdown(rows)
+    write_text(table, written.results_md)
+    print("\n" + table)
+    print(f"results written to {written.results_json} and {written.results_md}")
+    if cfg.eval.plots:
+        draw(written.root)
+
+
+def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
+    """:class:`selfsup.transfer.TransferOptions` of ``--protocol`` and ``--transfer KEY=VALUE`` pairs (values
+    read as YAML); the labelled fractions, seeds and seed default to ``eval.low_shot``, ``eval.probe_seeds``,
+    ``seed``. ConfigError (one line) for a pair that is not KEY=VALUE or an unknown key."""
+    import dataclasses
+
+    import yaml
+
+    from selfsup.config import ConfigError
+    from selfsup.transfer.options import TransferOptions
+
+    known = {f.name for f in dataclasses.fields(TransferOptions)} - {"protocol", "given"} | {"lr"}  # lr: lrs=[lr]
+    values: dict[str, Any] = {"low_shot": list(cfg.eval.low_shot), "seeds": cfg.eval.probe_seeds, "seed": cfg.seed}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or key not in known:
+            raise ConfigError(f"--transfer {pair!r}: give KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        values[key] = yaml.safe_load(text)
+    given = sorted({pair.partition("=")[0] for pair in pairs} - {"lr"} | ({"lrs"} if "lr" in values else set()))
+    if "lr" in values:
+        values["lrs"] = [values.pop("lr")]
+    return TransferOptions(protocol=protocol, given=given, **values)
+
+
+def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:
+    """Fine-tuning / parameter-efficient transfer of the target (selfsup.transfer); results.json/.md and
+    the adapted classifier in the output folder."""
+    import json
+
+    from selfsup.artifacts.load import load_encoder_and_card
+    from selfsup.config import ConfigError
+    from selfsup.eval.evaluate import evaluation_data, resolve_target
+    from selfsup.fileio import write_json, write_text
+    from selfsup.transfer import run_protocol
+    from selfsup.transfer.export import minimal_card
+    from selfsup.transfer.report import transfer_markdown
+
+    options = transfer_options(args.protocol, args.transfer, cfg)
+    if args.target == "pixels" or args.baseline:
+        raise ConfigError("--protocol adapts an encoder: give a run, an export, a checkpoint or random:<timm-name> "
+                          "(no pixels, no --baseline; run the random-init twin as its own target)")
+    train_ds, test_ds, _ = evaluation_data(cfg)
+    if args.target.startswith("random:"):
+        t = resolve_target(args.target, cfg, train_ds.info)
+        name = args.target.removeprefix("random:")
+        encoder, card = t.encoder, minimal_card(name, cfg.encoder.kwargs if name == cfg.encoder.name else {}, t.info)
+    else:
+        encoder, card = load_encoder_and_card(target)
+    run = RunDir(target)
+    base = run.root if run.is_run() else Path("runs") / "eval" / eval_folder(args.target)
+    out = Path(args.out) if args.out else base / f"transfer-{args.protocol}"
+    from selfsup import progress
+
+    from selfsup.train.precision import resolve_precision
+    from selfsup.train.resume import device_count
+
+    if device_count(cfg.trainer.devices) != 1:  # the run's own config may name several: say what transfer uses
+        print(f"[{args.protocol}] trains on one device (trainer.devices={cfg.trainer.devices} is pretraining's: "
+              f"transfer runs are small and score each seed on one device)")
+    trainer = {"accelerator": cfg.trainer.accelerator, "devices": 1,  # a bar only on a terminal, never with --quiet
+               "precision": resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator,
+                                              warn=lambda m: print(f"[precision] {m}")),
+               "enable_progress_bar": cfg.trainer.progress_bar and progress.enabled()}
+    rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
+    frozen = json.loads(run.results_json.read_text()) if run.results_json.is_file() else []
+    written = RunDir(out)
+    write_json(rows, written.results_json)
+    table = transfer_markdown(args.target, rows, frozen)
+    write_text(table, written.results_md)
+    print("\n" + table)
+    print(f"results written to {written.results_json} and {written.results_md}; the adapted classifier in "
+          f"{out / 'classifier'}" + (" (LoRA merged; the adapter alone in " + str(out / "adapter") + ")"
+                                     if args.protocol == "lora" else ""))
