@@ -3,6 +3,7 @@
 import pytest
 import yaml
 
+from conftest import ROOT
 from selfsup.config import ConfigError, dump_yaml, load_config
 from selfsup.methods.simclr import SimCLRConfig
 
@@ -92,3 +93,21 @@ def test_shipped_configs_load():
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_a_method_override_on_another_methods_file_names_where_the_key_came_from():
+    """The tour's case: `selfsup pretrain configs/quickstart.yaml method.name=rotation` said only
+    "unknown config key 'method.temperature'", a key the user never typed."""
+    quickstart = ROOT / "configs" / "quickstart.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(quickstart, ["method.name=rotation"])
+    message = str(err.value)
+    assert message.startswith("unknown config key 'method.temperature': valid keys in 'method': ")
+    assert f"That key comes from {quickstart}, a simclr config: method.name=rotation keeps its method section" in message
+    assert "configs/rotation-*.yaml" in message and "\n" not in message
+    # a key the override itself got wrong is not blamed on the file
+    with pytest.raises(ConfigError) as err:
+        load_config(quickstart, ["method.temperatur=0.1"])
+    assert "comes from" not in str(err.value)
+    # the same method with keys that fit loads
+    assert load_config(quickstart, ["method.name=simclr"]).method.temperature == 0.2

@@ -269,9 +269,27 @@ def test_a_training_step_of_each_corruption_feeds_x_t_to_the_encoder_and_trains_
     assert seen[0].shape == (8, 1, 16, 16) and float(seen[0].std()) > 0.3  # x_t unscaled: variance near 1
 
 
-def test_corruption_options_that_do_not_apply_are_refused():
-    with pytest.raises(ConfigError, match="target=clean is EDM's preconditioning choice"):
-        load_config(None, ["method.name=denoise", "method.corruption=vp", "method.target=clean"])
-    with pytest.raises(ConfigError, match="prediction=v applies to corruption=vp only"):
-        load_config(None, ["method.name=denoise", "method.corruption=flow", "method.prediction=v"])
-    assert load_config(None, ["method.name=denoise", "method.corruption=vp", "method.prediction=v"]).method.prediction == "v"
+@pytest.mark.parametrize("corruption,key,value,needs", [
+    ("vp", "target", "clean", "edm"), ("flow", "prediction", "v", "vp"), ("edm", "vp_schedule", "linear", "vp"),
+    ("flow", "p_std", 2.0, "edm"), ("vp", "logit_mean", 0.5, "flow"), ("edm", "logit_std", 2.0, "flow"),
+    ("flow", "sigma_data", 1.0, "edm")])
+def test_corruption_options_that_do_not_apply_are_refused(corruption, key, value, needs):
+    """Every key that one corruption reads, set under another, is refused rather than ignored."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method.name=denoise", f"method.corruption={corruption}", f"method.{key}={value}"])
+    assert str(err.value) == (f"config key method.{key}={value!r} applies only when method.corruption is {needs} "
+                              f"(it is {corruption}), so it would be ignored: drop it, or set "
+                              f"method.corruption={needs}")
+    # the same value under the corruption that reads it is taken
+    assert getattr(load_config(None, ["method.name=denoise", f"method.corruption={needs}",
+                                      f"method.{key}={value}"]).method, key) == value
+
+
+def test_a_dumped_config_with_every_key_at_its_default_loads_under_any_corruption(tmp_path):
+    """A run's config.yaml lists every key (the other corruptions' at their defaults): never refused."""
+    from selfsup.config import dump_yaml
+
+    for corruption in ("edm", "vp", "flow"):
+        path = tmp_path / f"{corruption}.yaml"
+        path.write_text(dump_yaml(load_config(None, ["method.name=denoise", f"method.corruption={corruption}"])))
+        assert load_config(path).method.corruption == corruption

@@ -232,6 +232,13 @@ def test_method_estimator_reaches_simclr_and_moco_and_is_checked():
         assert torch.isfinite(out["loss"]) and torch.isfinite(out["mi_bound"])
     with pytest.raises(ConfigError, match="method.estimator"):
         load_config(None, ["method.name=simclr", "method.estimator=mine"])
+    # the tour's case: smile_tau with the default estimator (infonce) was accepted and ignored
+    for name, estimator in (("simclr", "infonce"), ("moco", "nwj")):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, [f"method.name={name}", f"method.estimator={estimator}", "method.smile_tau=2.0"])
+        assert str(err.value) == (f"config key method.smile_tau=2.0 applies only when method.estimator is smile "
+                                  f"(it is {estimator}), so it would be ignored: drop it, or set method.estimator=smile")
+    assert load_config(None, ["method.name=simclr", "method.smile_tau=5.0"]).method.smile_tau == 5.0  # the default
 
 
 def test_rows_with_different_candidate_counts_are_refused():

@@ -311,9 +311,18 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, "
                               f"got {type(loaded).__name__}")
         raw = loaded
+    file_method = (raw.get("method") or {}).get("name") if isinstance(raw.get("method"), dict) else None
     for ov in overrides:
         apply_override(raw, ov)
-    return build_config(raw)
+    try:
+        return build_config(raw)
+    except ConfigError as err:
+        method = (raw.get("method") or {}).get("name") if isinstance(raw.get("method"), dict) else None
+        if path is None or file_method is None or method == file_method or "unknown config key 'method." not in str(err):
+            raise
+        raise ConfigError(f"{err}. That key comes from {path}, a {file_method} config: method.name={method} keeps "
+                          f"its method section, so start from a {method} config (configs/{method}-*.yaml) or remove "
+                          f"the {file_method} keys from the method section") from None
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

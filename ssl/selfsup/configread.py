@@ -29,9 +29,11 @@ class ConfigError(ValueError):
 
 def param(default: Any = dataclasses.MISSING, *, gt: float | None = None, ge: float | None = None,
           le: float | None = None, lt: float | None = None, help: str = "",
-          default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with a range check and a help string."""
-    meta = {"gt": gt, "ge": ge, "le": le, "lt": lt, "help": help}
+          default_factory: Any = dataclasses.MISSING, when: tuple[str, tuple[Any, ...]] | None = None) -> Any:
+    """A dataclass field with a range check and a help string. ``when=(field, values)``: the key applies
+    only when the section's ``field`` is one of ``values``; set to anything but its default otherwise, it is
+    refused (:func:`check_applies`) rather than ignored."""
+    meta = {"gt": gt, "ge": ge, "le": le, "lt": lt, "help": help, "when": when}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -154,9 +156,36 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         _check_range(value, f.metadata, key)
         kwargs[name] = value
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
+    except ConfigError:  # already names its key (check_applies in a __post_init__)
+        raise
     except (ValueError, TypeError) as err:
         raise ConfigError(f"config section {prefix or 'top level'!r}: {err}") from None
+    check_applies(obj, prefix)
+    return obj
+
+
+def check_applies(obj: Any, prefix: str = "") -> None:
+    """Refuse a key of ``obj`` (a config dataclass) set away from its default while the setting it depends on
+    (``param(when=...)``) makes it unused, e.g. ``method.smile_tau=2`` with ``method.estimator=infonce``: such
+    a value would be ignored silently. A key left at its default is never refused (a run's dumped config.yaml
+    lists every key).
+
+    Raises:
+        ConfigError: (one line) naming the key, the setting it needs and the fix.
+    """
+    for f in dataclasses.fields(obj):
+        when = f.metadata.get("when")
+        if not when:
+            continue
+        field_name, values = when
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(obj, field_name) in values or getattr(obj, f.name) == default:
+            continue
+        key, need = (f"{prefix}.{n}" if prefix else n for n in (f.name, field_name))
+        raise ConfigError(f"config key {key}={getattr(obj, f.name)!r} applies only when {need} is "
+                          f"{' or '.join(map(str, values))} (it is {getattr(obj, field_name)}), so it would be "
+                          f"ignored: drop it, or set {need}={values[0]}")
 
 
 def _check_unique_keys(node: yaml.Node, loader: yaml.SafeLoader, where: str, path: str = "",

@@ -33,7 +33,8 @@ class BoundChoice:
     estimator: Literal["infonce", "nwj", "js", "dv", "smile"] = param(
         "infonce", help="MI bound of the loss and of the reported MI (train/mi_bound): infonce (the method's "
                         "own), nwj, js (read by NWJ), dv (MINE's gradient), smile")
-    smile_tau: float = param(5.0, gt=0, help="estimator=smile: the clip tau of the partition term")
+    smile_tau: float = param(5.0, gt=0, when=("estimator", ("smile",)),
+                             help="estimator=smile: the clip tau of the partition term")
 
 
 def bound_criterion(criterion: InfoNCE, cfg: BoundChoice) -> ContrastiveBound:

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.config import param
+from selfsup.configread import check_applies
 from selfsup.distributed import draw_local
 from selfsup.data import AugmentConfig, BatchAugment, DataInfo
 from selfsup.methods._pixels import PixelDecoder, feature_map
@@ -214,34 +215,33 @@ def denoise_augment() -> AugmentConfig:
     return AugmentConfig(crop_scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0)
 
 
+# the keys that only one corruption reads (param(when=...): set under another corruption, they are refused)
+EDM, VP, FLOW = ("corruption", ("edm",)), ("corruption", ("vp",)), ("corruption", ("flow",))
+
+
 @dataclass
 class DenoiseConfig:
     """Denoising hyper-parameters; defaults are EDM's training noise distribution
     (ln sigma ~ N(-1.2, 1.2^2)) and data scale (sigma_data = 0.5)."""
 
-    p_mean: float = param(-1.2, help="mean of ln(sigma)")
-    p_std: float = param(1.2, gt=0, help="standard deviation of ln(sigma)")
-    sigma_data: float = param(0.5, gt=0, help="standard deviation of the clean data x_0")
-    target: Literal["edm", "clean"] = param("edm", help="edm: EDM's skip preconditioning; clean: predict x_0 "
-                                            "directly (c_skip = 0)")
+    p_mean: float = param(-1.2, when=EDM, help="corruption=edm: mean of ln(sigma)")
+    p_std: float = param(1.2, gt=0, when=EDM, help="corruption=edm: standard deviation of ln(sigma)")
+    sigma_data: float = param(0.5, gt=0, when=EDM, help="corruption=edm: standard deviation of the clean data x_0")
+    target: Literal["edm", "clean"] = param("edm", when=EDM, help="corruption=edm: edm: EDM's skip "
+                                            "preconditioning; clean: predict x_0 directly (c_skip = 0)")
     condition_decoder: bool = param(True, help="add an embedding of c_noise = ln(sigma)/4 to the features "
                                     "before the decoder (the encoder never gets sigma)")
     corruption: Literal["edm", "vp", "flow"] = param("edm", help="x_t = alpha x_0 + sigma eps: edm (alpha 1, "
                                                      "log-normal sigma), vp (DDPM), flow (rectified flow)")
-    vp_schedule: Literal["cosine", "linear"] = param("cosine", help="corruption=vp: the alpha(t) schedule")
-    prediction: Literal["eps", "v"] = param("eps", help="corruption=vp: predict the noise or v = alpha eps - "
-                                            "sigma x_0 (flow always predicts the velocity eps - x_0)")
-    logit_mean: float = param(0.0, help="corruption=flow: mean of logit(t)")
-    logit_std: float = param(1.0, gt=0, help="corruption=flow: standard deviation of logit(t)")
+    vp_schedule: Literal["cosine", "linear"] = param("cosine", when=VP, help="corruption=vp: the alpha(t) schedule")
+    prediction: Literal["eps", "v"] = param("eps", when=VP, help="corruption=vp: predict the noise or v = alpha "
+                                            "eps - sigma x_0 (flow always predicts the velocity eps - x_0)")
+    logit_mean: float = param(0.0, when=FLOW, help="corruption=flow: mean of logit(t)")
+    logit_std: float = param(1.0, gt=0, when=FLOW, help="corruption=flow: standard deviation of logit(t)")
     augment: AugmentConfig = field(default_factory=denoise_augment)
 
     def __post_init__(self) -> None:
-        if self.corruption != "edm" and self.target != "edm":
-            raise ValueError(f"target={self.target} is EDM's preconditioning choice; with corruption="
-                             f"{self.corruption} leave target at edm (what is predicted is set by prediction)")
-        if self.corruption != "vp" and self.prediction != "eps":
-            raise ValueError(f"prediction={self.prediction} applies to corruption=vp only (edm predicts through "
-                             f"its preconditioning, flow predicts the velocity); use corruption=vp")
+        check_applies(self, "method")  # a key of another corruption, set, would be ignored
 
     @property
     def predicts(self) -> Literal["eps", "v", "velocity"]:
