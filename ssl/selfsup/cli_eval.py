@@ -238,6 +238,10 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     table = transfer_markdown(args.target, rows, frozen)
     write_text(table, written.results_md)
     print("\n" + table)
-    print(f"results written to {written.results_json} and {written.results_md}; the adapted classifier in "
-          f"{out / 'classifier'}" + (" (LoRA merged; the adapter alone in " + str(out / "adapter") + ")"
-                                     if args.protocol == "lora" else ""))
+    if args.protocol == "prompt":  # plain timm has no place for the tokens
+        kept = (f"the prompt tokens and head in {out / 'prompt.safetensors'} and the frozen ViT in {out / 'encoder'} "
+                f"(load both with selfsup.transfer.export.load_prompted({str(out)!r}))")
+    else:
+        kept = f"the adapted classifier in {out / 'classifier'}" + (
+            f" (LoRA merged; the adapter and head for peft in {out / 'adapter'})" if args.protocol == "lora" else "")
+    print(f"results written to {written.results_json} and {written.results_md}; {kept}")

@@ -16,6 +16,8 @@ from pathlib import Path
 from torch import nn
 
 from selfsup.config import ConfigError
+from selfsup.fileio import write_text
+from selfsup.safeload import ExportError
 from selfsup.transfer.options import TransferOptions
 
 
@@ -74,7 +76,50 @@ def merged_encoder(peft_model: nn.Module) -> nn.Module:
     return copy.deepcopy(peft_model).merge_and_unload()
 
 
-def save_adapter(peft_model: nn.Module, out_dir: str | Path) -> Path:
-    """The adapters alone in peft's own format (``adapter_config.json``, ``adapter_model.safetensors``)."""
-    peft_model.save_pretrained(str(out_dir))
-    return Path(out_dir)
+def source_encoder(peft_model: nn.Module) -> nn.Module:
+    """The plain timm encoder LoRA started from: the frozen base weights without the adapters (peft's
+    ``unload`` on a copy; ``peft_model`` keeps its adapters)."""
+    return copy.deepcopy(peft_model).unload()
+
+
+def classifier_adapter(peft_encoder: nn.Module, classifier_model: nn.Module, head_name: str) -> nn.Module:
+    """A peft model around ``classifier_model`` (a timm classifier, ``num_classes`` > 0, holding the source
+    encoder's weights and the trained head; changed in place) with ``peft_encoder``'s LoRA config and
+    trained A / B weights on the same module names, and ``modules_to_save=[head_name]``: its
+    ``save_pretrained`` holds the adapters and the head, so ``PeftModel.from_pretrained`` on a timm classifier
+    with the source encoder's weights (any head) rebuilds the scored classifier. In eval mode.
+
+    Raises:
+        ExportError: ``head_name`` names no single module, or an adapter of the encoder has no module of the
+            same name in the classifier.
+    """
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft.utils import ModulesToSaveWrapper
+
+    name = peft_encoder.active_adapter
+    config = copy.deepcopy(peft_encoder.peft_config[name])
+    config.modules_to_save = [head_name]
+    model = get_peft_model(classifier_model, config, adapter_name=name)
+    heads = [n for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+    if len(heads) != 1:  # peft matches modules_to_save by name suffix
+        raise ExportError(f"cannot write the LoRA adapter with the head: peft's modules_to_save={head_name!r} matches "
+                          f"{len(heads)} modules of the classifier ({', '.join(heads[:3]) or 'none'}), not one")
+    lora = get_peft_model_state_dict(peft_encoder, adapter_name=name)  # A / B weights, no adapter name
+    full = get_peft_model_state_dict(model, adapter_name=name)  # the same names (untrained) and the head's
+    stray = sorted(set(lora) - set(full))
+    if stray:
+        raise ExportError(f"cannot write the LoRA adapter with the head: {len(stray)} adapter tensors of the encoder "
+                          f"have no module of that name in the timm classifier (e.g. {stray[0]!r})")
+    set_peft_model_state_dict(model, {**full, **lora}, adapter_name=name)
+    return model.eval()
+
+
+def save_adapter(peft_model: nn.Module, out_dir: str | Path, note: str = "") -> Path:
+    """The adapters (and ``modules_to_save``) alone in peft's own format (``adapter_config.json``,
+    ``adapter_model.safetensors``); ``note`` (markdown), when given, replaces the ``README.md`` template peft
+    writes, under peft's front matter."""
+    out = Path(out_dir)
+    peft_model.save_pretrained(str(out))
+    if note:
+        write_text(f"---\nlibrary_name: peft\ntags:\n- lora\n- timm\n---\n\n{note}", out / "README.md")
+    return out
