@@ -5,8 +5,13 @@ layer-wise); ``baselines=True`` adds the random-init and pixel rows they were ev
 (once per label and dataset). Columns: method, encoder, epochs completed and training minutes
 (from the run's ``training_time.json``, or the export card's copy of it; blank when unknown, never
 the configured ``max_epochs``), every kNN
-(k, T) and every linear-probe fraction any target has, as mean ± sd over probe seeds. A
-column a target lacks is blank; a target with nothing to compare is an error naming it.
+(k, T) and every linear-probe fraction any target has, as mean ± sd over probe seeds, the all-labels probe's
+top-5 and the scikit-learn cross-check (``linear_sklearn``) when any target has them. A transfer folder
+(``selfsup eval TARGET --protocol NAME --out DIR``; DIR or its ``classifier/`` export) adds, per protocol,
+"PROTOCOL F% top-1" for each labelled fraction F, "PROTOCOL 100% top-5" and "PROTOCOL trainable %" (trainable
+parameters in % of the encoder); method, encoder, epochs and minutes are its encoder's (the run the folder sits
+in, or the classifier's card), never the transfer's own training. A column a target lacks is blank; a target
+with nothing to compare is an error naming it.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selfsup.artifacts.card import CARD, from_config_json
 from selfsup.artifacts.validate import read_card
 from selfsup.eval.report import _pm, probe_header, probe_keys
 from selfsup.rundir import RunDir, is_export_dir
 from selfsup.safeload import LoadError
 
 BASELINE_KINDS = ("random", "pixels")
+TRANSFER_KIND = "transfer"  # the one row of a transfer folder: its results.json rows under "transfer"
+CLASSIFIER_DIR = "classifier"  # where a transfer folder keeps its adapted classifier (selfsup.transfer.export)
 
 
 @dataclass
@@ -43,19 +51,78 @@ def _final_stage(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("pooling") in (None, "encoder")]
 
 
-def read_run(path: Path) -> Entry:
-    """An :class:`Entry` from a run directory: config.yaml, results.json, training_time.json."""
+def run_about(path: Path) -> Entry:
+    """An :class:`Entry` without rows: the method, encoder, epochs completed and training minutes of run
+    directory ``path`` (config.yaml, training_time.json)."""
     import yaml
 
     run = RunDir(path)
     cfg = yaml.safe_load(run.config.read_text()) or {}
-    if not run.results_json.is_file():
-        raise LoadError(f"{path} has no results.json (the run was not evaluated): run selfsup eval {path} first")
-    rows = json.loads(run.results_json.read_text())
     timing = json.loads(run.training_time.read_text()) if run.training_time.is_file() else {}
     minutes = timing["seconds"] / 60 if "seconds" in timing else None
     return Entry(str(path), (cfg.get("method") or {}).get("name"), (cfg.get("encoder") or {}).get("name"),
-                 timing.get("epochs"), minutes, _final_stage(rows))
+                 timing.get("epochs"), minutes)
+
+
+def read_run(path: Path) -> Entry:
+    """An :class:`Entry` from a run directory: config.yaml, results.json, training_time.json."""
+    run = RunDir(path)
+    if not run.results_json.is_file():
+        raise LoadError(f"{path} has no results.json (the run was not evaluated): run selfsup eval {path} first")
+    entry = run_about(path)
+    entry.rows = _final_stage(json.loads(run.results_json.read_text()))
+    return entry
+
+
+def _json_or_none(path: Path) -> Any:
+    """The JSON in ``path``; None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def transfer_about(config_json: Path) -> dict[str, Any] | None:
+    """The ``selfsup.transfer`` block of a transfer classifier's config.json (None for any other file: an
+    encoder export, a missing or unreadable file)."""
+    raw = _json_or_none(config_json)
+    block = (raw.get("selfsup") or {}) if isinstance(raw, dict) else {}
+    about = block.get("transfer") if isinstance(block, dict) else None
+    return about if isinstance(about, dict) else None
+
+
+def transfer_rows(folder: Path) -> list[dict[str, Any]] | None:
+    """The rows of a transfer folder's results.json (each with "protocol" and "fraction"); None when
+    ``folder`` holds no such file (a frozen evaluation's results.json, or none)."""
+    rows = _json_or_none(RunDir(folder).results_json)
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) and "protocol" in r and "fraction" in r
+                                               for r in rows):
+        return rows
+    return None
+
+
+def read_transfer(folder: Path, target: str) -> Entry:
+    """An :class:`Entry` of one row from transfer folder ``folder`` (given as ``target``): its results.json
+    rows under "transfer". Method, encoder, epochs and minutes are the encoder's: those of the run the folder
+    sits in (its default place), else those its classifier's card keeps (blank for a random encoder).
+
+    Raises:
+        LoadError: the folder's results.json holds no transfer rows (one line).
+    """
+    rows = transfer_rows(folder)
+    if rows is None:
+        raise LoadError(f"{folder} holds no transfer results (results.json with protocol rows): give the folder "
+                        f"selfsup eval TARGET --protocol NAME --out DIR wrote")
+    if RunDir(folder.parent).is_run():
+        entry = run_about(folder.parent)
+    else:
+        raw = _json_or_none(folder / CLASSIFIER_DIR / CARD)
+        card = from_config_json(raw) if isinstance(raw, dict) else {}
+        entry = Entry("", card.get("method"), card.get("architecture"), card.get("trained_epochs"),
+                      card.get("training_minutes"))
+    entry.target = target
+    entry.rows = [{"label": target, "kind": TRANSFER_KIND, "transfer": rows}]
+    return entry
 
 
 def read_export(path: Path) -> Entry:
@@ -74,19 +141,31 @@ def read_entry(target: str | Path) -> Entry:
     if not path.exists():
         raise LoadError(f"{target} does not exist: give a run directory (selfsup pretrain) or an export directory "
                         f"(selfsup export)")
+    if is_export_dir(path) and transfer_about(path / CARD) is not None:  # a transfer's classifier: its folder
+        if transfer_rows(path.parent) is None:
+            raise LoadError(f"{target} is the classifier of a transfer run, whose results are in its folder's "
+                            f"results.json, and {path.parent / 'results.json'} is missing: give the folder "
+                            f"selfsup eval TARGET --protocol NAME --out DIR wrote, with its results.json")
+        return read_transfer(path.parent, str(target))
     if is_export_dir(path):
         return read_export(path)
     if RunDir(path).is_run():
         return read_run(path)
+    if transfer_rows(path) is not None:
+        return read_transfer(path, str(target))
     raise LoadError(f"{target} is neither a run directory (config.yaml + checkpoints/) nor an export directory "
-                    f"(config.json + model.safetensors): give what selfsup pretrain or selfsup export wrote")
+                    f"(config.json + model.safetensors) nor a transfer folder (results.json of selfsup eval "
+                    f"--protocol): give what selfsup pretrain, selfsup export or selfsup eval --protocol wrote")
 
 
 def unique_targets(targets: list[str]) -> tuple[list[str], list[str]]:
-    """``targets`` with repeats of one directory (however spelled) left out, and the repeats."""
+    """``targets`` with repeats of one directory (however spelled) left out, and the repeats; a transfer
+    classifier counts as its folder (both give the folder's results)."""
     kept, repeats, seen = [], [], set()
     for t in targets:
         key = Path(t).resolve()
+        if is_export_dir(key) and transfer_about(key / CARD) is not None:
+            key = key.parent
         (repeats if key in seen else kept).append(t)
         seen.add(key)
     return kept, repeats
@@ -108,6 +187,63 @@ def check_outputs(csv_path: str | None, plot_path: str | None) -> None:
                         f"(e.g. {Path(plot_path).with_suffix('.png')})")
 
 
+Column = tuple[str, Any]  # (header, cell of a picked result row: row -> str)
+
+
+def _probe_cell(key: str, stat: str) -> Any:
+    """The cell of probe result ``key``'s ``stat`` (mean ± sd over seeds; blank where the row lacks it)."""
+    return lambda r: _pm(r[key], stat) if isinstance(r.get(key), dict) and stat in r[key] else ""
+
+
+def frozen_columns(rows: list[dict[str, Any]]) -> list[Column]:
+    """The frozen-feature columns any of ``rows`` has: kNN top-1 per (k, T); linear top-1 (and top-5 beside it,
+    with all labels) per labelled fraction; scikit-learn's logistic top-1 (the probe's cross-check)."""
+    knn_keys = list(dict.fromkeys(k for r in rows for k in r.get("knn", {})))
+    columns: list[Column] = [(f"kNN {k}", lambda r, k=k: f"{r['knn'][k]['top1']:.2f}" if k in r.get("knn", {})
+                              else "") for k in knn_keys]
+    for key in probe_keys(rows):
+        columns.append((probe_header(key), _probe_cell(key, "top1")))
+        if key == "linear" and any("top5" in (r.get("linear") or {}) for r in rows):
+            columns.append(("linear top-5", _probe_cell(key, "top5")))
+    if any(isinstance(r.get("linear_sklearn"), dict) for r in rows):
+        columns.append((probe_header("linear_sklearn"), lambda r: f"{r['linear_sklearn']['top1']:.2f}"
+                        if isinstance(r.get("linear_sklearn"), dict) else ""))
+    return columns
+
+
+def transfer_header(protocol: str, fraction: float, stat: str = "top-1") -> str:
+    """"bitfit 100% top-1", "lora 10% top-1", "finetune 100% top-5"."""
+    return f"{protocol} {fraction * 100:g}% {stat}"
+
+
+def _transfer_result(r: dict[str, Any], protocol: str, fraction: float) -> dict[str, Any] | None:
+    return next((t for t in r.get("transfer", []) if t["protocol"] == protocol and t["fraction"] == fraction), None)
+
+
+def transfer_columns(rows: list[dict[str, Any]]) -> list[Column]:
+    """The transfer columns any of ``rows`` has, per protocol (in the order met): top-1 per labelled fraction
+    (all labels first), top-5 with all labels, then the trainable parameters in % of the encoder."""
+    results = [t for r in rows for t in r.get("transfer", [])]
+    columns: list[Column] = []
+    for protocol in dict.fromkeys(t["protocol"] for t in results):
+        fractions = sorted({t["fraction"] for t in results if t["protocol"] == protocol}, reverse=True)
+        for f in fractions:
+            def cell(r: dict[str, Any], f: float = f, stat: str = "top1", protocol: str = protocol) -> str:
+                t = _transfer_result(r, protocol, f)
+                return _pm(t, stat) if t and stat in t else ""
+
+            columns.append((transfer_header(protocol, f), cell))
+            if f == 1.0 and any("top5" in t for t in results if t["protocol"] == protocol and t["fraction"] == 1):
+                columns.append((transfer_header(protocol, f, "top-5"), lambda r, c=cell: c(r, stat="top5")))
+
+        def pct(r: dict[str, Any], protocol: str = protocol) -> str:
+            t = next((t for t in r.get("transfer", []) if t["protocol"] == protocol and "trainable_pct" in t), None)
+            return f"{t['trainable_pct']:.2f}" if t else ""
+
+        columns.append((f"{protocol} trainable %", pct))
+    return columns
+
+
 def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the comparison (see the module docstring)."""
     picked: list[tuple[Entry, dict[str, Any]]] = []
@@ -124,17 +260,14 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
                 if r.get("kind") in BASELINE_KINDS and key not in seen:
                     seen.add(key)
                     picked.append((Entry(e.target), r))
-    knn_keys = list(dict.fromkeys(k for _, r in picked for k in r.get("knn", {})))
-    probes = probe_keys([r for _, r in picked])
-    header = ["target", "method", "encoder", "epochs", "train min", *[f"kNN {k}" for k in knn_keys],
-              *[probe_header(k) for k in probes]]
+    rows = [r for _, r in picked]
+    columns = frozen_columns(rows) + transfer_columns(rows)
+    header = ["target", "method", "encoder", "epochs", "train min", *[h for h, _ in columns]]
     cells = []
     for e, r in picked:
         label = r["label"] if r.get("kind") in BASELINE_KINDS else e.target
         cells.append([label, e.method or "", e.encoder or "", "" if e.epochs is None else f"{e.epochs:g}",
-                      "" if e.train_minutes is None else f"{e.train_minutes:.1f}",
-                      *[f"{r['knn'][k]['top1']:.2f}" if k in r.get("knn", {}) else "" for k in knn_keys],
-                      *[_pm(r[k], "top1") if isinstance(r.get(k), dict) and "top1" in r[k] else "" for k in probes]])
+                      "" if e.train_minutes is None else f"{e.train_minutes:.1f}", *[cell(r) for _, cell in columns]])
     return header, cells
 
 
@@ -152,11 +285,12 @@ def to_csv(header: list[str], cells: list[list[str]]) -> str:
 
 
 def bar_plot(header: list[str], cells: list[list[str]], out: str | Path) -> Path | None:
-    """The first kNN column and the all-labels linear top-1 of every row as grouped bars."""
+    """The first kNN column, the all-labels linear top-1 and each protocol's all-labels transfer top-1 of every
+    row as grouped bars."""
     from selfsup.plots import bar_chart
 
     columns = [i for i, h in enumerate(header) if h.startswith("kNN ")][:1] + \
-        [i for i, h in enumerate(header) if h == "linear top-1"]
+        [i for i, h in enumerate(header) if h == "linear top-1" or h.endswith(" 100% top-1")]
 
     def value(text: str) -> float | None:
         return float(text.split(" ± ")[0]) if text else None

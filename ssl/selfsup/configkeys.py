@@ -3,7 +3,10 @@
 The keys are read from the config dataclasses (:mod:`selfsup.config`) and, under ``method``, from
 each registered method's config class (:data:`selfsup.config.METHOD_CONFIGS`, which imports the
 methods, and so torch, only when a ``method`` key is asked for). ``selfsup config method.simclr``
-lists one method's keys."""
+lists one method's keys. The ``--transfer KEY=VALUE`` options of ``selfsup eval TARGET --protocol NAME``
+(:class:`selfsup.transfer.options.TransferOptions`) follow under a ``# transfer`` heading (``selfsup config
+transfer`` lists them alone), from the static table :data:`TRANSFER_OPTIONS`: importing ``selfsup.transfer``
+would import torch, and this module sits below it."""
 
 from __future__ import annotations
 
@@ -20,6 +23,38 @@ from selfsup.registry import close_matches
 
 REQUIRED = "(required)"
 RANGES = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+TRANSFER = "transfer"  # the group of the --transfer options: ``selfsup config transfer`` lists them
+TRANSFER_HEADING = ("# transfer: selfsup eval TARGET --protocol finetune|partial|lora|prompt|bitfit --transfer "
+                    "KEY=VALUE (VALUE as YAML; repeat --transfer for more)")
+# The --transfer options: name -> (type, default, range, help). The fields of selfsup.transfer.options.TransferOptions
+# (its ranges are check_options'), less ``protocol`` (--protocol) and the internal ``given``, plus ``lr`` (the CLI's
+# shorthand); low_shot, seeds and seed default to the eval config's keys. tests/test_compare_transfer.py checks
+# this table against the dataclass: a new option must be added here.
+TRANSFER_OPTIONS: dict[str, tuple[str, str, str, str]] = {
+    "epochs": ("int", "20", ">= 1", "training epochs of each run (per labelled fraction, seed and lr)"),
+    "batch_size": ("int", "64", ">= 1", "images per step"),
+    "lrs": ("list[float]", "[0.001]", "each > 0", "peak learning rates tried; the best on the held-out split is kept"),
+    "lr": ("float", "(unset)", "> 0", "one learning rate: shorthand for lrs=[lr]"),
+    "weight_decay": ("float", "0.05", ">= 0", "AdamW weight decay (MAE fine-tuning)"),
+    "layer_decay": ("float", "0.75", "> 0, <= 1", "layer-wise lr decay of ViT blocks, 1: none (finetune, partial; "
+                    "ViTs only)"),
+    "warmup_epochs": ("float", "1.0", ">= 0", "linear warmup epochs, at most half the run, then cosine decay"),
+    "min_lr_ratio": ("float", "0.0", ">= 0, < 1", "final lr of the cosine schedule as a fraction of the peak"),
+    "label_smoothing": ("float", "0.1", ">= 0, < 1", "label smoothing of the cross-entropy"),
+    "drop_path": ("float", "0.1", ">= 0, < 1", "stochastic depth rate (finetune, partial only)"),
+    "partial_blocks": ("int", "1", ">= 1", "K: the last K stages / blocks trained (partial only)"),
+    "lora_rank": ("int", "8", ">= 1", "LoRA rank r (lora only)"),
+    "lora_alpha": ("float", "16.0", "> 0", "LoRA scale alpha: the update is (alpha / r) B A (lora only)"),
+    "lora_dropout": ("float", "0.0", ">= 0, < 1", "dropout on the LoRA branch's input (lora only)"),
+    "prompt_tokens": ("int", "10", ">= 1", "learnable prompt tokens, at the input or before each block "
+                      "(prompt only; ViTs)"),
+    "prompt_deep": ("bool", "false", "", "VPT-deep: new prompt tokens before every block, else at the input only "
+                    "(prompt only)"),
+    "low_shot": ("list[float]", "eval.low_shot", "each > 0, <= 1", "labelled fractions run besides all labels"),
+    "seeds": ("int", "eval.probe_seeds", ">= 1", "seeds per labelled fraction (mean ± sd)"),
+    "seed": ("int", "seed", "", "first seed (subsets, held-out split, head init)"),
+    "val_fraction": ("float", "0.1", "> 0, < 1", "share of the training images held out to choose the lr"),
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +68,12 @@ class KeyInfo:
     range: str
     help: str
     method: str | None = None
+    group: str | None = None  # keys outside the run config (:data:`TRANSFER`): selected as GROUP.KEY
+
+    @property
+    def path(self) -> str:
+        """The dotted name a prefix selects: the key, or ``transfer.epochs`` for a --transfer option."""
+        return f"{self.group}.{self.key}" if self.group else self.key
 
     def line(self) -> str:
         """``optim.lr: float = 0.3 (> 0)  peak learning rate``."""
@@ -92,6 +133,11 @@ def run_keys(with_methods: bool = True) -> list[KeyInfo]:
     return keys + [k for k in section_keys(RunConfig, "") if k.key != "method"]
 
 
+def transfer_keys() -> list[KeyInfo]:
+    """The ``--transfer KEY=VALUE`` options of ``selfsup eval --protocol`` (:data:`TRANSFER_OPTIONS`)."""
+    return [KeyInfo(name, *row, group=TRANSFER) for name, row in TRANSFER_OPTIONS.items()]
+
+
 def _under(key: str, prefix: str) -> bool:
     return not prefix or key == prefix or key.startswith(prefix + ".")
 
@@ -111,24 +157,27 @@ def select_keys(prefix: str = "") -> list[KeyInfo]:
     """
     parts = prefix.split(".")
     wants_methods = not prefix or parts[0] == "method"
-    keys = run_keys(with_methods=wants_methods)
+    keys = transfer_keys() if parts[0] == TRANSFER else run_keys(with_methods=wants_methods) + transfer_keys()
     if wants_methods and len(parts) > 1 and parts[1] in METHOD_CONFIGS:
         keys, prefix = method_keys(parts[1]), ".".join(["method", *parts[2:]])
-    found = [k for k in keys if _under(k.key, prefix)]
+    found = [k for k in keys if _under(k.path, prefix)]
     if not found:
-        near = close_matches(prefix, sorted(_sections([k.key for k in keys])))
+        near = close_matches(prefix, sorted(_sections([k.path for k in keys])))
         hint = f"did you mean {', '.join(near)}? " if near else ""
         raise ConfigError(f"no config key under {prefix!r}: {hint}(selfsup config with no prefix lists every key)")
     return found
 
 
 def keys_text(keys: list[KeyInfo]) -> str:
-    """One line per key; a method's keys under a ``# method.name=NAME`` heading."""
-    lines, method = [], None
+    """One line per key; a method's keys under a ``# method.name=NAME`` heading, the --transfer options under
+    :data:`TRANSFER_HEADING`."""
+    lines, method, group = [], None, None
     for k in keys:
         if k.method != method and k.method is not None:
             lines.append(f"# method.name={k.method}")
-        method = k.method
+        if k.group != group and k.group == TRANSFER:
+            lines.append(TRANSFER_HEADING)
+        method, group = k.method, k.group
         lines.append(k.line())
     return "\n".join(lines) + "\n"
 

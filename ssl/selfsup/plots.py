@@ -338,25 +338,31 @@ def detection_boxes(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], 
 def bar_chart(labels: Sequence[str], columns: Mapping[str, Sequence[float | None]], out: str | Path,
               ylabel: str = "test top-1 (%)", errors: Mapping[str, Sequence[float | None]] | None = None) -> Path | None:
     """Grouped bars: one group per label, one bar per column (None: no bar), with error bars
-    from ``errors`` where given. None when no column has a value."""
+    from ``errors`` where given and positive (None or 0: one seed, no spread measured, so no bar is drawn).
+    The value axis starts at 0 (bars cut off above 0 would exaggerate the differences). None when no
+    column has a value."""
     if not any(v is not None for vs in columns.values() for v in vs):
         return None
     plt = _pyplot()
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(columns))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels) * max(1, len(columns)) / 2), 4.2))
-    values_seen = []
+    top, low = 0.0, 0.0
     for i, (name, values) in enumerate(columns.items()):
-        v = np.array([np.nan if a is None else a for a in values], dtype=float)
-        err = None
-        if errors and name in errors:
-            err = np.array([0.0 if e is None else e for e in errors[name]], dtype=float)
-        ax.bar(x + (i - (len(columns) - 1) / 2) * width, v, width, yerr=err, capsize=2, label=name)
-        values_seen += [a for a in v if np.isfinite(a)]
+        v = np.array([np.nan if a is None else a for a in values], dtype=float)  # [labels]
+        spread = np.array([np.nan if e is None else e for e in (errors or {}).get(name, [None] * len(v))],
+                          dtype=float)  # [labels]
+        xs = x + (i - (len(columns) - 1) / 2) * width
+        ax.bar(xs, v, width, label=name)
+        has = np.isfinite(v) & np.isfinite(spread) & (spread > 0)  # no error bar where no spread is measured
+        if has.any():
+            ax.errorbar(xs[has], v[has], yerr=spread[has], fmt="none", ecolor="black", capsize=2)
+        if np.isfinite(v).any():
+            top = max(top, float(np.nanmax(np.where(has, v + spread, v))))
+            low = min(low, float(np.nanmin(np.where(has, v - spread, v))))
     ax.set_xticks(x, labels, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
-    low = min(values_seen)
-    ax.set_ylim(max(0.0, low - 5), max(values_seen) + 2)
+    ax.set_ylim(low * 1.05, top * 1.05 if top > 0 else 1.0)  # from 0 (below it only for a negative value)
     ax.legend(fontsize=8)
     return _save(fig, out)
 

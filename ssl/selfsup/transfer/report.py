@@ -1,6 +1,7 @@
 """The markdown table of a transfer evaluation (``selfsup eval TARGET --protocol NAME``): per labelled
 fraction, the test top-1/top-5 (mean ± sd over seeds, final epoch), the trainable parameters and the
-training minutes, beside the same target's frozen-feature linear probe and kNN when its run has them."""
+training minutes, beside the same target's frozen-feature linear probe and kNN when its run has them; a
+footnote says why a frozen cell is blank and how to get the number."""
 
 from __future__ import annotations
 
@@ -22,6 +23,31 @@ def frozen_scores(frozen_rows: list[dict[str, Any]], fraction: float) -> tuple[s
             f"{knn['top1']:.2f}" if knn else "")
 
 
+def frozen_notes(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict[str, Any]]) -> list[str]:
+    """Footnotes for the blank frozen linear / kNN cells of the table of ``rows``: none when every cell is
+    filled; else why they are blank (no frozen evaluation beside the target, or none at that labelled fraction;
+    kNN votes with every label, so it has the all-labels row only) and how to get the numbers."""
+    cells = [frozen_scores(frozen_rows, r["fraction"]) for r in rows]
+    if not any("" in cell for cell in cells):
+        return []
+    if not any(r.get("kind") == "pretrained" for r in frozen_rows):
+        return [f"Frozen linear / kNN top-1 are blank: {target} has no frozen-feature evaluation beside it (they "
+                f"are read from the results.json of a run directory given as the target). For them, run "
+                f"`selfsup eval {target}` with the same data options (kNN and linear probe on the frozen encoder, "
+                f"in its own results.md), or give a pretrained run directory as the target once it is evaluated."]
+    notes = []
+    if any(linear == "" for linear, _ in cells):
+        missing = ", ".join(f"{r['fraction'] * 100:g}%" for r, (linear, _) in zip(rows, cells) if linear == "")
+        notes.append(f"Frozen linear top-1 is blank at {missing} of labels: the run's frozen evaluation has no "
+                     f"probe at that fraction; add it to eval.low_shot and run `selfsup eval {target}` again.")
+    if any(knn == "" for r, (_, knn) in zip(rows, cells) if r["fraction"] >= 1):
+        notes.append(f"Frozen kNN top-1 is blank: the run's frozen evaluation has no kNN result; run `selfsup eval "
+                     f"{target}` with eval.knn set (a list of [k, T] pairs).")
+    if any(r["fraction"] < 1 for r in rows):
+        notes.append("Frozen kNN top-1 is given with all labels only (its votes use every training label).")
+    return notes
+
+
 def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per labelled fraction of ``rows`` (:func:`selfsup.transfer.run_protocol`)."""
     lines = [f"Transfer of {target}: top-1 / top-5 on the test split after the last epoch, mean ± sd over "
@@ -34,4 +60,5 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
         lines.append(f"| {r['protocol']} | {r['fraction'] * 100:g}% | {r['train_images']} | {_pm(r, 'top1')} | "
                      f"{_pm(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
-    return "\n".join(lines) + "\n"
+    notes = frozen_notes(target, rows, frozen_rows)
+    return "\n".join(lines) + "\n" + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")

@@ -1,0 +1,314 @@
+"""`selfsup compare` of transfer folders (``selfsup eval TARGET --protocol NAME --out DIR``, DIR or its
+classifier/ export) beside runs and exports, with the probes' top-5 and scikit-learn columns; bar_chart's axis
+from 0 and no error bar without a spread; the transfer table's footnote on blank frozen cells; the --transfer
+options in `selfsup config`. Fixtures are written here in the files' own formats (no training)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import one_line_error
+from selfsup import plots
+from selfsup.artifacts.card import to_config_json
+from selfsup.cli import main
+
+ENCODER_CARD = {"architecture": "resnet18", "kwargs": {}, "in_chans": 1, "input_size": [1, 16, 16], "mean": [0.3],
+                "std": [0.3], "num_features": 64}
+
+
+def transfer_row(protocol: str, fraction: float, top1: list[float], top5: list[float], pct: float) -> dict:
+    """A results.json row of a transfer run (the keys selfsup.transfer.run_protocol writes)."""
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    sd = lambda xs: (sum((x - mean(xs)) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0  # noqa: E731
+    key = protocol if fraction == 1 else f"{protocol}_{fraction * 100:g}pct"
+    return {"key": key, "protocol": protocol, "fraction": fraction, "train_images": 100, "seeds": len(top1),
+            "top1": mean(top1), "top1_std": sd(top1), "top1_per_seed": top1, "top5": mean(top5), "top5_std": sd(top5),
+            "top5_per_seed": top5, "minutes": 0.1, "trainable_params": 1328, "encoder_params": 183344,
+            "trainable_pct": pct}
+
+
+def write_transfer(folder: Path, rows: list[dict], card: dict | None = None) -> Path:
+    """A transfer folder: results.json and classifier/ (config.json with num_classes > 0 and the
+    selfsup.transfer block, a weights file)."""
+    (folder / "classifier").mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(rows))
+    config = to_config_json({**ENCODER_CARD, **(card or {})})
+    config["num_classes"] = 10
+    config["selfsup"]["transfer"] = {"protocol": rows[0]["protocol"], "options": {}, "results": {}}
+    (folder / "classifier" / "config.json").write_text(json.dumps(config))
+    (folder / "classifier" / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def frozen_row(label: str, kind: str = "pretrained", sklearn: bool = True) -> dict:
+    row = {"label": label, "kind": kind, "dataset": "digits", "knn": {"k=20,T=0.07": {"top1": 91.234}},
+           "linear": {"seeds": 3, "top1": 93.456, "top1_std": 0.321, "top5": 99.111, "top5_std": 0.05,
+                      "fraction": 1.0},
+           "linear_10pct": {"seeds": 3, "top1": 80.5, "top1_std": 1.25, "top5": 97.0, "top5_std": 0.5,
+                            "fraction": 0.1}}
+    if sklearn:
+        row["linear_sklearn"] = {"top1": 92.875, "top5": 99.5}
+    return row
+
+
+def write_run(folder: Path, rows: list[dict] | None, method: str = "simclr", seconds: float = 90.0) -> Path:
+    """A run directory: config.yaml, checkpoints/, training_time.json and (when given) results.json."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"name": method}, "encoder": {"name": "resnet18"}}))
+    (folder / "training_time.json").write_text(json.dumps({"seconds": seconds, "epochs": 2}))
+    if rows is not None:
+        (folder / "results.json").write_text(json.dumps(rows))
+    return folder
+
+
+def table(out: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The markdown table's header and its rows by target."""
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    split = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+    header = split(lines[0])
+    return header, {cells[0]: dict(zip(header, cells)) for cells in map(split, lines[2:])}
+
+
+@pytest.fixture
+def bitfit(tmp_path) -> tuple[Path, list[dict]]:
+    rows = [transfer_row("bitfit", 1.0, [10.555], [49.166], 0.724321), transfer_row("bitfit", 0.5, [10.277], [50.555],
+                                                                                    0.724321)]
+    return write_transfer(tmp_path / "h30tr", rows), rows
+
+
+def test_transfer_classifier_is_read_as_its_folders_results(bitfit, capsys):
+    folder, rows = bitfit
+    assert main(["compare", str(folder / "classifier")]) == 0
+    header, by_target = table(capsys.readouterr().out)
+    assert header[5:] == ["bitfit 100% top-1", "bitfit 100% top-5", "bitfit 50% top-1", "bitfit trainable %"]
+    row = by_target[str(folder / "classifier")]
+    # one seed: the mean alone (no measured spread), two decimals
+    assert row["bitfit 100% top-1"] == f"{10.555:.2f}"
+    assert (row["bitfit 100% top-5"], row["bitfit 50% top-1"]) == (f"{49.166:.2f}", f"{10.277:.2f}")
+    assert row["bitfit trainable %"] == "0.72" and row["encoder"] == "resnet18" and row["method"] == ""
+    # the folder itself gives the same row; both given: listed once
+    assert main(["compare", str(folder), str(folder / "classifier")]) == 0
+    captured = capsys.readouterr()
+    assert len(table(captured.out)[1]) == 1 and "was given more than once" in captured.err
+
+
+def test_rows_from_runs_and_transfer_folders_line_up_by_column(tmp_path, bitfit, capsys):
+    folder, _ = bitfit
+    run = write_run(tmp_path / "run", [frozen_row("run simclr"), frozen_row("random resnet18", kind="random")])
+    lora = [transfer_row("lora", 1.0, [70.0, 72.0, 74.0], [95.0, 96.0, 97.0], 3.5),
+            transfer_row("lora", 0.1, [40.0, 41.0, 45.0], [80.0, 81.0, 82.0], 3.5)]
+    write_transfer(run / "transfer-lora", lora, {"method": "simclr"})
+    capsys.readouterr()
+    csv_path = tmp_path / "c.csv"
+    assert main(["compare", str(run), str(folder), str(run / "transfer-lora" / "classifier"), "--csv",
+                 str(csv_path), "--plot", str(tmp_path / "c.png")]) == 0
+    header, by_target = table(capsys.readouterr().out)
+    assert header == ["target", "method", "encoder", "epochs", "train min", "kNN k=20,T=0.07", "linear top-1",
+                      "linear top-5", "linear top-1, 10% labels", "sklearn logistic top-1", "bitfit 100% top-1",
+                      "bitfit 100% top-5", "bitfit 50% top-1", "bitfit trainable %", "lora 100% top-1",
+                      "lora 100% top-5", "lora 10% top-1", "lora trainable %"]
+    r = by_target[str(run)]
+    assert (r["kNN k=20,T=0.07"], r["linear top-1"], r["linear top-5"]) == ("91.23", "93.46 ± 0.32", "99.11 ± 0.05")
+    assert (r["linear top-1, 10% labels"], r["sklearn logistic top-1"]) == ("80.50 ± 1.25", "92.88")
+    assert all(r[h] == "" for h in header[10:])  # a run has no transfer result
+    b = by_target[str(folder)]
+    assert all(b[h] == "" for h in header[5:10] + header[14:])  # no frozen result, no lora
+    t = by_target[str(run / "transfer-lora" / "classifier")]
+    # the folder sits in the run: its encoder's method, epochs and training minutes (90 s)
+    assert (t["method"], t["encoder"], t["epochs"], t["train min"]) == ("simclr", "resnet18", "2", "1.5")
+    assert t["lora 100% top-1"] == "72.00 ± 2.00"  # mean and sample sd of 70, 72, 74
+    assert t["lora 100% top-5"] == "96.00 ± 1.00" and t["lora 10% top-1"] == f"42.00 ± {(14 / 2) ** 0.5:.2f}"
+    assert t["lora trainable %"] == "3.50" and all(t[h] == "" for h in header[5:14])
+    with open(csv_path, newline="") as f:
+        written = list(csv.reader(f))
+    assert written[0] == header and [dict(zip(header, c)) for c in written[1:]] == list(by_target.values())
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_top5_and_sklearn_columns_only_when_a_target_has_them(tmp_path, capsys):
+    plain = frozen_row("run a", sklearn=False)
+    del plain["linear"]["top5"]
+    write_run(tmp_path / "a", [plain])
+    write_run(tmp_path / "b", [frozen_row("run b")])
+    assert main(["compare", str(tmp_path / "a")]) == 0
+    header, _ = table(capsys.readouterr().out)
+    assert "linear top-5" not in header and "sklearn logistic top-1" not in header
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    header, by_target = table(capsys.readouterr().out)
+    a, b = by_target[str(tmp_path / "a")], by_target[str(tmp_path / "b")]
+    assert (a["linear top-5"], a["sklearn logistic top-1"]) == ("", "")
+    assert (b["linear top-5"], b["sklearn logistic top-1"]) == ("99.11 ± 0.05", "92.88")
+
+
+def test_encoder_export_still_compares(tmp_path, capsys):
+    card = {**ENCODER_CARD, "method": "simclr", "trained_epochs": 3, "training_minutes": 1.5,
+            "results": {"SimCLR resnet18 (pretrained)": {"knn": {"k=20,T=0.07": {"top1": 50.0}}}}}
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "config.json").write_text(json.dumps(to_config_json(card)))
+    (tmp_path / "exp" / "model.safetensors").write_bytes(b"")
+    assert main(["compare", str(tmp_path / "exp")]) == 0
+    header, by_target = table(capsys.readouterr().out)
+    assert header == ["target", "method", "encoder", "epochs", "train min", "kNN k=20,T=0.07"]
+    assert list(by_target[str(tmp_path / "exp")].values())[1:] == ["simclr", "resnet18", "3", "1.5", "50.00"]
+
+
+def test_what_is_no_transfer_folder_is_refused_in_one_line(tmp_path, bitfit, capsys):
+    folder, _ = bitfit
+    (folder / "results.json").unlink()
+    assert main(["compare", str(folder / "classifier")]) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert "is the classifier of a transfer run" in err and "results.json is missing" in err
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "results.json").write_text(json.dumps([frozen_row("run x")]))  # a frozen evaluation folder
+    assert main(["compare", str(tmp_path / "ev")]) == 2
+    assert "is neither a run directory" in one_line_error(capsys.readouterr().err)
+
+
+# --------------------------------------------------------------------------- bar_chart
+
+def drawn_axes(monkeypatch, *args, **kwargs):
+    """The axes bar_chart draws (its figure captured before it is saved)."""
+    seen = {}
+
+    def keep(fig, out, rect=None):
+        seen["ax"] = fig.axes[0]
+        plots._pyplot().close(fig)
+        return Path(out)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    assert plots.bar_chart(*args, **kwargs) is not None
+    return seen["ax"]
+
+
+def error_segments(ax) -> list:
+    from matplotlib.container import ErrorbarContainer
+
+    return [seg for c in ax.containers if isinstance(c, ErrorbarContainer) for lc in c.lines[2]
+            for seg in lc.get_segments()]
+
+
+def test_bar_chart_starts_at_zero_and_draws_error_bars_only_where_there_is_spread(tmp_path, monkeypatch):
+    ax = drawn_axes(monkeypatch, ["a", "b"], {"kNN": [80.0, 85.0], "linear": [82.0, 84.0]}, tmp_path / "x.png",
+                    errors={"kNN": [None, 0.0], "linear": [0.5, None]})
+    low, high = ax.get_ylim()
+    assert low == 0.0 and high >= 85.0  # every bar whole, from 0
+    segments = error_segments(ax)
+    assert len(segments) == 1  # linear on "a" only: None and 0 are one seed, no spread
+    (x0, y0), (x1, y1) = segments[0]
+    assert (y0, y1) == pytest.approx((81.5, 82.5))
+    # one seed everywhere (the compare table of single-seed runs): no error bar at all
+    ax = drawn_axes(monkeypatch, ["a"], {"kNN": [60.0]}, tmp_path / "y.png", errors={"kNN": [None]})
+    assert error_segments(ax) == [] and ax.get_ylim()[0] == 0.0
+
+
+# --------------------------------------------------------------------------- transfer report
+
+def test_transfer_table_says_why_frozen_cells_are_blank():
+    from selfsup.transfer.report import transfer_markdown
+
+    rows = [transfer_row("bitfit", 1.0, [10.5], [49.0], 0.72), transfer_row("bitfit", 0.5, [10.2], [50.0], 0.72)]
+    for r in rows:
+        r["trainable_params"] = 1328
+    text = transfer_markdown("random:resnet18", rows, [])
+    lines = text.splitlines()
+    assert [[c.strip() for c in line.split("|")[-3:-1]] for line in lines if line.startswith("| bitfit")] == \
+        [["", ""], ["", ""]]
+    notes = [line for line in lines if line.startswith("- ")]
+    assert len(notes) == 1 and "random:resnet18 has no frozen-feature evaluation" in notes[0]
+    assert "`selfsup eval random:resnet18` with the same data options" in notes[0]
+    # beside a run's frozen evaluation: filled where it has the number, a note for the low-shot probe it lacks
+    frozen = [frozen_row("run simclr")]
+    text = transfer_markdown("runs/x", rows, frozen)
+    filled = [line for line in text.splitlines() if line.startswith("| bitfit | 100%")][0]
+    assert filled.endswith("| 93.46 ± 0.32 | 91.23 |")
+    notes = [line for line in text.splitlines() if line.startswith("- ")]
+    assert any("blank at 50% of labels" in n and "eval.low_shot" in n for n in notes)
+    assert any("all labels only" in n for n in notes)
+    no_knn = [{**frozen_row("run simclr"), "knn": {}}]  # evaluated without kNN
+    notes = [line for line in transfer_markdown("runs/x", rows[:1], no_knn).splitlines() if line.startswith("- ")]
+    assert len(notes) == 1 and "no kNN result" in notes[0] and "eval.knn" in notes[0]
+    # every frozen cell filled: no note
+    assert "\n- " not in transfer_markdown("runs/x", rows[:1], frozen)
+
+
+# --------------------------------------------------------------------------- selfsup config: --transfer options
+
+def test_transfer_options_table_is_the_dataclass():
+    from selfsup.configkeys import TRANSFER_OPTIONS
+    from selfsup.transfer.options import APPLIES_TO, TransferOptions
+
+    fields = {f.name: f for f in dataclasses.fields(TransferOptions)}
+    hints = typing.get_type_hints(TransferOptions)
+    assert set(TRANSFER_OPTIONS) == set(fields) - {"protocol", "given"} | {"lr"}
+    from_eval = {"low_shot": "eval.low_shot", "seeds": "eval.probe_seeds", "seed": "seed"}
+    for name, (type_, default, _, help_) in TRANSFER_OPTIONS.items():
+        if name == "lr":
+            continue
+        f = fields[name]
+        assert type_ == (hints[name].__name__ if isinstance(hints[name], type) else str(hints[name])), name
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert default == from_eval[name] if name in from_eval else yaml.safe_load(default) == value, name
+        assert help_ and all(p in help_ for p in APPLIES_TO.get(name, ())), name
+
+
+def _violations(type_: str, bound: str, each: bool) -> tuple:
+    """(bad value, good value) of one range bound ("> 0", ">= 1", ...; ``each``: of a list's items)."""
+    sym, num = bound.split(" ")
+    v = float(num)
+    step = 1 if type_ == "int" else 0.01
+    bad, good = {">": (v, v + step), ">=": (v - step, v), "<": (v, v - step), "<=": (v + step, v)}[sym]
+    cast = int if type_ == "int" else float
+    return ([cast(bad)], [cast(good)]) if each else (cast(bad), cast(good))
+
+
+def test_transfer_option_ranges_are_what_the_options_refuse():
+    from selfsup.config import ConfigError
+    from selfsup.configkeys import TRANSFER_OPTIONS
+    from selfsup.transfer.options import TransferOptions
+
+    checked = 0
+    for name, (type_, _, bounds, _) in TRANSFER_OPTIONS.items():
+        field = "lrs" if name == "lr" else name
+        for bound in filter(None, bounds.removeprefix("each ").split(", ")):
+            bad, good = _violations(type_, bound, bounds.startswith("each "))
+            if name == "lr":
+                bad, good = [bad], [good]
+            TransferOptions(**{field: good})
+            with pytest.raises(ConfigError, match=field):
+                TransferOptions(**{field: bad})
+            checked += 1
+    assert checked >= 20
+
+
+def test_config_lists_the_transfer_options(capsys):
+    from selfsup.configkeys import TRANSFER_HEADING, TRANSFER_OPTIONS
+
+    assert main(["config", "transfer"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == TRANSFER_HEADING and "--transfer KEY=VALUE" in lines[0]
+    assert [line.split(":")[0] for line in lines[1:]] == list(TRANSFER_OPTIONS)
+    assert "lora_rank: int = 8 (>= 1)  LoRA rank r (lora only)" in lines
+    assert main(["config", "transfer.lora_rank"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["lora_rank: int = 8 (>= 1)  LoRA rank r (lora only)"]
+    assert main(["config", "optim"]) == 0
+    assert TRANSFER_HEADING not in capsys.readouterr().out
+    assert main(["config"]) == 0  # every key: the run config's, then the --transfer options
+    everything = capsys.readouterr().out.splitlines()
+    assert everything[everything.index(TRANSFER_HEADING) + 1:] == lines[1:]
+    assert main(["config", "transfr"]) == 2
+    assert "did you mean transfer" in one_line_error(capsys.readouterr().err)
+
+
+def test_config_transfer_imports_no_torch():
+    from test_cli_fast import RUN_MAIN, fresh
+
+    res = fresh(RUN_MAIN, json.dumps(["config", "transfer"]))
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rc"] == 0 and out["heavy"] == [], out
