@@ -40,7 +40,14 @@ def test_bitfit_through_the_cli_reports_each_fraction_and_exports_a_timm_classif
 def test_transfer_input_errors_are_one_line(tmp_path, capsys):
     cases = [(["random:resnet18", "--protocol", "prompt"], "prompt"),
              (["random:resnet18", "--protocol", "bitfit", "--transfer", "epoch=2"], "--transfer 'epoch=2': give KEY=VALUE"),
-             (["pixels", "--protocol", "finetune"], "--protocol adapts an encoder")]
+             (["pixels", "--protocol", "finetune"], "--protocol adapts an encoder"),
+             # a value of the wrong type (helper-30's case: low_shot=0.5 was a TypeError traceback)
+             (["random:resnet18", "--protocol", "bitfit", "--transfer", "low_shot=0.5"],
+              "config key 'transfer.low_shot' must be list[float], got 0.5 (float)"),
+             (["random:resnet18", "--protocol", "bitfit", "--transfer", "lrs=0.001"],
+              "config key 'transfer.lrs' must be list[float], got 0.001 (float)"),
+             (["random:resnet18", "--protocol", "bitfit", "--transfer", "epochs=2.5"],
+              "config key 'transfer.epochs' must be int, got 2.5 (float)")]
     for args, message in cases:
         assert main(["eval", *args, "--out", str(tmp_path / "x"), *TINY]) == 2
         assert message in one_line_error(capsys.readouterr().err)

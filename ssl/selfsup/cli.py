@@ -257,12 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", help="run directory or evaluation folder")
     s.set_defaults(func=_plot)
 
-    s = command("compare", help="one table (markdown) across runs and exports: method, encoder, epochs, "
-                "training minutes, every kNN and linear-probe column (mean ± sd); blanks where one lacks it")
-    s.add_argument("targets", nargs="+", help="run directories and export directories")
+    s = command("compare", help="one table (markdown) across runs, exports and transfer folders: method, encoder, "
+                "epochs, training minutes, every kNN, linear-probe and transfer column (mean ± sd); blanks where one "
+                "lacks it")
+    s.add_argument("targets", nargs="+", help="run directories, export directories and transfer folders "
+                                              "(selfsup eval --protocol NAME --out DIR: DIR or DIR/classifier)")
     s.add_argument("--baselines", action="store_true", help="also list the random-init and pixel rows")
     s.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
-    s.add_argument("--plot", metavar="PNG", help="also draw a bar plot (kNN and linear top-1)")
+    s.add_argument("--plot", metavar="PNG", help="also draw a bar plot (kNN, linear and all-labels transfer top-1)")
     s.set_defaults(func=_compare)
 
     s = command("list", help="registered methods and datasets")

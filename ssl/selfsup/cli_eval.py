@@ -189,7 +189,10 @@ def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
     given = sorted({pair.partition("=")[0] for pair in pairs} - {"lr"} | ({"lrs"} if "lr" in values else set()))
     if "lr" in values:
         values["lrs"] = [values.pop("lr")]
-    return TransferOptions(protocol=protocol, given=given, **values)
+    from selfsup.configread import from_dict
+
+    # typed like config keys: a scalar for a list, a word for a number is one line, not a traceback
+    return from_dict(TransferOptions, {"protocol": protocol, "given": given, **values}, prefix="transfer")
 
 
 def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:
