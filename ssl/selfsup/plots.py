@@ -273,8 +273,9 @@ def augmentation_preview(originals: np.ndarray, views: Sequence[np.ndarray], out
 
 def view_preview(run_dir: str | Path, out: str | Path, n: int = 6, seed: int = 0) -> Path | None:
     """:func:`augmentation_preview` of what a run's method trains on: the first ``n`` training
-    images (in dataset order) beside the views the method's augmentations make of them (its two
-    views for two-view methods, else its one augmentation), drawn with the run's resolved
+    images (in dataset order) beside what the method feeds its encoder / loss
+    (``Method.preview_inputs``: its two views, its augmentation, or a pretext method's jigsaw
+    tiles, rotations, masked images or noised inputs, one named column each), drawn with the run's resolved
     ``config.yaml`` and ``data_info.json`` (seeded; no training, no checkpoint). None when the run
     has no such files, its data cannot be read here, or its method trains on no augmented view."""
     import json
@@ -298,17 +299,18 @@ def view_preview(run_dir: str | Path, out: str | Path, n: int = 6, seed: int = 0
         return None  # the data is elsewhere (another machine): nothing to draw
     method = METHODS.get(method_name(cfg))(cfg.method, create_encoder(cfg.encoder.name, info.in_chans,
                                                                       cfg.encoder.kwargs), info)
-    views = method.view_augments() or ([method.augment] if callable(getattr(method, "augment", None)) else [])
-    if not views or len(ds) == 0:
+    if len(ds) == 0:
         return None
     images = next(iter(make_loader(ds, min(n, len(ds)), train=False)))[0]  # uint8 [n, C, S, S]
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
     std = torch.tensor(info.std).view(1, -1, 1, 1)
     torch.manual_seed(seed)
     with torch.no_grad():
-        shown = [(v(images) * std + mean).numpy() for v in views]  # de-normalised [n, C, S, S] each
-    names = [f"view {i + 1}" for i in range(len(views))] if len(views) > 1 else ["augmented"]
-    return augmentation_preview(images.float().numpy() / 255, shown, out, names)
+        inputs = method.preview_inputs(images)  # [(name, normalised [n, C, S', S'])]
+    if not inputs:
+        return None
+    shown = [(t.float() * std + mean).numpy() for _, t in inputs]  # de-normalised [n, C, S', S'] each
+    return augmentation_preview(images.float().numpy() / 255, shown, out, [name for name, _ in inputs])
 
 
 def detection_boxes(images: Sequence[np.ndarray], truths: Sequence[np.ndarray], predictions: Sequence[np.ndarray],

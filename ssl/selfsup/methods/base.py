@@ -85,3 +85,13 @@ class Method(nn.Module):
         ``[B, C, H, W]`` -> normalised views), for the alignment monitor (selfsup.monitors);
         empty for methods that do not train on pairs of views."""
         return []
+
+    def preview_inputs(self, images: Tensor) -> list[tuple[str, Tensor]]:
+        """What the method feeds its encoder / loss, to draw (selfsup.plots.view_preview): uint8
+        images ``[n, C, S, S]`` -> ``(name, tensor [n, C, S', S'])`` pairs in the data's
+        normalisation (``t * std + mean`` is in [0, 1]). Random like training (the caller seeds
+        torch). Default: the two views of :meth:`view_augments`, else the one ``augment``, else
+        nothing; pretext methods override it to show their transform (tiles, rotations, masks, noise)."""
+        views = self.view_augments() or ([self.augment] if callable(getattr(self, "augment", None)) else [])
+        names = [f"view {i + 1}" for i in range(len(views))] if len(views) > 1 else ["augmented"]
+        return [(name, view(images)) for name, view in zip(names, views)]

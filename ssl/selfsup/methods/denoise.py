@@ -294,6 +294,29 @@ class Denoise(Method):
             recon = (clean_estimate(x_t, out, c, cfg.predicts).float() - x0.float()).square().mean()
         return {"loss": loss, "recon_mse": recon, "features": features.detach()}
 
+    def preview_levels(self) -> list[tuple[str, Corruption]]:
+        """Three noise levels to draw, each a :class:`Corruption` of one element: edm's sigma at
+        the 16th, 50th and 84th percentiles of its training distribution (alpha 1); t = 0.25,
+        0.5, 0.75 for vp and flow."""
+        cfg = self.cfg
+        if cfg.corruption == "edm":
+            sigmas = [math.exp(cfg.p_mean + z * cfg.p_std) for z in (-1.0, 0.0, 1.0)]
+            return [(f"sigma={s:.2g}", _corruption(torch.ones(1), torch.tensor([s]))) for s in sigmas]
+        corrupt = (lambda t: vp_corruption(t, cfg.vp_schedule)) if cfg.corruption == "vp" else flow_corruption
+        return [(f"t={t:g}", corrupt(torch.tensor([t]))) for t in (0.25, 0.5, 0.75)]
+
+    def preview_inputs(self, images: Tensor) -> list[tuple[str, Tensor]]:
+        """uint8 ``[n, C, S, S]`` -> the clean view x_0 and the corrupted x_t = alpha x_0 + sigma eps at
+        :meth:`preview_levels` (one eps for all levels), ``[n, C, S, S]`` each, in the data's
+        normalisation: edm's x_t (data scaled to sigma_data) is divided by sigma_data again."""
+        x = self.augment(images)  # [n, C, S, S], normalised
+        scale = self.cfg.sigma_data if self.cfg.corruption == "edm" else 1.0
+        x0 = x * scale  # what training corrupts
+        eps = noise_like(x0)  # [n, C, S, S]
+        shown = [(f"x_t {name}", (_bcast(c.alpha) * x0 + _bcast(c.sigma) * eps) / scale)
+                 for name, c in self.preview_levels()]
+        return [("clean", x), *shown]
+
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         if self.cfg.corruption != "edm":
             x0 = self.augment(images)  # [B, C, S, S], the normalised view (unit variance)

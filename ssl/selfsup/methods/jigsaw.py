@@ -221,6 +221,14 @@ class Jigsaw(TransformClassification):
                             x.shape[0])  # [B]
         return shuffle_tiles(tiles, self.permutations[labels]), labels
 
+    def preview_inputs(self, images: Tensor) -> list[tuple[str, Tensor]]:
+        """uint8 ``[n, C, S, S]`` -> the augmented view ``[n, C, 3c, 3c]`` and its shuffled tiles
+        (:meth:`transform`: jittered, normalised each on its own) laid out in their shuffled
+        position order as a mosaic ``[n, C, 3T, 3T]`` (:func:`assemble_tiles`)."""
+        x = self.augment(images)  # [n, C, 3c, 3c]
+        tiles, _ = self.transform(x)  # [n, 9, C, T, T] in shuffled order
+        return [("augmented", x), ("jigsaw tiles", assemble_tiles(tiles))]
+
     def embed(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         b = inputs.shape[0]
         h = self.encoder(inputs.flatten(0, 1))  # [B*9, D]: one forward over every tile

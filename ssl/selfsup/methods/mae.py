@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from selfsup.config import param
 from selfsup.data import AugmentConfig, BatchAugment, DataInfo
 from selfsup.methods._pixels import (encoder_name, is_vit, mae_visible_count, masked_loss, normalise_patches,
-                                     patchify, random_masking, vit_patch_size)
+                                     patchify, random_masking, upsample_mask, vit_patch_size)
 from selfsup.methods.base import METHODS, Method
 
 
@@ -145,6 +145,14 @@ class MAE(Method):
         z = torch.cat([z[:, : self.num_prefix], full], dim=1)  # [B, prefix + N, Dd]
         z = self.decoder_norm(self.decoder_blocks(z))
         return self.decoder_pred(z[:, self.num_prefix:])  # [B, N, p*p*C]
+
+    def preview_inputs(self, images: Tensor) -> list[tuple[str, Tensor]]:
+        """uint8 ``[n, C, S, S]`` -> the augmented view and what the encoder sees of it: its masked
+        patches (:func:`random_masking`, the encoder drops them) zeroed, i.e. the data mean, ``[n, C, S, S]``."""
+        x = self.augment(images)  # [n, C, S, S]
+        mask, _ = random_masking(x.shape[0], self.num_patches, self.num_visible, x.device)  # [n, N]
+        hidden = upsample_mask(mask, self.grid, self.patch).view(x.shape[0], 1, *x.shape[-2:])  # [n, 1, S, S]
+        return [("augmented", x), (f"masked {self.cfg.mask_ratio:.0%}", x.masked_fill(hidden, 0.0))]
 
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         x = self.augment(images)  # [B, C, S, S]

@@ -56,7 +56,7 @@ from selfsup.config import param
 from selfsup.data import AugmentConfig, BatchAugment, DataInfo
 from selfsup.losses import NCE, MemoryBank, cross_entropy_bound, full_precision, nce_loss, no_autocast
 from selfsup.methods.base import METHODS, Method
-from selfsup.methods.jigsaw import GRID, NUM_TILES, jittered_tiles, shuffle_tiles, tile_geometry
+from selfsup.methods.jigsaw import GRID, NUM_TILES, assemble_tiles, jittered_tiles, shuffle_tiles, tile_geometry
 from selfsup.methods.npid import bank_indices, bank_scores, memory_bank_rows
 
 #: The paper's negatives per image and the ImageNet training set they were drawn from.
@@ -137,14 +137,26 @@ class PIRL(Method):
         z = self.tile_head(self.encoder(tiles.flatten(0, 1)))  # [B*9, F]: one forward over every tile
         return F.normalize(full_precision(self.jigsaw_head(z.reshape(b, -1))), dim=1)  # [B, 9F] -> [B, F]
 
+    def random_permutations(self, b: int, device: torch.device) -> Tensor:
+        """``[B, 9]`` tile orders, uniform over the 9! permutations."""
+        return distributed.draw_local(lambda rows: torch.rand(rows, NUM_TILES, device=device).argsort(1), b)
+
+    def preview_inputs(self, images: Tensor) -> list[tuple[str, Tensor]]:
+        """uint8 ``[n, C, S, S]`` -> the image view v_I ``[n, C, S, S]``, the patch view
+        ``[n, C, 3c, 3c]`` and its jittered, normalised tiles in a random order as a mosaic
+        ``[n, C, 3T, 3T]`` (:func:`~selfsup.methods.jigsaw.assemble_tiles`): the two sides of the loss."""
+        patches = self.patch_augment(images)  # [n, C, 3c, 3c]
+        perms = self.random_permutations(images.shape[0], images.device)  # [n, 9]
+        tiles = shuffle_tiles(jittered_tiles(patches, self.tile), perms)  # [n, 9, C, T, T]
+        return [("image view", self.augment(images)), ("patch view", patches), ("jigsaw tiles", assemble_tiles(tiles))]
+
     def training_step(self, images: Tensor, indices: Tensor | None = None,
                       labels: Tensor | None = None) -> dict[str, Tensor]:
         cfg = self.cfg
         indices = bank_indices("pirl", indices, self.bank)
         b = images.shape[0]
         h, f = self.image_features(self.augment(images))  # [B, D], [B, F]
-        perms = distributed.draw_local(lambda rows: torch.rand(rows, NUM_TILES, device=images.device).argsort(1),
-                                       b)  # [B, 9], uniform over the 9! orders
+        perms = self.random_permutations(b, images.device)  # [B, 9], uniform over the 9! orders
         g = self.jigsaw_features(shuffle_tiles(jittered_tiles(self.patch_augment(images), self.tile), perms))
         noise_idx = distributed.draw_local(lambda rows: self.bank.sample((rows, self.num_negatives)), b)  # [B, m]
         with no_autocast(f):  # scores / 0.07 in float32

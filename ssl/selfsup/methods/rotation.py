@@ -54,6 +54,13 @@ class Rotation(TransformClassification):
     def transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return rotation_batch(x)  # [4N, C, S, S], [4N]
 
+    def preview_inputs(self, images: Tensor) -> list[tuple[str, Tensor]]:
+        """uint8 ``[n, C, S, S]`` -> the augmented view at each of the four rotations of
+        :func:`rotation_batch`, ``[n, C, S, S]`` each, named by the counter-clockwise angle."""
+        inputs, labels = rotation_batch(self.augment(images))  # [4n, C, S, S], [4n]
+        n = images.shape[0]
+        return [(f"rotated {int(labels[k * n]) * 90}\N{DEGREE SIGN}", inputs[k * n:(k + 1) * n]) for k in range(4)]
+
     def embed(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         h = self.encoder(inputs)  # [4N, D]
         return h, h[: inputs.shape[0] // 4]  # the unrotated views come first

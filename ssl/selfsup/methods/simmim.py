@@ -104,6 +104,15 @@ class SimMIM(Method):
             return vit_tokens(self.encoder, x, self.mask_token, token_mask)
         return self.encoder.forward_features(mask_image(x, mask, self.mask_token))
 
+    def preview_inputs(self, images: Tensor) -> list[tuple[str, Tensor]]:
+        """uint8 ``[n, C, S, S]`` -> the augmented view and its masked image ``[n, C, S, S]``
+        (:func:`mask_image`): the learnt pixel mask token on a convnet; zeros (the data mean) on a
+        ViT, whose mask token lives in the patch-embedding space."""
+        x = self.augment(images)  # [n, C, S, S]
+        mask, _ = random_masking(x.shape[0], self.grid * self.grid, self.num_visible, x.device)  # [n, G]
+        token = torch.zeros(1, x.shape[1], self.mask_patch, self.mask_patch) if self.vit else self.mask_token
+        return [("augmented", x), (f"masked {self.cfg.mask_ratio:.0%}", mask_image(x, mask, token.detach()))]
+
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         x = self.augment(images)  # [B, C, S, S]
         mask, _ = random_masking(x.shape[0], self.grid * self.grid, self.num_visible, x.device)  # [B, G]
