@@ -14,6 +14,7 @@ import torch
 
 from selfsup import plots
 from selfsup.encoders import create_encoder
+from selfsup.methods.cpc import CPC, CPCConfig
 from selfsup.methods.denoise import Denoise, DenoiseConfig
 from selfsup.methods.jigsaw import Jigsaw, JigsawConfig
 from selfsup.methods.mae import MAE, MAEConfig
@@ -189,6 +190,20 @@ def test_denoise_preview_noise_has_the_named_scale(corruption):
 # ---------------------------------------------------------------- the default and view_preview
 
 
+def test_cpc_preview_lays_out_the_views_half_overlapping_patches():
+    """Without per-patch augmentation, mosaic cell (r, c) is the view's patch at rows r*s..r*s+2s, columns
+    c*s..c*s+2s (cut here with slicing), both in the data's normalisation."""
+    m = CPC(CPCConfig(grid=3, offsets=[1], context_dim=8, context_blocks=1, augment_patches=False), resnet(), INFO)
+    shown = preview(m)
+    assert list(shown) == ["view", "3x3 patches"]
+    view, mosaic = shown["view"], shown["3x3 patches"]
+    s, p = m.stride, m.patch
+    assert mosaic.shape[-1] == 3 * p and view.shape[-1] == 4 * s
+    for r, c in itertools.product(range(3), range(3)):
+        cell = mosaic[..., r * p:(r + 1) * p, c * p:(c + 1) * p]
+        assert torch.allclose(cell, view[..., r * s:r * s + p, c * s:c * s + p], atol=1e-5), (r, c)
+
+
 def test_default_preview_is_the_two_views_of_a_two_view_method():
     m = SimCLR(SimCLRConfig(), resnet(), INFO)
     torch.manual_seed(3)
@@ -216,6 +231,8 @@ def write_run(tmp_path, tiny_config, method: str, *overrides: str):
     ("pirl", ["method.feature_dim=8"], ["image view", "patch view", "jigsaw tiles"]),
     ("mae", ["method.decoder_dim=16", "method.decoder_depth=1", "method.decoder_heads=2"], ["augmented", "masked 75%"]),
     ("simclr", [], ["view 1", "view 2"]),
+    ("cpc", ["method.grid=3", "method.offsets=[1]", "method.context_dim=8", "method.context_blocks=1"],
+     ["view", "3x3 patches"]),
 ])
 def test_view_preview_draws_one_named_column_per_input(tmp_path, tiny_config, monkeypatch, method, overrides,
                                                       columns):

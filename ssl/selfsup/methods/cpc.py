@@ -39,6 +39,7 @@ from selfsup.data import AugmentConfig, BatchAugment, DataInfo
 from selfsup.losses import InfoNCE, LossOutput
 from selfsup.methods._pixels import is_vit
 from selfsup.methods.base import METHODS, Method
+from selfsup.methods.jigsaw import assemble_tiles
 
 
 @dataclass
@@ -193,6 +194,17 @@ class CPC(Method):
             queries, keys, others = offset_pairs(predictor(c), z, k)  # [M, D], [M, D], [B*k*g, D]
             out[k] = self.criterion(queries, keys, others)
         return out
+
+    def preview_inputs(self, images: Tensor) -> list[tuple[str, Tensor]]:
+        """uint8 ``[n, C, S, S]`` -> the view ``[n, C, V, V]`` and its ``grid x grid`` half-overlapping patches,
+        each augmented on its own, laid side by side ``[n, C, grid*p, grid*p]`` (what the encoder embeds)."""
+        views = self.view_augment(images)  # [n, C, V, V] in [0, 1]
+        mean = torch.tensor(self.info.mean, device=views.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.info.std, device=views.device).view(1, -1, 1, 1)
+        patches = extract_patches(views, self.cfg.grid)  # [n, G, C, p, p]
+        augmented = self.patch_augment(patches.flatten(0, 1)).view_as(patches)  # normalised, [n, G, C, p, p]
+        return [("view", (views - mean) / std),
+                (f"{self.cfg.grid}x{self.cfg.grid} patches", assemble_tiles(augmented, self.cfg.grid))]
 
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         z = self.embed_patches(self.view_augment(images))  # [B, D, g, g]

@@ -145,11 +145,11 @@ def cut_tiles(x: Tensor, tile: int, offsets: Tensor) -> Tensor:
     return tiles.permute(0, 1, 4, 2, 3).contiguous()  # [B, 9, C, T, T]
 
 
-def assemble_tiles(tiles: Tensor) -> Tensor:
-    """Tiles ``[B, 9, C, T, T]`` in row-major grid order -> image ``[B, C, 3T, 3T]`` (no gaps)."""
+def assemble_tiles(tiles: Tensor, grid: int = GRID) -> Tensor:
+    """Tiles ``[B, grid*grid, C, T, T]`` in row-major grid order -> image ``[B, C, grid*T, grid*T]`` (no gaps)."""
     b, _, c, t, _ = tiles.shape
-    grid = tiles.view(b, GRID, GRID, c, t, t)  # [B, 3, 3, C, T, T]
-    return grid.permute(0, 3, 1, 4, 2, 5).reshape(b, c, GRID * t, GRID * t)
+    cells = tiles.view(b, grid, grid, c, t, t)  # [B, g, g, C, T, T]
+    return cells.permute(0, 3, 1, 4, 2, 5).reshape(b, c, grid * t, grid * t)
 
 
 def normalise_tiles(tiles: Tensor, eps: float = 1e-4) -> Tensor:
