@@ -16,16 +16,22 @@ Protocol: frozen encoder, BatchNorm frozen, 128x128 inputs, SGD (lr 0.02 at batc
 scored, never a best epoch. This is a linear-evaluation-like probe of the features for
 detection, not the full fine-tuning protocol of MoCo's detectron2 tables.
 
+``--deformable on`` trains each detector with modulated deformable convolutions (DCNv2) as its
+FPN output and RPN head convs (``detection.deformable``), ``--deformable both`` trains each one
+plain and deformable (twice the detector trainings), a row each, marked ``+ DCNv2`` in the table.
+
 Writes benchmarks/results/detection.{json,md}; prints one JSON line per result. The defaults
 are sized to finish in under 12 minutes on 2 CPU cores (one supervised epoch, then six
 detector trainings of about 150 steps each):
 
-    python benchmarks/detection.py --ssl runs/quickstart-20261126-101500 [--supervised RUN_DIR] [--seed 0]
+    python benchmarks/detection.py --ssl runs/quickstart-20261126-101500 [--supervised RUN_DIR] [--seed 0] \
+        [--deformable off|on|both]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -74,6 +80,15 @@ def dataset_overrides(name: str, args: argparse.Namespace) -> list[str]:
     return common + [f"detection.epochs={args.deepforest_epochs}"]
 
 
+#: --deformable choice -> the detection.deformable settings run for each target, plain first
+DEFORMABLE_SETTINGS = {"off": (False,), "on": (True,), "both": (False, True)}
+
+
+def with_deformable(cfg: RunConfig, deformable: bool) -> RunConfig:
+    """``cfg`` with ``detection.deformable`` set (a copy; ``cfg`` is left as it was)."""
+    return dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, deformable=deformable))
+
+
 def limit(data: tuple[DetectionDataset, DetectionDataset], n: int) -> tuple[DetectionDataset, DetectionDataset]:
     """The first ``n`` training images (smoke tests); the test split is kept whole."""
     train, test = data
@@ -96,6 +111,9 @@ def main() -> None:
     ap.add_argument("--deepforest-epochs", type=int, default=9)
     ap.add_argument("--deepforest-limit", type=int, default=0, help="use only this many training tiles (smoke tests)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--deformable", choices=sorted(DEFORMABLE_SETTINGS),
+                    help="FPN/RPN convs plain (off), modulated deformable (on) or each detector both ways (both); "
+                         "default: as detection.deformable says (off unless an override sets it)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--runs", default="/tmp/selfsup-detection")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every run (e.g. detection.lr=0.04)")
@@ -123,12 +141,14 @@ def main() -> None:
                    ("supervised", supervised, f"supervised {arch} (Fashion-MNIST labels{sup_note})")]
         in_chans = None
         for role, spec, label in targets:
-            res = evaluate_detection(spec, cfg, in_chans=in_chans, data=data, log=lambda s: None, load=load_encoder)
-            in_chans = in_chans or res["encoder"]["in_chans"]  # random init sees the images as the SSL encoder does
-            res["role"], res["label"] = role, label
-            rows.append(res)
-            print(json.dumps({k: res[k] for k in ("role", "target", "dataset", "map", "ap50", "ap75", "train_images",
-                                                  "test_images", "steps", "seconds")}), flush=True)
+            for deformable in DEFORMABLE_SETTINGS[args.deformable] if args.deformable else (cfg.detection.deformable,):
+                res = evaluate_detection(spec, with_deformable(cfg, deformable), in_chans=in_chans, data=data,
+                                         log=lambda s: None, load=load_encoder)
+                in_chans = in_chans or res["encoder"]["in_chans"]  # random init sees the images as the SSL encoder does
+                res["role"], res["label"] = role, label
+                rows.append(res)
+                print(json.dumps({k: res[k] for k in ("role", "target", "dataset", "deformable", "map", "ap50", "ap75",
+                                                      "train_images", "test_images", "steps", "seconds")}), flush=True)
 
     minutes = (time.perf_counter() - t_start) / 60
     settings = {"ssl": args.ssl, "supervised": supervised, "supervised_trained_here": args.supervised is None,
@@ -138,7 +158,8 @@ def main() -> None:
                 "seed": args.seed, "image_size": args.image_size, "synthetic": {
                     "train": args.synthetic_train, "test": args.synthetic_test, "epochs": args.synthetic_epochs},
                 "deepforest": {"epochs": args.deepforest_epochs, "train_limit": args.deepforest_limit},
-                "overrides": args.overrides, "threads": torch.get_num_threads(), "total_minutes": round(minutes, 2)}
+                "deformable": args.deformable or "as configured", "overrides": args.overrides,
+                "threads": torch.get_num_threads(), "total_minutes": round(minutes, 2)}
     out = Path(args.out)
     write_json({"settings": settings, "rows": rows}, out / "detection.json")
     header = (f"Detection transfer of frozen encoders (benchmarks/detection.py), seed {args.seed}, "

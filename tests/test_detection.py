@@ -418,6 +418,9 @@ def test_detection_results_of_each_dataset_have_their_own_folder():
     assert len(set(tags)) == len(tags)  # every dataset spec its own folder
     assert tags[2].startswith("voc-") and tags[5].startswith("coco-")
     assert tag("detection.dataset=voc:/data/a") == tags[2]  # the same data: the same folder
+    # the deformable detector's results go beside the plain one's, never over them
+    assert tag("detection.deformable=true") == "synthetic-fmnist-deformable"
+    assert tag("detection.dataset=voc:/data/a", "detection.deformable=true") == tags[2] + "-deformable"
 
 
 def test_evaluation_draws_test_images_with_boxes_and_shows_progress(tmp_path, capsys, monkeypatch):

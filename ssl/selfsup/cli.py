@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("eval", help="kNN and linear probe (default) or detection transfer of a frozen encoder",
                 epilog=EPILOG + ". Detection settings: detection.epochs, detection.image_size, "
-                "detection.trainable_layers, detection.lr, ... (selfsup/config.py: DetectionConfig)")
+                "detection.trainable_layers, detection.lr, detection.deformable, ... (selfsup config detection)")
     s.add_argument("target", help="run directory, export directory, checkpoint, random:<timm-name> or pixels")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides (data.*, eval.*, detection.*)")
     s.add_argument("--config", help="config for data and evaluation settings (default: the run's own)")

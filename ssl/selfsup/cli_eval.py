@@ -126,16 +126,17 @@ def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
 def detection_tag(cfg: RunConfig) -> str:
     """A folder name for the detection data of ``cfg``: the dataset's kind, plus a short hash
     of the full spec (paths, separate test set, ``detection.deepforest_root``) when it names
-    files, e.g. ``voc-3f2a9c1e``."""
+    files, e.g. ``voc-3f2a9c1e``; ``-deformable`` appended for ``detection.deformable``."""
     import hashlib
 
     d = cfg.detection
     kind = d.dataset.split(":", 1)[0]
     root = d.deepforest_root if kind == "deepforest" else None
+    model = "-deformable" if d.deformable else ""  # a DCNv2 detector's results never overwrite the plain one's
     if d.dataset in ("synthetic-fmnist", "deepforest") and not d.test_dataset and not root:
-        return kind
+        return kind + model
     spec = f"{d.dataset}|{d.test_dataset or ''}" + (f"|{Path(root).expanduser().resolve()}" if root else "")
-    return f"{kind}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+    return f"{kind}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}{model}"
 
 
 def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:

@@ -7,6 +7,7 @@ One module per job, in import order:
 - ``readers``: Pascal VOC XML, COCO JSON and the deepforest tree crowns cut into tiles;
 - ``synthetic``: Fashion-MNIST objects pasted on canvases (``synthetic-fmnist``);
 - ``datasets``: ``--dataset`` specs and the (train, test) sets of a run;
+- ``deformable``: modulated deformable convolutions (DCNv2) for ``detection.deformable``;
 - ``model``: Faster R-CNN + FPN over a copy of the encoder (ViTDet's simple pyramid for ViTs);
 - ``train``: training and prediction (``train_detector``, ``predict``);
 - ``metrics``: COCO mAP through torchmetrics (``coco_map``);

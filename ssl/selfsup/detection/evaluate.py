@@ -88,7 +88,8 @@ def evaluate_detection(spec: str, cfg: RunConfig, device: str | None = None, in_
     target = resolve_target(spec, cfg, lambda: detection_data_info(train, dcfg, in_chans), load)
     info = target.info
     log(f"[detection] {target.label} on {dcfg.dataset}: {len(train)} train / {len(test)} test images, "
-        f"{train.num_classes} classes, {dcfg.epochs} epochs, trainable_layers={dcfg.trainable_layers}")
+        f"{train.num_classes} classes, {dcfg.epochs} epochs, trainable_layers={dcfg.trainable_layers}"
+        + (", deformable FPN/RPN convs (DCNv2)" if dcfg.deformable else ""))
     torch.manual_seed(cfg.seed)
     model = build_detector(target.encoder, info, train.num_classes, dcfg)
     encoder_trainable = sum(p.numel() for p in model.backbone.body.encoder.parameters() if p.requires_grad)
@@ -108,7 +109,8 @@ def evaluate_detection(spec: str, cfg: RunConfig, device: str | None = None, in_
                     "strides": backbone.strides, "trainable_params": encoder_trainable},
         "detector_trainable_params": detector_trainable, "anchor_sizes": model.anchor_sizes,
         "image_size": dcfg.image_size, "epochs": dcfg.epochs, "batch_size": dcfg.batch_size,
-        "trainable_layers": dcfg.trainable_layers, "seed": cfg.seed, "data_seed": dcfg.data_seed, **fit,
+        "trainable_layers": dcfg.trainable_layers, "deformable": dcfg.deformable,
+        "deformable_convs": model.deformable, "seed": cfg.seed, "data_seed": dcfg.data_seed, **fit,
         "eval_seconds": round(time.perf_counter() - t_eval, 1),
         "dropped": train.report.as_dict() if train.report is test.report else
         {"train": train.report.as_dict(), "test": test.report.as_dict()},
@@ -116,10 +118,15 @@ def evaluate_detection(spec: str, cfg: RunConfig, device: str | None = None, in_
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if plot_dir is not None:
-        picture = draw_detections(test, preds, Path(plot_dir) / picture_name(target.label))
+        picture = draw_detections(test, preds, Path(plot_dir) / picture_name(table_label(row)))
         log(f"[detection] picture: {picture}")
     return row
 
+
+
+def table_label(row: dict[str, Any]) -> str:
+    """A result row's encoder label, marked `` + DCNv2`` when its detector had deformable convolutions."""
+    return row["label"] + (" + DCNv2" if row.get("deformable") else "")
 
 
 def _ap(v: float | None) -> str:
@@ -133,7 +140,7 @@ def detection_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| encoder | dataset | mAP@[.5:.95] | AP50 | AP75 | train / test images | epochs (steps) | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['dataset']} | {r['map']:.2f} | {r['ap50']:.2f} | {r['ap75']:.2f} | "
+        lines.append(f"| {table_label(r)} | {r['dataset']} | {r['map']:.2f} | {r['ap50']:.2f} | {r['ap75']:.2f} | "
                      f"{r['train_images']} / {r['test_images']} | {r['epochs']} ({r['steps']}) | {r['seconds']:.0f} |")
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         group = [r for r in rows if r["dataset"] == dataset]
@@ -142,7 +149,7 @@ def detection_markdown(rows: list[dict[str, Any]]) -> str:
             continue
         lines += ["", f"Per-class AP@[.5:.95] on {dataset}:", "",
                   "| encoder | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
-        lines += [f"| {r['label']} | " + " | ".join(_ap(r["per_class_ap"].get(c)) for c in classes) + " |"
+        lines += [f"| {table_label(r)} | " + " | ".join(_ap(r["per_class_ap"].get(c)) for c in classes) + " |"
                   for r in group]
     first = rows[0]
     frozen = ("encoder frozen" if first["trainable_layers"] == 0
@@ -152,6 +159,10 @@ def detection_markdown(rows: list[dict[str, Any]]) -> str:
               f"{first['lr']:g}, warmup then cosine), seed {first['seed']}; COCOeval AP in percent on the test "
               f"split, final weights."),
              "1-channel encoders see RGB images as grayscale; images are normalised with each encoder's own mean/std."]
+    if any(r.get("deformable") for r in rows):
+        notes.append("+ DCNv2: the FPN output and RPN head 3x3 convolutions are modulated deformable convolutions "
+                     "(Zhu et al. 2019) whose offsets and modulation come from zero-initialised convolutions, the "
+                     "modulation scaled as 2*sigmoid so training starts from the plain detector.")
     notes += [f"{label}: random init with timm's zero_init_last disabled (a fair baseline)."
               for label in dict.fromkeys(r["label"] for r in rows if r["kind"] == "random")]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

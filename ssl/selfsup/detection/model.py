@@ -13,6 +13,9 @@ ViT's position embeddings leave the caller's module as it was):
   two 2x deconvolutions (p/4), one (p/2), identity (p) and a 2x max-pool (2p). torchvision's
   FPN then adds its lateral and output convolutions (and a top-down sum ViTDet does without).
 
+With ``detection.deformable`` the FPN output convolutions and the RPN head convolution are
+modulated deformable convolutions (Zhu et al. 2019; :mod:`selfsup.detection.deformable`).
+
 The encoder is frozen by default (``trainable_layers=0``); its BatchNorm layers are always
 kept in eval mode with frozen affines, so the score measures the features.
 """
@@ -34,6 +37,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from selfsup.config import DetectionConfig
 from selfsup.data import DataInfo
+from selfsup.detection.deformable import make_deformable
 from selfsup.encoders import EncoderError
 
 
@@ -197,7 +201,12 @@ def build_detector(encoder: nn.Module, info: DataInfo, num_classes: int, cfg: De
     """Faster R-CNN (Ren et al. 2015) with an FPN (Lin et al. 2017) over the maps of a copy of
     ``encoder`` (``model.backbone.body.encoder``; ``encoder`` itself is left untouched), for
     ``num_classes`` object classes (plus background), on ``info.in_chans``-channel images
-    normalised with ``info.mean``/``info.std``; the copy is frozen per ``cfg.trainable_layers``."""
+    normalised with ``info.mean``/``info.std``; the copy is frozen per ``cfg.trainable_layers``.
+
+    With ``cfg.deformable`` the FPN's 3x3 output convolutions and the RPN head's 3x3 convolution
+    become modulated deformable convolutions (DCNv2, :mod:`selfsup.detection.deformable`) with the
+    weights they were initialised with and zero offsets: the detector computes what the plain one
+    (same seed) does until it trains. ``model.deformable`` lists the converted modules (empty when off)."""
     encoder = copy.deepcopy(encoder)
     vit = is_plain_vit(encoder)
     body = SimplePyramid(encoder, padded_size(cfg.image_size)) if vit else ConvPyramid(encoder)
@@ -222,5 +231,6 @@ def build_detector(encoder: nn.Module, info: DataInfo, num_classes: int, cfg: De
         box_batch_size_per_image=cfg.rois_per_image, box_score_thresh=cfg.score_threshold, box_detections_per_img=100,
     )
     model.anchor_sizes = sizes
+    model.deformable = make_deformable(model) if cfg.deformable else []
     return model
 
