@@ -326,6 +326,16 @@ def budget_text(args: argparse.Namespace) -> str:
     return f"{args.budget_minutes:g} min of training per method"
 
 
+# the bound each method's train/mi_bound reports, by its method.estimator (the others report InfoNCE's log N - L;
+# PIRL mixes its two InfoNCE terms by lambda as its loss does)
+BOUND_NAMES = {"infonce": "InfoNCE", "nwj": "NWJ", "js": "JS, read by NWJ", "dv": "DV/MINE", "smile": "SMILE"}
+
+
+def bound_name(name: str, args: argparse.Namespace) -> str:
+    """Which MI bound the method ``name`` reports (its config's ``method.estimator``, else InfoNCE)."""
+    return BOUND_NAMES[getattr(method_config(name, args).method, "estimator", "infonce")]
+
+
 def markdown(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     devices = " and ".join(dict.fromkeys(r.get("device") or device_label() for r in rows))  # merged rows keep theirs
     staged = any("best_linear" in r for r in rows)
@@ -347,7 +357,7 @@ def markdown(rows: list[dict[str, Any]], baselines: dict[str, dict[str, Any]], a
                   "random-init kNN / linear | MI bound (nats) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         b = baselines[r["encoder"]]
-        mi = "" if r["mi_bound_nats"] is None else f"{r['mi_bound_nats']:.2f}"
+        mi = "" if r["mi_bound_nats"] is None else f"{r['mi_bound_nats']:.2f} ({bound_name(r['method'], args)})"
         head = (f"| {r['method']} | {r['family']} | {b['encoder_label']} | {r['steps']} ({r['epochs']:g}) | "
                 f"{r['train_minutes']:.1f} | {r['knn20']:.2f} | {r['knn200']:.2f} | {r['linear']:.2f} | ")
         if staged:
