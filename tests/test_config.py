@@ -111,3 +111,13 @@ def test_a_method_override_on_another_methods_file_names_where_the_key_came_from
     assert "comes from" not in str(err.value)
     # the same method with keys that fit loads
     assert load_config(quickstart, ["method.name=simclr"]).method.temperature == 0.2
+
+
+def test_a_directory_given_as_the_config_file_says_so(tmp_path):
+    """The tour's case: `selfsup pretrain RUN_DIR` said the (existing) path does not exist."""
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)
+    assert str(err.value) == (f"config file {str(tmp_path)!r} is a directory: give a YAML file (a run's own is "
+                              f"{str(tmp_path / 'config.yaml')!r}), or continue that run with --resume {tmp_path}")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

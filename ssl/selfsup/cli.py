@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(detection: random:<timm-name> only, built with the target's input channels)")
     s.add_argument("--protocol", choices=["finetune", "partial", "bitfit", "lora", "prompt"],
                    help="adapt the encoder with a linear head instead of scoring frozen features: full fine-tuning, "
-                        "the last K stages (partial), biases and norms (BitFit), LoRA (pip install peft), visual "
+                        "the last K stages (partial), biases and norms (BitFit), LoRA (pip install -e '.[transfer]': peft), visual "
                         "prompt tuning (ViTs); all labels and eval.low_shot fractions, eval.probe_seeds seeds")
     s.add_argument("--transfer", action="append", default=[], metavar="KEY=VALUE",
                    help="a transfer option (selfsup/transfer/options.py), e.g. epochs=10, lr=3e-4, lora_rank=4, "

@@ -297,6 +297,9 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
     if path is not None:
         path = Path(path)
         if not path.is_file():
+            if path.is_dir():  # a run directory, most likely
+                raise ConfigError(f"config file {str(path)!r} is a directory: give a YAML file (a run's own is "
+                                  f"{str(path / 'config.yaml')!r}), or continue that run with --resume {path}")
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
             loaded = parse_yaml(path.read_bytes().decode("utf-8"), f"config file {str(path)!r}")

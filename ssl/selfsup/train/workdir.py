@@ -107,7 +107,8 @@ def check_run_dir(run_dir: str | Path, resume: bool) -> None:
         if stopped_attempt(run_dir):
             raise FileNotFoundError(
                 f"cannot resume {run_dir}: its run stopped before its first checkpoint, so there is nothing to "
-                f"continue; start it again with `selfsup pretrain {run.config} --run-dir {run_dir}` (the stopped "
+                f"continue; start it again with `selfsup pretrain {run.config} --run-dir {run_dir}` plus the "
+                f"overrides that fix why it stopped (e.g. trainer.logger=[csv] after a logger failed; the stopped "
                 f"attempt's files are moved to {run_dir}/{STOPPED_ATTEMPT}N/, not deleted)")
         raise FileNotFoundError(f"cannot resume: {run.last_checkpoint} does not exist")
     found = [name for name in (CONFIG_FILE, CHECKPOINT_DIR) if (run_dir / name).exists()]

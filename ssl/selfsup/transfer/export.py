@@ -150,7 +150,9 @@ def adapter_note(card: Mapping[str, Any], num_classes: int, head: str, adapter_d
             f"base.load_state_dict(selfsup.load_encoder(TARGET).state_dict(), strict=False)  # all but {head!r}\n"
             f"model = peft.PeftModel.from_pretrained(base, {str(adapter_dir.resolve())!r}).eval()  # this directory\n"
             f"```\n\n"
-            f"`../classifier/` holds the same classifier with the adapters merged, for plain timm.\n")
+            f"`../classifier/` holds the same classifier with the adapters merged, for plain timm. A `random:` "
+            f"TARGET (timm's random init) was not saved, so there is nothing to load the adapter onto: use "
+            f"`../classifier/`.\n")
 
 
 def prompt_tensors(classifier: Classifier) -> dict[str, Tensor]:
