@@ -96,7 +96,7 @@ def test_pretrain_eval_export(tmp_path, capsys):
                  str(run_dir / "export" / ".." / "export")]) == 0
     captured = capsys.readouterr()
     assert len([line for line in captured.out.splitlines() if line.startswith(f"| {run_dir}")]) == 2
-    assert captured.err.count("was given more than once; it is listed once") == 2
+    assert captured.err.count("gives the same results as a target before it (the same directory") == 2
     # outputs that cannot be written are refused before the table is printed (no traceback, no partial output)
     (tmp_path / "adir").mkdir()
     for extra, message in ((["--csv", str(tmp_path / "adir")], f"--csv {tmp_path / 'adir'} is a directory"),

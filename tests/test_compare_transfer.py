@@ -96,7 +96,7 @@ def test_transfer_classifier_is_read_as_its_folders_results(bitfit, capsys):
     # the folder itself gives the same row; both given: listed once
     assert main(["compare", str(folder), str(folder / "classifier")]) == 0
     captured = capsys.readouterr()
-    assert len(table(captured.out)[1]) == 1 and "was given more than once" in captured.err
+    assert len(table(captured.out)[1]) == 1 and "classifier gives the same results as a target before it" in captured.err
 
 
 def test_rows_from_runs_and_transfer_folders_line_up_by_column(tmp_path, bitfit, capsys):

@@ -39,7 +39,9 @@ def test_bitfit_through_the_cli_reports_each_fraction_and_exports_a_timm_classif
 
 def test_transfer_input_errors_are_one_line(tmp_path, capsys):
     cases = [(["random:resnet18", "--protocol", "prompt"], "prompt"),
-             (["random:resnet18", "--protocol", "bitfit", "--transfer", "epoch=2"], "--transfer 'epoch=2': give KEY=VALUE"),
+             (["random:resnet18", "--protocol", "bitfit", "--transfer", "epoch=2"],
+              "--transfer 'epoch=2': did you mean epochs? give KEY=VALUE"),
+             (["random:resnet18", "--protocol", "lora", "--transfer", "lorarank=4"], "did you mean lora_rank?"),
              (["pixels", "--protocol", "finetune"], "--protocol adapts an encoder"),
              # a value of the wrong type (helper-30's case: low_shot=0.5 was a TypeError traceback)
              (["random:resnet18", "--protocol", "bitfit", "--transfer", "low_shot=0.5"],

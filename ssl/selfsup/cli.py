@@ -141,7 +141,8 @@ def _compare(args: argparse.Namespace) -> None:
     check_outputs(args.csv, args.plot)
     targets, repeats = unique_targets(args.targets)
     for t in repeats:
-        print(f"selfsup compare: {t} was given more than once; it is listed once", file=sys.stderr)
+        print(f"selfsup compare: {t} gives the same results as a target before it (the same directory, or a "
+              f"transfer folder and its classifier/); it is listed once", file=sys.stderr)
     header, cells = table_rows([read_entry(t) for t in targets], baselines=args.baselines)
     print(markdown(header, cells), end="")
     if args.csv:

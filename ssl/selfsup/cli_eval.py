@@ -185,7 +185,11 @@ def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
     for pair in pairs:
         key, eq, text = pair.partition("=")
         if not eq or key not in known:
-            raise ConfigError(f"--transfer {pair!r}: give KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+            from selfsup.registry import closest
+
+            hint = closest(key, sorted(known)) if eq else None
+            raise ConfigError(f"--transfer {pair!r}: " + (f"did you mean {hint}? " if hint else "")
+                              + f"give KEY=VALUE with KEY one of {', '.join(sorted(known))}")
         values[key] = yaml.safe_load(text)
     given = sorted({pair.partition("=")[0] for pair in pairs} - {"lr"} | ({"lrs"} if "lr" in values else set()))
     if "lr" in values:

@@ -139,8 +139,8 @@ def read_entry(target: str | Path) -> Entry:
     """A run directory or an export directory; LoadError (one line) for anything else."""
     path = Path(target)
     if not path.exists():
-        raise LoadError(f"{target} does not exist: give a run directory (selfsup pretrain) or an export directory "
-                        f"(selfsup export)")
+        raise LoadError(f"{target} does not exist: give a run directory (selfsup pretrain), an export directory "
+                        f"(selfsup export) or a transfer folder (selfsup eval --protocol NAME --out DIR)")
     if is_export_dir(path) and transfer_about(path / CARD) is not None:  # a transfer's classifier: its folder
         if transfer_rows(path.parent) is None:
             raise LoadError(f"{target} is the classifier of a transfer run, whose results are in its folder's "
