@@ -24,6 +24,19 @@ def draw(folder: Path) -> None:
         print("plots: " + ", ".join(str(p) for p in written))
 
 
+def write_results(written: RunDir, rows: list[dict], table: str, plots: bool, kept: str = "") -> None:
+    """``rows`` to ``written``'s results.json and ``table`` to its results.md, the table printed, the paths said
+    (``kept``: what else was written), and the folder's pictures drawn when ``plots``."""
+    from selfsup.fileio import write_json, write_text
+
+    write_json(rows, written.results_json)
+    write_text(table, written.results_md)
+    print("\n" + table)
+    print(f"results written to {written.results_json} and {written.results_md}" + (f"; {kept}" if kept else ""))
+    if plots:
+        draw(written.root)
+
+
 def eval_command(args: argparse.Namespace) -> None:
     import hashlib
     import json
@@ -32,7 +45,6 @@ def eval_command(args: argparse.Namespace) -> None:
     from selfsup.config import ConfigError, load_config, to_dict
     from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers
     from selfsup.eval.report import markdown_table
-    from selfsup.fileio import write_json, write_text
     from selfsup.pipeline import saved_config
     from selfsup.train.workdir import load_run_config
 
@@ -75,13 +87,7 @@ def eval_command(args: argparse.Namespace) -> None:
         out = run.eval_dir(f"{data_tag(cfg)}-{digest}")
         print(f"[eval] {reason}: results go to {out}, the run's own results stay in {run.results_json}")
     written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
-    write_json(rows, written.results_json)
-    table = markdown_table(rows)
-    write_text(table, written.results_md)
-    print("\n" + table)
-    print(f"results written to {written.results_json} and {written.results_md}")
-    if cfg.eval.plots:
-        draw(written.root)
+    write_results(written, rows, markdown_table(rows), cfg.eval.plots)
 
 
 def eval_folder(spec: str) -> str:
@@ -143,7 +149,6 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     """Detection transfer of the target and its baselines on one dataset; results.json/.md."""
     from selfsup.artifacts.load import load_encoder
     from selfsup.detection.evaluate import check_target, detection_data, detection_markdown, evaluate_detection
-    from selfsup.fileio import write_json, write_text
 
     if args.dataset:
         cfg.detection.dataset = args.dataset
@@ -160,13 +165,7 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     in_chans = rows[0]["encoder"]["in_chans"]  # random baselines see the images as the target does
     rows += [evaluate_detection(spec, cfg, data=data, in_chans=in_chans, plot_dir=pictures, load=load_encoder)
              for spec in args.baseline]
-    write_json(rows, written.results_json)
-    table = detection_markdown(rows)
-    write_text(table, written.results_md)
-    print("\n" + table)
-    print(f"results written to {written.results_json} and {written.results_md}")
-    if cfg.eval.plots:
-        draw(written.root)
+    write_results(written, rows, detection_markdown(rows), cfg.eval.plots)
 
 
 def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
@@ -208,7 +207,6 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     from selfsup.artifacts.load import load_encoder_and_card
     from selfsup.config import ConfigError
     from selfsup.eval.evaluate import evaluation_data, resolve_target
-    from selfsup.fileio import write_json, write_text
     from selfsup.transfer import run_protocol
     from selfsup.transfer.export import minimal_card
     from selfsup.transfer.report import transfer_markdown
@@ -242,14 +240,10 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
     frozen = json.loads(run.results_json.read_text()) if run.results_json.is_file() else []
     written = RunDir(out)
-    write_json(rows, written.results_json)
-    table = transfer_markdown(args.target, rows, frozen)
-    write_text(table, written.results_md)
-    print("\n" + table)
     if args.protocol == "prompt":  # plain timm has no place for the tokens
         kept = (f"the prompt tokens and head in {out / 'prompt.safetensors'} and the frozen ViT in {out / 'encoder'} "
                 f"(load both with selfsup.transfer.export.load_prompted({str(out)!r}))")
     else:
         kept = f"the adapted classifier in {out / 'classifier'}" + (
             f" (LoRA merged; the adapter and head for peft in {out / 'adapter'})" if args.protocol == "lora" else "")
-    print(f"results written to {written.results_json} and {written.results_md}; {kept}")
+    write_results(written, rows, transfer_markdown(args.target, rows, frozen), plots=False, kept=kept)
