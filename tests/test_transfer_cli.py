@@ -42,6 +42,11 @@ def test_transfer_input_errors_are_one_line(tmp_path, capsys):
              (["random:resnet18", "--protocol", "bitfit", "--transfer", "epoch=2"],
               "--transfer 'epoch=2': did you mean epochs? give KEY=VALUE"),
              (["random:resnet18", "--protocol", "lora", "--transfer", "lorarank=4"], "did you mean lora_rank?"),
+             # helper-34's cases: lr and lrs together (lr silently won), and lr's error naming lrs[0]
+             (["random:resnet18", "--protocol", "bitfit", "--transfer", "lrs=[0.01]", "--transfer", "lr=0.002"],
+              "--transfer lr=0.002 and lrs=[0.01] both set the learning rates: give lr (one) or lrs (a list), not both"),
+             (["random:resnet18", "--protocol", "bitfit", "--transfer", "lr=abc"],
+              "--transfer lr must be a number, got 'abc'"),
              (["pixels", "--protocol", "finetune"], "--protocol adapts an encoder"),
              # a value of the wrong type (helper-30's case: low_shot=0.5 was a TypeError traceback)
              (["random:resnet18", "--protocol", "bitfit", "--transfer", "low_shot=0.5"],

@@ -192,6 +192,11 @@ def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
         values[key] = yaml.safe_load(text)
     given = sorted({pair.partition("=")[0] for pair in pairs} - {"lr"} | ({"lrs"} if "lr" in values else set()))
     if "lr" in values:
+        if "lrs" in values:  # one would silently win over the other
+            raise ConfigError(f"--transfer lr={values['lr']!r} and lrs={values['lrs']!r} both set the learning rates: "
+                              f"give lr (one) or lrs (a list), not both")
+        if isinstance(values["lr"], bool) or not isinstance(values["lr"], (int, float)):
+            raise ConfigError(f"--transfer lr must be a number, got {values['lr']!r}: e.g. lr=3e-4 (or lrs=[1e-4, 3e-4])")
         values["lrs"] = [values.pop("lr")]
     from selfsup.configread import from_dict
 
