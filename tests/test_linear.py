@@ -29,9 +29,9 @@ def spy(monkeypatch):
     calls = []
     real = linear._train_heads
 
-    def record(x, y, num_classes, settings, *args):
-        heads = real(x, y, num_classes, settings, *args)
-        calls.append((len(x), list(settings), heads, x, y))
+    def record(x, y, num_classes, settings, epochs, batch_size, seeds):
+        heads = real(x, y, num_classes, settings, epochs, batch_size, seeds)
+        calls.append((len(x), list(settings), heads, x, y, [seeds] if isinstance(seeds, int) else list(seeds)))
         return heads
 
     monkeypatch.setattr(linear, "_train_heads", record)
@@ -44,7 +44,7 @@ def test_chooses_lr_and_wd_on_held_out_split_and_retrains_on_all(spy):
                        epochs=30, batch_size=256)
     assert (res["lr"], res["weight_decay"]) == GOOD
     # selection: the 2 x 2 grid on the 2250 rows left after holding out 10%, then one probe on all 2500
-    (n_fit, grid, heads, fit_x, fit_y), (n_all, final, (head,), all_x, _) = spy
+    (n_fit, grid, heads, fit_x, fit_y, _), (n_all, final, (head,), all_x, _, _) = spy
     assert n_fit == 2250 and grid == [SLOW, (1e-7, 100.0), GOOD, DIVERGES]
     assert n_all == 2500 and final == [GOOD]
     # the grid had settings that clearly fail: a tiny lr stays at chance, lr * wd = 5 diverges
@@ -74,11 +74,11 @@ def test_low_shot_chooses_its_own_setting_on_a_split_of_each_subset(spy):
     n_sub = res["linear_20pct"]["train_images"]
     assert 450 < n_sub < 510
     n_val = round(0.1 * n_sub)
-    sizes = [(n, settings) for n, settings, *_ in spy]
+    sizes = [(n, settings, seeds) for n, settings, *_, seeds in spy]
     assert sizes == [
-        (2400 - 240, [SLOW, GOOD]), (2400, [GOOD]), (2400, [GOOD]),  # all labels: one selection, one probe a seed
-        (n_sub - n_val, [SLOW, GOOD]), (n_sub, [GOOD]),  # each seed's subset: its own selection, then all of it
-        (n_sub - n_val, [SLOW, GOOD]), (n_sub, [GOOD])]
+        (2400 - 240, [SLOW, GOOD], [0]), (2400, [GOOD], [0, 1]),  # all labels: one selection, one probe a seed
+        (n_sub - n_val, [SLOW, GOOD], [0]), (n_sub, [GOOD], [0]),  # each seed's subset: its own selection,
+        (n_sub - n_val, [SLOW, GOOD], [1]), (n_sub, [GOOD], [1])]  # then all of it
     assert not torch.equal(spy[3][4], spy[5][4])  # the two seeds drew different subsets
     # val_top1: the chosen setting's held-out top-1 (never the test split), for picking among probes
     _, held_out = select_setting(x[:2400], y[:2400], 12, [1e-7, 0.5], [0.0], epochs=30, batch_size=256)
@@ -203,7 +203,7 @@ def test_protocol_checks_each_split_once_not_once_per_probe(spy, monkeypatch):
     res = probe_protocol(x[:500], y[:500], x[500:], y[500:], 12, [0.1], [0.0], fractions=(1.0, 0.5, 0.2), seeds=2,
                          epochs=2, batch_size=256)
     assert set(res) == {"linear", "linear_50pct", "linear_20pct"}
-    assert len(spy) == 1 + 2 + 2 * 2 * 2  # probes trained: one selection + 2 refits, then 2 x (select + fit)
+    assert len(spy) == 1 + 1 + 2 * 2 * 2  # trainings: one selection + the 2 seeds' refits together, then 2 x (select + fit)
     assert scans == [("train", 500), ("test", 100)]
     bad = x[500:].clone()
     bad[7, 3] = float("nan")
@@ -269,6 +269,38 @@ def test_stacked_heads_equal_separately_trained_heads():
         assert torch.allclose(a.weight, b.weight, atol=1e-5, rtol=1e-4)
         assert torch.allclose(a.bias, b.bias, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(got[0].weight, got[1].weight)  # the settings trained differently
+
+
+def test_heads_of_several_seeds_equal_one_call_per_seed():
+    """Training the probes of several seeds together (one batched step, each seed its own
+    initialisation and batch order) gives each seed's heads as a call with that seed alone."""
+    x, y = noisy_linear_set(n=700, dim=24)
+    settings = [(0.1, 1e-4), (0.3, 0.0)]
+    together = linear._train_heads(x, y, 12, settings, 3, 256, [3, 7, 11])
+    alone = [h for s in (3, 7, 11) for h in linear._train_heads(x, y, 12, settings, 3, 256, s)]
+    assert len(together) == len(alone) == 6
+    for a, b in zip(together, alone):
+        assert torch.allclose(a.weight, b.weight, atol=1e-6, rtol=1e-5)
+        assert torch.allclose(a.bias, b.bias, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(together[0].weight, together[2].weight)  # the seeds differ
+
+
+def test_protocol_seeds_score_as_separate_probes():
+    """The all-labels probes of the protocol's seeds, trained together, report each seed's
+    own fit_and_score top-1 (a probe trained alone from that seed)."""
+    x, y = noisy_linear_set(n=2700)
+    res = probe_protocol(x[:2400], y[:2400], x[2400:], y[2400:], 12, [0.5], [0.0], fractions=(1.0,),
+                         seeds=3, epochs=10, batch_size=256, seed=4)
+    alone = [fit_and_score(x[:2400], y[:2400], x[2400:], y[2400:], 12, GOOD, epochs=10, batch_size=256, seed=s)
+             for s in (4, 5, 6)]
+    assert res["linear"]["top1_per_seed"] == pytest.approx([a["top1"] for a in alone], abs=0.21)  # 1 row of 300
+    assert len({a["top1"] for a in alone}) > 1  # the seeds are not one probe repeated
+
+
+def test_softmax_last_equals_torch_softmax():
+    z = torch.randn(64, 3, 10, dtype=torch.float64) * 30  # large logits: the max shift matters
+    assert torch.allclose(linear.softmax_last(z), z.softmax(-1), atol=1e-12)
+    assert torch.allclose(linear.softmax_last(z).sum(-1), torch.ones(64, 3, dtype=torch.float64))
 
 
 def test_probe_schedule_follows_the_data():

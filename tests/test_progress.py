@@ -78,7 +78,8 @@ def test_extraction_knn_and_probes_draw_bars_with_unchanged_numbers(monkeypatch)
     shown = run()
     text = terminal.getvalue()
     for desc in ("features", "kNN search (train chunks)", "linear probes (2 label fraction(s) x 2 seed(s))",
-                 "linear probe: 2 head(s), ", "linear probe: 1 head(s), 96 rows"):  # the grid on 90%, the refit on all
+                 "linear probe: 2 setting(s) x 1 seed(s), ",  # the grid on 90%
+                 "linear probe: 1 setting(s) x 2 seed(s), 96 rows"):  # the refit on all, both seeds at once
         assert desc in text, desc
     monkeypatch.setenv(progress.QUIET_ENV, "1")
     terminal.seek(0)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,15 +158,15 @@ def memory_budget() -> int:
 
 class StageRows:
     """Rows of several stages' features, appended a batch at a time: in memory when all
-    stages' float32 rows fit ``budget`` bytes (:func:`memory_budget`), else in float32 scratch
-    files (``np.memmap`` in ``directory``, unlinked at once: the disk space is freed when the
-    last view goes), so extracting every stage of 60k images never needs them all in memory.
-    Memory is used where it suffices: it spares the disk the writes (the extraction's speed
-    was the same either way when measured, README "Layer-wise evaluation").
+    stages' float32 rows fit ``budget`` bytes (:func:`memory_budget`), else in anonymous float32
+    scratch files in ``directory`` (nothing left behind on any exit), so extracting every stage
+    of 60k images never needs them all in memory. A batch goes to the end of its stage's file in
+    one sequential write: 7 ms for 512 rows of 12.5k values against 27-42 ms through a writable
+    memory map (each first touch of a mapped page faults); the file is mapped only to be read.
 
     ``append({stage: [B, D_stage]})`` adds a batch; ``features(stage)`` is the float32 ``[n, D]``
-    tensor of the rows written (in memory, or a view of the scratch file paged in as read);
-    ``on_disk`` says which."""
+    tensor of the rows written (in memory, or a read mapping of the scratch file, paged in as
+    read); ``on_disk`` says which."""
 
     def __init__(self, directory: str | Path, max_rows: int, budget: int | None = None) -> None:
         self.directory = Path(directory)
@@ -174,17 +174,13 @@ class StageRows:
         self.budget = memory_budget() if budget is None else budget
         self.n = 0
         self.on_disk: bool | None = None  # decided by the first batch, which gives every stage's width
-        self._maps: dict[str, np.ndarray] = {}
+        self._maps: dict[str, np.ndarray] = {}  # in memory: [max_rows, D] per stage
+        self._files: dict[str, Any] = {}  # on disk: a temporary file per stage, rows appended
+        self._dims: dict[str, int] = {}
 
-    def _scratch(self, dim: int) -> np.memmap:
+    def _scratch(self) -> Any:
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".stage-", suffix=".f32", dir=self.directory)
-        os.close(fd)
-        try:
-            return np.memmap(name, dtype=np.float32, mode="w+", shape=(max(1, self.max_rows), dim))
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(name)  # the mapping stays valid; nothing is left behind on any exit
+        return tempfile.TemporaryFile(prefix=".stage-", suffix=".f32", dir=self.directory)
 
     def append(self, vectors: dict[str, Tensor]) -> None:
         rows = {len(v) for v in vectors.values()}
@@ -196,14 +192,26 @@ class StageRows:
         if self.on_disk is None:
             self.on_disk = 4 * max(1, self.max_rows) * sum(v.shape[1] for v in vectors.values()) > self.budget
         for name, v in vectors.items():
+            self._dims.setdefault(name, v.shape[1])
+            if self.on_disk:
+                f = self._files.get(name) or self._files.setdefault(name, self._scratch())
+                v.float().cpu().contiguous().numpy().tofile(f)  # [B, D] at the end of the file
+                continue
             if name not in self._maps:
-                self._maps[name] = (self._scratch(v.shape[1]) if self.on_disk
-                                    else np.empty((max(1, self.max_rows), v.shape[1]), dtype=np.float32))
+                self._maps[name] = np.empty((max(1, self.max_rows), v.shape[1]), dtype=np.float32)
             torch.from_numpy(self._maps[name])[self.n:self.n + b] = v.float().cpu()  # [B, D]
         self.n += b
 
     def features(self, name: str) -> Tensor:
-        return torch.from_numpy(self._maps[name])[:self.n]  # [n, D], backed by the scratch file
+        """The float32 ``[n, D]`` rows of stage ``name`` appended so far."""
+        if not self.on_disk:
+            return torch.from_numpy(self._maps[name])[:self.n]  # [n, D]
+        dim = self._dims[name]
+        if self.n == 0:
+            return torch.empty(0, dim)
+        f = self._files[name]
+        f.flush()
+        return torch.from_numpy(np.memmap(f, dtype=np.float32, mode="c", shape=(self.n, dim)))  # [n, D]
 
 
 @torch.inference_mode()
