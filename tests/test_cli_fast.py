@@ -190,6 +190,9 @@ def test_config_file_with_override_is_the_resolved_yaml(capsys):
     (["trainer.max_epoch"], "no config key under 'trainer.max_epoch': did you mean trainer.max_epochs"),
     (["method.temprature"], "no config key under 'method.temprature': did you mean method.temperature"),
     (["trainr", "--file", QUICKSTART], "the resolved config has no key 'trainr': did you mean trainer"),
+    (["nosuchkey"], "no config key under 'nosuchkey': `selfsup config` with no prefix lists every key"),  # no near key
+    (["nosuchkey", "--file", QUICKSTART], "the resolved config has no key 'nosuchkey': `selfsup config --file FILE` "
+     "with no prefix shows all of it"),
 ])
 def test_config_unknown_prefix_is_one_line_naming_close_keys(argv, message, capsys):
     assert main(["config", *argv]) == 2

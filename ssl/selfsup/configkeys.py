@@ -164,7 +164,7 @@ def select_keys(prefix: str = "") -> list[KeyInfo]:
     if not found:
         near = close_matches(prefix, sorted(_sections([k.path for k in keys])))
         hint = f"did you mean {', '.join(near)}? " if near else ""
-        raise ConfigError(f"no config key under {prefix!r}: {hint}(selfsup config with no prefix lists every key)")
+        raise ConfigError(f"no config key under {prefix!r}: {hint}`selfsup config` with no prefix lists every key")
     return found
 
 
@@ -193,8 +193,8 @@ def resolved_section(resolved: dict[str, Any], prefix: str) -> Any:
         if not isinstance(node, dict) or part not in node:
             near = close_matches(prefix, sorted(_sections(_leaves(resolved))))
             hint = f"did you mean {', '.join(near)}? " if near else ""
-            raise ConfigError(f"the resolved config has no key {prefix!r}: {hint}(selfsup config --file FILE with no "
-                              f"prefix shows all of it)")
+            raise ConfigError(f"the resolved config has no key {prefix!r}: {hint}`selfsup config --file FILE` with "
+                              f"no prefix shows all of it")
         node = node[part]
     return node
 
