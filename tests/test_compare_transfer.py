@@ -240,22 +240,28 @@ def test_transfer_table_says_why_frozen_cells_are_blank():
 
 # --------------------------------------------------------------------------- selfsup config: --transfer options
 
-def test_transfer_options_table_is_the_dataclass():
-    from selfsup.configkeys import TRANSFER_OPTIONS
-    from selfsup.transfer.options import APPLIES_TO, TransferOptions
+def test_transfer_keys_are_the_dataclass_fields():
+    """selfsup config's --transfer options are TransferOptions' fields (less protocol and given) plus the
+    CLI's lr shorthand, each with its type, default (the run config's key for low_shot, seeds and seed)
+    and a help string naming the protocols it applies to."""
+    from selfsup.configkeys import transfer_keys
+    from selfsup.transferconfig import APPLIES_TO, TransferOptions
 
     fields = {f.name: f for f in dataclasses.fields(TransferOptions)}
     hints = typing.get_type_hints(TransferOptions)
-    assert set(TRANSFER_OPTIONS) == set(fields) - {"protocol", "given"} | {"lr"}
+    keys = {k.key: k for k in transfer_keys()}
+    assert list(keys) == [n for n in fields if n not in ("protocol", "given")][:3] + ["lr"] + [
+        n for n in fields if n not in ("protocol", "given")][3:]
     from_eval = {"low_shot": "eval.low_shot", "seeds": "eval.probe_seeds", "seed": "seed"}
-    for name, (type_, default, _, help_) in TRANSFER_OPTIONS.items():
+    for name, k in keys.items():
         if name == "lr":
+            assert (k.type, k.range) == ("float", "> 0")
             continue
         f = fields[name]
-        assert type_ == (hints[name].__name__ if isinstance(hints[name], type) else str(hints[name])), name
+        assert k.type == (hints[name].__name__ if isinstance(hints[name], type) else str(hints[name])), name
         value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        assert default == from_eval[name] if name in from_eval else yaml.safe_load(default) == value, name
-        assert help_ and all(p in help_ for p in APPLIES_TO.get(name, ())), name
+        assert k.default == from_eval[name] if name in from_eval else yaml.safe_load(k.default) == value, name
+        assert k.help and all(p in k.help for p in APPLIES_TO.get(name, ())), name
 
 
 def _violations(type_: str, bound: str, each: bool) -> tuple:
@@ -270,11 +276,12 @@ def _violations(type_: str, bound: str, each: bool) -> tuple:
 
 def test_transfer_option_ranges_are_what_the_options_refuse():
     from selfsup.config import ConfigError
-    from selfsup.configkeys import TRANSFER_OPTIONS
+    from selfsup.configkeys import transfer_keys
     from selfsup.transfer.options import TransferOptions
 
     checked = 0
-    for name, (type_, _, bounds, _) in TRANSFER_OPTIONS.items():
+    for k in transfer_keys():
+        name, type_, bounds = k.key, k.type.removeprefix("list[").removesuffix("]"), k.range
         field = "lrs" if name == "lr" else name
         for bound in filter(None, bounds.removeprefix("each ").split(", ")):
             bad, good = _violations(type_, bound, bounds.startswith("each "))
@@ -288,15 +295,16 @@ def test_transfer_option_ranges_are_what_the_options_refuse():
 
 
 def test_config_lists_the_transfer_options(capsys):
-    from selfsup.configkeys import TRANSFER_HEADING, TRANSFER_OPTIONS
+    from selfsup.configkeys import TRANSFER_HEADING, transfer_keys
 
     assert main(["config", "transfer"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == TRANSFER_HEADING and "--transfer KEY=VALUE" in lines[0]
-    assert [line.split(":")[0] for line in lines[1:]] == list(TRANSFER_OPTIONS)
-    assert "lora_rank: int = 8 (>= 1)  LoRA rank r (lora only)" in lines
+    assert [line.split(":")[0] for line in lines[1:]] == [k.key for k in transfer_keys()]
+    rank = "lora_rank: int = 8 (>= 1)  LoRA rank r (lora only; Hu et al.: r in {1, 2, 4, 8, 64})"
+    assert rank in lines and "lrs: list[float] = [0.001] (each > 0)  peak learning rates tried" in " ".join(lines)
     assert main(["config", "transfer.lora_rank"]) == 0
-    assert capsys.readouterr().out.splitlines()[1:] == ["lora_rank: int = 8 (>= 1)  LoRA rank r (lora only)"]
+    assert capsys.readouterr().out.splitlines()[1:] == [rank]
     assert main(["config", "optim"]) == 0
     assert TRANSFER_HEADING not in capsys.readouterr().out
     assert main(["config"]) == 0  # every key: the run config's, then the --transfer options

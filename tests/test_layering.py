@@ -20,7 +20,7 @@ PACKAGE = ROOT / "ssl" / "selfsup"
 LAYERS = [
     ["selfsup.registry", "selfsup.fileio", "selfsup.distributed", "selfsup.version", "selfsup.rundir",
      "selfsup.safeload", "selfsup.statedict", "selfsup.schedules", "selfsup.progress"],
-    ["selfsup.config", "selfsup.configread", "selfsup.configkeys"],
+    ["selfsup.config", "selfsup.configread", "selfsup.transferconfig", "selfsup.configkeys"],
     ["selfsup.data"],
     ["selfsup.encoders", "selfsup.heads", "selfsup.losses", "selfsup.monitors"],
     ["selfsup.methods"],

@@ -221,10 +221,13 @@ def test_peft_is_a_listed_dependency():
 
 
 @pytest.mark.parametrize("kw,match", [({"protocol": "lorra"}, "unknown transfer protocol 'lorra'"),
-                                      ({"lora_rank": 0}, "lora_rank must be a whole number >= 1"),
-                                      ({"lrs": []}, "lrs must be a non-empty list"),
-                                      ({"layer_decay": 0.0}, r"layer_decay must lie in \(0, 1\]"),
-                                      ({"low_shot": [0.0]}, r"low_shot holds labelled fractions in \(0, 1\]")])
+                                      ({"lora_rank": 0}, "^transfer option 'lora_rank' must be >= 1, got 0$"),
+                                      ({"epochs": 2.5}, "^transfer option 'epochs' must be a whole number, got 2.5$"),
+                                      ({"lrs": []}, "'lrs' must hold at least one learning rate"),
+                                      ({"lrs": [1e-3, float("inf")]}, r"'lrs' must hold values > 0, got inf in"),
+                                      ({"layer_decay": 0.0}, "^transfer option 'layer_decay' must be > 0, got 0.0$"),
+                                      ({"layer_decay": 1.5}, "^transfer option 'layer_decay' must be <= 1, got 1.5$"),
+                                      ({"low_shot": [0.0]}, r"'low_shot' must hold values > 0, got 0.0 in \[0.0\]")])
 def test_bad_options_are_one_line_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
         TransferOptions(**kw)

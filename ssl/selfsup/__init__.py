@@ -9,10 +9,11 @@ module first in a fresh interpreter, which exposes an import circle):
    directory (config.yaml, checkpoints/last.ckpt, results.json, export/, ...) and the export directory's
    file names; ``safeload`` says what a file is and reads checkpoints and safetensors without unpickling
    code (``LoadError``); ``statedict`` compares a state dict with a model's; ``progress``: progress bars.
-2. ``configread``, ``config``, ``configkeys``: typed run configs from YAML and ``a.b=c`` overrides
-   (``configread``: a value checked against its field, YAML without repeated keys, an override;
-   ``config``: every section's dataclass and loading a run's config); every key's type, default, range
-   and help (``selfsup config``). A method's config class is looked up by name in
+2. ``configread``, ``config``, ``transferconfig``, ``configkeys``: typed run configs from YAML and
+   ``a.b=c`` overrides (``configread``: a value checked against its field, YAML without repeated keys, an
+   override; ``config``: every section's dataclass and loading a run's config; ``transferconfig``: the
+   ``--transfer`` options of ``selfsup eval --protocol``); every key's type, default, range and help
+   (``selfsup config``). A method's config class is looked up by name in
    ``config.METHOD_CONFIGS``, which ``methods`` fills as it registers each method: config never
    imports methods.
 3. ``data``: datasets, batching, augmentation.

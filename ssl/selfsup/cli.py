@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the last K stages (partial), biases and norms (BitFit), LoRA (pip install -e '.[transfer]': peft), visual "
                         "prompt tuning (ViTs); all labels and eval.low_shot fractions, eval.probe_seeds seeds")
     s.add_argument("--transfer", action="append", default=[], metavar="KEY=VALUE",
-                   help="a transfer option (selfsup/transfer/options.py), e.g. epochs=10, lr=3e-4, lora_rank=4, "
+                   help="a transfer option (selfsup config transfer lists them), e.g. epochs=10, lr=3e-4, lora_rank=4, "
                         "partial_blocks=2, prompt_deep=true")
     s.add_argument("--task", choices=["classification", "detection"], default="classification",
                    help="classification: kNN + linear probe on data.name; detection: train Faster R-CNN + FPN "

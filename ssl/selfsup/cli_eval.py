@@ -177,9 +177,9 @@ def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
     import yaml
 
     from selfsup.config import ConfigError
-    from selfsup.transfer.options import TransferOptions
+    from selfsup.transferconfig import INTERNAL, TransferOptions
 
-    known = {f.name for f in dataclasses.fields(TransferOptions)} - {"protocol", "given"} | {"lr"}  # lr: lrs=[lr]
+    known = {f.name for f in dataclasses.fields(TransferOptions)} - set(INTERNAL) | {"lr"}  # lr: lrs=[lr]
     values: dict[str, Any] = {"low_shot": list(cfg.eval.low_shot), "seeds": cfg.eval.probe_seeds, "seed": cfg.seed}
     for pair in pairs:
         key, eq, text = pair.partition("=")

@@ -4,9 +4,8 @@ The keys are read from the config dataclasses (:mod:`selfsup.config`) and, under
 each registered method's config class (:data:`selfsup.config.METHOD_CONFIGS`, which imports the
 methods, and so torch, only when a ``method`` key is asked for). ``selfsup config method.simclr``
 lists one method's keys. The ``--transfer KEY=VALUE`` options of ``selfsup eval TARGET --protocol NAME``
-(:class:`selfsup.transfer.options.TransferOptions`) follow under a ``# transfer`` heading (``selfsup config
-transfer`` lists them alone), from the static table :data:`TRANSFER_OPTIONS`: importing ``selfsup.transfer``
-would import torch, and this module sits below it."""
+follow under a ``# transfer`` heading (``selfsup config transfer`` lists them alone), read from the fields of
+:class:`selfsup.transferconfig.TransferOptions`, which sits in this layer for that reason."""
 
 from __future__ import annotations
 
@@ -18,43 +17,17 @@ from typing import Any
 import yaml
 
 from selfsup.config import METHOD_CONFIGS, RunConfig
-from selfsup.configread import ConfigError, plain, type_name
+from selfsup.transferconfig import INTERNAL, TransferOptions
+from selfsup.configread import ConfigError, describe_range, plain, type_name
 from selfsup.registry import close_matches
 
 REQUIRED = "(required)"
-RANGES = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
 TRANSFER = "transfer"  # the group of the --transfer options: ``selfsup config transfer`` lists them
 TRANSFER_HEADING = ("# transfer: selfsup eval TARGET --protocol finetune|partial|lora|prompt|bitfit --transfer "
                     "KEY=VALUE (VALUE as YAML; repeat --transfer for more)")
-# The --transfer options: name -> (type, default, range, help). The fields of selfsup.transfer.options.TransferOptions
-# (its ranges are check_options'), less ``protocol`` (--protocol) and the internal ``given``, plus ``lr`` (the CLI's
-# shorthand); low_shot, seeds and seed default to the eval config's keys. tests/test_compare_transfer.py checks
-# this table against the dataclass: a new option must be added here.
-TRANSFER_OPTIONS: dict[str, tuple[str, str, str, str]] = {
-    "epochs": ("int", "20", ">= 1", "training epochs of each run (per labelled fraction, seed and lr)"),
-    "batch_size": ("int", "64", ">= 1", "images per step"),
-    "lrs": ("list[float]", "[0.001]", "each > 0", "peak learning rates tried; the best on the held-out split is kept"),
-    "lr": ("float", "(unset)", "> 0", "one learning rate: shorthand for lrs=[lr]"),
-    "weight_decay": ("float", "0.05", ">= 0", "AdamW weight decay (MAE fine-tuning)"),
-    "layer_decay": ("float", "0.75", "> 0, <= 1", "layer-wise lr decay of ViT blocks, 1: none (finetune, partial; "
-                    "ViTs only)"),
-    "warmup_epochs": ("float", "1.0", ">= 0", "linear warmup epochs, at most half the run, then cosine decay"),
-    "min_lr_ratio": ("float", "0.0", ">= 0, < 1", "final lr of the cosine schedule as a fraction of the peak"),
-    "label_smoothing": ("float", "0.1", ">= 0, < 1", "label smoothing of the cross-entropy"),
-    "drop_path": ("float", "0.1", ">= 0, < 1", "stochastic depth rate (finetune, partial only)"),
-    "partial_blocks": ("int", "1", ">= 1", "K: the last K stages / blocks trained (partial only)"),
-    "lora_rank": ("int", "8", ">= 1", "LoRA rank r (lora only)"),
-    "lora_alpha": ("float", "16.0", "> 0", "LoRA scale alpha: the update is (alpha / r) B A (lora only)"),
-    "lora_dropout": ("float", "0.0", ">= 0, < 1", "dropout on the LoRA branch's input (lora only)"),
-    "prompt_tokens": ("int", "10", ">= 1", "learnable prompt tokens, at the input or before each block "
-                      "(prompt only; ViTs)"),
-    "prompt_deep": ("bool", "false", "", "VPT-deep: new prompt tokens before every block, else at the input only "
-                    "(prompt only)"),
-    "low_shot": ("list[float]", "eval.low_shot", "each > 0, <= 1", "labelled fractions run besides all labels"),
-    "seeds": ("int", "eval.probe_seeds", ">= 1", "seeds per labelled fraction (mean ± sd)"),
-    "seed": ("int", "seed", "", "first seed (subsets, held-out split, head init)"),
-    "val_fraction": ("float", "0.1", "> 0, < 1", "share of the training images held out to choose the lr"),
-}
+# --transfer options whose default comes from the run's config (selfsup eval reads them there)
+TRANSFER_DEFAULTS = {"low_shot": "eval.low_shot", "seeds": "eval.probe_seeds", "seed": "seed"}
+LR_OPTION = ("float", "(unset)", "> 0", "one learning rate: shorthand for lrs=[lr]")  # the CLI's --transfer lr
 
 
 @dataclass(frozen=True)
@@ -85,11 +58,6 @@ def yaml_value(value: Any) -> str:
     """``value`` as YAML on one line: ``0.3``, ``[0.2, 1.0]``, ``null``, ``fashion-mnist``."""
     text = yaml.safe_dump(plain(value), default_flow_style=True, width=10**9)
     return text.removesuffix("\n").removesuffix("\n...").strip()
-
-
-def describe_range(meta: typing.Mapping[str, Any]) -> str:
-    """The bounds of a ``param(gt=..., le=...)`` field: ``> 0, <= 1``; empty when it has none."""
-    return ", ".join(f"{sym} {meta[name]:g}" for name, sym in RANGES if meta.get(name) is not None)
 
 
 def _default(f: dataclasses.Field, owner: Any) -> Any:
@@ -134,8 +102,17 @@ def run_keys(with_methods: bool = True) -> list[KeyInfo]:
 
 
 def transfer_keys() -> list[KeyInfo]:
-    """The ``--transfer KEY=VALUE`` options of ``selfsup eval --protocol`` (:data:`TRANSFER_OPTIONS`)."""
-    return [KeyInfo(name, *row, group=TRANSFER) for name, row in TRANSFER_OPTIONS.items()]
+    """The ``--transfer KEY=VALUE`` options of ``selfsup eval --protocol``: the fields of
+    :class:`selfsup.transferconfig.TransferOptions` (less ``protocol`` and ``given``), with ``lr`` (one
+    learning rate) after ``lrs``; ``low_shot``, ``seeds`` and ``seed`` default to the run config's keys."""
+    keys = []
+    for k in section_keys(TransferOptions, ""):
+        if k.key in INTERNAL:
+            continue
+        keys.append(dataclasses.replace(k, default=TRANSFER_DEFAULTS.get(k.key, k.default), group=TRANSFER))
+        if k.key == "lrs":
+            keys.append(KeyInfo("lr", *LR_OPTION, group=TRANSFER))
+    return keys
 
 
 def _under(key: str, prefix: str) -> bool:

@@ -27,13 +27,17 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
+RANGES = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))  # param's bounds and their symbols
+
+
 def param(default: Any = dataclasses.MISSING, *, gt: float | None = None, ge: float | None = None,
           le: float | None = None, lt: float | None = None, help: str = "",
-          default_factory: Any = dataclasses.MISSING, when: tuple[str, tuple[Any, ...]] | None = None) -> Any:
+          default_factory: Any = dataclasses.MISSING, when: tuple[str, tuple[Any, ...]] | None = None,
+          each: bool = False) -> Any:
     """A dataclass field with a range check and a help string. ``when=(field, values)``: the key applies
     only when the section's ``field`` is one of ``values``; set to anything but its default otherwise, it is
-    refused (:func:`check_applies`) rather than ignored."""
-    meta = {"gt": gt, "ge": ge, "le": le, "lt": lt, "help": help, "when": when}
+    refused (:func:`check_applies`) rather than ignored. ``each``: the bounds hold for every item of a list."""
+    meta = {"gt": gt, "ge": ge, "le": le, "lt": lt, "help": help, "when": when, "each": each}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -122,15 +126,27 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise bad
 
 
-def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
-    if value is None or isinstance(value, (bool, str, list, tuple, dict)):
-        return
-    checks = [("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
-              ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")]
-    for name, ok, sym in checks:
-        bound = meta.get(name)
-        if bound is not None and not ok(value, bound):
-            raise ConfigError(f"config key {key!r} must be {sym} {bound}, got {value!r}")
+def describe_range(meta: typing.Mapping[str, Any]) -> str:
+    """The bounds of a ``param(gt=..., le=...)`` field: ``> 0, <= 1`` (``each > 0`` for a list's items);
+    empty when it has none."""
+    bounds = ", ".join(f"{sym} {meta[name]:g}" for name, sym in RANGES if meta.get(name) is not None)
+    return f"each {bounds}" if bounds and meta.get("each") else bounds
+
+
+def check_range(value: Any, meta: typing.Mapping[str, Any], key: str, what: str = "config key") -> None:
+    """ConfigError ``{what} {key!r} must be > 0, got -1.0`` when ``value`` (for ``param(each=True)``:
+    any item of the list ``value``) is outside the field's bounds (``meta``: its metadata)."""
+    items = list(value) if meta.get("each") and isinstance(value, (list, tuple)) else [value]
+    ops = {"gt": lambda v, b: v > b, "ge": lambda v, b: v >= b, "lt": lambda v, b: v < b, "le": lambda v, b: v <= b}
+    for v in items:
+        if v is None or isinstance(v, (bool, str, list, tuple, dict)):
+            continue
+        for name, sym in RANGES:
+            bound = meta.get(name)
+            if bound is not None and not (math.isfinite(v) and ops[name](v, bound)):  # NaN and inf: never in range
+                if meta.get("each") and isinstance(value, (list, tuple)):
+                    raise ConfigError(f"{what} {key!r} must hold values {sym} {bound}, got {v!r} in {value!r}")
+                raise ConfigError(f"{what} {key!r} must be {sym} {bound}, got {v!r}")
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -153,7 +169,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             continue
         key = f"{prefix}.{name}" if prefix else name
         value = _coerce(data[name], hints[name], key)
-        _check_range(value, f.metadata, key)
+        check_range(value, f.metadata, key)
         kwargs[name] = value
     try:
         obj = cls(**kwargs)
