@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,8 +32,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "ssl"))
+sys.path[:0] = [str(ROOT / "ssl"), str(ROOT / "benchmarks")]  # selfsup; machine.py
 
+from machine import cpu_name  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
 from selfsup.data import build_dataset  # noqa: E402
 from selfsup.data.datasets import Subset  # noqa: E402
@@ -45,13 +45,6 @@ from selfsup.eval.layers import encoder_stages  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
 SLIM = "{output_stride: 16, channels: [32, 64, 128, 256], stem_width: 32}"  # configs/quickstart.yaml's encoder
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def extraction(cfg, images: int, repeats: int) -> dict:
@@ -131,7 +124,7 @@ def markdown(res: dict) -> str:
              f"| **median of the back-to-back ratios** (target >= 0.8) | **{paired_ratio(e['single_stage_seconds'], e['all_stages_seconds'])}** |",
              "", "Seconds per repeat (single / all): " + ", ".join(
                  f"{a} / {b}" for a, b in zip(e["single_stage_seconds"], e["all_stages_seconds"])) + ".", "",
-             f"Stage widths (grid pooling): " + ", ".join(f"{k} {v}" for k, v in e["stage_dims"].items())
+             "Stage widths (grid pooling): " + ", ".join(f"{k} {v}" for k, v in e["stage_dims"].items())
              + f". Writing all stages of the {e['images']} images to the cache (float16 check + safetensors) took "
              f"{e['cache_write_seconds']} s more, once per split.", ""]
     lines += ["Where the difference goes (one 512-image batch, 1 thread, 2026-12-01): the forward pass that yields "

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -35,10 +34,11 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "ssl"))
+sys.path[:0] = [str(ROOT / "ssl"), str(ROOT / "benchmarks")]  # selfsup; machine.py
 
 import timm  # noqa: E402
 
+from machine import cpu_name  # noqa: E402
 from selfsup.config import load_config  # noqa: E402
 from selfsup.data import build_dataset  # noqa: E402
 from selfsup.eval import linear  # noqa: E402
@@ -145,13 +145,8 @@ def main() -> None:
             ap.error(f"--dims: choose from {sorted(ENCODERS)}")
         data = features(dim, Path(args.cache))
         rows += [cell(dim, int(n), data, args) for n in args.sizes.split(",")]
-    settings = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
-                "threads": torch.get_num_threads(), "torch": torch.__version__}
-    try:
-        settings["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                               if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    settings = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+                "torch": torch.__version__}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
