@@ -404,6 +404,40 @@ def test_cli_detection_end_to_end(tmp_path, capsys):
     assert "no feature maps" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("overrides, key, needs, it_is", [
+    (["detection.tile_size=300"], "tile_size=300", "deepforest", "synthetic-fmnist"),
+    (["detection.min_visible=0.5", "detection.dataset=voc:/data/a"], "min_visible=0.5", "deepforest", "voc:/data/a"),
+    (["detection.deepforest_root=/data/trees", "detection.dataset=coco:/i,/a.json"], "deepforest_root='/data/trees'",
+     "deepforest", "coco:/i,/a.json"),
+    (["detection.synthetic_train=50", "detection.dataset=deepforest"], "synthetic_train=50", "synthetic-fmnist",
+     "deepforest"),
+    (["detection.synthetic_objects=[1, 3]", "detection.dataset=voc:/d"], "synthetic_objects=(1, 3)", "synthetic-fmnist",
+     "voc:/d"),
+])
+def test_detection_keys_of_another_dataset_are_refused(overrides, key, needs, it_is):
+    """A dataset-specific detection key set for another dataset would be ignored: refused, one line."""
+    from selfsup.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method.name=simclr", *overrides])
+    assert str(err.value) == (f"config key detection.{key} applies only when detection.dataset is {needs} (it is "
+                              f"{it_is}), so it would be ignored: drop it, or set detection.dataset={needs}")
+    load_config(None, ["method.name=simclr", *overrides[:1], f"detection.dataset={needs}"])  # its own dataset: fine
+
+
+def test_cli_dataset_is_the_config_dataset_for_the_key_check(capsys):
+    """--dataset deepforest makes detection.tile_size apply (no refusal before the data is read);
+    without it the key is refused in one line, before anything runs."""
+    from selfsup.cli import main
+
+    assert main(["eval", "random:resnet18", "--task", "detection", "detection.tile_size=300"]) == 2
+    assert "detection.tile_size=300 applies only when detection.dataset is deepforest" in capsys.readouterr().err
+    assert main(["eval", "random:resnet18", "--task", "detection", "--dataset", "deepforest",
+                 "detection.tile_size=300", "detection.deepforest_root=/nonexistent/trees"]) == 2
+    err = capsys.readouterr().err
+    assert "applies only when" not in err and "deepforest_root '/nonexistent/trees' does not exist" in err
+
+
 def test_detection_results_of_each_dataset_have_their_own_folder():
     """A second detection dataset never overwrites the first one's results.json."""
     from selfsup.cli_eval import detection_tag

@@ -49,6 +49,10 @@ def eval_command(args: argparse.Namespace) -> None:
     from selfsup.train.workdir import load_run_config
 
     target = Path(args.target)
+    if args.task == "detection":  # the data chosen on the command line is the config's, so that keys that do
+        # not apply to it (detection.tile_size on synthetic-fmnist, ...) are refused when the config is read
+        args.overrides = [*args.overrides, *(f"detection.{key}={json.dumps(value)}" for key, value in
+                                             (("dataset", args.dataset), ("test_dataset", args.test_dataset)) if value)]
     if args.config:
         cfg = load_config(args.config, args.overrides)
     else:

@@ -192,6 +192,10 @@ class EvalConfig:
                 raise ValueError(f"knn: the temperature must be a finite number > 0, got {t!r} in ({k!r}, {t!r})")
 
 
+SYNTHETIC = ("dataset", ("synthetic-fmnist",))  # detection keys that only the synthetic set reads
+DEEPFOREST = ("dataset", ("deepforest",))  # and those only the deepforest tiles read
+
+
 @dataclass
 class DetectionConfig:
     """Downstream detection on a frozen encoder (``selfsup eval --task detection``): torchvision's
@@ -221,15 +225,19 @@ class DetectionConfig:
     hflip: bool = param(True, help="random horizontal flips while training")
     score_threshold: float = param(0.01, ge=0, lt=1, help="detections below this score are not scored")
     num_workers: int = param(0, ge=0, help="image decoding workers (voc/coco folders)")
-    synthetic_train: int = param(1000, gt=0, help="synthetic-fmnist training canvases")
-    synthetic_test: int = param(300, gt=0, help="synthetic-fmnist test canvases")
-    synthetic_canvas: int = param(128, gt=0, help="synthetic-fmnist canvas side")
-    synthetic_objects: tuple[int, int] = (2, 5)
-    synthetic_object_size: tuple[int, int] = (20, 56)
-    deepforest_root: str | None = param(None, help="tree-crown images + VOC XML; default: the deepforest wheel's data/")
-    tile_size: int = param(200, gt=0, help="deepforest: side of the square tiles cut from the large images")
-    min_visible: float = param(0.4, gt=0, le=1, help="keep a box cut by a tile border when this share of its area "
-                                                     "is inside the tile")
+    synthetic_train: int = param(1000, gt=0, help="synthetic-fmnist training canvases", when=SYNTHETIC)
+    synthetic_test: int = param(300, gt=0, help="synthetic-fmnist test canvases", when=SYNTHETIC)
+    synthetic_canvas: int = param(128, gt=0, help="synthetic-fmnist canvas side", when=SYNTHETIC)
+    synthetic_objects: tuple[int, int] = param((2, 5), help="synthetic-fmnist objects per canvas (min, max)",
+                                               when=SYNTHETIC)
+    synthetic_object_size: tuple[int, int] = param((20, 56), help="synthetic-fmnist object side in pixels "
+                                                   "(min, max)", when=SYNTHETIC)
+    deepforest_root: str | None = param(None, help="tree-crown images + VOC XML; default: the deepforest wheel's "
+                                        "data/", when=DEEPFOREST)
+    tile_size: int = param(200, gt=0, help="deepforest: side of the square tiles cut from the large images",
+                           when=DEEPFOREST)
+    min_visible: float = param(0.4, gt=0, le=1, help="deepforest: keep a box cut by a tile border when this share "
+                               "of its area is inside the tile", when=DEEPFOREST)
 
     def __post_init__(self) -> None:
         lo, hi = self.synthetic_objects
