@@ -97,6 +97,9 @@ def limit(data: tuple[DetectionDataset, DetectionDataset], n: int) -> tuple[Dete
     return DetectionDataset(train.name, train.samples[:n], train.class_names, train.report, train.meta), test
 
 
+ROLES = ("self-supervised", "random-init", "supervised")  # the encoders a run can compare
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ssl", required=True, help="self-supervised run or export directory (e.g. the quickstart's)")
@@ -114,14 +117,20 @@ def main() -> None:
     ap.add_argument("--deformable", choices=sorted(DEFORMABLE_SETTINGS),
                     help="FPN/RPN convs plain (off), modulated deformable (on) or each detector both ways (both); "
                          "default: as detection.deformable says (off unless an override sets it)")
+    ap.add_argument("--roles", default=",".join(ROLES),
+                    help="which encoders to run, of " + ", ".join(ROLES) + " (e.g. only the self-supervised one "
+                         "with --deformable both)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--runs", default="/tmp/selfsup-detection")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every run (e.g. detection.lr=0.04)")
     args = ap.parse_args()
+    roles = [r for r in args.roles.split(",") if r]
+    if not roles or set(roles) - set(ROLES):
+        ap.error(f"--roles: choose from {', '.join(ROLES)}, got {args.roles!r}")
     t_start = time.perf_counter()
 
     supervised, sup_minutes = args.supervised, None
-    if supervised is None:
+    if supervised is None and "supervised" in roles:
         supervised, sup_minutes = train_supervised(args)
         print(json.dumps({"supervised_run": supervised, "train_minutes": round(sup_minutes, 2),
                           "epochs": args.supervised_epochs}), flush=True)
@@ -136,9 +145,10 @@ def main() -> None:
         if args.supervised is None:
             sup_note = f", {args.supervised_epochs} epoch(s)" + (
                 f" on {args.supervised_subset} images" if args.supervised_subset else "")
-        targets = [("self-supervised", args.ssl, f"{method} {arch} (self-supervised)"),
-                   ("random init", f"random:{arch}", f"random-init {arch}"),
-                   ("supervised", supervised, f"supervised {arch} (Fashion-MNIST labels{sup_note})")]
+        targets = [t for t in [("self-supervised", args.ssl, f"{method} {arch} (self-supervised)"),
+                               ("random init", f"random:{arch}", f"random-init {arch}"),
+                               ("supervised", supervised, f"supervised {arch} (Fashion-MNIST labels{sup_note})")]
+                   if t[0].replace(" ", "-") in roles]
         in_chans = None
         for role, spec, label in targets:
             for deformable in DEFORMABLE_SETTINGS[args.deformable] if args.deformable else (cfg.detection.deformable,):
@@ -151,7 +161,7 @@ def main() -> None:
                                                       "train_images", "test_images", "steps", "seconds")}), flush=True)
 
     minutes = (time.perf_counter() - t_start) / 60
-    settings = {"ssl": args.ssl, "supervised": supervised, "supervised_trained_here": args.supervised is None,
+    settings = {"ssl": args.ssl, "supervised": supervised, "supervised_trained_here": args.supervised is None and supervised is not None, "roles": roles,
                 "supervised_epochs": args.supervised_epochs if args.supervised is None else None,
                 "supervised_subset": args.supervised_subset or None,
                 "supervised_train_minutes": None if sup_minutes is None else round(sup_minutes, 2),
@@ -166,7 +176,7 @@ def main() -> None:
               f"{torch.get_num_threads()} CPU threads, {minutes:.1f} min in all. Self-supervised encoder: {args.ssl}; "
               f"supervised: {supervised}"
               + (f" (trained here, {args.supervised_epochs} epoch(s) on the Fashion-MNIST labels)"
-                 if args.supervised is None else "") + ".\n\n")
+                 if args.supervised is None and supervised else "") + f"; encoders run: {', '.join(roles)}.\n\n")
     write_text(header + detection_markdown(rows), out / "detection.md")
     print(json.dumps({"total_minutes": round(minutes, 2), "json": str(out / "detection.json")}), flush=True)
 
