@@ -7,24 +7,32 @@ with ``I(X; Y) = -10 log(1 - rho^2)``; ``--cubic`` replaces y by y^3 (the MI is 
 critic's job harder). Batch 64; ``--steps`` per level (4,000 in the paper); Adam, lr 5e-4.
 Critics as in the paper: separable (two MLPs, 256 wide, 2 hidden layers, 32-d embeddings,
 an inner product) and concatenated (one MLP on [x, y], 2 hidden layers, ``--concat-hidden``
-wide: the paper's 256 costs about 1.6 GFLOP per step on the 64 x 64 pairs, an hour on 2 CPU
-cores, so the default here is 64 and the table says so).
+wide: the paper's 256 costs about 16 times the default's compute on the 64 x 64 pairs, so the
+default here is 64 and the table says so).
 
 Estimators: InfoNCE (CPC), NWJ, JS (critic trained on Jensen-Shannon, MI read by NWJ),
 MINE (DV with the moving-average gradient, momentum 0.9), SMILE with tau = 1, 5 and infinity.
-The critics of all estimators train together in one vmapped step (separate initialisations,
-separate Adam states; Adam is elementwise, so this equals seven separate runs on the same
-batches).
+
+Speed: the critics of all seven estimators train together as one batch of networks: each
+layer's weights of the seven critics are one ``[E, in, out]`` tensor (the separable critic's
+two towers: ``[2E, in, out]``) applied with one ``baddbmm``; the seven objectives are computed
+on the ``[E, B, B]`` score matrix at once (:func:`objective`); one Adam steps the stacked
+parameters (Adam is elementwise, so this equals seven separate Adams); a level's Gaussian
+samples are drawn before its steps. Each piece equals its per-estimator reference to float
+precision: the critics of :mod:`selfsup.losses.mi_bounds` and the bound functions there
+(tests/test_mi_bounds.py checks both, and an Adam step).
 
 Per level, from the estimates after the first 20% of its steps (the critic's catch-up after a
 jump is left out): bias (mean - true), variance and MSE, as in Song & Ermon's Figure 3. The
-published findings are checked in the output: InfoNCE saturates at log 64 = 4.16 nats; NWJ's
-and MINE's variance grow quickly with the MI; SMILE (tau = 5) has a small bias and a much lower
-variance than MINE.
+published findings are checked in the output, each with its criterion stated
+(:func:`findings`).
 
     python benchmarks/mi_bounds.py [--steps 4000] [--critics separable,concat] [--cubic] [--seed 0]
+                                   [--threads N]
+    python benchmarks/mi_bounds.py --recheck benchmarks/results/mi_bounds.json
 
-Prints JSON; writes benchmarks/results/mi_bounds{,-cubic}.{json,md,png}.
+Prints JSON; writes benchmarks/results/mi_bounds{,-cubic}.{json,md,png} (after each critic).
+``--recheck`` applies the current criteria to a finished run's statistics.
 """
 
 from __future__ import annotations
@@ -32,25 +40,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.func import functional_call, stack_module_state, vmap
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "ssl"))
+sys.path[:0] = [str(ROOT / "ssl"), str(ROOT / "benchmarks")]  # selfsup; machine.py
 
-from selfsup.losses.mi_bounds import Bound, ConcatCritic, SeparableCritic, dv, infonce, js, nwj, smile  # noqa: E402
+from machine import cpu_name  # noqa: E402
+from selfsup.losses.mi_bounds import ConcatCritic, SeparableCritic  # noqa: E402
 
-DIM, BATCH, LR = 20, 64, 5e-4
+DIM, BATCH, LR, MOMENTUM = 20, 64, 5e-4, 0.9
 LEVELS = (2.0, 4.0, 6.0, 8.0, 10.0)
 BURN_IN = 0.2
+KINDS = ("separable", "concat")
 
 
 def mi_to_rho(mi: float, dim: int = DIM) -> float:
@@ -58,101 +68,257 @@ def mi_to_rho(mi: float, dim: int = DIM) -> float:
     return math.sqrt(1 - math.exp(-2 * mi / dim))
 
 
-def sample(rho: float, g: torch.Generator, cubic: bool) -> tuple[Tensor, Tensor]:
-    """x, y ``[BATCH, DIM]`` with corr(x_k, y_k) = rho; y cubed with ``cubic``."""
-    x = torch.randn(BATCH, DIM, generator=g)
-    y = rho * x + math.sqrt(1 - rho**2) * torch.randn(BATCH, DIM, generator=g)
+def level_samples(rho: float, steps: int, g: torch.Generator, cubic: bool) -> tuple[Tensor, Tensor]:
+    """A level's batches, drawn at once: x, y ``[steps, BATCH, DIM]`` with corr(x_k, y_k) = rho;
+    y cubed with ``cubic``."""
+    x = torch.randn(steps, BATCH, DIM, generator=g)
+    y = rho * x + math.sqrt(1 - rho**2) * torch.randn(steps, BATCH, DIM, generator=g)
     return x, y**3 if cubic else y
 
 
-class Estimator:
-    """One estimator's training step on its own score matrix (MINE keeps its moving average)."""
+class Estimator(NamedTuple):
+    """An estimator: the objective its critic trains on and the bound its MI is read by.
 
-    def __init__(self, name: str, fn: Callable[[Tensor], Bound], stateful: bool = False) -> None:
-        self.name, self.fn, self.stateful = name, fn, stateful
-        self.ema = torch.tensor(1.0)
+    ``loss``: ``infonce`` | ``nwj`` | ``js`` (the JS divergence bound) | ``mine`` (DV's value,
+    MINE's moving-average gradient). ``readout``: ``infonce`` | ``nwj`` | ``js`` (NWJ at f + 1) |
+    ``smile`` (DV with the partition term on clip(f, -tau, tau); ``tau=None``: DV)."""
 
-    def __call__(self, scores: Tensor) -> Bound:
-        if self.stateful:
-            bound, self.ema = dv(scores, self.ema, momentum=0.9)
-            return bound
-        return self.fn(scores)
-
-
-def estimators() -> list[Estimator]:
-    return [Estimator("InfoNCE", infonce), Estimator("NWJ", nwj), Estimator("JS", js),
-            Estimator("MINE", lambda s: dv(s)[0], stateful=True),
-            Estimator("SMILE (tau=1)", lambda s: smile(s, 1.0)), Estimator("SMILE (tau=5)", lambda s: smile(s, 5.0)),
-            Estimator("SMILE (tau=inf)", lambda s: smile(s, None))]
+    name: str
+    loss: str
+    readout: str
+    tau: float | None = None
 
 
-def make_critic(kind: str, concat_hidden: int) -> torch.nn.Module:
+ESTIMATORS = (Estimator("InfoNCE", "infonce", "infonce"), Estimator("NWJ", "nwj", "nwj"),
+              Estimator("JS", "js", "js"), Estimator("MINE", "mine", "smile"),
+              Estimator("SMILE (tau=1)", "js", "smile", 1.0), Estimator("SMILE (tau=5)", "js", "smile", 5.0),
+              Estimator("SMILE (tau=inf)", "js", "smile"))
+
+
+def _log_mean_exp(v: Tensor) -> Tensor:
+    """``log mean exp`` over the last dimension: ``[..., M] -> [...]``."""
+    return torch.logsumexp(v, -1) - math.log(v.shape[-1])
+
+
+def _off_diagonal(scores: Tensor) -> Tensor:
+    """The marginal pairs of each matrix, row by row: ``[E, B, B] -> [E, B(B-1)]`` (the entries
+    between consecutive diagonal entries of the flattened matrix)."""
+    e, b = scores.shape[0], scores.shape[1]
+    return scores.flatten(1)[:, 1:].view(e, b - 1, b + 1)[:, :, :b].reshape(e, b * (b - 1))
+
+
+def objective(scores: Tensor, ema: Tensor, ests: tuple[Estimator, ...] = ESTIMATORS
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """The training objectives and MI estimates of ``ests`` on their own critics' scores at once.
+
+    ``scores`` ``[E, B, B]`` (row e: estimator e's critic; diagonals: the joint pairs), ``ema``
+    ``[R]``: MINE's moving averages of ``E_q[e^f]`` (one per ``mine`` estimator, in order; start
+    at 1). Returns ``(loss, mi, new_ema)``: ``loss`` the sum of the estimators' losses (the
+    critics are disjoint, so each critic gets its own estimator's gradient), ``mi`` ``[E]``
+    (detached), ``new_ema`` ``[R]``. Each equals :mod:`selfsup.losses.mi_bounds`'s function
+    on ``scores[e]`` (infonce, nwj, js, dv with ``ema``, smile), which tests/test_mi_bounds.py
+    checks, values and gradients.
+    """
+    joint_pairs = scores.diagonal(dim1=1, dim2=2)  # [E, B]
+    marginal = _off_diagonal(scores)  # [E, B(B-1)]
+    joint, lme = joint_pairs.mean(1), _log_mean_exp(marginal)  # [E], [E]
+    rows = {kind: [i for i, est in enumerate(ests) if est.loss == kind] for kind in ("infonce", "nwj", "js", "mine")}
+    # each objective only on its own rows: an objective's overflow elsewhere (NWJ's e^f on a
+    # JS-trained critic) must not reach another critic's gradient as 0 * inf
+    loss = scores.new_zeros(())
+    if r := rows["infonce"]:
+        loss = loss + (torch.logsumexp(scores[r], 2) - joint_pairs[r]).mean(1).sum()  # the cross entropy
+    if r := rows["nwj"]:
+        loss = loss - (joint[r] - torch.exp(lme[r] - 1.0)).sum()
+    if r := rows["js"]:  # minus the JS divergence bound
+        loss = loss + (F.softplus(-joint_pairs[r]).mean(1) + F.softplus(marginal[r]).mean(1)).sum()
+    new_ema = ema
+    if r := rows["mine"]:
+        # the library's log-space update: E_q[e^f] / new_ema stays finite when E_q[e^f] overflows float32
+        log_new = torch.logaddexp(ema.double().clamp_min(1e-4).log() + math.log(MOMENTUM),
+                                  lme[r].detach().double() + math.log1p(-MOMENTUM)).clamp_min(math.log(1e-4))  # [R]
+        ratio = torch.exp(lme[r] - log_new.to(lme))  # [R], with its gradient
+        new_ema = torch.exp(log_new)  # [R], float64
+        loss = loss - (joint[r] - ratio + ratio.detach() - lme[r].detach()).sum()
+    with torch.no_grad():
+        mi = readouts(scores.detach(), joint.detach(), lme.detach(), marginal.detach(), ests)
+    return loss, mi, new_ema
+
+
+def readouts(scores: Tensor, joint: Tensor, lme: Tensor, marginal: Tensor, ests: tuple[Estimator, ...]) -> Tensor:
+    """Each estimator's MI estimate from its critic's ``scores`` ``[E, B, B]``: ``joint`` ``[E]``
+    the mean joint score, ``lme`` ``[E]`` the log mean exp of the marginal pairs ``marginal``
+    ``[E, M]``. Returns ``[E]``."""
+    infonce = math.log(scores.shape[1]) + (joint - torch.logsumexp(scores, 2).mean(1))
+    by_kind = {"infonce": infonce, "nwj": joint - torch.exp(lme - 1.0), "js": joint + 1.0 - torch.exp(lme)}
+    for tau in {est.tau for est in ests if est.readout == "smile"}:
+        by_kind[f"smile{tau}"] = joint - (lme if tau is None else _log_mean_exp(marginal.clamp(-tau, tau)))
+    keys = [est.readout + (str(est.tau) if est.readout == "smile" else "") for est in ests]
+    return torch.stack([by_kind[k][i] for i, k in enumerate(keys)])  # [E]
+
+
+def make_critic(kind: str, concat_hidden: int) -> nn.Module:
     if kind == "separable":
         return SeparableCritic(DIM, DIM, hidden=256, embed=32, layers=2)
     return ConcatCritic(DIM, DIM, hidden=concat_hidden, layers=2)
 
 
+def _linears(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def _stack(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
+    """The same layer of several networks: weight ``[n, in, out]``, bias ``[n, 1, out]`` (or None)."""
+    weight = torch.stack([lin.weight.detach().T for lin in linears]).contiguous()
+    bias = None if linears[0].bias is None else torch.stack([lin.bias.detach()[None] for lin in linears])
+    return weight, bias
+
+
+def stack_critics(kind: str, critics: list[nn.Module]) -> dict[str, Tensor]:
+    """The weights of E critics of one kind (modules of :mod:`selfsup.losses.mi_bounds`) as
+    stacked leaf tensors, copies: separable ``tower.{i}.weight`` ``[2E, in, out]`` (the x towers
+    g of the E critics, then their y towers h) and ``tower.{i}.bias`` ``[2E, 1, out]``; concat
+    ``x_in.*``, ``y_in.weight`` ``[E, D, H]`` and ``out.{i}.*``."""
+    groups: dict[str, list[nn.Linear]] = {}
+    if kind == "separable":
+        towers = [c.g for c in critics] + [c.h for c in critics]
+        for i, layer in enumerate(zip(*[_linears(t) for t in towers])):
+            groups[f"tower.{i}"] = list(layer)
+    else:
+        groups["x_in"], groups["y_in"] = [c.x_in for c in critics], [c.y_in for c in critics]
+        for i, layer in enumerate(zip(*[_linears(c.out) for c in critics])):
+            groups[f"out.{i}"] = list(layer)
+    params = {}
+    for name, linears in groups.items():
+        weight, bias = _stack(linears)
+        params[f"{name}.weight"] = weight.requires_grad_(True)
+        if bias is not None:
+            params[f"{name}.bias"] = bias.requires_grad_(True)
+    return params
+
+
+def _mlp(params: dict[str, Tensor], prefix: str, h: Tensor) -> Tensor:
+    """The stacked MLP ``{prefix}.{i}``: ``h`` ``[n, N, in] -> [n, N, out]``, ReLU between layers."""
+    n_layers = sum(1 for k in params if k.startswith(prefix + ".") and k.endswith(".weight"))
+    for i in range(n_layers):
+        h = torch.baddbmm(params[f"{prefix}.{i}.bias"], h, params[f"{prefix}.{i}.weight"])  # [n, N, out]
+        if i < n_layers - 1:
+            h = torch.relu_(h)
+    return h
+
+
+def stacked_scores(kind: str, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+    """Every critic's score matrix: ``x``, ``y`` ``[B, D]`` -> ``[E, B, B]`` (critic e: its
+    ``f(x_i, y_j)``, as the critic module's forward)."""
+    b = x.shape[0]
+    if kind == "separable":
+        e = params["tower.0.weight"].shape[0] // 2
+        inputs = torch.cat([x.expand(e, *x.shape), y.expand(e, *y.shape)])  # [2E, B, D]
+        emb = _mlp(params, "tower", inputs)  # [2E, B, K]
+        return torch.bmm(emb[:e], emb[e:].transpose(1, 2))  # [E, B, B]
+    e = params["x_in.weight"].shape[0]
+    ax = torch.baddbmm(params["x_in.bias"], x.expand(e, *x.shape), params["x_in.weight"])  # [E, B, H]
+    ay = torch.bmm(y.expand(e, *y.shape), params["y_in.weight"])  # [E, B, H]
+    pair = torch.relu_(ax[:, :, None, :] + ay[:, None, :, :])  # [E, B, B, H]: relu(W [x_i, y_j] + b)
+    return _mlp(params, "out", pair.view(e, b * b, -1)).view(e, b, b)  # [E, B, B]
+
+
 def run(kind: str, steps: int, cubic: bool, seed: int, concat_hidden: int) -> dict[str, Any]:
-    """Train every estimator's critic through the staircase; returns the estimates ``[T, E]``."""
+    """Train every estimator's critic through the staircase; returns the estimates ``[T, E]``
+    (``T = 5 steps``), the true MI per step ``[T]``, the seconds and the 1-minute load average
+    sampled at each level's start and at the end."""
     torch.manual_seed(seed)
-    ests = estimators()
-    critics = [make_critic(kind, concat_hidden) for _ in ests]
-    params, _ = stack_module_state(critics)  # {name: [E, ...]} (the critics have no buffers)
-    base = make_critic(kind, concat_hidden).to("meta")
-
-    def scores_of(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return functional_call(base, p, (x, y))  # [B, B]
-
-    batched = vmap(scores_of, in_dims=(0, None, None))
-    opt = torch.optim.Adam(list(params.values()), lr=LR, fused=True)  # one kernel per tensor group: 3x faster on CPU
+    params = stack_critics(kind, [make_critic(kind, concat_hidden) for _ in ESTIMATORS])
+    opt = torch.optim.Adam(list(params.values()), lr=LR, fused=True)  # one kernel per tensor group
     g = torch.Generator().manual_seed(seed)
-    truth = np.repeat(LEVELS, steps)
-    out = np.zeros((len(truth), len(ests)))
-    start = time.perf_counter()
-    for t, mi in enumerate(truth):
-        x, y = sample(mi_to_rho(float(mi)), g, cubic)
-        scores = batched(params, x, y)  # [E, B, B]
-        bounds = [est(scores[e]) for e, est in enumerate(ests)]
-        opt.zero_grad(set_to_none=True)
-        torch.stack([b.loss for b in bounds]).sum().backward()  # disjoint parameters: separate gradients
-        opt.step()
-        out[t] = [float(b.mi) for b in bounds]
-    return {"critic": kind, "names": [e.name for e in ests], "truth": truth, "estimates": out,
-            "seconds": time.perf_counter() - start}
+    ema = torch.ones(sum(est.loss == "mine" for est in ESTIMATORS), dtype=torch.float64)  # [R]
+    out = torch.zeros(len(LEVELS) * steps, len(ESTIMATORS))  # [T, E]
+    start, load = time.perf_counter(), []
+    for level, mi in enumerate(LEVELS):
+        load.append(os.getloadavg()[0])
+        xs, ys = level_samples(mi_to_rho(mi), steps, g, cubic)  # [steps, B, D]
+        for t in range(steps):
+            loss, out[level * steps + t], ema = objective(stacked_scores(kind, params, xs[t], ys[t]), ema)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return {"critic": kind, "names": [est.name for est in ESTIMATORS], "truth": np.repeat(LEVELS, steps),
+            "estimates": out.numpy().astype(np.float64), "seconds": time.perf_counter() - start,
+            "load": load + [os.getloadavg()[0]]}
 
 
 def level_stats(truth: np.ndarray, est: np.ndarray, steps: int) -> list[dict[str, float]]:
-    """Bias, variance and MSE per level over its steps after the burn-in."""
+    """Bias, variance and MSE per level over its steps after the burn-in; ``max``: the level's
+    largest estimate (all its steps)."""
     rows = []
     for i, level in enumerate(LEVELS):
         seg = est[i * steps + int(BURN_IN * steps):(i + 1) * steps]
         rows.append({"true_mi": level, "mean": float(seg.mean()), "bias": float(seg.mean() - level),
-                     "variance": float(seg.var()), "mse": float(((seg - level) ** 2).mean())})
+                     "variance": float(seg.var()), "mse": float(((seg - level) ** 2).mean()),
+                     "max": float(est[i * steps:(i + 1) * steps].max())})
     return rows
 
 
+# the criteria of the published findings (stated in the output)
+SATURATION_MARGIN = 0.25  # nats: InfoNCE's mean at 10 nats within this of log B, and its rise from 8 to 10 below it
+VARIANCE_GROWTH = 10.0  # "grows quickly": variance at 10 nats at least this many times that at 2 nats
+SMILE_VARIANCE_RATIO = 0.5  # "much lower": SMILE (tau=5)'s variance at most this fraction of MINE's, 6 nats up
+SMILE_BIAS = (0.5, 0.1)  # "small": |bias| at most max(0.5 nats, 10% of the true MI) at every level
+FLOAT_TOLERANCE = 1e-4  # float32 rounding of an estimate that equals log B
+
+
 def findings(stats: dict[str, list[dict[str, float]]]) -> list[dict[str, Any]]:
-    """The published qualitative findings, checked on these numbers."""
+    """The published qualitative findings (Poole et al. 2019; Song & Ermon 2020), each tested on
+    these numbers by a stated criterion: ``{finding, criterion, holds, evidence}``; ``holds`` is
+    None (cannot be checked) when a number it reads is not finite (that critic diverged).
+    ``stats``: per estimator name, :func:`level_stats` rows (with ``max``, the largest single
+    estimate)."""
     def at(name: str, level: float, key: str) -> float:
         return next(r[key] for r in stats[name] if r["true_mi"] == level)
 
     log_b = math.log(BATCH)
-    infonce_high = [at("InfoNCE", lv, "mean") for lv in (6.0, 8.0, 10.0)]
-    growth = {n: at(n, 10.0, "variance") / max(at(n, 2.0, "variance"), 1e-12) for n in ("NWJ", "MINE")}
-    smile_var = {lv: (at("SMILE (tau=5)", lv, "variance"), at("MINE", lv, "variance")) for lv in LEVELS}
-    smile_bias = [abs(at("SMILE (tau=5)", lv, "bias")) for lv in LEVELS]
+    nce_mean = {lv: at("InfoNCE", lv, "mean") for lv in LEVELS}
+    nce_max = max(r["max"] for r in stats["InfoNCE"])
+    variance = {n: [at(n, lv, "variance") for lv in LEVELS] for n in ("NWJ", "MINE")}
+    growth = {n: v[-1] / max(v[0], 1e-12) for n, v in variance.items()}
+    high = [lv for lv in LEVELS if lv >= 6.0]
+    smile_var = {lv: (at("SMILE (tau=5)", lv, "variance"), at("MINE", lv, "variance")) for lv in high}
+    smile_bias = {lv: at("SMILE (tau=5)", lv, "bias") for lv in LEVELS}
+    bias_limit = {lv: max(SMILE_BIAS[0], SMILE_BIAS[1] * lv) for lv in LEVELS}
+    mse = {lv: (at("SMILE (tau=5)", lv, "mse"), at("MINE", lv, "mse")) for lv in high}
+
+    def verdict(ok: bool, *numbers: float) -> bool | None:
+        """None (cannot be checked) when a number read is not finite: a critic diverged."""
+        return ok if all(math.isfinite(v) for v in numbers) else None
+
     return [
         {"finding": f"InfoNCE saturates at log {BATCH} = {log_b:.2f} nats",
-         "holds": all(m <= log_b + 1e-6 for m in infonce_high) and min(infonce_high) > log_b - 0.5,
-         "evidence": f"mean estimate at true MI 6/8/10: {', '.join(f'{m:.2f}' for m in infonce_high)}"},
+         "criterion": f"every estimate <= log {BATCH}; at true MI 10 (2.4 x log {BATCH}) the mean is within "
+                      f"{SATURATION_MARGIN} nats of log {BATCH} and rose by less than {SATURATION_MARGIN} from 8 nats "
+                      f"(the truth rose 2)",
+         "holds": verdict(nce_max <= log_b + FLOAT_TOLERANCE and nce_mean[10.0] >= log_b - SATURATION_MARGIN
+                          and nce_mean[10.0] - nce_mean[8.0] < SATURATION_MARGIN, nce_max, *nce_mean.values()),
+         "evidence": f"largest estimate {nce_max:.3f}; mean at true MI 6/8/10: "
+                     + ", ".join(f"{nce_mean[lv]:.2f}" for lv in (6.0, 8.0, 10.0))},
         {"finding": "NWJ's and MINE's variance grow quickly with the MI",
-         "holds": all(v > 10 for v in growth.values()),
-         "evidence": "variance at 10 nats / at 2 nats: " + ", ".join(f"{n} {v:.1f}x" for n, v in growth.items())},
-        {"finding": "SMILE (tau=5) has a small bias and a much lower variance than MINE",
-         "holds": all(s * 2 <= m for lv, (s, m) in smile_var.items() if lv >= 6.0),
-         "evidence": "variance SMILE-5 vs MINE per level: " + ", ".join(f"{lv:g}: {s:.3f} vs {m:.3f}"
-                                                                       for lv, (s, m) in smile_var.items())
-                     + "; |bias| SMILE-5: " + ", ".join(f"{b:.2f}" for b in smile_bias)},
+         "criterion": f"the variance rises at every level and is at least {VARIANCE_GROWTH:g} x larger at 10 nats "
+                      f"than at 2, for both",
+         "holds": verdict(all(growth[n] >= VARIANCE_GROWTH and all(b > a for a, b in zip(v, v[1:]))
+                              for n, v in variance.items()), *variance["NWJ"], *variance["MINE"]),
+         "evidence": "; ".join(f"{n} variance at 2/4/6/8/10: " + ", ".join(f"{x:.3f}" for x in v)
+                               + f" ({growth[n]:.1f}x)" for n, v in variance.items())},
+        {"finding": "SMILE (tau=5) has a small bias",
+         "criterion": f"|bias| <= max({SMILE_BIAS[0]} nats, {SMILE_BIAS[1]:.0%} of the true MI) at every level",
+         "holds": verdict(all(abs(b) <= bias_limit[lv] for lv, b in smile_bias.items()), *smile_bias.values()),
+         "evidence": "bias at 2/4/6/8/10: " + ", ".join(f"{b:+.2f}" for b in smile_bias.values())},
+        {"finding": "SMILE (tau=5) has a much lower variance than MINE",
+         "criterion": f"SMILE (tau=5)'s variance <= {SMILE_VARIANCE_RATIO} x MINE's at every level from 6 nats",
+         "holds": verdict(all(s <= SMILE_VARIANCE_RATIO * m for s, m in smile_var.values()),
+                          *(v for pair in smile_var.values() for v in pair)),
+         "evidence": "variance SMILE-5 vs MINE at " + ", ".join(f"{lv:g}: {s:.3f} vs {m:.3f} ({s / m:.2f}x)"
+                                                                  for lv, (s, m) in smile_var.items())
+                     + "; MINE's bias there " + ", ".join(f"{at('MINE', lv, 'bias'):+.2f}" for lv in high)
+                     + "; MSE SMILE-5 vs MINE " + ", ".join(f"{s:.2f} vs {m:.2f}" for s, m in mse.values())},
     ]
 
 
@@ -186,19 +352,31 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
+VERDICTS = {True: "holds", False: "does not hold", None: "cannot be checked (a number it reads is not finite)"}
+
+
+def command(args: argparse.Namespace) -> str:
+    return (f"python benchmarks/mi_bounds.py --steps {args.steps} --critics {args.critics} --concat-hidden "
+            f"{args.concat_hidden}{' --cubic' if args.cubic else ''} --seed {args.seed} --threads {args.threads}")
+
+
 def markdown(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict[str, float]]]],
              checks: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> str:
     lines = [f"# MI estimators on the Gaussian staircase{' (cubic y)' if args.cubic else ''}", "",
-             f"`python benchmarks/mi_bounds.py --steps {args.steps} --critics {args.critics}"
-             f"{' --cubic' if args.cubic else ''} --seed {args.seed}` on {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} torch threads, seed {args.seed} (one seed). X, Y in {DIM} dimensions, batch "
-             f"{BATCH}, {args.steps} Adam steps (lr {LR}) per level; separable critic 256 wide, 2 hidden layers, "
-             f"32-d embeddings; concatenated critic {args.concat_hidden} wide, 2 hidden layers"
-             f"{' (the paper: 256; narrower to fit 2 CPU cores)' if args.concat_hidden != 256 else ''}. Statistics "
-             f"per level over its last {100 - int(100 * BURN_IN)}% of steps.", ""]
+             f"`{command(args)}` on {cpu_name()} ({os.cpu_count()} cores), {args.threads} torch thread(s), seed "
+             f"{args.seed} (one seed). X, Y in {DIM} dimensions{', y cubed (the MI unchanged)' if args.cubic else ''}, "
+             f"batch {BATCH}, {args.steps} Adam steps (lr {LR}) per level; separable critic 256 wide, 2 hidden "
+             f"layers, 32-d embeddings; concatenated critic {args.concat_hidden} wide, 2 hidden layers"
+             f"{' (the paper: 256; narrower to fit the CPU)' if args.concat_hidden != 256 else ''}. The seven critics "
+             f"train together as one batch of networks (stacked weights, one Adam). Statistics per level over its "
+             f"last {100 - int(100 * BURN_IN)}% of steps.", ""]
     for res in results:
         kind = res["critic"]
-        lines += [f"## {kind} critic ({res['seconds'] / 60:.1f} min)", "",
+        load = res["load"]
+        lines += [f"## {kind} critic ({res['seconds'] / 60:.1f} min, {1e3 * res['seconds'] / (len(LEVELS) * args.steps):.1f} "
+                  f"ms/step)", "", f"1-minute load average sampled at each level's start and at the end: mean "
+                  f"{np.mean(load):.2f} (min {min(load):.2f}, max {max(load):.2f}) on {os.cpu_count()} cores, this run's "
+                  f"{args.threads} thread(s) included; above {args.threads}, other jobs shared the CPU.", "",
                   "| estimator | " + " | ".join(f"bias @{lv:g}" for lv in LEVELS) + " | "
                   + " | ".join(f"var @{lv:g}" for lv in LEVELS) + " | " + " | ".join(f"MSE @{lv:g}" for lv in LEVELS)
                   + " |", "|---|" + "---:|" * (3 * len(LEVELS))]
@@ -207,8 +385,14 @@ def markdown(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict
             lines.append(f"| {name} | " + " | ".join(f"{r['bias']:.2f}" for r in rows) + " | "
                          + " | ".join(f"{r['variance']:.3f}" for r in rows) + " | "
                          + " | ".join(f"{r['mse']:.2f}" for r in rows) + " |")
-        lines += ["", "Published findings (Song & Ermon 2020), checked here:", ""]
-        lines += [f"- {c['finding']}: **{'holds' if c['holds'] else 'does not hold'}** ({c['evidence']})"
+        diverged = {name: [r["true_mi"] for r in rows if not math.isfinite(r["mean"])]
+                    for name, rows in stats[kind].items()}
+        lines += [line for name, levels in diverged.items() if levels
+                  for line in ("", f"{name}'s estimates are not finite (its critic diverged) at true MI "
+                                   f"{', '.join(f'{lv:g}' for lv in levels)}: nan in the table.")]
+        lines += ["", "Published findings (Poole et al. 2019; Song & Ermon 2020), each checked by the criterion "
+                  "in brackets:", ""]
+        lines += [f"- {c['finding']} [{c['criterion']}]: **{VERDICTS[c['holds']]}** ({c['evidence']})"
                   for c in checks[kind]]
         lines.append("")
     return "\n".join(lines)
@@ -221,13 +405,23 @@ def main() -> None:
     ap.add_argument("--concat-hidden", type=int, default=64, help="width of the concatenated critic (paper: 256)")
     ap.add_argument("--cubic", action="store_true", help="y -> y^3 (MI unchanged)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                    help="torch threads (default: torch's, here %(default)s)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--recheck", metavar="JSON", help="no training: the tables and findings of a finished run's "
+                    "results json again, with the current criteria (its figure is kept)")
     args = ap.parse_args()
+    if args.recheck:
+        recheck(Path(args.recheck))
+        return
     kinds = [k for k in args.critics.split(",") if k]
-    if not kinds or set(kinds) - {"separable", "concat"}:
-        ap.error(f"--critics: choose from separable, concat (got {args.critics!r})")
+    if not kinds or set(kinds) - set(KINDS):
+        ap.error(f"--critics: choose from {', '.join(KINDS)} (got {args.critics!r})")
     if args.steps < 10:
         ap.error("--steps must be at least 10")
+    if args.threads < 1 or args.concat_hidden < 1:
+        ap.error("--threads and --concat-hidden must be at least 1")
+    torch.set_num_threads(args.threads)
     results, stats, checks = [], {}, {}
     for kind in kinds:
         res = run(kind, args.steps, args.cubic, args.seed, args.concat_hidden)
@@ -235,16 +429,45 @@ def main() -> None:
         stats[kind] = {n: level_stats(res["truth"], res["estimates"][:, e], args.steps)
                        for e, n in enumerate(res["names"])}
         checks[kind] = findings(stats[kind])
-        print(json.dumps({"critic": kind, "seconds": round(res["seconds"], 1), "stats": stats[kind],
-                          "findings": checks[kind]}), flush=True)
+        print(json.dumps({"critic": kind, "seconds": round(res["seconds"], 1), "threads": args.threads,
+                          "load": res["load"], "stats": stats[kind], "findings": checks[kind]}), flush=True)
+        write(results, stats, checks, args)  # after each critic: a long run's first critic is kept
+
+
+def recheck(path: Path) -> None:
+    """Rewrite the json and md next to ``path`` (a results json of this script) with the findings
+    computed again from its statistics; the figure (it needs every estimate) is left as it is.
+
+    Raises:
+        SystemExit: ``path`` is missing or holds no results of this script.
+    """
+    try:
+        data = json.loads(path.read_text())
+        args = argparse.Namespace(**{**data["settings"], "out": str(path.parent), "recheck": None})
+        stats = data["stats"]
+        results = [{"critic": kind, "names": list(stats[kind]), "seconds": data["seconds"][kind],
+                    "load": data["load"][kind]} for kind in stats]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"--recheck {path}: not a results json of benchmarks/mi_bounds.py ({err!r}); "
+                         f"pass the mi_bounds.json or mi_bounds-cubic.json a run wrote") from None
+    write(results, stats, {kind: findings(stats[kind]) for kind in stats}, args, figure=False)
+
+
+def write(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict[str, float]]]],
+          checks: dict[str, list[dict[str, Any]]], args: argparse.Namespace, figure: bool = True) -> None:
+    """benchmarks/results/mi_bounds{,-cubic}.{json,md,png} (in ``args.out``) of the critics run so
+    far (the png only with ``figure``)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "mi_bounds-cubic" if args.cubic else "mi_bounds"
-    (out / f"{stem}.json").write_text(json.dumps({"settings": vars(args), "stats": stats, "findings": checks,
-                                                  "seconds": {r["critic"]: r["seconds"] for r in results}},
+    (out / f"{stem}.json").write_text(json.dumps({"settings": vars(args), "command": command(args), "cpu": cpu_name(),
+                                                  "stats": stats, "findings": checks,
+                                                  "seconds": {r["critic"]: r["seconds"] for r in results},
+                                                  "load": {r["critic"]: r["load"] for r in results}},
                                                  indent=1) + "\n")
     (out / f"{stem}.md").write_text(markdown(results, stats, checks, args) + "\n")
-    plot(results, out / f"{stem}.png")
+    if figure:
+        plot(results, out / f"{stem}.png")
 
 
 if __name__ == "__main__":

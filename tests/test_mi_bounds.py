@@ -247,3 +247,262 @@ def test_rows_with_different_candidate_counts_are_refused():
     s[0, 2] = float("-inf")
     with pytest.raises(ValueError, match=r"same number of candidates \(non -inf entries\), got \[3, 4\]"):
         infonce(s, torch.tensor([0, 1, 2]))
+
+
+# --------------------------------------------------------------------------- benchmarks/mi_bounds.py
+
+
+def _benchmark():
+    """benchmarks/mi_bounds.py as a module (its name differs from selfsup.losses.mi_bounds)."""
+    import importlib.util
+    import sys
+
+    from conftest import ROOT
+
+    if "mi_bounds_benchmark" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("mi_bounds_benchmark", ROOT / "benchmarks" / "mi_bounds.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["mi_bounds_benchmark"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["mi_bounds_benchmark"]
+
+
+def _library_bound(name: str, s: torch.Tensor, ema: torch.Tensor):
+    """The estimator ``name`` of the benchmark, from the library functions: (Bound, new_ema)."""
+    if name == "MINE":
+        return dv(s, ema, momentum=0.9)
+    fns = {"InfoNCE": infonce, "NWJ": nwj, "JS": js, "SMILE (tau=1)": lambda v: smile(v, 1.0),
+           "SMILE (tau=5)": lambda v: smile(v, 5.0), "SMILE (tau=inf)": lambda v: smile(v, None)}
+    return fns[name](s), ema
+
+
+@pytest.mark.parametrize("kind", ["separable", "concat"])
+@torch.no_grad()
+def test_benchmark_stacked_critics_equal_the_library_critics(kind):
+    """The benchmark's batch of critics (stacked weights, baddbmm) scores every pair as each
+    estimator's own critic module does with the same weights."""
+    bench = _benchmark()
+    torch.manual_seed(0)
+    critics = [bench.make_critic(kind, concat_hidden=16) for _ in bench.ESTIMATORS]
+    params = bench.stack_critics(kind, critics)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(12, bench.DIM, generator=g), torch.randn(12, bench.DIM, generator=g)
+    scores = bench.stacked_scores(kind, params, x, y)  # [E, B, B]
+    assert scores.shape == (len(critics), 12, 12)
+    for e, critic in enumerate(critics):
+        assert torch.allclose(scores[e], critic(x, y), atol=1e-5, rtol=1e-5), e
+    # the stacked tensors are copies: the critic modules' weights are not trained through them
+    first = next(iter(params.values()))
+    first.add_(1.0)
+    assert torch.allclose(bench.stacked_scores(kind, bench.stack_critics(kind, critics), x, y)[0], critics[0](x, y),
+                          atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [0.5, 4.0, 30.0])
+def test_benchmark_objective_equals_the_library_bounds(scale):
+    """All seven objectives at once on [E, B, B] scores: the loss's gradient, the MI estimates and
+    MINE's moving average equal the library functions on each matrix (at scale 4 and 30 the
+    SMILE clips act: tau 1, 5 and none give different estimates)."""
+    bench = _benchmark()
+    g = torch.Generator().manual_seed(int(scale * 10))
+    base = scale * torch.randn(len(bench.ESTIMATORS), 9, 9, generator=g, dtype=torch.float64)
+    base = base + scale * torch.eye(9, dtype=torch.float64)
+    ema = torch.tensor([2.5], dtype=torch.float64)
+    scores = base.clone().requires_grad_(True)
+    loss, mi, new_ema = bench.objective(scores, ema)
+    (grad,) = torch.autograd.grad(loss, scores)
+    ref = base.clone().requires_grad_(True)
+    ref_loss, ref_mi, ref_ema = 0.0, [], None
+    for e, est in enumerate(bench.ESTIMATORS):
+        bound, out = _library_bound(est.name, ref[e], ema[0])
+        ref_loss = ref_loss + bound.loss
+        ref_mi.append(float(bound.mi))
+        if est.name == "MINE":
+            ref_ema = out
+    (ref_grad,) = torch.autograd.grad(ref_loss, ref)
+    assert torch.allclose(mi, torch.tensor(ref_mi, dtype=torch.float64), atol=1e-10, rtol=1e-10)
+    assert torch.allclose(grad, ref_grad, atol=1e-12, rtol=1e-10)
+    assert abs(float(new_ema[0]) - float(ref_ema)) < 1e-12
+    if scale >= 4:  # the clips matter here, so the readouts are told apart
+        smiles = mi[[i for i, est in enumerate(bench.ESTIMATORS) if est.readout == "smile" and est.loss == "js"]]
+        assert len(set(smiles.tolist())) == 3
+
+
+def test_mine_survives_a_partition_that_overflows_float32():
+    """MINE's moving average of E_q[e^f] with marginal scores near 120 (e^120 overflows float32):
+    the loss, the gradient and the MI stay finite (inf / inf was NaN), the average is the float64
+    value of its formula, and the gradient is E_p[f] - E_q[e^f] / new_ema's, computed in float64."""
+    s = (torch.full((6, 6), 120.0) + 0.5 * torch.randn(6, 6, generator=torch.Generator().manual_seed(0)))
+    s.requires_grad_(True)
+    bound, new_ema = dv(s, torch.tensor(1.0), momentum=0.9)
+    (g,) = torch.autograd.grad(bound.loss, s)
+    marg = ~torch.eye(6, dtype=torch.bool)
+    partition = torch.exp(s.detach().double()[marg]).mean()  # about e^120: finite in float64
+    assert new_ema.dtype == torch.float64 and float(new_ema) == pytest.approx(0.9 + 0.1 * float(partition), rel=1e-6)
+    expected = -(torch.eye(6, dtype=torch.float64) / 6
+                 - marg * torch.exp(s.detach().double()) / marg.sum() / (0.9 + 0.1 * partition))
+    assert torch.isfinite(bound.loss) and torch.isfinite(bound.mi) and torch.isfinite(g).all()
+    assert torch.allclose(g.double(), expected, atol=1e-6)
+    bench = _benchmark()  # the benchmark's batched MINE: the same, finite
+    names = [est.name for est in bench.ESTIMATORS]
+    scores = torch.randn(len(names), 6, 6, generator=torch.Generator().manual_seed(1))
+    scores[names.index("MINE")] = s.detach()
+    scores.requires_grad_(True)
+    loss, mi, ema = bench.objective(scores, torch.ones(1, dtype=torch.float64))
+    (grad,) = torch.autograd.grad(loss, scores)
+    assert torch.isfinite(grad).all() and torch.isfinite(mi[names.index("MINE")])
+    assert float(ema[0]) == pytest.approx(float(new_ema), rel=1e-6)
+
+
+def test_benchmark_objective_keeps_one_critics_overflow_away_from_the_others():
+    """A JS-trained critic whose NWJ readout overflows (e^f = inf in float32) must not turn the
+    other critics' gradients into NaN (0 * inf); its own gradient stays JS's, finite."""
+    bench = _benchmark()
+    names = [est.name for est in bench.ESTIMATORS]
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(len(names), 8, 8, generator=g)
+    base[names.index("JS")] += 200.0  # e^200 overflows float32
+    scores = base.clone().requires_grad_(True)
+    loss, mi, _ = bench.objective(scores, torch.ones(1))
+    (grad,) = torch.autograd.grad(loss, scores)
+    assert torch.isfinite(grad).all()
+    assert float(mi[names.index("JS")]) == float("-inf")  # the NWJ reading of that critic, as the library's
+    assert float(js(base[names.index("JS")]).mi) == float("-inf")
+
+
+def test_benchmark_step_with_one_adam_equals_separate_runs():
+    """Three training steps of the batch of critics (one fused Adam on the stacked weights, the
+    batched objective) equal seven separate runs: each critic module, its library bound, its own
+    Adam (MINE's moving average carried)."""
+    import copy
+
+    bench = _benchmark()
+    for kind in ("separable", "concat"):
+        torch.manual_seed(0)
+        # float64: Adam normalises each gradient entry, so float32 rounding of a near-zero
+        # gradient (summed in another order) could flip a step's sign
+        critics = [bench.make_critic(kind, concat_hidden=16).double() for _ in bench.ESTIMATORS]
+        params = bench.stack_critics(kind, critics)
+        opt = torch.optim.Adam(list(params.values()), lr=bench.LR, fused=True)
+        refs = [copy.deepcopy(c) for c in critics]
+        ref_opts = [torch.optim.Adam(c.parameters(), lr=bench.LR) for c in refs]
+        ema, ref_ema = torch.ones(1, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+        g = torch.Generator().manual_seed(2)
+        xs, ys = (v.double() for v in bench.level_samples(bench.mi_to_rho(6.0), 3, g, cubic=False))
+        for t in range(3):
+            loss, _, ema = bench.objective(bench.stacked_scores(kind, params, xs[t], ys[t]), ema)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            for est, critic, ref_opt in zip(bench.ESTIMATORS, refs, ref_opts):
+                bound, out = _library_bound(est.name, critic(xs[t], ys[t]), ref_ema)
+                ref_opt.zero_grad()
+                bound.loss.backward()
+                ref_opt.step()
+                if est.name == "MINE":
+                    ref_ema = out.detach()
+        trained = bench.stack_critics(kind, refs)
+        assert set(trained) == set(params)
+        for name, value in params.items():
+            assert torch.allclose(value, trained[name], atol=1e-10, rtol=1e-8), (kind, name)
+            assert not torch.equal(value, bench.stack_critics(kind, critics)[name]), name  # they did move
+        assert abs(float(ema[0]) - float(ref_ema)) < 1e-10
+
+
+def test_benchmark_staircase_samples_carry_the_stated_mi():
+    """x, y per level: componentwise correlation rho with -DIM/2 log(1 - rho^2) = the level's MI
+    (the sample correlation on 64 x 300 pairs per dimension), y^3 with --cubic."""
+    bench = _benchmark()
+    g = torch.Generator().manual_seed(0)
+    for mi in (2.0, 6.0, 10.0):
+        rho = bench.mi_to_rho(mi)
+        assert abs(-bench.DIM / 2 * math.log(1 - rho**2) - mi) < 1e-12
+        x, y = bench.level_samples(rho, 300, g, cubic=False)  # [300, 64, 20]
+        assert x.shape == y.shape == (300, bench.BATCH, bench.DIM)
+        xf, yf = x.reshape(-1, bench.DIM).double(), y.reshape(-1, bench.DIM).double()
+        corr = ((xf - xf.mean(0)) * (yf - yf.mean(0))).mean(0) / (xf.std(0) * yf.std(0))  # [20]
+        assert abs(float(corr.mean()) - rho) < 0.01, mi
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(bench.level_samples(0.5, 4, g1, cubic=True)[1], bench.level_samples(0.5, 4, g2, cubic=False)[1] ** 3)
+
+
+def _stats(bench, infonce_means=(1.8, 3.0, 3.59, 3.92, 4.06), infonce_max=4.15, nwj_var=(0.05, 0.2, 0.5, 2.1, 4.6),
+           mine_var=(0.05, 0.13, 0.26, 0.51, 0.94), smile_bias=(-0.4, -0.35, -0.2, 0.1, 0.53),
+           smile_var=(0.05, 0.1, 0.1, 0.2, 0.4)):
+    """Per-level statistics of a run, as level_stats returns them, with the given values."""
+    def rows(means=None, var=(0.1,) * 5, bias=None, top=None):
+        return [{"true_mi": lv, "mean": means[i] if means else lv + (bias[i] if bias else 0.0),
+                 "bias": (means[i] - lv) if means else (bias[i] if bias else 0.0), "variance": var[i],
+                 "mse": var[i] + ((means[i] - lv) if means else (bias[i] if bias else 0.0)) ** 2,
+                 "max": top if top is not None else lv} for i, lv in enumerate(bench.LEVELS)]
+
+    stats = {est.name: rows() for est in bench.ESTIMATORS}
+    stats["InfoNCE"] = rows(means=infonce_means, var=(0.04, 0.04, 0.02, 0.01, 0.004), top=infonce_max)
+    stats["NWJ"], stats["MINE"] = rows(var=nwj_var), rows(var=mine_var, bias=(-0.45, -1.4, -2.3, -3.7, -5.4))
+    stats["SMILE (tau=5)"] = rows(var=smile_var, bias=smile_bias)
+    return stats
+
+
+def test_benchmark_findings_are_checked_by_their_stated_criteria():
+    """InfoNCE at 3.59 / 3.92 / 4.06 nats for true MI 6 / 8 / 10 (log 64 = 4.16) is saturation (issue
+    18); still climbing steeply, or an estimate above log 64, is not. Each finding states its
+    criterion and the numbers it read."""
+    bench = _benchmark()
+
+    def verdicts(**kw):
+        return {c["finding"]: c["holds"] for c in bench.findings(_stats(bench, **kw))}
+
+    sat = f"InfoNCE saturates at log 64 = {math.log(64):.2f} nats"
+    base = verdicts()
+    assert base == {sat: True, "NWJ's and MINE's variance grow quickly with the MI": True,
+                    "SMILE (tau=5) has a small bias": True, "SMILE (tau=5) has a much lower variance than MINE": True}
+    assert not verdicts(infonce_means=(1.8, 2.5, 2.9, 3.3, 3.8))[sat]  # 0.36 below log 64 at 10 nats
+    assert not verdicts(infonce_means=(1.8, 3.0, 3.4, 3.6, 4.0))[sat]  # still rising 0.4 nats from 8 to 10
+    assert not verdicts(infonce_max=4.2)[sat]  # above log 64: impossible for InfoNCE
+    growth = "NWJ's and MINE's variance grow quickly with the MI"
+    assert not verdicts(mine_var=(0.1, 0.13, 0.26, 0.51, 0.94))[growth]  # 9.4x
+    assert not verdicts(nwj_var=(0.05, 0.2, 0.1, 2.1, 4.6))[growth]  # falls at 6 nats
+    assert not verdicts(smile_bias=(-0.4, -0.35, -0.2, 0.1, -1.1))["SMILE (tau=5) has a small bias"]
+    assert verdicts(smile_bias=(-0.5, -0.35, -0.6, 0.8, -1.0))["SMILE (tau=5) has a small bias"]  # the limits
+    lower = "SMILE (tau=5) has a much lower variance than MINE"
+    assert not verdicts(smile_var=(0.05, 0.1, 0.191, 0.334, 0.529))[lower]  # 0.74x, 0.65x, 0.56x of MINE's
+    nan = float("nan")  # a diverged critic (MINE with the concatenated critic at 8 and 10 nats): not checkable
+    assert verdicts(mine_var=(0.05, 0.13, 0.26, nan, nan))[growth] is None
+    assert verdicts(mine_var=(0.05, 0.13, 0.26, nan, nan))[lower] is None
+    assert verdicts(mine_var=(0.05, 0.13, 0.26, nan, nan))[sat] is True
+    checks = bench.findings(_stats(bench))
+    assert "every estimate <= log 64" in checks[0]["criterion"] and "3.59, 3.92, 4.06" in checks[0]["evidence"]
+    assert all(c["criterion"] and c["evidence"] for c in checks)
+
+
+def test_benchmark_command_line_writes_its_results(tmp_path, monkeypatch, capsys):
+    """A short run of both critics writes the json, the table with the command, the machine, the
+    threads and the load, and the figure; a bad --critics is refused in one line."""
+    import json
+    import sys
+
+    bench = _benchmark()
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "argv", ["mi_bounds.py", "--steps", "10", "--concat-hidden", "8", "--threads",
+                                      str(threads), "--out", str(tmp_path)])
+    bench.main()
+    assert torch.get_num_threads() == threads
+    md = (tmp_path / "mi_bounds.md").read_text()
+    assert (f"`python benchmarks/mi_bounds.py --steps 10 --critics separable,concat --concat-hidden 8 --seed 0 "
+            f"--threads {threads}`") in md
+    assert bench.cpu_name() in md and f"{threads} torch thread(s)" in md and "load average" in md
+    assert md.count("| SMILE (tau=5) |") == 2 and md.count("does not hold") + md.count("**holds**") == 8
+    data = json.loads((tmp_path / "mi_bounds.json").read_text())
+    assert set(data["stats"]) == {"separable", "concat"} and len(data["findings"]["concat"]) == 4
+    assert (tmp_path / "mi_bounds.png").stat().st_size > 10_000
+    # --recheck: the findings again from the json's statistics reproduce the table the run wrote
+    (tmp_path / "mi_bounds.md").rename(tmp_path / "run.md")
+    monkeypatch.setattr(sys, "argv", ["mi_bounds.py", "--recheck", str(tmp_path / "mi_bounds.json")])
+    bench.main()
+    assert (tmp_path / "mi_bounds.md").read_text() == (tmp_path / "run.md").read_text()
+    with pytest.raises(SystemExit, match=r"--recheck .*run.md: not a results json of benchmarks/mi_bounds.py"):
+        bench.recheck(tmp_path / "run.md")
+    monkeypatch.setattr(sys, "argv", ["mi_bounds.py", "--critics", "separable,bilinear"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "--critics: choose from separable, concat (got 'separable,bilinear')" in capsys.readouterr().err

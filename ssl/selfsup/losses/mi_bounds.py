@@ -143,17 +143,24 @@ def dv(scores: Tensor, ema: Tensor | None = None, momentum: float = 0.9,
     Returns ``(Bound, new_ema)``: with ``ema``, the loss's gradient is
     ``-(grad E_p[f] - grad E_q[e^f] / new_ema)``, where ``new_ema = momentum * ema +
     (1 - momentum) * E_q[e^f]`` (Belghazi et al. 2018, section 3.2); pass ``new_ema`` to the
-    next step. Start MINE with ``ema = torch.tensor(1.0)``."""
+    next step. Start MINE with ``ema = torch.tensor(1.0)``.
+
+    The average is updated in log space and returned in float64, and ``E_q[e^f] / new_ema`` is
+    ``exp(log E_q[e^f] - log new_ema)``: a critic whose ``E_q[e^f]`` overflows float32 (f above
+    about 88) would otherwise give inf / inf = NaN and end training."""
     p = pairs(scores, target)
     value = dv_value(p)
     if ema is None:
         return Bound(-value, value.detach()), None
-    log_partition = log_mean_exp(p.marginal)
-    partition = torch.exp(log_partition)  # E_q[e^f] on the batch, with its gradient
-    new_ema = (momentum * ema.to(partition) + (1 - momentum) * partition.detach()).clamp_min(1e-4)
+    log_partition = log_mean_exp(p.marginal)  # log E_q[e^f] on the batch, with its gradient
+    prev = torch.as_tensor(ema, dtype=torch.float64, device=scores.device).clamp_min(1e-4)
+    log_m, log_1m = (math.log(m) if m > 0 else -math.inf for m in (momentum, 1 - momentum))
+    log_new = torch.logaddexp(prev.log() + log_m, log_partition.detach().double() + log_1m)
+    log_new = log_new.clamp_min(math.log(1e-4))  # log new_ema, float64
+    ratio = torch.exp(log_partition - log_new.to(log_partition))  # E_q[e^f] / new_ema, with its gradient
     # value of DV, gradient of E_p[f] - E_q[e^f] / new_ema (the two partition terms cancel in value)
-    surrogate = p.joint.mean() - partition / new_ema + (partition / new_ema).detach() - log_partition.detach()
-    return Bound(-surrogate, value.detach()), new_ema
+    surrogate = p.joint.mean() - ratio + ratio.detach() - log_partition.detach()
+    return Bound(-surrogate, value.detach()), torch.exp(log_new)
 
 
 def smile(scores: Tensor, tau: float | None = 5.0, target: Tensor | None = None) -> Bound:
