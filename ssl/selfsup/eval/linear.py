@@ -88,32 +88,34 @@ def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[fl
     batch_size, epochs = probe_schedule(len(x), epochs, batch_size)
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total = epochs * steps_per_epoch
+    cosine = (1 + torch.cos(math.pi * torch.arange(total, dtype=torch.float64) / total)) / 2  # [T], CosineAnnealingLR's
+    lrs = (cosine[:, None] * base_lr).float()  # [T, S]: every step's learning rates, computed once
+    shapes = [(1, n_set) + (1,) * (p.dim() - 2) for p in params]  # a setting's lr / wd over its head's weights
+    wds = [wd.view(shape) for shape in shapes]
+    one_hot = F.one_hot(y, c).to(x.dtype)  # [N, C]
     step = 0
     bar = Bar(f"linear probe: {n_set} setting(s) x {n_grp} seed(s), {len(x)} rows", total, unit="step")
     for _ in range(epochs):
         perms = torch.stack([torch.randperm(len(x), generator=g) for g in gens])  # [G, N]
         for i in range(steps_per_epoch):
-            idx = perms[:, i * batch_size:(i + 1) * batch_size]  # [G, B]: each seed's own batch
-            b = idx.shape[1]
-            xb = x.index_select(0, idx.reshape(-1)).view(n_grp, b, dim)  # [G, B, D]; twice x[idx]'s speed
-            yb = y[idx]  # [G, B]
+            idx = perms[:, i * batch_size:(i + 1) * batch_size].reshape(-1)  # [G * B]: each seed's own batch
+            b = len(idx) // n_grp
+            xb = x.index_select(0, idx).view(n_grp, b, dim)  # [G, B, D]; twice x[idx]'s speed
             logits = torch.baddbmm(bias.view(n_grp, 1, n_set * c), xb,
                                    weight.view(n_grp, n_set * c, dim).transpose(1, 2))  # [G, B, S * C]
             # gradient of the sum over heads of each head's mean cross-entropy: (softmax - one-hot) / B
             delta = softmax_last(logits.view(n_grp, b, n_set, c))  # [G, B, S, C]
-            delta -= F.one_hot(yb, c).unsqueeze(2).to(delta.dtype)  # [G, B, 1, C] over the settings
+            delta -= one_hot.index_select(0, idx).view(n_grp, b, 1, c)  # the label's one-hot, over the settings
             delta /= b
             grads = [torch.bmm(delta.view(n_grp, b, n_set * c).transpose(1, 2), xb).view(n_grp, n_set, c, dim),
                      delta.sum(1)]  # [G, S, C, D], [G, S, C]
-            lr = (base_lr * (1 + math.cos(math.pi * step / total)) / 2).float()  # [S] cosine, as CosineAnnealingLR
-            for p, grad, buf in zip(params, grads, momentum):
-                shape = (1, n_set) + (1,) * (p.dim() - 2)
-                d_p = grad + wd.view(shape) * p
+            for p, grad, buf, wd_p, shape in zip(params, grads, momentum, wds, shapes):
+                d_p = torch.addcmul(grad, wd_p, p)  # SGD's grad + wd * p
                 if step == 0:
                     buf.copy_(d_p)
                 else:
                     buf.mul_(0.9).add_(d_p)
-                p.sub_(lr.view(shape) * buf)
+                p.addcmul_(lrs[step].view(shape), buf, value=-1)  # p -= lr * buf
             step += 1
             bar.update()
     bar.close()
