@@ -1,85 +1,323 @@
 """Transfer beyond the frozen probe (issue 17): linear probe, partial, BitFit, LoRA, prompt (ViT) and full
 fine-tuning of pretrained encoders and their random-init twins, at several labelled fractions.
 
-For every target (an export or run directory: the quickstart's SimCLR resnet, an MAE-pretrained ViT) and its
-random-init twin (the same timm architecture and kwargs, timm's fair init, the target's normalisation), on
-Fashion-MNIST (or ``--data``):
+For every target (an export or run directory: the quickstart's SimCLR resnet, an MAE-pretrained ViT) and each
+``--twins`` entry (``pretrained``: the target itself; ``random-init``: the same timm architecture and kwargs at
+timm's fair init, with the target's normalisation), on Fashion-MNIST (or ``--data``), each ``--protocols`` entry:
 
 - ``linear``: selfsup's linear probe on frozen features (:func:`selfsup.eval.linear.probe_protocol`, its
   default grid), the reference every protocol is read against;
-- each ``--protocols`` entry through :func:`selfsup.transfer.run_protocol` with ``--epochs``, ``--lrs``,
-  ``--seeds`` and LoRA rank ``--lora-rank``.
+- the others through :func:`selfsup.transfer.run_protocol` with ``--epochs``, ``--lrs`` (a grid, chosen on a
+  held-out split), ``--seeds`` and LoRA rank ``--lora-rank``; ``prompt`` only on ViTs.
 
 Each cell reports top-1 mean +- sd over seeds, the trainable share of the encoder, and training minutes per
-seed; the budget of a cell is ``epochs x train images`` (``--train-images`` caps the training set, a seeded
-class-balanced subset, so that a cell fits a CPU budget). Writes benchmarks/results/transfer.{json,md}.
+seed; the budget of a cell is ``epochs x labelled images`` (``--train-images`` caps the training set, a seeded
+class-balanced subset, so that a cell fits a CPU budget). benchmarks/results/transfer.{json,md} are rewritten
+after every protocol of every twin (an interrupted run keeps what it measured); the md is generated from the
+json alone. ``--merge`` adds this run's rows to the existing json, replacing the rows of the same target,
+protocol, labelled fraction and lr grid, and keeps every earlier run's record.
 
-    python benchmarks/transfer.py RUN_OR_EXPORT [...] [--protocols finetune,partial,bitfit,lora,prompt]
-        [--fractions 0.01,0.1,1] [--epochs 5] [--seeds 3] [--train-images 10000] [--no-random]
+    python benchmarks/transfer.py RUN_OR_EXPORT [...] [--protocols linear,finetune,partial,bitfit,lora,prompt]
+        [--twins pretrained,random-init] [--fractions 0.01,0.1,1] [--epochs 5] [--lrs 0.001] [--seeds 3]
+        [--train-images 10000] [--merge]
+    python benchmarks/transfer.py --render   # rewrite the md from the json, no training
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "ssl"))
+sys.path[:0] = [str(ROOT / "ssl"), str(ROOT / "benchmarks")]  # selfsup; machine.py
 
-from selfsup.artifacts.card import card_info  # noqa: E402
-from selfsup.artifacts.load import load_encoder_and_card  # noqa: E402
-from selfsup.config import DataConfig  # noqa: E402
-from selfsup.data import build_dataset  # noqa: E402
-from selfsup.data.datasets import Subset  # noqa: E402
-from selfsup.encoders import create_encoder  # noqa: E402
-from selfsup.eval.features import extract_features  # noqa: E402
-from selfsup.eval.linear import class_balanced_subset, probe_protocol  # noqa: E402
-from selfsup.transfer import TransferOptions, run_protocol  # noqa: E402
-from selfsup.transfer.protocols import is_vit  # noqa: E402
+from machine import cpu_name  # noqa: E402
+
+TWINS = ("pretrained", "random-init")
+PROTOCOL_ORDER = ("linear", "finetune", "partial", "bitfit", "lora", "prompt")
+LINEAR_LRS = (0.01, 0.03, 0.1, 0.3)  # the linear probe's own grid (its rows' "lr grid" reads "probe")
+LINEAR_WDS = (0.0, 1e-5, 1e-4)
+NOT_RUN = "not run"
 
 
-def random_twin(card: dict[str, Any], seed: int = 0) -> torch.nn.Module:
+class BenchmarkError(ValueError):
+    """A bad benchmark argument or results file (the message names the fix)."""
+
+
+# ---------------------------------------------------------------- pure functions: rows, merge, markdown
+
+
+def lr_grid(row: dict[str, Any]) -> str:
+    """The lr grid a row was chosen from, as text: ``"probe"`` for the linear probe's own grid, else the
+    ``--lrs`` values (``"0.0001,0.0003,0.001"``); read from ``lr_grid``, else from the row's options."""
+    if "lr_grid" in row:
+        return str(row["lr_grid"])
+    if row["protocol"] == "linear":
+        return "probe"
+    return ",".join(f"{float(x):g}" for x in row["options"]["lrs"])
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, str, float, str]:
+    """What makes two rows the same cell: (target, protocol, labelled fraction, lr grid)."""
+    return (row["target"], row["protocol"], float(row["fraction"]), lr_grid(row))
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` with every row of ``new`` added: a new row replaces the old row of the same :func:`row_key` in
+    its place, the others are appended in their order (the last of equal-keyed new rows wins)."""
+    merged = list(old)
+    where = {row_key(r): i for i, r in enumerate(merged)}
+    for row in new:
+        key = row_key(row)
+        if key in where:
+            merged[where[key]] = row
+        else:
+            where[key] = len(merged)
+            merged.append(row)
+    return merged
+
+
+def runs_of(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run records of a results file's meta: ``meta["runs"]``, or a single-run meta (the layout before
+    ``--merge``) as the one record."""
+    if "runs" in meta:
+        return list(meta["runs"])
+    return [dict(meta)] if meta else []
+
+
+def merge_document(old: dict[str, Any] | None, run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The results file after ``run`` (its record: args, command, machine, ...) measured ``rows``: ``old``'s
+    runs plus this one, ``old``'s rows merged with ``rows`` (:func:`merge_rows`); each new row names its run by
+    index (``"run"``). ``old`` None: a file of this run alone.
+
+    Raises:
+        BenchmarkError: ``old`` is not a results file (no ``rows`` list).
+    """
+    if old is not None and not isinstance(old.get("rows"), list):
+        raise BenchmarkError("the existing results file has no 'rows' list: pass --out to a new file or drop "
+                             "--merge to overwrite it")
+    runs = runs_of(old["meta"]) if old is not None else []
+    index = len(runs)
+    tagged = [{**r, "run": index} for r in rows]
+    return {"meta": {"runs": runs + [run]}, "rows": merge_rows(old["rows"] if old else [], tagged)}
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """``"name (twin)"`` -> (name, twin); a label without a twin is its own name with twin ``""``."""
+    if target.endswith(")") and " (" in target:
+        name, twin = target[:-1].rsplit(" (", 1)
+        return name, twin
+    return target, ""
+
+
+def _order(values: list[Any], preferred: tuple[Any, ...] = ()) -> list[Any]:
+    """Distinct ``values``: those in ``preferred`` first in its order, then the rest in first-seen order."""
+    seen = list(dict.fromkeys(values))
+    return [v for v in preferred if v in seen] + [v for v in seen if v not in preferred]
+
+
+def fraction_label(fraction: float, rows: list[dict[str, Any]]) -> str:
+    """A column title: ``"1% labels"``, or ``"all labels (3,000 images)"`` when every all-labels row used the
+    same number of training images."""
+    if fraction < 1:
+        return f"{fraction * 100:g}% labels"
+    sizes = {r["train_images"] for r in rows if float(r["fraction"]) == 1.0}
+    return f"all labels ({sizes.pop():,} images)" if len(sizes) == 1 else "all labels"
+
+
+def top1_text(row: dict[str, Any] | None) -> str:
+    """``"mean ± sd"`` of a row's top-1, or :data:`NOT_RUN`."""
+    return NOT_RUN if row is None else f"{row['top1']:.2f} ± {row['top1_std']:.2f}"
+
+
+def summary_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The wide table: one line per (target, protocol, lr grid), one column per labelled fraction. Every
+    (protocol, lr grid) run on either twin of a target gets a line for each twin of that target, and a cell
+    (or a whole line) that was not run reads :data:`NOT_RUN`."""
+    fractions = sorted({float(r["fraction"]) for r in rows})
+    cells = {row_key(r): r for r in rows}
+    names = _order([split_target(r["target"])[0] for r in rows])
+    lines = ["| target | protocol | lr grid | trainable % | " + " | ".join(fraction_label(f, rows) for f in fractions)
+             + " |", "|---|---|---|---:|" + "---:|" * len(fractions)]
+    for name in names:
+        mine = [r for r in rows if split_target(r["target"])[0] == name]
+        twins = _order([split_target(r["target"])[1] for r in mine], TWINS)
+        combos = _order([(r["protocol"], lr_grid(r)) for r in mine],
+                        tuple((p, g) for p in PROTOCOL_ORDER for g in _order([lr_grid(r) for r in mine])))
+        for twin in twins:
+            target = f"{name} ({twin})" if twin else name
+            for protocol, grid in combos:
+                found = [cells.get((target, protocol, f, grid)) for f in fractions]
+                pct = next((f"{r['trainable_pct']:.2f}" for r in found if r is not None), "–")
+                lines.append(f"| {target} | {protocol} | {grid} | {pct} | "
+                             + " | ".join(top1_text(r) for r in found) + " |")
+    return lines
+
+
+def chosen_lrs(row: dict[str, Any]) -> str:
+    """The lr each seed's held-out split chose (``"0.001, 0.001"``)."""
+    lrs = row.get("lr")
+    return ", ".join(f"{float(x):g}" for x in lrs) if isinstance(lrs, list) else str(lrs)
+
+
+def cells_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Every measured cell, in the file's order, with its run (1-based index into the header's runs)."""
+    lines = ["| target | protocol | lr grid | labels | train images | trainable % | minutes / seed | "
+             "lr chosen (per seed) | top-1 (mean ± sd) | run |", "|---|---|---|---|---:|---:|---:|---|---:|---:|"]
+    for r in rows:
+        run = r.get("run", 0) + 1
+        lines.append(f"| {r['target']} | {r['protocol']} | {lr_grid(r)} | {float(r['fraction']):g} | "
+                     f"{r['train_images']} | {r['trainable_pct']:.2f} | {r['minutes']:.2f} | {chosen_lrs(r)} | "
+                     f"{top1_text(r)} | {run} |")
+    return lines
+
+
+def command_text(run: dict[str, Any]) -> str:
+    """The command line of a run: its recorded ``command``, else one rebuilt from its ``args``."""
+    if run.get("command"):
+        return str(run["command"])
+    a = run.get("args", {})
+    targets = [str(t).split(" (")[0] for t in a.get("targets", [])]
+    flags = [f"--{k.replace('_', '-')} {a[k]}" for k in ("protocols", "fractions", "epochs", "lrs", "seeds",
+                                                           "lora_rank", "train_images") if k in a]
+    return "python benchmarks/transfer.py " + " ".join(targets + flags)
+
+
+def run_text(i: int, run: dict[str, Any]) -> str:
+    """One header bullet: the run's command, machine, threads, seeds, budget per cell and state."""
+    a = run.get("args", {})
+    epochs, seeds, cap = a.get("epochs"), a.get("seeds"), a.get("train_images")
+    data = f"a seeded class-balanced {cap:,}-image training subset" if cap else "all training images"
+    machine = run.get("cpu") or run.get("machine", "unknown machine")
+    load = run.get("loadavg")
+    state = ("finished" if run.get("finished") else
+             f"stopped before it finished ({run['partial']})" if run.get("partial") else
+             "stopped before it finished (or still running)" if "finished" in run else "")
+    parts = [f"`{command_text(run)}`", f"{machine}, {run.get('threads', '?')} torch thread(s)"
+             + (f", load average {load[0]:.2f} at its start" if load else ""),
+             f"{a.get('data', 'fashion-mnist')}: {data} (the low-shot fractions are drawn from it), all test images",
+             f"{seeds} seeds per cell (mean ± sd)", f"budget per cell: {epochs} epochs over its labelled images",
+             f"LoRA r={a.get('lora_rank')}"]
+    described = [str(t) for t in a.get("targets", []) if " (" in str(t)]
+    if described:
+        parts.append("targets: " + ", ".join(described))
+    if run.get("note"):
+        parts.append(str(run["note"]))
+    if run.get("started"):
+        parts.append(f"started {run['started']}")
+    return f"{i + 1}. " + "; ".join(parts) + (f"; **{state}**" if state else "") + "."
+
+
+def render_md(doc: dict[str, Any], source: str = "transfer.json") -> str:
+    """The whole markdown report of a results file (``source``: its name, for the header): the runs, the wide
+    summary, then every cell."""
+    runs = runs_of(doc.get("meta", {}))
+    rows = doc["rows"]
+    partial = any(r.get("finished") is False for r in runs)  # a stopped old-layout run says so in its line
+    head = ["# Transfer protocols" + (" (partial)" if partial else ""), "",
+            f"Generated from `{source}` (next to this file) by `benchmarks/transfer.py`. Runs (the `run` "
+            "column of the last table):", ""]
+    head += [run_text(i, r) for i, r in enumerate(runs)]
+    head += ["", "Top-1 is the final epoch's on the test set; the lr of each seed is chosen from the row's lr grid "
+             "on a held-out 10% of its labelled images (`probe`: the linear probe's own lr and weight-decay grid). "
+             "Minutes are wall-clock training minutes per seed (all lrs of the grid) and are inflated when the "
+             "machine was shared with other jobs. A cell marked \"not run\" was not measured (its twin or its other "
+             "fractions were).", ""]
+    return "\n".join(head + summary_table(rows) + ["", "Every cell:", ""] + cells_table(rows)) + "\n"
+
+
+def write_results(out: Path, doc: dict[str, Any]) -> None:
+    """Write ``out``.json and ``out``.md (the md from :func:`render_md`), each atomically (a temporary file
+    renamed over the old), so that an interrupted run never leaves a half-written file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md = render_md(doc, out.with_suffix(".json").name)
+    for suffix, text in ((".json", json.dumps(doc, indent=1)), (".md", md)):
+        tmp = out.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out.with_suffix(suffix))
+
+
+def read_doc(path: Path) -> dict[str, Any]:
+    """A results file.
+
+    Raises:
+        BenchmarkError: it is missing or not valid JSON.
+    """
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BenchmarkError(f"cannot read the results file {path} ({err}): pass --out as a results file's path without .json") from err
+
+
+def parse_twins(text: str, no_random: bool) -> list[str]:
+    """``--twins`` as a list (``--no-random`` drops ``random-init``).
+
+    Raises:
+        BenchmarkError: an unknown twin, or none left.
+    """
+    twins = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in twins if t not in TWINS]
+    if bad:
+        raise BenchmarkError(f"unknown --twins {','.join(bad)}: use a comma list of {','.join(TWINS)}")
+    twins = [t for t in twins if not (no_random and t == "random-init")]
+    if not twins:
+        raise BenchmarkError("no twin left to run: --no-random with --twins random-init; pass --twins pretrained")
+    return twins
+
+
+# ---------------------------------------------------------------- training
+
+
+def random_twin(card: dict[str, Any], seed: int = 0):
     """The target's architecture at timm's fair random init (no block starts as an identity)."""
+    import torch
+
+    from selfsup.encoders import create_encoder
+
     torch.manual_seed(seed)
     return create_encoder(card["architecture"], card["in_chans"], card.get("kwargs") or {}, fair_random_init=True)
 
 
-def linear_rows(encoder: torch.nn.Module, card: dict[str, Any], train, test, fractions: list[float],
+def linear_rows(encoder, card: dict[str, Any], train, test, fractions: list[float],
                 seeds: int) -> list[dict[str, Any]]:
     """The linear probe of every fraction, in run_protocol's row layout (trainable: 0% of the encoder)."""
+    from selfsup.artifacts.card import card_info
+    from selfsup.eval.features import extract_features
+    from selfsup.eval.linear import probe_protocol
+
     info = card_info(card)
     start = time.perf_counter()
     xtr, ytr = extract_features(encoder, train, info)
     xte, yte = extract_features(encoder, test, info)
-    probes = probe_protocol(xtr, ytr, xte, yte, train.num_classes, [0.01, 0.03, 0.1, 0.3], [0.0, 1e-5, 1e-4],
+    probes = probe_protocol(xtr, ytr, xte, yte, train.num_classes, list(LINEAR_LRS), list(LINEAR_WDS),
                             tuple(fractions), seeds)
     minutes = (time.perf_counter() - start) / 60 / max(1, seeds)
-    return [{**r, "key": key, "protocol": "linear", "trainable_params": 0, "trainable_pct": 0.0,
-             "minutes": minutes} for key, r in probes.items()]
+    return [{**r, "key": key, "protocol": "linear", "lr_grid": "probe", "trainable_params": 0,
+             "trainable_pct": 0.0, "minutes": minutes} for key, r in probes.items()]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("targets", nargs="+", help="export or run directories")
-    ap.add_argument("--data", default="fashion-mnist")
-    ap.add_argument("--protocols", default="finetune,partial,bitfit,lora,prompt")
-    ap.add_argument("--fractions", default="0.01,0.1,1")
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--lrs", default="0.001")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--lora-rank", type=int, default=8)
-    ap.add_argument("--train-images", type=int, default=0, help="cap on training images (0: all)")
-    ap.add_argument("--no-random", action="store_true", help="skip the random-init twins")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transfer"))
-    args = ap.parse_args()
+def run_all(args: argparse.Namespace, twins: list[str],
+            save: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+    """Every target x twin x protocol of ``args``: its rows, and ``save(rows so far)`` after each protocol of
+    each twin."""
+    from selfsup.artifacts.load import load_encoder_and_card
+    from selfsup.config import DataConfig
+    from selfsup.data import build_dataset
+    from selfsup.data.datasets import Subset
+    from selfsup.eval.linear import class_balanced_subset
+    from selfsup.transfer import TransferOptions, run_protocol
+    from selfsup.transfer.protocols import is_vit
+
     fractions = [float(f) for f in args.fractions.split(",")]
+    lrs = [float(x) for x in args.lrs.split(",")]
+    grid = ",".join(f"{x:g}" for x in lrs)
     rows: list[dict[str, Any]] = []
     for path in args.targets:
         encoder, card = load_encoder_and_card(path)
@@ -88,32 +326,70 @@ def main() -> None:
         if args.train_images and args.train_images < len(train):
             idx = class_balanced_subset(train.labels, args.train_images / len(train), 0)
             train = Subset(train, idx.tolist())
-        twins = [("pretrained", encoder)] + ([] if args.no_random else [("random-init", random_twin(card))])
-        for kind, enc in twins:
+        for kind in twins:
+            enc = encoder if kind == "pretrained" else random_twin(card)
             label = f"{Path(path).name} ({kind})"
-            for row in linear_rows(enc, card, train, test, fractions, args.seeds):
-                rows.append({"target": label, **row})
-                print(json.dumps(rows[-1]), flush=True)
             for protocol in args.protocols.split(","):
-                if protocol == "prompt" and not is_vit(enc):
+                if protocol == "linear":
+                    new = [{"target": label, **r} for r in linear_rows(enc, card, train, test, fractions, args.seeds)]
+                elif protocol == "prompt" and not is_vit(enc):
                     continue
-                opts = TransferOptions(protocol=protocol, epochs=args.epochs, seeds=args.seeds,
-                                       lrs=[float(x) for x in args.lrs.split(",")], lora_rank=args.lora_rank,
-                                       lora_alpha=2.0 * args.lora_rank, low_shot=[f for f in fractions if f < 1])
-                for row in run_protocol(enc, card, train, test, opts, log=lambda m: None):
-                    rows.append({"target": label, "budget_images": args.epochs * row["train_images"], **row})
-                    print(json.dumps(rows[-1]), flush=True)
+                else:
+                    opts = TransferOptions(protocol=protocol, epochs=args.epochs, seeds=args.seeds, lrs=lrs,
+                                           lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank,
+                                           low_shot=[f for f in fractions if f < 1])
+                    new = [{"target": label, "budget_images": args.epochs * r["train_images"], "lr_grid": grid, **r}
+                           for r in run_protocol(enc, card, train, test, opts, log=lambda m: None)]
+                for r in new:
+                    print(json.dumps(r), flush=True)
+                rows += new
+                save(rows)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("targets", nargs="*", help="export or run directories")
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--protocols", default="linear,finetune,partial,bitfit,lora,prompt",
+                    help="comma list; linear is the frozen linear probe")
+    ap.add_argument("--twins", default="pretrained,random-init", help="which encoders of each target to run")
+    ap.add_argument("--fractions", default="0.01,0.1,1")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--lrs", default="0.001", help="lr grid, chosen per seed on a held-out split")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--train-images", type=int, default=0, help="cap on training images (0: all)")
+    ap.add_argument("--no-random", action="store_true", help="skip the random-init twins (= --twins pretrained)")
+    ap.add_argument("--merge", action="store_true",
+                    help="add to the existing results, replacing rows of the same target/protocol/fraction/lr grid")
+    ap.add_argument("--render", action="store_true", help="only rewrite the md from the json (no training)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transfer"))
+    args = ap.parse_args()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "args": vars(args)}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = ["| target | protocol | labels | train images | trainable % | minutes / seed | top-1 (mean +- sd) |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['target']} | {r['protocol']} | {r['fraction']:g} | {r['train_images']} | "
-                     f"{r['trainable_pct']:.2f} | {r['minutes']:.2f} | {r['top1']:.2f} +- {r['top1_std']:.2f} |")
-    out.with_suffix(".md").write_text(f"# Transfer protocols\n\n{json.dumps(meta)}\n\n" + "\n".join(lines) + "\n")
+    try:
+        if args.render:
+            write_results(out, read_doc(out.with_suffix(".json")))
+            return
+        if not args.targets:
+            raise BenchmarkError("no target given: pass one or more export or run directories (or --render)")
+        twins = parse_twins(args.twins, args.no_random)
+        old = read_doc(out.with_suffix(".json")) if args.merge and out.with_suffix(".json").exists() else None
+        import torch
+
+        run = {"command": shlex.join(["python", "benchmarks/transfer.py", *sys.argv[1:]]), "cpu": cpu_name(),
+               "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "loadavg": list(os.getloadavg()),
+               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "finished": False,
+               "args": vars(args)}
+
+        def save(rows: list[dict[str, Any]], finished: bool = False) -> None:
+            run["finished"] = finished
+            write_results(out, merge_document(old, run, rows))
+
+        save(run_all(args, twins, save), finished=True)
+    except BenchmarkError as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""benchmarks/transfer.py's bookkeeping (no training): the merge of a new run's rows into the results file, the
+lr grid a row is labelled by, and the markdown generated from the json (the summary's "not run" cells)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("transfer_benchmark", ROOT / "benchmarks" / "transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["transfer_benchmark"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cell(target: str, protocol: str, fraction: float, top1: float, lrs: list[float] | None = None,
+         pct: float = 3.0, images: int = 3000) -> dict:
+    """A row in run_protocol's layout (the linear probe's has no options), as the results file stores it."""
+    row = {"target": target, "protocol": protocol, "fraction": fraction, "top1": top1, "top1_std": 0.5,
+           "train_images": int(images * fraction), "trainable_pct": pct, "minutes": 0.25, "lr": [0.001, 0.001]}
+    if protocol != "linear":
+        row["options"] = {"lrs": lrs or [0.001]}
+    return row
+
+
+def summary_lines(md: str) -> list[list[str]]:
+    """The summary table's body rows of a generated md, split into cells (the first table after the runs)."""
+    tables = md.split("\n\n")
+    body = next(t for t in tables if t.startswith("| target | protocol | lr grid | trainable %"))
+    return [[c.strip() for c in line.strip("|").split("|")] for line in body.splitlines()[2:]]
+
+
+def test_lr_grid_labels_old_and_new_rows(bench):
+    assert bench.lr_grid(cell("a (pretrained)", "linear", 1.0, 50)) == "probe"
+    assert bench.lr_grid(cell("a (pretrained)", "lora", 1.0, 50, [0.0001, 0.0003, 0.001])) == "0.0001,0.0003,0.001"
+    assert bench.lr_grid({**cell("a (pretrained)", "lora", 1.0, 50), "lr_grid": "0.01"}) == "0.01"
+
+
+def test_merge_replaces_same_target_protocol_fraction_grid_and_keeps_the_rest(bench):
+    old = [cell("m (pretrained)", "finetune", 1.0, 38.2), cell("m (pretrained)", "finetune", 0.1, 19.5),
+           cell("m (random-init)", "bitfit", 1.0, 42.4)]
+    new = [cell("m (pretrained)", "finetune", 1.0, 60.0),                        # same cell: replaces 38.2
+           cell("m (pretrained)", "finetune", 1.0, 61.0, [0.0001, 0.001]),       # other lr grid: a new row
+           cell("m (random-init)", "lora", 1.0, 40.0)]                            # new protocol: appended
+    merged = bench.merge_rows(old, new)
+    got = [(r["target"], r["protocol"], r["fraction"], r["top1"]) for r in merged]
+    assert got == [("m (pretrained)", "finetune", 1.0, 60.0), ("m (pretrained)", "finetune", 0.1, 19.5),
+                   ("m (random-init)", "bitfit", 1.0, 42.4), ("m (pretrained)", "finetune", 1.0, 61.0),
+                   ("m (random-init)", "lora", 1.0, 40.0)]
+    assert old[0]["top1"] == 38.2  # the old list is not changed
+
+
+def test_merge_document_keeps_the_old_single_run_meta_and_numbers_the_runs(bench):
+    old = {"meta": {"threads": 1, "args": {"epochs": 4}, "partial": "stopped"},
+           "rows": [cell("m (pretrained)", "linear", 1.0, 57.8)]}
+    run = {"command": "python benchmarks/transfer.py m --merge", "args": {"epochs": 4}, "finished": False}
+    doc = bench.merge_document(old, run, [cell("m (random-init)", "lora", 1.0, 40.0)])
+    assert doc["meta"]["runs"] == [old["meta"], run]
+    assert [(r["target"], r.get("run")) for r in doc["rows"]] == [("m (pretrained)", None), ("m (random-init)", 1)]
+    again = bench.merge_document(doc, {"args": {}}, [cell("m (random-init)", "lora", 1.0, 41.0)])
+    assert len(again["meta"]["runs"]) == 3
+    assert [(r["top1"], r.get("run")) for r in again["rows"]] == [(57.8, None), (41.0, 2)]
+    assert bench.merge_document(None, run, [])["meta"]["runs"] == [run]
+
+
+def test_merge_document_refuses_a_file_without_rows(bench):
+    with pytest.raises(bench.BenchmarkError, match="no 'rows' list.*--out"):
+        bench.merge_document({"meta": {}}, {}, [])
+
+
+def test_md_marks_the_cells_and_rows_not_run(bench):
+    rows = [cell("m (pretrained)", "linear", f, 50 + f, pct=0.0) for f in (0.01, 1.0)]
+    rows += [cell("m (random-init)", "linear", f, 40 + f, pct=0.0) for f in (0.01, 1.0)]
+    rows += [cell("m (pretrained)", "lora", f, 30 + f, pct=8.2) for f in (0.01, 1.0)]      # twin's lora: not run
+    rows += [cell("m (pretrained)", "finetune", 1.0, 44.0, [0.0001, 0.001], pct=100.0)]   # 1%: not run
+    rows += [cell("r (pretrained)", "prompt", 1.0, 12.0, pct=0.1)]                        # another target
+    md = bench.render_md({"meta": {"runs": [{"args": {"epochs": 4, "seeds": 2}, "finished": True}]}, "rows": rows})
+    lines = summary_lines(md)
+    by = {(c[0], c[1], c[2]): c[3:] for c in lines}
+    assert by[("m (random-init)", "lora", "0.001")] == ["–", "not run", "not run"]
+    assert by[("m (pretrained)", "lora", "0.001")] == ["8.20", "30.01 ± 0.50", "31.00 ± 0.50"]
+    assert by[("m (pretrained)", "finetune", "0.0001,0.001")] == ["100.00", "not run", "44.00 ± 0.50"]
+    assert by[("m (random-init)", "finetune", "0.0001,0.001")] == ["–", "not run", "not run"]
+    assert by[("r (pretrained)", "prompt", "0.001")] == ["0.10", "not run", "12.00 ± 0.50"]
+    assert not any(c[0].startswith("r ") and c[1] != "prompt" for c in lines)  # m's protocols stay m's
+    assert ("m (pretrained)", "prompt", "0.001") not in by
+    assert len(lines) == 7
+    assert "all labels (3,000 images)" in md and "1% labels" in md
+    # every measured cell is listed once below the summary, with its own numbers
+    for r in rows:
+        assert f"| {r['target']} | {r['protocol']} | {bench.lr_grid(r)} | {r['fraction']:g} | " in md
+    assert md.count("not run") == 6 + 1  # the six cells above, and the header sentence
+
+
+def test_md_header_states_commands_machine_threads_budget_and_shared_minutes(bench):
+    runs = [{"machine": "x86_64", "threads": 1, "partial": "stopped when time ran out",
+             "args": {"targets": ["/tmp/a (the SimCLR run)"], "epochs": 4, "seeds": 2, "lrs": "0.001",
+                      "train_images": 3000, "lora_rank": 8}},
+            {"command": "python benchmarks/transfer.py /tmp/b --merge", "cpu": "Some CPU @ 2GHz", "threads": 1,
+             "finished": False, "args": {"epochs": 4, "seeds": 2, "train_images": 3000, "lora_rank": 8}}]
+    md = bench.render_md({"meta": {"runs": runs}, "rows": [cell("a (pretrained)", "linear", 1.0, 50.0)]})
+    assert md.startswith("# Transfer protocols (partial)")
+    assert "`python benchmarks/transfer.py /tmp/a --epochs 4 --lrs 0.001 --seeds 2 --lora-rank 8 " \
+           "--train-images 3000`" in md
+    assert "`python benchmarks/transfer.py /tmp/b --merge`; Some CPU @ 2GHz, 1 torch thread(s)" in md
+    assert md.count("budget per cell: 4 epochs over its labelled images") == 2
+    assert "2 seeds per cell" in md and "3,000-image training subset" in md
+    assert "inflated when the machine was shared" in md
+    assert "stopped when time ran out" in md and "stopped before it finished (or still running)" in md
+    runs[1]["finished"] = True  # the stopped run's missing cells were run later: no longer partial
+    md = bench.render_md({"meta": {"runs": runs}, "rows": [cell("a (pretrained)", "linear", 1.0, 50.0)]})
+    assert md.startswith("# Transfer protocols\n") and "stopped when time ran out" in md
+
+
+def test_twins_parse_and_refuse(bench):
+    assert bench.parse_twins("pretrained,random-init", False) == ["pretrained", "random-init"]
+    assert bench.parse_twins("random-init", False) == ["random-init"]
+    assert bench.parse_twins("pretrained,random-init", True) == ["pretrained"]
+    with pytest.raises(bench.BenchmarkError,
+                       match="unknown --twins random: use a comma list of pretrained,random-init"):
+        bench.parse_twins("pretrained,random", False)
+    with pytest.raises(bench.BenchmarkError, match="no twin left"):
+        bench.parse_twins("random-init", True)
+
+
+def test_a_corrupt_results_file_is_a_clear_error(bench, tmp_path):
+    path = tmp_path / "transfer.json"
+    path.write_text('{"meta": {}, "rows": [')  # cut off mid-write
+    with pytest.raises(bench.BenchmarkError, match=r"cannot read the results file .*transfer.json .*--out"):
+        bench.read_doc(path)
+    path.write_text('{"meta": {}, "rows": []}')
+    assert bench.read_doc(path) == {"meta": {}, "rows": []}
