@@ -407,13 +407,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch threads (default: torch's, here %(default)s)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results; with --recheck: "
+                                                "the folder of the json read)")
     ap.add_argument("--recheck", metavar="JSON", help="no training: the tables and findings of a finished run's "
-                    "results json again, with the current criteria (its figure is kept)")
+                    "results json again, with the current criteria (its figure is kept), written to --out")
     args = ap.parse_args()
     if args.recheck:
-        recheck(Path(args.recheck))
+        recheck(Path(args.recheck), Path(args.out) if args.out else None)
         return
+    args.out = args.out or str(ROOT / "benchmarks" / "results")
     kinds = [k for k in args.critics.split(",") if k]
     if not kinds or set(kinds) - set(KINDS):
         ap.error(f"--critics: choose from {', '.join(KINDS)} (got {args.critics!r})")
@@ -434,23 +436,26 @@ def main() -> None:
         write(results, stats, checks, args)  # after each critic: a long run's first critic is kept
 
 
-def recheck(path: Path) -> None:
-    """Rewrite the json and md next to ``path`` (a results json of this script) with the findings
-    computed again from its statistics; the figure (it needs every estimate) is left as it is.
+def recheck(path: Path, out: Path | None = None) -> None:
+    """Write the json and md of ``path`` (a results json of this script) again, to ``out`` (default:
+    beside ``path``), with the findings computed again from its statistics; the figure (it needs
+    every estimate) is not redrawn. Prints the findings as JSON.
 
     Raises:
         SystemExit: ``path`` is missing or holds no results of this script.
     """
     try:
         data = json.loads(path.read_text())
-        args = argparse.Namespace(**{**data["settings"], "out": str(path.parent), "recheck": None})
+        args = argparse.Namespace(**{**data["settings"], "out": str(out or path.parent), "recheck": None})
         stats = data["stats"]
         results = [{"critic": kind, "names": list(stats[kind]), "seconds": data["seconds"][kind],
                     "load": data["load"][kind]} for kind in stats]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"--recheck {path}: not a results json of benchmarks/mi_bounds.py ({err!r}); "
                          f"pass the mi_bounds.json or mi_bounds-cubic.json a run wrote") from None
-    write(results, stats, {kind: findings(stats[kind]) for kind in stats}, args, figure=False)
+    checks = {kind: findings(stats[kind]) for kind in stats}
+    write(results, stats, checks, args, figure=False)
+    print(json.dumps({"recheck": str(path), "out": args.out, "findings": checks}), flush=True)
 
 
 def write(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict[str, float]]]],

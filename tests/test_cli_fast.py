@@ -97,7 +97,7 @@ def test_export_help_numbers_are_interops():
 
 # --------------------------------------------------------------------------- selfsup config
 
-LINE = re.compile(r"^(?P<key>[\w.]+): (?P<type>.+?) = (?P<default>.*?)(?: \((?P<range>[<>]=? [^()]*)\))?"
+LINE = re.compile(r"^(?P<key>[\w.]+): (?P<type>.+?) = (?P<default>.*?)(?: \((?P<each>each )?(?P<range>[<>]=? [^()]*)\))?"
                   r"(?:  (?P<help>.*))?$")
 SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
@@ -139,6 +139,7 @@ def check_against_fields(shown: dict[str, dict[str, str]], expected: dict[str, t
         bounds = {(SYMBOLS[n], float(f.metadata[n])) for n in SYMBOLS if f.metadata.get(n) is not None}
         got = {(part.split(" ")[0], float(part.split(" ")[1])) for part in (row["range"] or "").split(", ") if part}
         assert got == bounds, key
+        assert bool(row["each"]) == bool(bounds and f.metadata.get("each")), key  # a list's bounds hold per item
         if isinstance(hint, type):
             assert row["type"] == hint.__name__, key
 

@@ -22,3 +22,23 @@ def test_bad_knn_pairs_are_refused_at_load(override, message):
 def test_good_knn_pairs_load_as_given():
     cfg = load_config("configs/quickstart.yaml", ["eval.knn=[[1,1e-4],[500,1e4]]"])
     assert [tuple(p) for p in cfg.eval.knn] == [(1, 1e-4), (500, 1e4)]
+
+
+@pytest.mark.parametrize("override, message", [  # helper-37's: accepted, then a wrong probe or a crash
+    ("eval.linear_lrs=[-1]", "config key 'eval.linear_lrs' must hold values > 0, got -1.0 in [-1.0]"),
+    ("eval.linear_lrs=[0.1, 0]", "config key 'eval.linear_lrs' must hold values > 0, got 0.0 in [0.1, 0.0]"),
+    ("eval.linear_wds=[-1e-4]", "config key 'eval.linear_wds' must hold values >= 0, got -0.0001 in [-0.0001]"),
+    ("eval.linear_lrs=[]", "linear_lrs and linear_wds must each hold at least one value"),
+    ("eval.low_shot=[1.5]", "config key 'eval.low_shot' must hold values <= 1, got 1.5 in [1.5]"),
+    ("eval.low_shot=[0]", "config key 'eval.low_shot' must hold values > 0, got 0.0 in [0.0]"),
+    ("eval.low_shot=[0.1, -0.1]", "config key 'eval.low_shot' must hold values > 0, got -0.1 in [0.1, -0.1]"),
+])
+def test_bad_probe_grids_and_fractions_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/quickstart.yaml", [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_good_probe_grids_and_fractions_load():
+    cfg = load_config("configs/quickstart.yaml", ["eval.linear_lrs=[3e-4]", "eval.linear_wds=[0]", "eval.low_shot=[1]"])
+    assert (cfg.eval.linear_lrs, cfg.eval.linear_wds, cfg.eval.low_shot) == ([3e-4], [0.0], [1.0])

@@ -500,6 +500,10 @@ def test_benchmark_command_line_writes_its_results(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(sys, "argv", ["mi_bounds.py", "--recheck", str(tmp_path / "mi_bounds.json")])
     bench.main()
     assert (tmp_path / "mi_bounds.md").read_text() == (tmp_path / "run.md").read_text()
+    monkeypatch.setattr(sys, "argv", ["mi_bounds.py", "--recheck", str(tmp_path / "mi_bounds.json"),
+                                      "--out", str(tmp_path / "elsewhere")])
+    bench.main()  # --out is where a recheck writes, the json read stays as it is
+    assert (tmp_path / "elsewhere" / "mi_bounds.md").read_text() == (tmp_path / "run.md").read_text()
     with pytest.raises(SystemExit, match=r"--recheck .*run.md: not a results json of benchmarks/mi_bounds.py"):
         bench.recheck(tmp_path / "run.md")
     monkeypatch.setattr(sys, "argv", ["mi_bounds.py", "--critics", "separable,bilinear"])

@@ -54,7 +54,10 @@ def test_transfer_input_errors_are_one_line(tmp_path, capsys):
              (["random:resnet18", "--protocol", "bitfit", "--transfer", "lrs=0.001"],
               "config key 'transfer.lrs' must be list[float], got 0.001 (float)"),
              (["random:resnet18", "--protocol", "bitfit", "--transfer", "epochs=2.5"],
-              "config key 'transfer.epochs' must be int, got 2.5 (float)")]
+              "config key 'transfer.epochs' must be int, got 2.5 (float)"),
+             # helper-37's: a repeated option (the last silently won)
+             (["random:resnet18", "--protocol", "bitfit", "--transfer", "epochs=1", "--transfer", "epochs=2"],
+              "--transfer epochs is given more than once: give each option once")]
     for args, message in cases:
         assert main(["eval", *args, "--out", str(tmp_path / "x"), *TINY]) == 2
         assert message in one_line_error(capsys.readouterr().err)
@@ -84,3 +87,13 @@ def test_transfer_flags_that_do_not_apply_are_refused(tmp_path, capsys):
     assert not (tmp_path / "y").exists()
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert f"{tmp_path / 'nothing'} does not exist" in one_line_error(capsys.readouterr().err)
+
+
+def test_transfer_lr_in_exponent_form_is_a_number():
+    """--transfer lr=3e-4 (the --help example; a string to YAML 1.1) is 3e-4, as config values read."""
+    from selfsup.cli_eval import transfer_options
+    from selfsup.config import load_config
+
+    cfg = load_config(None, ["method.name=simclr"])
+    assert transfer_options("finetune", ["lr=3e-4"], cfg).lrs == [3e-4]
+    assert transfer_options("finetune", ["lrs=[1e-4, 3e-4]"], cfg).lrs == [1e-4, 3e-4]

@@ -172,6 +172,11 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     write_results(written, rows, detection_markdown(rows), cfg.eval.plots)
 
 
+def pairs_value(pairs: list[str], key: str) -> str:
+    """The text after ``KEY=`` of the last ``--transfer`` pair naming ``key``."""
+    return next(p.partition("=")[2] for p in reversed(pairs) if p.partition("=")[0] == key)
+
+
 def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
     """:class:`selfsup.transfer.TransferOptions` of ``--protocol`` and ``--transfer KEY=VALUE`` pairs (values
     read as YAML); the labelled fractions, seeds and seed default to ``eval.low_shot``, ``eval.probe_seeds``,
@@ -185,8 +190,12 @@ def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
 
     known = {f.name for f in dataclasses.fields(TransferOptions)} - set(INTERNAL) | {"lr"}  # lr: lrs=[lr]
     values: dict[str, Any] = {"low_shot": list(cfg.eval.low_shot), "seeds": cfg.eval.probe_seeds, "seed": cfg.seed}
+    seen: set[str] = set()
     for pair in pairs:
         key, eq, text = pair.partition("=")
+        if eq and key in seen:  # the last would silently win
+            raise ConfigError(f"--transfer {key} is given more than once: give each option once")
+        seen.add(key)
         if not eq or key not in known:
             from selfsup.registry import closest
 
@@ -199,9 +208,13 @@ def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
         if "lrs" in values:  # one would silently win over the other
             raise ConfigError(f"--transfer lr={values['lr']!r} and lrs={values['lrs']!r} both set the learning rates: "
                               f"give lr (one) or lrs (a list), not both")
-        if isinstance(values["lr"], bool) or not isinstance(values["lr"], (int, float)):
-            raise ConfigError(f"--transfer lr must be a number, got {values['lr']!r}: e.g. lr=3e-4 (or lrs=[1e-4, 3e-4])")
-        values["lrs"] = [values.pop("lr")]
+        from selfsup.configread import coerce
+
+        try:  # 3e-4 is a string to YAML 1.1; read as config values are
+            values["lrs"] = [coerce(values.pop("lr"), float, "lr")]
+        except ConfigError:
+            raise ConfigError(f"--transfer lr must be a number, got {pairs_value(pairs, 'lr')!r}: e.g. lr=3e-4 (or "
+                              f"lrs=[1e-4, 3e-4])") from None
     from selfsup.configread import from_dict
 
     # typed like config keys: a scalar for a list, a word for a number is one line, not a traceback

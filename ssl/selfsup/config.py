@@ -159,10 +159,12 @@ class EvalConfig:
     linear: bool = True
     linear_epochs: int = param(60, gt=0)
     linear_batch_size: int = param(1024, gt=0)
-    linear_lrs: list[float] = param(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])
-    linear_wds: list[float] = param(default_factory=lambda: [0.0, 1e-5, 1e-4])
+    linear_lrs: list[float] = param(default_factory=lambda: [0.01, 0.03, 0.1, 0.3], gt=0, each=True,
+                                    help="the probe's learning rates tried (the grid's first axis)")
+    linear_wds: list[float] = param(default_factory=lambda: [0.0, 1e-5, 1e-4], ge=0, each=True,
+                                    help="the probe's weight decays tried (the grid's second axis)")
     linear_val_fraction: float = param(0.1, gt=0, lt=1, help="training data held out to choose lr/wd")
-    low_shot: list[float] = param(default_factory=lambda: [0.01, 0.1],
+    low_shot: list[float] = param(default_factory=lambda: [0.01, 0.1], gt=0, le=1, each=True,
                                   help="labelled fractions (class-balanced, seeded) probed besides all labels")
     probe_seeds: int = param(3, gt=0, help="seeds per probe; every probe number is their mean +- std")
     sklearn_max_images: int = param(20000, ge=0, help="cross-check the probe with scikit-learn's logistic "
@@ -179,6 +181,9 @@ class EvalConfig:
                                                "average (C values, cheaper); selfsup.eval.layers says why")
 
     def __post_init__(self) -> None:
+        if not self.linear_lrs or not self.linear_wds:
+            raise ValueError(f"linear_lrs and linear_wds must each hold at least one value (the probe's grid), got "
+                             f"{self.linear_lrs!r} and {self.linear_wds!r}")
         names = [self.layers] if isinstance(self.layers, str) else list(self.layers)
         if not names or any(not n.strip() for n in names):
             raise ValueError(f"layers must be 'last', 'all', a stage name or a non-empty list of stage names, "

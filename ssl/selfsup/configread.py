@@ -60,7 +60,7 @@ def type_name(tp: Any) -> str:
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` or raise a ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     bad = ConfigError(f"config key {key!r} must be {type_name(tp)}, got {value!r} ({type(value).__name__})")
@@ -84,7 +84,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except ConfigError:
                 continue
         raise bad
@@ -95,9 +95,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"config key {key!r} must have {len(args)} items ({type_name(tp)}), got {value!r}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
-        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        out = [coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
@@ -168,7 +168,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
                 raise ConfigError(f"config key {(prefix + '.' if prefix else '') + name!r} is required")
             continue
         key = f"{prefix}.{name}" if prefix else name
-        value = _coerce(data[name], hints[name], key)
+        value = coerce(data[name], hints[name], key)
         check_range(value, f.metadata, key)
         kwargs[name] = value
     try:
