@@ -251,9 +251,13 @@ def read_doc(path: Path) -> dict[str, Any]:
         BenchmarkError: it is missing or not valid JSON.
     """
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise BenchmarkError(f"cannot read the results file {path} ({err}): pass --out as a results file's path without .json") from err
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list):
+        raise BenchmarkError(f"{path} holds no rows of benchmarks/transfer.py (a json object with a 'rows' list): "
+                             f"pass --out as the stem of a results file this script wrote")
+    return doc
 
 
 def parse_twins(text: str, no_random: bool) -> list[str]:

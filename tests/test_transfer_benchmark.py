@@ -75,6 +75,14 @@ def test_merge_document_refuses_a_file_without_rows(bench):
         bench.merge_document({"meta": {}}, {}, [])
 
 
+@pytest.mark.parametrize("text", ["{}", "[]", '{"rows": 3}'])
+def test_render_refuses_a_results_file_without_rows(bench, tmp_path, text):
+    """helper-37's case: --render on {} was a KeyError traceback."""
+    (tmp_path / "g.json").write_text(text)
+    with pytest.raises(bench.BenchmarkError, match=r"g.json holds no rows of benchmarks/transfer.py .*--out"):
+        bench.read_doc(tmp_path / "g.json")
+
+
 def test_md_marks_the_cells_and_rows_not_run(bench):
     rows = [cell("m (pretrained)", "linear", f, 50 + f, pct=0.0) for f in (0.01, 1.0)]
     rows += [cell("m (random-init)", "linear", f, 40 + f, pct=0.0) for f in (0.01, 1.0)]

@@ -21,6 +21,7 @@ probe that diverges on the whole training set is an error.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from itertools import product
 from typing import Any
@@ -335,7 +336,9 @@ def sklearn_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels
     x, xt = standardise(train.float(), test.float())
     model = LogisticRegression(C=c, max_iter=max_iter)
     model.fit(x.numpy(), train_labels.numpy())
-    scores = torch.from_numpy(model.predict_log_proba(xt.numpy()))  # [Q, classes seen in train]
+    with warnings.catch_warnings():  # log(0) = -inf for a class the model rules out: a valid score, not a fault
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scores = torch.from_numpy(model.predict_log_proba(xt.numpy()))  # [Q, classes seen in train]
     classes = torch.from_numpy(model.classes_)
     full = torch.full((len(xt), num_classes), float("-inf"), dtype=scores.dtype)  # classes absent from train: -inf
     full[:, classes] = scores
