@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -260,6 +261,33 @@ def read_doc(path: Path) -> dict[str, Any]:
     return doc
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, in one line, what would fail or be wrong only after targets are loaded and cells trained:
+    a missing target directory, an unknown protocol, a labelled fraction outside (0, 1], an lr that is
+    not a number > 0, and epochs, seeds or a LoRA rank below 1.
+
+    Raises:
+        BenchmarkError: naming the argument and the fix.
+    """
+    missing = [t for t in args.targets if not Path(t).exists()]
+    if missing:
+        raise BenchmarkError(f"no such target: {', '.join(missing)}: pass export or run directories")
+    unknown = [p for p in args.protocols.split(",") if p not in PROTOCOL_ORDER]
+    if unknown or not args.protocols:
+        raise BenchmarkError(f"--protocols: unknown {unknown or [args.protocols]}; choose from {', '.join(PROTOCOL_ORDER)}")
+    for name, text, ok, want in (("--fractions", args.fractions, lambda v: 0 < v <= 1, "in (0, 1]"),
+                                 ("--lrs", args.lrs, lambda v: math.isfinite(v) and v > 0, "finite and > 0")):
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise BenchmarkError(f"{name} {text!r}: give comma-separated numbers") from None
+        if not all(ok(v) for v in values):
+            raise BenchmarkError(f"{name} {text!r}: every value must be {want}")
+    for name in ("epochs", "seeds", "lora_rank"):
+        if getattr(args, name) < 1:
+            raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
 def parse_twins(text: str, no_random: bool) -> list[str]:
     """``--twins`` as a list (``--no-random`` drops ``random-init``).
 
@@ -378,6 +406,7 @@ def main() -> None:
         if not args.targets:
             raise BenchmarkError("no target given: pass one or more export or run directories (or --render)")
         twins = parse_twins(args.twins, args.no_random)
+        check_args(args)  # before anything is loaded or trained
         old = read_doc(out.with_suffix(".json")) if args.merge and out.with_suffix(".json").exists() else None
         import torch
 

@@ -189,7 +189,9 @@ def test_config_file_with_override_is_the_resolved_yaml(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["optimm"], "no config key under 'optimm': did you mean optim"),
     (["trainer.max_epoch"], "no config key under 'trainer.max_epoch': did you mean trainer.max_epochs"),
-    (["method.temprature"], "no config key under 'method.temprature': did you mean method.temperature"),
+    (["method.temprature"], "'temprature' is neither a method nor a key of one: did you mean method.temperature"),
+    (["method.simclrr"], "'simclrr' is neither a method nor a key of one: did you mean method.simclr,"),  # a method
+    (["method.nosuch"], "'nosuch' is neither a method nor a key of one: "),
     (["trainr", "--file", QUICKSTART], "the resolved config has no key 'trainr': did you mean trainer"),
     (["nosuchkey"], "no config key under 'nosuchkey': `selfsup config` with no prefix lists every key"),  # no near key
     (["nosuchkey", "--file", QUICKSTART], "the resolved config has no key 'nosuchkey': `selfsup config --file FILE` "

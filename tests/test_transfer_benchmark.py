@@ -145,3 +145,20 @@ def test_a_corrupt_results_file_is_a_clear_error(bench, tmp_path):
         bench.read_doc(path)
     path.write_text('{"meta": {}, "rows": []}')
     assert bench.read_doc(path) == {"meta": {}, "rows": []}
+
+
+@pytest.mark.parametrize("argv, message", [  # helper-37's: these failed only after the target was loaded
+    (["/nonexistent/run"], "no such target: /nonexistent/run"),
+    (["{tmp}", "--protocols", "foo"], "--protocols: unknown ['foo']"),
+    (["{tmp}", "--fractions", "0,2"], "--fractions '0,2': every value must be in (0, 1]"),
+    (["{tmp}", "--lrs", "-1"], "--lrs '-1': every value must be finite and > 0"),
+    (["{tmp}", "--lrs", "1e-3,x"], "--lrs '1e-3,x': give comma-separated numbers"),
+    (["{tmp}", "--seeds", "0"], "--seeds must be at least 1, got 0"),
+])
+def test_arguments_are_checked_before_anything_loads(bench, tmp_path, monkeypatch, argv, message):
+    monkeypatch.setattr(sys, "argv", ["transfer.py", *[a.format(tmp=tmp_path) for a in argv],
+                                      "--out", str(tmp_path / "res")])
+    with pytest.raises(SystemExit) as err:
+        bench.main()
+    assert str(err.value) == f"error: {message}" or str(err.value).startswith(f"error: {message}")
+    assert not (tmp_path / "res.json").exists()

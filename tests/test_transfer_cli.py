@@ -57,7 +57,9 @@ def test_transfer_input_errors_are_one_line(tmp_path, capsys):
               "config key 'transfer.epochs' must be int, got 2.5 (float)"),
              # helper-37's: a repeated option (the last silently won)
              (["random:resnet18", "--protocol", "bitfit", "--transfer", "epochs=1", "--transfer", "epochs=2"],
-              "--transfer epochs is given more than once: give each option once")]
+              "--transfer epochs is given more than once: give each option once"),
+             (["random:resnet18", "--protocol", "bitfit", "--transfer", "protocol=lora"],
+              "--transfer 'protocol=lora': the protocol is chosen by --protocol (e.g. --protocol lora), not --transfer")]
     for args, message in cases:
         assert main(["eval", *args, "--out", str(tmp_path / "x"), *TINY]) == 2
         assert message in one_line_error(capsys.readouterr().err)

@@ -196,6 +196,9 @@ def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
         if eq and key in seen:  # the last would silently win
             raise ConfigError(f"--transfer {key} is given more than once: give each option once")
         seen.add(key)
+        if key == "protocol":
+            raise ConfigError(f"--transfer {pair!r}: the protocol is chosen by --protocol (e.g. --protocol "
+                              f"{text or 'lora'}), not --transfer")
         if not eq or key not in known:
             from selfsup.registry import closest
 

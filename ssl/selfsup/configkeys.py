@@ -138,6 +138,12 @@ def select_keys(prefix: str = "") -> list[KeyInfo]:
     if wants_methods and len(parts) > 1 and parts[1] in METHOD_CONFIGS:
         keys, prefix = method_keys(parts[1]), ".".join(["method", *parts[2:]])
     found = [k for k in keys if _under(k.path, prefix)]
+    if not found and parts[0] == "method" and len(parts) == 2:  # method.X: X is neither a method nor a method key
+        near = [f"method.{n}" for n in close_matches(parts[1], list(METHOD_CONFIGS.names()))]
+        near += close_matches(prefix, sorted(_sections([k.path for k in keys])))
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise ConfigError(f"{parts[1]!r} is neither a method nor a key of one: {hint}`selfsup list` shows the "
+                          f"methods, `selfsup config method` every method key")
     if not found:
         near = close_matches(prefix, sorted(_sections([k.path for k in keys])))
         hint = f"did you mean {', '.join(near)}? " if near else ""
