@@ -154,10 +154,7 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     from selfsup.artifacts.load import load_encoder
     from selfsup.detection.evaluate import check_target, detection_data, detection_markdown, evaluate_detection
 
-    if args.dataset:
-        cfg.detection.dataset = args.dataset
-    if args.test_dataset:
-        cfg.detection.test_dataset = args.test_dataset
+    # --dataset / --test-dataset are already in cfg: eval_command read them as overrides
     for spec in [args.target, *args.baseline]:
         check_target(spec)
     base = RunDir(target).detection if RunDir(target).is_run() else Path("runs") / "eval-detection"

@@ -194,7 +194,9 @@ class StageRows:
         for name, v in vectors.items():
             self._dims.setdefault(name, v.shape[1])
             if self.on_disk:
-                f = self._files.get(name) or self._files.setdefault(name, self._scratch())
+                if name not in self._files:
+                    self._files[name] = self._scratch()
+                f = self._files[name]
                 v.float().cpu().contiguous().numpy().tofile(f)  # [B, D] at the end of the file
                 continue
             if name not in self._maps:
