@@ -303,6 +303,42 @@ def test_softmax_last_equals_torch_softmax():
     assert torch.allclose(linear.softmax_last(z).sum(-1), torch.ones(64, 3, dtype=torch.float64))
 
 
+def test_softmax_floor_keeps_probabilities_normal_floats():
+    """The floored softmax has no subnormal float32 term where the plain one has, and differs
+    from torch's by less than exp(-64) absolute (numpy's float64 softmax as the reference)."""
+    z = torch.tensor([[0.0, -90.0, -200.0, -5.0], [3.0, 3.0, -150.0, 2.0]])  # gaps beyond float32's normal range
+    tiny = torch.finfo(torch.float32).tiny
+    plain = linear.softmax_last(z)
+    assert ((plain > 0) & (plain < tiny)).any()  # exp(-90) is subnormal: the case the floor is for
+    floored = linear.softmax_last(z, linear.MIN_EXPONENT)
+    assert not ((floored != 0) & (floored.abs() < tiny)).any() and (floored > 0).all()
+    e = np.exp(z.double().numpy() - z.double().numpy().max(-1, keepdims=True))
+    assert np.allclose(floored.double().numpy(), e / e.sum(-1, keepdims=True), rtol=1e-6, atol=np.exp(-64))
+
+
+def test_probe_gradients_hold_no_subnormals(monkeypatch):
+    """Logit gaps of 87-103 make exp(z - max) a subnormal float32 (a subnormal operand made the
+    probe's matmuls several times slower); on features this large the initial heads' gaps spread
+    over that band, and the probe's floored softmax gives no step a subnormal (p - y)."""
+    seen = []
+    real = linear.softmax_last
+
+    def spy(logits, min_exponent=None):
+        p = real(logits, min_exponent)
+        seen.append(((p != 0) & (p.abs() < torch.finfo(torch.float32).tiny)).sum().item())
+        return p
+
+    monkeypatch.setattr(linear, "softmax_last", spy)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 16, generator=g) * 3000, torch.arange(400) % 4  # init logits ~ N(0, 120)
+    linear._train_heads(x, y, 4, [(1e-9, 0.0)], epochs=3, batch_size=64, seeds=0)
+    assert len(seen) == 3 * 8 and sum(seen) == 0  # 8 batches of 50 an epoch (probe_schedule)
+    monkeypatch.setattr(linear, "MIN_EXPONENT", None)  # without the floor the same probe meets subnormals
+    seen.clear()
+    linear._train_heads(x, y, 4, [(1e-9, 0.0)], epochs=3, batch_size=64, seeds=0)
+    assert sum(seen) > 0
+
+
 def test_probe_schedule_follows_the_data():
     """Epochs are kept; a set of fewer than 8 full batches gets smaller batches (8 steps an
     epoch), so a probe costs epochs x rows, not a fixed 1,000 full batches."""

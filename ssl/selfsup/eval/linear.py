@@ -49,12 +49,27 @@ def probe_schedule(n: int, epochs: int, batch_size: int) -> tuple[int, int]:
     return max(1, min(batch_size, math.ceil(n / STEPS_PER_EPOCH))), epochs
 
 
-def softmax_last(logits: Tensor) -> Tensor:
+# exp(-64) = 1.6e-28: with at most 1,000 classes and batches of 65,536 rows, (p - y) / B stays
+# above float32's smallest normal number (1.2e-38), so the probe's matmuls never read subnormals
+MIN_EXPONENT = -64.0
+
+
+def softmax_last(logits: Tensor, min_exponent: float | None = None) -> Tensor:
     """Softmax over the last dim of ``logits`` ``[..., C]``, overwriting a fresh copy: ``exp(z - max)
     / sum``, as ``Tensor.softmax(-1)``. Written out because torch's CPU softmax is slow over a
     short last dim: on ``[1024, 12, 10]`` (a probe batch of 12 heads, 10 classes) 2.3 ms
-    against 0.44 ms for these three ops (1 thread, torch 2.14, Xeon), a third of a probe's time."""
-    e = (logits - logits.amax(-1, keepdim=True)).exp_()  # [..., C]; every row's largest term is exp(0) = 1
+    against 0.44 ms for these three ops (1 thread, torch 2.14, Xeon), a third of a probe's time.
+
+    ``min_exponent`` (e.g. :data:`MIN_EXPONENT`) floors ``z - max`` before the exp, so no
+    probability is a subnormal float: once a probe separates the classes, the wrong classes'
+    ``exp(z - max)`` fall below 1.2e-38, and a subnormal operand makes the CPU's matmuls several
+    times slower (the probe's gradient matmul took 580 us a step instead of 160 us on 1k rows,
+    benchmarks/results/probe.md). A floored term changes a probability by less than
+    ``exp(min_exponent)`` (1.6e-28 at -64), far below float32's rounding of the others."""
+    z = logits - logits.amax(-1, keepdim=True)  # [..., C]; every row's largest term is exp(0) = 1
+    if min_exponent is not None:
+        z.clamp_(min=min_exponent)
+    e = z.exp_()
     return e.div_(e.sum(-1, keepdim=True))
 
 
@@ -105,7 +120,7 @@ def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[fl
             logits = torch.baddbmm(bias.view(n_grp, 1, n_set * c), xb,
                                    weight.view(n_grp, n_set * c, dim).transpose(1, 2))  # [G, B, S * C]
             # gradient of the sum over heads of each head's mean cross-entropy: (softmax - one-hot) / B
-            delta = softmax_last(logits.view(n_grp, b, n_set, c))  # [G, B, S, C]
+            delta = softmax_last(logits.view(n_grp, b, n_set, c), MIN_EXPONENT)  # [G, B, S, C]; no subnormals
             delta -= one_hot.index_select(0, idx).view(n_grp, b, 1, c)  # the label's one-hot, over the settings
             delta /= b
             grads = [torch.bmm(delta.view(n_grp, b, n_set * c).transpose(1, 2), xb).view(n_grp, n_set, c, dim),
