@@ -266,6 +266,27 @@ def test_one_class_needs_two_classes_before_any_work(tmp_path, capsys):
     assert not files_under(tmp_path / "cache")
 
 
+def test_a_low_shot_column_on_few_images_says_what_it_trained_on(tmp_path):
+    """4 classes x 8 training images at 5%: one image per class makes 4 images (12.5%), and the
+    2 x 2 grid is chosen on 1 held-out image; results.md carries both warnings, logged too."""
+    logs = []
+    cfg = eval_cfg(toy_folder(tmp_path / "four", classes=4), "eval.linear=true", "eval.low_shot=[0.05]",
+                   "eval.linear_lrs=[0.1, 0.3]", "eval.linear_wds=[0.0, 0.0001]", "eval.probe_seeds=1",
+                   "eval.linear_epochs=2", "eval.sklearn_max_images=0")
+    row = evaluate("pixels", cfg, tmp_path / "cache", log=logs.append)
+    assert row["linear_5pct"]["train_images"] == 4 and row["linear_5pct"]["val_images"] == 1
+    assert row["warnings"] == [
+        "the linear probe at 100% labels chose among 4 settings on 3 held-out image(s), fewer than the 4 classes, "
+        "so the choice is close to arbitrary; use more labelled images or a single setting",
+        "the linear probe's 5% labels trains on 4 of 32 images (12.5%): a class-balanced subset keeps at least one "
+        "image per class",
+        "the linear probe at 5% labels chose among 4 settings on 1 held-out image(s), fewer than the 4 classes, so "
+        "the choice is close to arbitrary; use more labelled images or a single setting"]
+    table = markdown_table([row])
+    assert all(f"**Warning** (raw pixels): {w}" in table for w in row["warnings"])
+    assert sum("warning (raw pixels)" in m for m in logs) == 3
+
+
 # --------------------------------------------------------------------------- the README's own-folder workflow
 
 

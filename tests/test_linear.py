@@ -126,6 +126,42 @@ def test_probe_protocol_reports_seed_statistics_and_low_shot():
     assert res["linear_1pct"]["top1_std"] > 0
 
 
+def test_probe_protocol_reports_held_out_sizes():
+    """Each fraction reports how many images chose its setting: round(0.1 x its training images)."""
+    x, y = noisy_linear_set(n=2700)
+    res = probe_protocol(x[:2400], y[:2400], x[2400:], y[2400:], 12, [0.5], [0.0], fractions=(1.0, 0.1),
+                         seeds=1, epochs=2, batch_size=256)
+    assert res["linear"]["val_images"] == 240
+    assert res["linear_10pct"]["val_images"] == round(0.1 * res["linear_10pct"]["train_images"]) == 24
+
+
+def test_a_tie_on_held_out_top1_goes_to_the_lower_cross_entropy():
+    """Well-separated classes: a small and a large lr both classify every held-out image, so top-1 ties;
+    the choice is the confident probe (lower held-out cross-entropy) whatever the grid's order."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(400) % 4
+    x = torch.randn(400, 8, generator=g) + 6 * torch.eye(8)[y]
+    for lrs in ([0.01, 1.0], [1.0, 0.01]):  # each alone: 100% held-out top-1
+        setting, val = select_setting(x, y, 4, lrs, [0.0], epochs=5, batch_size=64)
+        assert (setting, val) == ((1.0, 0.0), 100.0)
+
+
+def test_selection_warnings_name_an_inflated_fraction_and_a_tiny_held_out_split():
+    """300 training images of 10 classes at 1%: one image per class makes it 10 images (3.3%), and
+    12 settings chosen on 1 held-out image; with enough images, or one setting, nothing is said."""
+    from selfsup.eval.linear import selection_warnings
+
+    warns = selection_warnings("linear probe", 0.01, 10, 300, 1, 10, 12)
+    assert warns == [
+        "the linear probe's 1% labels trains on 10 of 300 images (3.3%): a class-balanced subset keeps at least "
+        "one image per class",
+        "the linear probe at 1% labels chose among 12 settings on 1 held-out image(s), fewer than the 10 classes, "
+        "so the choice is close to arbitrary; use more labelled images or a single setting"]
+    assert selection_warnings("linear probe", 0.01, 600, 60000, 60, 10, 12) == []
+    assert selection_warnings("linear probe", 1.0, 30, 30, 3, 10, 1) == []  # one setting: nothing chosen
+    assert len(selection_warnings("bitfit", 1.0, 30, 30, 3, 10, 2)) == 1  # all labels, 3 held out, 2 lrs
+
+
 def test_sgd_probe_agrees_with_sklearn_logistic_regression():
     """The cross-check on small data: sklearn digits pixels, the two probes within 3 points."""
     from sklearn.datasets import load_digits

@@ -299,3 +299,34 @@ def test_layer_decay_given_for_a_vit_trains_with_it_and_is_refused_for_a_convnet
         build_classifier(make_encoder("resnet18"), 10, options("finetune", layer_decay=0.5, given=["layer_decay"]))
     # not given: the default applies silently to a convnet (no layer decay), as documented
     build_classifier(make_encoder("resnet18"), 10, options("finetune"))
+
+
+def test_held_out_tie_goes_to_the_lower_cross_entropy_and_tiny_splits_are_named(monkeypatch):
+    """one_seed's lr choice: two lrs with equal held-out top-1 -> the one whose held-out cross-entropy is lower,
+    whatever their order (the first used to win); run_protocol's rows carry the held-out size and a warning
+    when fewer held-out images than classes chose among several lrs."""
+    from types import SimpleNamespace
+
+    import selfsup.transfer.train as train
+
+    def fake_fit(encoder, ds, info, num_classes, opts, lr, seed, trainer=None):
+        return SimpleNamespace(lr=lr, classifier=SimpleNamespace(encoder=nn.Linear(2, 2), head=nn.Linear(2, 2))), 0.0
+
+    def fake_predict(module, ds, batch_size, device):  # argmax right on every image; confidence set by the lr
+        return torch.nn.functional.one_hot(ds.labels, 10).float() * (5.0 if module.lr == 0.1 else 1.0)
+
+    monkeypatch.setattr(train, "fit", fake_fit)
+    monkeypatch.setattr(train, "predict", fake_predict)
+    data = images(30)
+    for lrs in ([0.1, 0.01], [0.01, 0.1]):
+        opts = TransferOptions(protocol="bitfit", epochs=1, lrs=lrs, seeds=1, low_shot=[])
+        run, module = train.one_seed(None, data, data, INFO, opts, 1.0, 0, {}, lambda m: None)
+        assert (run["lr"], run["val_top1"], run["val_images"]) == (0.1, 100.0, 3)
+    logs = []
+    rows = run_protocol(make_encoder("resnet18"), minimal_card("resnet18", ARCHS["resnet18"], INFO), data, data,
+                        opts, None, log=logs.append)
+    assert rows[0]["val_images"] == 3
+    assert rows[0]["warnings"] == ["the bitfit at 100% labels chose among 2 settings on 3 held-out image(s), fewer "
+                                   "than the 10 classes, so the choice is close to arbitrary; use more labelled "
+                                   "images or a single setting"]
+    assert any(m.startswith("[bitfit] warning: the bitfit at 100% labels chose") for m in logs)

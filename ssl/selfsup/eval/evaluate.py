@@ -131,10 +131,14 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
         log(f"[eval] linear probes for {shown} (lr x wd grid {len(cfg.eval.linear_lrs)}x"
             f"{len(cfg.eval.linear_wds)}, labelled fractions {' '.join(f'{f:g}' for f in [1, *cfg.eval.low_shot])}, "
             f"{cfg.eval.probe_seeds} seed{'s' if cfg.eval.probe_seeds != 1 else ''})")
-        results.update(probe_protocol(xtr, ytr, xte, yte, classes, cfg.eval.linear_lrs, cfg.eval.linear_wds,
-                                      (1.0, *sorted(cfg.eval.low_shot, reverse=True)), cfg.eval.probe_seeds,
-                                      cfg.eval.linear_epochs, cfg.eval.linear_batch_size,
-                                      cfg.eval.linear_val_fraction, cfg.seed))
+        probes = probe_protocol(xtr, ytr, xte, yte, classes, cfg.eval.linear_lrs, cfg.eval.linear_wds,
+                                (1.0, *sorted(cfg.eval.low_shot, reverse=True)), cfg.eval.probe_seeds,
+                                cfg.eval.linear_epochs, cfg.eval.linear_batch_size, cfg.eval.linear_val_fraction,
+                                cfg.seed)
+        results.update(probes)
+        for warning in [w for res in probes.values() for w in res.get("warnings", [])]:
+            results["warnings"].append(warning)  # a low-shot subset or held-out split too small to read as asked
+            log(f"[eval] warning ({shown}): {warning}")
         if 0 < len(ytr) <= cfg.eval.sklearn_max_images:
             results["linear_sklearn"] = sklearn_probe(xtr, ytr, xte, yte, classes)
     return results

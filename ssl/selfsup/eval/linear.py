@@ -197,7 +197,7 @@ def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: 
     settings = list(product(lrs, wds))
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(train), generator=g)
-    n_val = min(len(train) - 1, max(1, int(round(val_fraction * len(train)))))
+    n_val = held_out_count(len(train), val_fraction)
     val_idx, fit_idx = perm[:n_val], perm[n_val:]
     fit_x, val_x = standardise(train[fit_idx], train[val_idx])
     with torch.no_grad():
@@ -206,9 +206,12 @@ def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: 
     if not alive:
         raise ConfigError(f"every linear-probe setting diverged (non-finite weights) with lr in {lrs} and weight "
                           f"decay in {wds}: lower eval.linear_lrs (and eval.linear_wds)")
+    val_y = train_labels[val_idx]  # [V]
     with torch.no_grad():
-        val_acc = {i: topk_accuracy(heads[i](val_x), train_labels[val_idx], (1,))["top1"] for i in alive}
-    best = max(alive, key=lambda i: val_acc[i])  # the first of equals, in grid order
+        logits = {i: heads[i](val_x) for i in alive}  # each [V, C]
+        val_acc = {i: topk_accuracy(z, val_y, (1,))["top1"] for i, z in logits.items()}
+        val_loss = {i: F.cross_entropy(z, val_y).item() for i, z in logits.items()}
+    best = max(alive, key=lambda i: (val_acc[i], -val_loss[i]))  # equal top-1: the lower held-out cross-entropy
     return settings[best], val_acc[best]
 
 
@@ -263,6 +266,31 @@ def _linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels
     return {**acc, "lr": setting[0], "weight_decay": setting[1], "val_top1": val_acc}
 
 
+def held_out_count(n: int, fraction: float) -> int:
+    """How many of ``n`` training images are held out to choose a setting: ``round(fraction * n)``,
+    at least 1 and at most ``n - 1`` (the probe and the transfer protocols share it)."""
+    return min(n - 1, max(1, round(fraction * n)))
+
+
+def selection_warnings(what: str, fraction: float, train_images: int, total_images: int, val_images: int,
+                       num_classes: int, choices: int) -> list[str]:
+    """One-line warnings for numbers a reader could take for what they are not: a low-shot subset of
+    ``train_images`` that is over 1.5x the nominal ``fraction`` of ``total_images`` (the class-balanced
+    subset keeps at least one image per class), and a choice among ``choices`` settings made on fewer
+    held-out images (``val_images``) than there are classes, where the choice is close to arbitrary
+    (ties go to the lower held-out cross-entropy). ``what`` names the probe, e.g. ``linear probe``."""
+    out = []
+    if fraction < 1 and train_images > 1.5 * fraction * total_images:
+        out.append(f"the {what}'s {fraction * 100:g}% labels trains on {train_images} of {total_images} images "
+                   f"({100 * train_images / total_images:.1f}%): a class-balanced subset keeps at least one image "
+                   f"per class")
+    if choices > 1 and val_images < num_classes:
+        out.append(f"the {what} at {fraction * 100:g}% labels chose among {choices} settings on {val_images} held-out "
+                   f"image(s), fewer than the {num_classes} classes, so the choice is close to arbitrary; use more "
+                   f"labelled images or a single setting")
+    return out
+
+
 def class_balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
     """Sorted indices of a seeded subset holding ``round(fraction * n_c)`` (at least one)
     of the ``n_c`` images of every class c, so class proportions are kept."""
@@ -301,7 +329,8 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
                    seed: int = 0) -> dict[str, dict[str, Any]]:
     """Linear probes on every labelled fraction, each as mean +- std over ``seeds`` seeds, with
     ``val_top1``: the chosen setting's top-1 on the split held out from training (the mean over
-    seeds for a low-shot fraction), a score that never looked at the test split.
+    seeds for a low-shot fraction), a score that never looked at the test split, ``val_images``
+    (that split's size) and ``warnings`` (:func:`selection_warnings`).
 
     A fraction below 1 draws a class-balanced subset per seed and chooses (lr, wd) on a
     split held out from that subset. With all labels the choice is made once (at
@@ -334,8 +363,11 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
                 n_train = len(idx)
                 bar.update()
             val = [r["val_top1"] for r in runs]
-        results[fraction_key(fraction)] = {**summarise(runs), "fraction": fraction, "train_images": n_train,
-                                           "val_top1": sum(val) / len(val)}
+        n_val = held_out_count(n_train, val_fraction)
+        results[fraction_key(fraction)] = {
+            **summarise(runs), "fraction": fraction, "train_images": n_train, "val_top1": sum(val) / len(val),
+            "val_images": n_val, "warnings": selection_warnings("linear probe", fraction, n_train, len(train_labels),
+                                                                n_val, num_classes, len(lrs) * len(wds))}
     bar.close()
     return results
 

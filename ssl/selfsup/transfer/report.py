@@ -60,5 +60,5 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
         lines.append(f"| {r['protocol']} | {r['fraction'] * 100:g}% | {r['train_images']} | {_pm(r, 'top1')} | "
                      f"{_pm(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
-    notes = frozen_notes(target, rows, frozen_rows)
+    notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows)
     return "\n".join(lines) + "\n" + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")

@@ -21,7 +21,8 @@ from selfsup.config import ConfigError
 from selfsup.data import CleanTransform, DataInfo, ImageDataset, make_loader
 from selfsup.data.datasets import Subset
 from selfsup.eval.knn import topk_accuracy
-from selfsup.eval.linear import class_balanced_subset, fraction_key, summarise
+from selfsup.eval.linear import class_balanced_subset, fraction_key, held_out_count, selection_warnings, \
+    summarise
 from selfsup.losses import NonFiniteLossError
 from selfsup.schedules import cosine_factors, warmup_steps
 from selfsup.transfer.options import TransferOptions
@@ -116,7 +117,7 @@ def held_out(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Seeded (fit, val) positions of ``n`` training images, ``round(fraction * n)`` (at least 1, at most
     n - 1) held out."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = min(n - 1, max(1, round(fraction * n)))
+    n_val = held_out_count(n, fraction)
     return perm[n_val:], perm[:n_val]
 
 
@@ -133,14 +134,17 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
     for lr in options.lrs:
         module, secs = fit(encoder, fit_ds, info, train_ds.num_classes, options, lr, seed, trainer)
         seconds += secs
-        val = topk_accuracy(predict(module, val_ds, options.batch_size, device), val_ds.labels, (1,))["top1"]
-        log(f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}: held-out top-1 {val:.2f}%")
-        if best is None or val > best[0]:
-            best = (val, lr, module)
-    val, lr, module = best
+        logits = predict(module, val_ds, options.batch_size, device)  # [V, num_classes]
+        val = topk_accuracy(logits, val_ds.labels, (1,))["top1"]
+        loss = F.cross_entropy(logits, val_ds.labels).item()
+        log(f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}: held-out top-1 {val:.2f}% "
+            f"(cross-entropy {loss:.3f}, {len(val_ds)} image(s))")
+        if best is None or (val, -loss) > (best[0], -best[1]):  # equal top-1: the lower held-out cross-entropy
+            best = (val, loss, lr, module)
+    val, _, lr, module = best
     test = topk_accuracy(predict(module, test_ds, options.batch_size, device), test_ds.labels)
     return {**test, "val_top1": val, "lr": lr, "weight_decay": options.weight_decay, "seconds": seconds,
-            "train_images": len(idx)}, module
+            "train_images": len(idx), "val_images": len(val_ds)}, module
 
 
 def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDataset, test_ds: ImageDataset,
@@ -182,9 +186,14 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                 module.classifier.cpu()
                 exported = export_transfer(module.classifier, card, options, out_dir,
                                            {"fraction": fraction, "seed": seed, **run})
+        warnings = selection_warnings(options.protocol, fraction, runs[0]["train_images"], len(train_ds),
+                                      runs[0]["val_images"], train_ds.num_classes, len(options.lrs))
+        for warning in warnings:
+            log(f"[{options.protocol}] warning: {warning}")
         rows.append({"key": fraction_key(fraction).replace("linear", options.protocol, 1),
                      "protocol": options.protocol, "fraction": fraction,
-                     "train_images": runs[0]["train_images"], **summarise(runs),
+                     "train_images": runs[0]["train_images"], "val_images": runs[0]["val_images"],
+                     "warnings": warnings, **summarise(runs),
                      "val_top1": sum(r["val_top1"] for r in runs) / len(runs),
                      "minutes": sum(r["seconds"] for r in runs) / len(runs) / 60,
                      **trainable_summary(module.classifier, encoder_params), "options": asdict(options)})
