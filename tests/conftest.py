@@ -47,3 +47,10 @@ def one_line_error(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def with_overrides(base: list[str], *extra: str) -> list[str]:
+    """``base`` overrides with those of ``extra`` in place of the ones setting the same key (the CLI
+    refuses a key given twice)."""
+    keys = {e.partition("=")[0] for e in extra}
+    return [b for b in base if b.partition("=")[0] not in keys] + list(extra)

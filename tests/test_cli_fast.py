@@ -232,3 +232,57 @@ def test_without_quiet_the_config_decides(monkeypatch):
     main(["pretrain", QUICKSTART])
     assert seen["cfg"].trainer.progress_bar is config.load_config(QUICKSTART).trainer.progress_bar is True
     assert "SELFSUP_QUIET" not in os.environ
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["config", "--file", QUICKSTART, "eval.probe_seeds=1", "eval.probe_seeds=2"],
+     "selfsup config: error: override key 'eval.probe_seeds' is given twice ('eval.probe_seeds=1', then "
+     "'eval.probe_seeds=2'): the first would be lost; keep one"),
+    (["config", "data.subset=3", "--file", QUICKSTART, "data.subset=4"],  # the first read as config's prefix
+     "selfsup config: error: override key 'data.subset' is given twice ('data.subset=3', then 'data.subset=4'): "
+     "the first would be lost; keep one"),
+    (["pretrain", QUICKSTART, "encoder.kwargs.stem_width=8", "encoder.kwargs={channels: [8, 16, 32, 64]}"],
+     "selfsup pretrain: error: override 'encoder.kwargs={channels: [8, 16, 32, 64]}' replaces the section "
+     "'encoder.kwargs' and would lose the earlier 'encoder.kwargs.stem_width=8': put that key inside the "
+     "section's value, or after it"),
+    (["eval", "pixels", "data.subset=3", "--quiet", "data.subset=4"],
+     "selfsup eval: error: override key 'data.subset' is given twice ('data.subset=3', then 'data.subset=4'): "
+     "the first would be lost; keep one"),
+])
+def test_an_override_that_would_undo_another_is_refused(argv, message, capsys, tmp_path, monkeypatch):
+    """A repeated key, or a section replaced after a key inside it, is one line before any work (the last
+    one used to win silently); nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert one_line_error(capsys.readouterr().err) == message
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_key_set_inside_a_section_after_it_is_kept(capsys):
+    """The order that loses nothing: the section, then a key inside it."""
+    assert main(["config", "encoder", "--file", QUICKSTART,
+                 "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 32}", "encoder.kwargs.stem_width=8"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["encoder"]["kwargs"] == {"channels": [8, 16, 32, 64], "stem_width": 8}
+
+
+def test_config_overrides_without_a_file_resolve_over_the_defaults(capsys):
+    """`selfsup config eval eval.probe_seeds=2` needs no --file (it used to say method.name is required)."""
+    assert main(["config", "eval", "eval.probe_seeds=2"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["eval"]["probe_seeds"] == 2
+    assert main(["config", "method", "method.name=moco"]) == 0  # a method given is the one shown
+    assert yaml.safe_load(capsys.readouterr().out)["method"]["name"] == "moco"
+
+
+def test_load_config_defaults_fill_only_what_the_file_leaves_out(tmp_path):
+    """defaults= fill a missing key; a file's own value and an override both win over them."""
+    moco = tmp_path / "moco.yaml"
+    moco.write_text("method:\n  name: moco\n")
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("data:\n  name: digits\n")
+    simclr = ["method.name=simclr"]
+    assert config.method_name(config.load_config(moco, [], simclr)) == "moco"
+    assert config.method_name(config.load_config(bare, [], simclr)) == "simclr"
+    assert config.method_name(config.load_config(bare, ["method.name=npid"], simclr)) == "npid"
+    with pytest.raises(config.ConfigError, match="'method.name' is required"):
+        config.load_config(bare, [])

@@ -397,3 +397,14 @@ def test_layer_wise_evaluation_through_pretrain_and_eval(tmp_path, capsys):
     card = json.loads((run / "export" / "config.json").read_text())["selfsup"]
     pretrained = [lbl for lbl in card["results"] if "pretrained" in lbl]
     assert len(pretrained) == 1 and card["results"][pretrained[0]]["knn"] == rows[4]["knn"]
+
+
+def test_an_evaluation_config_without_a_method_is_read(tmp_path, capsys):
+    """`selfsup eval pixels --config FILE` where FILE holds only data and eval sections: evaluated (an
+    evaluation uses no method; it used to be refused with 'method.name is required')."""
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"data:\n  name: image-folder\n  root: {toy_folder(tmp_path / 'two')}\n  image_size: 8\n"
+                   f"  in_chans: 1\neval:\n  knn: [[3, 0.07]]\n  linear: false\n  plots: false\n")
+    out = tmp_path / "out"
+    assert main(["--quiet", "eval", "pixels", "--config", str(cfg), "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())[0]["kind"] == "pixels"

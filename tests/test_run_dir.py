@@ -27,7 +27,7 @@ from selfsup.train.resume import resume_changes
 from selfsup.train.run import pretrain
 from selfsup.train.workdir import RUN_DIR_ENV, RunDirError, hold_run_dir
 
-from conftest import ROOT, one_line_error
+from conftest import ROOT, one_line_error, with_overrides
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
 ENV.pop(RUN_DIR_ENV, None)
@@ -154,7 +154,8 @@ def test_new_run_into_a_directory_holding_a_run_is_refused(run_copy, tiny_config
 
 
 def _start(run: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, "pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval", *TINY, *extra],
+    return subprocess.Popen([*CLI, "pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval",
+                             *with_overrides(TINY, *extra)],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, one_line_error
+from conftest import ROOT, one_line_error, with_overrides
 from selfsup.cli import main
 from selfsup.rundir import RunDir
 from selfsup.train.workdir import RunDirError, check_run_dir, set_aside_stopped_attempt, stopped_attempt
@@ -123,11 +123,12 @@ def test_a_run_that_trained_nothing_can_be_started_again_with_the_same_command(t
     from selfsup.train import steps as steps_mod
 
     run = tmp_path / "run"
-    args = ["pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval", *TINY]
+    head = ["pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval"]
+    args = [*head, *TINY]
     with monkeypatch.context() as patch:
         for module in (run_mod, steps_mod):  # let batches of 1 image reach training: every one is skipped
             patch.setattr(module, "check_trainable", lambda batch_size, max_steps: None)
-        assert main([*args, "data.batch_size=1", "data.subset=3"]) == 2
+        assert main([*head, *with_overrides(TINY, "data.batch_size=1", "data.subset=3")]) == 2
     # (its one-line form is tests/test_zero_steps.py's; stderr here may also hold Lightning's log lines)
     errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("selfsup pretrain: error: ")]
     assert len(errors) == 1 and "the run trained nothing" in errors[0] and "run the same command again" in errors[0]

@@ -19,7 +19,7 @@ from selfsup.train import steps as steps_mod
 from selfsup.train.run import pretrain
 from selfsup.train.steps import NoStepsError, plan_steps
 
-from conftest import ROOT, one_line_error
+from conftest import ROOT, one_line_error, with_overrides
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 TINY = ["data.name=digits", "data.image_size=16", "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
@@ -38,7 +38,8 @@ TINY = ["data.name=digits", "data.image_size=16", "encoder.kwargs={channels: [8,
 ])
 def test_a_run_that_would_take_no_step_is_refused(tmp_path, capsys, override, message):
     run = tmp_path / "run"
-    args = ["pretrain", QUICKSTART, "--run-dir", str(run), *TINY, "data.batch_size=64", "data.subset=128", override]
+    args = ["pretrain", QUICKSTART, "--run-dir", str(run),
+            *with_overrides([*TINY, "data.batch_size=64", "data.subset=128"], override)]
     assert main(args) == 2
     line = one_line_error(capsys.readouterr().err)
     assert message in line

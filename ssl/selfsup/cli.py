@@ -170,7 +170,9 @@ def _config(args: argparse.Namespace) -> None:
     if args.file is None and not args.overrides:
         print(keys_text(select_keys(prefix)), end="")
         return
-    section = resolved_section(to_dict(load_config(args.file, args.overrides)), prefix)
+    # without --file: the defaults (method simclr unless method.name=... is given) plus the overrides
+    defaults = [] if args.file else ["method.name=simclr"]
+    section = resolved_section(to_dict(load_config(args.file, args.overrides, defaults)), prefix)
     print(yaml.safe_dump({prefix: section} if prefix else section, sort_keys=False), end="")
 
 
@@ -317,11 +319,18 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             return _usage_error(args.command, f"takes no key=value overrides: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    if args.quiet:
-        os.environ["SELFSUP_QUIET"] = "1"  # progress bars read it (selfsup.progress)
-        if args.command == "pretrain":
-            args.overrides = [*args.overrides, "trainer.progress_bar=false"]
     try:
+        if getattr(args, "overrides", None):
+            from selfsup.configread import check_repeated_overrides
+
+            # the user's own, before any the CLI adds; pretrain's config and config's prefix may be one too
+            first = [a for a in (getattr(args, "config", None), getattr(args, "prefix", None))
+                     if isinstance(a, str) and "=" in a and not Path(a).exists()]
+            check_repeated_overrides([*first, *args.overrides])
+        if args.quiet:
+            os.environ["SELFSUP_QUIET"] = "1"  # progress bars read it (selfsup.progress)
+            if args.command == "pretrain":
+                args.overrides = [*args.overrides, "trainer.progress_bar=false"]
         args.func(args)
     except Exception as err:
         if not isinstance(err, one_line_errors()):

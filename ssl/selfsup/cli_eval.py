@@ -53,10 +53,11 @@ def eval_command(args: argparse.Namespace) -> None:
         # not apply to it (detection.tile_size on synthetic-fmnist, ...) are refused when the config is read
         args.overrides = [*args.overrides, *(f"detection.{key}={json.dumps(value)}" for key, value in
                                              (("dataset", args.dataset), ("test_dataset", args.test_dataset)) if value)]
+    evaluation_only = ["method.name=simclr"]  # the method is not used by an evaluation, but the config needs one
     if args.config:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, defaults=evaluation_only)
     else:
-        cfg = saved_config(target, args.overrides) or load_config(None, ["method.name=simclr", *args.overrides])
+        cfg = saved_config(target, args.overrides) or load_config(None, args.overrides, defaults=evaluation_only)
     if args.transfer and not args.protocol:
         raise ConfigError("--transfer sets options of a transfer protocol: add --protocol finetune|partial|bitfit|"
                           "lora|prompt, or drop --transfer")

@@ -26,7 +26,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from selfsup.configread import ConfigError, apply_override, from_dict, param, parse_yaml, plain, type_name, yaml_problem
+from selfsup.configread import ConfigError, apply_override, from_dict, has_key, param, parse_yaml, plain, type_name, \
+    yaml_problem
 from selfsup.registry import Registry
 
 __all__ = ["METHOD_CONFIGS", "ConfigError", "DataConfig", "DetectionConfig", "EncoderConfig", "EvalConfig",
@@ -304,8 +305,11 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
     return from_dict(RunConfig, {**raw, "method": method_cfg})
 
 
-def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
-    """Load a YAML config file, apply ``key=value`` overrides, validate everything."""
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = (),
+                defaults: typing.Sequence[str] = ()) -> RunConfig:
+    """Load a YAML config file, apply ``key=value`` overrides, validate everything. ``defaults``
+    (``key=value`` too) fill keys the file leaves out, before the overrides: an evaluation reads
+    ``method.name=simclr`` so, since its config (data and eval sections) needs no method."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -328,6 +332,9 @@ def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -
                               f"got {type(loaded).__name__}")
         raw = loaded
     file_method = (raw.get("method") or {}).get("name") if isinstance(raw.get("method"), dict) else None
+    for default in defaults:
+        if not has_key(raw, default.partition("=")[0].strip().split(".")):
+            apply_override(raw, default)
     for ov in overrides:
         apply_override(raw, ov)
     try:

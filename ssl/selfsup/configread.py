@@ -292,6 +292,37 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[keys[-1]] = value
 
 
+def has_key(raw: dict[str, Any], keys: typing.Sequence[str]) -> bool:
+    """Whether the nested dict ``raw`` holds the key path ``keys`` (``["method", "name"]``)."""
+    node: Any = raw
+    for k in keys:
+        if not isinstance(node, dict) or k not in node:
+            return False
+        node = node[k]
+    return True
+
+
+def check_repeated_overrides(overrides: typing.Sequence[str]) -> None:
+    """Refuse ``key=value`` overrides of which one would silently undo another: the same key twice
+    (``eval.probe_seeds=1 eval.probe_seeds=2``), or a section replaced after a key inside it was set
+    (``encoder.kwargs.stem_width=8 encoder.kwargs={...}``). A key set inside a section after the section
+    (``encoder.kwargs={...} encoder.kwargs.stem_width=8``) changes it and is kept. Raises ConfigError
+    (one line) naming both overrides."""
+    seen: dict[tuple[str, ...], str] = {}
+    for override in overrides:
+        if "=" not in override:
+            continue  # apply_override names the problem
+        keys = tuple(override.partition("=")[0].strip().split("."))
+        for earlier_keys, earlier in seen.items():
+            if earlier_keys == keys:
+                raise ConfigError(f"override key {'.'.join(keys)!r} is given twice ({earlier!r}, then {override!r}): "
+                                  f"the first would be lost; keep one")
+            if earlier_keys[:len(keys)] == keys:
+                raise ConfigError(f"override {override!r} replaces the section {'.'.join(keys)!r} and would lose the "
+                                  f"earlier {earlier!r}: put that key inside the section's value, or after it")
+        seen[keys] = override
+
+
 def plain(obj: Any) -> Any:
     """``obj`` with tuples as lists (YAML-safe), recursively."""
     if isinstance(obj, dict):
