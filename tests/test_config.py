@@ -75,7 +75,8 @@ def test_exponent_floats_that_yaml_reads_as_strings_are_floats(tmp_path):
         load_config(None, ["method.name=simclr", "optim.lr=-1e-3"])
     with pytest.raises(ConfigError, match=r"'data.batch_size' must be int"):  # only float keys
         load_config(None, ["method.name=simclr", "data.batch_size=1e3"])
-    for huge in ("1e999", ".inf", ".nan"):  # overflows to inf, YAML's infinity and NaN
+    for huge in ("1e999", ".inf", ".nan", "nan", "-inf", "Infinity"):  # overflow, YAML's inf and NaN, and the
+        # spellings YAML reads as text (they used to get "must be float, got 'nan' (str)")
         with pytest.raises(ConfigError, match=r"'optim.lr' must be a finite number"):
             load_config(None, ["method.name=simclr", f"optim.lr={huge}"])
 

@@ -29,7 +29,12 @@ def test_good_knn_pairs_load_as_given():
     ("eval.linear_lrs=[0.1, 0]", "config key 'eval.linear_lrs' must hold values > 0, got 0.0 in [0.1, 0.0]"),
     ("eval.linear_wds=[-1e-4]", "config key 'eval.linear_wds' must hold values >= 0, got -0.0001 in [-0.0001]"),
     ("eval.linear_lrs=[]", "linear_lrs and linear_wds must each hold at least one value"),
-    ("eval.low_shot=[1.5]", "config key 'eval.low_shot' must hold values <= 1, got 1.5 in [1.5]"),
+    ("eval.low_shot=[1.5]", "config key 'eval.low_shot' must hold values < 1, got 1.5 in [1.5]"),
+    # all labels always run: 1 ran the all-labels probe a second time; a repeated value was dropped silently
+    ("eval.low_shot=[1]", "config key 'eval.low_shot' must hold values < 1, got 1.0 in [1.0]"),
+    ("eval.low_shot=[0.5, 0.5]", "config key 'eval.low_shot' holds 0.5 twice in [0.5, 0.5]: give each value once"),
+    ("eval.linear_lrs=[0.1, 0.3, 0.1]", "config key 'eval.linear_lrs' holds 0.1 twice in [0.1, 0.3, 0.1]"),
+    ("eval.linear_wds=[0, 0.0]", "config key 'eval.linear_wds' holds 0.0 twice in [0.0, 0.0]"),
     ("eval.low_shot=[0]", "config key 'eval.low_shot' must hold values > 0, got 0.0 in [0.0]"),
     ("eval.low_shot=[0.1, -0.1]", "config key 'eval.low_shot' must hold values > 0, got -0.1 in [0.1, -0.1]"),
 ])
@@ -40,5 +45,6 @@ def test_bad_probe_grids_and_fractions_are_refused_at_load(override, message):
 
 
 def test_good_probe_grids_and_fractions_load():
-    cfg = load_config("configs/quickstart.yaml", ["eval.linear_lrs=[3e-4]", "eval.linear_wds=[0]", "eval.low_shot=[1]"])
-    assert (cfg.eval.linear_lrs, cfg.eval.linear_wds, cfg.eval.low_shot) == ([3e-4], [0.0], [1.0])
+    cfg = load_config("configs/quickstart.yaml", ["eval.linear_lrs=[3e-4]", "eval.linear_wds=[0]",
+                                                  "eval.low_shot=[0.99]"])
+    assert (cfg.eval.linear_lrs, cfg.eval.linear_wds, cfg.eval.low_shot) == ([3e-4], [0.0], [0.99])

@@ -227,7 +227,10 @@ def test_peft_is_a_listed_dependency():
                                       ({"lrs": [1e-3, float("inf")]}, r"'lrs' must hold values > 0, got inf in"),
                                       ({"layer_decay": 0.0}, "^transfer option 'layer_decay' must be > 0, got 0.0$"),
                                       ({"layer_decay": 1.5}, "^transfer option 'layer_decay' must be <= 1, got 1.5$"),
-                                      ({"low_shot": [0.0]}, r"'low_shot' must hold values > 0, got 0.0 in \[0.0\]")])
+                                      ({"low_shot": [0.0]}, r"'low_shot' must hold values > 0, got 0.0 in \[0.0\]"),
+                                      ({"low_shot": [1.0]}, r"'low_shot' must hold values < 1, got 1.0 in \[1.0\]"),
+                                      ({"lrs": [1e-3, 1e-3]}, r"^transfer option 'lrs' holds 0.001 twice in "
+                                                              r"\[0.001, 0.001\]: give each value once$")])
 def test_bad_options_are_one_line_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
         TransferOptions(**kw)

@@ -165,8 +165,9 @@ class EvalConfig:
     linear_wds: list[float] = param(default_factory=lambda: [0.0, 1e-5, 1e-4], ge=0, each=True,
                                     help="the probe's weight decays tried (the grid's second axis)")
     linear_val_fraction: float = param(0.1, gt=0, lt=1, help="training data held out to choose lr/wd")
-    low_shot: list[float] = param(default_factory=lambda: [0.01, 0.1], gt=0, le=1, each=True,
-                                  help="labelled fractions (class-balanced, seeded) probed besides all labels")
+    low_shot: list[float] = param(default_factory=lambda: [0.01, 0.1], gt=0, lt=1, each=True,
+                                  help="labelled fractions (class-balanced, seeded) probed besides all labels "
+                                       "(which always run)")
     probe_seeds: int = param(3, gt=0, help="seeds per probe; every probe number is their mean +- std")
     sklearn_max_images: int = param(20000, ge=0, help="cross-check the probe with scikit-learn's logistic "
                                                        "regression when train has at most this many images (0: off)")

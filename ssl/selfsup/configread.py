@@ -36,7 +36,8 @@ def param(default: Any = dataclasses.MISSING, *, gt: float | None = None, ge: fl
           each: bool = False) -> Any:
     """A dataclass field with a range check and a help string. ``when=(field, values)``: the key applies
     only when the section's ``field`` is one of ``values``; set to anything but its default otherwise, it is
-    refused (:func:`check_applies`) rather than ignored. ``each``: the bounds hold for every item of a list."""
+    refused (:func:`check_applies`) rather than ignored. ``each``: the bounds hold for every item of a list,
+    and no item may repeat (such a list is a set of values tried: a grid, labelled fractions)."""
     meta = {"gt": gt, "ge": ge, "le": le, "lt": lt, "help": help, "when": when, "each": each}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
@@ -114,6 +115,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")  # YAML: 'nan' is text
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         if not math.isfinite(value):
@@ -137,6 +140,10 @@ def check_range(value: Any, meta: typing.Mapping[str, Any], key: str, what: str 
     """ConfigError ``{what} {key!r} must be > 0, got -1.0`` when ``value`` (for ``param(each=True)``:
     any item of the list ``value``) is outside the field's bounds (``meta``: its metadata)."""
     items = list(value) if meta.get("each") and isinstance(value, (list, tuple)) else [value]
+    if len(items) > 1:
+        repeated = next((v for i, v in enumerate(items) if v in items[:i]), None)
+        if repeated is not None:
+            raise ConfigError(f"{what} {key!r} holds {repeated!r} twice in {value!r}: give each value once")
     ops = {"gt": lambda v, b: v > b, "ge": lambda v, b: v >= b, "lt": lambda v, b: v < b, "le": lambda v, b: v <= b}
     for v in items:
         if v is None or isinstance(v, (bool, str, list, tuple, dict)):

@@ -75,8 +75,8 @@ class TransferOptions:
                                "(prompt only; ViTs)")
     prompt_deep: bool = param(False, help="VPT-deep: new prompt tokens before every block, else at the input "
                               "only (prompt only)")
-    low_shot: list[float] = param(default_factory=lambda: [0.01, 0.1], gt=0, le=1, each=True,
-                                  help="labelled fractions run besides all labels")
+    low_shot: list[float] = param(default_factory=lambda: [0.01, 0.1], gt=0, lt=1, each=True,
+                                  help="labelled fractions run besides all labels (which always run)")
     seeds: int = param(3, ge=1, help="seeds per labelled fraction (mean ± sd)")
     seed: int = param(0, help="first seed (subsets, held-out split, head init)")
     val_fraction: float = param(0.1, gt=0, lt=1, help="share of the training images held out to choose the lr")
@@ -88,7 +88,7 @@ class TransferOptions:
     @property
     def fractions(self) -> list[float]:
         """Labelled fractions run: all labels first, then the low-shot ones (largest first)."""
-        return [1.0] + sorted({f for f in self.low_shot if f < 1}, reverse=True)
+        return [1.0] + sorted(self.low_shot, reverse=True)  # distinct and below 1 (checked)
 
 
 def check_options(o: TransferOptions) -> None:
