@@ -154,6 +154,37 @@ def test_one_pass_gives_every_stage_and_the_last_equals_todays_features(tmp_path
     assert list(tmp_path.iterdir()) == []  # the scratch files are unlinked at once
 
 
+def test_a_channels_last_map_pools_as_the_contiguous_one():
+    """The [B, H, W, C]-order pooling of a channels_last map gives adaptive average pooling's numbers,
+    channel-major, as the contiguous map does (overlapping bins, and the grid that is the map itself)."""
+    z = torch.randn(3, 64, 14, 14)
+    cl = z.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(pool_map(cl, "grid"), F.adaptive_avg_pool2d(z, 12).reshape(3, -1))
+    y = torch.randn(2, 32, 8, 8)
+    assert torch.equal(pool_map(y.contiguous(memory_format=torch.channels_last), "grid"), y.reshape(2, -1))
+
+
+@pytest.mark.parametrize("name,kwargs", [("resnet18", TINY_RESNET), ("vit_tiny_patch16_224", TINY_VIT)])
+def test_channels_last_extraction_gives_the_same_features_and_leaves_the_encoder_trainable(tmp_path, name, kwargs):
+    """channels_last=True (a convnet runs in that layout; a ViT is left alone) gives the contiguous
+    extraction's features up to float rounding, every stage too; afterwards the encoder's weights are
+    contiguous again and not inference tensors (made under inference mode they could never train)."""
+    enc = model(name, **kwargs)
+    ds = images(24)
+    plain, _ = extract_features(enc, ds, INFO16, batch_size=16)
+    fast, _ = extract_features(enc, ds, INFO16, batch_size=16, channels_last=True)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    stages = encoder_stages(enc, name)
+    rows_cl, _ = extract_stages(enc, ds, INFO16, stages, "grid", tmp_path, batch_size=16, channels_last=True)
+    rows, _ = extract_stages(enc, ds, INFO16, stages, "grid", tmp_path, batch_size=16)
+    for s in stages:
+        torch.testing.assert_close(rows_cl.features(s.name), rows.features(s.name), rtol=1e-4, atol=1e-5)
+    assert torch.equal(rows_cl.features(stages[-1].name), fast)
+    assert all(p.is_contiguous() and not p.is_inference() for p in enc.parameters())
+    enc.train()(torch.randn(4, 1, 16, 16)).square().mean().backward()  # trains as before
+    assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
+
+
 def test_stage_rows_in_memory_and_on_disk_hold_the_same_rows(tmp_path, monkeypatch):
     """Rows that fit the memory budget stay in memory; a budget they exceed sends every stage to
     unlinked scratch files; both give the same features, and so does extract_stages either way."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -120,25 +121,53 @@ def storage_dtype(x: Tensor) -> torch.dtype:
     return torch.float16 if float16_faithful(x) else torch.float32
 
 
+@contextlib.contextmanager
+def inference_layout(encoder: nn.Module, channels_last: bool) -> Iterator[torch.memory_format]:
+    """The memory format for images going through ``encoder`` while features are extracted:
+    ``channels_last`` for a convnet when asked (the ``encoder.channels_last`` config key, which
+    training uses too), else contiguous. oneDNN's max pooling and BatchNorm are vectorised over
+    channels in channels_last; contiguous, the stem's max pooling alone was 18% of a slim resnet18's
+    extraction time (1 thread, Xeon, benchmarks/results/layers.md). A convnet's weights are put in
+    that layout for the duration and given back contiguous on exit when they were, so the caller's
+    module (exported, hashed or trained next) is left as it was: contiguous when it was, and never
+    holding inference-mode tensors (the layout change is made outside inference mode)."""
+    from selfsup.encoders import is_convnet
+
+    if not (channels_last and is_convnet(encoder)):
+        yield torch.contiguous_format
+        return
+    was_contiguous = all(p.is_contiguous() for p in encoder.parameters())
+    with torch.inference_mode(False):  # new weights made under inference mode could never train again
+        encoder.to(memory_format=torch.channels_last)
+    try:
+        yield torch.channels_last
+    finally:
+        if was_contiguous:
+            with torch.inference_mode(False):
+                encoder.to(memory_format=torch.contiguous_format)
+
+
 @torch.inference_mode()
 def extract_features(encoder: nn.Module, ds: ImageDataset, info: DataInfo, batch_size: int = 512,
                      device: str | torch.device = "cpu", num_workers: int = 0,
-                     sharded: bool = False) -> tuple[Tensor, Tensor]:
+                     sharded: bool = False, channels_last: bool = False) -> tuple[Tensor, Tensor]:
     """Pooled features ``[N, D]`` (float32) and labels ``[N]`` of clean images, encoder in eval mode.
 
     ``sharded`` (a collective: every rank of a distributed run calls it): each rank
     extracts a contiguous share of the images; rank 0 gets all rows in dataset order, the
-    other ranks their own share."""
+    other ranks their own share. ``channels_last``: a convnet runs in that memory format
+    (:func:`inference_layout`; the same features up to float rounding)."""
     encoder = encoder.to(device).eval()
     clean = CleanTransform(info.mean, info.std, info.image_size)
     share = rank_share(ds) if sharded else ds
     feats, labels = [], []
     if share is not None:
         loader = make_loader(share, batch_size, train=False, num_workers=num_workers)
-        for images, y in progress(loader, "features", total=len(loader), unit="batch"):
-            x = clean(images.to(device, non_blocking=True))
-            feats.append(encoder(x).float().cpu())
-            labels.append(y)
+        with inference_layout(encoder, channels_last) as layout:
+            for images, y in progress(loader, "features", total=len(loader), unit="batch"):
+                x = clean(images.to(device, non_blocking=True)).contiguous(memory_format=layout)
+                feats.append(encoder(x).float().cpu())
+                labels.append(y)
     mine = torch.cat(feats) if feats else torch.empty(0, _feature_dim(encoder, info, device))  # [n, D]
     my_labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)  # [n]
     if not sharded:
@@ -220,14 +249,15 @@ class StageRows:
 def extract_stages(encoder: nn.Module, ds: ImageDataset, info: DataInfo, stages: Sequence[Stage], pool: str,
                    scratch_dir: str | Path, batch_size: int = 512, device: str | torch.device = "cpu",
                    num_workers: int = 0, sharded: bool = False,
-                   label: str = "the encoder") -> tuple[StageRows, Tensor]:
+                   label: str = "the encoder", channels_last: bool = False) -> tuple[StageRows, Tensor]:
     """Pooled features of every stage in ``stages`` (:mod:`selfsup.eval.layers`) of clean images,
     encoder in eval mode, from ONE forward pass per batch; the rows go to a :class:`StageRows`
     in ``scratch_dir`` (``rows.features(name)``: float32 ``[n, D_stage]``), the labels ``[n]``
     are returned beside it. The final stage's rows equal :func:`extract_features`'s.
 
     ``sharded`` (every rank of a distributed run calls it): each rank extracts its own
-    contiguous share (:func:`rank_share`); the caller gathers a stage at a time."""
+    contiguous share (:func:`rank_share`); the caller gathers a stage at a time.
+    ``channels_last``: as :func:`extract_features`'s."""
     encoder = encoder.to(device).eval()
     clean = CleanTransform(info.mean, info.std, info.image_size)
     share = rank_share(ds) if sharded else ds
@@ -235,10 +265,11 @@ def extract_stages(encoder: nn.Module, ds: ImageDataset, info: DataInfo, stages:
     labels = []
     if share is not None:
         loader = make_loader(share, batch_size, train=False, num_workers=num_workers)
-        for images, y in progress(loader, f"stage features of {label}", total=len(loader), unit="batch"):
-            x = clean(images.to(device, non_blocking=True))
-            rows.append(stage_vectors(encoder, x, stages, pool, label))  # {stage: [B, D_stage]}
-            labels.append(y)
+        with inference_layout(encoder, channels_last) as layout:
+            for images, y in progress(loader, f"stage features of {label}", total=len(loader), unit="batch"):
+                x = clean(images.to(device, non_blocking=True)).contiguous(memory_format=layout)
+                rows.append(stage_vectors(encoder, x, stages, pool, label))  # {stage: [B, D_stage]}
+                labels.append(y)
     if rows.n == 0:  # no images here: the widths from one blank image, for the gather
         blank = torch.zeros(1, info.in_chans, info.image_size, info.image_size, device=device)
         rows = StageRows(scratch_dir, 1)

@@ -119,6 +119,13 @@ def pool_map(fmap: Tensor, pool: str) -> Tensor:
     if (gh, gw) == (h, w):
         return fmap.reshape(b, -1)  # [B, C * H * W]: the grid is the map itself
     ph, pw = (bin_matrix(h, gh).to(fmap), bin_matrix(w, gw).to(fmap))  # [gh, H], [gw, W]
+    if fmap.is_contiguous(memory_format=torch.channels_last) and not fmap.is_contiguous():
+        # a channels_last map (a convnet extracted in that layout): pool as [B, H, W, C] without first
+        # copying the whole map to channel-major, then lay the small pooled grid out channel-major
+        nhwc = fmap.permute(0, 2, 3, 1)  # [B, H, W, C], contiguous
+        rows = torch.matmul(ph, nhwc.reshape(b, h, w * c))  # [B, gh, W * C]
+        grid = torch.matmul(pw, rows.reshape(b * gh, w, c))  # [B * gh, gw, C]
+        return grid.view(b, gh, gw, c).permute(0, 3, 1, 2).reshape(b, -1)  # [B, C * gh * gw]
     return (ph @ fmap @ pw.T).reshape(b, -1)  # [B, C, gh, gw] -> [B, C * gh * gw]
 
 

@@ -103,12 +103,13 @@ def feature_extractor(p: Prepared, ds: ImageDataset, cfg: RunConfig, device: str
     def run() -> tuple[Tensor, Tensor]:
         log(f"[eval] extracting features for {p.target.label} ({len(ds)} images)")
         return extract_features(p.target.encoder, ds, p.target.info, cfg.data.eval_batch_size, device,
-                                cfg.data.num_workers, sharded=sharded)
+                                cfg.data.num_workers, sharded=sharded, channels_last=cfg.encoder.channels_last)
 
     def run_stage() -> tuple[Tensor, Tensor]:
         log(f"[eval] extracting stage {stage.name} of {p.target.label} ({len(ds)} images)")
         rows, labels = extract_stages(p.target.encoder, ds, p.target.info, [stage], p.pool, p.cache.directory,
-                                      cfg.data.eval_batch_size, device, cfg.data.num_workers, label=p.target.label)
+                                      cfg.data.eval_batch_size, device, cfg.data.num_workers, label=p.target.label,
+                                      channels_last=cfg.encoder.channels_last)
         return rows.features(stage.name).clone(), labels
     return run if stage is None or stage.last else run_stage
 
@@ -152,7 +153,7 @@ def fill_stage_cache(p: Prepared, cfg: RunConfig, device: str, log: Callable[[st
             + (f"; {', '.join(cached)} from the cache" if cached else ""))
         rows, labels = extract_stages(p.target.encoder, ds, p.target.info, missing, p.pool, p.cache.directory,
                                       cfg.data.eval_batch_size, device, cfg.data.num_workers, sharded,
-                                      p.target.label)
+                                      p.target.label, cfg.encoder.channels_last)
         labels = distributed.gather_to_rank0(labels) if sharded else labels
         for stage in missing:
             feats = rows.features(stage.name)  # [n, D]: a view of the scratch file
