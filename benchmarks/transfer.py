@@ -269,9 +269,6 @@ def check_args(args: argparse.Namespace) -> None:
     Raises:
         BenchmarkError: naming the argument and the fix.
     """
-    missing = [t for t in args.targets if not Path(t).exists()]
-    if missing:
-        raise BenchmarkError(f"no such target: {', '.join(missing)}: pass export or run directories")
     unknown = [p for p in args.protocols.split(",") if p not in PROTOCOL_ORDER]
     if unknown or not args.protocols:
         raise BenchmarkError(f"--protocols: unknown {unknown or [args.protocols]}; choose from {', '.join(PROTOCOL_ORDER)}")
@@ -286,6 +283,10 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "seeds", "lora_rank"):
         if getattr(args, name) < 1:
             raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    missing = [t for t in args.targets if not Path(t).exists()]  # after the options: a typo there is named first
+    if missing:
+        raise BenchmarkError(f"no such target: {', '.join(missing)}: pass export or run directories (the "
+                             f"random-init twin of each comes from --twins)")
 
 
 def parse_twins(text: str, no_random: bool) -> list[str]:
@@ -326,8 +327,8 @@ def linear_rows(encoder, card: dict[str, Any], train, test, fractions: list[floa
 
     info = card_info(card)
     start = time.perf_counter()
-    xtr, ytr = extract_features(encoder, train, info)
-    xte, yte = extract_features(encoder, test, info)
+    xtr, ytr = extract_features(encoder, train, info, channels_last=True)  # as selfsup eval (convnets only)
+    xte, yte = extract_features(encoder, test, info, channels_last=True)
     probes = probe_protocol(xtr, ytr, xte, yte, train.num_classes, list(LINEAR_LRS), list(LINEAR_WDS),
                             tuple(fractions), seeds)
     minutes = (time.perf_counter() - start) / 60 / max(1, seeds)
@@ -382,15 +383,15 @@ def run_all(args: argparse.Namespace, twins: list[str],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("targets", nargs="*", help="export or run directories")
-    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--data", default="fashion-mnist", help="labelled dataset (selfsup list shows them)")
     ap.add_argument("--protocols", default="linear,finetune,partial,bitfit,lora,prompt",
                     help="comma list; linear is the frozen linear probe")
     ap.add_argument("--twins", default="pretrained,random-init", help="which encoders of each target to run")
-    ap.add_argument("--fractions", default="0.01,0.1,1")
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--fractions", default="0.01,0.1,1", help="labelled fractions in (0, 1], class-balanced")
+    ap.add_argument("--epochs", type=int, default=5, help="training epochs of every adapted cell")
     ap.add_argument("--lrs", default="0.001", help="lr grid, chosen per seed on a held-out split")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per cell (mean ± sd)")
+    ap.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r")
     ap.add_argument("--train-images", type=int, default=0, help="cap on training images (0: all)")
     ap.add_argument("--no-random", action="store_true", help="skip the random-init twins (= --twins pretrained)")
     ap.add_argument("--merge", action="store_true",

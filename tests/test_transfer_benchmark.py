@@ -154,6 +154,9 @@ def test_a_corrupt_results_file_is_a_clear_error(bench, tmp_path):
     (["{tmp}", "--lrs", "-1"], "--lrs '-1': every value must be finite and > 0"),
     (["{tmp}", "--lrs", "1e-3,x"], "--lrs '1e-3,x': give comma-separated numbers"),
     (["{tmp}", "--seeds", "0"], "--seeds must be at least 1, got 0"),
+    # a bad option is named before a missing target (the tour's: the target was reported first)
+    (["/nonexistent/run", "--protocols", "foo"], "--protocols: unknown ['foo']"),
+    (["/nonexistent/run", "--fractions", "2"], "--fractions '2': every value must be in (0, 1]"),
 ])
 def test_arguments_are_checked_before_anything_loads(bench, tmp_path, monkeypatch, argv, message):
     monkeypatch.setattr(sys, "argv", ["transfer.py", *[a.format(tmp=tmp_path) for a in argv],
