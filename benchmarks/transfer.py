@@ -280,6 +280,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise BenchmarkError(f"{name} {text!r}: give comma-separated numbers") from None
         if not all(ok(v) for v in values):
             raise BenchmarkError(f"{name} {text!r}: every value must be {want}")
+        if len(set(values)) < len(values):
+            raise BenchmarkError(f"{name} {text!r}: a value is given twice; give each once")
     for name in ("epochs", "seeds", "lora_rank"):
         if getattr(args, name) < 1:
             raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -338,8 +340,8 @@ def linear_rows(encoder, card: dict[str, Any], train, test, fractions: list[floa
 
 def run_all(args: argparse.Namespace, twins: list[str],
             save: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
-    """Every target x twin x protocol of ``args``: its rows, and ``save(rows so far)`` after each protocol of
-    each twin."""
+    """Every target x twin x protocol of ``args``: its rows, and ``save(rows so far)`` after each labelled
+    fraction of each protocol of each twin (after each protocol for the linear cells)."""
     from selfsup.artifacts.load import load_encoder_and_card
     from selfsup.config import DataConfig
     from selfsup.data import build_dataset
@@ -362,21 +364,21 @@ def run_all(args: argparse.Namespace, twins: list[str],
         for kind in twins:
             enc = encoder if kind == "pretrained" else random_twin(card)
             label = f"{Path(path).name} ({kind})"
+            def keep(row: dict[str, Any]) -> None:
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                save(rows)
+
             for protocol in args.protocols.split(","):
                 if protocol == "linear":
-                    new = [{"target": label, **r} for r in linear_rows(enc, card, train, test, fractions, args.seeds)]
-                elif protocol == "prompt" and not is_vit(enc):
-                    continue
-                else:
+                    for r in linear_rows(enc, card, train, test, fractions, args.seeds):
+                        keep({"target": label, **r})
+                elif protocol != "prompt" or is_vit(enc):
                     opts = TransferOptions(protocol=protocol, epochs=args.epochs, seeds=args.seeds, lrs=lrs,
                                            lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank,
                                            low_shot=[f for f in fractions if f < 1])
-                    new = [{"target": label, "budget_images": args.epochs * r["train_images"], "lr_grid": grid, **r}
-                           for r in run_protocol(enc, card, train, test, opts, log=lambda m: None)]
-                for r in new:
-                    print(json.dumps(r), flush=True)
-                rows += new
-                save(rows)
+                    run_protocol(enc, card, train, test, opts, log=lambda m: None, on_row=lambda r: keep(
+                        {"target": label, "budget_images": args.epochs * r["train_images"], "lr_grid": grid, **r}))
     return rows
 
 

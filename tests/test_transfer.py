@@ -325,9 +325,11 @@ def test_held_out_tie_goes_to_the_lower_cross_entropy_and_tiny_splits_are_named(
         opts = TransferOptions(protocol="bitfit", epochs=1, lrs=lrs, seeds=1, low_shot=[])
         run, module = train.one_seed(None, data, data, INFO, opts, 1.0, 0, {}, lambda m: None)
         assert (run["lr"], run["val_top1"], run["val_images"]) == (0.1, 100.0, 3)
-    logs = []
+    logs, seen = [], []
+    opts = TransferOptions(protocol="bitfit", epochs=1, lrs=[0.1, 0.01], seeds=1, low_shot=[0.5])
     rows = run_protocol(make_encoder("resnet18"), minimal_card("resnet18", ARCHS["resnet18"], INFO), data, data,
-                        opts, None, log=logs.append)
+                        opts, None, log=logs.append, on_row=seen.append)
+    assert seen == rows and [r["fraction"] for r in seen] == [1.0, 0.5]  # each row handed over when done
     assert rows[0]["val_images"] == 3
     assert rows[0]["warnings"] == ["the bitfit at 100% labels chose among 2 settings on 3 held-out image(s), fewer "
                                    "than the 10 classes, so the choice is close to arbitrary; use more labelled "

@@ -157,6 +157,8 @@ def test_a_corrupt_results_file_is_a_clear_error(bench, tmp_path):
     # a bad option is named before a missing target (the tour's: the target was reported first)
     (["/nonexistent/run", "--protocols", "foo"], "--protocols: unknown ['foo']"),
     (["/nonexistent/run", "--fractions", "2"], "--fractions '2': every value must be in (0, 1]"),
+    (["{tmp}", "--fractions", "0.1,1,0.1"], "--fractions '0.1,1,0.1': a value is given twice; give each once"),
+    (["{tmp}", "--lrs", "1e-3,0.001"], "--lrs '1e-3,0.001': a value is given twice; give each once"),
 ])
 def test_arguments_are_checked_before_anything_loads(bench, tmp_path, monkeypatch, argv, message):
     monkeypatch.setattr(sys, "argv", ["transfer.py", *[a.format(tmp=tmp_path) for a in argv],

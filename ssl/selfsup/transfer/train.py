@@ -149,7 +149,8 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
 
 def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDataset, test_ds: ImageDataset,
                  options: TransferOptions, out_dir: str | Path | None = None, log: Callable[[str], None] = print,
-                 trainer: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                 trainer: dict[str, Any] | None = None,
+                 on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Adapt ``encoder`` (a timm encoder with ``num_classes=0``; not changed) by ``options.protocol`` on the
     labelled ``train_ds`` for every fraction of ``options.fractions`` and ``options.seeds`` seeds, score on
     ``test_ds``, and return one row per fraction: the key (``finetune``, ``finetune_10pct``, ...),
@@ -158,6 +159,7 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
     (:func:`selfsup.artifacts.load.load_encoder_and_card`; or :func:`selfsup.transfer.export.minimal_card`),
     whose ``mean``, ``std`` and ``input_size`` feed the encoder. With ``out_dir`` the first seed's
     all-labels classifier is exported there (:func:`selfsup.transfer.export.export_transfer`).
+    ``on_row`` is called with each fraction's row as soon as it is done (a long run saves as it goes).
 
     Raises:
         ConfigError: a protocol the encoder cannot take (prompt on a convnet), a missing peft, too few stages.
@@ -197,5 +199,7 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                      "val_top1": sum(r["val_top1"] for r in runs) / len(runs),
                      "minutes": sum(r["seconds"] for r in runs) / len(runs) / 60,
                      **trainable_summary(module.classifier, encoder_params), "options": asdict(options)})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
