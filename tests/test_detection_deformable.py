@@ -1,8 +1,11 @@
 """detection.deformable: modulated deformable convolutions (DCNv2) in the FPN output convs and
 the RPN head. The block with zero offsets is a plain convolution; a converted detector computes
 what the plain one does at init (outputs and losses); the offsets train and the encoder does not;
-exactly the named convolutions are converted; the config key reaches the results of a CLI run."""
+exactly the named convolutions are converted; the offset/modulation predictors train at a tenth of
+the detector's lr (the DCNv2 authors' lr_mult), in the optimizer train_detector builds; the config
+key reaches the results of a CLI run."""
 
+import copy
 import json
 
 import pytest
@@ -12,8 +15,10 @@ from torch import nn
 
 from selfsup.config import ConfigError, DetectionConfig
 from selfsup.data import DataInfo
-from selfsup.detection.deformable import ModulatedDeformConv, make_deformable
+from selfsup.detection.boxes import DetectionDataset, DetectionSample
+from selfsup.detection.deformable import ModulatedDeformConv, make_deformable, offset_lr_groups
 from selfsup.detection.model import build_detector
+from selfsup.detection.train import train_detector
 from selfsup.encoders import create_encoder
 
 TINY_RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
@@ -160,6 +165,120 @@ def test_offsets_train_and_the_frozen_encoder_does_not():
     assert all(torch.equal(v, encoder_after[k]) for k, v in encoder_before.items())
 
 
+# --------------------------------------------------------------------------- the offsets' learning rate
+
+
+def weight_decay_groups(model):
+    import timm.optim
+
+    return timm.optim.param_groups_weight_decay(model, 1e-4)
+
+
+def test_offset_predictors_get_a_tenth_of_the_lr_and_nothing_else_does():
+    plain, deform = pair("resnet18", TINY_RESNET)
+    groups = offset_lr_groups(weight_decay_groups(deform), deform, lr=0.04)
+    names = {id(p): n for n, p in deform.named_parameters()}
+    by_lr = {}
+    for g in groups:
+        by_lr.setdefault(round(g["lr"], 12), set()).update(names[id(p)] for p in g["params"])
+    # the predictors of exactly the converted convolutions, weight and bias, at 0.04 / 10
+    offsets = {f"{n}.offset_mask.{p}" for n in CONVERTED for p in ("weight", "bias")}
+    assert set(by_lr) == {0.04, 0.004} and by_lr[0.004] == offsets
+    trainable = {n for n, p in deform.named_parameters() if p.requires_grad}
+    assert by_lr[0.04] == trainable - offsets
+    assert sum(len(g["params"]) for g in groups) == len(trainable)  # each parameter once
+    # weight decay kept: the predictor's weight decays, its bias does not (as for every conv)
+    decay = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+    assert all(decay[f"{n}.offset_mask.weight"] == 1e-4 and decay[f"{n}.offset_mask.bias"] == 0 for n in CONVERTED)
+    assert all(g.get("lr_mult") == 0.1 for g in groups if g["lr"] != 0.04)
+    # the plain detector: one lr for all, no multiplier
+    plain_groups = offset_lr_groups(weight_decay_groups(plain), plain, lr=0.04)
+    assert {g["lr"] for g in plain_groups} == {0.04} and not any("lr_mult" in g for g in plain_groups)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf")])
+def test_a_bad_offset_lr_multiplier_is_refused(bad):
+    _, deform = pair("resnet18", TINY_RESNET)
+    with pytest.raises(ConfigError, match="offset learning-rate multiplier must be positive and finite"):
+        offset_lr_groups(weight_decay_groups(deform), deform, lr=0.04, lr_mult=bad)
+
+
+def test_one_step_moves_the_offsets_a_tenth_as_far():
+    """Two identical detectors take one SGD step on the same batch, one with the multiplier at 1 and
+    one at 0.1. The predictors start at zero, so after the step each predicts -lr * mult * (its
+    gradient applied to x): the offsets and mask logits of the second are 0.1 times the first's,
+    and each predictor's weight moved by exactly -lr * mult * grad."""
+    images, targets = fixed_batch()
+    _, start = pair("resnet18", TINY_RESNET)
+    models, grads = [], []
+    for mult in (1.0, 0.1):
+        model = copy.deepcopy(start)
+        opt = torch.optim.SGD(offset_lr_groups(weight_decay_groups(model), model, lr=0.5, lr_mult=mult),
+                              lr=0.5, momentum=0.9)
+        torch.manual_seed(5)
+        sum(model.train()(images, targets).values()).backward()
+        grads.append({n: model.get_submodule(n).offset_mask.weight.grad.clone() for n in CONVERTED})
+        opt.step()
+        for n in CONVERTED:  # zero weights: no decay on the first step, momentum buffer = grad
+            expected = -0.5 * mult * grads[-1][n]
+            assert torch.allclose(model.get_submodule(n).offset_mask.weight, expected, atol=1e-7), n
+        models.append(model)
+    x = torch.randn(2, 16, 8, 8)  # [B, C_fpn, H, W]
+    for n in CONVERTED:
+        assert torch.allclose(grads[0][n], grads[1][n])  # same state, same batch: same gradient
+        (off1, mask1), (off01, mask01) = (m.get_submodule(n).offsets_and_mask(x) for m in models)
+        assert off1.abs().max() > 0
+        assert torch.allclose(off01, 0.1 * off1, rtol=1e-4, atol=1e-6), n
+        logits1, logits01 = torch.logit(mask1 / 2), torch.logit(mask01 / 2)  # mask = 2 * sigmoid(logits)
+        assert torch.allclose(logits01, 0.1 * logits1, rtol=1e-3, atol=1e-5), n
+
+
+def test_train_detector_gives_the_offsets_a_tenth_of_its_lr(monkeypatch):
+    """What the optimizer train_detector builds receives: its groups' initial lr (before the
+    schedule) is cfg.lr * batch / 16, a tenth of it for the predictors, and the row records 0.1."""
+    built = []
+
+    class RecordingSGD(torch.optim.SGD):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
+    images, targets = fixed_batch()
+    samples = [DetectionSample(f"img{i}", (img * 255).to(torch.uint8), 64, 64, t["boxes"], t["labels"])
+               for i, (img, t) in enumerate(zip(images, targets))]
+    ds = DetectionDataset("fixed", samples, ["a", "b", "c"])
+    fits = {}
+    for deformable in (False, True):
+        torch.manual_seed(0)
+        dcfg = cfg(deformable=deformable, lr=0.04, batch_size=2, epochs=1)
+        model = build_detector(create_encoder("resnet18", 1, TINY_RESNET), INFO, 3, dcfg)
+        fits[deformable] = train_detector(model, ds, dcfg, 1, "cpu", seed=0, log=lambda s: None)
+        names = {id(p): n for n, p in model.named_parameters()}
+        base = 0.04 * 2 / 16  # cfg.lr at batch 16, scaled to batch 2
+        lrs = {names[id(p)]: g["initial_lr"] for g in built[-1].param_groups for p in g["params"]}
+        assert set(lrs) == {n for n, p in model.named_parameters() if p.requires_grad}
+        for n, lr in lrs.items():
+            assert lr == pytest.approx(base * (0.1 if ".offset_mask." in n else 1.0)), n
+        assert any(".offset_mask." in n for n in lrs) == deformable
+    assert fits[True]["offset_lr_mult"] == 0.1 and "offset_lr_mult" not in fits[False]
+    dcfg = cfg(deformable=True, lr=0.04, batch_size=2, epochs=1, offset_lr_mult=0.5)  # the config key reaches it
+    model = build_detector(create_encoder("resnet18", 1, TINY_RESNET), INFO, 3, dcfg)
+    assert train_detector(model, ds, dcfg, 1, "cpu", seed=0, log=lambda s: None)["offset_lr_mult"] == 0.5
+    assert sorted({round(g["initial_lr"], 9) for g in built[-1].param_groups}) == [0.0025, 0.005]
+
+
+def test_offset_lr_mult_is_refused_without_deformable_and_when_not_positive():
+    from selfsup.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="offset_lr_mult"):
+        load_config(None, ["method.name=simclr", "detection.offset_lr_mult=0.5"])  # nothing deformable to train
+    with pytest.raises(ConfigError, match=r"'detection.offset_lr_mult' must be > 0, got 0.0"):
+        load_config(None, ["method.name=simclr", "detection.deformable=true", "detection.offset_lr_mult=0"])
+    assert load_config(None, ["method.name=simclr", "detection.deformable=true",
+                              "detection.offset_lr_mult=0.5"]).detection.offset_lr_mult == 0.5
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -170,9 +289,11 @@ def test_cli_detection_with_deformable_convolutions(tmp_path):
 
     out = tmp_path / "det"
     assert main(["eval", "random:resnet18", "--task", "detection", "--dataset", "synthetic-fmnist", "--out", str(out),
-                 "eval.plots=false", *TINY_RUN, "detection.synthetic_test=4", "detection.deformable=true"]) == 0
+                 "eval.plots=false",
+                 *[a for a in TINY_RUN if not a.startswith("detection.synthetic_test=")],  # a key once
+                 "detection.synthetic_test=4", "detection.deformable=true"]) == 0
     row = json.loads((out / "results.json").read_text())[0]
-    assert row["deformable"] is True and row["deformable_convs"] == CONVERTED
+    assert row["deformable"] is True and row["deformable_convs"] == CONVERTED and row["offset_lr_mult"] == 0.1
     plain = build_detector(create_encoder("resnet18", 1, TINY_RESNET), INFO, 10, cfg())
     offsets = len(CONVERTED) * (16 * 27 * 9 + 27)  # 16 FPN channels in, 27 = 3*3*3 out, 3x3 kernel, bias
     assert row["detector_trainable_params"] == sum(p.numel() for p in plain.parameters() if p.requires_grad) + offsets

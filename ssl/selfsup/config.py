@@ -226,6 +226,9 @@ class DetectionConfig:
     box_head_dim: int = param(256, gt=0, help="width of the two-layer box head")
     deformable: bool = param(False, help="FPN output convs and RPN head conv as modulated deformable convs "
                                          "(DCNv2, zero-initialised offsets: training starts from the plain detector)")
+    offset_lr_mult: float = param(0.1, gt=0, when=("deformable", (True,)),
+                                  help="the deformable offset/modulation predictors' lr, times detection.lr (the DCNv2 "
+                                       "authors' 0.1; at 1 the offsets diverged on synthetic-fmnist)")
     rois_per_image: int = param(128, gt=0, help="proposals sampled per image to train the box head")
     anchor_sizes: list[int] = param(default_factory=list, help="one anchor side per pyramid level, finest first; "
                                                                "empty: image_size/16, doubling per level")

@@ -13,11 +13,24 @@ modulation ``dm_k`` (k*k channels) are predicted at every output location by a p
 convolution over the same input, with the same kernel, stride, padding and dilation. That
 convolution is zero-initialised, so at init every offset is 0.
 
-Deliberate difference from DCNv2 (and mmcv / Detectron2): the modulation is
-``dm_k = MASK_SCALE * sigmoid(.)`` with ``MASK_SCALE = 2`` (range (0, 2)) rather than
-``sigmoid(.)`` (range (0, 1)). With a zero-initialised predictor ``sigmoid(0) = 0.5`` would halve
-every tap at init; ``2 * sigmoid(0) = 1`` makes the converted convolution compute exactly what
-the plain one did, so training starts from the plain detector (same outputs, same losses).
+Two choices follow the DCNv2 authors' released example (``DCNv2_op/example_symbol.py`` in
+msracver/Deformable-ConvNets: offset conv zero-initialised, ``lr_mult=0.1``, mask ``2 * sigmoid``):
+
+- the modulation is ``dm_k = MASK_SCALE * sigmoid(.)`` with ``MASK_SCALE = 2`` (range (0, 2)), not
+  the paper's ``sigmoid(.)`` (range (0, 1), also mmcv's ``ModulatedDeformConv2dPack`` and
+  Detectron2's): ``2 * sigmoid(0) = 1``, so with the zero-initialised predictor the
+  converted convolution computes exactly what the plain one did (``sigmoid(0) = 0.5`` would halve
+  every tap at init) and training starts from the plain detector (same outputs, same losses);
+- the predictor's weight and bias train at ``OFFSET_LR_MULT = 0.1`` times the detector's learning
+  rate (the authors' ``lr_mult=0.1``; :func:`offset_lr_groups` builds the optimizer's groups).
+  Its input here is the FPN's unnormalised sum of lateral and top-down maps (mean |x| about 4 for
+  the methods table's SimCLR resnet18), which scales both its weight's gradient and the offsets a
+  given weight change makes: at the detector's lr the finest level's (stride 4, a 32x32 map)
+  offsets reached a mean of 3 pixels (max 40) within 20 steps and its modulation saturated,
+  which cut synthetic-fmnist mAP from 5.99 (plain) to 0.92; at 0.1 the offsets stay within a few
+  pixels and the mAP is 5.08 (3.93 vs 6.57 plain at seed 1: still behind at that short
+  budget; benchmarks/results/detection-deformable.md). mmcv's default
+  ``dcn_offset_lr_mult`` is 1; :func:`offset_lr_groups` takes another multiplier.
 
 :func:`make_deformable` converts the FPN's 3x3 output convolutions (``backbone.fpn.layer_blocks``)
 and the RPN head's 3x3 convolution (``rpn.head.conv``) of a built torchvision detector; the
@@ -35,6 +48,9 @@ from selfsup.config import ConfigError
 
 #: the modulation is MASK_SCALE * sigmoid(.): 1 for a zero prediction, so the block starts as a plain conv
 MASK_SCALE = 2.0
+
+#: learning-rate multiplier of the offset/modulation predictors (the DCNv2 authors' lr_mult=0.1)
+OFFSET_LR_MULT = 0.1
 
 #: module-name prefixes (in a torchvision FasterRCNN) whose k x k convolutions (k > 1) become deformable
 DEFORMABLE_PARENTS = ("backbone.fpn.layer_blocks.", "rpn.head.conv.")
@@ -128,3 +144,35 @@ def make_deformable(model: nn.Module) -> list[str]:
         parent = model.get_submodule(parent_name)
         setattr(parent, child, ModulatedDeformConv.from_conv(getattr(parent, child)))
     return names
+
+
+def offset_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The trainable parameters of every :class:`ModulatedDeformConv`'s offset/modulation predictor
+    (``<block>.offset_mask.weight`` ``[3*k*k, C_in, k, k]`` and ``.bias`` ``[3*k*k]``), by name."""
+    blocks = tuple(f"{name}.offset_mask." for name, m in model.named_modules() if isinstance(m, ModulatedDeformConv))
+    return {name: p for name, p in model.named_parameters() if blocks and name.startswith(blocks) and p.requires_grad}
+
+
+def offset_lr_groups(groups: list[dict], model: nn.Module, lr: float,
+                     lr_mult: float = OFFSET_LR_MULT) -> list[dict]:
+    """Optimizer param groups from ``groups`` (each a dict with ``params`` and its own settings, e.g.
+    timm's weight-decay groups of ``model``) with every group's ``lr`` set to ``lr``, except that the
+    offset/modulation predictor parameters (:func:`offset_parameters`) move to a twin group with the
+    same settings and ``lr * lr_mult``, ``lr_mult`` recorded in it (see the module docstring).
+    Groups left without parameters are dropped; a model without deformable blocks gets ``groups``
+    unchanged apart from ``lr``.
+
+    Raises:
+        ConfigError: for ``lr_mult`` that is not positive and finite.
+    """
+    if not 0 < lr_mult < float("inf"):
+        raise ConfigError(f"the deformable offset learning-rate multiplier must be positive and finite, got {lr_mult}")
+    offsets = {id(p) for p in offset_parameters(model).values()}
+    out = []
+    for group in groups:
+        params = list(group["params"])
+        plain = [p for p in params if id(p) not in offsets]
+        moved = [p for p in params if id(p) in offsets]
+        out += [{**group, "params": plain, "lr": lr}] if plain else []
+        out += [{**group, "params": moved, "lr": lr * lr_mult, "lr_mult": lr_mult}] if moved else []
+    return out

@@ -73,6 +73,8 @@ def train_detector(model: FasterRCNN, ds: DetectionDataset, cfg: DetectionConfig
                    seed: int, log: Callable[[str], None] = print) -> dict[str, Any]:
     """SGD (momentum, weight decay off norms and biases) over ``cfg.epochs`` epochs of ``ds``,
     linear warmup then cosine decay per step; returns the step count, time and last losses.
+    Deformable blocks' offset/modulation predictors train at ``cfg.offset_lr_mult`` times the lr
+    (default the DCNv2 authors' 0.1; :func:`selfsup.detection.deformable.offset_lr_groups`).
 
     A bar over the steps is drawn on stderr where someone watches it (:mod:`selfsup.progress`).
 
@@ -82,12 +84,16 @@ def train_detector(model: FasterRCNN, ds: DetectionDataset, cfg: DetectionConfig
     import timm.optim
     from tqdm import tqdm  # tqdm.external_write_mode: the epoch's line above the bar (tqdm comes with Lightning)
 
+    from selfsup.detection.deformable import offset_lr_groups
+
     torch.manual_seed(seed)
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(ds) > cfg.batch_size,
                         num_workers=cfg.num_workers, collate_fn=detection_collate,
                         generator=torch.Generator().manual_seed(seed), persistent_workers=cfg.num_workers > 0)
-    groups = [g for g in timm.optim.param_groups_weight_decay(model, cfg.weight_decay) if g["params"]]
     lr = cfg.lr * cfg.batch_size / 16
+    # deformable blocks' offset/modulation predictors at cfg.offset_lr_mult x lr (selfsup.detection.deformable)
+    groups = offset_lr_groups(timm.optim.param_groups_weight_decay(model, cfg.weight_decay), model, lr,
+                              cfg.offset_lr_mult)
     opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     total = cfg.epochs * len(loader)
     factors = cosine_factors(total, warmup_steps(cfg.warmup_steps, total), 0.0).tolist()
@@ -116,7 +122,9 @@ def train_detector(model: FasterRCNN, ds: DetectionDataset, cfg: DetectionConfig
                 log(f"[detection] epoch {epoch + 1}/{cfg.epochs}: loss "
                     f"{sum(sum(w.values()) for w in window) / len(window):.3f}")
     last = {k: round(sum(w[k] for w in window) / len(window), 4) for k in window[0]} if window else {}
-    return {"steps": step, "lr": lr, "train_seconds": round(time.perf_counter() - t0, 1), "final_losses": last}
+    offset_mult = {g["lr_mult"] for g in groups if "lr_mult" in g}
+    return {"steps": step, "lr": lr, **({"offset_lr_mult": offset_mult.pop()} if offset_mult else {}),
+            "train_seconds": round(time.perf_counter() - t0, 1), "final_losses": last}
 
 
 @torch.inference_mode()
