@@ -510,3 +510,118 @@ def test_benchmark_command_line_writes_its_results(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit):
         bench.main()
     assert "--critics: choose from separable, concat (got 'separable,bilinear')" in capsys.readouterr().err
+
+
+# ------------------------------------------------- benchmarks/mi_bounds.py: the concatenated critics' PairMLP
+
+
+def _plain_concat_scores(critic: ConcatCritic, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.nn.Linear]:
+    """f(x_i, y_j) written the plain way: one nn.Linear(Dx + Dy, H) on the [B B, Dx + Dy]
+    concatenated pairs (its weight the critic's x and y first layers side by side), then the
+    critic's later layers. Returns (scores [B, B], that first layer)."""
+    b, h = x.shape[0], critic.x_in.out_features
+    first = torch.nn.Linear(x.shape[1] + y.shape[1], h).to(x.dtype)
+    with torch.no_grad():
+        first.weight.copy_(torch.cat([critic.x_in.weight, critic.y_in.weight], 1))
+        first.bias.copy_(critic.x_in.bias)
+    pairs = torch.cat([x.repeat_interleave(b, 0), y.repeat(b, 1)], 1)  # [B B, Dx + Dy]: row i B + j = [x_i, y_j]
+    return critic.out(torch.relu(first(pairs))).view(b, b), first
+
+
+@pytest.mark.parametrize("dtype,hidden,layers,batch", [(torch.float64, 16, 2, 10), (torch.float32, 64, 2, 64),
+                                                       (torch.float64, 8, 1, 7), (torch.float64, 8, 3, 5)])
+def test_benchmark_pair_mlp_equals_a_plain_concat_critic_in_value_and_gradient(dtype, hidden, layers, batch):
+    """The stacked concatenated critics (first layer split into x and y parts, PairMLP's own
+    backward) give each critic's scores and the gradients of a weighted sum of them, for every
+    weight, bias and the inputs x and y, as a plain ConcatCritic whose first layer is one
+    nn.Linear on the concatenated pair [x_i, y_j], through autograd (to 2e-6 of each tensor's scale in float32,
+    1e-12 in float64); for the benchmark's critic (64 wide, batch 64) and other depths and widths."""
+    bench = _benchmark()
+    torch.manual_seed(batch)
+    critics = [ConcatCritic(bench.DIM, bench.DIM, hidden=hidden, layers=layers).to(dtype) for _ in range(3)]
+    params = bench.stack_critics("concat", critics)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, bench.DIM, generator=g, dtype=dtype).requires_grad_(True)
+    y = torch.randn(batch, bench.DIM, generator=g, dtype=dtype).requires_grad_(True)
+    weight = torch.randn(len(critics), batch, batch, generator=g, dtype=dtype)  # [E, B, B]
+    scores = bench.stacked_scores("concat", params, x, y)  # [E, B, B]
+    (scores * weight).sum().backward()
+    rel = 1e-12 if dtype == torch.float64 else 2e-6  # of the tensor's scale: rounding of sums over B^2 pairs
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return float((a - b).abs().max()) <= rel * max(1.0, float(b.abs().max()))
+    x_grad, y_grad = torch.zeros_like(x), torch.zeros_like(y)
+    for e, critic in enumerate(critics):
+        xe, ye = x.detach().clone().requires_grad_(True), y.detach().clone().requires_grad_(True)
+        plain, first = _plain_concat_scores(critic, xe, ye)
+        (plain * weight[e]).sum().backward()
+        assert close(scores[e].detach(), plain.detach()), e
+        d = bench.DIM
+        assert close(params["x_in.weight"].grad[e], first.weight.grad[:, :d].T), e
+        assert close(params["y_in.weight"].grad[e], first.weight.grad[:, d:].T), e
+        assert close(params["x_in.bias"].grad[e, 0], first.bias.grad), e
+        later = [m for m in critic.out if isinstance(m, torch.nn.Linear)]
+        assert len(later) == layers + 1  # mlp(): layers x Linear(H, H), then Linear(H, 1)
+        for i, lin in enumerate(later):
+            assert close(params[f"out.{i}.weight"].grad[e], lin.weight.grad.T), (e, i)
+            assert close(params[f"out.{i}.bias"].grad[e, 0], lin.bias.grad), (e, i)
+        x_grad, y_grad = x_grad + xe.grad, y_grad + ye.grad
+    assert close(x.grad, x_grad) and close(y.grad, y_grad)
+    assert all(float(p.grad.abs().sum()) > 0 for p in params.values())  # every gradient reached, none all zero
+
+
+def test_benchmark_pair_mlp_refuses_a_second_backward():
+    """PairMLP's backward turns its saved activations into their ReLU masks in place, so a second
+    backward through the same forward would read masks as activations: autograd refuses it."""
+    bench = _benchmark()
+    torch.manual_seed(0)
+    params = bench.stack_critics("concat", [bench.make_critic("concat", concat_hidden=8) for _ in range(2)])
+    x, y = torch.randn(5, bench.DIM), torch.randn(5, bench.DIM)
+    loss = bench.stacked_scores("concat", params, x, y).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_benchmark_a_run_of_one_critic_keeps_the_other_critics_results(tmp_path, monkeypatch):
+    """--critics concat into a folder that holds a separable run of the same settings keeps the
+    separable results (statistics, findings, command, the figure's estimates) beside the new
+    concat ones, each section naming its own command, and --recheck reproduces that table; a
+    run of other --steps replaces them instead."""
+    import json
+    import sys
+
+    bench = _benchmark()
+    threads = torch.get_num_threads()
+
+    def main(*argv):
+        monkeypatch.setattr(sys, "argv", ["mi_bounds.py", "--steps", "10", "--concat-hidden", "8", "--threads",
+                                          str(threads), "--out", str(tmp_path), *argv])
+        bench.main()
+        return json.loads((tmp_path / "mi_bounds.json").read_text()), (tmp_path / "mi_bounds.md").read_text()
+
+    first, _ = main("--critics", "separable")
+    assert set(first["stats"]) == {"separable"} and set(np.load(tmp_path / "mi_bounds.npz")) == {"separable"}
+    kept = np.load(tmp_path / "mi_bounds.npz")["separable"]
+    assert kept.shape == (5 * 10, len(bench.ESTIMATORS))
+    data, md = main("--critics", "concat")
+    assert set(data["stats"]) == {"separable", "concat"}
+    assert data["stats"]["separable"] == first["stats"]["separable"]
+    assert data["seconds"]["separable"] == first["seconds"]["separable"]
+    assert data["commands"] == {"separable": first["command"], "concat": data["command"]}
+    assert "--critics separable " in data["commands"]["separable"] and "--critics concat " in data["command"]
+    assert md.index("## separable critic") < md.index(f"`{first['command']}`") < md.index("## concat critic") \
+        < md.index(f"`{data['command']}`")
+    assert md.count("| SMILE (tau=5) |") == 2 and "leaves out" not in md
+    npz = np.load(tmp_path / "mi_bounds.npz")
+    assert set(npz) == {"separable", "concat"} and np.array_equal(npz["separable"], kept)
+    (tmp_path / "mi_bounds.md").rename(tmp_path / "run.md")
+    monkeypatch.setattr(sys, "argv", ["mi_bounds.py", "--recheck", str(tmp_path / "mi_bounds.json")])
+    bench.main()
+    assert (tmp_path / "mi_bounds.md").read_text() == (tmp_path / "run.md").read_text()
+    (tmp_path / "mi_bounds.npz").unlink()  # the estimates gone: the table keeps both, the figure says what it lacks
+    data, md = main("--critics", "concat")
+    assert set(data["stats"]) == {"separable", "concat"} and data["plotted"] == ["concat"]
+    assert "The figure leaves out the separable critic" in md
+    data, md = main("--critics", "concat", "--steps", "12")  # other settings: the separable run is not kept
+    assert set(data["stats"]) == {"concat"} and "## separable critic" not in md
