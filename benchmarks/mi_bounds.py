@@ -39,7 +39,8 @@ published findings are checked in the output, each with its criterion stated
     python benchmarks/mi_bounds.py --time-step [--threads 1]
 
 Prints JSON; writes benchmarks/results/mi_bounds{,-cubic}.{json,md,png,npz} (after each critic;
-the npz: the estimates as computed, float32, for the figure). A run of one critic keeps the other critic's
+the npz: the estimates as computed, float32, for the figure; a local file the repository does not
+carry, which a later run of the other critic reads to redraw both rows). A run of one critic keeps the other critic's
 results already there when they ran the same ``--steps``, ``--seed`` (and ``--concat-hidden``);
 each critic's section names its command. ``--recheck`` applies the current criteria to a
 finished run's statistics.
