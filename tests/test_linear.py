@@ -146,6 +146,25 @@ def test_a_tie_on_held_out_top1_goes_to_the_lower_cross_entropy():
         assert (setting, val) == ((1.0, 0.0), 100.0)
 
 
+def test_best_candidate_prefers_top1_then_cross_entropy_and_never_a_diverged_fit():
+    from selfsup.eval.linear import best_candidate
+
+    assert best_candidate([(50.0, 1.0), (60.0, 2.0)]) == 1  # top-1 first
+    assert best_candidate([(60.0, 1.5), (60.0, 0.5)]) == 1  # a tie: the lower cross-entropy, not the first
+    assert best_candidate([(0.0, float("nan")), (0.0, 2.3)]) == 1  # a diverged fit never wins a tie
+    assert best_candidate([(90.0, float("inf")), (10.0, 2.3)]) == 1  # nor on top-1
+    assert best_candidate([(0.0, float("nan")), (0.0, float("inf"))]) is None
+
+
+def test_a_split_that_leaves_one_image_to_fit_is_refused_with_the_cause():
+    """The tour's case: 1 image per class at a low-shot fraction, 2 classes, 1 held out: 1 image to fit used
+    to standardise to NaN and be reported as 'every setting diverged, lower eval.linear_lrs'."""
+    x, y = torch.randn(2, 5), torch.tensor([0, 1])
+    with pytest.raises(DataError, match=r"^the linear probe has 2 labelled training image\(s\); holding 1 out to "
+                                        r"choose its settings leaves 1 to fit, and a fit needs at least 2"):
+        select_setting(x, y, 2, [0.1], [0.0], epochs=2)
+
+
 def test_selection_warnings_name_an_inflated_fraction_and_a_tiny_held_out_split():
     """300 training images of 10 classes at 1%: one image per class makes it 10 images (3.3%), and
     12 settings chosen on 1 held-out image; with enough images, or one setting, nothing is said."""

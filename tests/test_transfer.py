@@ -335,3 +335,35 @@ def test_held_out_tie_goes_to_the_lower_cross_entropy_and_tiny_splits_are_named(
                                    "than the 10 classes, so the choice is close to arbitrary; use more labelled "
                                    "images or a single setting"]
     assert any(m.startswith("[bitfit] warning: the bitfit at 100% labels chose") for m in logs)
+
+
+def test_a_diverged_lr_is_never_chosen_and_all_diverged_is_refused(monkeypatch):
+    """The tour's case: lrs [1e4, 1e-3] on a tiny set, both 0% held-out top-1, the first's cross-entropy NaN.
+    The diverged lr used to win the tie (a comparison with NaN is never true); now it is left out, and a
+    seed whose every lr diverged is a one-line error. Also: a split leaving one image to fit is refused."""
+    from types import SimpleNamespace
+
+    import selfsup.data
+    import selfsup.transfer.train as train
+
+    def fake_fit(encoder, ds, info, num_classes, opts, lr, seed, trainer=None):
+        return SimpleNamespace(lr=lr), 0.0
+
+    def fake_predict(module, ds, batch_size, device):  # every image scored as the wrong class
+        wrong = torch.nn.functional.one_hot((ds.labels + 1) % 10, 10).float()
+        return wrong * float("nan") if module.lr >= 1.0 else wrong
+
+    monkeypatch.setattr(train, "fit", fake_fit)
+    monkeypatch.setattr(train, "predict", fake_predict)
+    data = images(30)
+    for lrs in ([1e4, 1e-3], [1e-3, 1e4]):
+        opts = TransferOptions(protocol="finetune", epochs=1, lrs=lrs, seeds=1, low_shot=[])
+        run, _ = train.one_seed(None, data, data, INFO, opts, 1.0, 0, {}, lambda m: None)
+        assert (run["lr"], run["val_top1"]) == (1e-3, 0.0)
+    opts = TransferOptions(protocol="finetune", epochs=1, lrs=[10.0, 1e4], seeds=1, low_shot=[])
+    with pytest.raises(ConfigError, match=r"^--protocol finetune: every lr in \[10.0, 10000.0\] diverged .*lower "
+                                          r"--transfer lrs$"):
+        train.one_seed(None, data, data, INFO, opts, 1.0, 0, {}, lambda m: None)
+    with pytest.raises(selfsup.data.DataError, match=r"has 2 labelled training image\(s\); holding 1 out to choose "
+                                                     r"its settings leaves 1 to fit"):
+        train.one_seed(None, images(2), data, INFO, opts, 1.0, 0, {}, lambda m: None)

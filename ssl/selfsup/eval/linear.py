@@ -198,21 +198,23 @@ def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: 
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(train), generator=g)
     n_val = held_out_count(len(train), val_fraction)
+    check_fit_split(len(train), n_val, "the linear probe")
     val_idx, fit_idx = perm[:n_val], perm[n_val:]
     fit_x, val_x = standardise(train[fit_idx], train[val_idx])
     with torch.no_grad():
         heads = _train_heads(fit_x, train_labels[fit_idx], num_classes, settings, epochs, batch_size, seed)
-    alive = [i for i, h in enumerate(heads) if not diverged(h)]
-    if not alive:
+    val_y = train_labels[val_idx]  # [V]
+    scores = []  # (held-out top-1, held-out cross-entropy) per setting; a diverged head's loss is inf
+    with torch.no_grad():
+        for head in heads:
+            z = head(val_x)  # [V, C]
+            scores.append((topk_accuracy(z, val_y, (1,))["top1"], math.inf if diverged(head)
+                           else F.cross_entropy(z, val_y).item()))
+    best = best_candidate(scores)
+    if best is None:
         raise ConfigError(f"every linear-probe setting diverged (non-finite weights) with lr in {lrs} and weight "
                           f"decay in {wds}: lower eval.linear_lrs (and eval.linear_wds)")
-    val_y = train_labels[val_idx]  # [V]
-    with torch.no_grad():
-        logits = {i: heads[i](val_x) for i in alive}  # each [V, C]
-        val_acc = {i: topk_accuracy(z, val_y, (1,))["top1"] for i, z in logits.items()}
-        val_loss = {i: F.cross_entropy(z, val_y).item() for i, z in logits.items()}
-    best = max(alive, key=lambda i: (val_acc[i], -val_loss[i]))  # equal top-1: the lower held-out cross-entropy
-    return settings[best], val_acc[best]
+    return settings[best], scores[best][0]
 
 
 def fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
@@ -270,6 +272,24 @@ def held_out_count(n: int, fraction: float) -> int:
     """How many of ``n`` training images are held out to choose a setting: ``round(fraction * n)``,
     at least 1 and at most ``n - 1`` (the probe and the transfer protocols share it)."""
     return min(n - 1, max(1, round(fraction * n)))
+
+
+def best_candidate(scores: Sequence[tuple[float, float]]) -> int | None:
+    """The index of the best of several candidate settings scored ``(held-out top-1 %, held-out
+    cross-entropy)``: the highest top-1, a tie going to the lower cross-entropy (not to the first
+    tried). A candidate whose cross-entropy is not finite (its fit diverged) is never chosen; None
+    when every one diverged. The linear probe's grid and the transfer protocols' lrs both use it."""
+    alive = [i for i, (_, loss) in enumerate(scores) if math.isfinite(loss)]
+    return max(alive, key=lambda i: (scores[i][0], -scores[i][1])) if alive else None
+
+
+def check_fit_split(n: int, n_val: int, what: str) -> None:
+    """DataError (one line) when holding ``n_val`` of ``n`` training images out to choose a setting
+    leaves fewer than 2 to fit (one image standardises to NaN and cannot fill a BatchNorm batch)."""
+    if n - n_val < 2:
+        raise DataError(f"{what} has {n} labelled training image(s); holding {n_val} out to choose its "
+                        f"settings leaves {n - n_val} to fit, and a fit needs at least 2: use more labelled "
+                        f"images (a larger eval.low_shot fraction or data.subset)")
 
 
 def selection_warnings(what: str, fraction: float, train_images: int, total_images: int, val_images: int,

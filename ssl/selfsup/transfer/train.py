@@ -21,8 +21,8 @@ from selfsup.config import ConfigError
 from selfsup.data import CleanTransform, DataInfo, ImageDataset, make_loader
 from selfsup.data.datasets import Subset
 from selfsup.eval.knn import topk_accuracy
-from selfsup.eval.linear import class_balanced_subset, fraction_key, held_out_count, selection_warnings, \
-    summarise
+from selfsup.eval.linear import best_candidate, check_fit_split, class_balanced_subset, fraction_key, \
+    held_out_count, selection_warnings, summarise
 from selfsup.losses import NonFiniteLossError
 from selfsup.schedules import cosine_factors, warmup_steps
 from selfsup.transfer.options import TransferOptions
@@ -118,6 +118,7 @@ def held_out(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     n - 1) held out."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = held_out_count(n, fraction)
+    check_fit_split(n, n_val, "this labelled fraction")
     return perm[n_val:], perm[:n_val]
 
 
@@ -130,7 +131,7 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
            else torch.arange(len(train_ds)))  # [n]
     fit_pos, val_pos = held_out(len(idx), options.val_fraction, seed)
     fit_ds, val_ds = Subset(train_ds, idx[fit_pos].tolist()), Subset(train_ds, idx[val_pos].tolist())
-    device, best, seconds = run_device(trainer), None, 0.0
+    device, seconds, scores, kept = run_device(trainer), 0.0, [], None
     for lr in options.lrs:
         module, secs = fit(encoder, fit_ds, info, train_ds.num_classes, options, lr, seed, trainer)
         seconds += secs
@@ -139,9 +140,14 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
         loss = F.cross_entropy(logits, val_ds.labels).item()
         log(f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}: held-out top-1 {val:.2f}% "
             f"(cross-entropy {loss:.3f}, {len(val_ds)} image(s))")
-        if best is None or (val, -loss) > (best[0], -best[1]):  # equal top-1: the lower held-out cross-entropy
-            best = (val, loss, lr, module)
-    val, _, lr, module = best
+        scores.append((val, loss))
+        if best_candidate(scores) == len(scores) - 1:
+            kept = module  # only the best so far stays in memory (each is a whole adapted encoder)
+    best = best_candidate(scores)  # ties: the lower held-out cross-entropy; a diverged lr (non-finite) never
+    if best is None:
+        raise ConfigError(f"--protocol {options.protocol}: every lr in {options.lrs} diverged (non-finite held-out "
+                          f"cross-entropy) at {fraction * 100:g}% of labels, seed {seed}: lower --transfer lrs")
+    (val, _), lr, module = scores[best], options.lrs[best], kept
     test = topk_accuracy(predict(module, test_ds, options.batch_size, device), test_ds.labels)
     return {**test, "val_top1": val, "lr": lr, "weight_decay": options.weight_decay, "seconds": seconds,
             "train_images": len(idx), "val_images": len(val_ds)}, module
