@@ -291,11 +291,12 @@ def test_cli_detection_with_deformable_convolutions(tmp_path):
     assert main(["eval", "random:resnet18", "--task", "detection", "--dataset", "synthetic-fmnist", "--out", str(out),
                  "eval.plots=false",
                  *[a for a in TINY_RUN if not a.startswith("detection.synthetic_test=")],  # a key once
-                 "detection.synthetic_test=4", "detection.deformable=true"]) == 0
+                 "detection.synthetic_test=4", "detection.deformable=true", "detection.offset_lr_mult=0.5"]) == 0
     row = json.loads((out / "results.json").read_text())[0]
-    assert row["deformable"] is True and row["deformable_convs"] == CONVERTED and row["offset_lr_mult"] == 0.1
+    assert row["deformable"] is True and row["deformable_convs"] == CONVERTED and row["offset_lr_mult"] == 0.5
     plain = build_detector(create_encoder("resnet18", 1, TINY_RESNET), INFO, 10, cfg())
     offsets = len(CONVERTED) * (16 * 27 * 9 + 27)  # 16 FPN channels in, 27 = 3*3*3 out, 3x3 kernel, bias
     assert row["detector_trainable_params"] == sum(p.numel() for p in plain.parameters() if p.requires_grad) + offsets
     table = (out / "results.md").read_text()
     assert "| random-init resnet18 + DCNv2 | synthetic-fmnist |" in table and "2*sigmoid" in table
+    assert "detection.offset_lr_mult (0.5) x the lr" in table  # the run's own multiplier, not the default

@@ -160,11 +160,12 @@ def detection_markdown(rows: list[dict[str, Any]]) -> str:
               f"split, final weights."),
              "1-channel encoders see RGB images as grayscale; images are normalised with each encoder's own mean/std."]
     if any(r.get("deformable") for r in rows):
+        mults = ", ".join(f"{m:g}" for m in dict.fromkeys(r["offset_lr_mult"] for r in rows if "offset_lr_mult" in r))
         notes.append("+ DCNv2: the FPN output and RPN head 3x3 convolutions are modulated deformable convolutions "
                      "(Zhu et al. 2019) whose offsets and modulation come from zero-initialised convolutions, the "
                      "modulation scaled as 2*sigmoid so training starts from the plain detector, and the offset/"
-                     "modulation predictors trained at detection.offset_lr_mult (0.1) x the lr (the DCNv2 authors' "
-                     "lr_mult).")
+                     f"modulation predictors trained at detection.offset_lr_mult ({mults}) x the lr (the DCNv2 "
+                     "authors' lr_mult is 0.1).")
     notes += [f"{label}: random init with timm's zero_init_last disabled (a fair baseline)."
               for label in dict.fromkeys(r["label"] for r in rows if r["kind"] == "random")]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
