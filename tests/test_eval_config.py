@@ -35,6 +35,9 @@ def test_good_knn_pairs_load_as_given():
     ("eval.low_shot=[0.5, 0.5]", "config key 'eval.low_shot' holds 0.5 twice in [0.5, 0.5]: give each value once"),
     ("eval.linear_lrs=[0.1, 0.3, 0.1]", "config key 'eval.linear_lrs' holds 0.1 twice in [0.1, 0.3, 0.1]"),
     ("eval.linear_wds=[0, 0.0]", "config key 'eval.linear_wds' holds 0.0 twice in [0.0, 0.0]"),
+    # siblings the tour found: a repeated kNN setting or stage was scored once without a word
+    ("eval.knn=[[20, 0.07], [200, 0.1], [20, 0.07]]", "knn: [20, 0.07] is given twice in"),
+    ("eval.layers=[layer3, layer3]", "layers: 'layer3' is given twice in ['layer3', 'layer3']: give each once"),
     ("eval.low_shot=[0]", "config key 'eval.low_shot' must hold values > 0, got 0.0 in [0.0]"),
     ("eval.low_shot=[0.1, -0.1]", "config key 'eval.low_shot' must hold values > 0, got -0.1 in [0.1, -0.1]"),
 ])

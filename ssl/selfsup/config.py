@@ -26,8 +26,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from selfsup.configread import ConfigError, apply_override, from_dict, has_key, param, parse_yaml, plain, type_name, \
-    yaml_problem
+from selfsup.configread import ConfigError, apply_override, first_repeated, from_dict, has_key, param, parse_yaml, \
+    plain, type_name, yaml_problem
 from selfsup.registry import Registry
 
 __all__ = ["METHOD_CONFIGS", "ConfigError", "DataConfig", "DetectionConfig", "EncoderConfig", "EvalConfig",
@@ -192,6 +192,11 @@ class EvalConfig:
                              f"got {self.layers!r}")
         if not isinstance(self.layers, str) and {"all", "last"} & set(names):
             raise ValueError(f"layers: 'all' and 'last' stand alone (layers=all), not inside a list: {self.layers!r}")
+        for key, items in (("layers", names), ("knn", [tuple(p) for p in self.knn])):  # each scored once
+            repeated = first_repeated(items)
+            if repeated is not None:
+                raise ValueError(f"{key}: {list(repeated) if isinstance(repeated, tuple) else repeated!r} is given "
+                                 f"twice in {getattr(self, key)!r}: give each once")
         for k, t in self.knn:  # refused when the config loads, not after pretraining
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                 raise ValueError(f"knn: k must be a whole number >= 1, got {k!r} in ({k!r}, {t!r})")

@@ -136,12 +136,17 @@ def describe_range(meta: typing.Mapping[str, Any]) -> str:
     return f"each {bounds}" if bounds and meta.get("each") else bounds
 
 
+def first_repeated(items: typing.Sequence[Any]) -> Any:
+    """The first item of ``items`` that equals an earlier one (None when all differ)."""
+    return next((v for i, v in enumerate(items) if v in items[:i]), None)
+
+
 def check_range(value: Any, meta: typing.Mapping[str, Any], key: str, what: str = "config key") -> None:
     """ConfigError ``{what} {key!r} must be > 0, got -1.0`` when ``value`` (for ``param(each=True)``:
     any item of the list ``value``) is outside the field's bounds (``meta``: its metadata)."""
     items = list(value) if meta.get("each") and isinstance(value, (list, tuple)) else [value]
     if len(items) > 1:
-        repeated = next((v for i, v in enumerate(items) if v in items[:i]), None)
+        repeated = first_repeated(items)
         if repeated is not None:
             raise ConfigError(f"{what} {key!r} holds {repeated!r} twice in {value!r}: give each value once")
     ops = {"gt": lambda v, b: v > b, "ge": lambda v, b: v >= b, "lt": lambda v, b: v < b, "le": lambda v, b: v <= b}
