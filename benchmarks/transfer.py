@@ -263,15 +263,19 @@ def read_doc(path: Path) -> dict[str, Any]:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse, in one line, what would fail or be wrong only after targets are loaded and cells trained:
-    a missing target directory, an unknown protocol, a labelled fraction outside (0, 1], an lr that is
-    not a number > 0, and epochs, seeds or a LoRA rank below 1.
+    an unknown or repeated protocol, a labelled fraction outside (0, 1] or repeated, an lr that is not a
+    number > 0 or repeated, epochs, seeds or a LoRA rank below 1, a negative --train-images, an unknown
+    --data, and a target that is missing or not a selfsup run or export directory.
 
     Raises:
         BenchmarkError: naming the argument and the fix.
     """
-    unknown = [p for p in args.protocols.split(",") if p not in PROTOCOL_ORDER]
-    if unknown or not args.protocols:
+    protocols = protocol_list(args.protocols)
+    unknown = [p for p in protocols if p not in PROTOCOL_ORDER]
+    if unknown or not protocols:
         raise BenchmarkError(f"--protocols: unknown {unknown or [args.protocols]}; choose from {', '.join(PROTOCOL_ORDER)}")
+    if len(set(protocols)) < len(protocols):
+        raise BenchmarkError(f"--protocols {args.protocols!r}: a protocol is given twice; give each once")
     for name, text, ok, want in (("--fractions", args.fractions, lambda v: 0 < v <= 1, "in (0, 1]"),
                                  ("--lrs", args.lrs, lambda v: math.isfinite(v) and v > 0, "finite and > 0")):
         try:
@@ -285,10 +289,26 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "seeds", "lora_rank"):
         if getattr(args, name) < 1:
             raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.train_images < 0:
+        raise BenchmarkError(f"--train-images must be 0 (all) or more, got {args.train_images}")
+    from selfsup.data import DATASETS
+    from selfsup.rundir import RunDir, is_export_dir
+
+    if args.data not in DATASETS:
+        raise BenchmarkError(f"--data {args.data!r}: unknown dataset; choose from {', '.join(DATASETS.names())}")
     missing = [t for t in args.targets if not Path(t).exists()]  # after the options: a typo there is named first
     if missing:
         raise BenchmarkError(f"no such target: {', '.join(missing)}: pass export or run directories (the "
                              f"random-init twin of each comes from --twins)")
+    other = [t for t in args.targets if not (RunDir(t).is_run() or is_export_dir(Path(t)))]
+    if other:
+        raise BenchmarkError(f"not a selfsup run or export directory: {', '.join(other)}: pass the directory "
+                             f"`selfsup pretrain` or `selfsup export` wrote")
+
+
+def protocol_list(text: str) -> list[str]:
+    """``--protocols`` as a list, spaces around the commas allowed."""
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def parse_twins(text: str, no_random: bool) -> list[str]:
@@ -369,7 +389,7 @@ def run_all(args: argparse.Namespace, twins: list[str],
                 rows.append(row)
                 save(rows)
 
-            for protocol in args.protocols.split(","):
+            for protocol in protocol_list(args.protocols):
                 if protocol == "linear":
                     for r in linear_rows(enc, card, train, test, fractions, args.seeds):
                         keep({"target": label, **r})
@@ -424,7 +444,11 @@ def main() -> None:
             write_results(out, merge_document(old, run, rows))
 
         save(run_all(args, twins, save), finished=True)
-    except BenchmarkError as err:
+    except Exception as err:  # selfsup's own one-line errors too (a target it cannot load, ...)
+        from selfsup.cli import one_line_errors
+
+        if not isinstance(err, (BenchmarkError, *one_line_errors())):
+            raise
         sys.exit(f"error: {err}")
 
 

@@ -147,6 +147,25 @@ def test_a_corrupt_results_file_is_a_clear_error(bench, tmp_path):
     assert bench.read_doc(path) == {"meta": {}, "rows": []}
 
 
+def test_protocols_may_have_spaces_after_commas(bench):
+    assert bench.protocol_list("linear, lora ,bitfit") == ["linear", "lora", "bitfit"]
+
+
+@pytest.mark.parametrize("argv, message", [  # a run directory whose files selfsup cannot load
+    (["{tmp}/run"], "error: '{tmp}/run' is a selfsup run directory without a checkpoint"),
+])
+def test_a_target_selfsup_cannot_load_is_one_line(bench, tmp_path, monkeypatch, argv, message):
+    """A run directory with a config but no loadable weights: selfsup's own error, one line, not a traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("method: {name: simclr}\n")
+    monkeypatch.setattr(sys, "argv", ["transfer.py", *[a.format(tmp=tmp_path) for a in argv], "--protocols", "linear",
+                                      "--out", str(tmp_path / "res")])
+    with pytest.raises(SystemExit) as err:
+        bench.main()
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("argv, message", [  # helper-37's: these failed only after the target was loaded
     (["/nonexistent/run"], "no such target: /nonexistent/run"),
     (["{tmp}", "--protocols", "foo"], "--protocols: unknown ['foo']"),
@@ -159,6 +178,11 @@ def test_a_corrupt_results_file_is_a_clear_error(bench, tmp_path):
     (["/nonexistent/run", "--fractions", "2"], "--fractions '2': every value must be in (0, 1]"),
     (["{tmp}", "--fractions", "0.1,1,0.1"], "--fractions '0.1,1,0.1': a value is given twice; give each once"),
     (["{tmp}", "--lrs", "1e-3,0.001"], "--lrs '1e-3,0.001': a value is given twice; give each once"),
+    # the last tour's: tracebacks, or errors only after loading
+    (["{tmp}", "--protocols", "linear,linear"], "--protocols 'linear,linear': a protocol is given twice"),
+    (["{tmp}", "--train-images", "-1"], "--train-images must be 0 (all) or more, got -1"),
+    (["{tmp}", "--data", "bogus"], "--data 'bogus': unknown dataset; choose from"),
+    (["{tmp}"], "not a selfsup run or export directory: "),
 ])
 def test_arguments_are_checked_before_anything_loads(bench, tmp_path, monkeypatch, argv, message):
     monkeypatch.setattr(sys, "argv", ["transfer.py", *[a.format(tmp=tmp_path) for a in argv],
