@@ -163,7 +163,7 @@ def test_a_target_selfsup_cannot_load_is_one_line(bench, tmp_path, monkeypatch, 
                                       "--out", str(tmp_path / "res")])
     with pytest.raises(SystemExit) as err:
         bench.main()
-    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+    assert str(err.value).startswith(message.format(tmp=tmp_path)) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("argv, message", [  # helper-37's: these failed only after the target was loaded
