@@ -320,3 +320,18 @@ def test_config_transfer_imports_no_torch():
     res = fresh(RUN_MAIN, json.dumps(["config", "transfer"]))
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["rc"] == 0 and out["heavy"] == [], out
+
+
+def test_transfer_table_says_what_train_images_counts():
+    """With held-out sizes in the rows, a note says the lr is chosen on them and the model kept is the one
+    trained on the rest (no refit on the whole subset)."""
+    from selfsup.transfer.report import transfer_markdown
+
+    rows = [transfer_row("bitfit", 1.0, [10.5], [49.0], 0.72), transfer_row("bitfit", 0.5, [10.2], [50.0], 0.72)]
+    for r, val in zip(rows, (30, 15)):
+        r.update(trainable_params=1328, val_images=val)
+    notes = [line for line in transfer_markdown("runs/x", rows, [frozen_row("run simclr")]).splitlines()
+             if line.startswith("- Train images")]
+    assert notes == ["- Train images: the labelled subset. Each lr trains on it less a held-out share (100%: 30, "
+                     "50%: 15 images) that chooses the lr, and the chosen model is the one reported (no refit on the "
+                     "whole subset, unlike the linear probe)."]

@@ -61,4 +61,9 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
                      f"{_pm(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
     notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows)
+    if any("val_images" in r for r in rows):
+        held = ", ".join(f"{r['fraction'] * 100:g}%: {r['val_images']}" for r in rows if "val_images" in r)
+        notes.append(f"Train images: the labelled subset. Each lr trains on it less a held-out share ({held} "
+                     f"images) that chooses the lr, and the chosen model is the one reported (no refit on the whole "
+                     f"subset, unlike the linear probe).")
     return "\n".join(lines) + "\n" + "".join(f"\n- {n}" for n in notes) + ("\n" if notes else "")
