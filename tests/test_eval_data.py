@@ -278,7 +278,7 @@ def test_a_low_shot_column_on_few_images_says_what_it_trained_on(tmp_path):
     assert row["warnings"] == [
         "the linear probe at 100% labels chose among 4 settings on 3 held-out image(s), fewer than the 4 classes, "
         "so the choice is close to arbitrary; use more labelled images or a single setting",
-        "the linear probe's 5% labels trains on 4 of 32 images (12.5%): a class-balanced subset keeps at least one "
+        "the linear probe at 5% labels trains on 4 of 32 images (12.5%): a class-balanced subset keeps at least one "
         "image per class",
         "the linear probe at 5% labels chose among 4 settings on 1 held-out image(s), fewer than the 4 classes, so "
         "the choice is close to arbitrary; use more labelled images or a single setting"]

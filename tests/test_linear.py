@@ -1,6 +1,7 @@
 """The linear probe learns, chooses lr / weight decay on held-out data (also inside each
 low-shot subset), is retrained on the whole training set, and refuses what it cannot score."""
 
+import math
 import statistics
 
 import numpy as np
@@ -149,20 +150,31 @@ def test_a_tie_on_held_out_top1_goes_to_the_lower_cross_entropy():
 def test_best_candidate_prefers_top1_then_cross_entropy_and_never_a_diverged_fit():
     from selfsup.eval.linear import best_candidate
 
-    assert best_candidate([(50.0, 1.0), (60.0, 2.0)]) == 1  # top-1 first
-    assert best_candidate([(60.0, 1.5), (60.0, 0.5)]) == 1  # a tie: the lower cross-entropy, not the first
-    assert best_candidate([(0.0, float("nan")), (0.0, 2.3)]) == 1  # a diverged fit never wins a tie
-    assert best_candidate([(90.0, float("inf")), (10.0, 2.3)]) == 1  # nor on top-1
-    assert best_candidate([(0.0, float("nan")), (0.0, float("inf"))]) is None
+    assert best_candidate([(50.0, 1.0), (60.0, 2.0)], 10) == 1  # top-1 first
+    assert best_candidate([(60.0, 1.5), (60.0, 0.5)], 10) == 1  # a tie: the lower cross-entropy, not the first
+    assert best_candidate([(0.0, float("nan")), (0.0, 2.3)], 10) == 1  # a diverged fit never wins a tie
+    assert best_candidate([(90.0, float("inf")), (10.0, 2.3)], 10) == 1  # nor on top-1
+    # the second tour's case: a finite but absurd loss (2.2e22 nats, 27% on 30 images, chance on the test set)
+    assert best_candidate([(26.67, 2.2e22), (13.33, 2.301)], 10) == 1
+    assert best_candidate([(40.0, 100 * math.log(10) * 1.01), (13.0, 2.3)], 10) == 1  # just over 100 x ln C
+    assert best_candidate([(40.0, 100 * math.log(10) * 0.99), (13.0, 2.3)], 10) == 0  # just under: kept
+    assert best_candidate([(0.0, float("nan")), (0.0, float("inf")), (30.0, 6e27)], 10) is None
 
 
 def test_a_split_that_leaves_one_image_to_fit_is_refused_with_the_cause():
     """The tour's case: 1 image per class at a low-shot fraction, 2 classes, 1 held out: 1 image to fit used
-    to standardise to NaN and be reported as 'every setting diverged, lower eval.linear_lrs'."""
+    to standardise to NaN and be reported as 'every setting diverged, lower eval.linear_lrs'. The protocol
+    names the fraction and the fix that applies to it, before any training."""
     x, y = torch.randn(2, 5), torch.tensor([0, 1])
     with pytest.raises(DataError, match=r"^the linear probe has 2 labelled training image\(s\); holding 1 out to "
                                         r"choose its settings leaves 1 to fit, and a fit needs at least 2"):
         select_setting(x, y, 2, [0.1], [0.0], epochs=2)
+    x6, y6 = torch.randn(6, 5), torch.tensor([0, 1] * 3)
+    with pytest.raises(DataError, match=r"^the linear probe at 10% labels has 2 labelled training image\(s\); .* "
+                                        r"drop 0.1 from eval.low_shot or use a larger fraction$"):
+        probe_protocol(x6, y6, x6, y6, 2, [0.1], [0.0], fractions=(1.0, 0.1), seeds=1, epochs=2)
+    with pytest.raises(DataError, match=r"^the linear probe at 100% labels has 2 .*: use more labelled images$"):
+        probe_protocol(x, y, x, y, 2, [0.1], [0.0], fractions=(1.0,), seeds=1, epochs=2)
 
 
 def test_selection_warnings_name_an_inflated_fraction_and_a_tiny_held_out_split():
@@ -172,7 +184,7 @@ def test_selection_warnings_name_an_inflated_fraction_and_a_tiny_held_out_split(
 
     warns = selection_warnings("linear probe", 0.01, 10, 300, 1, 10, 12)
     assert warns == [
-        "the linear probe's 1% labels trains on 10 of 300 images (3.3%): a class-balanced subset keeps at least "
+        "the linear probe at 1% labels trains on 10 of 300 images (3.3%): a class-balanced subset keeps at least "
         "one image per class",
         "the linear probe at 1% labels chose among 12 settings on 1 held-out image(s), fewer than the 10 classes, "
         "so the choice is close to arbitrary; use more labelled images or a single setting"]

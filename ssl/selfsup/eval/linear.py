@@ -210,7 +210,7 @@ def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: 
             z = head(val_x)  # [V, C]
             scores.append((topk_accuracy(z, val_y, (1,))["top1"], math.inf if diverged(head)
                            else F.cross_entropy(z, val_y).item()))
-    best = best_candidate(scores)
+    best = best_candidate(scores, num_classes)
     if best is None:
         raise ConfigError(f"every linear-probe setting diverged (non-finite weights) with lr in {lrs} and weight "
                           f"decay in {wds}: lower eval.linear_lrs (and eval.linear_wds)")
@@ -274,22 +274,40 @@ def held_out_count(n: int, fraction: float) -> int:
     return min(n - 1, max(1, round(fraction * n)))
 
 
-def best_candidate(scores: Sequence[tuple[float, float]]) -> int | None:
+DIVERGED_NATS = 100.0  # a held-out cross-entropy above this many times ln(classes) marks a diverged fit
+
+
+def best_candidate(scores: Sequence[tuple[float, float]], num_classes: int) -> int | None:
     """The index of the best of several candidate settings scored ``(held-out top-1 %, held-out
-    cross-entropy)``: the highest top-1, a tie going to the lower cross-entropy (not to the first
-    tried). A candidate whose cross-entropy is not finite (its fit diverged) is never chosen; None
-    when every one diverged. The linear probe's grid and the transfer protocols' lrs both use it."""
-    alive = [i for i, (_, loss) in enumerate(scores) if math.isfinite(loss)]
+    cross-entropy in nats)``: the highest top-1, a tie going to the lower cross-entropy (not to the
+    first tried). A candidate whose fit diverged is never chosen: its cross-entropy is not finite,
+    or above :data:`DIVERGED_NATS` x ln(``num_classes``) (chance is ln C; a transfer lr of 1e4 gave
+    2.2e22 nats and 27% held-out top-1 on 30 images, then chance on the test set). None when every
+    one diverged. The linear probe's grid and the transfer protocols' lrs both use it."""
+    limit = DIVERGED_NATS * math.log(max(2, num_classes))
+    alive = [i for i, (_, loss) in enumerate(scores) if math.isfinite(loss) and loss <= limit]
     return max(alive, key=lambda i: (scores[i][0], -scores[i][1])) if alive else None
 
 
-def check_fit_split(n: int, n_val: int, what: str) -> None:
-    """DataError (one line) when holding ``n_val`` of ``n`` training images out to choose a setting
-    leaves fewer than 2 to fit (one image standardises to NaN and cannot fill a BatchNorm batch)."""
+def check_fit_split(n: int, n_val: int, what: str, fix: str = "use more labelled images") -> None:
+    """DataError (one line) naming ``what`` and ``fix`` when holding ``n_val`` of ``n`` training images
+    out to choose a setting leaves fewer than 2 to fit (one image standardises to NaN and cannot fill
+    a BatchNorm batch)."""
     if n - n_val < 2:
         raise DataError(f"{what} has {n} labelled training image(s); holding {n_val} out to choose its "
-                        f"settings leaves {n - n_val} to fit, and a fit needs at least 2: use more labelled "
-                        f"images (a larger eval.low_shot fraction or data.subset)")
+                        f"settings leaves {n - n_val} to fit, and a fit needs at least 2: {fix}")
+
+
+def check_fraction_splits(labels: Tensor, fractions: Sequence[float], val_fraction: float, seed: int,
+                          what: str, low_shot_key: str) -> None:
+    """:func:`check_fit_split` for every labelled fraction before any training, each named (``what``
+    at ``X%`` labels) with the fix that applies: more images for all labels, else dropping or raising
+    that fraction of ``low_shot_key``."""
+    for fraction in fractions:
+        n = len(labels) if fraction >= 1 else len(class_balanced_subset(labels, fraction, seed))
+        fix = ("use more labelled images" if fraction >= 1
+               else f"drop {fraction:g} from {low_shot_key} or use a larger fraction")
+        check_fit_split(n, held_out_count(n, val_fraction), f"{what} at {fraction * 100:g}% labels", fix)
 
 
 def selection_warnings(what: str, fraction: float, train_images: int, total_images: int, val_images: int,
@@ -301,7 +319,7 @@ def selection_warnings(what: str, fraction: float, train_images: int, total_imag
     (ties go to the lower held-out cross-entropy). ``what`` names the probe, e.g. ``linear probe``."""
     out = []
     if fraction < 1 and train_images > 1.5 * fraction * total_images:
-        out.append(f"the {what}'s {fraction * 100:g}% labels trains on {train_images} of {total_images} images "
+        out.append(f"the {what} at {fraction * 100:g}% labels trains on {train_images} of {total_images} images "
                    f"({100 * train_images / total_images:.1f}%): a class-balanced subset keeps at least one image "
                    f"per class")
     if choices > 1 and val_images < num_classes:
@@ -360,6 +378,7 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
     class, so it needs no check of its own).
     """
     check_probe_data(train, train_labels, num_classes, test, test_labels)
+    check_fraction_splits(train_labels, fractions, val_fraction, seed, "the linear probe", "eval.low_shot")
     results: dict[str, dict[str, Any]] = {}
     fits = sum(seeds + (f >= 1) for f in fractions)  # the grid once for all labels, then one fit per seed
     bar = Bar(f"linear probes ({len(fractions)} label fraction(s) x {seeds} seed(s))", fits, unit="fit")

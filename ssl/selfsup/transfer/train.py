@@ -21,8 +21,8 @@ from selfsup.config import ConfigError
 from selfsup.data import CleanTransform, DataInfo, ImageDataset, make_loader
 from selfsup.data.datasets import Subset
 from selfsup.eval.knn import topk_accuracy
-from selfsup.eval.linear import best_candidate, check_fit_split, class_balanced_subset, fraction_key, \
-    held_out_count, selection_warnings, summarise
+from selfsup.eval.linear import DIVERGED_NATS, best_candidate, check_fit_split, check_fraction_splits, class_balanced_subset, \
+    fraction_key, held_out_count, selection_warnings, summarise
 from selfsup.losses import NonFiniteLossError
 from selfsup.schedules import cosine_factors, warmup_steps
 from selfsup.transfer.options import TransferOptions
@@ -118,7 +118,7 @@ def held_out(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     n - 1) held out."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = held_out_count(n, fraction)
-    check_fit_split(n, n_val, "this labelled fraction")
+    check_fit_split(n, n_val, "this labelled set")  # run_protocol names the fraction before any training
     return perm[n_val:], perm[:n_val]
 
 
@@ -141,12 +141,13 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
         log(f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}: held-out top-1 {val:.2f}% "
             f"(cross-entropy {loss:.3f}, {len(val_ds)} image(s))")
         scores.append((val, loss))
-        if best_candidate(scores) == len(scores) - 1:
+        if best_candidate(scores, train_ds.num_classes) == len(scores) - 1:
             kept = module  # only the best so far stays in memory (each is a whole adapted encoder)
-    best = best_candidate(scores)  # ties: the lower held-out cross-entropy; a diverged lr (non-finite) never
+    best = best_candidate(scores, train_ds.num_classes)  # ties: the lower held-out cross-entropy; a diverged lr (non-finite) never
     if best is None:
-        raise ConfigError(f"--protocol {options.protocol}: every lr in {options.lrs} diverged (non-finite held-out "
-                          f"cross-entropy) at {fraction * 100:g}% of labels, seed {seed}: lower --transfer lrs")
+        raise ConfigError(f"--protocol {options.protocol}: every lr in {options.lrs} diverged (held-out cross-entropy "
+                          f"not finite, or over {DIVERGED_NATS:g} x ln(classes)) at {fraction * 100:g}% of labels, "
+                          f"seed {seed}: lower --transfer lrs")
     (val, _), lr, module = scores[best], options.lrs[best], kept
     test = topk_accuracy(predict(module, test_ds, options.batch_size, device), test_ds.labels)
     return {**test, "val_top1": val, "lr": lr, "weight_decay": options.weight_decay, "seconds": seconds,
@@ -180,6 +181,8 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                         f"{train_ds.in_chans}-channel ones: evaluate on data with {info.in_chans} channel(s)")
     if train_ds.num_classes < 2:
         raise ConfigError(f"--protocol {options.protocol} needs labelled data of two or more classes")
+    check_fraction_splits(train_ds.labels, options.fractions, options.val_fraction, options.seed,
+                          f"--protocol {options.protocol}", "eval.low_shot (or --transfer low_shot)")
     encoder_params = count_params(encoder)
     rows, exported = [], None
     for fraction in options.fractions:
