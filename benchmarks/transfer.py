@@ -291,6 +291,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.train_images < 0:
         raise BenchmarkError(f"--train-images must be 0 (all) or more, got {args.train_images}")
+    from selfsup.configread import first_repeated
     from selfsup.data import DATASETS
     from selfsup.rundir import RunDir, is_export_dir
 
@@ -300,6 +301,9 @@ def check_args(args: argparse.Namespace) -> None:
     if missing:
         raise BenchmarkError(f"no such target: {', '.join(missing)}: pass export or run directories (the "
                              f"random-init twin of each comes from --twins)")
+    twice = first_repeated([str(Path(t).resolve()) for t in args.targets])
+    if twice is not None:
+        raise BenchmarkError(f"target {twice} is given twice: give each target once")
     other = [t for t in args.targets if not (RunDir(t).is_run() or is_export_dir(Path(t)))]
     if other:
         raise BenchmarkError(f"not a selfsup run or export directory: {', '.join(other)}: pass the directory "
@@ -426,10 +430,10 @@ def main() -> None:
         if args.render:
             write_results(out, read_doc(out.with_suffix(".json")))
             return
-        if not args.targets:
-            raise BenchmarkError("no target given: pass one or more export or run directories (or --render)")
         twins = parse_twins(args.twins, args.no_random)
         check_args(args)  # before anything is loaded or trained
+        if not args.targets:
+            raise BenchmarkError("no target given: pass one or more export or run directories (or --render)")
         old = read_doc(out.with_suffix(".json")) if args.merge and out.with_suffix(".json").exists() else None
         import torch
 

@@ -183,11 +183,13 @@ def test_a_target_selfsup_cannot_load_is_one_line(bench, tmp_path, monkeypatch, 
     (["{tmp}", "--train-images", "-1"], "--train-images must be 0 (all) or more, got -1"),
     (["{tmp}", "--data", "bogus"], "--data 'bogus': unknown dataset; choose from"),
     (["{tmp}"], "not a selfsup run or export directory: "),
+    (["{tmp}", "{tmp}/."], "target {tmp} is given twice: give each target once"),
+    (["--protocols", "foo"], "--protocols: unknown ['foo']"),  # an option's typo named even without a target
 ])
 def test_arguments_are_checked_before_anything_loads(bench, tmp_path, monkeypatch, argv, message):
     monkeypatch.setattr(sys, "argv", ["transfer.py", *[a.format(tmp=tmp_path) for a in argv],
                                       "--out", str(tmp_path / "res")])
     with pytest.raises(SystemExit) as err:
         bench.main()
-    assert str(err.value).startswith(f"error: {message}") and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"error: {message.format(tmp=tmp_path)}") and "\n" not in str(err.value)
     assert not (tmp_path / "res.json").exists()
