@@ -304,6 +304,10 @@ def check_args(args: argparse.Namespace) -> None:
     twice = first_repeated([str(Path(t).resolve()) for t in args.targets])
     if twice is not None:
         raise BenchmarkError(f"target {twice} is given twice: give each target once")
+    names = first_repeated([Path(t).resolve().name for t in args.targets])
+    if names is not None:  # rows are labelled by the folder's name: two would overwrite each other's rows
+        raise BenchmarkError(f"two targets are folders named {names!r}: their rows would share one label; "
+                             f"give them distinct folder names (a symlink will do)")
     other = [t for t in args.targets if not (RunDir(t).is_run() or is_export_dir(Path(t)))]
     if other:
         raise BenchmarkError(f"not a selfsup run or export directory: {', '.join(other)}: pass the directory "
@@ -323,8 +327,10 @@ def parse_twins(text: str, no_random: bool) -> list[str]:
     """
     twins = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in twins if t not in TWINS]
-    if bad:
-        raise BenchmarkError(f"unknown --twins {','.join(bad)}: use a comma list of {','.join(TWINS)}")
+    if bad or not twins:
+        raise BenchmarkError(f"unknown --twins {','.join(bad) or repr(text)}: use a comma list of {','.join(TWINS)}")
+    if len(set(twins)) < len(twins):
+        raise BenchmarkError(f"--twins {text!r}: a twin is given twice; give each once")
     twins = [t for t in twins if not (no_random and t == "random-init")]
     if not twins:
         raise BenchmarkError("no twin left to run: --no-random with --twins random-init; pass --twins pretrained")

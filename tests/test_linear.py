@@ -156,8 +156,8 @@ def test_best_candidate_prefers_top1_then_cross_entropy_and_never_a_diverged_fit
     assert best_candidate([(90.0, float("inf")), (10.0, 2.3)], 10) == 1  # nor on top-1
     # the second tour's case: a finite but absurd loss (2.2e22 nats, 27% on 30 images, chance on the test set)
     assert best_candidate([(26.67, 2.2e22), (13.33, 2.301)], 10) == 1
-    assert best_candidate([(40.0, 100 * math.log(10) * 1.01), (13.0, 2.3)], 10) == 1  # just over 100 x ln C
-    assert best_candidate([(40.0, 100 * math.log(10) * 0.99), (13.0, 2.3)], 10) == 0  # just under: kept
+    assert best_candidate([(40.0, 1000 * math.log(10) * 1.01), (13.0, 2.3)], 10) == 1  # just over 1000 x ln C
+    assert best_candidate([(40.0, 1000 * math.log(10) * 0.99), (13.0, 2.3)], 10) == 0  # just under: kept
     assert best_candidate([(0.0, float("nan")), (0.0, float("inf")), (30.0, 6e27)], 10) is None
 
 
@@ -170,11 +170,32 @@ def test_a_split_that_leaves_one_image_to_fit_is_refused_with_the_cause():
                                         r"choose its settings leaves 1 to fit, and a fit needs at least 2"):
         select_setting(x, y, 2, [0.1], [0.0], epochs=2)
     x6, y6 = torch.randn(6, 5), torch.tensor([0, 1] * 3)
-    with pytest.raises(DataError, match=r"^the linear probe at 10% labels has 2 labelled training image\(s\); .* "
-                                        r"drop 0.1 from eval.low_shot or use a larger fraction$"):
-        probe_protocol(x6, y6, x6, y6, 2, [0.1], [0.0], fractions=(1.0, 0.1), seeds=1, epochs=2)
+    with pytest.raises(DataError, match=r"^the linear probe at 10% labels \(also too few at 1%\) has 2 labelled "
+                                        r"training image\(s\); .* drop 0.1, 0.01 from eval.low_shot or use larger "
+                                        r"fractions$"):  # every fraction that is too small, named at once
+        probe_protocol(x6, y6, x6, y6, 2, [0.1], [0.0], fractions=(1.0, 0.1, 0.01), seeds=1, epochs=2)
     with pytest.raises(DataError, match=r"^the linear probe at 100% labels has 2 .*: use more labelled images$"):
         probe_protocol(x, y, x, y, 2, [0.1], [0.0], fractions=(1.0,), seeds=1, epochs=2)
+
+
+def test_a_column_constant_on_the_fit_rows_keeps_scale_one():
+    """The last tour's regression: raw pixels of 30 images, a border pixel constant (0) on the fit rows but
+    not on a held-out row. Divided by the 1e-6 floor it became 1e5 there and every setting's held-out
+    cross-entropy thousands of nats ('every setting diverged'); a constant column now keeps scale 1."""
+    from selfsup.eval.linear import standardise
+
+    fit = torch.tensor([[0.0, 1.0], [0.0, 3.0]])
+    held = torch.tensor([[0.1, 2.0]])
+    fit_x, held_x = standardise(fit, held)
+    assert torch.equal(fit_x[:, 0], torch.zeros(2)) and held_x[0, 0].item() == pytest.approx(0.1)
+    assert held_x[0, 1].item() == pytest.approx(0.0) and fit_x[:, 1].tolist() == pytest.approx([-0.7071, 0.7071], abs=1e-4)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 4
+    x = torch.randn(40, 6, generator=g) + 3 * torch.eye(6)[y]
+    x[:, 5] = 0.0
+    x[0, 5] = 1.0  # non-zero in one row only: held out or fitted, it must not blow up
+    setting, val = select_setting(x, y, 4, [0.1, 0.01], [0.0], epochs=5, batch_size=16)
+    assert setting[0] in (0.1, 0.01) and val > 25.0
 
 
 def test_selection_warnings_name_an_inflated_fraction_and_a_tiny_held_out_split():

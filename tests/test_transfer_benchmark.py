@@ -185,8 +185,13 @@ def test_a_target_selfsup_cannot_load_is_one_line(bench, tmp_path, monkeypatch, 
     (["{tmp}"], "not a selfsup run or export directory: "),
     (["{tmp}", "{tmp}/."], "target {tmp} is given twice: give each target once"),
     (["--protocols", "foo"], "--protocols: unknown ['foo']"),  # an option's typo named even without a target
+    (["{tmp}/a/run", "{tmp}/b/run"], "two targets are folders named 'run': their rows would share one label"),
+    (["{tmp}", "--twins", "pretrained,pretrained"], "--twins 'pretrained,pretrained': a twin is given twice"),
+    (["{tmp}", "--twins", ","], "unknown --twins ',': use a comma list of"),
 ])
 def test_arguments_are_checked_before_anything_loads(bench, tmp_path, monkeypatch, argv, message):
+    for sub in ("a/run", "b/run"):
+        (tmp_path / sub).mkdir(parents=True)
     monkeypatch.setattr(sys, "argv", ["transfer.py", *[a.format(tmp=tmp_path) for a in argv],
                                       "--out", str(tmp_path / "res")])
     with pytest.raises(SystemExit) as err:

@@ -174,7 +174,12 @@ def diverged(head: nn.Linear) -> bool:
 
 
 def standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
-    mean, std = train.mean(0), train.std(0).clamp_min(1e-6)
+    """``train`` [N, D] and ``others`` [M, D] centred on train's column means and divided by its column
+    standard deviations; a column constant on train (std below 1e-6: a border pixel, a dead channel)
+    keeps scale 1. Dividing it by 1e-6, as before, turned any other split's small deviation there into
+    a value near 1e5 and the held-out loss of every setting into thousands of nats."""
+    mean, std = train.mean(0), train.std(0)  # [D], [D]
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)
     return [(t - mean) / std for t in (train, *others)]
 
 
@@ -212,8 +217,9 @@ def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: 
                            else F.cross_entropy(z, val_y).item()))
     best = best_candidate(scores, num_classes)
     if best is None:
-        raise ConfigError(f"every linear-probe setting diverged (non-finite weights) with lr in {lrs} and weight "
-                          f"decay in {wds}: lower eval.linear_lrs (and eval.linear_wds)")
+        raise ConfigError(f"every linear-probe setting diverged (non-finite weights, or a held-out cross-entropy over "
+                          f"{DIVERGED_NATS:g} x ln(classes)) with lr in {lrs} and weight decay in {wds}: lower "
+                          f"eval.linear_lrs (and eval.linear_wds)")
     return settings[best], scores[best][0]
 
 
@@ -274,7 +280,7 @@ def held_out_count(n: int, fraction: float) -> int:
     return min(n - 1, max(1, round(fraction * n)))
 
 
-DIVERGED_NATS = 100.0  # a held-out cross-entropy above this many times ln(classes) marks a diverged fit
+DIVERGED_NATS = 1000.0  # a held-out cross-entropy above this many times ln(classes) marks a diverged fit
 
 
 def best_candidate(scores: Sequence[tuple[float, float]], num_classes: int) -> int | None:
@@ -282,7 +288,8 @@ def best_candidate(scores: Sequence[tuple[float, float]], num_classes: int) -> i
     cross-entropy in nats)``: the highest top-1, a tie going to the lower cross-entropy (not to the
     first tried). A candidate whose fit diverged is never chosen: its cross-entropy is not finite,
     or above :data:`DIVERGED_NATS` x ln(``num_classes``) (chance is ln C; a transfer lr of 1e4 gave
-    2.2e22 nats and 27% held-out top-1 on 30 images, then chance on the test set). None when every
+    2.2e22 nats and 27% held-out top-1 on 30 images, then chance on the test set; an overconfident
+    but sound fit stays in the tens of nats). None when every
     one diverged. The linear probe's grid and the transfer protocols' lrs both use it."""
     limit = DIVERGED_NATS * math.log(max(2, num_classes))
     alive = [i for i, (_, loss) in enumerate(scores) if math.isfinite(loss) and loss <= limit]
@@ -303,11 +310,19 @@ def check_fraction_splits(labels: Tensor, fractions: Sequence[float], val_fracti
     """:func:`check_fit_split` for every labelled fraction before any training, each named (``what``
     at ``X%`` labels) with the fix that applies: more images for all labels, else dropping or raising
     that fraction of ``low_shot_key``."""
-    for fraction in fractions:
-        n = len(labels) if fraction >= 1 else len(class_balanced_subset(labels, fraction, seed))
-        fix = ("use more labelled images" if fraction >= 1
-               else f"drop {fraction:g} from {low_shot_key} or use a larger fraction")
-        check_fit_split(n, held_out_count(n, val_fraction), f"{what} at {fraction * 100:g}% labels", fix)
+    sizes = {f: len(labels) if f >= 1 else len(class_balanced_subset(labels, f, seed)) for f in fractions}
+    short = [f for f, n in sizes.items() if n - held_out_count(n, val_fraction) < 2]
+    if not short:
+        return
+    first = short[0]
+    if first >= 1:
+        fix = "use more labelled images"
+    else:
+        low = ", ".join(f"{f:g}" for f in short if f < 1)
+        fix = f"drop {low} from {low_shot_key} or use larger fractions"
+    others = f" (also too few at {', '.join(f'{f * 100:g}%' for f in short[1:])})" if short[1:] else ""
+    check_fit_split(sizes[first], held_out_count(sizes[first], val_fraction),
+                    f"{what} at {first * 100:g}% labels{others}", fix)
 
 
 def selection_warnings(what: str, fraction: float, train_images: int, total_images: int, val_images: int,
