@@ -1,9 +1,13 @@
 """Layer-wise evaluation (eval.layers): stages from timm's feature API, pooled as in Goyal et al. 2019 /
 VISSL, all from one forward pass, cached per stage, one result row per stage, the last equal to today's."""
 
+import gc
 import math
+import mmap
+import weakref
 
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -56,18 +60,54 @@ def test_grid_is_capped_by_the_map(channels, h, w, want):
     assert grid_side(channels, h, w) == want
 
 
-def test_grid_pooling_is_the_mean_of_each_block_channel_major():
-    """576 channels at 8x8 -> grid sqrt(9216 / 576) = 4: the mean of each 2x2 block, channel-major;
-    32 channels at 8x8 -> grid 17, capped to 8: the map itself."""
+def hwc(grid: torch.Tensor) -> torch.Tensor:
+    """A pooled grid [B, C, gh, gw] flattened position-major, written independently of pool_map."""
+    b, c, gh, gw = grid.shape
+    return torch.stack([grid[:, :, i, j] for i in range(gh) for j in range(gw)], 1).reshape(b, -1)
+
+
+def test_grid_pooling_is_the_mean_of_each_block_position_major():
+    """576 channels at 8x8 -> grid sqrt(9216 / 576) = 4: the mean of each 2x2 block, position-major
+    (cell (0, 0)'s 576 channels first); 32 channels at 8x8 -> grid 17, capped to 8: the map itself."""
     x = torch.randn(2, 576, 8, 8)
     assert grid_side(576, 8, 8) == (4, 4)
-    ref = x.reshape(2, 576, 4, 2, 4, 2).mean((3, 5)).reshape(2, -1)  # block means, channel-major
-    torch.testing.assert_close(pool_map(x, "grid"), ref)
+    blocks = x.reshape(2, 576, 4, 2, 4, 2).mean((3, 5))  # [2, 576, 4, 4] block means
+    torch.testing.assert_close(pool_map(x, "grid"), hwc(blocks))
+    torch.testing.assert_close(pool_map(x, "grid")[:, :576], x[:, :, :2, :2].mean((2, 3)))  # cell (0, 0)
     z = torch.randn(2, 64, 14, 14)  # grid 12: overlapping bins, as adaptive average pooling makes them
-    torch.testing.assert_close(pool_map(z, "grid"), F.adaptive_avg_pool2d(z, 12).reshape(2, -1))
+    torch.testing.assert_close(pool_map(z, "grid"), hwc(F.adaptive_avg_pool2d(z, 12)))
     y = torch.randn(2, 32, 8, 8)
-    assert torch.equal(pool_map(y, "grid"), y.reshape(2, -1))
+    assert torch.equal(pool_map(y, "grid"), hwc(y))
     torch.testing.assert_close(pool_map(x, "avg"), x.reshape(2, 576, -1).mean(2))
+
+
+def test_the_position_major_order_is_a_permutation_that_leaves_distances_and_norms_alone():
+    """The grid vector holds the channel-major vector's values in another fixed order: sorted, they
+    are equal, and so are Gram matrices (what kNN and a standardised probe see)."""
+    z = torch.randn(5, 64, 14, 14, dtype=torch.float64)
+    ours, channel_major = pool_map(z, "grid"), F.adaptive_avg_pool2d(z, 12).reshape(5, -1)
+    torch.testing.assert_close(ours.sort(1).values, channel_major.sort(1).values)
+    torch.testing.assert_close(ours @ ours.T, channel_major @ channel_major.T)
+
+
+def test_fresh_rows_are_writable_float32_and_free_their_memory():
+    from selfsup.eval.features import fresh_rows
+
+    for rows, dim in [(3, 5), (600, 9216)]:  # an ordinary array, and a huge-page mapping (22 MB)
+        a = fresh_rows(rows, dim)
+        assert a.shape == (rows, dim) and a.dtype == np.float32 and a.flags.writeable and a.flags.c_contiguous
+        t = torch.from_numpy(a)
+        t[-1] = torch.arange(dim, dtype=torch.float32)
+        assert float(a[-1, -1]) == dim - 1
+    big = fresh_rows(600, 9216)
+    base = big
+    while not isinstance(base, memoryview):  # the array views a memoryview of the anonymous mapping
+        base = base.base
+    assert isinstance(base.obj, mmap.mmap)
+    ref = weakref.ref(base.obj)
+    del big, base, a, t
+    gc.collect()
+    assert ref() is None  # the mapping goes with the last array that views it
 
 
 # --------------------------------------------------------------------------- stages from timm's feature API
@@ -108,7 +148,7 @@ def test_a_stage_is_that_module_output_pooled():
         got = stage_vectors(enc, torch.randn(3, 1, 32, 32), stages, "grid")
     fmap = seen["layer2"]  # [3, 16, 4, 4]
     assert list(got) == ["layer2"]
-    assert torch.equal(got["layer2"], F.adaptive_avg_pool2d(fmap, grid_side(16, 4, 4)).reshape(3, -1))
+    assert torch.equal(got["layer2"], hwc(F.adaptive_avg_pool2d(fmap, grid_side(16, 4, 4))))
 
 
 def test_unknown_stage_name_lists_the_valid_ones():
@@ -155,13 +195,17 @@ def test_one_pass_gives_every_stage_and_the_last_equals_todays_features(tmp_path
 
 
 def test_a_channels_last_map_pools_as_the_contiguous_one():
-    """The [B, H, W, C]-order pooling of a channels_last map gives adaptive average pooling's numbers,
-    channel-major, as the contiguous map does (overlapping bins, and the grid that is the map itself)."""
+    """A channels_last map (pooled by adaptive average pooling in that layout) gives the contiguous
+    map's numbers in the same position-major order (overlapping bins, and the grid that is the map
+    itself), and its vector is a view of the pooled grid, not a copy."""
     z = torch.randn(3, 64, 14, 14)
     cl = z.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(pool_map(cl, "grid"), F.adaptive_avg_pool2d(z, 12).reshape(3, -1))
+    torch.testing.assert_close(pool_map(cl, "grid"), pool_map(z, "grid"))
+    torch.testing.assert_close(pool_map(cl, "grid"), hwc(F.adaptive_avg_pool2d(z, 12)))
     y = torch.randn(2, 32, 8, 8)
-    assert torch.equal(pool_map(y.contiguous(memory_format=torch.channels_last), "grid"), y.reshape(2, -1))
+    ycl = y.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pool_map(ycl, "grid"), hwc(y))
+    assert pool_map(ycl, "grid").data_ptr() == ycl.data_ptr()  # the map itself, as it lies in memory
 
 
 @pytest.mark.parametrize("name,kwargs", [("resnet18", TINY_RESNET), ("vit_tiny_patch16_224", TINY_VIT)])
@@ -303,7 +347,7 @@ def test_layers_last_is_todays_evaluate_and_stages_never_share_a_cache_entry(tmp
     rows = evaluate_layers("random:resnet18", small_cfg("eval.layers=[layer1, layer4]"), tmp_path, log=quiet)
     assert [r["layer"] for r in rows] == ["layer1", "layer4"]
     _same(rows[-1], one)  # kNN, and the probe saw the same features and labels
-    layer1 = FeatureFile(next(tmp_path.glob("*-train-*-layer1-grid9216.safetensors"))).load()  # [N, 128]
+    layer1 = FeatureFile(next(tmp_path.glob("*-train-*-layer1-gridhwc9216.safetensors"))).load()  # [N, 128]
     assert rows[0]["linear"]["dim"] == 128 and rows[0]["linear"]["top1"] == float(layer1.double().sum())
     calls = _spy(monkeypatch)
     knn_only = (lambda *o: small_cfg("eval.linear=false", *o))  # noqa: E731
@@ -312,7 +356,7 @@ def test_layers_last_is_todays_evaluate_and_stages_never_share_a_cache_entry(tmp
     assert calls["stages"] == [["layer1"]] * 2  # another pooling is another entry, never the grid one
     assert avg[0]["feature_dim"] == 8 and rows[0]["feature_dim"] == 8 * 4 * 4  # 8 channels at 4x4 (16 px / 4)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert sum("-layer1-grid9216" in n for n in names) == 2 and sum("-layer1-avg" in n for n in names) == 2
+    assert sum("-layer1-gridhwc9216" in n for n in names) == 2 and sum("-layer1-avg" in n for n in names) == 2
     # evaluate() is the final stage whatever eval.layers says
     _same(evaluate("random:resnet18", knn_only("eval.layers=all"), tmp_path, log=quiet),
           evaluate_layers("random:resnet18", knn_only(), tmp_path, log=quiet)[0])

@@ -19,7 +19,8 @@ benchmarks). This module holds the building blocks :mod:`selfsup.eval.features` 
 
   - ``grid`` (default, the field's protocol): adaptive average pooling of the ``[C, H, W]`` map
     (the bins of ``F.adaptive_avg_pool2d``, computed as two small matmuls) to a ``g x g`` grid with ``g = round(sqrt(9216 / C))``, capped at the map's own height and width
-    (a finer grid would only repeat values), flattened channel-major to ``C * g * g`` values.
+    (a finer grid would only repeat values), flattened position-major to ``g * g * C`` values (the
+    order a ``channels_last`` map has in memory; see :func:`pool_map`).
     Goyal et al. 2019 resize every stage "via average pooling" to about 9k dims so that probes on
     different stages have comparable capacity; VISSL's ResNet-50 settings
     (``LINEAR_EVAL_FEAT_POOL_OPS_MAP``: conv1 9216, res2 9216, res3 8192, res4 9216, res5 8192
@@ -47,12 +48,16 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.config import ConfigError
 
 TARGET_DIM = 9216  # Goyal et al. 2019 / VISSL: about 9k values per stage (96 x 96)
 POOLS = ("grid", "avg")
+# cache tag of grid-pooled rows: "hwc" names the position-major order (rows cached before it, tagged
+# "grid9216", held the same values channel-major and are never mixed with these)
+GRID_TAG = "gridhwc%d" % TARGET_DIM
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,18 @@ def grid_side(channels: int, height: int, width: int, target: int = TARGET_DIM) 
 
 
 def pool_map(fmap: Tensor, pool: str) -> Tensor:
-    """A stage's map ``[B, C, H, W]`` pooled to vectors ``[B, D]``: ``grid`` -> ``D = C * gh * gw``
-    (:func:`grid_side`, channel-major), ``avg`` -> ``D = C``."""
+    """A stage's map ``[B, C, H, W]`` pooled to vectors ``[B, D]``: ``grid`` -> ``D = gh * gw * C``
+    (:func:`grid_side`), flattened position-major (``[B, gh, gw, C]`` order: a grid cell's C channels
+    side by side); ``avg`` -> ``D = C``.
+
+    Position-major, not the channel-major order of ``reshape`` on ``[B, C, gh, gw]``: the vector holds
+    the same values in another fixed order, which no probe or kNN can tell apart (standardisation,
+    dot products and distances do not depend on the order of dimensions), and it is the order a
+    ``channels_last`` map (a convnet extracted in that layout, a ViT's patch tokens) already has in
+    memory, so the pooled grid is handed on without a copy. A ``channels_last`` map is pooled by
+    ``F.adaptive_avg_pool2d``, which oneDNN vectorises over channels in that layout; a contiguous one
+    by two small matmuls with the same bins (:func:`bin_matrix`; adaptive pooling of a channel-major
+    map is several times slower on CPUs)."""
     if pool == "avg":
         return fmap.mean((2, 3))  # [B, C]
     if pool != "grid":
@@ -117,16 +132,13 @@ def pool_map(fmap: Tensor, pool: str) -> Tensor:
     b, c, h, w = fmap.shape
     gh, gw = grid_side(c, h, w)
     if (gh, gw) == (h, w):
-        return fmap.reshape(b, -1)  # [B, C * H * W]: the grid is the map itself
-    ph, pw = (bin_matrix(h, gh).to(fmap), bin_matrix(w, gw).to(fmap))  # [gh, H], [gw, W]
-    if fmap.is_contiguous(memory_format=torch.channels_last) and not fmap.is_contiguous():
-        # a channels_last map (a convnet extracted in that layout): pool as [B, H, W, C] without first
-        # copying the whole map to channel-major, then lay the small pooled grid out channel-major
-        nhwc = fmap.permute(0, 2, 3, 1)  # [B, H, W, C], contiguous
-        rows = torch.matmul(ph, nhwc.reshape(b, h, w * c))  # [B, gh, W * C]
-        grid = torch.matmul(pw, rows.reshape(b * gh, w, c))  # [B * gh, gw, C]
-        return grid.view(b, gh, gw, c).permute(0, 3, 1, 2).reshape(b, -1)  # [B, C * gh * gw]
-    return (ph @ fmap @ pw.T).reshape(b, -1)  # [B, C, gh, gw] -> [B, C * gh * gw]
+        grid = fmap  # [B, C, H, W]: the grid is the map itself
+    elif fmap.is_contiguous(memory_format=torch.channels_last) and not fmap.is_contiguous():
+        grid = F.adaptive_avg_pool2d(fmap, (gh, gw))  # [B, C, gh, gw], stored [B, gh, gw, C]
+    else:
+        ph, pw = (bin_matrix(h, gh).to(fmap), bin_matrix(w, gw).to(fmap))  # [gh, H], [gw, W]
+        grid = ph @ fmap @ pw.T  # [B, C, gh, gw]
+    return grid.permute(0, 2, 3, 1).reshape(b, -1)  # [B, gh * gw * C]; a view when stored [B, gh, gw, C]
 
 
 @functools.lru_cache(maxsize=64)
@@ -144,8 +156,8 @@ def bin_matrix(n_in: int, n_out: int) -> Tensor:
 
 def stage_tag(stage: Stage, pool: str) -> str:
     """The cache-entry suffix of a stage's features: the stage and how it was pooled
-    (``layer3-grid9216``, ``layer3-avg``; the final stage is the encoder's output: ``head``)."""
-    how = "head" if stage.last else ("grid%d" % TARGET_DIM if pool == "grid" else pool)
+    (``layer3-gridhwc9216``, ``layer3-avg``; the final stage is the encoder's output: ``head``)."""
+    how = "head" if stage.last else (GRID_TAG if pool == "grid" else pool)
     return f"{stage.name}-{how}"
 
 
