@@ -276,11 +276,11 @@ def test_a_low_shot_column_on_few_images_says_what_it_trained_on(tmp_path):
     row = evaluate("pixels", cfg, tmp_path / "cache", log=logs.append)
     assert row["linear_5pct"]["train_images"] == 4 and row["linear_5pct"]["val_images"] == 1
     assert row["warnings"] == [
-        "the linear probe at 100% labels chose among 4 settings on 3 held-out image(s), fewer than the 4 classes, "
+        "the linear probe at 100% labels chose among 4 tried settings on 3 held-out image(s), fewer than the 4 classes, "
         "so the choice is close to arbitrary; use more labelled images or a single setting",
         "the linear probe at 5% labels trains on 4 of 32 images (12.5%): a class-balanced subset keeps at least one "
         "image per class",
-        "the linear probe at 5% labels chose among 4 settings on 1 held-out image(s), fewer than the 4 classes, so "
+        "the linear probe at 5% labels chose among 4 tried settings on 1 held-out image(s), fewer than the 4 classes, so "
         "the choice is close to arbitrary; use more labelled images or a single setting"]
     table = markdown_table([row])
     assert all(f"**Warning** (raw pixels): {w}" in table for w in row["warnings"])

@@ -130,7 +130,7 @@ def test_probe_protocol_reports_seed_statistics_and_low_shot():
 def test_probe_protocol_reports_held_out_sizes():
     """Each fraction reports how many images chose its setting: round(0.1 x its training images)."""
     x, y = noisy_linear_set(n=2700)
-    res = probe_protocol(x[:2400], y[:2400], x[2400:], y[2400:], 12, [0.5], [0.0], fractions=(1.0, 0.1),
+    res = probe_protocol(x[:2400], y[:2400], x[2400:], y[2400:], 12, [0.5, 0.05], [0.0], fractions=(1.0, 0.1),
                          seeds=1, epochs=2, batch_size=256)
     assert res["linear"]["val_images"] == 240
     assert res["linear_10pct"]["val_images"] == round(0.1 * res["linear_10pct"]["train_images"]) == 24
@@ -168,14 +168,14 @@ def test_a_split_that_leaves_one_image_to_fit_is_refused_with_the_cause():
     x, y = torch.randn(2, 5), torch.tensor([0, 1])
     with pytest.raises(DataError, match=r"^the linear probe has 2 labelled training image\(s\); holding 1 out to "
                                         r"choose its settings leaves 1 to fit, and a fit needs at least 2"):
-        select_setting(x, y, 2, [0.1], [0.0], epochs=2)
+        select_setting(x, y, 2, [0.1, 0.01], [0.0], epochs=2)
     x6, y6 = torch.randn(6, 5), torch.tensor([0, 1] * 3)
     with pytest.raises(DataError, match=r"^the linear probe at 10% labels \(also too few at 1%\) has 2 labelled "
                                         r"training image\(s\); .* drop 0.1, 0.01 from eval.low_shot or use larger "
                                         r"fractions$"):  # every fraction that is too small, named at once
-        probe_protocol(x6, y6, x6, y6, 2, [0.1], [0.0], fractions=(1.0, 0.1, 0.01), seeds=1, epochs=2)
+        probe_protocol(x6, y6, x6, y6, 2, [0.1, 0.01], [0.0], fractions=(1.0, 0.1, 0.01), seeds=1, epochs=2)
     with pytest.raises(DataError, match=r"^the linear probe at 100% labels has 2 .*: use more labelled images$"):
-        probe_protocol(x, y, x, y, 2, [0.1], [0.0], fractions=(1.0,), seeds=1, epochs=2)
+        probe_protocol(x, y, x, y, 2, [0.1], [0.0, 1e-4], fractions=(1.0,), seeds=1, epochs=2)
 
 
 def test_a_column_constant_on_the_fit_rows_keeps_scale_one():
@@ -207,7 +207,7 @@ def test_selection_warnings_name_an_inflated_fraction_and_a_tiny_held_out_split(
     assert warns == [
         "the linear probe at 1% labels trains on 10 of 300 images (3.3%): a class-balanced subset keeps at least "
         "one image per class",
-        "the linear probe at 1% labels chose among 12 settings on 1 held-out image(s), fewer than the 10 classes, "
+        "the linear probe at 1% labels chose among 12 tried settings on 1 held-out image(s), fewer than the 10 classes, "
         "so the choice is close to arbitrary; use more labelled images or a single setting"]
     assert selection_warnings("linear probe", 0.01, 600, 60000, 60, 10, 12) == []
     assert selection_warnings("linear probe", 1.0, 30, 30, 3, 10, 1) == []  # one setting: nothing chosen
@@ -271,7 +271,7 @@ def test_probes_refuse_what_they_cannot_score(probe):
 def test_a_diverging_probe_is_an_error_not_a_number(spy):
     x, y = noisy_linear_set(n=600)
     with pytest.raises(ConfigError, match=r"every linear-probe setting diverged .*lower eval.linear_lrs"):
-        select_setting(x, y, 12, [0.5], [100.0], epochs=5, batch_size=256)
+        select_setting(x, y, 12, [0.5], [100.0, 200.0], epochs=5, batch_size=256)
     with pytest.raises(ConfigError, match=r"diverged .* at lr 0.5, weight decay 100: lower eval.linear_lrs"):
         fit_and_score(x[:500], y[:500], x[500:], y[500:], 12, DIVERGES, epochs=5, batch_size=256)
 
@@ -288,8 +288,8 @@ def test_protocol_checks_each_split_once_not_once_per_probe(spy, monkeypatch):
 
     monkeypatch.setattr(linear, "check_finite", counting)
     x, y = noisy_linear_set(n=600)
-    res = probe_protocol(x[:500], y[:500], x[500:], y[500:], 12, [0.1], [0.0], fractions=(1.0, 0.5, 0.2), seeds=2,
-                         epochs=2, batch_size=256)
+    res = probe_protocol(x[:500], y[:500], x[500:], y[500:], 12, [0.1, 0.01], [0.0], fractions=(1.0, 0.5, 0.2),
+                         seeds=2, epochs=2, batch_size=256)
     assert set(res) == {"linear", "linear_50pct", "linear_20pct"}
     assert len(spy) == 1 + 1 + 2 * 2 * 2  # trainings: one selection + the 2 seeds' refits together, then 2 x (select + fit)
     assert scans == [("train", 500), ("test", 100)]
@@ -435,3 +435,20 @@ def test_probe_schedule_follows_the_data():
     assert linear.probe_schedule(1437, 60, 1024) == (180, 60)
     assert linear.probe_schedule(600, 60, 1024) == (75, 60)
     assert linear.probe_schedule(5, 60, 1024) == (1, 60)
+
+
+def test_a_single_setting_holds_nothing_out_and_trains_only_the_final_probe(spy):
+    """One (lr, wd) leaves nothing to choose: no held-out split, no selection probe, every image
+    trains. Two images of two classes (which a held-out image would leave one to fit) are scored,
+    and the probe is exactly fit_and_score on all rows."""
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1])
+    res = probe_protocol(x, y, x, y, 2, lrs=[0.1], wds=[0.0], fractions=(1.0,), seeds=1, epochs=5, batch_size=8)
+    assert res["linear"]["val_images"] == 0 and res["linear"]["val_top1"] is None
+    assert res["linear"]["train_images"] == 2 and res["linear"]["warnings"] == []
+    assert [c[0] for c in spy] == [2]  # one probe, on both rows: nothing trained to choose
+    assert res["linear"]["top1"] == fit_and_score(x, y, x, y, 2, (0.1, 0.0), epochs=5, batch_size=8)["top1"]
+    assert linear.held_out_count(2, 0.1, choices=1) == 0 and linear.held_out_count(2, 0.1) == 1
+    with pytest.raises(DataError, match="holding 1 out to choose its settings leaves 1 to fit"):
+        probe_protocol(x, y, x, y, 2, lrs=[0.1, 0.01], wds=[0.0], fractions=(1.0,), seeds=1, epochs=5, batch_size=8)
+    assert linear_probe(x, y, x, y, 2, lrs=[0.1], wds=[0.0], epochs=5, batch_size=8)["val_top1"] is None

@@ -331,7 +331,7 @@ def test_held_out_tie_goes_to_the_lower_cross_entropy_and_tiny_splits_are_named(
                         opts, None, log=logs.append, on_row=seen.append)
     assert seen == rows and [r["fraction"] for r in seen] == [1.0, 0.5]  # each row handed over when done
     assert rows[0]["val_images"] == 3
-    assert rows[0]["warnings"] == ["the bitfit at 100% labels chose among 2 settings on 3 held-out image(s), fewer "
+    assert rows[0]["warnings"] == ["the bitfit at 100% labels chose among 2 tried settings on 3 held-out image(s), fewer "
                                    "than the 10 classes, so the choice is close to arbitrary; use more labelled "
                                    "images or a single setting"]
     assert any(m.startswith("[bitfit] warning: the bitfit at 100% labels chose") for m in logs)

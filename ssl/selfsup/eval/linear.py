@@ -185,9 +185,10 @@ def standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
 
 def select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: list[float], wds: list[float],
                    epochs: int = 60, batch_size: int = 1024, val_fraction: float = 0.1,
-                   seed: int = 0) -> tuple[tuple[float, float], float]:
+                   seed: int = 0) -> tuple[tuple[float, float], float | None]:
     """The (lr, wd) whose probe scores best on a seeded split held out from ``train``
-    [N, D]; returns it and its held-out top-1 (percent). A setting whose probe diverged
+    [N, D]; returns it and its held-out top-1 (percent; None for a single setting, which is
+    returned untried: there is nothing to choose). A setting whose probe diverged
     (non-finite weights) is never chosen; ConfigError when every one did. DataError: see
     :func:`check_probe_data`."""
     check_probe_data(train, train_labels, num_classes)
@@ -196,10 +197,12 @@ def select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: l
 
 def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: list[float], wds: list[float],
                     epochs: int, batch_size: int, val_fraction: float,
-                    seed: int) -> tuple[tuple[float, float], float]:
+                    seed: int) -> tuple[tuple[float, float], float | None]:
     """:func:`select_setting` on data already checked (the protocol checks once, not per probe)."""
     train = train.float()
     settings = list(product(lrs, wds))
+    if len(settings) == 1:  # nothing to choose: no probe trained, no image held out
+        return settings[0], None
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(train), generator=g)
     n_val = held_out_count(len(train), val_fraction)
@@ -274,9 +277,12 @@ def _linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels
     return {**acc, "lr": setting[0], "weight_decay": setting[1], "val_top1": val_acc}
 
 
-def held_out_count(n: int, fraction: float) -> int:
-    """How many of ``n`` training images are held out to choose a setting: ``round(fraction * n)``,
-    at least 1 and at most ``n - 1`` (the probe and the transfer protocols share it)."""
+def held_out_count(n: int, fraction: float, choices: int = 2) -> int:
+    """How many of ``n`` training images are held out to choose one of ``choices`` settings:
+    ``round(fraction * n)``, at least 1 and at most ``n - 1``; none when there is a single setting
+    (nothing to choose, so every image trains). The probe and the transfer protocols share it."""
+    if choices <= 1:
+        return 0
     return min(n - 1, max(1, round(fraction * n)))
 
 
@@ -306,12 +312,13 @@ def check_fit_split(n: int, n_val: int, what: str, fix: str = "use more labelled
 
 
 def check_fraction_splits(labels: Tensor, fractions: Sequence[float], val_fraction: float, seed: int,
-                          what: str, low_shot_key: str) -> None:
+                          what: str, low_shot_key: str, choices: int = 2) -> None:
     """:func:`check_fit_split` for every labelled fraction before any training, each named (``what``
     at ``X%`` labels) with the fix that applies: more images for all labels, else dropping or raising
-    that fraction of ``low_shot_key``."""
+    that fraction of ``low_shot_key``. ``choices``: the settings to choose among (one holds nothing
+    out, :func:`held_out_count`)."""
     sizes = {f: len(labels) if f >= 1 else len(class_balanced_subset(labels, f, seed)) for f in fractions}
-    short = [f for f, n in sizes.items() if n - held_out_count(n, val_fraction) < 2]
+    short = [f for f, n in sizes.items() if n - held_out_count(n, val_fraction, choices) < 2]
     if not short:
         return
     first = short[0]
@@ -321,7 +328,7 @@ def check_fraction_splits(labels: Tensor, fractions: Sequence[float], val_fracti
         low = ", ".join(f"{f:g}" for f in short if f < 1)
         fix = f"drop {low} from {low_shot_key} or use larger fractions"
     others = f" (also too few at {', '.join(f'{f * 100:g}%' for f in short[1:])})" if short[1:] else ""
-    check_fit_split(sizes[first], held_out_count(sizes[first], val_fraction),
+    check_fit_split(sizes[first], held_out_count(sizes[first], val_fraction, choices),
                     f"{what} at {first * 100:g}% labels{others}", fix)
 
 
@@ -338,7 +345,7 @@ def selection_warnings(what: str, fraction: float, train_images: int, total_imag
                    f"({100 * train_images / total_images:.1f}%): a class-balanced subset keeps at least one image "
                    f"per class")
     if choices > 1 and val_images < num_classes:
-        out.append(f"the {what} at {fraction * 100:g}% labels chose among {choices} settings on {val_images} held-out "
+        out.append(f"the {what} at {fraction * 100:g}% labels chose among {choices} tried settings on {val_images} held-out "
                    f"image(s), fewer than the {num_classes} classes, so the choice is close to arbitrary; use more "
                    f"labelled images or a single setting")
     return out
@@ -383,7 +390,8 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
     """Linear probes on every labelled fraction, each as mean +- std over ``seeds`` seeds, with
     ``val_top1``: the chosen setting's top-1 on the split held out from training (the mean over
     seeds for a low-shot fraction), a score that never looked at the test split, ``val_images``
-    (that split's size) and ``warnings`` (:func:`selection_warnings`).
+    (that split's size) and ``warnings`` (:func:`selection_warnings`). A grid of one setting has
+    nothing to choose: it holds no image out (``val_images`` 0, ``val_top1`` None) and trains on all.
 
     A fraction below 1 draws a class-balanced subset per seed and chooses (lr, wd) on a
     split held out from that subset. With all labels the choice is made once (at
@@ -393,7 +401,8 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
     class, so it needs no check of its own).
     """
     check_probe_data(train, train_labels, num_classes, test, test_labels)
-    check_fraction_splits(train_labels, fractions, val_fraction, seed, "the linear probe", "eval.low_shot")
+    choices = len(lrs) * len(wds)
+    check_fraction_splits(train_labels, fractions, val_fraction, seed, "the linear probe", "eval.low_shot", choices)
     results: dict[str, dict[str, Any]] = {}
     fits = sum(seeds + (f >= 1) for f in fractions)  # the grid once for all labels, then one fit per seed
     bar = Bar(f"linear probes ({len(fractions)} label fraction(s) x {seeds} seed(s))", fits, unit="fit")
@@ -417,11 +426,12 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
                 n_train = len(idx)
                 bar.update()
             val = [r["val_top1"] for r in runs]
-        n_val = held_out_count(n_train, val_fraction)
+        n_val = held_out_count(n_train, val_fraction, choices)
         results[fraction_key(fraction)] = {
-            **summarise(runs), "fraction": fraction, "train_images": n_train, "val_top1": sum(val) / len(val),
+            **summarise(runs), "fraction": fraction, "train_images": n_train,
+            "val_top1": None if n_val == 0 else sum(val) / len(val),  # a single setting held nothing out
             "val_images": n_val, "warnings": selection_warnings("linear probe", fraction, n_train, len(train_labels),
-                                                                n_val, num_classes, len(lrs) * len(wds))}
+                                                                n_val, num_classes, choices)}
     bar.close()
     return results
 
