@@ -265,7 +265,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse, in one line, what would fail or be wrong only after targets are loaded and cells trained:
     an unknown or repeated protocol, a labelled fraction outside (0, 1] or repeated, an lr that is not a
     number > 0 or repeated, epochs, seeds or a LoRA rank below 1, a negative --train-images, an unknown
-    --data, and a target that is missing or not a selfsup run or export directory.
+    --data, an image folder without --data-root or a --data-root that is not a folder, and a target that is
+    missing or not a selfsup run or export directory.
 
     Raises:
         BenchmarkError: naming the argument and the fix.
@@ -297,6 +298,11 @@ def check_args(args: argparse.Namespace) -> None:
 
     if args.data not in DATASETS:
         raise BenchmarkError(f"--data {args.data!r}: unknown dataset; choose from {', '.join(DATASETS.names())}")
+    if args.data == "image-folder" and not args.data_root:
+        raise BenchmarkError("--data image-folder needs --data-root: the folder holding train/ and test/ class "
+                             "subfolders")
+    if args.data_root and not Path(args.data_root).is_dir():
+        raise BenchmarkError(f"--data-root {args.data_root}: no such folder; pass the folder that holds the data")
     missing = [t for t in args.targets if not Path(t).exists()]  # after the options: a typo there is named first
     if missing:
         raise BenchmarkError(f"no such target: {', '.join(missing)}: pass export or run directories (the "
@@ -386,8 +392,12 @@ def run_all(args: argparse.Namespace, twins: list[str],
     rows: list[dict[str, Any]] = []
     for path in args.targets:
         encoder, card = load_encoder_and_card(path)
-        data = DataConfig(name=args.data, image_size=card["input_size"][-1])
+        folder = {"in_chans": card["in_chans"]} if args.data == "image-folder" else {}  # read as the encoder takes them
+        data = DataConfig(name=args.data, root=args.data_root, image_size=card["input_size"][-1], **folder)
         train, test = build_dataset(data, "train"), build_dataset(data, "test")
+        if train.in_chans != card["in_chans"]:  # every protocol, the linear probe's extraction too
+            raise BenchmarkError(f"{path} takes {card['in_chans']}-channel images but --data {args.data} has "
+                                 f"{train.in_chans}-channel ones: benchmark it on data with {card['in_chans']} channel(s)")
         if args.train_images and args.train_images < len(train):
             idx = class_balanced_subset(train.labels, args.train_images / len(train), 0)
             train = Subset(train, idx.tolist())
@@ -413,9 +423,12 @@ def run_all(args: argparse.Namespace, twins: list[str],
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("targets", nargs="*", help="export or run directories")
     ap.add_argument("--data", default="fashion-mnist", help="labelled dataset (selfsup list shows them)")
+    ap.add_argument("--data-root", default=None, help="where --data is (data.root; needed by image-folder: a folder "
+                                                      "of train/ and test/ class subfolders)")
     ap.add_argument("--protocols", default="linear,finetune,partial,bitfit,lora,prompt",
                     help="comma list; linear is the frozen linear probe")
     ap.add_argument("--twins", default="pretrained,random-init", help="which encoders of each target to run")

@@ -4,9 +4,11 @@ lr grid a row is labelled by, and the markdown generated from the json (the summ
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -182,6 +184,8 @@ def test_a_target_selfsup_cannot_load_is_one_line(bench, tmp_path, monkeypatch, 
     (["{tmp}", "--protocols", "linear,linear"], "--protocols 'linear,linear': a protocol is given twice"),
     (["{tmp}", "--train-images", "-1"], "--train-images must be 0 (all) or more, got -1"),
     (["{tmp}", "--data", "bogus"], "--data 'bogus': unknown dataset; choose from"),
+    (["{tmp}", "--data", "image-folder"], "--data image-folder needs --data-root: the folder holding train/"),
+    (["{tmp}", "--data-root", "{tmp}/nope"], "--data-root {tmp}/nope: no such folder"),
     (["{tmp}"], "not a selfsup run or export directory: "),
     (["{tmp}", "{tmp}/."], "target {tmp} is given twice: give each target once"),
     (["--protocols", "foo"], "--protocols: unknown ['foo']"),  # an option's typo named even without a target
@@ -198,3 +202,37 @@ def test_arguments_are_checked_before_anything_loads(bench, tmp_path, monkeypatc
         bench.main()
     assert str(err.value).startswith(f"error: {message.format(tmp=tmp_path)}") and "\n" not in str(err.value)
     assert not (tmp_path / "res.json").exists()
+
+
+def test_an_image_folder_is_reached_through_data_root(bench, tmp_path, monkeypatch):
+    """--data image-folder --data-root FOLDER trains and scores on that folder: the row counts its
+    training images (8 per class, 2 classes), and its test top-1 is a count over its 8 test images.
+    Data whose channels the encoder does not take is one line, before any training."""
+    from test_eval_data import TINY_ENCODER, eval_cfg, toy_folder
+
+    from selfsup.data import DataInfo
+    from selfsup.encoders import create_encoder
+    from selfsup.export import make_card, write_export
+
+    folder = toy_folder(tmp_path / "data", train=8, test=4)
+    cfg = eval_cfg(folder, "encoder.name=resnet18", TINY_ENCODER)
+    for chans, name in ((1, "exp"), (3, "rgb")):
+        torch.manual_seed(0)
+        encoder = create_encoder("resnet18", chans, cfg.encoder.kwargs, fair_random_init=True).eval()
+        info = DataInfo(chans, 8, 2, (0.35,) * chans, (0.3,) * chans, 16)
+        write_export(encoder, make_card(cfg, info, encoder), tmp_path / name)
+
+    def run(target: str, *data: str) -> None:
+        monkeypatch.setattr(sys, "argv", ["transfer.py", str(tmp_path / target), *data, "--protocols", "linear",
+                                          "--fractions", "1", "--seeds", "1", "--twins", "pretrained",
+                                          "--out", str(tmp_path / "res")])
+        bench.main()
+
+    run("exp", "--data", "image-folder", "--data-root", str(folder))
+    rows = json.loads((tmp_path / "res.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["train_images"] == 16 and rows[0]["protocol"] == "linear"
+    assert rows[0]["top1"] * 8 / 100 == pytest.approx(round(rows[0]["top1"] * 8 / 100))  # a count of 8 test images
+    with pytest.raises(SystemExit) as err:
+        run("rgb", "--data", "digits")
+    assert str(err.value).startswith(f"error: {tmp_path / 'rgb'} takes 3-channel images but --data digits has "
+                                     f"1-channel ones") and "\n" not in str(err.value)
