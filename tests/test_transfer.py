@@ -358,8 +358,10 @@ def test_a_diverged_lr_is_never_chosen_and_all_diverged_is_refused(monkeypatch):
     data = images(30)
     for lrs in ([1e4, 1e-3], [1e-3, 1e4]):
         opts = TransferOptions(protocol="finetune", epochs=1, lrs=lrs, seeds=1, low_shot=[])
-        run, _ = train.one_seed(None, data, data, INFO, opts, 1.0, 0, {}, lambda m: None)
+        logs = []
+        run, _ = train.one_seed(None, data, data, INFO, opts, 1.0, 0, {}, logs.append)
         assert (run["lr"], run["val_top1"]) == (1e-3, 0.0)
+        assert [m.endswith("; diverged, not a candidate") for m in logs] == [lr >= 1.0 for lr in lrs]
     opts = TransferOptions(protocol="finetune", epochs=1, lrs=[10.0, 1e4], seeds=1, low_shot=[])
     with pytest.raises(ConfigError, match=r"^--protocol finetune: every lr in \[10.0, 10000.0\] diverged \(held-out "
                                           r"cross-entropy not finite, or over 1000 x ln\(classes\)\) .*lower "
@@ -370,8 +372,37 @@ def test_a_diverged_lr_is_never_chosen_and_all_diverged_is_refused(monkeypatch):
         train.one_seed(None, images(2), data, INFO, opts, 1.0, 0, {}, lambda m: None)
     # run_protocol names the fraction before training anything: 2 classes x 3 images at 10%: 1 each, 1 held out
     two = TensorImages(torch.zeros(6, 1, 16, 16, dtype=torch.uint8), torch.arange(6) % 2, 2)
-    opts = TransferOptions(protocol="bitfit", epochs=1, lrs=[1e-3], seeds=1, low_shot=[0.1])
+    opts = TransferOptions(protocol="bitfit", epochs=1, lrs=[1e-3, 1e-2], seeds=1, low_shot=[0.1])
     with pytest.raises(selfsup.data.DataError, match=r"^--protocol bitfit at 10% labels has 2 labelled .*: drop 0.1 "
-                                                     r"from eval.low_shot \(or --transfer low_shot\) or use larger fractions$"):
+                                                     r"from --transfer low_shot=\[...\] \(default: eval.low_shot\) or use larger fractions$"):
         run_protocol(make_encoder("resnet18"), minimal_card("resnet18", ARCHS["resnet18"], INFO), two, two,
                      opts, None, log=lambda m: None)
+
+
+def test_a_single_lr_holds_nothing_out(monkeypatch):
+    """One lr leaves nothing to choose: it trains on every image (a held-out share would be lost to
+    training for nothing), nothing is predicted before the test split, and the row says so (val_images 0,
+    val_top1 None). Two images of two classes, refused with two lrs, train with one."""
+    from types import SimpleNamespace
+
+    import selfsup.transfer.train as train
+
+    fitted, predicted = [], []
+
+    def fake_fit(encoder, ds, info, num_classes, opts, lr, seed, trainer=None):
+        fitted.append(sorted(ds.indices))
+        return SimpleNamespace(lr=lr), 0.0
+
+    def fake_predict(module, ds, batch_size, device):
+        predicted.append(len(ds))
+        return torch.nn.functional.one_hot(ds.labels, 10).float()
+
+    monkeypatch.setattr(train, "fit", fake_fit)
+    monkeypatch.setattr(train, "predict", fake_predict)
+    data = images(30)
+    opts = TransferOptions(protocol="bitfit", epochs=1, lrs=[0.01], seeds=1, low_shot=[])
+    run, _ = train.one_seed(None, data, data, INFO, opts, 1.0, 0, {}, lambda m: None)
+    assert fitted == [list(range(30))] and predicted == [30]  # all 30 train; only the test split is predicted
+    assert (run["val_images"], run["val_top1"], run["lr"], run["top1"]) == (0, None, 0.01, 100.0)
+    two = images(2)
+    assert train.one_seed(None, two, data, INFO, opts, 1.0, 0, {}, lambda m: None)[0]["val_images"] == 0

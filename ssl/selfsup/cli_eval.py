@@ -222,9 +222,64 @@ def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
     return from_dict(TransferOptions, {"protocol": protocol, "given": given, **values}, prefix="transfer")
 
 
+def relaunches_this_command() -> bool:
+    """Whether Lightning's DDP launcher, which starts the processes of ranks 1.. by re-running this program
+    with the same arguments (``python -m MODULE ARGS`` or ``SCRIPT ARGS``), would re-run the selfsup command
+    line: ``python -m selfsup.cli`` or the ``selfsup`` script. Not so for ``selfsup.cli.main([...])`` called
+    from another program (pytest, a notebook, a sweep script), which every process would run again whole."""
+    import sys
+
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is not None:
+        return spec.name == "selfsup.cli"
+    return Path(sys.argv[0]).name in ("selfsup", "selfsup.exe", "selfsup-script.py")
+
+
+def transfer_trainer(cfg: RunConfig, options: Any, say: Any = print) -> dict[str, Any]:
+    """The ``lightning.Trainer`` keyword arguments of every transfer run of ``options``
+    (:class:`selfsup.transferconfig.TransferOptions`): the config's accelerator, devices, num_nodes,
+    strategy (fsdp, pretraining's, dropped on one process), sync_batchnorm, precision
+    (:func:`selfsup.train.precision.resolve_precision`, its warning ``say``-ed) and progress bar (on a
+    terminal, never with --quiet). Checked before any data is read.
+
+    Raises:
+        ConfigError: (one line, naming the fix) on several processes: a global batch they cannot split, fsdp
+            (:func:`selfsup.transfer.train.process_count`), or a start from a program other than the selfsup
+            command line (:func:`relaunches_this_command`)."""
+    import os
+
+    from selfsup import progress
+    from selfsup.config import ConfigError
+    from selfsup.train.precision import resolve_precision
+    from selfsup.transfer.train import per_process_batch, process_count
+
+    t = cfg.trainer
+    trainer = {"accelerator": t.accelerator, "devices": t.devices, "num_nodes": t.num_nodes, "strategy": t.strategy,
+               "sync_batchnorm": t.sync_batchnorm,
+               "precision": resolve_precision(t.precision, t.accelerator, warn=lambda m: say(f"[precision] {m}")),
+               "enable_progress_bar": t.progress_bar and progress.enabled()}
+    processes = process_count(trainer)
+    if processes == 1:
+        if t.strategy == "fsdp":  # the run's pretraining strategy: one process shards nothing
+            trainer["strategy"] = "auto"
+        return trainer
+    per_process_batch(options.batch_size, processes)
+    launched_here = not any(os.environ.get(k) for k in ("LOCAL_RANK", "RANK"))  # not by torchrun, SLURM, ...
+    if launched_here and not relaunches_this_command():
+        raise ConfigError(f"trainer.devices={t.devices}: Lightning starts the other processes of --protocol "
+                          f"{options.protocol} by re-running this program, which is not the selfsup command line: "
+                          f"run `selfsup eval ...` or `python -m selfsup.cli eval ...`, or set trainer.devices=1")
+    return trainer
+
+
 def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:
     """Fine-tuning / parameter-efficient transfer of the target (selfsup.transfer); results.json/.md and
-    the adapted classifier in the output folder."""
+    the adapted classifier in the output folder. On several devices (trainer.devices, trainer.strategy=ddp)
+    Lightning re-runs this command once per further process; every process trains each run on its share of
+    the global batch, and rank 0 alone prints, exports and writes the results
+    (:mod:`selfsup.transfer.train`)."""
     import json
 
     from selfsup.artifacts.load import load_encoder_and_card
@@ -233,11 +288,14 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     from selfsup.transfer import run_protocol
     from selfsup.transfer.export import minimal_card
     from selfsup.transfer.report import transfer_markdown
+    from selfsup.transfer.train import is_rank_zero
 
     options = transfer_options(args.protocol, args.transfer, cfg)
     if args.target == "pixels" or args.baseline:
         raise ConfigError("--protocol adapts an encoder: give a run, an export, a checkpoint or random:<timm-name> "
                           "(no pixels, no --baseline; run the random-init twin as its own target)")
+    say = print if is_rank_zero() else (lambda message: None)  # the other processes re-run this command
+    trainer = transfer_trainer(cfg, options, say)  # refused before the data is read
     train_ds, test_ds, _ = evaluation_data(cfg)
     if args.target.startswith("random:"):
         t = resolve_target(args.target, cfg, train_ds.info)
@@ -248,19 +306,9 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     run = RunDir(target)
     base = run.root if run.is_run() else Path("runs") / "eval" / eval_folder(args.target)
     out = Path(args.out) if args.out else base / f"transfer-{args.protocol}"
-    from selfsup import progress
-
-    from selfsup.train.precision import resolve_precision
-    from selfsup.train.resume import device_count
-
-    if device_count(cfg.trainer.devices) != 1:  # the run's own config may name several: say what transfer uses
-        print(f"[{args.protocol}] trains on one device (trainer.devices={cfg.trainer.devices} is pretraining's: "
-              f"transfer runs are small and score each seed on one device)")
-    trainer = {"accelerator": cfg.trainer.accelerator, "devices": 1,  # a bar only on a terminal, never with --quiet
-               "precision": resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator,
-                                              warn=lambda m: print(f"[precision] {m}")),
-               "enable_progress_bar": cfg.trainer.progress_bar and progress.enabled()}
     rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
+    if not is_rank_zero():  # rank 0 writes the results (and wrote the export) once
+        return
     frozen = json.loads(run.results_json.read_text()) if run.results_json.is_file() else []
     written = RunDir(out)
     if args.protocol == "prompt":  # plain timm has no place for the tokens

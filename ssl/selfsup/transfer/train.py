@@ -1,10 +1,27 @@
 """Training and scoring an adapted classifier: one Lightning run per (labelled fraction, seed, learning rate),
 the learning rate chosen on a split held out from the training images, the chosen run's final-epoch test
-top-1/top-5 reported as mean +- sd over seeds (:func:`run_protocol`)."""
+top-1/top-5 reported as mean +- sd over seeds (:func:`run_protocol`).
+
+Several devices (``trainer`` with ``devices`` x ``num_nodes`` > 1, Lightning's DDP): every process runs the
+same loop over fractions, seeds and learning rates, and each run is data-parallel with the global batch
+``options.batch_size`` split evenly over the R processes (:func:`per_process_batch`). The sampler
+(:class:`selfsup.data.EpochShuffle`, seeded per run) gives rank r the r-th contiguous slice of every global
+batch, so the R processes of a step see exactly the images one process of batch ``options.batch_size``
+sees, and DDP's mean of the per-process gradients of per-process mean losses is the gradient of the mean
+loss over the global batch: the weights agree with one process's to float tolerance
+(tests/test_transfer_ddp.py). Two things differ by design: a BatchNorm layer that trains normalises by the
+statistics of its process's share of the batch (``trainer.sync_batchnorm`` makes them global, on GPUs), and
+stochastic depth (``drop_path``) is drawn per process. Held-out and test images are predicted in shares
+(:func:`predict`), scored once on rank 0 and the scores sent to every rank, so every process keeps the same
+learning rate; the export, ``on_row`` and the log lines are rank 0's only.
+"""
 
 from __future__ import annotations
 
 import copy
+import logging
+import math
+import os
 import time
 import warnings
 from dataclasses import asdict
@@ -17,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from selfsup import distributed
 from selfsup.config import ConfigError
 from selfsup.data import CleanTransform, DataInfo, ImageDataset, make_loader
 from selfsup.data.datasets import Subset
@@ -42,6 +60,13 @@ class TransferModule(L.LightningModule):
         self.classifier, self.options, self.lr = classifier, options, lr
         self.transform = CleanTransform(info.mean, info.std, info.image_size)
         self.factors = cosine_factors(total_steps, warmup_steps, options.min_lr_ratio)  # [total + 1]
+        self.train_seconds, self._started = 0.0, 0.0
+
+    def on_train_start(self) -> None:  # after Lightning's setup: DDP's start of the other processes is not counted
+        self._started = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        self.train_seconds = time.perf_counter() - self._started
 
     def forward(self, images: Tensor) -> Tensor:
         return self.classifier(self.transform(images))  # [B, num_classes]
@@ -49,10 +74,13 @@ class TransferModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         images, labels = batch[0], batch[1]  # [B, C, H, W] uint8, [B]
         loss = F.cross_entropy(self(images), labels, label_smoothing=self.options.label_smoothing)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"the {self.options.protocol} loss is {loss.item()} at step {self.global_step} "
+        # the mean over the global batch (every process's batch has the same size): all processes stop at the
+        # same step with the same message, and the bar shows what one process of the global batch would
+        whole = distributed.all_reduce_mean(loss.detach())
+        if not torch.isfinite(whole):
+            raise NonFiniteLossError(f"the {self.options.protocol} loss is {whole.item()} at step {self.global_step} "
                                      f"(lr {self.lr:g}): lower the learning rate (--lrs)")
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", whole, prog_bar=True)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -71,26 +99,122 @@ def run_device(trainer: dict[str, Any]) -> str:
     return "cuda" if torch.cuda.is_available() and ok else "cpu"
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0: torch.distributed's rank once the process group exists, before that
+    what the launcher put in the environment (``RANK``, ``LOCAL_RANK``, ``NODE_RANK``: set in the processes
+    Lightning's DDP launcher, torchrun or SLURM start), so that lines printed before the first fit are not
+    repeated by every process."""
+    if distributed.is_distributed():
+        return distributed.rank() == 0
+    return all(os.environ.get(key, "0") in ("", "0") for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 @torch.no_grad()
 def predict(module: TransferModule, ds: ImageDataset, batch_size: int, device: str) -> Tensor:
-    """Logits ``[N, num_classes]`` of every image of ``ds``, in order, in eval mode."""
+    """Logits ``[N, num_classes]`` of every image of ``ds``, in order, in eval mode.
+
+    Distributed (a collective: every rank calls it): each rank predicts a contiguous share of the batches of
+    ``batch_size`` (the batches one process would run, so each image's logits are computed as there), and
+    rank 0 gets all ``N`` rows in order (:func:`selfsup.distributed.gather_to_rank0`); the other ranks get
+    their own share back."""
     module.eval().to(device)
-    out = [module(batch[0].to(device)).float().cpu() for batch in make_loader(ds, batch_size, train=False)]
-    return torch.cat(out)
+    world, rank = distributed.world_size(), distributed.rank()
+    if world > 1:
+        batches = math.ceil(len(ds) / batch_size)
+        lo, hi = rank * batches // world * batch_size, min(len(ds), (rank + 1) * batches // world * batch_size)
+        ds = Subset(ds, list(range(lo, hi)))
+    out = [module(batch[0].to(device)).float().cpu() for batch in make_loader(ds, batch_size, train=False)
+           ] if len(ds) else []
+    width = module.classifier.head.out_features if not out else out[0].shape[1]
+    logits = torch.cat(out) if out else torch.zeros(0, width)  # [n, num_classes]
+    return distributed.gather_to_rank0(logits)
+
+
+def scored_on_rank_zero(score: Callable[[], Any]) -> Any:
+    """``score()`` computed on rank 0 (which holds every prediction, :func:`predict`) and sent to every rank,
+    so that all processes make the same choice; ``score()`` itself in one process."""
+    if not distributed.is_distributed():
+        return score()
+    return distributed.broadcast_object(score() if distributed.rank() == 0 else None)
+
+
+def trainer_kwargs(epochs: int, trainer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``lightning.Trainer`` keyword arguments of a transfer run: ``max_epochs=epochs``, one device, no
+    checkpoints, logger, model summary, sanity check or progress bar, and Lightning's distributed sampler off
+    (:class:`selfsup.data.EpochShuffle` shards the global batches), each overridden by ``trainer``."""
+    return {"max_epochs": epochs, "devices": 1, "logger": False, "enable_checkpointing": False,
+            "enable_model_summary": False, "num_sanity_val_steps": 0, "use_distributed_sampler": False,
+            "enable_progress_bar": False, **(trainer or {})}
+
+
+def process_count(trainer: dict[str, Any] | None = None) -> int:
+    """Processes a fit with ``trainer`` (:func:`trainer_kwargs`) runs on: Lightning's resolution of its
+    accelerator, devices and num_nodes (``auto`` included); nothing is launched.
+
+    Raises:
+        ConfigError: (one line) ``strategy`` fsdp on several processes: it shards pretraining's large ViTs,
+            the transfer protocols train data-parallel (ddp)."""
+    kwargs = trainer_kwargs(1, trainer)
+    if str(kwargs["devices"]) in ("1", "[0]") and kwargs.get("num_nodes", 1) == 1:
+        return 1  # nothing to resolve: no Trainer built
+    strategy = kwargs.get("strategy", "auto")
+    fsdp = isinstance(strategy, str) and strategy.startswith("fsdp")
+    quiet = logging.getLogger("lightning.pytorch")  # a count, not a run: no "GPU available" lines
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        processes = make_trainer({**kwargs, "strategy": "auto"} if fsdp else kwargs).world_size
+    finally:
+        quiet.setLevel(level)
+    if fsdp and processes > 1:
+        raise ConfigError(f"trainer.strategy={strategy} shards pretraining's large ViTs; the transfer protocols "
+                          f"train data-parallel: use trainer.strategy=ddp (or auto)")
+    return processes
+
+
+def per_process_batch(batch_size: int, processes: int) -> int:
+    """Each process's share of the global batch ``batch_size`` (``options.batch_size``, images per step
+    whatever the device count).
+
+    Raises:
+        ConfigError: (one line) ``batch_size`` not divisible by ``processes``, naming the nearest sizes
+            that are and the one-device fix."""
+    if batch_size % processes:
+        lower, upper = batch_size // processes * processes, (batch_size // processes + 1) * processes
+        sizes = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ConfigError(f"--transfer batch_size={batch_size} is the global batch of every step, which "
+                          f"{processes} processes (trainer.devices x trainer.num_nodes) must split evenly: give "
+                          f"--transfer batch_size={sizes}, or trainer.devices=1")
+    return batch_size // processes
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Optimiser steps per epoch over ``n_images`` at global batch ``batch_size``: the incomplete last batch
+    is dropped (one short batch when the images are fewer than one batch, in one process only), on any
+    number of processes (:func:`selfsup.data.make_loader`, :class:`selfsup.data.EpochShuffle`)."""
+    return max(1, n_images // batch_size)
 
 
 def fit(encoder: nn.Module, ds: ImageDataset, info: DataInfo, num_classes: int, options: TransferOptions,
         lr: float, seed: int, trainer: dict[str, Any] | None = None) -> tuple[TransferModule, float]:
     """Adapt a copy of ``encoder`` to ``ds`` (labels in ``[0, num_classes)``) with ``options`` at peak ``lr``;
     returns the trained module and the training seconds. ``trainer``: extra ``lightning.Trainer`` keyword
-    arguments (accelerator, devices, precision, enable_progress_bar)."""
-    torch.manual_seed(seed)  # head, adapters and prompts
+    arguments (accelerator, devices, num_nodes, strategy, precision, enable_progress_bar). On R processes each
+    takes ``options.batch_size / R`` images of every global batch (see the module docstring). The seconds
+    are those of the training loop (Lightning's ``on_train_start`` to ``on_train_end``), without the setup.
+
+    Raises:
+        ConfigError: :func:`process_count`, :func:`per_process_batch`."""
+    torch.manual_seed(seed)  # head, adapters and prompts (DDP then copies rank 0's to the other ranks)
     classifier = build_classifier(copy.deepcopy(encoder), num_classes, options)
-    loader = make_loader(ds, options.batch_size, train=True, seed=seed)
-    module = transfer_module(classifier, info, options, lr, len(loader))
-    start = time.perf_counter()
-    train_module(module, loader, options.epochs, trainer)
-    return module, time.perf_counter() - start
+    run = make_trainer(trainer_kwargs(options.epochs, trainer))
+    batch = per_process_batch(options.batch_size, run.world_size)
+    if run.world_size > 1:  # an unreadable file is replaced, never dropped: every rank's batch has one size
+        ds.keep_batches_full()
+    loader = make_loader(ds, batch, train=True, seed=seed)  # EpochShuffle: rank r's slice of each global batch
+    module = transfer_module(classifier, info, options, lr, steps_per_epoch(len(ds), options.batch_size))
+    fit_module(run, module, loader)
+    return module, module.train_seconds
 
 
 def transfer_module(classifier: Classifier, info: DataInfo, options: TransferOptions, lr: float,
@@ -101,23 +225,31 @@ def transfer_module(classifier: Classifier, info: DataInfo, options: TransferOpt
     return TransferModule(classifier, info, options, lr, total, warmup)
 
 
-def train_module(module: TransferModule, loader: DataLoader, epochs: int, trainer: dict[str, Any] | None = None) -> None:
-    """``lightning.Trainer(max_epochs=epochs, **trainer).fit(module, loader)``, without checkpoints or logger;
-    the frozen modules' eval mode is intended (:class:`Classifier`), so Lightning's warning about it is
-    silenced."""
-    kwargs = {"max_epochs": epochs, "logger": False, "enable_checkpointing": False,
-              "enable_model_summary": False, "num_sanity_val_steps": 0, "use_distributed_sampler": False,
-              "enable_progress_bar": False, **(trainer or {})}
+def make_trainer(kwargs: dict[str, Any]) -> L.Trainer:
+    """``lightning.Trainer(**kwargs)`` (:func:`trainer_kwargs`); building one launches no process."""
+    return L.Trainer(**kwargs)
+
+
+def fit_module(run: L.Trainer, module: TransferModule, loader: DataLoader) -> None:
+    """``run.fit(module, loader)``; the frozen modules' eval mode is intended (:class:`Classifier`), so
+    Lightning's warning about it is silenced. With DDP's launcher the first fit of rank 0 starts the other
+    processes (each re-runs this program's command); later fits reuse them and the process group."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        L.Trainer(**kwargs).fit(module, loader)
+        run.fit(module, loader)
 
 
-def held_out(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+def train_module(module: TransferModule, loader: DataLoader, epochs: int, trainer: dict[str, Any] | None = None) -> None:
+    """``lightning.Trainer(max_epochs=epochs, **trainer).fit(module, loader)`` (:func:`trainer_kwargs`:
+    one device unless ``trainer`` names more, without checkpoints or logger)."""
+    fit_module(make_trainer(trainer_kwargs(epochs, trainer)), module, loader)
+
+
+def held_out(n: int, fraction: float, seed: int, choices: int = 2) -> tuple[Tensor, Tensor]:
     """Seeded (fit, val) positions of ``n`` training images, ``round(fraction * n)`` (at least 1, at most
-    n - 1) held out."""
+    n - 1) held out to choose among ``choices`` lrs; none held out for a single lr (nothing to choose)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = held_out_count(n, fraction)
+    n_val = held_out_count(n, fraction, choices)
     check_fit_split(n, n_val, "this labelled set")  # run_protocol names the fraction before any training
     return perm[n_val:], perm[:n_val]
 
@@ -126,32 +258,79 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
              options: TransferOptions, fraction: float, seed: int, trainer: dict[str, Any],
              log: Callable[[str], None]) -> tuple[dict[str, Any], TransferModule]:
     """One seed of one labelled fraction: every lr trained on the fit part, the best on the held-out part
-    kept; its final-epoch test top-1/top-5, held-out top-1, lr and training seconds (all lrs), and module."""
+    kept; its final-epoch test top-1/top-5, held-out top-1, lr and training seconds (all lrs), and module.
+    A single lr has nothing to choose: it trains on every image, and its held-out top-1 is None."""
     idx = (class_balanced_subset(train_ds.labels, fraction, seed) if fraction < 1
            else torch.arange(len(train_ds)))  # [n]
-    fit_pos, val_pos = held_out(len(idx), options.val_fraction, seed)
+    fit_pos, val_pos = held_out(len(idx), options.val_fraction, seed, len(options.lrs))
     fit_ds, val_ds = Subset(train_ds, idx[fit_pos].tolist()), Subset(train_ds, idx[val_pos].tolist())
     device, seconds, scores, kept = run_device(trainer), 0.0, [], None
-    for lr in options.lrs:
+    if len(options.lrs) == 1:  # nothing to choose, nothing held out
+        kept, seconds = fit(encoder, fit_ds, info, train_ds.num_classes, options, options.lrs[0], seed, trainer)
+        scores.append((None, None))
+    for lr in options.lrs if len(options.lrs) > 1 else []:
         module, secs = fit(encoder, fit_ds, info, train_ds.num_classes, options, lr, seed, trainer)
         seconds += secs
-        logits = predict(module, val_ds, options.batch_size, device)  # [V, num_classes]
-        val = topk_accuracy(logits, val_ds.labels, (1,))["top1"]
-        loss = F.cross_entropy(logits, val_ds.labels).item()
-        log(f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}: held-out top-1 {val:.2f}% "
-            f"(cross-entropy {loss:.3f}, {len(val_ds)} image(s))")
+        logits = predict(module, val_ds, options.batch_size, device)  # [V, num_classes] (rank 0: all V rows)
+        val, loss = scored_on_rank_zero(lambda: (topk_accuracy(logits, val_ds.labels, (1,))["top1"],
+                                                 F.cross_entropy(logits, val_ds.labels).item()))
         scores.append((val, loss))
+        gone = best_candidate([(val, loss)], train_ds.num_classes) is None  # never chosen
+        log(f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}: held-out top-1 {val:.2f}% "
+            f"(cross-entropy {loss:.3f}, {len(val_ds)} image(s))" + ("; diverged, not a candidate" if gone else ""))
         if best_candidate(scores, train_ds.num_classes) == len(scores) - 1:
             kept = module  # only the best so far stays in memory (each is a whole adapted encoder)
-    best = best_candidate(scores, train_ds.num_classes)  # ties: the lower held-out cross-entropy; a diverged lr (non-finite) never
+    # ties: the lower held-out cross-entropy; a diverged lr (non-finite) never; a single lr untried
+    best = 0 if len(options.lrs) == 1 else best_candidate(scores, train_ds.num_classes)
     if best is None:
         raise ConfigError(f"--protocol {options.protocol}: every lr in {options.lrs} diverged (held-out cross-entropy "
                           f"not finite, or over {DIVERGED_NATS:g} x ln(classes)) at {fraction * 100:g}% of labels, "
                           f"seed {seed}: lower --transfer lrs")
     (val, _), lr, module = scores[best], options.lrs[best], kept
-    test = topk_accuracy(predict(module, test_ds, options.batch_size, device), test_ds.labels)
+    logits = predict(module, test_ds, options.batch_size, device)  # [N, num_classes] (rank 0: all N rows)
+    test = scored_on_rank_zero(lambda: topk_accuracy(logits, test_ds.labels))
     return {**test, "val_top1": val, "lr": lr, "weight_decay": options.weight_decay, "seconds": seconds,
             "train_images": len(idx), "val_images": len(val_ds)}, module
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def check_processes(encoder: nn.Module, labels: Tensor, options: TransferOptions, trainer: dict[str, Any] | None,
+                    log: Callable[[str], None] = print) -> int:
+    """The processes each run trains on (:func:`process_count`), checked before any training: on several,
+    ``options.batch_size`` must split evenly (:func:`per_process_batch`) and every labelled fraction must
+    leave at least one global batch to fit (one process takes a smaller set as one short batch, which R
+    processes cannot split). Logs the split, and that BatchNorm layers that train use per-process
+    statistics unless ``trainer`` sets ``sync_batchnorm``. ``labels``: ``[N]`` of the training images.
+
+    Raises:
+        ConfigError: (one line) naming the setting and the fix."""
+    processes = process_count(trainer)
+    if processes == 1:
+        return 1
+    p, batch = options.protocol, options.batch_size
+    share = per_process_batch(batch, processes)
+    for fraction in options.fractions:
+        n = len(labels) if fraction >= 1 else len(class_balanced_subset(labels, fraction, options.seed))
+        n_fit = n - held_out_count(n, options.val_fraction, len(options.lrs))
+        if n_fit < batch:
+            fits = n_fit // processes * processes
+            lower = f"lower --transfer batch_size to at most {fits}, " if fits else ""
+            low_shot = (f"drop {fraction:g} from --transfer low_shot=[...] (default: eval.low_shot), "
+                        if fraction < 1 else "")
+            raise ConfigError(f"--protocol {p} at {fraction * 100:g}% labels fits {n_fit} images, fewer than one "
+                              f"global batch of {batch} (--transfer batch_size), which {processes} processes cannot "
+                              f"split as one process would (one short batch): {lower}{low_shot}or use "
+                              f"trainer.devices=1")
+    log(f"[{p}] each run trains data-parallel on {processes} processes, {share} images each of every global "
+        f"batch of {batch}")
+    batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
+    if batchnorm and p in ("finetune", "partial", "bitfit") and not (trainer or {}).get("sync_batchnorm"):
+        log(f"[{p}] note: the BatchNorm layers that train normalise by each process's {share} images, not by the "
+            f"global batch of {batch} as one process does (trainer.sync_batchnorm=true shares the statistics, on GPUs)")
+    return processes
 
 
 def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDataset, test_ds: ImageDataset,
@@ -167,9 +346,14 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
     whose ``mean``, ``std`` and ``input_size`` feed the encoder. With ``out_dir`` the first seed's
     all-labels classifier is exported there (:func:`selfsup.transfer.export.export_transfer`).
     ``on_row`` is called with each fraction's row as soon as it is done (a long run saves as it goes).
+    ``trainer``: ``lightning.Trainer`` keyword arguments (:func:`trainer_kwargs`; one device unless it names
+    more). On several processes (see the module docstring) every process must call this with the same
+    arguments; the scores, and so the chosen learning rates, are the same on every rank, and only rank 0
+    logs, exports and calls ``on_row``.
 
     Raises:
-        ConfigError: a protocol the encoder cannot take (prompt on a convnet), a missing peft, too few stages.
+        ConfigError: a protocol the encoder cannot take (prompt on a convnet), a missing peft, too few stages;
+            on several processes a global batch they cannot split (:func:`check_processes`).
         DataError: images whose channels differ from the encoder's.
     """
     from selfsup.artifacts.card import card_info
@@ -182,7 +366,12 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
     if train_ds.num_classes < 2:
         raise ConfigError(f"--protocol {options.protocol} needs labelled data of two or more classes")
     check_fraction_splits(train_ds.labels, options.fractions, options.val_fraction, options.seed,
-                          f"--protocol {options.protocol}", "eval.low_shot (or --transfer low_shot)")
+                          f"--protocol {options.protocol}", "--transfer low_shot=[...] (default: eval.low_shot)",
+                          len(options.lrs))
+    log = log if is_rank_zero() else _silent
+    check_processes(encoder, train_ds.labels, options, trainer, log)
+    if not is_rank_zero():  # the results are rank 0's to hand over
+        on_row = None
     encoder_params = count_params(encoder)
     rows, exported = [], None
     for fraction in options.fractions:
@@ -195,8 +384,9 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                 from selfsup.transfer.export import export_transfer
 
                 module.classifier.cpu()
-                exported = export_transfer(module.classifier, card, options, out_dir,
-                                           {"fraction": fraction, "seed": seed, **run})
+                exported = (export_transfer(module.classifier, card, options, out_dir,
+                                            {"fraction": fraction, "seed": seed, **run})
+                            if is_rank_zero() else out_dir)  # written once
         warnings = selection_warnings(options.protocol, fraction, runs[0]["train_images"], len(train_ds),
                                       runs[0]["val_images"], train_ds.num_classes, len(options.lrs))
         for warning in warnings:
@@ -205,7 +395,7 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                      "protocol": options.protocol, "fraction": fraction,
                      "train_images": runs[0]["train_images"], "val_images": runs[0]["val_images"],
                      "warnings": warnings, **summarise(runs),
-                     "val_top1": sum(r["val_top1"] for r in runs) / len(runs),
+                     "val_top1": None if runs[0]["val_top1"] is None else sum(r["val_top1"] for r in runs) / len(runs),
                      "minutes": sum(r["seconds"] for r in runs) / len(runs) / 60,
                      **trainable_summary(module.classifier, encoder_params), "options": asdict(options)})
         if on_row is not None:
