@@ -1,13 +1,8 @@
 """Layer-wise evaluation (eval.layers): stages from timm's feature API, pooled as in Goyal et al. 2019 /
 VISSL, all from one forward pass, cached per stage, one result row per stage, the last equal to today's."""
 
-import gc
 import math
-import mmap
-import weakref
 
-
-import numpy as np
 import pytest
 import timm
 import torch
@@ -88,26 +83,6 @@ def test_the_position_major_order_is_a_permutation_that_leaves_distances_and_nor
     ours, channel_major = pool_map(z, "grid"), F.adaptive_avg_pool2d(z, 12).reshape(5, -1)
     torch.testing.assert_close(ours.sort(1).values, channel_major.sort(1).values)
     torch.testing.assert_close(ours @ ours.T, channel_major @ channel_major.T)
-
-
-def test_fresh_rows_are_writable_float32_and_free_their_memory():
-    from selfsup.eval.features import fresh_rows
-
-    for rows, dim in [(3, 5), (600, 9216)]:  # an ordinary array, and a huge-page mapping (22 MB)
-        a = fresh_rows(rows, dim)
-        assert a.shape == (rows, dim) and a.dtype == np.float32 and a.flags.writeable and a.flags.c_contiguous
-        t = torch.from_numpy(a)
-        t[-1] = torch.arange(dim, dtype=torch.float32)
-        assert float(a[-1, -1]) == dim - 1
-    big = fresh_rows(600, 9216)
-    base = big
-    while not isinstance(base, memoryview):  # the array views a memoryview of the anonymous mapping
-        base = base.base
-    assert isinstance(base.obj, mmap.mmap)
-    ref = weakref.ref(base.obj)
-    del big, base, a, t
-    gc.collect()
-    assert ref() is None  # the mapping goes with the last array that views it
 
 
 # --------------------------------------------------------------------------- stages from timm's feature API

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import mmap
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -186,24 +185,6 @@ def memory_budget() -> int:
     return min(2 << 30, total // 8)
 
 
-def fresh_rows(rows: int, dim: int) -> np.ndarray:
-    """An uninitialised float32 array ``[rows, dim]`` in anonymous memory advised for transparent huge
-    pages (``madvise(MADV_HUGEPAGE)``, where the platform has it; plain ``np.empty`` otherwise).
-    Stage rows are written once into fresh memory, and on a 4 KiB page each first touch is a page
-    fault: filling 512 rows of 9,216 values took 43 ms a batch that way against 13 ms on huge pages
-    (1 thread, a 2-core VM; benchmarks/results/layers.md). Where the kernel gives no huge page the
-    advice is ignored and the array is the same."""
-    nbytes = 4 * rows * dim
-    if nbytes < (4 << 20) or not hasattr(mmap, "MADV_HUGEPAGE"):  # small: one page fault per 4 KiB is cheap
-        return np.empty((rows, dim), dtype=np.float32)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    except OSError:  # a kernel built without transparent huge pages: ordinary pages
-        pass
-    return np.frombuffer(buf, dtype=np.float32).reshape(rows, dim)  # keeps buf alive; unmapped when freed
-
-
 class StageRows:
     """Rows of several stages' features, appended a batch at a time: in memory when all
     stages' float32 rows fit ``budget`` bytes (:func:`memory_budget`), else in anonymous float32
@@ -248,7 +229,7 @@ class StageRows:
                 v.float().cpu().contiguous().numpy().tofile(f)  # [B, D] at the end of the file
                 continue
             if name not in self._maps:
-                self._maps[name] = fresh_rows(max(1, self.max_rows), v.shape[1])
+                self._maps[name] = np.empty((max(1, self.max_rows), v.shape[1]), dtype=np.float32)
             torch.from_numpy(self._maps[name])[self.n:self.n + b] = v.float().cpu()  # [B, D]
         self.n += b
 
