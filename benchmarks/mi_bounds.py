@@ -11,7 +11,11 @@ wide: the paper's 256 costs about 16 times the default's compute on the 64 x 64 
 default here is 64 and the table says so).
 
 Estimators: InfoNCE (CPC), NWJ, JS (critic trained on Jensen-Shannon, MI read by NWJ),
-MINE (DV with the moving-average gradient, momentum 0.9), SMILE with tau = 1, 5 and infinity.
+MINE (DV with the moving-average gradient, momentum 0.9, the default of Song & Ermon's
+``mine_lower_bound``), SMILE with tau = 1, 5 and infinity. MINE's gradient, unlike DV's value,
+moves a constant added to the critic; each critic's section of the md gives MINE's measured
+gradient weight on its partition term and the critic's drift per level (:func:`mine_diagnostics`;
+why it diverged with the concatenated critic at 10 nats: :func:`selfsup.losses.mi_bounds.dv`).
 
 Speed: the critics of all seven estimators train together as one batch of networks: each
 layer's weights of the seven critics are one ``[E, in, out]`` tensor (the separable critic's
@@ -22,8 +26,14 @@ samples are drawn before its steps. The concatenated critics' B x B pairs go thr
 :class:`PairMLP` (the first layer on x and on y once, summed per pair; the later layers one
 critic at a time with a hand-written backward): ``--time-step`` measured a step at 41.8 ms
 through autograd against 29.4 ms through it (1.42x; median thread CPU time, one thread, in turns
-in one process, load average 0.3; the matrix products, the same in both, are most of what is
-left). Each piece equals its per-estimator reference to float precision: the critics of
+in one process, load average 0.3; before freed memory was kept); with memory kept, 33.8 against
+28.7 ms (1.18x, load average 1.5; the matrix products, the same in both, are most of what is
+left). Freed memory is kept for reuse (:func:`keep_freed_memory`): the ``[E, B B, H]``
+activations of each step came from fresh pages, which the kernel zeroes on first touch (300 to
+6,000 page faults a step, 0 now). In one process, glibc's default and then memory kept: 35.0 ->
+21.8 and 39.8 -> 25.6 ms a step, in two processes (PairMLP; median thread CPU time of 8 blocks of
+20 steps, one thread, load average about 2 on 2 cores; the same without the change: 35.2 -> 32.8
+and 33.3 -> 36.9). Each piece equals its per-estimator reference to float precision: the critics of
 :mod:`selfsup.losses.mi_bounds` (and a plain concatenated critic, one ``nn.Linear`` on
 ``[x_i, y_j]``) and the bound functions there (tests/test_mi_bounds.py checks them, and an Adam
 step).
@@ -49,6 +59,7 @@ finished run's statistics.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -118,17 +129,17 @@ def _off_diagonal(scores: Tensor) -> Tensor:
     return scores.flatten(1)[:, 1:].view(e, b - 1, b + 1)[:, :, :b].reshape(e, b * (b - 1))
 
 
-def objective(scores: Tensor, ema: Tensor, ests: tuple[Estimator, ...] = ESTIMATORS
+def objective(scores: Tensor, log_ema: Tensor, ests: tuple[Estimator, ...] = ESTIMATORS
               ) -> tuple[Tensor, Tensor, Tensor]:
     """The training objectives and MI estimates of ``ests`` on their own critics' scores at once.
 
-    ``scores`` ``[E, B, B]`` (row e: estimator e's critic; diagonals: the joint pairs), ``ema``
-    ``[R]``: MINE's moving averages of ``E_q[e^f]`` (one per ``mine`` estimator, in order; start
-    at 1). Returns ``(loss, mi, new_ema)``: ``loss`` the sum of the estimators' losses (the
-    critics are disjoint, so each critic gets its own estimator's gradient), ``mi`` ``[E]``
-    (detached), ``new_ema`` ``[R]``. Each equals :mod:`selfsup.losses.mi_bounds`'s function
-    on ``scores[e]`` (infonce, nwj, js, dv with ``ema``, smile), which tests/test_mi_bounds.py
-    checks, values and gradients.
+    ``scores`` ``[E, B, B]`` (row e: estimator e's critic; diagonals: the joint pairs),
+    ``log_ema`` ``[R]``: the logs of MINE's moving averages of ``E_q[e^f]`` (one per ``mine``
+    estimator, in order; start at 0, an average of 1). Returns ``(loss, mi, new_log_ema)``:
+    ``loss`` the sum of the estimators' losses (the critics are disjoint, so each critic gets its
+    own estimator's gradient), ``mi`` ``[E]`` (detached), ``new_log_ema`` ``[R]`` (float64). Each
+    equals :mod:`selfsup.losses.mi_bounds`'s function on ``scores[e]`` (infonce, nwj, js, dv with
+    ``log_ema``, smile), which tests/test_mi_bounds.py checks, values and gradients.
     """
     joint_pairs = scores.diagonal(dim1=1, dim2=2)  # [E, B]
     marginal = _off_diagonal(scores)  # [E, B(B-1)]
@@ -143,17 +154,18 @@ def objective(scores: Tensor, ema: Tensor, ests: tuple[Estimator, ...] = ESTIMAT
         loss = loss - (joint[r] - torch.exp(lme[r] - 1.0)).sum()
     if r := rows["js"]:  # minus the JS divergence bound
         loss = loss + (F.softplus(-joint_pairs[r]).mean(1) + F.softplus(marginal[r]).mean(1)).sum()
-    new_ema = ema
+    new_log_ema = log_ema
     if r := rows["mine"]:
-        # the library's log-space update: E_q[e^f] / new_ema stays finite when E_q[e^f] overflows float32
-        log_new = torch.logaddexp(ema.double().clamp_min(1e-4).log() + math.log(MOMENTUM),
-                                  lme[r].detach().double() + math.log1p(-MOMENTUM)).clamp_min(math.log(1e-4))  # [R]
-        ratio = torch.exp(lme[r] - log_new.to(lme))  # [R], with its gradient
-        new_ema = torch.exp(log_new)  # [R], float64
+        # the library's update, the average carried as its log: E_q[e^f] overflows float32 above
+        # scores of about 88 and float64 above 709 (an average held as a number turned inf there)
+        floor = math.log(1e-4)
+        new_log_ema = torch.logaddexp(log_ema.double().clamp_min(floor) + math.log(MOMENTUM),
+                                      lme[r].detach().double() + math.log1p(-MOMENTUM)).clamp_min(floor)  # [R]
+        ratio = torch.exp(lme[r] - new_log_ema.to(lme))  # [R], E_q[e^f] / new_ema, with its gradient
         loss = loss - (joint[r] - ratio + ratio.detach() - lme[r].detach()).sum()
     with torch.no_grad():
         mi = readouts(scores.detach(), joint.detach(), lme.detach(), marginal.detach(), ests)
-    return loss, mi, new_ema
+    return loss, mi, new_log_ema
 
 
 def readouts(scores: Tensor, joint: Tensor, lme: Tensor, marginal: Tensor, ests: tuple[Estimator, ...]) -> Tensor:
@@ -166,6 +178,24 @@ def readouts(scores: Tensor, joint: Tensor, lme: Tensor, marginal: Tensor, ests:
         by_kind[f"smile{tau}"] = joint - (lme if tau is None else _log_mean_exp(marginal.clamp(-tau, tau)))
     keys = [est.readout + (str(est.tau) if est.readout == "smile" else "") for est in ests]
     return torch.stack([by_kind[k][i] for i, k in enumerate(keys)])  # [E]
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed blocks up to 32 MiB for reuse (``mallopt``: no ``mmap`` below
+    32 MiB, no trimming of the heap below 1 GiB); returns whether it did (False off glibc).
+
+    A concatenated-critic step allocates its ``[E, B B, H]`` activations afresh (7 MiB each at
+    E = 7, B = H = 64); above glibc's mmap threshold each came from new pages, zeroed by the kernel
+    on first touch: 300 to 6,000 page faults a step, 0 with this. The numbers computed do not change
+    (only where the memory comes from)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1)
 
 
 def make_critic(kind: str, concat_hidden: int) -> nn.Module:
@@ -229,8 +259,9 @@ class PairMLP(torch.autograd.Function):
     fewer passes over the ``[B B', H]`` activations: one critic at a time (a critic's activations,
     1 MiB at B = H = 64, stay in the core's cache between a layer and its ReLU), the bias and ReLU
     in place, the ReLU masks of the backward taken from the saved activations in place (their
-    sign) instead of fresh mask tensors. On one thread a concatenated-critic step is about 1.4x
-    faster than autograd (the matrix products, the same in both, are most of what is left).
+    sign) instead of fresh mask tensors. On one thread a concatenated-critic step was about 1.4x
+    faster than autograd with every activation on fresh pages, 1.2x with freed memory kept
+    (:func:`keep_freed_memory`; the matrix products, the same in both, are most of what is left).
 
     Raises:
         RuntimeError: a second backward through the same forward (its saved activations were
@@ -298,26 +329,55 @@ def stacked_scores(kind: str, params: dict[str, Tensor], x: Tensor, y: Tensor, p
 
 def run(kind: str, steps: int, cubic: bool, seed: int, concat_hidden: int) -> dict[str, Any]:
     """Train every estimator's critic through the staircase; returns the estimates ``[T, E]``
-    (``T = 5 steps``), the true MI per step ``[T]``, the seconds and the 1-minute load average
-    sampled at each level's start and at the end."""
+    (``T = 5 steps``), the true MI per step ``[T]``, the seconds, the 1-minute load average
+    sampled at each level's start and at the end, and MINE's gradient diagnostics per level
+    (:func:`mine_diagnostics`, from its critic's ``log E_q[e^f]`` and the log moving average per
+    step)."""
     torch.manual_seed(seed)
     params = stack_critics(kind, [make_critic(kind, concat_hidden) for _ in ESTIMATORS])
     opt = torch.optim.Adam(list(params.values()), lr=LR, fused=True)  # one kernel per tensor group
     g = torch.Generator().manual_seed(seed)
-    ema = torch.ones(sum(est.loss == "mine" for est in ESTIMATORS), dtype=torch.float64)  # [R]
+    mine = [e for e, est in enumerate(ESTIMATORS) if est.loss == "mine"]
+    log_ema = torch.zeros(len(mine), dtype=torch.float64)  # [R]: log 1, MINE's start
     out = torch.zeros(len(LEVELS) * steps, len(ESTIMATORS))  # [T, E]
+    log_partition, log_average = (torch.zeros(len(LEVELS) * steps, len(mine), dtype=torch.float64) for _ in range(2))
     start, load = time.perf_counter(), []
     for level, mi in enumerate(LEVELS):
         load.append(os.getloadavg()[0])
         xs, ys = level_samples(mi_to_rho(mi), steps, g, cubic)  # [steps, B, D]
         for t in range(steps):
-            loss, out[level * steps + t], ema = objective(stacked_scores(kind, params, xs[t], ys[t]), ema)
+            i = level * steps + t
+            scores = stacked_scores(kind, params, xs[t], ys[t])  # [E, B, B]
+            loss, out[i], log_ema = objective(scores, log_ema)
+            log_partition[i], log_average[i] = _log_mean_exp(_off_diagonal(scores.detach()[mine])), log_ema
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     return {"critic": kind, "names": [est.name for est in ESTIMATORS], "truth": np.repeat(LEVELS, steps),
             "estimates": out.numpy().astype(np.float64), "seconds": time.perf_counter() - start,
-            "load": load + [os.getloadavg()[0]]}
+            "load": load + [os.getloadavg()[0]],
+            "mine": mine_diagnostics(log_partition[:, 0].numpy(), log_average[:, 0].numpy(), steps)}
+
+
+RATIO_LOW = 0.1  # MINE's partition-gradient weight below this: that step trains the joint term almost alone
+
+
+def mine_diagnostics(log_partition: np.ndarray, log_average: np.ndarray, steps: int) -> list[dict[str, float]]:
+    """Per level, MINE's gradient weight on the partition term, ``ratio = E_q[e^f] / new_ema``
+    (``exp(log_partition - log_average)``; DV's gradient has 1 on every step, MINE's drives the
+    critic's scores up by ``1 - ratio`` along a constant added to them, see
+    :func:`selfsup.losses.mi_bounds.dv`): its median, mean and the share of steps below
+    :data:`RATIO_LOW`; and the batch's ``log E_q[e^f]`` at the level's end (the critic's drift;
+    0 for a critic whose mean marginal ``e^f`` is 1). ``log_partition``, ``log_average`` ``[T]``:
+    per step, the batch's ``log E_q[e^f]`` and the log of the moving average after the step."""
+    ratio = np.exp(log_partition - log_average)
+    rows = []
+    for i, level in enumerate(LEVELS):
+        seg = slice(i * steps, (i + 1) * steps)
+        rows.append({"true_mi": level, "ratio_median": float(np.median(ratio[seg])),
+                     "ratio_mean": float(ratio[seg].mean()), "ratio_low_share": float((ratio[seg] < RATIO_LOW).mean()),
+                     "log_partition_end": float(log_partition[(i + 1) * steps - 1])})
+    return rows
 
 
 def step_times(concat_hidden: int, repeats: int = 9, steps: int = 20, seed: int = 0) -> dict[str, Any]:
@@ -325,13 +385,17 @@ def step_times(concat_hidden: int, repeats: int = 9, steps: int = 20, seed: int 
     Adam), through autograd (``stacked_scores(pair_mlp=False)``) and through :class:`PairMLP`,
     measured in this process in turns (``repeats`` timings of ``steps`` steps each, after a warm-up;
     the same weights and batches at 6 nats): the median and the spread of each, in this thread's
-    CPU time (``time.thread_time``: other jobs' share of the CPU is left out) and in wall time."""
+    CPU time (``time.thread_time``: other jobs' share of the CPU is left out) and in wall time, and
+    the minor page faults per step (``--time-step`` runs it after :func:`keep_freed_memory`, as a
+    training run has it)."""
+    import resource
+
     def make(pair_mlp: bool) -> Any:
         torch.manual_seed(seed)
         params = stack_critics("concat", [make_critic("concat", concat_hidden) for _ in ESTIMATORS])
         opt = torch.optim.Adam(list(params.values()), lr=LR, fused=True)
         xs, ys = level_samples(mi_to_rho(6.0), steps, torch.Generator().manual_seed(seed), cubic=False)
-        ema = [torch.ones(sum(est.loss == "mine" for est in ESTIMATORS), dtype=torch.float64)]
+        ema = [torch.zeros(sum(est.loss == "mine" for est in ESTIMATORS), dtype=torch.float64)]  # log averages
 
         def train() -> None:
             for t in range(steps):
@@ -343,13 +407,14 @@ def step_times(concat_hidden: int, repeats: int = 9, steps: int = 20, seed: int 
         return train
 
     trains = {"autograd": make(False), "PairMLP": make(True)}
-    times: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "wall": []} for name in trains}
+    times: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "wall": [], "faults": []} for name in trains}
     for _ in range(repeats):
         for name, train in trains.items():
-            cpu, wall = time.thread_time(), time.perf_counter()
+            faults, cpu, wall = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.thread_time(), time.perf_counter()
             train()
             times[name]["cpu"].append(1e3 * (time.thread_time() - cpu) / steps)
             times[name]["wall"].append(1e3 * (time.perf_counter() - wall) / steps)
+            times[name]["faults"].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps)
     summary = {name: {clock: {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v))}
                       for clock, v in clocks.items()} for name, clocks in times.items()}
     return {"concat_hidden": concat_hidden, "threads": torch.get_num_threads(), "repeats": repeats, "steps": steps,
@@ -473,6 +538,31 @@ def plot(results: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
+def mine_note(rows: list[dict[str, float]], diverged: bool) -> str:
+    """The md paragraph on MINE's gradient (:func:`mine_diagnostics` rows), with the reason for a
+    divergence (``diverged``) as measured on the staircase."""
+    at = "/".join(f"{r['true_mi']:g}" for r in rows)
+    text = (f"MINE's gradient weight on its partition term (the batch's E_q[e^f] / its moving average; DV's gradient: 1 "
+            f"at every step) at {at} nats: median " + ", ".join(f"{r['ratio_median']:.2f}" for r in rows)
+            + "; mean " + ", ".join(f"{r['ratio_mean']:.2f}" for r in rows) + f"; steps below {RATIO_LOW:g}: "
+            + ", ".join(f"{100 * r['ratio_low_share']:.0f}%" for r in rows)
+            + ". The batch's log E_q[e^f] at each level's end (0 for a critic whose marginal e^f averages 1): "
+            + ", ".join(_num(r["log_partition_end"], 1) for r in rows) + ". DV's value does not change when a "
+            "constant is added to the critic, MINE's gradient does: it moves the constant up by 1 - ratio per step, so "
+            "a ratio mostly below 1 (a heavy-tailed batch partition: the average is set by rare large batches) lifts "
+            "every score step after step (the drift of MINE's constant term that Choi & Lee 2020, \"Regularized "
+            "Mutual Information Neural Estimation\", describe). The moving average is carried as its log "
+            "(selfsup.losses.mi_bounds.dv), so the drift no longer overflows it (held as a number in float64, it "
+            "turned inf past e^709 and the partition term's gradient was gone for good).")
+    if diverged:
+        text += (" The divergence above is this drift, the method's (at this momentum): with a ratio near 0 on most "
+                 "steps the critic trains on E_p[f] alone and its scores run away; with momentum 0.99 the same critic "
+                 "did not drift (measured in selfsup.losses.mi_bounds.dv's docstring). Song & Ermon 2020's code has "
+                 "MINE's moving average but trains no critic with it (their Figure 1: CPC, NWJ, SMILE and a flow "
+                 "model).")
+    return text
+
+
 VERDICTS = {True: "holds", False: "does not hold", None: "cannot be checked (a number it reads is not finite)"}
 
 
@@ -521,6 +611,8 @@ def markdown(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict
                 levels, means = ", ".join(f"{r['true_mi']:g}" for r in rows), ", ".join(_num(r["mean"], 2) for r in rows)
                 lines += ["", f"{name}'s critic diverged at true MI {levels}: mean estimate {means} nats (more than "
                               f"{DIVERGED_NATS:g} from the truth)."]
+        if res.get("mine"):
+            lines += ["", mine_note(res["mine"], diverged=bool(far["MINE"] or nan["MINE"]))]
         lines += ["", "Published findings (Poole et al. 2019; Song & Ermon 2020), each checked by the criterion "
                   "in brackets:", ""]
         lines += [f"- {c['finding']} [{c['criterion']}]: **{VERDICTS[c['holds']]}** ({c['evidence']})"
@@ -552,6 +644,7 @@ def main() -> None:
         if args.threads < 1 or args.concat_hidden < 1:
             ap.error("--threads and --concat-hidden must be at least 1")
         torch.set_num_threads(args.threads)
+        keep_freed_memory()
         print(json.dumps(step_times(args.concat_hidden, seed=args.seed), indent=1), flush=True)
         return
     args.out = args.out or str(ROOT / "benchmarks" / "results")
@@ -563,6 +656,7 @@ def main() -> None:
     if args.threads < 1 or args.concat_hidden < 1:
         ap.error("--threads and --concat-hidden must be at least 1")
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     results, stats, checks = kept_results(args, kinds)
     for kind in kinds:
         res = {**run(kind, args.steps, args.cubic, args.seed, args.concat_hidden), "command": command(args),
@@ -583,7 +677,8 @@ def _results_from_json(data: dict[str, Any], kinds: list[str]) -> list[dict[str,
     return [{"critic": kind, "names": list(data["stats"][kind]), "seconds": data["seconds"][kind],
              "load": data["load"][kind], "command": data.get("commands", {}).get(kind, data["command"]),
              "threads": data.get("threads", {}).get(kind, data["settings"]["threads"]),
-             "plotted": kind in data.get("plotted", kinds)} for kind in kinds]
+             "plotted": kind in data.get("plotted", kinds), "mine": data.get("mine_diagnostics", {}).get(kind)}
+            for kind in kinds]
 
 
 def kept_results(args: argparse.Namespace, kinds: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any],
@@ -660,7 +755,9 @@ def write(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict[st
                                                   "load": {r["critic"]: r["load"] for r in results},
                                                   "commands": {r["critic"]: r["command"] for r in results},
                                                   "threads": {r["critic"]: r["threads"] for r in results},
-                                                  "plotted": [r["critic"] for r in results if r["plotted"]]},
+                                                  "plotted": [r["critic"] for r in results if r["plotted"]],
+                                                  "mine_diagnostics": {r["critic"]: r["mine"] for r in results
+                                                                       if r.get("mine")}},
                                                  indent=1) + "\n")
     (out / f"{stem}.md").write_text(markdown(results, stats, checks, args) + "\n")
     if figure and plotted:

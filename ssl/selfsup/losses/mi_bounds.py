@@ -23,8 +23,8 @@ Information Estimators", ICLR):
 - :func:`dv`: Donsker-Varadhan ``E_p[f] - log E_q[e^f]``, with MINE's bias-corrected gradient
   (Belghazi et al. 2018, section 3.2): the gradient of ``log E_q[e^f]`` is
   ``grad E_q[e^f] / E_q[e^f]``, whose minibatch estimate is biased; MINE divides by a moving
-  average of the denominator instead. ``ema=None`` gives the plain DV gradient. The value is
-  DV's on the batch either way.
+  average of the denominator instead (carried as its log, ``log_ema``). ``log_ema=None`` gives
+  the plain DV gradient. The value is DV's on the batch either way.
 - :func:`smile`: DV's value with the partition term computed on ``clip(f, -tau, tau)``, trained
   with JS's gradient (Song & Ermon 2020, eq. 17); ``tau=None`` (no clip) gives DV's value.
 
@@ -135,32 +135,54 @@ def dv_value(p: Pairs) -> Tensor:
     return p.joint.mean() - log_mean_exp(p.marginal)
 
 
-def dv(scores: Tensor, ema: Tensor | None = None, momentum: float = 0.9,
+def dv(scores: Tensor, log_ema: Tensor | None = None, momentum: float = 0.9,
        target: Tensor | None = None) -> tuple[Bound, Tensor | None]:
-    """Donsker-Varadhan / MINE (module docstring). ``ema``: the moving average of ``E_q[e^f]``
-    from the step before (a 0-d tensor; None: the plain DV gradient, no average kept).
+    """Donsker-Varadhan / MINE (module docstring). ``log_ema``: the log of the moving average of
+    ``E_q[e^f]`` from the step before (a 0-d tensor; None: the plain DV gradient, no average kept).
 
-    Returns ``(Bound, new_ema)``: with ``ema``, the loss's gradient is
+    Returns ``(Bound, new_log_ema)``: with ``log_ema``, the loss's gradient is
     ``-(grad E_p[f] - grad E_q[e^f] / new_ema)``, where ``new_ema = momentum * ema +
-    (1 - momentum) * E_q[e^f]`` (Belghazi et al. 2018, section 3.2); pass ``new_ema`` to the
-    next step. Start MINE with ``ema = torch.tensor(1.0)``.
+    (1 - momentum) * E_q[e^f]`` (Belghazi et al. 2018, section 3.2), floored at 1e-4 as in the code
+    of Song & Ermon 2020; ``new_log_ema`` (float64) is its log: pass it to the next step. Start
+    MINE with ``log_ema = torch.tensor(0.0)`` (an average of 1, as MINE starts).
 
-    The average is updated in log space and returned in float64, and ``E_q[e^f] / new_ema`` is
-    ``exp(log E_q[e^f] - log new_ema)``: a critic whose ``E_q[e^f]`` overflows float32 (f above
-    about 88) would otherwise give inf / inf = NaN and end training."""
+    The average is carried as its log: the partition ``E_q[e^f]`` of a critic with scores above
+    about 88 overflows float32 and above about 709 float64, and an average held as a number turned
+    inf there, so that ``E_q[e^f] / new_ema`` was 0 (or inf / inf = NaN) from then on: the partition
+    term's gradient was gone and training pushed the joint scores up alone (the staircase's
+    concatenated MINE critic reached scores of 6e7, an estimate of -3.4e6 nats).
+
+    MINE's gradient, unlike DV's value, is not invariant to adding a constant to the critic: its
+    component along that constant is ``1 - E_q[e^f] / new_ema`` per step (DV's gradient: 0). The
+    batch is part of ``new_ema``, so the ratio is at most ``1 / (1 - momentum)``, reached on the rare
+    large batches that carry the mean of a heavy-tailed ``E_q[e^f]`` (a critic of a large MI): the
+    ratio's mean falls below 1 and the critic's scores drift up, step after step (the "drifting" of
+    MINE's constant term, Choi & Lee 2020, "Regularized Mutual Information Neural Estimation").
+    Measured on the Gaussian staircase (benchmarks/mi_bounds.py, concatenated critic 64 wide, seed
+    0, MINE's critic alone, momentum 0.9, the default of Song & Ermon's ``mine_lower_bound``): the
+    ratio's median per level 1.00, 0.94, 0.79, 0.17, 0.00 and its mean 1.00, 1.00, 0.98, 0.82, 0.49
+    at 2 to 10 nats (its maximum 10.00 at 8 and 10); ``log E_q[e^f]`` at 197 by the end of 8 nats
+    and 1.5e4 at 10; the estimate diverged at 10 nats with the average carried as its log too (mean
+    -473 nats, -3.4e6 with the average that overflowed). With momentum 0.99 (ratio up to 100) the
+    same critic did not drift (``log E_q[e^f]`` within -1.3 and 0.95 at each level's end) and read
+    1.79, 3.67, 5.48, 7.18 and 8.96 nats; at 10 nats alone from a fresh critic, 4,000 steps,
+    ``log E_q[e^f]`` reached 1.1e6 with momentum 0.5, 60 with 0.9 and stayed below 3 with 0.99.
+    Song & Ermon's code has this moving-average function but trains no critic with it (their
+    Figure 1: CPC, NWJ, SMILE and a flow model; its float32 average would be inf / inf = NaN once
+    ``log E_q[e^f]`` passed 88, by 8 nats here)."""
     p = pairs(scores, target)
     value = dv_value(p)
-    if ema is None:
+    if log_ema is None:
         return Bound(-value, value.detach()), None
     log_partition = log_mean_exp(p.marginal)  # log E_q[e^f] on the batch, with its gradient
-    prev = torch.as_tensor(ema, dtype=torch.float64, device=scores.device).clamp_min(1e-4)
+    floor = math.log(1e-4)
+    prev = torch.as_tensor(log_ema, dtype=torch.float64, device=scores.device).clamp_min(floor)
     log_m, log_1m = (math.log(m) if m > 0 else -math.inf for m in (momentum, 1 - momentum))
-    log_new = torch.logaddexp(prev.log() + log_m, log_partition.detach().double() + log_1m)
-    log_new = log_new.clamp_min(math.log(1e-4))  # log new_ema, float64
+    log_new = torch.logaddexp(prev + log_m, log_partition.detach().double() + log_1m).clamp_min(floor)  # float64
     ratio = torch.exp(log_partition - log_new.to(log_partition))  # E_q[e^f] / new_ema, with its gradient
     # value of DV, gradient of E_p[f] - E_q[e^f] / new_ema (the two partition terms cancel in value)
     surrogate = p.joint.mean() - ratio + ratio.detach() - log_partition.detach()
-    return Bound(-surrogate, value.detach()), torch.exp(log_new)
+    return Bound(-surrogate, value.detach()), log_new
 
 
 def smile(scores: Tensor, tau: float | None = 5.0, target: Tensor | None = None) -> Bound:
@@ -171,25 +193,26 @@ def smile(scores: Tensor, tau: float | None = 5.0, target: Tensor | None = None)
     return Bound(-js_divergence_bound(scores, target), mi.detach())
 
 
-def estimate(name: str, scores: Tensor, target: Tensor | None = None, ema: Tensor | None = None,
-             tau: float = 5.0) -> tuple[Bound, Tensor | None]:
-    """The bound ``name`` (one of :data:`BOUNDS`) on ``scores``: ``(Bound, new_ema)``; ``dv`` is
-    MINE's when ``ema`` is given (the moving average to carry to the next step), the others
-    return ``ema`` unchanged. ``tau``: SMILE's clip.
+def estimate(name: str, scores: Tensor, target: Tensor | None = None, log_ema: Tensor | None = None,
+             tau: float = 5.0, momentum: float = 0.9) -> tuple[Bound, Tensor | None]:
+    """The bound ``name`` (one of :data:`BOUNDS`) on ``scores``: ``(Bound, new_log_ema)``; ``dv`` is
+    MINE's when ``log_ema`` is given (the log of the moving average, to carry to the next step;
+    see :func:`dv`; ``momentum``: its rate), the others return ``log_ema`` unchanged. ``tau``:
+    SMILE's clip.
 
     Raises:
         ValueError: an unknown name (listing :data:`BOUNDS`), or bad scores (see :func:`pairs`).
     """
     if name == "infonce":
-        return infonce(scores, target), ema
+        return infonce(scores, target), log_ema
     if name == "nwj":
-        return nwj(scores, target), ema
+        return nwj(scores, target), log_ema
     if name == "js":
-        return js(scores, target), ema
+        return js(scores, target), log_ema
     if name == "dv":
-        return dv(scores, ema, target=target)
+        return dv(scores, log_ema, momentum, target)
     if name == "smile":
-        return smile(scores, tau, target), ema
+        return smile(scores, tau, target), log_ema
     raise ValueError(f"unknown MI bound {name!r}: choose from {', '.join(BOUNDS)}")
 
 
@@ -198,9 +221,10 @@ class ContrastiveBound(nn.Module):
     (``method.estimator``): the same critic (temperature-scaled cosine similarities of the
     method's positives and negatives: the batch, a queue, SimCLR's 2N views), the bound
     ``estimator`` for the loss and the MI estimate. ``infonce`` is the criterion itself,
-    unchanged. Symmetric criteria average the two directions. ``dv`` keeps MINE's moving
-    average of ``E_q[e^f]`` in a buffer that checkpoints leave out (a resume starts it again
-    at 1, as MINE starts it; the checkpoints of methods without it keep loading).
+    unchanged. Symmetric criteria average the two directions. ``dv`` keeps the log of MINE's
+    moving average of ``E_q[e^f]`` in a buffer (``log_ema``; see :func:`dv`) that checkpoints
+    leave out (a resume starts it again at log 1 = 0, as MINE starts the average; the
+    checkpoints of methods without it keep loading).
 
     ``forward(query [B, D], key [B, D], negatives [K, D] | None) -> LossOutput``
     (``candidates``: the scored candidates per row).
@@ -212,17 +236,17 @@ class ContrastiveBound(nn.Module):
         if estimator not in BOUNDS:
             raise ValueError(f"unknown MI bound {estimator!r}: choose from {', '.join(BOUNDS)}")
         self.criterion, self.estimator, self.tau, self.momentum = criterion, estimator, tau, momentum
-        self.register_buffer("ema", torch.tensor(1.0), persistent=False)
+        self.register_buffer("log_ema", torch.tensor(0.0), persistent=False)
 
     def forward(self, query: Tensor, key: Tensor, negatives: Tensor | None = None) -> LossOutput:
         if self.estimator == "infonce":
             return self.criterion(query, key, negatives)
         losses, mis, candidates = [], [], 0
         for scores, target in self.criterion.score_matrices(query, key, negatives):  # [B, N'], [B]
-            bound, new_ema = estimate(self.estimator, scores, target, self.ema if self.estimator == "dv" else None,
-                                      self.tau)
-            if new_ema is not None and self.training:
-                self.ema.copy_(new_ema)
+            bound, new_log_ema = estimate(self.estimator, scores, target,
+                                          self.log_ema if self.estimator == "dv" else None, self.tau, self.momentum)
+            if new_log_ema is not None and self.training:
+                self.log_ema.copy_(new_log_ema)
             losses.append(bound.loss)
             mis.append(bound.mi)
             candidates = pairs(scores, target).candidates
