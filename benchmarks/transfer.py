@@ -302,7 +302,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise BenchmarkError("--data image-folder needs --data-root: the folder holding train/ and test/ class "
                              "subfolders")
     if args.data_root and not Path(args.data_root).is_dir():
-        raise BenchmarkError(f"--data-root {args.data_root}: no such folder; pass the folder that holds the data")
+        what = "not a folder" if Path(args.data_root).exists() else "no such folder"
+        raise BenchmarkError(f"--data-root {args.data_root}: {what}; pass the folder that holds the data")
     missing = [t for t in args.targets if not Path(t).exists()]  # after the options: a typo there is named first
     if missing:
         raise BenchmarkError(f"no such target: {', '.join(missing)}: pass export or run directories (the "
@@ -434,7 +435,8 @@ def main() -> None:
     ap.add_argument("--twins", default="pretrained,random-init", help="which encoders of each target to run")
     ap.add_argument("--fractions", default="0.01,0.1,1", help="labelled fractions in (0, 1], class-balanced")
     ap.add_argument("--epochs", type=int, default=5, help="training epochs of every adapted cell")
-    ap.add_argument("--lrs", default="0.001", help="lr grid, chosen per seed on a held-out split")
+    ap.add_argument("--lrs", default="0.001", help="lr grid, chosen per seed on a held-out split (a single lr "
+                                                    "holds nothing out)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per cell (mean ± sd)")
     ap.add_argument("--lora-rank", type=int, default=8, help="LoRA rank r")
     ap.add_argument("--train-images", type=int, default=0, help="cap on training images (0: all)")
@@ -442,7 +444,9 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="add to the existing results, replacing rows of the same target/protocol/fraction/lr grid")
     ap.add_argument("--render", action="store_true", help="only rewrite the md from the json (no training)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transfer"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "transfer"),
+                    help="results file stem: writes STEM.json and STEM.md, replacing them (--merge keeps their rows); "
+                         "the default is the repository's own results")
     args = ap.parse_args()
     out = Path(args.out)
     try:

@@ -10,6 +10,8 @@ import statistics
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
 from selfsup.cli import main
@@ -80,10 +82,11 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert main(["compare", str(run_dir), str(run_dir / "export"), "--baselines", "--csv", str(tmp_path / "c.csv"),
                  "--plot", str(tmp_path / "c.png")]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("| target | method | encoder | epochs | train min | kNN k=20,T=0.07 |")
+    assert table[0].startswith("| target | method | encoder | data | epochs | train min | kNN k=20,T=0.07 |")
     knn = f"{rows[0]['knn']['k=20,T=0.07']['top1']:.2f}"
     own = [line for line in table if line.startswith(f"| {run_dir}")]
-    assert len(own) == 2 and all(f"| simclr | resnet18 | 1 |" in line and f"| {knn} |" in line for line in own)
+    assert len(own) == 2 and all("| simclr | resnet18 | digits" in line and " | 1 | " in line and f"| {knn} |" in line
+                                 for line in own)  # the data column: the run's digits; the export's card says digits
     assert all(f"| {timing['seconds'] / 60:.1f} |" in line for line in own)  # the run's time, and the card's copy
     assert any(line.startswith("| raw pixels |") for line in table)
     with open(tmp_path / "c.csv", newline="") as f:
@@ -226,3 +229,43 @@ def test_eval_without_out_gives_each_target_its_own_folder(tmp_path):
     assert names[2].startswith("run1-export-") and names[3].startswith("run1-export-") and len(set(names)) == 4
     assert eval_folder(str(a / ".." / "export")) == names[2]  # one folder however the path is spelled
     assert eval_folder("my run/exp ort").startswith("my_run-exp_ort-")
+
+
+def test_a_non_run_target_on_other_data_or_another_random_init_gets_its_own_folder(tmp_path):
+    """The tour's: `selfsup eval random:resnet18` on digits silently replaced its results on an image
+    folder (one runs/eval/random-resnet18 for every data and encoder). The default folder now names the
+    data, and for random: targets the encoder's kwargs and seed; the same evaluation keeps its folder."""
+    from selfsup.cli_eval import target_eval_dir
+    from selfsup.config import load_config
+
+    def cfg(*o):
+        return load_config(None, ["method.name=simclr", *o])
+
+    digits, folder = cfg("data.name=digits"), cfg("data.name=image-folder", f"data.root={tmp_path}")
+    spots = {target_eval_dir(t, c) for t in ("random:resnet18", "pixels", str(tmp_path / "exp"))
+             for c in (digits, folder)}
+    assert len(spots) == 6
+    assert target_eval_dir("pixels", digits) == Path("runs/eval/pixels") / target_eval_dir("pixels", digits).name
+    assert target_eval_dir("pixels", digits).name.startswith("digits-")
+    assert target_eval_dir("random:resnet18", digits) == target_eval_dir("random:resnet18", cfg("data.name=digits"))
+    slim = cfg("data.name=digits", "encoder.name=resnet18", "encoder.kwargs={stem_width: 8}")
+    other_seed = cfg("data.name=digits", "seed=1")
+    assert len({target_eval_dir("random:resnet18", c) for c in (digits, slim, other_seed)}) == 3
+    assert target_eval_dir("random:resnet50", slim) == target_eval_dir("random:resnet50", digits)  # kwargs not its
+
+
+def test_an_out_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path, capsys):
+    """The tour's: `--out FILE/sub` ended in a NotADirectoryError traceback when the first classifier was
+    exported, after the training it was to hold. Frozen and transfer evaluations now refuse it in one line
+    before any extraction or training."""
+    blocker = tmp_path / "tb.md"
+    blocker.write_text("a file, not a folder\n")
+    tiny = ["data.name=digits", "data.image_size=8", "data.subset=60", "eval.knn=[[3, 0.07]]", "eval.linear=false"]
+    for extra in ([], ["--protocol", "bitfit", "--transfer", "epochs=1"]):
+        out = blocker / "sub"
+        target = "pixels" if not extra else "random:resnet18"
+        assert main(["eval", target, "--out", str(out), *extra, *tiny]) == 2
+        line = one_line_error(capsys.readouterr().err)
+        assert line == f"selfsup eval: error: --out {out}: cannot create this folder ({blocker} is a file, not a " \
+                       f"folder): pass a folder path that can be created and written"
+    assert blocker.read_text() == "a file, not a folder\n" and sorted(p.name for p in tmp_path.iterdir()) == ["tb.md"]

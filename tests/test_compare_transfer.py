@@ -87,7 +87,7 @@ def test_transfer_classifier_is_read_as_its_folders_results(bitfit, capsys):
     folder, rows = bitfit
     assert main(["compare", str(folder / "classifier")]) == 0
     header, by_target = table(capsys.readouterr().out)
-    assert header[5:] == ["bitfit 100% top-1", "bitfit 100% top-5", "bitfit 50% top-1", "bitfit trainable %"]
+    assert header[6:] == ["bitfit 100% top-1", "bitfit 100% top-5", "bitfit 50% top-1", "bitfit trainable %"]
     row = by_target[str(folder / "classifier")]
     # one seed: the mean alone (no measured spread), two decimals
     assert row["bitfit 100% top-1"] == f"{10.555:.2f}"
@@ -110,22 +110,22 @@ def test_rows_from_runs_and_transfer_folders_line_up_by_column(tmp_path, bitfit,
     assert main(["compare", str(run), str(folder), str(run / "transfer-lora" / "classifier"), "--csv",
                  str(csv_path), "--plot", str(tmp_path / "c.png")]) == 0
     header, by_target = table(capsys.readouterr().out)
-    assert header == ["target", "method", "encoder", "epochs", "train min", "kNN k=20,T=0.07", "linear top-1",
+    assert header == ["target", "method", "encoder", "data", "epochs", "train min", "kNN k=20,T=0.07", "linear top-1",
                       "linear top-5", "linear top-1, 10% labels", "sklearn logistic top-1", "bitfit 100% top-1",
                       "bitfit 100% top-5", "bitfit 50% top-1", "bitfit trainable %", "lora 100% top-1",
                       "lora 100% top-5", "lora 10% top-1", "lora trainable %"]
     r = by_target[str(run)]
     assert (r["kNN k=20,T=0.07"], r["linear top-1"], r["linear top-5"]) == ("91.23", "93.46 ± 0.32", "99.11 ± 0.05")
     assert (r["linear top-1, 10% labels"], r["sklearn logistic top-1"]) == ("80.50 ± 1.25", "92.88")
-    assert all(r[h] == "" for h in header[10:])  # a run has no transfer result
+    assert all(r[h] == "" for h in header[11:])  # a run has no transfer result
     b = by_target[str(folder)]
-    assert all(b[h] == "" for h in header[5:10] + header[14:])  # no frozen result, no lora
+    assert all(b[h] == "" for h in header[6:11] + header[15:])  # no frozen result, no lora
     t = by_target[str(run / "transfer-lora" / "classifier")]
     # the folder sits in the run: its encoder's method, epochs and training minutes (90 s)
     assert (t["method"], t["encoder"], t["epochs"], t["train min"]) == ("simclr", "resnet18", "2", "1.5")
     assert t["lora 100% top-1"] == "72.00 ± 2.00"  # mean and sample sd of 70, 72, 74
     assert t["lora 100% top-5"] == "96.00 ± 1.00" and t["lora 10% top-1"] == f"42.00 ± {(14 / 2) ** 0.5:.2f}"
-    assert t["lora trainable %"] == "3.50" and all(t[h] == "" for h in header[5:14])
+    assert t["lora trainable %"] == "3.50" and all(t[h] == "" for h in header[6:15])
     with open(csv_path, newline="") as f:
         written = list(csv.reader(f))
     assert written[0] == header and [dict(zip(header, c)) for c in written[1:]] == list(by_target.values())
@@ -155,8 +155,8 @@ def test_encoder_export_still_compares(tmp_path, capsys):
     (tmp_path / "exp" / "model.safetensors").write_bytes(b"")
     assert main(["compare", str(tmp_path / "exp")]) == 0
     header, by_target = table(capsys.readouterr().out)
-    assert header == ["target", "method", "encoder", "epochs", "train min", "kNN k=20,T=0.07"]
-    assert list(by_target[str(tmp_path / "exp")].values())[1:] == ["simclr", "resnet18", "3", "1.5", "50.00"]
+    assert header == ["target", "method", "encoder", "data", "epochs", "train min", "kNN k=20,T=0.07"]
+    assert list(by_target[str(tmp_path / "exp")].values())[1:] == ["simclr", "resnet18", "", "3", "1.5", "50.00"]
 
 
 def test_what_is_no_transfer_folder_is_refused_in_one_line(tmp_path, bitfit, capsys):
@@ -335,3 +335,24 @@ def test_transfer_table_says_what_train_images_counts():
     assert notes == ["- Train images: the labelled subset. Each lr trains on it less a held-out share (100%: 30, "
                      "50%: 15 images) that chooses the lr, and the chosen model is the one reported (no refit on the "
                      "whole subset, unlike the linear probe)."]
+
+
+def test_rows_of_different_data_are_labelled_and_flagged():
+    """The tour's: compare put a 3-class image-folder run beside a digits run with nothing to tell them apart.
+    The data column names each row's data, and the table says when they differ."""
+    from selfsup.compare import Entry, markdown, table_rows
+
+    a = Entry("runs/a", "simclr", "resnet18", rows=[{"label": "a", "kind": "pretrained", "dataset": "digits",
+                                                    "train_images": 300, "test_images": 360, "knn": {}}])
+    b = Entry("runs/b", "simclr", "resnet18", rows=[{"label": "b", "kind": "transfer", "transfer": [
+        {"protocol": "bitfit", "fraction": 1.0, "dataset": "image-folder", "train_images": 9, "test_images": 6,
+         "top1": 100.0, "top1_std": 0.0, "top5": 100.0, "top5_std": 0.0, "trainable_pct": 1.0}]}])
+    old = Entry("runs/old", "simclr", "resnet18", rows=[{"label": "old", "kind": "pretrained", "knn": {}}])
+    header, cells = table_rows([a, b, old])
+    assert [c[header.index("data")] for c in cells] == ["digits (300/360)", "image-folder (9/6)", ""]
+    assert markdown(header, cells).endswith("\nNote: these rows were measured on different data (digits (300/360); "
+                                            "image-folder (9/6)): numbers of different data do not compare.\n")
+    assert "Note:" not in markdown(*table_rows([a, old]))
+    from selfsup.compare import differ
+
+    assert not differ({"digits (300/360)", "digits"}) and differ({"digits (300/360)", "digits (100/360)"})

@@ -452,3 +452,15 @@ def test_a_single_setting_holds_nothing_out_and_trains_only_the_final_probe(spy)
     with pytest.raises(DataError, match="holding 1 out to choose its settings leaves 1 to fit"):
         probe_protocol(x, y, x, y, 2, lrs=[0.1, 0.01], wds=[0.0], fractions=(1.0,), seeds=1, epochs=5, batch_size=8)
     assert linear_probe(x, y, x, y, 2, lrs=[0.1], wds=[0.0], epochs=5, batch_size=8)["val_top1"] is None
+
+
+def test_results_notes_say_how_the_probe_setting_was_chosen():
+    """A single setting holds nothing out: the results note must not claim a held-out choice (the tour's)."""
+    from selfsup.eval.report import probe_choice_note
+
+    one = [{"linear": {"val_images": 0}, "linear_10pct": {"val_images": 0}, "linear_sklearn": {"top1": 1.0}}]
+    grid = [{"linear": {"val_images": 30}, "linear_10pct": {"val_images": 3}}]
+    assert probe_choice_note(one) == ("Linear probe: one lr and weight decay (eval.linear_lrs, eval.linear_wds), "
+                                      "trained on every training image.")
+    assert probe_choice_note(grid) == probe_choice_note([{"knn": {}}]) == \
+        "Linear probe: lr and weight decay chosen on a split held out from the training set."

@@ -313,7 +313,8 @@ def test_held_out_tie_goes_to_the_lower_cross_entropy_and_tiny_splits_are_named(
     import selfsup.transfer.train as train
 
     def fake_fit(encoder, ds, info, num_classes, opts, lr, seed, trainer=None):
-        return SimpleNamespace(lr=lr, classifier=SimpleNamespace(encoder=nn.Linear(2, 2), head=nn.Linear(2, 2))), 0.0
+        return SimpleNamespace(lr=lr, diverged_at=None,
+                               classifier=SimpleNamespace(encoder=nn.Linear(2, 2), head=nn.Linear(2, 2))), 0.0
 
     def fake_predict(module, ds, batch_size, device):  # argmax right on every image; confidence set by the lr
         return torch.nn.functional.one_hot(ds.labels, 10).float() * (5.0 if module.lr == 0.1 else 1.0)
@@ -347,7 +348,7 @@ def test_a_diverged_lr_is_never_chosen_and_all_diverged_is_refused(monkeypatch):
     import selfsup.transfer.train as train
 
     def fake_fit(encoder, ds, info, num_classes, opts, lr, seed, trainer=None):
-        return SimpleNamespace(lr=lr), 0.0
+        return SimpleNamespace(lr=lr, diverged_at=None), 0.0
 
     def fake_predict(module, ds, batch_size, device):  # every image scored as the wrong class
         wrong = torch.nn.functional.one_hot((ds.labels + 1) % 10, 10).float()
@@ -363,9 +364,9 @@ def test_a_diverged_lr_is_never_chosen_and_all_diverged_is_refused(monkeypatch):
         assert (run["lr"], run["val_top1"]) == (1e-3, 0.0)
         assert [m.endswith("; diverged, not a candidate") for m in logs] == [lr >= 1.0 for lr in lrs]
     opts = TransferOptions(protocol="finetune", epochs=1, lrs=[10.0, 1e4], seeds=1, low_shot=[])
-    with pytest.raises(ConfigError, match=r"^--protocol finetune: every lr in \[10.0, 10000.0\] diverged \(held-out "
-                                          r"cross-entropy not finite, or over 1000 x ln\(classes\)\) .*lower "
-                                          r"--transfer lrs$"):
+    with pytest.raises(ConfigError, match=r"^--protocol finetune: every lr in \[10.0, 10000.0\] diverged \(training "
+                                          r"loss or held-out cross-entropy not finite, or the latter over 1000 x "
+                                          r"ln\(classes\)\) .*lower --transfer lrs$"):
         train.one_seed(None, data, data, INFO, opts, 1.0, 0, {}, lambda m: None)
     with pytest.raises(selfsup.data.DataError, match=r"has 2 labelled training image\(s\); holding 1 out to choose "
                                                      r"its settings leaves 1 to fit"):
@@ -391,7 +392,7 @@ def test_a_single_lr_holds_nothing_out(monkeypatch):
 
     def fake_fit(encoder, ds, info, num_classes, opts, lr, seed, trainer=None):
         fitted.append(sorted(ds.indices))
-        return SimpleNamespace(lr=lr), 0.0
+        return SimpleNamespace(lr=lr, diverged_at=None), 0.0
 
     def fake_predict(module, ds, batch_size, device):
         predicted.append(len(ds))
@@ -406,3 +407,56 @@ def test_a_single_lr_holds_nothing_out(monkeypatch):
     assert (run["val_images"], run["val_top1"], run["lr"], run["top1"]) == (0, None, 0.01, 100.0)
     two = images(2)
     assert train.one_seed(None, two, data, INFO, opts, 1.0, 0, {}, lambda m: None)[0]["val_images"] == 0
+
+
+def test_an_lr_whose_training_loss_is_not_finite_is_left_out_and_the_others_kept(monkeypatch):
+    """The tour's: --transfer lrs=[0.001,100000] stopped the whole evaluation at the NaN training loss of
+    1e5 and lost 0.001's results. Real Lightning fits: the lr whose loss turns NaN (forced here at step 2)
+    stops there with no update after it, is logged as diverged and never chosen; the other lr is kept.
+    Every lr diverged (a single lr too) is the one-line error."""
+    import selfsup.transfer.train as train
+
+    real_forward, modules = train.TransferModule.forward, []
+
+    def forward(self, x):
+        out = real_forward(self, x)
+        return out * float("nan") if self.lr == 100.0 and self.training and self.global_step >= 2 else out
+
+    real_fit = train.fit
+
+    def fit(*args, **kwargs):
+        module, secs = real_fit(*args, **kwargs)
+        modules.append(module)
+        return module, secs
+
+    monkeypatch.setattr(train.TransferModule, "forward", forward)
+    monkeypatch.setattr(train, "fit", fit)
+    data, logs = images(40), []
+    opts = TransferOptions(protocol="bitfit", epochs=2, batch_size=8, warmup_epochs=0, lrs=[100.0, 1e-3], seeds=1,
+                           low_shot=[])
+    run, kept = train.one_seed(make_encoder("resnet18"), data, data, INFO, opts, 1.0, 0, {}, logs.append)
+    assert run["lr"] == 1e-3 and kept is modules[1]
+    assert logs[0] == "[bitfit] 100% of labels, seed 0, lr 100: training loss not finite at step 2; diverged, not a " \
+                      "candidate"
+    assert logs[1].startswith("[bitfit] 100% of labels, seed 0, lr 0.001: held-out top-1")
+    # stopped at once: steps 0 and 1 updated, step 2's NaN loss was skipped (no backward, no update), none ran after
+    assert modules[0].diverged_at == 2 and modules[0].global_step == 3
+    assert all(p.isfinite().all() for p in modules[0].parameters())  # a NaN update would have spread into them
+    assert modules[1].diverged_at is None and modules[1].global_step == 2 * (36 // 8)  # 36 fit images, full batches
+    for lrs in ([100.0], [100.0, 100.0 + 0.0]):
+        with pytest.raises(ConfigError, match=r"every lr in \[100.0\] diverged \(training loss or held-out"):
+            train.one_seed(make_encoder("resnet18"), data, data, INFO,
+                           TransferOptions(protocol="bitfit", epochs=1, batch_size=8, lrs=lrs[:1], seeds=1,
+                                           low_shot=[]), 1.0, 0, {}, lambda m: None)
+
+
+def test_a_single_lr_table_does_not_claim_a_held_out_choice():
+    from selfsup.transfer.report import transfer_markdown
+
+    row = {"protocol": "bitfit", "fraction": 1.0, "train_images": 30, "val_images": 0, "top1": 50.0, "top1_std": 0.0,
+           "top5": 90.0, "top5_std": 0.0, "seeds": 1, "trainable_params": 10, "trainable_pct": 1.0, "minutes": 0.1}
+    md = transfer_markdown("random:resnet18", [row], [])
+    assert "(one learning rate, trained on every training image)" in md and "held-out" not in md
+    md = transfer_markdown("random:resnet18", [{**row, "val_images": 3}], [])
+    assert "(the learning rate chosen on a split held out from the training images)" in md
+    assert "less a held-out share (100%: 3 images) that chooses the lr" in md

@@ -140,6 +140,10 @@ def test_several_processes_need_a_global_batch_in_every_fit_and_no_fsdp():
     one_lr = TransferOptions(protocol="finetune", batch_size=32, low_shot=[0.1], lrs=[1e-3])  # nothing held out
     with pytest.raises(ConfigError, match=r"^--protocol finetune at 10% labels fits 30 images, fewer .* at most 30"):
         check_processes(encoder, labels, one_lr, two, said.append)
+    both = TransferOptions(protocol="finetune", batch_size=32, low_shot=[0.1, 0.01], lrs=[1e-3, 1e-2])
+    with pytest.raises(ConfigError, match=r"^--protocol finetune at 10% labels \(also too few at 1%\) fits 27 images, "
+                                          r".*: lower --transfer batch_size to at most 8, drop 0.1, 0.01 from "):
+        check_processes(encoder, labels, both, two, said.append)  # 1%: 10 images, 9 to fit: the fix covers both
     assert check_processes(encoder, labels, options, {"accelerator": "cpu", "devices": 1}, said.append) == 1
     assert said == ["[finetune] each run trains data-parallel on 2 processes, 8 images each of every global batch "
                     "of 16"]
@@ -147,3 +151,22 @@ def test_several_processes_need_a_global_batch_in_every_fit_and_no_fsdp():
     resnet = timm.create_model("resnet18", in_chans=1, num_classes=0, channels=[8, 16, 32, 64], stem_width=8)
     check_processes(resnet, labels, TransferOptions(protocol="bitfit", batch_size=16, low_shot=[]), two, said.append)
     assert said[-1].startswith("[bitfit] note: the BatchNorm layers that train normalise by each process's 8 images")
+
+
+def test_sync_batchnorm_on_cpu_processes_is_refused_before_any_process_starts(tmp_path):
+    """The tour's: trainer.sync_batchnorm=true (which the BatchNorm note suggests, on GPUs) on 2 CPU processes
+    ended in a traceback per process ('SyncBatchNorm layers only work with GPU modules'). It is one line now,
+    for transfer and pretraining, before Lightning launches anything; one process keeps the setting harmlessly."""
+    from selfsup.config import ConfigError, load_config
+    from selfsup.train.run import pretrain
+    from selfsup.transfer.train import process_count
+
+    cpu2 = {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "sync_batchnorm": True}
+    with pytest.raises(ConfigError, match=r"^trainer.sync_batchnorm=true .* runs on GPUs only, and these 2 processes "
+                                          r"run on CPU: set trainer.sync_batchnorm=false"):
+        process_count(cpu2)
+    assert process_count({**cpu2, "devices": 1}) == 1
+    cfg = load_config(None, [*CONFIG, "method.name=simclr", "trainer.devices=2", "trainer.strategy=ddp",
+                             "trainer.sync_batchnorm=true", "trainer.max_epochs=1", "data.batch_size=32"])
+    with pytest.raises(ConfigError, match=r"^trainer.sync_batchnorm=true .* 2 processes run on CPU"):
+        pretrain(cfg, tmp_path / "run")

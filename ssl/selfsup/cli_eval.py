@@ -76,7 +76,8 @@ def eval_command(args: argparse.Namespace) -> None:
     run = RunDir(target)
     is_run = run.is_run()
     in_place = is_run and not args.out  # results would go over the run's own results.json
-    out = Path(args.out) if args.out else (target if is_run else Path("runs") / "eval" / eval_folder(args.target))
+    out = Path(args.out) if args.out else (target if is_run else target_eval_dir(args.target, cfg))
+    ensure_out_dir(out)
     changed = changed_data_keys(load_run_config(target), cfg) if in_place else []
     if changed:  # other data: the run's own results.json stays as it is
         out = run.eval_dir(data_tag(cfg))
@@ -95,6 +96,26 @@ def eval_command(args: argparse.Namespace) -> None:
     write_results(written, rows, markdown_table(rows), cfg.eval.plots)
 
 
+def ensure_out_dir(out: Path) -> Path:
+    """``out`` itself, once it is known that it can be created: its nearest existing ancestor is a folder
+    this process may write in. Checked before anything is computed and without creating anything (a
+    command refused later leaves no folder behind), so that an output folder that cannot be made is a
+    one-line ConfigError at the start, not a traceback after the training or extraction it would hold."""
+    import os
+
+    from selfsup.config import ConfigError
+
+    base = out.expanduser().absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    problem = (f"{base} is a file, not a folder" if not base.is_dir()
+               else f"{base} is not writable" if not os.access(base, os.W_OK | os.X_OK) else None)
+    if problem:
+        raise ConfigError(f"--out {out}: cannot create this folder ({problem}): pass a folder path that can be "
+                          f"created and written")
+    return out
+
+
 def eval_folder(spec: str) -> str:
     """The folder under runs/eval/ for target ``spec`` when no --out is given, one per target so
     that evaluating another one never replaces its results: ``pixels``, ``random-resnet18``, or a
@@ -107,6 +128,27 @@ def eval_folder(spec: str) -> str:
     path = Path(spec).expanduser().resolve()
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(path.parts[-2:]))
     return f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+def target_eval_dir(spec: str, cfg: RunConfig) -> Path:
+    """The default folder (no --out) of an evaluation of the non-run target ``spec`` on ``cfg``'s data:
+    ``runs/eval/<eval_folder(spec)>/<data tag>``, the data tag (:func:`selfsup.eval.evaldata.data_tag`)
+    naming the dataset and a digest of what decides its images; for ``random:<name>`` also a digest
+    of what decides the encoder (its kwargs when ``encoder.name`` is that model, and ``seed``). One
+    folder per target used to take every evaluation of it, so one on other data (or another random
+    encoder) silently replaced the results of the one before."""
+    import hashlib
+    import json
+
+    from selfsup.eval.evaldata import data_tag
+
+    leaf = data_tag(cfg)
+    if spec.startswith("random:"):
+        name = spec.removeprefix("random:")
+        encoder = {"name": name, "kwargs": cfg.encoder.kwargs if name == cfg.encoder.name else {}, "seed": cfg.seed}
+        leaf += "-init-" + hashlib.blake2b(json.dumps(encoder, sort_keys=True, default=str).encode(),
+                                           digest_size=4).hexdigest()
+    return Path("runs") / "eval" / eval_folder(spec) / leaf
 
 
 def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
@@ -158,8 +200,10 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     # --dataset / --test-dataset are already in cfg: eval_command read them as overrides
     for spec in [args.target, *args.baseline]:
         check_target(spec)
-    base = RunDir(target).detection if RunDir(target).is_run() else Path("runs") / "eval-detection"
-    out = Path(args.out) if args.out else base / detection_tag(cfg)  # one folder per dataset: none overwrites another
+    # a run's own detection folder; any other target its own folder (they all shared one per dataset, so
+    # evaluating a second export replaced the first's results)
+    base = RunDir(target).detection if RunDir(target).is_run() else Path("runs") / "eval-detection" / eval_folder(args.target)
+    out = ensure_out_dir(Path(args.out) if args.out else base / detection_tag(cfg))  # one per dataset: none overwrites another
     data = detection_data(cfg)
     written = RunDir(out)
     pictures = written.plots if cfg.eval.plots else None  # test images with true and predicted boxes
@@ -304,9 +348,17 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     else:
         encoder, card = load_encoder_and_card(target)
     run = RunDir(target)
-    base = run.root if run.is_run() else Path("runs") / "eval" / eval_folder(args.target)
-    out = Path(args.out) if args.out else base / f"transfer-{args.protocol}"
+    if run.is_run():  # the run's own folder for its own data; other data gets its own folder, as a frozen eval
+        from selfsup.eval.evaluate import changed_data_keys, data_tag
+        from selfsup.train.workdir import load_run_config
+
+        base = run.eval_dir(data_tag(cfg)) if changed_data_keys(load_run_config(target), cfg) else run.root
+    else:
+        base = target_eval_dir(args.target, cfg)
+    out = ensure_out_dir(Path(args.out) if args.out else base / f"transfer-{args.protocol}")
     rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
+    for r in rows:  # which data (selfsup compare's data column)
+        r.update(dataset=cfg.data.name, test_images=len(test_ds))
     if not is_rank_zero():  # rank 0 writes the results (and wrote the export) once
         return
     frozen = json.loads(run.results_json.read_text()) if run.results_json.is_file() else []

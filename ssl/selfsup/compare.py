@@ -128,8 +128,9 @@ def read_transfer(folder: Path, target: str) -> Entry:
 def read_export(path: Path) -> Entry:
     """An :class:`Entry` from an export directory's config.json (its card keeps the results)."""
     card = read_card(path)
+    data = ((card.get("training_config") or {}).get("data") or {}).get("name")  # the card's results: its test split
     rows = [{"label": label, "kind": "random" if label.startswith("random") else
-             "pixels" if label.startswith("raw pixels") else "pretrained", **res}
+             "pixels" if label.startswith("raw pixels") else "pretrained", **({"dataset": data} if data else {}), **res}
             for label, res in (card.get("results") or {}).items()]
     return Entry(str(path), card.get("method"), card.get("architecture"), card.get("trained_epochs"),
                  card.get("training_minutes"), rows)
@@ -244,6 +245,16 @@ def transfer_columns(rows: list[dict[str, Any]]) -> list[Column]:
     return columns
 
 
+def data_cell(row: dict[str, Any]) -> str:
+    """Which data a result row was measured on: the dataset and its train / test image counts (a transfer
+    row: those of its all-labels fraction); blank when the row does not say (results written before)."""
+    r = (row.get("transfer") or [{}])[0] if row.get("kind") == TRANSFER_KIND else row
+    if not r.get("dataset"):
+        return ""
+    counts = f" ({r['train_images']}/{r['test_images']})" if "train_images" in r and "test_images" in r else ""
+    return f"{r['dataset']}{counts}"
+
+
 def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the comparison (see the module docstring)."""
     picked: list[tuple[Entry, dict[str, Any]]] = []
@@ -262,18 +273,34 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
                     picked.append((Entry(e.target), r))
     rows = [r for _, r in picked]
     columns = frozen_columns(rows) + transfer_columns(rows)
-    header = ["target", "method", "encoder", "epochs", "train min", *[h for h, _ in columns]]
+    header = ["target", "method", "encoder", "data", "epochs", "train min", *[h for h, _ in columns]]
     cells = []
     for e, r in picked:
         label = r["label"] if r.get("kind") in BASELINE_KINDS else e.target
-        cells.append([label, e.method or "", e.encoder or "", "" if e.epochs is None else f"{e.epochs:g}",
+        cells.append([label, e.method or "", e.encoder or "", data_cell(r), "" if e.epochs is None else f"{e.epochs:g}",
                       "" if e.train_minutes is None else f"{e.train_minutes:.1f}", *[cell(r) for _, cell in columns]])
     return header, cells
 
 
+def differ(data: set[str]) -> bool:
+    """Whether data cells (:func:`data_cell`: ``name`` or ``name (train/test)``) name different data: other
+    datasets, or one dataset at other image counts (a cell without counts, an export card's, matches any)."""
+    names: dict[str, set[str]] = {}
+    for cell in data:
+        name, _, counts = cell.partition(" (")
+        names.setdefault(name, set()).update([counts] if counts else [])
+    return len(names) > 1 or any(len(c) > 1 for c in names.values())
+
+
 def markdown(header: list[str], cells: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
-    return "\n".join([*lines, *("| " + " | ".join(c) + " |" for c in cells)]) + "\n"
+    """The table; a note under it when its rows were measured on different data (the data column)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
+    text = "\n".join([*lines, *("| " + " | ".join(c) + " |" for c in cells)]) + "\n"
+    data = {c[header.index("data")] for c in cells if c[header.index("data")]} if "data" in header else set()
+    if differ(data):
+        text += (f"\nNote: these rows were measured on different data ({'; '.join(sorted(data))}): numbers of "
+                 f"different data do not compare.\n")
+    return text
 
 
 def to_csv(header: list[str], cells: list[list[str]]) -> str:

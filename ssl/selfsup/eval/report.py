@@ -57,6 +57,27 @@ def layer_cell(row: dict[str, Any]) -> str:
     return f"{row['layer']} ({how}, {row['feature_dim']}-d)"
 
 
+def probe_held_out(rows: list[dict[str, Any]]) -> list[int]:
+    """The held-out split sizes (``val_images``) of every linear probe of ``rows`` (0: a single setting,
+    nothing held out; empty when no row has a probe)."""
+    return [v["val_images"] for r in rows for k, v in r.items()
+            if k.startswith("linear") and k != "linear_sklearn" and isinstance(v, dict) and "val_images" in v]
+
+
+def probe_chooses(rows: list[dict[str, Any]]) -> bool:
+    """Whether a linear probe of ``rows`` chose its (lr, wd) on a held-out split (rows written before
+    ``val_images`` existed are taken to have)."""
+    held = probe_held_out(rows)
+    return not held or any(n > 0 for n in held)
+
+
+def probe_choice_note(rows: list[dict[str, Any]]) -> str:
+    """The results note on how the linear probe's setting was chosen."""
+    if probe_chooses(rows):
+        return "Linear probe: lr and weight decay chosen on a split held out from the training set."
+    return "Linear probe: one lr and weight decay (eval.linear_lrs, eval.linear_wds), trained on every training image."
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """One row per evaluated target, or per stage of each target when evaluated layer-wise
     (rows with a ``layer`` key: a "stage" column after the encoder's). kNN top-1 for each (k, T); linear top-1/top-5 with all
@@ -96,8 +117,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
              f"Dataset {first['dataset']}: {first['train_images']} train / {first['test_images']} test images; "
              f"accuracies in percent on the test split; seed {first['seed']}; final-epoch weights, no epoch picked "
              f"on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
-             f"is never counted as predicted, in top-5 too. Linear probe: lr and weight decay "
-             f"chosen on a split held out from the training set."]
+             f"is never counted as predicted, in top-5 too. " + probe_choice_note(rows)]
     index = first.get("knn_index")
     if index:
         shown = ", ".join(f"{k} {v}" for k, v in index.items() if k not in ("seconds", "warnings") and v is not None)
@@ -108,7 +128,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     elif lin and "seeds" in lin:
         notes.append(f"Probe numbers are mean ± sample standard deviation over {lin['seeds']} seeds (seed "
                      f"{first['seed']} onwards). All labels: lr/wd chosen once, the probe retrained from each seed. "
-                     f"Low-shot: a class-balanced subset drawn per seed, lr/wd chosen on a split held out from it.")
+                     f"Low-shot: a class-balanced subset drawn per seed"
+                     + (", lr/wd chosen on a split held out from it." if probe_chooses(rows) else "."))
     if has_sklearn:
         notes.append("sklearn logistic top-1: scikit-learn's multinomial logistic regression (L-BFGS, C=1) on the "
                      "same standardised features, a cross-check of the SGD probe.")

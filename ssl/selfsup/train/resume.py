@@ -46,6 +46,18 @@ def device_count(devices: int | str) -> int | None:
     return len(items) if "," in text and all(d.strip().isdigit() for d in items) else None
 
 
+def check_sync_batchnorm(sync_batchnorm: bool, world_size: int, accelerator: object) -> None:
+    """ConfigError (one line) when ``trainer.sync_batchnorm`` asks several processes for torch's
+    SyncBatchNorm on an ``accelerator`` (Lightning's resolved one) other than CUDA: SyncBatchNorm runs on
+    GPUs only, and on the CPU the run failed at its first step with a traceback in every process. One
+    process has no statistics to share, so the setting is left alone there."""
+    if sync_batchnorm and world_size > 1 and type(accelerator).__name__ != "CUDAAccelerator":
+        raise ConfigError(f"trainer.sync_batchnorm=true shares BatchNorm statistics through torch's SyncBatchNorm, "
+                          f"which runs on GPUs only, and these {world_size} processes run on "
+                          f"{type(accelerator).__name__.removesuffix('Accelerator') or 'a non-GPU device'}: set "
+                          f"trainer.sync_batchnorm=false (each process then normalises by its own share of the batch)")
+
+
 def global_batch(cfg: RunConfig) -> int | None:
     """Images per optimiser step: batch_size x devices x nodes x accumulate_grad_batches
     (None when the device count is ``auto``)."""

@@ -29,7 +29,7 @@ from selfsup.train.loggers import LoggerSessions, build_loggers, start_loggers
 from selfsup.train.module import PretrainModule
 from selfsup.train.monitors import LabelFreeMonitor
 from selfsup.train.precision import resolve_precision
-from selfsup.train.resume import device_count, record_config, resume_changes
+from selfsup.train.resume import check_sync_batchnorm, device_count, record_config, resume_changes
 from selfsup.train.state import AtomicCheckpointIO
 from selfsup.train.steps import NoStepsError, check_trainable, describe_plan, no_steps_message, plan_steps
 from selfsup.train.workdir import RUN_DIR_ENV, check_run_dir, hold_run_dir, load_run_config, new_run_dir, owns_run_dir
@@ -85,6 +85,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         val_loader = make_loader(build_dataset(cfg.data, "test"), cfg.data.eval_batch_size, train=False,
                                  num_workers=cfg.data.num_workers)
     trainer = build_trainer(cfg, module, run_dir, log, resume)
+    check_sync_batchnorm(t.sync_batchnorm, trainer.world_size, trainer.accelerator)  # before any process starts
     plan = plan_steps(len(train_ds), cfg.data.batch_size, trainer.world_size, t.limit_train_batches,
                       t.accumulate_grad_batches, t.max_epochs, t.max_steps)
     if trainer.world_size > 1:  # every rank needs the same batch size: replace unreadable files, never drop

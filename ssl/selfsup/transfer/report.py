@@ -50,8 +50,11 @@ def frozen_notes(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict
 
 def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per labelled fraction of ``rows`` (:func:`selfsup.transfer.run_protocol`)."""
+    single = bool(rows) and all(r.get("val_images") == 0 for r in rows)  # one lr: nothing chosen, nothing held out
+    how = ("one learning rate, trained on every training image" if single
+           else "the learning rate chosen on a split held out from the training images")
     lines = [f"Transfer of {target}: top-1 / top-5 on the test split after the last epoch, mean ± sd over "
-             f"seeds (the learning rate chosen on a split held out from the training images).", "",
+             f"seeds ({how}).", "",
              "| protocol | labels | train images | top-1 | top-5 | trainable params (% of encoder) | train min "
              "(per seed) | frozen linear top-1 | frozen kNN top-1 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -61,7 +64,7 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
                      f"{_pm(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
     notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows)
-    if any("val_images" in r for r in rows):
+    if any("val_images" in r for r in rows) and not single:
         held = ", ".join(f"{r['fraction'] * 100:g}%: {r['val_images']}" for r in rows if "val_images" in r)
         notes.append(f"Train images: the labelled subset. Each lr trains on it less a held-out share ({held} "
                      f"images) that chooses the lr, and the chosen model is the one reported (no refit on the whole "

@@ -41,8 +41,8 @@ from selfsup.data.datasets import Subset
 from selfsup.eval.knn import topk_accuracy
 from selfsup.eval.linear import DIVERGED_NATS, best_candidate, check_fit_split, check_fraction_splits, class_balanced_subset, \
     fraction_key, held_out_count, selection_warnings, summarise
-from selfsup.losses import NonFiniteLossError
 from selfsup.schedules import cosine_factors, warmup_steps
+from selfsup.train.resume import check_sync_batchnorm
 from selfsup.transfer.options import TransferOptions
 from selfsup.transfer.protocols import Classifier, build_classifier, count_params, encoder_param_groups, \
     trainable_summary
@@ -61,6 +61,7 @@ class TransferModule(L.LightningModule):
         self.transform = CleanTransform(info.mean, info.std, info.image_size)
         self.factors = cosine_factors(total_steps, warmup_steps, options.min_lr_ratio)  # [total + 1]
         self.train_seconds, self._started = 0.0, 0.0
+        self.diverged_at: int | None = None  # the step whose training loss was not finite (the run stopped there)
 
     def on_train_start(self) -> None:  # after Lightning's setup: DDP's start of the other processes is not counted
         self._started = time.perf_counter()
@@ -77,9 +78,13 @@ class TransferModule(L.LightningModule):
         # the mean over the global batch (every process's batch has the same size): all processes stop at the
         # same step with the same message, and the bar shows what one process of the global batch would
         whole = distributed.all_reduce_mean(loss.detach())
-        if not torch.isfinite(whole):
-            raise NonFiniteLossError(f"the {self.options.protocol} loss is {whole.item()} at step {self.global_step} "
-                                     f"(lr {self.lr:g}): lower the learning rate (--lrs)")
+        if self.diverged_at is not None or not torch.isfinite(whole):
+            # this lr diverged: no update from here on and training stops, on every process at the same step
+            # (the mean is global); the lr is then left out of the choice, the others' results are kept
+            if self.diverged_at is None:
+                self.diverged_at = self.global_step
+            self.trainer.should_stop = True
+            return None
         self.log("train/loss", whole, prog_bar=True)
         return loss
 
@@ -153,7 +158,8 @@ def process_count(trainer: dict[str, Any] | None = None) -> int:
 
     Raises:
         ConfigError: (one line) ``strategy`` fsdp on several processes: it shards pretraining's large ViTs,
-            the transfer protocols train data-parallel (ddp)."""
+            the transfer protocols train data-parallel (ddp); ``sync_batchnorm`` on several processes without
+            GPUs (:func:`selfsup.train.resume.check_sync_batchnorm`)."""
     kwargs = trainer_kwargs(1, trainer)
     if str(kwargs["devices"]) in ("1", "[0]") and kwargs.get("num_nodes", 1) == 1:
         return 1  # nothing to resolve: no Trainer built
@@ -163,9 +169,11 @@ def process_count(trainer: dict[str, Any] | None = None) -> int:
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        processes = make_trainer({**kwargs, "strategy": "auto"} if fsdp else kwargs).world_size
+        probe = make_trainer({**kwargs, "strategy": "auto"} if fsdp else kwargs)
     finally:
         quiet.setLevel(level)
+    processes = probe.world_size
+    check_sync_batchnorm(bool(kwargs.get("sync_batchnorm")), processes, probe.accelerator)
     if fsdp and processes > 1:
         raise ConfigError(f"trainer.strategy={strategy} shards pretraining's large ViTs; the transfer protocols "
                           f"train data-parallel: use trainer.strategy=ddp (or auto)")
@@ -236,6 +244,7 @@ def fit_module(run: L.Trainer, module: TransferModule, loader: DataLoader) -> No
     processes (each re-runs this program's command); later fits reuse them and the process group."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")  # a diverged lr's stop
         run.fit(module, loader)
 
 
@@ -265,27 +274,34 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
     fit_pos, val_pos = held_out(len(idx), options.val_fraction, seed, len(options.lrs))
     fit_ds, val_ds = Subset(train_ds, idx[fit_pos].tolist()), Subset(train_ds, idx[val_pos].tolist())
     device, seconds, scores, kept = run_device(trainer), 0.0, [], None
-    if len(options.lrs) == 1:  # nothing to choose, nothing held out
-        kept, seconds = fit(encoder, fit_ds, info, train_ds.num_classes, options, options.lrs[0], seed, trainer)
-        scores.append((None, None))
-    for lr in options.lrs if len(options.lrs) > 1 else []:
+    single = len(options.lrs) == 1  # nothing to choose, nothing held out
+    for lr in options.lrs:
         module, secs = fit(encoder, fit_ds, info, train_ds.num_classes, options, lr, seed, trainer)
         seconds += secs
+        where = f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}"
+        if module.diverged_at is not None:  # its training loss was not finite: never a candidate (every rank)
+            scores.append((0.0, math.inf))
+            log(f"{where}: training loss not finite at step {module.diverged_at}; diverged, not a candidate")
+            continue
+        if single:
+            scores.append((None, None))
+            kept = module
+            continue
         logits = predict(module, val_ds, options.batch_size, device)  # [V, num_classes] (rank 0: all V rows)
         val, loss = scored_on_rank_zero(lambda: (topk_accuracy(logits, val_ds.labels, (1,))["top1"],
                                                  F.cross_entropy(logits, val_ds.labels).item()))
         scores.append((val, loss))
         gone = best_candidate([(val, loss)], train_ds.num_classes) is None  # never chosen
-        log(f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}: held-out top-1 {val:.2f}% "
-            f"(cross-entropy {loss:.3f}, {len(val_ds)} image(s))" + ("; diverged, not a candidate" if gone else ""))
+        log(f"{where}: held-out top-1 {val:.2f}% (cross-entropy {loss:.3f}, {len(val_ds)} image(s))"
+            + ("; diverged, not a candidate" if gone else ""))
         if best_candidate(scores, train_ds.num_classes) == len(scores) - 1:
             kept = module  # only the best so far stays in memory (each is a whole adapted encoder)
-    # ties: the lower held-out cross-entropy; a diverged lr (non-finite) never; a single lr untried
-    best = 0 if len(options.lrs) == 1 else best_candidate(scores, train_ds.num_classes)
+    # ties: the lower held-out cross-entropy; a diverged lr never; a single lr untried unless it diverged
+    best = (0 if kept is not None else None) if single else best_candidate(scores, train_ds.num_classes)
     if best is None:
-        raise ConfigError(f"--protocol {options.protocol}: every lr in {options.lrs} diverged (held-out cross-entropy "
-                          f"not finite, or over {DIVERGED_NATS:g} x ln(classes)) at {fraction * 100:g}% of labels, "
-                          f"seed {seed}: lower --transfer lrs")
+        raise ConfigError(f"--protocol {options.protocol}: every lr in {options.lrs} diverged (training loss or "
+                          f"held-out cross-entropy not finite, or the latter over {DIVERGED_NATS:g} x ln(classes)) at "
+                          f"{fraction * 100:g}% of labels, seed {seed}: lower --transfer lrs")
     (val, _), lr, module = scores[best], options.lrs[best], kept
     logits = predict(module, test_ds, options.batch_size, device)  # [N, num_classes] (rank 0: all N rows)
     test = scored_on_rank_zero(lambda: topk_accuracy(logits, test_ds.labels))
@@ -312,18 +328,21 @@ def check_processes(encoder: nn.Module, labels: Tensor, options: TransferOptions
         return 1
     p, batch = options.protocol, options.batch_size
     share = per_process_batch(batch, processes)
+    fit_images = {}  # images each labelled fraction fits (after the held-out share)
     for fraction in options.fractions:
         n = len(labels) if fraction >= 1 else len(class_balanced_subset(labels, fraction, options.seed))
-        n_fit = n - held_out_count(n, options.val_fraction, len(options.lrs))
-        if n_fit < batch:
-            fits = n_fit // processes * processes
-            lower = f"lower --transfer batch_size to at most {fits}, " if fits else ""
-            low_shot = (f"drop {fraction:g} from --transfer low_shot=[...] (default: eval.low_shot), "
-                        if fraction < 1 else "")
-            raise ConfigError(f"--protocol {p} at {fraction * 100:g}% labels fits {n_fit} images, fewer than one "
-                              f"global batch of {batch} (--transfer batch_size), which {processes} processes cannot "
-                              f"split as one process would (one short batch): {lower}{low_shot}or use "
-                              f"trainer.devices=1")
+        fit_images[fraction] = n - held_out_count(n, options.val_fraction, len(options.lrs))
+    short = {f: n for f, n in fit_images.items() if n < batch}
+    if short:  # every fraction named at once, with a fix that covers them all
+        (first, n_fit), *rest = short.items()
+        fits = min(short.values()) // processes * processes
+        lower = f"lower --transfer batch_size to at most {fits}, " if fits else ""
+        low = [f"{f:g}" for f in short if f < 1]
+        low_shot = f"drop {', '.join(low)} from --transfer low_shot=[...] (default: eval.low_shot), " if low else ""
+        also = f" (also too few at {', '.join(f'{f * 100:g}%' for f, _ in rest)})" if rest else ""
+        raise ConfigError(f"--protocol {p} at {first * 100:g}% labels{also} fits {n_fit} images, fewer than one "
+                          f"global batch of {batch} (--transfer batch_size), which {processes} processes cannot "
+                          f"split as one process would (one short batch): {lower}{low_shot}or use trainer.devices=1")
     log(f"[{p}] each run trains data-parallel on {processes} processes, {share} images each of every global "
         f"batch of {batch}")
     batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in encoder.modules())
