@@ -464,3 +464,39 @@ def test_results_notes_say_how_the_probe_setting_was_chosen():
                                       "trained on every training image.")
     assert probe_choice_note(grid) == probe_choice_note([{"knn": {}}]) == \
         "Linear probe: lr and weight decay chosen on a split held out from the training set."
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_probe_steps_run_on_one_thread_and_give_the_same_heads(monkeypatch, threads):
+    """Both branches of the thread rule, forced: a step under SMALL_STEP_MACS trains on one thread (the
+    caller's count restored after), a larger one on the caller's threads; the heads are the same either
+    way (to float rounding), and a caller already on one thread is left alone."""
+    x, y = noisy_linear_set(n=300, dim=20)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    seen = []
+    real = linear.threads_for_step
+
+    def spy(macs):
+        seen.append(macs)
+        return real(macs)
+
+    try:
+        monkeypatch.setattr(linear, "threads_for_step", spy)
+        inside, real_softmax = [], linear.softmax_last
+
+        def softmax_spy(z, m=None):  # called once a step, inside the loop: the threads it runs on
+            inside.append(torch.get_num_threads())
+            return real_softmax(z, m)
+
+        monkeypatch.setattr(linear, "softmax_last", softmax_spy)
+        small = linear._train_heads(x, y, 12, [(0.1, 0.0), (0.01, 0.0)], 2, 64, 0)
+        assert seen == [linear.probe_schedule(300, 2, 64)[0] * 20 * 2 * 12] and set(inside) == {1} and torch.get_num_threads() == threads
+        inside.clear()
+        monkeypatch.setattr(linear, "SMALL_STEP_MACS", 1)  # every step "large": the caller's threads
+        large = linear._train_heads(x, y, 12, [(0.1, 0.0), (0.01, 0.0)], 2, 64, 0)
+        assert set(inside) == {threads} and torch.get_num_threads() == threads
+        for a, b in zip(small, large):
+            torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
+    finally:
+        torch.set_num_threads(before)

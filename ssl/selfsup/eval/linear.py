@@ -20,9 +20,10 @@ probe that diverges on the whole training set is an error.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import product
 from typing import Any
 
@@ -73,6 +74,29 @@ def softmax_last(logits: Tensor, min_exponent: float | None = None) -> Tensor:
     return e.div_(e.sum(-1, keepdim=True))
 
 
+# multiply-adds of one probe step's logits matmul below which the probe runs on one thread. Measured on
+# the 2-core Xeon, idle (benchmarks/results/probe.md): the 1k-row 512-d grid (113 x 512 x 120 = 6.9M a
+# step) took 0.39 s on one thread against 0.48 s on two, and on two threads beside another busy process
+# 21 s (OpenMP threads waiting for a core that is not free); the 2048-d grid (27.8M a step) gains from two
+SMALL_STEP_MACS = 1 << 24
+
+
+@contextlib.contextmanager
+def threads_for_step(macs: int) -> Iterator[int]:
+    """Run the enclosed probe loop on one torch thread when a step's matmul is under
+    :data:`SMALL_STEP_MACS` multiply-adds; yields the thread count used, and the caller's count is
+    restored after. Small steps gain nothing from a second thread and lose badly to a busy core."""
+    before = torch.get_num_threads()
+    if macs >= SMALL_STEP_MACS or before == 1:
+        yield before
+        return
+    torch.set_num_threads(1)
+    try:
+        yield 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[float, float]],
                  epochs: int, batch_size: int, seeds: int | Sequence[int]) -> list[nn.Linear]:
     """One linear head per (seed, (lr, wd) setting), trained together with SGD (momentum 0.9,
@@ -111,29 +135,31 @@ def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[fl
     one_hot = F.one_hot(y, c).to(x.dtype)  # [N, C]
     step = 0
     bar = Bar(f"linear probe: {n_set} setting(s) x {n_grp} seed(s), {len(x)} rows", total, unit="step")
-    for _ in range(epochs):
-        perms = torch.stack([torch.randperm(len(x), generator=g) for g in gens])  # [G, N]
-        for i in range(steps_per_epoch):
-            idx = perms[:, i * batch_size:(i + 1) * batch_size].reshape(-1)  # [G * B]: each seed's own batch
-            b = len(idx) // n_grp
-            xb = x.index_select(0, idx).view(n_grp, b, dim)  # [G, B, D]; twice x[idx]'s speed
-            logits = torch.baddbmm(bias.view(n_grp, 1, n_set * c), xb,
-                                   weight.view(n_grp, n_set * c, dim).transpose(1, 2))  # [G, B, S * C]
-            # gradient of the sum over heads of each head's mean cross-entropy: (softmax - one-hot) / B
-            delta = softmax_last(logits.view(n_grp, b, n_set, c), MIN_EXPONENT)  # [G, B, S, C]; no subnormals
-            delta -= one_hot.index_select(0, idx).view(n_grp, b, 1, c)  # the label's one-hot, over the settings
-            delta /= b
-            grads = [torch.bmm(delta.view(n_grp, b, n_set * c).transpose(1, 2), xb).view(n_grp, n_set, c, dim),
-                     delta.sum(1)]  # [G, S, C, D], [G, S, C]
-            for p, grad, buf, wd_p, shape in zip(params, grads, momentum, wds, shapes):
-                d_p = torch.addcmul(grad, wd_p, p)  # SGD's grad + wd * p
-                if step == 0:
-                    buf.copy_(d_p)
-                else:
-                    buf.mul_(0.9).add_(d_p)
-                p.addcmul_(lrs[step].view(shape), buf, value=-1)  # p -= lr * buf
-            step += 1
-            bar.update()
+    macs = n_grp * min(batch_size, len(x)) * dim * n_set * c  # one step's logits matmul
+    with threads_for_step(macs):  # small steps on one thread (SMALL_STEP_MACS)
+        for _ in range(epochs):
+            perms = torch.stack([torch.randperm(len(x), generator=g) for g in gens])  # [G, N]
+            for i in range(steps_per_epoch):
+                idx = perms[:, i * batch_size:(i + 1) * batch_size].reshape(-1)  # [G * B]: each seed's own batch
+                b = len(idx) // n_grp
+                xb = x.index_select(0, idx).view(n_grp, b, dim)  # [G, B, D]; twice x[idx]'s speed
+                logits = torch.baddbmm(bias.view(n_grp, 1, n_set * c), xb,
+                                       weight.view(n_grp, n_set * c, dim).transpose(1, 2))  # [G, B, S * C]
+                # gradient of the sum over heads of each head's mean cross-entropy: (softmax - one-hot) / B
+                delta = softmax_last(logits.view(n_grp, b, n_set, c), MIN_EXPONENT)  # [G, B, S, C]; no subnormals
+                delta -= one_hot.index_select(0, idx).view(n_grp, b, 1, c)  # the label's one-hot, over the settings
+                delta /= b
+                grads = [torch.bmm(delta.view(n_grp, b, n_set * c).transpose(1, 2), xb).view(n_grp, n_set, c, dim),
+                         delta.sum(1)]  # [G, S, C, D], [G, S, C]
+                for p, grad, buf, wd_p, shape in zip(params, grads, momentum, wds, shapes):
+                    d_p = torch.addcmul(grad, wd_p, p)  # SGD's grad + wd * p
+                    if step == 0:
+                        buf.copy_(d_p)
+                    else:
+                        buf.mul_(0.9).add_(d_p)
+                    p.addcmul_(lrs[step].view(shape), buf, value=-1)  # p -= lr * buf
+                step += 1
+                bar.update()
     bar.close()
     heads = []
     for w, b_ in zip(weight.view(-1, c, dim), bias.view(-1, c)):  # seed-major, as documented
