@@ -76,6 +76,42 @@ def test_grid_pooling_is_the_mean_of_each_block_position_major():
     torch.testing.assert_close(pool_map(x, "avg"), x.reshape(2, 576, -1).mean(2))
 
 
+def test_pooling_into_given_rows_writes_them_in_place_with_the_same_numbers():
+    """pool_map(..., out=rows) fills the rows' slice (no intermediate grid for a channels_last map) with
+    exactly what it returns without out, for every kind of map and both poolings; a map on another
+    dtype is converted on the way."""
+    z = torch.randn(3, 64, 14, 14)
+    maps = [z, z.contiguous(memory_format=torch.channels_last), torch.randn(3, 32, 8, 8),
+            torch.randn(3, 32, 8, 8).contiguous(memory_format=torch.channels_last)]
+    for fmap in maps:
+        for pool in ("grid", "avg"):
+            want = pool_map(fmap, pool)
+            rows = torch.full((5, want.shape[1]), float("nan"))
+            got = pool_map(fmap, pool, out=rows[1:4])
+            assert got.data_ptr() == rows[1:4].data_ptr() and torch.equal(rows[1:4], want)
+            assert rows[0].isnan().all() and rows[4].isnan().all()  # nothing written outside the slice
+    half = maps[1].double()
+    rows = torch.empty(3, 9216)
+    torch.testing.assert_close(pool_map(half, "grid", out=rows), pool_map(maps[1], "grid"))
+
+
+def test_stage_rows_hand_out_slots_only_in_memory_after_the_first_batch(tmp_path):
+    from selfsup.eval.features import StageRows
+
+    rows = StageRows(tmp_path, 6)
+    assert rows.slots(2) is None  # widths unknown before the first batch
+    rows.append({"a": torch.ones(2, 3), "b": torch.zeros(2, 1)})
+    slots = rows.slots(2)
+    assert {k: v.shape for k, v in slots.items()} == {"a": (2, 3), "b": (2, 1)}
+    slots["a"].fill_(7.0)
+    rows.append({"a": slots["a"], "b": torch.full((2, 1), 5.0)})  # in place for a, copied for b
+    assert rows.features("a")[2:].eq(7.0).all() and rows.features("b")[2:].eq(5.0).all() and rows.n == 4
+    assert rows.slots(3) is None  # past the end
+    disk = StageRows(tmp_path, 6, budget=1)
+    disk.append({"a": torch.ones(2, 3)})
+    assert disk.slots(2) is None  # rows on disk are written to their file
+
+
 def test_the_position_major_order_is_a_permutation_that_leaves_distances_and_norms_alone():
     """The grid vector holds the channel-major vector's values in another fixed order: sorted, they
     are equal, and so are Gram matrices (what kNN and a standardised probe see)."""

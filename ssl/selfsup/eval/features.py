@@ -211,6 +211,14 @@ class StageRows:
         self.directory.mkdir(parents=True, exist_ok=True)
         return tempfile.TemporaryFile(prefix=".stage-", suffix=".f32", dir=self.directory)
 
+    def slots(self, b: int) -> dict[str, Tensor] | None:
+        """Where the next ``b`` rows of each stage go (``{stage: [b, D]}`` views of the in-memory rows), for
+        :func:`selfsup.eval.layers.stage_vectors` to pool into directly; None before the first batch (the
+        widths are not known yet), on disk, or past the end. A batch written there is appended without a copy."""
+        if self.on_disk is not False or not self._maps or self.n + b > self.max_rows:
+            return None
+        return {name: torch.from_numpy(rows)[self.n:self.n + b] for name, rows in self._maps.items()}
+
     def append(self, vectors: dict[str, Tensor]) -> None:
         rows = {len(v) for v in vectors.values()}
         if len(rows) != 1:
@@ -230,7 +238,9 @@ class StageRows:
                 continue
             if name not in self._maps:
                 self._maps[name] = np.empty((max(1, self.max_rows), v.shape[1]), dtype=np.float32)
-            torch.from_numpy(self._maps[name])[self.n:self.n + b] = v.float().cpu()  # [B, D]
+            dest = torch.from_numpy(self._maps[name])[self.n:self.n + b]  # [B, D]
+            if v.data_ptr() != dest.data_ptr():  # not already written there through slots()
+                dest.copy_(v.float().cpu())
         self.n += b
 
     def features(self, name: str) -> Tensor:
@@ -268,7 +278,8 @@ def extract_stages(encoder: nn.Module, ds: ImageDataset, info: DataInfo, stages:
         with inference_layout(encoder, channels_last) as layout:
             for images, y in progress(loader, f"stage features of {label}", total=len(loader), unit="batch"):
                 x = clean(images.to(device, non_blocking=True)).contiguous(memory_format=layout)
-                rows.append(stage_vectors(encoder, x, stages, pool, label))  # {stage: [B, D_stage]}
+                # {stage: [B, D_stage]}, pooled straight into the rows when they are in memory
+                rows.append(stage_vectors(encoder, x, stages, pool, label, into=rows.slots(len(x))))
                 labels.append(y)
     if rows.n == 0:  # no images here: the widths from one blank image, for the gather
         blank = torch.zeros(1, info.in_chans, info.image_size, info.image_size, device=device)
