@@ -269,3 +269,16 @@ def test_an_out_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path, 
         assert line == f"selfsup eval: error: --out {out}: cannot create this folder ({blocker} is a file, not a " \
                        f"folder): pass a folder path that can be created and written"
     assert blocker.read_text() == "a file, not a folder\n" and sorted(p.name for p in tmp_path.iterdir()) == ["tb.md"]
+
+
+def test_an_out_folder_on_a_filesystem_that_refuses_it_is_refused_too(tmp_path, capsys):
+    """The second tour's: as root, os.access says yes everywhere, so `--out /proc/x` passed the check and
+    failed after the work. The check now really makes (and removes) a folder there."""
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc on this system")  # Linux only: the CI machines are Linux
+    out = Path("/proc") / "selfsup-nope" / "x"
+    assert main(["eval", "pixels", "--out", str(out), "data.name=digits", "data.image_size=8", "data.subset=60",
+                 "eval.knn=[[3, 0.07]]", "eval.linear=false"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith(f"selfsup eval: error: --out {out}: cannot create this folder (nothing can be created "
+                           f"in /proc: ") and line.endswith("pass a folder path that can be created and written")

@@ -170,3 +170,20 @@ def test_sync_batchnorm_on_cpu_processes_is_refused_before_any_process_starts(tm
                              "trainer.sync_batchnorm=true", "trainer.max_epochs=1", "data.batch_size=32"])
     with pytest.raises(ConfigError, match=r"^trainer.sync_batchnorm=true .* 2 processes run on CPU"):
         pretrain(cfg, tmp_path / "run")
+
+
+def test_a_diverging_lr_on_two_processes_is_left_out_like_on_one(tmp_path):
+    """The second tour's: on two processes the diverged lr's stop (a step returning None) was refused by
+    Lightning and the whole run died. Both processes now stop that lr at the same step and keep the other."""
+    kw = "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"
+    cmd = [sys.executable, "-m", "selfsup.cli", "eval", "random:resnet18", "--protocol", "finetune",
+           *(a for o in ("batch_size=10", "epochs=1", "seeds=1", "low_shot=[]", "lrs=[0.001, 100000]")
+             for a in ("--transfer", o)), "--out", str(tmp_path / "out"), "data.name=digits", "data.image_size=16",
+           "data.subset=300", "encoder.name=resnet18", kw, "trainer.accelerator=cpu", "trainer.progress_bar=false",
+           *TWO]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [line for line in res.stdout.splitlines() if "lr 100000: training loss not finite at step" in line]
+    assert len(lines) == 1 and lines[0].endswith("; diverged, not a candidate")  # said once, by rank 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert rows[0]["lr"] == [0.001]

@@ -97,19 +97,26 @@ def eval_command(args: argparse.Namespace) -> None:
 
 
 def ensure_out_dir(out: Path) -> Path:
-    """``out`` itself, once it is known that it can be created: its nearest existing ancestor is a folder
-    this process may write in. Checked before anything is computed and without creating anything (a
-    command refused later leaves no folder behind), so that an output folder that cannot be made is a
-    one-line ConfigError at the start, not a traceback after the training or extraction it would hold."""
-    import os
+    """``out`` itself, once it is known that it can be created: a folder is made (and removed at once) in
+    its nearest existing ancestor. Checked before anything is computed and leaving nothing behind (a
+    command refused later leaves no folder), so that an output folder that cannot be made is a one-line
+    ConfigError at the start, not a traceback after the training or extraction it would hold. A real
+    attempt, not ``os.access``: that says yes to root everywhere, and to special filesystems (/proc)."""
+    import tempfile
 
     from selfsup.config import ConfigError
 
     base = out.expanduser().absolute()
     while not base.exists() and base != base.parent:
         base = base.parent
-    problem = (f"{base} is a file, not a folder" if not base.is_dir()
-               else f"{base} is not writable" if not os.access(base, os.W_OK | os.X_OK) else None)
+    if not base.is_dir():
+        problem = f"{base} is a file, not a folder"
+    else:
+        try:
+            Path(tempfile.mkdtemp(prefix=".selfsup-out-check-", dir=base)).rmdir()
+            problem = None
+        except OSError as err:
+            problem = f"nothing can be created in {base}: {err.strerror or err}"
     if problem:
         raise ConfigError(f"--out {out}: cannot create this folder ({problem}): pass a folder path that can be "
                           f"created and written")

@@ -79,12 +79,14 @@ class TransferModule(L.LightningModule):
         # same step with the same message, and the bar shows what one process of the global batch would
         whole = distributed.all_reduce_mean(loss.detach())
         if self.diverged_at is not None or not torch.isfinite(whole):
-            # this lr diverged: no update from here on and training stops, on every process at the same step
-            # (the mean is global); the lr is then left out of the choice, the others' results are kept
+            # this lr diverged: training stops, on every process at the same step (the mean is global), and
+            # the lr is left out of the choice, the others' results kept. The step's loss is a zero with a
+            # (zero) gradient for every trainable weight: under DDP a step must return a loss on every rank
+            # (Lightning refuses None there), and the module is never scored or exported
             if self.diverged_at is None:
                 self.diverged_at = self.global_step
             self.trainer.should_stop = True
-            return None
+            return sum((p * 0.0).sum() for p in self.parameters() if p.requires_grad)
         self.log("train/loss", whole, prog_bar=True)
         return loss
 
@@ -244,7 +246,6 @@ def fit_module(run: L.Trainer, module: TransferModule, loader: DataLoader) -> No
     processes (each re-runs this program's command); later fits reuse them and the process group."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")  # a diverged lr's stop
         run.fit(module, loader)
 
 
