@@ -337,14 +337,33 @@ def check_fit_split(n: int, n_val: int, what: str, fix: str = "use more labelled
                         f"settings leaves {n - n_val} to fit, and a fit needs at least 2: {fix}")
 
 
+def fit_sizes(labels: Tensor, fractions: Sequence[float], val_fraction: float, seed: int,
+              choices: int = 2) -> dict[float, tuple[int, int]]:
+    """``{fraction: (labelled images, images left to fit)}`` of each labelled fraction of ``labels``
+    (the class-balanced subset of :func:`class_balanced_subset`, less the held-out share of
+    :func:`held_out_count` for ``choices`` settings): what the probe's and the transfer protocols'
+    checks before training read."""
+    out = {}
+    for f in fractions:
+        n = len(labels) if f >= 1 else len(class_balanced_subset(labels, f, seed))
+        out[f] = (n, n - held_out_count(n, val_fraction, choices))
+    return out
+
+
+def name_fractions(short: Sequence[float]) -> str:
+    """``X% labels`` of the first of ``short`` fractions, ``(also too few at Y%, Z%)`` for the others."""
+    also = f" (also too few at {', '.join(f'{f * 100:g}%' for f in short[1:])})" if len(short) > 1 else ""
+    return f"{short[0] * 100:g}% labels{also}"
+
+
 def check_fraction_splits(labels: Tensor, fractions: Sequence[float], val_fraction: float, seed: int,
                           what: str, low_shot_key: str, choices: int = 2) -> None:
     """:func:`check_fit_split` for every labelled fraction before any training, each named (``what``
     at ``X%`` labels) with the fix that applies: more images for all labels, else dropping or raising
     that fraction of ``low_shot_key``. ``choices``: the settings to choose among (one holds nothing
     out, :func:`held_out_count`)."""
-    sizes = {f: len(labels) if f >= 1 else len(class_balanced_subset(labels, f, seed)) for f in fractions}
-    short = [f for f, n in sizes.items() if n - held_out_count(n, val_fraction, choices) < 2]
+    sizes = fit_sizes(labels, fractions, val_fraction, seed, choices)
+    short = [f for f, (_, n_fit) in sizes.items() if n_fit < 2]
     if not short:
         return
     first = short[0]
@@ -353,9 +372,8 @@ def check_fraction_splits(labels: Tensor, fractions: Sequence[float], val_fracti
     else:
         low = ", ".join(f"{f:g}" for f in short if f < 1)
         fix = f"drop {low} from {low_shot_key} or use larger fractions"
-    others = f" (also too few at {', '.join(f'{f * 100:g}%' for f in short[1:])})" if short[1:] else ""
-    check_fit_split(sizes[first], held_out_count(sizes[first], val_fraction, choices),
-                    f"{what} at {first * 100:g}% labels{others}", fix)
+    n, n_fit = sizes[first]
+    check_fit_split(n, n - n_fit, f"{what} at {name_fractions(short)}", fix)
 
 
 def selection_warnings(what: str, fraction: float, train_images: int, total_images: int, val_images: int,

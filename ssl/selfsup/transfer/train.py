@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict
@@ -39,8 +38,8 @@ from selfsup.config import ConfigError
 from selfsup.data import CleanTransform, DataInfo, ImageDataset, make_loader
 from selfsup.data.datasets import Subset
 from selfsup.eval.knn import topk_accuracy
-from selfsup.eval.linear import DIVERGED_NATS, best_candidate, check_fit_split, check_fraction_splits, class_balanced_subset, \
-    fraction_key, held_out_count, selection_warnings, summarise
+from selfsup.eval.linear import DIVERGED_NATS, best_candidate, check_fit_split, check_fraction_splits, \
+    class_balanced_subset, fit_sizes, fraction_key, held_out_count, name_fractions, selection_warnings, summarise
 from selfsup.schedules import cosine_factors, warmup_steps
 from selfsup.train.resume import check_sync_batchnorm
 from selfsup.transfer.options import TransferOptions
@@ -104,16 +103,6 @@ def run_device(trainer: dict[str, Any]) -> str:
     """Where a trained classifier is scored: "cuda" when present and the trainer's accelerator allows it."""
     ok = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
     return "cuda" if torch.cuda.is_available() and ok else "cpu"
-
-
-def is_rank_zero() -> bool:
-    """Whether this process is rank 0: torch.distributed's rank once the process group exists, before that
-    what the launcher put in the environment (``RANK``, ``LOCAL_RANK``, ``NODE_RANK``: set in the processes
-    Lightning's DDP launcher, torchrun or SLURM start), so that lines printed before the first fit are not
-    repeated by every process."""
-    if distributed.is_distributed():
-        return distributed.rank() == 0
-    return all(os.environ.get(key, "0") in ("", "0") for key in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 @torch.no_grad()
@@ -329,19 +318,15 @@ def check_processes(encoder: nn.Module, labels: Tensor, options: TransferOptions
         return 1
     p, batch = options.protocol, options.batch_size
     share = per_process_batch(batch, processes)
-    fit_images = {}  # images each labelled fraction fits (after the held-out share)
-    for fraction in options.fractions:
-        n = len(labels) if fraction >= 1 else len(class_balanced_subset(labels, fraction, options.seed))
-        fit_images[fraction] = n - held_out_count(n, options.val_fraction, len(options.lrs))
-    short = {f: n for f, n in fit_images.items() if n < batch}
+    sizes = fit_sizes(labels, options.fractions, options.val_fraction, options.seed, len(options.lrs))
+    short = {f: n_fit for f, (_, n_fit) in sizes.items() if n_fit < batch}
     if short:  # every fraction named at once, with a fix that covers them all
-        (first, n_fit), *rest = short.items()
+        n_fit = next(iter(short.values()))
         fits = min(short.values()) // processes * processes
         lower = f"lower --transfer batch_size to at most {fits}, " if fits else ""
         low = [f"{f:g}" for f in short if f < 1]
         low_shot = f"drop {', '.join(low)} from --transfer low_shot=[...] (default: eval.low_shot), " if low else ""
-        also = f" (also too few at {', '.join(f'{f * 100:g}%' for f, _ in rest)})" if rest else ""
-        raise ConfigError(f"--protocol {p} at {first * 100:g}% labels{also} fits {n_fit} images, fewer than one "
+        raise ConfigError(f"--protocol {p} at {name_fractions(list(short))} fits {n_fit} images, fewer than one "
                           f"global batch of {batch} (--transfer batch_size), which {processes} processes cannot "
                           f"split as one process would (one short batch): {lower}{low_shot}or use trainer.devices=1")
     log(f"[{p}] each run trains data-parallel on {processes} processes, {share} images each of every global "
@@ -388,9 +373,9 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
     check_fraction_splits(train_ds.labels, options.fractions, options.val_fraction, options.seed,
                           f"--protocol {options.protocol}", "--transfer low_shot=[...] (default: eval.low_shot)",
                           len(options.lrs))
-    log = log if is_rank_zero() else _silent
+    log = log if distributed.is_rank_zero() else _silent
     check_processes(encoder, train_ds.labels, options, trainer, log)
-    if not is_rank_zero():  # the results are rank 0's to hand over
+    if not distributed.is_rank_zero():  # the results are rank 0's to hand over
         on_row = None
     encoder_params = count_params(encoder)
     rows, exported = [], None
@@ -406,7 +391,7 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                 module.classifier.cpu()
                 exported = (export_transfer(module.classifier, card, options, out_dir,
                                             {"fraction": fraction, "seed": seed, **run})
-                            if is_rank_zero() else out_dir)  # written once
+                            if distributed.is_rank_zero() else out_dir)  # written once
         warnings = selection_warnings(options.protocol, fraction, runs[0]["train_images"], len(train_ds),
                                       runs[0]["val_images"], train_ds.num_classes, len(options.lrs))
         for warning in warnings:
