@@ -152,3 +152,23 @@ def test_feature_extraction_is_sharded_and_gathered_on_rank0_in_dataset_order(tm
         torch.testing.assert_close(r["feats"], want[r["share"]] if r["share"] else want[:0])
     assert ranks[0]["rows"].flatten().tolist() == [0, 5, 6, 7] + ([10, 11, 12, 13, 14] if world == 3 else [])
     assert ranks[0]["wide"][:, 0].tolist() == [0.0] * 3 + ([2.0] if world == 3 else [])
+
+
+@pytest.mark.parametrize("env, zero", [({}, True), ({"RANK": "0", "LOCAL_RANK": "0"}, True),
+                                       ({"RANK": "3", "LOCAL_RANK": "1"}, False), ({"LOCAL_RANK": "1"}, False),
+                                       ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False), ({"SLURM_PROCID": "2"}, False),
+                                       ({"SLURM_PROCID": "0", "RANK": ""}, True)])
+def test_one_reading_of_the_launchers_rank_for_run_dirs_and_transfer_output(monkeypatch, env, zero):
+    """Before the process group exists, rank 0 is read from the launcher's variables in one place: the run
+    directory's owner (pretraining) and the process that prints and writes a transfer run (which read
+    different variables before: a SLURM rank above 0 printed, a Lightning-started process owned nothing)."""
+    from selfsup import distributed
+    from selfsup.train.workdir import RUN_DIR_ENV, owns_run_dir
+
+    for var in distributed.LAUNCHER_RANK_VARS + (RUN_DIR_ENV,):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert distributed.launcher_rank_zero() is zero and distributed.is_rank_zero() is zero and owns_run_dir() is zero
+    monkeypatch.setenv(RUN_DIR_ENV, "/somewhere")  # a process Lightning's launcher started: never the owner
+    assert owns_run_dir() is False

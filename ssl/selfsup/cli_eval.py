@@ -339,7 +339,7 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     from selfsup.transfer import run_protocol
     from selfsup.transfer.export import minimal_card
     from selfsup.transfer.report import transfer_markdown
-    from selfsup.transfer.train import is_rank_zero
+    from selfsup.distributed import is_rank_zero
 
     options = transfer_options(args.protocol, args.transfer, cfg)
     if args.target == "pixels" or args.baseline:

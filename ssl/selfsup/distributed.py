@@ -22,6 +22,7 @@ devices continues the same streams.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable
 
 import torch
@@ -40,6 +41,23 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+# where launchers put a process's rank before the process group exists: torchrun (RANK, LOCAL_RANK),
+# Lightning's DDP launcher (LOCAL_RANK, NODE_RANK in the processes it starts) and SLURM (SLURM_PROCID)
+LAUNCHER_RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def launcher_rank_zero() -> bool:
+    """Whether this process is rank 0 as its launcher says (every variable of :data:`LAUNCHER_RANK_VARS`
+    that is set holds 0; a process no launcher started is rank 0), for what happens before the process
+    group exists: checking and writing a run directory, lines printed once."""
+    return all(int(os.environ[v]) == 0 for v in LAUNCHER_RANK_VARS if os.environ.get(v, "").isdigit())
+
+
+def is_rank_zero() -> bool:
+    """Rank 0 of the process group once it exists, else :func:`launcher_rank_zero`."""
+    return rank() == 0 if is_distributed() else launcher_rank_zero()
 
 
 def _all_gather_cat(x: Tensor) -> Tensor:

@@ -42,12 +42,11 @@ def owns_run_dir() -> bool:
     """Whether this process checks, locks and writes the run directory's own files: not a
     process Lightning's DDP launcher started (those follow rank 0, which holds the lock),
     nor a rank above 0 of an external launcher (torchrun, SLURM)."""
+    from selfsup.distributed import launcher_rank_zero  # torch: not on the CLI's fast paths
+
     if os.environ.get(RUN_DIR_ENV):
         return False
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var]) == 0
-    return True
+    return launcher_rank_zero()
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
