@@ -292,10 +292,19 @@ def check_args(args: argparse.Namespace) -> None:
             raise BenchmarkError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.train_images < 0:
         raise BenchmarkError(f"--train-images must be 0 (all) or more, got {args.train_images}")
+    from selfsup.cli_eval import ensure_out_dir
     from selfsup.configread import first_repeated
     from selfsup.data import DATASETS
     from selfsup.rundir import RunDir, is_export_dir
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise BenchmarkError(f"--out {out} is a folder: --out is a file stem (STEM.json and STEM.md are written); "
+                             f"pass e.g. {out / 'transfer'}")
+    try:  # its folder must be creatable before cells train (the results are written after the first one)
+        ensure_out_dir(out.parent)
+    except Exception as err:
+        raise BenchmarkError(str(err).replace(f"--out {out.parent}:", f"--out {out}: its folder", 1)) from None
     if args.data not in DATASETS:
         raise BenchmarkError(f"--data {args.data!r}: unknown dataset; choose from {', '.join(DATASETS.names())}")
     if args.data == "image-folder" and not args.data_root:

@@ -236,3 +236,20 @@ def test_an_image_folder_is_reached_through_data_root(bench, tmp_path, monkeypat
         run("rgb", "--data", "digits")
     assert str(err.value).startswith(f"error: {tmp_path / 'rgb'} takes 3-channel images but --data digits has "
                                      f"1-channel ones") and "\n" not in str(err.value)
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_anything_loads(bench, tmp_path, monkeypatch):
+    """The sibling of `selfsup eval --out FILE/sub` (a traceback after the work): the benchmark wrote its
+    results only after the first trained cell. A stem under a file, or a folder given as the stem, is one line
+    before anything loads."""
+    (tmp_path / "run").mkdir()
+    blocker = tmp_path / "notes.md"
+    blocker.write_text("x")
+    for out, message in ((blocker / "res", f"--out {blocker / 'res'}: its folder cannot create this folder "
+                                           f"({blocker} is a file, not a folder)"),
+                         (tmp_path / "run", f"--out {tmp_path / 'run'} is a folder: --out is a file stem")):
+        monkeypatch.setattr(sys, "argv", ["transfer.py", str(tmp_path / "run"), "--out", str(out)])
+        with pytest.raises(SystemExit) as err:
+            bench.main()
+        assert str(err.value).startswith(f"error: {message}") and "\n" not in str(err.value)
+    assert blocker.read_text() == "x"
