@@ -282,3 +282,19 @@ def test_an_out_folder_on_a_filesystem_that_refuses_it_is_refused_too(tmp_path, 
     line = one_line_error(capsys.readouterr().err)
     assert line.startswith(f"selfsup eval: error: --out {out}: cannot create this folder (nothing can be created "
                            f"in /proc: ") and line.endswith("pass a folder path that can be created and written")
+
+
+def test_a_non_run_target_evaluated_with_other_settings_keeps_both_results(tmp_path, monkeypatch, capsys):
+    """The third tour's: `selfsup eval pixels` with eval.linear_lrs=[0.1], then with the defaults, wrote both to
+    runs/eval/pixels/<data>/results.json, the second replacing the first. Each eval setting now has its own
+    folder under the data's, and they share its feature cache (extracted once)."""
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "pixels", "data.name=digits", "data.image_size=8", "data.subset=60", "eval.knn=[[3, 0.07]]",
+            "eval.linear=false", "eval.plots=false"]
+    assert main(base) == 0 and main([*base[:-3], "eval.knn=[[5, 0.07]]", *base[-2:]]) == 0
+    results = sorted(tmp_path.glob("runs/eval/pixels/digits-*/eval-*/results.json"))
+    assert len(results) == 2
+    keys = [set(json.loads(p.read_text())[0]["knn"]) for p in results]
+    assert sorted(map(sorted, keys)) == [["k=3,T=0.07"], ["k=5,T=0.07"]]  # both kept, each its own
+    assert len(list(tmp_path.glob("runs/eval/pixels/digits-*/features"))) == 1  # one cache for the data
+    capsys.readouterr()

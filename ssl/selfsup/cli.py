@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "coco:IMAGES_DIR,ANNOTATIONS.json test set instead of splitting --dataset")
     s.add_argument("--out", help="directory for results.json, results.md and cached features "
                    "(default: the run directory, or RUN_DIR/eval-<dataset>-<hash> when data.* differs from the "
-                   "run's own, or runs/eval/<target>/<dataset>-<hash>; --protocol: transfer-<protocol> inside it; detection: RUN_DIR/detection/<dataset> or "
+                   "run's own, or runs/eval/<target>/<dataset>-<hash>/eval-<hash of the eval settings>; --protocol: <dataset>-<hash>/transfer-<protocol>; detection: RUN_DIR/detection/<dataset> or "
                    "runs/eval-detection/<target>/<dataset>)")
     s.set_defaults(func=_eval)
 

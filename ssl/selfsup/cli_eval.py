@@ -38,11 +38,10 @@ def write_results(written: RunDir, rows: list[dict], table: str, plots: bool, ke
 
 
 def eval_command(args: argparse.Namespace) -> None:
-    import hashlib
     import json
 
     from selfsup.artifacts.load import load_encoder
-    from selfsup.config import ConfigError, load_config, to_dict
+    from selfsup.config import ConfigError, load_config
     from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers
     from selfsup.eval.report import markdown_table
     from selfsup.pipeline import saved_config
@@ -76,24 +75,38 @@ def eval_command(args: argparse.Namespace) -> None:
     run = RunDir(target)
     is_run = run.is_run()
     in_place = is_run and not args.out  # results would go over the run's own results.json
-    out = Path(args.out) if args.out else (target if is_run else target_eval_dir(args.target, cfg))
+    targets = [args.target, *args.baseline]
+    # a non-run target's default: one folder per data (its feature cache) and, inside it, one per eval
+    # settings and targets, so that another evaluation of the same target never replaces these results
+    shared = None if (args.out or is_run) else target_eval_dir(args.target, cfg)
+    out = Path(args.out) if args.out else (target if is_run else shared / f"eval-{eval_digest(cfg, targets)}")
     ensure_out_dir(out)
+    cache = RunDir(shared if shared is not None else out).features
     changed = changed_data_keys(load_run_config(target), cfg) if in_place else []
     if changed:  # other data: the run's own results.json stays as it is
         out = run.eval_dir(data_tag(cfg))
         print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
               f"the run's own results stay in {run.results_json}")
-    targets = [args.target, *args.baseline]
     rows = [row for t in targets  # cache keyed by data
-            for row in evaluate_layers(t, cfg, RunDir(out).features, load=load_encoder)]
+            for row in evaluate_layers(t, cfg, cache if not changed else RunDir(out).features, load=load_encoder)]
     reason = run_results_kept(target, cfg, rows) if in_place and not changed else None
     if reason:  # other eval settings or fewer rows: never replace the run's results with them
-        digest = hashlib.blake2b(json.dumps([to_dict(cfg)["eval"], targets], sort_keys=True).encode(),
-                                 digest_size=4).hexdigest()
-        out = run.eval_dir(f"{data_tag(cfg)}-{digest}")
+        out = run.eval_dir(f"{data_tag(cfg)}-{eval_digest(cfg, targets)}")
         print(f"[eval] {reason}: results go to {out}, the run's own results stay in {run.results_json}")
     written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
     write_results(written, rows, markdown_table(rows), cfg.eval.plots)
+
+
+def eval_digest(cfg: RunConfig, targets: list[str]) -> str:
+    """8 hex digits of an evaluation's ``eval`` settings and targets (with baselines): the name part that
+    keeps evaluations with other settings in folders of their own."""
+    import hashlib
+    import json
+
+    from selfsup.config import to_dict
+
+    return hashlib.blake2b(json.dumps([to_dict(cfg)["eval"], targets], sort_keys=True).encode(),
+                           digest_size=4).hexdigest()
 
 
 def ensure_out_dir(out: Path) -> Path:
