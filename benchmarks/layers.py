@@ -44,7 +44,7 @@ from selfsup.eval.features import FeatureCache, extract_features, extract_stages
 from selfsup.eval.layers import encoder_stages  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
-SLIM = "{output_stride: 16, channels: [32, 64, 128, 256], stem_width: 32}"  # configs/quickstart.yaml's encoder
+SLIM = "{output_stride: 16, channels: [32, 64, 128, 256]}"  # configs/quickstart.yaml's encoder
 
 
 def extraction(cfg, images: int, repeats: int) -> dict:

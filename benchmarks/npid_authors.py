@@ -196,7 +196,7 @@ class Model(nn.Module):
         if r.arch == "authors":
             self.encoder: nn.Module = CifarResNet18(in_chans, r.width)
         else:
-            kwargs = {"output_stride": 16, "channels": [32, 64, 128, 256], "stem_width": 32,
+            kwargs = {"output_stride": 16, "channels": [32, 64, 128, 256],
                       "zero_init_last": r.zero_init_last}
             self.encoder = create_encoder("resnet18", in_chans, kwargs)
         self.head = nn.Linear(self.encoder.num_features, 128)

@@ -57,7 +57,7 @@ from selfsup.train.optim import build_optimizer  # noqa: E402
 from selfsup.train.precision import PrecisionWarning, cpu_has_bf16  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
-SLIM = "encoder.kwargs={channels: [32, 64, 128, 256], stem_width: 32}"  # no output_stride: layer4 strides 2
+SLIM = "encoder.kwargs={channels: [32, 64, 128, 256]}"  # no output_stride: layer4 strides 2
 DIGITS = ["data.name=digits", "data.image_size=16", "data.batch_size=64", "encoder.name=resnet18", SLIM,
           "trainer.online_probe=false", "trainer.progress_bar=false"]
 EXTRA = {"npid": ["method.num_noise=256"], "moco": ["method.queue_size=1024", "method.bn_splits=1"],
@@ -227,7 +227,7 @@ def conv_check(seeds: int = 8) -> list[dict[str, Any]]:
 
 def markdown(res: dict[str, Any]) -> str:
     cpu = res["cpu"]
-    lines = [f"# bf16 autocast vs float32 on the CPU\n",
+    lines = ["# bf16 autocast vs float32 on the CPU\n",
              f"CPU: {cpu['model']} (avx512_bf16: {cpu['avx512_bf16']}, amx_bf16: {cpu['amx_bf16']}), "
              f"torch threads: {cpu['threads']}, torch {cpu['torch']}, oneDNN {cpu['onednn']}. "
              f"Written by `python benchmarks/precision.py`.\n",

@@ -49,15 +49,15 @@ from selfsup.train.optim import build_optimizer  # noqa: E402
 
 REFERENCE_IMAGES = 5 * 60_000  # issue 14's quickstart: 5 epochs in about 10 minutes on 2 cores
 
-SLIM = {"channels": [32, 64, 128, 256], "stem_width": 32}  # half-width resnet18
+SLIM = {"channels": [32, 64, 128, 256]}  # half-width resnet18
 ENCODERS: dict[str, dict[str, Any]] = {
     "slim-os16": {**SLIM, "output_stride": 16},  # issue 14's quickstart encoder
     "slim-os32": SLIM,
     "slim-b1": {**SLIM, "layers": [1, 1, 1, 1]},  # one BasicBlock per stage (a resnet10)
     "slim-b1-os16": {**SLIM, "layers": [1, 1, 1, 1], "output_stride": 16},
     "slim-os8": {**SLIM, "output_stride": 8},
-    "slim-wide4-os16": {"channels": [32, 64, 128, 512], "stem_width": 32, "output_stride": 16},  # 512-d features
-    "quarter-os16": {"channels": [16, 32, 64, 128], "stem_width": 16, "output_stride": 16},  # 128-d features
+    "slim-wide4-os16": {"channels": [32, 64, 128, 512], "output_stride": 16},  # 512-d features
+    "quarter-os16": {"channels": [16, 32, 64, 128], "output_stride": 16},  # 128-d features
 }
 COMMON = ["data.name=fashion-mnist", "encoder.name=resnet18"]
 SIMCLR = ["method.name=simclr", "method.temperature=0.2", "method.proj_hidden_dim=2048",

@@ -33,7 +33,7 @@ def tiny_config():
             encoder = ["encoder.name=vit_tiny_patch16_224",
                        "encoder.kwargs={img_size: 16, patch_size: 4, depth: 2, embed_dim: 32, num_heads: 2}"]
         else:
-            encoder = ["encoder.name=resnet18", "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"]
+            encoder = ["encoder.name=resnet18", "encoder.kwargs={channels: [8, 16, 32, 64]}"]
         return load_config(None, [
             f"method.name={method}", "data.name=digits", "data.image_size=16", "data.batch_size=64",
             *encoder, "trainer.max_epochs=1", "trainer.progress_bar=false", "eval.linear_epochs=5",

@@ -19,7 +19,7 @@ from selfsup.cli import main
 from conftest import one_line_error
 
 TINY = ["data.name=digits", "data.image_size=16", "data.batch_size=64",
-        "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.progress_bar=false",
+        "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false",
         "eval.linear_epochs=5", "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]", "eval.low_shot=[0.1]",
         "eval.probe_seeds=2"]
 
@@ -248,7 +248,7 @@ def test_a_non_run_target_on_other_data_or_another_random_init_gets_its_own_fold
     assert target_eval_dir("pixels", digits) == Path("runs/eval/pixels") / target_eval_dir("pixels", digits).name
     assert target_eval_dir("pixels", digits).name.startswith("digits-")
     assert target_eval_dir("random:resnet18", digits) == target_eval_dir("random:resnet18", cfg("data.name=digits"))
-    slim = cfg("data.name=digits", "encoder.name=resnet18", "encoder.kwargs={stem_width: 8}")
+    slim = cfg("data.name=digits", "encoder.name=resnet18", "encoder.kwargs={output_stride: 16}")
     other_seed = cfg("data.name=digits", "seed=1")
     assert len({target_eval_dir("random:resnet18", c) for c in (digits, slim, other_seed)}) == 3
     assert target_eval_dir("random:resnet50", slim) == target_eval_dir("random:resnet50", digits)  # kwargs not its

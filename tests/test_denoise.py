@@ -15,7 +15,7 @@ SD = 0.5
 
 
 def make_method(**kw):
-    enc = create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64], "stem_width": 8})
+    enc = create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64]})
     return Denoise(DenoiseConfig(**kw), enc, INFO)
 
 

@@ -18,7 +18,7 @@ from selfsup.detection.synthetic import FASHION_MNIST_CLASSES, render_object, sy
 from selfsup.detection.train import train_detector
 from selfsup.encoders import create_encoder
 
-TINY_RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
+TINY_RESNET = {"channels": [8, 16, 32, 64]}
 TINY_VIT = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}
 
 
@@ -361,7 +361,7 @@ def test_build_detector_leaves_the_callers_vit_as_it_was():
 TINY_RUN = ["detection.synthetic_train=12", "detection.synthetic_test=6", "detection.synthetic_canvas=64",
             "detection.synthetic_object_size=[12, 30]", "detection.image_size=64", "detection.epochs=1",
             "detection.batch_size=6", "detection.fpn_channels=16", "detection.box_head_dim=32",
-            "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"]
+            "encoder.kwargs={channels: [8, 16, 32, 64]}"]
 
 
 def test_cli_detection_end_to_end(tmp_path, capsys):

@@ -21,7 +21,7 @@ from selfsup.detection.model import build_detector
 from selfsup.detection.train import train_detector
 from selfsup.encoders import create_encoder
 
-TINY_RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
+TINY_RESNET = {"channels": [8, 16, 32, 64]}
 TINY_VIT = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}
 INFO = DataInfo(1, 64, 3, (0.5,), (0.25,))
 # 4 pyramid levels (strides 4..32, or 1..8 for the ViT): 4 FPN output convs, then the RPN head's conv

@@ -12,7 +12,7 @@ from selfsup.train.module import PretrainModule
 
 from conftest import TINY_INFO as INFO  # noqa: E402
 
-RESNET = ["encoder.name=resnet18", "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8, zero_init_last: false}"]
+RESNET = ["encoder.name=resnet18", "encoder.kwargs={channels: [8, 16, 32, 64], zero_init_last: false}"]
 
 
 def loop_scores(g, local, scale):

@@ -18,7 +18,7 @@ from selfsup.eval.evaluate import NotScorable, evaluate
 from selfsup.eval.report import markdown_table
 
 KNN = "k=3,T=0.07"
-TINY_ENCODER = "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"
+TINY_ENCODER = "encoder.kwargs={channels: [8, 16, 32, 64]}"
 
 
 def quiet(_: str) -> None:

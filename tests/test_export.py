@@ -16,7 +16,7 @@ def trained_run(tmp_path_factory):
     from selfsup.config import load_config
 
     cfg = load_config(None, ["method.name=simclr", "data.name=digits", "data.image_size=16", "data.batch_size=64",
-                             "data.subset=256", "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
+                             "data.subset=256", "encoder.kwargs={channels: [8, 16, 32, 64]}",
                              "trainer.max_epochs=1", "trainer.progress_bar=false"])
     return pretrain(cfg, run_dir=tmp_path_factory.mktemp("run"), log=lambda s: None)
 
@@ -75,7 +75,7 @@ def test_load_encoder_from_run_dir(trained_run):
     ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     prefix = "method.encoder."  # SimCLR exports its (only) encoder
     saved = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    reference = timm.create_model("resnet18", num_classes=0, in_chans=1, channels=[8, 16, 32, 64], stem_width=8)
+    reference = timm.create_model("resnet18", num_classes=0, in_chans=1, channels=[8, 16, 32, 64])
     reference.load_state_dict(saved)  # strict: the checkpoint holds the whole encoder
     reference.eval()
     x = torch.randn(5, 1, 16, 16)
@@ -90,7 +90,7 @@ def test_load_encoder_from_run_dir(trained_run):
         # two layouts may sum in another order, a float32 rounding difference (~1e-7 of the features' scale)
         assert got.shape == (5, 64) and torch.allclose(got, ref, rtol=0, atol=1e-5 * max(1.0, ref.abs().max().item()))
         assert enc.num_features == 64 and enc.selfsup_info.image_size == 16 and enc.selfsup_info.in_chans == 1
-    fresh = timm.create_model("resnet18", num_classes=0, in_chans=1, channels=[8, 16, 32, 64], stem_width=8).eval()
+    fresh = timm.create_model("resnet18", num_classes=0, in_chans=1, channels=[8, 16, 32, 64]).eval()
     with torch.no_grad():
         assert not torch.allclose(fresh(x), ref, atol=1e-2)  # trained weights: the comparisons above are not vacuous
 
@@ -101,7 +101,7 @@ enc = selfsup.load_encoder("my_encoder")        # eval mode; enc.selfsup_info ha
 enc = timm.create_model("resnet18", pretrained=True, num_classes=0, in_chans=1,
                         pretrained_cfg_overlay=dict(file="my_encoder/model.safetensors", input_size=(1, 28, 28),
                                                     mean=(0.286,), std=(0.353,)),  # from my_encoder/config.json
-                        output_stride=16, channels=[32, 64, 128, 256], stem_width=32)"""
+                        output_stride=16, channels=[32, 64, 128, 256])"""
 
 
 def test_readme_load_snippet_loads_a_quickstart_export(tmp_path, monkeypatch):
@@ -117,7 +117,7 @@ def test_readme_load_snippet_loads_a_quickstart_export(tmp_path, monkeypatch):
     assert README_TIMM_CALL in readme  # the calls below are the README's
     cfg = load_config(ROOT / "configs" / "quickstart.yaml")
     assert (cfg.encoder.name, cfg.encoder.kwargs) == (  # the kwargs the snippet passes are the quickstart's
-        "resnet18", {"output_stride": 16, "channels": [32, 64, 128, 256], "stem_width": 32})
+        "resnet18", {"output_stride": 16, "channels": [32, 64, 128, 256]})
     torch.manual_seed(0)
     exported = create_encoder(cfg.encoder.name, 1, cfg.encoder.kwargs, fair_random_init=True).eval()
     write_export(exported, make_card(cfg, DataInfo(1, 28, 10, (0.286,), (0.353,)), exported), tmp_path / "my_encoder")
@@ -133,7 +133,7 @@ def test_readme_load_snippet_loads_a_quickstart_export(tmp_path, monkeypatch):
     enc = timm.create_model("resnet18", pretrained=True, num_classes=0, in_chans=1,
                             pretrained_cfg_overlay=dict(file="my_encoder/model.safetensors", input_size=(1, 28, 28),
                                                         mean=(0.286,), std=(0.353,)),  # from my_encoder/config.json
-                            output_stride=16, channels=[32, 64, 128, 256], stem_width=32)
+                            output_stride=16, channels=[32, 64, 128, 256])
     cfg_overlay = timm.data.resolve_model_data_config(enc)
     assert (tuple(cfg_overlay["input_size"]), tuple(cfg_overlay["mean"]), tuple(cfg_overlay["std"])) == expected_data
     enc.eval()
@@ -182,8 +182,8 @@ def test_cli_export_torchscript_and_refused_torchvision(trained_run, trained_enc
     assert main(["export", str(trained_run), str(tmp_path / "tv"), "--format", "torchvision"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(
-        "selfsup export: error: cannot export 'resnet18' for torchvision: the timm kwargs channels=[8, 16, 32, 64], "
-        "stem_width=8 change the network")
+        "selfsup export: error: cannot export 'resnet18' for torchvision: the timm kwargs channels=[8, 16, 32, 64] "
+        "change the network")
     assert not (tmp_path / "tv").exists()
 
 

@@ -24,7 +24,7 @@ from selfsup.export import LoadError, load_encoder_and_card, make_card, write_ex
 
 from conftest import ROOT
 
-TINY = {"channels": [8, 16, 32, 64], "stem_width": 8}
+TINY = {"channels": [8, 16, 32, 64]}
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
 
 
@@ -145,14 +145,14 @@ FIELD_FAULTS = [
     ("kwargs", "abc", '"abc"', "it must be a JSON object of timm.create_model keyword arguments ({} for none)"),
     ("kwargs", [], "[]", "it must be a JSON object of timm.create_model keyword arguments"),
     ("kwargs", 7, "7", "it must be a JSON object"),
-    ("kwargs", {**TINY, "in_chans": 3}, '{"channels": [8, 16, 32, 64], "stem_width": 8, "in_chans": 3}',
+    ("kwargs", {**TINY, "in_chans": 3}, '{"channels": [8, 16, 32, 64], "in_chans": 3}',
      "it sets in_chans, which selfsup passes to timm itself"),  # flat format only: model_args holds in_chans
-    ("kwargs", {**TINY, "num_classes": 10}, '{"channels": [8, 16, 32, 64], "stem_width": 8, "num_classes": 10}',
+    ("kwargs", {**TINY, "num_classes": 10}, '{"channels": [8, 16, 32, 64], "num_classes": 10}',
      "it sets num_classes, which selfsup passes to timm itself"),
-    ("kwargs", {**TINY, "not_an_option": 1}, '{"channels": [8, 16, 32, 64], "stem_width": 8, "not_an_option": 1}',
+    ("kwargs", {**TINY, "not_an_option": 1}, '{"channels": [8, 16, 32, 64], "not_an_option": 1}',
      "timm cannot build 'resnet18' with them (TypeError: ResNet.__init__() got an unexpected keyword argument "
      "'not_an_option')"),
-    ("kwargs", {**TINY, "global_pool": "nope"}, '{"channels": [8, 16, 32, 64], "stem_width": 8, "global_pool": "nope"}',
+    ("kwargs", {**TINY, "global_pool": "nope"}, '{"channels": [8, 16, 32, 64], "global_pool": "nope"}',
      "timm cannot build 'resnet18' with them (AssertionError: Invalid pool type: nope)"),
     ("kwargs", {"act_layer": "nope"}, '{"act_layer": "nope"}', "timm cannot build 'resnet18' with them (KeyError: 'nope')"),
     ("num_features", 0, "0", "it must be a positive integer: the width of the encoder's features"),
@@ -188,7 +188,7 @@ def test_every_card_field_fault_is_one_line_naming_file_field_value_and_fix(expo
     _edit(export, **{field: value})
     card = export / "config.json"
     msg = _load_error(export)
-    fix = (f'set "num_features": 64 in that file' if problem.endswith("gives 64 features")
+    fix = ('set "num_features": 64 in that file' if problem.endswith("gives 64 features")
            else "set \"global_pool\": 'avg' in that file" if "pools with" in problem
            else f'correct "{_path(export, field)}" in that file, {REEXPORT}{export}`')
     assert msg.startswith(f'{str(card)!r}: "{_path(export, field)}" is {shown}, but {problem}'), msg

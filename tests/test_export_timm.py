@@ -25,7 +25,7 @@ from selfsup.export import LoadError, export_formats, make_card, write_export
 pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # tracing the ViT's shape checks
 
 FIXTURES = Path(__file__).parent / "fixtures"
-RESNET = ("resnet18", "simclr", {"channels": [8, 16, 32, 64], "stem_width": 8, "output_stride": 16})
+RESNET = ("resnet18", "simclr", {"channels": [8, 16, 32, 64], "output_stride": 16})
 VIT = ("vit_tiny_patch16_224", "mae", {"img_size": 24, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2})
 # not ImageNet's (3, 224, 224) and mean/std, and not equal across channels: a default or a swap shows
 INFO = DataInfo(2, 24, 10, (0.1, 0.7), (0.3, 0.45), 64)
@@ -180,7 +180,6 @@ def test_hand_edited_model_args_that_keep_shapes_are_refused(tmp_path):
 
 
 def test_cli_adds_formats_to_an_export_in_place_or_to_a_copy(tmp_path, capsys):
-    import shutil
 
     from selfsup.cli import main
 

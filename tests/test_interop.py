@@ -27,7 +27,7 @@ from selfsup.export import (CARD, FEATURE_RTOL, FORMAT_FILES, MODEL_CARD, ONNX_I
 # torch >= 2.9 deprecates TorchScript; these tests load TorchScript files on purpose
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
 
-TINY = {"channels": [8, 16, 32, 64], "stem_width": 8}
+TINY = {"channels": [8, 16, 32, 64]}
 RESULTS = {"SimCLR resnet18 (pretrained)": {"knn": {"k=20,T=0.07": {"top1": 91.25}},
                                             "linear": {"top1": 93.5, "top1_std": 0.42, "seeds": 3},
                                             "linear_10pct": {"top1": 80.0, "top1_std": 1.5, "seeds": 3,
@@ -142,7 +142,7 @@ def test_torchvision_dilated_bottleneck_resnet_with_one_channel():
 @pytest.mark.parametrize("name,kwargs,problem", [
     ("resnet18", {}, None),
     ("resnet50", {"output_stride": 8, "drop_path_rate": 0.1, "zero_init_last": False}, None),
-    ("resnet18", TINY, "the timm kwargs channels=[8, 16, 32, 64], stem_width=8 change the network"),
+    ("resnet18", TINY, "the timm kwargs channels=[8, 16, 32, 64] change the network"),
     ("resnet18", {"output_stride": 16}, "torchvision's BasicBlock does not support"),
     ("resnet50", {"stem_type": "deep"}, "stem_type='deep'"),
     ("resnet50", {"output_stride": 4}, "agree only on 8, 16 and 32"),
@@ -263,7 +263,7 @@ def test_model_card_readme(tmp_path):
     assert meta["library_name"] == "timm" and meta["datasets"] == ["digits"] and meta["license"] == "apache-2.0"
     assert {"simclr", "resnet18", "self-supervised-learning"} <= set(meta["tags"])
     for expected in ('SimCLR (Chen, Kornblith, Norouzi, Hinton 2020, "A Simple Framework',  # method + citation
-                     "timm `resnet18`, kwargs `{\"channels\": [8, 16, 32, 64], \"stem_width\": 8}`",
+                     "timm `resnet18`, kwargs `{\"channels\": [8, 16, 32, 64]}`",
                      "`digits`, 256 training images", "3 epochs", "after 12 optimiser steps", "| seed | 7 |",
                      "| SimCLR resnet18 (pretrained) | 91.25 | 93.50 ± 0.42 | 80.00 ± 1.50 |",  # results
                      "| raw pixels | 88.00 | 90.00 |  |", "± is the standard deviation over 3 probe seeds",
@@ -362,7 +362,7 @@ def test_load_error_other_architecture(tmp_path):
     with pytest.raises(LoadError) as err:
         selfsup.load_encoder(out)
     msg = str(err.value)
-    assert "do not fit 'resnet34' with kwargs {'channels': [8, 16, 32, 64], 'stem_width': 8} as config.json" in msg
+    assert "do not fit 'resnet34' with kwargs {'channels': [8, 16, 32, 64]} as config.json" in msg
     assert re.search(r"\d+ of the model's \d+ tensors are missing from the file "
                      r"\(e\.g\. 'layer1\.2\.conv1\.weight'", msg)
     assert "export the run again with `selfsup export RUN_DIR DIR`" in msg
@@ -371,7 +371,7 @@ def test_load_error_other_architecture(tmp_path):
 def test_load_error_other_shapes(tmp_path):
     out = tmp_path / "export"
     _export(out)
-    _edit_card(out, kwargs={"channels": [16, 32, 64, 128], "stem_width": 8})
+    _edit_card(out, kwargs={"channels": [16, 32, 64, 128]})
     with pytest.raises(LoadError, match=r"have another shape \(e\.g\. 'layer1\.0\.conv1\.weight': file \[8, 64, 3, 3\] "
                                         r"vs model \[16, 64, 3, 3\]"):
         selfsup.load_encoder(out)

@@ -84,7 +84,7 @@ def test_tile_size_follows_the_image_with_a_floor():
 def tiny_jigsaw():
     def make(**kw):
         from conftest import TINY_INFO as info
-        enc = create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64], "stem_width": 8})
+        enc = create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64]})
         cfg = JigsawConfig(**{"head_hidden_dim": 64, **kw})
         return Jigsaw(cfg, enc, info)
 

@@ -18,7 +18,7 @@ from selfsup.eval.features import FeatureFile, extract_features, extract_stages
 from selfsup.eval.layers import TARGET_DIM, encoder_stages, grid_side, pool_map, select_stages, stage_vectors
 from selfsup.eval.report import markdown_table
 
-TINY_RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
+TINY_RESNET = {"channels": [8, 16, 32, 64]}
 TINY_VIT = {"img_size": 16, "patch_size": 4, "depth": 3, "embed_dim": 32, "num_heads": 2}
 INFO16 = DataInfo(in_chans=1, image_size=16, num_classes=3, mean=(0.5,), std=(0.25,), num_samples=40)
 

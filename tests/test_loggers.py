@@ -16,7 +16,7 @@ from selfsup.config import ConfigError, load_config
 from conftest import ROOT, one_line_error
 
 TINY = ["data.name=digits", "data.image_size=8", "data.batch_size=128", "data.subset=512",
-        "encoder.kwargs={channels: [8, 8, 16, 16], stem_width: 8}", "trainer.progress_bar=false",
+        "encoder.kwargs={channels: [8, 8, 16, 16]}", "trainer.progress_bar=false",
         "trainer.log_every_n_steps=1", "trainer.monitor_every_n_steps=0", "trainer.online_probe=false"]
 
 

@@ -18,7 +18,7 @@ from selfsup.methods.simmim import SimMIM, SimMIMConfig, default_mask_patch_size
 
 from conftest import TINY_INFO as INFO  # noqa: E402
 VIT = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}
-RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
+RESNET = {"channels": [8, 16, 32, 64]}
 
 
 def tiny_vit(**kw):

@@ -235,7 +235,7 @@ def test_method_estimator_reaches_simclr_and_moco_and_is_checked():
 
     for name in ("simclr", "moco"):
         cfg = load_config(None, [f"method.name={name}", "method.estimator=smile", "method.smile_tau=2.0"])
-        enc = create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64], "stem_width": 8})
+        enc = create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64]})
         method = METHODS.get(name)(cfg.method, enc, TINY_INFO)
         assert method.criterion.estimator == "smile" and method.criterion.tau == 2.0
         out = method.training_step(torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8))

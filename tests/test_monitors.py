@@ -75,7 +75,7 @@ def test_pretraining_logs_the_monitors_and_restores_train_mode(tmp_path, monkeyp
 
     cfg = load_config(ROOT / "configs" / "quickstart.yaml", [
         "data.name=digits", "data.image_size=16", "data.batch_size=64", "trainer.max_steps=3",
-        "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.progress_bar=false",
+        "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false",
         "trainer.monitor_every_n_steps=1", "trainer.monitor_images=48", "trainer.online_probe=false"])
     # the collapse warning reaches the run's log once, through a real Trainer (Lightning replaces every
     # callback's `log` attribute with the LightningModule's, which once crashed the run here)

@@ -12,7 +12,7 @@ from selfsup.train.module import PretrainModule
 
 from conftest import TINY_INFO as INFO  # noqa: E402
 
-CATAVGMAX = ("resnet18", "{channels: [8, 16, 32, 64], stem_width: 8, global_pool: catavgmax}")
+CATAVGMAX = ("resnet18", "{channels: [8, 16, 32, 64], global_pool: catavgmax}")
 MOBILENET = ("mobilenetv3_small_050", "{}")
 
 
@@ -73,7 +73,7 @@ def test_a_method_refusing_its_encoder_is_one_line_before_training(config, extra
     from selfsup.cli import main
 
     kwargs = [] if any(e.startswith("encoder.kwargs") for e in extra) else [
-        "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"]
+        "encoder.kwargs={channels: [8, 16, 32, 64]}"]
     code = main(["pretrain", str(ROOT / "configs" / config), "--run-dir", str(tmp_path / "run"), "data.name=digits",
                  "data.image_size=16", "trainer.max_steps=1", "--no-eval", *extra, *kwargs])
     err = capsys.readouterr().err

@@ -34,7 +34,7 @@ from conftest import ROOT  # noqa: E402
 DATA = ["data.name=digits", "data.image_size=16"]
 EVAL = ["eval.linear_epochs=5", "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]", "eval.low_shot=[]",
         "eval.probe_seeds=1", "eval.baselines=[]"]
-RUN = [*DATA, "data.batch_size=64", "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
+RUN = [*DATA, "data.batch_size=64", "encoder.kwargs={channels: [8, 16, 32, 64]}",
        "method.proj_hidden_dim=64", "trainer.max_epochs=1", "trainer.progress_bar=false", "trainer.precision=32-true",
        *EVAL]
 
@@ -72,8 +72,8 @@ def gates_of_residual_blocks(model: torch.nn.Module) -> list[str]:
     return gates
 
 
-@pytest.mark.parametrize("name, kwargs", [("resnet18", {"channels": [8, 16, 32, 64], "stem_width": 8}),
-                                          ("resnet26", {"channels": [8, 16, 32, 64], "stem_width": 8})],
+@pytest.mark.parametrize("name, kwargs", [("resnet18", {"channels": [8, 16, 32, 64]}),
+                                          ("resnet26", {"channels": [8, 16, 32, 64]})],
                          ids=["basic-blocks", "bottlenecks"])
 def test_random_baseline_disables_zero_init_last(name, kwargs):
     from selfsup.data import DataInfo

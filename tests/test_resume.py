@@ -69,7 +69,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 
 TINY = ["data.name=digits", "data.image_size=16", "data.batch_size=64", "encoder.name=resnet18",
-        "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.progress_bar=false",
+        "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false",
         "trainer.max_epochs=6", "trainer.log_every_n_steps=5", "trainer.precision=32-true"]
 
 

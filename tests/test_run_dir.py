@@ -32,9 +32,9 @@ from conftest import ROOT, one_line_error, with_overrides
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "ssl"), "OMP_NUM_THREADS": "1"}
 ENV.pop(RUN_DIR_ENV, None)
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
-KWARGS = {"channels": [8, 16, 32, 64], "stem_width": 8}
+KWARGS = {"channels": [8, 16, 32, 64]}
 TINY = ["data.name=digits", "data.image_size=16", "data.batch_size=64", "data.subset=128",
-        "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.progress_bar=false",
+        "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false",
         "trainer.precision=32-true", "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
 CLI = [sys.executable, "-c", "import sys; from selfsup.cli import main; sys.exit(main(sys.argv[1:]))"]
 

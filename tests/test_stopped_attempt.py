@@ -23,7 +23,7 @@ from selfsup.train.workdir import RunDirError, check_run_dir, set_aside_stopped_
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 CLI = [sys.executable, "-c", "import sys; from selfsup.cli import main; sys.exit(main(sys.argv[1:]))"]
 TINY = ["data.name=digits", "data.image_size=16", "data.batch_size=64", "data.subset=128",
-        "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.progress_bar=false",
+        "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false",
         "trainer.precision=32-true", "trainer.max_epochs=1", "trainer.online_probe=false",
         "trainer.monitor_every_n_steps=0"]
 

@@ -147,7 +147,7 @@ def test_non_finite_gradient_stops_naming_the_parameter(tiny_config, tmp_path, m
     quickstart = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
     code = main(["pretrain", quickstart, "--run-dir", str(tmp_path / "cli"), "--no-eval",
                  "data.name=digits", "data.image_size=16", "data.batch_size=64", "data.subset=256",
-                 "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "trainer.max_epochs=1",
+                 "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.max_epochs=1",
                  "trainer.progress_bar=false", "trainer.precision=32-true"])
     assert code == 2
     err_lines = capsys.readouterr().err.strip().splitlines()

@@ -12,7 +12,7 @@ from selfsup.cli import main
 from conftest import one_line_error
 
 TINY = ["data.name=digits", "data.image_size=16", "encoder.name=resnet18",
-        "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}", "eval.low_shot=[0.5]", "eval.probe_seeds=2",
+        "encoder.kwargs={channels: [8, 16, 32, 64]}", "eval.low_shot=[0.5]", "eval.probe_seeds=2",
         "trainer.progress_bar=false"]
 
 
@@ -24,7 +24,7 @@ def test_bitfit_through_the_cli_reports_each_fraction_and_exports_a_timm_classif
     rows = json.loads((out / "results.json").read_text())
     assert [r["key"] for r in rows] == ["bitfit", "bitfit_50pct"] and [r["seeds"] for r in rows] == [2, 2]
     assert rows[0]["options"]["lrs"] == [0.003] and rows[0]["options"]["epochs"] == 1
-    enc = timm.create_model("resnet18", in_chans=1, channels=[8, 16, 32, 64], stem_width=8, num_classes=0)
+    enc = timm.create_model("resnet18", in_chans=1, channels=[8, 16, 32, 64], num_classes=0)
     norms = [m for m in enc.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     biases_and_norms = sum(p.numel() for m in norms for p in m.parameters()) + sum(
         m.bias.numel() for m in enc.modules() if not isinstance(m, torch.nn.modules.batchnorm._BatchNorm)

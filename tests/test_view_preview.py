@@ -25,7 +25,7 @@ from selfsup.methods.simmim import SimMIM, SimMIMConfig
 
 from conftest import TINY_INFO as INFO  # noqa: E402
 
-RESNET = {"channels": [8, 16, 32, 64], "stem_width": 8}
+RESNET = {"channels": [8, 16, 32, 64]}
 VIT = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}
 
 

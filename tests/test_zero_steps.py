@@ -22,7 +22,7 @@ from selfsup.train.steps import NoStepsError, plan_steps
 from conftest import ROOT, one_line_error, with_overrides
 
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
-TINY = ["data.name=digits", "data.image_size=16", "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}",
+TINY = ["data.name=digits", "data.image_size=16", "encoder.kwargs={channels: [8, 16, 32, 64]}",
         "trainer.progress_bar=false", "trainer.precision=32-true", "trainer.max_epochs=1"]
 
 

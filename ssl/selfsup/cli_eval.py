@@ -309,7 +309,8 @@ def transfer_trainer(cfg: RunConfig, options: Any, say: Any = print) -> dict[str
     terminal, never with --quiet). Checked before any data is read.
 
     Raises:
-        ConfigError: (one line, naming the fix) on several processes: a global batch they cannot split, fsdp
+        ConfigError: (one line, naming the fix) GPU devices (``-1``, indices) on the CPU
+            (:func:`selfsup.train.resume.check_devices`); on several processes: a global batch they cannot split, fsdp
             (:func:`selfsup.transfer.train.process_count`), or a start from a program other than the selfsup
             command line (:func:`relaunches_this_command`)."""
     import os
@@ -317,9 +318,11 @@ def transfer_trainer(cfg: RunConfig, options: Any, say: Any = print) -> dict[str
     from selfsup import progress
     from selfsup.config import ConfigError
     from selfsup.train.precision import resolve_precision
+    from selfsup.train.resume import check_devices
     from selfsup.transfer.train import per_process_batch, process_count
 
     t = cfg.trainer
+    check_devices(t.devices, t.accelerator)
     trainer = {"accelerator": t.accelerator, "devices": t.devices, "num_nodes": t.num_nodes, "strategy": t.strategy,
                "sync_batchnorm": t.sync_batchnorm,
                "precision": resolve_precision(t.precision, t.accelerator, warn=lambda m: say(f"[precision] {m}")),

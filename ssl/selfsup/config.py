@@ -142,6 +142,12 @@ class TrainerConfig:
             self.logger = [self.logger]
         if len(set(self.logger)) != len(self.logger):
             raise ValueError(f"logger lists a logger twice: {self.logger}")
+        text = str(self.devices).strip()
+        indices = [p.strip() for p in text.split(",")]
+        if not (text in ("auto", "-1") or (text.isdigit() and int(text) >= 1)
+                or ("," in text and all(p.isdigit() for p in indices) and len(set(map(int, indices))) == len(indices))):
+            raise ValueError(f"devices must be a process count >= 1, 'auto', -1 (every GPU) or distinct GPU indices "
+                             f"like '0,1', got {self.devices!r}")
 
 
 @dataclass

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import timm
+import torch
 from torch import nn
-
 
 
 class EncoderError(ValueError):
@@ -23,6 +25,20 @@ def check_timm_name(name: str) -> None:
                            f"List them with: python -c \"import timm; print(timm.list_models('*resnet*'))\"")
 
 
+def check_kwargs_keys(kwargs: dict[Any, Any]) -> None:
+    """EncoderError (one line) for an ``encoder.kwargs`` key that is no Python keyword name (YAML's
+    ``{stem_width:8}``, no space, is one key with no value) or one that selfsup sets itself."""
+    for key in kwargs:  # each key becomes a timm keyword argument, and one in the export's timm call
+        if not (isinstance(key, str) and key.isidentifier()):
+            name, sep, value = str(key).partition(":")
+            hint = (f": YAML reads `{key}` as one key with no value; write `{name}: {value}` (a space after the "
+                    f"colon)") if sep else "; use timm's keyword names"
+            raise EncoderError(f"encoder.kwargs key {key!r} is not a Python keyword name{hint}")
+    for bad in ("num_classes", "in_chans", "pretrained"):
+        if bad in kwargs:
+            raise EncoderError(f"encoder.kwargs.{bad} is set by selfsup; remove it from the config")
+
+
 def create_encoder(name: str, in_chans: int, kwargs: dict[str, Any] | None = None,
                    fair_random_init: bool = False) -> nn.Module:
     """A timm model ``name`` with ``num_classes=0`` and ``in_chans`` input channels.
@@ -33,15 +49,7 @@ def create_encoder(name: str, in_chans: int, kwargs: dict[str, Any] | None = Non
     """
     check_timm_name(name)
     kwargs = dict(kwargs or {})
-    for key in kwargs:  # each key becomes a timm keyword argument, and one in the export's timm call
-        if not (isinstance(key, str) and key.isidentifier()):
-            name, sep, value = str(key).partition(":")
-            hint = (f": YAML reads `{key}` as one key with no value; write `{name}: {value}` (a space after the "
-                    f"colon)") if sep else "; use timm's keyword names"
-            raise EncoderError(f"encoder.kwargs key {key!r} is not a Python keyword name{hint}")
-    for bad in ("num_classes", "in_chans", "pretrained"):
-        if bad in kwargs:
-            raise EncoderError(f"encoder.kwargs.{bad} is set by selfsup; remove it from the config")
+    check_kwargs_keys(kwargs)
     if fair_random_init and "zero_init_last" not in kwargs:
         try:
             return timm.create_model(name, num_classes=0, in_chans=in_chans, zero_init_last=False, **kwargs)
@@ -51,6 +59,119 @@ def create_encoder(name: str, in_chans: int, kwargs: dict[str, Any] | None = Non
         return timm.create_model(name, num_classes=0, in_chans=in_chans, **kwargs)
     except TypeError as err:
         raise EncoderError(f"timm could not build {name!r} with encoder.kwargs={kwargs}: {err}") from None
+
+
+# timm.create_model's own options (how to build or load, not what is built): a model equal with
+# and without them is expected, so ineffective_kwargs does not judge them
+_CREATE_OPTIONS = frozenset(inspect.signature(timm.create_model).parameters) - {"kwargs", "model_name"}
+_PRIMITIVES = (bool, int, float, str, type(None))
+
+
+def _attribute(value: Any) -> Any:
+    """A module attribute as a comparable value: primitives (and tuples / lists of them) as they
+    are, classes and functions by their qualified name; ``None`` for anything else (not compared)."""
+    if isinstance(value, _PRIMITIVES):
+        return value
+    if isinstance(value, (tuple, list)) and all(isinstance(v, _PRIMITIVES) for v in value):
+        return tuple(value)
+    if inspect.isclass(value) or inspect.isfunction(value) or inspect.isbuiltin(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    return None
+
+
+def model_fingerprint(model: nn.Module) -> tuple[list[Any], list[torch.Tensor]]:
+    """What a built model is: per submodule its path, class and plain attributes (widths, strides,
+    dilations, rates, pooling types, activation classes: ``Module.__dict__`` minus the tensors and
+    child modules), and every parameter and buffer (their values: an initialisation choice such as
+    timm's ``zero_init_last`` changes only those). Two models with equal fingerprints compute
+    the same function."""
+    structure = []
+    for path, module in model.named_modules():
+        attrs = {k: _attribute(v) for k, v in vars(module).items()
+                 if not k.startswith("_") and k != "training"}
+        structure.append((path, type(module).__qualname__, sorted((k, v) for k, v in attrs.items() if v is not None)))
+    return structure, [t.detach() for t in model.state_dict().values()]
+
+
+def _same(a: tuple[list[Any], list[torch.Tensor]], b: tuple[list[Any], list[torch.Tensor]]) -> bool:
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(
+        x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+def _seeded_build(name: str, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        torch.manual_seed(0)
+        return timm.create_model(name, num_classes=0, in_chans=in_chans, **kwargs)
+
+
+def _declared_default(model: nn.Module, key: str) -> Any:
+    """The default of ``key`` in the model class's constructor; a unique sentinel when it has none."""
+    param = inspect.signature(type(model).__init__).parameters.get(key)
+    return inspect.Parameter.empty if param is None else param.default
+
+
+@functools.lru_cache(maxsize=64)
+def _ineffective(name: str, in_chans: int, items: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    import yaml
+
+    kwargs = {k: yaml.safe_load(v) for k, v in items}
+    model = _seeded_build(name, in_chans, kwargs)
+    full = model_fingerprint(model)
+    idle = []
+    for key, value in kwargs.items():
+        default = _declared_default(model, key)
+        if key in _CREATE_OPTIONS or (default is not inspect.Parameter.empty and default == value):
+            continue  # a build option, or the architecture's declared default: true of the model either way
+        try:
+            without = _seeded_build(name, in_chans, {k: v for k, v in kwargs.items() if k != key})
+        except Exception:  # noqa: BLE001 -- timm cannot build it without the key (e.g. a width the heads need): it counts
+            continue
+        if _same(full, model_fingerprint(without)):
+            idle.append(key)
+    return tuple(idle)
+
+
+def ineffective_kwargs(name: str, kwargs: dict[str, Any], in_chans: int = 3) -> list[str]:
+    """The keys of ``kwargs`` that change nothing in the model timm builds: ``name`` built with all
+    of ``kwargs`` and built without that one key (same seed) have the same
+    :func:`model_fingerprint`. Such a key is either the architecture's default or one that timm
+    accepts and this architecture ignores (timm's resnet18 takes ``stem_width`` and builds its
+    single 7x7 stem 64 wide whatever it says; only a ``'deep'`` stem reads it): a config that names it
+    describes a model that was not trained. A key equal to the default that the model class's
+    constructor declares is kept (true either way), as are timm.create_model's own options
+    (``scriptable``, ``exportable``, ...). Cached per (name, in_chans, kwargs).
+
+    Raises:
+        EncoderError: a malformed key (:func:`check_kwargs_keys`), or timm cannot build ``name`` with
+            ``kwargs`` (as :func:`create_encoder`).
+    """
+    import yaml
+
+    check_timm_name(name)
+    check_kwargs_keys(kwargs)
+    items = tuple(sorted((str(k), yaml.safe_dump(v)) for k, v in kwargs.items()))
+    try:
+        return list(_ineffective(name, in_chans, items))
+    except TypeError as err:
+        raise EncoderError(f"timm could not build {name!r} with encoder.kwargs={kwargs}: {err}") from None
+
+
+def check_kwargs_take_effect(name: str, kwargs: dict[str, Any], in_chans: int = 3) -> None:
+    """Refuse ``encoder.kwargs`` keys that change nothing in the built model
+    (:func:`ineffective_kwargs`).
+
+    Raises:
+        EncoderError: one line naming each such key and the fix (remove it, or the key that makes
+            it count, e.g. ``stem_type: deep`` for a ResNet's ``stem_width``).
+    """
+    idle = ineffective_kwargs(name, kwargs, in_chans)
+    if idle:
+        keys = ", ".join(f"{k}: {kwargs[k]!r}" for k in idle)
+        raise EncoderError(
+            f"encoder.kwargs {keys} change{'s' if len(idle) == 1 else ''} nothing in timm's {name!r} (the model "
+            f"built with and without {'it' if len(idle) == 1 else 'each'} is the same: this architecture ignores "
+            f"it); remove {'it' if len(idle) == 1 else 'them'} from encoder.kwargs, or set "
+            f"what makes it count (a ResNet reads stem_width only with stem_type: deep)")
 
 
 def pooled_width(encoder: nn.Module) -> int:

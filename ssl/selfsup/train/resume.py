@@ -46,6 +46,30 @@ def device_count(devices: int | str) -> int | None:
     return len(items) if "," in text and all(d.strip().isdigit() for d in items) else None
 
 
+def runs_on_cpu(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` (``cpu``, ``gpu``, ``cuda``, ``mps``, ``auto``) resolves to the CPU here."""
+    if accelerator == "cpu":
+        return True
+    if accelerator != "auto":
+        return False
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
+def check_devices(devices: int | str, accelerator: str) -> None:
+    """ConfigError (one line) for a ``trainer.devices`` that names GPUs (``-1``: every GPU; ``'0,1'``:
+    GPU indices) on a run that resolves to the CPU, where Lightning refused it with a traceback (the
+    form itself is checked when the config loads, :class:`selfsup.config.TrainerConfig`)."""
+    text = str(devices).strip()
+    if runs_on_cpu(accelerator) and (text == "-1" or "," in text):
+        where = "trainer.accelerator=cpu" if accelerator == "cpu" else "no GPU was found"
+        raise ConfigError(f"trainer.devices={text} names GPUs ({'every GPU' if text == '-1' else 'GPU indices'}) and "
+                          f"this run is on the CPU ({where}): set trainer.devices to a process count such as 1 "
+                          f"(or 2 for two CPU processes under DDP)")
+
+
 def check_sync_batchnorm(sync_batchnorm: bool, world_size: int, accelerator: object) -> None:
     """ConfigError (one line) when ``trainer.sync_batchnorm`` asks several processes for torch's
     SyncBatchNorm on an ``accelerator`` (Lightning's resolved one) other than CUDA: SyncBatchNorm runs on

@@ -23,13 +23,14 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 
 from selfsup.config import ConfigError, RunConfig
 from selfsup.data import build_dataset, make_loader, subset
+from selfsup.encoders import check_kwargs_take_effect
 from selfsup.fileio import write_json
 from selfsup.rundir import RunDir
 from selfsup.train.loggers import LoggerSessions, build_loggers, start_loggers
 from selfsup.train.module import PretrainModule
 from selfsup.train.monitors import LabelFreeMonitor
 from selfsup.train.precision import resolve_precision
-from selfsup.train.resume import check_sync_batchnorm, device_count, record_config, resume_changes
+from selfsup.train.resume import check_devices, check_sync_batchnorm, device_count, record_config, resume_changes
 from selfsup.train.state import AtomicCheckpointIO
 from selfsup.train.steps import NoStepsError, check_trainable, describe_plan, no_steps_message, plan_steps
 from selfsup.train.workdir import RUN_DIR_ENV, check_run_dir, hold_run_dir, load_run_config, new_run_dir, owns_run_dir
@@ -51,6 +52,8 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
 
     Raises:
         ConfigError: refused resume changes, or a run that would take no optimiser step.
+        EncoderError: an ``encoder.kwargs`` key that changes nothing in the model timm builds
+            (:func:`selfsup.encoders.check_kwargs_take_effect`).
         RunDirError: the directory holds another run, or another process writes it.
         FileNotFoundError: a resume without a last checkpoint.
         selfsup.fileio.UnwritableError: the run directory cannot be written.
@@ -60,6 +63,9 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
     owner = owns_run_dir()
     check_trainable(cfg.data.batch_size, cfg.trainer.max_steps)
+    check_devices(cfg.trainer.devices, cfg.trainer.accelerator)
+    if not resume:  # a resumed run keeps the kwargs it was trained with (resume_changes refuses others)
+        check_kwargs_take_effect(cfg.encoder.name, cfg.encoder.kwargs)
     changes: list[str] = []
     if owner:
         check_run_dir(run_dir, resume)

@@ -1,0 +1,91 @@
+"""``encoder.kwargs`` that change nothing in the model timm builds are refused before a run starts.
+
+timm's ResNet accepts ``stem_width`` but builds its plain (single 7x7) stem 64 wide whatever it
+says; selfsup's Fashion-MNIST configs and quickstart carried ``stem_width: 32`` for that reason-less
+claim, and their exports recorded it. The kind: any key timm accepts and the chosen architecture
+ignores. Checked by building the model with and without the key (same seed) and comparing
+structure, plain attributes and every tensor; a key equal to the constructor's declared default is
+true either way and kept."""
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+
+from selfsup.cli import main
+from selfsup.encoders import EncoderError, check_kwargs_take_effect, ineffective_kwargs
+
+from conftest import ROOT
+
+
+def test_stem_width_on_a_plain_resnet_stem_is_ineffective_and_refused():
+    # the independent fact: timm's conv1 is 64 wide with or without it
+    assert timm.create_model("resnet18", stem_width=8).conv1.out_channels == 64
+    assert ineffective_kwargs("resnet18", {"stem_width": 8}) == ["stem_width"]
+    assert ineffective_kwargs("resnet18", {"channels": [8, 16, 32, 64], "stem_width": 8}) == ["stem_width"]
+    with pytest.raises(EncoderError, match=r"^encoder.kwargs stem_width: 8 changes nothing in timm's 'resnet18' "
+                                           r".*remove it from encoder.kwargs, or set what makes it count \(a ResNet "
+                                           r"reads stem_width only with stem_type: deep\)$"):
+        check_kwargs_take_effect("resnet18", {"stem_width": 8})
+
+
+def test_two_ineffective_keys_are_named_together(monkeypatch):
+    import selfsup.encoders as encoders
+
+    # block_reduce_first: 1 is ResNet's declared default, so only stem_width is judged ineffective
+    assert ineffective_kwargs("resnet18", {"stem_width": 8, "block_reduce_first": 1}) == ["stem_width"]
+    monkeypatch.setattr(encoders, "ineffective_kwargs", lambda name, kwargs, in_chans=3: ["a", "b"])
+    with pytest.raises(EncoderError, match=r"^encoder.kwargs a: 1, b: 'x' change nothing in timm's 'resnet18' \(the "
+                                           r"model built with and without each is the same.*remove them from"):
+        check_kwargs_take_effect("resnet18", {"a": 1, "b": "x"})
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("resnet18", {"stem_width": 8, "stem_type": "deep"}),  # a deep stem reads stem_width: 8, 8, 16 wide
+    ("resnet18", {"channels": [8, 16, 32, 64]}),  # stage widths
+    ("resnet18", {"output_stride": 16}),  # dilation, an attribute of the convs
+    ("resnet18", {"drop_rate": 0.1}),  # a plain attribute read in forward_head
+    ("resnet18", {"zero_init_last": False}),  # only the initial values differ
+    ("resnet18", {"act_layer": "gelu"}),  # module classes
+    ("resnet18", {"global_pool": "avgmax"}),  # the pooling's type
+    ("resnet18", {"drop_rate": 0.0}),  # the declared default: true either way
+    ("resnet18", {"scriptable": True}),  # timm.create_model's own option
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4, "depth": 2}),
+    ("convnext_atto", {"ls_init_value": 0.5}),
+])
+def test_keys_that_change_the_model_are_kept(name, kwargs):
+    assert ineffective_kwargs(name, kwargs) == []
+    check_kwargs_take_effect(name, kwargs)
+
+
+def test_the_deep_stem_really_reads_stem_width():
+    """The fix the message names does what it says (independent of the fingerprint)."""
+    stem = timm.create_model("resnet18", stem_type="deep", stem_width=8).conv1
+    assert [m.out_channels for m in stem if isinstance(m, torch.nn.Conv2d)] == [8, 8, 16]
+
+
+def test_the_check_leaves_the_callers_random_stream_alone():
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    ineffective_kwargs("resnet18", {"channels": [4, 8, 8, 8], "drop_rate": 0.2})
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_no_shipped_config_claims_a_key_its_encoder_ignores(config):
+    enc = yaml.safe_load((ROOT / "configs" / config).read_text()).get("encoder") or {}
+    if enc.get("kwargs"):
+        assert ineffective_kwargs(enc.get("name", "resnet18"), enc["kwargs"]) == [], config
+
+
+def test_pretrain_refuses_it_in_one_line_before_writing(tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    code = main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), "data.name=digits",
+                 "data.image_size=16", "trainer.max_steps=1", "--no-eval", "encoder.kwargs.stem_width=16"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("selfsup pretrain: error: encoder.kwargs stem_width: 16 changes nothing in timm's "
+                          "'resnet18'"), err
+    assert not run.exists()
