@@ -134,8 +134,11 @@ def fraction_label(fraction: float, rows: list[dict[str, Any]]) -> str:
 
 
 def top1_text(row: dict[str, Any] | None) -> str:
-    """``"mean ± sd"`` of a row's top-1, or :data:`NOT_RUN`."""
-    return NOT_RUN if row is None else f"{row['top1']:.2f} ± {row['top1_std']:.2f}"
+    """``"mean ± sd"`` of a row's top-1 (the mean alone for one seed:
+    :func:`selfsup.eval.report.mean_sd_text`), or :data:`NOT_RUN`."""
+    from selfsup.eval.report import mean_sd_text
+
+    return NOT_RUN if row is None else mean_sd_text(row)
 
 
 def summary_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -203,8 +206,10 @@ def run_text(i: int, run: dict[str, Any]) -> str:
              "stopped before it finished (or still running)" if "finished" in run else "")
     parts = [f"`{command_text(run)}`", f"{machine}, {run.get('threads', '?')} torch thread(s)"
              + (f", load average {load[0]:.2f} at its start" if load else ""),
-             f"{a.get('data', 'fashion-mnist')}: {data} (the low-shot fractions are drawn from it), all test images",
-             f"{seeds} seeds per cell (mean ± sd)", f"budget per cell: {epochs} epochs over its labelled images",
+             f"{a.get('data', 'fashion-mnist')}: {data} (the low-shot fractions are drawn from it), "
+             f"{run.get('test_split', 'all test images')}",
+             f"{seeds} seed{'s' if seeds != 1 else ''} per cell ({'mean ± sd' if seeds != 1 else 'no sd'})",
+             f"budget per cell: {epochs} epochs over its labelled images",
              f"LoRA r={a.get('lora_rank')}"]
     described = [str(t) for t in a.get("targets", []) if " (" in str(t)]
     if described:
@@ -328,6 +333,21 @@ def check_args(args: argparse.Namespace) -> None:
     if other:
         raise BenchmarkError(f"not a selfsup run or export directory: {', '.join(other)}: pass the directory "
                              f"`selfsup pretrain` or `selfsup export` wrote")
+
+
+def test_split_text(data: str, root: str | None) -> str:
+    """The header's words for the test images: the dataset's test split, or, for an image folder
+    with no ``test/`` or ``val/``, the seeded share of each class selfsup holds out of it
+    (``data.holdout_fraction``; :func:`selfsup.data.folders.test_folder`)."""
+    if data == "image-folder" and root:
+        from selfsup.config import DataConfig
+        from selfsup.data.folders import test_folder
+
+        if test_folder(root) is None:
+            share = DataConfig().holdout_fraction
+            return (f"test images: a seeded {share * 100:g}% of each class held out of the folder (it has no test/ "
+                    f"or val/; the rest trains)")
+    return "all test images"
 
 
 def protocol_list(text: str) -> list[str]:
@@ -473,7 +493,7 @@ def main() -> None:
                "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "loadavg": list(os.getloadavg()),
                "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "finished": False,
-               "args": vars(args)}
+               "args": vars(args), "test_split": test_split_text(args.data, args.data_root)}
 
         def save(rows: list[dict[str, Any]], finished: bool = False) -> None:
             run["finished"] = finished

@@ -317,6 +317,29 @@ def test_one_probe_seed_shows_no_spread_it_did_not_measure():
     assert f"95.50 ± {statistics.stdev([95.0, 96.0]):.2f}" in two and "sample standard deviation over 2" in two
 
 
+def test_every_table_shows_one_seed_as_the_mean_alone():
+    """The sibling tables had their own `mean ± sd` (the export's model card, the transfer benchmark's
+    cells) and printed `± 0.00` for one seed; all three use selfsup.eval.report.mean_sd_text now."""
+    import importlib.util
+
+    from conftest import ROOT
+    from selfsup.artifacts.modelcard import results_markdown
+    from selfsup.eval.report import mean_sd_text
+
+    one, two = linear.summarise([{"top1": 80.0, "top5": 99.0, "lr": 0.1, "weight_decay": 0.0}]), linear.summarise(
+        [{"top1": 80.0, "top5": 99.0, "lr": 0.1, "weight_decay": 0.0},
+         {"top1": 82.0, "top5": 99.0, "lr": 0.1, "weight_decay": 0.0}])
+    assert (mean_sd_text(one), mean_sd_text(two)) == ("80.00", f"81.00 ± {statistics.stdev([80.0, 82.0]):.2f}")
+    assert mean_sd_text({"top1": 70.0, "top1_std": 0.0, "top1_per_seed": [70.0]}) == "70.00"  # no seeds key
+    assert mean_sd_text({"top1": 70.0}) == "70.00"
+    card = results_markdown({"run x": {"linear": one}, "random": {"linear": two}}, "toy")
+    assert "80.00" in card and "80.00 ±" not in card and "81.00 ± 1.41" in card
+    spec = importlib.util.spec_from_file_location("transfer_bench", ROOT / "benchmarks" / "transfer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.top1_text(one) == "80.00" and bench.top1_text(two) == "81.00 ± 1.41"
+
+
 def per_head_reference(x, y, num_classes, settings, epochs, batch_size, seed):
     """The probe grid as it was written before the heads were stacked: one nn.Linear per
     setting, autograd, torch.optim.SGD with a param group per setting, CosineAnnealingLR."""

@@ -20,7 +20,7 @@ from selfsup.transfer.protocols import build_classifier, encoder_param_groups, s
 from selfsup.transfer.train import train_module, transfer_module
 
 ARCHS = {
-    "resnet18": {"channels": [8, 16, 32, 64], "stem_width": 8},
+    "resnet18": {"channels": [8, 16, 32, 64]},
     "vit_tiny_patch16_224": {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2},
 }
 INFO = DataInfo(1, 16, 10, (0.5,), (0.25,))
@@ -361,8 +361,23 @@ def test_a_diverged_lr_is_never_chosen_and_all_diverged_is_refused(monkeypatch):
         opts = TransferOptions(protocol="finetune", epochs=1, lrs=lrs, seeds=1, low_shot=[])
         logs = []
         run, _ = train.one_seed(None, data, data, INFO, opts, 1.0, 0, {}, logs.append)
-        assert (run["lr"], run["val_top1"]) == (1e-3, 0.0)
+        assert (run["lr"], run["val_top1"], run["diverged_lrs"]) == (1e-3, 0.0, [1e4])
         assert [m.endswith("; diverged, not a candidate") for m in logs] == [lr >= 1.0 for lr in lrs]
+    # the results say it too: the row's warnings (results.md) and diverged_lrs (results.json), per seed
+    monkeypatch.setattr(train, "fit", lambda encoder, ds, info, num_classes, opts, lr, seed, trainer=None: (
+        SimpleNamespace(lr=lr, diverged_at=None, classifier=SimpleNamespace(encoder=nn.Linear(2, 2),
+                                                                            head=nn.Linear(2, 2))), 0.0))
+    logs = []
+    opts = TransferOptions(protocol="finetune", epochs=1, lrs=[1e4, 1e-3], seeds=2, low_shot=[])
+    row, = run_protocol(make_encoder("resnet18"), minimal_card("resnet18", ARCHS["resnet18"], INFO), data, data,
+                        opts, None, log=logs.append)
+    assert row["diverged_lrs"] == [1e4] and row["lr"] == [1e-3, 1e-3]
+    assert row["warnings"][1:] == ["lr 10000 diverged at seeds 0, 1 of 2 (never chosen; the reported lr is the best "
+                                   "of the others)"]  # [0]: 3 held-out images for 10 classes
+    assert "[finetune] warning: lr 10000 diverged at seeds 0, 1 of 2 (never chosen; the reported lr is the best of " \
+           "the others)" in logs
+    assert train.diverged_warnings([{"diverged_lrs": []}, {"diverged_lrs": [0.5]}], 3) == [
+        "lr 0.5 diverged at seed 4 of 2 (never chosen; the reported lr is the best of the others)"]
     opts = TransferOptions(protocol="finetune", epochs=1, lrs=[10.0, 1e4], seeds=1, low_shot=[])
     with pytest.raises(ConfigError, match=r"^--protocol finetune: every lr in \[10.0, 10000.0\] diverged \(training "
                                           r"loss or held-out cross-entropy not finite, or the latter over 1000 x "
@@ -435,7 +450,7 @@ def test_an_lr_whose_training_loss_is_not_finite_is_left_out_and_the_others_kept
     opts = TransferOptions(protocol="bitfit", epochs=2, batch_size=8, warmup_epochs=0, lrs=[100.0, 1e-3], seeds=1,
                            low_shot=[])
     run, kept = train.one_seed(make_encoder("resnet18"), data, data, INFO, opts, 1.0, 0, {}, logs.append)
-    assert run["lr"] == 1e-3 and kept is modules[1]
+    assert run["lr"] == 1e-3 and kept is modules[1] and run["diverged_lrs"] == [100.0]
     assert logs[0] == "[bitfit] 100% of labels, seed 0, lr 100: training loss not finite at step 2; diverged, not a " \
                       "candidate"
     assert logs[1].startswith("[bitfit] 100% of labels, seed 0, lr 0.001: held-out top-1")

@@ -232,10 +232,29 @@ def test_an_image_folder_is_reached_through_data_root(bench, tmp_path, monkeypat
     rows = json.loads((tmp_path / "res.json").read_text())["rows"]
     assert len(rows) == 1 and rows[0]["train_images"] == 16 and rows[0]["protocol"] == "linear"
     assert rows[0]["top1"] * 8 / 100 == pytest.approx(round(rows[0]["top1"] * 8 / 100))  # a count of 8 test images
+    assert "), all test images" in (tmp_path / "res.md").read_text()  # the folder has test/
     with pytest.raises(SystemExit) as err:
         run("rgb", "--data", "digits")
     assert str(err.value).startswith(f"error: {tmp_path / 'rgb'} takes 3-channel images but --data digits has "
                                      f"1-channel ones") and "\n" not in str(err.value)
+
+
+def test_the_header_says_when_the_test_images_are_held_out_of_the_folder(bench, tmp_path):
+    """The tour's: a folder with no test/ or val/ is split (a seeded 20% of each class tests), and the
+    header said "all test images"."""
+    flat = tmp_path / "flat"
+    for c in ("a", "b"):
+        (flat / c).mkdir(parents=True)
+    assert bench.test_split_text("image-folder", str(flat)) == (
+        "test images: a seeded 20% of each class held out of the folder (it has no test/ or val/; the rest trains)")
+    for split in ("test", "val"):
+        (tmp_path / split / "train" / "a").mkdir(parents=True)
+        (tmp_path / split / split / "a").mkdir(parents=True)
+        assert bench.test_split_text("image-folder", str(tmp_path / split)) == "all test images"
+    assert bench.test_split_text("fashion-mnist", None) == "all test images"
+    run = {"args": {"data": "image-folder", "epochs": 1, "seeds": 1}, "test_split": bench.test_split_text(
+        "image-folder", str(flat))}
+    assert "(the low-shot fractions are drawn from it), test images: a seeded 20%" in bench.run_text(0, run)
 
 
 def test_an_out_that_cannot_be_written_is_refused_before_anything_loads(bench, tmp_path, monkeypatch):

@@ -144,11 +144,15 @@ def test_several_processes_need_a_global_batch_in_every_fit_and_no_fsdp():
     with pytest.raises(ConfigError, match=r"^--protocol finetune at 10% labels \(also too few at 1%\) fits 27 images, "
                                           r".*: lower --transfer batch_size to at most 8, drop 0.1, 0.01 from "):
         check_processes(encoder, labels, both, two, said.append)  # 1%: 10 images, 9 to fit: the fix covers both
-    assert check_processes(encoder, labels, options, {"accelerator": "cpu", "devices": 1}, said.append) == 1
     assert said == ["[finetune] each run trains data-parallel on 2 processes, 8 images each of every global batch "
                     "of 16"]
+    # one process trains the 27 images as one short batch per epoch, and says so (all labels fit 270: no note)
+    assert check_processes(encoder, labels, options, {"accelerator": "cpu", "devices": 1}, said.append) == 1
+    assert said[1:] == ["[finetune] note: 10% labels fits 27 images, fewer than one batch of 32 (--transfer "
+                        "batch_size): each epoch is one step of 27 images (lower batch_size to compare at equal batch)"]
+    del said[1:]
     # a convnet's BatchNorm that trains: per-process statistics, said
-    resnet = timm.create_model("resnet18", in_chans=1, num_classes=0, channels=[8, 16, 32, 64], stem_width=8)
+    resnet = timm.create_model("resnet18", in_chans=1, num_classes=0, channels=[8, 16, 32, 64])
     check_processes(resnet, labels, TransferOptions(protocol="bitfit", batch_size=16, low_shot=[]), two, said.append)
     assert said[-1].startswith("[bitfit] note: the BatchNorm layers that train normalise by each process's 8 images")
 
@@ -175,7 +179,7 @@ def test_sync_batchnorm_on_cpu_processes_is_refused_before_any_process_starts(tm
 def test_a_diverging_lr_on_two_processes_is_left_out_like_on_one(tmp_path):
     """The second tour's: on two processes the diverged lr's stop (a step returning None) was refused by
     Lightning and the whole run died. Both processes now stop that lr at the same step and keep the other."""
-    kw = "encoder.kwargs={channels: [8, 16, 32, 64], stem_width: 8}"
+    kw = "encoder.kwargs={channels: [8, 16, 32, 64]}"
     cmd = [sys.executable, "-m", "selfsup.cli", "eval", "random:resnet18", "--protocol", "finetune",
            *(a for o in ("batch_size=10", "epochs=1", "seeds=1", "low_shot=[]", "lrs=[0.001, 100000]")
              for a in ("--transfer", o)), "--out", str(tmp_path / "out"), "data.name=digits", "data.image_size=16",

@@ -25,7 +25,7 @@ from typing import Any
 
 from selfsup.artifacts.card import CARD, from_config_json
 from selfsup.artifacts.validate import read_card
-from selfsup.eval.report import _pm, probe_header, probe_keys
+from selfsup.eval.report import mean_sd_text, probe_header, probe_keys
 from selfsup.rundir import RunDir, is_export_dir
 from selfsup.safeload import LoadError
 
@@ -193,7 +193,7 @@ Column = tuple[str, Any]  # (header, cell of a picked result row: row -> str)
 
 def _probe_cell(key: str, stat: str) -> Any:
     """The cell of probe result ``key``'s ``stat`` (mean ± sd over seeds; blank where the row lacks it)."""
-    return lambda r: _pm(r[key], stat) if isinstance(r.get(key), dict) and stat in r[key] else ""
+    return lambda r: mean_sd_text(r[key], stat) if isinstance(r.get(key), dict) and stat in r[key] else ""
 
 
 def frozen_columns(rows: list[dict[str, Any]]) -> list[Column]:
@@ -231,7 +231,7 @@ def transfer_columns(rows: list[dict[str, Any]]) -> list[Column]:
         for f in fractions:
             def cell(r: dict[str, Any], f: float = f, stat: str = "top1", protocol: str = protocol) -> str:
                 t = _transfer_result(r, protocol, f)
-                return _pm(t, stat) if t and stat in t else ""
+                return mean_sd_text(t, stat) if t and stat in t else ""
 
             columns.append((transfer_header(protocol, f), cell))
             if f == 1.0 and any("top5" in t for t in results if t["protocol"] == protocol and t["fraction"] == 1):

@@ -13,7 +13,7 @@ import yaml
 from selfsup.artifacts.card import CARD, LICENSE, WEIGHTS, timm_call
 from selfsup.artifacts.interop import FORMAT_FILES, ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT
 from selfsup.artifacts.torchvision import torchvision_call, torchvision_problem
-from selfsup.eval.report import probe_header
+from selfsup.eval.report import mean_sd_text, probe_header
 
 def _dataset(card: Mapping[str, Any]) -> str | None:
     """The named dataset the encoder was trained on (None for an image folder, which has no name)."""
@@ -93,11 +93,6 @@ def _probe_order(key: str, value: Mapping[str, Any]) -> tuple[int, float]:
     return rank, -float(value.get("fraction", 0.0))
 
 
-def _pm(result: Mapping[str, Any]) -> str:
-    std = result.get("top1_std")
-    return f"{result['top1']:.2f}" if std is None else f"{result['top1']:.2f} ± {std:.2f}"
-
-
 def results_markdown(results: Mapping[str, Any], dataset: str) -> str:
     """The card's evaluation results as a markdown table (top-1 %, one row per evaluated encoder)."""
     rows = {label: r for label, r in results.items() if isinstance(r, Mapping)}
@@ -111,7 +106,7 @@ def results_markdown(results: Mapping[str, Any], dataset: str) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for label, r in rows.items():
         cells = [label] + [f"{r['knn'][k]['top1']:.2f}" if k in r.get("knn", {}) else "" for k in knn]
-        cells += [_pm(r[k]) if isinstance(r.get(k), Mapping) and "top1" in r[k] else "" for k in probe_keys]
+        cells += [mean_sd_text(r[k]) if isinstance(r.get(k), Mapping) and "top1" in r[k] else "" for k in probe_keys]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = next((v["seeds"] for v in probes.values() if "seeds" in v), None)
     note = (f"\nTop-1 accuracy (%) of the frozen features on the test split of `{dataset}` (`selfsup eval`): "
@@ -201,7 +196,7 @@ def _usage(card: Mapping[str, Any], dir_name: str) -> str:
              f"(no classifier).\n")
     selfsup_snippet = _code(f"import selfsup\nmodel = selfsup.load_encoder(\"{dir_name}\")  "
                             f"# eval mode; model.selfsup_info has the input size, mean and std")
-    overlay = (f"With timm older than 1.0.16 (no `local-dir:`), or to spell the architecture out:\n\n"
+    overlay = ("With timm older than 1.0.16 (no `local-dir:`), or to spell the architecture out:\n\n"
                + _timm_overlay_snippet(card, dir_name))
     parts = [intro, "**timm**\n", _timm_snippet(card, dir_name), overlay, "**selfsup**\n", selfsup_snippet,
              "**torchvision**\n", _torchvision_snippet(card, dir_name),

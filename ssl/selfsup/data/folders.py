@@ -150,6 +150,12 @@ def scan_folder(folder: str) -> FolderScan:
     return FolderScan(folder, classes, [], ids)
 
 
+def test_folder(root: str | Path) -> str | None:
+    """The image folder's test split (``test/``, else ``val/``), or None when it has neither and its
+    test images are a seeded share of each class held out (``data.holdout_fraction``)."""
+    return _split_dirs(Path(root))[1]
+
+
 def _split_dirs(root: Path) -> tuple[str, str | None]:
     """(training folder, test folder or None) of an image-folder root: ``train/`` and
     ``test/`` (else ``val/``) when present, else the root and no test folder."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 NOTES = {
@@ -17,11 +18,13 @@ POOL_NOTES = {
 }
 
 
-def _pm(result: dict[str, Any], key: str) -> str:
-    """``mean ± std`` of a probe result (the std over its seeds); the mean alone for one seed,
-    whose spread is not measured (a ``± 0.00`` would claim none)."""
+def mean_sd_text(result: Mapping[str, Any], key: str = "top1") -> str:
+    """``mean ± sd`` of a result over its seeds (``result[key]``, ``result[key + "_std"]``); the mean
+    alone for one seed (``seeds`` 1, or a single ``key + "_per_seed"`` value), whose spread is not
+    measured (a ``± 0.00`` would claim none), or with no sd recorded."""
     std = result.get(f"{key}_std")
-    one_seed = result.get("seeds") == 1
+    per_seed = result.get(f"{key}_per_seed")
+    one_seed = result.get("seeds") == 1 or (isinstance(per_seed, list) and len(per_seed) == 1)
     return f"{result[key]:.2f}" if std is None or one_seed else f"{result[key]:.2f} ± {std:.2f}"
 
 
@@ -106,7 +109,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             if not res:
                 cells += [""] * width
             else:
-                cells += [_pm(res, "top1"), _pm(res, "top5")][:width]
+                cells += [mean_sd_text(res, "top1"), mean_sd_text(res, "top5")][:width]
         if has_sklearn:
             cells.append(f"{r['linear_sklearn']['top1']:.2f}" if "linear_sklearn" in r else "")
         lines.append("| " + " | ".join(cells) + " |")

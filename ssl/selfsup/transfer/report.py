@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from selfsup.eval.linear import fraction_key
-from selfsup.eval.report import _pm
+from selfsup.eval.report import mean_sd_text
 
 
 def frozen_scores(frozen_rows: list[dict[str, Any]], fraction: float) -> tuple[str, str]:
@@ -19,7 +19,7 @@ def frozen_scores(frozen_rows: list[dict[str, Any]], fraction: float) -> tuple[s
         return "", ""
     probe = own[0].get(fraction_key(fraction))
     knn = next(iter(own[0].get("knn", {}).values()), None) if fraction >= 1 else None
-    return (_pm(probe, "top1") if isinstance(probe, dict) and "top1" in probe else "",
+    return (mean_sd_text(probe, "top1") if isinstance(probe, dict) and "top1" in probe else "",
             f"{knn['top1']:.2f}" if knn else "")
 
 
@@ -60,8 +60,8 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         linear, knn = frozen_scores(frozen_rows, r["fraction"])
-        lines.append(f"| {r['protocol']} | {r['fraction'] * 100:g}% | {r['train_images']} | {_pm(r, 'top1')} | "
-                     f"{_pm(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
+        lines.append(f"| {r['protocol']} | {r['fraction'] * 100:g}% | {r['train_images']} | {mean_sd_text(r, 'top1')} | "
+                     f"{mean_sd_text(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
     notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows)
     if any("val_images" in r for r in rows) and not single:

@@ -263,7 +263,7 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
            else torch.arange(len(train_ds)))  # [n]
     fit_pos, val_pos = held_out(len(idx), options.val_fraction, seed, len(options.lrs))
     fit_ds, val_ds = Subset(train_ds, idx[fit_pos].tolist()), Subset(train_ds, idx[val_pos].tolist())
-    device, seconds, scores, kept = run_device(trainer), 0.0, [], None
+    device, seconds, scores, kept, diverged = run_device(trainer), 0.0, [], None, []
     single = len(options.lrs) == 1  # nothing to choose, nothing held out
     for lr in options.lrs:
         module, secs = fit(encoder, fit_ds, info, train_ds.num_classes, options, lr, seed, trainer)
@@ -271,6 +271,7 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
         where = f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}"
         if module.diverged_at is not None:  # its training loss was not finite: never a candidate (every rank)
             scores.append((0.0, math.inf))
+            diverged.append(lr)
             log(f"{where}: training loss not finite at step {module.diverged_at}; diverged, not a candidate")
             continue
         if single:
@@ -282,6 +283,8 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
                                                  F.cross_entropy(logits, val_ds.labels).item()))
         scores.append((val, loss))
         gone = best_candidate([(val, loss)], train_ds.num_classes) is None  # never chosen
+        if gone:
+            diverged.append(lr)
         log(f"{where}: held-out top-1 {val:.2f}% (cross-entropy {loss:.3f}, {len(val_ds)} image(s))"
             + ("; diverged, not a candidate" if gone else ""))
         if best_candidate(scores, train_ds.num_classes) == len(scores) - 1:
@@ -296,7 +299,20 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
     logits = predict(module, test_ds, options.batch_size, device)  # [N, num_classes] (rank 0: all N rows)
     test = scored_on_rank_zero(lambda: topk_accuracy(logits, test_ds.labels))
     return {**test, "val_top1": val, "lr": lr, "weight_decay": options.weight_decay, "seconds": seconds,
-            "train_images": len(idx), "val_images": len(val_ds)}, module
+            "train_images": len(idx), "val_images": len(val_ds), "diverged_lrs": diverged}, module
+
+
+def diverged_warnings(runs: list[dict[str, Any]], first_seed: int) -> list[str]:
+    """One line per learning rate that diverged (a training loss that was not finite, or a held-out
+    cross-entropy past ``DIVERGED_NATS x ln(classes)``) in any seed of ``runs`` (:func:`one_seed`'s
+    rows, seeds ``first_seed, first_seed + 1, ...``): it was never chosen, so the row's lr is the best
+    of the others, which the results then say."""
+    seeds: dict[float, list[int]] = {}
+    for i, run in enumerate(runs):
+        for lr in run.get("diverged_lrs", []):
+            seeds.setdefault(lr, []).append(first_seed + i)
+    return [f"lr {lr:g} diverged at seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))} of {len(runs)} "
+            f"(never chosen; the reported lr is the best of the others)" for lr, s in seeds.items()]
 
 
 def _silent(message: str) -> None:
@@ -308,18 +324,23 @@ def check_processes(encoder: nn.Module, labels: Tensor, options: TransferOptions
     """The processes each run trains on (:func:`process_count`), checked before any training: on several,
     ``options.batch_size`` must split evenly (:func:`per_process_batch`) and every labelled fraction must
     leave at least one global batch to fit (one process takes a smaller set as one short batch, which R
-    processes cannot split). Logs the split, and that BatchNorm layers that train use per-process
+    processes cannot split; on one process a fraction smaller than a batch trains one short batch per
+    epoch, which is logged). Logs the split, and that BatchNorm layers that train use per-process
     statistics unless ``trainer`` sets ``sync_batchnorm``. ``labels``: ``[N]`` of the training images.
 
     Raises:
         ConfigError: (one line) naming the setting and the fix."""
     processes = process_count(trainer)
-    if processes == 1:
-        return 1
     p, batch = options.protocol, options.batch_size
-    share = per_process_batch(batch, processes)
     sizes = fit_sizes(labels, options.fractions, options.val_fraction, options.seed, len(options.lrs))
     short = {f: n_fit for f, (_, n_fit) in sizes.items() if n_fit < batch}
+    if processes == 1:
+        for f, n_fit in short.items():  # it trains, on a smaller batch than the one asked for
+            log(f"[{p}] note: {name_fractions([f])} fits {n_fit} images, fewer than one batch of {batch} "
+                f"(--transfer batch_size): each epoch is one step of {n_fit} images (lower batch_size to compare "
+                f"at equal batch)")
+        return 1
+    share = per_process_batch(batch, processes)
     if short:  # every fraction named at once, with a fix that covers them all
         n_fit = next(iter(short.values()))
         fits = min(short.values()) // processes * processes
@@ -394,12 +415,14 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                             if distributed.is_rank_zero() else out_dir)  # written once
         warnings = selection_warnings(options.protocol, fraction, runs[0]["train_images"], len(train_ds),
                                       runs[0]["val_images"], train_ds.num_classes, len(options.lrs))
+        warnings += diverged_warnings(runs, options.seed)
         for warning in warnings:
             log(f"[{options.protocol}] warning: {warning}")
         rows.append({"key": fraction_key(fraction).replace("linear", options.protocol, 1),
                      "protocol": options.protocol, "fraction": fraction,
                      "train_images": runs[0]["train_images"], "val_images": runs[0]["val_images"],
                      "warnings": warnings, **summarise(runs),
+                     "diverged_lrs": sorted({lr for r in runs for lr in r["diverged_lrs"]}),
                      "val_top1": None if runs[0]["val_top1"] is None else sum(r["val_top1"] for r in runs) / len(runs),
                      "minutes": sum(r["seconds"] for r in runs) / len(runs) / 60,
                      **trainable_summary(module.classifier, encoder_params), "options": asdict(options)})
