@@ -66,6 +66,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -567,8 +568,38 @@ VERDICTS = {True: "holds", False: "does not hold", None: "cannot be checked (a n
 
 
 def command(args: argparse.Namespace) -> str:
+    jobs = getattr(args, "jobs", 1)
     return (f"python benchmarks/mi_bounds.py --steps {args.steps} --critics {args.critics} --concat-hidden "
-            f"{args.concat_hidden}{' --cubic' if args.cubic else ''} --seed {args.seed} --threads {args.threads}")
+            f"{args.concat_hidden}{' --cubic' if args.cubic else ''} --seed {args.seed} --threads {args.threads}"
+            f"{f' --jobs {jobs}' if jobs > 1 else ''}")
+
+
+def train_critic(kind: str, steps: int, cubic: bool, seed: int, concat_hidden: int, threads: int) -> dict[str, Any]:
+    """:func:`run` in this process at ``threads`` torch threads, with freed memory kept
+    (:func:`keep_freed_memory`): what each ``--jobs`` worker process runs, and the sequential path."""
+    torch.set_num_threads(threads)
+    keep_freed_memory()
+    return run(kind, steps, cubic, seed, concat_hidden)
+
+
+def trained_critics(kinds: list[str], args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Each critic's :func:`run` result as it finishes: one after the other in this process, or with
+    ``--jobs`` > 1 in that many worker processes at once (spawned, not forked: a forked child of a
+    process whose OpenMP pool has started can hang), each at ``--threads`` threads. The critics are
+    independent (own seeded data stream, own networks), so a critic's numbers are the same either way;
+    only the wall time changes."""
+    options = (args.steps, args.cubic, args.seed, args.concat_hidden, args.threads)
+    if args.jobs <= 1 or len(kinds) == 1:
+        for kind in kinds:
+            yield train_critic(kind, *options)
+        return
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
+    with ProcessPoolExecutor(max_workers=min(args.jobs, len(kinds)), mp_context=multiprocessing.get_context("spawn")) \
+            as pool:
+        for done in as_completed([pool.submit(train_critic, kind, *options) for kind in kinds]):
+            yield done.result()
 
 
 def markdown(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict[str, float]]]],
@@ -587,8 +618,10 @@ def markdown(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict
     for res in results:
         kind = res["critic"]
         load = res["load"]
+        beside = (f"; trained in its own process beside the other critic (--jobs), done {res['wall'] / 60:.1f} min "
+                  f"after the command started" if res.get("wall") else "")
         lines += [f"## {kind} critic ({res['seconds'] / 60:.1f} min, {1e3 * res['seconds'] / (len(LEVELS) * args.steps):.1f} "
-                  f"ms/step)", "", f"`{res['command']}`, {res['threads']} torch thread(s). 1-minute load average sampled "
+                  f"ms/step{beside})", "", f"`{res['command']}`, {res['threads']} torch thread(s). 1-minute load average sampled "
                   f"at each level's start and at the end: mean {np.mean(load):.2f} (min {min(load):.2f}, max "
                   f"{max(load):.2f}) on {os.cpu_count()} cores, this run's {res['threads']} thread(s) included; above "
                   f"{res['threads']}, other jobs shared the CPU.", "",
@@ -630,6 +663,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
                     help="torch threads (default: torch's, here %(default)s)")
+    ap.add_argument("--jobs", type=int, default=1, help="critics trained at once, each in its own process at "
+                    "--threads threads (on 2 cores: --jobs 2 --threads 1 runs both critics side by side)")
     ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results; with --recheck: "
                                                 "the folder of the json read)")
     ap.add_argument("--recheck", metavar="JSON", help="no training: the tables and findings of a finished run's "
@@ -653,14 +688,14 @@ def main() -> None:
         ap.error(f"--critics: choose from {', '.join(KINDS)} (got {args.critics!r})")
     if args.steps < 10:
         ap.error("--steps must be at least 10")
-    if args.threads < 1 or args.concat_hidden < 1:
-        ap.error("--threads and --concat-hidden must be at least 1")
-    torch.set_num_threads(args.threads)
-    keep_freed_memory()
+    if args.threads < 1 or args.concat_hidden < 1 or args.jobs < 1:
+        ap.error("--threads, --concat-hidden and --jobs must be at least 1")
     results, stats, checks = kept_results(args, kinds)
-    for kind in kinds:
-        res = {**run(kind, args.steps, args.cubic, args.seed, args.concat_hidden), "command": command(args),
-               "threads": args.threads}
+    start = time.perf_counter()
+    for trained in trained_critics(kinds, args):
+        kind = trained["critic"]
+        res = {**trained, "command": command(args), "threads": args.threads,
+               "wall": time.perf_counter() - start if args.jobs > 1 and len(kinds) > 1 else None}
         results = sorted([r for r in results if r["critic"] != kind] + [res], key=lambda r: KINDS.index(r["critic"]))
         stats[kind] = {n: level_stats(res["truth"], res["estimates"][:, e], args.steps)
                        for e, n in enumerate(res["names"])}
@@ -677,7 +712,8 @@ def _results_from_json(data: dict[str, Any], kinds: list[str]) -> list[dict[str,
     return [{"critic": kind, "names": list(data["stats"][kind]), "seconds": data["seconds"][kind],
              "load": data["load"][kind], "command": data.get("commands", {}).get(kind, data["command"]),
              "threads": data.get("threads", {}).get(kind, data["settings"]["threads"]),
-             "plotted": kind in data.get("plotted", kinds), "mine": data.get("mine_diagnostics", {}).get(kind)}
+             "plotted": kind in data.get("plotted", kinds), "mine": data.get("mine_diagnostics", {}).get(kind),
+             "wall": data.get("wall", {}).get(kind)}
             for kind in kinds]
 
 
@@ -755,6 +791,7 @@ def write(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict[st
                                                   "load": {r["critic"]: r["load"] for r in results},
                                                   "commands": {r["critic"]: r["command"] for r in results},
                                                   "threads": {r["critic"]: r["threads"] for r in results},
+                                                  "wall": {r["critic"]: r.get("wall") for r in results},
                                                   "plotted": [r["critic"] for r in results if r["plotted"]],
                                                   "mine_diagnostics": {r["critic"]: r["mine"] for r in results
                                                                        if r.get("mine")}},

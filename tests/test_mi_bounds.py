@@ -741,3 +741,26 @@ def test_benchmark_keeps_freed_memory_so_activations_reuse_their_pages():
     # 40 blocks on fresh pages: 81,920 faults (measured without the call: 79,454); kept: at most a
     # block's worth or two (the heap grown once)
     assert out[0] == "True" and int(out[1]) <= 4096, out
+
+
+def test_benchmark_jobs_train_the_critics_in_processes_with_the_same_numbers(monkeypatch):
+    """--jobs 2 trains the two critics side by side in spawned processes (the whole staircase in the
+    time of the slower critic on 2 cores); each critic's estimates equal those of the sequential run."""
+    import argparse
+    import importlib
+
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the spawned workers import it by this name
+    bench = importlib.import_module("mi_bounds")
+    args = argparse.Namespace(steps=10, cubic=False, seed=0, concat_hidden=8, threads=1, jobs=2,
+                              critics="separable,concat")
+    threads = torch.get_num_threads()
+    together = {r["critic"]: r for r in bench.trained_critics(["separable", "concat"], args)}
+    alone = {r["critic"]: r for r in bench.trained_critics(["separable", "concat"], argparse.Namespace(
+        **{**vars(args), "jobs": 1}))}
+    torch.set_num_threads(threads)
+    assert set(together) == set(alone) == {"separable", "concat"}
+    for kind in alone:
+        assert np.array_equal(together[kind]["estimates"], alone[kind]["estimates"]), kind
+    assert bench.command(args).endswith("--threads 1 --jobs 2")
