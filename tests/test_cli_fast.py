@@ -286,3 +286,27 @@ def test_load_config_defaults_fill_only_what_the_file_leaves_out(tmp_path):
     assert config.method_name(config.load_config(bare, ["method.name=npid"], simclr)) == "npid"
     with pytest.raises(config.ConfigError, match="'method.name' is required"):
         config.load_config(bare, [])
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["eval", "pixels", "--out", ""], "--out"),
+    (["eval", "pixels", "--config", " "], "--config"),
+    (["pretrain", QUICKSTART, "--run-dir", ""], "--run-dir"),
+    (["pretrain", QUICKSTART, "--resume", ""], "--resume"),
+    (["export", "", "out"], "run_dir"),
+    (["export", "run", ""], "out_dir"),
+    (["plot", ""], "run_dir"),
+    (["compare", "a", ""], "targets"),
+    (["compare", "a", "--csv", ""], "--csv"),
+    (["compare", "a", "--plot", ""], "--plot"),
+])
+def test_an_empty_path_is_refused_not_read_as_the_default(argv, option, capsys, tmp_path, monkeypatch):
+    """`--out ''` was read as no --out: the results went to the default folder, not where the user
+    (or a script with an unset variable) pointed."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    out = capsys.readouterr().err
+    assert err.value.code == 2 and out.count("\n") == 1, out
+    assert f"error: argument {option}: " in out and "is an empty path: give a file or folder name" in out, out
+    assert list(tmp_path.iterdir()) == []

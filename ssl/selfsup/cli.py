@@ -185,6 +185,15 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def path_arg(text: str) -> str:
+    """A path argument as given; an empty (or blank) one is refused: ``--out ''`` was read as no
+    ``--out`` and the results went to the default folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is an empty path: give a file or folder name, or leave the "
+                                         f"option out for its default")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="selfsup", description="Self-supervised pretraining and evaluation on timm encoders.")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
@@ -198,9 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("pretrain", help="pretrain an encoder, then evaluate and export it", epilog=EPILOG)
     s.add_argument("config", nargs="?", help="YAML config file (configs/*.yaml)")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides")
-    s.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint; overrides may "
+    s.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue RUN_DIR from its last checkpoint; overrides may "
                    "only lengthen the run (trainer.max_epochs/max_steps) or change how it is run, logged, evaluated")
-    s.add_argument("--run-dir", help="run directory (default: out_dir/name-TIMESTAMP); a new run refuses one "
+    s.add_argument("--run-dir", type=path_arg, help="run directory (default: out_dir/name-TIMESTAMP); a new run refuses one "
                    "that already holds a run")
     s.add_argument("--no-eval", action="store_true", help="skip evaluation and export after pretraining")
     s.set_defaults(func=_pretrain)
@@ -210,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "detection.trainable_layers, detection.lr, detection.deformable, ... (selfsup config detection)")
     s.add_argument("target", help="run directory, export directory, checkpoint, random:<timm-name> or pixels")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides (data.*, eval.*, detection.*)")
-    s.add_argument("--config", help="config for data and evaluation settings (default: the run's own)")
+    s.add_argument("--config", type=path_arg, help="config for data and evaluation settings (default: the run's own)")
     s.add_argument("--baseline", action="append", default=[], help="also evaluate: pixels or random:<timm-name> "
                    "(detection: random:<timm-name> only, built with the target's input channels)")
     s.add_argument("--protocol", choices=["finetune", "partial", "bitfit", "lora", "prompt"],
@@ -230,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "coco:IMAGES_DIR,ANNOTATIONS.json; voc/coco are split by detection.test_fraction")
     s.add_argument("--test-dataset", metavar="SPEC", help="detection: a separate voc:DIR or "
                    "coco:IMAGES_DIR,ANNOTATIONS.json test set instead of splitting --dataset")
-    s.add_argument("--out", help="directory for results.json, results.md and cached features "
+    s.add_argument("--out", type=path_arg, help="directory for results.json, results.md and cached features "
                    "(default: the run directory, or RUN_DIR/eval-<dataset>-<hash> when data.* differs from the "
                    "run's own, or runs/eval/<target>/<dataset>-<hash>/eval-<hash of the eval settings>; --protocol: <dataset>-<hash>/transfer-<protocol>; detection: RUN_DIR/detection/<dataset> or "
                    "runs/eval-detection/<target>/<dataset>)")
@@ -244,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                 f"compared with the timm encoder before it is written (max abs difference of the features "
                 f"<= {FEATURE_RTOL:g} x max(1, max |feature|)); config.json records each check. All take "
                 f"normalised images [B, C, H, W] and return features [B, D].")
-    s.add_argument("run_dir", help="run directory, checkpoint, or an export directory (to add --format files to it, "
+    s.add_argument("run_dir", type=path_arg, help="run directory, checkpoint, or an export directory (to add --format files to it, "
                    "in place when OUT_DIR is the same folder)")
-    s.add_argument("out_dir", help="export directory")
+    s.add_argument("out_dir", type=path_arg, help="export directory")
     s.add_argument("--format", action="append", metavar="FORMAT",
                    help=f"safetensors (default, always written: model.safetensors, config.json, README.md), "
                         f"torchscript ({FORMAT_FILES['torchscript']}, traced), onnx ({FORMAT_FILES['onnx']}, opset "
@@ -257,17 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("plot", help="redraw a run's pictures (training curves, kNN grid, per-stage probes) "
                 "into RUN_DIR/plots/ from what is on disk, without running the encoder")
-    s.add_argument("run_dir", help="run directory or evaluation folder")
+    s.add_argument("run_dir", type=path_arg, help="run directory or evaluation folder")
     s.set_defaults(func=_plot)
 
     s = command("compare", help="one table (markdown) across runs, exports and transfer folders: method, encoder, "
                 "epochs, training minutes, every kNN, linear-probe and transfer column (mean ± sd); blanks where one "
                 "lacks it")
-    s.add_argument("targets", nargs="+", help="run directories, export directories and transfer folders "
+    s.add_argument("targets", nargs="+", type=path_arg, help="run directories, export directories and transfer folders "
                                               "(selfsup eval --protocol NAME --out DIR: DIR or DIR/classifier)")
     s.add_argument("--baselines", action="store_true", help="also list the random-init and pixel rows")
-    s.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
-    s.add_argument("--plot", metavar="PNG", help="also draw a bar plot (kNN, linear and all-labels transfer top-1)")
+    s.add_argument("--csv", metavar="FILE", type=path_arg, help="also write the table as CSV")
+    s.add_argument("--plot", metavar="PNG", type=path_arg, help="also draw a bar plot (kNN, linear and all-labels transfer top-1)")
     s.set_defaults(func=_compare)
 
     s = command("list", help="registered methods and datasets")
