@@ -620,11 +620,14 @@ def markdown(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict
         load = res["load"]
         beside = (f"; trained in its own process beside the other critic (--jobs), done {res['wall'] / 60:.1f} min "
                   f"after the command started" if res.get("wall") else "")
+        expected = res["threads"] * (2 if res.get("wall") else 1)  # with --jobs: the other critic's process too
+        busy = (f"this run's {res['threads']} thread(s) and the other critic's process included" if res.get("wall")
+                else f"this run's {res['threads']} thread(s) included")
         lines += [f"## {kind} critic ({res['seconds'] / 60:.1f} min, {1e3 * res['seconds'] / (len(LEVELS) * args.steps):.1f} "
                   f"ms/step{beside})", "", f"`{res['command']}`, {res['threads']} torch thread(s). 1-minute load average sampled "
                   f"at each level's start and at the end: mean {np.mean(load):.2f} (min {min(load):.2f}, max "
-                  f"{max(load):.2f}) on {os.cpu_count()} cores, this run's {res['threads']} thread(s) included; above "
-                  f"{res['threads']}, other jobs shared the CPU.", "",
+                  f"{max(load):.2f}) on {os.cpu_count()} cores, {busy}; above {expected}, other jobs shared the CPU.",
+                  "",
                   "| estimator | " + " | ".join(f"bias @{lv:g}" for lv in LEVELS) + " | "
                   + " | ".join(f"var @{lv:g}" for lv in LEVELS) + " | " + " | ".join(f"MSE @{lv:g}" for lv in LEVELS)
                   + " |", "|---|" + "---:|" * (3 * len(LEVELS))]
