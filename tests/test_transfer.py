@@ -475,3 +475,16 @@ def test_a_single_lr_table_does_not_claim_a_held_out_choice():
     md = transfer_markdown("random:resnet18", [{**row, "val_images": 3}], [])
     assert "(the learning rate chosen on a split held out from the training images)" in md
     assert "less a held-out share (100%: 3 images) that chooses the lr" in md
+
+
+def test_lightnings_device_lines_are_said_once_not_per_fit(capfd):
+    """Each fit built a Trainer and Lightning printed its four device lines ("GPU available: ...") per lr,
+    seed and fraction; run_protocol now says once where the runs train, and the fits print none."""
+    logs = []
+    opts = TransferOptions(protocol="bitfit", epochs=1, batch_size=8, lrs=[1e-3, 1e-2], seeds=2, low_shot=[])
+    run_protocol(make_encoder("resnet18"), minimal_card("resnet18", ARCHS["resnet18"], INFO), images(24), images(8),
+                 opts, None, log=logs.append, trainer={"accelerator": "cpu", "precision": "32-true"})
+    printed = capfd.readouterr()
+    assert "GPU available" not in printed.out + printed.err and "TPU available" not in printed.out + printed.err
+    assert logs.count("[bitfit] each run trains on cpu (1 process, precision 32-true; Lightning's own device lines "
+                      "are left out)") == 1

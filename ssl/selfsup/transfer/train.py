@@ -18,6 +18,7 @@ learning rate; the export, ``on_row`` and the log lines are rank 0's only.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -25,6 +26,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import lightning as L
@@ -156,13 +158,8 @@ def process_count(trainer: dict[str, Any] | None = None) -> int:
         return 1  # nothing to resolve: no Trainer built
     strategy = kwargs.get("strategy", "auto")
     fsdp = isinstance(strategy, str) and strategy.startswith("fsdp")
-    quiet = logging.getLogger("lightning.pytorch")  # a count, not a run: no "GPU available" lines
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
+    with lightning_info_off():  # a count, not a run: no "GPU available" lines
         probe = make_trainer({**kwargs, "strategy": "auto"} if fsdp else kwargs)
-    finally:
-        quiet.setLevel(level)
     processes = probe.world_size
     check_sync_batchnorm(bool(kwargs.get("sync_batchnorm")), processes, probe.accelerator)
     if fsdp and processes > 1:
@@ -206,7 +203,8 @@ def fit(encoder: nn.Module, ds: ImageDataset, info: DataInfo, num_classes: int, 
         ConfigError: :func:`process_count`, :func:`per_process_batch`."""
     torch.manual_seed(seed)  # head, adapters and prompts (DDP then copies rank 0's to the other ranks)
     classifier = build_classifier(copy.deepcopy(encoder), num_classes, options)
-    run = make_trainer(trainer_kwargs(options.epochs, trainer))
+    with lightning_info_off():  # run_protocol says once where the runs train
+        run = make_trainer(trainer_kwargs(options.epochs, trainer))
     batch = per_process_batch(options.batch_size, run.world_size)
     if run.world_size > 1:  # an unreadable file is replaced, never dropped: every rank's batch has one size
         ds.keep_batches_full()
@@ -222,6 +220,20 @@ def transfer_module(classifier: Classifier, info: DataInfo, options: TransferOpt
     total = options.epochs * steps_per_epoch
     warmup = warmup_steps(round(options.warmup_epochs * steps_per_epoch), total)
     return TransferModule(classifier, info, options, lr, total, warmup)
+
+
+@contextlib.contextmanager
+def lightning_info_off() -> Iterator[None]:
+    """Lightning's info lines off while a Trainer is built ("GPU available: ...", "TPU available: ...",
+    four lines a Trainer): a transfer protocol builds one per fit (lrs x seeds x fractions), and
+    :func:`run_protocol` says once where the runs train. Warnings still show."""
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def make_trainer(kwargs: dict[str, Any]) -> L.Trainer:
@@ -395,7 +407,10 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                           f"--protocol {options.protocol}", "--transfer low_shot=[...] (default: eval.low_shot)",
                           len(options.lrs))
     log = log if distributed.is_rank_zero() else _silent
-    check_processes(encoder, train_ds.labels, options, trainer, log)
+    processes = check_processes(encoder, train_ds.labels, options, trainer, log)
+    t = trainer or {}
+    log(f"[{options.protocol}] each run trains on {run_device(t)} ({processes} process{'es' if processes > 1 else ''}, "
+        f"precision {t.get('precision', '32-true')}; Lightning's own device lines are left out)")
     if not distributed.is_rank_zero():  # the results are rank 0's to hand over
         on_row = None
     encoder_params = count_params(encoder)
