@@ -165,8 +165,7 @@ def test_what_is_no_transfer_folder_is_refused_in_one_line(tmp_path, bitfit, cap
     assert main(["compare", str(folder / "classifier")]) == 2
     err = one_line_error(capsys.readouterr().err)
     assert "is the classifier of a transfer run" in err and "results.json is missing" in err
-    (tmp_path / "ev").mkdir()
-    (tmp_path / "ev" / "results.json").write_text(json.dumps([frozen_row("run x")]))  # a frozen evaluation folder
+    (tmp_path / "ev").mkdir()  # a folder with no results.json at all (a frozen evaluation folder compares now)
     assert main(["compare", str(tmp_path / "ev")]) == 2
     assert "is neither a run directory" in one_line_error(capsys.readouterr().err)
 
@@ -356,3 +355,32 @@ def test_rows_of_different_data_are_labelled_and_flagged():
     from selfsup.compare import differ
 
     assert not differ({"digits (300/360)", "digits"}) and differ({"digits (300/360)", "digits (100/360)"})
+
+
+def test_frozen_evaluation_folders_compare(tmp_path, capsys):
+    """The tour's: `selfsup eval` output folders were refused by compare. A run's evaluation on other data
+    (RUN/eval-<data>-<hash>) takes the run's method, encoder, epochs and minutes; a baseline evaluated
+    alone (runs/eval/random-resnet18/...) is its own row, labelled by folder and baseline, listed once
+    with --baselines; a folder of anything else is still refused in one line."""
+    run = write_run(tmp_path / "run", [frozen_row("run run")])
+    other = run / "eval-digits-abc"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps([frozen_row("run run"), frozen_row("raw pixels", "pixels")]))
+    alone = tmp_path / "runs" / "eval" / "random-resnet18" / "eval-1"
+    alone.mkdir(parents=True)
+    random_row = frozen_row("random-init resnet18", "random")
+    random_row["knn"]["k=20,T=0.07"]["top1"] = 55.5
+    (alone / "results.json").write_text(json.dumps([random_row]))
+    assert main(["compare", str(run), str(other), str(alone), "--baselines"]) == 0
+    header, by_target = table(capsys.readouterr().out)
+    o = by_target[str(other)]
+    assert (o["method"], o["encoder"], o["epochs"], o["train min"]) == ("simclr", "resnet18", "2", "1.5")
+    assert o["linear top-1"] == "93.46 ± 0.32"
+    r = by_target[f"{alone} (random-init resnet18)"]
+    assert (r["method"], r["encoder"], r["epochs"]) == ("", "", "") and r["kNN k=20,T=0.07"] == "55.50"
+    assert list(by_target).count(f"{alone} (random-init resnet18)") == 1 and "raw pixels" in by_target
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "results.json").write_text(json.dumps({"not": "rows"}))
+    assert main(["compare", str(tmp_path / "junk")]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith("give what selfsup pretrain, selfsup export or selfsup "
+                                                            "eval wrote")

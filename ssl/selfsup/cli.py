@@ -269,11 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", type=path_arg, help="run directory or evaluation folder")
     s.set_defaults(func=_plot)
 
-    s = command("compare", help="one table (markdown) across runs, exports and transfer folders: method, encoder, "
-                "epochs, training minutes, every kNN, linear-probe and transfer column (mean ± sd); blanks where one "
-                "lacks it")
-    s.add_argument("targets", nargs="+", type=path_arg, help="run directories, export directories and transfer folders "
-                                              "(selfsup eval --protocol NAME --out DIR: DIR or DIR/classifier)")
+    s = command("compare", help="one table (markdown) across runs, exports and evaluation folders: method, "
+                "encoder, epochs, training minutes, every kNN, linear-probe and transfer column (mean ± sd); blanks "
+                "where one lacks it")
+    s.add_argument("targets", nargs="+", type=path_arg, help="run directories, export directories, frozen evaluation "
+                   "folders (selfsup eval TARGET [--out DIR]: the folder holding its results.json) and transfer "
+                   "folders (selfsup eval --protocol NAME --out DIR: DIR or DIR/classifier)")
     s.add_argument("--baselines", action="store_true", help="also list the random-init and pixel rows")
     s.add_argument("--csv", metavar="FILE", type=path_arg, help="also write the table as CSV")
     s.add_argument("--plot", metavar="PNG", type=path_arg, help="also draw a bar plot (kNN, linear and all-labels transfer top-1)")

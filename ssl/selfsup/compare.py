@@ -1,4 +1,4 @@
-"""``selfsup compare RUN_OR_EXPORT ...``: one table across runs and exports.
+"""``selfsup compare RUN_OR_EXPORT ...``: one table across runs, exports and evaluation folders.
 
 Each target contributes the row of its own encoder (the final stage when it was evaluated
 layer-wise); ``baselines=True`` adds the random-init and pixel rows they were evaluated beside
@@ -10,8 +10,11 @@ top-5 and the scikit-learn cross-check (``linear_sklearn``) when any target has 
 (``selfsup eval TARGET --protocol NAME --out DIR``; DIR or its ``classifier/`` export) adds, per protocol,
 "PROTOCOL F% top-1" for each labelled fraction F, "PROTOCOL 100% top-5" and "PROTOCOL trainable %" (trainable
 parameters in % of the encoder); method, encoder, epochs and minutes are its encoder's (the run the folder sits
-in, or the classifier's card), never the transfer's own training. A column a target lacks is blank; a target
-with nothing to compare is an error naming it.
+in, or the classifier's card), never the transfer's own training. A frozen evaluation folder (``selfsup eval
+TARGET`` with another dataset or ``--out``: ``RUN/eval-<data>-<hash>``, ``runs/eval/...``) adds its target's rows
+(the run it sits in gives method, encoder, epochs and minutes); one of a baseline alone (``random:NAME``,
+``pixels``) is listed as "FOLDER (LABEL)". A column a target lacks is blank; a target with nothing to compare is
+an error naming it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Entry:
     epochs: float | None = None
     train_minutes: float | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)  # result rows: label, kind, knn, linear...
+    baseline_target: bool = False  # an evaluation of a baseline alone: its rows are the target's own
 
 
 def _final_stage(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -125,6 +129,29 @@ def read_transfer(folder: Path, target: str) -> Entry:
     return entry
 
 
+def frozen_rows(folder: Path) -> list[dict[str, Any]] | None:
+    """The rows of a frozen evaluation folder's results.json (``selfsup eval TARGET`` with its own or an
+    ``--out`` folder: rows with "label" and "kind", no "protocol"); None when ``folder`` holds no such file."""
+    rows = _json_or_none(RunDir(folder).results_json)
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) and "label" in r and "kind" in r
+                                               and "protocol" not in r for r in rows):
+        return rows
+    return None
+
+
+def read_frozen_eval(folder: Path, target: str) -> Entry:
+    """An :class:`Entry` from a frozen evaluation folder (``RUN/eval-<data>-<hash>``,
+    ``runs/eval/<target>/...``, or an ``--out`` folder): its results.json rows (the final stage's).
+    Method, encoder, epochs and minutes are those of the run the folder sits in, else blank. The
+    evaluation of a baseline alone (``selfsup eval random:resnet18`` or ``pixels``) compares its
+    rows as the target's own (:attr:`Entry.baseline_target`)."""
+    rows = _final_stage(frozen_rows(folder) or [])
+    entry = run_about(folder.parent) if RunDir(folder.parent).is_run() else Entry("")
+    entry.target, entry.rows = target, rows
+    entry.baseline_target = all(r.get("kind") in BASELINE_KINDS for r in rows)
+    return entry
+
+
 def read_export(path: Path) -> Entry:
     """An :class:`Entry` from an export directory's config.json (its card keeps the results)."""
     card = read_card(path)
@@ -154,9 +181,11 @@ def read_entry(target: str | Path) -> Entry:
         return read_run(path)
     if transfer_rows(path) is not None:
         return read_transfer(path, str(target))
+    if frozen_rows(path) is not None:
+        return read_frozen_eval(path, str(target))
     raise LoadError(f"{target} is neither a run directory (config.yaml + checkpoints/) nor an export directory "
-                    f"(config.json + model.safetensors) nor a transfer folder (results.json of selfsup eval "
-                    f"--protocol): give what selfsup pretrain, selfsup export or selfsup eval --protocol wrote")
+                    f"(config.json + model.safetensors) nor an evaluation folder (results.json of selfsup eval, "
+                    f"frozen or --protocol): give what selfsup pretrain, selfsup export or selfsup eval wrote")
 
 
 def unique_targets(targets: list[str]) -> tuple[list[str], list[str]]:
@@ -260,12 +289,12 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
     picked: list[tuple[Entry, dict[str, Any]]] = []
     seen = set()
     for e in entries:
-        own = [r for r in e.rows if r.get("kind") not in BASELINE_KINDS]
+        own = e.rows if e.baseline_target else [r for r in e.rows if r.get("kind") not in BASELINE_KINDS]
         if not own:
             raise LoadError(f"{e.target} holds no result of its own encoder (only baselines): evaluate it with "
                             f"selfsup eval {e.target}")
         picked += [(e, r) for r in own]
-        if baselines:
+        if baselines and not e.baseline_target:
             for r in e.rows:
                 key = (r["label"], r.get("dataset"))
                 if r.get("kind") in BASELINE_KINDS and key not in seen:
@@ -276,7 +305,8 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
     header = ["target", "method", "encoder", "data", "epochs", "train min", *[h for h, _ in columns]]
     cells = []
     for e, r in picked:
-        label = r["label"] if r.get("kind") in BASELINE_KINDS else e.target
+        label = (f"{e.target} ({r['label']})" if e.baseline_target else
+                 r["label"] if r.get("kind") in BASELINE_KINDS else e.target)
         cells.append([label, e.method or "", e.encoder or "", data_cell(r), "" if e.epochs is None else f"{e.epochs:g}",
                       "" if e.train_minutes is None else f"{e.train_minutes:.1f}", *[cell(r) for _, cell in columns]])
     return header, cells
