@@ -25,7 +25,7 @@ def test_stem_width_on_a_plain_resnet_stem_is_ineffective_and_refused():
     assert timm.create_model("resnet18", stem_width=8).conv1.out_channels == 64
     assert ineffective_kwargs("resnet18", {"stem_width": 8}) == ["stem_width"]
     assert ineffective_kwargs("resnet18", {"channels": [8, 16, 32, 64], "stem_width": 8}) == ["stem_width"]
-    with pytest.raises(EncoderError, match=r"^encoder.kwargs stem_width: 8 changes nothing in timm's 'resnet18' "
+    with pytest.raises(EncoderError, match=r"^encoder.kwargs stem_width: 8 changes nothing in timm's 'resnet18': "
                                            r".*remove it from encoder.kwargs, or set what makes it count \(a ResNet "
                                            r"reads stem_width only with stem_type: deep\)$"):
         check_kwargs_take_effect("resnet18", {"stem_width": 8})
@@ -37,8 +37,11 @@ def test_two_ineffective_keys_are_named_together(monkeypatch):
     # block_reduce_first: 1 is ResNet's declared default, so only stem_width is judged ineffective
     assert ineffective_kwargs("resnet18", {"stem_width": 8, "block_reduce_first": 1}) == ["stem_width"]
     monkeypatch.setattr(encoders, "ineffective_kwargs", lambda name, kwargs, in_chans=3: ["a", "b"])
-    with pytest.raises(EncoderError, match=r"^encoder.kwargs a: 1, b: 'x' change nothing in timm's 'resnet18' \(the "
-                                           r"model built with and without each is the same.*remove them from"):
+    with pytest.raises(EncoderError, match=r"^encoder.kwargs a: 1, b: 'x' change nothing in timm's 'resnet18': the "
+                                           r"model built with and without each is the same \(this architecture "
+                                           r"ignores them with these settings, or they restate what it builds "
+                                           r"anyway\); remove them from encoder.kwargs, or set what makes them "
+                                           r"count$"):  # the ResNet stem hint only for stem_width
         check_kwargs_take_effect("resnet18", {"a": 1, "b": "x"})
 
 
@@ -54,10 +57,29 @@ def test_two_ineffective_keys_are_named_together(monkeypatch):
     ("resnet18", {"scriptable": True}),  # timm.create_model's own option
     ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4, "depth": 2}),
     ("convnext_atto", {"ls_init_value": 0.5}),
+    # the tour's: keys that restate what timm's entry point builds anyway (true claims) are kept
+    ("resnet26d", {"stem_type": "deep", "avg_down": True, "stem_width": 32}),
+    ("vit_tiny_patch16_224", {"embed_dim": 192, "num_heads": 3, "depth": 12}),
+    ("convnext_atto", {"conv_mlp": True, "depths": [2, 2, 6, 2], "dims": [40, 80, 160, 320]}),
+    ("convnext_tiny", {"depths": [3, 3, 9, 3]}),  # a YAML list for the class's tuple default
+    ("resnet18", {"layers": [2, 2, 2, 2], "act_layer": "relu"}),  # relu: the class's nn.ReLU
 ])
 def test_keys_that_change_the_model_are_kept(name, kwargs):
     assert ineffective_kwargs(name, kwargs) == []
     check_kwargs_take_effect(name, kwargs)
+
+
+def test_what_timm_cannot_build_is_one_line():
+    """The tour's traceback: a BasicBlock ResNet asserts on base_width; now the same one line as an
+    unknown keyword, at the check and at the build."""
+    from selfsup.encoders import create_encoder
+
+    for call in (lambda: check_kwargs_take_effect("resnet18", {"base_width": 32}),
+                 lambda: create_encoder("resnet18", 1, {"base_width": 32})):
+        with pytest.raises(EncoderError, match=r"^timm could not build 'resnet18' with encoder.kwargs=\{'base_width': "
+                                               r"32\}: BasicBlock does not support changing base width; change or "
+                                               r"remove that key$"):
+            call()
 
 
 def test_the_deep_stem_really_reads_stem_width():

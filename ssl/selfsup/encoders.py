@@ -40,6 +40,14 @@ def check_kwargs_keys(kwargs: dict[Any, Any]) -> None:
             raise EncoderError(f"encoder.kwargs.{bad} is set by selfsup; remove it from the config")
 
 
+def build_failure(name: str, kwargs: dict[str, Any], err: Exception) -> str:
+    """The one-line message of timm refusing to build ``name`` with ``kwargs`` (a TypeError for an unknown
+    keyword; an AssertionError or ValueError from the model's own checks, e.g. a BasicBlock ResNet's
+    ``base_width``)."""
+    said = str(err) or type(err).__name__
+    return f"timm could not build {name!r} with encoder.kwargs={kwargs}: {said}; change or remove that key"
+
+
 def create_encoder(name: str, in_chans: int, kwargs: dict[str, Any] | None = None,
                    fair_random_init: bool = False) -> nn.Module:
     """A timm model ``name`` with ``num_classes=0`` and ``in_chans`` input channels.
@@ -58,8 +66,8 @@ def create_encoder(name: str, in_chans: int, kwargs: dict[str, Any] | None = Non
             pass
     try:
         return timm.create_model(name, num_classes=0, in_chans=in_chans, **kwargs)
-    except TypeError as err:
-        raise EncoderError(f"timm could not build {name!r} with encoder.kwargs={kwargs}: {err}") from None
+    except (TypeError, AssertionError, ValueError) as err:  # timm's checks of its arguments
+        raise EncoderError(build_failure(name, kwargs, err)) from None
 
 
 # timm.create_model's own options (how to build or load, not what is built): a model equal with
@@ -125,12 +133,66 @@ def _declared_default(model: nn.Module, key: str) -> Any:
     return inspect.Parameter.empty if param is None else param.default
 
 
+def _resolved(key: str, value: Any) -> Any:
+    """``value`` as the model uses it, for comparing spellings: tuples as lists (YAML has no tuples), and
+    a ``*_layer`` name resolved by timm (``relu`` -> ``nn.ReLU``, ``batchnorm`` -> ``nn.BatchNorm2d``)."""
+    if isinstance(value, (list, tuple)):
+        return [_resolved(key, v) for v in value]
+    if key.endswith("_layer") and isinstance(value, str):
+        from timm.layers import get_act_layer, get_norm_layer
+
+        for resolve in (get_act_layer, get_norm_layer):
+            try:
+                return resolve(value)
+            except (ValueError, KeyError, AssertionError, TypeError):
+                continue
+    return value
+
+
+def constructor_kwargs(name: str, in_chans: int, kwargs: dict[str, Any], cls: type) -> dict[str, Any] | None:
+    """The keyword arguments timm's entry point for ``name`` hands the model class ``cls`` when called
+    with ``kwargs`` (its own architecture settings merged with them: ``vit_tiny_patch16_224`` passes
+    ``embed_dim=192``, ``resnet26d`` ``stem_type='deep'``); recorded by wrapping ``cls.__init__`` for one
+    build on the meta device. None when that build fails."""
+    seen: dict[str, Any] = {}
+    own = "__init__" in vars(cls)
+    original = cls.__init__
+
+    def recording(self: nn.Module, *args: Any, **kw: Any) -> None:
+        if not seen:
+            seen.update(kw, __called__=True)  # the outermost call: the model itself
+        original(self, *args, **kw)
+
+    cls.__init__ = recording  # type: ignore[method-assign]
+    try:
+        _seeded_build(name, in_chans, kwargs, meta=True)
+    except Exception:  # noqa: BLE001 -- cannot be recorded this way
+        return None
+    finally:
+        if own:
+            cls.__init__ = original  # type: ignore[method-assign]
+        else:
+            del cls.__init__
+    seen.pop("__called__", None)
+    return seen
+
+
+def _restates(name: str, in_chans: int, key: str, value: Any, without: dict[str, Any], model: nn.Module) -> bool:
+    """Whether ``key: value`` only restates what the model is built with anyway: the value timm's entry
+    point passes the model class without it (:func:`constructor_kwargs`), else the class's declared
+    default, compared as :func:`_resolved`."""
+    passed = constructor_kwargs(name, in_chans, without, type(model))
+    built = passed[key] if passed is not None and key in passed else _declared_default(model, key)
+    return built is not inspect.Parameter.empty and _resolved(key, built) == _resolved(key, value)
+
+
 @functools.lru_cache(maxsize=64)
 def _ineffective(name: str, in_chans: int, items: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     """Two passes: on the meta device (no memory, no initialisation: a large ViT builds in under a second
     instead of 14 s) a key that changes the structure, a shape or a plain attribute is settled; only
     keys whose meta builds are the same are built for real, where the initial values decide
-    (``zero_init_last`` changes nothing else)."""
+    (``zero_init_last`` changes nothing else). A key whose builds agree is kept when it restates the
+    value the model is built with anyway (:func:`_restates`)."""
     import yaml
 
     kwargs = {k: yaml.safe_load(v) for k, v in items}
@@ -141,14 +203,14 @@ def _ineffective(name: str, in_chans: int, items: tuple[tuple[str, str], ...]) -
     except Exception:  # noqa: BLE001 -- a constructor that reads tensor values cannot run on the meta device
         meta_model = None
     model = meta_model if meta_model is not None else _seeded_build(name, in_chans, kwargs)
-    rest = {key: {k: v for k, v in kwargs.items() if k != key} for key, value in kwargs.items()
-            if key not in _CREATE_OPTIONS and not (  # a build option, or the declared default: true either way
-                (default := _declared_default(model, key)) is not inspect.Parameter.empty and default == value)}
+    rest = {key: {k: v for k, v in kwargs.items() if k != key} for key in kwargs if key not in _CREATE_OPTIONS}
     if meta_model is not None:
         full_meta = model_fingerprint(meta_model)
         rest = {key: without for key, without in rest.items()
                 if (fp := _fingerprint_or_none(name, in_chans, without, meta=True)) is None
                 or _same(full_meta, fp, values=False)}  # a structural difference settles it: the key counts
+    rest = {key: without for key, without in rest.items()
+            if not _restates(name, in_chans, key, kwargs[key], without, model)}  # true either way: kept
     if not rest:
         return ()
     full = model_fingerprint(_seeded_build(name, in_chans, kwargs))
@@ -166,8 +228,9 @@ def ineffective_kwargs(name: str, kwargs: dict[str, Any], in_chans: int = 3) -> 
     :func:`model_fingerprint`. Such a key is either the architecture's default or one that timm
     accepts and this architecture ignores (timm's resnet18 takes ``stem_width`` and builds its
     single 7x7 stem 64 wide whatever it says; only a ``'deep'`` stem reads it): a config that names it
-    describes a model that was not trained. A key equal to the default that the model class's
-    constructor declares is kept (true either way), as are timm.create_model's own options
+    describes a model that was not trained. A key that restates the value the model is built with
+    anyway (what timm's entry point passes its class, else the class's declared default; ``relu`` and
+    ``nn.ReLU``, a list and a tuple count as equal) is kept, as are timm.create_model's own options
     (``scriptable``, ``exportable``, ...). Cached per (name, in_chans, kwargs).
 
     Raises:
@@ -181,8 +244,8 @@ def ineffective_kwargs(name: str, kwargs: dict[str, Any], in_chans: int = 3) -> 
     items = tuple(sorted((str(k), yaml.safe_dump(v)) for k, v in kwargs.items()))
     try:
         return list(_ineffective(name, in_chans, items))
-    except TypeError as err:
-        raise EncoderError(f"timm could not build {name!r} with encoder.kwargs={kwargs}: {err}") from None
+    except (TypeError, AssertionError, ValueError) as err:  # timm's checks of its arguments
+        raise EncoderError(build_failure(name, kwargs, err)) from None
 
 
 def check_kwargs_take_effect(name: str, kwargs: dict[str, Any], in_chans: int = 3) -> None:
@@ -196,11 +259,13 @@ def check_kwargs_take_effect(name: str, kwargs: dict[str, Any], in_chans: int = 
     idle = ineffective_kwargs(name, kwargs, in_chans)
     if idle:
         keys = ", ".join(f"{k}: {kwargs[k]!r}" for k in idle)
+        one = len(idle) == 1
+        hint = " (a ResNet reads stem_width only with stem_type: deep)" if "stem_width" in idle else ""
         raise EncoderError(
-            f"encoder.kwargs {keys} change{'s' if len(idle) == 1 else ''} nothing in timm's {name!r} (the model "
-            f"built with and without {'it' if len(idle) == 1 else 'each'} is the same: this architecture ignores "
-            f"it); remove {'it' if len(idle) == 1 else 'them'} from encoder.kwargs, or set "
-            f"what makes it count (a ResNet reads stem_width only with stem_type: deep)")
+            f"encoder.kwargs {keys} change{'s' if one else ''} nothing in timm's {name!r}: the model built with and "
+            f"without {'it' if one else 'each'} is the same (this architecture ignores {'it' if one else 'them'} "
+            f"with these settings, or {'it restates' if one else 'they restate'} what it builds anyway); remove {'it' if one else 'them'} from encoder.kwargs, or set what makes "
+            f"{'it' if one else 'them'} count{hint}")
 
 
 def pooled_width(encoder: nn.Module) -> int:
