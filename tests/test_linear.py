@@ -523,3 +523,23 @@ def test_small_probe_steps_run_on_one_thread_and_give_the_same_heads(monkeypatch
             torch.testing.assert_close(a.weight, b.weight, rtol=1e-5, atol=1e-6)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_single_probe_setting_whose_weights_ran_away_is_refused():
+    """The sibling of the transfer tour's silent number: a single setting (eval.linear_lrs=[1e5]) is never
+    scored on held-out data, and its finite but runaway head (training cross-entropy 7e4 nats) gave a
+    test top-1 with no word. The refit is now judged by its training cross-entropy, as held-out scores
+    are (over 1000 x ln(classes): diverged); a sound lr is untouched."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 16, generator=g), torch.randint(0, 10, (300,), generator=g)
+    with pytest.raises(ConfigError, match=r"^the linear probe diverged \(non-finite weights, or a training "
+                                          r"cross-entropy of [0-9.e+]+ nats, over 1000 x ln\(classes\)\) on the whole "
+                                          r"training set at lr 100000, weight decay 0: lower eval.linear_lrs$"):
+        linear.linear_probe(x, y, x[:50], y[:50], 10, [1e5], [0.0], epochs=5)
+    head_ce = []  # the criterion against an independent computation: the trained head's cross-entropy
+    full_x, _ = linear.standardise(x, x[:50])
+    heads = linear._train_heads(full_x, y, 10, [(1e5, 0.0)], 5, 1024, [0])
+    head_ce.append(torch.nn.functional.cross_entropy(heads[0](full_x), y).item())
+    assert head_ce[0] > 1000 * math.log(10)
+    sound = linear.linear_probe(x, y, x[:50], y[:50], 10, [0.1], [0.0], epochs=5)  # a single sound setting: scored
+    assert sound["top1"] == linear.fit_and_score(x, y, x[:50], y[:50], 10, (0.1, 0.0), epochs=5)["top1"]

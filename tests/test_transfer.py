@@ -372,16 +372,17 @@ def test_a_diverged_lr_is_never_chosen_and_all_diverged_is_refused(monkeypatch):
     row, = run_protocol(make_encoder("resnet18"), minimal_card("resnet18", ARCHS["resnet18"], INFO), data, data,
                         opts, None, log=logs.append)
     assert row["diverged_lrs"] == [1e4] and row["lr"] == [1e-3, 1e-3]
-    assert row["warnings"][1:] == ["lr 10000 diverged at seeds 0, 1 of 2 (never chosen; the reported lr is the best "
-                                   "of the others)"]  # [0]: 3 held-out images for 10 classes
-    assert "[finetune] warning: lr 10000 diverged at seeds 0, 1 of 2 (never chosen; the reported lr is the best of " \
-           "the others)" in logs
-    assert train.diverged_warnings([{"diverged_lrs": []}, {"diverged_lrs": [0.5]}], 3) == [
-        "lr 0.5 diverged at seed 4 of 2 (never chosen; the reported lr is the best of the others)"]
+    assert row["warnings"][1:] == ["the finetune at 100% labels: lr 10000 diverged at seeds 0, 1 of 2 (never chosen; "
+                                   "the reported lr is the best of the others)"]  # [0]: 3 held-out images, 10 classes
+    assert "[finetune] warning: the finetune at 100% labels: lr 10000 diverged at seeds 0, 1 of 2 (never chosen; " \
+           "the reported lr is the best of the others)" in logs
+    assert train.diverged_warnings([{"diverged_lrs": []}, {"diverged_lrs": [0.5]}], 3, "the lora at 10% labels") == [
+        "the lora at 10% labels: lr 0.5 diverged at seed 4 of 2 (never chosen; the reported lr is the best of the "
+        "others)"]
     opts = TransferOptions(protocol="finetune", epochs=1, lrs=[10.0, 1e4], seeds=1, low_shot=[])
     with pytest.raises(ConfigError, match=r"^--protocol finetune: every lr in \[10.0, 10000.0\] diverged \(training "
-                                          r"loss or held-out cross-entropy not finite, or the latter over 1000 x "
-                                          r"ln\(classes\)\) .*lower --transfer lrs$"):
+                                          r"loss not finite, or the held-out cross-entropy over 1000 x "
+                                          r"ln\(classes\) or not finite\) .*lower --transfer lrs$"):
         train.one_seed(None, data, data, INFO, opts, 1.0, 0, {}, lambda m: None)
     with pytest.raises(selfsup.data.DataError, match=r"has 2 labelled training image\(s\); holding 1 out to choose "
                                                      r"its settings leaves 1 to fit"):
@@ -407,7 +408,7 @@ def test_a_single_lr_holds_nothing_out(monkeypatch):
 
     def fake_fit(encoder, ds, info, num_classes, opts, lr, seed, trainer=None):
         fitted.append(sorted(ds.indices))
-        return SimpleNamespace(lr=lr, diverged_at=None), 0.0
+        return SimpleNamespace(lr=lr, diverged_at=None, last_epoch_loss=0.5), 0.0
 
     def fake_predict(module, ds, batch_size, device):
         predicted.append(len(ds))
@@ -459,7 +460,7 @@ def test_an_lr_whose_training_loss_is_not_finite_is_left_out_and_the_others_kept
     assert all(p.isfinite().all() for p in modules[0].parameters())  # a NaN update would have spread into them
     assert modules[1].diverged_at is None and modules[1].global_step == 2 * (36 // 8)  # 36 fit images, full batches
     for lrs in ([100.0], [100.0, 100.0 + 0.0]):
-        with pytest.raises(ConfigError, match=r"every lr in \[100.0\] diverged \(training loss or held-out"):
+        with pytest.raises(ConfigError, match=r"every lr in \[100.0\] diverged \(training loss not finite, or the "):
             train.one_seed(make_encoder("resnet18"), data, data, INFO,
                            TransferOptions(protocol="bitfit", epochs=1, batch_size=8, lrs=lrs[:1], seeds=1,
                                            low_shot=[]), 1.0, 0, {}, lambda m: None)
@@ -488,3 +489,34 @@ def test_lightnings_device_lines_are_said_once_not_per_fit(capfd):
     assert "GPU available" not in printed.out + printed.err and "TPU available" not in printed.out + printed.err
     assert logs.count("[bitfit] each run trains on cpu (1 process, precision 32-true; Lightning's own device lines "
                       "are left out)") == 1
+
+
+def test_a_single_lr_whose_loss_ran_away_is_diverged_not_scored(monkeypatch):
+    """The tour's silent wrong number: --transfer lrs=[100000] alone (nothing held out) trained to weights of
+    3e15 with a finite loss, and the table showed its chance-level top-1 with no warning. A single lr is now
+    judged by its last epoch's training loss, as several are by their held-out cross-entropy: over
+    1000 x ln(classes) it diverged, and a seed whose every lr diverged is the one-line error."""
+    import math
+
+    import selfsup.transfer.train as train
+
+    real_fit = train.fit
+
+    def fit(*args, **kwargs):
+        module, secs = real_fit(*args, **kwargs)
+        module.last_epoch_loss = 1e9 if module.lr == 1e5 else module.last_epoch_loss  # a finite runaway loss
+        return module, secs
+
+    monkeypatch.setattr(train, "fit", fit)
+    data, logs = images(24), []
+    one = TransferOptions(protocol="bitfit", epochs=1, batch_size=8, lrs=[1e5], seeds=1, low_shot=[])
+    with pytest.raises(ConfigError, match=r"^--protocol bitfit: every lr in \[100000.0\] diverged \(training loss not "
+                                          r"finite, or the last epoch's training loss over 1000 x ln\(classes\) or "
+                                          r"not finite\) at 100% of labels, seed 0: lower --transfer lrs$"):
+        train.one_seed(make_encoder("resnet18"), data, data, INFO, one, 1.0, 0, {}, logs.append)
+    assert logs == ["[bitfit] 100% of labels, seed 0, lr 100000: last epoch's training loss 1e+09 nats (over 1000 x "
+                    "ln(classes), or not finite); diverged"]
+    sound = TransferOptions(protocol="bitfit", epochs=2, batch_size=8, lrs=[1e-3], seeds=1, low_shot=[])
+    run, module = train.one_seed(make_encoder("resnet18"), data, data, INFO, sound, 1.0, 0, {}, lambda m: None)
+    # the recorded loss is the mean of the last epoch's steps (3 steps of 8 images), a sound fit's near ln(10)
+    assert run["lr"] == 1e-3 and run["diverged_lrs"] == [] and 0 < module.last_epoch_loss < 10 * math.log(10)

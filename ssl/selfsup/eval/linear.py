@@ -256,7 +256,9 @@ def fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_labels
                   setting: tuple[float, float], epochs: int = 60, batch_size: int = 1024,
                   seed: int = 0) -> dict[str, float]:
     """Test top-1/top-5 (percent) of one probe at ``setting`` = (lr, wd) trained on all of ``train``.
-    ConfigError when it diverges (non-finite weights); DataError: see :func:`check_probe_data`."""
+    ConfigError when it diverges (non-finite weights, or a cross-entropy on ``train`` over
+    :data:`DIVERGED_NATS` x ln(classes), as :func:`best_candidate` judges held-out scores); DataError:
+    see :func:`check_probe_data`."""
     check_probe_data(train, train_labels, num_classes, test, test_labels)
     return _fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs, batch_size, seed)
 
@@ -276,9 +278,12 @@ def _fit_and_score_seeds(train: Tensor, train_labels: Tensor, test: Tensor, test
     full_x, test_x = standardise(train.float(), test.float())
     with torch.no_grad():
         heads = _train_heads(full_x, train_labels, num_classes, [setting], epochs, batch_size, seeds)
-    if any(diverged(head) for head in heads):
-        raise ConfigError(f"the linear probe diverged (non-finite weights) on the whole training set at lr "
-                          f"{setting[0]:g}, weight decay {setting[1]:g}: lower eval.linear_lrs")
+    with torch.no_grad():  # a single setting is never held-out scored: its training cross-entropy judges it
+        losses = [math.inf if diverged(head) else F.cross_entropy(head(full_x), train_labels).item() for head in heads]
+    if any(best_candidate([(0.0, loss)], num_classes) is None for loss in losses):
+        raise ConfigError(f"the linear probe diverged (non-finite weights, or a training cross-entropy of "
+                          f"{max(losses):.4g} nats, over {DIVERGED_NATS:g} x ln(classes)) on the whole training set "
+                          f"at lr {setting[0]:g}, weight decay {setting[1]:g}: lower eval.linear_lrs")
     with torch.no_grad():
         return [topk_accuracy(head(test_x), test_labels) for head in heads]
 

@@ -63,12 +63,21 @@ class TransferModule(L.LightningModule):
         self.factors = cosine_factors(total_steps, warmup_steps, options.min_lr_ratio)  # [total + 1]
         self.train_seconds, self._started = 0.0, 0.0
         self.diverged_at: int | None = None  # the step whose training loss was not finite (the run stopped there)
+        self.epoch_loss: list[Tensor] = []  # the global mean training loss of each step of the current epoch
+        self.last_epoch_loss = math.nan  # the mean training loss over the last epoch trained (nats)
 
     def on_train_start(self) -> None:  # after Lightning's setup: DDP's start of the other processes is not counted
         self._started = time.perf_counter()
 
     def on_train_end(self) -> None:
         self.train_seconds = time.perf_counter() - self._started
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_loss = []
+
+    def on_train_epoch_end(self) -> None:
+        if self.epoch_loss:  # one host sync an epoch, not one a step
+            self.last_epoch_loss = float(torch.stack(self.epoch_loss).mean())
 
     def forward(self, images: Tensor) -> Tensor:
         return self.classifier(self.transform(images))  # [B, num_classes]
@@ -89,6 +98,7 @@ class TransferModule(L.LightningModule):
             self.trainer.should_stop = True
             return sum((p * 0.0).sum() for p in self.parameters() if p.requires_grad)
         self.log("train/loss", whole, prog_bar=True)
+        self.epoch_loss.append(whole.detach())
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -286,7 +296,14 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
             diverged.append(lr)
             log(f"{where}: training loss not finite at step {module.diverged_at}; diverged, not a candidate")
             continue
-        if single:
+        if single:  # nothing held out: its last epoch's training loss says whether it diverged (as the
+            # held-out cross-entropy does for several lrs: over DIVERGED_NATS x ln(classes), or not finite)
+            if best_candidate([(0.0, module.last_epoch_loss)], train_ds.num_classes) is None:
+                scores.append((0.0, math.inf))
+                diverged.append(lr)
+                log(f"{where}: last epoch's training loss {module.last_epoch_loss:.4g} nats (over "
+                    f"{DIVERGED_NATS:g} x ln(classes), or not finite); diverged")
+                continue
             scores.append((None, None))
             kept = module
             continue
@@ -304,8 +321,9 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
     # ties: the lower held-out cross-entropy; a diverged lr never; a single lr untried unless it diverged
     best = (0 if kept is not None else None) if single else best_candidate(scores, train_ds.num_classes)
     if best is None:
-        raise ConfigError(f"--protocol {options.protocol}: every lr in {options.lrs} diverged (training loss or "
-                          f"held-out cross-entropy not finite, or the latter over {DIVERGED_NATS:g} x ln(classes)) at "
+        judged = "the last epoch's training loss" if single else "the held-out cross-entropy"
+        raise ConfigError(f"--protocol {options.protocol}: every lr in {options.lrs} diverged (training loss not "
+                          f"finite, or {judged} over {DIVERGED_NATS:g} x ln(classes) or not finite) at "
                           f"{fraction * 100:g}% of labels, seed {seed}: lower --transfer lrs")
     (val, _), lr, module = scores[best], options.lrs[best], kept
     logits = predict(module, test_ds, options.batch_size, device)  # [N, num_classes] (rank 0: all N rows)
@@ -314,16 +332,16 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
             "train_images": len(idx), "val_images": len(val_ds), "diverged_lrs": diverged}, module
 
 
-def diverged_warnings(runs: list[dict[str, Any]], first_seed: int) -> list[str]:
+def diverged_warnings(runs: list[dict[str, Any]], first_seed: int, row: str) -> list[str]:
     """One line per learning rate that diverged (a training loss that was not finite, or a held-out
     cross-entropy past ``DIVERGED_NATS x ln(classes)``) in any seed of ``runs`` (:func:`one_seed`'s
-    rows, seeds ``first_seed, first_seed + 1, ...``): it was never chosen, so the row's lr is the best
-    of the others, which the results then say."""
+    rows, seeds ``first_seed, first_seed + 1, ...``) of ``row`` (e.g. "the bitfit at 10% labels"): it was
+    never chosen, so the row's lr is the best of the others, which the results then say."""
     seeds: dict[float, list[int]] = {}
     for i, run in enumerate(runs):
         for lr in run.get("diverged_lrs", []):
             seeds.setdefault(lr, []).append(first_seed + i)
-    return [f"lr {lr:g} diverged at seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))} of {len(runs)} "
+    return [f"{row}: lr {lr:g} diverged at seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))} of {len(runs)} "
             f"(never chosen; the reported lr is the best of the others)" for lr, s in seeds.items()]
 
 
@@ -430,7 +448,7 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                             if distributed.is_rank_zero() else out_dir)  # written once
         warnings = selection_warnings(options.protocol, fraction, runs[0]["train_images"], len(train_ds),
                                       runs[0]["val_images"], train_ds.num_classes, len(options.lrs))
-        warnings += diverged_warnings(runs, options.seed)
+        warnings += diverged_warnings(runs, options.seed, f"the {options.protocol} at {fraction * 100:g}% labels")
         for warning in warnings:
             log(f"[{options.protocol}] warning: {warning}")
         rows.append({"key": fraction_key(fraction).replace("linear", options.protocol, 1),
