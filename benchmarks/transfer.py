@@ -232,7 +232,8 @@ def render_md(doc: dict[str, Any], source: str = "transfer.json") -> str:
             "column of the last table):", ""]
     head += [run_text(i, r) for i, r in enumerate(runs)]
     head += ["", "Top-1 is the final epoch's on the test set; the lr of each seed is chosen from the row's lr grid "
-             "on a held-out 10% of its labelled images (`probe`: the linear probe's own lr and weight-decay grid). "
+             "on a held-out 10% of its labelled images (a single lr holds nothing out and trains on all of them; "
+             "`probe`: the linear probe's own lr and weight-decay grid). "
              "Minutes are wall-clock training minutes per seed (all lrs of the grid) and are inflated when the "
              "machine was shared with other jobs. A cell marked \"not run\" was not measured (its twin or its other "
              "fractions were).", ""]
@@ -302,6 +303,8 @@ def check_args(args: argparse.Namespace) -> None:
     from selfsup.data import DATASETS
     from selfsup.rundir import RunDir, is_export_dir
 
+    if not str(args.out).strip():
+        raise BenchmarkError("--out '' is empty: give a file stem such as benchmarks/results/transfer")
     out = Path(args.out)
     if out.is_dir():
         raise BenchmarkError(f"--out {out} is a folder: --out is a file stem (STEM.json and STEM.md are written); "

@@ -299,6 +299,11 @@ def test_load_config_defaults_fill_only_what_the_file_leaves_out(tmp_path):
     (["compare", "a", ""], "targets"),
     (["compare", "a", "--csv", ""], "--csv"),
     (["compare", "a", "--plot", ""], "--plot"),
+    (["eval", ""], "target"),  # read as '.'
+    (["eval", "pixels", "--baseline", ""], "--baseline"),  # ran the whole evaluation, then failed
+    (["eval", "pixels", "--task", "detection", "--dataset", ""], "--dataset"),  # trained on the default
+    (["eval", "pixels", "--task", "detection", "--test-dataset", " "], "--test-dataset"),
+    (["pretrain", ""], "config"),
 ])
 def test_an_empty_path_is_refused_not_read_as_the_default(argv, option, capsys, tmp_path, monkeypatch):
     """`--out ''` was read as no --out: the results went to the default folder, not where the user
@@ -308,5 +313,20 @@ def test_an_empty_path_is_refused_not_read_as_the_default(argv, option, capsys, 
         main(argv)
     out = capsys.readouterr().err
     assert err.value.code == 2 and out.count("\n") == 1, out
-    assert f"error: argument {option}: " in out and "is an empty path: give a file or folder name" in out, out
+    assert f"error: argument {option}: " in out and "is empty: give a file or folder name (an option left out " \
+                                                     "takes its default)" in out, out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_eval_line_about_the_runs_own_results_names_only_a_file_that_exists(tmp_path):
+    """The tour's: on a --no-eval run, `selfsup eval RUN eval.probe_seeds=1` said the run's own results
+    "stay in RUN/results.json", a file that did not exist."""
+    from selfsup.cli_eval import own_results_note
+    from selfsup.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert own_results_note(run) == (f"the run has no results of its own yet (selfsup eval {tmp_path / 'run'} "
+                                     f"writes results.json)")
+    (tmp_path / "run").mkdir()
+    run.results_json.write_text("[]")
+    assert own_results_note(run) == f"the run's own results stay in {run.results_json}"

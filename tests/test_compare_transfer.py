@@ -379,6 +379,14 @@ def test_frozen_evaluation_folders_compare(tmp_path, capsys):
     r = by_target[f"{alone} (random-init resnet18)"]
     assert (r["method"], r["encoder"], r["epochs"]) == ("", "", "") and r["kNN k=20,T=0.07"] == "55.50"
     assert list(by_target).count(f"{alone} (random-init resnet18)") == 1 and "raw pixels" in by_target
+    # a run evaluated only on other data: the error names the folder that compare can read
+    bare = write_run(tmp_path / "bare", None)
+    (bare / "eval-digits-x").mkdir()
+    (bare / "eval-digits-x" / "results.json").write_text(json.dumps([frozen_row("run bare")]))
+    assert main(["compare", str(bare)]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(f"has no results.json (the run was not evaluated on its "
+                                                            f"own data): run selfsup eval {bare}, or compare its "
+                                                            f"evaluation folder: {bare / 'eval-digits-x'}")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "results.json").write_text(json.dumps({"not": "rows"}))
     assert main(["compare", str(tmp_path / "junk")]) == 2

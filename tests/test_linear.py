@@ -334,6 +334,9 @@ def test_every_table_shows_one_seed_as_the_mean_alone():
     assert mean_sd_text({"top1": 70.0}) == "70.00"
     card = results_markdown({"run x": {"linear": one}, "random": {"linear": two}}, "toy")
     assert "80.00" in card and "80.00 ±" not in card and "81.00 ± 1.41" in card
+    assert "over each row's probe seeds (a number without ± is from one seed)" in card  # rows of 1 and 2 seeds
+    assert "from one probe seed, so no spread is measured" in results_markdown({"r": {"linear": one}}, "toy")
+    assert "± is the standard deviation over 2 probe seeds" in results_markdown({"r": {"linear": two}}, "toy")
     spec = importlib.util.spec_from_file_location("transfer_bench", ROOT / "benchmarks" / "transfer.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -764,3 +764,19 @@ def test_benchmark_jobs_train_the_critics_in_processes_with_the_same_numbers(mon
     for kind in alone:
         assert np.array_equal(together[kind]["estimates"], alone[kind]["estimates"]), kind
     assert bench.command(args).endswith("--threads 1 --jobs 2")
+
+
+def test_benchmark_warns_of_more_threads_than_cores_and_refuses_an_empty_out(tmp_path, monkeypatch, capsys):
+    """The tour's: --jobs 2 --threads 2 on 2 cores ran 20x slower without a word; --out '' wrote into
+    benchmarks/results (the committed results) instead of refusing."""
+    import sys
+
+    bench = _benchmark()
+    assert bench.oversubscribed(2, 2, 1, 2) is None and bench.oversubscribed(5, 1, 2, 2) is None
+    assert bench.oversubscribed(2, 2, 2, 2) == ("warning: --jobs 2 x --threads 2 = 4 threads on 2 cores: the "
+                                                "critics' threads will wait for each other (a step took 20x longer); "
+                                                "use --threads 1")
+    monkeypatch.setattr(sys, "argv", ["mi_bounds.py", "--steps", "10", "--out", ""])
+    with pytest.raises(SystemExit):
+        bench.main()
+    assert "--out '' is empty: give a folder" in capsys.readouterr().err

@@ -17,7 +17,7 @@ FORM = (r"^config section 'trainer': devices must be a process count >= 1, 'auto
         r"GPU indices like '0,1', got ")
 
 
-@pytest.mark.parametrize("devices", ["0", "-2", "abc", "0,x", "0,0", "' '", "'1,'"])
+@pytest.mark.parametrize("devices", ["0", "-2", "abc", "0,x", "0,0", "' '", "',1'", "'1,,'"])
 def test_malformed_devices_are_refused_when_the_config_loads(devices):
     with pytest.raises(ConfigError, match=FORM):
         load_config(None, ["method.name=simclr", f"trainer.devices={devices}"])
@@ -30,12 +30,13 @@ def test_devices_of_another_type_name_the_key(devices):
 
 
 @pytest.mark.parametrize("devices, expected", [("1", 1), ("2", 2), ("auto", "auto"), ("-1", -1), ("'0,1'", "0,1"),
-                                               ("'3'", "3")])
+                                               ("'3'", "3"), ("'1,'", "1,")])  # '1,': Lightning's GPU 1
 def test_valid_forms_load_unchanged(devices, expected):
     assert load_config(None, ["method.name=simclr", f"trainer.devices={devices}"]).trainer.devices == expected
 
 
-@pytest.mark.parametrize("devices, named", [(-1, "every GPU"), ("-1", "every GPU"), ("0,1", "GPU indices")])
+@pytest.mark.parametrize("devices, named", [(-1, "every GPU"), ("-1", "every GPU"), ("0,1", "GPU indices"),
+                                            ("1,", "GPU indices")])
 def test_gpu_devices_on_the_cpu_are_refused(devices, named):
     with pytest.raises(ConfigError, match=rf"^trainer.devices={devices} names GPUs \({named}\) and this run is on the "
                                           r"CPU \(trainer.accelerator=cpu\): set trainer.devices to a process count"):

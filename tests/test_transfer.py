@@ -520,3 +520,17 @@ def test_a_single_lr_whose_loss_ran_away_is_diverged_not_scored(monkeypatch):
     run, module = train.one_seed(make_encoder("resnet18"), data, data, INFO, sound, 1.0, 0, {}, lambda m: None)
     # the recorded loss is the mean of the last epoch's steps (3 steps of 8 images), a sound fit's near ln(10)
     assert run["lr"] == 1e-3 and run["diverged_lrs"] == [] and 0 < module.last_epoch_loss < 10 * math.log(10)
+
+
+def test_a_data_parallel_table_says_so():
+    """The tour's: trainer.devices=2 gave another top-1 than one process (BatchNorm statistics per
+    process) and neither results.md nor results.json said how many processes trained."""
+    from selfsup.transfer.report import transfer_markdown
+
+    row = {"key": "bitfit", "protocol": "bitfit", "fraction": 1.0, "train_images": 100, "seeds": 1, "top1": 10.0,
+           "top1_std": 0.0, "top5": 50.0, "top5_std": 0.0, "trainable_params": 10, "trainable_pct": 0.5,
+           "minutes": 0.1, "lr": [1e-3], "val_images": 0, "val_top1": None}
+    one = transfer_markdown("export x", [{**row, "processes": 1}], [])
+    two = transfer_markdown("export x", [{**row, "processes": 2}], [])
+    assert "data-parallel" not in one and "data-parallel" not in transfer_markdown("export x", [row], [])  # older
+    assert "- Trained data-parallel on 2 processes (trainer.devices x trainer.num_nodes)" in two

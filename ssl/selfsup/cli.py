@@ -189,8 +189,8 @@ def path_arg(text: str) -> str:
     """A path argument as given; an empty (or blank) one is refused: ``--out ''`` was read as no
     ``--out`` and the results went to the default folder."""
     if not text.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is an empty path: give a file or folder name, or leave the "
-                                         f"option out for its default")
+        raise argparse.ArgumentTypeError(f"{text!r} is empty: give a file or folder name (an option left out "
+                                         f"takes its default)")
     return text
 
 
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kwargs)  # every subcommand takes --quiet
 
     s = command("pretrain", help="pretrain an encoder, then evaluate and export it", epilog=EPILOG)
-    s.add_argument("config", nargs="?", help="YAML config file (configs/*.yaml)")
+    s.add_argument("config", nargs="?", type=path_arg, help="YAML config file (configs/*.yaml)")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides")
     s.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue RUN_DIR from its last checkpoint; overrides may "
                    "only lengthen the run (trainer.max_epochs/max_steps) or change how it is run, logged, evaluated")
@@ -217,10 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("eval", help="kNN and linear probe (default) or detection transfer of a frozen encoder",
                 epilog=EPILOG + ". Detection settings: detection.epochs, detection.image_size, "
                 "detection.trainable_layers, detection.lr, detection.deformable, ... (selfsup config detection)")
-    s.add_argument("target", help="run directory, export directory, checkpoint, random:<timm-name> or pixels")
+    s.add_argument("target", type=path_arg, help="run directory, export directory, checkpoint, random:<timm-name> "
+                   "or pixels")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides (data.*, eval.*, detection.*)")
     s.add_argument("--config", type=path_arg, help="config for data and evaluation settings (default: the run's own)")
-    s.add_argument("--baseline", action="append", default=[], help="also evaluate: pixels or random:<timm-name> "
+    s.add_argument("--baseline", action="append", default=[], type=path_arg, help="also evaluate: pixels or random:<timm-name> "
                    "(detection: random:<timm-name> only, built with the target's input channels)")
     s.add_argument("--protocol", choices=["finetune", "partial", "bitfit", "lora", "prompt"],
                    help="adapt the encoder with a linear head instead of scoring frozen features: full fine-tuning, "
@@ -232,12 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", choices=["classification", "detection"], default="classification",
                    help="classification: kNN + linear probe on data.name; detection: train Faster R-CNN + FPN "
                         "heads on the frozen encoder and report COCO mAP")
-    s.add_argument("--dataset", metavar="SPEC",
+    s.add_argument("--dataset", metavar="SPEC", type=path_arg,
                    help="detection data (default: detection.dataset): synthetic-fmnist (Fashion-MNIST test objects "
                         "pasted on canvases), deepforest (tree-crown tiles; pip install --no-deps deepforest), "
                         "voc:DIR (Annotations/ + JPEGImages/, or images with same-stem .xml) or "
                         "coco:IMAGES_DIR,ANNOTATIONS.json; voc/coco are split by detection.test_fraction")
-    s.add_argument("--test-dataset", metavar="SPEC", help="detection: a separate voc:DIR or "
+    s.add_argument("--test-dataset", metavar="SPEC", type=path_arg, help="detection: a separate voc:DIR or "
                    "coco:IMAGES_DIR,ANNOTATIONS.json test set instead of splitting --dataset")
     s.add_argument("--out", type=path_arg, help="directory for results.json, results.md and cached features "
                    "(default: the run directory, or RUN_DIR/eval-<dataset>-<hash> when data.* differs from the "

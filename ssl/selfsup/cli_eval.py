@@ -86,13 +86,13 @@ def eval_command(args: argparse.Namespace) -> None:
     if changed:  # other data: the run's own results.json stays as it is
         out = run.eval_dir(data_tag(cfg))
         print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
-              f"the run's own results stay in {run.results_json}")
+              f"{own_results_note(run)}")
     rows = [row for t in targets  # cache keyed by data
             for row in evaluate_layers(t, cfg, cache if not changed else RunDir(out).features, load=load_encoder)]
     reason = run_results_kept(target, cfg, rows) if in_place and not changed else None
     if reason:  # other eval settings or fewer rows: never replace the run's results with them
         out = run.eval_dir(f"{data_tag(cfg)}-{eval_digest(cfg, targets)}")
-        print(f"[eval] {reason}: results go to {out}, the run's own results stay in {run.results_json}")
+        print(f"[eval] {reason}: results go to {out}, {own_results_note(run)}")
     written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
     write_results(written, rows, markdown_table(rows), cfg.eval.plots)
 
@@ -299,6 +299,14 @@ def relaunches_this_command() -> bool:
     if spec is not None:
         return spec.name == "selfsup.cli"
     return Path(sys.argv[0]).name in ("selfsup", "selfsup.exe", "selfsup-script.py")
+
+
+def own_results_note(run: Any) -> str:
+    """Where the run's own results are, for a line saying that an evaluation goes elsewhere (a run made
+    with --no-eval has none yet: said so, not a path that does not exist)."""
+    if run.results_json.is_file():
+        return f"the run's own results stay in {run.results_json}"
+    return f"the run has no results of its own yet (selfsup eval {run.root} writes {run.results_json.name})"
 
 
 def transfer_trainer(cfg: RunConfig, options: Any, say: Any = print) -> dict[str, Any]:

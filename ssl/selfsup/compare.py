@@ -72,7 +72,11 @@ def read_run(path: Path) -> Entry:
     """An :class:`Entry` from a run directory: config.yaml, results.json, training_time.json."""
     run = RunDir(path)
     if not run.results_json.is_file():
-        raise LoadError(f"{path} has no results.json (the run was not evaluated): run selfsup eval {path} first")
+        found = sorted(str(d) for d in path.glob("eval-*") if RunDir(d).results_json.is_file())
+        elsewhere = (f", or compare its evaluation folder{'s' if len(found) > 1 else ''}: {' '.join(found)}"
+                     if found else "")
+        raise LoadError(f"{path} has no results.json (the run was not evaluated on its own data): run selfsup eval "
+                        f"{path}{elsewhere}")
     entry = run_about(path)
     entry.rows = _final_stage(json.loads(run.results_json.read_text()))
     return entry

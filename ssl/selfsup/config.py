@@ -144,6 +144,8 @@ class TrainerConfig:
             raise ValueError(f"logger lists a logger twice: {self.logger}")
         text = str(self.devices).strip()
         indices = [p.strip() for p in text.split(",")]
+        if len(indices) > 1 and indices[-1] == "":  # '1,': Lightning's list of one GPU index
+            indices = indices[:-1]
         if not (text in ("auto", "-1") or (text.isdigit() and int(text) >= 1)
                 or ("," in text and all(p.isdigit() for p in indices) and len(set(map(int, indices))) == len(indices))):
             raise ValueError(f"devices must be a process count >= 1, 'auto', -1 (every GPU) or distinct GPU indices "

@@ -108,11 +108,16 @@ def results_markdown(results: Mapping[str, Any], dataset: str) -> str:
         cells = [label] + [f"{r['knn'][k]['top1']:.2f}" if k in r.get("knn", {}) else "" for k in knn]
         cells += [mean_sd_text(r[k]) if isinstance(r.get(k), Mapping) and "top1" in r[k] else "" for k in probe_keys]
         lines.append("| " + " | ".join(cells) + " |")
-    seeds = next((v["seeds"] for v in probes.values() if "seeds" in v), None)
+    counts = {v["seeds"] for r in rows.values() for k, v in r.items()
+              if k.startswith("linear") and isinstance(v, Mapping) and "seeds" in v}
+    seeds = counts.pop() if len(counts) == 1 else (0 if counts else None)  # 0: rows of other seed counts
     note = (f"\nTop-1 accuracy (%) of the frozen features on the test split of `{dataset}` (`selfsup eval`): "
             f"weighted kNN (cosine similarity, votes weighted by exp(sim/T)) and a linear probe whose learning rate "
             f"and weight decay were chosen on held-out training images"
-            + (f"; ± is the standard deviation over {seeds} probe seeds" if seeds else "")
+            + (f"; ± is the standard deviation over {seeds} probe seeds" if seeds and seeds > 1 else
+               "; from one probe seed, so no spread is measured" if seeds == 1 else
+               "; ± is the standard deviation over each row's probe seeds (a number without ± is from one seed)"
+               if seeds == 0 else "")
             + ". Rows other than the pretrained encoder are baselines scored the same way.\n")
     return "\n".join(lines) + "\n" + note
 

@@ -64,6 +64,10 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
                      f"{mean_sd_text(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
     notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows)
+    processes = {r.get("processes", 1) for r in rows}
+    if processes != {1}:  # data-parallel: BatchNorm statistics and the batches' split differ from one process
+        notes.append(f"Trained data-parallel on {', '.join(str(p) for p in sorted(processes))} processes "
+                     f"(trainer.devices x trainer.num_nodes); the global batch is --transfer batch_size.")
     if any("val_images" in r for r in rows) and not single:
         held = ", ".join(f"{r['fraction'] * 100:g}%: {r['val_images']}" for r in rows if "val_images" in r)
         notes.append(f"Train images: the labelled subset. Each lr trains on it less a held-out share ({held} "

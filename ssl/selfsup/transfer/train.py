@@ -455,7 +455,7 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                      "protocol": options.protocol, "fraction": fraction,
                      "train_images": runs[0]["train_images"], "val_images": runs[0]["val_images"],
                      "warnings": warnings, **summarise(runs),
-                     "diverged_lrs": sorted({lr for r in runs for lr in r["diverged_lrs"]}),
+                     "diverged_lrs": sorted({lr for r in runs for lr in r["diverged_lrs"]}), "processes": processes,
                      "val_top1": None if runs[0]["val_top1"] is None else sum(r["val_top1"] for r in runs) / len(runs),
                      "minutes": sum(r["seconds"] for r in runs) / len(runs) / 60,
                      **trainable_summary(module.classifier, encoder_params), "options": asdict(options)})
