@@ -763,9 +763,15 @@ def kept_results(args: argparse.Namespace, kinds: list[str]) -> tuple[list[dict[
             print(f"note: the {k} critic's results in {path} ran other settings; not kept", file=sys.stderr)
     estimates = np.load(stem.with_suffix(".npz")) if stem.with_suffix(".npz").exists() else {}
     for res in results:
-        if res["critic"] in estimates:
-            res["estimates"] = estimates[res["critic"]].astype(np.float64)
-            res["truth"] = np.repeat(LEVELS, args.steps)
+        if res["critic"] not in estimates:
+            continue
+        kept = estimates[res["critic"]]
+        if kept.shape != (len(LEVELS) * args.steps, len(res["names"])):  # another run's npz: not this json's
+            print(f"note: {stem.with_suffix('.npz')} holds {kept.shape[0]} estimates of the {res['critic']} critic, "
+                  f"not the {len(LEVELS) * args.steps} of {path}; its figure is left out", file=sys.stderr)
+            continue
+        res["estimates"] = kept.astype(np.float64)
+        res["truth"] = np.repeat(LEVELS, args.steps)
         print(f"note: keeping the {res['critic']} critic's results of {path} ({res['command']})", file=sys.stderr)
     return results, {r["critic"]: data["stats"][r["critic"]] for r in results}, \
         {r["critic"]: findings(data["stats"][r["critic"]]) for r in results}
