@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 from typing import Any
 
@@ -92,8 +91,9 @@ def model_fingerprint(model: nn.Module) -> tuple[list[Any], list[torch.Tensor]]:
     """What a built model is: per submodule its path, class and plain attributes (widths, strides,
     dilations, rates, pooling types, activation classes: ``Module.__dict__`` minus the tensors and
     child modules), and every parameter and buffer (their values: an initialisation choice such as
-    timm's ``zero_init_last`` changes only those). Two models with equal fingerprints compute
-    the same function."""
+    timm's ``zero_init_last`` changes only those). Two models with equal fingerprints are taken to
+    compute the same function (a tour compared the eval outputs and every buffer of each key this
+    refused, over 24 model families: all bit-identical)."""
     structure = []
     for path, module in model.named_modules():
         attrs = {k: _attribute(v) for k, v in vars(module).items()
@@ -186,16 +186,15 @@ def _restates(name: str, in_chans: int, key: str, value: Any, without: dict[str,
     return built is not inspect.Parameter.empty and _resolved(key, built) == _resolved(key, value)
 
 
-@functools.lru_cache(maxsize=64)
-def _ineffective(name: str, in_chans: int, items: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+_INEFFECTIVE: dict[tuple[str, int, str], tuple[str, ...]] = {}  # ineffective_kwargs' answers in this process
+
+
+def _ineffective(name: str, in_chans: int, kwargs: dict[str, Any]) -> tuple[str, ...]:
     """Two passes: on the meta device (no memory, no initialisation: a large ViT builds in under a second
     instead of 14 s) a key that changes the structure, a shape or a plain attribute is settled; only
     keys whose meta builds are the same are built for real, where the initial values decide
     (``zero_init_last`` changes nothing else). A key whose builds agree is kept when it restates the
     value the model is built with anyway (:func:`_restates`)."""
-    import yaml
-
-    kwargs = {k: yaml.safe_load(v) for k, v in items}
     try:
         meta_model: nn.Module | None = _seeded_build(name, in_chans, kwargs, meta=True)
     except TypeError:
@@ -237,13 +236,13 @@ def ineffective_kwargs(name: str, kwargs: dict[str, Any], in_chans: int = 3) -> 
         EncoderError: a malformed key (:func:`check_kwargs_keys`), or timm cannot build ``name`` with
             ``kwargs`` (as :func:`create_encoder`).
     """
-    import yaml
-
     check_timm_name(name)
     check_kwargs_keys(kwargs)
-    items = tuple(sorted((str(k), yaml.safe_dump(v)) for k, v in kwargs.items()))
+    key = (name, in_chans, repr(sorted(kwargs.items())))  # values as written (lists, tuples, classes alike)
     try:
-        return list(_ineffective(name, in_chans, items))
+        if key not in _INEFFECTIVE:
+            _INEFFECTIVE[key] = _ineffective(name, in_chans, dict(kwargs))
+        return list(_INEFFECTIVE[key])
     except (TypeError, AssertionError, ValueError) as err:  # timm's checks of its arguments
         raise EncoderError(build_failure(name, kwargs, err)) from None
 
