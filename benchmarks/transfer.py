@@ -237,7 +237,16 @@ def render_md(doc: dict[str, Any], source: str = "transfer.json") -> str:
              "Minutes are wall-clock training minutes per seed (all lrs of the grid) and are inflated when the "
              "machine was shared with other jobs. A cell marked \"not run\" was not measured (its twin or its other "
              "fractions were).", ""]
-    return "\n".join(head + summary_table(rows) + ["", "Every cell:", ""] + cells_table(rows)) + "\n"
+    return "\n".join(head + summary_table(rows) + ["", "Every cell:", ""] + cells_table(rows)
+                     + warnings_list(rows)) + "\n"
+
+
+def warnings_list(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows' warnings (selfsup.transfer.run_protocol's: a diverged lr, settings chosen on fewer
+    held-out images than classes, ...), each under its target: the benchmark silences the protocols'
+    log, so this is where they show."""
+    said = [f"- {r['target']}: {w}" for r in rows for w in r.get("warnings", [])]
+    return ["", "Warnings:", "", *said] if said else []
 
 
 def write_results(out: Path, doc: dict[str, Any]) -> None:

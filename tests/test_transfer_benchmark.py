@@ -107,6 +107,19 @@ def test_md_marks_the_cells_and_rows_not_run(bench):
     for r in rows:
         assert f"| {r['target']} | {r['protocol']} | {bench.lr_grid(r)} | {r['fraction']:g} | " in md
     assert md.count("not run") == 6 + 1  # the six cells above, and the header sentence
+    assert "Warnings:" not in md  # none to say
+
+
+def test_md_lists_the_rows_warnings_under_their_target(bench):
+    """The benchmark silences the protocols' log, so a diverged lr (or a choice on too few held-out images)
+    was said nowhere; the rows' warnings are listed under the table, each with its target."""
+    warned = {**cell("m (pretrained)", "bitfit", 1.0, 50.0), "warnings": [
+        "the bitfit at 100% labels: lr 100 diverged at seed 0 of 2 (never chosen; the reported lr is the best of "
+        "the others)"]}
+    md = bench.render_md({"meta": {"runs": [{"args": {"epochs": 1, "seeds": 2}, "finished": True}]},
+                          "rows": [warned, cell("m (random-init)", "bitfit", 1.0, 40.0)]})
+    assert md.rstrip().endswith("Warnings:\n\n- m (pretrained): the bitfit at 100% labels: lr 100 diverged at seed 0 "
+                                "of 2 (never chosen; the reported lr is the best of the others)")
 
 
 def test_md_header_states_commands_machine_threads_budget_and_shared_minutes(bench):
