@@ -330,3 +330,17 @@ def test_the_eval_line_about_the_runs_own_results_names_only_a_file_that_exists(
     (tmp_path / "run").mkdir()
     run.results_json.write_text("[]")
     assert own_results_note(run) == f"the run's own results stay in {run.results_json}"
+
+
+def test_random_without_a_name_is_the_configs_encoder_in_its_folder_too():
+    """The tour's: `selfsup eval random:` evaluates the config's encoder (with its kwargs) but its default
+    folder was hashed from the empty name without kwargs, so two different random encoders wrote over each
+    other's results. The folder is now the one of random:<the config's encoder>."""
+    from selfsup.cli_eval import target_eval_dir
+    from selfsup.config import load_config
+
+    slim = load_config(None, ["method.name=simclr", "encoder.name=resnet18", "encoder.kwargs={channels: [8, 16, 32, 64]}"])
+    full = load_config(None, ["method.name=simclr", "encoder.name=resnet18"])
+    assert target_eval_dir("random:", slim) == target_eval_dir("random:resnet18", slim)
+    assert target_eval_dir("random:", slim) != target_eval_dir("random:", full)
+    assert target_eval_dir("random:", full).parts[2] == "random-resnet18"

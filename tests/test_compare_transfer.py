@@ -384,9 +384,9 @@ def test_frozen_evaluation_folders_compare(tmp_path, capsys):
     (bare / "eval-digits-x").mkdir()
     (bare / "eval-digits-x" / "results.json").write_text(json.dumps([frozen_row("run bare")]))
     assert main(["compare", str(bare)]) == 2
-    assert one_line_error(capsys.readouterr().err).endswith(f"has no results.json (the run was not evaluated on its "
-                                                            f"own data): run selfsup eval {bare}, or compare its "
-                                                            f"evaluation folder: {bare / 'eval-digits-x'}")
+    assert one_line_error(capsys.readouterr().err).endswith(f"has no results.json of its own: run selfsup eval "
+                                                            f"{bare}, or compare its evaluation folder: "
+                                                            f"{bare / 'eval-digits-x'}")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "results.json").write_text(json.dumps({"not": "rows"}))
     assert main(["compare", str(tmp_path / "junk")]) == 2

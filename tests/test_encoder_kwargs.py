@@ -7,6 +7,7 @@ ignores. Checked by building the model with and without the key (same seed) and 
 structure, plain attributes and every tensor; a key equal to the constructor's declared default is
 true either way and kept."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,58 @@ def test_only_keys_the_meta_device_cannot_settle_are_built_for_real(monkeypatch)
     real.clear()
     assert ineffective_kwargs("resnet18", {"channels": [4, 8, 8, 8], "stem_width": 4}) == ["stem_width"]
     assert real == [{"channels": [4, 8, 8, 8], "stem_width": 4}, {"channels": [4, 8, 8, 8]}]
+
+
+@pytest.mark.parametrize("name, kwargs, said", [
+    ("resnet18", {"channels": [8, 16, 32, 64], "act_layer": "nonexistent"}, r"'nonexistent'"),  # a KeyError in timm
+    ("convnext_atto", {"depths": [2, 2, 6]}, r"list index out of range"),  # an IndexError
+])
+def test_every_way_timm_refuses_a_build_is_one_line(name, kwargs, said):
+    """The second tour's tracebacks: timm refuses arguments with KeyError and IndexError too."""
+    with pytest.raises(EncoderError, match=rf"^timm could not build '{name}' with encoder.kwargs=.*: {said}; change "
+                                           r"or remove that key$"):
+        check_kwargs_take_effect(name, kwargs)
+
+
+@pytest.mark.parametrize("name, kwargs, said", [
+    ("resnet18", {"drop_rate": [0.1]}, "drop_rate: [0.1] is list, and ResNet takes a number (default 0.0)"),
+    ("efficientnet_b0", {"drop_rate": "0.2"}, "drop_rate: '0.2' is str, and EfficientNet takes a number (default 0.0)"),
+    ("vit_tiny_patch16_224", {"qkv_bias": "yes"}, "qkv_bias: 'yes' is str, and VisionTransformer takes a bool "
+                                                  "(default True)"),
+])
+def test_a_value_of_another_type_than_the_default_is_refused(name, kwargs, said):
+    """timm built these and failed at the first training step (float() of a list, str > float), after the
+    run directory was made; an int for a float default and keys without a plain default are not judged."""
+    from selfsup.encoders import mistyped_kwargs
+
+    assert mistyped_kwargs(name, kwargs) == [said]
+    with pytest.raises(EncoderError, match=r"^encoder.kwargs " + re.escape(said) + r": give that type \(YAML reads "
+                                           r"0.2 as a number, '0.2' as a string\)$"):
+        check_kwargs_take_effect(name, kwargs)
+    assert mistyped_kwargs("resnet18", {"drop_rate": 0, "act_layer": "gelu", "output_stride": 16}) == []
+
+
+def test_a_model_that_builds_but_cannot_run_is_refused_before_the_run(tmp_path: Path, capsys):
+    """resnet18 with layers: [1, 1, 1] builds (3 stages) and its forward asks for layer4: refused by one
+    forward pass before anything is written, which leaves no trace on a model that works."""
+    from selfsup.encoders import check_forward, create_encoder
+
+    broken = create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64], "layers": [1, 1, 1]})
+    with pytest.raises(EncoderError, match=r"^timm's 'resnet18' with encoder.kwargs=\{'layers': \[1, 1, 1\]\} builds but "
+                                           r"fails on a forward pass of two 1x16x16 images: AttributeError: 'ResNet' "
+                                           r"object has no attribute 'layer4'.*; change or remove the key that causes it$"):
+        check_forward(broken, 1, 16, "resnet18", {"layers": [1, 1, 1]})
+    torch.manual_seed(5)
+    sound = create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64], "drop_rate": 0.5}).eval()
+    before = [b.clone() for b in sound.buffers()]
+    rng = torch.random.get_rng_state()
+    check_forward(sound, 1, 16, "resnet18", {})
+    assert not sound.training and torch.equal(rng, torch.random.get_rng_state())
+    assert all(torch.equal(a, b) for a, b in zip(before, sound.buffers()))  # BatchNorm's statistics untouched
+    run = tmp_path / "run"
+    code = main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), "data.name=digits",
+                 "data.image_size=16", "trainer.max_steps=1", "--no-eval",
+                 "encoder.kwargs={channels: [8, 16, 32, 64], layers: [1, 1, 1]}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "builds but fails on a forward pass" in err, err
+    assert not run.exists()

@@ -313,7 +313,7 @@ def test_held_out_tie_goes_to_the_lower_cross_entropy_and_tiny_splits_are_named(
     import selfsup.transfer.train as train
 
     def fake_fit(encoder, ds, info, num_classes, opts, lr, seed, trainer=None):
-        return SimpleNamespace(lr=lr, diverged_at=None,
+        return SimpleNamespace(lr=lr, diverged_at=None, last_epoch_loss=0.5,
                                classifier=SimpleNamespace(encoder=nn.Linear(2, 2), head=nn.Linear(2, 2))), 0.0
 
     def fake_predict(module, ds, batch_size, device):  # argmax right on every image; confidence set by the lr
@@ -348,7 +348,7 @@ def test_a_diverged_lr_is_never_chosen_and_all_diverged_is_refused(monkeypatch):
     import selfsup.transfer.train as train
 
     def fake_fit(encoder, ds, info, num_classes, opts, lr, seed, trainer=None):
-        return SimpleNamespace(lr=lr, diverged_at=None), 0.0
+        return SimpleNamespace(lr=lr, diverged_at=None, last_epoch_loss=0.5), 0.0
 
     def fake_predict(module, ds, batch_size, device):  # every image scored as the wrong class
         wrong = torch.nn.functional.one_hot((ds.labels + 1) % 10, 10).float()
@@ -365,8 +365,8 @@ def test_a_diverged_lr_is_never_chosen_and_all_diverged_is_refused(monkeypatch):
         assert [m.endswith("; diverged, not a candidate") for m in logs] == [lr >= 1.0 for lr in lrs]
     # the results say it too: the row's warnings (results.md) and diverged_lrs (results.json), per seed
     monkeypatch.setattr(train, "fit", lambda encoder, ds, info, num_classes, opts, lr, seed, trainer=None: (
-        SimpleNamespace(lr=lr, diverged_at=None, classifier=SimpleNamespace(encoder=nn.Linear(2, 2),
-                                                                            head=nn.Linear(2, 2))), 0.0))
+        SimpleNamespace(lr=lr, diverged_at=None, last_epoch_loss=0.5,
+                        classifier=SimpleNamespace(encoder=nn.Linear(2, 2), head=nn.Linear(2, 2))), 0.0))
     logs = []
     opts = TransferOptions(protocol="finetune", epochs=1, lrs=[1e4, 1e-3], seeds=2, low_shot=[])
     row, = run_protocol(make_encoder("resnet18"), minimal_card("resnet18", ARCHS["resnet18"], INFO), data, data,
@@ -534,3 +534,28 @@ def test_a_data_parallel_table_says_so():
     two = transfer_markdown("export x", [{**row, "processes": 2}], [])
     assert "data-parallel" not in one and "data-parallel" not in transfer_markdown("export x", [row], [])  # older
     assert "- Trained data-parallel on 2 processes (trainer.devices x trainer.num_nodes)" in two
+
+
+def test_a_reported_lr_worse_than_a_uniform_guess_is_warned(monkeypatch):
+    """The second tour's: a single lr of 10 ended at a training loss of 232 nats (under the 1000 x ln(classes)
+    divergence limit) and 4% top-1 on 10 classes, below chance, with no word. A reported lr whose last epoch's
+    training loss is above 2 x ln(classes) is now a warning in the row (the numbers kept); a sound one is not."""
+    import math
+    from types import SimpleNamespace
+
+    import selfsup.transfer.train as train
+
+    losses = {1e-3: 0.9, 10.0: 232.0}
+    monkeypatch.setattr(train, "fit", lambda encoder, ds, info, num_classes, opts, lr, seed, trainer=None: (
+        SimpleNamespace(lr=lr, diverged_at=None, last_epoch_loss=losses[lr],
+                        classifier=SimpleNamespace(encoder=nn.Linear(2, 2), head=nn.Linear(2, 2))), 0.0))
+    monkeypatch.setattr(train, "predict", lambda module, ds, batch_size, device: torch.zeros(len(ds), 10))
+    card = minimal_card("resnet18", ARCHS["resnet18"], INFO)
+    for lr, warned in ((10.0, True), (1e-3, False)):
+        opts = TransferOptions(protocol="bitfit", epochs=1, lrs=[lr], seeds=2, low_shot=[])
+        row, = run_protocol(make_encoder("resnet18"), card, images(24), images(8), opts, None, log=lambda m: None)
+        expected = [f"the bitfit at 100% labels: the reported lr ended its last epoch at a training loss above 2 x "
+                    f"ln(classes) = {2 * math.log(10):.3g} nats at seeds 0 (232 nats), 1 (232 nats), worse than a "
+                    f"uniform guess on its own training images: the fit may have diverged; try lower --transfer lrs "
+                    f"(several are chosen on held-out images)"]
+        assert row["warnings"] == (expected if warned else []), lr

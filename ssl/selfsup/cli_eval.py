@@ -163,6 +163,8 @@ def target_eval_dir(spec: str, cfg: RunConfig) -> Path:
     from selfsup.eval.evaldata import data_tag
 
     leaf = data_tag(cfg)
+    if spec == "random:":  # random: alone is the config's encoder (selfsup.eval.target.resolve_target)
+        spec = f"random:{cfg.encoder.name}"
     if spec.startswith("random:"):
         name = spec.removeprefix("random:")
         encoder = {"name": name, "kwargs": cfg.encoder.kwargs if name == cfg.encoder.name else {}, "seed": cfg.seed}

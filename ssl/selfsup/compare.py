@@ -75,8 +75,7 @@ def read_run(path: Path) -> Entry:
         found = sorted(str(d) for d in path.glob("eval-*") if RunDir(d).results_json.is_file())
         elsewhere = (f", or compare its evaluation folder{'s' if len(found) > 1 else ''}: {' '.join(found)}"
                      if found else "")
-        raise LoadError(f"{path} has no results.json (the run was not evaluated on its own data): run selfsup eval "
-                        f"{path}{elsewhere}")
+        raise LoadError(f"{path} has no results.json of its own: run selfsup eval {path}{elsewhere}")
     entry = run_about(path)
     entry.rows = _final_stage(json.loads(run.results_json.read_text()))
     return entry
@@ -295,7 +294,8 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
     for e in entries:
         own = e.rows if e.baseline_target else [r for r in e.rows if r.get("kind") not in BASELINE_KINDS]
         if not own:
-            raise LoadError(f"{e.target} holds no result of its own encoder (only baselines): evaluate it with "
+            what = "only baselines" if e.rows else "no results at all"
+            raise LoadError(f"{e.target} holds no result of its own encoder ({what}): evaluate it with "
                             f"selfsup eval {e.target}")
         picked += [(e, r) for r in own]
         if baselines and not e.baseline_target:

@@ -39,6 +39,12 @@ def check_kwargs_keys(kwargs: dict[Any, Any]) -> None:
             raise EncoderError(f"encoder.kwargs.{bad} is set by selfsup; remove it from the config")
 
 
+# how timm's model constructors refuse arguments: an unknown keyword (TypeError), their own checks
+# (AssertionError, ValueError), an unknown layer name (KeyError), a list too short for the stages
+# (IndexError), a stage count the model's code assumes (AttributeError)
+BUILD_ERRORS = (TypeError, AssertionError, ValueError, KeyError, IndexError, AttributeError)
+
+
 def build_failure(name: str, kwargs: dict[str, Any], err: Exception) -> str:
     """The one-line message of timm refusing to build ``name`` with ``kwargs`` (a TypeError for an unknown
     keyword; an AssertionError or ValueError from the model's own checks, e.g. a BasicBlock ResNet's
@@ -65,7 +71,7 @@ def create_encoder(name: str, in_chans: int, kwargs: dict[str, Any] | None = Non
             pass
     try:
         return timm.create_model(name, num_classes=0, in_chans=in_chans, **kwargs)
-    except (TypeError, AssertionError, ValueError) as err:  # timm's checks of its arguments
+    except BUILD_ERRORS as err:
         raise EncoderError(build_failure(name, kwargs, err)) from None
 
 
@@ -197,10 +203,8 @@ def _ineffective(name: str, in_chans: int, kwargs: dict[str, Any]) -> tuple[str,
     value the model is built with anyway (:func:`_restates`)."""
     try:
         meta_model: nn.Module | None = _seeded_build(name, in_chans, kwargs, meta=True)
-    except TypeError:
-        raise  # a keyword timm does not take: ineffective_kwargs names it
     except Exception:  # noqa: BLE001 -- a constructor that reads tensor values cannot run on the meta device
-        meta_model = None
+        meta_model = None  # (a value timm refuses fails again in the real build below, named there)
     model = meta_model if meta_model is not None else _seeded_build(name, in_chans, kwargs)
     rest = {key: {k: v for k, v in kwargs.items() if k != key} for key in kwargs if key not in _CREATE_OPTIONS}
     if meta_model is not None:
@@ -243,8 +247,39 @@ def ineffective_kwargs(name: str, kwargs: dict[str, Any], in_chans: int = 3) -> 
         if key not in _INEFFECTIVE:
             _INEFFECTIVE[key] = _ineffective(name, in_chans, dict(kwargs))
         return list(_INEFFECTIVE[key])
-    except (TypeError, AssertionError, ValueError) as err:  # timm's checks of its arguments
+    except BUILD_ERRORS as err:
         raise EncoderError(build_failure(name, kwargs, err)) from None
+
+
+def mistyped_kwargs(name: str, kwargs: dict[str, Any], in_chans: int = 3) -> list[str]:
+    """One line per ``kwargs`` value whose type differs from its default in the model class's
+    constructor (a number for a float or int default, a bool for a bool, a string for a string):
+    timm builds ``drop_rate: [0.1]`` or ``drop_rate: '0.2'`` and fails at the first training step
+    (``float()`` of a list, ``'>'`` between str and float), after the run directory was made. Keys
+    the constructor does not declare, or declares with another default (None, a class), are not
+    judged. Built on the meta device (nothing allocated); [] when that build fails (the build
+    errors are :func:`ineffective_kwargs`'s to name)."""
+    try:
+        cls = type(_seeded_build(name, in_chans, kwargs, meta=True))
+    except Exception:  # noqa: BLE001 -- named by the real build
+        return []
+    params = inspect.signature(cls.__init__).parameters
+    wrong = []
+    for key, value in kwargs.items():
+        default = params[key].default if key in params else None
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "a bool"
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            kind = "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            wrong.append(f"{key}: {value!r} is {type(value).__name__}, and {cls.__name__} takes {kind} "
+                         f"(default {default!r})")
+    return wrong
 
 
 def check_kwargs_take_effect(name: str, kwargs: dict[str, Any], in_chans: int = 3) -> None:
@@ -253,8 +288,13 @@ def check_kwargs_take_effect(name: str, kwargs: dict[str, Any], in_chans: int = 
 
     Raises:
         EncoderError: one line naming each such key and the fix (remove it, or the key that makes
-            it count, e.g. ``stem_type: deep`` for a ResNet's ``stem_width``).
+            it count, e.g. ``stem_type: deep`` for a ResNet's ``stem_width``); first, values of
+            another type than the constructor's defaults (:func:`mistyped_kwargs`).
     """
+    wrong = mistyped_kwargs(name, kwargs, in_chans)
+    if wrong:
+        raise EncoderError(f"encoder.kwargs {'; '.join(wrong)}: give {'that type' if len(wrong) == 1 else 'those types'} "
+                           f"(YAML reads 0.2 as a number, '0.2' as a string)")
     idle = ineffective_kwargs(name, kwargs, in_chans)
     if idle:
         keys = ", ".join(f"{k}: {kwargs[k]!r}" for k in idle)
@@ -265,6 +305,36 @@ def check_kwargs_take_effect(name: str, kwargs: dict[str, Any], in_chans: int = 
             f"without {'it' if one else 'each'} is the same (this architecture ignores {'it' if one else 'them'} "
             f"with these settings, or {'it restates' if one else 'they restate'} what it builds anyway); remove {'it' if one else 'them'} from encoder.kwargs, or set what makes "
             f"{'it' if one else 'them'} count{hint}")
+
+
+def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str, kwargs: dict[str, Any]) -> None:
+    """One training-mode forward of two blank ``[2, in_chans, image_size, image_size]`` images, so that
+    a model timm builds but cannot run (``layers: [1, 1, 1]`` on a 4-stage ResNet, ``drop_rate`` of a
+    type its forward cannot use) fails before a run directory exists, not at the first training step.
+    Leaves no trace: no gradient, the random stream forked, every buffer (BatchNorm's running
+    statistics) restored, the mode restored.
+
+    Raises:
+        EncoderError: one line with timm's error.
+    """
+    buffers = [(b, b.clone()) for b in encoder.buffers()]
+    mode = encoder.training
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            encoder.train()
+            param = next(encoder.parameters(), None)
+            x = torch.zeros(2, in_chans, image_size, image_size,
+                            device=param.device if param is not None else "cpu")  # [2, C, H, W]
+            encoder(x)
+    except Exception as err:  # noqa: BLE001 -- whatever the model's code raises, said in one line
+        raise EncoderError(f"timm's {name!r} with encoder.kwargs={kwargs} builds but fails on a forward pass of "
+                           f"two {in_chans}x{image_size}x{image_size} images: {type(err).__name__}: {err}; change "
+                           f"or remove the key that causes it") from None
+    finally:
+        encoder.train(mode)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
 
 
 def pooled_width(encoder: nn.Module) -> int:

@@ -329,7 +329,8 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
     logits = predict(module, test_ds, options.batch_size, device)  # [N, num_classes] (rank 0: all N rows)
     test = scored_on_rank_zero(lambda: topk_accuracy(logits, test_ds.labels))
     return {**test, "val_top1": val, "lr": lr, "weight_decay": options.weight_decay, "seconds": seconds,
-            "train_images": len(idx), "val_images": len(val_ds), "diverged_lrs": diverged}, module
+            "train_images": len(idx), "val_images": len(val_ds), "diverged_lrs": diverged,
+            "train_loss": module.last_epoch_loss}, module
 
 
 def diverged_warnings(runs: list[dict[str, Any]], first_seed: int, row: str) -> list[str]:
@@ -343,6 +344,27 @@ def diverged_warnings(runs: list[dict[str, Any]], first_seed: int, row: str) -> 
             seeds.setdefault(lr, []).append(first_seed + i)
     return [f"{row}: lr {lr:g} diverged at seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))} of {len(runs)} "
             f"(never chosen; the reported lr is the best of the others)" for lr, s in seeds.items()]
+
+
+POOR_FIT = 2.0  # a reported lr whose last epoch's training loss is above this many times ln(classes): warned
+
+
+def poor_fit_warnings(runs: list[dict[str, Any]], first_seed: int, row: str, num_classes: int) -> list[str]:
+    """One line when the reported lr of any seed of ``runs`` ended its last epoch at a training loss above
+    :data:`POOR_FIT` x ln(classes), twice a uniform guess's: worse than guessing on its own training images,
+    the mark of a fit that ran away without passing the divergence limit (a single lr of 10 gave 232
+    nats and 4% top-1 on 10 classes, below chance). A single lr is never held-out scored, so this is
+    the only word on it; the numbers are kept, the warning goes into results.md and the row."""
+    limit = POOR_FIT * math.log(max(2, num_classes))
+    bad = [(first_seed + i, r["train_loss"]) for i, r in enumerate(runs)
+           if not math.isfinite(r.get("train_loss", 0.0)) or r.get("train_loss", 0.0) > limit]
+    if not bad:
+        return []
+    seeds = ", ".join(f"{s} ({loss:.3g} nats)" for s, loss in bad)
+    return [f"{row}: the reported lr ended its last epoch at a training loss above {POOR_FIT:g} x ln(classes) = "
+            f"{limit:.3g} nats at seed{'s' if len(bad) > 1 else ''} {seeds}, worse than a uniform guess on its own "
+            f"training images: the fit may have diverged; try lower --transfer lrs (several are chosen on held-out "
+            f"images)"]
 
 
 def _silent(message: str) -> None:
@@ -448,7 +470,9 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
                             if distributed.is_rank_zero() else out_dir)  # written once
         warnings = selection_warnings(options.protocol, fraction, runs[0]["train_images"], len(train_ds),
                                       runs[0]["val_images"], train_ds.num_classes, len(options.lrs))
-        warnings += diverged_warnings(runs, options.seed, f"the {options.protocol} at {fraction * 100:g}% labels")
+        row_name = f"the {options.protocol} at {fraction * 100:g}% labels"
+        warnings += diverged_warnings(runs, options.seed, row_name)
+        warnings += poor_fit_warnings(runs, options.seed, row_name, train_ds.num_classes)
         for warning in warnings:
             log(f"[{options.protocol}] warning: {warning}")
         rows.append({"key": fraction_key(fraction).replace("linear", options.protocol, 1),
