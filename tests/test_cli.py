@@ -92,8 +92,11 @@ def test_pretrain_eval_export(tmp_path, capsys):
     with open(tmp_path / "c.csv", newline="") as f:
         assert len(list(csv.reader(f))) == len(table) - 3  # header + rows (the markdown adds a rule; 2 lines said)
     assert (tmp_path / "c.png").stat().st_size > 0
-    assert main(["compare", str(tmp_path / "ev")]) == 2  # an evaluation folder is neither a run nor an export
-    assert "is neither a run directory" in capsys.readouterr().err
+    # an evaluation folder (here of the export, with --out) compares as its target's rows
+    assert main(["compare", str(tmp_path / "ev")]) == 0
+    ev_knn = next(f"{r['knn']['k=20,T=0.07']['top1']:.2f}" for r in ev if r["kind"] == "pretrained")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(lines) == 2 and lines[1].startswith(f"| {tmp_path / 'ev'} | ") and f"| {ev_knn} |" in lines[1]
     # a target given twice (however spelled) is listed once, with a note
     assert main(["compare", str(run_dir), str(run_dir) + "/", str(run_dir / "export"),
                  str(run_dir / "export" / ".." / "export")]) == 0

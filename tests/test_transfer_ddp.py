@@ -73,8 +73,10 @@ def test_two_processes_train_and_score_like_one_on_the_same_global_batch(tmp_pat
 
     rows1, rows2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert len(rows1) == len(rows2) == 1 and rows1[0].keys() == rows2[0].keys()
-    same = {k: v for k, v in rows1[0].items() if k != "minutes"}  # the training time is the one difference
-    assert {k: v for k, v in rows2[0].items() if k != "minutes"} == same
+    differ = ("minutes", "processes")  # the training time, and the process count the row records
+    same = {k: v for k, v in rows1[0].items() if k not in differ}
+    assert {k: v for k, v in rows2[0].items() if k not in differ} == same
+    assert (rows1[0]["processes"], rows2[0]["processes"]) == (1, 2)
     assert (same["train_images"], same["val_images"], same["lr"]) == (256, 26, [0.001])  # both runs chose the same lr of the two
 
     w1, w2 = (load_file(d / "classifier" / "model.safetensors") for d in (one, two))
