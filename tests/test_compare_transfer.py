@@ -392,3 +392,23 @@ def test_frozen_evaluation_folders_compare(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "junk")]) == 2
     assert one_line_error(capsys.readouterr().err).endswith("give what selfsup pretrain, selfsup export or selfsup "
                                                             "eval wrote")
+
+
+def test_two_different_baselines_under_one_label_are_both_listed(tmp_path, capsys):
+    """The second tour's: `random-init resnet18` beside a slim run (its kwargs) and beside a full-width one
+    are different encoders under one label; --baselines kept the first and hid the other. Both are listed,
+    each saying which target it was evaluated beside; the same row beside two targets stays one row."""
+    slim, full, again = (frozen_row("random-init resnet18", "random") for _ in range(3))
+    slim["knn"]["k=20,T=0.07"]["top1"], full["knn"]["k=20,T=0.07"]["top1"] = 46.11, 82.22
+    a = write_run(tmp_path / "a", [frozen_row("run a"), slim, frozen_row("raw pixels", "pixels")])
+    b = write_run(tmp_path / "b", [frozen_row("run b"), full, frozen_row("raw pixels", "pixels")])
+    assert main(["compare", str(a), str(b), "--baselines"]) == 0
+    _, by_target = table(capsys.readouterr().out)
+    assert by_target[f"random-init resnet18 (beside {a})"]["kNN k=20,T=0.07"] == "46.11"
+    assert by_target[f"random-init resnet18 (beside {b})"]["kNN k=20,T=0.07"] == "82.22"
+    assert "raw pixels" in by_target and len(by_target) == 5  # the identical pixel rows: one
+    again["knn"]["k=20,T=0.07"]["top1"] = 46.11
+    c = write_run(tmp_path / "c", [frozen_row("run c"), again])
+    assert main(["compare", str(a), str(c), "--baselines"]) == 0
+    _, by_target = table(capsys.readouterr().out)
+    assert "random-init resnet18" in by_target and len(by_target) == 4  # the same random row beside both: once

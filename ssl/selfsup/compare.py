@@ -2,7 +2,8 @@
 
 Each target contributes the row of its own encoder (the final stage when it was evaluated
 layer-wise); ``baselines=True`` adds the random-init and pixel rows they were evaluated beside
-(once per label and dataset). Columns: method, encoder, epochs completed and training minutes
+(a row repeated beside several targets once; two different rows under one label each say which
+target they were evaluated beside). Columns: method, encoder, epochs completed and training minutes
 (from the run's ``training_time.json``, or the export card's copy of it; blank when unknown, never
 the configured ``max_epochs``), every kNN
 (k, T) and every linear-probe fraction any target has, as mean ± sd over probe seeds, the all-labels probe's
@@ -287,6 +288,14 @@ def data_cell(row: dict[str, Any]) -> str:
     return f"{r['dataset']}{counts}"
 
 
+def _scores(row: dict[str, Any]) -> str:
+    """A result row's numbers (every kNN and probe top-1), as text: the same baseline read from a run's
+    results.json and from its export's card (which keeps fewer fields) compare equal."""
+    numbers = {f"knn {k}": v.get("top1") for k, v in (row.get("knn") or {}).items() if isinstance(v, dict)}
+    numbers.update({k: v.get("top1") for k, v in row.items() if k.startswith("linear") and isinstance(v, dict)})
+    return json.dumps(numbers, sort_keys=True)
+
+
 def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the comparison (see the module docstring)."""
     picked: list[tuple[Entry, dict[str, Any]]] = []
@@ -299,18 +308,23 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
                             f"selfsup eval {e.target}")
         picked += [(e, r) for r in own]
         if baselines and not e.baseline_target:
-            for r in e.rows:
-                key = (r["label"], r.get("dataset"))
+            for r in e.rows:  # a baseline listed once: the same row beside several targets is one row
+                key = (r["label"], r.get("dataset"), _scores(r))
                 if r.get("kind") in BASELINE_KINDS and key not in seen:
                     seen.add(key)
                     picked.append((Entry(e.target), r))
     rows = [r for _, r in picked]
+    # two different baselines under one label (random-init resnet18 built with another target's kwargs, or
+    # on other data): each says which target it was evaluated beside (one was hidden by the other before)
+    labels = [r["label"] for e, r in picked if r.get("kind") in BASELINE_KINDS and not e.baseline_target]
+    shared = {label for label in labels if labels.count(label) > 1}
     columns = frozen_columns(rows) + transfer_columns(rows)
     header = ["target", "method", "encoder", "data", "epochs", "train min", *[h for h, _ in columns]]
     cells = []
     for e, r in picked:
         label = (f"{e.target} ({r['label']})" if e.baseline_target else
-                 r["label"] if r.get("kind") in BASELINE_KINDS else e.target)
+                 (f"{r['label']} (beside {e.target})" if r["label"] in shared else r["label"])
+                 if r.get("kind") in BASELINE_KINDS else e.target)
         cells.append([label, e.method or "", e.encoder or "", data_cell(r), "" if e.epochs is None else f"{e.epochs:g}",
                       "" if e.train_minutes is None else f"{e.train_minutes:.1f}", *[cell(r) for _, cell in columns]])
     return header, cells
