@@ -344,3 +344,12 @@ def test_random_without_a_name_is_the_configs_encoder_in_its_folder_too():
     assert target_eval_dir("random:", slim) == target_eval_dir("random:resnet18", slim)
     assert target_eval_dir("random:", slim) != target_eval_dir("random:", full)
     assert target_eval_dir("random:", full).parts[2] == "random-resnet18"
+    # the one reading of a random: spec, which the transfer export's card also takes (it wrote architecture ''
+    # and no kwargs for random:), and the detection folder's init tag (two random encoders shared one folder)
+    from selfsup.cli_eval import init_tag
+    from selfsup.eval.target import random_encoder
+
+    assert random_encoder("random:", slim) == ("resnet18", {"channels": [8, 16, 32, 64]})
+    assert random_encoder("random:resnet50", slim) == ("resnet50", {})
+    assert init_tag("random:", slim) == init_tag("random:resnet18", slim) != init_tag("random:", full)
+    assert init_tag("pixels", slim) == "" and init_tag("runs/x", slim) == ""

@@ -157,20 +157,33 @@ def target_eval_dir(spec: str, cfg: RunConfig) -> Path:
     of what decides the encoder (its kwargs when ``encoder.name`` is that model, and ``seed``). One
     folder per target used to take every evaluation of it, so one on other data (or another random
     encoder) silently replaced the results of the one before."""
+    from selfsup.eval.evaldata import data_tag
+
+    return Path("runs") / "eval" / eval_folder(target_spec(spec, cfg)) / (data_tag(cfg) + init_tag(spec, cfg))
+
+
+def target_spec(spec: str, cfg: RunConfig) -> str:
+    """``spec`` with ``random:`` alone spelled as the config's encoder (``random:resnet18``)."""
+    from selfsup.eval.target import random_encoder
+
+    return f"random:{random_encoder(spec, cfg)[0]}" if spec.startswith("random:") else spec
+
+
+def init_tag(spec: str, cfg: RunConfig) -> str:
+    """``-init-<8 hex digits>`` of what decides a ``random:`` target's encoder (its name, kwargs and
+    ``seed``: :func:`selfsup.eval.target.random_encoder`), so that two random encoders never share a
+    results folder; ``""`` for any other target."""
     import hashlib
     import json
 
-    from selfsup.eval.evaldata import data_tag
+    from selfsup.eval.target import random_encoder
 
-    leaf = data_tag(cfg)
-    if spec == "random:":  # random: alone is the config's encoder (selfsup.eval.target.resolve_target)
-        spec = f"random:{cfg.encoder.name}"
-    if spec.startswith("random:"):
-        name = spec.removeprefix("random:")
-        encoder = {"name": name, "kwargs": cfg.encoder.kwargs if name == cfg.encoder.name else {}, "seed": cfg.seed}
-        leaf += "-init-" + hashlib.blake2b(json.dumps(encoder, sort_keys=True, default=str).encode(),
-                                           digest_size=4).hexdigest()
-    return Path("runs") / "eval" / eval_folder(spec) / leaf
+    if not spec.startswith("random:"):
+        return ""
+    name, kwargs = random_encoder(spec, cfg)
+    encoder = {"name": name, "kwargs": kwargs, "seed": cfg.seed}
+    return "-init-" + hashlib.blake2b(json.dumps(encoder, sort_keys=True, default=str).encode(),
+                                      digest_size=4).hexdigest()
 
 
 def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
@@ -224,8 +237,11 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
         check_target(spec)
     # a run's own detection folder; any other target its own folder (they all shared one per dataset, so
     # evaluating a second export replaced the first's results)
-    base = RunDir(target).detection if RunDir(target).is_run() else Path("runs") / "eval-detection" / eval_folder(args.target)
-    out = ensure_out_dir(Path(args.out) if args.out else base / detection_tag(cfg))  # one per dataset: none overwrites another
+    # (two random encoders: a folder each, init_tag)
+    base = (RunDir(target).detection if RunDir(target).is_run() else
+            Path("runs") / "eval-detection" / eval_folder(target_spec(args.target, cfg)))
+    leaf = detection_tag(cfg) + init_tag(args.target, cfg)  # one per dataset: none overwrites another
+    out = ensure_out_dir(Path(args.out) if args.out else base / leaf)
     data = detection_data(cfg)
     written = RunDir(out)
     pictures = written.plots if cfg.eval.plots else None  # test images with true and predicted boxes
@@ -362,6 +378,7 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     from selfsup.artifacts.load import load_encoder_and_card
     from selfsup.config import ConfigError
     from selfsup.eval.evaluate import evaluation_data, resolve_target
+    from selfsup.eval.target import random_encoder
     from selfsup.transfer import run_protocol
     from selfsup.transfer.export import minimal_card
     from selfsup.transfer.report import transfer_markdown
@@ -374,10 +391,9 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     say = print if is_rank_zero() else (lambda message: None)  # the other processes re-run this command
     trainer = transfer_trainer(cfg, options, say)  # refused before the data is read
     train_ds, test_ds, _ = evaluation_data(cfg)
-    if args.target.startswith("random:"):
+    if args.target.startswith("random:"):  # random: alone is the config's encoder, in the card too
         t = resolve_target(args.target, cfg, train_ds.info)
-        name = args.target.removeprefix("random:")
-        encoder, card = t.encoder, minimal_card(name, cfg.encoder.kwargs if name == cfg.encoder.name else {}, t.info)
+        encoder, card = t.encoder, minimal_card(*random_encoder(args.target, cfg), t.info)
     else:
         encoder, card = load_encoder_and_card(target)
     run = RunDir(target)

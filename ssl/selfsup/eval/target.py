@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -32,6 +32,15 @@ class Target:
     info: DataInfo  # input size and normalisation the encoder expects
     encoder: nn.Module
 
+def random_encoder(spec: str, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """The timm name and kwargs of the ``random:<timm-name>`` target ``spec``: ``random:`` alone is the
+    config's encoder; the config's ``encoder.kwargs`` apply when the name is the config's encoder, no
+    kwargs otherwise. The one reading of such a spec (the encoder built, its default folder, a transfer
+    export's card)."""
+    name = spec.removeprefix("random:") or cfg.encoder.name
+    return name, dict(cfg.encoder.kwargs) if name == cfg.encoder.name else {}
+
+
 # path of a run, export or checkpoint -> its encoder in eval mode, with ``selfsup_info`` (a DataInfo) attached
 EncoderLoader = Callable[[Path], nn.Module]
 
@@ -49,9 +58,8 @@ def resolve_target(spec: str, cfg: RunConfig, data_info: Callable[[], DataInfo],
     if spec == "pixels":
         return Target("raw pixels", "pixels", data_info(), nn.Flatten())
     if spec.startswith("random:"):
-        name = spec.split(":", 1)[1] or cfg.encoder.name
+        name, kwargs = random_encoder(spec, cfg)
         torch.manual_seed(cfg.seed)
-        kwargs = cfg.encoder.kwargs if name == cfg.encoder.name else {}
         info = data_info()
         encoder = create_encoder(name, info.in_chans, kwargs, fair_random_init=True)
         return Target(f"random-init {name}", "random", info, encoder)
