@@ -280,7 +280,7 @@ def _fit_and_score_seeds(train: Tensor, train_labels: Tensor, test: Tensor, test
         heads = _train_heads(full_x, train_labels, num_classes, [setting], epochs, batch_size, seeds)
     with torch.no_grad():  # a single setting is never held-out scored: its training cross-entropy judges it
         losses = [math.inf if diverged(head) else F.cross_entropy(head(full_x), train_labels).item() for head in heads]
-    if any(best_candidate([(0.0, loss)], num_classes) is None for loss in losses):
+    if any(diverged_loss(loss, num_classes) for loss in losses):
         raise ConfigError(f"the linear probe diverged (non-finite weights, or a training cross-entropy of "
                           f"{max(losses):.4g} nats, over {DIVERGED_NATS:g} x ln(classes)) on the whole training set "
                           f"at lr {setting[0]:g}, weight decay {setting[1]:g}: lower eval.linear_lrs")
@@ -328,9 +328,15 @@ def best_candidate(scores: Sequence[tuple[float, float]], num_classes: int) -> i
     2.2e22 nats and 27% held-out top-1 on 30 images, then chance on the test set; an overconfident
     but sound fit stays in the tens of nats). None when every
     one diverged. The linear probe's grid and the transfer protocols' lrs both use it."""
-    limit = DIVERGED_NATS * math.log(max(2, num_classes))
-    alive = [i for i, (_, loss) in enumerate(scores) if math.isfinite(loss) and loss <= limit]
+    alive = [i for i, (_, loss) in enumerate(scores) if not diverged_loss(loss, num_classes)]
     return max(alive, key=lambda i: (scores[i][0], -scores[i][1])) if alive else None
+
+
+def diverged_loss(loss: float, num_classes: int) -> bool:
+    """Whether a cross-entropy (nats) marks a diverged fit: not finite, or above :data:`DIVERGED_NATS`
+    x ln(``num_classes``). The one criterion for a held-out score (:func:`best_candidate`), a single
+    setting's training cross-entropy (the probe's refit) and a single transfer lr's training loss."""
+    return not math.isfinite(loss) or loss > DIVERGED_NATS * math.log(max(2, num_classes))
 
 
 def check_fit_split(n: int, n_val: int, what: str, fix: str = "use more labelled images") -> None:

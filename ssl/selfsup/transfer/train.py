@@ -41,7 +41,7 @@ from selfsup.data import CleanTransform, DataInfo, ImageDataset, make_loader
 from selfsup.data.datasets import Subset
 from selfsup.eval.knn import topk_accuracy
 from selfsup.eval.linear import DIVERGED_NATS, best_candidate, check_fit_split, check_fraction_splits, \
-    class_balanced_subset, fit_sizes, fraction_key, held_out_count, name_fractions, selection_warnings, summarise
+    class_balanced_subset, diverged_loss, fit_sizes, fraction_key, held_out_count, name_fractions, selection_warnings, summarise
 from selfsup.schedules import cosine_factors, warmup_steps
 from selfsup.train.resume import check_sync_batchnorm
 from selfsup.transfer.options import TransferOptions
@@ -291,19 +291,18 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
         module, secs = fit(encoder, fit_ds, info, train_ds.num_classes, options, lr, seed, trainer)
         seconds += secs
         where = f"[{options.protocol}] {fraction * 100:g}% of labels, seed {seed}, lr {lr:g}"
-        if module.diverged_at is not None:  # its training loss was not finite: never a candidate (every rank)
+        # nothing held out for a single lr: its last epoch's training loss says whether it diverged, by the
+        # criterion held-out cross-entropies meet (diverged_loss)
+        why = (f"training loss not finite at step {module.diverged_at}" if module.diverged_at is not None else
+               f"last epoch's training loss {module.last_epoch_loss:.4g} nats (over {DIVERGED_NATS:g} x "
+               f"ln(classes), or not finite)" if single and diverged_loss(module.last_epoch_loss, train_ds.num_classes)
+               else None)
+        if why:  # never a candidate (on every rank: the losses are global means)
             scores.append((0.0, math.inf))
             diverged.append(lr)
-            log(f"{where}: training loss not finite at step {module.diverged_at}; diverged, not a candidate")
+            log(f"{where}: {why}; diverged" + ("" if single else ", not a candidate"))
             continue
-        if single:  # nothing held out: its last epoch's training loss says whether it diverged (as the
-            # held-out cross-entropy does for several lrs: over DIVERGED_NATS x ln(classes), or not finite)
-            if best_candidate([(0.0, module.last_epoch_loss)], train_ds.num_classes) is None:
-                scores.append((0.0, math.inf))
-                diverged.append(lr)
-                log(f"{where}: last epoch's training loss {module.last_epoch_loss:.4g} nats (over "
-                    f"{DIVERGED_NATS:g} x ln(classes), or not finite); diverged")
-                continue
+        if single:
             scores.append((None, None))
             kept = module
             continue
@@ -311,7 +310,7 @@ def one_seed(encoder: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, 
         val, loss = scored_on_rank_zero(lambda: (topk_accuracy(logits, val_ds.labels, (1,))["top1"],
                                                  F.cross_entropy(logits, val_ds.labels).item()))
         scores.append((val, loss))
-        gone = best_candidate([(val, loss)], train_ds.num_classes) is None  # never chosen
+        gone = diverged_loss(loss, train_ds.num_classes)  # never chosen
         if gone:
             diverged.append(lr)
         log(f"{where}: held-out top-1 {val:.2f}% (cross-entropy {loss:.3f}, {len(val_ds)} image(s))"
