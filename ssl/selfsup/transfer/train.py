@@ -112,9 +112,11 @@ class TransferModule(L.LightningModule):
 
 
 def run_device(trainer: dict[str, Any]) -> str:
-    """Where a trained classifier is scored: "cuda" when present and the trainer's accelerator allows it."""
-    ok = trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
-    return "cuda" if torch.cuda.is_available() and ok else "cpu"
+    """Where a trained classifier is scored: :func:`selfsup.eval.target.default_device` of the trainer's
+    accelerator, as every frozen evaluation decides it."""
+    from selfsup.eval.target import default_device
+
+    return default_device(trainer.get("accelerator", "auto"))
 
 
 @torch.no_grad()
