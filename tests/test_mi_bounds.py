@@ -749,7 +749,7 @@ def test_benchmark_keeps_freed_memory_so_activations_reuse_their_pages():
     assert out[0] == "True" and int(out[1]) <= 4096, out
 
 
-def test_benchmark_jobs_train_the_critics_in_processes_with_the_same_numbers(monkeypatch):
+def test_benchmark_jobs_give_each_critic_the_sequential_runs_numbers(monkeypatch):
     """--jobs 2 trains the two critics side by side in spawned processes (the whole staircase in the
     time of the slower critic on 2 cores); each critic's estimates equal those of the sequential run."""
     import argparse
