@@ -304,6 +304,7 @@ def test_load_config_defaults_fill_only_what_the_file_leaves_out(tmp_path):
     (["eval", "pixels", "--task", "detection", "--dataset", ""], "--dataset"),  # trained on the default
     (["eval", "pixels", "--task", "detection", "--test-dataset", " "], "--test-dataset"),
     (["pretrain", ""], "config"),
+    (["config", "--file", ""], "--file"),  # read as '.'
 ])
 def test_an_empty_path_is_refused_not_read_as_the_default(argv, option, capsys, tmp_path, monkeypatch):
     """`--out ''` was read as no --out: the results went to the default folder, not where the user

@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("prefix", nargs="?", metavar="KEY_PREFIX", help="a section or key (optim, data.root, "
                    "method.temperature; method.NAME: one method's keys); default: every key")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides (show the resolved config)")
-    s.add_argument("--file", metavar="CONFIG.yaml", help="show this config file resolved (defaults filled in, "
+    s.add_argument("--file", metavar="CONFIG.yaml", type=path_arg, help="show this config file resolved (defaults filled in, "
                    "overrides applied, every value checked) as YAML")
     s.set_defaults(func=_config)
     return p
