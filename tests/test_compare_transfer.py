@@ -412,3 +412,15 @@ def test_two_different_baselines_under_one_label_are_both_listed(tmp_path, capsy
     assert main(["compare", str(a), str(c), "--baselines"]) == 0
     _, by_target = table(capsys.readouterr().out)
     assert "random-init resnet18" in by_target and len(by_target) == 4  # the same random row beside both: once
+
+
+def test_an_output_under_a_file_is_refused_before_anything_is_read(tmp_path, capsys):
+    """The third tour's: --csv FILE/x.csv ended in FileExistsError after the table was printed."""
+    run = write_run(tmp_path / "run", [frozen_row("run run")])
+    blocker = run / "results.json"
+    for flag, name in (("--csv", "x.csv"), ("--plot", "x.png")):
+        assert main(["compare", str(run), flag, str(blocker / name)]) == 2
+        captured = capsys.readouterr()
+        assert one_line_error(captured.err).endswith(f"{flag} {blocker / name}: {blocker} is a file, so no folder can "
+                                                     f"be made there: give a path under a folder")
+        assert captured.out == ""

@@ -37,6 +37,7 @@ def test_misspelled_section_and_top_level_key(tmp_path):
     ("optim.lr=1e", "optim.lr"),
     ("optim.lr=e-3", "optim.lr"),
     ("method.augment.crop_scale=[0.5]", "method.augment.crop_scale"),
+    ("eval.knn=[]", "eval"),  # was refused only after pretraining and extraction
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -191,3 +191,19 @@ def test_a_model_that_builds_but_cannot_run_is_refused_before_the_run(tmp_path: 
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "builds but fails on a forward pass" in err, err
     assert not run.exists()
+
+
+def test_features_of_another_width_than_the_model_reports_are_refused():
+    """The third tour's: channels with layers [0, 0, 0, 0] reports num_features 128 and returns the stem's 64
+    features; every head is built for 128, so training crashed at its first step after the run directory
+    was made. The forward check compares the two; a negative width is timm's RuntimeError, one line."""
+    from selfsup.encoders import check_forward, create_encoder
+
+    kwargs = {"channels": [8, 16, 32, 128], "layers": [0, 0, 0, 0]}
+    enc = create_encoder("resnet18", 1, kwargs)
+    with pytest.raises(EncoderError, match=r"builds but fails on a forward pass of two 1x16x16 images: ValueError: it "
+                                           r"returns features of shape \[2, 64\] but reports 128 \(num_features\)"):
+        check_forward(enc, 1, 16, "resnet18", kwargs)
+    with pytest.raises(EncoderError, match=r"^timm could not build 'resnet18' .*: Trying to create tensor with "
+                                           r"negative dimension -64: \[-64, 32, 1, 1\]; change or remove that key$"):
+        check_kwargs_take_effect("resnet18", {"channels": [8, 16, 32, -64]})

@@ -546,3 +546,16 @@ def test_a_single_probe_setting_whose_weights_ran_away_is_refused():
     assert head_ce[0] > 1000 * math.log(10)
     sound = linear.linear_probe(x, y, x[:50], y[:50], 10, [0.1], [0.0], epochs=5)  # a single sound setting: scored
     assert sound["top1"] == linear.fit_and_score(x, y, x[:50], y[:50], 10, (0.1, 0.0), epochs=5)["top1"]
+
+
+def test_a_diverged_grid_setting_is_named_in_the_probes_warnings():
+    """The sibling of the transfer protocols' diverged-lr warning, open in the frozen probe: a setting of the
+    grid that diverged (lr 1e6 beside 0.1) was never chosen and said nowhere; the fraction's warnings name it."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 16, generator=g), torch.randint(0, 10, (300,), generator=g)
+    res = linear.probe_protocol(x, y, x[:50], y[:50], 10, [0.1, 1e6], [0.0], fractions=(1.0,), seeds=1, epochs=5)
+    assert res["linear"]["lr"] == [0.1]
+    assert res["linear"]["warnings"][-1] == ("the linear probe at 100% labels: lr 1e+06, weight decay 0 diverged "
+                                             "(never chosen; the reported setting is the best of the others)")
+    sound = linear.probe_protocol(x, y, x[:50], y[:50], 10, [0.1, 0.3], [0.0], fractions=(1.0,), seeds=1, epochs=5)
+    assert not any("diverged" in w for w in sound["linear"]["warnings"])

@@ -216,6 +216,10 @@ def check_outputs(csv_path: str | None, plot_path: str | None) -> None:
         if path and Path(path).is_dir():
             raise LoadError(f"{flag} {path} is a directory: give a file name, e.g. {Path(path) / 'compare'}"
                             f"{'.csv' if flag == '--csv' else '.png'}")
+        blocker = next((p for p in Path(path).parents if p.exists()), None) if path else None
+        if blocker is not None and not blocker.is_dir():
+            raise LoadError(f"{flag} {path}: {blocker} is a file, so no folder can be made there: give a path "
+                            f"under a folder")
     if plot_path and Path(plot_path).suffix.lower() != ".png":
         raise LoadError(f"--plot {plot_path}: the picture is a PNG file, so its name must end in .png "
                         f"(e.g. {Path(plot_path).with_suffix('.png')})")

@@ -205,6 +205,8 @@ class EvalConfig:
             if repeated is not None:
                 raise ValueError(f"{key}: {list(repeated) if isinstance(repeated, tuple) else repeated!r} is given "
                                  f"twice in {getattr(self, key)!r}: give each once")
+        if not self.knn:  # the kNN search needs a (k, T) pair: refused here, not after pretraining
+            raise ValueError("knn must hold at least one (k, T) pair, e.g. [[20, 0.07]]")
         for k, t in self.knn:  # refused when the config loads, not after pretraining
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                 raise ValueError(f"knn: k must be a whole number >= 1, got {k!r} in ({k!r}, {t!r})")

@@ -42,14 +42,16 @@ def check_kwargs_keys(kwargs: dict[Any, Any]) -> None:
 # how timm's model constructors refuse arguments: an unknown keyword (TypeError), their own checks
 # (AssertionError, ValueError), an unknown layer name (KeyError), a list too short for the stages
 # (IndexError), a stage count the model's code assumes (AttributeError)
-BUILD_ERRORS = (TypeError, AssertionError, ValueError, KeyError, IndexError, AttributeError)
+BUILD_ERRORS = (TypeError, AssertionError, ValueError, KeyError, IndexError, AttributeError, RuntimeError)
 
 
 def build_failure(name: str, kwargs: dict[str, Any], err: Exception) -> str:
     """The one-line message of timm refusing to build ``name`` with ``kwargs`` (a TypeError for an unknown
     keyword; an AssertionError or ValueError from the model's own checks, e.g. a BasicBlock ResNet's
     ``base_width``)."""
-    said = str(err) or type(err).__name__
+    said = (str(err).strip().splitlines() or [type(err).__name__])[0]  # torch's C++ errors add a stack trace
+    if not str(err).strip():
+        said = f"{type(err).__name__} (timm's own check of its arguments)"
     return f"timm could not build {name!r} with encoder.kwargs={kwargs}: {said}; change or remove that key"
 
 
@@ -311,8 +313,10 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
     """One training-mode forward of two blank ``[2, in_chans, image_size, image_size]`` images, so that
     a model timm builds but cannot run (``layers: [1, 1, 1]`` on a 4-stage ResNet, ``drop_rate`` of a
     type its forward cannot use) fails before a run directory exists, not at the first training step.
-    Leaves no trace: no gradient, the random stream forked, every buffer (BatchNorm's running
-    statistics) restored, the mode restored.
+    Its output must be ``[2, D]`` with the ``D`` the model reports (:func:`pooled_width`): every
+    method's heads are built for that width (``channels`` with ``layers: [0, 0, 0, 0]`` reported the
+    last channel count and returned the stem's). Leaves no trace: no gradient, the random stream
+    forked, every buffer (BatchNorm's running statistics) restored, the mode restored.
 
     Raises:
         EncoderError: one line with timm's error.
@@ -325,7 +329,11 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
             param = next(encoder.parameters(), None)
             x = torch.zeros(2, in_chans, image_size, image_size,
                             device=param.device if param is not None else "cpu")  # [2, C, H, W]
-            encoder(x)
+            out = encoder(x)  # [2, D]
+        width = pooled_width(encoder)
+        if out.ndim != 2 or out.shape[1] != width:  # the heads are built for the width the model reports
+            raise ValueError(f"it returns features of shape {list(out.shape)} but reports {width} "
+                             f"(num_features): a setting that changes nothing, such as channels with no blocks")
     except Exception as err:  # noqa: BLE001 -- whatever the model's code raises, said in one line
         raise EncoderError(f"timm's {name!r} with encoder.kwargs={kwargs} builds but fails on a forward pass of "
                            f"two {in_chans}x{image_size}x{image_size} images: {type(err).__name__}: {err}; change "

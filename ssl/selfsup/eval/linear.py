@@ -218,17 +218,18 @@ def select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: l
     (non-finite weights) is never chosen; ConfigError when every one did. DataError: see
     :func:`check_probe_data`."""
     check_probe_data(train, train_labels, num_classes)
-    return _select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size, val_fraction, seed)
+    return _select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size, val_fraction, seed)[:2]
 
 
 def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: list[float], wds: list[float],
                     epochs: int, batch_size: int, val_fraction: float,
-                    seed: int) -> tuple[tuple[float, float], float | None]:
-    """:func:`select_setting` on data already checked (the protocol checks once, not per probe)."""
+                    seed: int) -> tuple[tuple[float, float], float | None, list[tuple[float, float]]]:
+    """:func:`select_setting` on data already checked (the protocol checks once, not per probe), and the
+    settings whose probes diverged (never chosen; :func:`probe_protocol` says so in its warnings)."""
     train = train.float()
     settings = list(product(lrs, wds))
     if len(settings) == 1:  # nothing to choose: no probe trained, no image held out
-        return settings[0], None
+        return settings[0], None, []
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(train), generator=g)
     n_val = held_out_count(len(train), val_fraction)
@@ -249,7 +250,8 @@ def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: 
         raise ConfigError(f"every linear-probe setting diverged (non-finite weights, or a held-out cross-entropy over "
                           f"{DIVERGED_NATS:g} x ln(classes)) with lr in {lrs} and weight decay in {wds}: lower "
                           f"eval.linear_lrs (and eval.linear_wds)")
-    return settings[best], scores[best][0]
+    return settings[best], scores[best][0], [settings[i] for i, (_, loss) in enumerate(scores)
+                                             if diverged_loss(loss, num_classes)]
 
 
 def fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
@@ -302,10 +304,10 @@ def _linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels
                   lrs: list[float], wds: list[float], epochs: int, batch_size: int, val_fraction: float,
                   seed: int) -> dict[str, float]:
     """:func:`linear_probe` on data already checked."""
-    setting, val_acc = _select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
-                                       val_fraction, seed)
+    setting, val_acc, gone = _select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
+                                             val_fraction, seed)
     acc = _fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs, batch_size, seed)
-    return {**acc, "lr": setting[0], "weight_decay": setting[1], "val_top1": val_acc}
+    return {**acc, "lr": setting[0], "weight_decay": setting[1], "val_top1": val_acc, "diverged": gone}
 
 
 def held_out_count(n: int, fraction: float, choices: int = 2) -> int:
@@ -464,13 +466,13 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
     for fraction in fractions:
         runs = []
         if fraction >= 1:
-            setting, val_acc = _select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
-                                               val_fraction, seed)
+            setting, val_acc, gone = _select_setting(train, train_labels, num_classes, lrs, wds, epochs,
+                                                     batch_size, val_fraction, seed)
             val = [val_acc]
             bar.update()
             accs = _fit_and_score_seeds(train, train_labels, test, test_labels, num_classes, setting, epochs,
                                         batch_size, range(seed, seed + seeds))  # every seed's probe in one loop
-            runs += [{**acc, "lr": setting[0], "weight_decay": setting[1]} for acc in accs]
+            runs += [{**acc, "lr": setting[0], "weight_decay": setting[1], "diverged": gone} for acc in accs]
             bar.update(seeds)
             n_train = len(train_labels)
         else:
@@ -486,9 +488,19 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
             **summarise(runs), "fraction": fraction, "train_images": n_train,
             "val_top1": None if n_val == 0 else sum(val) / len(val),  # a single setting held nothing out
             "val_images": n_val, "warnings": selection_warnings("linear probe", fraction, n_train, len(train_labels),
-                                                                n_val, num_classes, choices)}
+                                                                n_val, num_classes, choices)
+            + diverged_setting_warnings(runs, fraction)}
     bar.close()
     return results
+
+
+def diverged_setting_warnings(runs: list[dict[str, Any]], fraction: float) -> list[str]:
+    """One line per (lr, wd) setting whose probe diverged while the grid was chosen, in any seed of
+    ``runs`` (each with its ``diverged`` settings): never chosen, so the reported setting is the best of
+    the others, as the transfer protocols say of a diverged lr."""
+    gone = sorted({tuple(s) for r in runs for s in r.get("diverged", [])})
+    return [f"the linear probe at {fraction * 100:g}% labels: lr {lr:g}, weight decay {wd:g} diverged (never "
+            f"chosen; the reported setting is the best of the others)" for lr, wd in gone]
 
 
 def sklearn_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
