@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import timm
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 
 class EncoderError(ValueError):
@@ -315,7 +317,9 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
     type its forward cannot use) fails before a run directory exists, not at the first training step.
     Its output must be ``[2, D]`` with the ``D`` the model reports (:func:`pooled_width`): every
     method's heads are built for that width (``channels`` with ``layers: [0, 0, 0, 0]`` reported the
-    last channel count and returned the stem's). Leaves no trace: no gradient, the random stream
+    last channel count and returned the stem's). A layer reading the images must see every pixel
+    (:func:`first_layers_coverage`: a ViT's ``patch_size`` 5 on 28x28 images dropped the last 3 rows and
+    columns without a word). Leaves no trace: no gradient, the random stream
     forked, every buffer (BatchNorm's running statistics) restored, the mode restored.
 
     Raises:
@@ -329,7 +333,8 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
             param = next(encoder.parameters(), None)
             x = torch.zeros(2, in_chans, image_size, image_size,
                             device=param.device if param is not None else "cpu")  # [2, C, H, W]
-            out = encoder(x)  # [2, D]
+            with first_layers_coverage(encoder, x) as coverage:
+                out = encoder(x)  # [2, D]
         width = pooled_width(encoder)
         if out.ndim != 2 or out.shape[1] != width:  # the heads are built for the width the model reports
             raise ValueError(f"it returns features of shape {list(out.shape)} but reports {width} "
@@ -343,7 +348,81 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
+    if unseen := unseen_message(name, kwargs, image_size, coverage):
+        raise EncoderError(unseen)
 
+
+def uncovered_border(layer: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
+    """Trailing rows and columns of an ``[..., H, W]`` input (``size`` = (H, W)) that no window of ``layer``
+    covers: ``(rows, cols)``. ``layer`` is an ``nn.Conv2d``, ``nn.MaxPool2d`` or ``nn.AvgPool2d``; anything
+    else, a ceil-mode pooling and timm's "Same" layers (which pad at run time) cover every pixel.
+
+    Per axis, of ``L + 2p`` padded positions a kernel of effective size ``d (k - 1) + 1`` at stride ``s``
+    leaves ``(L + 2p - d (k - 1) - 1) mod s`` trailing positions uncovered, of which the last ``p`` are
+    padding: ``max(0, that - p)`` pixels are never seen (a ViT's patch embedding with ``patch_size`` 5 on
+    28 pixels: 3).
+    """
+    if type(layer).__name__.endswith("Same") or getattr(layer, "ceil_mode", False):
+        return 0, 0
+    if isinstance(layer, nn.Conv2d):
+        if isinstance(layer.padding, str):  # "same" pads to cover, "valid" is no padding
+            if layer.padding == "same":
+                return 0, 0
+            padding = (0, 0)
+        else:
+            padding = layer.padding
+        kernel, stride, dilation = layer.kernel_size, layer.stride, layer.dilation
+    elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+        kernel, stride, padding = _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size), _pair(layer.padding)
+        dilation = _pair(getattr(layer, "dilation", 1))
+    else:
+        return 0, 0
+    left = [max(0, (n + 2 * p - d * (k - 1) - 1) % s - p) if n + 2 * p >= d * (k - 1) + 1 else 0
+            for n, k, s, p, d in zip(size, kernel, stride, padding, dilation)]
+    return left[0], left[1]
+
+
+@contextlib.contextmanager
+def first_layers_coverage(encoder: nn.Module, images: Tensor) -> Iterator[list[tuple[str, nn.Module, tuple[int, int]]]]:
+    """While active, every ``nn.Conv2d`` / pooling layer of ``encoder`` that is handed ``images`` itself
+    (``[N, C, H, W]``, the model's input: a stem's first convolution, a ViT's patch embedding) is listed as
+    ``(name, layer, (rows, cols))`` with the trailing rows and columns it leaves unseen
+    (:func:`uncovered_border`). A layer that sees a padded or transformed copy (timm's ``dynamic_img_pad``)
+    is not listed."""
+    found: list[tuple[str, nn.Module, tuple[int, int]]] = []
+    hooks = []
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def pre_hook(layer: nn.Module, inputs: tuple[Any, ...]) -> None:
+            x = inputs[0] if inputs else None
+            if isinstance(x, Tensor) and x.shape == images.shape and x.data_ptr() == images.data_ptr():
+                found.append((name, layer, uncovered_border(layer, tuple(images.shape[-2:]))))
+        return pre_hook
+
+    for name, layer in encoder.named_modules():
+        if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+            hooks.append(layer.register_forward_pre_hook(hook_for(name)))
+    try:
+        yield found
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def unseen_message(name: str, kwargs: dict[str, Any], image_size: int,
+                   coverage: list[tuple[str, nn.Module, tuple[int, int]]]) -> str | None:
+    """The one-line refusal when a layer that reads the images leaves trailing rows or columns unseen
+    (:func:`first_layers_coverage`); None when every pixel is covered."""
+    for layer_name, layer, (rows, cols) in coverage:
+        if rows or cols:
+            k, s = _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size)
+            parts = [f"the last {n} {word}{'s' if n > 1 else ''}" for n, word in ((rows, "row"), (cols, "column")) if n]
+            return (f"timm's {name!r} with encoder.kwargs={kwargs} never sees {' and '.join(parts)} of the "
+                    f"{image_size}x{image_size} images: its layer {layer_name} (kernel {k[0]}, stride {s[0]}) "
+                    f"covers {image_size - rows} of {image_size}; choose a patch size or stride whose windows cover "
+                    f"{image_size} (a ViT: a patch_size that divides {image_size}, or dynamic_img_pad: true with "
+                    f"dynamic_img_size: true)")
+    return None
 
 def pooled_width(encoder: nn.Module) -> int:
     """Width D of ``encoder(x)`` -> ``[B, D]``: timm's ``head_hidden_size`` where the model has one,
