@@ -82,6 +82,13 @@ def test_what_timm_cannot_build_is_one_line():
                                                r"32\}: BasicBlock does not support changing base width; change or "
                                                r"remove that key$"):
             call()
+    # a bare assert has no message: the failing line of timm's code is quoted instead of "AssertionError"
+    for call in (lambda: check_kwargs_take_effect("resnet18", {"output_stride": 7}),
+                 lambda: create_encoder("resnet18", 1, {"output_stride": 7})):
+        with pytest.raises(EncoderError, match=r"^timm could not build 'resnet18' with encoder.kwargs=\{'output_stride': "
+                                               r"7\}: timm's check `assert output_stride in \(8, 16, 32\)` failed "
+                                               r"\(resnet.py line \d+\); change or remove that key$"):
+            call()
 
 
 def test_the_deep_stem_really_reads_stem_width():

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -52,8 +54,11 @@ def build_failure(name: str, kwargs: dict[str, Any], err: Exception) -> str:
     keyword; an AssertionError or ValueError from the model's own checks, e.g. a BasicBlock ResNet's
     ``base_width``)."""
     said = (str(err).strip().splitlines() or [type(err).__name__])[0]  # torch's C++ errors add a stack trace
-    if not str(err).strip():
-        said = f"{type(err).__name__} (timm's own check of its arguments)"
+    if not str(err).strip():  # a bare assert: the failing line of timm's code says what it wants
+        frames = traceback.extract_tb(err.__traceback__) if err.__traceback__ else []
+        line = frames[-1].line.strip() if frames and frames[-1].line else ""
+        said = (f"timm's check `{line}` failed ({Path(frames[-1].filename).name} line {frames[-1].lineno})" if line
+                else f"{type(err).__name__} (timm's own check of its arguments)")
     return f"timm could not build {name!r} with encoder.kwargs={kwargs}: {said}; change or remove that key"
 
 
