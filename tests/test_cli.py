@@ -74,7 +74,7 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert timing["epochs"] == 1  # epochs completed (here equal to trainer.max_epochs=1)
     # the export's card keeps the run's training time and epochs, and its model card says them
     assert card["training_minutes"] == round(timing["seconds"] / 60, 4) and card["trained_epochs"] == 1
-    assert "(1 epochs completed) in " in (run_dir / "export" / "README.md").read_text()
+    assert "(1 epoch completed) in " in (run_dir / "export" / "README.md").read_text()
     capsys.readouterr()
     (run_dir / "plots" / "knn_grid.png").unlink()
     assert main(["plot", str(run_dir)]) == 0 and (run_dir / "plots" / "knn_grid.png").is_file()

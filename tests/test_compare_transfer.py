@@ -424,3 +424,32 @@ def test_an_output_under_a_file_is_refused_before_anything_is_read(tmp_path, cap
         assert one_line_error(captured.err).endswith(f"{flag} {blocker / name}: {blocker} is a file, so no folder can "
                                                      f"be made there: give a path under a folder")
         assert captured.out == ""
+
+
+def test_warnings_travel_with_their_numbers(tmp_path, capsys):
+    """A transfer row written with a diverged lr and a frozen row with a too small low-shot subset: compare showed
+    their numbers without the warnings results.md had under them. Now notes under the table, each naming its
+    target, and a last CSV column (one warning per line); a table with no warning has no such column."""
+    diverged = "at the 100% row, lr 30.0 diverged (seed 0) and was left out of the choice"
+    fit = transfer_row("linear", 1.0, [71.0], [95.0], 0.1)
+    write_transfer(tmp_path / "tr", [{**fit, "warnings": [diverged]}])
+    small = "the 10% subset holds 9 images, fewer than one per class: its probe is a guess"
+    row = frozen_row("run a")
+    row["warnings"] = [small]
+    row["knn_index"] = {"warnings": ["IVF index: approximate neighbours"]}
+    write_run(tmp_path / "a", [row])
+    write_run(tmp_path / "b", [frozen_row("run b")])
+    csv_path = tmp_path / "t.csv"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "tr"), str(tmp_path / "b"), "--csv", str(csv_path)]) == 0
+    out = capsys.readouterr().out
+    header, by_target = table(out)
+    assert "warnings" not in header and set(by_target) == {str(tmp_path / p) for p in ("a", "tr", "b")}
+    notes = [line for line in out.splitlines() if line.startswith("**Warning**")]
+    assert notes == [f"**Warning** ({tmp_path / 'a'}): {small}",
+                     f"**Warning** ({tmp_path / 'a'}): IVF index: approximate neighbours",
+                     f"**Warning** ({tmp_path / 'tr'}): {diverged}"]
+    written = {r["target"]: r for r in csv.DictReader(csv_path.open())}
+    assert written[str(tmp_path / "a")]["warnings"].splitlines() == [small, "IVF index: approximate neighbours"]
+    assert (written[str(tmp_path / "tr")]["warnings"], written[str(tmp_path / "b")]["warnings"]) == (diverged, "")
+    assert main(["compare", str(tmp_path / "b"), "--csv", str(csv_path)]) == 0
+    assert "**Warning**" not in capsys.readouterr().out and "warnings" not in csv_path.read_text().splitlines()[0]

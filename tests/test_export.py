@@ -176,7 +176,8 @@ def test_cli_export_torchscript_and_refused_torchvision(trained_run, trained_enc
     readme = (out / "README.md").read_text()
     assert readme.startswith("---\nlicense: apache-2.0\nlibrary_name: timm\n") and "| seed | 0 |" in readme
     card = json.loads((out / "config.json").read_text())["selfsup"]
-    assert f"the exported checkpoint was written after {card['trained_steps']} optimiser steps" in readme
+    steps = card["trained_steps"]
+    assert f"the exported checkpoint was written after {steps:,} optimiser step{'' if steps == 1 else 's'}" in readme
     assert card["trained_steps"] > 0
     # the tiny encoder's stage widths have no torchvision counterpart: one line, nothing written
     assert main(["export", str(trained_run), str(tmp_path / "tv"), "--format", "torchvision"]) == 2

@@ -393,3 +393,12 @@ def test_training_time_goes_to_the_card_only_for_the_weights_it_timed(tmp_path):
     assert run_training_time(tmp_path / "loose.ckpt", 40) is None  # a checkpoint outside a run
     (run / "training_time.json").write_text("{not json")
     assert run_training_time(run, 40) is None
+
+
+def test_the_card_counts_in_the_singular_for_one():
+    """"1 epochs completed" in every one-epoch card: a count of one takes the singular noun."""
+    from selfsup.artifacts.modelcard import counted
+
+    assert [counted(1, "epoch"), counted(3, "epoch"), counted(1200, "optimiser step"), counted(0, "epoch"),
+            counted("?", "epoch"), counted(0.5, "warmup epoch")] == [
+        "1 epoch", "3 epochs", "1,200 optimiser steps", "0 epochs", "? epochs", "0.5 warmup epochs"]

@@ -15,7 +15,9 @@ in, or the classifier's card), never the transfer's own training. A frozen evalu
 TARGET`` with another dataset or ``--out``: ``RUN/eval-<data>-<hash>``, ``runs/eval/...``) adds its target's rows
 (the run it sits in gives method, encoder, epochs and minutes); one of a baseline alone (``random:NAME``,
 ``pixels``) is listed as "FOLDER (LABEL)". A column a target lacks is blank; a target with nothing to compare is
-an error naming it.
+an error naming it. The warnings a row was written with (a diverged learning rate, a low-shot subset too small to
+read as asked, an approximate kNN index) come with it: notes under the markdown table, a last ``warnings`` column
+in the CSV (one per line).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from selfsup.artifacts.card import CARD, from_config_json
 from selfsup.artifacts.validate import read_card
-from selfsup.eval.report import mean_sd_text, probe_header, probe_keys
+from selfsup.eval.report import mean_sd_text, probe_header, probe_keys, row_warnings
 from selfsup.rundir import RunDir, is_export_dir
 from selfsup.safeload import LoadError
 
@@ -331,7 +333,23 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
                  if r.get("kind") in BASELINE_KINDS else e.target)
         cells.append([label, e.method or "", e.encoder or "", data_cell(r), "" if e.epochs is None else f"{e.epochs:g}",
                       "" if e.train_minutes is None else f"{e.train_minutes:.1f}", *[cell(r) for _, cell in columns]])
+    said = [result_warnings(r) for r in rows]
+    if any(said):  # the warnings a number was written with travel with it (a diverged lr, a too small subset)
+        header.append(WARNINGS)
+        for c, w in zip(cells, said):
+            c.append("\n".join(w))
     return header, cells
+
+
+WARNINGS = "warnings"  # the last column when any row has warnings: one per line in the CSV, notes under the markdown
+
+
+def result_warnings(row: dict[str, Any]) -> list[str]:
+    """The warnings a result row was written with: a frozen row's (:func:`selfsup.eval.report.row_warnings`),
+    a transfer row's from each protocol and fraction it holds."""
+    if row.get("kind") == TRANSFER_KIND:
+        return [w for t in row.get("transfer", []) for w in t.get("warnings") or []]
+    return row_warnings(row)
 
 
 def differ(data: set[str]) -> bool:
@@ -345,10 +363,18 @@ def differ(data: set[str]) -> bool:
 
 
 def markdown(header: list[str], cells: list[list[str]]) -> str:
-    """The table; a note under it when its rows were measured on different data (the data column)."""
+    """The table; under it each row's warnings (the last column, :data:`WARNINGS`, when there) and a note
+    when its rows were measured on different data (the data column)."""
+    notes: list[str] = []
+    if header and header[-1] == WARNINGS:
+        for c in cells:
+            notes += [f"**Warning** ({c[0]}): {w}" for w in c[-1].splitlines() if w]
+        header, cells = header[:-1], [c[:-1] for c in cells]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
     text = "\n".join([*lines, *("| " + " | ".join(c) + " |" for c in cells)]) + "\n"
     data = {c[header.index("data")] for c in cells if c[header.index("data")]} if "data" in header else set()
+    if notes:
+        text += "\n" + "\n".join(dict.fromkeys(notes)) + "\n"
     if differ(data):
         text += (f"\nNote: these rows were measured on different data ({'; '.join(sorted(data))}): numbers of "
                  f"different data do not compare.\n")

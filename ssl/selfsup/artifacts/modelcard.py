@@ -54,6 +54,14 @@ def _front_matter(card: Mapping[str, Any], name: str) -> str:
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
 
 
+
+def counted(n: Any, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 epoch", "1,200 optimiser steps" ("?" when unknown)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        return f"{n} {noun}s"
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _training_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     tc = card.get("training_config", {})
     data, trainer, optim = tc.get("data", {}), tc.get("trainer", {}), tc.get("optim", {})
@@ -72,11 +80,11 @@ def _training_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     data_row = (("a folder of images (`image-folder`)" if name == "image-folder" else f"`{name}`") + images + subset
                 + f"; {h}x{w} pixels, normalised with mean {card['mean']} and std {card['std']}")
     steps = trainer.get("max_steps", -1)
-    length = f"{steps:,} optimiser steps" if steps and steps > 0 else f"{trainer.get('max_epochs', '?')} epochs"
-    done = (f"; the exported checkpoint was written after {card['trained_steps']:,} optimiser steps"
+    length = counted(steps, "optimiser step") if steps and steps > 0 else counted(trainer.get("max_epochs", "?"), "epoch")
+    done = (f"; the exported checkpoint was written after {counted(card['trained_steps'], 'optimiser step')}"
             if card.get("trained_steps") is not None else "")
     if card.get("trained_epochs") is not None:
-        done += f" ({card['trained_epochs']:,} epochs completed)"
+        done += f" ({counted(card['trained_epochs'], 'epoch')} completed)"
     if card.get("training_minutes") is not None:
         done += f" in {card['training_minutes']:.1f} wall minutes"
     schedule = (f"{length}{done}; batch {data.get('batch_size', '?')}; {optim.get('name', '?')}, peak lr "
