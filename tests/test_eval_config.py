@@ -1,5 +1,8 @@
 """eval.knn pairs are checked when the config loads, not after hours of pretraining."""
 
+import math
+import re
+
 import pytest
 
 from selfsup.config import ConfigError, load_config
@@ -51,3 +54,36 @@ def test_good_probe_grids_and_fractions_load():
     cfg = load_config("configs/quickstart.yaml", ["eval.linear_lrs=[3e-4]", "eval.linear_wds=[0]",
                                                   "eval.low_shot=[0.99]"])
     assert (cfg.eval.linear_lrs, cfg.eval.linear_wds, cfg.eval.low_shot) == ([3e-4], [0.0], [0.99])
+
+
+@pytest.mark.parametrize("override", ["optim.lr=1e300", "optim.weight_decay=1e-300", "method.temperature=1e39",
+                                      "eval.linear_lrs=[0.1, 1e300]", "eval.linear_wds=[1e-50]", "optim.lr=-4e38"])
+def test_a_number_float32_cannot_hold_is_refused_at_load(override):
+    """`--transfer lrs=[1e300]` crashed Adam's float32 step with a traceback; 1e-300 rounds to 0 in float32 and
+    trains nothing. Every float key is read as a number float32 holds, in one line naming the key."""
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^config key '{re.escape(key)}(\[\d\])?' must be a number float32 holds "
+                                          r"\(0, or of size 1.4e-45 to 3.4e38: training computes in float32\), got "):
+        load_config("configs/quickstart.yaml", [override])
+
+
+def test_float32_holds_what_torch_keeps_in_size():
+    """fits_float32 against torch's own float32 rounding: overflow to inf and a nonzero flushed to 0 are refused."""
+    import torch
+
+    from selfsup.configread import fits_float32
+
+    for x in (0.0, -0.0, 1e-45, 2e-45, 1.2e-38, 1e-3, 3.4e38, -3.4e38, 3.41e38, 1e39, 1e-46, -1e-46, 1e300, 1e-300):
+        rounded = torch.tensor(x, dtype=torch.float64).float().item()
+        assert fits_float32(x) == (math.isfinite(rounded) and (rounded != 0 or x == 0)), x
+
+
+def test_transfer_rates_float32_cannot_hold_are_one_line():
+    from selfsup.cli_eval import transfer_options
+
+    cfg = load_config("configs/quickstart.yaml", [])
+    for pairs, key in ((["lrs=[1e-3, 1e300]"], "transfer.lrs[1]"), (["lr=1e-300"], "transfer.lr")):
+        with pytest.raises(ConfigError, match=rf"^config key '{re.escape(key)}' must be a number float32 holds"):
+            transfer_options("linear", pairs, cfg)
+    with pytest.raises(ConfigError, match=r"^--transfer lr must be a number, got 'abc'"):
+        transfer_options("linear", ["lr=abc"], cfg)

@@ -294,8 +294,10 @@ def transfer_options(protocol: str, pairs: list[str], cfg: RunConfig) -> Any:
         from selfsup.configread import coerce
 
         try:  # 3e-4 is a string to YAML 1.1; read as config values are
-            values["lrs"] = [coerce(values.pop("lr"), float, "lr")]
-        except ConfigError:
+            values["lrs"] = [coerce(values.pop("lr"), float, "transfer.lr")]
+        except ConfigError as err:
+            if "float32" in str(err):  # a number, too large or too small to train with
+                raise
             raise ConfigError(f"--transfer lr must be a number, got {pairs_value(pairs, 'lr')!r}: e.g. lr=3e-4 (or "
                               f"lrs=[1e-4, 3e-4])") from None
     from selfsup.configread import from_dict

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import struct
 import types
 import typing
 from dataclasses import field
@@ -121,12 +122,26 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad
         if not math.isfinite(value):
             raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
+        if not fits_float32(float(value)):
+            raise ConfigError(f"config key {key!r} must be a number float32 holds (0, or of size 1.4e-45 to 3.4e38: "
+                              f"training computes in float32), got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise bad
         return value
     raise bad
+
+
+def fits_float32(x: float) -> bool:
+    """Whether float32 holds ``x`` as a number of its size: not overflowing to inf (above 3.4e38), not a
+    nonzero rounding to 0 (below 1.4e-45). A learning rate of 1e300 crashed Adam's float32 step with a
+    traceback; one of 1e-300 would train nothing."""
+    try:
+        rounded = struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return False
+    return math.isfinite(rounded) and (rounded != 0 or x == 0)
 
 
 def describe_range(meta: typing.Mapping[str, Any]) -> str:
