@@ -314,8 +314,13 @@ def test_an_empty_path_is_refused_not_read_as_the_default(argv, option, capsys, 
         main(argv)
     out = capsys.readouterr().err
     assert err.value.code == 2 and out.count("\n") == 1, out
-    assert f"error: argument {option}: " in out and "is empty: give a file or folder name (an option left out " \
-                                                     "takes its default)" in out, out
+    # each says what belongs there: a target or baseline is not just "a file or folder"
+    wanted = {"target": "a run directory, an export directory, a checkpoint, pixels or random:<timm-name>",
+              "--baseline": "a run directory, an export directory, a checkpoint, pixels or random:<timm-name>",
+              "--dataset": "a detection dataset: synthetic-fmnist, deepforest, voc:DIR or coco:IMAGES_DIR,ANNOTATIONS.json",
+              "--test-dataset": "a detection dataset: synthetic-fmnist"}.get(option, "a file or folder name")
+    assert f"error: argument {option}: " in out and f"is empty: give {wanted}" in out, out
+    assert "(an option left out takes its default)" in out, out
     assert list(tmp_path.iterdir()) == []
 
 

@@ -185,13 +185,19 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def path_arg(text: str) -> str:
-    """A path argument as given; an empty (or blank) one is refused: ``--out ''`` was read as no
-    ``--out`` and the results went to the default folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is empty: give a file or folder name (an option left out "
-                                         f"takes its default)")
-    return text
+def nonempty(what: str) -> Callable[[str], str]:
+    """An argument type: the text as given; an empty (or blank) one is refused, naming ``what`` is expected
+    there: ``--out ''`` was read as no ``--out`` and the results went to the default folder."""
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{text!r} is empty: give {what} (an option left out takes its default)")
+        return text
+    return check
+
+
+path_arg = nonempty("a file or folder name")
+TARGET = nonempty("a run directory, an export directory, a checkpoint, pixels or random:<timm-name>")
+DATA_SPEC = nonempty("a detection dataset: synthetic-fmnist, deepforest, voc:DIR or coco:IMAGES_DIR,ANNOTATIONS.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,11 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("eval", help="kNN and linear probe (default) or detection transfer of a frozen encoder",
                 epilog=EPILOG + ". Detection settings: detection.epochs, detection.image_size, "
                 "detection.trainable_layers, detection.lr, detection.deformable, ... (selfsup config detection)")
-    s.add_argument("target", type=path_arg, help="run directory, export directory, checkpoint, random:<timm-name> "
+    s.add_argument("target", type=TARGET, help="run directory, export directory, checkpoint, random:<timm-name> "
                    "or pixels")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides (data.*, eval.*, detection.*)")
     s.add_argument("--config", type=path_arg, help="config for data and evaluation settings (default: the run's own)")
-    s.add_argument("--baseline", action="append", default=[], type=path_arg, help="also evaluate: pixels or random:<timm-name> "
+    s.add_argument("--baseline", action="append", default=[], type=TARGET, help="also evaluate: pixels or random:<timm-name> "
                    "(detection: random:<timm-name> only, built with the target's input channels)")
     s.add_argument("--protocol", choices=["finetune", "partial", "bitfit", "lora", "prompt"],
                    help="adapt the encoder with a linear head instead of scoring frozen features: full fine-tuning, "
@@ -233,12 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", choices=["classification", "detection"], default="classification",
                    help="classification: kNN + linear probe on data.name; detection: train Faster R-CNN + FPN "
                         "heads on the frozen encoder and report COCO mAP")
-    s.add_argument("--dataset", metavar="SPEC", type=path_arg,
+    s.add_argument("--dataset", metavar="SPEC", type=DATA_SPEC,
                    help="detection data (default: detection.dataset): synthetic-fmnist (Fashion-MNIST test objects "
                         "pasted on canvases), deepforest (tree-crown tiles; pip install --no-deps deepforest), "
                         "voc:DIR (Annotations/ + JPEGImages/, or images with same-stem .xml) or "
                         "coco:IMAGES_DIR,ANNOTATIONS.json; voc/coco are split by detection.test_fraction")
-    s.add_argument("--test-dataset", metavar="SPEC", type=path_arg, help="detection: a separate voc:DIR or "
+    s.add_argument("--test-dataset", metavar="SPEC", type=DATA_SPEC, help="detection: a separate voc:DIR or "
                    "coco:IMAGES_DIR,ANNOTATIONS.json test set instead of splitting --dataset")
     s.add_argument("--out", type=path_arg, help="directory for results.json, results.md and cached features "
                    "(default: the run directory, or RUN_DIR/eval-<dataset>-<hash> when data.* differs from the "
