@@ -457,6 +457,27 @@ def test_detection_results_of_each_dataset_have_their_own_folder():
     assert tag("detection.dataset=voc:/data/a", "detection.deformable=true") == tags[2] + "-deformable"
 
 
+def test_detection_results_of_other_settings_never_replace_each_other(tmp_path, monkeypatch):
+    """The default folder was one per target and dataset: `--task detection detection.epochs=2` replaced the
+    results of epochs=1 in it. Each detection setting (and seed, and set of baselines) now has a folder of its
+    own; the same settings again write to the same one."""
+    from selfsup.cli import main
+    from selfsup.cli_eval import detection_digest
+
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "random:resnet18", "--task", "detection", "eval.plots=false", *TINY_RUN]
+    assert main(base) == 0 and main([a.replace("batch_size=6", "batch_size=4") for a in base]) == 0 and main(base) == 0
+    results = sorted(tmp_path.glob("runs/eval-detection/random-resnet18/synthetic-fmnist-*/results.json"))
+    assert len(results) == 2
+    assert sorted(json.loads(p.read_text())[0]["steps"] for p in results) == [2, 3]  # 12 canvases, batch 6 / 4
+
+    def digest(*overrides, baselines=()):
+        return detection_digest(load_config(None, ["method.name=simclr", *overrides]), list(baselines))
+
+    assert digest() == digest() and len({digest(), digest("detection.lr=0.01"), digest("seed=1"),
+                                         digest(baselines=["pixels"]), digest("detection.deformable=true")}) == 5
+
+
 def test_evaluation_draws_test_images_with_boxes_and_shows_progress(tmp_path, capsys, monkeypatch):
     """plot_dir: the first test images (at most 6) with true and predicted boxes, one panel each; where
     bars are shown (selfsup.progress.enabled), a tqdm bar over every training step on stderr."""

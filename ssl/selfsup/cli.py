@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "coco:IMAGES_DIR,ANNOTATIONS.json test set instead of splitting --dataset")
     s.add_argument("--out", type=path_arg, help="directory for results.json, results.md and cached features "
                    "(default: the run directory, or RUN_DIR/eval-<dataset>-<hash> when data.* differs from the "
-                   "run's own, or runs/eval/<target>/<dataset>-<hash>/eval-<hash of the eval settings>; --protocol: <dataset>-<hash>/transfer-<protocol>; detection: RUN_DIR/detection/<dataset> or "
-                   "runs/eval-detection/<target>/<dataset>)")
+                   "run's own, or runs/eval/<target>/<dataset>-<hash>/eval-<hash of the eval settings>; --protocol: <dataset>-<hash>/transfer-<protocol>; detection: RUN_DIR/detection/<dataset>-<hash of the detection settings> or "
+                   "runs/eval-detection/<target>/<dataset>-<hash>)")
     s.set_defaults(func=_eval)
 
     FEATURE_RTOL, FORMAT_FILES, ONNX_OPSET = clihelp.FEATURE_RTOL, clihelp.FORMAT_FILES, clihelp.ONNX_OPSET

@@ -227,6 +227,19 @@ def detection_tag(cfg: RunConfig) -> str:
     return f"{kind}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}{model}"
 
 
+def detection_digest(cfg: RunConfig, baselines: list[str]) -> str:
+    """8 hex digits of what a detection result depends on besides its target: the ``detection`` settings,
+    the seed, the image source of the synthetic canvases (``data.name``, ``data.root``) and the baselines
+    evaluated beside it; the name part that keeps detection results of other settings in folders of their own."""
+    import hashlib
+    import json
+
+    from selfsup.config import to_dict
+
+    what = [to_dict(cfg)["detection"], cfg.seed, cfg.data.name, cfg.data.root, baselines]
+    return hashlib.blake2b(json.dumps(what, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()
+
+
 def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> None:
     """Detection transfer of the target and its baselines on one dataset; results.json/.md."""
     from selfsup.artifacts.load import load_encoder
@@ -240,7 +253,8 @@ def _eval_detection(args: argparse.Namespace, cfg: RunConfig, target: Path) -> N
     # (two random encoders: a folder each, init_tag)
     base = (RunDir(target).detection if RunDir(target).is_run() else
             Path("runs") / "eval-detection" / eval_folder(target_spec(args.target, cfg)))
-    leaf = detection_tag(cfg) + init_tag(args.target, cfg)  # one per dataset: none overwrites another
+    # one per dataset and settings: none overwrites another (detection.epochs=16 replaced the default's results)
+    leaf = f"{detection_tag(cfg)}-{detection_digest(cfg, args.baseline)}{init_tag(args.target, cfg)}"
     out = ensure_out_dir(Path(args.out) if args.out else base / leaf)
     data = detection_data(cfg)
     written = RunDir(out)

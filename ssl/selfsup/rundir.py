@@ -14,7 +14,7 @@ A run directory (``selfsup pretrain`` writes one under ``runs/``) holds::
     plots/                 PNG pictures of the run (selfsup plot RUN_DIR redraws them)
     export/                the export directory (see selfsup.artifacts.exportdir)
     eval-<data>[-<hash>]/  `selfsup eval RUN` on other data or eval settings than the run's
-    detection/<dataset>/   `selfsup eval RUN --task detection`
+    detection/<dataset>-<hash>/  `selfsup eval RUN --task detection` (one folder per detection settings)
 
 This module sits on the bottom layer (beside ``fileio``): it imports nothing from selfsup.
 """
