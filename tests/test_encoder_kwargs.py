@@ -27,8 +27,9 @@ def test_stem_width_on_a_plain_resnet_stem_is_ineffective_and_refused():
     assert timm.create_model("resnet18", stem_width=8).conv1.out_channels == 64
     assert ineffective_kwargs("resnet18", {"stem_width": 8}) == ["stem_width"]
     assert ineffective_kwargs("resnet18", {"channels": [8, 16, 32, 64], "stem_width": 8}) == ["stem_width"]
-    with pytest.raises(EncoderError, match=r"^encoder.kwargs stem_width: 8 changes nothing in timm's 'resnet18': "
-                                           r".*remove it from encoder.kwargs, or set what makes it count \(a ResNet "
+    with pytest.raises(EncoderError, match=r"^encoder.kwargs stem_width: 8 changes nothing in timm's 'resnet18': the "
+                                           r"model built with it, without it and with another value of it is the same "
+                                           r"\(this architecture ignores it with these settings\); remove it from encoder.kwargs, or set what makes it count \(a ResNet "
                                            r"reads stem_width only with stem_type: deep\)$"):
         check_kwargs_take_effect("resnet18", {"stem_width": 8})
 
@@ -65,6 +66,11 @@ def test_two_ineffective_keys_are_named_together(monkeypatch):
     ("convnext_atto", {"conv_mlp": True, "depths": [2, 2, 6, 2], "dims": [40, 80, 160, 320]}),
     ("convnext_tiny", {"depths": [3, 3, 9, 3]}),  # a YAML list for the class's tuple default
     ("resnet18", {"layers": [2, 2, 2, 2], "act_layer": "relu"}),  # relu: the class's nn.ReLU
+    # the tour's false refusals: the model reads these keys (another value changes it), and the value given is
+    # the one it is built with anyway, spelled otherwise than the default (None, a layer class, a config object's)
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4, "depth": 2, "fc_norm": False}),
+    ("efficientnet_b0", {"norm_layer": "batchnorm"}),
+    ("regnety_002", {"se_ratio": 0.25}),
 ])
 def test_keys_that_change_the_model_or_restate_it_are_kept(name, kwargs):
     assert ineffective_kwargs(name, kwargs) == []
@@ -125,7 +131,8 @@ def test_pretrain_refuses_it_in_one_line_before_writing(tmp_path: Path, capsys):
 def test_only_keys_the_meta_device_cannot_settle_are_built_for_real(monkeypatch):
     """Structure, shapes and plain attributes are compared on the meta device (no memory, no
     initialisation: a ViT-L builds in under a second there, 14 s for real); only a key whose meta
-    builds agree (zero_init_last: initial values only) costs real builds (the model with and without it)."""
+    builds agree (zero_init_last: initial values only) costs real builds (the model with and without it, and
+    when those agree, with another value of it)."""
     import selfsup.encoders as encoders
 
     real = []
@@ -143,7 +150,9 @@ def test_only_keys_the_meta_device_cannot_settle_are_built_for_real(monkeypatch)
     assert real == [{"channels": [4, 8, 8, 8], "zero_init_last": False}, {"channels": [4, 8, 8, 8]}]
     real.clear()
     assert ineffective_kwargs("resnet18", {"channels": [4, 8, 8, 8], "stem_width": 4}) == ["stem_width"]
-    assert real == [{"channels": [4, 8, 8, 8], "stem_width": 4}, {"channels": [4, 8, 8, 8]}]
+    # with and without it agree, so it is built once more with another value (9): the same again, so ignored
+    assert real == [{"channels": [4, 8, 8, 8], "stem_width": 4}, {"channels": [4, 8, 8, 8]},
+                    {"channels": [4, 8, 8, 8], "stem_width": 9}]
 
 
 @pytest.mark.parametrize("name, kwargs, said", [
@@ -278,3 +287,18 @@ def test_a_patch_size_that_leaves_pixels_unseen_is_refused_before_the_run(tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "never sees the last 1 row and the last 1 column of the 16x16" in err, err
     assert not run.exists()
+
+
+def test_another_value_of_a_key_is_of_its_kind():
+    """The probe value that tells an ignored key from a restated one: a bool negated, a number changed, each
+    number of a list changed, another layer of the same kind; None where no other value is obvious."""
+    from timm.layers import get_act_layer, get_norm_layer
+
+    from selfsup.encoders import another_value
+
+    assert [another_value("k", v) for v in (True, False, 0, 32, 0.0, 0.25, [32, 64], (1, 2.0))] == [
+        False, True, 1, 65, 0.5, 0.5, [65, 129], [3, 4.0]]
+    assert get_act_layer(another_value("act_layer", "relu")) is not get_act_layer("relu")
+    assert get_act_layer(another_value("act_layer", "gelu")) is not get_act_layer("gelu")
+    assert get_norm_layer(another_value("norm_layer", "batchnorm")) is not get_norm_layer("batchnorm")
+    assert [another_value("global_pool", "avg"), another_value("k", None), another_value("k", [])] == [None, None, None]

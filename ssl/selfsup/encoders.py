@@ -201,6 +201,48 @@ def _restates(name: str, in_chans: int, key: str, value: Any, without: dict[str,
     return built is not inspect.Parameter.empty and _resolved(key, built) == _resolved(key, value)
 
 
+# for a ``*_layer`` name: another of its kind, to see whether the model reads the key at all
+_OTHER_LAYER = {"act": ("gelu", "relu"), "norm": ("layernorm2d", "batchnorm2d")}
+
+
+def another_value(key: str, value: Any) -> Any:
+    """A value of ``key`` other than ``value`` and of its type, or None when there is no obvious one: a bool
+    negated, a number doubled plus one (an int) or doubled (a float; 0.5 for 0), each number of a list
+    changed so, another activation or norm layer for ``act_layer`` / ``norm_layer`` names. Used to tell a
+    key the model ignores (no value changes it: resnet18's ``stem_width``) from one that restates the value
+    it is built with (``fc_norm: false`` on a ViT, ``se_ratio: 0.25`` on a RegNetY)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return 2 * value + 1
+    if isinstance(value, float):
+        return 2 * value if value else 0.5
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                          for v in value):
+        return [another_value(key, v) for v in value]
+    if isinstance(value, str) and key.endswith("_layer"):
+        for kind, (first, second) in _OTHER_LAYER.items():
+            if kind in key:
+                return second if _resolved(key, value) == _resolved(key, first) else first
+    return None
+
+
+def _read_by_model(name: str, in_chans: int, key: str, value: Any, kwargs: dict[str, Any],
+                   full: tuple[list[Any], list[torch.Tensor]]) -> bool:
+    """Whether another value of ``key`` (:func:`another_value`) builds another model than ``full`` (the
+    fingerprint with ``kwargs``), or is refused by timm's checks: the model reads the key, and ``value``
+    equals what it is built with anyway. False when there is no other value to try."""
+    other = another_value(key, value)
+    if other is None:
+        return False
+    changed = {**kwargs, key: other}
+    fp = _fingerprint_or_none(name, in_chans, changed, meta=True)
+    if fp is not None and not _same(full, fp, values=False):
+        return True
+    fp = _fingerprint_or_none(name, in_chans, changed, meta=False)
+    return fp is None or not _same(full, fp)  # timm refusing the other value read it too
+
+
 _INEFFECTIVE: dict[tuple[str, int, str], tuple[str, ...]] = {}  # ineffective_kwargs' answers in this process
 
 
@@ -209,7 +251,9 @@ def _ineffective(name: str, in_chans: int, kwargs: dict[str, Any]) -> tuple[str,
     instead of 14 s) a key that changes the structure, a shape or a plain attribute is settled; only
     keys whose meta builds are the same are built for real, where the initial values decide
     (``zero_init_last`` changes nothing else). A key whose builds agree is kept when it restates the
-    value the model is built with anyway (:func:`_restates`)."""
+    value the model is built with anyway (:func:`_restates`), or when another value of it builds another
+    model (:func:`_read_by_model`: the model reads it, and this value is the one it uses anyway, in other
+    words than the default's: ``fc_norm: false`` for a ViT's ``None``)."""
     try:
         meta_model: nn.Module | None = _seeded_build(name, in_chans, kwargs, meta=True)
     except Exception:  # noqa: BLE001 -- a constructor that reads tensor values cannot run on the meta device
@@ -230,7 +274,8 @@ def _ineffective(name: str, in_chans: int, kwargs: dict[str, Any]) -> tuple[str,
     for key, without in rest.items():
         fp = _fingerprint_or_none(name, in_chans, without, meta=False)
         if fp is not None and _same(full, fp):  # no build without the key: it counts (e.g. a width the heads need)
-            idle.append(key)
+            if not _read_by_model(name, in_chans, key, kwargs[key], kwargs, full):  # restated in other words
+                idle.append(key)
     return tuple(idle)
 
 
@@ -242,7 +287,9 @@ def ineffective_kwargs(name: str, kwargs: dict[str, Any], in_chans: int = 3) -> 
     single 7x7 stem 64 wide whatever it says; only a ``'deep'`` stem reads it): a config that names it
     describes a model that was not trained. A key that restates the value the model is built with
     anyway (what timm's entry point passes its class, else the class's declared default; ``relu`` and
-    ``nn.ReLU``, a list and a tuple count as equal) is kept, as are timm.create_model's own options
+    ``nn.ReLU``, a list and a tuple count as equal) is kept, and so is one that another value of it
+    would change (:func:`another_value`: the model reads it, and builds this value anyway, as a ViT's
+    ``fc_norm: false`` against its default None), as are timm.create_model's own options
     (``scriptable``, ``exportable``, ...). Cached per (name, in_chans, kwargs).
 
     Raises:
@@ -309,11 +356,15 @@ def check_kwargs_take_effect(name: str, kwargs: dict[str, Any], in_chans: int = 
         keys = ", ".join(f"{k}: {kwargs[k]!r}" for k in idle)
         one = len(idle) == 1
         hint = " (a ResNet reads stem_width only with stem_type: deep)" if "stem_width" in idle else ""
-        raise EncoderError(
-            f"encoder.kwargs {keys} change{'s' if one else ''} nothing in timm's {name!r}: the model built with and "
-            f"without {'it' if one else 'each'} is the same (this architecture ignores {'it' if one else 'them'} "
-            f"with these settings, or {'it restates' if one else 'they restate'} what it builds anyway); remove {'it' if one else 'them'} from encoder.kwargs, or set what makes "
-            f"{'it' if one else 'them'} count{hint}")
+        it, them = ("it", "it") if one else ("each", "them")
+        if all(another_value(k, kwargs[k]) is not None for k in idle):  # ignored: no value of it changes the model
+            same = (f"the model built with {it}, without {it} and with another value of {it} is the same (this "
+                    f"architecture ignores {them} with these settings)")
+        else:
+            same = (f"the model built with and without {it} is the same (this architecture ignores {them} with these "
+                    f"settings, or {'it restates' if one else 'they restate'} what it builds anyway)")
+        raise EncoderError(f"encoder.kwargs {keys} change{'s' if one else ''} nothing in timm's {name!r}: {same}; "
+                           f"remove {them} from encoder.kwargs, or set what makes {them} count{hint}")
 
 
 def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str, kwargs: dict[str, Any]) -> None:
