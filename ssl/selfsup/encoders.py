@@ -379,7 +379,8 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
     forked, every buffer (BatchNorm's running statistics) restored, the mode restored.
 
     Raises:
-        EncoderError: one line with timm's error.
+        EncoderError: one line with timm's error; one naming the layer and the rows and columns it
+            leaves unseen (:func:`unseen_message`).
     """
     buffers = [(b, b.clone()) for b in encoder.buffers()]
     mode = encoder.training
