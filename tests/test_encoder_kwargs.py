@@ -77,23 +77,19 @@ def test_keys_that_change_the_model_or_restate_it_are_kept(name, kwargs):
     check_kwargs_take_effect(name, kwargs)
 
 
-def test_what_timm_cannot_build_is_one_line():
-    """The tour's traceback: a BasicBlock ResNet asserts on base_width; now the same one line as an
-    unknown keyword, at the check and at the build."""
+@pytest.mark.parametrize("kwargs, said", [
+    # the tour's traceback: a BasicBlock ResNet asserts on base_width with a message
+    ({"base_width": 32}, r"BasicBlock does not support changing base width"),
+    # a bare assert has no message: the failing line of timm's code is quoted instead of "AssertionError"
+    ({"output_stride": 7}, r"timm's check `assert output_stride in \(8, 16, 32\)` failed \(resnet.py line \d+\)"),
+])
+def test_what_timm_cannot_build_is_one_line(kwargs, said):
+    """timm's own argument checks: the same one line as an unknown keyword, at the check and at the build."""
     from selfsup.encoders import create_encoder
 
-    for call in (lambda: check_kwargs_take_effect("resnet18", {"base_width": 32}),
-                 lambda: create_encoder("resnet18", 1, {"base_width": 32})):
-        with pytest.raises(EncoderError, match=r"^timm could not build 'resnet18' with encoder.kwargs=\{'base_width': "
-                                               r"32\}: BasicBlock does not support changing base width; change or "
-                                               r"remove that key$"):
-            call()
-    # a bare assert has no message: the failing line of timm's code is quoted instead of "AssertionError"
-    for call in (lambda: check_kwargs_take_effect("resnet18", {"output_stride": 7}),
-                 lambda: create_encoder("resnet18", 1, {"output_stride": 7})):
-        with pytest.raises(EncoderError, match=r"^timm could not build 'resnet18' with encoder.kwargs=\{'output_stride': "
-                                               r"7\}: timm's check `assert output_stride in \(8, 16, 32\)` failed "
-                                               r"\(resnet.py line \d+\); change or remove that key$"):
+    for call in (lambda: check_kwargs_take_effect("resnet18", kwargs), lambda: create_encoder("resnet18", 1, kwargs)):
+        with pytest.raises(EncoderError, match=rf"^timm could not build 'resnet18' with encoder.kwargs="
+                                               rf"{re.escape(str(kwargs))}: {said}; change or remove that key$"):
             call()
 
 
