@@ -75,3 +75,59 @@ def test_transfer_trainer_checks_devices_before_any_data(monkeypatch):
     cfg = load_config(None, ["method.name=simclr", "trainer.devices=-1"])
     with pytest.raises(ConfigError, match=r"^trainer.devices=-1 names GPUs"):
         transfer_trainer(cfg, SimpleNamespace(batch_size=8, protocol="finetune"), say=lambda m: None)
+
+
+LAUNCH_VARS = ("MASTER_ADDR", "NODE_RANK", "GROUP_RANK", "TORCHELASTIC_RUN_ID", "RANK", "LOCAL_RANK",
+               "LOCAL_WORLD_SIZE", "WORLD_SIZE", "SLURM_NTASKS", "SLURM_JOB_NAME", "LSB_JOBID")
+NODES = (r"^trainer.num_nodes=2 asks for 2 machines, and no launcher started this process as one of them \(torchrun, "
+         r"SLURM's srun, LSF's jsrun, MPI; or NODE_RANK and MASTER_ADDR set by hand\), so it would wait for the others "
+         r"without end: start one process per device on each machine .*, or set trainer.num_nodes=1$")
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+    for var in LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_several_machines_without_a_launcher_are_refused_not_waited_for(no_launcher, tmp_path, capsys):
+    """trainer.num_nodes=2 started by hand on one machine: Lightning waited for the second machine without end
+    (no output, no error). Refused in one line before anything is written, for pretraining and transfer."""
+    from selfsup.cli_eval import transfer_trainer
+    from selfsup.train.resume import check_nodes, node_launcher
+
+    assert node_launcher() is None
+    check_nodes(1)
+    with pytest.raises(ConfigError, match=NODES):
+        check_nodes(2)
+    run = tmp_path / "run"
+    code = main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), "data.name=digits",
+                 "data.image_size=16", "trainer.max_steps=1", "--no-eval", "trainer.num_nodes=2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "trainer.num_nodes=2 asks for 2 machines" in err, err
+    assert not run.exists()
+    cfg = load_config(None, ["method.name=simclr", "trainer.num_nodes=2"])
+    with pytest.raises(ConfigError, match=NODES):
+        transfer_trainer(cfg, SimpleNamespace(batch_size=8, protocol="finetune"), say=lambda m: None)
+
+
+@pytest.mark.parametrize("env, launcher", [
+    ({"MASTER_ADDR": "10.0.0.1", "NODE_RANK": "1"}, "NODE_RANK and MASTER_ADDR"),  # Lightning's own, by hand
+    ({"MASTER_ADDR": "10.0.0.1", "GROUP_RANK": "0"}, "NODE_RANK and MASTER_ADDR"),
+    # torchrun's variables (torch.distributed.is_torchelastic_launched reads TORCHELASTIC_RUN_ID)
+    ({"TORCHELASTIC_RUN_ID": "abc", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h"},
+     "TorchElasticEnvironment"),
+    ({"LSB_JOBID": "1", "LSB_DJOB_RANKFILE": "/f", "JSM_NAMESPACE_LOCAL_RANK": "0", "JSM_NAMESPACE_SIZE": "2"},
+     "LSFEnvironment"),
+])
+def test_a_launcher_lets_several_machines_through(no_launcher, env, launcher):
+    from selfsup.train.resume import check_nodes, node_launcher
+
+    for var, value in env.items():
+        no_launcher.setenv(var, value)
+    assert node_launcher() == launcher
+    check_nodes(2)
+    no_launcher.delenv("MASTER_ADDR", raising=False)  # NODE_RANK alone names no machine to meet at
+    if launcher == "NODE_RANK and MASTER_ADDR":
+        assert node_launcher() is None

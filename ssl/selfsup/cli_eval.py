@@ -360,11 +360,12 @@ def transfer_trainer(cfg: RunConfig, options: Any, say: Any = print) -> dict[str
     from selfsup import progress
     from selfsup.config import ConfigError
     from selfsup.train.precision import resolve_precision
-    from selfsup.train.resume import check_devices
+    from selfsup.train.resume import check_devices, check_nodes
     from selfsup.transfer.train import per_process_batch, process_count
 
     t = cfg.trainer
     check_devices(t.devices, t.accelerator)
+    check_nodes(t.num_nodes)
     trainer = {"accelerator": t.accelerator, "devices": t.devices, "num_nodes": t.num_nodes, "strategy": t.strategy,
                "sync_batchnorm": t.sync_batchnorm,
                "precision": resolve_precision(t.precision, t.accelerator, warn=lambda m: say(f"[precision] {m}")),

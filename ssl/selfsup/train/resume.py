@@ -70,6 +70,38 @@ def check_devices(devices: int | str, accelerator: str) -> None:
                           f"(or 2 for two CPU processes under DDP)")
 
 
+def node_launcher() -> str | None:
+    """What started this process as one of several machines' processes: a cluster environment Lightning
+    detects (torchrun / torchelastic, SLURM's srun, LSF's jsrun, MPI; their own ``detect``), or the
+    variables Lightning's own environment reads when set by hand (``NODE_RANK`` or ``GROUP_RANK`` with
+    ``MASTER_ADDR``); None when nothing did."""
+    import os
+
+    from lightning.fabric.plugins.environments import (LSFEnvironment, MPIEnvironment, SLURMEnvironment,
+                                                       TorchElasticEnvironment)
+
+    for env in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment):
+        try:
+            if env.detect():
+                return env.__name__
+        except Exception:  # noqa: BLE001 -- an environment that cannot tell (a SLURM allocation without srun)
+            continue
+    if "MASTER_ADDR" in os.environ and ({"NODE_RANK", "GROUP_RANK"} & set(os.environ)):
+        return "NODE_RANK and MASTER_ADDR"
+    return None
+
+
+def check_nodes(num_nodes: int) -> None:
+    """ConfigError (one line) for ``trainer.num_nodes`` > 1 in a process no launcher started as one of
+    several machines' (:func:`node_launcher`): Lightning then waited for the other machines without end,
+    a hang with no output instead of an error."""
+    if num_nodes > 1 and node_launcher() is None:
+        raise ConfigError(f"trainer.num_nodes={num_nodes} asks for {num_nodes} machines, and no launcher started this "
+                          f"process as one of them (torchrun, SLURM's srun, LSF's jsrun, MPI; or NODE_RANK and "
+                          f"MASTER_ADDR set by hand), so it would wait for the others without end: start one process "
+                          f"per device on each machine (README: \"Many GPUs and machines\"), or set trainer.num_nodes=1")
+
+
 def check_sync_batchnorm(sync_batchnorm: bool, world_size: int, accelerator: object) -> None:
     """ConfigError (one line) when ``trainer.sync_batchnorm`` asks several processes for torch's
     SyncBatchNorm on an ``accelerator`` (Lightning's resolved one) other than CUDA: SyncBatchNorm runs on
