@@ -298,3 +298,21 @@ def test_another_value_of_a_key_is_of_its_kind():
     assert get_act_layer(another_value("act_layer", "gelu")) is not get_act_layer("gelu")
     assert get_norm_layer(another_value("norm_layer", "batchnorm")) is not get_norm_layer("batchnorm")
     assert [another_value("global_pool", "avg"), another_value("k", None), another_value("k", [])] == [None, None, None]
+
+
+NATIVE = {"fashion-mnist": (1, 28), "cifar10": (3, 32), "image-folder": (3, 224)}  # (channels, side) of the data
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_passes_the_forward_check(config):
+    """No false refusal of a shipped config by the forward check (every pixel seen, the width the model
+    reports): its encoder at its data's image size."""
+    from selfsup.config import load_config
+    from selfsup.encoders import check_forward, create_encoder
+
+    cfg = load_config(ROOT / "configs" / config, [])
+    chans, side = NATIVE[cfg.data.name]
+    side = cfg.data.image_size or side
+    chans = cfg.data.in_chans or chans
+    check_forward(create_encoder(cfg.encoder.name, chans, cfg.encoder.kwargs), chans, side, cfg.encoder.name,
+                  cfg.encoder.kwargs)
