@@ -90,7 +90,14 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert all(f"| {timing['seconds'] / 60:.1f} |" in line for line in own)  # the run's time, and the card's copy
     assert any(line.startswith("| raw pixels |") for line in table)
     with open(tmp_path / "c.csv", newline="") as f:
-        assert len(list(csv.reader(f))) == len(table) - 3  # header + rows (the markdown adds a rule; 2 lines said)
+        written = list(csv.reader(f))
+    markdown_rows = [line for line in table if line.startswith("|")]
+    assert len(written) == len(markdown_rows) - 1  # header + rows (the markdown adds a rule)
+    notes = [line for line in table if line.startswith("**Warning**")]  # the rows' warnings, under the table
+    if notes:  # each note is one line of its row's warnings cell
+        assert written[0][-1] == "warnings" and sum(len(r[-1].splitlines()) for r in written[1:]) == len(notes)
+    else:
+        assert written[0][-1] != "warnings"
     assert (tmp_path / "c.png").stat().st_size > 0
     # an evaluation folder (here of the export, with --out) compares as its target's rows
     assert main(["compare", str(tmp_path / "ev")]) == 0

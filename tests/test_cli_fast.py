@@ -359,3 +359,28 @@ def test_random_without_a_name_is_the_configs_encoder_in_its_folder_too():
     assert random_encoder("random:resnet50", slim) == ("resnet50", {})
     assert init_tag("random:", slim) == init_tag("random:resnet18", slim) != init_tag("random:", full)
     assert init_tag("pixels", slim) == "" and init_tag("runs/x", slim) == ""
+
+
+@pytest.mark.parametrize("extra", [[], ["--protocol", "bitfit"], ["--task", "detection"]])
+def test_out_never_writes_over_a_run_or_an_export(tmp_path, capsys, extra):
+    """The tour's silent overwrite: `eval TARGET --out RUN` replaced the run's own results.json (what compare
+    and the export card read) with this evaluation's rows; a transfer also wrote classifier/ there. A run or
+    an export directory as --out is refused in one line, before anything is read, and left as it was."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: r\n")
+    (run / "results.json").write_text("[]")
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text("{}")
+    (export / "model.safetensors").write_bytes(b"")
+    for out, kind in ((run, "a run directory"), (export, "an export directory")):
+        before = sorted(p.name for p in out.iterdir())
+        assert main(["eval", "pixels", "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"error: --out {out} is {kind}: this evaluation's results.json and " \
+                                           "results.md would take the place of " in err, err
+        assert err.rstrip().endswith("give a folder of its own (without --out, an evaluation of a run writes into "
+                                     "the run and never replaces its results with those of other settings)")
+        assert sorted(p.name for p in out.iterdir()) == before
+    assert (run / "results.json").read_text() == "[]"

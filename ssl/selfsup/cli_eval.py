@@ -48,6 +48,7 @@ def eval_command(args: argparse.Namespace) -> None:
     from selfsup.train.workdir import load_run_config
 
     target = Path(args.target)
+    check_out_folder(args.out)
     if args.task == "detection":  # the data chosen on the command line is the config's, so that keys that do
         # not apply to it (detection.tile_size on synthetic-fmnist, ...) are refused when the config is read
         args.overrides = [*args.overrides, *(f"detection.{key}={json.dumps(value)}" for key, value in
@@ -95,6 +96,24 @@ def eval_command(args: argparse.Namespace) -> None:
         print(f"[eval] {reason}: results go to {out}, {own_results_note(run)}")
     written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
     write_results(written, rows, markdown_table(rows), cfg.eval.plots)
+
+
+def check_out_folder(out: str | None) -> None:
+    """ConfigError (one line) when ``--out`` is a run directory or an export directory: an evaluation
+    writes results.json / results.md (a transfer also classifier/) there, which replaced the run's own
+    evaluation (what compare and the export card read) or sat in an export's files."""
+    from selfsup.config import ConfigError
+    from selfsup.rundir import is_export_dir
+
+    if out is None:
+        return
+    kind = "a run directory" if RunDir(Path(out)).is_run() else "an export directory" if is_export_dir(out) else None
+    if kind:
+        own = "the run's own evaluation (what compare and its export card read)" if kind.startswith("a run") else \
+            "files beside the export's"
+        raise ConfigError(f"--out {out} is {kind}: this evaluation's results.json and results.md would take the "
+                          f"place of {own}; give a folder of its own (without --out, an evaluation of a run writes "
+                          f"into the run and never replaces its results with those of other settings)")
 
 
 def eval_digest(cfg: RunConfig, targets: list[str]) -> str:
