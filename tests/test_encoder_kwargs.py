@@ -222,59 +222,96 @@ def test_features_of_another_width_than_the_model_reports_are_refused():
         check_kwargs_take_effect("resnet18", {"channels": [8, 16, 32, -64]})
 
 
-def _unseen_by_gradient(layer: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
-    """The reference for uncovered_border, by autograd: the trailing rows and columns of a positive input whose
-    gradient through ``layer`` (all-one weights, summed output) is zero."""
+def _covered_by_gradient(layer: nn.Module, size: tuple[int, int]) -> torch.Tensor:
+    """The reference for covered_pixels, by autograd: ``[H, W]``, where the gradient of a positive input
+    through ``layer`` (all-one weights, summed output) is nonzero."""
     x = torch.rand(1, 1, *size, requires_grad=True) + 0.5
     x.retain_grad()
     with torch.no_grad():
         for p in layer.parameters():
             p.fill_(1.0)
     layer(x).sum().backward()
-    seen_rows = x.grad[0, 0].abs().sum(1) > 0  # [H]
-    seen_cols = x.grad[0, 0].abs().sum(0) > 0  # [W]
-    return int(size[0] - seen_rows.nonzero().max() - 1), int(size[1] - seen_cols.nonzero().max() - 1)
+    return x.grad[0, 0] != 0
 
 
 @pytest.mark.parametrize("layer", [
     nn.Conv2d(1, 1, 5, stride=5), nn.Conv2d(1, 1, 7, stride=2, padding=3), nn.Conv2d(1, 1, 3, stride=2),
     nn.Conv2d(1, 1, 4, stride=4), nn.Conv2d(1, 1, (3, 5), stride=(2, 3), padding=(0, 1)),
     nn.Conv2d(1, 1, 3, stride=3, dilation=2), nn.Conv2d(1, 1, 3, stride=4, padding=1), nn.Conv2d(1, 1, 3, padding="same"),
-    nn.Conv2d(1, 1, 4, stride=3, padding="valid"), nn.MaxPool2d(3, 2), nn.MaxPool2d(3, 2, padding=1),
-    nn.MaxPool2d(2, 3, ceil_mode=True), nn.AvgPool2d(3, 4), nn.AvgPool2d(2), nn.MaxPool2d(3, 3, dilation=2)],
+    nn.Conv2d(1, 1, 4, stride=3, padding="valid"), nn.Conv2d(1, 1, 1, stride=2), nn.MaxPool2d(3, 2),
+    nn.MaxPool2d(3, 2, padding=1), nn.MaxPool2d(2, 3, ceil_mode=True), nn.AvgPool2d(3, 4), nn.AvgPool2d(2),
+    nn.AvgPool2d(2, 3, padding=1, ceil_mode=True), nn.MaxPool2d(3, 3, dilation=2)],
     ids=lambda m: repr(m))
 @pytest.mark.parametrize("size", [(28, 28), (29, 31), (13, 16)])
-def test_uncovered_border_matches_the_gradient_of_the_layer(layer: nn.Module, size: tuple[int, int]):
-    """Rows and columns a strided window never reaches, by the formula, against autograd on the layer itself
-    (max pooling's gradient reaches only its winners, so its reference is an average pool of the same windows)."""
-    from selfsup.encoders import uncovered_border
+def test_covered_pixels_match_the_gradient_of_the_layer(layer: nn.Module, size: tuple[int, int]):
+    """The pixels a strided window reads, by the formula, against autograd on the layer itself: trailing rows
+    and columns no window reaches, and the gaps of a kernel smaller than its stride (max pooling's gradient
+    reaches only its winners, so its reference is an average pool or a convolution of the same windows)."""
+    from selfsup.encoders import covered_pixels
 
     reference = layer
     if isinstance(layer, nn.MaxPool2d) and layer.dilation in (1, (1, 1)):
         reference = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.ceil_mode)
     elif isinstance(layer, nn.MaxPool2d):  # a dilated max pool: a dilated convolution covers the same pixels
         reference = nn.Conv2d(1, 1, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False)
-    assert uncovered_border(layer, size) == _unseen_by_gradient(reference, size)
+    assert torch.equal(covered_pixels(layer, size), _covered_by_gradient(reference, size))
+
+
+class TwoBranchStem(nn.Module):
+    """A RepVGG / MobileOne-like stem: a 3x3 and a 1x1 convolution, both at stride 2, read the images."""
+
+    def __init__(self, with_3x3: bool = True) -> None:
+        super().__init__()
+        self.conv_3x3 = nn.Conv2d(1, 4, 3, stride=2, padding=1) if with_3x3 else None
+        self.conv_1x1 = nn.Conv2d(1, 4, 1, stride=2)
+        self.num_features = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv_1x1(x) + (self.conv_3x3(x) if self.conv_3x3 is not None else 0)
+        return y.mean((2, 3))
+
+
+def test_parallel_branches_reading_the_images_cover_for_each_other():
+    """helper-52's false refusal: repvgg_a0, mobileone_s0 and fastvit_t8 were refused at every even size
+    because their 1x1 stride-2 stem branch alone skips the last row; the 3x3 branch beside it reads it. A
+    pixel is unseen only when no layer reading the images covers it. The 1x1 branch alone skips every other
+    row and column (interior gaps, not only trailing ones) and is refused."""
+    from selfsup.encoders import check_forward, create_encoder
+
+    for side in (16, 17):
+        check_forward(TwoBranchStem(), 1, side, "two-branch", {})
+    with pytest.raises(EncoderError, match=r"never sees 192 of the 256 pixels \(in rows 0, 1, 2, 3, ...; columns 0, 1, "
+                                           r"2, 3, ...\) of the 16x16 images: no layer reading them covers those "
+                                           r"pixels \(conv_1x1 \(kernel 1, stride 2\)\); use a patch size or stride"):
+        check_forward(TwoBranchStem(with_3x3=False), 1, 16, "one-branch", {})
+    for name in ("repvgg_a0", "mobileone_s0"):
+        check_forward(create_encoder(name, 1, {}), 1, 32, name, {})
 
 
 def test_a_patch_size_that_leaves_pixels_unseen_is_refused_before_the_run(tmp_path: Path, capsys):
     """A ViT with patch_size 5 on 28x28 images built, trained and scored features that never saw the last 3
     rows and columns (timm's patch embedding is an unpadded convolution, stride = kernel). Refused in one line
-    naming the layer; a dividing patch size, and timm's own padding of the last patches, pass."""
+    naming the layer and the nearest sizes it covers; a dividing patch size, and timm's own padding of the
+    last patches, pass."""
     from selfsup.encoders import check_forward, create_encoder
 
     kwargs = {"img_size": 28, "patch_size": 5, "embed_dim": 32, "depth": 1, "num_heads": 2}
     enc = create_encoder("vit_tiny_patch16_224", 1, kwargs)
     with pytest.raises(EncoderError, match=r"^timm's 'vit_tiny_patch16_224' with encoder.kwargs=.* never sees the last "
-                                           r"3 rows and the last 3 columns of the 28x28 images: its layer "
-                                           r"patch_embed.proj \(kernel 5, stride 5\) covers 25 of 28; .*dynamic_img_pad"):
+                                           r"3 rows and the last 3 columns of the 28x28 images: no layer reading them "
+                                           r"covers those pixels \(patch_embed.proj \(kernel 5, stride 5\)\); use "
+                                           r"data.image_size 25 or 30, or a patch size or stride whose windows cover "
+                                           r"every pixel, or dynamic_img_pad: true with dynamic_img_size: true"):
         check_forward(enc, 1, 28, "vit_tiny_patch16_224", kwargs)
     for fix in ({"patch_size": 4}, {"dynamic_img_pad": True, "dynamic_img_size": True}):
         check_forward(create_encoder("vit_tiny_patch16_224", 1, {**kwargs, **fix}), 1, 28, "vit_tiny_patch16_224", {})
-    # a convnet's padded strided stem covers every pixel of an odd size; ConvNeXt's 4x4 patchify stem does not
+    # a convnet's padded strided stem covers every pixel of an odd size; ConvNeXt's 4x4 patchify stem does not,
+    # and it has no dynamic_img_pad to suggest
     check_forward(create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64]}), 1, 13, "resnet18", {})
     with pytest.raises(EncoderError, match=r"never sees the last 2 rows and the last 2 columns of the 34x34 images: "
-                                           r"its layer stem.0 \(kernel 4, stride 4\) covers 32 of 34"):
+                                           r"no layer reading them covers those pixels \(stem.0 \(kernel 4, stride 4\)\); "
+                                           r"use data.image_size 32 or 36, or a patch size or stride whose windows "
+                                           r"cover every pixel$"):
         check_forward(create_encoder("convnext_atto", 1, {"dims": [8, 16, 32, 64]}), 1, 34, "convnext_atto", {})
     run = tmp_path / "run"
     code = main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), "data.name=digits",

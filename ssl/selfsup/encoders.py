@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -405,55 +405,70 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
-    if unseen := unseen_message(name, kwargs, image_size, coverage):
+    if unseen := unseen_message(name, kwargs, image_size, coverage, encoder):
         raise EncoderError(unseen)
 
 
-def uncovered_border(layer: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
-    """Trailing rows and columns of an ``[..., H, W]`` input (``size`` = (H, W)) that no window of ``layer``
-    covers: ``(rows, cols)``. ``layer`` is an ``nn.Conv2d``, ``nn.MaxPool2d`` or ``nn.AvgPool2d``; anything
-    else, a ceil-mode pooling and timm's "Same" layers (which pad at run time) cover every pixel.
+def _axis_coverage(n: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> Tensor:
+    """``[n]`` bool: the input positions of one axis that some window of a strided layer reads (PyTorch's
+    output-size rule, with ``ceil_mode``'s last window kept only when it starts inside the input or its
+    left padding)."""
+    span = dilation * (kernel - 1) + 1
+    if n + 2 * padding < span:
+        return torch.zeros(n, dtype=torch.bool)
+    outputs = (n + 2 * padding - span) // stride + 1
+    if ceil_mode:
+        outputs = -(-(n + 2 * padding - span) // stride) + 1
+        if (outputs - 1) * stride >= n + padding:
+            outputs -= 1
+    starts = torch.arange(outputs) * stride - padding  # [O]
+    read = (starts[:, None] + dilation * torch.arange(kernel)).flatten()  # [O * K] positions read
+    covered = torch.zeros(n, dtype=torch.bool)
+    covered[read[(read >= 0) & (read < n)]] = True
+    return covered
 
-    Per axis, of ``L + 2p`` padded positions a kernel of effective size ``d (k - 1) + 1`` at stride ``s``
-    leaves ``(L + 2p - d (k - 1) - 1) mod s`` trailing positions uncovered, of which the last ``p`` are
-    padding: ``max(0, that - p)`` pixels are never seen (a ViT's patch embedding with ``patch_size`` 5 on
-    28 pixels: 3).
-    """
-    if type(layer).__name__.endswith("Same") or getattr(layer, "ceil_mode", False):
-        return 0, 0
+
+def covered_pixels(layer: nn.Module, size: tuple[int, int]) -> Tensor:
+    """``[H, W]`` bool: the pixels of an ``[..., H, W]`` input that some window of ``layer`` reads. ``layer`` is
+    an ``nn.Conv2d``, ``nn.MaxPool2d`` or ``nn.AvgPool2d``; anything else, ``padding='same'`` and timm's
+    "Same" layers (which pad at run time) read every pixel. A kernel of effective size ``d (k - 1) + 1`` at
+    stride ``s`` over ``L + 2p`` padded positions leaves ``(L + 2p - d (k - 1) - 1) mod s`` trailing positions
+    unread (a ViT's patch embedding, ``patch_size`` 5 on 28 pixels: the last 3), and a kernel smaller than its
+    stride skips pixels between its windows (a 1x1 convolution at stride 2: every other row and column)."""
+    every = torch.ones(size, dtype=torch.bool)
+    if type(layer).__name__.endswith("Same"):
+        return every
     if isinstance(layer, nn.Conv2d):
         if isinstance(layer.padding, str):  # "same" pads to cover, "valid" is no padding
             if layer.padding == "same":
-                return 0, 0
+                return every
             padding = (0, 0)
         else:
             padding = layer.padding
-        kernel, stride, dilation = layer.kernel_size, layer.stride, layer.dilation
+        kernel, stride, dilation, ceil = layer.kernel_size, layer.stride, layer.dilation, False
     elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
         kernel, stride, padding = _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size), _pair(layer.padding)
-        dilation = _pair(getattr(layer, "dilation", 1))
+        dilation, ceil = _pair(getattr(layer, "dilation", 1)), layer.ceil_mode
     else:
-        return 0, 0
-    left = [max(0, (n + 2 * p - d * (k - 1) - 1) % s - p) if n + 2 * p >= d * (k - 1) + 1 else 0
-            for n, k, s, p, d in zip(size, kernel, stride, padding, dilation)]
-    return left[0], left[1]
+        return every
+    rows, cols = (_axis_coverage(n, k, st, p, d, ceil) for n, k, st, p, d in zip(size, kernel, stride, padding, dilation))
+    return rows[:, None] & cols[None, :]  # [H, W]
 
 
 @contextlib.contextmanager
-def first_layers_coverage(encoder: nn.Module, images: Tensor) -> Iterator[list[tuple[str, nn.Module, tuple[int, int]]]]:
+def first_layers_coverage(encoder: nn.Module, images: Tensor) -> Iterator[list[tuple[str, nn.Module]]]:
     """While active, every ``nn.Conv2d`` / pooling layer of ``encoder`` that is handed ``images`` itself
-    (``[N, C, H, W]``, the model's input: a stem's first convolution, a ViT's patch embedding) is listed as
-    ``(name, layer, (rows, cols))`` with the trailing rows and columns it leaves unseen
-    (:func:`uncovered_border`). A layer that sees a padded or transformed copy (timm's ``dynamic_img_pad``)
-    is not listed."""
-    found: list[tuple[str, nn.Module, tuple[int, int]]] = []
+    (``[N, C, H, W]``, the model's input: a stem's first convolution, a ViT's patch embedding, each parallel
+    branch of a RepVGG / MobileOne stem) is listed as ``(name, layer)``. A layer that sees a padded or
+    transformed copy (timm's ``dynamic_img_pad``) is not listed: it is not the images' first reader."""
+    found: list[tuple[str, nn.Module]] = []
     hooks = []
 
     def hook_for(name: str) -> Callable[..., None]:
         def pre_hook(layer: nn.Module, inputs: tuple[Any, ...]) -> None:
             x = inputs[0] if inputs else None
             if isinstance(x, Tensor) and x.shape == images.shape and x.data_ptr() == images.data_ptr():
-                found.append((name, layer, uncovered_border(layer, tuple(images.shape[-2:]))))
+                found.append((name, layer))
         return pre_hook
 
     for name, layer in encoder.named_modules():
@@ -466,20 +481,58 @@ def first_layers_coverage(encoder: nn.Module, images: Tensor) -> Iterator[list[t
             h.remove()
 
 
-def unseen_message(name: str, kwargs: dict[str, Any], image_size: int,
-                   coverage: list[tuple[str, nn.Module, tuple[int, int]]]) -> str | None:
-    """The one-line refusal when a layer that reads the images leaves trailing rows or columns unseen
-    (:func:`first_layers_coverage`); None when every pixel is covered."""
-    for layer_name, layer, (rows, cols) in coverage:
-        if rows or cols:
-            k, s = _pair(layer.kernel_size), _pair(layer.stride or layer.kernel_size)
-            parts = [f"the last {n} {word}{'s' if n > 1 else ''}" for n, word in ((rows, "row"), (cols, "column")) if n]
-            return (f"timm's {name!r} with encoder.kwargs={kwargs} never sees {' and '.join(parts)} of the "
-                    f"{image_size}x{image_size} images: its layer {layer_name} (kernel {k[0]}, stride {s[0]}) "
-                    f"covers {image_size - rows} of {image_size}; choose a patch size or stride whose windows cover "
-                    f"{image_size} (a ViT: a patch_size that divides {image_size}, or dynamic_img_pad: true with "
-                    f"dynamic_img_size: true)")
-    return None
+def unseen_pixels(readers: Sequence[nn.Module], size: tuple[int, int]) -> Tensor:
+    """``[H, W]`` bool: the pixels that none of the layers reading the images (:func:`first_layers_coverage`)
+    covers (:func:`covered_pixels`); the parallel branches of a stem cover for each other. All False when
+    no layer was found (a model that reads the images some other way is not judged)."""
+    covered = torch.zeros(size, dtype=torch.bool) if readers else torch.ones(size, dtype=torch.bool)
+    for layer in readers:
+        covered |= covered_pixels(layer, size)
+    return ~covered
+
+
+def describe_unseen(unseen: Tensor) -> str:
+    """``unseen`` ``[H, W]`` bool in words: "the last 3 rows and the last 3 columns" when they are whole
+    trailing rows and columns, else "130 of the 784 pixels (rows 1, 3, 5, ..., columns ...)"."""
+    h, w = unseen.shape
+    rows = next((r for r in range(h, 0, -1) if bool(unseen[h - r:].all())), 0)  # wholly unseen trailing rows
+    cols = next((c for c in range(w, 0, -1) if bool(unseen[:, w - c:].all())), 0)
+    trailing = torch.zeros_like(unseen)
+    trailing[h - rows:] = rows > 0
+    trailing[:, w - cols:] |= cols > 0
+    if (rows or cols) and torch.equal(trailing, unseen):
+        return " and ".join(f"the last {n} {word}{'s' if n > 1 else ''}" for n, word in ((rows, "row"), (cols, "column"))
+                            if n)
+
+    def listed(indices: list[int]) -> str:
+        return ", ".join(map(str, indices[:4])) + (", ..." if len(indices) > 4 else "")
+
+    bad_rows = unseen.any(1).nonzero().flatten().tolist()
+    bad_cols = unseen.any(0).nonzero().flatten().tolist()
+    return f"{int(unseen.sum())} of the {h * w} pixels (in rows {listed(bad_rows)}; columns {listed(bad_cols)})"
+
+
+def unseen_message(name: str, kwargs: dict[str, Any], image_size: int, readers: list[tuple[str, nn.Module]],
+                   encoder: nn.Module | None = None) -> str | None:
+    """The one-line refusal when the layers reading the images leave pixels unseen (:func:`unseen_pixels`),
+    naming those layers and the nearest image sizes they cover; None when every pixel is covered. A model
+    with timm's ``dynamic_img_pad`` (its ViTs) is told of that too."""
+    layers = [layer for _, layer in readers]
+    unseen = unseen_pixels(layers, (image_size, image_size))
+    if not unseen.any():
+        return None
+    short = [f"{n} (kernel {_pair(m.kernel_size)[0]}, stride {_pair(m.stride or m.kernel_size)[0]})"
+             for n, m in readers if covered_pixels(m, (image_size, image_size)).logical_not().any()]
+    sizes = [n for d in range(1, image_size // 2 + 1) for n in (image_size - d, image_size + d)  # near sizes only
+             if n > 1 and not unseen_pixels(layers, (n, n)).any()][:2]
+    fixes = [f"data.image_size {' or '.join(map(str, sorted(sizes)))}"] if sizes else []
+    fixes.append("a patch size or stride whose windows cover every pixel")
+    if encoder is not None and any(hasattr(m, "dynamic_img_pad") for m in encoder.modules()):
+        fixes.append("dynamic_img_pad: true with dynamic_img_size: true (timm pads the last patches)")
+    return (f"timm's {name!r} with encoder.kwargs={kwargs} never sees {describe_unseen(unseen)} of the "
+            f"{image_size}x{image_size} images: no layer reading them covers those pixels ({', '.join(short)}); "
+            f"use {', or '.join(fixes)}")
+
 
 def pooled_width(encoder: nn.Module) -> int:
     """Width D of ``encoder(x)`` -> ``[B, D]``: timm's ``head_hidden_size`` where the model has one,
