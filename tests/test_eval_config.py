@@ -87,3 +87,25 @@ def test_transfer_rates_float32_cannot_hold_are_one_line():
             transfer_options("linear", pairs, cfg)
     with pytest.raises(ConfigError, match=r"^--transfer lr must be a number, got 'abc'"):
         transfer_options("linear", ["lr=abc"], cfg)
+
+
+BIG = "1" + "0" * 400  # YAML reads it as a 401-digit int
+
+
+@pytest.mark.parametrize("override, message", [
+    # helper-52's traceback: float(10**400) overflowed inside the finiteness check
+    (f"optim.lr={BIG}", r"^config key 'optim.lr' must be a number float32 holds \(0, or of size 1.4e-45 to 3.4e38: "
+                        r"training computes in float32\), got 1000000000...000000 \(401 characters\)$"),
+    # an int key beyond int64: refused when read, not when torch or Lightning converts it
+    (f"trainer.max_epochs={BIG}", r"^config key 'trainer.max_epochs' must be a whole number int64 holds \(below "
+                                  r"9.2e18 in size\), got 1000000000...000000 \(401 characters\)$"),
+    # helper-52's: a key typed as a union listed its types ("must be float | None") for a number it cannot hold
+    ("method.temperature=1e300", r"^config key 'method.temperature' must be a number float32 holds .*got 1e\+300$"),
+    ("trainer.limit_train_batches=1e-300", r"^config key 'trainer.limit_train_batches' must be a number float32 holds"),
+    ("method.temperature=nan", r"^config key 'method.temperature' must be a finite number, got 'nan'$"),
+    ("method.temperature=abc", r"^config key 'method.temperature' must be float \| None, got 'abc' \(str\)$"),
+])
+def test_numbers_a_key_cannot_hold_say_so_in_one_line(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/mocov3-fashion-mnist.yaml", [override])
+    assert load_config("configs/mocov3-fashion-mnist.yaml", ["trainer.max_epochs=9223372036854775807"])

@@ -82,14 +82,17 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             if type(None) in args:
                 return None
             raise bad
+        said: ConfigError = bad
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return coerce(value, arg, key)
+            except NumberError as err:  # the right type, a number it cannot hold: say that, not the types
+                said = err
             except ConfigError:
                 continue
-        raise bad
+        raise said
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -112,25 +115,43 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
+        if not -2**63 <= value < 2**63:
+            raise NumberError(f"config key {key!r} must be a whole number int64 holds (below 9.2e18 in size), got "
+                              f"{_short(value)}")
         return value
     if tp is float:
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
-            raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")  # YAML: 'nan' is text
+            raise NumberError(f"config key {key!r} must be a finite number, got {value!r}")  # YAML: 'nan' is text
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        if not math.isfinite(value):
-            raise ConfigError(f"config key {key!r} must be a finite number, got {value!r}")
-        if not fits_float32(float(value)):
-            raise ConfigError(f"config key {key!r} must be a number float32 holds (0, or of size 1.4e-45 to 3.4e38: "
-                              f"training computes in float32), got {value!r}")
-        return float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NumberError(f"config key {key!r} must be a finite number, got {value!r}")
+        try:
+            number = float(value)  # a 400-digit int overflows here
+        except OverflowError:
+            number = math.inf
+        if not fits_float32(number):
+            raise NumberError(f"config key {key!r} must be a number float32 holds (0, or of size 1.4e-45 to 3.4e38: "
+                              f"training computes in float32), got {_short(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise bad
         return value
     raise bad
+
+
+class NumberError(ConfigError):
+    """A value of the right type that the key cannot hold (not finite, beyond float32 or int64); a key typed
+    as a union (``float | None``) says this rather than listing its types."""
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, a long one cut to its first and last digits (a 400-digit int)."""
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-6:]} ({len(text)} characters)"
 
 
 def fits_float32(x: float) -> bool:
@@ -170,7 +191,8 @@ def check_range(value: Any, meta: typing.Mapping[str, Any], key: str, what: str 
             continue
         for name, sym in RANGES:
             bound = meta.get(name)
-            if bound is not None and not (math.isfinite(v) and ops[name](v, bound)):  # NaN and inf: never in range
+            finite = not isinstance(v, float) or math.isfinite(v)  # a Python int is finite at any size
+            if bound is not None and not (finite and ops[name](v, bound)):  # NaN and inf: never in range
                 if meta.get("each") and isinstance(value, (list, tuple)):
                     raise ConfigError(f"{what} {key!r} must hold values {sym} {bound}, got {v!r} in {value!r}")
                 raise ConfigError(f"{what} {key!r} must be {sym} {bound}, got {v!r}")
