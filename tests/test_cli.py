@@ -93,7 +93,7 @@ def test_pretrain_eval_export(tmp_path, capsys):
         written = list(csv.reader(f))
     markdown_rows = [line for line in table if line.startswith("|")]
     assert len(written) == len(markdown_rows) - 1  # header + rows (the markdown adds a rule)
-    notes = [line for line in table if line.startswith("**Warning**")]  # the rows' warnings, under the table
+    notes = [line for line in table if line.startswith("- **Warning**")]  # the rows' warnings, under the table
     if notes:  # each note is one line of its row's warnings cell
         assert written[0][-1] == "warnings" and sum(len(r[-1].splitlines()) for r in written[1:]) == len(notes)
     else:

@@ -384,3 +384,16 @@ def test_out_never_writes_over_a_run_or_an_export(tmp_path, capsys, extra):
                                      "the run and never replaces its results with those of other settings)")
         assert sorted(p.name for p in out.iterdir()) == before
     assert (run / "results.json").read_text() == "[]"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["eval", "pixels", "--baseline", "random:resnet18", "--baseline", "random:resnet18"], "random:resnet18 is given twice"),
+    (["eval", "pixels", "--baseline", "pixels"], "pixels is given as the target too"),
+])
+def test_an_encoder_given_twice_is_refused_before_anything_runs(argv, said, tmp_path, monkeypatch, capsys):
+    """helper-52's: `--baseline random:resnet18` twice trained and printed two identical rows."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: --baseline {said}: give each encoder once" in err, err
+    assert list(tmp_path.iterdir()) == []

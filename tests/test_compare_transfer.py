@@ -444,10 +444,10 @@ def test_warnings_travel_with_their_numbers(tmp_path, capsys):
     out = capsys.readouterr().out
     header, by_target = table(out)
     assert "warnings" not in header and set(by_target) == {str(tmp_path / p) for p in ("a", "tr", "b")}
-    notes = [line for line in out.splitlines() if line.startswith("**Warning**")]
-    assert notes == [f"**Warning** ({tmp_path / 'a'}): {small}",
-                     f"**Warning** ({tmp_path / 'a'}): IVF index: approximate neighbours",
-                     f"**Warning** ({tmp_path / 'tr'}): {diverged}"]
+    notes = [line for line in out.splitlines() if line.startswith("- **Warning**")]  # a markdown list
+    assert notes == [f"- **Warning** ({tmp_path / 'a'}): {small}",
+                     f"- **Warning** ({tmp_path / 'a'}): IVF index: approximate neighbours",
+                     f"- **Warning** ({tmp_path / 'tr'}): {diverged}"]
     written = {r["target"]: r for r in csv.DictReader(csv_path.open())}
     assert written[str(tmp_path / "a")]["warnings"].splitlines() == [small, "IVF index: approximate neighbours"]
     assert (written[str(tmp_path / "tr")]["warnings"], written[str(tmp_path / "b")]["warnings"]) == (diverged, "")

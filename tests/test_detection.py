@@ -476,6 +476,7 @@ def test_detection_results_of_other_settings_never_replace_each_other(tmp_path, 
 
     assert digest() == digest() and len({digest(), digest("detection.lr=0.01"), digest("seed=1"),
                                          digest(baselines=["pixels"]), digest("detection.deformable=true")}) == 5
+    assert digest("detection.num_workers=2") == digest()  # decodes the same images faster: the same results
 
 
 def test_evaluation_draws_test_images_with_boxes_and_shows_progress(tmp_path, capsys, monkeypatch):

@@ -49,6 +49,10 @@ def eval_command(args: argparse.Namespace) -> None:
 
     target = Path(args.target)
     check_out_folder(args.out)
+    for spec in args.baseline:  # a repeat trained and printed the same row twice
+        if args.baseline.count(spec) > 1 or spec == args.target:
+            raise ConfigError(f"--baseline {spec} is given {'as the target too' if spec == args.target else 'twice'}: "
+                              f"give each encoder once")
     if args.task == "detection":  # the data chosen on the command line is the config's, so that keys that do
         # not apply to it (detection.tile_size on synthetic-fmnist, ...) are refused when the config is read
         args.overrides = [*args.overrides, *(f"detection.{key}={json.dumps(value)}" for key, value in
@@ -247,15 +251,16 @@ def detection_tag(cfg: RunConfig) -> str:
 
 
 def detection_digest(cfg: RunConfig, baselines: list[str]) -> str:
-    """8 hex digits of what a detection result depends on besides its target: the ``detection`` settings,
-    the seed, the image source of the synthetic canvases (``data.name``, ``data.root``) and the baselines
+    """8 hex digits of what a detection result depends on besides its target: the ``detection`` settings
+    (but ``num_workers``, which decodes the same images faster), the seed, the image source of the synthetic canvases (``data.name``, ``data.root``) and the baselines
     evaluated beside it; the name part that keeps detection results of other settings in folders of their own."""
     import hashlib
     import json
 
     from selfsup.config import to_dict
 
-    what = [to_dict(cfg)["detection"], cfg.seed, cfg.data.name, cfg.data.root, baselines]
+    settings = {k: v for k, v in to_dict(cfg)["detection"].items() if k != "num_workers"}  # how fast, not what
+    what = [settings, cfg.seed, cfg.data.name, cfg.data.root, baselines]
     return hashlib.blake2b(json.dumps(what, sort_keys=True, default=str).encode(), digest_size=4).hexdigest()
 
 

@@ -368,7 +368,7 @@ def markdown(header: list[str], cells: list[list[str]]) -> str:
     notes: list[str] = []
     if header and header[-1] == WARNINGS:
         for c in cells:
-            notes += [f"**Warning** ({c[0]}): {w}" for w in c[-1].splitlines() if w]
+            notes += [f"- **Warning** ({c[0]}): {w}" for w in c[-1].splitlines() if w]  # a list, as in results.md
         header, cells = header[:-1], [c[:-1] for c in cells]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
     text = "\n".join([*lines, *("| " + " | ".join(c) + " |" for c in cells)]) + "\n"

@@ -88,7 +88,7 @@ def evaluate_detection(spec: str, cfg: RunConfig, device: str | None = None, in_
     target = resolve_target(spec, cfg, lambda: detection_data_info(train, dcfg, in_chans), load)
     info = target.info
     log(f"[detection] {target.label} on {dcfg.dataset}: {len(train)} train / {len(test)} test images, "
-        f"{train.num_classes} classes, {dcfg.epochs} epochs, trainable_layers={dcfg.trainable_layers}"
+        f"{train.num_classes} classes, {dcfg.epochs} epoch{'' if dcfg.epochs == 1 else 's'}, trainable_layers={dcfg.trainable_layers}"
         + (", deformable FPN/RPN convs (DCNv2)" if dcfg.deformable else ""))
     torch.manual_seed(cfg.seed)
     model = build_detector(target.encoder, info, train.num_classes, dcfg)
