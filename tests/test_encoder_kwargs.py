@@ -353,3 +353,24 @@ def test_every_shipped_config_passes_the_forward_check(config):
     chans = cfg.data.in_chans or chans
     check_forward(create_encoder(cfg.encoder.name, chans, cfg.encoder.kwargs), chans, side, cfg.encoder.name,
                   cfg.encoder.kwargs)
+
+
+def test_a_resume_of_a_run_the_check_would_refuse_says_only_a_new_run_helps(tmp_path: Path, capsys, monkeypatch):
+    """helper-52's dead end: a run made before the unseen-pixels check, resumed, was told to change patch_size,
+    which a resume refuses. The refusal now says a resume keeps its encoder and only a new run takes the fix."""
+    import selfsup.train.run as run_module
+
+    run = tmp_path / "run"
+    argv = ["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), "data.name=digits",
+            "data.image_size=16", "data.subset=64", "data.batch_size=32", "trainer.max_steps=1", "--no-eval",
+            "encoder.name=vit_tiny_patch16_224",
+            "encoder.kwargs={img_size: 16, patch_size: 3, embed_dim: 32, depth: 1, num_heads: 2}"]
+    with monkeypatch.context() as m:  # as before the check existed
+        m.setattr(run_module, "check_forward", lambda *args: None)
+        assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", str(run), "trainer.max_steps=2", "--no-eval"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "never sees the last 1 row and the last 1 column of the 16x16 images" in err, err
+    assert err.rstrip().endswith("(this run was trained with that encoder, and a resume cannot change encoder.kwargs "
+                                 "or the images: start a new run with the fix)"), err

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 
 from selfsup.config import ConfigError, RunConfig
 from selfsup.data import build_dataset, make_loader, subset
-from selfsup.encoders import check_forward, check_kwargs_take_effect
+from selfsup.encoders import EncoderError, check_forward, check_kwargs_take_effect
 from selfsup.fileio import write_json
 from selfsup.rundir import RunDir
 from selfsup.train.loggers import LoggerSessions, build_loggers, start_loggers
@@ -84,7 +84,14 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
                    t.accumulate_grad_batches, t.max_epochs, t.max_steps)
     info = train_ds.info()
     module = PretrainModule(cfg, info)
-    check_forward(module.method.encoder, info.in_chans, info.image_size, cfg.encoder.name, cfg.encoder.kwargs)
+    try:
+        check_forward(module.method.encoder, info.in_chans, info.image_size, cfg.encoder.name, cfg.encoder.kwargs)
+    except EncoderError as err:
+        if not resume:
+            raise
+        # a run made before a check cannot take its fix: a resume keeps the encoder it trained
+        raise EncoderError(f"{err} (this run was trained with that encoder, and a resume cannot change "
+                           f"encoder.kwargs or the images: start a new run with the fix)") from None
     if check_encoder is not None:
         check_encoder(module.method.encoder)
     train_loader = make_loader(train_ds, cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
