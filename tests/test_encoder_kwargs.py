@@ -374,3 +374,22 @@ def test_a_resume_of_a_run_the_check_would_refuse_says_only_a_new_run_helps(tmp_
     assert err.count("\n") == 1 and "never sees the last 1 row and the last 1 column of the 16x16 images" in err, err
     assert err.rstrip().endswith("(this run was trained with that encoder, and a resume cannot change encoder.kwargs "
                                  "or the images: start a new run with the fix)"), err
+
+
+@pytest.mark.parametrize("extra, label", [([], "random-init vit_tiny_patch16_224"),
+                                          (["--protocol", "bitfit", "--transfer", "epochs=1"], "random:vit_tiny_patch16_224")])
+def test_evaluation_and_transfer_refuse_an_encoder_that_leaves_pixels_unseen(tmp_path: Path, capsys, monkeypatch,
+                                                                              extra, label):
+    """helper-52's: pretrain refused a ViT with patch_size 3 on 16x16 images, while `selfsup eval` of the same
+    encoder (a random: baseline, an export, a run made before the check) scored it (kNN 43.61) and the bitfit
+    protocol trained it. Both now refuse it in one line before any feature or step, naming the target."""
+    monkeypatch.chdir(tmp_path)
+    vit = ["encoder.name=vit_tiny_patch16_224",
+           "encoder.kwargs={img_size: 16, patch_size: 3, embed_dim: 32, depth: 1, num_heads: 2}"]
+    assert main(["eval", "random:vit_tiny_patch16_224", *extra, "data.name=digits", "data.image_size=16", *vit]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"error: {label} never sees the last 1 row and the last 1 column of the 16x16 images: no layer reading " \
+           "them covers those pixels (patch_embed.proj (kernel 3, stride 3)); use data.image_size 15 or 18" in err, err
+    assert err.rstrip().endswith("(its features would not depend on them)"), err
+    assert not any(tmp_path.rglob("results.json"))

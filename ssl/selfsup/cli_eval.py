@@ -437,6 +437,10 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
         encoder, card = t.encoder, minimal_card(*random_encoder(args.target, cfg), t.info)
     else:
         encoder, card = load_encoder_and_card(target)
+    from selfsup.encoders import check_pixels_seen
+
+    info = encoder.selfsup_info if hasattr(encoder, "selfsup_info") else train_ds.info()
+    check_pixels_seen(encoder, info.in_chans, info.image_size, args.target)  # before any training
     run = RunDir(target)
     if run.is_run():  # the run's own folder for its own data; other data gets its own folder, as a frozen eval
         from selfsup.eval.evaluate import changed_data_keys, data_tag

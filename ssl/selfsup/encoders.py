@@ -534,6 +534,31 @@ def unseen_message(name: str, kwargs: dict[str, Any], image_size: int, readers: 
             f"use {', or '.join(fixes)}")
 
 
+def check_pixels_seen(encoder: nn.Module, in_chans: int, image_size: int, label: str) -> None:
+    """The unseen-pixels rule of :func:`check_forward` for an encoder about to be evaluated or adapted (an
+    export, a run made before the rule, a ``random:`` baseline): one eval-mode forward of one blank
+    ``[1, in_chans, image_size, image_size]`` image, no gradient, the mode restored.
+
+    Raises:
+        EncoderError: one line naming ``label``, the layers reading the images and the pixels none covers
+            (a ViT with ``patch_size`` 3 scored 16x16 images without their last row and column).
+    """
+    mode = encoder.training
+    try:
+        with torch.no_grad():
+            encoder.eval()
+            param = next(encoder.parameters(), None)
+            x = torch.zeros(1, in_chans, image_size, image_size, device=param.device if param is not None else "cpu")
+            with first_layers_coverage(encoder, x) as readers:
+                encoder(x)  # [1, D]
+    finally:
+        encoder.train(mode)
+    said = unseen_message(label, {}, image_size, readers, encoder)
+    if said:
+        raise EncoderError(said.replace(f"timm's {label!r} with encoder.kwargs={{}}", label, 1) +
+                           " (its features would not depend on them)")
+
+
 def pooled_width(encoder: nn.Module) -> int:
     """Width D of ``encoder(x)`` -> ``[B, D]``: timm's ``head_hidden_size`` where the model has one,
     else ``num_features``. They differ when pooling or a pre-logits layer changes the width:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from selfsup import distributed
 from selfsup.config import RunConfig
 from selfsup.data import ImageDataset
+from selfsup.encoders import check_pixels_seen
 from selfsup.eval.evaldata import check_channels, data_key, evaluation_data
 from selfsup.eval.features import FeatureCache, extract_features, extract_stages, fingerprint
 from selfsup.eval.layers import Stage, encoder_stages, select_stages, stage_tag
@@ -63,6 +64,7 @@ def prepare(spec: str, cfg: RunConfig, cache_dir: str | Path, load: EncoderLoade
     target = resolve_target(spec, cfg, train_ds.info, load)
     check_channels(target, train_ds, cfg)
     check_channels(target, test_ds, cfg)
+    check_pixels_seen(target.encoder, target.info.in_chans, target.info.image_size, target.label)
     key = fingerprint(target.encoder)
     names, keys = {}, {}
     for split, ds in (("train", train_ds), ("test", test_ds)):
