@@ -98,3 +98,30 @@ def test_transfer_lr_in_exponent_form_is_a_number():
     cfg = load_config(None, ["method.name=simclr"])
     assert transfer_options("finetune", ["lr=3e-4"], cfg).lrs == [3e-4]
     assert transfer_options("finetune", ["lrs=[1e-4, 3e-4]"], cfg).lrs == [1e-4, 3e-4]
+
+
+def test_an_lr_whose_adam_step_overflows_float32_is_diverged_not_a_traceback(tmp_path, capsys):
+    """helper-52's traceback: `--transfer lrs=[1e-3, 3e38]` (3e38 fits float32, AdamW's first step, ten times the
+    lr, does not) ended the whole protocol in `RuntimeError: value cannot be converted to type float without
+    overflow`. That lr is now diverged and left out of the choice, as a non-finite loss is; the other is chosen."""
+    out = tmp_path / "bitfit"
+    assert main(["eval", "random:resnet18", "--protocol", "bitfit", "--out", str(out), "--transfer", "epochs=1",
+                 "--transfer", "lrs=[0.003, 3e38]", "--transfer", "warmup_epochs=0", *TINY[:-3], "eval.low_shot=[]",
+                 "eval.probe_seeds=1", "trainer.progress_bar=false"]) == 0
+    row = json.loads((out / "results.json").read_text())[0]
+    assert row["diverged_lrs"] == [3e38] and row["lr"] == [0.003], row
+    assert any("lr 3e+38 diverged" in w for w in row["warnings"]), row["warnings"]
+
+
+def test_a_pretraining_lr_whose_adam_step_overflows_float32_is_one_line(tmp_path, capsys):
+    from conftest import ROOT
+
+    assert main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(tmp_path / "run"), *TINY[:4],
+                 "data.batch_size=32",
+                 "trainer.max_steps=1", "optim.name=adamw", "optim.lr=3e38", "optim.lr_scaling=none",
+                 "optim.warmup_epochs=0", "--no-eval"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    line = next(line for line in err.splitlines() if "error:" in line)  # below Lightning's own start-up lines
+    assert "error: the optimiser's step at learning rate 3e+38 overflows float32 at epoch 0, step 0 (an Adam step " \
+           "is up to ten times the lr, lr / (1 - 0.9^t))" in line and line.endswith("Lower optim.lr."), err

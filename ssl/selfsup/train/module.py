@@ -17,7 +17,7 @@ from selfsup.data import CleanTransform, DataInfo
 from selfsup.encoders import create_encoder, is_convnet
 from selfsup.losses import NonFiniteLossError
 from selfsup.methods import METHODS, Method
-from selfsup.train.optim import build_optimizer, build_scheduler
+from selfsup.train.optim import build_optimizer, build_scheduler, max_lr, step_overflowed
 from selfsup.train.state import rng_state, set_rng_state
 from selfsup.version import __version__
 
@@ -121,6 +121,24 @@ class PretrainModule(L.LightningModule):
             f"(terms: {terms}, trainer.precision={self._precision()}). The weights of this step were not saved; "
             f"the last good checkpoint is {self._last_checkpoint()}. {self._non_finite_fix()}, "
             f"or check the data for constant images.")
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's step; an optimiser step float32 cannot compute (:func:`step_overflowed`) is a
+        one-line error naming the learning rate, not a traceback from inside the optimiser.
+
+        Raises:
+            NonFiniteLossError: the step size overflows float32.
+        """
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        except RuntimeError as err:
+            if not step_overflowed(err):
+                raise
+            raise NonFiniteLossError(
+                f"the optimiser's step at learning rate {max_lr(optimizer):g} overflows float32 at epoch "
+                f"{self.current_epoch}, step {self.global_step} (an Adam step is up to ten times the lr, "
+                f"lr / (1 - 0.9^t)). No optimiser step was taken; the last good checkpoint is {self._last_checkpoint()}. Lower "
+                f"optim.lr.") from None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Refuse to step on a non-finite gradient, naming the parameter (the loss was finite).

@@ -37,3 +37,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
     warmup = warmup_steps(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
     factors = cosine_factors(total_steps, warmup, cfg.min_lr_ratio).tolist()
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factors[min(s, total_steps)])
+
+
+def step_overflowed(err: BaseException) -> bool:
+    """Whether ``err`` is torch refusing an optimiser's float32 step size: Adam's step is
+    ``lr / (1 - beta1^t)`` (10 lr at the first step), so a learning rate float32 holds (3e38) can
+    still give a step it cannot ("value cannot be converted to type float without overflow")."""
+    return isinstance(err, RuntimeError) and "without overflow" in str(err)
+
+
+def max_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The largest learning rate of ``optimizer``'s parameter groups at this step."""
+    return max(float(g["lr"]) for g in optimizer.param_groups)

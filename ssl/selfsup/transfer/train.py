@@ -43,6 +43,7 @@ from selfsup.eval.knn import topk_accuracy
 from selfsup.eval.linear import DIVERGED_NATS, best_candidate, check_fit_split, check_fraction_splits, \
     class_balanced_subset, diverged_loss, fit_sizes, fraction_key, held_out_count, name_fractions, selection_warnings, summarise
 from selfsup.schedules import cosine_factors, warmup_steps
+from selfsup.train.optim import step_overflowed
 from selfsup.train.resume import check_sync_batchnorm
 from selfsup.transfer.options import TransferOptions
 from selfsup.transfer.protocols import Classifier, build_classifier, count_params, encoder_param_groups, \
@@ -100,6 +101,19 @@ class TransferModule(L.LightningModule):
         self.log("train/loss", whole, prog_bar=True)
         self.epoch_loss.append(whole.detach())
         return loss
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's step; a step AdamW cannot compute in float32 (:func:`step_overflowed`: AdamW's first step is ten
+        times the lr, beyond float32 for an lr above 3.4e37) makes this lr diverged, as a non-finite loss
+        does, instead of a traceback that ended every lr's run."""
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        except RuntimeError as err:
+            if not step_overflowed(err):
+                raise
+            if self.diverged_at is None:
+                self.diverged_at = self.global_step
+            self.trainer.should_stop = True
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = encoder_param_groups(self.classifier, self.options)
