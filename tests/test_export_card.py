@@ -402,3 +402,16 @@ def test_the_card_counts_in_the_singular_for_one():
     assert [counted(1, "epoch"), counted(3, "epoch"), counted(1200, "optimiser step"), counted(0, "epoch"),
             counted("?", "epoch"), counted(0.5, "warmup epoch")] == [
         "1 epoch", "3 epochs", "1,200 optimiser steps", "0 epochs", "? epochs", "0.5 warmup epochs"]
+
+
+def test_a_short_run_is_timed_in_seconds_and_a_cut_short_epoch_as_its_share():
+    """helper-52's card of a 1-step run: "after 1 optimiser step (1 epoch completed) in 0.0 wall minutes"."""
+    from selfsup.artifacts.modelcard import _training_rows
+
+    card = {"input_size": [1, 16, 16], "method": "simclr", "architecture": "resnet18", "num_features": 64, "mean": [0.5], "std": [0.5],
+            "training_config": {},
+            "trained_steps": 1, "trained_epochs": 0.25, "training_minutes": 0.004}
+    schedule = dict(_training_rows(card))["schedule"]
+    assert "written after 1 optimiser step (0.25 epochs completed) in 0.2 wall seconds;" in schedule, schedule
+    card["training_minutes"] = 12.34
+    assert "in 12.3 wall minutes;" in dict(_training_rows(card))["schedule"]

@@ -316,3 +316,18 @@ def test_training_time_adds_each_resumed_session_and_a_new_run_starts_over(tmp_p
     assert json.loads(path.read_text()) == second
     assert record_training_time(path, 3.0, 10, resumed=False)["sessions"] == [
         {"seconds": 3.0, "steps": 10, "resumed": False}]
+
+
+@pytest.mark.parametrize("steps, batches, accumulate, said", [
+    (1, 4, 1, 0.25),  # helper-52's: trainer.max_steps=1 of a 4-step epoch was recorded as "1 epoch completed"
+    (8, 4, 1, 2), (4, 4, 1, 1), (0, 4, 1, 0),
+    (3, 8, 2, 0.75),  # 8 batches, 2 per step: 4 steps an epoch
+    (5, 7, 2, 1.25),  # 7 batches, 2 per step: the last step takes one batch, 4 steps an epoch
+    (10, 3, 1, 3.33),
+])
+def test_epochs_trained_counts_a_cut_short_epoch_as_its_share(steps, batches, accumulate, said):
+    from selfsup.train.run import epochs_trained
+
+    got = epochs_trained(steps, batches, accumulate, lightning_epochs=99)
+    assert got == said and isinstance(got, int) == isinstance(said, int)
+    assert epochs_trained(steps, float("inf"), accumulate, lightning_epochs=7) == 7  # no epoch length: Lightning's

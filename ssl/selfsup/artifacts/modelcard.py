@@ -86,7 +86,8 @@ def _training_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
     if card.get("trained_epochs") is not None:
         done += f" ({counted(card['trained_epochs'], 'epoch')} completed)"
     if card.get("training_minutes") is not None:
-        done += f" in {card['training_minutes']:.1f} wall minutes"
+        minutes = card["training_minutes"]
+        done += f" in {minutes:.1f} wall minutes" if minutes >= 0.1 else f" in {minutes * 60:.1f} wall seconds"
     schedule = (f"{length}{done}; batch {data.get('batch_size', '?')}; {optim.get('name', '?')}, peak lr "
                 f"{optim.get('lr', '?')} at batch 256 ({optim.get('lr_scaling', '?')} scaling), weight decay "
                 f"{optim.get('weight_decay', '?')}, {optim.get('warmup_epochs', '?')} warmup epochs; precision "

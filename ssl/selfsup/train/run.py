@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -133,7 +134,9 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
             os.environ.pop(RUN_DIR_ENV, None)
         if owner and trainer.is_global_zero:
             record_training_time(RunDir(run_dir).training_time, time.perf_counter() - started, trainer.global_step,
-                                 resume, epochs=trainer.fit_loop.epoch_progress.current.completed)
+                                 resume, epochs=epochs_trained(trainer.global_step, trainer.num_training_batches,
+                                                               t.accumulate_grad_batches,
+                                                               trainer.fit_loop.epoch_progress.current.completed))
         if module.skipped_batches and trainer.is_global_zero:
             log(f"[pretrain] {module.skipped_batches} batch(es) of fewer than 2 images were skipped")
         # a skipped batch still counts a global step (Lightning calls the optimiser, which has no
@@ -149,6 +152,18 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         if then is not None:
             then(run_dir)
     return run_dir
+
+
+def epochs_trained(global_step: int, batches_per_epoch: float, accumulate: int, lightning_epochs: int) -> float:
+    """Epochs of training in ``global_step`` optimiser steps: whole epochs as an int, a cut-short one as
+    a fraction (2 decimals). Lightning counts an epoch that ``trainer.max_steps`` stopped after 1 of its 4
+    steps as completed, so a 1-step run's card said "1 epoch completed"; this says 0.25. With no known
+    epoch length (an iterable dataset), Lightning's count."""
+    if not math.isfinite(batches_per_epoch) or batches_per_epoch <= 0:
+        return lightning_epochs
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / accumulate))
+    whole, part = divmod(global_step, steps_per_epoch)
+    return whole if part == 0 else round(global_step / steps_per_epoch, 2)
 
 
 def record_training_time(path: Path, seconds: float, global_step: int, resumed: bool,
