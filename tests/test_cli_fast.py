@@ -318,9 +318,11 @@ def test_an_empty_path_is_refused_not_read_as_the_default(argv, option, capsys, 
     wanted = {"target": "a run directory, an export directory, a checkpoint, pixels or random:<timm-name>",
               "--baseline": "a run directory, an export directory, a checkpoint, pixels or random:<timm-name>",
               "--dataset": "a detection dataset: synthetic-fmnist, deepforest, voc:DIR or coco:IMAGES_DIR,ANNOTATIONS.json",
-              "--test-dataset": "a detection dataset: synthetic-fmnist"}.get(option, "a file or folder name")
+              "--test-dataset": "a detection dataset: synthetic-fmnist",
+              "targets": "a run directory, an export directory or an evaluation folder"}.get(option, "a file or folder name")
     assert f"error: argument {option}: " in out and f"is empty: give {wanted}" in out, out
-    assert "(an option left out takes its default)" in out, out
+    # only an option has a default to fall back on (helper-52: the hint made no sense for a positional argument)
+    assert ("(an option left out takes its default)" in out) == option.startswith("--"), out
     assert list(tmp_path.iterdir()) == []
 
 

@@ -185,18 +185,23 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def nonempty(what: str) -> Callable[[str], str]:
+def nonempty(what: str, optional: bool = True) -> Callable[[str], str]:
     """An argument type: the text as given; an empty (or blank) one is refused, naming ``what`` is expected
-    there: ``--out ''`` was read as no ``--out`` and the results went to the default folder."""
+    there: ``--out ''`` was read as no ``--out`` and the results went to the default folder. ``optional``:
+    an option, whose message adds that leaving it out gives its default (a positional argument has none)."""
     def check(text: str) -> str:
         if not text.strip():
-            raise argparse.ArgumentTypeError(f"{text!r} is empty: give {what} (an option left out takes its default)")
+            raise argparse.ArgumentTypeError(f"{text!r} is empty: give {what}"
+                                             + (" (an option left out takes its default)" if optional else ""))
         return text
     return check
 
 
 path_arg = nonempty("a file or folder name")
-TARGET = nonempty("a run directory, an export directory, a checkpoint, pixels or random:<timm-name>")
+PATH = nonempty("a file or folder name", optional=False)  # a positional path
+TARGETS = nonempty("a run directory, an export directory or an evaluation folder", optional=False)
+TARGET = nonempty("a run directory, an export directory, a checkpoint, pixels or random:<timm-name>", optional=False)
+BASELINE = nonempty("a run directory, an export directory, a checkpoint, pixels or random:<timm-name>")
 DATA_SPEC = nonempty("a detection dataset: synthetic-fmnist, deepforest, voc:DIR or coco:IMAGES_DIR,ANNOTATIONS.json")
 
 
@@ -211,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kwargs)  # every subcommand takes --quiet
 
     s = command("pretrain", help="pretrain an encoder, then evaluate and export it", epilog=EPILOG)
-    s.add_argument("config", nargs="?", type=path_arg, help="YAML config file (configs/*.yaml)")
+    s.add_argument("config", nargs="?", type=PATH, help="YAML config file (configs/*.yaml)")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides")
     s.add_argument("--resume", metavar="RUN_DIR", type=path_arg, help="continue RUN_DIR from its last checkpoint; overrides may "
                    "only lengthen the run (trainer.max_epochs/max_steps) or change how it is run, logged, evaluated")
@@ -227,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "or pixels")
     s.add_argument("overrides", nargs="*", help="key.path=value overrides (data.*, eval.*, detection.*)")
     s.add_argument("--config", type=path_arg, help="config for data and evaluation settings (default: the run's own)")
-    s.add_argument("--baseline", action="append", default=[], type=TARGET, help="also evaluate: pixels or random:<timm-name> "
+    s.add_argument("--baseline", action="append", default=[], type=BASELINE, help="also evaluate: pixels or random:<timm-name> "
                    "(detection: random:<timm-name> only, built with the target's input channels)")
     s.add_argument("--protocol", choices=["finetune", "partial", "bitfit", "lora", "prompt"],
                    help="adapt the encoder with a linear head instead of scoring frozen features: full fine-tuning, "
@@ -260,9 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                 f"compared with the timm encoder before it is written (max abs difference of the features "
                 f"<= {FEATURE_RTOL:g} x max(1, max |feature|)); config.json records each check. All take "
                 f"normalised images [B, C, H, W] and return features [B, D].")
-    s.add_argument("run_dir", type=path_arg, help="run directory, checkpoint, or an export directory (to add --format files to it, "
+    s.add_argument("run_dir", type=PATH, help="run directory, checkpoint, or an export directory (to add --format files to it, "
                    "in place when OUT_DIR is the same folder)")
-    s.add_argument("out_dir", type=path_arg, help="export directory")
+    s.add_argument("out_dir", type=PATH, help="export directory")
     s.add_argument("--format", action="append", metavar="FORMAT",
                    help=f"safetensors (default, always written: model.safetensors, config.json, README.md), "
                         f"torchscript ({FORMAT_FILES['torchscript']}, traced), onnx ({FORMAT_FILES['onnx']}, opset "
@@ -273,13 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("plot", help="redraw a run's pictures (training curves, kNN grid, per-stage probes) "
                 "into RUN_DIR/plots/ from what is on disk, without running the encoder")
-    s.add_argument("run_dir", type=path_arg, help="run directory or evaluation folder")
+    s.add_argument("run_dir", type=PATH, help="run directory or evaluation folder")
     s.set_defaults(func=_plot)
 
     s = command("compare", help="one table (markdown) across runs, exports and evaluation folders: method, "
                 "encoder, epochs, training minutes, every kNN, linear-probe and transfer column (mean ± sd); blanks "
                 "where one lacks it")
-    s.add_argument("targets", nargs="+", type=path_arg, help="run directories, export directories, frozen evaluation "
+    s.add_argument("targets", nargs="+", type=TARGETS, help="run directories, export directories, frozen evaluation "
                    "folders (selfsup eval TARGET [--out DIR]: the folder holding its results.json) and transfer "
                    "folders (selfsup eval --protocol NAME --out DIR: DIR or DIR/classifier)")
     s.add_argument("--baselines", action="store_true", help="also list the random-init and pixel rows")

@@ -174,7 +174,7 @@ def read_entry(target: str | Path) -> Entry:
     path = Path(target)
     if not path.exists():
         raise LoadError(f"{target} does not exist: give a run directory (selfsup pretrain), an export directory "
-                        f"(selfsup export) or a transfer folder (selfsup eval --protocol NAME --out DIR)")
+                        f"(selfsup export) or an evaluation folder (selfsup eval, frozen or --protocol NAME)")
     if is_export_dir(path) and transfer_about(path / CARD) is not None:  # a transfer's classifier: its folder
         if transfer_rows(path.parent) is None:
             raise LoadError(f"{target} is the classifier of a transfer run, whose results are in its folder's "
