@@ -393,3 +393,33 @@ def test_evaluation_and_transfer_refuse_an_encoder_that_leaves_pixels_unseen(tmp
            "them covers those pixels (patch_embed.proj (kernel 3, stride 3)); use data.image_size 15 or 18" in err, err
     assert err.rstrip().endswith("(its features would not depend on them)"), err
     assert not any(tmp_path.rglob("results.json"))
+
+
+def test_the_tiles_a_method_feeds_its_encoder_are_checked_before_the_run(tmp_path: Path, capsys):
+    """helper-52's traceback after the run directory was made: jigsaw hands its encoder 5x5 tiles, and a ViT with
+    patch_size 4 (which divides the 16x16 images the check used) fails on them at the first step. Each method
+    names the inputs its encoder sees (jigsaw its tiles, PIRL image and tiles, CPC its patches)."""
+    from selfsup.config import load_config
+    from selfsup.data import DataInfo
+    from selfsup.encoders import create_encoder
+    from selfsup.methods import METHODS
+
+    info = DataInfo(1, 16, 10, (0.5,), (0.5,), 64)
+    enc = lambda: create_encoder("resnet18", 1, {"channels": [8, 16, 32, 64]})  # noqa: E731
+    sizes = {}
+    for name, extra in (("jigsaw", ["method.tile_size=5"]), ("pirl", ["method.tile_size=5"]), ("cpc", []),
+                        ("rotation", []), ("simclr", [])):
+        cfg = load_config(None, [f"method.name={name}", *extra]).method
+        sizes[name] = METHODS.get(name)(cfg, enc(), info).encoder_input_sizes()
+    assert sizes["jigsaw"] == [5] and sizes["pirl"] == [16, 5] and sizes["rotation"] == sizes["simclr"] == [16]
+    assert len(sizes["cpc"]) == 1 and sizes["cpc"][0] < 16  # its patches, a quarter of the view at grid 7
+    run = tmp_path / "run"
+    code = main(["pretrain", str(ROOT / "configs" / "jigsaw-fashion-mnist.yaml"), "--run-dir", str(run),
+                 "data.name=digits", "data.image_size=16", "method.tile_size=5", "trainer.max_steps=1", "--no-eval",
+                 "encoder.name=vit_tiny_patch16_224",
+                 "encoder.kwargs={img_size: 16, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2, "
+                 "dynamic_img_size: true}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "fails on a forward pass of two 1x5x5 images" in err, err
+    assert err.rstrip().endswith("(the 5x5 inputs are jigsaw's tiles or patches, which its method.* settings size)")
+    assert not run.exists()

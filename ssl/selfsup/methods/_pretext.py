@@ -42,6 +42,10 @@ class TransformClassification(Method):
         super().__init__(cfg, encoder, info)
         self.augment = BatchAugment(cfg.augment, info.mean, info.std, view_size)
         self.head = mlp(head_in_dim, cfg.head_hidden_dim, num_labels, cfg.head_layers)
+        self.view_size = view_size
+
+    def encoder_input_sizes(self) -> list[int]:
+        return [self.view_size]  # the encoder sees the transformed views
 
     def transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

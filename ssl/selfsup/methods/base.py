@@ -50,6 +50,13 @@ class Method(nn.Module):
         self.cfg, self.encoder, self.info = cfg, encoder, info
         self.num_features: int = pooled_width(encoder)  # [B, D] of encoder(x), not timm's map channels
 
+    def encoder_input_sizes(self) -> list[int]:
+        """The sides of the square inputs this method hands its encoder while training, each checked before
+        the run starts (:func:`selfsup.encoders.check_forward`): the image by default; jigsaw its tiles,
+        PIRL the image and its tiles, CPC its patches (a ViT whose patch size divides the image but not a
+        tile failed at the first step, after the run directory was made)."""
+        return [self.info.image_size]
+
     def training_step(self, images: Tensor) -> dict[str, Tensor]:
         """uint8 images ``[B, C, H, W]`` -> ``{"loss": scalar, "features": [B, D] detached, ...}``.
 

@@ -179,6 +179,9 @@ class CPC(Method):
         self.predictors = nn.ModuleList(nn.Conv2d(cfg.context_dim, self.num_features, 1) for _ in cfg.offsets)
         self.criterion = InfoNCE(cfg.temperature, batch_negatives=True, normalize=cfg.cosine)
 
+    def encoder_input_sizes(self) -> list[int]:
+        return [self.patch]  # the encoder embeds each patch; whole images only at evaluation
+
     def embed_patches(self, views: Tensor) -> Tensor:
         """[0, 1] views ``[B, C, V, V]`` -> patch embeddings ``z`` [B, D, g, g] (one encoder forward)."""
         b, g = views.shape[0], self.cfg.grid

@@ -214,6 +214,9 @@ class Jigsaw(TransformClassification):
         self.tile, self.cell = tile, cell
         self.register_buffer("permutations", max_hamming_permutations(cfg.num_permutations, cfg.permutation_seed))
 
+    def encoder_input_sizes(self) -> list[int]:
+        return [self.tile]  # the encoder embeds each tile, never the whole view
+
     def transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Augmented views ``[B, C, 3c, 3c]`` -> (shuffled tiles ``[B, 9, C, T, T]``, labels ``[B]``)."""
         tiles = jittered_tiles(x, self.tile)  # [B, 9, C, T, T]

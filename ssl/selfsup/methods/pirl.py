@@ -126,6 +126,9 @@ class PIRL(Method):
         self.bank = MemoryBank(size, cfg.feature_dim, cfg.bank_momentum)
         self.nce = NCE(size, cfg.z_batches) if cfg.objective == "nce" else None  # infonce needs no Z
 
+    def encoder_input_sizes(self) -> list[int]:
+        return [self.info.image_size, self.tile]  # the image, and each of its jigsaw tiles
+
     def image_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Augmented images ``[B, C, S, S]`` -> (pooled ``[B, D]``, ``f(v_I)`` ``[B, F]`` normalised)."""
         h = self.encoder(x)  # [B, D]

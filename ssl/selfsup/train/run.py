@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
-from selfsup.config import ConfigError, RunConfig
+from selfsup.config import ConfigError, RunConfig, method_name
 from selfsup.data import build_dataset, make_loader, subset
 from selfsup.encoders import EncoderError, check_forward, check_kwargs_take_effect
 from selfsup.fileio import write_json
@@ -86,7 +86,14 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     info = train_ds.info()
     module = PretrainModule(cfg, info)
     try:
-        check_forward(module.method.encoder, info.in_chans, info.image_size, cfg.encoder.name, cfg.encoder.kwargs)
+        for size in dict.fromkeys([info.image_size, *module.method.encoder_input_sizes()]):  # tiles, patches too
+            try:
+                check_forward(module.method.encoder, info.in_chans, size, cfg.encoder.name, cfg.encoder.kwargs)
+            except EncoderError as err:
+                if size == info.image_size:
+                    raise
+                raise EncoderError(f"{err} (the {size}x{size} inputs are {method_name(cfg)}'s tiles or patches, which "
+                                   f"its method.* settings size)") from None
     except EncoderError as err:
         if not resume:
             raise
