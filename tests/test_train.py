@@ -95,6 +95,20 @@ def test_non_finite_loss_stops_with_step_and_terms(tiny_config):
         module.training_step((images, torch.zeros(8, dtype=torch.long)), 0)
 
 
+@pytest.mark.parametrize("temperature, named", [(1e-30, True), (5e-4, True), (0.1, False), (1e-3, False)])
+def test_a_non_finite_loss_with_a_tiny_temperature_names_it(tiny_config, temperature, named):
+    """helper-52's: method.temperature=1e-30 ended in "the loss is not finite ... Lower optim.lr", naming neither
+    the temperature nor the way out; one below every temperature in use (1e-3) is named."""
+    module = PretrainModule(tiny_config(f"method.temperature={temperature}"), INFO)
+    with torch.no_grad():
+        for p in module.method.projector.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError) as err:
+        module.training_step((torch.zeros(8, 1, 16, 16, dtype=torch.uint8), torch.zeros(8, dtype=torch.long)), 0)
+    said = f"or raise method.temperature ({temperature:g}: the similarities divided by it reach {1 / temperature:.1e}"
+    assert (said in str(err.value)) == named, str(err.value)
+
+
 def test_first_non_finite_grad_matches_a_naive_scan():
     """The fused check names the same parameter as a plain loop over every gradient, for NaN,
     +inf and -inf anywhere, and passes huge finite gradients (a 2-norm of them would overflow)."""

@@ -24,6 +24,10 @@ from selfsup.version import __version__
 CHECKPOINT_KEY = "selfsup"
 
 
+# below every temperature in use (0.01-1 in the papers selfsup follows): a non-finite loss with one names it
+TINY_TEMPERATURE = 1e-3
+
+
 class NonFiniteGradientError(NonFiniteLossError):
     """A gradient became NaN or inf although the loss was finite; the message names the first
     parameter hit, the step, the precision and the fix. A subclass of :class:`NonFiniteLossError`
@@ -165,10 +169,14 @@ class PretrainModule(L.LightningModule):
         return ckpt or "none yet"
 
     def _non_finite_fix(self) -> str:
+        temperature = getattr(self.method.cfg, "temperature", None)
+        tiny = (f", or raise method.temperature ({temperature:g}: the similarities divided by it reach "
+                f"{1 / temperature:.1e}, and their gradients with them)"
+                if isinstance(temperature, float) and 0 < temperature < TINY_TEMPERATURE else "")
         if self._precision().startswith(("bf16", "16")):
             # CPUs: oneDNN's bf16 convolution weight-gradient is wrong for some shapes (benchmarks/precision.py)
-            return "Set trainer.precision=32-true (half precision is the usual cause), or lower optim.lr"
-        return "Lower optim.lr"
+            return "Set trainer.precision=32-true (half precision is the usual cause), or lower optim.lr" + tiny
+        return "Lower optim.lr" + tiny
 
     def on_train_start(self) -> None:
         self._stepped_at = self.global_step  # > 0 when resumed
