@@ -415,3 +415,23 @@ def test_a_short_run_is_timed_in_seconds_and_a_cut_short_epoch_as_its_share():
     assert "written after 1 optimiser step (0.25 epochs completed) in 0.2 wall seconds;" in schedule, schedule
     card["training_minutes"] = 12.34
     assert "in 12.3 wall minutes;" in dict(_training_rows(card))["schedule"]
+
+
+def test_the_card_carries_the_warnings_its_numbers_were_written_with():
+    """helper-52's: results.md said "1% labels trains on 10 of 300 images" under its table; the export card showed
+    the same numbers without it. The card keeps each row's warnings and lists them under its table."""
+    from selfsup.artifacts.card import results_summary
+    from selfsup.artifacts.modelcard import results_markdown
+
+    small = "1% labels: the probe trains on 10 of 300 images (fewer than one per class)"
+    rows = [{"label": "run r", "kind": "pretrained", "knn": {"k=20,T=0.07": {"top1": 70.0}},
+             "linear": {"top1": 80.0, "seeds": 1}, "warnings": [small],
+             "knn_index": {"warnings": ["approximate neighbours (IVF)"]}},
+            {"label": "raw pixels", "kind": "pixels", "knn": {"k=20,T=0.07": {"top1": 60.0}},
+             "linear": {"top1": 70.0, "seeds": 1}}]
+    summary = results_summary(rows)
+    assert summary["run r"]["warnings"] == [small, "approximate neighbours (IVF)"] and "warnings" not in summary["raw pixels"]
+    text = results_markdown(summary, "digits")
+    assert text.rstrip().splitlines()[-2:] == [f"- **Warning** (run r): {small}",
+                                               "- **Warning** (run r): approximate neighbours (IVF)"]
+    assert "**Warning**" not in results_markdown(results_summary(rows[1:]), "digits")

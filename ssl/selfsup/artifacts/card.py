@@ -124,9 +124,13 @@ def make_card(cfg: Any, info: DataInfo, encoder: nn.Module, results: dict[str, A
 def results_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What the export card keeps of evaluation rows: kNN and every linear-probe result per target, of
     the features the exported encoder gives (its pooled output: the rows of other stages of a
-    layer-wise evaluation, ``pooling`` ``grid`` or ``avg``, are left out)."""
-    return {r["label"]: {k: v for k, v in r.items() if k == "knn" or k.startswith("linear")} for r in rows
-            if r.get("pooling") in (None, "encoder")}
+    layer-wise evaluation, ``pooling`` ``grid`` or ``avg``, are left out), and the warnings each row was
+    written with (:func:`selfsup.eval.report.row_warnings`: a subset too small to read as asked, ...)."""
+    from selfsup.eval.report import row_warnings
+
+    return {r["label"]: {**{k: v for k, v in r.items() if k == "knn" or k.startswith("linear")},
+                         **({"warnings": row_warnings(r)} if row_warnings(r) else {})}
+            for r in rows if r.get("pooling") in (None, "encoder")}
 
 
 def to_config_json(card: Mapping[str, Any]) -> dict[str, Any]:

@@ -128,7 +128,9 @@ def results_markdown(results: Mapping[str, Any], dataset: str) -> str:
                "; ± is the standard deviation over each row's probe seeds (a number without ± is from one seed)"
                if seeds == 0 else "")
             + ". Rows other than the pretrained encoder are baselines scored the same way.\n")
-    return "\n".join(lines) + "\n" + note
+    warned = list(dict.fromkeys(f"- **Warning** ({label}): {w}" for label, r in rows.items()
+                                for w in r.get("warnings") or []))  # they qualify the numbers above
+    return "\n".join(lines) + "\n" + note + ("\n" + "\n".join(warned) + "\n" if warned else "")
 
 
 def _code(text: str) -> str:
