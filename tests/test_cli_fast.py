@@ -52,6 +52,18 @@ def test_help_list_and_config_import_no_torch_and_start_fast(argv):
     assert out["seconds"] < 1.0, out  # torch alone takes seconds to import
 
 
+@pytest.mark.parametrize("argv, said", [
+    (["pretrain"], "give a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR"),
+    (["pretrain", QUICKSTART, "--resume", "somewhere"], "--resume takes the run's own config"),
+])
+def test_a_pretrain_without_its_config_is_refused_before_torch_is_imported(argv, said):
+    """helper-52's: `selfsup pretrain` with no config took 12 s (torch, Lightning, timm) to say so."""
+    res = fresh(RUN_MAIN, json.dumps(argv))
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rc"] == 2 and out["heavy"] == [] and out["seconds"] < 1.0, (out, res.stderr)
+    assert said in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
 def test_import_tree_of_the_cli_holds_no_heavy_package():
     """`python -X importtime`: nothing selfsup.cli pulls in is torch, Lightning or timm (their import alone takes
     seconds), and the import is timed (wall time, which other jobs on the machine stretch: a loose bound)."""

@@ -24,21 +24,24 @@ EPILOG = ("Any config key can be overridden as key.path=value, e.g. method.tempe
 
 
 def _pretrain(args: argparse.Namespace) -> None:
-    from selfsup import distributed
-    from selfsup.config import ConfigError, load_config
-    from selfsup.pipeline import pretrain_evaluate_export
-    from selfsup.train.workdir import load_run_config
+    from selfsup.configread import ConfigError  # light: a missing config is said before torch is imported
 
     if args.config and "=" in args.config and not Path(args.config).exists():  # an override, not a file
         args.overrides, args.config = [args.config, *args.overrides], None
+    if args.resume and args.config:
+        raise ConfigError(f"--resume takes the run's own config ({args.resume}/config.yaml); drop "
+                          f"{args.config} and pass only key=value overrides")
+    if not args.resume and args.config is None:  # helper-52: said after 12 s of imports
+        raise ConfigError("give a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
+
+    from selfsup import distributed
+    from selfsup.config import load_config
+    from selfsup.pipeline import pretrain_evaluate_export
+    from selfsup.train.workdir import load_run_config
+
     if args.resume:
-        if args.config:
-            raise ConfigError(f"--resume takes the run's own config ({args.resume}/config.yaml); drop "
-                              f"{args.config} and pass only key=value overrides")
         cfg = load_run_config(args.resume, args.overrides)
     else:
-        if args.config is None:
-            raise ConfigError("give a config file (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
     run_dir = pretrain_evaluate_export(cfg, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
                                        evaluate=not args.no_eval)
@@ -355,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.overrides = [*args.overrides, "trainer.progress_bar=false"]
         args.func(args)
     except Exception as err:
-        if not isinstance(err, one_line_errors()):
+        from selfsup.configread import ConfigError  # light; the other errors' modules import torch
+
+        if not isinstance(err, ConfigError) and not isinstance(err, one_line_errors()):
             raise
         print(f"selfsup {args.command}: error: {err}", file=sys.stderr)
         return 2
