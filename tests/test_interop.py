@@ -313,6 +313,12 @@ def test_model_card_model_index_is_the_hubs_format(tmp_path):
     assert got == {("digits", "test", "accuracy", "kNN k=20,T=0.07 top-1"): 91.25,
                    ("digits", "test", "accuracy", "linear top-1"): 93.5,
                    ("digits", "test", "accuracy", "linear top-1, 10% labels"): 80.0}
+    # a run's own export folder is named "export": the model is named by its run, method and architecture
+    _export(tmp_path / "run" / "export")
+    named = ModelCard((tmp_path / "run" / "export" / MODEL_CARD).read_text()).data.model_name
+    card_json = json.loads((tmp_path / "run" / "export" / "config.json").read_text())["selfsup"]
+    run_name = card_json.get("training_config", {}).get("name")
+    assert named == "-".join(p for p in (run_name, card_json["method"], "resnet18") if p) and named != "export"
     enc = _encoder()  # no results: no model-index (the Hub refuses an empty one)
     write_export(enc, {**_card(enc), "results": {}}, tmp_path / "bare")
     assert "model-index" not in yaml.safe_load((tmp_path / "bare" / MODEL_CARD).read_text().split("---\n")[1])

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from selfsup.artifacts.card import CARD, LICENSE, WEIGHTS, timm_call
+from selfsup.rundir import EXPORT_DIR
 from selfsup.artifacts.interop import FORMAT_FILES, ONNX_INPUT, ONNX_OPSET, ONNX_OUTPUT
 from selfsup.artifacts.torchvision import torchvision_call, torchvision_problem
 from selfsup.eval.report import mean_sd_text, probe_header
@@ -48,6 +49,9 @@ def _front_matter(card: Mapping[str, Any], name: str) -> str:
                                      card["architecture"]]}
     if _dataset(card):
         meta["datasets"] = [_dataset(card)]
+    if name == EXPORT_DIR:  # a run's own export folder: the folder's name says nothing of the model
+        run = (card.get("training_config") or {}).get("name")
+        name = "-".join(p for p in (run, card["method"], card["architecture"]) if p)
     index = model_index(card, name)
     if index:
         meta["model-index"] = index
