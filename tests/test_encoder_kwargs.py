@@ -240,7 +240,8 @@ def _covered_by_gradient(layer: nn.Module, size: tuple[int, int]) -> torch.Tenso
     nn.Conv2d(1, 1, 3, stride=3, dilation=2), nn.Conv2d(1, 1, 3, stride=4, padding=1), nn.Conv2d(1, 1, 3, padding="same"),
     nn.Conv2d(1, 1, 4, stride=3, padding="valid"), nn.Conv2d(1, 1, 1, stride=2), nn.MaxPool2d(3, 2),
     nn.MaxPool2d(3, 2, padding=1), nn.MaxPool2d(2, 3, ceil_mode=True), nn.AvgPool2d(3, 4), nn.AvgPool2d(2),
-    nn.AvgPool2d(2, 3, padding=1, ceil_mode=True), nn.MaxPool2d(3, 3, dilation=2)],
+    nn.AvgPool2d(2, 3, padding=1, ceil_mode=True), nn.MaxPool2d(3, 3, dilation=2),
+    nn.AvgPool2d(5, 5, ceil_mode=True), nn.AvgPool2d(7, 3, padding=2, ceil_mode=True)],  # windows past a small input
     ids=lambda m: repr(m))
 @pytest.mark.parametrize("size", [(28, 28), (29, 31), (13, 16)])
 def test_covered_pixels_match_the_gradient_of_the_layer(layer: nn.Module, size: tuple[int, int]):
@@ -255,6 +256,17 @@ def test_covered_pixels_match_the_gradient_of_the_layer(layer: nn.Module, size: 
     elif isinstance(layer, nn.MaxPool2d):  # a dilated max pool: a dilated convolution covers the same pixels
         reference = nn.Conv2d(1, 1, layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias=False)
     assert torch.equal(covered_pixels(layer, size), _covered_by_gradient(reference, size))
+
+
+@pytest.mark.parametrize("layer", [nn.AvgPool2d(5, 5, ceil_mode=True), nn.AvgPool2d(7, 3, padding=2, ceil_mode=True),
+                                   nn.AvgPool2d(6, 4, padding=1, ceil_mode=True)], ids=lambda m: repr(m))
+def test_a_ceil_mode_window_longer_than_the_input_covers_it(layer: nn.Module):
+    """helper-53's fuzzing: a ceil-mode pooling still runs one window on an input shorter than the window, which
+    the formula had as covering nothing."""
+    from selfsup.encoders import covered_pixels
+
+    for size in ((4, 4), (4, 6), (3, 5)):
+        assert torch.equal(covered_pixels(layer, size), _covered_by_gradient(layer, size)), size
 
 
 class TwoBranchStem(nn.Module):
@@ -286,6 +298,9 @@ def test_parallel_branches_reading_the_images_cover_for_each_other():
         check_forward(TwoBranchStem(with_3x3=False), 1, 16, "one-branch", {})
     for name in ("repvgg_a0", "mobileone_s0"):
         check_forward(create_encoder(name, 1, {}), 1, 32, name, {})
+    # helper-53's: CrossViT's first branch reads the 18x18 images in 12x12 patches (the last 6 rows structurally
+    # unseen), its second a resized copy, which reads every pixel: the features' gradient reaches them, so kept
+    check_forward(create_encoder("crossvit_tiny_240", 1, {"img_size": 18}), 1, 18, "crossvit_tiny_240", {})
 
 
 def test_a_patch_size_that_leaves_pixels_unseen_is_refused_before_the_run(tmp_path: Path, capsys):

@@ -367,7 +367,8 @@ def check_kwargs_take_effect(name: str, kwargs: dict[str, Any], in_chans: int = 
                            f"remove {them} from encoder.kwargs, or set what makes {them} count{hint}")
 
 
-def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str, kwargs: dict[str, Any]) -> None:
+def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str, kwargs: dict[str, Any],
+                  size_key: str = "data.image_size") -> None:
     """One training-mode forward of two blank ``[2, in_chans, image_size, image_size]`` images, so that
     a model timm builds but cannot run (``layers: [1, 1, 1]`` on a 4-stage ResNet, ``drop_rate`` of a
     type its forward cannot use) fails before a run directory exists, not at the first training step.
@@ -375,7 +376,7 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
     method's heads are built for that width (``channels`` with ``layers: [0, 0, 0, 0]`` reported the
     last channel count and returned the stem's). A layer reading the images must see every pixel
     (:func:`first_layers_coverage`: a ViT's ``patch_size`` 5 on 28x28 images dropped the last 3 rows and
-    columns without a word). Leaves no trace: no gradient, the random stream
+    columns without a word; ``size_key``: the setting the refusal's suggested sizes are for). Leaves no trace: no gradient, the random stream
     forked, every buffer (BatchNorm's running statistics) restored, the mode restored.
 
     Raises:
@@ -405,7 +406,7 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
-    if unseen := unseen_message(name, kwargs, image_size, coverage, encoder):
+    if unseen := unseen_message(name, kwargs, image_size, coverage, encoder, in_chans, size_key):
         raise EncoderError(unseen)
 
 
@@ -414,12 +415,12 @@ def _axis_coverage(n: int, kernel: int, stride: int, padding: int, dilation: int
     output-size rule, with ``ceil_mode``'s last window kept only when it starts inside the input or its
     left padding)."""
     span = dilation * (kernel - 1) + 1
-    if n + 2 * padding < span:
-        return torch.zeros(n, dtype=torch.bool)
+    if n + 2 * padding < span and not ceil_mode:
+        return torch.zeros(n, dtype=torch.bool)  # (PyTorch refuses to run such a layer)
     outputs = (n + 2 * padding - span) // stride + 1
-    if ceil_mode:
-        outputs = -(-(n + 2 * padding - span) // stride) + 1
-        if (outputs - 1) * stride >= n + padding:
+    if ceil_mode:  # a window may hang over the end (even one longer than the input)
+        outputs = max(1, -(-(n + 2 * padding - span) // stride) + 1)
+        if outputs > 1 and (outputs - 1) * stride >= n + padding:
             outputs -= 1
     starts = torch.arange(outputs) * stride - padding  # [O]
     read = (starts[:, None] + dilation * torch.arange(kernel)).flatten()  # [O * K] positions read
@@ -512,20 +513,49 @@ def describe_unseen(unseen: Tensor) -> str:
     return f"{int(unseen.sum())} of the {h * w} pixels (in rows {listed(bad_rows)}; columns {listed(bad_cols)})"
 
 
+def gradient_reaches(encoder: nn.Module, in_chans: int, image_size: int, images: int = 4) -> Tensor:
+    """``[H, W]`` bool: the pixels the pooled features depend on by autograd, the gradient of a random
+    projection of the features of ``images`` random normal images (eval mode) with respect to each pixel being
+    nonzero in some image and channel. A nonzero gradient proves a pixel is read (a branch that reads a
+    resized copy of the image, as CrossViT's second, reads every pixel); a zero one proves nothing (timm's
+    zero-initialised residual blocks, a max pool's losers), so it only overrules a structural "unseen". The
+    caller's random stream, the encoder's mode and its gradients are left as they were."""
+    mode = encoder.training
+    grads = [(p, p.grad) for p in encoder.parameters()]
+    try:
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            torch.manual_seed(0)
+            encoder.eval()
+            param = next(encoder.parameters(), None)
+            device = param.device if param is not None else "cpu"
+            x = torch.randn(images, in_chans, image_size, image_size, device=device, requires_grad=True)  # [N, C, H, W]
+            out = encoder(x)  # [N, D]
+            (out.float() * torch.randn(out.shape[1:], device=out.device)).sum().backward()
+        return (x.grad != 0).any(dim=1).any(dim=0).cpu()  # [H, W]
+    finally:
+        encoder.train(mode)
+        for p, g in grads:
+            p.grad = g
+
+
 def unseen_message(name: str, kwargs: dict[str, Any], image_size: int, readers: list[tuple[str, nn.Module]],
-                   encoder: nn.Module | None = None) -> str | None:
-    """The one-line refusal when the layers reading the images leave pixels unseen (:func:`unseen_pixels`),
-    naming those layers and the nearest image sizes they cover; None when every pixel is covered. A model
-    with timm's ``dynamic_img_pad`` (its ViTs) is told of that too."""
+                   encoder: nn.Module | None = None, in_chans: int = 3, size_key: str = "data.image_size") -> str | None:
+    """The one-line refusal when the layers reading the images leave pixels unseen (:func:`unseen_pixels`)
+    and the features' gradient does not reach them either (:func:`gradient_reaches`, with ``encoder``:
+    a branch fed a resized copy of the image covers them), naming those layers and the nearest ``size_key``
+    values they cover; None when every pixel is covered. A model with timm's ``dynamic_img_pad`` (its ViTs)
+    is told of that too."""
     layers = [layer for _, layer in readers]
     unseen = unseen_pixels(layers, (image_size, image_size))
+    if unseen.any() and encoder is not None:
+        unseen &= ~gradient_reaches(encoder, in_chans, image_size)
     if not unseen.any():
         return None
     short = [f"{n} (kernel {_pair(m.kernel_size)[0]}, stride {_pair(m.stride or m.kernel_size)[0]})"
              for n, m in readers if covered_pixels(m, (image_size, image_size)).logical_not().any()]
     sizes = [n for d in range(1, image_size // 2 + 1) for n in (image_size - d, image_size + d)  # near sizes only
              if n > 1 and not unseen_pixels(layers, (n, n)).any()][:2]
-    fixes = [f"data.image_size {' or '.join(map(str, sorted(sizes)))}"] if sizes else []
+    fixes = [f"{size_key} {' or '.join(map(str, sorted(sizes)))}"] if sizes else []
     fixes.append("a patch size or stride whose windows cover every pixel")
     if encoder is not None and any(hasattr(m, "dynamic_img_pad") for m in encoder.modules()):
         fixes.append("dynamic_img_pad: true with dynamic_img_size: true (timm pads the last patches)")
@@ -553,7 +583,7 @@ def check_pixels_seen(encoder: nn.Module, in_chans: int, image_size: int, label:
                 encoder(x)  # [1, D]
     finally:
         encoder.train(mode)
-    said = unseen_message(label, {}, image_size, readers, encoder)
+    said = unseen_message(label, {}, image_size, readers, encoder, in_chans)
     if said:
         raise EncoderError(said.replace(f"timm's {label!r} with encoder.kwargs={{}}", label, 1) +
                            " (its features would not depend on them)")

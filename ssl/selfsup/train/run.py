@@ -88,7 +88,9 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     try:
         for size in dict.fromkeys([info.image_size, *module.method.encoder_input_sizes()]):  # tiles, patches too
             try:
-                check_forward(module.method.encoder, info.in_chans, size, cfg.encoder.name, cfg.encoder.kwargs)
+                check_forward(module.method.encoder, info.in_chans, size, cfg.encoder.name, cfg.encoder.kwargs,
+                              "data.image_size" if size == info.image_size else
+                              "method.tile_size" if hasattr(cfg.method, "tile_size") else "method.grid")
             except EncoderError as err:
                 if size == info.image_size:
                     raise
