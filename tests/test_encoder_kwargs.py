@@ -19,7 +19,7 @@ from torch import nn
 from selfsup.cli import main
 from selfsup.encoders import EncoderError, check_kwargs_take_effect, ineffective_kwargs
 
-from conftest import ROOT
+from conftest import ROOT, one_line_error
 
 
 def test_stem_width_on_a_plain_resnet_stem_is_ineffective_and_refused():
@@ -438,3 +438,26 @@ def test_the_tiles_a_method_feeds_its_encoder_are_checked_before_the_run(tmp_pat
     assert code == 2 and err.count("\n") == 1 and "fails on a forward pass of two 1x5x5 images" in err, err
     assert err.rstrip().endswith("(the 5x5 inputs are jigsaw's tiles or patches, which its method.* settings size)")
     assert not run.exists()
+
+
+def test_a_diverged_encoders_evaluation_is_one_line(tmp_path: Path, capsys, monkeypatch):
+    """helper-53's traceback: a run whose last steps diverged (finite loss, weights overflowed by the update)
+    reached the evaluation, where RankMe raised a ValueError traceback on the non-finite test features before
+    the kNN's check. The features are checked when they are loaded: one line naming the fix."""
+    import selfsup.eval.target as target_module
+
+    real = target_module.create_encoder
+
+    def diverged(*args, **kwargs):
+        enc = real(*args, **kwargs)
+        with torch.no_grad():
+            next(p for n, p in enc.named_parameters() if n.endswith("weight") and p.dim() == 4).fill_(float("inf"))
+        return enc
+
+    monkeypatch.setattr(target_module, "create_encoder", diverged)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "random:resnet18", "data.name=digits", "data.image_size=16",
+                 "encoder.kwargs={channels: [8, 16, 32, 64]}", "eval.linear=false", "eval.plots=false"]) == 2
+    err = capsys.readouterr().err
+    line = one_line_error(err)
+    assert "test feature rows hold NaN or inf" in line and "a run that diverged" in line, line

@@ -26,7 +26,7 @@ import torch
 from selfsup.config import RunConfig
 from selfsup.eval.evaldata import (DATA_IDENTITY, NotScorable, changed_data_keys, check_channels, data_identity,
                                    data_key, data_tag, describe_data, evaluation_data, labelled_part)
-from selfsup.eval.knn import knn_evaluate_with_index
+from selfsup.eval.knn import check_finite, knn_evaluate_with_index
 from selfsup.eval.layers import Stage
 from selfsup.eval.linear import probe_protocol, sklearn_probe
 from selfsup.eval.prepare import (Prepared, cache_features, check_layers, feature_extractor, fill_stage_cache,
@@ -99,6 +99,7 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
     lazy_te, yte = cache.get_lazy(name_te, key_te, feature_extractor(p, test_ds, cfg, device, log, stage=stage),
                                   test_ds.labels)
     xte = lazy_te.load()
+    check_finite(xte, "test")  # before any signal is read off them (RankMe raised a traceback on a diverged run)
     if target.kind == "pixels":  # centre on the training mean image
         mean = lazy_tr.mean()
         lazy_tr, xte = lazy_tr.centered(mean), xte - mean
