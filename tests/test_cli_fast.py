@@ -403,6 +403,9 @@ def test_out_never_writes_over_a_run_or_an_export(tmp_path, capsys, extra):
 @pytest.mark.parametrize("argv, said", [
     (["eval", "pixels", "--baseline", "random:resnet18", "--baseline", "random:resnet18"], "random:resnet18 is given twice"),
     (["eval", "pixels", "--baseline", "pixels"], "pixels is given as the target too"),
+    # helper-53's: the same run spelled otherwise was evaluated twice
+    (["eval", "r1", "--baseline", "r1/"], "r1/ is given as the target too"),
+    (["eval", "pixels", "--baseline", "./r1", "--baseline", "r1"], "./r1 is given twice"),
 ])
 def test_an_encoder_given_twice_is_refused_before_anything_runs(argv, said, tmp_path, monkeypatch, capsys):
     """helper-52's: `--baseline random:resnet18` twice trained and printed two identical rows."""

@@ -49,9 +49,11 @@ def eval_command(args: argparse.Namespace) -> None:
 
     target = Path(args.target)
     check_out_folder(args.out)
-    for spec in args.baseline:  # a repeat trained and printed the same row twice
-        if args.baseline.count(spec) > 1 or spec == args.target:
-            raise ConfigError(f"--baseline {spec} is given {'as the target too' if spec == args.target else 'twice'}: "
+    # a repeat trained and printed the same row twice, however the path is spelled (r1, r1/, ./r1)
+    same, own = [same_encoder_spec(s) for s in args.baseline], same_encoder_spec(args.target)
+    for spec, key in zip(args.baseline, same):
+        if same.count(key) > 1 or key == own:
+            raise ConfigError(f"--baseline {spec} is given {'as the target too' if key == own else 'twice'}: "
                               f"give each encoder once")
     if args.task == "detection":  # the data chosen on the command line is the config's, so that keys that do
         # not apply to it (detection.tile_size on synthetic-fmnist, ...) are refused when the config is read
@@ -100,6 +102,14 @@ def eval_command(args: argparse.Namespace) -> None:
         print(f"[eval] {reason}: results go to {out}, {own_results_note(run)}")
     written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
     write_results(written, rows, markdown_table(rows), cfg.eval.plots)
+
+
+def same_encoder_spec(spec: str) -> str:
+    """``spec`` as one encoder: ``pixels`` and ``random:NAME`` as written, a path resolved (``r1``, ``r1/`` and
+    ``./r1`` are one run)."""
+    if spec == "pixels" or spec.startswith("random:"):
+        return spec
+    return str(Path(spec).expanduser().resolve())
 
 
 def check_out_folder(out: str | None) -> None:
