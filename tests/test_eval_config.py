@@ -104,6 +104,9 @@ BIG = "1" + "0" * 400  # YAML reads it as a 401-digit int
     ("trainer.limit_train_batches=1e-300", r"^config key 'trainer.limit_train_batches' must be a number float32 holds"),
     ("method.temperature=nan", r"^config key 'method.temperature' must be a finite number, got 'nan'$"),
     ("method.temperature=abc", r"^config key 'method.temperature' must be float \| None, got 'abc' \(str\)$"),
+    # helper-53's: an int | float key took an int beyond int64 as a float
+    ("trainer.limit_train_batches=99999999999999999999", r"^config key 'trainer.limit_train_batches' must be a whole "
+                                                          r"number int64 holds"),
 ])
 def test_numbers_a_key_cannot_hold_say_so_in_one_line(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -89,6 +89,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             try:
                 return coerce(value, arg, key)
             except NumberError as err:  # the right type, a number it cannot hold: say that, not the types
+                if type(value) is arg:  # an int beyond int64 is not read as a float instead
+                    raise
                 said = err
             except ConfigError:
                 continue

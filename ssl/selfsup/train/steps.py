@@ -76,7 +76,7 @@ def describe_plan(plan: StepPlan, batch_size: int, world_size: int) -> str:
             f"epoch dropped by batching (drop_last)")
     if plan.limited_per_epoch:
         text += f", {plan.limited_per_epoch} left out by trainer.limit_train_batches"
-    return text + f"; {plan.total_steps} optimiser steps"
+    return text + f"; {plan.total_steps} optimiser step{'' if plan.total_steps == 1 else 's'}"
 
 
 def no_steps_message(skipped: int, removed: bool) -> str:
