@@ -163,6 +163,9 @@ FIELD_FAULTS = [
     ("trained_steps", -3, "-3", "it must be an integer >= 0 or null"),
     ("train_images", "256", '"256"', "it must be an integer >= 0 or null"),
     ("num_params", 1.5, "1.5", "it must be an integer >= 0 or null"),
+    # epochs trained may be a share of one (a run stopped by trainer.max_steps), never negative or text
+    ("trained_epochs", -0.5, "-0.5", "it must be a number >= 0 (epochs trained; a cut-short epoch as its share) or null"),
+    ("trained_epochs", "1", '"1"', "it must be a number >= 0"),
     ("training_config", "digits", '"digits"', "it must be a JSON object"),
     ("method_config", [], "[]", "it must be a JSON object"),
     ("results", [1], "[1]", "it must be a JSON object"),
