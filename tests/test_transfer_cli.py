@@ -125,3 +125,21 @@ def test_a_pretraining_lr_whose_adam_step_overflows_float32_is_one_line(tmp_path
     line = next(line for line in err.splitlines() if "error:" in line)  # below Lightning's own start-up lines
     assert "error: the optimiser's step at learning rate 3e+38 overflows float32 at epoch 0, step 0 (an Adam step " \
            "is up to ten times the lr, lr / (1 - 0.9^t))" in line and line.endswith("Lower optim.lr."), err
+
+
+def test_weights_an_update_made_non_finite_are_never_written(tmp_path, capsys):
+    """helper-53's: SGD at lr 3e38 for one step (finite loss and gradients, an update that overflowed) wrote a
+    checkpoint of inf weights, which the evaluation then called damaged. Non-finite weights are now refused
+    when a checkpoint is saved, in one line naming the parameter and the fix; nothing is written."""
+    from conftest import ROOT
+
+    run = tmp_path / "run"
+    assert main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), *TINY[:4],
+                 "data.batch_size=32", "trainer.max_steps=1", "optim.name=sgd", "optim.lr=3e38",
+                 "optim.lr_scaling=none", "optim.warmup_epochs=0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    line = next(line for line in err.splitlines() if "error:" in line)
+    assert "error: the weights of method.encoder." in line and "hold NaN or inf at epoch 0, step 1: an optimiser " \
+           "update overflowed (the loss and its gradients were finite). This checkpoint was not written" in line, line
+    assert line.endswith("Lower optim.lr.") and not list(run.glob("checkpoints/*.ckpt"))

@@ -42,10 +42,15 @@ def first_non_finite_grad(named_params: Iterable[tuple[str, nn.Parameter]]) -> s
     (``torch._foreach_norm`` with ord=inf: NaN or inf for a gradient with any such element)
     and one host sync; the names are looked at only when something is not finite.
     """
-    named = [(name, p.grad) for name, p in named_params if p.grad is not None]
+    return first_non_finite([(name, p.grad) for name, p in named_params if p.grad is not None])
+
+
+def first_non_finite(named: list[tuple[str, Tensor]]) -> str | None:
+    """The name of the first tensor of ``named`` holding a NaN or an inf (None when all are finite), by one
+    fused max-|x| reduction and one host sync (:func:`first_non_finite_grad`'s test, for any tensors)."""
     if not named:
         return None
-    peaks = torch.stack(torch._foreach_norm([g for _, g in named], float("inf")))  # [P] max |grad| per parameter
+    peaks = torch.stack(torch._foreach_norm([t.detach() for _, t in named], float("inf")))  # [P] max |x| per tensor
     finite = torch.isfinite(peaks)  # [P]
     if bool(finite.all()):
         return None
@@ -215,6 +220,19 @@ class PretrainModule(L.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """selfsup's block of the checkpoint; non-finite weights are never written.
+
+        Raises:
+            NonFiniteLossError: a weight holds NaN or inf (the loss and the gradients were finite, so an
+                optimiser update overflowed: helper-53's SGD at lr 3e38 left a checkpoint that evaluation
+                then called damaged).
+        """
+        name = first_non_finite(list(self.named_parameters()))
+        if name is not None:
+            raise NonFiniteLossError(
+                f"the weights of {name} hold NaN or inf at epoch {self.current_epoch}, step {self.global_step}: an "
+                f"optimiser update overflowed (the loss and its gradients were finite). This checkpoint was not "
+                f"written; the last good checkpoint is {self._last_checkpoint()}. Lower optim.lr.")
         checkpoint[CHECKPOINT_KEY] = {"config": to_dict(self.cfg), "data_info": dataclasses.asdict(self.info),
                                       "version": __version__, "rng": rng_state()}
         if self._trainer is not None:  # metrics on disk before the checkpoint that covers them
