@@ -143,3 +143,24 @@ def test_weights_an_update_made_non_finite_are_never_written(tmp_path, capsys):
     assert "error: the weights of method.encoder." in line and "hold NaN or inf at epoch 0, step 1: an optimiser " \
            "update overflowed (the loss and its gradients were finite). This checkpoint was not written" in line, line
     assert line.endswith("Lower optim.lr.") and not list(run.glob("checkpoints/*.ckpt"))
+
+
+def test_a_learning_rate_its_scaling_rounds_to_zero_is_refused_before_the_run(tmp_path, capsys):
+    """helper-53's: optim.lr=1.4e-45 passes the float32 check when the config loads, and linear scaling to batch
+    64 (x 0.25) made it 3.5e-46, which float32 rounds to 0: a run that trains nothing. Refused before the run
+    directory exists; the same lr without scaling trains."""
+    from conftest import ROOT
+
+    from selfsup.config import load_config
+    from selfsup.train.optim import check_scaled_lr
+
+    run = tmp_path / "run"
+    assert main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), *TINY[:4],
+                 "data.batch_size=64", "trainer.max_steps=1", "optim.lr=1.4e-45", "--no-eval"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "optim.lr=1.4e-45 scaled to the global batch of 64 (linear scaling from 256) is 3.5e-46, which " \
+           "float32 rounds to 0: the run would train nothing; raise optim.lr, or set optim.lr_scaling=none" in line
+    assert not run.exists()
+    cfg = load_config(None, ["method.name=simclr", "optim.lr=1.4e-45", "optim.lr_scaling=none"]).optim
+    check_scaled_lr(cfg, 64)
+    check_scaled_lr(cfg, None)  # devices auto: the batch is not known yet

@@ -19,6 +19,22 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
     return cfg.lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[cfg.lr_scaling]
 
 
+def check_scaled_lr(cfg: OptimConfig, global_batch: int | None) -> None:
+    """ConfigError (one line) when the peak learning rate at ``global_batch`` (:func:`scaled_lr`) is a number
+    float32 cannot hold: ``optim.lr`` is checked when the config loads, before the scaling, so 1.4e-45 at
+    batch 64 (x 0.25) became 0, a run that trains nothing. None: the batch is not known yet (``devices: auto``)."""
+    from selfsup.config import ConfigError
+    from selfsup.configread import fits_float32
+
+    if global_batch is None:
+        return
+    lr = scaled_lr(cfg, global_batch)
+    if not fits_float32(lr):
+        raise ConfigError(f"optim.lr={cfg.lr:g} scaled to the global batch of {global_batch} ({cfg.lr_scaling} "
+                          f"scaling from 256) is {lr:g}, which float32 {'rounds to 0' if abs(lr) < 1 else 'cannot hold'}"
+                          f": the run would train nothing; raise optim.lr, or set optim.lr_scaling=none")
+
+
 def build_optimizer(cfg: OptimConfig, model: nn.Module, global_batch: int,
                     extra_groups: list[dict] | None = None) -> torch.optim.Optimizer:
     """SGD (momentum), LARS (You et al. 2017; norms and biases neither decayed nor

@@ -31,8 +31,9 @@ from selfsup.train.loggers import LoggerSessions, build_loggers, start_loggers
 from selfsup.train.module import PretrainModule
 from selfsup.train.monitors import LabelFreeMonitor
 from selfsup.train.precision import resolve_precision
-from selfsup.train.resume import (check_devices, check_nodes, check_sync_batchnorm, device_count, record_config,
-                                  resume_changes)
+from selfsup.train.optim import check_scaled_lr
+from selfsup.train.resume import (check_devices, check_nodes, check_sync_batchnorm, device_count, global_batch,
+                                  record_config, resume_changes)
 from selfsup.train.state import AtomicCheckpointIO
 from selfsup.train.steps import NoStepsError, check_trainable, describe_plan, no_steps_message, plan_steps
 from selfsup.train.workdir import RUN_DIR_ENV, check_run_dir, hold_run_dir, load_run_config, new_run_dir, owns_run_dir
@@ -67,6 +68,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     check_trainable(cfg.data.batch_size, cfg.trainer.max_steps)
     check_devices(cfg.trainer.devices, cfg.trainer.accelerator)
     check_nodes(cfg.trainer.num_nodes)
+    check_scaled_lr(cfg.optim, global_batch(cfg))
     if not resume:  # a resumed run keeps the kwargs it was trained with (resume_changes refuses others)
         check_kwargs_take_effect(cfg.encoder.name, cfg.encoder.kwargs)
     changes: list[str] = []
