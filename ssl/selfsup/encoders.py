@@ -367,6 +367,38 @@ def check_kwargs_take_effect(name: str, kwargs: dict[str, Any], in_chans: int = 
                            f"remove {them} from encoder.kwargs, or set what makes {them} count{hint}")
 
 
+@contextlib.contextmanager
+def probing(encoder: nn.Module, train: bool) -> Iterator[None]:
+    """While active, ``encoder`` is in train (``train``) or eval mode for a check that must leave no trace:
+    the caller's random stream forked, and on exit the mode, every buffer (BatchNorm's running statistics)
+    and every parameter's ``.grad`` restored."""
+    mode = encoder.training
+    buffers = [(b, b.clone()) for b in encoder.buffers()]
+    grads = [(p, p.grad) for p in encoder.parameters()]
+    try:
+        with torch.random.fork_rng(devices=[]):
+            encoder.train(train)
+            yield
+    finally:
+        encoder.train(mode)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for p, g in grads:
+            p.grad = g
+
+
+def probe_images(encoder: nn.Module, n: int, in_chans: int, image_size: int, random: bool = False) -> Tensor:
+    """``[n, in_chans, image_size, image_size]`` blank (``random``: seeded standard normal) images on the
+    encoder's device, for the checks below."""
+    param = next(encoder.parameters(), None)
+    device = param.device if param is not None else "cpu"
+    if not random:
+        return torch.zeros(n, in_chans, image_size, image_size, device=device)
+    return torch.randn(n, in_chans, image_size, image_size, device=device,
+                       generator=torch.Generator(device=device).manual_seed(0))
+
+
 def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str, kwargs: dict[str, Any],
                   size_key: str = "data.image_size") -> None:
     """One training-mode forward of two blank ``[2, in_chans, image_size, image_size]`` images, so that
@@ -383,15 +415,10 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
         EncoderError: one line with timm's error; one naming the layer and the rows and columns it
             leaves unseen (:func:`unseen_message`).
     """
-    buffers = [(b, b.clone()) for b in encoder.buffers()]
-    mode = encoder.training
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            encoder.train()
-            param = next(encoder.parameters(), None)
-            x = torch.zeros(2, in_chans, image_size, image_size,
-                            device=param.device if param is not None else "cpu")  # [2, C, H, W]
-            with first_layers_coverage(encoder, x) as coverage:
+        with probing(encoder, train=True), torch.no_grad():
+            x = probe_images(encoder, 2, in_chans, image_size)  # [2, C, H, W]
+            with first_layers_coverage(encoder, x) as readers:
                 out = encoder(x)  # [2, D]
         width = pooled_width(encoder)
         if out.ndim != 2 or out.shape[1] != width:  # the heads are built for the width the model reports
@@ -401,12 +428,8 @@ def check_forward(encoder: nn.Module, in_chans: int, image_size: int, name: str,
         raise EncoderError(f"timm's {name!r} with encoder.kwargs={kwargs} builds but fails on a forward pass of "
                            f"two {in_chans}x{image_size}x{image_size} images: {type(err).__name__}: {err}; change "
                            f"or remove the key that causes it") from None
-    finally:
-        encoder.train(mode)
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-    if unseen := unseen_message(name, kwargs, image_size, coverage, encoder, in_chans, size_key):
+    who = f"timm's {name!r} with encoder.kwargs={kwargs}"
+    if unseen := unseen_message(who, image_size, readers, encoder, in_chans, size_key):
         raise EncoderError(unseen)
 
 
@@ -520,27 +543,17 @@ def gradient_reaches(encoder: nn.Module, in_chans: int, image_size: int, images:
     resized copy of the image, as CrossViT's second, reads every pixel); a zero one proves nothing (timm's
     zero-initialised residual blocks, a max pool's losers), so it only overrules a structural "unseen". The
     caller's random stream, the encoder's mode and its gradients are left as they were."""
-    mode = encoder.training
-    grads = [(p, p.grad) for p in encoder.parameters()]
-    try:
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.manual_seed(0)
-            encoder.eval()
-            param = next(encoder.parameters(), None)
-            device = param.device if param is not None else "cpu"
-            x = torch.randn(images, in_chans, image_size, image_size, device=device, requires_grad=True)  # [N, C, H, W]
-            out = encoder(x)  # [N, D]
-            (out.float() * torch.randn(out.shape[1:], device=out.device)).sum().backward()
-        return (x.grad != 0).any(dim=1).any(dim=0).cpu()  # [H, W]
-    finally:
-        encoder.train(mode)
-        for p, g in grads:
-            p.grad = g
+    with probing(encoder, train=False), torch.enable_grad():
+        x = probe_images(encoder, images, in_chans, image_size, random=True).requires_grad_(True)  # [N, C, H, W]
+        out = encoder(x)  # [N, D]
+        projection = torch.randn(out.shape[1:], device=out.device, generator=torch.Generator(out.device).manual_seed(1))
+        (out.float() * projection).sum().backward()  # [D] a random projection of the features
+    return (x.grad != 0).any(dim=1).any(dim=0).cpu()  # [H, W]
 
 
-def unseen_message(name: str, kwargs: dict[str, Any], image_size: int, readers: list[tuple[str, nn.Module]],
-                   encoder: nn.Module | None = None, in_chans: int = 3, size_key: str = "data.image_size") -> str | None:
-    """The one-line refusal when the layers reading the images leave pixels unseen (:func:`unseen_pixels`)
+def unseen_message(who: str, image_size: int, readers: list[tuple[str, nn.Module]], encoder: nn.Module | None = None,
+                   in_chans: int = 3, size_key: str = "data.image_size") -> str | None:
+    """The one-line refusal, about ``who``, when the layers reading the images leave pixels unseen (:func:`unseen_pixels`)
     and the features' gradient does not reach them either (:func:`gradient_reaches`, with ``encoder``:
     a branch fed a resized copy of the image covers them), naming those layers and the nearest ``size_key``
     values they cover; None when every pixel is covered. A model with timm's ``dynamic_img_pad`` (its ViTs)
@@ -559,7 +572,7 @@ def unseen_message(name: str, kwargs: dict[str, Any], image_size: int, readers: 
     fixes.append("a patch size or stride whose windows cover every pixel")
     if encoder is not None and any(hasattr(m, "dynamic_img_pad") for m in encoder.modules()):
         fixes.append("dynamic_img_pad: true with dynamic_img_size: true (timm pads the last patches)")
-    return (f"timm's {name!r} with encoder.kwargs={kwargs} never sees {describe_unseen(unseen)} of the "
+    return (f"{who} never sees {describe_unseen(unseen)} of the "
             f"{image_size}x{image_size} images: no layer reading them covers those pixels ({', '.join(short)}); "
             f"use {', or '.join(fixes)}")
 
@@ -573,20 +586,13 @@ def check_pixels_seen(encoder: nn.Module, in_chans: int, image_size: int, label:
         EncoderError: one line naming ``label``, the layers reading the images and the pixels none covers
             (a ViT with ``patch_size`` 3 scored 16x16 images without their last row and column).
     """
-    mode = encoder.training
-    try:
-        with torch.no_grad():
-            encoder.eval()
-            param = next(encoder.parameters(), None)
-            x = torch.zeros(1, in_chans, image_size, image_size, device=param.device if param is not None else "cpu")
-            with first_layers_coverage(encoder, x) as readers:
-                encoder(x)  # [1, D]
-    finally:
-        encoder.train(mode)
-    said = unseen_message(label, {}, image_size, readers, encoder, in_chans)
+    with probing(encoder, train=False), torch.no_grad():
+        x = probe_images(encoder, 1, in_chans, image_size)  # [1, C, H, W]
+        with first_layers_coverage(encoder, x) as readers:
+            encoder(x)  # [1, D]
+    said = unseen_message(label, image_size, readers, encoder, in_chans)
     if said:
-        raise EncoderError(said.replace(f"timm's {label!r} with encoder.kwargs={{}}", label, 1) +
-                           " (its features would not depend on them)")
+        raise EncoderError(f"{said} (its features would not depend on them)")
 
 
 def pooled_width(encoder: nn.Module) -> int:
