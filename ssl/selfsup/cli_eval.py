@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfsup.rundir import RunDir
+from selfsup.rundir import RunDir, target_key
 
 if TYPE_CHECKING:
     from selfsup.config import RunConfig
@@ -50,7 +50,7 @@ def eval_command(args: argparse.Namespace) -> None:
     target = Path(args.target)
     check_out_folder(args.out)
     # a repeat trained and printed the same row twice, however the path is spelled (r1, r1/, ./r1)
-    same, own = [same_encoder_spec(s) for s in args.baseline], same_encoder_spec(args.target)
+    same, own = [target_key(s) for s in args.baseline], target_key(args.target)
     for spec, key in zip(args.baseline, same):
         if same.count(key) > 1 or key == own:
             raise ConfigError(f"--baseline {spec} is given {'as the target too' if key == own else 'twice'}: "
@@ -102,14 +102,6 @@ def eval_command(args: argparse.Namespace) -> None:
         print(f"[eval] {reason}: results go to {out}, {own_results_note(run)}")
     written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
     write_results(written, rows, markdown_table(rows), cfg.eval.plots)
-
-
-def same_encoder_spec(spec: str) -> str:
-    """``spec`` as one encoder: ``pixels`` and ``random:NAME`` as written, a path resolved (``r1``, ``r1/`` and
-    ``./r1`` are one run)."""
-    if spec == "pixels" or spec.startswith("random:"):
-        return spec
-    return str(Path(spec).expanduser().resolve())
 
 
 def check_out_folder(out: str | None) -> None:
@@ -178,7 +170,7 @@ def eval_folder(spec: str) -> str:
 
     if spec == "pixels" or spec.startswith("random:"):
         return spec.replace(":", "-")
-    path = Path(spec).expanduser().resolve()
+    path = Path(target_key(spec))  # one folder however the path is spelled
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(path.parts[-2:]))
     return f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 

@@ -32,7 +32,7 @@ from typing import Any
 from selfsup.artifacts.card import CARD, from_config_json
 from selfsup.artifacts.validate import read_card
 from selfsup.eval.report import mean_sd_text, probe_header, probe_keys, row_warnings
-from selfsup.rundir import RunDir, is_export_dir
+from selfsup.rundir import RunDir, is_export_dir, target_key
 from selfsup.safeload import LoadError
 
 BASELINE_KINDS = ("random", "pixels")
@@ -199,7 +199,7 @@ def unique_targets(targets: list[str]) -> tuple[list[str], list[str]]:
     classifier counts as its folder (both give the folder's results)."""
     kept, repeats, seen = [], [], set()
     for t in targets:
-        key = Path(t).resolve()
+        key = Path(target_key(t))
         if is_export_dir(key) and transfer_about(key / CARD) is not None:
             key = key.parent
         (repeats if key in seen else kept).append(t)

@@ -159,6 +159,14 @@ EXPORT_CONFIG = "config.json"
 EXPORT_README = "README.md"
 
 
+def target_key(spec: str) -> str:
+    """One key per encoder target however it is spelled: ``pixels`` and ``random:NAME`` as written, a path
+    resolved (``r1``, ``r1/``, ``./r1`` and ``~/x/r1`` are one run)."""
+    if spec == "pixels" or spec.startswith("random:"):
+        return spec
+    return str(Path(spec).expanduser().resolve())
+
+
 def is_export_dir(path: str | Path) -> bool:
     """Whether ``path`` holds an export directory's ``config.json`` and ``model.safetensors``."""
     path = Path(path)
