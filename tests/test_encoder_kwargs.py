@@ -461,3 +461,32 @@ def test_a_diverged_encoders_evaluation_is_one_line(tmp_path: Path, capsys, monk
     err = capsys.readouterr().err
     line = one_line_error(err)
     assert "test feature rows hold NaN or inf" in line and "a run that diverged" in line, line
+
+
+def test_the_checks_leave_the_callers_gradients_and_modes_alone():
+    """helper-54's: the gradient probe added into the caller's .grad tensors (restored as the same, changed
+    objects), and every submodule came back in the encoder's mode (a model partly in eval mode was flattened)."""
+    from selfsup.encoders import check_forward, check_pixels_seen, create_encoder, gradient_reaches
+
+    enc = create_encoder("vit_tiny_patch16_224", 1, {"img_size": 16, "patch_size": 3, "embed_dim": 32, "depth": 1,
+                                                     "num_heads": 2})
+    enc(torch.randn(2, 1, 16, 16)).sum().backward()
+    enc.blocks.eval()  # a caller's own mix of modes
+    grads = {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+    modes = {n: m.training for n, m in enc.named_modules()}
+    gradient_reaches(enc, 1, 16)
+    for check in (lambda: check_forward(enc, 1, 16, "vit", {}), lambda: check_pixels_seen(enc, 1, 16, "vit")):
+        with pytest.raises(EncoderError, match="never sees the last 1 row"):
+            check()
+    assert all(torch.equal(p.grad, grads[n]) for n, p in enc.named_parameters() if n in grads)
+    assert {n: m.training for n, m in enc.named_modules()} == modes
+
+
+def test_a_target_that_cannot_run_at_the_evaluation_size_is_one_line(tmp_path: Path, capsys, monkeypatch):
+    """helper-54's traceback: random:convnext_atto at 18 px (its stages shrink the map below a kernel) crashed in
+    the pixel check of `selfsup eval` instead of a one-line refusal."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "random:convnext_atto", "data.name=digits", "data.image_size=18", "eval.plots=false"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "random-init convnext_atto fails on a forward pass of a 1x18x18 image: RuntimeError: Calculated padded " \
+           "input size" in line and line.endswith("evaluate it at an image size it takes (data.image_size)"), line

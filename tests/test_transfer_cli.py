@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import timm
 import torch
 
 from selfsup.cli import main
+from selfsup.config import ConfigError
 
 from conftest import one_line_error
 
@@ -164,3 +166,8 @@ def test_a_learning_rate_its_scaling_rounds_to_zero_is_refused_before_the_run(tm
     cfg = load_config(None, ["method.name=simclr", "optim.lr=1.4e-45", "optim.lr_scaling=none"]).optim
     check_scaled_lr(cfg, 64)
     check_scaled_lr(cfg, None)  # devices auto: the batch is not known yet
+    # helper-54's: the other way, an lr scaling pushes past float32, is told to lower it, not raise it
+    big = load_config(None, ["method.name=simclr", "optim.lr=3e38"]).optim
+    with pytest.raises(ConfigError, match=r"is 6e\+38, which float32 cannot hold: the first step would overflow; lower "
+                                          r"optim.lr, or set optim.lr_scaling=none$"):
+        check_scaled_lr(big, 512)

@@ -372,15 +372,18 @@ def probing(encoder: nn.Module, train: bool) -> Iterator[None]:
     """While active, ``encoder`` is in train (``train``) or eval mode for a check that must leave no trace:
     the caller's random stream forked, and on exit the mode, every buffer (BatchNorm's running statistics)
     and every parameter's ``.grad`` restored."""
-    mode = encoder.training
+    modes = [(m, m.training) for m in encoder.modules()]  # each its own: a model may be partly in eval mode
     buffers = [(b, b.clone()) for b in encoder.buffers()]
     grads = [(p, p.grad) for p in encoder.parameters()]
+    for p in encoder.parameters():
+        p.grad = None  # a probe's backward must not add into the caller's gradient tensors
     try:
         with torch.random.fork_rng(devices=[]):
             encoder.train(train)
             yield
     finally:
-        encoder.train(mode)
+        for m, was in modes:
+            m.training = was
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
@@ -586,10 +589,15 @@ def check_pixels_seen(encoder: nn.Module, in_chans: int, image_size: int, label:
         EncoderError: one line naming ``label``, the layers reading the images and the pixels none covers
             (a ViT with ``patch_size`` 3 scored 16x16 images without their last row and column).
     """
-    with probing(encoder, train=False), torch.no_grad():
-        x = probe_images(encoder, 1, in_chans, image_size)  # [1, C, H, W]
-        with first_layers_coverage(encoder, x) as readers:
-            encoder(x)  # [1, D]
+    try:
+        with probing(encoder, train=False), torch.no_grad():
+            x = probe_images(encoder, 1, in_chans, image_size)  # [1, C, H, W]
+            with first_layers_coverage(encoder, x) as readers:
+                encoder(x)  # [1, D]
+    except Exception as err:  # noqa: BLE001 -- whatever the model's code raises, said in one line
+        raise EncoderError(f"{label} fails on a forward pass of a {in_chans}x{image_size}x{image_size} image: "
+                           f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}; evaluate it at "
+                           f"an image size it takes (data.image_size)") from None
     said = unseen_message(label, image_size, readers, encoder, in_chans)
     if said:
         raise EncoderError(f"{said} (its features would not depend on them)")

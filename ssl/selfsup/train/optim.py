@@ -30,9 +30,12 @@ def check_scaled_lr(cfg: OptimConfig, global_batch: int | None) -> None:
         return
     lr = scaled_lr(cfg, global_batch)
     if not fits_float32(lr):
+        small = abs(lr) < 1
         raise ConfigError(f"optim.lr={cfg.lr:g} scaled to the global batch of {global_batch} ({cfg.lr_scaling} "
-                          f"scaling from 256) is {lr:g}, which float32 {'rounds to 0' if abs(lr) < 1 else 'cannot hold'}"
-                          f": the run would train nothing; raise optim.lr, or set optim.lr_scaling=none")
+                          f"scaling from 256) is {lr:g}, which float32 "
+                          + ("rounds to 0: the run would train nothing; raise optim.lr" if small else
+                             "cannot hold: the first step would overflow; lower optim.lr")
+                          + ", or set optim.lr_scaling=none")
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module, global_batch: int,
