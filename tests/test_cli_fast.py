@@ -414,3 +414,31 @@ def test_an_encoder_given_twice_is_refused_before_anything_runs(argv, said, tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"error: --baseline {said}: give each encoder once" in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_image_size_is_refused_for_detection_which_has_its_own_size(tmp_path, capsys):
+    """eval.image_size sets what kNN, the probes and the transfer protocols see; a detector would have
+    ignored it silently."""
+    assert main(["eval", "random:resnet18", "--task", "detection", "--out", str(tmp_path / "d"),
+                 "eval.image_size=32"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a detector trains at detection.image_size: set that instead" in err, err
+    assert not (tmp_path / "d").exists()
+
+
+def test_input_size_notes_warn_only_when_rows_saw_different_sizes():
+    from selfsup.eval.report import input_size_notes
+
+    def row(label: str, size: int | None, data: int | None) -> dict:
+        return {"label": label, **({"image_size": size, "data_image_size": data} if size else {})}
+
+    assert input_size_notes([row("run a", None, None), row("raw pixels", None, None)]) == ([], [])  # older rows
+    assert input_size_notes([row("run a", 32, 32), row("raw pixels", 32, 32)]) == ([], [])
+    warnings, notes = input_size_notes([row("run a", 16, 18), row("random-init r", 18, 18), row("raw pixels", 18, 18)])
+    assert warnings == ["**Warning**: the encoders saw the images at different sizes (run a 16 px; random-init r, "
+                        "raw pixels 18 px), so their accuracies are not compared at one input size; "
+                        "eval.image_size=N evaluates every target at N px"]
+    assert notes == ["Input size: run a 16 px; random-init r, raw pixels 18 px; the data's images are 18 px, resized "
+                     "to each encoder's (a trained encoder sees the size it was trained at unless eval.image_size "
+                     "is set)."]
+    assert input_size_notes([row("export e", 224, 32)])[0] == []  # one size: a note, no warning

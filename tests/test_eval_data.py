@@ -13,7 +13,7 @@ from PIL import Image
 from selfsup.artifacts.load import load_encoder
 from selfsup.cli import main
 from selfsup.config import load_config
-from selfsup.data import DATASETS, DataError, DataInfo, TensorImages
+from selfsup.data import DATASETS, DataError, DataInfo, TensorImages, build_dataset
 from selfsup.eval.evaluate import NotScorable, evaluate
 from selfsup.eval.report import markdown_table
 
@@ -163,7 +163,7 @@ def test_eval_of_a_run_never_replaces_its_results_with_fewer_rows_or_other_setti
     """`selfsup eval RUN` on the run's own data writes over RUN/results.json only with the run's eval
     settings and every row it held: a one-stage check or a missing baseline goes to its own folder
     (the run's kNN, probes and baselines were lost, and the next export's card said "no results")."""
-    run, _, _ = labelled_run
+    run, folder, _ = labelled_run
     own = (run / "results.json").read_bytes()
     for extra, reason in [(["eval.layers=[layer2]"], "eval settings differ from the run's (eval.layers)"),
                           ([], "the run's results.json holds rows this evaluation lacks (raw pixels; add --baseline")]:
@@ -172,7 +172,8 @@ def test_eval_of_a_run_never_replaces_its_results_with_fewer_rows_or_other_setti
         printed = capsys.readouterr().out
         assert (run / "results.json").read_bytes() == own, extra
         assert reason in printed, printed
-    written = [json.loads(f.read_text()) for f in sorted(run.glob("eval-image-folder-*-*/results.json"))]
+    written = [rows for f in sorted(run.glob("eval-image-folder-*-*/results.json"))
+               if (rows := json.loads(f.read_text()))[0]["data_root"] == str(folder)]  # the run's own data
     assert sorted([(r["kind"], str(r.get("layer"))) for r in rows] for rows in written) == [
         [("pretrained", "None")], [("pretrained", "layer2")]]
 
@@ -205,6 +206,40 @@ def test_features_beyond_float16_range_score_as_they_should(tmp_path):
         with safe_open(str(path), "pt") as f:
             biggest = max(biggest, f.get_tensor("features").float().abs().max().item())
     assert biggest > 65504  # the regime where float16 overflows
+
+
+def test_an_encoder_giving_one_vector_for_every_image_is_warned_not_scored_silently(tmp_path):
+    """Random-init repvgg_a0 (timm, eval mode) maps every image to the same vector: its kNN and RankMe (1.0)
+    were printed as chance with no word. The row now warns, for any target whose features do not vary
+    across images (here also a module that adds 0 x its input to a fixed vector); a varying one does not."""
+    folder = toy_folder(tmp_path / "data", size=16)
+    cfg = load_config(None, [
+        "method.name=simclr", "data.name=image-folder", f"data.root={folder}", "data.image_size=16",
+        "data.in_chans=1", "eval.knn=[[3, 0.07]]", "eval.linear=false"])
+
+    class OneVector(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.v = torch.nn.Parameter(torch.linspace(-1, 2, 12))
+            self.num_features = 12
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.v.expand(len(x), -1) + 0 * x.flatten(1)[:, :1]  # [B, 12]
+
+    def load_one(path: Path) -> torch.nn.Module:
+        enc = OneVector().eval()
+        enc.selfsup_info = DataInfo(1, 16, 2, (0.35,), (0.3,), 16)
+        return enc
+
+    (tmp_path / "fake").mkdir()
+    for spec, load in [("random:repvgg_a0", None), (str(tmp_path / "fake"), load_one)]:
+        row = evaluate(spec, cfg, tmp_path / "cache", log=quiet, load=load)
+        assert row["label_free"]["spread"] < 1e-8 and row["label_free"]["rankme"] == pytest.approx(1.0, abs=1e-3)
+        said = [w for w in row["warnings"] if w.startswith("the features are one vector for every test image")]
+        assert len(said) == 1 and "kNN and probe numbers are chance" in said[0], row["warnings"]
+        assert said[0] in markdown_table([row])
+    varying = evaluate("random:resnet18", cfg, tmp_path / "cache", log=quiet)
+    assert varying["label_free"]["spread"] > 1e-4 and not any("one vector" in w for w in varying["warnings"])
 
 
 # --------------------------------------------------------------------------- unlabeled images and classes
@@ -408,3 +443,48 @@ def test_an_evaluation_config_without_a_method_is_read(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["--quiet", "eval", "pixels", "--config", str(cfg), "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())[0]["kind"] == "pixels"
+
+
+def test_a_run_evaluated_at_another_size_says_which_size_each_encoder_saw(labelled_run, tmp_path, capsys):
+    """A run trained at 16 px, evaluated with data.image_size=20: the run's encoder sees 16 px (its
+    training size) while the pixel baseline sees 20, which was silent; the table now warns. With
+    eval.image_size=20 every target sees 20 px: the cached features are the encoder on the images
+    resized to 20 and normalised by the run's statistics, computed here by hand. The two evaluations
+    keep their own folders (the second replaced the first)."""
+    import torch.nn.functional as F
+    from selfsup.eval.features import FeatureFile
+
+    import shutil
+
+    run = tmp_path / "run"  # a copy: the other tests leave their evaluation folders in the shared one
+    shutil.copytree(labelled_run[0], run, ignore=shutil.ignore_patterns("eval-*"))
+    assert main(["eval", str(run), "data.image_size=20", "--baseline", "pixels"]) == 0
+    capsys.readouterr()
+    (mixed_dir,) = run.glob("eval-image-folder-*-*")
+    mixed = json.loads((mixed_dir / "results.json").read_text())
+    assert [(r["kind"], r["image_size"], r["data_image_size"]) for r in mixed] == [
+        ("pretrained", 16, 20), ("pixels", 20, 20)]
+    assert ("**Warning**: the encoders saw the images at different sizes (run run 16 px; raw pixels 20 px)"
+            in (mixed_dir / "results.md").read_text())
+    assert main(["eval", str(run), "data.image_size=20", "eval.image_size=20", "--baseline", "pixels"]) == 0
+    folders = sorted(run.glob("eval-image-folder-*-*"))
+    assert len(folders) == 2 and json.loads((mixed_dir / "results.json").read_text()) == mixed  # kept
+    same_dir = next(f for f in folders if f != mixed_dir)
+    same = json.loads((same_dir / "results.json").read_text())
+    assert [(r["kind"], r["image_size"]) for r in same] == [("pretrained", 20), ("pixels", 20)]
+    assert "different sizes" not in (same_dir / "results.md").read_text()
+    where = same[0]["test_features"]
+    cached = FeatureFile(Path(where["directory"]) / f"{where['name']}.safetensors").load()  # [N, D]
+    encoder = load_encoder(run)
+    info = encoder.selfsup_info
+    cfg = load_config(run / "config.yaml", ["data.image_size=20"])
+    test = build_dataset(cfg.data, "test")
+    x = torch.stack([test[i][0] for i in range(len(test))]).float() / 255  # [N, 1, 20, 20]: the folder at 20 px
+    assert x.shape[-1] == 20
+    mean, std = torch.tensor(info.mean).view(1, -1, 1, 1), torch.tensor(info.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        want = encoder((x - mean) / std)  # [N, D]
+    assert cached.shape == want.shape and torch.allclose(cached, want, atol=2e-3 * want.abs().max().item())
+    with torch.no_grad():  # and not the encoder at its training size
+        small = encoder((F.interpolate(x, size=16, mode="bilinear", antialias=True) - mean) / std)
+    assert not torch.allclose(cached, small, atol=2e-3 * want.abs().max().item())

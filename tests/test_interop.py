@@ -458,7 +458,21 @@ def test_load_error_directories(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("name: run\n")
-    with pytest.raises(LoadError, match="run directory without a checkpoint .* resume it with `selfsup pretrain"):
+    with pytest.raises(LoadError) as info:  # it said `pretrain --resume`, which refuses such a run
+        selfsup.load_encoder(run)
+    said = str(info.value)
+    assert "run directory without a checkpoint" in said and "--resume" not in said
+    assert said.endswith(f"start it again with `selfsup pretrain {run / 'config.yaml'} --run-dir {run}`")
+    from selfsup.train.workdir import check_run_dir
+
+    with pytest.raises(FileNotFoundError, match="nothing to continue"):  # the advice the resume path gives too
+        check_run_dir(run, resume=True)
+    (run / "results.json").write_text("[]")  # a finished run whose checkpoints were deleted: its export
+    (run / "export").mkdir()
+    (run / "export" / CARD).write_text("{}")
+    save_file({"w": torch.zeros(1)}, str(run / "export" / WEIGHTS))
+    with pytest.raises(LoadError, match=r"checkpoints are gone .* its export holds the trained encoder: pass "
+                                        + re.escape(repr(str(run / "export")))):
         selfsup.load_encoder(run)
 
 

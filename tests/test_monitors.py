@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.monitors import alignment, collapse_warning, rankme, uniformity
+from selfsup.monitors import alignment, collapse_warning, constant_warning, rankme, relative_spread, uniformity
 
 
 def numpy_rankme(z: np.ndarray, eps: float = 1e-7) -> float:
@@ -44,6 +44,28 @@ def test_alignment_and_uniformity_match_their_formulas():
     assert uniformity(torch.from_numpy(a)) == pytest.approx(math.log(np.mean(pairs)), rel=1e-9)
     assert alignment(torch.from_numpy(a), torch.from_numpy(3 * a)) == pytest.approx(0, abs=1e-12)  # scale-free
     assert uniformity(torch.ones(5, 3)) == pytest.approx(0, abs=1e-12)  # one point: the maximum
+
+
+def test_relative_spread_against_its_formula_and_at_its_ends():
+    g = np.random.default_rng(2)
+    z = g.normal(loc=3.0, size=(50, 6))
+    centred = z - z.mean(0)
+    want = np.mean(np.sum(centred ** 2, 1)) / np.mean(np.sum(z ** 2, 1))  # mean squared distance to the mean / size
+    assert relative_spread(torch.from_numpy(z)) == pytest.approx(want, rel=1e-12)
+    assert relative_spread(torch.from_numpy(centred)) == pytest.approx(1.0, rel=1e-12)  # centred rows: all spread
+    assert relative_spread(torch.randn(1, 8).expand(30, 8)) == 0.0  # one vector for every row
+    assert relative_spread(torch.zeros(4, 3)) == 0.0
+    one = torch.randn(1, 64) * 100  # one vector plus float32 rounding-size jitter: still one vector
+    assert relative_spread(one + 1e-5 * torch.randn(200, 64)) < 1e-8
+    with pytest.raises(ValueError, match="NaN or inf"):
+        relative_spread(torch.tensor([[1.0, float("inf")], [0.0, 1.0]]))
+
+
+def test_constant_warning_names_the_spread_below_the_threshold_only():
+    said = constant_warning(2.9e-17)
+    assert said.startswith("the features are one vector for every test image (their spread across images is 2.9e-17")
+    assert "kNN and probe numbers are chance" in said
+    assert constant_warning(1e-3) is None and constant_warning(5e-9, threshold=1e-9) is None
 
 
 def test_monitors_refuse_bad_embeddings():

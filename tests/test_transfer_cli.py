@@ -171,3 +171,25 @@ def test_a_learning_rate_its_scaling_rounds_to_zero_is_refused_before_the_run(tm
     with pytest.raises(ConfigError, match=r"is 6e\+38, which float32 cannot hold: the first step would overflow; lower "
                                           r"optim.lr, or set optim.lr_scaling=none$"):
         check_scaled_lr(big, 512)
+
+
+def test_a_transfer_adapts_at_eval_image_size_and_exports_that_size(tmp_path, capsys):
+    """eval.image_size sets the side a transfer trains at, and the exported classifier's card says it: timm's
+    pretrained_cfg input_size; without it a random: target trains at the data's size (16 here)."""
+    out = tmp_path / "bitfit"
+    assert main(["eval", "random:resnet18", "--protocol", "bitfit", "--out", str(out), "--transfer", "epochs=1",
+                 *TINY, "eval.image_size=24"]) == 0
+    assert "[transfer] random:resnet18 sees the images at 24 px (eval.image_size), resized from the data's 16 px" \
+        in capsys.readouterr().out
+    card = json.loads((out / "classifier" / "config.json").read_text())
+    assert card["pretrained_cfg"]["input_size"] == [1, 24, 24]
+    vit = ["encoder.name=vit_tiny_patch16_224",
+           "encoder.kwargs={img_size: 16, patch_size: 3, embed_dim: 32, depth: 1, num_heads: 2}"]
+    for size, said in [(16, "use eval.image_size 15 or 18"),  # the key that was set is the one to change
+                       (18, "Input height (18) doesn't match model (16).; evaluate it at an image size it takes "
+                            "(eval.image_size)")]:
+        assert main(["eval", "random:vit_tiny_patch16_224", "--protocol", "bitfit", "--out", str(tmp_path / "v"),
+                     *TINY[:2], f"eval.image_size={size}", *vit]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+    assert not (tmp_path / "v").exists()

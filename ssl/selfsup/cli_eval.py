@@ -71,6 +71,9 @@ def eval_command(args: argparse.Namespace) -> None:
         if args.protocol:
             raise ConfigError("--protocol adapts an encoder for classification; it does not apply to --task "
                               "detection (detection.trainable_layers sets how much of the encoder detection trains)")
+        if cfg.eval.image_size:
+            raise ConfigError("eval.image_size sets the side kNN, the linear probes and --protocol see; a detector "
+                              "trains at detection.image_size: set that instead")
         _eval_detection(args, cfg, target)
         return
     if args.protocol:
@@ -90,12 +93,14 @@ def eval_command(args: argparse.Namespace) -> None:
     ensure_out_dir(out)
     cache = RunDir(shared if shared is not None else out).features
     changed = changed_data_keys(load_run_config(target), cfg) if in_place else []
-    if changed:  # other data: the run's own results.json stays as it is
-        out = run.eval_dir(data_tag(cfg))
+    if changed:  # other data: the run's own results.json stays as it is; one folder per data for the features,
+        # one per settings and targets for the results (another evaluation of that data never replaces them)
+        cache = RunDir(run.eval_dir(data_tag(cfg))).features
+        out = run.eval_dir(f"{data_tag(cfg)}-{eval_digest(cfg, targets)}")
         print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
               f"{own_results_note(run)}")
     rows = [row for t in targets  # cache keyed by data
-            for row in evaluate_layers(t, cfg, cache if not changed else RunDir(out).features, load=load_encoder)]
+            for row in evaluate_layers(t, cfg, cache, load=load_encoder)]
     reason = run_results_kept(target, cfg, rows) if in_place and not changed else None
     if reason:  # other eval settings or fewer rows: never replace the run's results with them
         out = run.eval_dir(f"{data_tag(cfg)}-{eval_digest(cfg, targets)}")
@@ -441,8 +446,13 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
         encoder, card = load_encoder_and_card(target)
     from selfsup.encoders import check_pixels_seen
 
-    info = encoder.selfsup_info if hasattr(encoder, "selfsup_info") else train_ds.info()
-    check_pixels_seen(encoder, info.in_chans, info.image_size, args.target)  # before any training
+    size = cfg.eval.image_size or card["input_size"][-1]  # a trained encoder adapts at its training size
+    card = {**card, "input_size": [card["in_chans"], size, size]}  # the size the classifier is trained and exported at
+    key = "data.image_size" if args.target.startswith("random:") and not cfg.eval.image_size else "eval.image_size"
+    check_pixels_seen(encoder, card["in_chans"], size, args.target, key)  # before any training
+    if size != train_ds.image_size:
+        say(f"[transfer] {args.target} sees the images at {size} px ({'eval.image_size' if cfg.eval.image_size else 'the size it was trained at'}), "
+            f"resized from the data's {train_ds.image_size} px")
     run = RunDir(target)
     if run.is_run():  # the run's own folder for its own data; other data gets its own folder, as a frozen eval
         from selfsup.eval.evaluate import changed_data_keys, data_tag

@@ -186,6 +186,8 @@ class EvalConfig:
     layers: Union[str, list[str]] = param("last", help="stages scored, one result row each: last (the pooled "
                                           "encoder output), all, or stage names from timm's feature_info "
                                           "(layer1..layer4 for a ResNet, blocks.N for a ViT)")
+    image_size: int | None = param(None, gt=0, help="side length every evaluated encoder sees the images at; "
+                                   "None: a trained encoder its training size, the baselines the data's")
     layer_pool: Literal["grid", "avg"] = param("grid", help="stages before the last: grid = average-pooled to "
                                                "about 9k values as in Goyal et al. 2019 / VISSL; avg = global "
                                                "average (C values, cheaper); selfsup.eval.layers says why")

@@ -580,10 +580,12 @@ def unseen_message(who: str, image_size: int, readers: list[tuple[str, nn.Module
             f"use {', or '.join(fixes)}")
 
 
-def check_pixels_seen(encoder: nn.Module, in_chans: int, image_size: int, label: str) -> None:
+def check_pixels_seen(encoder: nn.Module, in_chans: int, image_size: int, label: str,
+                      size_key: str = "data.image_size") -> None:
     """The unseen-pixels rule of :func:`check_forward` for an encoder about to be evaluated or adapted (an
     export, a run made before the rule, a ``random:`` baseline): one eval-mode forward of one blank
-    ``[1, in_chans, image_size, image_size]`` image, no gradient, the mode restored.
+    ``[1, in_chans, image_size, image_size]`` image, no gradient, the mode restored. ``size_key``: the
+    config key that sets ``image_size`` (named in the errors).
 
     Raises:
         EncoderError: one line naming ``label``, the layers reading the images and the pixels none covers
@@ -597,8 +599,8 @@ def check_pixels_seen(encoder: nn.Module, in_chans: int, image_size: int, label:
     except Exception as err:  # noqa: BLE001 -- whatever the model's code raises, said in one line
         raise EncoderError(f"{label} fails on a forward pass of a {in_chans}x{image_size}x{image_size} image: "
                            f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}; evaluate it at "
-                           f"an image size it takes (data.image_size)") from None
-    said = unseen_message(label, image_size, readers, encoder, in_chans)
+                           f"an image size it takes ({size_key})") from None
+    said = unseen_message(label, image_size, readers, encoder, in_chans, size_key)
     if said:
         raise EncoderError(f"{said} (its features would not depend on them)")
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 RANKME_EPS = 1e-7  # Garrido et al. 2023, eq. 1
 COLLAPSE_FRACTION = 0.01  # warn when RankMe falls below this share of the embedding width
+CONSTANT_SPREAD = 1e-8  # below this relative spread the features are one vector (float32 rounds at about 1e-7 of a value)
 
 
 def _matrix(z: Tensor, what: str) -> Tensor:
@@ -67,6 +68,27 @@ def uniformity(z: Tensor, t: float = 2.0) -> float:
     most 4); lower when they spread out."""
     x = F.normalize(_matrix(z, "uniformity"), dim=1)
     return float(torch.pdist(x, p=2).pow(2).mul(-t).exp().mean().log())
+
+
+def relative_spread(z: Tensor) -> float:
+    """How much embeddings ``z`` [N, D] vary across rows relative to their size: the total variance
+    (the sum over columns of the population variance over rows) over the mean squared row norm. A
+    unitless number in [0, 1]: 0 when every row is the same vector (or all are zero), 1 when the rows
+    are centred. ValueError on a non-2-D input, N < 2 or non-finite values."""
+    x = _matrix(z, "the spread")
+    size = float(x.pow(2).sum(1).mean())
+    return 0.0 if size == 0.0 else float(x.var(0, unbiased=False).sum()) / size
+
+
+def constant_warning(spread: float, threshold: float = CONSTANT_SPREAD) -> str | None:
+    """A one-line warning when :func:`relative_spread` ``spread`` is below ``threshold``: the encoder
+    gives (to float32 rounding) one vector for every image, so kNN and probes on it score chance;
+    None otherwise."""
+    if spread < threshold:
+        return (f"the features are one vector for every test image (their spread across images is {spread:.1e} of "
+                f"their size, below {threshold:g}): the encoder ignores its input, so its kNN and probe numbers are "
+                f"chance, not a reading of what it learned")
+    return None
 
 
 def collapse_warning(rank: float, dim: int, fraction: float = COLLAPSE_FRACTION) -> str | None:

@@ -157,9 +157,13 @@ def describe_directory(path: str | Path) -> str:
     if ckpts:
         return (f"{where} has no checkpoints/last.ckpt; pass one of its checkpoints instead: "
                 f"{', '.join(str(c) for c in ckpts[:3])}")
-    if run.is_run():
+    if run.is_run() and (run.export / CARD).is_file() and (run.export / WEIGHTS).is_file():
+        return (f"{where} is a selfsup run directory whose checkpoints are gone (no checkpoints/last.ckpt); its "
+                f"export holds the trained encoder: pass {str(run.export)!r}")
+    if run.is_run():  # nothing to resume: `pretrain --resume` refuses it too (selfsup.train.workdir.check_run_dir)
         return (f"{where} is a selfsup run directory without a checkpoint (no checkpoints/last.ckpt): its "
-                f"training stopped before the first one was saved; resume it with `selfsup pretrain --resume {path}`")
+                f"training stopped before the first one was saved, so it has no weights to load; start it again "
+                f"with `selfsup pretrain {run.config} --run-dir {path}`")
     return (f"{where} is not a selfsup run directory (no checkpoints/last.ckpt) nor an export directory (no {CARD} "
             f"and {WEIGHTS}); it holds {list_directory(path)}. Pass {WHAT_LOADS}")
 

@@ -33,7 +33,7 @@ from selfsup.eval.prepare import (Prepared, cache_features, check_layers, featur
                                   layer_wise, prepare, target_stages)
 from selfsup.eval.search import IndexOptions
 from selfsup.eval.target import EncoderLoader, Target, default_device, resolve_target
-from selfsup.monitors import rankme, uniformity
+from selfsup.monitors import constant_warning, rankme, relative_spread, uniformity
 
 __all__ = ["DATA_IDENTITY", "EncoderLoader", "LABEL_FREE_ROWS", "NotScorable", "Prepared", "STORAGE", "Target",
            "cache_features", "changed_data_keys", "check_channels", "check_layers", "data_identity", "data_key",
@@ -109,6 +109,8 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
         "dataset": cfg.data.name,
         "data_root": cfg.data.root, "train_images": len(ytr), "test_images": len(yte),
         "train_unlabeled_left_out": p.unlabeled_left_out, "feature_dim": lazy_tr.shape[1],
+        # the side the encoder saw (px) and the data's: a trained encoder sees its training size
+        "image_size": target.info.image_size, "data_image_size": train_ds.image_size,
         "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
         "warnings": list(warnings),
@@ -118,7 +120,12 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
     if len(xte) >= 2:  # label-free signals of the test features (selfsup.monitors), on a seeded sample
         pick = torch.randperm(len(xte), generator=torch.Generator().manual_seed(cfg.seed))[:LABEL_FREE_ROWS]
         sample = xte[pick].float()  # [n, D]
-        results["label_free"] = {"rankme": rankme(sample), "uniformity": uniformity(sample), "rows": len(sample)}
+        spread = relative_spread(sample)
+        results["label_free"] = {"rankme": rankme(sample), "uniformity": uniformity(sample), "spread": spread,
+                                 "rows": len(sample)}
+        if said := constant_warning(spread):  # kNN ties and a probe on rounding noise: chance, said so
+            results["warnings"].append(said)
+            log(f"[eval] warning ({target.label if stage is None else f'{target.label} [{stage.name}]'}): {said}")
     shown = target.label if stage is None else f"{target.label} [{stage.name}]"
     e = cfg.eval
     opts = IndexOptions(kind=e.knn_index, exact_max=e.knn_exact_max, nlist=e.knn_nlist or None, nprobe=e.knn_nprobe,

@@ -25,7 +25,7 @@ from selfsup.encoders import check_pixels_seen
 from selfsup.eval.evaldata import check_channels, data_key, evaluation_data
 from selfsup.eval.features import FeatureCache, extract_features, extract_stages, fingerprint
 from selfsup.eval.layers import Stage, encoder_stages, select_stages, stage_tag
-from selfsup.eval.target import EncoderLoader, Target, default_device, resolve_target
+from selfsup.eval.target import EncoderLoader, Target, at_size, default_device, resolve_target
 
 
 @dataclass
@@ -61,10 +61,10 @@ def prepare(spec: str, cfg: RunConfig, cache_dir: str | Path, load: EncoderLoade
     with ``load``: :func:`resolve_target`), check that it takes the data's channels, and name each
     split's cache entry by the encoder's and the data's fingerprints."""
     train_ds, test_ds, dropped = evaluation_data(cfg)
-    target = resolve_target(spec, cfg, train_ds.info, load)
+    target = at_size(resolve_target(spec, cfg, train_ds.info, load), cfg.eval.image_size)
     check_channels(target, train_ds, cfg)
     check_channels(target, test_ds, cfg)
-    check_pixels_seen(target.encoder, target.info.in_chans, target.info.image_size, target.label)
+    check_pixels_seen(target.encoder, target.info.in_chans, target.info.image_size, target.label, size_key(target, cfg))
     key = fingerprint(target.encoder)
     names, keys = {}, {}
     for split, ds in (("train", train_ds), ("test", test_ds)):
@@ -73,6 +73,12 @@ def prepare(spec: str, cfg: RunConfig, cache_dir: str | Path, load: EncoderLoade
         keys[split] = f"{key}/{dkey}"
     return Prepared(target, train_ds, test_ds, FeatureCache(cache_dir), key, names, keys, dropped,
                     target_stages(target, cfg), cfg.eval.layer_pool)
+
+
+def size_key(target: Target, cfg: RunConfig) -> str:
+    """The config key that sets the side length ``target`` sees: ``eval.image_size`` when it is set or
+    for a trained encoder (which sees its training size whatever the data's), else ``data.image_size``."""
+    return "eval.image_size" if cfg.eval.image_size or target.kind == "pretrained" else "data.image_size"
 
 
 def layer_wise(cfg: RunConfig) -> bool:

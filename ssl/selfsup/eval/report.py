@@ -81,6 +81,28 @@ def probe_choice_note(rows: list[dict[str, Any]]) -> str:
     return "Linear probe: one lr and weight decay (eval.linear_lrs, eval.linear_wds), trained on every training image."
 
 
+def input_size_notes(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The warnings and notes on the side length each row's encoder saw (``image_size``, px) against
+    the data's (``data_image_size``): a warning when the rows saw different sizes (their accuracies
+    are not read at one input size), a note naming each target's size when one differs from the
+    data's (a trained encoder sees its training size). Rows written before these keys: none."""
+    sized = {r["label"]: (r["image_size"], r.get("data_image_size")) for r in rows if r.get("image_size")}
+    if not sized:
+        return [], []
+    by_size: dict[int, list[str]] = {}
+    for label, (size, _) in sized.items():
+        by_size.setdefault(size, []).append(label)
+    each = "; ".join(f"{', '.join(labels)} {size} px" for size, labels in by_size.items())
+    warnings = [f"**Warning**: the encoders saw the images at different sizes ({each}), so their accuracies are "
+                f"not compared at one input size; eval.image_size=N evaluates every target at N px"] \
+        if len(by_size) > 1 else []
+    resized = {label: (size, data) for label, (size, data) in sized.items() if data and size != data}
+    notes = [f"Input size: {each}; the data's images are {next(iter(resized.values()))[1]} px, resized to each "
+             f"encoder's (a trained encoder sees the size it was trained at unless eval.image_size is set)."] \
+        if resized else []
+    return warnings, notes
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """One row per evaluated target, or per stage of each target when evaluated layer-wise
     (rows with a ``layer`` key: a "stage" column after the encoder's). kNN top-1 for each (k, T); linear top-1/top-5 with all
@@ -116,11 +138,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     warnings = [f"**Warning** ({r['label']}): {w}" for r in rows for w in row_warnings(r)]
     once = (lambda xs: list(dict.fromkeys(xs))) if layered else list  # a target's stage rows share its notes
-    notes = [*once(warnings),
+    size_warnings, size_notes = input_size_notes(rows)
+    notes = [*size_warnings, *once(warnings), *size_notes,
              f"Dataset {first['dataset']}: {first['train_images']} train / {first['test_images']} test images; "
              f"accuracies in percent on the test split; seed {first['seed']}; final-epoch weights, no epoch picked "
              f"on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
-             f"is never counted as predicted, in top-5 too. " + probe_choice_note(rows)]
+             f"is never counted as predicted, in top-5 too." + (" " + probe_choice_note(rows) if probes else "")]
     index = first.get("knn_index")
     if index:
         shown = ", ".join(f"{k} {v}" for k, v in index.items() if k not in ("seconds", "warnings") and v is not None)

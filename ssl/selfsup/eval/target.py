@@ -9,7 +9,7 @@ evaluation never imports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +31,15 @@ class Target:
     kind: str  # "pretrained" | "random" | "pixels"
     info: DataInfo  # input size and normalisation the encoder expects
     encoder: nn.Module
+
+def at_size(target: Target, size: int | None) -> Target:
+    """``target`` seeing the images at ``size`` px a side (``eval.image_size``); ``target`` itself for
+    None. A trained encoder otherwise sees its training size (its card's ``input_size``) whatever
+    ``data.image_size`` is, the random-init and pixel baselines the data's size."""
+    if size is None or size == target.info.image_size:
+        return target
+    return replace(target, info=replace(target.info, image_size=size))
+
 
 def random_encoder(spec: str, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
     """The timm name and kwargs of the ``random:<timm-name>`` target ``spec``: ``random:`` alone is the
