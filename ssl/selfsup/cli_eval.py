@@ -451,8 +451,9 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     key = "data.image_size" if args.target.startswith("random:") and not cfg.eval.image_size else "eval.image_size"
     check_pixels_seen(encoder, card["in_chans"], size, args.target, key)  # before any training
     if size != train_ds.image_size:
-        say(f"[transfer] {args.target} sees the images at {size} px ({'eval.image_size' if cfg.eval.image_size else 'the size it was trained at'}), "
-            f"resized from the data's {train_ds.image_size} px")
+        why = "eval.image_size" if cfg.eval.image_size else "the size it was trained at"
+        say(f"[transfer] {args.target} sees the images at {size} px ({why}), resized from the data's "
+            f"{train_ds.image_size} px")
     run = RunDir(target)
     if run.is_run():  # the run's own folder for its own data; other data gets its own folder, as a frozen eval
         from selfsup.eval.evaluate import changed_data_keys, data_tag
