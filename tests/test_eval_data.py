@@ -488,3 +488,24 @@ def test_a_run_evaluated_at_another_size_says_which_size_each_encoder_saw(labell
     with torch.no_grad():  # and not the encoder at its training size
         small = encoder((F.interpolate(x, size=16, mode="bilinear", antialias=True) - mean) / std)
     assert not torch.allclose(cached, small, atol=2e-3 * want.abs().max().item())
+
+
+def test_a_baseline_that_is_the_target_under_another_name_is_refused(labelled_run, tmp_path, capsys):
+    """`eval RUN --baseline RUN/export` printed two rows of the same numbers ("run run", "export export"), the
+    second as a baseline; so did the run's checkpoint, and random: beside random:NAME of the config's encoder.
+    Two targets with the same weights are refused in one line before any feature is extracted."""
+    run = labelled_run[0]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    cases = [([str(run), "--baseline", str(run / "export")], f"--baseline {run / 'export'} has the same weights as the "
+              f"target {run}: it is the same encoder"),
+             ([str(run / "export"), "--baseline", "pixels", "--baseline", str(ckpt)],
+              f"--baseline {ckpt} has the same weights as the target {run / 'export'}"),
+             (["random:", "--baseline", "pixels", "--baseline", "random:resnet18", *eval_args(labelled_run[1])[:4]],
+              "--baseline random:resnet18 has the same weights as the target random:")]
+    for argv, said in cases:
+        out = tmp_path / "out"
+        assert main(["eval", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err and err.rstrip().endswith("give each encoder once"), err
+        assert not out.exists()
+    assert main(["eval", str(run), "--baseline", "random:", "--out", str(tmp_path / "ok"), "eval.linear=false"]) == 0

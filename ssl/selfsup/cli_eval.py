@@ -42,7 +42,7 @@ def eval_command(args: argparse.Namespace) -> None:
 
     from selfsup.artifacts.load import load_encoder
     from selfsup.config import ConfigError, load_config
-    from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers
+    from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers, prepare
     from selfsup.eval.report import markdown_table
     from selfsup.pipeline import saved_config
     from selfsup.train.workdir import load_run_config
@@ -99,14 +99,31 @@ def eval_command(args: argparse.Namespace) -> None:
         out = run.eval_dir(f"{data_tag(cfg)}-{eval_digest(cfg, targets)}")
         print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
               f"{own_results_note(run)}")
-    rows = [row for t in targets  # cache keyed by data
-            for row in evaluate_layers(t, cfg, cache, load=load_encoder)]
+    prepared = [prepare(t, cfg, cache, load_encoder) for t in targets]  # every target read before any extraction
+    check_distinct_encoders(targets, [p.key for p in prepared])
+    rows = [row for t, p in zip(targets, prepared)  # cache keyed by data
+            for row in evaluate_layers(t, cfg, cache, prepared=p, load=load_encoder)]
     reason = run_results_kept(target, cfg, rows) if in_place and not changed else None
     if reason:  # other eval settings or fewer rows: never replace the run's results with them
         out = run.eval_dir(f"{data_tag(cfg)}-{eval_digest(cfg, targets)}")
         print(f"[eval] {reason}: results go to {out}, {own_results_note(run)}")
     written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
     write_results(written, rows, markdown_table(rows), cfg.eval.plots)
+
+
+def check_distinct_encoders(targets: list[str], keys: list[str]) -> None:
+    """ConfigError (one line) when two of ``targets`` (the target, then each ``--baseline``) are the same
+    encoder, ``keys`` their weight fingerprints (:func:`selfsup.eval.features.fingerprint`): a run and its
+    export or checkpoint, ``random:`` and ``random:NAME`` of the config's encoder. Each gave a second row of
+    the same numbers presented as a baseline."""
+    from selfsup.config import ConfigError
+
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            j = keys.index(key)
+            raise ConfigError(f"--baseline {targets[i]} has the same weights as {'the target' if j == 0 else '--baseline'} "
+                              f"{targets[j]}: it is the same encoder, so its row would repeat the numbers; give each "
+                              f"encoder once")
 
 
 def check_out_folder(out: str | None) -> None:
