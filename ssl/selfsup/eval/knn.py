@@ -127,8 +127,9 @@ def check_finite(source: Features, what: str, chunk_rows: int = 65_536) -> None:
     if len(bad):
         raise DataError(f"{len(bad)} of {source.shape[0]} {what} feature rows hold NaN or inf (rows "
                         f"{_rows_text(bad)}), so they cannot be scored: the encoder's output is not finite for "
-                        f"these images; check that its weights are finite (a run that diverged) or evaluate "
-                        f"another checkpoint")
+                        f"these images (weights holding NaN or inf, or finite ones large enough that the activations "
+                        f"overflow float32, as a run that diverged leaves them); evaluate an earlier checkpoint "
+                        f"(RUN/checkpoints/)")
 
 
 def check_labels(labels: Tensor, num_classes: int, what: str) -> None:
