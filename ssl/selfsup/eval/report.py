@@ -141,8 +141,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     size_warnings, size_notes = input_size_notes(rows)
     notes = [*size_warnings, *once(warnings), *size_notes,
              f"Dataset {first['dataset']}: {first['train_images']} train / {first['test_images']} test images; "
-             f"accuracies in percent on the test split; seed {first['seed']}; final-epoch weights, no epoch picked "
-             f"on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
+             f"accuracies in percent on the test split; seed {first['seed']}; the weights of the last training "
+             f"step, no epoch picked on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
              f"is never counted as predicted, in top-5 too." + (" " + probe_choice_note(rows) if probes else "")]
     index = first.get("knn_index")
     if index:
