@@ -73,9 +73,14 @@ def test_resume_with_another_architecture_is_refused_before_anything_is_written(
     assert f"encoder.kwargs {KWARGS!r} -> {{}}" in line
     assert "fresh --run-dir" in line and "trainer.max_epochs" in line
     assert _files(run_copy) == before  # config.yaml byte-identical, nothing added
-    # a plain --resume still works: the run had finished, so it takes no further step
+    # a plain --resume still works: the run had finished, so it takes no further step, and says so (its
+    # banner's "2 optimiser steps" are the schedule's, all taken before)
+    capsys.readouterr()
     assert main(["pretrain", "--resume", str(run_copy), "--no-eval"]) == 0
     assert _step(run_copy) == 2
+    assert ("[pretrain] nothing left to train: the checkpoint already holds all 2 optimiser steps of this schedule, "
+            "so this resume took none; raise trainer.max_steps or trainer.max_epochs to train on"
+            in capsys.readouterr().out)
     assert (run_copy / "config.yaml").read_bytes() == before["config.yaml"]  # unchanged config: not rewritten
 
 
@@ -112,6 +117,7 @@ def test_allowed_resume_changes_are_logged_and_the_previous_config_kept(run_copy
     assert saved["trainer"]["max_epochs"] == 2 and saved["eval"]["knn"] == [[5, 0.1]]
     # two more steps from the checkpoint's 2, written to last.ckpt although the run directory was copied
     assert _step(run_copy) == 4 and not list(run_copy.glob("checkpoints/last-v*"))
+    assert "nothing left to train" not in out
 
 
 def test_resume_may_move_the_global_batch_between_devices_but_not_change_it(tiny_config):

@@ -157,6 +157,10 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
             if removed:
                 shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)
             raise NoStepsError(no_steps_message(module.skipped_batches, removed))
+        if resume and module.trained_batches == 0 and trainer.is_global_zero:  # the banner's steps were all taken
+            log(f"[pretrain] nothing left to train: the checkpoint already holds all {trainer.global_step} optimiser "
+                f"steps of this schedule, so this resume took none; raise trainer.max_steps or trainer.max_epochs to "
+                f"train on")
         if bad_files.is_file() and trainer.is_global_zero:
             n = len({line.split("\t")[0] for line in bad_files.read_text().splitlines()})
             log(f"[data] {n} unreadable image file(s) were left out (data.on_bad_file=skip); see {bad_files}")
