@@ -442,3 +442,41 @@ def test_input_size_notes_warn_only_when_rows_saw_different_sizes():
                      "to each encoder's (a trained encoder sees the size it was trained at unless eval.image_size "
                      "is set)."]
     assert input_size_notes([row("export e", 224, 32)])[0] == []  # one size: a note, no warning
+
+
+@pytest.mark.parametrize("baselines, said", [
+    ("[foo]", "eval.baselines: 'foo' is neither random, pixels, random:<timm-name> nor an existing path"),
+    ("[random:resnet99]", "eval.baselines: 'random:resnet99' names no timm model ('resnet99')"),
+    ("[random, random:resnet18]", "eval.baselines: 'random:resnet18' is 'random' again; give each baseline once"),
+    ("['random:', random]", "eval.baselines: 'random' is 'random:' again"),
+    ("[pixels, pixels]", "eval.baselines: 'pixels' is 'pixels' again"),
+    ("[{d}, {d}/]", "eval.baselines: '{d}/' is '{d}' again"),
+])
+def test_baselines_the_evaluation_would_fail_on_or_repeat_are_refused_before_pretraining(tmp_path, capsys, baselines,
+                                                                                        said):
+    """eval.baselines=[foo] was accepted and failed only when pretraining had ended (minutes to hours later); a
+    baseline given twice gave two rows of one encoder. Refused in one line before the run directory is made."""
+    baselines, said = baselines.format(d=tmp_path), said.format(d=tmp_path)
+    run = tmp_path / "run"
+    assert main(["pretrain", QUICKSTART, "--run-dir", str(run), "data.name=digits", "data.image_size=16",
+                 "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.max_steps=1",
+                 f"eval.baselines={baselines}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err, err
+    assert not run.exists()
+
+
+def test_a_runs_own_export_is_labelled_as_the_runs(tmp_path):
+    """`--baseline RUN/export` was labelled "export export"."""
+    from selfsup.eval.target import target_label
+
+    run = tmp_path / "r16"
+    (run / "export").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: r\n")
+    for folder in (run / "export", tmp_path / "shipped"):
+        folder.mkdir(exist_ok=True)
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"")
+    assert target_label(run / "export", str(run / "export")) == "export of run r16"
+    assert target_label(tmp_path / "shipped", "shipped") == "export shipped"
+    assert target_label(run, str(run)) == "run r16"

@@ -15,7 +15,7 @@ from selfsup import distributed
 from selfsup.artifacts.card import results_summary
 from selfsup.artifacts.load import export_encoder, load_encoder
 from selfsup.artifacts.validate import read_card
-from selfsup.config import RunConfig, apply_override, build_config
+from selfsup.config import ConfigError, RunConfig, apply_override, build_config
 from selfsup.eval.evaluate import NotScorable, cache_features, check_layers, evaluate_layers
 from selfsup.eval.report import markdown_table
 from selfsup.fileio import write_json, write_text
@@ -41,6 +41,7 @@ def pretrain_evaluate_export(cfg: RunConfig, run_dir: str | Path | None = None, 
 
     def check(encoder: nn.Module) -> None:
         check_layers(cfg, encoder)
+        check_baselines(cfg, run_dir)
 
     def evaluate_and_export(done: Path) -> None:
         table = finish_run(done, cfg, log)  # distributed: every rank extracts features, rank 0 reports
@@ -51,13 +52,44 @@ def pretrain_evaluate_export(cfg: RunConfig, run_dir: str | Path | None = None, 
                     check_encoder=check if cfg.eval.after_pretrain else None)
 
 
+def baseline_targets(cfg: RunConfig) -> list[str]:
+    """The evaluation targets of ``eval.baselines``: ``random`` (and ``random:``) is the config's encoder
+    at random init, ``random:NAME`` another timm model, ``pixels`` the raw pixels, anything else a path."""
+    return [f"random:{cfg.encoder.name}" if b in ("random", "random:") else b for b in cfg.eval.baselines]
+
+
+def check_baselines(cfg: RunConfig, run_dir: str | Path | None = None) -> None:
+    """Refuse, before pretraining, an ``eval.baselines`` entry the evaluation after it would fail on or
+    repeat: a ``random:NAME`` timm does not have, a path that does not exist, the run itself, or one
+    encoder given twice however it is spelled (``random`` and ``random:resnet18`` of a resnet18 run).
+    ConfigError, one line."""
+    import timm
+
+    from selfsup.rundir import target_key
+
+    seen: dict[str, str] = {} if run_dir is None else {target_key(str(run_dir)): "the run itself"}
+    for given, target in zip(cfg.eval.baselines, baseline_targets(cfg)):
+        if target.startswith("random:"):
+            name = target.removeprefix("random:")
+            if name not in timm.list_models():
+                raise ConfigError(f"eval.baselines: {given!r} names no timm model ({name!r}); use random (the "
+                                  f"config's encoder), random:<timm-name>, pixels or the path of a run or export")
+        elif target != "pixels" and not Path(target).expanduser().exists():
+            raise ConfigError(f"eval.baselines: {given!r} is neither random, pixels, random:<timm-name> nor an "
+                              f"existing path (a run, an export or a checkpoint); fix or drop it before pretraining")
+        key = target_key(target)
+        if key in seen:
+            raise ConfigError(f"eval.baselines: {given!r} is {seen[key]} again; give each baseline once")
+        seen[key] = repr(given)
+
+
 def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Evaluate the run's encoder and ``cfg.eval.baselines``; write results.json/.md.
 
     When the training data cannot score kNN or probes (no labels, e.g. a flat folder of
     images, or a single class) nothing is evaluated or written: one line says why and how to
     evaluate the run on labelled data, and the result is ``[]`` (as on ranks other than 0)."""
-    targets = [str(run_dir)] + [f"random:{cfg.encoder.name}" if b == "random" else b for b in cfg.eval.baselines]
+    targets = [str(run_dir), *baseline_targets(cfg)]
     features = RunDir(run_dir).features
     prepared = [None] * len(targets)
     try:  # the data is checked before any feature is extracted

@@ -79,8 +79,19 @@ def resolve_target(spec: str, cfg: RunConfig, data_info: Callable[[], DataInfo],
         raise LoadError(f"evaluation target {spec!r} is a path: pass load=selfsup.artifacts.load.load_encoder "
                         f"(selfsup.eval reads no run or export itself)")
     encoder = load(path)
-    label = f"{'export' if is_export_dir(path) else 'run'} {path.name or spec}"
+    label = target_label(path, spec)
     return Target(label, "pretrained", encoder.selfsup_info, encoder)
+
+
+def target_label(path: Path, spec: str) -> str:
+    """The table label of a path target: ``run NAME``, ``export NAME``, and for a run's own export
+    (``RUN/export``, every export's folder name) ``export of run NAME`` ("export export" said nothing)."""
+    if not is_export_dir(path):
+        return f"run {path.name or spec}"
+    parent = path.resolve().parent
+    if path.name == "export" and (parent / "config.yaml").is_file():
+        return f"export of run {parent.name}"
+    return f"export {path.name or spec}"
 
 
 def default_device(accelerator: str = "auto") -> str:
