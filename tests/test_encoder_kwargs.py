@@ -315,7 +315,8 @@ def test_a_patch_size_that_leaves_pixels_unseen_is_refused_before_the_run(tmp_pa
     with pytest.raises(EncoderError, match=r"^timm's 'vit_tiny_patch16_224' with encoder.kwargs=.* never sees the last "
                                            r"3 rows and the last 3 columns of the 28x28 images: no layer reading them "
                                            r"covers those pixels \(patch_embed.proj \(kernel 5, stride 5\)\); use "
-                                           r"data.image_size 25 or 30, or a patch size or stride whose windows cover "
+                                           r"data.image_size 25 or 30 with encoder.kwargs img_size the same \(this "
+                                           r"model takes only its img_size\), or a patch size or stride whose windows cover "
                                            r"every pixel, or dynamic_img_pad: true with dynamic_img_size: true"):
         check_forward(enc, 1, 28, "vit_tiny_patch16_224", kwargs)
     for fix in ({"patch_size": 4}, {"dynamic_img_pad": True, "dynamic_img_size": True}):
@@ -405,7 +406,8 @@ def test_evaluation_and_transfer_refuse_an_encoder_that_leaves_pixels_unseen(tmp
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert f"error: {label} never sees the last 1 row and the last 1 column of the 16x16 images: no layer reading " \
-           "them covers those pixels (patch_embed.proj (kernel 3, stride 3)); use data.image_size 15 or 18" in err, err
+           "them covers those pixels (patch_embed.proj (kernel 3, stride 3)); use data.image_size 15 or 18 with " \
+           "encoder.kwargs img_size the same" in err, err
     assert err.rstrip().endswith("(its features would not depend on them)"), err
     assert not any(tmp_path.rglob("results.json"))
 

@@ -560,7 +560,8 @@ def unseen_message(who: str, image_size: int, readers: list[tuple[str, nn.Module
     and the features' gradient does not reach them either (:func:`gradient_reaches`, with ``encoder``:
     a branch fed a resized copy of the image covers them), naming those layers and the nearest ``size_key``
     values they cover; None when every pixel is covered. A model with timm's ``dynamic_img_pad`` (its ViTs)
-    is told of that too."""
+    is told of that too, and one whose patch embedding takes only its ``img_size`` (timm's
+    ``strict_img_size``) that the size goes with ``encoder.kwargs img_size``."""
     layers = [layer for _, layer in readers]
     unseen = unseen_pixels(layers, (image_size, image_size))
     if unseen.any() and encoder is not None:
@@ -571,7 +572,9 @@ def unseen_message(who: str, image_size: int, readers: list[tuple[str, nn.Module
              for n, m in readers if covered_pixels(m, (image_size, image_size)).logical_not().any()]
     sizes = [n for d in range(1, image_size // 2 + 1) for n in (image_size - d, image_size + d)  # near sizes only
              if n > 1 and not unseen_pixels(layers, (n, n)).any()][:2]
-    fixes = [f"{size_key} {' or '.join(map(str, sorted(sizes)))}"] if sizes else []
+    fixed = encoder is not None and any(getattr(m, "strict_img_size", False) for m in encoder.modules())
+    together = " with encoder.kwargs img_size the same (this model takes only its img_size)" if fixed else ""
+    fixes = [f"{size_key} {' or '.join(map(str, sorted(sizes)))}{together}"] if sizes else []
     fixes.append("a patch size or stride whose windows cover every pixel")
     if encoder is not None and any(hasattr(m, "dynamic_img_pad") for m in encoder.modules()):
         fixes.append("dynamic_img_pad: true with dynamic_img_size: true (timm pads the last patches)")
