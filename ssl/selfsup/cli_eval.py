@@ -121,9 +121,9 @@ def check_distinct_encoders(targets: list[str], keys: list[str]) -> None:
     for i, key in enumerate(keys):
         if key in keys[:i]:
             j = keys.index(key)
-            raise ConfigError(f"--baseline {targets[i]} has the same weights as {'the target' if j == 0 else '--baseline'} "
-                              f"{targets[j]}: it is the same encoder, so its row would repeat the numbers; give each "
-                              f"encoder once")
+            first = f"the target {targets[j]}" if j == 0 else f"--baseline {targets[j]}"
+            raise ConfigError(f"--baseline {targets[i]} has the same weights as {first}: it is the same encoder, so "
+                              f"its row would repeat the numbers; give each encoder once")
 
 
 def check_out_folder(out: str | None) -> None:
