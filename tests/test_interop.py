@@ -467,8 +467,18 @@ def test_load_error_directories(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="nothing to continue"):  # the advice the resume path gives too
         check_run_dir(run, resume=True)
-    (run / "results.json").write_text("[]")  # a finished run whose checkpoints were deleted: its export
-    (run / "export").mkdir()
+    check_run_dir(run, resume=False)  # and the advised command may start there (the attempt is set aside)
+    (run / "results.json").write_text("[]")  # a finished run whose checkpoints and export were deleted
+    with pytest.raises(LoadError) as info:  # it said "stopped before the first one", and the command was refused
+        selfsup.load_encoder(run)
+    said = str(info.value)
+    assert "checkpoints are gone" in said and "no file holds its trained weights" in said, said
+    assert said.endswith(f"`selfsup pretrain {run / 'config.yaml'} --run-dir NEW_DIR`")
+    from selfsup.train.workdir import RunDirError
+
+    with pytest.raises(RunDirError, match="fresh --run-dir"):  # why the same directory is not advised
+        check_run_dir(run, resume=False)
+    (run / "export").mkdir()  # with its export: that
     (run / "export" / CARD).write_text("{}")
     save_file({"w": torch.zeros(1)}, str(run / "export" / WEIGHTS))
     with pytest.raises(LoadError, match=r"checkpoints are gone .* its export holds the trained encoder: pass "

@@ -160,7 +160,12 @@ def describe_directory(path: str | Path) -> str:
     if run.is_run() and (run.export / CARD).is_file() and (run.export / WEIGHTS).is_file():
         return (f"{where} is a selfsup run directory whose checkpoints are gone (no checkpoints/last.ckpt); its "
                 f"export holds the trained encoder: pass {str(run.export)!r}")
-    if run.is_run():  # nothing to resume: `pretrain --resume` refuses it too (selfsup.train.workdir.check_run_dir)
+    if run.is_run() and (run.results_json.exists() or run.export.exists()):  # it trained, then lost its weights
+        return (f"{where} is a selfsup run directory whose checkpoints are gone (no checkpoints/last.ckpt) and whose "
+                f"export is missing or incomplete, so no file holds its trained weights; train it again in a new "
+                f"directory: `selfsup pretrain {run.config} --run-dir NEW_DIR`")
+    if run.is_run():  # nothing to resume: `pretrain --resume` refuses it too (selfsup.train.workdir.check_run_dir),
+        # while a new run in the same directory sets this stopped attempt aside (stopped-attempt-N/)
         return (f"{where} is a selfsup run directory without a checkpoint (no checkpoints/last.ckpt): its "
                 f"training stopped before the first one was saved, so it has no weights to load; start it again "
                 f"with `selfsup pretrain {run.config} --run-dir {path}`")
