@@ -193,3 +193,41 @@ def test_a_transfer_adapts_at_eval_image_size_and_exports_that_size(tmp_path, ca
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err
     assert not (tmp_path / "v").exists()
+
+
+def test_transfers_of_other_settings_keep_their_own_folders_and_frozen_numbers_of_their_size(tmp_path, capsys):
+    """helper-55's: `eval RUN --protocol bitfit eval.image_size=20`, then the same at the run's 16 px, both wrote
+    RUN/transfer-bitfit/ (the 20 px result lost), and the 20 px table showed the run's frozen 16 px numbers beside
+    it. Each setting keeps its folder; frozen numbers are shown only at the transfer's own size."""
+    from conftest import ROOT
+
+    run = tmp_path / "run"
+    small = ["data.name=digits", "data.image_size=16", "data.subset=300", "encoder.kwargs={channels: [8, 16, 32, 64]}",
+             "trainer.progress_bar=false", "eval.low_shot=[]", "eval.probe_seeds=1", "eval.plots=false",
+             "eval.linear_lrs=[0.1]", "eval.linear_wds=[0.0]", "eval.linear_epochs=5", "eval.baselines=[]"]
+    assert main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), "trainer.max_steps=1",
+                 *small]) == 0
+    frozen = json.loads((run / "results.json").read_text())[0]
+    bitfit = ["eval", str(run), "--protocol", "bitfit", "--transfer", "epochs=1", "--transfer", "lrs=[0.003]"]
+    capsys.readouterr()
+    assert main([*bitfit, "eval.image_size=20"]) == 0
+    first = run / "transfer-bitfit"
+    at20 = json.loads((first / "results.json").read_text())
+    assert [r["image_size"] for r in at20] == [20]
+    table = (first / "results.md").read_text()
+    assert table.splitlines()[4].endswith("|  |  |")  # no frozen linear / kNN at 20 px
+    assert ("Frozen linear / kNN top-1 are blank: the run's frozen evaluation saw the images at 16 px and this "
+            "transfer at 20 px" in table)
+    assert main(bitfit) == 0
+    assert json.loads((first / "results.json").read_text()) == at20  # kept
+    (second,) = [d for d in run.glob("transfer-bitfit-*")]
+    at16 = json.loads((second / "results.json").read_text())
+    assert [r["image_size"] for r in at16] == [16]
+    assert f"| {frozen['linear']['top1']:.2f} | {next(iter(frozen['knn'].values()))['top1']:.2f} |" in \
+        (second / "results.md").read_text()  # the run's own frozen numbers, at its size
+    assert main(bitfit) == 0  # the same settings again: their folder, no third
+    assert sorted(d.name for d in run.glob("transfer-bitfit*")) == sorted([first.name, second.name])
+    assert main([*bitfit, "data.subset=200"]) == 0  # other data: the run's frozen numbers are of its own data
+    (other,) = run.glob("eval-digits-*/transfer-bitfit")
+    table = (other / "results.md").read_text()
+    assert table.splitlines()[4].endswith("|  |  |") and "has no frozen-feature evaluation beside it" in table

@@ -111,6 +111,35 @@ def eval_command(args: argparse.Namespace) -> None:
     write_results(written, rows, markdown_table(rows), cfg.eval.plots)
 
 
+def transfer_settings(options: Any, size: int) -> dict[str, Any]:
+    """What a transfer run was asked for, as its results.json rows record it: the protocol's options
+    (``asdict``, JSON-normalised) and the side length the encoder saw."""
+    import dataclasses
+    import json
+
+    return json.loads(json.dumps({"options": dataclasses.asdict(options), "image_size": size}, default=str))
+
+
+def transfer_folder(base: Path, protocol: str, settings: dict[str, Any], trained_size: int) -> Path:
+    """Where a transfer's results go: ``base/transfer-PROTOCOL``, unless that folder holds results of other
+    ``settings`` (:func:`transfer_settings`; rows without ``image_size`` saw ``trained_size``), which are
+    kept: then ``base/transfer-PROTOCOL-<8 hex digits of the settings>`` (a second transfer with another
+    size or options replaced the first's results)."""
+    import hashlib
+    import json
+
+    default = base / f"transfer-{protocol}"
+    saved = RunDir(default).results_json
+    try:
+        rows = json.loads(saved.read_text()) if saved.is_file() else []
+    except ValueError:
+        rows = [{}]  # unreadable: kept as it is, never written over
+    if all({"options": r.get("options"), "image_size": r.get("image_size", trained_size)} == settings for r in rows):
+        return default
+    digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=4).hexdigest()
+    return base / f"transfer-{protocol}-{digest}"
+
+
 def check_distinct_encoders(targets: list[str], keys: list[str]) -> None:
     """ConfigError (one line) when two of ``targets`` (the target, then each ``--baseline``) are the same
     encoder, ``keys`` their weight fingerprints (:func:`selfsup.eval.features.fingerprint`): a run and its
@@ -463,7 +492,8 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
         encoder, card = load_encoder_and_card(target)
     from selfsup.encoders import check_pixels_seen
 
-    size = cfg.eval.image_size or card["input_size"][-1]  # a trained encoder adapts at its training size
+    trained_size = card["input_size"][-1]
+    size = cfg.eval.image_size or trained_size  # a trained encoder adapts at its training size
     card = {**card, "input_size": [card["in_chans"], size, size]}  # the size the classifier is trained and exported at
     key = "data.image_size" if args.target.startswith("random:") and not cfg.eval.image_size else "eval.image_size"
     check_pixels_seen(encoder, card["in_chans"], size, args.target, key)  # before any training
@@ -472,20 +502,26 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
         say(f"[transfer] {args.target} sees the images at {size} px ({why}), resized from the data's "
             f"{train_ds.image_size} px")
     run = RunDir(target)
+    other_data = False
     if run.is_run():  # the run's own folder for its own data; other data gets its own folder, as a frozen eval
         from selfsup.eval.evaluate import changed_data_keys, data_tag
         from selfsup.train.workdir import load_run_config
 
-        base = run.eval_dir(data_tag(cfg)) if changed_data_keys(load_run_config(target), cfg) else run.root
+        other_data = bool(changed_data_keys(load_run_config(target), cfg))
+        base = run.eval_dir(data_tag(cfg)) if other_data else run.root
     else:
         base = target_eval_dir(args.target, cfg)
-    out = ensure_out_dir(Path(args.out) if args.out else base / f"transfer-{args.protocol}")
+    settings = transfer_settings(options, size)
+    out = ensure_out_dir(Path(args.out) if args.out else transfer_folder(base, args.protocol, settings, trained_size))
     rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
-    for r in rows:  # which data (selfsup compare's data column)
-        r.update(dataset=cfg.data.name, test_images=len(test_ds))
+    for r in rows:  # which data (selfsup compare's data column) and the side the encoder saw
+        r.update(dataset=cfg.data.name, test_images=len(test_ds), image_size=size)
     if not is_rank_zero():  # rank 0 writes the results (and wrote the export) once
         return
-    frozen = json.loads(run.results_json.read_text()) if run.results_json.is_file() else []
+    # the run's frozen numbers beside it: only of the same data (its own) and each row's own size
+    frozen = json.loads(run.results_json.read_text()) if run.results_json.is_file() and not other_data else []
+    for r in frozen:  # rows written before image_size was recorded saw the training size
+        r.setdefault("image_size", trained_size)
     written = RunDir(out)
     if args.protocol == "prompt":  # plain timm has no place for the tokens
         kept = (f"the prompt tokens and head in {out / 'prompt.safetensors'} and the frozen ViT in {out / 'encoder'} "

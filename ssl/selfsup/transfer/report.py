@@ -11,10 +11,18 @@ from selfsup.eval.linear import fraction_key
 from selfsup.eval.report import mean_sd_text
 
 
-def frozen_scores(frozen_rows: list[dict[str, Any]], fraction: float) -> tuple[str, str]:
+def frozen_own(frozen_rows: list[dict[str, Any]], size: int | None = None) -> list[dict[str, Any]]:
+    """The pretrained final-stage rows of ``frozen_rows``; with ``size``, only those that saw the images at
+    ``size`` px (a row without ``image_size`` is taken to have)."""
+    return [r for r in frozen_rows if r.get("kind") == "pretrained" and r.get("pooling") in (None, "encoder")
+            and (size is None or r.get("image_size", size) == size)]
+
+
+def frozen_scores(frozen_rows: list[dict[str, Any]], fraction: float, size: int | None = None) -> tuple[str, str]:
     """The pretrained row's linear top-1 at ``fraction`` and its first kNN top-1 ("" when absent):
-    the frozen-feature numbers of the same encoder (final stage)."""
-    own = [r for r in frozen_rows if r.get("kind") == "pretrained" and r.get("pooling") in (None, "encoder")]
+    the frozen-feature numbers of the same encoder (final stage), at ``size`` px when given (numbers at
+    another input size are not the same encoder's comparison)."""
+    own = frozen_own(frozen_rows, size)
     if not own:
         return "", ""
     probe = own[0].get(fraction_key(fraction))
@@ -27,9 +35,16 @@ def frozen_notes(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict
     """Footnotes for the blank frozen linear / kNN cells of the table of ``rows``: none when every cell is
     filled; else why they are blank (no frozen evaluation beside the target, or none at that labelled fraction;
     kNN votes with every label, so it has the all-labels row only) and how to get the numbers."""
-    cells = [frozen_scores(frozen_rows, r["fraction"]) for r in rows]
+    cells = [frozen_scores(frozen_rows, r["fraction"], r.get("image_size")) for r in rows]
     if not any("" in cell for cell in cells):
         return []
+    size = next((r["image_size"] for r in rows if r.get("image_size")), None)
+    if frozen_own(frozen_rows) and not frozen_own(frozen_rows, size):
+        seen = sorted({r["image_size"] for r in frozen_own(frozen_rows)})
+        return [f"Frozen linear / kNN top-1 are blank: the run's frozen evaluation saw the images at "
+                f"{', '.join(map(str, seen))} px and this transfer at {size} px, so its numbers are not this "
+                f"encoder's at this size; `selfsup eval {target} eval.image_size={size}` gives them (in its own "
+                f"folder)."]
     if not any(r.get("kind") == "pretrained" for r in frozen_rows):
         return [f"Frozen linear / kNN top-1 are blank: {target} has no frozen-feature evaluation beside it (they "
                 f"are read from the results.json of a run directory given as the target). For them, run "
@@ -59,7 +74,7 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
              "(per seed) | frozen linear top-1 | frozen kNN top-1 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        linear, knn = frozen_scores(frozen_rows, r["fraction"])
+        linear, knn = frozen_scores(frozen_rows, r["fraction"], r.get("image_size"))
         lines.append(f"| {r['protocol']} | {r['fraction'] * 100:g}% | {r['train_images']} | {mean_sd_text(r, 'top1')} | "
                      f"{mean_sd_text(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
