@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.monitors import alignment, collapse_warning, constant_warning, rankme, relative_spread, uniformity
+from selfsup.monitors import alignment, collapse_warning, rankme, relative_spread, uniformity
 
 
 def numpy_rankme(z: np.ndarray, eps: float = 1e-7) -> float:
@@ -59,13 +59,6 @@ def test_relative_spread_against_its_formula_and_at_its_ends():
     assert relative_spread(one + 1e-5 * torch.randn(200, 64)) < 1e-8
     with pytest.raises(ValueError, match="NaN or inf"):
         relative_spread(torch.tensor([[1.0, float("inf")], [0.0, 1.0]]))
-
-
-def test_constant_warning_names_the_spread_below_the_threshold_only():
-    said = constant_warning(2.9e-17)
-    assert said.startswith("the features are one vector for every test image (their spread across images is 2.9e-17")
-    assert "kNN and probe numbers are chance" in said
-    assert constant_warning(1e-3) is None and constant_warning(5e-9, threshold=1e-9) is None
 
 
 def test_monitors_refuse_bad_embeddings():

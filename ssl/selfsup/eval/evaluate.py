@@ -22,18 +22,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 
 from selfsup.config import RunConfig
 from selfsup.eval.evaldata import (DATA_IDENTITY, NotScorable, changed_data_keys, check_channels, data_identity,
                                    data_key, data_tag, describe_data, evaluation_data, labelled_part)
 from selfsup.eval.knn import check_finite, knn_evaluate_with_index
 from selfsup.eval.layers import Stage
-from selfsup.eval.linear import probe_protocol, sklearn_probe
+from selfsup.eval.linear import CONSTANT_STD, probe_protocol, sklearn_probe
 from selfsup.eval.prepare import (Prepared, cache_features, check_layers, feature_extractor, fill_stage_cache,
                                   layer_wise, prepare, target_stages)
 from selfsup.eval.search import IndexOptions
 from selfsup.eval.target import EncoderLoader, Target, default_device, resolve_target
-from selfsup.monitors import constant_warning, rankme, relative_spread, uniformity
+from selfsup.monitors import CONSTANT_SPREAD, collapse_warning, rankme, relative_spread, uniformity
 
 __all__ = ["DATA_IDENTITY", "EncoderLoader", "LABEL_FREE_ROWS", "NotScorable", "Prepared", "STORAGE", "Target",
            "cache_features", "changed_data_keys", "check_channels", "check_layers", "data_identity", "data_key",
@@ -88,6 +89,30 @@ def evaluate_layers(spec: str, cfg: RunConfig, cache_dir: str | Path, device: st
     return rows
 
 
+def feature_warnings(sample: Tensor, signals: dict[str, Any], kind: str, stage: Stage | None = None) -> list[str]:
+    """Warnings on a sample of test features ``sample`` [n, D] with their label-free ``signals``
+    (``spread``: :func:`selfsup.monitors.relative_spread`, ``rankme``):
+
+    - spread below :data:`selfsup.monitors.CONSTANT_SPREAD`: one vector dominates the features, and
+      cosine similarity (the kNN's) cannot tell the images apart in float32: the kNN columns are
+      chance (random-init repvgg_a0 and efficientvit_b0 in eval mode). The linear probe standardises
+      each feature and reads those that vary by :data:`selfsup.eval.linear.CONSTANT_STD` or more;
+      with none, it is chance too.
+    - otherwise, for a trained encoder, RankMe below 1% of D (:func:`selfsup.monitors.collapse_warning`):
+      a run that collapsed (the training monitors may not have run in a short run)."""
+    where = "" if stage is None else f" of stage {stage.name}"
+    dim = sample.shape[1]
+    if signals["spread"] < CONSTANT_SPREAD:
+        said = (f"the features{where} barely vary across test images (their spread is {signals['spread']:.1e} of "
+                f"their size, below {CONSTANT_SPREAD:g}: one vector dominates them), finer than cosine similarity "
+                f"resolves in float32, so the kNN columns are chance")
+        readable = int((sample.std(0) >= CONSTANT_STD).sum())
+        return [said + ("; so are the probes: no feature varies by 1e-06 across images" if readable == 0 else
+                        f"; the linear probe standardises each feature and reads the {readable} of {dim} that vary")]
+    collapsed = collapse_warning(signals["rankme"], dim) if kind == "pretrained" else None
+    return [f"the test features{where}: {collapsed}"] if collapsed else []
+
+
 def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: dict[str, Any] | None,
            warnings: list[str], device: str, log: Callable[[str], None]) -> dict[str, Any]:
     """The result row of one stage (None: the encoder's pooled output) of a prepared target;
@@ -120,11 +145,10 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
     if len(xte) >= 2:  # label-free signals of the test features (selfsup.monitors), on a seeded sample
         pick = torch.randperm(len(xte), generator=torch.Generator().manual_seed(cfg.seed))[:LABEL_FREE_ROWS]
         sample = xte[pick].float()  # [n, D]
-        spread = relative_spread(sample)
-        results["label_free"] = {"rankme": rankme(sample), "uniformity": uniformity(sample), "spread": spread,
-                                 "rows": len(sample)}
-        if said := constant_warning(spread):  # kNN ties and a probe on rounding noise: chance, said so
-            results["warnings"].append(said)
+        results["label_free"] = {"rankme": rankme(sample), "uniformity": uniformity(sample),
+                                 "spread": relative_spread(sample), "rows": len(sample)}
+        for said in feature_warnings(sample, results["label_free"], target.kind, stage):
+            results["warnings"].append(said)  # kNN at chance on features one vector dominates; a collapsed run
             log(f"[eval] warning ({target.label if stage is None else f'{target.label} [{stage.name}]'}): {said}")
     shown = target.label if stage is None else f"{target.label} [{stage.name}]"
     e = cfg.eval

@@ -24,6 +24,7 @@ from selfsup.eval.layers import Stage, stage_vectors
 from selfsup.fileio import save_tensors
 
 FLOAT16_RTOL = 2.0 ** -11  # float16's unit roundoff: the relative error of rounding a normal value
+SPREAD_RTOL = 2.0 ** -6  # float16 rounding of a column stays below this share of the column's standard deviation
 HASH_CHUNK_BYTES = 64 * 2**20  # image bytes hashed at a time
 
 
@@ -91,10 +92,15 @@ def float16_faithful(x: Tensor, chunk_elements: int = 2**22) -> bool:
     |value| of its row and of its column, the scales cosine kNN (rows) and the probe's
     standardisation (columns) see. Fails for values above float16's range (65504, they would
     become inf) and for rows or columns that lie wholly in float16's subnormal range
-    (below 2^-14 = 6.1e-5, where float16 keeps only a few bits). Read ``chunk_elements``
-    values at a time (no full-size temporary), in one pass: the row bound is checked per
-    chunk (rows are whole in a chunk), the column bound at the end on the largest rounding
-    error of each column (``max_i err_ij <= rtol * colmax_j`` is ``err_ij <= rtol * colmax_j`` for all i)."""
+    (below 2^-14 = 6.1e-5, where float16 keeps only a few bits). And every column's largest
+    rounding error is at most :data:`SPREAD_RTOL` (2^-6) of its standard deviation over the rows
+    (a constant column excepted): the probe standardises each column, so a column whose values
+    vary little around a large one (a feature one constant vector dominates, as random-init
+    efficientvit_b0's) would reach it as float16's rounding steps, not as its variation. Read
+    ``chunk_elements`` values at a time (no full-size temporary), in one pass: the row bound is
+    checked per chunk (rows are whole in a chunk), the column bounds at the end on the largest
+    rounding error of each column (``max_i err_ij <= rtol * colmax_j`` is ``err_ij <= rtol * colmax_j``
+    for all i) and its float64 sum and sum of squares."""
     if x.ndim != 2:
         raise ValueError(f"features must be [N, D], got shape {list(x.shape)}")
     n, d = x.shape
@@ -103,6 +109,7 @@ def float16_faithful(x: Tensor, chunk_elements: int = 2**22) -> bool:
     step = max(1, chunk_elements // d)
     col_max = torch.zeros(d)  # [D] largest |value| of each column
     col_err = torch.zeros(d)  # [D] largest float16 rounding error of each column
+    col_sum, col_sq = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)  # [D], [D]
     for start in range(0, n, step):
         c = x[start:start + step].float()  # [R, D]
         a = c.abs()  # [R, D]
@@ -113,7 +120,12 @@ def float16_faithful(x: Tensor, chunk_elements: int = 2**22) -> bool:
             return False
         torch.maximum(col_max, a.amax(0), out=col_max)
         torch.maximum(col_err, err.amax(0), out=col_err)
-    return bool((col_err <= FLOAT16_RTOL * col_max).all())  # the column bound
+        col_sum += c.double().sum(0)
+        col_sq += c.double().square().sum(0)
+    mean = col_sum / n
+    std = (col_sq / n - mean.square()).clamp_min(0).sqrt()  # [D] population std over the rows
+    spread_ok = (std == 0) | (col_err.double() <= SPREAD_RTOL * std)
+    return bool((col_err <= FLOAT16_RTOL * col_max).all() and spread_ok.all())  # the column bounds
 
 
 def storage_dtype(x: Tensor) -> torch.dtype:

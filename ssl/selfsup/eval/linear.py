@@ -37,6 +37,7 @@ from selfsup.progress import Bar
 from selfsup.eval.knn import check_finite, check_labels, topk_accuracy
 
 
+CONSTANT_STD = 1e-6  # a feature whose training std is below this is constant to the probe (standardise)
 STEPS_PER_EPOCH = 8  # a training set smaller than this many batches gets smaller batches
 
 
@@ -205,7 +206,7 @@ def standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
     keeps scale 1. Dividing it by 1e-6, as before, turned any other split's small deviation there into
     a value near 1e5 and the held-out loss of every setting into thousands of nats."""
     mean, std = train.mean(0), train.std(0)  # [D], [D]
-    std = torch.where(std < 1e-6, torch.ones_like(std), std)
+    std = torch.where(std < CONSTANT_STD, torch.ones_like(std), std)
     return [(t - mean) / std for t in (train, *others)]
 
 
