@@ -438,3 +438,24 @@ def test_the_card_carries_the_warnings_its_numbers_were_written_with():
     assert text.rstrip().splitlines()[-2:] == [f"- **Warning** (run r): {small}",
                                                "- **Warning** (run r): approximate neighbours (IVF)"]
     assert "**Warning**" not in results_markdown(results_summary(rows[1:]), "digits")
+
+
+def test_the_card_says_when_its_numbers_were_measured_at_another_size():
+    """helper-55's: `pretrain ... eval.image_size=20` on 16 px images exported a card whose results (measured at
+    20 px) sat beside "Inputs are images resized to 16x16" with no word of the other size."""
+    from selfsup.artifacts.card import results_summary
+    from selfsup.artifacts.modelcard import results_markdown
+
+    knn = {"k=20,T=0.07": {"top1": 50.0}}
+    rows = [{"label": "SimCLR resnet18 (pretrained)", "kind": "pretrained", "image_size": 20, "knn": knn},
+            {"label": "raw pixels", "kind": "pixels", "image_size": 16, "knn": knn},
+            {"label": "old row", "kind": "random", "knn": knn}]  # written before image_size was recorded
+    summary = results_summary(rows)
+    assert summary["SimCLR resnet18 (pretrained)"]["image_size"] == 20 and "image_size" not in summary["old row"]
+    text = results_markdown(summary, "digits", 16)
+    notes = [line for line in text.splitlines() if line.startswith("- **Note**")]
+    assert notes == ["- **Note** (SimCLR resnet18 (pretrained)): measured on 20x20 images (eval.image_size), not the "
+                     "16x16 inputs the exported encoder was trained at"]
+    at20 = [line for line in results_markdown(summary, "digits", 20).splitlines() if line.startswith("- **Note**")]
+    assert at20 == ["- **Note** (raw pixels): measured on 16x16 images (eval.image_size), not the 20x20 inputs the "
+                    "exported encoder was trained at"]

@@ -124,11 +124,12 @@ def make_card(cfg: Any, info: DataInfo, encoder: nn.Module, results: dict[str, A
 def results_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What the export card keeps of evaluation rows: kNN and every linear-probe result per target, of
     the features the exported encoder gives (its pooled output: the rows of other stages of a
-    layer-wise evaluation, ``pooling`` ``grid`` or ``avg``, are left out), and the warnings each row was
+    layer-wise evaluation, ``pooling`` ``grid`` or ``avg``, are left out), the side length each saw
+    (``image_size``, px), and the warnings each row was
     written with (:func:`selfsup.eval.report.row_warnings`: a subset too small to read as asked, ...)."""
     from selfsup.eval.report import row_warnings
 
-    return {r["label"]: {**{k: v for k, v in r.items() if k == "knn" or k.startswith("linear")},
+    return {r["label"]: {**{k: v for k, v in r.items() if k in ("knn", "image_size") or k.startswith("linear")},
                          **({"warnings": row_warnings(r)} if row_warnings(r) else {})}
             for r in rows if r.get("pooling") in (None, "encoder")}
 

@@ -106,8 +106,9 @@ def _probe_order(key: str, value: Mapping[str, Any]) -> tuple[int, float]:
     return rank, -float(value.get("fraction", 0.0))
 
 
-def results_markdown(results: Mapping[str, Any], dataset: str) -> str:
-    """The card's evaluation results as a markdown table (top-1 %, one row per evaluated encoder)."""
+def results_markdown(results: Mapping[str, Any], dataset: str, input_size: int | None = None) -> str:
+    """The card's evaluation results as a markdown table (top-1 %, one row per evaluated encoder); a row
+    measured at another side length than the encoder's ``input_size`` (``eval.image_size``) says so."""
     rows = {label: r for label, r in results.items() if isinstance(r, Mapping)}
     if not rows:
         return ("No evaluation results were recorded with this export; `selfsup eval DIR` scores it with a kNN "
@@ -132,8 +133,11 @@ def results_markdown(results: Mapping[str, Any], dataset: str) -> str:
                "; ± is the standard deviation over each row's probe seeds (a number without ± is from one seed)"
                if seeds == 0 else "")
             + ". Rows other than the pretrained encoder are baselines scored the same way.\n")
-    warned = list(dict.fromkeys(f"- **Warning** ({label}): {w}" for label, r in rows.items()
-                                for w in r.get("warnings") or []))  # they qualify the numbers above
+    warned = [f"- **Note** ({label}): measured on {r['image_size']}x{r['image_size']} images (eval.image_size), not "
+              f"the {input_size}x{input_size} inputs the exported encoder was trained at" for label, r in rows.items()
+              if input_size and isinstance(r.get("image_size"), int) and r["image_size"] != input_size]
+    warned += list(dict.fromkeys(f"- **Warning** ({label}): {w}" for label, r in rows.items()
+                                 for w in r.get("warnings") or []))  # they qualify the numbers above
     return "\n".join(lines) + "\n" + note + ("\n" + "\n".join(warned) + "\n" if warned else "")
 
 
@@ -248,6 +252,6 @@ def model_card_markdown(card: Mapping[str, Any], dir_name: str) -> str:
     training = ("## Training\n\n| | |\n|---|---|\n"
                 + "".join(f"| {k} | {v} |\n" for k, v in _training_rows(card))
                 + f"\nThe whole training config is `training_config` in `{CARD}`.\n")
-    return "\n".join([_front_matter(card, dir_name), intro, training, "## Evaluation\n",
-                      results_markdown(card.get("results") or {}, data), "## Use\n", _usage(card, dir_name),
-                      "## Files\n", _files(card)])
+    results = results_markdown(card.get("results") or {}, data, card["input_size"][-1])
+    return "\n".join([_front_matter(card, dir_name), intro, training, "## Evaluation\n", results, "## Use\n",
+                      _usage(card, dir_name), "## Files\n", _files(card)])
