@@ -453,3 +453,25 @@ def test_warnings_travel_with_their_numbers(tmp_path, capsys):
     assert (written[str(tmp_path / "tr")]["warnings"], written[str(tmp_path / "b")]["warnings"]) == (diverged, "")
     assert main(["compare", str(tmp_path / "b"), "--csv", str(csv_path)]) == 0
     assert "**Warning**" not in capsys.readouterr().out and "warnings" not in csv_path.read_text().splitlines()[0]
+
+
+def test_compare_shows_the_size_each_encoder_saw_and_notes_different_sizes(tmp_path, capsys):
+    """helper-55's: compare put rows evaluated at 16, 20 and 12 px side by side with nothing to say so. A px
+    column (when any row records image_size) and a note when the sizes differ; rows written before the key
+    leave it blank; rows of one size get the column but no note."""
+    at16 = write_run(tmp_path / "r16", [{**frozen_row("a"), "image_size": 16}])
+    at20 = write_run(tmp_path / "r20", [{**frozen_row("b"), "image_size": 20}])
+    old = write_run(tmp_path / "old", [frozen_row("c")])
+    assert main(["compare", str(at16), str(at20), str(old), "--csv", str(tmp_path / "t.csv")]) == 0
+    out = capsys.readouterr().out
+    header, by_target = table(out)
+    assert header[3:6] == ["data", "px", "epochs"]
+    assert [by_target[str(p)]["px"] for p in (at16, at20, old)] == ["16", "20", ""]
+    assert "Note: these rows' encoders saw the images at different sizes (16, 20 px, the px column)" in out
+    with open(tmp_path / "t.csv") as f:
+        assert [r["px"] for r in csv.DictReader(f)] == ["16", "20", ""]
+    assert main(["compare", str(at16), str(old)]) == 0
+    out = capsys.readouterr().out
+    assert table(out)[0][4] == "px" and "different sizes" not in out
+    assert main(["compare", str(old)]) == 0
+    assert "px" not in table(capsys.readouterr().out)[0]  # no row says: no column

@@ -294,6 +294,13 @@ def data_cell(row: dict[str, Any]) -> str:
     return f"{r['dataset']}{counts}"
 
 
+def size_cell(row: dict[str, Any]) -> str:
+    """The side length (px) a result row's encoder saw the images at (a transfer row: its all-labels
+    fraction's); blank when the row does not say (results written before ``image_size`` was recorded)."""
+    r = (row.get("transfer") or [{}])[0] if row.get("kind") == TRANSFER_KIND else row
+    return str(r["image_size"]) if isinstance(r.get("image_size"), int) else ""
+
+
 def _scores(row: dict[str, Any]) -> str:
     """A result row's numbers (every kNN and probe top-1), as text: the same baseline read from a run's
     results.json and from its export's card (which keeps fewer fields) compare equal."""
@@ -325,13 +332,16 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
     labels = [r["label"] for e, r in picked if r.get("kind") in BASELINE_KINDS and not e.baseline_target]
     shared = {label for label in labels if labels.count(label) > 1}
     columns = frozen_columns(rows) + transfer_columns(rows)
-    header = ["target", "method", "encoder", "data", "epochs", "train min", *[h for h, _ in columns]]
+    sized = any(size_cell(r) for r in rows)  # a px column when any row says the size its encoder saw
+    header = ["target", "method", "encoder", "data", *([SIZE] if sized else []), "epochs", "train min",
+              *[h for h, _ in columns]]
     cells = []
     for e, r in picked:
         label = (f"{e.target} ({r['label']})" if e.baseline_target else
                  (f"{r['label']} (beside {e.target})" if r["label"] in shared else r["label"])
                  if r.get("kind") in BASELINE_KINDS else e.target)
-        cells.append([label, e.method or "", e.encoder or "", data_cell(r), "" if e.epochs is None else f"{e.epochs:g}",
+        cells.append([label, e.method or "", e.encoder or "", data_cell(r), *([size_cell(r)] if sized else []),
+                      "" if e.epochs is None else f"{e.epochs:g}",
                       "" if e.train_minutes is None else f"{e.train_minutes:.1f}", *[cell(r) for _, cell in columns]])
     said = [result_warnings(r) for r in rows]
     if any(said):  # the warnings a number was written with travel with it (a diverged lr, a too small subset)
@@ -342,6 +352,7 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
 
 
 WARNINGS = "warnings"  # the last column when any row has warnings: one per line in the CSV, notes under the markdown
+SIZE = "px"  # the column of the side length each row's encoder saw, when any row records it
 
 
 def result_warnings(row: dict[str, Any]) -> list[str]:
@@ -371,6 +382,7 @@ def markdown(header: list[str], cells: list[list[str]]) -> str:
             notes += [f"- **Warning** ({c[0]}): {w}" for w in c[-1].splitlines() if w]  # a list, as in results.md
         header, cells = header[:-1], [c[:-1] for c in cells]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|"]
+    sizes = {c[header.index(SIZE)] for c in cells if c[header.index(SIZE)]} if SIZE in header else set()
     text = "\n".join([*lines, *("| " + " | ".join(c) + " |" for c in cells)]) + "\n"
     data = {c[header.index("data")] for c in cells if c[header.index("data")]} if "data" in header else set()
     if notes:
@@ -378,6 +390,9 @@ def markdown(header: list[str], cells: list[list[str]]) -> str:
     if differ(data):
         text += (f"\nNote: these rows were measured on different data ({'; '.join(sorted(data))}): numbers of "
                  f"different data do not compare.\n")
+    if len(sizes) > 1:
+        text += (f"\nNote: these rows' encoders saw the images at different sizes ({', '.join(sorted(sizes, key=int))} "
+                 f"px, the px column): numbers at different input sizes do not compare.\n")
     return text
 
 
