@@ -439,8 +439,7 @@ def test_input_size_notes_warn_only_when_rows_saw_different_sizes():
                         "raw pixels 18 px), so their accuracies are not compared at one input size; "
                         "eval.image_size=N evaluates every target at N px"]
     assert notes == ["Input size: run a 16 px; random-init r, raw pixels 18 px; the data's images are 18 px, resized "
-                     "to each encoder's (a trained encoder sees the size it was trained at unless eval.image_size "
-                     "is set)."]
+                     "for run a (a trained encoder sees the size it was trained at unless eval.image_size is set)."]
     assert input_size_notes([row("export e", 224, 32)])[0] == []  # one size: a note, no warning
 
 

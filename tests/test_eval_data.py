@@ -496,6 +496,11 @@ def test_a_run_evaluated_at_another_size_says_which_size_each_encoder_saw(labell
         ("pretrained", 16, 20), ("pixels", 20, 20)]
     assert ("**Warning**: the encoders saw the images at different sizes (run run 16 px; raw pixels 20 px)"
             in (mixed_dir / "results.md").read_text())
+    own = json.loads((run / "results.json").read_text())
+    assert main(["eval", str(run), "eval.image_size=16", "--baseline", "pixels"]) == 0  # the run's size and data:
+    again = json.loads((run / "results.json").read_text())  # its own evaluation (results.json), no new folder
+    assert [(r["kind"], r["knn"]) for r in again] == [(r["kind"], r["knn"]) for r in own]
+    assert "eval settings differ" not in capsys.readouterr().out and len(list(run.glob("eval-*/results.json"))) == 1
     assert main(["eval", str(run), "data.image_size=20", "eval.image_size=20", "--baseline", "pixels"]) == 0
     folders = sorted(run.glob("eval-image-folder-*-*"))
     assert len(folders) == 2 and json.loads((mixed_dir / "results.json").read_text()) == mixed  # kept

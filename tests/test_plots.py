@@ -92,6 +92,26 @@ def test_embedding_plot_one_panel_per_target(tmp_path, monkeypatch):
     assert plots.embed_2d(x, method="auto")[1] == "t-SNE"  # auto falls back to scikit-learn
 
 
+def test_features_one_vector_dominates_get_a_panel_that_says_so_not_a_t_sne(tmp_path, monkeypatch):
+    """helper-55's: random-init repvgg_b0's constant features went through t-SNE (numpy's divide warnings, a
+    picture of rounding noise). Its panel says why it is empty; t-SNE runs only on the varying target."""
+    import warnings
+
+    g = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    one = np.tile(g.normal(size=(1, 8)) * 100, (60, 1)) + 1e-7 * g.normal(size=(60, 8))  # one vector, rounding jitter
+    embedded = []
+    real = plots.embed_2d
+    monkeypatch.setattr(plots, "embed_2d", lambda x, *a, **k: embedded.append(len(x)) or real(x, *a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = plots.embedding_plot({"run": (g.normal(size=(60, 8)), y), "constant": (one, y)}, tmp_path / "e.png",
+                                   method="tsne")
+    drawn(out)
+    assert panels(out) == 2 and embedded == [60]  # the constant target was not embedded
+    assert plots.dominated(one) and not plots.dominated(g.normal(size=(60, 8)))
+
+
 def test_feature_embedding_draws_the_cached_test_features_of_each_encoder_and_skips_stale_entries(tmp_path,
                                                                                                    monkeypatch):
     import torch

@@ -186,8 +186,8 @@ def test_a_transfer_adapts_at_eval_image_size_and_exports_that_size(tmp_path, ca
     vit = ["encoder.name=vit_tiny_patch16_224",
            "encoder.kwargs={img_size: 16, patch_size: 3, embed_dim: 32, depth: 1, num_heads: 2}"]
     for size, said in [(16, "use eval.image_size 15 or 18"),  # the key that was set is the one to change
-                       (18, "Input height (18) doesn't match model (16).; evaluate it at an image size it takes "
-                            "(eval.image_size)")]:
+                       (18, "Input height (18) doesn't match model (16).; evaluate it at 16x16, the only size "
+                            "this model takes (eval.image_size)")]:
         assert main(["eval", "random:vit_tiny_patch16_224", "--protocol", "bitfit", "--out", str(tmp_path / "v"),
                      *TINY[:2], f"eval.image_size={size}", *vit]) == 2
         err = capsys.readouterr().err

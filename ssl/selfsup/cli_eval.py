@@ -84,6 +84,7 @@ def eval_command(args: argparse.Namespace) -> None:
                           "data.name=... for kNN and linear probes")
     run = RunDir(target)
     is_run = run.is_run()
+    cfg = without_training_size(cfg, target) if is_run else cfg
     in_place = is_run and not args.out  # results would go over the run's own results.json
     targets = [args.target, *args.baseline]
     # a non-run target's default: one folder per data (its feature cache) and, inside it, one per eval
@@ -109,6 +110,24 @@ def eval_command(args: argparse.Namespace) -> None:
         print(f"[eval] {reason}: results go to {out}, {own_results_note(run)}")
     written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
     write_results(written, rows, markdown_table(rows), cfg.eval.plots)
+
+
+def without_training_size(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """``cfg`` with ``eval.image_size`` unset when it asks for what the run's own evaluation had: the run's
+    training size, on the run's own data (every target then sees that size either way), so that the
+    evaluation is the run's own (its results.json, not a folder of other settings)."""
+    import dataclasses
+    import json
+
+    from selfsup.eval.evaluate import changed_data_keys
+    from selfsup.train.workdir import load_run_config
+
+    info = RunDir(run_dir).data_info
+    if cfg.eval.image_size is None or not info.is_file() or changed_data_keys(load_run_config(run_dir), cfg):
+        return cfg
+    if json.loads(info.read_text()).get("image_size") != cfg.eval.image_size:
+        return cfg
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, image_size=None))
 
 
 def transfer_settings(options: Any, size: int) -> dict[str, Any]:

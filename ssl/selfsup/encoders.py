@@ -600,9 +600,12 @@ def check_pixels_seen(encoder: nn.Module, in_chans: int, image_size: int, label:
             with first_layers_coverage(encoder, x) as readers:
                 encoder(x)  # [1, D]
     except Exception as err:  # noqa: BLE001 -- whatever the model's code raises, said in one line
+        fixed = next((m.img_size for m in encoder.modules() if getattr(m, "strict_img_size", False)
+                      and isinstance(getattr(m, "img_size", None), tuple)), None)  # timm's fixed-size patch embedding
+        takes = f"{fixed[0]}x{fixed[1]}, the only size this model takes" if fixed else "an image size it takes"
         raise EncoderError(f"{label} fails on a forward pass of a {in_chans}x{image_size}x{image_size} image: "
                            f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}; evaluate it at "
-                           f"an image size it takes ({size_key})") from None
+                           f"{takes} ({size_key})") from None
     said = unseen_message(label, image_size, readers, encoder, in_chans, size_key)
     if said:
         raise EncoderError(f"{said} (its features would not depend on them)")

@@ -194,6 +194,16 @@ def embed_2d(x: np.ndarray, seed: int = 0, method: str = "auto") -> tuple[np.nda
     return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x), "t-SNE"
 
 
+def dominated(x: np.ndarray) -> bool:
+    """Whether the rows of ``x`` [N, D] are one vector up to float32 rounding: their relative spread
+    (:func:`selfsup.monitors.relative_spread`) below :data:`selfsup.monitors.CONSTANT_SPREAD`."""
+    import torch
+
+    from selfsup.monitors import CONSTANT_SPREAD, relative_spread
+
+    return len(x) >= 2 and bool(np.isfinite(x).all()) and relative_spread(torch.from_numpy(x)) < CONSTANT_SPREAD
+
+
 def embedding_plot(samples: Mapping[str, tuple[np.ndarray, np.ndarray]], out: str | Path,
                    class_names: Sequence[str] | None = None, seed: int = 0, method: str = "auto") -> Path | None:
     """One panel per target: a 2-D embedding (:func:`embed_2d`) of its features [N, D],
@@ -206,6 +216,13 @@ def embedding_plot(samples: Mapping[str, tuple[np.ndarray, np.ndarray]], out: st
     classes: set[int] = set()
     for ax, (label, (x, y)) in zip(axes, samples.items()):
         y = np.asarray(y).astype(int)
+        if dominated(np.asarray(x, dtype=np.float64)):  # t-SNE of one vector: noise, and numpy's divide warnings
+            ax.text(0.5, 0.5, "one vector dominates every image's\nfeatures: nothing to embed", ha="center",
+                    va="center", fontsize=8, transform=ax.transAxes)
+            ax.set_title(label, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         xy, how = embed_2d(np.asarray(x, dtype=np.float32), seed, method)
         ax.scatter(xy[:, 0], xy[:, 1], c=[cmap(c % cmap.N) for c in y], s=4)
         classes |= set(y.tolist())

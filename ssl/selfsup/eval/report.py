@@ -97,9 +97,9 @@ def input_size_notes(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
                 f"not compared at one input size; eval.image_size=N evaluates every target at N px"] \
         if len(by_size) > 1 else []
     resized = {label: (size, data) for label, (size, data) in sized.items() if data and size != data}
-    notes = [f"Input size: {each}; the data's images are {next(iter(resized.values()))[1]} px, resized to each "
-             f"encoder's (a trained encoder sees the size it was trained at unless eval.image_size is set)."] \
-        if resized else []
+    notes = [f"Input size: {each}; the data's images are {next(iter(resized.values()))[1]} px, resized for "
+             f"{', '.join(resized)} (a trained encoder sees the size it was trained at unless eval.image_size is "
+             f"set)."] if resized else []
     return warnings, notes
 
 
