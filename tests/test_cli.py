@@ -82,11 +82,11 @@ def test_pretrain_eval_export(tmp_path, capsys):
     assert main(["compare", str(run_dir), str(run_dir / "export"), "--baselines", "--csv", str(tmp_path / "c.csv"),
                  "--plot", str(tmp_path / "c.png")]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("| target | method | encoder | data | epochs | train min | kNN k=20,T=0.07 |")
+    assert table[0].startswith("| target | method | encoder | data | px | epochs | train min | kNN k=20,T=0.07 |")
     knn = f"{rows[0]['knn']['k=20,T=0.07']['top1']:.2f}"
     own = [line for line in table if line.startswith(f"| {run_dir}")]
-    assert len(own) == 2 and all("| simclr | resnet18 | digits" in line and " | 1 | " in line and f"| {knn} |" in line
-                                 for line in own)  # the data column: the run's digits; the export's card says digits
+    assert len(own) == 2 and all("| simclr | resnet18 | digits" in line and " | 16 | 1 | " in line and f"| {knn} |"
+                                 in line for line in own)  # the run's digits at 16 px; the export's card says both
     assert all(f"| {timing['seconds'] / 60:.1f} |" in line for line in own)  # the run's time, and the card's copy
     assert any(line.startswith("| raw pixels |") for line in table)
     with open(tmp_path / "c.csv", newline="") as f:
