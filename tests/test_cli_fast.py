@@ -446,16 +446,29 @@ def test_input_size_notes_warn_only_when_rows_saw_different_sizes():
 @pytest.mark.parametrize("baselines, said", [
     ("[foo]", "eval.baselines: 'foo' is neither random, pixels, random:<timm-name> nor an existing path"),
     ("[random:resnet99]", "eval.baselines: 'random:resnet99' names no timm model ('resnet99')"),
-    ("[random, random:resnet18]", "eval.baselines: 'random:resnet18' is 'random' again; give each baseline once"),
-    ("['random:', random]", "eval.baselines: 'random' is 'random:' again"),
-    ("[pixels, pixels]", "eval.baselines: 'pixels' is 'pixels' again"),
-    ("[{d}, {d}/]", "eval.baselines: '{d}/' is '{d}' again"),
+    ("[random, random:resnet18]", "eval.baselines: 'random:resnet18' and 'random' are the same baseline; give each "
+                                  "once"),
+    ("['random:', random]", "eval.baselines: 'random' and 'random:' are the same baseline"),
+    ("[pixels, pixels]", "eval.baselines: 'pixels' is given twice; give each baseline once"),
+    ("[{e}, {e}/]", "eval.baselines: '{e}/' and '{e}' are the same baseline"),
+    ("['']", "eval.baselines: an empty entry in ['']"),
+    ("[{d}]", "eval.baselines: '{d}' holds no encoder to evaluate: '{d}' is not a selfsup run directory"),
+    ("[{d}/run]", "eval.baselines: '{d}/run' is this run itself, which is evaluated anyway; drop it"),
 ])
 def test_baselines_the_evaluation_would_fail_on_or_repeat_are_refused_before_pretraining(tmp_path, capsys, baselines,
                                                                                         said):
-    """eval.baselines=[foo] was accepted and failed only when pretraining had ended (minutes to hours later); a
-    baseline given twice gave two rows of one encoder. Refused in one line before the run directory is made."""
-    baselines, said = baselines.format(d=tmp_path), said.format(d=tmp_path)
+    """eval.baselines=[foo] was accepted and failed only when pretraining had ended (minutes to hours later), and
+    so did an existing path holding no encoder (helper-56: `''` is `.`); a baseline given twice gave two rows of
+    one encoder. Refused in one line before the run directory is made."""
+    from selfsup.data import DataInfo
+    from selfsup.encoders import create_encoder
+    from selfsup.export import make_card, write_export
+
+    export = tmp_path / "shipped"  # a real export, given twice
+    cfg = config.load_config(None, ["method.name=simclr", "encoder.kwargs={channels: [8, 16, 32, 64]}"])
+    encoder = create_encoder("resnet18", 1, cfg.encoder.kwargs)
+    write_export(encoder, make_card(cfg, DataInfo(1, 16, 10, (0.3,), (0.3,), 100), encoder), export)
+    baselines, said = (t.format(d=tmp_path, e=export) for t in (baselines, said))
     run = tmp_path / "run"
     assert main(["pretrain", QUICKSTART, "--run-dir", str(run), "data.name=digits", "data.image_size=16",
                  "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.max_steps=1",

@@ -123,3 +123,17 @@ def test_a_directory_given_as_the_config_file_says_so(tmp_path):
                               f"{str(tmp_path / 'config.yaml')!r}), or continue that run with --resume {tmp_path}")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_an_unquoted_trailing_colon_is_told_to_be_quoted():
+    """helper-56's: `eval.baselines=[random:resnet18, random:]` said "must be str, got {'random': None} (dict)":
+    YAML reads `random:` as a one-key mapping. The message says so and how to quote it; a real mapping where a
+    string belongs keeps the plain message."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["method.name=simclr", "eval.baselines=[random:resnet18, random:]"])
+    assert str(info.value) == ("config key 'eval.baselines[1]' must be str, got {'random': None} (dict); YAML reads an "
+                               "unquoted `random:` as a mapping, so quote it: 'random:'")
+    assert load_config(None, ["method.name=simclr", "eval.baselines=['random:']"]).eval.baselines == ["random:"]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["method.name=simclr", "eval.baselines=[{a: 1}]"])
+    assert "YAML reads" not in str(info.value)

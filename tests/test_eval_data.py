@@ -245,7 +245,7 @@ def test_features_one_vector_dominates_are_warned_with_what_each_column_can_read
         row = evaluate(spec, cfg, tmp_path / "cache", log=quiet, load=load)
         assert row["label_free"]["spread"] < 1e-8, spec
         said = [w for w in row["warnings"] if w.startswith("the features barely vary across test images")]
-        assert len(said) == 1 and "so the kNN columns are chance; " + probes in said[0], row["warnings"]
+        assert len(said) == 1 and "so the kNN columns are at or near chance; " + probes in said[0], row["warnings"]
         assert said[0] in markdown_table([row])
     varying = evaluate("random:resnet18", cfg, tmp_path / "cache", log=quiet)
     assert varying["label_free"]["spread"] > 1e-4 and not varying["warnings"]
@@ -261,7 +261,7 @@ def test_a_collapsed_run_and_a_dominated_stage_are_named_in_the_rows_warnings():
     g = torch.Generator().manual_seed(0)
     line = torch.randn(200, 1, generator=g) @ torch.randn(1, 64, generator=g) + 1e-4 * torch.randn(200, 64, generator=g)
     signals = {"rankme": rankme(line), "spread": relative_spread(line)}
-    assert signals["spread"] > 1e-8 and signals["rankme"] < 1.5
+    assert signals["spread"] > 1e-6 and signals["rankme"] < 1.5
     (said,) = feature_warnings(line, signals, "pretrained")
     assert said.startswith("the test features: RankMe 1.") and "of 64 dimensions (below 1%): the embeddings have " \
         "collapsed" in said
@@ -544,3 +544,23 @@ def test_a_baseline_that_is_the_target_under_another_name_is_refused(labelled_ru
         assert err.count("\n") == 1 and said in err and err.rstrip().endswith("give each encoder once"), err
         assert not out.exists()
     assert main(["eval", str(run), "--baseline", "random:", "--out", str(tmp_path / "ok"), "eval.linear=false"]) == 0
+
+
+def test_pretrains_baseline_with_the_runs_own_weights_is_left_out_with_a_line(labelled_run, tmp_path, capsys):
+    """helper-56's: `pretrain ... eval.baselines=[RUN_A]`, RUN_A trained the same way (same seed, bitwise the same
+    weights), printed RUN_A's row as a baseline beside the run's own, the same numbers twice (`selfsup eval`
+    refuses this; pretraining has already trained, so the row is left out and said so)."""
+    from conftest import ROOT
+
+    run_a, folder, _ = labelled_run
+    run = tmp_path / "again"
+    assert main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run),
+                 "data.name=image-folder", f"data.root={folder}", "data.image_size=16", "data.in_chans=1",
+                 "data.batch_size=8", "trainer.max_steps=1", "trainer.precision=32-true", "trainer.progress_bar=false",
+                 TINY_ENCODER, "eval.knn=[[3, 0.07]]", "eval.linear=false", "eval.plots=false",
+                 f"eval.baselines=[pixels, {run_a}]"]) == 0
+    out = capsys.readouterr().out
+    assert f"[eval] baseline {run_a} has this run's own weights: left out" in out
+    rows = json.loads((run / "results.json").read_text())
+    assert [r["kind"] for r in rows] == ["pretrained", "pixels"]
+    assert rows[0]["knn"] == json.loads((run_a / "results.json").read_text())[0]["knn"]  # the same encoder indeed

@@ -110,6 +110,8 @@ def test_features_one_vector_dominates_get_a_panel_that_says_so_not_a_t_sne(tmp_
     drawn(out)
     assert panels(out) == 2 and embedded == [60]  # the constant target was not embedded
     assert plots.dominated(one) and not plots.dominated(g.normal(size=(60, 8)))
+    # every panel a note: no legend to draw (matplotlib refused a legend of 0 columns with a traceback)
+    drawn(plots.embedding_plot({"constant": (one, y)}, tmp_path / "only.png", method="tsne"))
 
 
 def test_feature_embedding_draws_the_cached_test_features_of_each_encoder_and_skips_stale_entries(tmp_path,

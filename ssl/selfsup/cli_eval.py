@@ -548,4 +548,4 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     else:
         kept = f"the adapted classifier in {out / 'classifier'}" + (
             f" (LoRA merged; the adapter and head for peft in {out / 'adapter'})" if args.protocol == "lora" else "")
-    write_results(written, rows, transfer_markdown(args.target, rows, frozen), plots=False, kept=kept)
+    write_results(written, rows, transfer_markdown(args.target, rows, frozen, other_data), plots=False, kept=kept)

@@ -65,7 +65,11 @@ _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Return ``value`` as type ``tp`` or raise a ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"config key {key!r} must be {type_name(tp)}, got {value!r} ({type(value).__name__})")
+    colon = (isinstance(value, dict) and len(value) == 1 and next(iter(value.values())) is None
+             and tp is not dict and typing.get_origin(tp) is not dict)  # YAML reads `random:` as {'random': None}
+    hint = f"; YAML reads an unquoted `{next(iter(value))}:` as a mapping, so quote it: '{next(iter(value))}:'" \
+        if colon else ""
+    bad = ConfigError(f"config key {key!r} must be {type_name(tp)}, got {value!r} ({type(value).__name__}){hint}")
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):

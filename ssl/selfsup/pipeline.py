@@ -16,11 +16,11 @@ from selfsup.artifacts.card import results_summary
 from selfsup.artifacts.load import export_encoder, load_encoder
 from selfsup.artifacts.validate import read_card
 from selfsup.config import ConfigError, RunConfig, apply_override, build_config
-from selfsup.eval.evaluate import NotScorable, cache_features, check_layers, evaluate_layers
+from selfsup.eval.evaluate import NotScorable, cache_features, check_layers, evaluate_layers, prepare
 from selfsup.eval.report import markdown_table
 from selfsup.fileio import write_json, write_text
 from selfsup.rundir import RunDir, is_export_dir
-from selfsup.safeload import describe_file, load_checkpoint
+from selfsup.safeload import LoadError, describe_file, load_checkpoint
 from selfsup.train.checkpoint import check_selfsup_checkpoint
 from selfsup.train.module import CHECKPOINT_KEY
 from selfsup.train.run import pretrain
@@ -67,19 +67,34 @@ def check_baselines(cfg: RunConfig, run_dir: str | Path | None = None) -> None:
 
     from selfsup.rundir import target_key
 
-    seen: dict[str, str] = {} if run_dir is None else {target_key(str(run_dir)): "the run itself"}
+    own = None if run_dir is None else target_key(str(run_dir))
+    seen: dict[str, str] = {}
     for given, target in zip(cfg.eval.baselines, baseline_targets(cfg)):
+        if not target.strip():
+            raise ConfigError(f"eval.baselines: an empty entry in {cfg.eval.baselines!r}; give random, pixels, "
+                              f"random:<timm-name> or the path of a run, an export or a checkpoint")
         if target.startswith("random:"):
             name = target.removeprefix("random:")
             if name not in timm.list_models():
                 raise ConfigError(f"eval.baselines: {given!r} names no timm model ({name!r}); use random (the "
                                   f"config's encoder), random:<timm-name>, pixels or the path of a run or export")
-        elif target != "pixels" and not Path(target).expanduser().exists():
-            raise ConfigError(f"eval.baselines: {given!r} is neither random, pixels, random:<timm-name> nor an "
-                              f"existing path (a run, an export or a checkpoint); fix or drop it before pretraining")
+        elif target != "pixels":
+            if target_key(target) == own:
+                raise ConfigError(f"eval.baselines: {given!r} is this run itself, which is evaluated anyway; "
+                                  f"drop it")
+            if not Path(target).expanduser().exists():
+                raise ConfigError(f"eval.baselines: {given!r} is neither random, pixels, random:<timm-name> nor an "
+                                  f"existing path (a run, an export or a checkpoint); fix or drop it before "
+                                  f"pretraining")
+            try:  # read now, not after training: a folder or file that holds no encoder failed there
+                load_encoder(Path(target).expanduser())
+            except LoadError as err:
+                raise ConfigError(f"eval.baselines: {given!r} holds no encoder to evaluate: {err}") from None
         key = target_key(target)
         if key in seen:
-            raise ConfigError(f"eval.baselines: {given!r} is {seen[key]} again; give each baseline once")
+            raise ConfigError(f"eval.baselines: {given!r} is given twice; give each baseline once" if seen[key] ==
+                              repr(given) else f"eval.baselines: {given!r} and {seen[key]} are the same baseline; "
+                              f"give each once")
         seen[key] = repr(given)
 
 
@@ -91,13 +106,21 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
     evaluate the run on labelled data, and the result is ``[]`` (as on ranks other than 0)."""
     targets = [str(run_dir), *baseline_targets(cfg)]
     features = RunDir(run_dir).features
-    prepared = [None] * len(targets)
     try:  # the data is checked before any feature is extracted
         if distributed.is_distributed():  # every rank extracts its share of the features; rank 0 scores them
             quiet = log if distributed.rank() == 0 else lambda s: None
             prepared = [cache_features(t, cfg, features, log=quiet, load=load_encoder) for t in targets]
             if distributed.rank() != 0:
                 return []
+        else:
+            prepared = [prepare(t, cfg, features, load_encoder) for t in targets]
+        # a baseline with the trained run's weights (its old export after a resume that trained nothing, a run
+        # trained the same way) would print the run's numbers again as a baseline's
+        same = [t for t, p in zip(targets[1:], prepared[1:]) if p.key == prepared[0].key]
+        for t in same:
+            log(f"[eval] baseline {t} has this run's own weights: left out (its row would repeat the run's)")
+        targets, prepared = ([t for t in targets if t not in same],
+                             [p for t, p in zip(targets, prepared) if t not in same])
         per_target = [evaluate_layers(t, cfg, features, log=log, prepared=p, load=load_encoder)
                       for t, p in zip(targets, prepared)]  # one row per stage of eval.layers (pixels: one)
     except NotScorable as err:

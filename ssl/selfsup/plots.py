@@ -233,7 +233,8 @@ def embedding_plot(samples: Mapping[str, tuple[np.ndarray, np.ndarray]], out: st
 
     handles = [Line2D([], [], ls="", marker="o", color=cmap(c % cmap.N)) for c in sorted(classes)]
     names = [class_names[c] if class_names is not None and c < len(class_names) else str(c) for c in sorted(classes)]
-    fig.legend(handles, names, loc="lower center", ncol=min(10, len(handles)), fontsize=7)
+    if handles:  # none when every panel was a dominated target's note
+        fig.legend(handles, names, loc="lower center", ncol=min(10, len(handles)), fontsize=7)
     return _save(fig, out, rect=(0, 0.08, 1, 1))
 
 

@@ -105,7 +105,7 @@ def feature_warnings(sample: Tensor, signals: dict[str, Any], kind: str, stage: 
     if signals["spread"] < CONSTANT_SPREAD:
         said = (f"the features{where} barely vary across test images (their spread is {signals['spread']:.1e} of "
                 f"their size, below {CONSTANT_SPREAD:g}: one vector dominates them), finer than cosine similarity "
-                f"resolves in float32, so the kNN columns are chance")
+                f"resolves reliably in float32, so the kNN columns are at or near chance")
         readable = int((sample.std(0) >= CONSTANT_STD).sum())
         return [said + ("; so are the probes: no feature varies by 1e-06 across images" if readable == 0 else
                         f"; the linear probe standardises each feature and reads the {readable} of {dim} that vary")]

@@ -31,13 +31,18 @@ def frozen_scores(frozen_rows: list[dict[str, Any]], fraction: float, size: int 
             f"{knn['top1']:.2f}" if knn else "")
 
 
-def frozen_notes(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict[str, Any]]) -> list[str]:
+def frozen_notes(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict[str, Any]],
+                 other_data: bool = False) -> list[str]:
     """Footnotes for the blank frozen linear / kNN cells of the table of ``rows``: none when every cell is
     filled; else why they are blank (no frozen evaluation beside the target, or none at that labelled fraction;
     kNN votes with every label, so it has the all-labels row only) and how to get the numbers."""
     cells = [frozen_scores(frozen_rows, r["fraction"], r.get("image_size")) for r in rows]
     if not any("" in cell for cell in cells):
         return []
+    if other_data:  # the run's results.json is of the data it trained on
+        return [f"Frozen linear / kNN top-1 are blank: this transfer is on other data than {target} was trained and "
+                f"evaluated on, and its results.json holds numbers of its own data only; `selfsup eval {target}` "
+                f"with the same data options gives the frozen numbers on this data (in a folder of their own)."]
     size = next((r["image_size"] for r in rows if r.get("image_size")), None)
     if frozen_own(frozen_rows) and not frozen_own(frozen_rows, size):
         seen = sorted({r["image_size"] for r in frozen_own(frozen_rows)})
@@ -63,8 +68,10 @@ def frozen_notes(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict
     return notes
 
 
-def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict[str, Any]]) -> str:
-    """Markdown: one line per labelled fraction of ``rows`` (:func:`selfsup.transfer.run_protocol`)."""
+def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict[str, Any]],
+                      other_data: bool = False) -> str:
+    """Markdown: one line per labelled fraction of ``rows`` (:func:`selfsup.transfer.run_protocol`);
+    ``other_data``: the transfer is on other data than the run's (``frozen_rows`` are then empty)."""
     single = bool(rows) and all(r.get("val_images") == 0 for r in rows)  # one lr: nothing chosen, nothing held out
     how = ("one learning rate, trained on every training image" if single
            else "the learning rate chosen on a split held out from the training images")
@@ -78,7 +85,7 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
         lines.append(f"| {r['protocol']} | {r['fraction'] * 100:g}% | {r['train_images']} | {mean_sd_text(r, 'top1')} | "
                      f"{mean_sd_text(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
-    notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows)
+    notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows, other_data)
     processes = {r.get("processes", 1) for r in rows}
     if processes != {1}:  # data-parallel: BatchNorm statistics and the batches' split differ from one process
         notes.append(f"Trained data-parallel on {', '.join(str(p) for p in sorted(processes))} processes "
