@@ -73,7 +73,8 @@ def test_monitors_refuse_bad_embeddings():
 def test_collapse_warning_below_one_percent_of_the_width():
     assert "collapsed" in collapse_warning(2.0, 2048)  # < 20.48
     assert collapse_warning(30.0, 2048) is None
-    assert "RankMe 1.20 of 64" in collapse_warning(1.2, 64)  # below 1.5 whatever the width
+    assert "RankMe 1.20 of 64 dimensions (below 1.5, hardly more than one direction)" in collapse_warning(1.2, 64)
+    assert "RankMe 2.00 of 2048 dimensions (below 1%)" in collapse_warning(2.0, 2048)  # the floor or the share
     assert collapse_warning(5.0, 64) is None
 
 
