@@ -564,3 +564,25 @@ def test_pretrains_baseline_with_the_runs_own_weights_is_left_out_with_a_line(la
     rows = json.loads((run / "results.json").read_text())
     assert [r["kind"] for r in rows] == ["pretrained", "pixels"]
     assert rows[0]["knn"] == json.loads((run_a / "results.json").read_text())[0]["knn"]  # the same encoder indeed
+
+
+def test_compare_marks_results_of_a_runs_older_weights_after_a_resume(labelled_run, tmp_path, capsys):
+    """helper-56's: after `pretrain --resume RUN trainer.max_steps=...` (with --no-eval, or for RUN's evaluation
+    folders in any case) compare showed the numbers of the weights before the resume beside the run's new epochs,
+    with nothing to say so. Rows record the run's steps when evaluated; compare warns where the run trained on."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(labelled_run[0], run, ignore=shutil.ignore_patterns("eval-*"))
+    assert main(["eval", str(run), "data.image_size=20"]) == 0
+    (folder,) = [p.parent for p in run.glob("eval-*/results.json")]
+    assert json.loads((folder / "results.json").read_text())[0]["trained_steps"] == 1
+    capsys.readouterr()
+    assert main(["compare", str(run), str(folder)]) == 0
+    assert "optimiser steps; the run has trained" not in capsys.readouterr().out  # fresh: no warning
+    assert main(["pretrain", "--resume", str(run), "trainer.max_steps=2", "--no-eval"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(run), str(folder)]) == 0
+    out = capsys.readouterr().out
+    said = "'s weights after 1 optimiser step; the run has trained to 2 since (a resume)"
+    assert out.count(said) == 2, out  # the run's own results.json (--no-eval kept it) and its evaluation folder

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfsup.rundir import RunDir, target_key
+from selfsup.rundir import RunDir, run_steps, target_key
 
 if TYPE_CHECKING:
     from selfsup.config import RunConfig
@@ -533,14 +533,18 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     settings = transfer_settings(options, size)
     out = ensure_out_dir(Path(args.out) if args.out else transfer_folder(base, args.protocol, settings, trained_size))
     rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
-    for r in rows:  # which data (selfsup compare's data column) and the side the encoder saw
-        r.update(dataset=cfg.data.name, test_images=len(test_ds), image_size=size)
+    steps = run_steps(target) if not args.target.startswith("random:") else None
+    for r in rows:  # which data (selfsup compare's data column), the side the encoder saw, the run's steps
+        r.update(dataset=cfg.data.name, test_images=len(test_ds), image_size=size, target=args.target,
+                 **({"trained_steps": steps} if steps is not None else {}))
     if not is_rank_zero():  # rank 0 writes the results (and wrote the export) once
         return
     # the run's frozen numbers beside it: only of the same data (its own) and each row's own size
     frozen = json.loads(run.results_json.read_text()) if run.results_json.is_file() and not other_data else []
     for r in frozen:  # rows written before image_size was recorded saw the training size
         r.setdefault("image_size", trained_size)
+    # numbers of the weights before a resume that trained on (with --no-eval) are not this encoder's
+    frozen = [r for r in frozen if r.get("kind") != "pretrained" or r.get("trained_steps", steps) == steps]
     written = RunDir(out)
     if args.protocol == "prompt":  # plain timm has no place for the tokens
         kept = (f"the prompt tokens and head in {out / 'prompt.safetensors'} and the frozen ViT in {out / 'encoder'} "

@@ -32,7 +32,7 @@ from typing import Any
 from selfsup.artifacts.card import CARD, from_config_json
 from selfsup.artifacts.validate import read_card
 from selfsup.eval.report import mean_sd_text, probe_header, probe_keys, row_warnings
-from selfsup.rundir import RunDir, is_export_dir, target_key
+from selfsup.rundir import RunDir, is_export_dir, nearest_run, run_steps, target_key
 from selfsup.safeload import LoadError
 
 BASELINE_KINDS = ("random", "pixels")
@@ -71,6 +71,26 @@ def run_about(path: Path) -> Entry:
                  timing.get("epochs"), minutes)
 
 
+def mark_stale(rows: list[dict[str, Any]], run: Path | None) -> None:
+    """Add a warning to each result of ``rows`` (a transfer row: each protocol row it holds) measured on run
+    ``run``'s weights after another number of optimiser steps (``trained_steps``) than the run has now
+    (:func:`selfsup.rundir.run_steps`): a resume trained on since, so they are numbers of older weights.
+    Only the run's own results are read: its pretrained rows and its transfers (a moved run directory keeps
+    them); baselines and results without ``trained_steps`` (written before it) are left as they are."""
+    now = run_steps(run) if run is not None else None
+    if now is None:
+        return
+    for r in rows:
+        own = r.get("transfer") or [] if r.get("kind") == TRANSFER_KIND else [r] if r.get("kind") == "pretrained" else []
+        for result in own:
+            then = result.get("trained_steps")
+            if isinstance(then, int) and then != now:
+                result["warnings"] = [*(result.get("warnings") or []),
+                                      f"measured on {run}'s weights after {then} optimiser step{'s' * (then != 1)}; "
+                                      f"the run has trained to {now} since (a resume): evaluate it again for its "
+                                      f"weights now"]
+
+
 def read_run(path: Path) -> Entry:
     """An :class:`Entry` from a run directory: config.yaml, results.json, training_time.json."""
     run = RunDir(path)
@@ -81,6 +101,7 @@ def read_run(path: Path) -> Entry:
         raise LoadError(f"{path} has no results.json of its own: run selfsup eval {path}{elsewhere}")
     entry = run_about(path)
     entry.rows = _final_stage(json.loads(run.results_json.read_text()))
+    mark_stale(entry.rows, path)  # a resume with --no-eval leaves the results of the weights before it
     return entry
 
 
@@ -132,6 +153,7 @@ def read_transfer(folder: Path, target: str) -> Entry:
                       card.get("training_minutes"))
     entry.target = target
     entry.rows = [{"label": target, "kind": TRANSFER_KIND, "transfer": rows}]
+    mark_stale(entry.rows, nearest_run(folder))
     return entry
 
 
@@ -155,6 +177,7 @@ def read_frozen_eval(folder: Path, target: str) -> Entry:
     entry = run_about(folder.parent) if RunDir(folder.parent).is_run() else Entry("")
     entry.target, entry.rows = target, rows
     entry.baseline_target = all(r.get("kind") in BASELINE_KINDS for r in rows)
+    mark_stale(rows, nearest_run(folder))
     return entry
 
 

@@ -159,6 +159,31 @@ EXPORT_CONFIG = "config.json"
 EXPORT_README = "README.md"
 
 
+def run_steps(path: str | Path) -> int | None:
+    """The optimiser steps run directory ``path`` has trained (``training_time.json``'s ``steps``); None
+    for anything else (an export, a checkpoint file, ``pixels``) or a run without the record."""
+    import json
+
+    if not isinstance(path, Path) and (path == "pixels" or str(path).startswith("random:")):
+        return None
+    run = RunDir(Path(path))
+    try:
+        steps = json.loads(run.training_time.read_text()).get("steps") if run.is_run() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def nearest_run(folder: str | Path, levels: int = 2) -> Path | None:
+    """The run directory ``folder`` sits in, up to ``levels`` folders above it (``RUN/eval-x``,
+    ``RUN/transfer-y``, ``RUN/eval-x/transfer-y``); None when there is none."""
+    here = Path(folder).resolve()
+    for parent in list(here.parents)[:levels]:
+        if RunDir(parent).is_run():
+            return parent
+    return None
+
+
 def target_key(spec: str) -> str:
     """One key per encoder target however it is spelled: ``pixels`` and ``random:NAME`` as written, a path
     resolved (``r1``, ``r1/``, ``./r1`` and ``~/x/r1`` are one run)."""

@@ -34,6 +34,7 @@ from selfsup.eval.prepare import (Prepared, cache_features, check_layers, featur
                                   layer_wise, prepare, target_stages)
 from selfsup.eval.search import IndexOptions
 from selfsup.eval.target import EncoderLoader, Target, default_device, resolve_target
+from selfsup.rundir import run_steps
 from selfsup.monitors import CONSTANT_SPREAD, collapse_warning, rankme, relative_spread, uniformity
 
 __all__ = ["DATA_IDENTITY", "EncoderLoader", "LABEL_FREE_ROWS", "NotScorable", "Prepared", "STORAGE", "Target",
@@ -136,6 +137,8 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
         "train_unlabeled_left_out": p.unlabeled_left_out, "feature_dim": lazy_tr.shape[1],
         # the side the encoder saw (px) and the data's: a trained encoder sees its training size
         "image_size": target.info.image_size, "data_image_size": train_ds.image_size,
+        # a run's steps when evaluated: a resume that trains on leaves these numbers behind (compare says so)
+        **({"trained_steps": steps} if target.kind == "pretrained" and (steps := run_steps(spec)) is not None else {}),
         "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
         "warnings": list(warnings),
