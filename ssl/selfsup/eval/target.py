@@ -19,7 +19,7 @@ from torch import nn
 from selfsup.config import RunConfig
 from selfsup.data import DataInfo
 from selfsup.encoders import create_encoder
-from selfsup.rundir import is_export_dir
+from selfsup.rundir import RunDir, is_export_dir
 from selfsup.safeload import LoadError
 
 
@@ -89,7 +89,7 @@ def target_label(path: Path, spec: str) -> str:
     if not is_export_dir(path):
         return f"run {path.name or spec}"
     parent = path.resolve().parent
-    if path.name == "export" and (parent / "config.yaml").is_file():
+    if path.name == "export" and RunDir(parent).is_run():
         return f"export of run {parent.name}"
     return f"export {path.name or spec}"
 
