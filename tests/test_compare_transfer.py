@@ -475,3 +475,21 @@ def test_compare_shows_the_size_each_encoder_saw_and_notes_different_sizes(tmp_p
     assert table(out)[0][4] == "px" and "different sizes" not in out
     assert main(["compare", str(old)]) == 0
     assert "px" not in table(capsys.readouterr().out)[0]  # no row says: no column
+
+
+def test_transfers_of_one_protocol_with_other_options_say_which(tmp_path, capsys):
+    """helper-56's: two bitfit folders, epochs=1 and epochs=2, compared as two rows that differed only in their
+    folder names. A "bitfit options" column names the options that differ (only those), blank for rows
+    written without options; none when the options agree."""
+    base = {"lrs": [0.003], "epochs": 1, "batch_size": 64}
+    one = write_transfer(tmp_path / "t1", [{**transfer_row("bitfit", 1.0, [50.0], [90.0], 0.7), "options": base}])
+    two = write_transfer(tmp_path / "t2", [{**transfer_row("bitfit", 1.0, [52.0], [91.0], 0.7),
+                                            "options": {**base, "epochs": 2}}])
+    old = write_transfer(tmp_path / "t3", [transfer_row("bitfit", 1.0, [51.0], [90.5], 0.7)])
+    assert main(["compare", str(one), str(two), str(old)]) == 0
+    header, by_target = table(capsys.readouterr().out)
+    assert header[-1] == "bitfit options"
+    assert [by_target[str(p)]["bitfit options"] for p in (one, two, old)] == ["epochs=1", "epochs=2", ""]
+    same = write_transfer(tmp_path / "t4", [{**transfer_row("bitfit", 1.0, [50.0], [90.0], 0.7), "options": base}])
+    assert main(["compare", str(one), str(same)]) == 0
+    assert "bitfit options" not in table(capsys.readouterr().out)[0]

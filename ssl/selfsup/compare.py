@@ -304,7 +304,24 @@ def transfer_columns(rows: list[dict[str, Any]]) -> list[Column]:
             return f"{t['trainable_pct']:.2f}" if t else ""
 
         columns.append((f"{protocol} trainable %", pct))
+        differing = options_that_differ([t for t in results if t["protocol"] == protocol])
+        if differing:  # two transfers of one protocol with other options looked the same but for the folder
+
+            def opts(r: dict[str, Any], protocol: str = protocol, keys: list[str] = differing) -> str:
+                t = next((t for t in r.get("transfer", []) if t["protocol"] == protocol), None)
+                given = t.get("options") if t else None
+                return ", ".join(f"{k}={given.get(k)}" for k in keys) if isinstance(given, dict) else ""
+
+            columns.append((f"{protocol} options", opts))
     return columns
+
+
+def options_that_differ(results: list[dict[str, Any]]) -> list[str]:
+    """The ``options`` keys (``--transfer``) whose values differ between transfer ``results`` (sorted); results
+    written without options are left out."""
+    seen = [t["options"] for t in results if isinstance(t.get("options"), dict)]
+    keys = sorted({k for o in seen for k in o})
+    return [k for k in keys if len({json.dumps(o.get(k), sort_keys=True) for o in seen}) > 1]
 
 
 def data_cell(row: dict[str, Any]) -> str:
