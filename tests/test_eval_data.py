@@ -586,3 +586,22 @@ def test_compare_marks_results_of_a_runs_older_weights_after_a_resume(labelled_r
     out = capsys.readouterr().out
     said = "'s weights after 1 optimiser step; the run has trained to 2 since (a resume)"
     assert out.count(said) == 2, out  # the run's own results.json (--no-eval kept it) and its evaluation folder
+
+
+def test_out_naming_the_run_itself_is_the_runs_default_place(labelled_run, tmp_path, capsys):
+    """`eval RUN --out RUN` was refused as "--out is a run directory", although RUN is where `eval RUN` writes;
+    it is now that default (the run's own results kept by the same rules), and another run as --out is still
+    refused."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(labelled_run[0], run, ignore=shutil.ignore_patterns("eval-*"))
+    before = json.loads((run / "results.json").read_text())
+    assert main(["eval", str(run), "--out", f"{run}/", "--baseline", "pixels"]) == 0
+    after = json.loads((run / "results.json").read_text())
+    assert [(r["kind"], r["knn"]) for r in after] == [(r["kind"], r["knn"]) for r in before]
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--out", str(other)]) == 2
+    assert "is a run directory" in capsys.readouterr().err

@@ -48,6 +48,9 @@ def eval_command(args: argparse.Namespace) -> None:
     from selfsup.train.workdir import load_run_config
 
     target = Path(args.target)
+    if args.out and args.task != "detection" and not args.protocol and RunDir(target).is_run() and \
+            target_key(args.out) == target_key(args.target):
+        args.out = None  # `eval RUN --out RUN` asks for the default place: the run's own (kept) results
     check_out_folder(args.out)
     # a repeat trained and printed the same row twice, however the path is spelled (r1, r1/, ./r1)
     same, own = [target_key(s) for s in args.baseline], target_key(args.target)
