@@ -81,7 +81,10 @@ def mark_stale(rows: list[dict[str, Any]], run: Path | None) -> None:
     if now is None:
         return
     for r in rows:
-        own = r.get("transfer") or [] if r.get("kind") == TRANSFER_KIND else [r] if r.get("kind") == "pretrained" else []
+        if r.get("kind") == TRANSFER_KIND:
+            own = r.get("transfer") or []
+        else:
+            own = [r] if r.get("kind") == "pretrained" else []
         for result in own:
             then = result.get("trained_steps")
             if isinstance(then, int) and then != now:

@@ -60,9 +60,13 @@ def baseline_targets(cfg: RunConfig) -> list[str]:
 
 def check_baselines(cfg: RunConfig, run_dir: str | Path | None = None) -> None:
     """Refuse, before pretraining, an ``eval.baselines`` entry the evaluation after it would fail on or
-    repeat: a ``random:NAME`` timm does not have, a path that does not exist, the run itself, or one
+    repeat: an empty one, a ``random:NAME`` timm does not have, a path that does not exist or holds no
+    encoder (read with :func:`selfsup.artifacts.load.load_encoder`), the run itself (``run_dir``), or one
     encoder given twice however it is spelled (``random`` and ``random:resnet18`` of a resnet18 run).
-    ConfigError, one line."""
+
+    Raises:
+        ConfigError: one line naming the entry and the fix.
+    """
     import timm
 
     from selfsup.rundir import target_key

@@ -34,8 +34,8 @@ from selfsup.eval.prepare import (Prepared, cache_features, check_layers, featur
                                   layer_wise, prepare, target_stages)
 from selfsup.eval.search import IndexOptions
 from selfsup.eval.target import EncoderLoader, Target, default_device, resolve_target
-from selfsup.rundir import run_steps
 from selfsup.monitors import CONSTANT_SPREAD, collapse_warning, rankme, relative_spread, uniformity
+from selfsup.rundir import run_steps
 
 __all__ = ["DATA_IDENTITY", "EncoderLoader", "LABEL_FREE_ROWS", "NotScorable", "Prepared", "STORAGE", "Target",
            "cache_features", "changed_data_keys", "check_channels", "check_layers", "data_identity", "data_key",
@@ -95,11 +95,11 @@ def feature_warnings(sample: Tensor, signals: dict[str, Any], kind: str, stage: 
     (``spread``: :func:`selfsup.monitors.relative_spread`, ``rankme``):
 
     - spread below :data:`selfsup.monitors.CONSTANT_SPREAD`: one vector dominates the features, and
-      cosine similarity (the kNN's) cannot tell the images apart in float32: the kNN columns are
-      chance (random-init repvgg_a0 and efficientvit_b0 in eval mode). The linear probe standardises
-      each feature and reads those that vary by :data:`selfsup.eval.linear.CONSTANT_STD` or more;
-      with none, it is chance too.
-    - otherwise, for a trained encoder, RankMe below 1% of D (:func:`selfsup.monitors.collapse_warning`):
+      cosine similarity (the kNN's) cannot reliably tell the images apart in float32: the kNN columns
+      are at or near chance (random-init repvgg_a0, efficientvit_b0, ghostnet_100 in eval mode). The
+      linear probe standardises each feature and reads those that vary by
+      :data:`selfsup.eval.linear.CONSTANT_STD` or more; with none, it is chance too.
+    - otherwise, for a trained encoder, RankMe below 1% of D or 1.5 (:func:`selfsup.monitors.collapse_warning`):
       a run that collapsed (the training monitors may not have run in a short run)."""
     where = "" if stage is None else f" of stage {stage.name}"
     dim = sample.shape[1]
