@@ -32,6 +32,7 @@ class Target:
     info: DataInfo  # input size and normalisation the encoder expects
     encoder: nn.Module
 
+
 def at_size(target: Target, size: int | None) -> Target:
     """``target`` seeing the images at ``size`` px a side (``eval.image_size``); ``target`` itself for
     None. A trained encoder otherwise sees its training size (its card's ``input_size``) whatever
