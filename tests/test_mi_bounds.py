@@ -308,27 +308,42 @@ def test_benchmark_stacked_critics_equal_the_library_critics(kind):
                           atol=1e-5, rtol=1e-5)
 
 
+TRAINED_BY = {"infonce": "InfoNCE", "nwj": "NWJ", "js": "JS", "mine": "MINE"}  # each critic's training bound
+
+
+def test_benchmark_shares_one_critic_among_the_estimators_of_one_objective():
+    """Four critics for seven estimators: one per training objective; JS and the SMILE readouts (SMILE trains on
+    JS, Song & Ermon's smile_lower_bound) read the JS critic, each other estimator its own."""
+    bench = _benchmark()
+    assert bench.CRITICS == ("infonce", "nwj", "js", "mine")
+    read = {est.name: bench.CRITICS[bench.critic_index(est)] for est in bench.ESTIMATORS}
+    assert read == {"InfoNCE": "infonce", "NWJ": "nwj", "JS": "js", "MINE": "mine", "SMILE (tau=1)": "js",
+                    "SMILE (tau=5)": "js", "SMILE (tau=inf)": "js"}
+
+
 @pytest.mark.parametrize("scale", [0.5, 4.0, 30.0])
 def test_benchmark_objective_equals_the_library_bounds(scale):
-    """All seven objectives at once on [E, B, B] scores: the loss's gradient, the MI estimates and
-    MINE's moving average equal the library functions on each matrix (at scale 4 and 30 the
-    SMILE clips act: tau 1, 5 and none give different estimates)."""
+    """The four objectives at once on [C, B, B] scores and the seven readouts: the loss's gradient, the MI
+    estimates and MINE's moving average equal the library functions on each critic's matrix (at scale 4 and
+    30 the SMILE clips act: tau 1, 5 and none give different estimates)."""
     bench = _benchmark()
     g = torch.Generator().manual_seed(int(scale * 10))
-    base = scale * torch.randn(len(bench.ESTIMATORS), 9, 9, generator=g, dtype=torch.float64)
+    base = scale * torch.randn(len(bench.CRITICS), 9, 9, generator=g, dtype=torch.float64)
     base = base + scale * torch.eye(9, dtype=torch.float64)
     ema = torch.tensor([math.log(2.5)], dtype=torch.float64)  # the log of MINE's moving average
     scores = base.clone().requires_grad_(True)
     loss, mi, new_ema = bench.objective(scores, ema)
+    assert mi.shape == (len(bench.ESTIMATORS),)
     (grad,) = torch.autograd.grad(loss, scores)
     ref = base.clone().requires_grad_(True)
     ref_loss, ref_mi, ref_ema = 0.0, [], None
-    for e, est in enumerate(bench.ESTIMATORS):
-        bound, out = _library_bound(est.name, ref[e], ema[0])
+    for c, objective in enumerate(bench.CRITICS):  # each critic trains on its own bound
+        bound, out = _library_bound(TRAINED_BY[objective], ref[c], ema[0])
         ref_loss = ref_loss + bound.loss
-        ref_mi.append(float(bound.mi))
-        if est.name == "MINE":
+        if objective == "mine":
             ref_ema = out
+    for est in bench.ESTIMATORS:  # and each estimator reads its critic
+        ref_mi.append(float(_library_bound(est.name, ref[bench.critic_index(est)].detach(), ema[0])[0].mi))
     (ref_grad,) = torch.autograd.grad(ref_loss, ref)
     assert torch.allclose(mi, torch.tensor(ref_mi, dtype=torch.float64), atol=1e-10, rtol=1e-10)
     assert torch.allclose(grad, ref_grad, atol=1e-12, rtol=1e-10)
@@ -357,8 +372,8 @@ def test_mine_survives_a_partition_that_overflows_float32():
     assert torch.allclose(g.double(), expected, atol=1e-6)
     bench = _benchmark()  # the benchmark's batched MINE: the same, finite
     names = [est.name for est in bench.ESTIMATORS]
-    scores = torch.randn(len(names), 6, 6, generator=torch.Generator().manual_seed(1))
-    scores[names.index("MINE")] = s.detach()
+    scores = torch.randn(len(bench.CRITICS), 6, 6, generator=torch.Generator().manual_seed(1))
+    scores[bench.CRITICS.index("mine")] = s.detach()
     scores.requires_grad_(True)
     loss, mi, ema = bench.objective(scores, torch.zeros(1, dtype=torch.float64))
     (grad,) = torch.autograd.grad(loss, scores)
@@ -372,20 +387,20 @@ def test_benchmark_objective_keeps_one_critics_overflow_away_from_the_others():
     bench = _benchmark()
     names = [est.name for est in bench.ESTIMATORS]
     g = torch.Generator().manual_seed(0)
-    base = torch.randn(len(names), 8, 8, generator=g)
-    base[names.index("JS")] += 200.0  # e^200 overflows float32
+    base = torch.randn(len(bench.CRITICS), 8, 8, generator=g)
+    base[bench.CRITICS.index("js")] += 200.0  # e^200 overflows float32
     scores = base.clone().requires_grad_(True)
     loss, mi, _ = bench.objective(scores, torch.zeros(1))
     (grad,) = torch.autograd.grad(loss, scores)
     assert torch.isfinite(grad).all()
     assert float(mi[names.index("JS")]) == float("-inf")  # the NWJ reading of that critic, as the library's
-    assert float(js(base[names.index("JS")]).mi) == float("-inf")
+    assert float(js(base[bench.CRITICS.index("js")]).mi) == float("-inf")
 
 
 def test_benchmark_step_with_one_adam_equals_separate_runs():
     """Three training steps of the batch of critics (one fused Adam on the stacked weights, the
-    batched objective) equal seven separate runs: each critic module, its library bound, its own
-    Adam (MINE's moving average carried)."""
+    batched objective) equal four separate runs: each critic module, its objective's library bound,
+    its own Adam (MINE's moving average carried)."""
     import copy
 
     bench = _benchmark()
@@ -393,7 +408,7 @@ def test_benchmark_step_with_one_adam_equals_separate_runs():
         torch.manual_seed(0)
         # float64: Adam normalises each gradient entry, so float32 rounding of a near-zero
         # gradient (summed in another order) could flip a step's sign
-        critics = [bench.make_critic(kind, concat_hidden=16).double() for _ in bench.ESTIMATORS]
+        critics = [bench.make_critic(kind, concat_hidden=16).double() for _ in bench.CRITICS]
         params = bench.stack_critics(kind, critics)
         opt = torch.optim.Adam(list(params.values()), lr=bench.LR, fused=True)
         refs = [copy.deepcopy(c) for c in critics]
@@ -406,12 +421,12 @@ def test_benchmark_step_with_one_adam_equals_separate_runs():
             opt.zero_grad()
             loss.backward()
             opt.step()
-            for est, critic, ref_opt in zip(bench.ESTIMATORS, refs, ref_opts):
-                bound, out = _library_bound(est.name, critic(xs[t], ys[t]), ref_ema)
+            for objective, critic, ref_opt in zip(bench.CRITICS, refs, ref_opts):
+                bound, out = _library_bound(TRAINED_BY[objective], critic(xs[t], ys[t]), ref_ema)
                 ref_opt.zero_grad()
                 bound.loss.backward()
                 ref_opt.step()
-                if est.name == "MINE":
+                if objective == "mine":
                     ref_ema = out.detach()
         trained = bench.stack_critics(kind, refs)
         assert set(trained) == set(params)
