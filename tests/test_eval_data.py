@@ -245,7 +245,7 @@ def test_features_one_vector_dominates_are_warned_with_what_each_column_can_read
         row = evaluate(spec, cfg, tmp_path / "cache", log=quiet, load=load)
         assert row["label_free"]["spread"] < 1e-8, spec
         said = [w for w in row["warnings"] if w.startswith("the features barely vary across test images")]
-        assert len(said) == 1 and "so the kNN columns are at or near chance; " + probes in said[0], row["warnings"]
+        assert len(said) == 1 and "so the kNN columns are unreliable, down to chance; " + probes in said[0], row["warnings"]
         assert said[0] in markdown_table([row])
     varying = evaluate("random:resnet18", cfg, tmp_path / "cache", log=quiet)
     assert varying["label_free"]["spread"] > 1e-4 and not varying["warnings"]
@@ -605,3 +605,36 @@ def test_out_naming_the_run_itself_is_the_runs_default_place(labelled_run, tmp_p
     capsys.readouterr()
     assert main(["eval", str(run), "--out", str(other)]) == 2
     assert "is a run directory" in capsys.readouterr().err
+
+
+def test_an_out_folder_outside_the_run_is_marked_too(labelled_run, tmp_path, capsys, monkeypatch):
+    """helper-57's: `selfsup eval RUN --out DIR` (DIR outside the run), then a resume that trained on: compare
+    warned the run's own folders but not DIR, whose row named the run by the path as typed (relative)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(labelled_run[0], run, ignore=shutil.ignore_patterns("eval-*"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "run", "--out", "outside"]) == 0
+    assert main(["pretrain", "--resume", "run", "trainer.max_steps=2", "--no-eval"]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path / "outside")  # another working directory: the relative "run" names nothing here
+    assert main(["compare", str(tmp_path / "outside")]) == 0
+    out = capsys.readouterr().out
+    assert "'s weights after 1 optimiser step; the run has trained to 2 since (a resume)" in out, out
+
+
+def test_a_random_baseline_that_cannot_take_the_images_is_refused_before_pretraining(labelled_run, tmp_path, capsys):
+    """helper-57's: `eval.baselines=[random:vit_tiny_patch16_224]` on 16 px images trained, then failed on the
+    ViT's first forward pass (fixed 224 px), leaving the run without results or export. Built and run once
+    before training now."""
+    from conftest import ROOT
+
+    run = tmp_path / "r"
+    assert main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), "data.name=digits",
+                 "data.image_size=16", TINY_ENCODER, "trainer.max_steps=1",
+                 "eval.baselines=[pixels, random:vit_tiny_patch16_224]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "eval.baselines: 'random:vit_tiny_patch16_224' cannot be evaluated on these " \
+        "images: random-init vit_tiny_patch16_224 fails on a forward pass of a 1x16x16 image" in err, err
+    assert not run.exists()

@@ -337,3 +337,23 @@ def test_epochs_trained_counts_a_cut_short_epoch_as_its_share(steps, batches, ac
     got = epochs_trained(steps, batches, accumulate, lightning_epochs=99)
     assert got == said and isinstance(got, int) == isinstance(said, int)
     assert epochs_trained(steps, float("inf"), accumulate, lightning_epochs=7) == 7  # no epoch length: Lightning's
+
+
+def test_a_resume_lightning_counts_as_finished_says_so_and_what_trains_on(tmp_path, capsys):
+    """helper-57's: a run stopped by trainer.max_steps at an epoch's end (1 batch an epoch, 4 of max_epochs 5),
+    resumed with max_steps 6: the banner planned 5 steps, Lightning took none (it counts the checkpoint's last
+    epoch as finished) and the log said "the checkpoint already holds all 4 optimiser steps of this schedule".
+    It now says what happened and the key that trains on."""
+    run = tmp_path / "run"
+    small = ["data.name=digits", "data.subset=64", "data.image_size=16", "data.batch_size=64",
+             "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false"]
+    assert main(["pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval", "trainer.max_epochs=5",
+                 "trainer.max_steps=4", *small]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", str(run), "--no-eval", "trainer.max_steps=6"]) == 0
+    out = capsys.readouterr().out
+    assert _step(run) == 4 and "nothing left to train" not in out
+    assert ("[pretrain] warning: this resume took no step although the schedule plans 5 and the checkpoint holds 4: "
+            "Lightning counts the checkpoint's last epoch as finished" in out), out
+    assert main(["pretrain", "--resume", str(run), "--no-eval", "trainer.max_steps=6", "trainer.max_epochs=10"]) == 0
+    assert _step(run) > 4  # the advised key trains on

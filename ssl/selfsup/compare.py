@@ -180,8 +180,18 @@ def read_frozen_eval(folder: Path, target: str) -> Entry:
     entry = run_about(folder.parent) if RunDir(folder.parent).is_run() else Entry("")
     entry.target, entry.rows = target, rows
     entry.baseline_target = all(r.get("kind") in BASELINE_KINDS for r in rows)
-    mark_stale(rows, nearest_run(folder))
+    mark_stale(rows, nearest_run(folder) or evaluated_run(rows))
     return entry
+
+
+def evaluated_run(rows: list[dict[str, Any]]) -> Path | None:
+    """The run directory the pretrained row of an evaluation folder outside it names (``target_path``,
+    recorded with ``trained_steps``: ``selfsup eval RUN --out DIR``); None when it names none that exists."""
+    for r in rows:
+        where = r.get("target_path") if r.get("kind") == "pretrained" else None
+        if isinstance(where, str) and RunDir(Path(where)).is_run():
+            return Path(where)
+    return None
 
 
 def read_export(path: Path) -> Entry:
@@ -323,7 +333,7 @@ def options_that_differ(results: list[dict[str, Any]]) -> list[str]:
     """The ``options`` keys (``--transfer``) whose values differ between transfer ``results`` (sorted); results
     written without options are left out."""
     seen = [t["options"] for t in results if isinstance(t.get("options"), dict)]
-    keys = sorted({k for o in seen for k in o})
+    keys = sorted({k for o in seen for k in o} - {"given"})  # "given": which options were set, bookkeeping
     return [k for k in keys if len({json.dumps(o.get(k), sort_keys=True) for o in seen}) > 1]
 
 

@@ -16,6 +16,7 @@ from selfsup.artifacts.card import results_summary
 from selfsup.artifacts.load import export_encoder, load_encoder
 from selfsup.artifacts.validate import read_card
 from selfsup.config import ConfigError, RunConfig, apply_override, build_config
+from selfsup.data import DataInfo
 from selfsup.eval.evaluate import NotScorable, cache_features, check_layers, evaluate_layers, prepare
 from selfsup.eval.report import markdown_table
 from selfsup.fileio import write_json, write_text
@@ -39,9 +40,9 @@ def pretrain_evaluate_export(cfg: RunConfig, run_dir: str | Path | None = None, 
     """
     after = evaluate and cfg.eval.after_pretrain
 
-    def check(encoder: nn.Module) -> None:
+    def check(encoder: nn.Module, info: DataInfo) -> None:
         check_layers(cfg, encoder)
-        check_baselines(cfg, run_dir)
+        check_baselines(cfg, run_dir, info)
 
     def evaluate_and_export(done: Path) -> None:
         table = finish_run(done, cfg, log)  # distributed: every rank extracts features, rank 0 reports
@@ -58,11 +59,13 @@ def baseline_targets(cfg: RunConfig) -> list[str]:
     return [f"random:{cfg.encoder.name}" if b in ("random", "random:") else b for b in cfg.eval.baselines]
 
 
-def check_baselines(cfg: RunConfig, run_dir: str | Path | None = None) -> None:
+def check_baselines(cfg: RunConfig, run_dir: str | Path | None = None, info: DataInfo | None = None) -> None:
     """Refuse, before pretraining, an ``eval.baselines`` entry the evaluation after it would fail on or
     repeat: an empty one, a ``random:NAME`` timm does not have, a path that does not exist or holds no
     encoder (read with :func:`selfsup.artifacts.load.load_encoder`), the run itself (``run_dir``), or one
-    encoder given twice however it is spelled (``random`` and ``random:resnet18`` of a resnet18 run).
+    encoder given twice however it is spelled (``random`` and ``random:resnet18`` of a resnet18 run); with
+    the training data's ``info``, a ``random:`` encoder that cannot take its images (built and run once,
+    :func:`selfsup.encoders.check_pixels_seen`: a ViT of fixed size 224 on 16 px images).
 
     Raises:
         ConfigError: one line naming the entry and the fix.
@@ -82,6 +85,17 @@ def check_baselines(cfg: RunConfig, run_dir: str | Path | None = None) -> None:
             if name not in timm.list_models():
                 raise ConfigError(f"eval.baselines: {given!r} names no timm model ({name!r}); use random (the "
                                   f"config's encoder), random:<timm-name>, pixels or the path of a run or export")
+            if info is not None:  # it failed on its first forward pass once training had ended
+                from selfsup.encoders import EncoderError, check_pixels_seen
+                from selfsup.eval.target import at_size, resolve_target
+
+                base = at_size(resolve_target(target, cfg, lambda: info), cfg.eval.image_size)
+                try:
+                    check_pixels_seen(base.encoder, base.info.in_chans, base.info.image_size, base.label,
+                                      "eval.image_size")
+                except EncoderError as err:
+                    raise ConfigError(f"eval.baselines: {given!r} cannot be evaluated on these images: {err}; drop "
+                                      f"it") from None
         elif target != "pixels":
             if target_key(target) == own:
                 raise ConfigError(f"eval.baselines: {given!r} is this run itself, which is evaluated anyway; "

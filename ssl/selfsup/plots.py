@@ -217,8 +217,8 @@ def embedding_plot(samples: Mapping[str, tuple[np.ndarray, np.ndarray]], out: st
     for ax, (label, (x, y)) in zip(axes, samples.items()):
         y = np.asarray(y).astype(int)
         if dominated(np.asarray(x, dtype=np.float64)):  # t-SNE of one vector: noise, and numpy's divide warnings
-            ax.text(0.5, 0.5, "one vector dominates every image's\nfeatures: nothing to embed", ha="center",
-                    va="center", fontsize=8, transform=ax.transAxes)
+            ax.text(0.5, 0.5, "one vector dominates every image's\nfeatures: t-SNE would draw rounding noise",
+                    ha="center", va="center", fontsize=8, transform=ax.transAxes)
             ax.set_title(label, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -96,8 +96,8 @@ def feature_warnings(sample: Tensor, signals: dict[str, Any], kind: str, stage: 
 
     - spread below :data:`selfsup.monitors.CONSTANT_SPREAD`: one vector dominates the features, and
       cosine similarity (the kNN's) cannot reliably tell the images apart in float32: the kNN columns
-      are at or near chance (random-init repvgg_a0, efficientvit_b0, ghostnet_100 in eval mode). The
-      linear probe standardises each feature and reads those that vary by
+      are unreliable, down to chance (random-init repvgg_a0, efficientvit_b0, ghostnet_100 in eval
+      mode). The linear probe standardises each feature and reads those that vary by
       :data:`selfsup.eval.linear.CONSTANT_STD` or more; with none, it is chance too.
     - otherwise, for a trained encoder, RankMe below 1% of D or 1.5 (:func:`selfsup.monitors.collapse_warning`):
       a run that collapsed (the training monitors may not have run in a short run)."""
@@ -106,7 +106,7 @@ def feature_warnings(sample: Tensor, signals: dict[str, Any], kind: str, stage: 
     if signals["spread"] < CONSTANT_SPREAD:
         said = (f"the features{where} barely vary across test images (their spread is {signals['spread']:.1e} of "
                 f"their size, below {CONSTANT_SPREAD:g}: one vector dominates them), finer than cosine similarity "
-                f"resolves reliably in float32, so the kNN columns are at or near chance")
+                f"resolves reliably in float32, so the kNN columns are unreliable, down to chance")
         readable = int((sample.std(0) >= CONSTANT_STD).sum())
         return [said + ("; so are the probes: no feature varies by 1e-06 across images" if readable == 0 else
                         f"; the linear probe standardises each feature and reads the {readable} of {dim} that vary")]
@@ -137,8 +137,10 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
         "train_unlabeled_left_out": p.unlabeled_left_out, "feature_dim": lazy_tr.shape[1],
         # the side the encoder saw (px) and the data's: a trained encoder sees its training size
         "image_size": target.info.image_size, "data_image_size": train_ds.image_size,
-        # a run's steps when evaluated: a resume that trains on leaves these numbers behind (compare says so)
-        **({"trained_steps": steps} if target.kind == "pretrained" and (steps := run_steps(spec)) is not None else {}),
+        # a run's steps when evaluated, and where it is: a resume that trains on leaves these numbers behind
+        # (compare says so, also for an --out folder outside the run)
+        **({"trained_steps": steps, "target_path": str(Path(spec).resolve())}
+           if target.kind == "pretrained" and (steps := run_steps(spec)) is not None else {}),
         "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
         "warnings": list(warnings),

@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from selfsup.config import ConfigError, RunConfig, method_name
-from selfsup.data import build_dataset, make_loader, subset
+from selfsup.data import DataInfo, build_dataset, make_loader, subset
 from selfsup.encoders import EncoderError, check_forward, check_kwargs_take_effect
 from selfsup.fileio import write_json
 from selfsup.rundir import RunDir
@@ -43,9 +43,10 @@ from selfsup.train.workdir import RUN_DIR_ENV, check_run_dir, hold_run_dir, load
 
 def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False,
              log: Callable[[str], None] = print, then: Callable[[Path], Any] | None = None,
-             check_encoder: Callable[[torch.nn.Module], None] | None = None) -> Path:
+             check_encoder: Callable[[torch.nn.Module, DataInfo], None] | None = None) -> Path:
     """Train ``cfg.method``; returns the run directory (config, metrics.csv, checkpoints/).
-    ``check_encoder(encoder)`` runs on the untrained encoder before anything is written (selfsup.pipeline
+    ``check_encoder(encoder, info)`` runs on the untrained encoder and the data's DataInfo before anything is
+    written (selfsup.pipeline
     checks ``eval.layers`` there); ``then(run_dir)`` runs after training while the run directory is still
     locked (selfsup.pipeline evaluates and exports there).
 
@@ -105,7 +106,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         raise EncoderError(f"{err} (this run was trained with that encoder, and a resume cannot change "
                            f"encoder.kwargs or the images: start a new run with the fix)") from None
     if check_encoder is not None:
-        check_encoder(module.method.encoder)
+        check_encoder(module.method.encoder, info)
     train_loader = make_loader(train_ds, cfg.data.batch_size, train=True, num_workers=cfg.data.num_workers,
                                seed=cfg.seed, with_indices=module.method.needs_indices)
     val_loader = None
@@ -157,10 +158,16 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
             if removed:
                 shutil.rmtree(RunDir(run_dir).checkpoints, ignore_errors=True)
             raise NoStepsError(no_steps_message(module.skipped_batches, removed))
-        if resume and module.trained_batches == 0 and trainer.is_global_zero:  # the banner's steps were all taken
+        took_none = resume and module.trained_batches == 0 and trainer.is_global_zero
+        if took_none and trainer.global_step >= plan.total_steps:
             log(f"[pretrain] nothing left to train: the checkpoint already holds all {trainer.global_step} optimiser "
                 f"steps of this schedule, so this resume took none; raise trainer.max_steps or trainer.max_epochs to "
                 f"train on")
+        elif took_none:  # Lightning's epoch count ran ahead of the steps (it resumes at an epoch's end)
+            log(f"[pretrain] warning: this resume took no step although the schedule plans {plan.total_steps} and the "
+                f"checkpoint holds {trainer.global_step}: Lightning counts the checkpoint's last epoch as finished "
+                f"(a checkpoint saved where trainer.max_steps stopped inside or at the end of an epoch), so "
+                f"trainer.max_epochs={t.max_epochs} is reached; raise trainer.max_epochs to train the rest")
         if bad_files.is_file() and trainer.is_global_zero:
             n = len({line.split("\t")[0] for line in bad_files.read_text().splitlines()})
             log(f"[data] {n} unreadable image file(s) were left out (data.on_bad_file=skip); see {bad_files}")
