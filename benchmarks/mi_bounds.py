@@ -636,7 +636,8 @@ def markdown(results: list[dict[str, Any]], stats: dict[str, dict[str, list[dict
              f"{', y cubed (the MI unchanged)' if args.cubic else ''}, "
              f"batch {BATCH}, {args.steps} Adam steps (lr {LR}) per level; separable critic 256 wide, 2 hidden "
              f"layers, 32-d embeddings; concatenated critic {args.concat_hidden} wide, 2 hidden layers"
-             f"{' (the paper: 256; narrower to fit the CPU)' if args.concat_hidden != 256 else ''}. The seven critics "
+             f"{' (the paper: 256; narrower to fit the CPU)' if args.concat_hidden != 256 else ''}. Four critics, one "
+             f"per training objective (InfoNCE, NWJ, JS, MINE; the SMILE readouts read the JS-trained critic), "
              f"train together as one batch of networks (stacked weights, one Adam). Statistics per level over its "
              f"last {100 - int(100 * BURN_IN)}% of steps. Each critic's section names the command that ran it.", ""]
     unplotted = [res["critic"] for res in results if not res.get("plotted", True)]
