@@ -50,7 +50,7 @@ def pretrain_evaluate_export(cfg: RunConfig, run_dir: str | Path | None = None, 
             log("\n" + table)
 
     return pretrain(cfg, run_dir=run_dir, resume=resume, log=log, then=evaluate_and_export if after else None,
-                    check_encoder=check if cfg.eval.after_pretrain else None)
+                    check_encoder=check if after else None)
 
 
 def baseline_targets(cfg: RunConfig) -> list[str]:
