@@ -493,3 +493,13 @@ def test_transfers_of_one_protocol_with_other_options_say_which(tmp_path, capsys
     same = write_transfer(tmp_path / "t4", [{**transfer_row("bitfit", 1.0, [50.0], [90.0], 0.7), "options": base}])
     assert main(["compare", str(one), str(same)]) == 0
     assert "bitfit options" not in table(capsys.readouterr().out)[0]
+
+
+def test_an_evaluation_folder_whose_results_json_is_unreadable_says_so(tmp_path, capsys):
+    """helper-57's: compare of a folder with a hand-broken results.json said it was "neither a run directory ...
+    nor an evaluation folder"; it names the unreadable file."""
+    folder = write_transfer(tmp_path / "t", [transfer_row("bitfit", 1.0, [50.0], [90.0], 0.7)])
+    (folder / "results.json").write_text('[{"protocol": "bitfit", ')
+    assert main(["compare", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{folder / 'results.json'} is not readable JSON" in err, err

@@ -225,6 +225,10 @@ def read_entry(target: str | Path) -> Entry:
         return read_transfer(path, str(target))
     if frozen_rows(path) is not None:
         return read_frozen_eval(path, str(target))
+    saved = RunDir(path).results_json
+    if saved.is_file() and _json_or_none(saved) is None:  # an evaluation folder whose results cannot be read
+        raise LoadError(f"{saved} is not readable JSON (edited or cut short?): evaluate {target}'s encoder again "
+                        f"into a fresh folder, or restore the file")
     raise LoadError(f"{target} is neither a run directory (config.yaml + checkpoints/) nor an export directory "
                     f"(config.json + model.safetensors) nor an evaluation folder (results.json of selfsup eval, "
                     f"frozen or --protocol): give what selfsup pretrain, selfsup export or selfsup eval wrote")
