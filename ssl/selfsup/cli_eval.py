@@ -13,6 +13,7 @@ from selfsup.rundir import RunDir, run_steps, target_key
 
 if TYPE_CHECKING:
     from selfsup.config import RunConfig
+    from selfsup.eval.prepare import Prepared
 
 
 def draw(folder: Path) -> None:
@@ -104,7 +105,7 @@ def eval_command(args: argparse.Namespace) -> None:
         print(f"[eval] evaluating on other data than the run's ({', '.join(changed)} changed): results go to {out}, "
               f"{own_results_note(run)}")
     prepared = [prepare(t, cfg, cache, load_encoder) for t in targets]  # every target read before any extraction
-    check_distinct_encoders(targets, [p.key for p in prepared])
+    check_distinct_encoders(targets, prepared)
     rows = [row for t, p in zip(targets, prepared)  # cache keyed by data
             for row in evaluate_layers(t, cfg, cache, prepared=p, load=load_encoder)]
     reason = run_results_kept(target, cfg, rows) if in_place and not changed else None
@@ -162,19 +163,18 @@ def transfer_folder(base: Path, protocol: str, settings: dict[str, Any], trained
     return base / f"transfer-{protocol}-{digest}"
 
 
-def check_distinct_encoders(targets: list[str], keys: list[str]) -> None:
+def check_distinct_encoders(targets: list[str], prepared: list[Prepared]) -> None:
     """ConfigError (one line) when two of ``targets`` (the target, then each ``--baseline``) are the same
-    encoder, ``keys`` their weight fingerprints (:func:`selfsup.eval.features.fingerprint`): a run and its
-    export or checkpoint, ``random:`` and ``random:NAME`` of the config's encoder. Each gave a second row of
-    the same numbers presented as a baseline."""
+    encoder (:func:`selfsup.eval.prepare.same_weights` of their ``prepared`` forms): a run and its export or
+    checkpoint, ``random:`` and ``random:NAME`` of the config's encoder. Each gave a second row of the same
+    numbers presented as a baseline."""
     from selfsup.config import ConfigError
+    from selfsup.eval.prepare import same_weights
 
-    for i, key in enumerate(keys):
-        if key in keys[:i]:
-            j = keys.index(key)
-            first = f"the target {targets[j]}" if j == 0 else f"--baseline {targets[j]}"
-            raise ConfigError(f"--baseline {targets[i]} has the same weights as {first}: it is the same encoder, so "
-                              f"its row would repeat the numbers; give each encoder once")
+    for i, j in same_weights(prepared)[:1]:
+        first = f"the target {targets[j]}" if j == 0 else f"--baseline {targets[j]}"
+        raise ConfigError(f"--baseline {targets[i]} has the same weights as {first}: it is the same encoder, so its "
+                          f"row would repeat the numbers; give each encoder once")
 
 
 def check_out_folder(out: str | None) -> None:

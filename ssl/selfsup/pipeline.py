@@ -18,6 +18,7 @@ from selfsup.artifacts.validate import read_card
 from selfsup.config import ConfigError, RunConfig, apply_override, build_config
 from selfsup.data import DataInfo
 from selfsup.eval.evaluate import NotScorable, cache_features, check_layers, evaluate_layers, prepare
+from selfsup.eval.prepare import same_weights
 from selfsup.eval.report import markdown_table
 from selfsup.fileio import write_json, write_text
 from selfsup.rundir import RunDir, is_export_dir
@@ -134,7 +135,7 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
             prepared = [prepare(t, cfg, features, load_encoder) for t in targets]
         # a baseline with the trained run's weights (its old export after a resume that trained nothing, a run
         # trained the same way) would print the run's numbers again as a baseline's
-        same = [t for t, p in zip(targets[1:], prepared[1:]) if p.key == prepared[0].key]
+        same = [targets[i] for i, j in same_weights(prepared) if j == 0]
         for t in same:
             log(f"[eval] baseline {t} has this run's own weights: left out (its row would repeat the run's)")
         targets, prepared = ([t for t in targets if t not in same],

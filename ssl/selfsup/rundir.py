@@ -164,9 +164,7 @@ def run_steps(path: str | Path) -> int | None:
     for anything else (an export, a checkpoint file, ``pixels``) or a run without the record."""
     import json
 
-    if not isinstance(path, Path) and (path == "pixels" or str(path).startswith("random:")):
-        return None
-    run = RunDir(Path(path))
+    run = RunDir(Path(path))  # "pixels" or "random:NAME" name no run directory
     try:
         steps = json.loads(run.training_time.read_text()).get("steps") if run.is_run() else None
     except (OSError, ValueError, AttributeError):

@@ -81,6 +81,18 @@ def size_key(target: Target, cfg: RunConfig) -> str:
     return "eval.image_size" if cfg.eval.image_size or target.kind == "pretrained" else "data.image_size"
 
 
+def same_weights(prepared: list[Prepared]) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)``, ``j < i``, of prepared targets with the same weight fingerprint (``key``): ``j`` the
+    first target holding them. A run and its export or checkpoint, ``random:`` and ``random:NAME``."""
+    first: dict[str, int] = {}
+    pairs = []
+    for i, p in enumerate(prepared):
+        if p.key in first:
+            pairs.append((i, first[p.key]))
+        first.setdefault(p.key, i)
+    return pairs
+
+
 def layer_wise(cfg: RunConfig) -> bool:
     """Whether ``eval.layers`` asks for stages (one result row each) rather than ``last``."""
     return cfg.eval.layers != "last"
