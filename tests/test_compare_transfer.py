@@ -341,12 +341,13 @@ def test_rows_of_different_data_are_labelled_and_flagged():
     The data column names each row's data, and the table says when they differ."""
     from selfsup.compare import Entry, markdown, table_rows
 
+    KNN = {"k=20,T=0.07": {"top1": 50.0}}  # noqa: N806
     a = Entry("runs/a", "simclr", "resnet18", rows=[{"label": "a", "kind": "pretrained", "dataset": "digits",
-                                                    "train_images": 300, "test_images": 360, "knn": {}}])
+                                                    "train_images": 300, "test_images": 360, "knn": KNN}])
     b = Entry("runs/b", "simclr", "resnet18", rows=[{"label": "b", "kind": "transfer", "transfer": [
         {"protocol": "bitfit", "fraction": 1.0, "dataset": "image-folder", "train_images": 9, "test_images": 6,
          "top1": 100.0, "top1_std": 0.0, "top5": 100.0, "top5_std": 0.0, "trainable_pct": 1.0}]}])
-    old = Entry("runs/old", "simclr", "resnet18", rows=[{"label": "old", "kind": "pretrained", "knn": {}}])
+    old = Entry("runs/old", "simclr", "resnet18", rows=[{"label": "old", "kind": "pretrained", "knn": KNN}])
     header, cells = table_rows([a, b, old])
     assert [c[header.index("data")] for c in cells] == ["digits (300/360)", "image-folder (9/6)", ""]
     assert markdown(header, cells).endswith("\nNote: these rows were measured on different data (digits (300/360); "
@@ -503,3 +504,80 @@ def test_an_evaluation_folder_whose_results_json_is_unreadable_says_so(tmp_path,
     assert main(["compare", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{folder / 'results.json'} is not readable JSON" in err, err
+
+
+def detection_row(label: str, kind: str, mean_ap: float, epochs: int = 4, **extra) -> dict:
+    """A results.json row of `selfsup eval TARGET --task detection` (the keys compare reads)."""
+    return {"target": label, "label": label, "kind": kind, "task": "detection", "dataset": "deepforest",
+            "train_images": 40, "test_images": 10, "map": mean_ap, "ap50": mean_ap + 20.0, "ap75": mean_ap - 5.0,
+            "image_size": 128, "epochs": epochs, "trainable_layers": 0, "deformable": False, "batch_size": 4,
+            "lr": 0.02, "seed": 0, **extra}
+
+
+def test_detection_folders_compare_by_their_map_and_name_settings_that_differ(tmp_path, capsys):
+    """A detection folder (RUN/detection/<data>-<hash>) compared as a row of nothing: every cell blank, no error.
+    It now gives its mAP, AP50 and AP75 (the run it sits in: method, epochs), its random baseline with
+    --baselines, and a column naming the detection settings that differ between two folders."""
+    run = write_run(tmp_path / "run", [frozen_row("run run")])
+    first = run / "detection" / "deepforest-aaaa"
+    first.mkdir(parents=True)
+    (first / "results.json").write_text(json.dumps([detection_row("run", "pretrained", 31.256),
+                                                    detection_row("random-init resnet18", "random", 12.5)]))
+    second = run / "detection" / "deepforest-bbbb"
+    second.mkdir()
+    (second / "results.json").write_text(json.dumps([detection_row("run", "pretrained", 35.0, epochs=8)]))
+    assert main(["compare", str(run), str(first), str(second), "--baselines"]) == 0
+    header, by_target = table(capsys.readouterr().out)
+    assert header[-4:] == ["detection mAP", "detection AP50", "detection AP75", "detection settings"]
+    f, s = by_target[str(first)], by_target[str(second)]
+    assert (f["method"], f["epochs"], f["px"], f["detection mAP"], f["detection AP50"], f["detection AP75"]) == \
+        ("simclr", "2", "128", "31.26", "51.26", "26.26")
+    assert (f["detection settings"], s["detection settings"]) == ("epochs=4", "epochs=8")
+    assert by_target["random-init resnet18"]["detection mAP"] == "12.50"
+    assert by_target[str(run)]["detection mAP"] == "" and by_target[str(run)]["linear top-1"] == "93.46 ± 0.32"
+    # one folder alone: no settings column (nothing differs)
+    assert main(["compare", str(second)]) == 0
+    header, _ = table(capsys.readouterr().out)
+    assert header[-1] == "detection AP75"
+
+
+def test_a_result_holding_no_number_compare_reads_is_named(tmp_path, capsys):
+    """A results.json of rows compare reads nothing from (another task's, edited) gave a row of blank cells and
+    exit 0; it is an error naming the target and its row."""
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps([{"label": "mine", "kind": "pretrained", "task": "segment"}]))
+    assert main(["compare", str(folder)]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup compare: error: {folder}: its result 'mine' holds none of the numbers compare reads (kNN, linear "
+        f"probes, transfer, detection mAP): give a run, export or evaluation folder of selfsup eval")
+
+
+def test_a_result_of_older_weights_shows_no_epochs_of_the_weights_now(tmp_path, capsys):
+    """After a resume trained on, a run's results.json of its older weights was warned, yet its row showed the
+    run's epochs and minutes now, which are not those weights'. Those cells are blank; a fresh row keeps them."""
+    old = {**frozen_row("run run"), "trained_steps": 10}
+    run = write_run(tmp_path / "run", [old])
+    (run / "training_time.json").write_text(json.dumps({"seconds": 90.0, "epochs": 2, "steps": 20}))
+    fresh = write_run(tmp_path / "fresh", [{**frozen_row("run fresh"), "trained_steps": 20}])
+    (fresh / "training_time.json").write_text(json.dumps({"seconds": 90.0, "epochs": 2, "steps": 20}))
+    assert main(["compare", str(run), str(fresh)]) == 0
+    out = capsys.readouterr().out
+    _, by_target = table(out)
+    assert (by_target[str(run)]["epochs"], by_target[str(run)]["train min"]) == ("", "")
+    assert (by_target[str(fresh)]["epochs"], by_target[str(fresh)]["train min"]) == ("2", "1.5")
+    assert f"measured on {run}'s weights after 10 optimiser steps; the run has trained to 20 since" in out
+
+
+def test_a_row_records_the_steps_of_a_run_and_nothing_of_other_targets(tmp_path):
+    """weights_record: what a frozen or detection result row keeps to tell, after a resume, whose weights it
+    measured: a run's steps and its resolved path; nothing for a baseline, an export or a run without steps."""
+    from selfsup.rundir import weights_record
+
+    run = write_run(tmp_path / "run", None)
+    assert weights_record(str(run), "pretrained") == {}  # training_time.json without "steps" (written before)
+    (run / "training_time.json").write_text(json.dumps({"seconds": 9.0, "epochs": 1, "steps": 7}))
+    assert weights_record(str(run), "pretrained") == {"trained_steps": 7, "target_path": str(run.resolve())}
+    assert weights_record("random:resnet18", "random") == weights_record("pixels", "pixels") == {}
+    (tmp_path / "export").mkdir()
+    assert weights_record(str(tmp_path / "export"), "pretrained") == {}

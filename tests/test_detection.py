@@ -384,6 +384,8 @@ def test_cli_detection_end_to_end(tmp_path, capsys):
     assert "| random-init resnet18 | synthetic-fmnist |" in (out / "results.md").read_text()
     assert "results written to" in capsys.readouterr().out
     assert (out / "plots" / "detection_random-init_resnet18.png").stat().st_size > 0  # true and predicted boxes
+    assert main(["compare", str(out)]) == 0  # its mAP in compare's table (it gave a row of blank cells)
+    assert f"| {r['map']:.2f} | {r['ap50']:.2f} | {r['ap75']:.2f} |" in capsys.readouterr().out
 
     # a path target (an export directory) is loaded through selfsup's loader
     from selfsup.artifacts.card import make_card

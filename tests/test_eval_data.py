@@ -166,7 +166,8 @@ def test_eval_of_a_run_never_replaces_its_results_with_fewer_rows_or_other_setti
     run, folder, _ = labelled_run
     own = (run / "results.json").read_bytes()
     for extra, reason in [(["eval.layers=[layer2]"], "eval settings differ from the run's (eval.layers)"),
-                          ([], "the run's results.json holds rows this evaluation lacks (raw pixels; add --baseline")]:
+                          ([], "the run's results.json holds rows this evaluation lacks (raw pixels; add "
+                                "--baseline pixels for them)")]:
         capsys.readouterr()
         assert main(["eval", str(run), *extra]) == 0
         printed = capsys.readouterr().out
@@ -546,6 +547,19 @@ def test_a_baseline_that_is_the_target_under_another_name_is_refused(labelled_ru
     assert main(["eval", str(run), "--baseline", "random:", "--out", str(tmp_path / "ok"), "eval.linear=false"]) == 0
 
 
+def test_same_weights_pairs_each_repeat_with_the_first_target_holding_its_weights():
+    """same_weights, which eval's refusal and pretrain's leaving-out both read: each later target whose
+    fingerprint an earlier one has, paired with the first of them (not the previous repeat); distinct ones none."""
+    from types import SimpleNamespace
+
+    from selfsup.eval.prepare import same_weights
+
+    keys = ["run", "export-of-other", "run", "export-of-other", "run", "pixels"]
+    assert same_weights([SimpleNamespace(key=k) for k in keys]) == [(2, 0), (3, 1), (4, 0)]
+    assert same_weights([SimpleNamespace(key=k) for k in ("a", "b", "c")]) == []
+    assert same_weights([]) == []
+
+
 def test_pretrains_baseline_with_the_runs_own_weights_is_left_out_with_a_line(labelled_run, tmp_path, capsys):
     """helper-56's: `pretrain ... eval.baselines=[RUN_A]`, RUN_A trained the same way (same seed, bitwise the same
     weights), printed RUN_A's row as a baseline beside the run's own, the same numbers twice (`selfsup eval`
@@ -586,6 +600,46 @@ def test_compare_marks_results_of_a_runs_older_weights_after_a_resume(labelled_r
     out = capsys.readouterr().out
     said = "'s weights after 1 optimiser step; the run has trained to 2 since (a resume)"
     assert out.count(said) == 2, out  # the run's own results.json (--no-eval kept it) and its evaluation folder
+
+
+def test_a_resume_without_evaluation_names_the_outputs_it_left_behind_and_exports_no_older_numbers(
+        labelled_run, tmp_path, capsys):
+    """After `pretrain --resume RUN ... --no-eval` trained on, RUN/results.json and RUN/export were of the older
+    weights with nothing to say so; `selfsup export RUN DIR` then wrote the older weights' kNN into the card of
+    the new weights (a silent wrong number), and compare showed RUN/export without a word. The resume names
+    both with their commands, the export leaves the older numbers out, compare warns on the old export; after
+    the commands nothing is left to warn about."""
+    import shutil
+
+    from selfsup.artifacts.validate import read_card
+
+    run = tmp_path / "run"
+    shutil.copytree(labelled_run[0], run, ignore=shutil.ignore_patterns("eval-*"))
+    assert read_card(run / "export")["trained_steps"] == 1 and read_card(run / "export")["results"]
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", str(run), "trainer.max_steps=2", "--no-eval"]) == 0
+    out = capsys.readouterr().out
+    assert (f"[pretrain] {run / 'results.json'} holds the numbers of the weights after 1 optimiser steps, not of "
+            f"the 2 now: selfsup eval {run} --baseline pixels for them") in out
+    assert (f"[pretrain] {run / 'export'} holds the encoder after 1 optimiser steps, not the 2 now: selfsup export "
+            f"{run} {run / 'export'} for it") in out
+    assert main(["export", str(run), str(tmp_path / "new")]) == 0
+    assert (f"note: {run / 'results.json'} holds the numbers of {run}'s weights after 1 optimiser steps and the run "
+            f"has trained to 2 since: the export carries no results") in capsys.readouterr().out
+    card = read_card(tmp_path / "new")
+    assert card["trained_steps"] == 2 and not card.get("results")
+    assert main(["compare", str(run / "export")]) == 0
+    assert (f"an export of {run}'s weights after 1 optimiser step; the run has trained to 2 since (a resume): "
+            f"selfsup export {run} {run / 'export'} for its weights now") in capsys.readouterr().out
+    assert main(["eval", str(run), "--baseline", "pixels"]) == 0  # the command the resume gave: results.json
+    assert main(["export", str(run), str(run / "export")]) == 0
+    assert read_card(run / "export")["results"]  # the numbers of the weights now
+    capsys.readouterr()
+    assert main(["compare", str(run), str(run / "export")]) == 0
+    assert "since (a resume)" not in capsys.readouterr().out
+    from selfsup.pipeline import left_behind
+
+    assert left_behind(run) == []
 
 
 def test_out_naming_the_run_itself_is_the_runs_default_place(labelled_run, tmp_path, capsys):

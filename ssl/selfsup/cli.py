@@ -86,7 +86,8 @@ def _export(args: argparse.Namespace) -> None:
     from selfsup.artifacts.exportdir import parse_formats
     from selfsup.artifacts.load import export_encoder
     from selfsup.artifacts.validate import read_card
-    from selfsup.rundir import is_export_dir
+    from selfsup.eval.report import baseline_options
+    from selfsup.rundir import is_export_dir, results_behind, run_steps
 
     formats = parse_formats(args.format)  # an unknown format fails before the run is loaded
     source, out = Path(args.run_dir), Path(args.out_dir)
@@ -112,7 +113,14 @@ def _export(args: argparse.Namespace) -> None:
         results = None
         res = RunDir(source).results_json
         if res.is_file():
-            results = results_summary(json.loads(res.read_text()))
+            rows = json.loads(res.read_text())
+            behind = results_behind(rows, run_steps(source))
+            if behind is None:
+                results = results_summary(rows)
+            else:  # a resume trained on since (--no-eval): the card would give these weights the older ones' numbers
+                print(f"note: {res} holds the numbers of {source}'s weights after {behind[0]} optimiser steps and "
+                      f"the run has trained to {behind[1]} since: the export carries no results; for them, "
+                      f"selfsup eval {source}{baseline_options(rows)}, then export again")
         out = export_encoder(source, out, results, formats)
     print(f"exported to {out}; load with selfsup.load_encoder({str(out)!r}) or timm (see {out / MODEL_CARD})")
     for fmt, rec in read_card(out)["exports"].items():

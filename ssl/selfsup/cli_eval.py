@@ -301,11 +301,15 @@ def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
     saved = RunDir(run).results_json
     if not saved.is_file():
         return None
+    from selfsup.eval.report import baseline_options
+
     have = {(r.get("kind"), r.get("layer")) for r in rows}
     missing = [r for r in json.loads(saved.read_text()) if (r.get("kind"), r.get("layer")) not in have]
     if missing:
-        return (f"the run's results.json holds rows this evaluation lacks ({', '.join(str(r.get('label')) for r in missing)}"
-                f"; add --baseline for them)")
+        again = baseline_options(missing)
+        labels = ", ".join(str(r.get("label")) for r in missing)
+        return (f"the run's results.json holds rows this evaluation lacks ({labels}; "
+                f"{f'add{again}' if again else 'add --baseline'} for them)")
     return None
 
 

@@ -14,10 +14,13 @@ parameters in % of the encoder); method, encoder, epochs and minutes are its enc
 in, or the classifier's card), never the transfer's own training. A frozen evaluation folder (``selfsup eval
 TARGET`` with another dataset or ``--out``: ``RUN/eval-<data>-<hash>``, ``runs/eval/...``) adds its target's rows
 (the run it sits in gives method, encoder, epochs and minutes); one of a baseline alone (``random:NAME``,
-``pixels``) is listed as "FOLDER (LABEL)". A column a target lacks is blank; a target with nothing to compare is
-an error naming it. The warnings a row was written with (a diverged learning rate, a low-shot subset too small to
-read as asked, an approximate kNN index) come with it: notes under the markdown table, a last ``warnings`` column
-in the CSV (one per line).
+``pixels``) is listed as "FOLDER (LABEL)". A detection folder (``selfsup eval TARGET --task detection``) adds
+"detection mAP / AP50 / AP75" (and the detection settings when they differ between rows). A column a target lacks is
+blank; a target with nothing to compare is an error naming it. A result of a run's weights before a resume that
+trained on is warned, its epochs and minutes blank (the run's now are not its weights'); an export in a run directory
+the run has trained past since is warned too. The warnings a row was written with (a diverged learning rate, a
+low-shot subset too small to read as asked, an approximate kNN index) come with it: notes under the markdown table,
+a last ``warnings`` column in the CSV (one per line).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from selfsup.artifacts.card import CARD, from_config_json
 from selfsup.artifacts.validate import read_card
 from selfsup.eval.report import mean_sd_text, probe_header, probe_keys, row_warnings
+from selfsup.fileio import read_json_or_none
 from selfsup.rundir import RunDir, is_export_dir, nearest_run, run_steps, target_key
 from selfsup.safeload import LoadError
 
@@ -88,10 +92,35 @@ def mark_stale(rows: list[dict[str, Any]], run: Path | None) -> None:
         for result in own:
             then = result.get("trained_steps")
             if isinstance(then, int) and then != now:
+                result[STALE] = then
                 result["warnings"] = [*(result.get("warnings") or []),
                                       f"measured on {run}'s weights after {then} optimiser step{'s' * (then != 1)}; "
                                       f"the run has trained to {now} since (a resume): evaluate it again for its "
                                       f"weights now"]
+
+
+STALE = "stale_steps"  # set by mark_stale on a result of a run's older weights: the steps it was measured after
+
+
+def is_stale(row: dict[str, Any]) -> bool:
+    """Whether ``row`` (a transfer row: any result it holds) was measured on a run's older weights
+    (:func:`mark_stale`): the run's epochs and minutes now are not those of its weights."""
+    return any(STALE in r for r in ([row, *(row.get("transfer") or [])]))
+
+
+def mark_export_behind(entry: Entry, path: Path, card: dict[str, Any]) -> None:
+    """Warn on the rows of export ``path`` when it sits in a run directory (``RUN/export``) that has trained on
+    since it was written (its card's ``trained_steps`` against the run's, :func:`selfsup.rundir.run_steps`): its
+    numbers are those of its own weights, which are no longer the run's."""
+    run = nearest_run(path, levels=1)
+    now, then = (run_steps(run) if run is not None else None), card.get("trained_steps")
+    if now is None or not isinstance(then, int) or then == now:
+        return
+    for r in entry.rows:
+        if r.get("kind") == "pretrained":
+            r["warnings"] = [*(r.get("warnings") or []),
+                             f"an export of {run}'s weights after {then} optimiser step{'s' * (then != 1)}; the run "
+                             f"has trained to {now} since (a resume): selfsup export {run} {path} for its weights now"]
 
 
 def read_run(path: Path) -> Entry:
@@ -108,18 +137,10 @@ def read_run(path: Path) -> Entry:
     return entry
 
 
-def _json_or_none(path: Path) -> Any:
-    """The JSON in ``path``; None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def transfer_about(config_json: Path) -> dict[str, Any] | None:
     """The ``selfsup.transfer`` block of a transfer classifier's config.json (None for any other file: an
     encoder export, a missing or unreadable file)."""
-    raw = _json_or_none(config_json)
+    raw = read_json_or_none(config_json)
     block = (raw.get("selfsup") or {}) if isinstance(raw, dict) else {}
     about = block.get("transfer") if isinstance(block, dict) else None
     return about if isinstance(about, dict) else None
@@ -128,7 +149,7 @@ def transfer_about(config_json: Path) -> dict[str, Any] | None:
 def transfer_rows(folder: Path) -> list[dict[str, Any]] | None:
     """The rows of a transfer folder's results.json (each with "protocol" and "fraction"); None when
     ``folder`` holds no such file (a frozen evaluation's results.json, or none)."""
-    rows = _json_or_none(RunDir(folder).results_json)
+    rows = read_json_or_none(RunDir(folder).results_json)
     if isinstance(rows, list) and rows and all(isinstance(r, dict) and "protocol" in r and "fraction" in r
                                                for r in rows):
         return rows
@@ -150,7 +171,7 @@ def read_transfer(folder: Path, target: str) -> Entry:
     if RunDir(folder.parent).is_run():
         entry = run_about(folder.parent)
     else:
-        raw = _json_or_none(folder / CLASSIFIER_DIR / CARD)
+        raw = read_json_or_none(folder / CLASSIFIER_DIR / CARD)
         card = from_config_json(raw) if isinstance(raw, dict) else {}
         entry = Entry("", card.get("method"), card.get("architecture"), card.get("trained_epochs"),
                       card.get("training_minutes"))
@@ -163,7 +184,7 @@ def read_transfer(folder: Path, target: str) -> Entry:
 def frozen_rows(folder: Path) -> list[dict[str, Any]] | None:
     """The rows of a frozen evaluation folder's results.json (``selfsup eval TARGET`` with its own or an
     ``--out`` folder: rows with "label" and "kind", no "protocol"); None when ``folder`` holds no such file."""
-    rows = _json_or_none(RunDir(folder).results_json)
+    rows = read_json_or_none(RunDir(folder).results_json)
     if isinstance(rows, list) and rows and all(isinstance(r, dict) and "label" in r and "kind" in r
                                                and "protocol" not in r for r in rows):
         return rows
@@ -177,10 +198,11 @@ def read_frozen_eval(folder: Path, target: str) -> Entry:
     evaluation of a baseline alone (``selfsup eval random:resnet18`` or ``pixels``) compares its
     rows as the target's own (:attr:`Entry.baseline_target`)."""
     rows = _final_stage(frozen_rows(folder) or [])
-    entry = run_about(folder.parent) if RunDir(folder.parent).is_run() else Entry("")
+    run = nearest_run(folder)  # RUN/eval-<data>-<hash>, RUN/detection/<data>-<hash>
+    entry = run_about(run) if run is not None else Entry("")
     entry.target, entry.rows = target, rows
     entry.baseline_target = all(r.get("kind") in BASELINE_KINDS for r in rows)
-    mark_stale(rows, nearest_run(folder) or evaluated_run(rows))
+    mark_stale(rows, run or evaluated_run(rows))
     return entry
 
 
@@ -201,8 +223,10 @@ def read_export(path: Path) -> Entry:
     rows = [{"label": label, "kind": "random" if label.startswith("random") else
              "pixels" if label.startswith("raw pixels") else "pretrained", **({"dataset": data} if data else {}), **res}
             for label, res in (card.get("results") or {}).items()]
-    return Entry(str(path), card.get("method"), card.get("architecture"), card.get("trained_epochs"),
-                 card.get("training_minutes"), rows)
+    entry = Entry(str(path), card.get("method"), card.get("architecture"), card.get("trained_epochs"),
+                  card.get("training_minutes"), rows)
+    mark_export_behind(entry, path, card)
+    return entry
 
 
 def read_entry(target: str | Path) -> Entry:
@@ -226,7 +250,7 @@ def read_entry(target: str | Path) -> Entry:
     if frozen_rows(path) is not None:
         return read_frozen_eval(path, str(target))
     saved = RunDir(path).results_json
-    if saved.is_file() and _json_or_none(saved) is None:  # an evaluation folder whose results cannot be read
+    if saved.is_file() and read_json_or_none(saved) is None:  # an evaluation folder whose results cannot be read
         raise LoadError(f"{saved} is not readable JSON (edited or cut short?): evaluate {target}'s encoder again "
                         f"into a fresh folder, or restore the file")
     raise LoadError(f"{target} is neither a run directory (config.yaml + checkpoints/) nor an export directory "
@@ -288,6 +312,32 @@ def frozen_columns(rows: list[dict[str, Any]]) -> list[Column]:
     if any(isinstance(r.get("linear_sklearn"), dict) for r in rows):
         columns.append((probe_header("linear_sklearn"), lambda r: f"{r['linear_sklearn']['top1']:.2f}"
                         if isinstance(r.get("linear_sklearn"), dict) else ""))
+    return columns
+
+
+DETECTION_TASK = "detection"  # the "task" of a detection result row (selfsup eval TARGET --task detection)
+# what a detection result depends on besides its encoder and data (the px column gives detection.image_size)
+DETECTION_SETTINGS = ("epochs", "trainable_layers", "deformable", "batch_size", "lr", "seed")
+
+
+def detection_columns(rows: list[dict[str, Any]]) -> list[Column]:
+    """The detection columns when any of ``rows`` is a detection result: COCO mAP@[.5:.95], AP50 and AP75 (in
+    percent, the test split), and "detection settings" naming the :data:`DETECTION_SETTINGS` whose values differ
+    between the detection rows (two rows trained otherwise read as one protocol without it)."""
+    found = [r for r in rows if r.get("task") == DETECTION_TASK]
+    if not found:
+        return []
+
+    def metric(key: str) -> Any:
+        return lambda r: f"{r[key]:.2f}" if r.get("task") == DETECTION_TASK and isinstance(r.get(key), float | int) \
+            else ""
+
+    columns: list[Column] = [("detection mAP", metric("map")), ("detection AP50", metric("ap50")),
+                             ("detection AP75", metric("ap75"))]
+    differing = [k for k in DETECTION_SETTINGS if len({json.dumps(r.get(k)) for r in found}) > 1]
+    if differing:
+        columns.append(("detection settings", lambda r: ", ".join(f"{k}={r.get(k)}" for k in differing)
+                        if r.get("task") == DETECTION_TASK else ""))
     return columns
 
 
@@ -388,7 +438,12 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
     # on other data): each says which target it was evaluated beside (one was hidden by the other before)
     labels = [r["label"] for e, r in picked if r.get("kind") in BASELINE_KINDS and not e.baseline_target]
     shared = {label for label in labels if labels.count(label) > 1}
-    columns = frozen_columns(rows) + transfer_columns(rows)
+    columns = frozen_columns(rows) + transfer_columns(rows) + detection_columns(rows)
+    for e, r in picked:  # results compare cannot read (another task's, or a folder of other files) are named
+        if not any(cell(r) for _, cell in columns) and (e.baseline_target or r.get("kind") not in BASELINE_KINDS):
+            raise LoadError(f"{e.target}: its result {r.get('label', '')!r} holds none of the numbers compare "
+                            f"reads (kNN, linear probes, transfer, detection mAP): give a run, export or "
+                            f"evaluation folder of selfsup eval")
     sized = any(size_cell(r) for r in rows)  # a px column when any row says the size its encoder saw
     header = ["target", "method", "encoder", "data", *([SIZE] if sized else []), "epochs", "train min",
               *[h for h, _ in columns]]
@@ -398,8 +453,10 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
                  (f"{r['label']} (beside {e.target})" if r["label"] in shared else r["label"])
                  if r.get("kind") in BASELINE_KINDS else e.target)
         cells.append([label, e.method or "", e.encoder or "", data_cell(r), *([size_cell(r)] if sized else []),
-                      "" if e.epochs is None else f"{e.epochs:g}",
-                      "" if e.train_minutes is None else f"{e.train_minutes:.1f}", *[cell(r) for _, cell in columns]])
+                      # a result of a run's older weights: the run's epochs and minutes now are not theirs
+                      "" if e.epochs is None or is_stale(r) else f"{e.epochs:g}",
+                      "" if e.train_minutes is None or is_stale(r) else f"{e.train_minutes:.1f}",
+                      *[cell(r) for _, cell in columns]])
     said = [result_warnings(r) for r in rows]
     if any(said):  # the warnings a number was written with travel with it (a diverged lr, a too small subset)
         header.append(WARNINGS)
@@ -467,7 +524,7 @@ def bar_plot(header: list[str], cells: list[list[str]], out: str | Path) -> Path
     from selfsup.plots import bar_chart
 
     columns = [i for i, h in enumerate(header) if h.startswith("kNN ")][:1] + \
-        [i for i, h in enumerate(header) if h == "linear top-1" or h.endswith(" 100% top-1")]
+        [i for i, h in enumerate(header) if h in ("linear top-1", "detection mAP") or h.endswith(" 100% top-1")]
 
     def value(text: str) -> float | None:
         return float(text.split(" ± ")[0]) if text else None

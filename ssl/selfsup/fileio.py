@@ -136,6 +136,15 @@ def write_json(obj: Any, path: str | Path) -> None:
     write_text(json.dumps(obj, indent=2) + "\n", path)
 
 
+def read_json_or_none(path: str | Path) -> Any:
+    """The JSON value in ``path``; None when the file is missing or not readable JSON (the caller says what
+    that means where it matters)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def save_torch(obj: Any, path: str | Path) -> None:
     """``torch.save`` written atomically (checkpoints go through this)."""
     import torch

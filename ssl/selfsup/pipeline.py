@@ -12,16 +12,16 @@ from typing import Any, Callable
 from torch import nn
 
 from selfsup import distributed
-from selfsup.artifacts.card import results_summary
+from selfsup.artifacts.card import CARD, from_config_json, results_summary
 from selfsup.artifacts.load import export_encoder, load_encoder
 from selfsup.artifacts.validate import read_card
 from selfsup.config import ConfigError, RunConfig, apply_override, build_config
 from selfsup.data import DataInfo
 from selfsup.eval.evaluate import NotScorable, cache_features, check_layers, evaluate_layers, prepare
 from selfsup.eval.prepare import same_weights
-from selfsup.eval.report import markdown_table
-from selfsup.fileio import write_json, write_text
-from selfsup.rundir import RunDir, is_export_dir
+from selfsup.eval.report import baseline_options, markdown_table
+from selfsup.fileio import read_json_or_none, write_json, write_text
+from selfsup.rundir import RunDir, is_export_dir, results_behind, run_steps
 from selfsup.safeload import LoadError, describe_file, load_checkpoint
 from selfsup.train.checkpoint import check_selfsup_checkpoint
 from selfsup.train.module import CHECKPOINT_KEY
@@ -50,8 +50,32 @@ def pretrain_evaluate_export(cfg: RunConfig, run_dir: str | Path | None = None, 
         if table is not None:
             log("\n" + table)
 
-    return pretrain(cfg, run_dir=run_dir, resume=resume, log=log, then=evaluate_and_export if after else None,
-                    check_encoder=check if after else None)
+    def name_left_behind(done: Path) -> None:
+        if distributed.rank() == 0:
+            for line in left_behind(done):
+                log(line)
+
+    return pretrain(cfg, run_dir=run_dir, resume=resume, log=log,
+                    then=evaluate_and_export if after else name_left_behind, check_encoder=check if after else None)
+
+
+def left_behind(run_dir: Path) -> list[str]:
+    """One line for each output of ``run_dir`` written for weights it has trained past since (a resume without
+    the evaluation): its results.json (rows' ``trained_steps``) and its export (card's ``trained_steps``), each
+    with the command that brings it up to date; none when they are of the weights now, or absent."""
+    run = RunDir(run_dir)
+    now = run_steps(run_dir)
+    lines = []
+    rows = read_json_or_none(run.results_json)
+    if isinstance(rows, list) and (behind := results_behind(rows, now)) is not None:
+        lines.append(f"[pretrain] {run.results_json} holds the numbers of the weights after {behind[0]} optimiser "
+                     f"steps, not of the {now} now: selfsup eval {run_dir}{baseline_options(rows)} for them")
+    card = read_json_or_none(run.export / CARD) if is_export_dir(run.export) else None
+    then = from_config_json(card).get("trained_steps") if isinstance(card, dict) else None
+    if isinstance(then, int) and now is not None and then != now:
+        lines.append(f"[pretrain] {run.export} holds the encoder after {then} optimiser steps, not the {now} now: "
+                     f"selfsup export {run_dir} {run.export} for it")
+    return lines
 
 
 def baseline_targets(cfg: RunConfig) -> list[str]:

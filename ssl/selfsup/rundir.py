@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CONFIG_FILE = "config.yaml"
 DATA_INFO_FILE = "data_info.json"
@@ -170,6 +171,23 @@ def run_steps(path: str | Path) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def weights_record(spec: str, kind: str) -> dict[str, Any]:
+    """What a result row of target ``spec`` (its ``kind``) records of the weights it measured: for a run
+    (``kind`` "pretrained" with a step record) ``trained_steps`` (:func:`run_steps`) and ``target_path`` (the
+    run, resolved), so that a resume training on since is seen however the run was named; ``{}`` otherwise."""
+    steps = run_steps(spec) if kind == "pretrained" else None
+    return {} if steps is None else {"trained_steps": steps, "target_path": str(Path(spec).resolve())}
+
+
+def results_behind(rows: list[dict[str, Any]], now: int | None) -> tuple[int, int] | None:
+    """``(then, now)`` when the run's own rows of ``rows`` (kind "pretrained", a results.json) were measured
+    after ``then`` optimiser steps (their ``trained_steps``) and the run has trained ``now`` since (a resume
+    with ``--no-eval``); None when they are of its weights now, or either count is unknown."""
+    then = next((r.get("trained_steps") for r in rows if isinstance(r, dict) and r.get("kind") == "pretrained"), None)
+    known = isinstance(then, int) and not isinstance(then, bool) and now is not None
+    return (then, now) if known and then != now else None
 
 
 def nearest_run(folder: str | Path, levels: int = 2) -> Path | None:

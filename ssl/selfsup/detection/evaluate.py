@@ -27,6 +27,7 @@ from selfsup.detection.model import SimplePyramid, build_detector
 from selfsup.detection.train import image_stats, predict, train_detector
 from selfsup.eval.evaluate import EncoderLoader, default_device, resolve_target
 from selfsup.plots import detection_boxes
+from selfsup.rundir import weights_record
 from selfsup.safeload import LoadError
 
 #: test images drawn with their boxes after each evaluation
@@ -101,6 +102,7 @@ def evaluate_detection(spec: str, cfg: RunConfig, device: str | None = None, in_
     backbone = model.backbone
     row = {
         "target": spec, "label": target.label, "kind": target.kind, "task": "detection",
+        **weights_record(spec, target.kind),  # a run's steps: selfsup compare warns after a resume trains on
         "dataset": dcfg.dataset, "classes": test.class_names,
         "train_images": len(train), "test_images": len(test), "train_boxes": train.num_boxes,
         "test_boxes": test.num_boxes, **metrics,

@@ -35,7 +35,7 @@ from selfsup.eval.prepare import (Prepared, cache_features, check_layers, featur
 from selfsup.eval.search import IndexOptions
 from selfsup.eval.target import EncoderLoader, Target, default_device, resolve_target
 from selfsup.monitors import CONSTANT_SPREAD, collapse_warning, rankme, relative_spread, uniformity
-from selfsup.rundir import run_steps
+from selfsup.rundir import weights_record
 
 __all__ = ["DATA_IDENTITY", "EncoderLoader", "LABEL_FREE_ROWS", "NotScorable", "Prepared", "STORAGE", "Target",
            "cache_features", "changed_data_keys", "check_channels", "check_layers", "data_identity", "data_key",
@@ -139,8 +139,7 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
         "image_size": target.info.image_size, "data_image_size": train_ds.image_size,
         # a run's steps when evaluated, and where it is: a resume that trains on leaves these numbers behind
         # (compare says so, also for an --out folder outside the run)
-        **({"trained_steps": steps, "target_path": str(Path(spec).resolve())}
-           if target.kind == "pretrained" and (steps := run_steps(spec)) is not None else {}),
+        **weights_record(spec, target.kind),
         "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
         "warnings": list(warnings),

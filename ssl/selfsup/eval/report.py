@@ -46,6 +46,14 @@ def probe_keys(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(keys, key=lambda k: -frac[k])
 
 
+def baseline_options(rows: list[dict[str, Any]]) -> str:
+    """The ``--baseline`` options of ``selfsup eval`` that give the baseline rows of ``rows`` again (their
+    ``target``: ``pixels``, ``random:resnet18``, a path), e.g. `` --baseline pixels``; ``""`` for none."""
+    targets = dict.fromkeys(r["target"] for r in rows if r.get("kind") in ("random", "pixels")
+                            and isinstance(r.get("target"), str))
+    return "".join(f" --baseline {t}" for t in targets)
+
+
 def row_warnings(row: dict[str, Any]) -> list[str]:
     """A result's one-line warnings: its own ``warnings`` and its kNN index's (``knn_index.warnings``)."""
     return [*(row.get("warnings") or []), *((row.get("knn_index") or {}).get("warnings") or [])]
