@@ -581,3 +581,14 @@ def test_a_row_records_the_steps_of_a_run_and_nothing_of_other_targets(tmp_path)
     assert weights_record("random:resnet18", "random") == weights_record("pixels", "pixels") == {}
     (tmp_path / "export").mkdir()
     assert weights_record(str(tmp_path / "export"), "pretrained") == {}
+
+
+def test_an_evaluation_folder_that_stopped_after_extracting_says_so(tmp_path, capsys):
+    """A folder of an evaluation interrupted after its feature extraction (features/, no results.json) was
+    "neither a run directory nor ..."; it is named as an unfinished evaluation, with what to do."""
+    folder = tmp_path / "eval-x"
+    (folder / "features").mkdir(parents=True)
+    assert main(["compare", str(folder)]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup compare: error: {folder} holds cached features but no results.json: its evaluation did not "
+        f"finish; run the selfsup eval command that made it again (the features are reused)")

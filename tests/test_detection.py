@@ -511,3 +511,17 @@ def test_draw_detections_one_panel_per_image_up_to_count(voc_folder, tmp_path):
     assert panels(draw_detections(ds, preds, tmp_path / "b.png")) == 6  # PICTURE_IMAGES of the 7
     assert draw_detections(DetectionDataset("empty", [], ["cat"]), [], tmp_path / "c.png") is None
     assert not (tmp_path / "c.png").exists()
+
+
+def test_detection_table_lists_each_rows_warnings_under_it():
+    """A detection row's warnings (a run evaluated while another process trained it) were written to
+    results.json but not results.md; they are listed under the table, naming the row."""
+    from selfsup.detection.evaluate import detection_markdown
+
+    row = {"target": "runs/a", "label": "run a", "kind": "pretrained", "dataset": "synthetic-fmnist", "map": 10.0,
+           "ap50": 20.0, "ap75": 5.0, "train_images": 12, "test_images": 6, "epochs": 1, "steps": 2, "seconds": 3.0,
+           "classes": ["a"], "trainable_layers": 0, "image_size": 64, "batch_size": 6, "lr": 0.02, "seed": 0,
+           "warnings": ["runs/a was being trained by process 12 when evaluated"]}
+    text = detection_markdown([row, {**row, "label": "random-init resnet18", "kind": "random", "warnings": []}])
+    assert text.count("**Warning**") == 1
+    assert "\n- **Warning** (run a): runs/a was being trained by process 12 when evaluated\n" in text

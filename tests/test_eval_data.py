@@ -545,6 +545,42 @@ def test_a_baseline_that_is_the_target_under_another_name_is_refused(labelled_ru
         assert err.count("\n") == 1 and said in err and err.rstrip().endswith("give each encoder once"), err
         assert not out.exists()
     assert main(["eval", str(run), "--baseline", "random:", "--out", str(tmp_path / "ok"), "eval.linear=false"]) == 0
+    random_row = json.loads((tmp_path / "ok" / "results.json").read_text())[1]  # random: is the run's slim resnet18
+    assert (random_row["kind"], random_row["encoder_kwargs"]) == ("random", {"channels": [8, 16, 32, 64]})
+    assert "built with encoder.kwargs {'channels': [8, 16, 32, 64]}" in (tmp_path / "ok" / "results.md").read_text()
+
+
+def test_a_run_evaluated_while_another_process_trains_it_is_warned_and_records_no_steps(labelled_run, tmp_path):
+    """`selfsup eval RUN` while `selfsup pretrain` was training RUN read whatever checkpoint was there and wrote
+    its numbers as the run's, with the step count of an earlier training (so a later check took them for
+    current). The row now says the run was being trained and by which process, and records no steps."""
+    import shutil
+    import subprocess
+    import sys
+
+    from selfsup.rundir import RunDir, training_warning, weights_record
+
+    run = tmp_path / "run"
+    shutil.copytree(labelled_run[0], run, ignore=shutil.ignore_patterns("eval-*"))
+    assert weights_record(str(run), "pretrained")["trained_steps"] == 1 and training_warning(str(run), "pretrained") \
+        is None
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom selfsup.fileio import file_lock\n"
+        f"with file_lock({str(RunDir(run).lock)!r}):\n    print('held', flush=True)\n    time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert weights_record(str(run), "pretrained") == {}
+        assert main(["eval", str(run), "--out", str(tmp_path / "while"), "eval.plots=false"]) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    row = json.loads((tmp_path / "while" / "results.json").read_text())[0]
+    said = (f"{run} was being trained by process {holder.pid} when evaluated: these are the numbers of its last "
+            f"checkpoint then, not of its final weights")
+    assert "trained_steps" not in row and any(w.startswith(said) for w in row["warnings"]), row["warnings"]
+    assert said in (tmp_path / "while" / "results.md").read_text()
+    assert training_warning(str(run), "pretrained") is None  # the holder is gone: the lock with it
 
 
 def test_same_weights_pairs_each_repeat_with_the_first_target_holding_its_weights():

@@ -238,3 +238,25 @@ def test_votes_in_query_blocks_equal_one_block(monkeypatch):
     whole = knn_evaluate(*tensors(train, ytr, test, yte), PAIRS, 12)
     monkeypatch.setattr(knn, "VOTE_CELLS", 7 * 13)  # blocks of 7 queries (12 classes + a spare), the last of 3
     assert knn_evaluate(*tensors(train, ytr, test, yte), PAIRS, 12) == whole
+
+
+def test_the_knn_search_note_says_each_rows_width_where_rows_differ():
+    """results.md's kNN search note printed the first row's index settings, so a 64-d run beside 784-d raw pixels
+    read "dim 64" for both. Settings that agree are said once; those that differ, per row (stage rows named)."""
+    base = {"kind": "pretrained", "dataset": "toy", "train_images": 64, "test_images": 10, "seed": 0,
+            "knn": {"k=3,T=0.1": {"top1": 50.0, "top5": 90.0}}}
+    index = {"kind": "exact", "rows": 64, "dim": 64, "k": 3, "device": "cpu", "seconds": 0.1, "warnings": []}
+    rows = [{**base, "label": "run x", "knn_index": index},
+            {**base, "label": "run x", "layer": "layer1", "pooling": "grid", "feature_dim": 1568,
+             "knn_index": {**index, "dim": 1568, "seconds": 0.3}},
+            {**base, "label": "raw pixels", "kind": "pixels", "knn_index": {**index, "dim": 784}},
+            {**base, "label": "random-init resnet18", "kind": "random", "knn_index": index,
+             "encoder_kwargs": {"channels": [8, 16, 32, 64]}}]
+    note = next(line for line in markdown_table(rows).splitlines() if line.startswith("- kNN search"))
+    assert note == ("- kNN search: faiss, kind exact, rows 64, k 3, device cpu; dim: run x 64, run x [layer1] 1568, "
+                    "raw pixels 784, random-init resnet18 64.")
+    same = next(line for line in markdown_table(rows[:1]).splitlines() if line.startswith("- kNN search"))
+    assert same == "- kNN search: faiss, kind exact, rows 64, dim 64, k 3, device cpu."
+    said = markdown_table(rows)
+    assert ("- random-init resnet18: random init with timm's zero_init_last disabled (a fair baseline: no block "
+            "starts as identity), built with encoder.kwargs {'channels': [8, 16, 32, 64]}.") in said

@@ -250,6 +250,9 @@ def read_entry(target: str | Path) -> Entry:
     if frozen_rows(path) is not None:
         return read_frozen_eval(path, str(target))
     saved = RunDir(path).results_json
+    if not saved.exists() and RunDir(path).features.is_dir():  # an evaluation that stopped after extracting
+        raise LoadError(f"{target} holds cached features but no results.json: its evaluation did not finish; run "
+                        f"the selfsup eval command that made it again (the features are reused)")
     if saved.is_file() and read_json_or_none(saved) is None:  # an evaluation folder whose results cannot be read
         raise LoadError(f"{saved} is not readable JSON (edited or cut short?): evaluate {target}'s encoder again "
                         f"into a fresh folder, or restore the file")

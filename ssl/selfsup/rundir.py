@@ -173,12 +173,37 @@ def run_steps(path: str | Path) -> int | None:
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
+def training_pid(path: str | Path) -> int | None:
+    """The pid of another process that holds run directory ``path``'s lock (``selfsup pretrain`` training it
+    now; 0 when it has not written its pid yet); None when no other process does, or ``path`` is no run."""
+    import os
+
+    from selfsup.fileio import lock_holder  # lazy: fileio imports torch, and this module stays light
+
+    run = RunDir(Path(path))
+    holder = lock_holder(run.lock) if run.is_run() else None
+    return None if holder is None or holder == os.getpid() else holder
+
+
 def weights_record(spec: str, kind: str) -> dict[str, Any]:
     """What a result row of target ``spec`` (its ``kind``) records of the weights it measured: for a run
     (``kind`` "pretrained" with a step record) ``trained_steps`` (:func:`run_steps`) and ``target_path`` (the
-    run, resolved), so that a resume training on since is seen however the run was named; ``{}`` otherwise."""
-    steps = run_steps(spec) if kind == "pretrained" else None
+    run, resolved), so that a resume training on since is seen however the run was named; ``{}`` otherwise,
+    and for a run another process is training now (its step record is of an earlier training, not of the
+    checkpoint read: :func:`training_warning` says so instead)."""
+    steps = run_steps(spec) if kind == "pretrained" and training_pid(spec) is None else None
     return {} if steps is None else {"trained_steps": steps, "target_path": str(Path(spec).resolve())}
+
+
+def training_warning(spec: str, kind: str) -> str | None:
+    """The warning of a result of run ``spec`` measured while another process was training it: the numbers of
+    the checkpoint it had written by then, not of the weights the run will end with; None otherwise."""
+    pid = training_pid(spec) if kind == "pretrained" else None
+    if pid is None:
+        return None
+    who = f"process {pid}" if pid else "another process"
+    return (f"{spec} was being trained by {who} when evaluated: these are the numbers of its last checkpoint "
+            f"then, not of its final weights; evaluate it again when its training has ended")
 
 
 def results_behind(rows: list[dict[str, Any]], now: int | None) -> tuple[int, int] | None:

@@ -27,7 +27,7 @@ from selfsup.detection.model import SimplePyramid, build_detector
 from selfsup.detection.train import image_stats, predict, train_detector
 from selfsup.eval.evaluate import EncoderLoader, default_device, resolve_target
 from selfsup.plots import detection_boxes
-from selfsup.rundir import weights_record
+from selfsup.rundir import training_warning, weights_record
 from selfsup.safeload import LoadError
 
 #: test images drawn with their boxes after each evaluation
@@ -103,6 +103,7 @@ def evaluate_detection(spec: str, cfg: RunConfig, device: str | None = None, in_
     row = {
         "target": spec, "label": target.label, "kind": target.kind, "task": "detection",
         **weights_record(spec, target.kind),  # a run's steps: selfsup compare warns after a resume trains on
+        "warnings": [w for w in [training_warning(spec, target.kind)] if w],
         "dataset": dcfg.dataset, "classes": test.class_names,
         "train_images": len(train), "test_images": len(test), "train_boxes": train.num_boxes,
         "test_boxes": test.num_boxes, **metrics,
@@ -153,6 +154,9 @@ def detection_markdown(rows: list[dict[str, Any]]) -> str:
                   "| encoder | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
         lines += [f"| {table_label(r)} | " + " | ".join(_ap(r["per_class_ap"].get(c)) for c in classes) + " |"
                   for r in group]
+    said = [f"**Warning** ({table_label(r)}): {w}" for r in rows for w in r.get("warnings") or []]
+    if said:  # a run evaluated while it trained: its numbers are of a checkpoint on the way
+        lines += ["", *(f"- {w}" for w in said)]
     first = rows[0]
     frozen = ("encoder frozen" if first["trainable_layers"] == 0
               else f"{first['trainable_layers']} deepest encoder stages trained")

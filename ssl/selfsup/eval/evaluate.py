@@ -33,9 +33,9 @@ from selfsup.eval.linear import CONSTANT_STD, probe_protocol, sklearn_probe
 from selfsup.eval.prepare import (Prepared, cache_features, check_layers, feature_extractor, fill_stage_cache,
                                   layer_wise, prepare, target_stages)
 from selfsup.eval.search import IndexOptions
-from selfsup.eval.target import EncoderLoader, Target, default_device, resolve_target
+from selfsup.eval.target import EncoderLoader, Target, default_device, random_encoder, resolve_target
 from selfsup.monitors import CONSTANT_SPREAD, collapse_warning, rankme, relative_spread, uniformity
-from selfsup.rundir import weights_record
+from selfsup.rundir import training_warning, weights_record
 
 __all__ = ["DATA_IDENTITY", "EncoderLoader", "LABEL_FREE_ROWS", "NotScorable", "Prepared", "STORAGE", "Target",
            "cache_features", "changed_data_keys", "check_channels", "check_layers", "data_identity", "data_key",
@@ -140,9 +140,12 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
         # a run's steps when evaluated, and where it is: a resume that trains on leaves these numbers behind
         # (compare says so, also for an --out folder outside the run)
         **weights_record(spec, target.kind),
+        # a random-init encoder's kwargs (the config's encoder.kwargs when it is the config's encoder): two
+        # "random-init resnet18" rows of other widths are other baselines
+        **({"encoder_kwargs": random_encoder(spec, cfg)[1]} if target.kind == "random" else {}),
         "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
-        "warnings": list(warnings),
+        "warnings": [*warnings, *filter(None, [training_warning(spec, target.kind)])],
         # where the test features are cached (the embedding picture reads them; checked against the key)
         "test_features": {"directory": str(cache.directory), "name": name_te, "key": key_te},
     })

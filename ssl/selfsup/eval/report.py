@@ -111,6 +111,20 @@ def input_size_notes(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return warnings, notes
 
 
+def knn_index_note(rows: list[dict[str, Any]]) -> str:
+    """The kNN search note: the settings of every row's faiss index (``knn_index``) said once where they agree,
+    per row where they differ (the feature width of each target and stage: one row's said them all)."""
+    indexes = [(f"{r['label']}{' [' + r['layer'] + ']' if r.get('layer') else ''}", r["knn_index"])
+               for r in rows if r.get("knn_index")]
+    keys = [k for k in dict.fromkeys(k for _, ix in indexes for k in ix)
+            if k not in ("seconds", "warnings") and any(ix.get(k) is not None for _, ix in indexes)]
+    same = [k for k in keys if len({repr(ix.get(k)) for _, ix in indexes}) == 1]
+    shown = ", ".join(f"{k} {indexes[0][1][k]}" for k in same)
+    differ = "".join(f"; {k}: " + ", ".join(f"{label} {ix.get(k)}" for label, ix in indexes)
+                     for k in keys if k not in same)
+    return f"kNN search: faiss, {shown}{differ}."
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """One row per evaluated target, or per stage of each target when evaluated layer-wise
     (rows with a ``layer`` key: a "stage" column after the encoder's). kNN top-1 for each (k, T); linear top-1/top-5 with all
@@ -152,10 +166,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
              f"accuracies in percent on the test split; seed {first['seed']}; the weights of the last training "
              f"step, no epoch picked on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
              f"is never counted as predicted, in top-5 too." + (" " + probe_choice_note(rows) if probes else "")]
-    index = first.get("knn_index")
-    if index:
-        shown = ", ".join(f"{k} {v}" for k, v in index.items() if k not in ("seconds", "warnings") and v is not None)
-        notes.append(f"kNN search: faiss, {shown}.")
+    if any(r.get("knn_index") for r in rows):
+        notes.append(knn_index_note(rows))
     lin = next((r["linear"] for r in rows if "linear" in r), None)
     if lin and lin.get("seeds") == 1:
         notes.append("Probe numbers are from one seed: no spread is measured (eval.probe_seeds sets more).")
@@ -181,5 +193,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         n = next(r["label_free"]["rows"] for r in rows if r.get("label_free"))
         notes.append(f"Label-free signals of {n} test features (RankMe: effective rank, Garrido et al. 2023; uniformity at t=2, Wang & Isola "
                      f"2020; no labels used), RankMe / uniformity: " + "; ".join(free) + ".")
-    notes += once(f"{r['label']}: {NOTES[r['kind']]}." for r in rows if r["kind"] in NOTES)
+    notes += once(f"{r['label']}: {NOTES[r['kind']]}" + (f", built with encoder.kwargs {r['encoder_kwargs']}"
+                                                         if r.get("encoder_kwargs") else "") + "."
+                  for r in rows if r["kind"] in NOTES)
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
