@@ -15,7 +15,12 @@ if str(SRC) not in sys.path:  # tests also run without `pip install -e .`
 
 torch.set_num_threads(2)
 
+import lightning.pytorch  # noqa: E402,F401
 from selfsup.data import DataInfo  # noqa: E402
+
+# (Lightning gives its logger a StreamHandler on the sys.stderr of its first import: first imported inside a test
+# that captures with capsys, the handler kept that test's stream, closed after it, and every later Lightning line
+# printed a "Logging error" traceback into the next test's stderr; imported here, it binds the session's stream.)
 
 # What a method sees of tiny 16x16 grayscale data (256 training images).
 TINY_INFO = DataInfo(in_chans=1, image_size=16, num_classes=10, mean=(0.3,), std=(0.3,), num_samples=256)

@@ -572,6 +572,8 @@ def test_a_run_evaluated_while_another_process_trains_it_is_warned_and_records_n
         assert holder.stdout.readline().strip() == "held"
         assert weights_record(str(run), "pretrained") == {}
         assert main(["eval", str(run), "--out", str(tmp_path / "while"), "eval.plots=false"]) == 0
+        assert main(["eval", str(run), "--protocol", "bitfit", "--transfer", "epochs=1", "--transfer", "seeds=1",
+                     "--transfer", "low_shot=[]", "--out", str(tmp_path / "adapted"), "eval.plots=false"]) == 0
     finally:
         holder.kill()
         holder.wait()
@@ -580,6 +582,9 @@ def test_a_run_evaluated_while_another_process_trains_it_is_warned_and_records_n
             f"checkpoint then, not of its final weights")
     assert "trained_steps" not in row and any(w.startswith(said) for w in row["warnings"]), row["warnings"]
     assert said in (tmp_path / "while" / "results.md").read_text()
+    (adapted,) = json.loads((tmp_path / "adapted" / "results.json").read_text())  # a transfer: the same warning
+    assert "trained_steps" not in adapted and any(w.startswith(said) for w in adapted["warnings"])
+    assert said in (tmp_path / "adapted" / "results.md").read_text()
     assert training_warning(str(run), "pretrained") is None  # the holder is gone: the lock with it
 
 

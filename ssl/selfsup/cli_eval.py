@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfsup.rundir import RunDir, run_steps, target_key
+from selfsup.rundir import RunDir, target_key, training_warning, weights_record
 
 if TYPE_CHECKING:
     from selfsup.config import RunConfig
@@ -516,6 +516,9 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
         encoder, card = t.encoder, minimal_card(*random_encoder(args.target, cfg), t.info)
     else:
         encoder, card = load_encoder_and_card(target)
+    # read with the weights: a resume (or the training running now) may move the run on while this adapts
+    kind = "random" if args.target.startswith("random:") else "pretrained"
+    record, training = weights_record(args.target, kind), training_warning(args.target, kind)
     from selfsup.encoders import check_pixels_seen
 
     trained_size = card["input_size"][-1]
@@ -540,10 +543,12 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     settings = transfer_settings(options, size)
     out = ensure_out_dir(Path(args.out) if args.out else transfer_folder(base, args.protocol, settings, trained_size))
     rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
-    steps = run_steps(target) if not args.target.startswith("random:") else None
+    steps = record.get("trained_steps")
     for r in rows:  # which data (selfsup compare's data column), the side the encoder saw, the run's steps
         r.update(dataset=cfg.data.name, test_images=len(test_ds), image_size=size, target=args.target,
                  **({"trained_steps": steps} if steps is not None else {}))
+        if training:
+            r["warnings"] = [*(r.get("warnings") or []), training]
     if not is_rank_zero():  # rank 0 writes the results (and wrote the export) once
         return
     # the run's frozen numbers beside it: only of the same data (its own) and each row's own size
