@@ -67,6 +67,13 @@ def test_layer_probes_draw_stages_and_skip_single_stage_results(tmp_path):
     drawn(out)
     assert panels(out) == 2
     assert plots.layer_probes([result("run", {"k=20,T=0.07": 1.0}, 2.0)], tmp_path / "n.png") is None
+    from PIL import Image
+
+    assert Image.open(out).text["warned"] == "0"
+    rows[3]["warnings"] = ["the features of act1 are dominated by one vector"]  # random-init act1: both panels
+    rows[1]["linear"] = {"top1": float("nan")}  # a point not drawn is not ringed (run layer1: kNN panel only)
+    rows[1]["warnings"] = ["the linear probe diverged"]
+    assert Image.open(plots.layer_probes(rows, tmp_path / "warned.png")).text["warned"] == "3"
     # the heat map uses each target's final stage only
     assert panels(plots.knn_heatmap(rows, tmp_path / "knn.png")) == 2
 

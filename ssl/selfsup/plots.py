@@ -38,14 +38,15 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, out: str | Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+def _save(fig: Any, out: str | Path, rect: tuple[float, float, float, float] | None = None,
+          about: Mapping[str, str] | None = None) -> Path:
     """Write ``fig`` as a PNG whose text chunk ``panels`` counts its visible axes (colour bars
-    excluded), so a reader can check the figure without parsing pixels."""
+    excluded), so a reader can check the figure without parsing pixels; ``about``: more text chunks."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout(rect=rect)
     panels = sum(1 for ax in fig.axes if ax.axison and ax.get_label() != "<colorbar>")
-    fig.savefig(out, dpi=DPI, metadata={"panels": str(panels), "Software": "selfsup"})
+    fig.savefig(out, dpi=DPI, metadata={"panels": str(panels), "Software": "selfsup", **(about or {})})
     _pyplot().close(fig)
     return out
 
@@ -145,7 +146,11 @@ def rows_last_layer(rows: Sequence[Mapping[str, Any]], label: str) -> str | None
 
 def layer_probes(rows: Sequence[Mapping[str, Any]], out: str | Path) -> Path | None:
     """Linear top-1 (and kNN at the first (k, T)) per stage, one line per target (pretrained
-    beside its random-init baseline). None without layer-wise rows."""
+    beside its random-init baseline). A stage whose row has warnings (features one vector dominates, a
+    collapse, a diverged probe: results.md says which) is ringed in red, a legend entry says so, and the PNG's
+    text chunk ``warned`` counts the ringed points. None without layer-wise rows."""
+    from selfsup.eval.report import row_warnings
+
     staged: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         if r.get("layer") is not None:
@@ -153,7 +158,9 @@ def layer_probes(rows: Sequence[Mapping[str, Any]], out: str | Path) -> Path | N
     if not staged:
         return None
     fig, axes = _grid(2, 2, (5.0, 3.6))
+    ringed = 0
     for ax, metric in zip(axes, ("linear", "knn")):
+        flagged = False
         for label, stage_rows in staged.items():
             names = [r["layer"] for r in stage_rows]
             if metric == "linear":
@@ -161,12 +168,18 @@ def layer_probes(rows: Sequence[Mapping[str, Any]], out: str | Path) -> Path | N
             else:
                 values = [next(iter(r["knn"].values()))["top1"] if r.get("knn") else np.nan for r in stage_rows]
             ax.plot(names, values, marker="o", label=label, ls="--" if label.startswith("random") else "-")
+            warned = [i for i, r in enumerate(stage_rows) if row_warnings(r) and math.isfinite(values[i])]
+            if warned:  # a number its row warns about is not read as it stands
+                ax.scatter([names[i] for i in warned], [values[i] for i in warned], s=110, facecolors="none",
+                           edgecolors="tab:red", linewidths=1.4, zorder=3,
+                           label=None if flagged else "warned (see results.md)")
+                flagged, ringed = True, ringed + len(warned)
         first_knn = next((next(iter(r["knn"])) for rs in staged.values() for r in rs if r.get("knn")), "")
         ax.set_title("linear probe per stage" if metric == "linear" else f"kNN {first_knn} per stage", fontsize=9)
         ax.set_ylabel("test top-1 (%)")
         ax.tick_params(axis="x", rotation=30)
         ax.legend(fontsize=7)
-    return _save(fig, out)
+    return _save(fig, out, about={"warned": str(ringed)})
 
 
 def balanced_sample(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
