@@ -615,7 +615,9 @@ def test_pretrains_baseline_with_the_runs_own_weights_is_left_out_with_a_line(la
                  TINY_ENCODER, "eval.knn=[[3, 0.07]]", "eval.linear=false", "eval.plots=false",
                  f"eval.baselines=[pixels, {run_a}]"]) == 0
     out = capsys.readouterr().out
-    assert f"[eval] baseline {run_a} has this run's own weights: left out" in out
+    said = f"Baseline {run_a} (eval.baselines) has this run's own weights: left out (its row would repeat the run's)."
+    assert f"[eval] {said}" in out
+    assert f"\n- {said}\n" in (run / "results.md").read_text()  # the table says so too, not only the console
     rows = json.loads((run / "results.json").read_text())
     assert [r["kind"] for r in rows] == ["pretrained", "pixels"]
     assert rows[0]["knn"] == json.loads((run_a / "results.json").read_text())[0]["knn"]  # the same encoder indeed

@@ -160,8 +160,10 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
         # a baseline with the trained run's weights (its old export after a resume that trained nothing, a run
         # trained the same way) would print the run's numbers again as a baseline's
         same = [targets[i] for i, j in same_weights(prepared) if j == 0]
-        for t in same:
-            log(f"[eval] baseline {t} has this run's own weights: left out (its row would repeat the run's)")
+        left_out = [f"Baseline {t} (eval.baselines) has this run's own weights: left out (its row would repeat the "
+                    f"run's)." for t in same]
+        for line in left_out:
+            log(f"[eval] {line}")
         targets, prepared = ([t for t in targets if t not in same],
                              [p for t, p in zip(targets, prepared) if t not in same])
         per_target = [evaluate_layers(t, cfg, features, log=log, prepared=p, load=load_encoder)
@@ -175,7 +177,7 @@ def evaluate_run(run_dir: Path, cfg: RunConfig, log: Callable[[str], None] = pri
         row["label"] = f"{cfg.method.__class__.__name__.removesuffix('Config')} {cfg.encoder.name} (pretrained)"
     rows = [row for target_rows in per_target for row in target_rows]
     write_json(rows, RunDir(run_dir).results_json)
-    write_text(markdown_table(rows), RunDir(run_dir).results_md)
+    write_text(markdown_table(rows, left_out), RunDir(run_dir).results_md)
     return rows
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 NOTES = {
@@ -125,11 +125,12 @@ def knn_index_note(rows: list[dict[str, Any]]) -> str:
     return f"kNN search: faiss, {shown}{differ}."
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[dict[str, Any]], extra_notes: Sequence[str] = ()) -> str:
     """One row per evaluated target, or per stage of each target when evaluated layer-wise
-    (rows with a ``layer`` key: a "stage" column after the encoder's). kNN top-1 for each (k, T); linear top-1/top-5 with all
-    labels and top-1 on each low-shot fraction, as mean ± std over the probe seeds. Under
-    the table, every warning of every row (:func:`row_warnings`), then notes on the protocol."""
+    (rows with a ``layer`` key: a "stage" column after the encoder's). kNN top-1 for each (k, T); linear top-1/top-5
+    with all labels and top-1 on each low-shot fraction, as mean ± std over the probe seeds. Under
+    the table, every warning of every row (:func:`row_warnings`), then notes on the protocol, then
+    ``extra_notes`` (e.g. a baseline left out)."""
     if not rows:
         return ""
     knn_keys = list(rows[0].get("knn", {}))
@@ -196,4 +197,5 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     notes += once(f"{r['label']}: {NOTES[r['kind']]}" + (f", built with encoder.kwargs {r['encoder_kwargs']}"
                                                          if r.get("encoder_kwargs") else "") + "."
                   for r in rows if r["kind"] in NOTES)
+    notes += extra_notes
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
