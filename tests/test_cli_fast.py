@@ -492,3 +492,23 @@ def test_a_runs_own_export_is_labelled_as_the_runs(tmp_path):
     assert target_label(run / "export", str(run / "export")) == "export of run r16"
     assert target_label(tmp_path / "shipped", "shipped") == "export shipped"
     assert target_label(run, str(run)) == "run r16"
+
+
+@pytest.mark.parametrize("inside", ["checkpoints", "checkpoints/sub", "logs", "features", "plots", "export"])
+def test_out_inside_a_runs_own_folders_is_refused(tmp_path, capsys, inside):
+    """`selfsup eval TARGET --out RUN/checkpoints` wrote results.json, results.md and plots among the run's
+    checkpoints (and RUN/export among the export's files before it was exported). A run's own folders are
+    refused, with a place that works; a folder of its own inside the run is not."""
+    from selfsup.cli_eval import check_out_folder
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("method: {name: simclr}\n")
+    out = run / inside
+    assert main(["eval", "pixels", "--out", str(out)]) == 2
+    folder = run / inside.split("/")[0]
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup eval: error: --out {out} is inside {folder}, the run's own {folder.name}/ folder (selfsup keeps the "
+        f"run's files there): give a folder of its own, e.g. {run}/eval-mine or a path outside the run")
+    check_out_folder(str(run / "eval-mine"))  # refused nothing
+    check_out_folder(str(tmp_path / "checkpoints"))  # a folder named so outside any run is anyone's

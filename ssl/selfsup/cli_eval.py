@@ -186,6 +186,14 @@ def check_out_folder(out: str | None) -> None:
 
     if out is None:
         return
+    from selfsup.rundir import CHECKPOINT_DIR, EXPORT_DIR, FEATURES_DIR, LOGS_DIR, PLOTS_DIR
+
+    for folder in [Path(out), *Path(out).parents]:  # a run's own folders hold its files, not an evaluation's
+        if folder.name in (CHECKPOINT_DIR, LOGS_DIR, FEATURES_DIR, PLOTS_DIR, EXPORT_DIR) and \
+                RunDir(folder.parent).is_run():
+            raise ConfigError(f"--out {out} is inside {folder}, the run's own {folder.name}/ folder (selfsup keeps "
+                              f"the run's files there): give a folder of its own, e.g. {folder.parent}/eval-mine or a "
+                              f"path outside the run")
     kind = "a run directory" if RunDir(Path(out)).is_run() else "an export directory" if is_export_dir(out) else None
     if kind:
         own = "the run's own evaluation (what compare and its export card read)" if kind.startswith("a run") else \
