@@ -528,6 +528,7 @@ def test_detection_folders_compare_by_their_map_and_name_settings_that_differ(tm
     (second / "results.json").write_text(json.dumps([detection_row("run", "pretrained", 35.0, epochs=8)]))
     assert main(["compare", str(run), str(first), str(second), "--baselines"]) == 0
     header, by_target = table(capsys.readouterr().out)
+    assert [t for t in by_target if "random" in t] == ["random-init resnet18"]
     assert header[-4:] == ["detection mAP", "detection AP50", "detection AP75", "detection settings"]
     f, s = by_target[str(first)], by_target[str(second)]
     assert (f["method"], f["epochs"], f["px"], f["detection mAP"], f["detection AP50"], f["detection AP75"]) == \
@@ -535,6 +536,14 @@ def test_detection_folders_compare_by_their_map_and_name_settings_that_differ(tm
     assert (f["detection settings"], s["detection settings"]) == ("epochs=4", "epochs=8")
     assert by_target["random-init resnet18"]["detection mAP"] == "12.50"
     assert by_target[str(run)]["detection mAP"] == "" and by_target[str(run)]["linear top-1"] == "93.46 ± 0.32"
+    # the same baseline label and mAP trained for other epochs: two baselines, each beside its folder (one was
+    # dropped: the rows' kNN and probe numbers, both none, were all that told baselines apart)
+    (second / "results.json").write_text(json.dumps([detection_row("run", "pretrained", 35.0, epochs=8),
+                                                     detection_row("random-init resnet18", "random", 12.5, epochs=8)]))
+    assert main(["compare", str(first), str(second), "--baselines"]) == 0
+    _, by_target = table(capsys.readouterr().out)
+    assert {t: c["detection settings"] for t, c in by_target.items() if "random" in t} == {
+        f"random-init resnet18 (beside {first})": "epochs=4", f"random-init resnet18 (beside {second})": "epochs=8"}
     # one folder alone: no settings column (nothing differs)
     assert main(["compare", str(second)]) == 0
     header, _ = table(capsys.readouterr().out)
@@ -567,6 +576,11 @@ def test_a_result_of_older_weights_shows_no_epochs_of_the_weights_now(tmp_path, 
     assert (by_target[str(run)]["epochs"], by_target[str(run)]["train min"]) == ("", "")
     assert (by_target[str(fresh)]["epochs"], by_target[str(fresh)]["train min"]) == ("2", "1.5")
     assert f"measured on {run}'s weights after 10 optimiser steps; the run has trained to 20 since" in out
+    # a result read while the run was still training (its own warning says so): no epochs of the weights now
+    (run / "results.json").write_text(json.dumps([{**frozen_row("run run"), "mid_training": True}]))
+    assert main(["compare", str(run)]) == 0
+    _, by_target = table(capsys.readouterr().out)
+    assert (by_target[str(run)]["epochs"], by_target[str(run)]["train min"]) == ("", "")
 
 
 def test_a_row_records_the_steps_of_a_run_and_nothing_of_other_targets(tmp_path):
@@ -592,3 +606,25 @@ def test_an_evaluation_folder_that_stopped_after_extracting_says_so(tmp_path, ca
     assert one_line_error(capsys.readouterr().err) == (
         f"selfsup compare: error: {folder} holds cached features but no results.json: its evaluation did not "
         f"finish; run the selfsup eval command that made it again (the features are reused)")
+    done = tmp_path / "eval-x-1234abcd"  # RUN/eval-<data> is the cache its evaluation folders share
+    done.mkdir()
+    (done / "results.json").write_text(json.dumps([frozen_row("run run")]))
+    assert main(["compare", str(folder)]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup compare: error: {folder} is the feature cache of the evaluations on that data; compare their "
+        f"folder: {done}")
+
+
+@pytest.mark.parametrize("knn, linear", [({"top1": None}, None), ({"top1": "91"}, None),
+                                         ({"top1": 91.0}, {"top1": None, "top1_std": 0.1, "seeds": 3})])
+def test_a_result_whose_number_is_not_one_is_named_not_a_traceback(tmp_path, capsys, knn, linear):
+    """helper-60's: a results.json with `"top1": null` (edited, cut) raised a TypeError traceback in compare."""
+    row = {"label": "run x", "kind": "pretrained", "knn": {"k=3,T=0.1": knn}, **({"linear": linear} if linear else {})}
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps([row]))
+    assert main(["compare", str(folder)]) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert err.startswith(f"selfsup compare: error: {folder}: its result 'run x' holds a value that is not a number "
+                          f"where one belongs (") and err.endswith("its results.json was edited or cut short; "
+                                                                   "evaluate it again")

@@ -550,7 +550,8 @@ def test_a_baseline_that_is_the_target_under_another_name_is_refused(labelled_ru
     assert "built with encoder.kwargs {'channels': [8, 16, 32, 64]}" in (tmp_path / "ok" / "results.md").read_text()
 
 
-def test_a_run_evaluated_while_another_process_trains_it_is_warned_and_records_no_steps(labelled_run, tmp_path):
+def test_a_run_evaluated_while_another_process_trains_it_is_warned_and_records_no_steps(labelled_run, tmp_path,
+                                                                                        capsys):
     """`selfsup eval RUN` while `selfsup pretrain` was training RUN read whatever checkpoint was there and wrote
     its numbers as the run's, with the step count of an earlier training (so a later check took them for
     current). The row now says the run was being trained and by which process, and records no steps."""
@@ -570,18 +571,29 @@ def test_a_run_evaluated_while_another_process_trains_it_is_warned_and_records_n
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert weights_record(str(run), "pretrained") == {}
+        assert weights_record(str(run), "pretrained") == {"mid_training": True, "target_path": str(run.resolve())}
         assert main(["eval", str(run), "--out", str(tmp_path / "while"), "eval.plots=false"]) == 0
+        own = (run / "results.json").read_bytes()
+        capsys.readouterr()
+        assert main(["eval", str(run), "eval.plots=false", "--baseline", "pixels"]) == 0  # in place: not over it
+        assert "[eval] the run is being trained by another process (these numbers are of a checkpoint on the " \
+            "way): results go to" in capsys.readouterr().out
+        assert (run / "results.json").read_bytes() == own
         assert main(["eval", str(run), "--protocol", "bitfit", "--transfer", "epochs=1", "--transfer", "seeds=1",
                      "--transfer", "low_shot=[]", "--out", str(tmp_path / "adapted"), "eval.plots=false"]) == 0
     finally:
         holder.kill()
         holder.wait()
     row = json.loads((tmp_path / "while" / "results.json").read_text())[0]
+    from selfsup.rundir import results_behind
+
+    assert row["mid_training"] and results_behind([row], 1) == "of a checkpoint read while it was still training"
     said = (f"{run} was being trained by process {holder.pid} when evaluated: these are the numbers of its last "
             f"checkpoint then, not of its final weights")
     assert "trained_steps" not in row and any(w.startswith(said) for w in row["warnings"]), row["warnings"]
     assert said in (tmp_path / "while" / "results.md").read_text()
+    assert "the weights of the last checkpoint (a run still training: its warning says so)" in \
+        (tmp_path / "while" / "results.md").read_text()
     (adapted,) = json.loads((tmp_path / "adapted" / "results.json").read_text())  # a transfer: the same warning
     assert "trained_steps" not in adapted and any(w.startswith(said) for w in adapted["warnings"])
     assert said in (tmp_path / "adapted" / "results.md").read_text()
@@ -638,7 +650,8 @@ def test_compare_marks_results_of_a_runs_older_weights_after_a_resume(labelled_r
     assert main(["compare", str(run), str(folder)]) == 0
     assert "optimiser steps; the run has trained" not in capsys.readouterr().out  # fresh: no warning
     assert main(["pretrain", "--resume", str(run), "trainer.max_steps=2", "--no-eval"]) == 0
-    capsys.readouterr()
+    assert (f"[pretrain] 1 evaluation folder of this run holds numbers of older weights (selfsup compare warns on "
+            f"them; evaluate again for the weights now): {folder}") in capsys.readouterr().out
     assert main(["compare", str(run), str(folder)]) == 0
     out = capsys.readouterr().out
     said = "'s weights after 1 optimiser step; the run has trained to 2 since (a resume)"
@@ -662,13 +675,13 @@ def test_a_resume_without_evaluation_names_the_outputs_it_left_behind_and_export
     capsys.readouterr()
     assert main(["pretrain", "--resume", str(run), "trainer.max_steps=2", "--no-eval"]) == 0
     out = capsys.readouterr().out
-    assert (f"[pretrain] {run / 'results.json'} holds the numbers of the weights after 1 optimiser steps, not of "
-            f"the 2 now: selfsup eval {run} --baseline pixels for them") in out
-    assert (f"[pretrain] {run / 'export'} holds the encoder after 1 optimiser steps, not the 2 now: selfsup export "
+    assert (f"[pretrain] {run / 'results.json'} holds the numbers of the weights after 1 optimiser step, not of "
+            f"the 2 steps now: selfsup eval {run} --baseline pixels for them") in out
+    assert (f"[pretrain] {run / 'export'} holds the encoder after 1 optimiser step, not the 2 now: selfsup export "
             f"{run} {run / 'export'} for it") in out
     assert main(["export", str(run), str(tmp_path / "new")]) == 0
-    assert (f"note: {run / 'results.json'} holds the numbers of {run}'s weights after 1 optimiser steps and the run "
-            f"has trained to 2 since: the export carries no results") in capsys.readouterr().out
+    assert (f"note: {run / 'results.json'} holds the numbers of {run}'s weights after 1 optimiser step, not of its "
+            f"weights now (2 optimiser steps): the export carries no results") in capsys.readouterr().out
     card = read_card(tmp_path / "new")
     assert card["trained_steps"] == 2 and not card.get("results")
     assert main(["compare", str(run / "export")]) == 0

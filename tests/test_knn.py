@@ -258,5 +258,8 @@ def test_the_knn_search_note_says_each_rows_width_where_rows_differ():
     same = next(line for line in markdown_table(rows[:1]).splitlines() if line.startswith("- kNN search"))
     assert same == "- kNN search: faiss, kind exact, rows 64, dim 64, k 3, device cpu."
     said = markdown_table(rows)
+    timm_default = markdown_table([{**rows[3], "label": "random-init resnet34", "encoder_kwargs": {}}])
+    assert "- random-init resnet34: random init with timm's zero_init_last disabled (a fair baseline: no block starts " \
+        "as identity), built with timm's default kwargs." in timm_default
     assert ("- random-init resnet18: random init with timm's zero_init_last disabled (a fair baseline: no block "
             "starts as identity), built with encoder.kwargs {'channels': [8, 16, 32, 64]}.") in said

@@ -10,6 +10,7 @@ import os
 import pathlib
 import shutil
 import signal
+import re
 import subprocess
 import sys
 import time
@@ -355,5 +356,17 @@ def test_a_resume_lightning_counts_as_finished_says_so_and_what_trains_on(tmp_pa
     assert _step(run) == 4 and "nothing left to train" not in out
     assert ("[pretrain] warning: this resume took no step although the schedule plans 5 and the checkpoint holds 4: "
             "Lightning counts the checkpoint's last epoch as finished" in out), out
-    assert main(["pretrain", "--resume", str(run), "--no-eval", "trainer.max_steps=6", "trainer.max_epochs=10"]) == 0
-    assert _step(run) > 4  # the advised key trains on
+    assert main(["pretrain", "--resume", str(run), "--no-eval", "trainer.max_steps=8", "trainer.max_epochs=7"]) == 0
+    out = capsys.readouterr().out  # helper-60's: the same, after some steps, was said nowhere (298 of 300 planned)
+    # (each resume here counts one more epoch as done: 5 steps in "7 epochs" of one batch, 2 short of the plan)
+    assert _step(run) == 5 and ("[pretrain] warning: this resume stopped at optimiser step 5 of the 7 the schedule "
+                                "plans: Lightning counts the checkpoint's last epoch as finished" in out), out
+    advised = re.search(r"resume with trainer\.max_epochs=(\d+) to train on to trainer\.max_steps=8\n", out)
+    assert advised and int(advised[1]) > 7, out
+    assert main(["pretrain", "--resume", str(run), "--no-eval", f"trainer.max_epochs={advised[1]}"]) == 0
+    out = capsys.readouterr().out
+    assert _step(run) == 8 and "stopped at optimiser step" not in out, out  # the advised key reaches max_steps
+    from selfsup.train.run import short_resume_warning
+
+    assert short_resume_warning(298, 300, 300, 20, 300, -1).endswith(
+        "; resume with trainer.max_steps=N (the steps wanted) and trainer.max_epochs=301 + ceil((N - 298) / 20)")

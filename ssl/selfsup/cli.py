@@ -118,8 +118,8 @@ def _export(args: argparse.Namespace) -> None:
             if behind is None:
                 results = results_summary(rows)
             else:  # a resume trained on since (--no-eval): the card would give these weights the older ones' numbers
-                print(f"note: {res} holds the numbers of {source}'s weights after {behind[0]} optimiser steps and "
-                      f"the run has trained to {behind[1]} since: the export carries no results; for them, "
+                print(f"note: {res} holds the numbers of {source}'s weights {behind}, not of its weights now "
+                      f"({run_steps(source)} optimiser steps): the export carries no results; for them, "
                       f"selfsup eval {source}{baseline_options(rows)}, then export again")
         out = export_encoder(source, out, results, formats)
     print(f"exported to {out}; load with selfsup.load_encoder({str(out)!r}) or timm (see {out / MODEL_CARD})")

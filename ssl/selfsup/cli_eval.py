@@ -294,14 +294,16 @@ def init_tag(spec: str, cfg: RunConfig) -> str:
 
 def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
     """Why ``rows`` (an evaluation of run directory ``run`` on its own data) must not replace the
-    run's ``results.json``, or None when they may: the ``eval`` settings differ from the run's
-    config (other protocol, other numbers), or a row of the saved results (a baseline, a stage)
-    has no counterpart among ``rows``."""
+    run's ``results.json``, or None when they may: they were read while another process trained the run
+    (``mid_training``), the ``eval`` settings differ from the run's config (other protocol, other numbers),
+    or a row of the saved results (a baseline, a stage) has no counterpart among ``rows``."""
     import json
 
     from selfsup.config import to_dict
     from selfsup.train.workdir import load_run_config
 
+    if any(r.get("mid_training") for r in rows):  # the run's own results are of its weights when it ends
+        return "the run is being trained by another process (these numbers are of a checkpoint on the way)"
     before, after = to_dict(load_run_config(run))["eval"], to_dict(cfg)["eval"]
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if differ:
@@ -554,7 +556,7 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     steps = record.get("trained_steps")
     for r in rows:  # which data (selfsup compare's data column), the side the encoder saw, the run's steps
         r.update(dataset=cfg.data.name, test_images=len(test_ds), image_size=size, target=args.target,
-                 **({"trained_steps": steps} if steps is not None else {}))
+                 **{k: v for k, v in record.items() if k in ("trained_steps", "mid_training")})
         if training:
             r["warnings"] = [*(r.get("warnings") or []), training]
     if not is_rank_zero():  # rank 0 writes the results (and wrote the export) once
@@ -564,7 +566,9 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     for r in frozen:  # rows written before image_size was recorded saw the training size
         r.setdefault("image_size", trained_size)
     # numbers of the weights before a resume that trained on (with --no-eval) are not this encoder's
-    frozen = [r for r in frozen if r.get("kind") != "pretrained" or r.get("trained_steps", steps) == steps]
+    # (and none of a checkpoint read while the run trained, nor beside a transfer of one)
+    frozen = [r for r in frozen if r.get("kind") != "pretrained" or (
+        r.get("trained_steps", steps) == steps and not r.get("mid_training") and not record.get("mid_training"))]
     written = RunDir(out)
     if args.protocol == "prompt":  # plain timm has no place for the tokens
         kept = (f"the prompt tokens and head in {out / 'prompt.safetensors'} and the frozen ViT in {out / 'encoder'} "

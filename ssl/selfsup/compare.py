@@ -104,8 +104,9 @@ STALE = "stale_steps"  # set by mark_stale on a result of a run's older weights:
 
 def is_stale(row: dict[str, Any]) -> bool:
     """Whether ``row`` (a transfer row: any result it holds) was measured on a run's older weights
-    (:func:`mark_stale`): the run's epochs and minutes now are not those of its weights."""
-    return any(STALE in r for r in ([row, *(row.get("transfer") or [])]))
+    (:func:`mark_stale`) or on a checkpoint read while the run was still training (``mid_training``, warned
+    when written): the run's epochs and minutes now are not those of its weights."""
+    return any(STALE in r or r.get("mid_training") for r in ([row, *(row.get("transfer") or [])]))
 
 
 def mark_export_behind(entry: Entry, path: Path, card: dict[str, Any]) -> None:
@@ -250,7 +251,11 @@ def read_entry(target: str | Path) -> Entry:
     if frozen_rows(path) is not None:
         return read_frozen_eval(path, str(target))
     saved = RunDir(path).results_json
-    if not saved.exists() and RunDir(path).features.is_dir():  # an evaluation that stopped after extracting
+    if not saved.exists() and RunDir(path).features.is_dir():  # a data's feature cache, or an unfinished evaluation
+        done = sorted(str(d) for d in path.parent.glob(f"{path.name}-*") if RunDir(d).results_json.is_file())
+        if done:  # RUN/eval-<data>: the features its evaluation folders RUN/eval-<data>-<settings> share
+            raise LoadError(f"{target} is the feature cache of the evaluations on that data; compare their "
+                            f"folder{'s' * (len(done) > 1)}: {' '.join(done)}")
         raise LoadError(f"{target} holds cached features but no results.json: its evaluation did not finish; run "
                         f"the selfsup eval command that made it again (the features are reused)")
     if saved.is_file() and read_json_or_none(saved) is None:  # an evaluation folder whose results cannot be read
@@ -412,11 +417,18 @@ def size_cell(row: dict[str, Any]) -> str:
 
 
 def _scores(row: dict[str, Any]) -> str:
-    """A result row's numbers (every kNN and probe top-1), as text: the same baseline read from a run's
-    results.json and from its export's card (which keeps fewer fields) compare equal."""
+    """A result row's numbers, as text: every kNN and probe top-1, a detection row's mAP, AP50, AP75 and
+    settings (:data:`DETECTION_SETTINGS`), a transfer row's top-1 per protocol and fraction. The same baseline
+    read from a run's results.json and from its export's card (which keeps fewer fields) compares equal; two
+    detection baselines trained otherwise do not (they were listed as one)."""
     numbers = {f"knn {k}": v.get("top1") for k, v in (row.get("knn") or {}).items() if isinstance(v, dict)}
     numbers.update({k: v.get("top1") for k, v in row.items() if k.startswith("linear") and isinstance(v, dict)})
-    return json.dumps(numbers, sort_keys=True)
+    if row.get("task") == DETECTION_TASK:
+        numbers.update({k: row.get(k) for k in ("map", "ap50", "ap75", *DETECTION_SETTINGS, "image_size")})
+    for t in row.get("transfer") or []:
+        if isinstance(t, dict):
+            numbers[f"{t.get('protocol')} {t.get('fraction')}"] = t.get("top1")
+    return json.dumps(numbers, sort_keys=True, default=str)
 
 
 def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str], list[list[str]]]:
@@ -442,8 +454,9 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
     labels = [r["label"] for e, r in picked if r.get("kind") in BASELINE_KINDS and not e.baseline_target]
     shared = {label for label in labels if labels.count(label) > 1}
     columns = frozen_columns(rows) + transfer_columns(rows) + detection_columns(rows)
-    for e, r in picked:  # results compare cannot read (another task's, or a folder of other files) are named
-        if not any(cell(r) for _, cell in columns) and (e.baseline_target or r.get("kind") not in BASELINE_KINDS):
+    numbers = [result_cells(e, r, columns) for e, r in picked]
+    for (e, r), row_cells in zip(picked, numbers):  # results compare cannot read (another task's, ...) are named
+        if not any(row_cells) and (e.baseline_target or r.get("kind") not in BASELINE_KINDS):
             raise LoadError(f"{e.target}: its result {r.get('label', '')!r} holds none of the numbers compare "
                             f"reads (kNN, linear probes, transfer, detection mAP): give a run, export or "
                             f"evaluation folder of selfsup eval")
@@ -451,21 +464,34 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
     header = ["target", "method", "encoder", "data", *([SIZE] if sized else []), "epochs", "train min",
               *[h for h, _ in columns]]
     cells = []
-    for e, r in picked:
+    for (e, r), row_cells in zip(picked, numbers):
         label = (f"{e.target} ({r['label']})" if e.baseline_target else
                  (f"{r['label']} (beside {e.target})" if r["label"] in shared else r["label"])
                  if r.get("kind") in BASELINE_KINDS else e.target)
         cells.append([label, e.method or "", e.encoder or "", data_cell(r), *([size_cell(r)] if sized else []),
                       # a result of a run's older weights: the run's epochs and minutes now are not theirs
                       "" if e.epochs is None or is_stale(r) else f"{e.epochs:g}",
-                      "" if e.train_minutes is None or is_stale(r) else f"{e.train_minutes:.1f}",
-                      *[cell(r) for _, cell in columns]])
+                      "" if e.train_minutes is None or is_stale(r) else f"{e.train_minutes:.1f}", *row_cells])
     said = [result_warnings(r) for r in rows]
     if any(said):  # the warnings a number was written with travel with it (a diverged lr, a too small subset)
         header.append(WARNINGS)
         for c, w in zip(cells, said):
             c.append("\n".join(w))
     return header, cells
+
+
+def result_cells(entry: Entry, row: dict[str, Any], columns: list[Column]) -> list[str]:
+    """The cells of ``row`` (of ``entry``) in ``columns``.
+
+    Raises:
+        LoadError: (one line) a value where a number belongs is not one (null, text: an edited or cut
+            results.json), naming the target, the row and the value."""
+    try:
+        return [cell(row) for _, cell in columns]
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise LoadError(f"{entry.target}: its result {row.get('label', '')!r} holds a value that is not a number "
+                        f"where one belongs ({err}): its results.json was edited or cut short; evaluate it again"
+                        ) from None
 
 
 WARNINGS = "warnings"  # the last column when any row has warnings: one per line in the CSV, notes under the markdown
@@ -535,5 +561,7 @@ def bar_plot(header: list[str], cells: list[list[str]], out: str | Path) -> Path
     def spread(text: str) -> float | None:
         return float(text.split(" ± ")[1]) if " ± " in text else None
 
+    detection = any(header[i] == "detection mAP" for i in columns)
     return bar_chart([c[0] for c in cells], {header[i]: [value(c[i]) for c in cells] for i in columns}, out,
+                     ylabel="test top-1 / detection mAP (%)" if detection else "test top-1 (%)",
                      errors={header[i]: [spread(c[i]) for c in cells] for i in columns})

@@ -61,19 +61,32 @@ def pretrain_evaluate_export(cfg: RunConfig, run_dir: str | Path | None = None, 
 
 def left_behind(run_dir: Path) -> list[str]:
     """One line for each output of ``run_dir`` written for weights it has trained past since (a resume without
-    the evaluation): its results.json (rows' ``trained_steps``) and its export (card's ``trained_steps``), each
-    with the command that brings it up to date; none when they are of the weights now, or absent."""
+    the evaluation), or read while it was still training: its results.json (rows' ``trained_steps``,
+    ``mid_training``) and its export (card's ``trained_steps``), each with the command that brings it up to
+    date, and one line naming its evaluation, transfer and detection folders of such weights; none when all
+    are of the weights now, or absent."""
+    run_dir = Path(run_dir)
     run = RunDir(run_dir)
     now = run_steps(run_dir)
     lines = []
     rows = read_json_or_none(run.results_json)
     if isinstance(rows, list) and (behind := results_behind(rows, now)) is not None:
-        lines.append(f"[pretrain] {run.results_json} holds the numbers of the weights after {behind[0]} optimiser "
-                     f"steps, not of the {now} now: selfsup eval {run_dir}{baseline_options(rows)} for them")
+        lines.append(f"[pretrain] {run.results_json} holds the numbers of the weights {behind}, not of the {now} "
+                     f"steps now: selfsup eval {run_dir}{baseline_options(rows)} for them")
+    folders = [str(f.parent) for f in sorted([*run_dir.glob("eval-*/results.json"),
+                                              *run_dir.glob("eval-*/transfer-*/results.json"),
+                                              *run_dir.glob("transfer-*/results.json"),
+                                              *run_dir.glob("detection/*/results.json")])
+               if isinstance(saved := read_json_or_none(f), list) and results_behind(saved, now) is not None]
+    if folders:
+        lines.append(f"[pretrain] {len(folders)} evaluation folder{'s' * (len(folders) > 1)} of this run "
+                     f"hold{'s' * (len(folders) == 1)} numbers of older weights (selfsup compare warns on them; "
+                     f"evaluate again for the weights now): {', '.join(folders)}")
     card = read_json_or_none(run.export / CARD) if is_export_dir(run.export) else None
     then = from_config_json(card).get("trained_steps") if isinstance(card, dict) else None
     if isinstance(then, int) and now is not None and then != now:
-        lines.append(f"[pretrain] {run.export} holds the encoder after {then} optimiser steps, not the {now} now: "
+        lines.append(f"[pretrain] {run.export} holds the encoder after {then} optimiser step{'s' * (then != 1)}, "
+                     f"not the {now} now: "
                      f"selfsup export {run_dir} {run.export} for it")
     return lines
 

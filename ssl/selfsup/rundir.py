@@ -188,11 +188,16 @@ def training_pid(path: str | Path) -> int | None:
 def weights_record(spec: str, kind: str) -> dict[str, Any]:
     """What a result row of target ``spec`` (its ``kind``) records of the weights it measured: for a run
     (``kind`` "pretrained" with a step record) ``trained_steps`` (:func:`run_steps`) and ``target_path`` (the
-    run, resolved), so that a resume training on since is seen however the run was named; ``{}`` otherwise,
-    and for a run another process is training now (its step record is of an earlier training, not of the
-    checkpoint read: :func:`training_warning` says so instead)."""
-    steps = run_steps(spec) if kind == "pretrained" and training_pid(spec) is None else None
-    return {} if steps is None else {"trained_steps": steps, "target_path": str(Path(spec).resolve())}
+    run, resolved), so that a resume training on since is seen however the run was named; for a run another
+    process is training now ``mid_training`` (True) instead of the steps (its step record is of an earlier
+    training, not of the checkpoint read; :func:`training_warning` says so); ``{}`` for anything else."""
+    if kind != "pretrained" or not RunDir(Path(spec)).is_run():
+        return {}
+    where = {"target_path": str(Path(spec).resolve())}
+    if training_pid(spec) is not None:
+        return {"mid_training": True, **where}
+    steps = run_steps(spec)
+    return {} if steps is None else {"trained_steps": steps, **where}
 
 
 def training_warning(spec: str, kind: str) -> str | None:
@@ -206,13 +211,21 @@ def training_warning(spec: str, kind: str) -> str | None:
             f"then, not of its final weights; evaluate it again when its training has ended")
 
 
-def results_behind(rows: list[dict[str, Any]], now: int | None) -> tuple[int, int] | None:
-    """``(then, now)`` when the run's own rows of ``rows`` (kind "pretrained", a results.json) were measured
-    after ``then`` optimiser steps (their ``trained_steps``) and the run has trained ``now`` since (a resume
-    with ``--no-eval``); None when they are of its weights now, or either count is unknown."""
-    then = next((r.get("trained_steps") for r in rows if isinstance(r, dict) and r.get("kind") == "pretrained"), None)
-    known = isinstance(then, int) and not isinstance(then, bool) and now is not None
-    return (then, now) if known and then != now else None
+def results_behind(rows: list[dict[str, Any]], now: int | None) -> str | None:
+    """How the run's own results among ``rows`` (a results.json: rows with ``trained_steps`` or
+    ``mid_training``, see :func:`weights_record`) are not of the run's weights now, which have trained ``now``
+    optimiser steps: "after N optimiser steps" (a resume trained on since, with ``--no-eval``) or "of a
+    checkpoint read while it was still training"; None when they are of its weights now, or the counts are
+    unknown."""
+    for r in rows:
+        if not isinstance(r, dict):
+            continue
+        if r.get("mid_training"):
+            return "of a checkpoint read while it was still training"
+        then = r.get("trained_steps")
+        if isinstance(then, int) and not isinstance(then, bool) and now is not None and then != now:
+            return f"after {then} optimiser step{'s' * (then != 1)}"
+    return None
 
 
 def nearest_run(folder: str | Path, levels: int = 2) -> Path | None:

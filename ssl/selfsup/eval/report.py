@@ -111,6 +111,15 @@ def input_size_notes(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return warnings, notes
 
 
+def random_kwargs_note(row: dict[str, Any]) -> str:
+    """", built with encoder.kwargs {...}" (the config's, for its own encoder) or ", built with timm's default
+    kwargs" for a random-init row that records them (``encoder_kwargs``); "" for any other row."""
+    if "encoder_kwargs" not in row:
+        return ""
+    kwargs = row["encoder_kwargs"]
+    return f", built with encoder.kwargs {kwargs}" if kwargs else ", built with timm's default kwargs"
+
+
 def knn_index_note(rows: list[dict[str, Any]]) -> str:
     """The kNN search note: the settings of every row's faiss index (``knn_index``) said once where they agree,
     per row where they differ (the feature width of each target and stage: one row's said them all)."""
@@ -164,9 +173,11 @@ def markdown_table(rows: list[dict[str, Any]], extra_notes: Sequence[str] = ()) 
     size_warnings, size_notes = input_size_notes(rows)
     notes = [*size_warnings, *once(warnings), *size_notes,
              f"Dataset {first['dataset']}: {first['train_images']} train / {first['test_images']} test images; "
-             f"accuracies in percent on the test split; seed {first['seed']}; the weights of the last training "
-             f"step, no epoch picked on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
-             f"is never counted as predicted, in top-5 too." + (" " + probe_choice_note(rows) if probes else "")]
+             f"accuracies in percent on the test split; seed {first['seed']}; "
+             + ("the weights of the last checkpoint (a run still training: its warning says so)"
+                if any(r.get("mid_training") for r in rows) else "the weights of the last training step")
+             + ", no epoch picked on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
+             "is never counted as predicted, in top-5 too." + (" " + probe_choice_note(rows) if probes else "")]
     if any(r.get("knn_index") for r in rows):
         notes.append(knn_index_note(rows))
     lin = next((r["linear"] for r in rows if "linear" in r), None)
@@ -194,8 +205,6 @@ def markdown_table(rows: list[dict[str, Any]], extra_notes: Sequence[str] = ()) 
         n = next(r["label_free"]["rows"] for r in rows if r.get("label_free"))
         notes.append(f"Label-free signals of {n} test features (RankMe: effective rank, Garrido et al. 2023; uniformity at t=2, Wang & Isola "
                      f"2020; no labels used), RankMe / uniformity: " + "; ".join(free) + ".")
-    notes += once(f"{r['label']}: {NOTES[r['kind']]}" + (f", built with encoder.kwargs {r['encoder_kwargs']}"
-                                                         if r.get("encoder_kwargs") else "") + "."
-                  for r in rows if r["kind"] in NOTES)
+    notes += once(f"{r['label']}: {NOTES[r['kind']]}{random_kwargs_note(r)}." for r in rows if r["kind"] in NOTES)
     notes += extra_notes
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

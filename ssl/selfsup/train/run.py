@@ -168,12 +168,33 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
                 f"checkpoint holds {trainer.global_step}: Lightning counts the checkpoint's last epoch as finished "
                 f"(a checkpoint saved where trainer.max_steps stopped inside or at the end of an epoch), so "
                 f"trainer.max_epochs={t.max_epochs} is reached; raise trainer.max_epochs to train the rest")
+        elif resume and trainer.is_global_zero and not trainer.interrupted and trainer.global_step < plan.total_steps:
+            log(short_resume_warning(trainer.global_step, plan.total_steps, trainer.current_epoch, plan.steps_per_epoch,
+                                     t.max_epochs, t.max_steps))
         if bad_files.is_file() and trainer.is_global_zero:
             n = len({line.split("\t")[0] for line in bad_files.read_text().splitlines()})
             log(f"[data] {n} unreadable image file(s) were left out (data.on_bad_file=skip); see {bad_files}")
         if then is not None:
             then(run_dir)
     return run_dir
+
+
+def short_resume_warning(step: int, planned: int, epoch: int, steps_per_epoch: int, max_epochs: int,
+                         max_steps: int) -> str:
+    """The warning of a resume that stopped at optimiser ``step`` short of the ``planned`` steps because
+    Lightning counted the checkpoint's last epoch as finished (a checkpoint saved where ``trainer.max_steps``
+    stopped inside or at the end of an epoch) and reached ``max_epochs`` early (its epoch count now
+    ``epoch``; a resume starts at the next). With ``max_steps`` set, the ``trainer.max_epochs`` that reaches
+    it (the learning-rate schedule then ends where it is laid out to); without, the keys to set both."""
+    head = (f"[pretrain] warning: this resume stopped at optimiser step {step} of the {planned} the schedule plans: "
+            f"Lightning counts the checkpoint's last epoch as finished (a checkpoint saved where trainer.max_steps "
+            f"stopped inside or at the end of an epoch), so trainer.max_epochs={max_epochs} was reached early and the "
+            f"learning rate did not reach the end of its schedule")
+    if max_steps > 0:
+        need = epoch + 1 + math.ceil((max_steps - step) / steps_per_epoch)
+        return f"{head}; resume with trainer.max_epochs={need} to train on to trainer.max_steps={max_steps}"
+    return (f"{head}; resume with trainer.max_steps=N (the steps wanted) and trainer.max_epochs="
+            f"{epoch + 1} + ceil((N - {step}) / {steps_per_epoch})")
 
 
 def epochs_trained(global_step: int, batches_per_epoch: float, accumulate: int, lightning_epochs: int) -> float:
