@@ -512,3 +512,33 @@ def test_out_inside_a_runs_own_folders_is_refused(tmp_path, capsys, inside):
         f"run's files there): give a folder of its own, e.g. {run}/eval-mine or a path outside the run")
     check_out_folder(str(run / "eval-mine"))  # refused nothing
     check_out_folder(str(tmp_path / "checkpoints"))  # a folder named so outside any run is anyone's
+
+
+def test_out_holding_another_kind_of_results_is_refused(tmp_path, capsys):
+    """helper-61's: `eval RUN --out RUN/transfer-bitfit-x` replaced a transfer's results.json with kNN results
+    (its classifier/ left beside numbers no longer its own), and the reverse. Refused before any work; the same
+    kind is rewritten as before; a run's detection/ folder itself is refused too."""
+    from selfsup.cli_eval import check_out_folder
+
+    kinds = {"transfer": [{"protocol": "bitfit", "fraction": 1.0}], "detection": [{"label": "x", "task": "detection"}],
+             "frozen": [{"label": "x", "kind": "pretrained"}]}
+    for there, rows in kinds.items():
+        folder = tmp_path / there
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(rows))
+        check_out_folder(str(folder), there)  # the same kind: rewritten
+        for kind in set(kinds) - {there}:
+            with pytest.raises(Exception) as err:
+                check_out_folder(str(folder), kind)
+            assert str(err.value) == (f"--out {folder} holds the results of a {there} evaluation (its results.json): "
+                                      f"this {kind} evaluation would replace them; give a folder of its own")
+    assert main(["eval", "pixels", "--out", str(tmp_path / "transfer")]) == 2
+    assert "holds the results of a transfer evaluation" in one_line_error(capsys.readouterr().err)
+    run = tmp_path / "run"
+    (run / "detection").mkdir(parents=True)
+    (run / "config.yaml").write_text("method: {name: simclr}\n")
+    assert main(["eval", "pixels", "--out", str(run / "detection")]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(
+        f"--out {run / 'detection'} is the run's own detection/ folder (one folder per detection setting inside it): "
+        f"give a folder of its own, e.g. {run / 'detection'}/mine or a path outside the run")
+    check_out_folder(str(run / "detection" / "mine"), "detection")  # a folder of its own inside it

@@ -544,6 +544,16 @@ def test_detection_folders_compare_by_their_map_and_name_settings_that_differ(tm
     _, by_target = table(capsys.readouterr().out)
     assert {t: c["detection settings"] for t, c in by_target.items() if "random" in t} == {
         f"random-init resnet18 (beside {first})": "epochs=4", f"random-init resnet18 (beside {second})": "epochs=8"}
+    # helper-61's: settings the row's own fields do not hold (fpn_channels) tell two baselines apart too
+    for folder, channels in ((first, 16), (second, 8)):
+        rows = [detection_row("run", "pretrained", 31.0), detection_row("random-init resnet18", "random", 12.5)]
+        (folder / "results.json").write_text(json.dumps([{**r, "detection_settings": {"fpn_channels": channels,
+                                                                                      "epochs": 4}} for r in rows]))
+    assert main(["compare", str(first), str(second), "--baselines"]) == 0
+    _, by_target = table(capsys.readouterr().out)
+    assert {t: c["detection settings"] for t, c in by_target.items() if "random" in t} == {
+        f"random-init resnet18 (beside {first})": "fpn_channels=16", f"random-init resnet18 (beside {second})":
+        "fpn_channels=8"}
     # one folder alone: no settings column (nothing differs)
     assert main(["compare", str(second)]) == 0
     header, _ = table(capsys.readouterr().out)

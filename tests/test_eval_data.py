@@ -579,6 +579,13 @@ def test_a_run_evaluated_while_another_process_trains_it_is_warned_and_records_n
         assert "[eval] the run is being trained by another process (these numbers are of a checkpoint on the " \
             "way): results go to" in capsys.readouterr().out
         assert (run / "results.json").read_bytes() == own
+        capsys.readouterr()
+        assert main(["export", str(run), str(tmp_path / "live")]) == 0  # helper-61's: the live checkpoint, no results
+        assert f"note: {run} is being trained by process {holder.pid}: this export holds its last checkpoint now, " \
+            "without results" in capsys.readouterr().out
+        from selfsup.artifacts.validate import read_card
+
+        assert not read_card(tmp_path / "live").get("results")
         assert main(["eval", str(run), "--protocol", "bitfit", "--transfer", "epochs=1", "--transfer", "seeds=1",
                      "--transfer", "low_shot=[]", "--out", str(tmp_path / "adapted"), "eval.plots=false"]) == 0
     finally:
@@ -656,6 +663,10 @@ def test_compare_marks_results_of_a_runs_older_weights_after_a_resume(labelled_r
     out = capsys.readouterr().out
     said = "'s weights after 1 optimiser step; the run has trained to 2 since (a resume)"
     assert out.count(said) == 2, out  # the run's own results.json (--no-eval kept it) and its evaluation folder
+    assert main(["pretrain", "--resume", str(run), "trainer.max_steps=3", "eval.plots=false"]) == 0  # evaluated
+    out = capsys.readouterr().out  # helper-61's: a resume with its evaluation named no folder of older weights
+    assert "[pretrain] 1 evaluation folder of this run holds numbers of older weights" in out and \
+        "results.json holds the numbers" not in out and "export holds the encoder" not in out, out
 
 
 def test_a_resume_without_evaluation_names_the_outputs_it_left_behind_and_exports_no_older_numbers(

@@ -87,7 +87,7 @@ def _export(args: argparse.Namespace) -> None:
     from selfsup.artifacts.load import export_encoder
     from selfsup.artifacts.validate import read_card
     from selfsup.eval.report import baseline_options
-    from selfsup.rundir import is_export_dir, results_behind, run_steps
+    from selfsup.rundir import is_export_dir, results_behind, run_steps, training_pid
 
     formats = parse_formats(args.format)  # an unknown format fails before the run is loaded
     source, out = Path(args.run_dir), Path(args.out_dir)
@@ -112,7 +112,11 @@ def _export(args: argparse.Namespace) -> None:
     else:
         results = None
         res = RunDir(source).results_json
-        if res.is_file():
+        pid = training_pid(source)
+        if pid is not None:  # its last checkpoint now, results of whatever came before
+            print(f"note: {source} is being trained by {f'process {pid}' if pid else 'another process'}: this export "
+                  f"holds its last checkpoint now, without results; export it again when its training has ended")
+        elif res.is_file():
             rows = json.loads(res.read_text())
             behind = results_behind(rows, run_steps(source))
             if behind is None:

@@ -52,7 +52,7 @@ def eval_command(args: argparse.Namespace) -> None:
     if args.out and args.task != "detection" and not args.protocol and RunDir(target).is_run() and \
             target_key(args.out) == target_key(args.target):
         args.out = None  # `eval RUN --out RUN` asks for the default place: the run's own (kept) results
-    check_out_folder(args.out)
+    check_out_folder(args.out, "detection" if args.task == "detection" else "transfer" if args.protocol else "frozen")
     # a repeat trained and printed the same row twice, however the path is spelled (r1, r1/, ./r1)
     same, own = [target_key(s) for s in args.baseline], target_key(args.target)
     for spec, key in zip(args.baseline, same):
@@ -177,15 +177,34 @@ def check_distinct_encoders(targets: list[str], prepared: list[Prepared]) -> Non
                           f"row would repeat the numbers; give each encoder once")
 
 
-def check_out_folder(out: str | None) -> None:
+def results_kind(rows: Any) -> str | None:
+    """Which evaluation wrote results.json ``rows``: "transfer" (rows with a protocol), "detection" (task
+    detection), "frozen" (kNN and probes); None for anything else (not a list of rows)."""
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        return None
+    return "transfer" if "protocol" in rows[0] else "detection" if rows[0].get("task") == "detection" else "frozen"
+
+
+def check_out_folder(out: str | None, kind: str = "frozen") -> None:
     """ConfigError (one line) when ``--out`` is a run directory or an export directory: an evaluation
     writes results.json / results.md (a transfer also classifier/) there, which replaced the run's own
-    evaluation (what compare and the export card read) or sat in an export's files."""
+    evaluation (what compare and the export card read) or sat in an export's files; when it is inside a
+    run's own folders (checkpoints/, ..., or its detection/ folder itself); or when it holds the results of
+    another ``kind`` of evaluation (:func:`results_kind`: a kNN evaluation over a transfer's numbers, beside
+    its classifier)."""
     from selfsup.config import ConfigError
-    from selfsup.rundir import is_export_dir
+    from selfsup.fileio import read_json_or_none
+    from selfsup.rundir import DETECTION_DIR, is_export_dir
 
     if out is None:
         return
+    there = results_kind(read_json_or_none(RunDir(Path(out)).results_json))
+    if there is not None and there != kind:
+        raise ConfigError(f"--out {out} holds the results of a {there} evaluation (its results.json): this {kind} "
+                          f"evaluation would replace them; give a folder of its own")
+    if Path(out).name == DETECTION_DIR and RunDir(Path(out).parent).is_run():
+        raise ConfigError(f"--out {out} is the run's own {DETECTION_DIR}/ folder (one folder per detection setting "
+                          f"inside it): give a folder of its own, e.g. {out}/mine or a path outside the run")
     from selfsup.rundir import CHECKPOINT_DIR, EXPORT_DIR, FEATURES_DIR, LOGS_DIR, PLOTS_DIR
 
     for folder in [Path(out), *Path(out).parents]:  # a run's own folders hold its files, not an evaluation's

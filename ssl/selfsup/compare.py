@@ -328,6 +328,13 @@ DETECTION_TASK = "detection"  # the "task" of a detection result row (selfsup ev
 DETECTION_SETTINGS = ("epochs", "trainable_layers", "deformable", "batch_size", "lr", "seed")
 
 
+def detection_settings(row: dict[str, Any]) -> dict[str, Any]:
+    """The detection settings a detection result row was trained with: its ``detection_settings`` (every
+    ``detection`` key), or for rows written before, the :data:`DETECTION_SETTINGS` it holds."""
+    given = row.get("detection_settings")
+    return given if isinstance(given, dict) else {k: row.get(k) for k in DETECTION_SETTINGS}
+
+
 def detection_columns(rows: list[dict[str, Any]]) -> list[Column]:
     """The detection columns when any of ``rows`` is a detection result: COCO mAP@[.5:.95], AP50 and AP75 (in
     percent, the test split), and "detection settings" naming the :data:`DETECTION_SETTINGS` whose values differ
@@ -342,9 +349,12 @@ def detection_columns(rows: list[dict[str, Any]]) -> list[Column]:
 
     columns: list[Column] = [("detection mAP", metric("map")), ("detection AP50", metric("ap50")),
                              ("detection AP75", metric("ap75"))]
-    differing = [k for k in DETECTION_SETTINGS if len({json.dumps(r.get(k)) for r in found}) > 1]
+    settings = [detection_settings(r) for r in found]
+    keys = list(dict.fromkeys(k for one in settings for k in one))
+    differing = [k for k in keys if len({json.dumps(one.get(k), sort_keys=True, default=str) for one in settings}) > 1]
     if differing:
-        columns.append(("detection settings", lambda r: ", ".join(f"{k}={r.get(k)}" for k in differing)
+        columns.append(("detection settings", lambda r: ", ".join(f"{k}={detection_settings(r).get(k)}"
+                                                                  for k in differing)
                         if r.get("task") == DETECTION_TASK else ""))
     return columns
 
@@ -424,7 +434,8 @@ def _scores(row: dict[str, Any]) -> str:
     numbers = {f"knn {k}": v.get("top1") for k, v in (row.get("knn") or {}).items() if isinstance(v, dict)}
     numbers.update({k: v.get("top1") for k, v in row.items() if k.startswith("linear") and isinstance(v, dict)})
     if row.get("task") == DETECTION_TASK:
-        numbers.update({k: row.get(k) for k in ("map", "ap50", "ap75", *DETECTION_SETTINGS, "image_size")})
+        numbers.update({k: row.get(k) for k in ("map", "ap50", "ap75", "image_size")})
+        numbers["settings"] = detection_settings(row)
     for t in row.get("transfer") or []:
         if isinstance(t, dict):
             numbers[f"{t.get('protocol')} {t.get('fraction')}"] = t.get("top1")

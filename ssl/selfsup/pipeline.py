@@ -49,6 +49,7 @@ def pretrain_evaluate_export(cfg: RunConfig, run_dir: str | Path | None = None, 
         table = finish_run(done, cfg, log)  # distributed: every rank extracts features, rank 0 reports
         if table is not None:
             log("\n" + table)
+        name_left_behind(done)  # evaluation folders of older weights (results.json and export are new)
 
     def name_left_behind(done: Path) -> None:
         if distributed.rank() == 0:

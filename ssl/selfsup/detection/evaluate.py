@@ -10,6 +10,7 @@ mAP@[.5:.95], AP50, AP75 and per-class AP (:mod:`selfsup.detection.metrics`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -104,6 +105,8 @@ def evaluate_detection(spec: str, cfg: RunConfig, device: str | None = None, in_
         "target": spec, "label": target.label, "kind": target.kind, "task": "detection",
         **weights_record(spec, target.kind),  # a run's steps: selfsup compare warns after a resume trains on
         "warnings": [w for w in [training_warning(spec, target.kind)] if w],
+        # every detection key but how fast (selfsup compare tells folders trained otherwise apart by them)
+        "detection_settings": {k: v for k, v in dataclasses.asdict(dcfg).items() if k != "num_workers"},
         "dataset": dcfg.dataset, "classes": test.class_names,
         "train_images": len(train), "test_images": len(test), "train_boxes": train.num_boxes,
         "test_boxes": test.num_boxes, **metrics,

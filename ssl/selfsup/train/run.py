@@ -185,7 +185,8 @@ def short_resume_warning(step: int, planned: int, epoch: int, steps_per_epoch: i
     Lightning counted the checkpoint's last epoch as finished (a checkpoint saved where ``trainer.max_steps``
     stopped inside or at the end of an epoch) and reached ``max_epochs`` early (its epoch count now
     ``epoch``; a resume starts at the next). With ``max_steps`` set, the ``trainer.max_epochs`` that reaches
-    it (the learning-rate schedule then ends where it is laid out to); without, the keys to set both."""
+    it (the learning-rate schedule then ends where it is laid out to); without (``max_steps`` -1, which a
+    resume cannot change), the ``trainer.max_epochs`` that trains the steps this resume did not take."""
     head = (f"[pretrain] warning: this resume stopped at optimiser step {step} of the {planned} the schedule plans: "
             f"Lightning counts the checkpoint's last epoch as finished (a checkpoint saved where trainer.max_steps "
             f"stopped inside or at the end of an epoch), so trainer.max_epochs={max_epochs} was reached early and the "
@@ -193,8 +194,11 @@ def short_resume_warning(step: int, planned: int, epoch: int, steps_per_epoch: i
     if max_steps > 0:
         need = epoch + 1 + math.ceil((max_steps - step) / steps_per_epoch)
         return f"{head}; resume with trainer.max_epochs={need} to train on to trainer.max_steps={max_steps}"
-    return (f"{head}; resume with trainer.max_steps=N (the steps wanted) and trainer.max_epochs="
-            f"{epoch + 1} + ceil((N - {step}) / {steps_per_epoch})")
+    more = math.ceil((planned - step) / steps_per_epoch)
+    return (f"{head}; with trainer.max_steps=-1 the plan grows with trainer.max_epochs, and a resume of such a "
+            f"checkpoint trains one epoch fewer than it plans: trainer.max_epochs={epoch + 1 + more} trains at least "
+            f"the {planned - step} step{'s' * (planned - step != 1)} this one did not take (and is itself short of "
+            f"its plan)")
 
 
 def epochs_trained(global_step: int, batches_per_epoch: float, accumulate: int, lightning_epochs: int) -> float:
