@@ -519,6 +519,7 @@ def test_out_holding_another_kind_of_results_is_refused(tmp_path, capsys):
     (its classifier/ left beside numbers no longer its own), and the reverse. Refused before any work; the same
     kind is rewritten as before; a run's detection/ folder itself is refused too."""
     from selfsup.cli_eval import check_out_folder
+    from selfsup.config import ConfigError
 
     kinds = {"transfer": [{"protocol": "bitfit", "fraction": 1.0}], "detection": [{"label": "x", "task": "detection"}],
              "frozen": [{"label": "x", "kind": "pretrained"}]}
@@ -528,7 +529,7 @@ def test_out_holding_another_kind_of_results_is_refused(tmp_path, capsys):
         (folder / "results.json").write_text(json.dumps(rows))
         check_out_folder(str(folder), there)  # the same kind: rewritten
         for kind in set(kinds) - {there}:
-            with pytest.raises(Exception) as err:
+            with pytest.raises(ConfigError) as err:
                 check_out_folder(str(folder), kind)
             assert str(err.value) == (f"--out {folder} holds the results of a {there} evaluation (its results.json): "
                                       f"this {kind} evaluation would replace them; give a folder of its own")

@@ -638,3 +638,30 @@ def test_a_result_whose_number_is_not_one_is_named_not_a_traceback(tmp_path, cap
     assert err.startswith(f"selfsup compare: error: {folder}: its result 'run x' holds a value that is not a number "
                           f"where one belongs (") and err.endswith("its results.json was edited or cut short; "
                                                                    "evaluate it again")
+
+
+def test_a_runs_evaluation_folders_and_an_export_it_trained_past_are_read_in_one_place(tmp_path):
+    """RunDir.evaluation_folders (the layout the resume's stale-folder line and compare's advice read) and
+    export_behind (the resume's line and compare's warning on RUN/export): each kind of folder found, folders
+    without results.json left out; an export behind its run, current, elsewhere or without steps."""
+    from selfsup.artifacts.card import export_behind
+    from selfsup.rundir import RunDir
+
+    run = write_run(tmp_path / "run", None)
+    made = ["eval-digits-1-2", "transfer-bitfit", "eval-digits-1/transfer-lora", "detection/voc-ab12"]
+    for name in [*made, "eval-digits-1", "plots"]:  # the last two: no results.json (a feature cache, pictures)
+        (run / name).mkdir(parents=True, exist_ok=True)
+    for name in made:
+        (run / name / "results.json").write_text("[]")
+    assert RunDir(run).evaluation_folders() == sorted(run / name for name in made)
+    (run / "export").mkdir()
+    (run / "export" / "config.json").write_text(json.dumps(to_config_json({**ENCODER_CARD, "trained_steps": 3})))
+    assert export_behind(run / "export") is None  # the run records no steps
+    (run / "training_time.json").write_text(json.dumps({"seconds": 9.0, "epochs": 1, "steps": 5}))
+    assert export_behind(run / "export") == (run.resolve(), 3, 5)
+    (run / "training_time.json").write_text(json.dumps({"seconds": 9.0, "epochs": 1, "steps": 3}))
+    assert export_behind(run / "export") is None  # current
+    elsewhere = tmp_path / "exp"
+    elsewhere.mkdir()
+    (elsewhere / "config.json").write_text((run / "export" / "config.json").read_text())
+    assert export_behind(elsewhere) is None

@@ -117,13 +117,13 @@ def _export(args: argparse.Namespace) -> None:
             print(f"note: {source} is being trained by {f'process {pid}' if pid else 'another process'}: this export "
                   f"holds its last checkpoint now, without results; export it again when its training has ended")
         elif res.is_file():
-            rows = json.loads(res.read_text())
-            behind = results_behind(rows, run_steps(source))
+            rows, now = json.loads(res.read_text()), run_steps(source)
+            behind = results_behind(rows, now)
             if behind is None:
                 results = results_summary(rows)
             else:  # a resume trained on since (--no-eval): the card would give these weights the older ones' numbers
                 print(f"note: {res} holds the numbers of {source}'s weights {behind}, not of its weights now "
-                      f"({run_steps(source)} optimiser steps): the export carries no results; for them, "
+                      f"({now} optimiser steps): the export carries no results; for them, "
                       f"selfsup eval {source}{baseline_options(rows)}, then export again")
         out = export_encoder(source, out, results, formats)
     print(f"exported to {out}; load with selfsup.load_encoder({str(out)!r}) or timm (see {out / MODEL_CARD})")

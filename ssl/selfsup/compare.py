@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selfsup.artifacts.card import CARD, from_config_json
+from selfsup.artifacts.card import CARD, export_behind, from_config_json
 from selfsup.artifacts.validate import read_card
 from selfsup.eval.report import mean_sd_text, probe_header, probe_keys, row_warnings
 from selfsup.fileio import read_json_or_none
-from selfsup.rundir import RunDir, is_export_dir, nearest_run, run_steps, target_key
+from selfsup.rundir import RunDir, is_export_dir, nearest_run, results_behind, run_steps, steps_text, target_key
 from selfsup.safeload import LoadError
 
 BASELINE_KINDS = ("random", "pixels")
@@ -78,28 +78,24 @@ def run_about(path: Path) -> Entry:
 def mark_stale(rows: list[dict[str, Any]], run: Path | None) -> None:
     """Add a warning to each result of ``rows`` (a transfer row: each protocol row it holds) measured on run
     ``run``'s weights after another number of optimiser steps (``trained_steps``) than the run has now
-    (:func:`selfsup.rundir.run_steps`): a resume trained on since, so they are numbers of older weights.
+    (:func:`selfsup.rundir.results_behind`): a resume trained on since, so they are numbers of older weights.
     Only the run's own results are read: its pretrained rows and its transfers (a moved run directory keeps
-    them); baselines and results without ``trained_steps`` (written before it) are left as they are."""
+    them); baselines and results without ``trained_steps`` (written before it) are left as they are, and
+    results read while the run trained carry their own warning (:func:`is_stale` reads them)."""
     now = run_steps(run) if run is not None else None
-    if now is None:
-        return
     for r in rows:
-        if r.get("kind") == TRANSFER_KIND:
-            own = r.get("transfer") or []
-        else:
-            own = [r] if r.get("kind") == "pretrained" else []
+        own = (r.get("transfer") or []) if r.get("kind") == TRANSFER_KIND else [r] if r.get("kind") == "pretrained" \
+            else []
         for result in own:
-            then = result.get("trained_steps")
-            if isinstance(then, int) and then != now:
-                result[STALE] = then
+            behind = None if result.get("mid_training") else results_behind([result], now)
+            if behind is not None:
+                result[STALE] = True
                 result["warnings"] = [*(result.get("warnings") or []),
-                                      f"measured on {run}'s weights after {then} optimiser step{'s' * (then != 1)}; "
-                                      f"the run has trained to {now} since (a resume): evaluate it again for its "
-                                      f"weights now"]
+                                      f"measured on {run}'s weights {behind}; the run has trained to {now} since (a "
+                                      f"resume): evaluate it again for its weights now"]
 
 
-STALE = "stale_steps"  # set by mark_stale on a result of a run's older weights: the steps it was measured after
+STALE = "stale"  # set by mark_stale on a result of a run's older weights
 
 
 def is_stale(row: dict[str, Any]) -> bool:
@@ -109,26 +105,26 @@ def is_stale(row: dict[str, Any]) -> bool:
     return any(STALE in r or r.get("mid_training") for r in ([row, *(row.get("transfer") or [])]))
 
 
-def mark_export_behind(entry: Entry, path: Path, card: dict[str, Any]) -> None:
+def mark_export_behind(entry: Entry, path: Path) -> None:
     """Warn on the rows of export ``path`` when it sits in a run directory (``RUN/export``) that has trained on
-    since it was written (its card's ``trained_steps`` against the run's, :func:`selfsup.rundir.run_steps`): its
-    numbers are those of its own weights, which are no longer the run's."""
-    run = nearest_run(path, levels=1)
-    now, then = (run_steps(run) if run is not None else None), card.get("trained_steps")
-    if now is None or not isinstance(then, int) or then == now:
+    since it was written (:func:`selfsup.artifacts.card.export_behind`): its numbers are those of its own
+    weights, which are no longer the run's."""
+    behind = export_behind(path)
+    if behind is None:
         return
+    run, then, now = behind
     for r in entry.rows:
         if r.get("kind") == "pretrained":
             r["warnings"] = [*(r.get("warnings") or []),
-                             f"an export of {run}'s weights after {then} optimiser step{'s' * (then != 1)}; the run "
-                             f"has trained to {now} since (a resume): selfsup export {run} {path} for its weights now"]
+                             f"an export of {run}'s weights after {steps_text(then)}; the run has trained to {now} "
+                             f"since (a resume): selfsup export {run} {path} for its weights now"]
 
 
 def read_run(path: Path) -> Entry:
     """An :class:`Entry` from a run directory: config.yaml, results.json, training_time.json."""
     run = RunDir(path)
     if not run.results_json.is_file():
-        found = sorted(str(d) for d in path.glob("eval-*") if RunDir(d).results_json.is_file())
+        found = [str(d) for d in run.evaluation_folders()]  # eval-*, transfer-*, detection/*
         elsewhere = (f", or compare its evaluation folder{'s' if len(found) > 1 else ''}: {' '.join(found)}"
                      if found else "")
         raise LoadError(f"{path} has no results.json of its own: run selfsup eval {path}{elsewhere}")
@@ -226,7 +222,7 @@ def read_export(path: Path) -> Entry:
             for label, res in (card.get("results") or {}).items()]
     entry = Entry(str(path), card.get("method"), card.get("architecture"), card.get("trained_epochs"),
                   card.get("training_minutes"), rows)
-    mark_export_behind(entry, path, card)
+    mark_export_behind(entry, path)
     return entry
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from torch import nn
 
 from selfsup import distributed
-from selfsup.artifacts.card import CARD, from_config_json, results_summary
+from selfsup.artifacts.card import export_behind, results_summary
 from selfsup.artifacts.load import export_encoder, load_encoder
 from selfsup.artifacts.validate import read_card
 from selfsup.config import ConfigError, RunConfig, apply_override, build_config
@@ -21,7 +21,7 @@ from selfsup.eval.evaluate import NotScorable, cache_features, check_layers, eva
 from selfsup.eval.prepare import same_weights
 from selfsup.eval.report import baseline_options, markdown_table
 from selfsup.fileio import read_json_or_none, write_json, write_text
-from selfsup.rundir import RunDir, is_export_dir, results_behind, run_steps
+from selfsup.rundir import RESULTS_JSON, RunDir, is_export_dir, results_behind, run_steps, steps_text
 from selfsup.safeload import LoadError, describe_file, load_checkpoint
 from selfsup.train.checkpoint import check_selfsup_checkpoint
 from selfsup.train.module import CHECKPOINT_KEY
@@ -74,20 +74,14 @@ def left_behind(run_dir: Path) -> list[str]:
     if isinstance(rows, list) and (behind := results_behind(rows, now)) is not None:
         lines.append(f"[pretrain] {run.results_json} holds the numbers of the weights {behind}, not of the {now} "
                      f"steps now: selfsup eval {run_dir}{baseline_options(rows)} for them")
-    folders = [str(f.parent) for f in sorted([*run_dir.glob("eval-*/results.json"),
-                                              *run_dir.glob("eval-*/transfer-*/results.json"),
-                                              *run_dir.glob("transfer-*/results.json"),
-                                              *run_dir.glob("detection/*/results.json")])
-               if isinstance(saved := read_json_or_none(f), list) and results_behind(saved, now) is not None]
+    folders = [str(f) for f in run.evaluation_folders()
+               if isinstance(saved := read_json_or_none(f / RESULTS_JSON), list) and results_behind(saved, now)]
     if folders:
         lines.append(f"[pretrain] {len(folders)} evaluation folder{'s' * (len(folders) > 1)} of this run "
                      f"hold{'s' * (len(folders) == 1)} numbers of older weights (selfsup compare warns on them; "
                      f"evaluate again for the weights now): {', '.join(folders)}")
-    card = read_json_or_none(run.export / CARD) if is_export_dir(run.export) else None
-    then = from_config_json(card).get("trained_steps") if isinstance(card, dict) else None
-    if isinstance(then, int) and now is not None and then != now:
-        lines.append(f"[pretrain] {run.export} holds the encoder after {then} optimiser step{'s' * (then != 1)}, "
-                     f"not the {now} now: "
+    if is_export_dir(run.export) and (behind := export_behind(run.export)) is not None:
+        lines.append(f"[pretrain] {run.export} holds the encoder after {steps_text(behind[1])}, not the {now} now: "
                      f"selfsup export {run_dir} {run.export} for it")
     return lines
 

@@ -141,6 +141,13 @@ class RunDir:
         """Where `selfsup eval RUN` writes for other data or eval settings: ``eval-<tag>/``."""
         return self.root / f"eval-{tag}"
 
+    def evaluation_folders(self) -> list[Path]:
+        """The run's evaluation folders that hold a results.json, sorted: ``eval-*/`` (other data or settings),
+        ``transfer-*/`` and ``eval-*/transfer-*/`` (``--protocol``), ``detection/*/`` (``--task detection``)."""
+        found = [*self.root.glob("eval-*/"), *self.root.glob("transfer-*/"), *self.root.glob("eval-*/transfer-*/"),
+                 *self.detection.glob("*/")]
+        return sorted(d for d in found if (d / RESULTS_JSON).is_file())
+
     def checkpoint_files(self) -> list[Path]:
         """The ``*.ckpt`` files in ``checkpoints/``, sorted by name (empty when there is none)."""
         return sorted(self.checkpoints.glob("*.ckpt")) if self.checkpoints.is_dir() else []
@@ -171,6 +178,11 @@ def run_steps(path: str | Path) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def steps_text(n: int) -> str:
+    """"1 optimiser step", "4 optimiser steps"."""
+    return f"{n} optimiser step{'s' * (n != 1)}"
 
 
 def training_pid(path: str | Path) -> int | None:
@@ -224,7 +236,7 @@ def results_behind(rows: list[dict[str, Any]], now: int | None) -> str | None:
             return "of a checkpoint read while it was still training"
         then = r.get("trained_steps")
         if isinstance(then, int) and not isinstance(then, bool) and now is not None and then != now:
-            return f"after {then} optimiser step{'s' * (then != 1)}"
+            return f"after {steps_text(then)}"
     return None
 
 

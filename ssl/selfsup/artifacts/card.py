@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -190,3 +191,18 @@ def card_info(card: Mapping[str, Any]) -> DataInfo:
     """The DataInfo of a validated card (square images: ``input_size`` is ``[C, S, S]``)."""
     return DataInfo(card["in_chans"], card["input_size"][-1], card.get("num_classes_seen", 0),
                     tuple(card["mean"]), tuple(card["std"]))
+
+
+def export_behind(export_dir: str | Path) -> tuple[Path, int, int] | None:
+    """``(run, then, now)`` when export ``export_dir`` sits in run directory ``run`` (``RUN/export``) and holds
+    its weights after ``then`` optimiser steps (the card's ``trained_steps``) while the run has trained ``now``
+    since (a resume with ``--no-eval``); None otherwise (an export elsewhere, current, or steps unknown)."""
+    from selfsup.fileio import read_json_or_none
+    from selfsup.rundir import nearest_run, run_steps
+
+    run = nearest_run(export_dir, levels=1)
+    raw = read_json_or_none(Path(export_dir) / CARD) if run is not None else None
+    then = from_config_json(raw).get("trained_steps") if isinstance(raw, dict) else None
+    now = run_steps(run) if run is not None else None
+    known = isinstance(then, int) and not isinstance(then, bool) and now is not None
+    return (run, then, now) if known and then != now else None
