@@ -538,8 +538,16 @@ def test_out_holding_another_kind_of_results_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "detection").mkdir(parents=True)
     (run / "config.yaml").write_text("method: {name: simclr}\n")
-    assert main(["eval", "pixels", "--out", str(run / "detection")]) == 2
+    assert main(["eval", "pixels", "--task", "detection", "--out", str(run / "detection")]) == 2
     assert one_line_error(capsys.readouterr().err).endswith(
         f"--out {run / 'detection'} is the run's own detection/ folder (one folder per detection setting inside it): "
         f"give a folder of its own, e.g. {run / 'detection'}/mine or a path outside the run")
     check_out_folder(str(run / "detection" / "mine"), "detection")  # a folder of its own inside it
+    for kind in ("frozen", "transfer"):  # helper-62's: suggested RUN/detection/mine for a kNN evaluation, took it
+        for out in (run / "detection", run / "detection" / "mine"):
+            with pytest.raises(ConfigError) as err:
+                check_out_folder(str(out), kind)
+            assert str(err.value) == (
+                f"--out {out} is inside {run / 'detection'}, where the run keeps its detection evaluations (compare "
+                f"and the resume read them as such): give this {kind} evaluation a folder of its own, e.g. "
+                f"{run}/eval-mine or a path outside the run")

@@ -625,19 +625,120 @@ def test_an_evaluation_folder_that_stopped_after_extracting_says_so(tmp_path, ca
         f"folder: {done}")
 
 
-@pytest.mark.parametrize("knn, linear", [({"top1": None}, None), ({"top1": "91"}, None),
-                                         ({"top1": 91.0}, {"top1": None, "top1_std": 0.1, "seeds": 3})])
-def test_a_result_whose_number_is_not_one_is_named_not_a_traceback(tmp_path, capsys, knn, linear):
-    """helper-60's: a results.json with `"top1": null` (edited, cut) raised a TypeError traceback in compare."""
-    row = {"label": "run x", "kind": "pretrained", "knn": {"k=3,T=0.1": knn}, **({"linear": linear} if linear else {})}
+NOT_NUMBERS = [(None, "null"), ("91", '"91"'), (True, "true"), (float("nan"), "NaN"), (float("inf"), "Infinity"),
+               (float("-inf"), "-Infinity"), ([91.0], "[91.0]")]
+
+
+@pytest.mark.parametrize("value, shown", NOT_NUMBERS)
+@pytest.mark.parametrize("where", ["knn", "linear.top1", "linear.top1_std", "linear_sklearn", "detection map",
+                                   "transfer top1", "transfer trainable_pct"])
+def test_a_value_where_a_number_belongs_that_is_not_a_finite_one_is_named(tmp_path, capsys, value, shown, where):
+    """helper-60's: `"top1": null` raised a TypeError traceback; helper-62's: `true` was shown as 1.00 and NaN or
+    infinity as "nan" / "inf", numbers no evaluation wrote. Each is an error naming the key and the value, in
+    every kind of cell compare reads (kNN, probe mean and sd, scikit-learn, detection, transfer)."""
     folder = tmp_path / "x"
     folder.mkdir()
+    row = {"label": "run x", "kind": "pretrained", "knn": {"k=3,T=0.1": {"top1": 91.0}}}
+    key = {"knn": 'knn["k=3,T=0.1"].top1', "linear.top1": "linear.top1", "linear.top1_std": "linear.top1_std",
+           "linear_sklearn": "linear_sklearn.top1", "detection map": "map",
+           "transfer top1": "transfer[bitfit 1].top1",
+           "transfer trainable_pct": "transfer[bitfit].trainable_pct"}[where]
+    if where == "knn":
+        row["knn"]["k=3,T=0.1"]["top1"] = value
+    elif where.startswith("linear."):
+        row["linear"] = {"top1": 90.0, "top1_std": 0.5, "seeds": 3, "fraction": 1.0, where.split(".")[1]: value}
+    elif where == "linear_sklearn":
+        row["linear_sklearn"] = {"top1": value}
+    elif where == "detection map":
+        row = {"label": "run x", "kind": "pretrained", "task": "detection", "map": value, "ap50": 40.0}
+    else:
+        t = transfer_row("bitfit", 1.0, [80.0, 82.0], [99.0, 99.5], 0.5)
+        t[where.split()[1]] = value
+        write_transfer(folder, [t])
+    if not where.startswith("transfer"):
+        (folder / "results.json").write_text(json.dumps([row]))
+    if where == "linear.top1_std" and value is None:  # no sd recorded: the mean alone, as results.md shows it
+        assert main(["compare", str(folder)]) == 0
+        assert table(capsys.readouterr().out)[1][str(folder)]["linear top-1"] == "90.00"
+        return
+    assert main(["compare", str(folder)]) == 2
+    label = folder if where.startswith("transfer") else "run x"
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup compare: error: {folder}: its result '{label}' holds {key} = {shown}, where a finite number "
+        f"belongs: its results.json was edited or cut short; evaluate it again")
+
+
+def test_a_result_not_laid_out_as_selfsup_writes_is_named_not_a_traceback(tmp_path, capsys):
+    """A probe result that is not a mapping (an edited results.json): a one-line error, not a traceback."""
+    folder = tmp_path / "x"
+    folder.mkdir()
+    row = {"label": "run x", "kind": "pretrained", "knn": {"k=3,T=0.1": 91.0}}
     (folder / "results.json").write_text(json.dumps([row]))
     assert main(["compare", str(folder)]) == 2
-    err = one_line_error(capsys.readouterr().err)
-    assert err.startswith(f"selfsup compare: error: {folder}: its result 'run x' holds a value that is not a number "
-                          f"where one belongs (") and err.endswith("its results.json was edited or cut short; "
-                                                                   "evaluate it again")
+    assert one_line_error(capsys.readouterr().err).startswith(
+        f"selfsup compare: error: {folder}: its result 'run x' is not laid out as selfsup writes results (TypeError: ")
+
+
+def test_results_of_a_run_another_process_trains_now_are_warned_in_compare_and_plot(tmp_path, capsys):
+    """helper-62's: compare of a run that `selfsup pretrain --resume` was training showed its results.json (of
+    the weights before that training) with no word; plot redrew them silently too. Both say so while the lock is
+    held, and say nothing once the training has ended."""
+    import subprocess
+    import sys
+
+    run = write_run(tmp_path / "run", [{**frozen_row("run run"), "trained_steps": 20}])
+    (run / "training_time.json").write_text(json.dumps({"seconds": 90.0, "epochs": 2, "steps": 20}))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, os, time\nfrom selfsup.fileio import file_lock\n"
+        f"with file_lock({str(run / '.lock')!r}):\n    print('held', flush=True)\n    time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["compare", str(run)]) == 0
+        out = capsys.readouterr().out
+        said = (f"{run} is being trained now by process {holder.pid}: these are the numbers of its weights before "
+                f"that training; evaluate it again when the training has ended")
+        assert f"- **Warning** ({run}): {said}" in out
+        _, by_target = table(out)
+        assert by_target[str(run)]["epochs"] == "2"  # the results' own weights: the epochs before that training
+        assert main(["plot", str(run)]) == 0
+        assert (f"note: the pictures drawn from {run / 'results.json'} (kNN grid, stages, embedding) show the numbers "
+                f"of {run}'s weights before the training process {holder.pid} is running now: evaluate it again when "
+                f"that training has ended (selfsup eval {run}) and plot again") in capsys.readouterr().out
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["compare", str(run)]) == 0
+    assert "Warning" not in capsys.readouterr().out
+    assert main(["plot", str(run)]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_plot_says_when_it_draws_results_of_older_weights(tmp_path, capsys):
+    """helper-62's: `selfsup plot RUN` after a resume with --no-eval redrew the kNN grid of the weights before the
+    resume without a word; it names them, as the resume and compare do. An evaluation folder read mid-training
+    says so too; current results and a folder of no run say nothing."""
+    run = write_run(tmp_path / "run", [{**frozen_row("run run"), "trained_steps": 10}])
+    (run / "training_time.json").write_text(json.dumps({"seconds": 90.0, "epochs": 2, "steps": 20}))
+    assert main(["plot", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert str(run / "plots" / "knn_grid.png") in out
+    assert (f"note: the pictures drawn from {run / 'results.json'} (kNN grid, stages, embedding) show the numbers of "
+            f"{run}'s weights after 10 optimiser steps, not of its weights now: evaluate it again (selfsup eval {run}) "
+            f"and plot again") in out
+    folder = run / "eval-other-1234"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps([{**frozen_row("run run"), "mid_training": True}]))
+    assert main(["plot", str(folder)]) == 0
+    assert (f"show the numbers of a checkpoint read while it was still training ({run.resolve()}): evaluate it again"
+            in capsys.readouterr().out)
+    (run / "results.json").write_text(json.dumps([{**frozen_row("run run"), "trained_steps": 20}]))
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "results.json").write_text(json.dumps([frozen_row("run x")]))
+    for target in (run, lone):
+        assert main(["plot", str(target)]) == 0
+        assert "note:" not in capsys.readouterr().out
 
 
 def test_a_runs_evaluation_folders_and_an_export_it_trained_past_are_read_in_one_place(tmp_path):

@@ -698,6 +698,13 @@ def test_a_resume_without_evaluation_names_the_outputs_it_left_behind_and_export
     assert main(["compare", str(run / "export")]) == 0
     assert (f"an export of {run}'s weights after 1 optimiser step; the run has trained to 2 since (a resume): "
             f"selfsup export {run} {run / 'export'} for its weights now") in capsys.readouterr().out
+    # helper-62's: a transfer's table called the left-out results.json "no frozen-feature evaluation beside it"
+    assert main(["eval", str(run), "--protocol", "bitfit", "--transfer", "epochs=1", "--transfer", "seeds=1",
+                 "--transfer", "low_shot=[]", "--out", str(tmp_path / "adapted"), "eval.plots=false"]) == 0
+    assert (f"- Frozen linear / kNN top-1 are blank: {run}'s results.json holds frozen numbers after 1 optimiser step, "
+            f"not of the weights this transfer adapted (a resume trained on since, or a checkpoint read "
+            f"mid-training); `selfsup eval {run}` with the same data options evaluates its weights now."
+            ) in (tmp_path / "adapted" / "results.md").read_text()
     assert main(["eval", str(run), "--baseline", "pixels"]) == 0  # the command the resume gave: results.json
     assert main(["export", str(run), str(run / "export")]) == 0
     assert read_card(run / "export")["results"]  # the numbers of the weights now

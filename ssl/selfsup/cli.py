@@ -134,7 +134,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from selfsup.plots import plot_run
+    from selfsup.compare import results_note
+    from selfsup.plots import RESULTS_PICTURES, plot_run
 
     if not Path(args.run_dir).exists():
         raise FileNotFoundError(f"{args.run_dir} does not exist: give a run directory (selfsup pretrain) or an "
@@ -145,6 +146,9 @@ def _plot(args: argparse.Namespace) -> None:
     written = plot_run(args.run_dir)
     for path in written:
         print(path)
+    note = results_note(Path(args.run_dir)) if any(p.name in RESULTS_PICTURES for p in written) else None
+    if note:  # results.json of older weights, or of a run training now: the pictures say nothing of that
+        print(note)
     if not written:
         print(f"nothing to draw in {args.run_dir} yet")
 

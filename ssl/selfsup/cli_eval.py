@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfsup.rundir import RunDir, target_key, training_warning, weights_record
+from selfsup.rundir import RunDir, results_behind, target_key, training_warning, weights_record
 
 if TYPE_CHECKING:
     from selfsup.config import RunConfig
@@ -189,7 +189,8 @@ def check_out_folder(out: str | None, kind: str = "frozen") -> None:
     """ConfigError (one line) when ``--out`` is a run directory or an export directory: an evaluation
     writes results.json / results.md (a transfer also classifier/) there, which replaced the run's own
     evaluation (what compare and the export card read) or sat in an export's files; when it is inside a
-    run's own folders (checkpoints/, ..., or its detection/ folder itself); or when it holds the results of
+    run's own folders (checkpoints/, ..., its detection/ folder itself, or inside that folder for an evaluation
+    that is no detection); or when it holds the results of
     another ``kind`` of evaluation (:func:`results_kind`: a kNN evaluation over a transfer's numbers, beside
     its classifier)."""
     from selfsup.config import ConfigError
@@ -202,9 +203,16 @@ def check_out_folder(out: str | None, kind: str = "frozen") -> None:
     if there is not None and there != kind:
         raise ConfigError(f"--out {out} holds the results of a {there} evaluation (its results.json): this {kind} "
                           f"evaluation would replace them; give a folder of its own")
-    if Path(out).name == DETECTION_DIR and RunDir(Path(out).parent).is_run():
-        raise ConfigError(f"--out {out} is the run's own {DETECTION_DIR}/ folder (one folder per detection setting "
-                          f"inside it): give a folder of its own, e.g. {out}/mine or a path outside the run")
+    for folder in [Path(out), *Path(out).parents]:  # RUN/detection/: the run's detection evaluations, one each
+        if folder.name != DETECTION_DIR or not RunDir(folder.parent).is_run():
+            continue
+        if kind != "detection":
+            raise ConfigError(f"--out {out} is inside {folder}, where the run keeps its detection evaluations (compare "
+                              f"and the resume read them as such): give this {kind} evaluation a folder of its own, "
+                              f"e.g. {folder.parent}/eval-mine or a path outside the run")
+        if folder == Path(out):
+            raise ConfigError(f"--out {out} is the run's own {DETECTION_DIR}/ folder (one folder per detection setting "
+                              f"inside it): give a folder of its own, e.g. {out}/mine or a path outside the run")
     from selfsup.rundir import CHECKPOINT_DIR, EXPORT_DIR, FEATURES_DIR, LOGS_DIR, PLOTS_DIR
 
     for folder in [Path(out), *Path(out).parents]:  # a run's own folders hold its files, not an evaluation's
@@ -586,8 +594,11 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
         r.setdefault("image_size", trained_size)
     # numbers of the weights before a resume that trained on (with --no-eval) are not this encoder's
     # (and none of a checkpoint read while the run trained, nor beside a transfer of one)
-    frozen = [r for r in frozen if r.get("kind") != "pretrained" or (
+    kept_rows = [r for r in frozen if r.get("kind") != "pretrained" or (
         r.get("trained_steps", steps) == steps and not r.get("mid_training") and not record.get("mid_training"))]
+    left_out = [r for r in frozen if r not in kept_rows]
+    behind = None if not left_out else (results_behind(left_out, steps) or "of another checkpoint")
+    frozen = kept_rows
     written = RunDir(out)
     if args.protocol == "prompt":  # plain timm has no place for the tokens
         kept = (f"the prompt tokens and head in {out / 'prompt.safetensors'} and the frozen ViT in {out / 'encoder'} "
@@ -595,4 +606,5 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     else:
         kept = f"the adapted classifier in {out / 'classifier'}" + (
             f" (LoRA merged; the adapter and head for peft in {out / 'adapter'})" if args.protocol == "lora" else "")
-    write_results(written, rows, transfer_markdown(args.target, rows, frozen, other_data), plots=False, kept=kept)
+    write_results(written, rows, transfer_markdown(args.target, rows, frozen, other_data, behind), plots=False,
+                  kept=kept)

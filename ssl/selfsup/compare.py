@@ -18,9 +18,10 @@ TARGET`` with another dataset or ``--out``: ``RUN/eval-<data>-<hash>``, ``runs/e
 "detection mAP / AP50 / AP75" (and the detection settings when they differ between rows). A column a target lacks is
 blank; a target with nothing to compare is an error naming it. A result of a run's weights before a resume that
 trained on is warned, its epochs and minutes blank (the run's now are not its weights'); an export in a run directory
-the run has trained past since is warned too. The warnings a row was written with (a diverged learning rate, a
-low-shot subset too small to read as asked, an approximate kNN index) come with it: notes under the markdown table,
-a last ``warnings`` column in the CSV (one per line).
+the run has trained past since is warned too, and so is a run's result while another process trains the run on. The
+warnings a row was written with (a diverged learning rate, a low-shot subset too small to read as asked, an
+approximate kNN index) come with it: notes under the markdown table, a last ``warnings`` column in the CSV (one per
+line). A value where a number belongs that is not a finite one (null, text, true, NaN) is an error naming it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,8 @@ from selfsup.artifacts.card import CARD, export_behind, from_config_json
 from selfsup.artifacts.validate import read_card
 from selfsup.eval.report import mean_sd_text, probe_header, probe_keys, row_warnings
 from selfsup.fileio import read_json_or_none
-from selfsup.rundir import RunDir, is_export_dir, nearest_run, results_behind, run_steps, steps_text, target_key
+from selfsup.rundir import (RunDir, is_export_dir, nearest_run, results_behind, run_steps, steps_text, target_key,
+                            training_pid)
 from selfsup.safeload import LoadError
 
 BASELINE_KINDS = ("random", "pixels")
@@ -81,8 +84,11 @@ def mark_stale(rows: list[dict[str, Any]], run: Path | None) -> None:
     (:func:`selfsup.rundir.results_behind`): a resume trained on since, so they are numbers of older weights.
     Only the run's own results are read: its pretrained rows and its transfers (a moved run directory keeps
     them); baselines and results without ``trained_steps`` (written before it) are left as they are, and
-    results read while the run trained carry their own warning (:func:`is_stale` reads them)."""
+    results read while the run trained carry their own warning (:func:`is_stale` reads them). While another
+    process trains the run (its lock, :func:`selfsup.rundir.training_pid`), its results are warned as those of
+    the weights before that training (:func:`training_now_text`)."""
     now = run_steps(run) if run is not None else None
+    pid = training_pid(run) if run is not None else None
     for r in rows:
         own = (r.get("transfer") or []) if r.get("kind") == TRANSFER_KIND else [r] if r.get("kind") == "pretrained" \
             else []
@@ -93,6 +99,16 @@ def mark_stale(rows: list[dict[str, Any]], run: Path | None) -> None:
                 result["warnings"] = [*(result.get("warnings") or []),
                                       f"measured on {run}'s weights {behind}; the run has trained to {now} since (a "
                                       f"resume): evaluate it again for its weights now"]
+            elif pid is not None and not result.get("mid_training"):  # measured before the training going on now
+                result["warnings"] = [*(result.get("warnings") or []), training_now_text(run, pid)]
+
+
+def training_now_text(run: Path, pid: int) -> str:
+    """The warning on a result of run ``run`` that ``pid`` (0: a process that has not written its pid yet) is
+    training now: its numbers are of the weights before that training, which will change them."""
+    who = f"process {pid}" if pid else "another process"
+    return (f"{run} is being trained now by {who}: these are the numbers of its weights before that training; "
+            f"evaluate it again when the training has ended")
 
 
 STALE = "stale"  # set by mark_stale on a result of a run's older weights
@@ -103,6 +119,29 @@ def is_stale(row: dict[str, Any]) -> bool:
     (:func:`mark_stale`) or on a checkpoint read while the run was still training (``mid_training``, warned
     when written): the run's epochs and minutes now are not those of its weights."""
     return any(STALE in r or r.get("mid_training") for r in ([row, *(row.get("transfer") or [])]))
+
+
+def results_note(folder: Path) -> str | None:
+    """What ``selfsup plot FOLDER`` says when the results.json of ``folder`` (a run directory or an evaluation
+    folder) it draws from is not of its run's weights now: measured before a resume trained on, or on a checkpoint
+    read mid-training (:func:`mark_stale`), or the run is being trained now; None when the numbers are current
+    (or no run is known)."""
+    rows = read_json_or_none(RunDir(folder).results_json)
+    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    run = folder if RunDir(folder).is_run() else nearest_run(folder) or evaluated_run(rows)
+    if not rows or run is None:
+        return None
+    behind = results_behind(rows, run_steps(run))
+    pid = training_pid(run)
+    if behind is None and pid is None:
+        return None
+    who = f"process {pid}" if pid else "another process"
+    why = (f"numbers of {run}'s weights before the training {who} is running now" if behind is None else
+           f"numbers of {run}'s weights {behind}, not of its weights now" if behind.startswith("after") else
+           f"numbers {behind} ({run})")  # "of a checkpoint read while it was still training"
+    when = " when that training has ended" if behind is None else ""
+    return (f"note: the pictures drawn from {RunDir(folder).results_json} (kNN grid, stages, embedding) show the "
+            f"{why}: evaluate it again{when} (selfsup eval {run}) and plot again")
 
 
 def mark_export_behind(entry: Entry, path: Path) -> None:
@@ -298,23 +337,49 @@ def check_outputs(csv_path: str | None, plot_path: str | None) -> None:
 Column = tuple[str, Any]  # (header, cell of a picked result row: row -> str)
 
 
+class NotANumber(ValueError):
+    """A result value where compare reads a number is not a finite one (its message: ``key = value``)."""
+
+
+def number_text(value: Any, key: str) -> str:
+    """``value`` with two decimals.
+
+    Raises:
+        NotANumber: ``value`` is not a finite real number (null, text, true/false, NaN, infinity: an edited or
+            cut results.json, or a failed evaluation's), naming ``key`` (where it sits in the row) and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise NotANumber(f"{key} = {json.dumps(value, default=str)}")
+    return f"{value:.2f}"
+
+
+def mean_sd_cell(result: dict[str, Any], stat: str, key: str) -> str:
+    """:func:`selfsup.eval.report.mean_sd_text` of ``result[stat]`` (``key`` names ``result`` in the row) once its
+    mean and its sd (when recorded) are finite numbers (:func:`number_text` raises otherwise)."""
+    number_text(result[stat], f"{key}.{stat}")
+    if result.get(f"{stat}_std") is not None:
+        number_text(result[f"{stat}_std"], f"{key}.{stat}_std")
+    return mean_sd_text(result, stat)
+
+
 def _probe_cell(key: str, stat: str) -> Any:
     """The cell of probe result ``key``'s ``stat`` (mean ± sd over seeds; blank where the row lacks it)."""
-    return lambda r: mean_sd_text(r[key], stat) if isinstance(r.get(key), dict) and stat in r[key] else ""
+    return lambda r: mean_sd_cell(r[key], stat, key) if isinstance(r.get(key), dict) and stat in r[key] else ""
 
 
 def frozen_columns(rows: list[dict[str, Any]]) -> list[Column]:
     """The frozen-feature columns any of ``rows`` has: kNN top-1 per (k, T); linear top-1 (and top-5 beside it,
     with all labels) per labelled fraction; scikit-learn's logistic top-1 (the probe's cross-check)."""
     knn_keys = list(dict.fromkeys(k for r in rows for k in r.get("knn", {})))
-    columns: list[Column] = [(f"kNN {k}", lambda r, k=k: f"{r['knn'][k]['top1']:.2f}" if k in r.get("knn", {})
-                              else "") for k in knn_keys]
+    columns: list[Column] = [(f"kNN {k}", lambda r, k=k: number_text(r["knn"][k]["top1"], f'knn["{k}"].top1')
+                              if k in r.get("knn", {}) else "") for k in knn_keys]
     for key in probe_keys(rows):
         columns.append((probe_header(key), _probe_cell(key, "top1")))
         if key == "linear" and any("top5" in (r.get("linear") or {}) for r in rows):
             columns.append(("linear top-5", _probe_cell(key, "top5")))
     if any(isinstance(r.get("linear_sklearn"), dict) for r in rows):
-        columns.append((probe_header("linear_sklearn"), lambda r: f"{r['linear_sklearn']['top1']:.2f}"
+        columns.append((probe_header("linear_sklearn"), lambda r: number_text(r["linear_sklearn"]["top1"],
+                                                                              "linear_sklearn.top1")
                         if isinstance(r.get("linear_sklearn"), dict) else ""))
     return columns
 
@@ -340,8 +405,7 @@ def detection_columns(rows: list[dict[str, Any]]) -> list[Column]:
         return []
 
     def metric(key: str) -> Any:
-        return lambda r: f"{r[key]:.2f}" if r.get("task") == DETECTION_TASK and isinstance(r.get(key), float | int) \
-            else ""
+        return lambda r: number_text(r[key], key) if r.get("task") == DETECTION_TASK and key in r else ""
 
     columns: list[Column] = [("detection mAP", metric("map")), ("detection AP50", metric("ap50")),
                              ("detection AP75", metric("ap75"))]
@@ -374,7 +438,7 @@ def transfer_columns(rows: list[dict[str, Any]]) -> list[Column]:
         for f in fractions:
             def cell(r: dict[str, Any], f: float = f, stat: str = "top1", protocol: str = protocol) -> str:
                 t = _transfer_result(r, protocol, f)
-                return mean_sd_text(t, stat) if t and stat in t else ""
+                return mean_sd_cell(t, stat, f"transfer[{protocol} {f:g}]") if t and stat in t else ""
 
             columns.append((transfer_header(protocol, f), cell))
             if f == 1.0 and any("top5" in t for t in results if t["protocol"] == protocol and t["fraction"] == 1):
@@ -382,7 +446,7 @@ def transfer_columns(rows: list[dict[str, Any]]) -> list[Column]:
 
         def pct(r: dict[str, Any], protocol: str = protocol) -> str:
             t = next((t for t in r.get("transfer", []) if t["protocol"] == protocol and "trainable_pct" in t), None)
-            return f"{t['trainable_pct']:.2f}" if t else ""
+            return number_text(t["trainable_pct"], f"transfer[{protocol}].trainable_pct") if t else ""
 
         columns.append((f"{protocol} trainable %", pct))
         differing = options_that_differ([t for t in results if t["protocol"] == protocol])
@@ -491,14 +555,18 @@ def result_cells(entry: Entry, row: dict[str, Any], columns: list[Column]) -> li
     """The cells of ``row`` (of ``entry``) in ``columns``.
 
     Raises:
-        LoadError: (one line) a value where a number belongs is not one (null, text: an edited or cut
-            results.json), naming the target, the row and the value."""
+        LoadError: (one line) a value where a number belongs is not a finite one (null, text, true/false, NaN,
+            infinity: an edited or cut results.json), naming the target, the row, the key and the value; or the
+            row's structure is not what selfsup writes (a result that is not a mapping)."""
     try:
         return [cell(row) for _, cell in columns]
+    except NotANumber as err:
+        raise LoadError(f"{entry.target}: its result {row.get('label', '')!r} holds {err}, where a finite number "
+                        f"belongs: its results.json was edited or cut short; evaluate it again") from None
     except (TypeError, ValueError, KeyError, AttributeError) as err:
-        raise LoadError(f"{entry.target}: its result {row.get('label', '')!r} holds a value that is not a number "
-                        f"where one belongs ({err}): its results.json was edited or cut short; evaluate it again"
-                        ) from None
+        raise LoadError(f"{entry.target}: its result {row.get('label', '')!r} is not laid out as selfsup writes "
+                        f"results ({type(err).__name__}: {err}): its results.json was edited or cut short; "
+                        f"evaluate it again") from None
 
 
 WARNINGS = "warnings"  # the last column when any row has warnings: one per line in the CSV, notes under the markdown

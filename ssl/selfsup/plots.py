@@ -400,6 +400,9 @@ def bar_chart(labels: Sequence[str], columns: Mapping[str, Sequence[float | None
     return _save(fig, out)
 
 
+RESULTS_PICTURES = ("knn_grid.png", "layers.png", "embedding.png")  # what plot_run draws from results.json
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Redraw a run's (or an evaluation folder's) pictures from disk into ``RUN_DIR/plots/``:
     training curves (``logs/metrics.csv``), the method's training views (:func:`view_preview`), the
@@ -415,6 +418,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         written.append(view_preview(run_dir, run.plots / "views.png"))
     if run.results_json.is_file():
         rows = json.loads(run.results_json.read_text())
-        written += [knn_heatmap(rows, run.plots / "knn_grid.png"), layer_probes(rows, run.plots / "layers.png"),
-                    feature_embedding(rows, run.plots / "embedding.png")]
+        grid, layers, embedding = (run.plots / name for name in RESULTS_PICTURES)
+        written += [knn_heatmap(rows, grid), layer_probes(rows, layers), feature_embedding(rows, embedding)]
     return [p for p in written if p is not None]

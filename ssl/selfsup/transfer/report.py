@@ -32,10 +32,11 @@ def frozen_scores(frozen_rows: list[dict[str, Any]], fraction: float, size: int 
 
 
 def frozen_notes(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict[str, Any]],
-                 other_data: bool = False) -> list[str]:
+                 other_data: bool = False, behind: str | None = None) -> list[str]:
     """Footnotes for the blank frozen linear / kNN cells of the table of ``rows``: none when every cell is
-    filled; else why they are blank (no frozen evaluation beside the target, or none at that labelled fraction;
-    kNN votes with every label, so it has the all-labels row only) and how to get the numbers."""
+    filled; else why they are blank (no frozen evaluation beside the target; one of other weights, ``behind``
+    saying whose, see :func:`selfsup.rundir.results_behind`; none at that labelled fraction; kNN votes with
+    every label, so it has the all-labels row only) and how to get the numbers."""
     cells = [frozen_scores(frozen_rows, r["fraction"], r.get("image_size")) for r in rows]
     if not any("" in cell for cell in cells):
         return []
@@ -50,6 +51,10 @@ def frozen_notes(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict
                 f"{', '.join(map(str, seen))} px and this transfer at {size} px, so its numbers are not this "
                 f"encoder's at this size; `selfsup eval {target} eval.image_size={size}` gives them (in its own "
                 f"folder)."]
+    if behind is not None and not any(r.get("kind") == "pretrained" for r in frozen_rows):
+        return [f"Frozen linear / kNN top-1 are blank: {target}'s results.json holds frozen numbers {behind}, not of "
+                f"the weights this transfer adapted (a resume trained on since, or a checkpoint read mid-training); "
+                f"`selfsup eval {target}` with the same data options evaluates its weights now."]
     if not any(r.get("kind") == "pretrained" for r in frozen_rows):
         return [f"Frozen linear / kNN top-1 are blank: {target} has no frozen-feature evaluation beside it (they "
                 f"are read from the results.json of a run directory given as the target). For them, run "
@@ -69,9 +74,10 @@ def frozen_notes(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict
 
 
 def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list[dict[str, Any]],
-                      other_data: bool = False) -> str:
+                      other_data: bool = False, behind: str | None = None) -> str:
     """Markdown: one line per labelled fraction of ``rows`` (:func:`selfsup.transfer.run_protocol`);
-    ``other_data``: the transfer is on other data than the run's (``frozen_rows`` are then empty)."""
+    ``other_data``: the transfer is on other data than the run's (``frozen_rows`` are then empty); ``behind``:
+    why the run's own frozen rows were left out of ``frozen_rows`` (:func:`frozen_notes`)."""
     single = bool(rows) and all(r.get("val_images") == 0 for r in rows)  # one lr: nothing chosen, nothing held out
     how = ("one learning rate, trained on every training image" if single
            else "the learning rate chosen on a split held out from the training images")
@@ -85,7 +91,7 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
         lines.append(f"| {r['protocol']} | {r['fraction'] * 100:g}% | {r['train_images']} | {mean_sd_text(r, 'top1')} | "
                      f"{mean_sd_text(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
-    notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows, other_data)
+    notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows, other_data, behind)
     processes = {r.get("processes", 1) for r in rows}
     if processes != {1}:  # data-parallel: BatchNorm statistics and the batches' split differ from one process
         notes.append(f"Trained data-parallel on {', '.join(str(p) for p in sorted(processes))} processes "
