@@ -705,6 +705,14 @@ def test_results_of_a_run_another_process_trains_now_are_warned_in_compare_and_p
         assert (f"note: the pictures drawn from {run / 'results.json'} (kNN grid, stages, embedding) show the numbers "
                 f"of {run}'s weights before the training process {holder.pid} is running now: evaluate it again when "
                 f"that training has ended (selfsup eval {run}) and plot again") in capsys.readouterr().out
+        from selfsup.cli_eval import own_results_note
+        from selfsup.rundir import RunDir
+
+        (run / "results.json").rename(run / "kept.json")  # a run trained with --no-eval, resumed now
+        assert own_results_note(RunDir(run)) == (  # not "selfsup eval RUN writes it": that comes here again
+            f"the run has no results of its own yet (its training writes results.json when it ends, or selfsup eval "
+            f"{run} after it)")
+        (run / "kept.json").rename(run / "results.json")
     finally:
         holder.kill()
         holder.wait()

@@ -740,16 +740,29 @@ def test_an_out_folder_outside_the_run_is_marked_too(labelled_run, tmp_path, cap
     warned the run's own folders but not DIR, whose row named the run by the path as typed (relative)."""
     import shutil
 
+    from conftest import one_line_error
+    from test_compare_transfer import table
+
     run = tmp_path / "run"
     shutil.copytree(labelled_run[0], run, ignore=shutil.ignore_patterns("eval-*"))
     monkeypatch.chdir(tmp_path)
     assert main(["eval", "run", "--out", "outside"]) == 0
+    capsys.readouterr()
+    assert main(["compare", "outside"]) == 0  # helper-62's: method and encoder were blank for a folder outside
+    _, by_target = table(capsys.readouterr().out)
+    epochs = json.loads((run / "training_time.json").read_text())["epochs"]
+    assert [by_target["outside"][k] for k in ("method", "encoder", "epochs")] == ["simclr", "resnet18", f"{epochs:g}"]
     assert main(["pretrain", "--resume", "run", "trainer.max_steps=2", "--no-eval"]) == 0
     capsys.readouterr()
     monkeypatch.chdir(tmp_path / "outside")  # another working directory: the relative "run" names nothing here
     assert main(["compare", str(tmp_path / "outside")]) == 0
     out = capsys.readouterr().out
     assert "'s weights after 1 optimiser step; the run has trained to 2 since (a resume)" in out, out
+    assert table(out)[1][str(tmp_path / "outside")]["epochs"] == ""  # the run's epochs now are not its weights'
+    assert main(["compare", str(tmp_path / "run" / "features")]) == 2  # the run's cache: its evaluations named
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup compare: error: {tmp_path / 'run' / 'features'} is the feature cache of run {tmp_path / 'run'}, "
+        f"not an evaluation: compare the run or its evaluation folders: {tmp_path / 'run'}")
 
 
 def test_a_random_baseline_that_cannot_take_the_images_is_refused_before_pretraining(labelled_run, tmp_path, capsys):

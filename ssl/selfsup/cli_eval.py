@@ -478,8 +478,13 @@ def relaunches_this_command() -> bool:
 def own_results_note(run: Any) -> str:
     """Where the run's own results are, for a line saying that an evaluation goes elsewhere (a run made
     with --no-eval has none yet: said so, not a path that does not exist)."""
+    from selfsup.rundir import training_pid
+
     if run.results_json.is_file():
         return f"the run's own results stay in {run.results_json}"
+    if training_pid(run.root) is not None:  # `selfsup eval RUN` now would come here again
+        return (f"the run has no results of its own yet (its training writes {run.results_json.name} when it ends, "
+                f"or selfsup eval {run.root} after it)")
     return f"the run has no results of its own yet (selfsup eval {run.root} writes {run.results_json.name})"
 
 

@@ -38,8 +38,8 @@ from selfsup.artifacts.card import CARD, export_behind, from_config_json
 from selfsup.artifacts.validate import read_card
 from selfsup.eval.report import mean_sd_text, probe_header, probe_keys, row_warnings
 from selfsup.fileio import read_json_or_none
-from selfsup.rundir import (RunDir, is_export_dir, nearest_run, results_behind, run_steps, steps_text, target_key,
-                            training_pid)
+from selfsup.rundir import (FEATURES_DIR, RunDir, is_export_dir, nearest_run, results_behind, run_steps, steps_text,
+                            target_key, training_pid)
 from selfsup.safeload import LoadError
 
 BASELINE_KINDS = ("random", "pixels")
@@ -230,15 +230,17 @@ def frozen_rows(folder: Path) -> list[dict[str, Any]] | None:
 def read_frozen_eval(folder: Path, target: str) -> Entry:
     """An :class:`Entry` from a frozen evaluation folder (``RUN/eval-<data>-<hash>``,
     ``runs/eval/<target>/...``, or an ``--out`` folder): its results.json rows (the final stage's).
-    Method, encoder, epochs and minutes are those of the run the folder sits in, else blank. The
+    Method, encoder, epochs and minutes are those of the run the folder sits in, or the run its pretrained row
+    names (``target_path``: ``selfsup eval RUN --out DIR``), else blank. The
     evaluation of a baseline alone (``selfsup eval random:resnet18`` or ``pixels``) compares its
     rows as the target's own (:attr:`Entry.baseline_target`)."""
     rows = _final_stage(frozen_rows(folder) or [])
     run = nearest_run(folder)  # RUN/eval-<data>-<hash>, RUN/detection/<data>-<hash>
-    entry = run_about(run) if run is not None else Entry("")
+    evaluated = run or evaluated_run(rows)  # an --out folder outside the run: the run its row names
+    entry = run_about(evaluated) if evaluated is not None else Entry("")
     entry.target, entry.rows = target, rows
     entry.baseline_target = all(r.get("kind") in BASELINE_KINDS for r in rows)
-    mark_stale(rows, run or evaluated_run(rows))
+    mark_stale(rows, evaluated)
     return entry
 
 
@@ -286,6 +288,10 @@ def read_entry(target: str | Path) -> Entry:
     if frozen_rows(path) is not None:
         return read_frozen_eval(path, str(target))
     saved = RunDir(path).results_json
+    if path.name == FEATURES_DIR and RunDir(path.parent).is_run():  # RUN/features: the run's feature cache
+        found = [str(path.parent), *map(str, RunDir(path.parent).evaluation_folders())]
+        raise LoadError(f"{target} is the feature cache of run {path.parent}, not an evaluation: compare the run or "
+                        f"its evaluation folders: {' '.join(found)}")
     if not saved.exists() and RunDir(path).features.is_dir():  # a data's feature cache, or an unfinished evaluation
         done = sorted(str(d) for d in path.parent.glob(f"{path.name}-*") if RunDir(d).results_json.is_file())
         if done:  # RUN/eval-<data>: the features its evaluation folders RUN/eval-<data>-<settings> share
