@@ -396,7 +396,8 @@ def bar_chart(labels: Sequence[str], columns: Mapping[str, Sequence[float | None
     ax.set_xticks(x, labels, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_ylim(low * 1.05, top * 1.05 if top > 0 else 1.0)  # from 0 (below it only for a negative value)
-    ax.legend(fontsize=8)
+    # above the axes: inside, the legend covered the tops of bars near the scale's top (accuracies of 80-90 %)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(3, len(columns)), frameon=False)
     return _save(fig, out)
 
 
