@@ -109,6 +109,36 @@ def test_a_test_folder_without_train_is_an_error(tmp_path):
         build_dataset(_cfg(tmp_path), "train")
 
 
+@pytest.mark.parametrize("train_name, test_name", [("Train", "Test"), ("TRAIN", "VAL"), ("train", "validation"),
+                                                    ("training", "Valid"), ("Training", "testing")])
+def test_split_folders_are_found_in_any_case_and_common_names(tmp_path, train_name, test_name):
+    """helper-63's: Train/ and Test/ were two classes named "Train" and "Test" (a kNN of which folder an image
+    came from, at 83 %), and train/ + validation/ left validation/ out and held out a share of train/. Both are
+    the splits, with the class numbers of the training folder."""
+    for cls in "ab":
+        for i in range(3):
+            _png(tmp_path / train_name / cls / f"{i}.png", COLOURS[cls])
+        _png(tmp_path / test_name / cls / "t.png", COLOURS[cls])
+    train, test = build_dataset(_cfg(tmp_path), "train"), build_dataset(_cfg(tmp_path), "test")
+    assert train.class_names == test.class_names == ("a", "b")
+    assert len(train) == 6 and sorted(Path(f).name for f in test.files) == ["t.png", "t.png"]
+    assert test.labels.tolist() == [_class_of(f, ("a", "b")) for f in test.files]
+
+
+def test_several_test_like_folders_take_test_and_one_split_in_two_cases_is_refused(tmp_path):
+    """train/ val/ test/ (ImageNet-like): test/ is the test split, val/ is not read. test/ and Test/ (a
+    case-sensitive file system) would split one split in two: refused, naming both."""
+    for split, colour in (("train", "a"), ("val", "b"), ("test", "c")):
+        _png(tmp_path / split / "k" / "0.png", COLOURS[colour])
+        _png(tmp_path / split / "j" / "0.png", COLOURS[colour])
+    assert {Path(f).parts[-3] for f in build_dataset(_cfg(tmp_path), "test").files} == {"test"}
+    _png(tmp_path / "Test" / "k" / "1.png")  # Linux file systems tell the two apart
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path), "test")
+    assert _one_line(err) == (f"image folder {str(tmp_path)!r} has subfolders Test/, test/, one split spelled in "
+                              f"different cases: merge them into one")
+
+
 # --------------------------------------------------------------------------- hidden and system entries
 
 

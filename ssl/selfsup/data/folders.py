@@ -151,17 +151,49 @@ def scan_folder(folder: str) -> FolderScan:
 
 
 def test_folder(root: str | Path) -> str | None:
-    """The image folder's test split (``test/``, else ``val/``), or None when it has neither and its
-    test images are a seeded share of each class held out (``data.holdout_fraction``)."""
+    """The image folder's test split (:data:`TEST_NAMES`: ``test/``, else ``val/``, ...), or None when it
+    has none and its test images are a seeded share of each class held out (``data.holdout_fraction``)."""
     return _split_dirs(Path(root))[1]
 
 
+TRAIN_NAMES = ("train", "training")  # a root's subfolder of training images, in any case (Train/, TRAIN/)
+TEST_NAMES = ("test", "testing", "val", "valid", "validation")  # its test split, the first present in this order
+
+
+def _split_subfolders(root: Path) -> dict[str, str]:
+    """``root``'s subfolders named like a split (:data:`TRAIN_NAMES`, :data:`TEST_NAMES`), by lower-case name
+    (one pass over ``root``: a flat folder of a million photos is listed once).
+
+    Raises:
+        DataError: two of them differ only in case (``test/`` and ``Test/``)."""
+    found: dict[str, list[str]] = {}
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name.lower() in TRAIN_NAMES + TEST_NAMES and entry.is_dir():
+                found.setdefault(entry.name.lower(), []).append(entry.name)
+    for spelled in found.values():
+        if len(spelled) > 1:
+            raise DataError(f"image folder {str(root)!r} has subfolders {', '.join(f'{s}/' for s in sorted(spelled))}, "
+                            f"one split spelled in different cases: merge them into one")
+    return {name: str(root / spelled[0]) for name, spelled in found.items()}
+
+
 def _split_dirs(root: Path) -> tuple[str, str | None]:
-    """(training folder, test folder or None) of an image-folder root: ``train/`` and
-    ``test/`` (else ``val/``) when present, else the root and no test folder."""
-    test = next((str(root / s) for s in ("test", "val") if (root / s).is_dir()), None)
-    if (root / "train").is_dir():
-        return str(root / "train"), test
+    """(training folder, test folder or None) of an image-folder root: its split subfolders when present
+    (:data:`TRAIN_NAMES`, :data:`TEST_NAMES`, in any case: ``Train/`` and ``Test/`` are splits, not two
+    classes named after them), else the root and no test folder.
+
+    With several test-like folders (``train/ val/ test/``) the first in :data:`TEST_NAMES`' order is the test
+    split (``test/``); the others are not read.
+
+    Raises:
+        DataError: a test folder without a training one; one split in two cases (:func:`_split_subfolders`).
+    """
+    found = _split_subfolders(root)
+    test = next((found[name] for name in TEST_NAMES if name in found), None)
+    train = next((found[name] for name in TRAIN_NAMES if name in found), None)
+    if train is not None:
+        return train, test
     if test is not None:
         sub = os.path.basename(test)
         raise DataError(f"image folder {str(root)!r} has a {sub}/ subfolder but no train/; put the training images "
@@ -288,8 +320,8 @@ def _nonempty(files: list[str], folder: str) -> list[str]:
 def image_folder(cfg: DataConfig, split: str) -> ImageDataset:
     """Any folder of images. Class subfolders give labels; a flat folder is unlabeled.
 
-    If ``root`` holds ``train/`` and ``test/`` (or ``val/``) subfolders they are the
-    splits; a labelled folder without them is split by ``data.holdout_fraction`` and
+    If ``root`` holds ``train/`` and ``test/`` (or ``val/``, ``validation/``...: :data:`TEST_NAMES`, in any
+    case) subfolders they are the splits; a labelled folder without them is split by ``data.holdout_fraction`` and
     ``data.holdout_seed`` (see :func:`folder_split`); an unlabeled one is all training.
     Hidden entries (names starting with ``.``) and system folders (:data:`IGNORED_NAMES`)
     are ignored; each file counts once however it is linked.
