@@ -187,6 +187,51 @@ def _images(n: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("kwargs", [{"output_stride": 8}, {"global_pool": "max"}, {"act_layer": "gelu"}])
+def test_encoders_with_the_same_weights_that_compute_otherwise_have_other_cache_keys(kwargs):
+    """helper-64's: the feature cache was keyed by the weights alone, so a random-init resnet18 built with
+    output_stride 8 (or max pooling) read the cached features of the plain one from a shared --out folder
+    (kNN 42.22 where its own features give 50.28). The key covers the encoder's structure; the same build, or
+    the same weights loaded into another instance, keeps one key."""
+    import timm
+
+    from selfsup.eval.features import fingerprint
+
+    def build(**kw):
+        torch.manual_seed(0)
+        return timm.create_model("resnet18", num_classes=0, in_chans=1, **kw).eval()
+
+    plain, other = build(), build(**kwargs)
+    x = torch.rand(2, 1, 64, 64)  # layer4 at 2x2 (4x4 strided): max and average pooling differ
+    assert [t.shape for t in plain.state_dict().values()] == [t.shape for t in other.state_dict().values()]
+    assert not torch.allclose(plain(x), other(x))  # another function of the image...
+    assert fingerprint(plain) != fingerprint(other)  # ...so another cache entry
+    again = build()
+    again.load_state_dict(plain.state_dict())
+    assert fingerprint(again) == fingerprint(plain)
+
+
+def test_a_shared_out_folder_keeps_random_baselines_of_other_kwargs_apart(tmp_path, capsys):
+    """The same through the CLI: two random-init baselines of one name and other kwargs, evaluated into one
+    --out folder, each scored on its own features (the second as in a fresh folder)."""
+    import json
+
+    from conftest import ROOT
+    from selfsup.cli import main
+
+    common = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "data.name=digits", "data.image_size=16",
+              "data.subset=200", "eval.probe_seeds=1", "eval.low_shot=[]", "eval.knn=[[5,0.07]]", "eval.plots=false",
+              "eval.linear=false"]
+    strided = "encoder.kwargs={channels: [8, 16, 32, 64], output_stride: 8}"
+    assert main(["eval", "random:resnet18", "--out", str(tmp_path / "shared"), *common,
+                 "encoder.kwargs={channels: [8, 16, 32, 64]}"]) == 0
+    assert main(["eval", "random:resnet18", "--out", str(tmp_path / "shared"), *common, strided]) == 0
+    assert main(["eval", "random:resnet18", "--out", str(tmp_path / "fresh"), *common, strided]) == 0
+    capsys.readouterr()
+    knn = [json.loads((tmp_path / d / "results.json").read_text())[0]["knn"] for d in ("shared", "fresh")]
+    assert knn[0] == knn[1]
+
+
 def test_fingerprint_of_images_in_memory_follows_bytes_and_labels():
     imgs, y = _images(10, 0), torch.arange(10) % 3
     a = dataset_fingerprint(TensorImages(imgs, y, 3))

@@ -139,6 +139,38 @@ def test_several_test_like_folders_take_test_and_one_split_in_two_cases_is_refus
                               f"different cases: merge them into one")
 
 
+def test_a_relative_or_home_root_names_the_folder_seen_when_typed(tmp_path, monkeypatch):
+    """helper-63's: a relative data.root was kept as typed in the run's config.yaml, so `selfsup eval RUN` from
+    another working directory read another folder of the same name (other classes, other images) and scored it
+    as the run's data, without a word. The root (and data.cache_dir) is made absolute when read, ~ and $VARS
+    expanded; the config a run writes names the folder itself."""
+    from selfsup.config import to_dict
+
+    _png(tmp_path / "mine" / "a" / "0.png", COLOURS["a"])
+    _png(tmp_path / "mine" / "b" / "0.png", COLOURS["b"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PHOTOS", str(tmp_path / "mine"))
+    for typed in ("mine", "./mine/", "~/mine", "$PHOTOS", "${HOME}/mine"):
+        cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={typed}",
+                                 "data.cache_dir=cache"])
+        assert cfg.data.root == str(tmp_path / "mine") and cfg.data.cache_dir == str(tmp_path / "cache"), typed
+        assert to_dict(cfg)["data"]["root"] == str(tmp_path / "mine")  # what config.yaml holds
+    other = tmp_path / "elsewhere"
+    _png(other / "mine" / "x" / "0.png")  # the same relative name from another directory: another folder
+    monkeypatch.chdir(other)
+    saved = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={tmp_path / 'mine'}"])
+    assert build_dataset(saved.data, "train").class_names == ("a", "b")
+
+
+def test_a_root_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "photos.zip").write_bytes(b"PK")
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path / "photos.zip"), "train")
+    assert _one_line(err) == (f"data.root {str(tmp_path / 'photos.zip')!r} is a file, not a folder: give the folder "
+                              f"that holds the images (class subfolders, or train/ and test/)")
+
+
 # --------------------------------------------------------------------------- hidden and system entries
 
 

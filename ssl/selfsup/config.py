@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,15 @@ class DataConfig:
     holdout_fraction: float = param(0.2, ge=0, lt=1, help="image folders without test/ or val/: share of each "
                                     "class held out (seeded, stratified) as the test split; 0: none")
     holdout_seed: int = param(0, ge=0, help="seed of that held-out split (independent of the run's seed)")
+
+    def __post_init__(self) -> None:
+        # a path as the user typed it means the folder they see now: ~ and $VARS expanded, a relative path made
+        # absolute, so the run's config.yaml names the same folder from any working directory (a relative
+        # root stored as typed made `selfsup eval RUN` elsewhere read another folder without a word)
+        for key in ("root", "cache_dir"):
+            value = getattr(self, key)
+            if isinstance(value, str) and value:
+                setattr(self, key, os.path.abspath(os.path.expandvars(os.path.expanduser(value))))
 
 
 @dataclass

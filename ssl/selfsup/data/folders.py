@@ -329,6 +329,9 @@ def image_folder(cfg: DataConfig, split: str) -> ImageDataset:
     if not cfg.root:
         raise DataError("data.root must name the image folder for dataset 'image-folder'")
     root = Path(cfg.root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data.root {str(root)!r} is a file, not a folder: give the folder that holds the images "
+                        f"(class subfolders, or train/ and test/)")
     if not root.is_dir():
         raise DataError(f"image folder {str(root)!r} does not exist")
     files, labels, names = folder_split(root, split, cfg.holdout_fraction, cfg.holdout_seed)

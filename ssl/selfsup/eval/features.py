@@ -34,8 +34,16 @@ HASH_CHUNK_BYTES = 64 * 2**20  # image bytes hashed at a time
 
 
 def fingerprint(encoder: nn.Module) -> str:
-    """A short hash of the encoder's weights and buffers (the cache key)."""
+    """A short hash of what the encoder computes (the cache key): its structure (each submodule's path,
+    class and plain attributes: strides, dilations, pooling type, activation classes;
+    :func:`selfsup.encoders.model_fingerprint`) and its weights and buffers. The weights alone named two
+    encoders alike that compute other features (timm's ``output_stride`` or ``global_pool`` change no
+    weight), so an evaluation folder shared by both read one's cached features as the other's."""
+    from selfsup.encoders import model_fingerprint
+
     h = hashlib.blake2b(digest_size=12)
+    structure, _ = model_fingerprint(encoder)  # [(path, class, sorted plain attributes)]
+    h.update(repr(structure).encode())
     for name, t in sorted(encoder.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
