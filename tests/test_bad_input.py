@@ -77,6 +77,38 @@ def test_skip_policy_counts_and_lists_bad_files(messy_folder, tmp_path):
     assert listed == ["notes.png", "random.jpg", "truncated.png"]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_files_found_by_the_channel_statistics_are_listed_too(messy_folder, tmp_path, workers):
+    """helper-63's: training reads the channel statistics (ds.info(): every image of a small folder) before the
+    log is set, so those unreadable files were known, never decoded again and never written: no bad_files.txt
+    and no "[data] N unreadable" line without data.cache=uint8. The log gets them when it is set, once each,
+    and the warning no longer advises data.on_bad_file=skip, which is set."""
+    import warnings
+
+    cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={messy_folder}",
+                             "data.image_size=8", "data.holdout_fraction=0"])
+    ds = build_dataset(cfg.data, "train")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        ds.info()  # as selfsup.train.run does, before set_bad_file_log
+    assert len(said) == 1 and "on_bad_file=skip to leave" not in str(said[0].message)
+    log = tmp_path / "bad_files.txt"
+    ds.set_bad_file_log(log)
+    images = torch.cat([b[0] for b in make_loader(ds, batch_size=4, train=False, num_workers=workers)])
+    assert len(images) == 6
+    listed = [line.split("\t")[0].rsplit("/", 1)[1] for line in log.read_text().splitlines()]
+    assert sorted(listed) == ["notes.png", "random.jpg", "truncated.png"]
+
+
+def test_a_bad_file_line_keeps_one_file_per_line():
+    """A name holding a newline or a tab counted as two files in bad_files.txt (helper-63's NL folder)."""
+    from selfsup.data.imagefiles import bad_file_line
+
+    lines = bad_file_line("/x/a\nb\tc\\.png", "cannot decode 'a\nb'") + bad_file_line("/x/d.png", "truncated")
+    assert lines == "/x/a\\nb\\tc\\\\.png\tcannot decode 'a\\nb'\n/x/d.png\ttruncated\n"
+    assert len({line.split("\t")[0] for line in lines.splitlines()}) == 2
+
+
 def test_error_policy_names_the_file_and_the_fix(messy_folder):
     cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={messy_folder}",
                              "data.image_size=8", "data.holdout_fraction=0", "data.on_bad_file=error"])

@@ -216,3 +216,28 @@ def test_run_dir_names_the_files_pretrain_writes(trained_run):
     written = {p.name for p in trained_run.iterdir()}
     assert {run.config.name, run.data_info.name, run.checkpoints.name, run.logs.name, run.lock.name} <= written
     assert not RunDir(trained_run / "checkpoints").is_run()
+
+
+def test_an_export_into_another_runs_export_folder_is_refused(trained_run, tmp_path, capsys):
+    """helper-63's: `selfsup export RUN_B RUN_A/export` replaced RUN_A's export with RUN_B's weights ("replacing
+    the export in ..."), and compare then listed them as RUN_A's. Refused in one line, RUN_A's files untouched;
+    a run's own export folder (and a folder outside any run) is written as before."""
+    import shutil
+
+    from conftest import one_line_error
+    from selfsup.cli import main
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other, ignore=shutil.ignore_patterns("export", "eval-*"))
+    assert main(["export", str(other), str(other / "export")]) == 0  # its own
+    before = {p.name: p.read_bytes() for p in (other / "export").iterdir()}
+    capsys.readouterr()
+    for source in (trained_run, trained_run / "checkpoints" / "last.ckpt"):
+        assert main(["export", str(source), str(other / "export")]) == 2
+        assert one_line_error(capsys.readouterr().err) == (
+            f"selfsup export: error: {other / 'export'} is run {other.resolve()}'s own export folder (compare, its "
+            f"resume and its card read it as that run's weights): give {source}'s export a folder of its own, e.g. "
+            f"{source.resolve().parent / (source.resolve().name + '-export')}")
+    assert {p.name: p.read_bytes() for p in (other / "export").iterdir()} == before
+    assert main(["export", str(other / "checkpoints" / "last.ckpt"), str(other / "export")]) == 0  # its own ckpt
+    assert main(["export", str(trained_run), str(tmp_path / "elsewhere" / "export")]) == 0  # no run there

@@ -610,3 +610,14 @@ def test_voc_annotations_with_an_upper_case_extension_are_read(tmp_path):
     ds = voc_dataset(tmp_path)
     assert sorted(s.name for s in ds.samples) == ["0.png", "1.png", "2.png"] and ds.num_boxes == 3
     assert ds.report.total == 0, ds.report.summary()
+
+
+@pytest.mark.parametrize("chans", [2, 4])
+def test_in_chans_other_than_grayscale_or_rgb_is_refused_when_the_config_is_read(chans):
+    """helper-63's: data.in_chans=4 trained until the stem's first forward pass and failed in a traceback,
+    leaving a run directory without a checkpoint. Refused in one line when the config is read."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.in_chans={chans}"])
+    assert _one_line(err) == (f"data.in_chans must be 1 (grayscale) or 3 (RGB), got {chans}: images are decoded "
+                              f"as one or the other (an alpha channel is dropped)")
+    assert load_config(None, ["method.name=simclr", "data.in_chans=1"]).data.in_chans == 1

@@ -85,6 +85,46 @@ def test_resume_with_another_architecture_is_refused_before_anything_is_written(
     assert (run_copy / "config.yaml").read_bytes() == before["config.yaml"]  # unchanged config: not rewritten
 
 
+@pytest.mark.parametrize("change", ["added", "changed"])
+def test_a_resume_on_a_folder_whose_images_changed_is_refused_before_anything_is_written(tmp_path, capsys, change):
+    """helper-63's: after images were added to (or changed in) the run's image folder, a resume trained on the
+    new data with a new channel mean and std (written over data_info.json, read by the export) and said only
+    "trainer.max_steps" changed; NPID failed in its memory bank's load. The data is checked against the run's
+    data_info.json and a change is refused in one line, the run left as it was."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for cls in "ab":
+        for i in range(8):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 120, (12, 12), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    run = tmp_path / "run"
+    folder = ["data.name=image-folder", f"data.root={root}", "data.in_chans=1", "data.image_size=12",
+              "data.batch_size=8", "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false",
+              "trainer.precision=32-true", "trainer.max_steps=1", "trainer.online_probe=false"]
+    assert main(["pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval", *folder]) == 0
+    saved = json.loads((run / "data_info.json").read_text())
+    if change == "added":
+        for i in range(4):
+            Image.new("L", (12, 12), 255).save(root / "a" / f"new{i}.png")
+    else:  # as many files, other pixels
+        Image.new("L", (12, 12), 255).save(root / "b" / "0.png")
+    before = _files(run)
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", str(run), "trainer.max_steps=2", "--no-eval"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith("selfsup pretrain: error: cannot resume: the training data is not what this run trained "
+                           "on (") and line.endswith("its files changed since, or it is other data); restore the "
+                                                     "data the run started with, or start a new run with a fresh "
+                                                     "--run-dir"), line
+    assert (f"training images {saved['num_samples']} then, {saved['num_samples'] + 4} now" in line) == \
+        (change == "added")
+    assert f"channel mean {saved['mean']} then" in line
+    assert _files(run) == before
+
+
 @pytest.mark.parametrize("override,key,old,new", [
     ("method.temperature=0.5", "method.temperature", 0.2, 0.5),
     ("encoder.name=resnet34", "encoder.name", "resnet18", "resnet34"),

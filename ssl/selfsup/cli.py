@@ -16,7 +16,7 @@ from typing import Callable, NoReturn
 from selfsup import clihelp
 from selfsup.cli_eval import draw as _draw
 from selfsup.cli_eval import eval_command as _eval
-from selfsup.rundir import CHECKPOINT_DIR, CONFIG_FILE, RunDir  # no heavy imports: `selfsup --help` stays fast
+from selfsup.rundir import CHECKPOINT_DIR, CONFIG_FILE, EXPORT_DIR, RunDir  # no heavy imports: `selfsup --help` stays fast
 
 QUIET_HELP = "no progress bars (sets SELFSUP_QUIET=1; pretrain: trainer.progress_bar=false)"
 EPILOG = ("Any config key can be overridden as key.path=value, e.g. method.temperature=0.2 trainer.max_epochs=3 "
@@ -96,6 +96,13 @@ def _export(args: argparse.Namespace) -> None:
                                 f"checkpoint or an export directory")
     from_export = is_export_dir(source)
     same = from_export and out.exists() and source.resolve() == out.resolve()  # formats added in place
+    owner = out.resolve().parent
+    if out.resolve().name == EXPORT_DIR and RunDir(owner).is_run() and not source.resolve().is_relative_to(owner):
+        from selfsup.config import ConfigError
+
+        raise ConfigError(f"{out} is run {owner}'s own export folder (compare, its resume and its card read it "
+                              f"as that run's weights): give {source}'s export a folder of its own, e.g. "
+                              f"{source.resolve().parent / (source.resolve().name + '-export')}")
     if not same:
         # never into a run directory or a folder of other files (its README.md, config.json); an export is replaced
         check_out_dir(out, is_export_dir, "export", "export directory")

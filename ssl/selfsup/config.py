@@ -76,6 +76,9 @@ class DataConfig:
     holdout_seed: int = param(0, ge=0, help="seed of that held-out split (independent of the run's seed)")
 
     def __post_init__(self) -> None:
+        if self.in_chans not in (None, 1, 3):  # images are decoded as grayscale or RGB, nothing else
+            raise ConfigError(f"data.in_chans must be 1 (grayscale) or 3 (RGB), got {self.in_chans}: images are "
+                              f"decoded as one or the other (an alpha channel is dropped)")
         # a path as the user typed it means the folder they see now: ~ and $VARS expanded, a relative path made
         # absolute, so the run's config.yaml names the same folder from any working directory (a relative
         # root stored as typed made `selfsup eval RUN` elsewhere read another folder without a word)

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from selfsup.data.base import DataError, TensorImages
-from selfsup.data.imagefiles import FolderImages
+from selfsup.data.imagefiles import FolderImages, bad_file_line
 from selfsup.fileio import atomic_path, file_lock, write_json
 from selfsup.progress import progress
 
@@ -87,7 +87,7 @@ class MappedImages(TensorImages):
     def set_bad_file_log(self, path: Path) -> None:
         if self.skipped_files:
             with open(path, "a") as f:
-                f.writelines(f"{p}\t{reason}\n" for p, reason in self.skipped_files)
+                f.writelines(bad_file_line(p, reason) for p, reason in self.skipped_files)
 
 
 class _Decoded(torch.utils.data.Dataset):

@@ -52,8 +52,10 @@ def decode_image(path: str, in_chans: int, exif_orientation: bool = True) -> Ten
             im = im.convert("L" if in_chans == 1 else "RGB")
             return TF.pil_to_tensor(im)  # uint8 [C, H, W]
     except Exception as err:  # PIL raises many types for corrupt, truncated or foreign files
-        raise DataError(f"cannot decode image {path!r}: {type(err).__name__}: {err}. Remove or replace the "
-                        f"file, or set data.on_bad_file=skip to leave such files out") from None
+        raise DataError(f"cannot decode image {path!r}: {type(err).__name__}: {err}{BAD_FILE_ADVICE}") from None
+
+
+BAD_FILE_ADVICE = ". Remove or replace the file, or set data.on_bad_file=skip to leave such files out"
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -90,7 +92,13 @@ class FolderImages(ImageDataset):
         self.substitute = False
 
     def set_bad_file_log(self, path: Path) -> None:
+        """Append every unreadable file to ``path`` (one ``file<TAB>reason`` line each, :func:`bad_file_line`):
+        those found already (the channel statistics decode the images before training starts, and DataLoader
+        workers inherit this list, so they would never write them), then each one found later."""
         self.bad_file_log = Path(path)
+        if self.skipped:
+            with open(self.bad_file_log, "a") as f:
+                f.writelines(bad_file_line(p, r) for p, r in self.skipped.items())
 
     def load(self, i: int) -> tuple[Tensor, int]:
         """Image ``i`` (uint8 ``[C, S, S]``: shorter side resized to S, centre crop) and its
@@ -123,10 +131,21 @@ class FolderImages(ImageDataset):
     def _skip(self, path: str, reason: str) -> None:
         import warnings
 
+        reason = reason.removesuffix(BAD_FILE_ADVICE)  # skip is set already: that advice is not for this case
         if not self.skipped:
             where = f"; the list is in {self.bad_file_log}" if self.bad_file_log else ""
             warnings.warn(f"skipping unreadable images (data.on_bad_file=skip), first: {reason}{where}", stacklevel=2)
         self.skipped[path] = reason
         if self.bad_file_log is not None:
             with open(self.bad_file_log, "a") as f:  # one short line per file: appends do not interleave
-                f.write(f"{path}\t{reason}\n")
+                f.write(bad_file_line(path, reason))
+
+
+def bad_file_line(path: str, reason: str) -> str:
+    """One line of a run's ``bad_files.txt``: ``path<TAB>reason``, with a tab, newline or backslash in either
+    written as ``\\t``, ``\\n``, ``\\\\`` (a file name may hold them; each file is one line, so
+    counting the lines' distinct paths counts the files)."""
+    def escape(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+    return f"{escape(path)}\t{escape(reason)}\n"

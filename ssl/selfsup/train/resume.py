@@ -170,6 +170,38 @@ def resume_changes(saved: RunConfig, cfg: RunConfig) -> list[str]:
     return [show(k, w) for k, w in allowed]
 
 
+DATA_INFO_KEYS = {"num_samples": "training images", "num_classes": "classes", "in_chans": "channels",
+                  "image_size": "side (px)", "mean": "channel mean", "std": "channel std"}
+
+
+def check_same_data(saved: Path, now: dict[str, Any]) -> None:
+    """Refuse a resume whose training data is not the run's: ``now`` (the :class:`selfsup.data.DataInfo` of the
+    data as read now, as a dict) against the run's ``data_info.json`` at ``saved`` (written when it started;
+    nothing is checked for a run without one). The same config can read other images: an image folder with
+    files added, removed or changed since (``data.root`` names a folder, not its content). Trained on, the run
+    would mix two datasets and its normalisation would change mid-run (the model reads the mean and std of the
+    data it is built on; a memory bank would no longer match its checkpoint's rows).
+
+    Raises:
+        ConfigError: (one line) naming what differs, then and now, and what to do.
+    """
+    from selfsup.fileio import read_json_or_none
+
+    then = read_json_or_none(saved)
+    if not isinstance(then, dict):
+        return
+    differ = [f"{what} {then[k]} then, {now[k]} now" for k, what in DATA_INFO_KEYS.items()
+              if k in then and k in now and _as_list(then[k]) != _as_list(now[k])]
+    if differ:
+        raise ConfigError(f"cannot resume: the training data is not what this run trained on ({'; '.join(differ)}: "
+                          f"its files changed since, or it is other data); restore the data the run started with, or "
+                          f"start a new run with a fresh --run-dir")
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 def record_config(run_dir: Path, cfg: RunConfig, resume: bool, changes: list[str],
                   log: Callable[[str], None]) -> None:
     """Write the run's config.yaml: a new run's, or on a resume that changed allowed keys

@@ -32,8 +32,8 @@ from selfsup.train.module import PretrainModule
 from selfsup.train.monitors import LabelFreeMonitor
 from selfsup.train.precision import resolve_precision
 from selfsup.train.optim import check_scaled_lr
-from selfsup.train.resume import (check_devices, check_nodes, check_sync_batchnorm, device_count, global_batch,
-                                  record_config, resume_changes)
+from selfsup.train.resume import (check_devices, check_nodes, check_same_data, check_sync_batchnorm, device_count,
+                                  global_batch, record_config, resume_changes)
 from selfsup.train.state import AtomicCheckpointIO
 from selfsup.train.steps import NoStepsError, check_trainable, describe_plan, no_steps_message, plan_steps
 from selfsup.train.workdir import RUN_DIR_ENV, check_run_dir, hold_run_dir, load_run_config, new_run_dir, owns_run_dir
@@ -87,6 +87,8 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         plan_steps(len(train_ds), cfg.data.batch_size, devices * t.num_nodes, t.limit_train_batches,
                    t.accumulate_grad_batches, t.max_epochs, t.max_steps)
     info = train_ds.info()
+    if resume and owner:  # the same config can read other images (files added to a folder since)
+        check_same_data(RunDir(run_dir).data_info, dataclasses.asdict(info))
     module = PretrainModule(cfg, info)
     try:
         for size in dict.fromkeys([info.image_size, *module.method.encoder_input_sizes()]):  # tiles, patches too
