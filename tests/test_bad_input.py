@@ -100,6 +100,28 @@ def test_bad_files_found_by_the_channel_statistics_are_listed_too(messy_folder, 
     assert sorted(listed) == ["notes.png", "random.jpg", "truncated.png"]
 
 
+def test_a_run_lists_its_unreadable_files_and_its_export_card_counts_them(messy_folder, tmp_path, capsys):
+    """The same through `selfsup pretrain` (without data.cache): bad_files.txt lists the 3 unreadable files, the
+    run says so at its end, and the export's card keeps how many of its training images were left out."""
+    import json
+
+    from conftest import ROOT
+    from selfsup.cli import main
+
+    run = tmp_path / "run"
+    assert main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), "--no-eval",
+                 "data.name=image-folder", f"data.root={messy_folder}", "data.image_size=8",
+                 "data.holdout_fraction=0", "data.batch_size=9", "encoder.kwargs={channels: [8, 16, 32, 64]}",
+                 "trainer.max_steps=1", "trainer.online_probe=false", "trainer.progress_bar=false"]) == 0
+    assert f"[data] 3 unreadable image file(s) were left out (data.on_bad_file=skip); see {run / 'bad_files.txt'}" \
+        in capsys.readouterr().out
+    assert main(["export", str(run), str(tmp_path / "exp")]) == 0
+    card = json.loads((tmp_path / "exp" / "config.json").read_text())["selfsup"]
+    assert (card["train_images"], card["unreadable_images"]) == (9, 3)
+    assert "9 training images (3 of them unreadable, left out of training)" in (tmp_path / "exp" / "README.md"
+                                                                                 ).read_text()
+
+
 def test_a_bad_file_line_keeps_one_file_per_line():
     """A name holding a newline or a tab counted as two files in bad_files.txt (helper-63's NL folder)."""
     from selfsup.data.imagefiles import bad_file_line

@@ -180,6 +180,17 @@ def run_steps(path: str | Path) -> int | None:
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
+def bad_file_count(path: str | Path) -> int:
+    """How many image files run directory ``path`` left out as unreadable: the distinct files of its
+    ``bad_files.txt`` (one ``file<TAB>reason`` line each, a file listed again by a later session counted
+    once); 0 without the file."""
+    try:
+        lines = RunDir(Path(path)).bad_files.read_text(errors="replace").splitlines()
+    except OSError:
+        return 0
+    return len({line.split("\t")[0] for line in lines if line})
+
+
 def steps_text(n: int) -> str:
     """"1 optimiser step", "4 optimiser steps"."""
     return f"{n} optimiser step{'s' * (n != 1)}"

@@ -82,10 +82,13 @@ def method_reference(name: str) -> str:
 
 
 def make_card(cfg: Any, info: DataInfo, encoder: nn.Module, results: dict[str, Any] | None = None,
-              trained_steps: int | None = None, training_time: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              trained_steps: int | None = None, training_time: Mapping[str, Any] | None = None,
+              unreadable: int = 0) -> dict[str, Any]:
     """The card of ``encoder``, trained by run config ``cfg`` on data ``info`` (flat; :func:`to_config_json`
     writes it in timm's schema). ``training_time``: the run's ``training_time.json`` record of these very
-    weights (``seconds``, ``epochs``), kept as ``training_minutes`` and ``trained_epochs`` (null without it)."""
+    weights (``seconds``, ``epochs``), kept as ``training_minutes`` and ``trained_epochs`` (null without it).
+    ``unreadable``: how many of the ``train_images`` files (``info.num_samples``) the run left out as
+    unreadable (its ``bad_files.txt``), kept as ``unreadable_images`` when any were."""
     training_time = training_time or {}
     cfg_d = to_dict(cfg)
     kwargs = dict(cfg.encoder.kwargs)
@@ -107,6 +110,7 @@ def make_card(cfg: Any, info: DataInfo, encoder: nn.Module, results: dict[str, A
            if isinstance(v := (getattr(encoder, "pretrained_cfg", None) or {}).get(k), str)},
         "num_classes_seen": info.num_classes,
         "train_images": info.num_samples,
+        **({"unreadable_images": unreadable} if unreadable else {}),  # of train_images, left out (bad_files.txt)
         "trained_steps": trained_steps,
         "trained_epochs": training_time.get("epochs"),
         "training_minutes": (round(training_time["seconds"] / 60, 4) if "seconds" in training_time else None),

@@ -13,7 +13,7 @@ from torch import nn
 from selfsup.artifacts.card import CARD, WEIGHTS, make_card
 from selfsup.artifacts.exportdir import load_export, loose_safetensors, parse_formats, write_export
 from selfsup.artifacts.torchvision import torchvision_from_encoder
-from selfsup.rundir import CHECKPOINT_DIR, RunDir, is_export_dir
+from selfsup.rundir import CHECKPOINT_DIR, RunDir, bad_file_count, is_export_dir
 from selfsup.safeload import WHAT_LOADS, LoadError, describe_directory, describe_file
 
 
@@ -28,16 +28,24 @@ def run_encoder_and_card(path: str | Path, results: dict[str, Any] | None = None
     from selfsup.train.checkpoint import run_encoder
 
     encoder, module, ckpt = run_encoder(path)
+    root = run_root(path)
     return encoder, make_card(module.cfg, module.info, encoder, results, ckpt.get("global_step"),
-                              run_training_time(path, ckpt.get("global_step")))
+                              run_training_time(path, ckpt.get("global_step")),
+                              bad_file_count(root) if root is not None else 0)
+
+
+def run_root(path: str | Path) -> Path | None:
+    """The run directory ``path`` is (a directory) or whose ``checkpoints/`` holds it (a checkpoint file);
+    None for a checkpoint elsewhere."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent.parent if path.parent.name == CHECKPOINT_DIR else None
 
 
 def run_training_time(path: str | Path, global_step: int | None) -> dict[str, Any] | None:
     """The ``training_time.json`` record of the run that ``path`` (a run directory, or a checkpoint in its
     ``checkpoints/``) belongs to, when it describes these weights: its step count equals the checkpoint's
     ``global_step`` (an earlier checkpoint of the run did not take the run's whole time). None otherwise."""
-    path = Path(path)
-    root = path if path.is_dir() else path.parent.parent if path.parent.name == CHECKPOINT_DIR else None
+    root = run_root(path)
     record = RunDir(root).training_time if root is not None else None
     if record is None or not record.is_file():
         return None

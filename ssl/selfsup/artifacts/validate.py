@@ -55,6 +55,7 @@ CARD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
                          "it must be an integer >= 0: the classes of the training data (0 when unlabeled)"),
     "num_params": (False, _count_or_null, "it must be an integer >= 0 or null"),
     "train_images": (False, _count_or_null, "it must be an integer >= 0 or null"),
+    "unreadable_images": (False, _count_or_null, "it must be an integer >= 0 or null"),
     "trained_steps": (False, _count_or_null, "it must be an integer >= 0 or null"),
     "trained_epochs": (False, lambda v: v is None or (_finite_numbers([v]) and v >= 0),
                        "it must be a number >= 0 (epochs trained; a cut-short epoch as its share) or null"),

@@ -26,7 +26,7 @@ from selfsup.config import ConfigError, RunConfig, method_name
 from selfsup.data import DataInfo, build_dataset, make_loader, subset
 from selfsup.encoders import EncoderError, check_forward, check_kwargs_take_effect
 from selfsup.fileio import write_json
-from selfsup.rundir import RunDir
+from selfsup.rundir import RunDir, bad_file_count
 from selfsup.train.loggers import LoggerSessions, build_loggers, start_loggers
 from selfsup.train.module import PretrainModule
 from selfsup.train.monitors import LabelFreeMonitor
@@ -174,8 +174,8 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
             log(short_resume_warning(trainer.global_step, plan.total_steps, trainer.current_epoch, plan.steps_per_epoch,
                                      t.max_epochs, t.max_steps))
         if bad_files.is_file() and trainer.is_global_zero:
-            n = len({line.split("\t")[0] for line in bad_files.read_text().splitlines()})
-            log(f"[data] {n} unreadable image file(s) were left out (data.on_bad_file=skip); see {bad_files}")
+            log(f"[data] {bad_file_count(run_dir)} unreadable image file(s) were left out (data.on_bad_file=skip); "
+                f"see {bad_files}")
         if then is not None:
             then(run_dir)
     return run_dir
