@@ -183,6 +183,27 @@ def test_stale_labels_are_recomputed_never_used(tmp_path):
     assert calls == [1]  # and cached from then on
 
 
+@pytest.mark.parametrize("damage", ["cut", "empty", "garbage", "no labels"])
+def test_a_damaged_cache_file_is_recomputed_not_a_traceback(tmp_path, damage):
+    """helper-64's: a cache entry cut short (a full disk, a copy stopped half-way) raised safetensors' "incomplete
+    metadata" traceback from every later evaluation. It counts as stale: recomputed and written over."""
+    from safetensors.torch import save_file
+
+    cache = FeatureCache(tmp_path)
+    x, y = torch.randn(6, 4), torch.tensor([0, 0, 0, 1, 1, 1])
+    cache.store("split", "key", x, y)
+    path = cache.path("split")
+    data = path.read_bytes()
+    if damage == "no labels":  # readable, but not what the cache writes
+        save_file({"features": x}, str(path), metadata={"key": "key"})
+    else:
+        path.write_bytes({"cut": data[:len(data) // 2], "empty": b"", "garbage": b"\x00" * 64}[damage])
+    assert not cache.has("split", "key", y) and not cache.has("split", "key")
+    feats, labels = cache.get("split", "key", lambda: (x * 2, y), labels=y)
+    assert torch.equal(labels, y) and torch.allclose(feats, x * 2, rtol=2 ** -10)
+    assert cache.has("split", "key", y)  # written over whole
+
+
 def _images(n: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 

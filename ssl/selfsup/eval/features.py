@@ -423,14 +423,20 @@ class FeatureCache:
 
     def has(self, name: str, key: str, labels: Tensor | None = None) -> bool:
         """Whether ``name`` is cached under ``key`` (and, given the data's ``labels`` ``[N]``,
-        holds those labels: see :func:`labels_agree`)."""
+        holds those labels: see :func:`labels_agree`). A file that cannot be read as one (cut short, damaged,
+        not safetensors, no labels) is not: it is recomputed and written over, like a stale entry."""
+        from safetensors import SafetensorError
+
         path = self.path(name)
         if not path.exists():
             return False
-        with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("key") != key:
-                return False
-            return labels is None or labels_agree(f.get_tensor("labels"), labels)
+        try:
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("key") != key or not {"features", "labels"} <= set(f.keys()):
+                    return False
+                return labels is None or labels_agree(f.get_tensor("labels"), labels)
+        except (SafetensorError, OSError, ValueError, RuntimeError):  # the rust reader's and torch's errors
+            return False
 
     def store(self, name: str, key: str, feats: Tensor, labels: Tensor) -> None:
         """Write features ``[N, D]`` (float16 or float32, see :func:`storage_dtype`) and labels
