@@ -263,3 +263,21 @@ def test_the_knn_search_note_says_each_rows_width_where_rows_differ():
         "as identity), built with timm's default kwargs." in timm_default
     assert ("- random-init resnet18: random init with timm's zero_init_last disabled (a fair baseline: no block "
             "starts as identity), built with encoder.kwargs {'channels': [8, 16, 32, 64]}.") in said
+
+
+def test_an_ivf_cell_count_capped_by_the_data_is_said():
+    """helper-64's: eval.knn_nlist=14 on 200 rows was capped at 5 cells (faiss's 39 rows per centroid) with no
+    word; the warning under the table named "5 cells" as if chosen. The cap is a warning; no cap, no warning."""
+    from selfsup.eval.search import IndexOptions
+
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(200, 8, generator=g), torch.randn(20, 8, generator=g)
+    ytr, yte = torch.arange(200) % 4, torch.arange(20) % 4
+    _, info = knn_evaluate_with_index(train, ytr, test, yte, [(5, 0.1)], 4,
+                                      IndexOptions(kind="ivf", nlist=14, nprobe=5))
+    assert info["nlist"] == 200 // 39 == 5
+    assert ("eval.knn_nlist=14 was capped at 5 IVF cells: faiss's k-means needs at least 39 training rows per cell "
+            "and there are 200; set eval.knn_nlist <= 5, or eval.knn_index=exact for a set this small"
+            ) in info["warnings"]
+    _, info = knn_evaluate_with_index(train, ytr, test, yte, [(5, 0.1)], 4, IndexOptions(kind="ivf", nlist=4))
+    assert info["nlist"] == 4 and not any("capped" in w for w in info["warnings"])

@@ -225,6 +225,11 @@ def knn_evaluate_with_index(train: Features, train_labels: Tensor, test: Feature
     info = {**plan.describe(), "seconds": round(time.perf_counter() - t0, 3),
             "short_queries": int(missing.any(1).sum()),
             "warnings": knn_warnings(train_labels, test_labels, [k for k, _ in pairs], num_classes, plan, missing)}
+    asked = options.nlist if options is not None else None
+    if plan.kind == "ivf" and asked is not None and plan.nlist < asked:  # search_plan's cap, said where it bit
+        info["warnings"].append(f"eval.knn_nlist={asked} was capped at {plan.nlist} IVF cells: faiss's k-means needs "
+                                f"at least 39 training rows per cell and there are {plan.rows}; set eval.knn_nlist "
+                                f"<= {plan.nlist}, or eval.knn_index=exact for a set this small")
     return results, info
 
 
