@@ -231,6 +231,10 @@ def test_k_beyond_the_smallest_class_or_the_train_set_warns_in_the_report():
     expected = ["kNN and probes skipped 5 unlabeled rows", *info["warnings"]]  # the row's own, then kNN's
     assert warned == [f"- **Warning** (run x): {w}" for w in expected]
     assert "warnings" not in next(line for line in lines if line.startswith("- kNN search"))
+    assert "seed 0; the weights of the last training step, no epoch" in table
+    # helper-64's: an evaluation of baselines alone spoke of "the weights of the last training step"
+    alone = markdown_table([{**row, "label": "raw pixels", "kind": "pixels", "knn_index": quiet, "warnings": []}])
+    assert "seed 0; no trained weights (baselines only), no epoch" in alone and "last training step" not in alone
 
 
 def test_votes_in_query_blocks_equal_one_block(monkeypatch):

@@ -175,7 +175,8 @@ def markdown_table(rows: list[dict[str, Any]], extra_notes: Sequence[str] = ()) 
              f"Dataset {first['dataset']}: {first['train_images']} train / {first['test_images']} test images; "
              f"accuracies in percent on the test split; seed {first['seed']}; "
              + ("the weights of the last checkpoint (a run still training: its warning says so)"
-                if any(r.get("mid_training") for r in rows) else "the weights of the last training step")
+                if any(r.get("mid_training") for r in rows) else "the weights of the last training step"
+                if any(r.get("kind") == "pretrained" for r in rows) else "no trained weights (baselines only)")
              + ", no epoch picked on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
              "is never counted as predicted, in top-5 too." + (" " + probe_choice_note(rows) if probes else "")]
     if any(r.get("knn_index") for r in rows):
