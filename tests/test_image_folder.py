@@ -621,3 +621,23 @@ def test_in_chans_other_than_grayscale_or_rgb_is_refused_when_the_config_is_read
     assert _one_line(err) == (f"data.in_chans must be 1 (grayscale) or 3 (RGB), got {chans}: images are decoded "
                               f"as one or the other (an alpha channel is dropped)")
     assert load_config(None, ["method.name=simclr", "data.in_chans=1"]).data.in_chans == 1
+
+
+def test_sixteen_bit_images_decode_alike_in_every_format_and_float_images_are_refused(tmp_path):
+    """helper-63's: the same 16-bit data (largest value 199) decoded to at most 1 as a PNG (I;16) but to 199 as
+    a PGM (Pillow's mode I: its range was guessed from the image's own largest value), and a float TIFF of
+    values in [0, 1] to an almost black image. Both 16-bit files decode to value * 255 / 65535, whatever their
+    largest value; a float image (no defined range) is refused, naming the file."""
+    values = (np.arange(64).reshape(8, 8) * 3 + 10).astype(np.uint16)  # 10..199: a dark 16-bit image
+    Image.fromarray(values).save(tmp_path / "a.png")
+    with open(tmp_path / "a.pgm", "wb") as f:
+        f.write(b"P5\n8 8\n65535\n" + values.astype(">u2").tobytes())
+    want = np.round(values * (255.0 / 65535.0)).astype(np.uint8)  # [8, 8]
+    for name in ("a.png", "a.pgm"):
+        assert np.array_equal(decode_image(str(tmp_path / name), 1)[0].numpy(), want), name
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(DataError) as err:
+        decode_image(str(tmp_path / "f.tif"), 1)
+    assert _one_line(err).startswith(f"cannot decode image {str(tmp_path / 'f.tif')!r}: ValueError: a "
+                                     f"floating-point image (mode F) has no defined value range; save it as 8- or "
+                                     f"16-bit")

@@ -38,9 +38,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selfsup" / "decoded"
 
 
-# Bump when decoding or resizing changes what a file decodes to (2: EXIF orientation applied),
-# so that copies made by an older decoder are not reused.
-DECODER_VERSION = 2
+# Bump when decoding or resizing changes what a file decodes to (2: EXIF orientation applied; 3: mode "I"
+# always scaled as 16-bit, mode "F" refused), so that copies made by an older decoder are not reused.
+DECODER_VERSION = 3
 
 
 def folder_key(ds: FolderImages) -> str:

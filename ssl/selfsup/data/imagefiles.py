@@ -28,7 +28,10 @@ def decode_image(path: str, in_chans: int, exif_orientation: bool = True) -> Ten
     Multi-frame files (GIF, TIFF, WebP, APNG) give their first frame. Palette, CMYK, RGBA,
     grayscale+alpha and 16-bit images are converted; transparency is dropped, not
     composited (each pixel keeps its stored colour, as torchvision's ImageFolder loader
-    does); 16-bit values are scaled to 8 bits (65535 -> 255) instead of clipped.
+    does); 16-bit values are scaled to 8 bits (65535 -> 255) instead of clipped, whatever the
+    image's own largest value (Pillow's mode "I" included: its 16-bit PGM, and 32-bit integer TIFFs,
+    whose values above 65535 clip), so a dark image is not brightened unlike a bright one. A
+    floating-point image (mode "F") is refused: its value range is not defined.
     Any failure (missing permission, not an image, truncated or corrupt data) is a
     DataError naming the file.
     """
@@ -43,10 +46,12 @@ def decode_image(path: str, in_chans: int, exif_orientation: bool = True) -> Ten
             im.load()  # decode now (the first frame): truncated files fail here, not later
             if exif_orientation:
                 im = _upright(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # 16/32-bit grayscale
-                arr = np.asarray(im, dtype=np.float64)
-                top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                im = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+            if im.mode == "F":  # no range a pixel value is measured against: any choice would be a guess
+                raise ValueError("a floating-point image (mode F) has no defined value range; save it as 8- or "
+                                 "16-bit")
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grayscale (Pillow's 16-bit PGM: "I")
+                arr = np.asarray(im, dtype=np.float64)  # [H, W] in 0..65535 (Pillow scales a PGM's maxval to it)
+                im = Image.fromarray(np.clip(arr * (255.0 / 65535.0), 0, 255).round().astype(np.uint8), "L")
             elif im.mode == "P":
                 im = im.convert("RGBA")  # palettes with transparency convert cleanly through RGBA
             im = im.convert("L" if in_chans == 1 else "RGB")
