@@ -118,8 +118,11 @@ def test_a_run_lists_its_unreadable_files_and_its_export_card_counts_them(messy_
     assert main(["export", str(run), str(tmp_path / "exp")]) == 0
     card = json.loads((tmp_path / "exp" / "config.json").read_text())["selfsup"]
     assert (card["train_images"], card["unreadable_images"]) == (9, 3)
-    assert "9 training images (3 of them unreadable, left out of training)" in (tmp_path / "exp" / "README.md"
-                                                                                 ).read_text()
+    readme = (tmp_path / "exp" / "README.md").read_text()
+    assert "9 training images (3 of them unreadable, left out of training)" in readme
+    # helper-63's: how the files were decoded (EXIF turned, 16-bit scaled, RGB) for code that feeds it other files
+    assert "the EXIF orientation applied (`PIL.ImageOps.exif_transpose`)" in readme and \
+        "16-bit images scaled by 255 / 65535, then converted to RGB" in readme
 
 
 def test_a_bad_file_line_keeps_one_file_per_line():

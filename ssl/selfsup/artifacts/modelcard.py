@@ -215,11 +215,25 @@ def _onnx_snippet(card: Mapping[str, Any], dir_name: str) -> str:
                  f"# [B, {card['num_features']}], any batch size")
 
 
+def decoding_note(in_chans: int) -> str:
+    """How selfsup decoded the training images (:func:`selfsup.data.imagefiles.decode_image`), for a user who
+    feeds the encoder from image files with other code: the steps plain timm or torchvision loaders skip."""
+    colour = ("converted to one grayscale channel by Pillow's `convert(\"L\")` (ITU-R 601-2 luma; feed the encoder "
+              "one channel: `timm.create_model(..., in_chans=3)` would instead average the stem's weights over three "
+              "channels, another function)" if in_chans == 1 else "converted to RGB by Pillow's `convert(\"RGB\")`")
+    return ("Image files were decoded as an image viewer shows them, which plain timm and torchvision loaders do "
+            "not all do: the EXIF orientation applied (`PIL.ImageOps.exif_transpose`), the first frame of "
+            "animations, transparency dropped (not composited), 16-bit images scaled by 255 / 65535, then "
+            f"{colour}; the shorter side resized to the input size (antialiased), then a centre crop.\n")
+
+
 def _usage(card: Mapping[str, Any], dir_name: str) -> str:
     c, h, w = card["input_size"]
     intro = (f"Inputs are images resized to {h}x{w} with {c} channel{'s' * (c != 1)}, scaled to [0, 1] and "
              f"normalised per channel; the output is the pooled feature vector `[B, {card['num_features']}]` "
-             f"(no classifier).\n")
+             f"(no classifier).\n"
+             + ("\n" + decoding_note(c) if card.get("training_config", {}).get("data", {}).get("name") == "image-folder"
+                else ""))
     selfsup_snippet = _code(f"import selfsup\nmodel = selfsup.load_encoder(\"{dir_name}\")  "
                             f"# eval mode; model.selfsup_info has the input size, mean and std")
     overlay = ("With timm older than 1.0.16 (no `local-dir:`), or to spell the architecture out:\n\n"
