@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,21 @@ def with_overrides(base: list[str], *extra: str) -> list[str]:
     refuses a key given twice)."""
     keys = {e.partition("=")[0] for e in extra}
     return [b for b in base if b.partition("=")[0] not in keys] + list(extra)
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(run: Path) -> Iterator[int]:
+    """Run directory ``run``'s lock held by another process (as `selfsup pretrain` training it holds it) for
+    the block; yields that process's pid, which is killed at the end."""
+    import subprocess
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom selfsup.fileio import file_lock\n"
+        f"with file_lock({str(Path(run) / '.lock')!r}):\n    print('held', flush=True)\n    time.sleep(120)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

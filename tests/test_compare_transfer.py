@@ -707,27 +707,21 @@ def test_results_of_a_run_another_process_trains_now_are_warned_in_compare_and_p
     """helper-62's: compare of a run that `selfsup pretrain --resume` was training showed its results.json (of
     the weights before that training) with no word; plot redrew them silently too. Both say so while the lock is
     held, and say nothing once the training has ended."""
-    import subprocess
-    import sys
+    from conftest import lock_held_elsewhere
 
     run = write_run(tmp_path / "run", [{**frozen_row("run run"), "trained_steps": 20}])
     (run / "training_time.json").write_text(json.dumps({"seconds": 90.0, "epochs": 2, "steps": 20}))
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, os, time\nfrom selfsup.fileio import file_lock\n"
-        f"with file_lock({str(run / '.lock')!r}):\n    print('held', flush=True)\n    time.sleep(120)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run) as pid:
         assert main(["compare", str(run)]) == 0
         out = capsys.readouterr().out
-        said = (f"{run} is being trained now by process {holder.pid}: these are the numbers of its weights before "
+        said = (f"{run} is being trained now by process {pid}: these are the numbers of its weights before "
                 f"that training; evaluate it again when the training has ended")
         assert f"- **Warning** ({run}): {said}" in out
         _, by_target = table(out)
         assert by_target[str(run)]["epochs"] == "2"  # the results' own weights: the epochs before that training
         assert main(["plot", str(run)]) == 0
         assert (f"note: the pictures drawn from {run / 'results.json'} (kNN grid, stages, embedding) show the numbers "
-                f"of {run}'s weights before the training process {holder.pid} is running now: evaluate it again when "
+                f"of {run}'s weights before the training process {pid} is running now: evaluate it again when "
                 f"that training has ended (selfsup eval {run}) and plot again") in capsys.readouterr().out
         from selfsup.cli_eval import own_results_note
         from selfsup.rundir import RunDir
@@ -737,9 +731,6 @@ def test_results_of_a_run_another_process_trains_now_are_warned_in_compare_and_p
             f"the run has no results of its own yet (its training writes results.json when it ends, or selfsup eval "
             f"{run} after it)")
         (run / "kept.json").rename(run / "results.json")
-    finally:
-        holder.kill()
-        holder.wait()
     assert main(["compare", str(run)]) == 0
     assert "Warning" not in capsys.readouterr().out
     assert main(["plot", str(run)]) == 0

@@ -556,21 +556,15 @@ def test_a_run_evaluated_while_another_process_trains_it_is_warned_and_records_n
     its numbers as the run's, with the step count of an earlier training (so a later check took them for
     current). The row now says the run was being trained and by which process, and records no steps."""
     import shutil
-    import subprocess
-    import sys
 
-    from selfsup.rundir import RunDir, training_warning, weights_record
+    from conftest import lock_held_elsewhere
+    from selfsup.rundir import training_warning, weights_record
 
     run = tmp_path / "run"
     shutil.copytree(labelled_run[0], run, ignore=shutil.ignore_patterns("eval-*"))
     assert weights_record(str(run), "pretrained")["trained_steps"] == 1 and training_warning(str(run), "pretrained") \
         is None
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom selfsup.fileio import file_lock\n"
-        f"with file_lock({str(RunDir(run).lock)!r}):\n    print('held', flush=True)\n    time.sleep(120)")],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run) as pid:
         assert weights_record(str(run), "pretrained") == {"mid_training": True, "target_path": str(run.resolve())}
         assert main(["eval", str(run), "--out", str(tmp_path / "while"), "eval.plots=false"]) == 0
         own = (run / "results.json").read_bytes()
@@ -581,21 +575,18 @@ def test_a_run_evaluated_while_another_process_trains_it_is_warned_and_records_n
         assert (run / "results.json").read_bytes() == own
         capsys.readouterr()
         assert main(["export", str(run), str(tmp_path / "live")]) == 0  # helper-61's: the live checkpoint, no results
-        assert f"note: {run} is being trained by process {holder.pid}: this export holds its last checkpoint now, " \
+        assert f"note: {run} is being trained by process {pid}: this export holds its last checkpoint now, " \
             "without results" in capsys.readouterr().out
         from selfsup.artifacts.validate import read_card
 
         assert not read_card(tmp_path / "live").get("results")
         assert main(["eval", str(run), "--protocol", "bitfit", "--transfer", "epochs=1", "--transfer", "seeds=1",
                      "--transfer", "low_shot=[]", "--out", str(tmp_path / "adapted"), "eval.plots=false"]) == 0
-    finally:
-        holder.kill()
-        holder.wait()
     row = json.loads((tmp_path / "while" / "results.json").read_text())[0]
     from selfsup.rundir import results_behind
 
     assert row["mid_training"] and results_behind([row], 1) == "of a checkpoint read while it was still training"
-    said = (f"{run} was being trained by process {holder.pid} when evaluated: these are the numbers of its last "
+    said = (f"{run} was being trained by process {pid} when evaluated: these are the numbers of its last "
             f"checkpoint then, not of its final weights")
     assert "trained_steps" not in row and any(w.startswith(said) for w in row["warnings"]), row["warnings"]
     assert said in (tmp_path / "while" / "results.md").read_text()
