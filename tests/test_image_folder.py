@@ -641,3 +641,28 @@ def test_sixteen_bit_images_decode_alike_in_every_format_and_float_images_are_re
     assert _one_line(err).startswith(f"cannot decode image {str(tmp_path / 'f.tif')!r}: ValueError: a "
                                      f"floating-point image (mode F) has no defined value range; save it as 8- or "
                                      f"16-bit")
+
+
+def test_photos_in_formats_not_read_are_counted_and_named(tmp_path):
+    """helper-63's: .heic, .tga, .jp2 and .ico files were left out without a word (a phone's HEIC photos beside
+    its JPEGs: half the data gone). They are still left out (Pillow reads them not, or not as a viewer shows
+    them) but the warning counts them per extension and names the first, for train and test folders alike."""
+    for cls in "ab":
+        _png(tmp_path / "train" / cls / "0.png", COLOURS[cls])
+        _png(tmp_path / "test" / cls / "0.png", COLOURS[cls])
+    (tmp_path / "train" / "a" / "IMG_1.HEIC").write_bytes(b"x")
+    (tmp_path / "train" / "a" / "IMG_2.heic").write_bytes(b"x")
+    (tmp_path / "train" / "b" / "logo.tga").write_bytes(b"x")
+    (tmp_path / "train" / "b" / "notes.txt").write_text("not a picture: not counted")
+    (tmp_path / "test" / "b" / "scan.jp2").write_bytes(b"x")
+    with pytest.warns(UserWarning) as said:
+        train = build_dataset(_cfg(tmp_path), "train")
+    assert len(train) == 2
+    assert [str(w.message) for w in said] == [
+        f"image folder {str(tmp_path / 'train')!r}: 3 file(s) in formats selfsup does not read were left out (2 "
+        f".heic, 1 .tga; first {str(tmp_path / 'train' / 'a' / 'IMG_1.HEIC')!r}): convert them to JPEG or PNG to "
+        f"train on them"]
+    with pytest.warns(UserWarning) as said:
+        build_dataset(_cfg(tmp_path), "test")
+    assert f"image folder {str(tmp_path / 'test')!r}: 1 file(s) in formats selfsup does not read were left out " \
+           f"(1 .jp2;" in str(said[-1].message)

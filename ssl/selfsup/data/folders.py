@@ -34,6 +34,11 @@ FileId = tuple  # (st_dev, st_ino) of a file after following links, or ("path", 
 # formats Pillow decodes (GIF and APNG give their first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".pgm", ".pbm", ".pnm", ".bmp", ".tif", ".tiff",
                     ".webp", ".gif", ".avif")
+# Photos and pictures in formats not read here (no decoder in Pillow, or none that reads them as a viewer shows
+# them): left out, but counted and named (a phone's HEIC photos beside its JPEGs were dropped without a word).
+UNREAD_EXTENSIONS = (".heic", ".heif", ".jxl", ".jp2", ".j2k", ".jpf", ".jpx", ".tga", ".ico", ".icns", ".psd",
+                     ".svg", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf", ".raw", ".exr", ".hdr",
+                     ".dds")
 
 
 def is_ignored(name: str) -> bool:
@@ -61,9 +66,9 @@ def file_id(path: str) -> FileId:
     return (st.st_dev, st.st_ino)
 
 
-def _list_dir(folder: str) -> tuple[list[str], list[str]]:
-    """(image files, subfolders) directly in ``folder`` as paths, sorted by name, hidden and
-    system names left out. Links are followed; a broken link with an image name counts as
+def _list_dir(folder: str) -> tuple[list[str], list[str], list[str]]:
+    """(image files, subfolders, files of :data:`UNREAD_EXTENSIONS`) directly in ``folder`` as paths, sorted by
+    name, hidden and system names left out. Links are followed; a broken link with an image name counts as
     a file (it is then reported as unreadable). Raises DataError when the folder cannot be read."""
     try:
         with os.scandir(folder) as it:
@@ -73,7 +78,8 @@ def _list_dir(folder: str) -> tuple[list[str], list[str]]:
                         f"exists and is readable") from None
     dirs = [e.path for e in entries if e.is_dir()]
     files = [e.path for e in entries if not e.is_dir() and _is_image_name(e.name)]
-    return files, dirs
+    unread = [e.path for e in entries if e.name.lower().endswith(UNREAD_EXTENSIONS) and not e.is_dir()]
+    return files, dirs, unread
 
 
 def _unique(paths: list[str]) -> list[tuple[str, FileId]]:
@@ -88,10 +94,11 @@ def _unique(paths: list[str]) -> list[tuple[str, FileId]]:
     return out
 
 
-def _walk_images(folder: str) -> list[tuple[str, FileId]]:
+def _walk_images(folder: str, unread: list[str]) -> list[tuple[str, FileId]]:
     """``(path, id)`` of every image under ``folder`` (subfolders and linked folders
     included, hidden and system names left out), sorted by path, each file once; a folder
-    reached again through a link (a link loop) is read once."""
+    reached again through a link (a link loop) is read once. Files of :data:`UNREAD_EXTENSIONS` are
+    appended to ``unread``."""
     seen_dirs: set[FileId] = set()
     found: list[str] = []
     stack = [folder]
@@ -101,8 +108,9 @@ def _walk_images(folder: str) -> list[tuple[str, FileId]]:
         if did in seen_dirs:
             continue
         seen_dirs.add(did)
-        files, dirs = _list_dir(d)
+        files, dirs, others = _list_dir(d)
         found += files
+        unread += others
         stack += reversed(dirs)  # depth first, in name order
     return _unique(sorted(found))
 
@@ -116,6 +124,7 @@ class FolderScan:
     classes: dict[str, list[str]]  # class-folder name -> its image files, sorted; {} for a flat folder
     loose: list[str]  # a flat folder's image files, sorted; [] when it has classes
     ids: dict[str, FileId]
+    unread: tuple[str, ...] = ()  # files of UNREAD_EXTENSIONS found (left out)
 
 
 def scan_folder(folder: str) -> FolderScan:
@@ -125,7 +134,7 @@ def scan_folder(folder: str) -> FolderScan:
     Raises DataError when it mixes loose images with subfolders, or when one file (through
     a symlink or hard link) is in two classes.
     """
-    files, dirs = _list_dir(folder)
+    files, dirs, unread = _list_dir(folder)
     if files and dirs:
         raise DataError(
             f"image folder {folder!r} mixes {len(files)} loose image(s) ({_few([os.path.basename(f) for f in files])}) "
@@ -134,12 +143,12 @@ def scan_folder(folder: str) -> FolderScan:
             f"system folders such as __MACOSX are ignored")
     if not dirs:
         loose = _unique(files)
-        return FolderScan(folder, {}, [p for p, _ in loose], dict(loose))
+        return FolderScan(folder, {}, [p for p, _ in loose], dict(loose), tuple(unread))
     classes: dict[str, list[str]] = {}
     ids: dict[str, FileId] = {}
     owner: dict[FileId, tuple[str, str]] = {}  # file id -> (class, path) where first seen
     for d in dirs:
-        name, listed = os.path.basename(d), _walk_images(d)
+        name, listed = os.path.basename(d), _walk_images(d, unread)
         for path, fid in listed:
             first_class, first_path = owner.setdefault(fid, (name, path))
             if first_class != name:
@@ -147,7 +156,24 @@ def scan_folder(folder: str) -> FolderScan:
                                 f"file (a symlink or hard link); an image can have only one label: remove one of them")
         classes[name] = [p for p, _ in listed]
         ids.update(listed)
-    return FolderScan(folder, classes, [], ids)
+    return FolderScan(folder, classes, [], ids, tuple(unread))
+
+
+def warn_unread(scan: FolderScan) -> None:
+    """Warn (once per folder and message) that ``scan`` left out files of :data:`UNREAD_EXTENSIONS`: how many,
+    per extension, and the first one."""
+    import warnings
+
+    if not scan.unread:
+        return
+    counts: dict[str, int] = {}
+    for path in scan.unread:
+        ext = os.path.splitext(path)[1].lower()
+        counts[ext] = counts.get(ext, 0) + 1
+    kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(counts.items()))
+    warnings.warn(f"image folder {scan.folder!r}: {len(scan.unread)} file(s) in formats selfsup does not read were "
+                  f"left out ({kinds}; first {scan.unread[0]!r}): convert them to JPEG or PNG to train on them",
+                  stacklevel=3)
 
 
 def test_folder(root: str | Path) -> str | None:
@@ -242,6 +268,7 @@ def folder_split(root: Path, split: str, fraction: float = 0.2,
     """
     train_dir, test_dir = _split_dirs(root)
     train = scan_folder(train_dir)
+    warn_unread(train)
     if not train.classes:
         files = _unlabeled_side(train, test_dir, split, root)
         return files, [-1] * len(files), []
@@ -255,7 +282,9 @@ def folder_split(root: Path, split: str, fraction: float = 0.2,
     elif split == "train":
         chosen = train.classes
     else:
-        chosen = _test_classes(train, scan_folder(test_dir), names)
+        test = scan_folder(test_dir)
+        warn_unread(test)
+        chosen = _test_classes(train, test, names)
     files = [f for name in names for f in chosen.get(name, [])]
     labels = [i for i, name in enumerate(names) for _ in chosen.get(name, [])]
     return _nonempty(files, test_dir if split == "test" and test_dir else train_dir), labels, names
@@ -270,6 +299,7 @@ def _unlabeled_side(train: FolderScan, test_dir: str | None, split: str, root: P
                         f"subfolder, so there is nothing to evaluate on; kNN and probes need a folder of class "
                         f"subfolders")
     test = scan_folder(test_dir)
+    warn_unread(test)
     if test.classes:
         raise DataError(f"{test_dir!r} has class subfolders ({_few(sorted(test.classes))}) but {train.folder!r} has "
                         f"none; kNN and probes need labelled training images: put them in the same class subfolders")
