@@ -125,6 +125,51 @@ def test_split_folders_are_found_in_any_case_and_common_names(tmp_path, train_na
     assert test.labels.tolist() == [_class_of(f, ("a", "b")) for f in test.files]
 
 
+def test_a_class_named_like_a_split_beside_other_classes_is_refused_not_trained_alone(tmp_path):
+    """helper-65's: car/ bus/ Train/ (a class named "Train") trained on Train/'s 6 images as the training split,
+    dropping the 12 car and bus images without a word (plain train/ did so before). A split folder beside other
+    folders or loose images that hold images is refused, naming them; an empty folder or a non-image file
+    beside the splits is no reason."""
+    for cls in ("car", "bus", "Train"):
+        for i in range(2):
+            _png(tmp_path / cls / f"{i}.png", COLOURS["a"])
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path), "train")
+    assert _one_line(err) == (
+        f"image folder {str(tmp_path)!r} has the split folder Train/ beside 'bus/', 'car/' holding images, which "
+        f"would not be read: is Train/ a class named like a split? Put every class folder under Train/ (test images "
+        f"under test/), or rename the class folder")
+    for cls in ("car", "bus"):
+        shutil.rmtree(tmp_path / cls)
+    _png(tmp_path / "stray.png")  # a loose image beside the split: not read either
+    with pytest.raises(DataError, match="beside 'stray.png' holding images"):
+        build_dataset(_cfg(tmp_path), "train")
+    (tmp_path / "stray.png").unlink()
+    (tmp_path / "notes").mkdir()  # empty
+    (tmp_path / "README.txt").write_text("not an image")
+    for i in range(2):  # Train/ now a split of class folders
+        (tmp_path / "Train" / f"{i}.png").unlink()
+        _png(tmp_path / "Train" / "x" / f"{i}.png")
+    assert build_dataset(_cfg(tmp_path), "train").class_names == ("x",)
+
+
+def test_test_like_names_are_classes_without_a_train_folder_and_an_empty_test_folder_is_no_split(tmp_path):
+    """helper-65's: a flat labelled folder of classes valid/ and invalid/ was refused as "a valid/ subfolder but
+    no train/" (accepted before split names widened); and train/ beside an empty Val/ read Val/ as the test split
+    and refused it as holding loose images. Without train/, only test/ and val/ mean a split; an empty test-like
+    folder is none (the test images are then held out)."""
+    for cls in ("valid", "invalid"):
+        for i in range(3):
+            _png(tmp_path / "flat" / cls / f"{i}.png", COLOURS["a" if cls == "valid" else "b"])
+    assert build_dataset(_cfg(tmp_path / "flat"), "train").class_names == ("invalid", "valid")
+    for i in range(5):
+        _png(tmp_path / "split" / "train" / "a" / f"{i}.png", COLOURS["a"])
+        _png(tmp_path / "split" / "train" / "b" / f"{i}.png", COLOURS["b"])
+    (tmp_path / "split" / "Val").mkdir()
+    test = build_dataset(_cfg(tmp_path / "split"), "test")
+    assert len(test) == 2 and all("/train/" in f for f in test.files)  # a held-out share of train/
+
+
 def test_several_test_like_folders_take_test_and_one_split_in_two_cases_is_refused(tmp_path):
     """train/ val/ test/ (ImageNet-like): test/ is the test split, val/ is not read. test/ and Test/ (a
     case-sensitive file system) would split one split in two: refused, naming both."""

@@ -186,22 +186,45 @@ TRAIN_NAMES = ("train", "training")  # a root's subfolder of training images, in
 TEST_NAMES = ("test", "testing", "val", "valid", "validation")  # its test split, the first present in this order
 
 
-def _split_subfolders(root: Path) -> dict[str, str]:
-    """``root``'s subfolders named like a split (:data:`TRAIN_NAMES`, :data:`TEST_NAMES`), by lower-case name
-    (one pass over ``root``: a flat folder of a million photos is listed once).
+def _root_entries(root: Path) -> tuple[dict[str, str], list[str], list[str]]:
+    """(``root``'s subfolders named like a split (:data:`TRAIN_NAMES`, :data:`TEST_NAMES`) by lower-case name,
+    its other subfolders, its loose image files), hidden and system names left out (one pass over ``root``:
+    a flat folder of a million photos is listed once).
 
     Raises:
-        DataError: two of them differ only in case (``test/`` and ``Test/``)."""
+        DataError: two split folders differ only in case (``test/`` and ``Test/``)."""
+    files, dirs, _ = _list_dir(str(root))
     found: dict[str, list[str]] = {}
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.name.lower() in TRAIN_NAMES + TEST_NAMES and entry.is_dir():
-                found.setdefault(entry.name.lower(), []).append(entry.name)
+    for d in dirs:
+        name = os.path.basename(d)
+        if name.lower() in TRAIN_NAMES + TEST_NAMES:
+            found.setdefault(name.lower(), []).append(name)
     for spelled in found.values():
         if len(spelled) > 1:
             raise DataError(f"image folder {str(root)!r} has subfolders {', '.join(f'{s}/' for s in sorted(spelled))}, "
                             f"one split spelled in different cases: merge them into one")
-    return {name: str(root / spelled[0]) for name, spelled in found.items()}
+    others = [d for d in dirs if os.path.basename(d).lower() not in TRAIN_NAMES + TEST_NAMES]
+    return {name: str(root / spelled[0]) for name, spelled in found.items()}, others, files
+
+
+def _holds_image(folder: str) -> bool:
+    """Whether any image file lies under ``folder`` (links followed, each folder read once; stops at the
+    first image)."""
+    seen: set[FileId] = set()
+    stack = [folder]
+    while stack:
+        d = stack.pop()
+        if (did := file_id(d)) in seen:
+            continue
+        seen.add(did)
+        try:
+            files, dirs, _ = _list_dir(d)
+        except DataError:
+            continue
+        if files:
+            return True
+        stack += dirs
+    return False
 
 
 def _split_dirs(root: Path) -> tuple[str, str | None]:
@@ -209,22 +232,33 @@ def _split_dirs(root: Path) -> tuple[str, str | None]:
     (:data:`TRAIN_NAMES`, :data:`TEST_NAMES`, in any case: ``Train/`` and ``Test/`` are splits, not two
     classes named after them), else the root and no test folder.
 
-    With several test-like folders (``train/ val/ test/``) the first in :data:`TEST_NAMES`' order is the test
-    split (``test/``); the others are not read.
+    With several test-like folders holding images (``train/ val/ test/``) the first in :data:`TEST_NAMES`'
+    order is the test split (``test/``); the others are not read; an empty one is no split. Without a
+    training folder, a test-like folder other than ``test/`` or ``val/`` is a class (``valid/`` beside
+    ``invalid/``).
 
     Raises:
-        DataError: a test folder without a training one; one split in two cases (:func:`_split_subfolders`).
+        DataError: ``test/`` or ``val/`` without a training folder; a training folder beside other
+            folders or loose files holding images, which would not be read (a class named like a split:
+            ``car/ bus/ Train/``); one split in two cases (:func:`_root_entries`).
     """
-    found = _split_subfolders(root)
-    test = next((found[name] for name in TEST_NAMES if name in found), None)
-    train = next((found[name] for name in TRAIN_NAMES if name in found), None)
-    if train is not None:
-        return train, test
-    if test is not None:
-        sub = os.path.basename(test)
-        raise DataError(f"image folder {str(root)!r} has a {sub}/ subfolder but no train/; put the training images "
-                        f"in train/ (class subfolders), or move {sub}/ out to split the folder itself")
-    return str(root), None
+    splits, others, loose = _root_entries(root)
+    train = next((splits[name] for name in TRAIN_NAMES if name in splits), None)
+    if train is None:
+        lone = next((splits[name] for name in ("test", "val") if name in splits), None)
+        if lone is not None:
+            sub = os.path.basename(lone)
+            raise DataError(f"image folder {str(root)!r} has a {sub}/ subfolder but no train/; put the training "
+                            f"images in train/ (class subfolders), or move {sub}/ out to split the folder itself")
+        return str(root), None
+    beside = [f"{os.path.basename(d)}/" for d in others if _holds_image(d)] + [os.path.basename(f) for f in loose]
+    if beside:
+        raise DataError(f"image folder {str(root)!r} has the split folder {os.path.basename(train)}/ beside "
+                        f"{_few(beside)} holding images, which would not be read: is {os.path.basename(train)}/ a "
+                        f"class named like a split? Put every class folder under {os.path.basename(train)}/ (test "
+                        f"images under test/), or rename the class folder")
+    test = next((splits[name] for name in TEST_NAMES if name in splits and _holds_image(splits[name])), None)
+    return train, test
 
 
 def holdout_split(classes: dict[str, list[str]], folder: str, fraction: float,
