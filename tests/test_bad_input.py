@@ -125,6 +125,37 @@ def test_a_run_lists_its_unreadable_files_and_its_export_card_counts_them(messy_
         "16-bit images scaled by 255 / 65535, then converted to RGB" in readme
 
 
+def test_a_decoded_copy_counts_readable_images_and_a_resume_switching_it_says_why_it_cannot(messy_folder, tmp_path,
+                                                                                             capsys):
+    """helper-65's: with data.cache=uint8 the image count leaves unreadable files out already, so the card's
+    "6 training images (3 of them unreadable)" undercounted; and a resume switching data.cache was refused as
+    "its files changed since" (the count moved with the cache mode). The card says "3 more files"; the resume
+    names data.cache and the value to keep; bad_files.txt's reasons carry no advice to set skip."""
+    import json
+
+    from conftest import ROOT, one_line_error
+    from selfsup.cli import main
+
+    run = tmp_path / "run"
+    common = ["data.name=image-folder", f"data.root={messy_folder}", "data.image_size=8", "data.holdout_fraction=0",
+              "data.batch_size=9", "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.online_probe=false",
+              "trainer.progress_bar=false"]
+    assert main(["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(run), "--no-eval", *common,
+                 "trainer.max_steps=1", "data.cache=uint8", f"data.cache_dir={tmp_path / 'cache'}"]) == 0
+    reasons = [line.split("\t")[1] for line in (run / "bad_files.txt").read_text().splitlines()]
+    assert len(reasons) == 3 and not any("on_bad_file" in r for r in reasons), reasons
+    assert main(["export", str(run), str(tmp_path / "exp")]) == 0
+    card = json.loads((tmp_path / "exp" / "config.json").read_text())["selfsup"]
+    assert (card["train_images"], card["unreadable_images"]) == (6, 3)
+    assert "6 training images (3 more files unreadable, left out)" in (tmp_path / "exp" / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", str(run), "--no-eval", "trainer.max_steps=2", "data.cache=none"]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        "selfsup pretrain: error: cannot resume with data.cache uint8 -> none: the folder has unreadable files, which "
+        "the decoded copy (uint8) leaves out of the image count and the files themselves do not (training images 6 "
+        "then, 9 now), and that count sizes the run's per-image state; resume with data.cache=uint8")
+
+
 def test_a_bad_file_line_keeps_one_file_per_line():
     """A name holding a newline or a tab counted as two files in bad_files.txt (helper-63's NL folder)."""
     from selfsup.data.imagefiles import bad_file_line

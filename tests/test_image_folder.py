@@ -201,6 +201,11 @@ def test_a_relative_or_home_root_names_the_folder_seen_when_typed(tmp_path, monk
                                  "data.cache_dir=cache"])
         assert cfg.data.root == str(tmp_path / "mine") and cfg.data.cache_dir == str(tmp_path / "cache"), typed
         assert to_dict(cfg)["data"]["root"] == str(tmp_path / "mine")  # what config.yaml holds
+    monkeypatch.delenv("NOPE_UNSET", raising=False)
+    with pytest.raises(ConfigError) as err:  # helper-65's: "'/cwd/$NOPE_UNSET/d1' does not exist"
+        load_config(None, ["method.name=simclr", "data.name=image-folder", "data.root=$NOPE_UNSET/d1"])
+    assert _one_line(err) == ("data.root '$NOPE_UNSET/d1': the environment variable NOPE_UNSET is not set; set it or "
+                              "give the path itself")
     other = tmp_path / "elsewhere"
     _png(other / "mine" / "x" / "0.png")  # the same relative name from another directory: another folder
     monkeypatch.chdir(other)

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,11 @@ class DataConfig:
         for key in ("root", "cache_dir"):
             value = getattr(self, key)
             if isinstance(value, str) and value:
+                unset = [m[0] or m[1] for m in re.findall(r"\$\{(\w+)\}|\$(\w+)", value)
+                         if (m[0] or m[1]) not in os.environ]
+                if unset:  # expandvars would keep "$NAME" as part of a path that then "does not exist"
+                    raise ConfigError(f"data.{key} {value!r}: the environment variable {unset[0]} is not set; set it "
+                                      f"or give the path itself")
                 setattr(self, key, os.path.abspath(os.path.expandvars(os.path.expanduser(value))))
 
 

@@ -80,8 +80,10 @@ def _training_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
                + (f"; {card['num_params']:,} parameters" if card.get("num_params") else ""))
     name = data.get("name", "?")
     bad = card.get("unreadable_images")
+    decoded = data.get("cache") == "uint8"  # the decoded copy counts the readable images only
     images = (f", {card['train_images']:,} training images" if card.get("train_images") else "") + (
-        f" ({bad:,} of them unreadable, left out of training)" if card.get("train_images") and bad else "")
+        (f" ({bad:,} more files unreadable, left out)" if decoded else
+         f" ({bad:,} of them unreadable, left out of training)") if card.get("train_images") and bad else "")
     subset = f" (a seeded subset of {data['subset']:,})" if data.get("subset") else ""
     data_row = (("a folder of images (`image-folder`)" if name == "image-folder" else f"`{name}`") + images + subset
                 + f"; {h}x{w} pixels, normalised with mean {card['mean']} and std {card['std']}")

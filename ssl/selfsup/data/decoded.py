@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from selfsup.data.base import DataError, TensorImages
-from selfsup.data.imagefiles import FolderImages, bad_file_line
+from selfsup.data.imagefiles import BAD_FILE_ADVICE, FolderImages, bad_file_line
 from selfsup.fileio import atomic_path, file_lock, write_json
 from selfsup.progress import progress
 
@@ -87,7 +87,7 @@ class MappedImages(TensorImages):
     def set_bad_file_log(self, path: Path) -> None:
         if self.skipped_files:
             with open(path, "a") as f:
-                f.writelines(bad_file_line(p, reason) for p, reason in self.skipped_files)
+                f.writelines(bad_file_line(p, reason.removesuffix(BAD_FILE_ADVICE)) for p, reason in self.skipped_files)
 
 
 class _Decoded(torch.utils.data.Dataset):
@@ -134,7 +134,7 @@ def decode_all(ds: FolderImages, out: Path, num_workers: int) -> tuple[list[int]
     os.truncate(out, row * int(np.prod(item)))  # drop the rows of unreadable files
     if skipped:
         warnings.warn(f"{len(skipped)} unreadable image(s) left out of the decoded copy (data.on_bad_file=skip), "
-                      f"first: {skipped[0][1]}", stacklevel=2)
+                      f"first: {skipped[0][1].removesuffix(BAD_FILE_ADVICE)}", stacklevel=2)
     return labels, skipped
 
 

@@ -174,13 +174,16 @@ DATA_INFO_KEYS = {"num_samples": "training images", "num_classes": "classes", "i
                   "image_size": "side (px)", "mean": "channel mean", "std": "channel std"}
 
 
-def check_same_data(saved: Path, now: dict[str, Any]) -> None:
+def check_same_data(saved: Path, now: dict[str, Any], cache_change: tuple[str, str] | None = None) -> None:
     """Refuse a resume whose training data is not the run's: ``now`` (the :class:`selfsup.data.DataInfo` of the
     data as read now, as a dict) against the run's ``data_info.json`` at ``saved`` (written when it started;
     nothing is checked for a run without one). The same config can read other images: an image folder with
     files added, removed or changed since (``data.root`` names a folder, not its content). Trained on, the run
     would mix two datasets and its normalisation would change mid-run (the model reads the mean and std of the
     data it is built on; a memory bank would no longer match its checkpoint's rows).
+
+    ``cache_change``: ``data.cache`` (then, now) when this resume changes it: a decoded copy leaves unreadable
+    files out of the image count, so with unreadable files the count moves with it (said so).
 
     Raises:
         ConfigError: (one line) naming what differs, then and now, and what to do.
@@ -192,6 +195,11 @@ def check_same_data(saved: Path, now: dict[str, Any]) -> None:
         return
     differ = [f"{what} {then[k]} then, {now[k]} now" for k, what in DATA_INFO_KEYS.items()
               if k in then and k in now and _as_list(then[k]) != _as_list(now[k])]
+    if differ == [f"training images {then.get('num_samples')} then, {now.get('num_samples')} now"] and cache_change:
+        raise ConfigError(f"cannot resume with data.cache {cache_change[0]} -> {cache_change[1]}: the folder has "
+                          f"unreadable files, which the decoded copy (uint8) leaves out of the image count and the "
+                          f"files themselves do not ({differ[0]}), and that count sizes the run's per-image state; "
+                          f"resume with data.cache={cache_change[0]}")
     if differ:
         raise ConfigError(f"cannot resume: the training data is not what this run trained on ({'; '.join(differ)}: "
                           f"its files changed since, or it is other data); restore the data the run started with, or "

@@ -88,7 +88,9 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
                    t.accumulate_grad_batches, t.max_epochs, t.max_steps)
     info = train_ds.info()
     if resume and owner:  # the same config can read other images (files added to a folder since)
-        check_same_data(RunDir(run_dir).data_info, dataclasses.asdict(info))
+        cache_then = load_run_config(run_dir).data.cache
+        check_same_data(RunDir(run_dir).data_info, dataclasses.asdict(info),
+                        (cache_then, cfg.data.cache) if cache_then != cfg.data.cache else None)
     module = PretrainModule(cfg, info)
     try:
         for size in dict.fromkeys([info.image_size, *module.method.encoder_input_sizes()]):  # tiles, patches too
