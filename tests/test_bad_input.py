@@ -156,6 +156,34 @@ def test_a_decoded_copy_counts_readable_images_and_a_resume_switching_it_says_wh
         "then, 9 now), and that count sizes the run's per-image state; resume with data.cache=uint8")
 
 
+@pytest.mark.parametrize("cache", ["none", "uint8"])
+def test_unreadable_test_images_are_said_under_the_results(tmp_path, capsys, cache):
+    """helper-65's: unreadable images of the test split were left out with a Python warning only; results.md said
+    "2 test images" and nothing of the 2 others. The row warns how many of each split were left out."""
+    import json
+
+    from conftest import ROOT
+    from selfsup.cli import main
+
+    for split in ("train", "test"):
+        for cls, value in (("a", 30), ("b", 220)):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(3 if split == "train" else 2):
+                _save(Image.new("L", (6, 6), value), tmp_path / "data" / split / cls / f"{i}.png", "PNG")
+    (tmp_path / "data" / "test" / "b" / "bad.png").write_bytes(b"not a png")
+    (tmp_path / "data" / "test" / "a" / "empty.png").write_bytes(b"")
+    assert main(["eval", "pixels", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--out",
+                 str(tmp_path / "out"), "data.name=image-folder", f"data.root={tmp_path / 'data'}", "data.in_chans=1",
+                 "data.image_size=6", f"data.cache={cache}", f"data.cache_dir={tmp_path / 'cache'}",
+                 "eval.knn=[[3,0.1]]", "eval.linear=false", "eval.plots=false"]) == 0
+    row = json.loads((tmp_path / "out" / "results.json").read_text())[0]
+    said = ("2 of the 6 test images could not be decoded and were left out (data.on_bad_file=skip): the numbers are "
+            "of the other 4")
+    assert row["test_images"] == 4 and said in row["warnings"]
+    assert said in (tmp_path / "out" / "results.md").read_text()
+    assert not any("train images" in w for w in row["warnings"])
+
+
 def test_a_bad_file_line_keeps_one_file_per_line():
     """A name holding a newline or a tab counted as two files in bad_files.txt (helper-63's NL folder)."""
     from selfsup.data.imagefiles import bad_file_line

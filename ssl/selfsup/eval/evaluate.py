@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from selfsup.config import RunConfig
+from selfsup.data import ImageDataset
 from selfsup.eval.evaldata import (DATA_IDENTITY, NotScorable, changed_data_keys, check_channels, data_identity,
                                    data_key, data_tag, describe_data, evaluation_data, labelled_part)
 from selfsup.eval.knn import check_finite, knn_evaluate_with_index
@@ -114,6 +115,21 @@ def feature_warnings(sample: Tensor, signals: dict[str, Any], kind: str, stage: 
     return [f"the test features{where}: {collapsed}"] if collapsed else []
 
 
+def image_files(ds: ImageDataset) -> int:
+    """How many images ``ds`` holds, unreadable ones included: a decoded copy (``data.cache=uint8``) keeps the
+    readable ones and lists the others (``skipped_files``)."""
+    return len(ds) + len(getattr(ds, "skipped_files", None) or ())
+
+
+def unreadable_warnings(train_rows: int, train_files: int, test_rows: int, test_files: int) -> list[str]:
+    """The warning of a split whose features have fewer rows than its dataset has images: files that could not
+    be decoded were left out (data.on_bad_file=skip), so the numbers are of fewer images than the data holds."""
+    return [f"{files - rows} of the {files} {split} images could not be decoded and were left out "
+            f"(data.on_bad_file=skip): the numbers are of the other {rows}"
+            for split, rows, files in (("train", train_rows, train_files), ("test", test_rows, test_files))
+            if rows < files]
+
+
 def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: dict[str, Any] | None,
            warnings: list[str], device: str, log: Callable[[str], None]) -> dict[str, Any]:
     """The result row of one stage (None: the encoder's pooled output) of a prepared target;
@@ -145,7 +161,8 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
         **({"encoder_kwargs": random_encoder(spec, cfg)[1]} if target.kind == "random" else {}),
         "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
-        "warnings": [*warnings, *filter(None, [training_warning(spec, target.kind)])],
+        "warnings": [*warnings, *filter(None, [training_warning(spec, target.kind)]),
+                     *unreadable_warnings(len(ytr), image_files(train_ds), len(yte), image_files(test_ds))],
         # where the test features are cached (the embedding picture reads them; checked against the key)
         "test_features": {"directory": str(cache.directory), "name": name_te, "key": key_te},
     })
