@@ -123,6 +123,13 @@ def test_a_resume_on_a_folder_whose_images_changed_is_refused_before_anything_is
         (change == "added")
     assert f"channel mean {saved['mean']} then" in line
     assert _files(run) == before
+    # helper-64's and -65's: `eval RUN` on the changed folder wrote its numbers as the run's own results; they
+    # go to a folder of their own, saying why
+    assert main(["eval", str(run), "eval.plots=false", "eval.probe_seeds=1", "eval.low_shot=[]"]) == 0
+    out = capsys.readouterr().out
+    assert f"[eval] the run's image folder {root} is not what it trained on (" in out and \
+        f"channel mean {saved['mean']} then" in out, out
+    assert not (run / "results.json").exists() and len(list(run.glob("eval-*/results.json"))) == 1
 
 
 @pytest.mark.parametrize("override,key,old,new", [

@@ -322,8 +322,9 @@ def init_tag(spec: str, cfg: RunConfig) -> str:
 def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
     """Why ``rows`` (an evaluation of run directory ``run`` on its own data) must not replace the
     run's ``results.json``, or None when they may: they were read while another process trained the run
-    (``mid_training``), the ``eval`` settings differ from the run's config (other protocol, other numbers),
-    or a row of the saved results (a baseline, a stage) has no counterpart among ``rows``."""
+    (``mid_training``), its image folder is not what it trained on (:func:`data_changed_since`), the ``eval``
+    settings differ from the run's config (other protocol, other numbers), or a row of the saved results (a
+    baseline, a stage) has no counterpart among ``rows``."""
     import json
 
     from selfsup.config import to_dict
@@ -331,6 +332,9 @@ def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
 
     if any(r.get("mid_training") for r in rows):  # the run's own results are of its weights when it ends
         return "the run is being trained by another process (these numbers are of a checkpoint on the way)"
+    changed = data_changed_since(run, cfg)
+    if changed:
+        return changed
     before, after = to_dict(load_run_config(run))["eval"], to_dict(cfg)["eval"]
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if differ:
@@ -348,6 +352,27 @@ def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
         return (f"the run's results.json holds rows this evaluation lacks ({labels}; "
                 f"{f'add{again}' if again else 'add --baseline'} for them)")
     return None
+
+
+def data_changed_since(run: Path, cfg: RunConfig) -> str | None:
+    """Why the images ``cfg`` reads are not those run directory ``run`` trained on, for an image folder: its
+    training images now (the run's ``data.subset`` of them) against the run's ``data_info.json`` (image count,
+    classes, channel mean and std: :func:`selfsup.train.resume.check_same_data`); files added, removed or changed
+    since, or (a run made before roots were stored absolute) a relative ``data.root`` read from another working
+    directory. None for other datasets, or when they agree."""
+    import dataclasses
+
+    from selfsup.data import build_dataset, subset
+    from selfsup.fileio import read_json_or_none
+    from selfsup.train.resume import data_differences
+
+    then = read_json_or_none(RunDir(run).data_info)
+    if cfg.data.name != "image-folder" or not isinstance(then, dict):
+        return None
+    now = dataclasses.asdict(subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed).info())
+    differ = data_differences(then, now)
+    return (f"the run's image folder {cfg.data.root} is not what it trained on ({'; '.join(differ)}: its files "
+            f"changed since)") if differ else None
 
 
 def detection_tag(cfg: RunConfig) -> str:

@@ -193,8 +193,7 @@ def check_same_data(saved: Path, now: dict[str, Any], cache_change: tuple[str, s
     then = read_json_or_none(saved)
     if not isinstance(then, dict):
         return
-    differ = [f"{what} {then[k]} then, {now[k]} now" for k, what in DATA_INFO_KEYS.items()
-              if k in then and k in now and _as_list(then[k]) != _as_list(now[k])]
+    differ = data_differences(then, now)
     if differ == [f"training images {then.get('num_samples')} then, {now.get('num_samples')} now"] and cache_change:
         raise ConfigError(f"cannot resume with data.cache {cache_change[0]} -> {cache_change[1]}: the folder has "
                           f"unreadable files, which the decoded copy (uint8) leaves out of the image count and the "
@@ -204,6 +203,13 @@ def check_same_data(saved: Path, now: dict[str, Any], cache_change: tuple[str, s
         raise ConfigError(f"cannot resume: the training data is not what this run trained on ({'; '.join(differ)}: "
                           f"its files changed since, or it is other data); restore the data the run started with, or "
                           f"start a new run with a fresh --run-dir")
+
+
+def data_differences(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two :class:`selfsup.data.DataInfo` dicts (a run's ``data_info.json`` and the data
+    read now), as "training images 10 then, 14 now" (:data:`DATA_INFO_KEYS`; keys either lacks are skipped)."""
+    return [f"{what} {then[k]} then, {now[k]} now" for k, what in DATA_INFO_KEYS.items()
+            if k in then and k in now and _as_list(then[k]) != _as_list(now[k])]
 
 
 def _as_list(value: Any) -> Any:
