@@ -514,6 +514,35 @@ def test_out_inside_a_runs_own_folders_is_refused(tmp_path, capsys, inside):
     check_out_folder(str(tmp_path / "checkpoints"))  # a folder named so outside any run is anyone's
 
 
+def test_out_inside_another_run_is_refused_and_inside_the_targets_own_run_is_not(tmp_path, capsys):
+    """helper-66's: `eval runC --out runA/eval-fromC` was accepted; compare then showed runC's numbers under runA's
+    method, encoder and epochs, warned as "runA's weights after 5994 steps". An --out inside a run directory
+    the target is not part of (another run, or a baseline's evaluation) is refused; the target's own run, its
+    checkpoint's or its export's, and a folder outside every run are fine."""
+    from selfsup.cli_eval import check_out_folder
+    from selfsup.config import ConfigError
+
+    runs = {}
+    for name in ("a", "c"):
+        runs[name] = tmp_path / name
+        (runs[name] / "checkpoints").mkdir(parents=True)
+        (runs[name] / "config.yaml").write_text("method: {name: simclr}\n")
+        (runs[name] / "checkpoints" / "last.ckpt").write_bytes(b"")
+    a, c = runs["a"], runs["c"]
+    for target, fix in ((str(c), f" (or inside {c})"), ("pixels", ""), ("random:resnet18", "")):
+        with pytest.raises(ConfigError) as err:
+            check_out_folder(str(a / "eval-fromC"), "frozen", target)
+        assert str(err.value) == (f"--out {a / 'eval-fromC'} is inside run {a.resolve()}, whose folders compare and "
+                                  f"its resume read as that run's evaluations, but this evaluates {target}: give it a "
+                                  f"folder of its own outside {a.resolve()}{fix}")
+    for target in (str(a), str(a / "checkpoints" / "last.ckpt")):
+        check_out_folder(str(a / "eval-mine"), "frozen", target)
+        check_out_folder(str(a / "nested" / "deeper"), "transfer", target)
+    check_out_folder(str(tmp_path / "elsewhere"), "frozen", str(c))
+    assert main(["eval", str(c), "--out", str(a / "eval-fromC")]) == 2  # before anything is loaded
+    assert "is inside run" in one_line_error(capsys.readouterr().err)
+
+
 def test_out_holding_another_kind_of_results_is_refused(tmp_path, capsys):
     """helper-61's: `eval RUN --out RUN/transfer-bitfit-x` replaced a transfer's results.json with kNN results
     (its classifier/ left beside numbers no longer its own), and the reverse. Refused before any work; the same
@@ -550,4 +579,4 @@ def test_out_holding_another_kind_of_results_is_refused(tmp_path, capsys):
             assert str(err.value) == (
                 f"--out {out} is inside {run / 'detection'}, where the run keeps its detection evaluations (compare "
                 f"and the resume read them as such): give this {kind} evaluation a folder of its own, e.g. "
-                f"{run}/eval-mine or a path outside the run")
+                f"{run}/{'transfer' if kind == 'transfer' else 'eval'}-mine or a path outside the run")

@@ -52,7 +52,8 @@ def eval_command(args: argparse.Namespace) -> None:
     if args.out and args.task != "detection" and not args.protocol and RunDir(target).is_run() and \
             target_key(args.out) == target_key(args.target):
         args.out = None  # `eval RUN --out RUN` asks for the default place: the run's own (kept) results
-    check_out_folder(args.out, "detection" if args.task == "detection" else "transfer" if args.protocol else "frozen")
+    check_out_folder(args.out, "detection" if args.task == "detection" else "transfer" if args.protocol else "frozen",
+                     args.target)
     # a repeat trained and printed the same row twice, however the path is spelled (r1, r1/, ./r1)
     same, own = [target_key(s) for s in args.baseline], target_key(args.target)
     for spec, key in zip(args.baseline, same):
@@ -185,14 +186,16 @@ def results_kind(rows: Any) -> str | None:
     return "transfer" if "protocol" in rows[0] else "detection" if rows[0].get("task") == "detection" else "frozen"
 
 
-def check_out_folder(out: str | None, kind: str = "frozen") -> None:
+def check_out_folder(out: str | None, kind: str = "frozen", target: str | None = None) -> None:
     """ConfigError (one line) when ``--out`` is a run directory or an export directory: an evaluation
     writes results.json / results.md (a transfer also classifier/) there, which replaced the run's own
     evaluation (what compare and the export card read) or sat in an export's files; when it is inside a
     run's own folders (checkpoints/, ..., its detection/ folder itself, or inside that folder for an evaluation
     that is no detection); or when it holds the results of
     another ``kind`` of evaluation (:func:`results_kind`: a kNN evaluation over a transfer's numbers, beside
-    its classifier)."""
+    its classifier); or when it is inside a run directory that ``target`` (the evaluated encoder) is not part
+    of: compare and a resume read a run's folders as that run's evaluations, so another encoder's numbers
+    there were shown under the run's method, encoder and epochs (and warned as of its older weights)."""
     from selfsup.config import ConfigError
     from selfsup.fileio import read_json_or_none
     from selfsup.rundir import DETECTION_DIR, is_export_dir
@@ -209,7 +212,8 @@ def check_out_folder(out: str | None, kind: str = "frozen") -> None:
         if kind != "detection":
             raise ConfigError(f"--out {out} is inside {folder}, where the run keeps its detection evaluations (compare "
                               f"and the resume read them as such): give this {kind} evaluation a folder of its own, "
-                              f"e.g. {folder.parent}/eval-mine or a path outside the run")
+                              f"e.g. {folder.parent}/{'transfer' if kind == 'transfer' else 'eval'}-mine or a path "
+                              f"outside the run")
         if folder == Path(out):
             raise ConfigError(f"--out {out} is the run's own {DETECTION_DIR}/ folder (one folder per detection setting "
                               f"inside it): give a folder of its own, e.g. {out}/mine or a path outside the run")
@@ -221,6 +225,13 @@ def check_out_folder(out: str | None, kind: str = "frozen") -> None:
             raise ConfigError(f"--out {out} is inside {folder}, the run's own {folder.name}/ folder (selfsup keeps "
                               f"the run's files there): give a folder of its own, e.g. {folder.parent}/eval-mine or a "
                               f"path outside the run")
+    home = next((f for f in Path(out).resolve().parents if RunDir(f).is_run()), None)  # the run --out is inside
+    inside = target is not None and Path(target).exists() and (Path(target).resolve() == home or
+                                                              Path(target).resolve().is_relative_to(home or Path("/-")))
+    if home is not None and target is not None and not inside:
+        raise ConfigError(f"--out {out} is inside run {home}, whose folders compare and its resume read as that run's "
+                          f"evaluations, but this evaluates {target}: give it a folder of its own outside {home}"
+                          + (f" (or inside {target})" if target and RunDir(Path(target)).is_run() else ""))
     kind = "a run directory" if RunDir(Path(out)).is_run() else "an export directory" if is_export_dir(out) else None
     if kind:
         own = "the run's own evaluation (what compare and its export card read)" if kind.startswith("a run") else \

@@ -230,13 +230,13 @@ def frozen_rows(folder: Path) -> list[dict[str, Any]] | None:
 def read_frozen_eval(folder: Path, target: str) -> Entry:
     """An :class:`Entry` from a frozen evaluation folder (``RUN/eval-<data>-<hash>``,
     ``runs/eval/<target>/...``, or an ``--out`` folder): its results.json rows (the final stage's).
-    Method, encoder, epochs and minutes are those of the run the folder sits in, or the run its pretrained row
-    names (``target_path``: ``selfsup eval RUN --out DIR``), else blank. The
+    Method, encoder, epochs and minutes are those of the run its pretrained row names (``target_path``:
+    ``selfsup eval RUN --out DIR``, wherever DIR is), else of the run the folder sits in, else blank. The
     evaluation of a baseline alone (``selfsup eval random:resnet18`` or ``pixels``) compares its
     rows as the target's own (:attr:`Entry.baseline_target`)."""
     rows = _final_stage(frozen_rows(folder) or [])
     run = nearest_run(folder)  # RUN/eval-<data>-<hash>, RUN/detection/<data>-<hash>
-    evaluated = run or evaluated_run(rows)  # an --out folder outside the run: the run its row names
+    evaluated = evaluated_run(rows) or run  # the run its row names (an --out folder elsewhere, or made in another run)
     entry = run_about(evaluated) if evaluated is not None else Entry("")
     entry.target, entry.rows = target, rows
     entry.baseline_target = all(r.get("kind") in BASELINE_KINDS for r in rows)
