@@ -770,3 +770,27 @@ def test_a_random_baseline_that_cannot_take_the_images_is_refused_before_pretrai
     assert err.count("\n") == 1 and "eval.baselines: 'random:vit_tiny_patch16_224' cannot be evaluated on these " \
         "images: random-init vit_tiny_patch16_224 fails on a forward pass of a 1x16x16 image" in err, err
     assert not run.exists()
+
+
+def test_an_export_of_the_runs_last_checkpoint_keeps_its_results_and_an_earlier_one_carries_none(
+        labelled_run, tmp_path, capsys):
+    """helper-66's: `selfsup export RUN/checkpoints/last.ckpt RUN/export` replaced an export holding the run's
+    results with one holding none ("No evaluation results were recorded"): the results were looked up beside
+    the checkpoint file. The run's last checkpoint is the run's weights (its results go with it); another
+    checkpoint of the run is not (none go, and the note says why)."""
+    import shutil
+
+    from selfsup.artifacts.validate import read_card
+
+    run = tmp_path / "run"
+    shutil.copytree(labelled_run[0], run, ignore=shutil.ignore_patterns("eval-*"))
+    kept = read_card(run / "export")["results"]
+    assert kept
+    assert main(["export", str(run / "checkpoints" / "last.ckpt"), str(run / "export")]) == 0
+    assert read_card(run / "export")["results"] == kept
+    shutil.copy(run / "checkpoints" / "last.ckpt", run / "checkpoints" / "epoch=0.ckpt")
+    capsys.readouterr()
+    assert main(["export", str(run / "checkpoints" / "epoch=0.ckpt"), str(tmp_path / "early")]) == 0
+    assert (f"note: {run / 'results.json'} holds the numbers of {run}'s last checkpoint, not of "
+            f"{run / 'checkpoints' / 'epoch=0.ckpt'}: the export carries no results") in capsys.readouterr().out
+    assert not read_card(tmp_path / "early").get("results")

@@ -117,21 +117,28 @@ def _export(args: argparse.Namespace) -> None:
             shutil.copytree(source, out)
         export_formats(out, [f for f in formats if f != "safetensors"])
     else:
+        from selfsup.artifacts.load import run_root
+
         results = None
-        res = RunDir(source).results_json
-        pid = training_pid(source)
+        root = run_root(source)  # a run directory, or the run whose checkpoints/ holds the checkpoint given
+        last = root is not None and source.resolve() in (root.resolve(), RunDir(root).last_checkpoint.resolve())
+        res = RunDir(root).results_json if root is not None else RunDir(source).results_json
+        pid = training_pid(root) if root is not None else None
         if pid is not None:  # its last checkpoint now, results of whatever came before
-            print(f"note: {source} is being trained by {f'process {pid}' if pid else 'another process'}: this export "
+            print(f"note: {root} is being trained by {f'process {pid}' if pid else 'another process'}: this export "
                   f"holds its last checkpoint now, without results; export it again when its training has ended")
+        elif res.is_file() and not last:  # an earlier checkpoint of the run: the run's results are not its numbers
+            print(f"note: {res} holds the numbers of {root}'s last checkpoint, not of {source}: the export carries "
+                  f"no results")
         elif res.is_file():
-            rows, now = json.loads(res.read_text()), run_steps(source)
+            rows, now = json.loads(res.read_text()), run_steps(root)
             behind = results_behind(rows, now)
             if behind is None:
                 results = results_summary(rows)
             else:  # a resume trained on since (--no-eval): the card would give these weights the older ones' numbers
-                print(f"note: {res} holds the numbers of {source}'s weights {behind}, not of its weights now "
+                print(f"note: {res} holds the numbers of {root}'s weights {behind}, not of its weights now "
                       f"({now} optimiser steps): the export carries no results; for them, "
-                      f"selfsup eval {source}{baseline_options(rows)}, then export again")
+                      f"selfsup eval {root}{baseline_options(rows)}, then export again")
         out = export_encoder(source, out, results, formats)
     print(f"exported to {out}; load with selfsup.load_encoder({str(out)!r}) or timm (see {out / MODEL_CARD})")
     for fmt, rec in read_card(out)["exports"].items():
