@@ -414,7 +414,15 @@ def test_frozen_evaluation_folders_compare(tmp_path, capsys):
                                                             f"{bare / 'eval-digits-x'}")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "results.json").write_text(json.dumps({"not": "rows"}))
+    assert main(["compare", str(tmp_path / "junk")]) == 2  # helper-66's: named as a damaged results.json
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup compare: error: {tmp_path / 'junk' / 'results.json'} is not a list of result objects (edited or "
+        f"cut short?): evaluate again into a fresh folder, or restore the file")
+    (tmp_path / "junk" / "results.json").write_text(json.dumps([{"top1": 5}]))  # rows, but of nothing selfsup writes
     assert main(["compare", str(tmp_path / "junk")]) == 2
+    assert "holds rows without the label and kind" in one_line_error(capsys.readouterr().err)
+    (tmp_path / "empty").mkdir()  # no results.json at all: not an evaluation folder
+    assert main(["compare", str(tmp_path / "empty")]) == 2
     assert one_line_error(capsys.readouterr().err).endswith("give what selfsup pretrain, selfsup export or selfsup "
                                                             "eval wrote")
 
@@ -665,7 +673,7 @@ def test_a_value_where_a_number_belongs_that_is_not_a_finite_one_is_named(tmp_pa
     row = {"label": "run x", "kind": "pretrained", "knn": {"k=3,T=0.1": {"top1": 91.0}}}
     key = {"knn": 'knn["k=3,T=0.1"].top1', "linear.top1": "linear.top1", "linear.top1_std": "linear.top1_std",
            "linear_sklearn": "linear_sklearn.top1", "detection map": "map",
-           "transfer top1": "transfer[bitfit 1].top1",
+           "transfer top1": "transfer[bitfit].top1",
            "transfer trainable_pct": "transfer[bitfit].trainable_pct"}[where]
     if where == "knn":
         row["knn"]["k=3,T=0.1"]["top1"] = value
@@ -686,21 +694,68 @@ def test_a_value_where_a_number_belongs_that_is_not_a_finite_one_is_named(tmp_pa
         assert table(capsys.readouterr().out)[1][str(folder)]["linear top-1"] == "90.00"
         return
     assert main(["compare", str(folder)]) == 2
-    label = folder if where.startswith("transfer") else "run x"
+    label = "bitfit" if where.startswith("transfer") else "run x"
+    want = "a spread in [0, 100]" if where.endswith("_std") else "a share in percent >= 0" \
+        if where.endswith("trainable_pct") else "a percentage in [0, 100]"
     assert one_line_error(capsys.readouterr().err) == (
-        f"selfsup compare: error: {folder}: its result '{label}' holds {key} = {shown}, where a finite number "
-        f"belongs: its results.json was edited or cut short; evaluate it again")
+        f"selfsup compare: error: {folder / 'results.json'}: result '{label}' holds {key} = {shown}, where selfsup "
+        f"writes {want}: its results.json was edited or cut short; evaluate it again")
 
 
-def test_a_result_not_laid_out_as_selfsup_writes_is_named_not_a_traceback(tmp_path, capsys):
-    """A probe result that is not a mapping (an edited results.json): a one-line error, not a traceback."""
+@pytest.mark.parametrize("edit, key, shown, want", [
+    ({"knn": {"k=3,T=0.1": 91.0}}, 'knn["k=3,T=0.1"]', "91.0", "an object of numbers"),
+    ({"knn": None}, "knn", "null", "an object of kNN results"),
+    ({"linear": None}, "linear", "null", "an object of numbers"),
+    ({"linear": [1]}, "linear", "[1]", "an object of numbers"),
+    ({"linear_sklearn": 5}, "linear_sklearn", "5", "an object of numbers"),
+    ({"linear": {"top1": -1.0}}, "linear.top1", "-1.0", "a percentage in [0, 100]"),
+    ({"linear": {"top1": 150}}, "linear.top1", "150", "a percentage in [0, 100]"),
+    ({"linear": {"top1": 1e308}}, "linear.top1", "1e+308", "a percentage in [0, 100]"),
+    ({"linear": {"top1": 50.0, "top1_std": -3}}, "linear.top1_std", "-3", "a spread in [0, 100]"),
+    ({"linear_10pct": {"top1": 50.0, "fraction": "0.1"}}, "linear_10pct.fraction", '"0.1"',
+     "a labelled fraction in [0, 1]"),
+    ({"linear": {"top1": 50.0, "seeds": "1"}}, "linear.seeds", '"1"', "a seed count >= 1"),
+    ({"warnings": "lr diverged"}, "warnings", '"lr diverged"', "a list of warnings (text)"),
+    ({"warnings": 5}, "warnings", "5", "a list of warnings (text)"),
+    ({"knn_index": [1]}, "knn_index", "[1]", "an object describing the kNN index"),
+    ({"knn_index": {"warnings": "x"}}, "knn_index.warnings", '"x"', "a list of warnings (text)"),
+    ({"transfer": 5}, "transfer", "5", "a list of transfer results"),
+])
+def test_a_result_not_laid_out_as_selfsup_writes_is_named_not_a_traceback(tmp_path, capsys, edit, key, shown, want):
+    """helper-66's: hand-edited results.json values gave tracebacks (knn or linear null, a warnings string split
+    into one warning per letter, a text fraction), or printed as numbers no evaluation writes (-1, 150, 1e308, a
+    negative spread). Each is one line naming the file, the row, the key and the value."""
     folder = tmp_path / "x"
     folder.mkdir()
-    row = {"label": "run x", "kind": "pretrained", "knn": {"k=3,T=0.1": 91.0}}
+    row = {"label": "run x", "kind": "pretrained", "knn": {"k=3,T=0.1": {"top1": 91.0}}, **edit}
     (folder / "results.json").write_text(json.dumps([row]))
     assert main(["compare", str(folder)]) == 2
-    assert one_line_error(capsys.readouterr().err).startswith(
-        f"selfsup compare: error: {folder}: its result 'run x' is not laid out as selfsup writes results (TypeError: ")
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup compare: error: {folder / 'results.json'}: result 'run x' holds {key} = {shown}, where selfsup "
+        f"writes {want}: its results.json was edited or cut short; evaluate it again")
+
+
+@pytest.mark.parametrize("timing, key, shown", [({"seconds": "63"}, "seconds", '"63"'),
+                                                ({"epochs": -3}, "epochs", "-3"), ({"steps": 2.5}, "steps", "2.5")])
+def test_a_training_time_record_not_as_selfsup_writes_it_is_named(tmp_path, capsys, timing, key, shown):
+    """helper-66's: training_time.json with text seconds or epochs raised a traceback, and epochs -3 showed as
+    "-3" in the epochs column. Named in one line; a record cut short too."""
+    run = write_run(tmp_path / "run", [frozen_row("run run")])
+    (run / "training_time.json").write_text(json.dumps({"seconds": 9.0, "epochs": 1, "steps": 4, **timing}))
+    assert main(["compare", str(run)]) == 2
+    want = "an integer" if key == "steps" else "a number"
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup compare: error: {run / 'training_time.json'}: {key} = {shown}, where selfsup writes {want} >= 0: "
+        f"restore the file or delete it")
+    (run / "training_time.json").write_text('{"seconds": 9')
+    assert main(["compare", str(run)]) == 2
+    assert "training_time.json is not a JSON object of training times" in capsys.readouterr().err
+    (run / "training_time.json").unlink()
+    (run / "results.json").write_text('[{"label": "run run", "kind": "pre')  # a run's results.json cut short
+    assert main(["compare", str(run)]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup compare: error: {run / 'results.json'} is not readable JSON (edited or cut short?): evaluate the "
+        f"run again (selfsup eval {run}), or restore the file")
 
 
 def test_results_of_a_run_another_process_trains_now_are_warned_in_compare_and_plot(tmp_path, capsys):

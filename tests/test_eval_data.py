@@ -784,6 +784,7 @@ def test_an_export_of_the_runs_last_checkpoint_keeps_its_results_and_an_earlier_
 
     run = tmp_path / "run"
     shutil.copytree(labelled_run[0], run, ignore=shutil.ignore_patterns("eval-*"))
+    assert main(["export", str(run), str(run / "export")]) == 0  # the run's results, as the run gives them
     kept = read_card(run / "export")["results"]
     assert kept
     assert main(["export", str(run / "checkpoints" / "last.ckpt"), str(run / "export")]) == 0

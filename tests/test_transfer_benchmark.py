@@ -260,9 +260,12 @@ def test_the_header_says_when_the_test_images_are_held_out_of_the_folder(bench, 
         (flat / c).mkdir(parents=True)
     assert bench.test_split_text("image-folder", str(flat)) == (
         "test images: a seeded 20% of each class held out of the folder (it has no test/ or val/; the rest trains)")
-    for split in ("test", "val"):
+    from PIL import Image
+
+    for split in ("test", "val"):  # a test split is a test-like folder holding images (an empty one is none)
         (tmp_path / split / "train" / "a").mkdir(parents=True)
         (tmp_path / split / split / "a").mkdir(parents=True)
+        Image.new("L", (4, 4)).save(tmp_path / split / split / "a" / "0.png")
         assert bench.test_split_text("image-folder", str(tmp_path / split)) == "all test images"
     assert bench.test_split_text("fashion-mnist", None) == "all test images"
     run = {"args": {"data": "image-folder", "epochs": 1, "seeds": 1}, "test_split": bench.test_split_text(

@@ -72,10 +72,105 @@ def run_about(path: Path) -> Entry:
 
     run = RunDir(path)
     cfg = yaml.safe_load(run.config.read_text()) or {}
-    timing = json.loads(run.training_time.read_text()) if run.training_time.is_file() else {}
+    timing = read_training_time(run.training_time)
     minutes = timing["seconds"] / 60 if "seconds" in timing else None
     return Entry(str(path), (cfg.get("method") or {}).get("name"), (cfg.get("encoder") or {}).get("name"),
                  timing.get("epochs"), minutes)
+
+
+def read_training_time(path: Path) -> dict[str, Any]:
+    """A run's ``training_time.json`` (``{}`` without one), once ``seconds`` and ``epochs`` are numbers >= 0 and
+    ``steps`` an integer >= 0 where given.
+
+    Raises:
+        LoadError: (one line) the file is no JSON object, or a value is not what selfsup writes, naming it."""
+    if not path.is_file():
+        return {}
+    timing = read_json_or_none(path)
+    if not isinstance(timing, dict):
+        raise LoadError(f"{path} is not a JSON object of training times (edited or cut short?): restore it or delete "
+                        f"it (the epochs and minutes cells are then blank)")
+    for key in ("seconds", "epochs", "steps"):
+        value = timing.get(key)
+        bad = value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or
+                                     not math.isfinite(value) or value < 0 or (key == "steps" and
+                                                                               not isinstance(value, int)))
+        if bad:
+            raise LoadError(f"{path}: {key} = {json.dumps(value, default=str)}, where selfsup writes "
+                            f"{'an integer' if key == 'steps' else 'a number'} >= 0: restore the file or delete it")
+    return timing
+
+
+def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
+    """``rows`` (a results.json read from ``source``) once they are laid out as selfsup writes them: a list of
+    objects whose warnings are lists of text, whose kNN, probe, detection and transfer results hold their
+    accuracies as numbers in [0, 100] (spreads >= 0, fractions in (0, 1], seed counts >= 1) where present.
+
+    Raises:
+        LoadError: (one line) naming ``source``, the row and the key, and the value found."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise LoadError(f"{source} is not a list of result objects (edited or cut short?): evaluate again into a "
+                        f"fresh folder, or restore the file")
+    for r in rows:
+        label = r.get("label", r.get("key", ""))
+
+        def refuse(key: str, value: Any, want: str) -> None:
+            raise LoadError(f"{source}: result {label!r} holds {key} = {json.dumps(value, default=str)}, where "
+                            f"selfsup writes {want}: its results.json was edited or cut short; evaluate it again")
+
+        def number(key: str, value: Any, low: float = 0.0, high: float = 100.0, want: str = "a percentage") -> None:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or \
+                    not low <= value <= high:
+                refuse(key, value, f"{want} in [{low:g}, {high:g}]" if math.isfinite(high) else f"{want} >= {low:g}")
+
+        def result(key: str, res: Any) -> None:  # one kNN pair's, probe's or transfer fraction's numbers
+            if not isinstance(res, dict):
+                refuse(key, res, "an object of numbers")
+            for stat in ("top1", "top5"):
+                if stat in res:
+                    number(f"{key}.{stat}", res[stat])
+            if "trainable_pct" in res:  # of the plain encoder's parameters: added adapters can take it past 100
+                number(f"{key}.trainable_pct", res["trainable_pct"], 0.0, math.inf, "a share in percent")
+            for stat in ("top1_std", "top5_std"):
+                if res.get(stat) is not None:
+                    number(f"{key}.{stat}", res[stat], 0.0, 100.0, "a spread")
+            if "fraction" in res:
+                number(f"{key}.fraction", res["fraction"], 0.0, 1.0, "a labelled fraction")
+            if "seeds" in res and (isinstance(res["seeds"], bool) or not isinstance(res["seeds"], int) or
+                                   res["seeds"] < 1):
+                refuse(f"{key}.seeds", res["seeds"], "a seed count >= 1")
+            words(f"{key}.warnings", res.get("warnings"))
+
+        def words(key: str, value: Any) -> None:
+            if value is not None and (not isinstance(value, list) or not all(isinstance(w, str) for w in value)):
+                refuse(key, value, "a list of warnings (text)")
+
+        words("warnings", r.get("warnings"))
+        if "knn" in r:
+            if not isinstance(r["knn"], dict):
+                refuse("knn", r["knn"], "an object of kNN results")
+            for k, res in r["knn"].items():
+                result(f'knn["{k}"]', res)
+        for key, res in r.items():
+            if key.startswith("linear"):  # linear, linear_10pct, linear_sklearn
+                result(key, res)
+        if r.get("knn_index") is not None:
+            if not isinstance(r["knn_index"], dict):
+                refuse("knn_index", r["knn_index"], "an object describing the kNN index")
+            words("knn_index.warnings", r["knn_index"].get("warnings"))
+        if r.get("task") == DETECTION_TASK:
+            for key in ("map", "ap50", "ap75"):
+                if key in r:
+                    number(key, r[key])
+        if "protocol" in r:  # a transfer folder's row
+            if not isinstance(r["protocol"], str):
+                refuse("protocol", r["protocol"], "a protocol's name")
+            result(f"transfer[{r['protocol']}]", r)
+        if r.get("transfer") is not None:
+            if not isinstance(r["transfer"], list):
+                refuse("transfer", r["transfer"], "a list of transfer results")
+            check_rows(r["transfer"], source)
+    return rows
 
 
 def mark_stale(rows: list[dict[str, Any]], run: Path | None) -> None:
@@ -168,7 +263,11 @@ def read_run(path: Path) -> Entry:
                      if found else "")
         raise LoadError(f"{path} has no results.json of its own: run selfsup eval {path}{elsewhere}")
     entry = run_about(path)
-    entry.rows = _final_stage(json.loads(run.results_json.read_text()))
+    raw = read_json_or_none(run.results_json)
+    if raw is None:
+        raise LoadError(f"{run.results_json} is not readable JSON (edited or cut short?): evaluate the run again "
+                        f"(selfsup eval {path}), or restore the file")
+    entry.rows = _final_stage(check_rows(raw, str(run.results_json)))
     mark_stale(entry.rows, path)  # a resume with --no-eval leaves the results of the weights before it
     return entry
 
@@ -212,6 +311,7 @@ def read_transfer(folder: Path, target: str) -> Entry:
         entry = Entry("", card.get("method"), card.get("architecture"), card.get("trained_epochs"),
                       card.get("training_minutes"))
     entry.target = target
+    rows = check_rows(rows, str(RunDir(folder).results_json))
     entry.rows = [{"label": target, "kind": TRANSFER_KIND, "transfer": rows}]
     mark_stale(entry.rows, nearest_run(folder))
     return entry
@@ -234,7 +334,7 @@ def read_frozen_eval(folder: Path, target: str) -> Entry:
     ``selfsup eval RUN --out DIR``, wherever DIR is), else of the run the folder sits in, else blank. The
     evaluation of a baseline alone (``selfsup eval random:resnet18`` or ``pixels``) compares its
     rows as the target's own (:attr:`Entry.baseline_target`)."""
-    rows = _final_stage(frozen_rows(folder) or [])
+    rows = _final_stage(check_rows(frozen_rows(folder) or [], str(RunDir(folder).results_json)))
     run = nearest_run(folder)  # RUN/eval-<data>-<hash>, RUN/detection/<data>-<hash>
     evaluated = evaluated_run(rows) or run  # the run its row names (an --out folder elsewhere, or made in another run)
     entry = run_about(evaluated) if evaluated is not None else Entry("")
@@ -262,7 +362,7 @@ def read_export(path: Path) -> Entry:
              "pixels" if label.startswith("raw pixels") else "pretrained", **({"dataset": data} if data else {}), **res}
             for label, res in (card.get("results") or {}).items()]
     entry = Entry(str(path), card.get("method"), card.get("architecture"), card.get("trained_epochs"),
-                  card.get("training_minutes"), rows)
+                  card.get("training_minutes"), check_rows(rows, str(path / CARD)))
     mark_export_behind(entry, path)
     return entry
 
@@ -302,6 +402,10 @@ def read_entry(target: str | Path) -> Entry:
     if saved.is_file() and read_json_or_none(saved) is None:  # an evaluation folder whose results cannot be read
         raise LoadError(f"{saved} is not readable JSON (edited or cut short?): evaluate {target}'s encoder again "
                         f"into a fresh folder, or restore the file")
+    if saved.is_file():  # readable, but no rows selfsup writes: named as such, not as "no evaluation folder"
+        check_rows(read_json_or_none(saved), str(saved))
+        raise LoadError(f"{saved} holds rows without the label and kind (or protocol and fraction) selfsup writes "
+                        f"(edited?): evaluate {target}'s encoder again into a fresh folder, or restore the file")
     raise LoadError(f"{target} is neither a run directory (config.yaml + checkpoints/) nor an export directory "
                     f"(config.json + model.safetensors) nor an evaluation folder (results.json of selfsup eval, "
                     f"frozen or --protocol): give what selfsup pretrain, selfsup export or selfsup eval wrote")
