@@ -235,9 +235,19 @@ def test_an_export_into_another_runs_export_folder_is_refused(trained_run, tmp_p
     for source in (trained_run, trained_run / "checkpoints" / "last.ckpt"):
         assert main(["export", str(source), str(other / "export")]) == 2
         assert one_line_error(capsys.readouterr().err) == (
-            f"selfsup export: error: {other / 'export'} is run {other.resolve()}'s own export folder (compare, its "
-            f"resume and its card read it as that run's weights): give {source}'s export a folder of its own, e.g. "
+            f"selfsup export: error: {other / 'export'} is inside run {other.resolve()}, whose folders compare and its "
+            f"resume read as that run's: give {source}'s export a folder of its own, e.g. "
             f"{source.resolve().parent / (source.resolve().name + '-export')}")
+    assert main(["export", str(trained_run), str(other / "export-b")]) == 2  # any folder of another run (helper-66)
+    assert f"{other / 'export-b'} is inside run {other.resolve()}" in one_line_error(capsys.readouterr().err)
     assert {p.name: p.read_bytes() for p in (other / "export").iterdir()} == before
+    for inside in ("export/sub", "checkpoints/x", "plots/x"):  # the run's own files, for its own export too
+        assert main(["export", str(other), str(other / inside)]) == 2
+        top = inside.split("/")[0]
+        assert one_line_error(capsys.readouterr().err) == (
+            f"selfsup export: error: {other / inside} is inside {other.resolve() / top}, the run's own {top}/ folder "
+            f"(selfsup keeps the run's files there): export to {other.resolve() / 'export'} or a folder of its own, "
+            f"e.g. {other.resolve().parent / 'other-export'}")
     assert main(["export", str(other / "checkpoints" / "last.ckpt"), str(other / "export")]) == 0  # its own ckpt
+    assert main(["export", str(other), str(other / "export-v2")]) == 0  # a folder of its own in its own run
     assert main(["export", str(trained_run), str(tmp_path / "elsewhere" / "export")]) == 0  # no run there

@@ -78,6 +78,30 @@ def check_out_dir(out: Path, holds_own: Callable[[Path], bool], what: str, flag:
                           f"its files; choose a new or empty {flag}")
 
 
+def check_export_place(source: Path, out: Path) -> None:
+    """Refuse an export folder ``out`` inside a run directory that is not ``source``'s run (compare, its resume
+    and its card read what is there as that run's), or inside a run's own files (``checkpoints/``, ``logs/``,
+    ``features/``, ``plots/``, a folder inside ``export/``); ``RUN/export`` itself and other folders of the
+    source's own run are fine.
+
+    Raises:
+        ConfigError: (one line) naming the run and a place that works."""
+    from selfsup.config import ConfigError
+    from selfsup.rundir import FEATURES_DIR, LOGS_DIR, PLOTS_DIR
+
+    home = next((f for f in out.resolve().parents if RunDir(f).is_run()), None)
+    if home is None:
+        return
+    elsewhere = source.resolve().parent / (source.resolve().name + "-export")
+    if not source.resolve().is_relative_to(home):
+        raise ConfigError(f"{out} is inside run {home}, whose folders compare and its resume read as that run's: "
+                          f"give {source}'s export a folder of its own, e.g. {elsewhere}")
+    parts = out.resolve().relative_to(home).parts
+    if parts[0] in (CHECKPOINT_DIR, LOGS_DIR, FEATURES_DIR, PLOTS_DIR) or (parts[0] == EXPORT_DIR and len(parts) > 1):
+        raise ConfigError(f"{out} is inside {home / parts[0]}, the run's own {parts[0]}/ folder (selfsup keeps the "
+                          f"run's files there): export to {home / EXPORT_DIR} or a folder of its own, e.g. {elsewhere}")
+
+
 def _export(args: argparse.Namespace) -> None:
     """model.safetensors + config.json + README.md of a run's encoder, plus the files of --format."""
     import json
@@ -96,13 +120,7 @@ def _export(args: argparse.Namespace) -> None:
                                 f"checkpoint or an export directory")
     from_export = is_export_dir(source)
     same = from_export and out.exists() and source.resolve() == out.resolve()  # formats added in place
-    owner = out.resolve().parent
-    if out.resolve().name == EXPORT_DIR and RunDir(owner).is_run() and not source.resolve().is_relative_to(owner):
-        from selfsup.config import ConfigError
-
-        raise ConfigError(f"{out} is run {owner}'s own export folder (compare, its resume and its card read it "
-                              f"as that run's weights): give {source}'s export a folder of its own, e.g. "
-                              f"{source.resolve().parent / (source.resolve().name + '-export')}")
+    check_export_place(source, out)
     if not same:
         # never into a run directory or a folder of other files (its README.md, config.json); an export is replaced
         check_out_dir(out, is_export_dir, "export", "export directory")

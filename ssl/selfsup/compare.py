@@ -447,49 +447,23 @@ def check_outputs(csv_path: str | None, plot_path: str | None) -> None:
 Column = tuple[str, Any]  # (header, cell of a picked result row: row -> str)
 
 
-class NotANumber(ValueError):
-    """A result value where compare reads a number is not a finite one (its message: ``key = value``)."""
-
-
-def number_text(value: Any, key: str) -> str:
-    """``value`` with two decimals.
-
-    Raises:
-        NotANumber: ``value`` is not a finite real number (null, text, true/false, NaN, infinity: an edited or
-            cut results.json, or a failed evaluation's), naming ``key`` (where it sits in the row) and the value.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise NotANumber(f"{key} = {json.dumps(value, default=str)}")
-    return f"{value:.2f}"
-
-
-def mean_sd_cell(result: dict[str, Any], stat: str, key: str) -> str:
-    """:func:`selfsup.eval.report.mean_sd_text` of ``result[stat]`` (``key`` names ``result`` in the row) once its
-    mean and its sd (when recorded) are finite numbers (:func:`number_text` raises otherwise)."""
-    number_text(result[stat], f"{key}.{stat}")
-    if result.get(f"{stat}_std") is not None:
-        number_text(result[f"{stat}_std"], f"{key}.{stat}_std")
-    return mean_sd_text(result, stat)
-
-
 def _probe_cell(key: str, stat: str) -> Any:
     """The cell of probe result ``key``'s ``stat`` (mean ± sd over seeds; blank where the row lacks it)."""
-    return lambda r: mean_sd_cell(r[key], stat, key) if isinstance(r.get(key), dict) and stat in r[key] else ""
+    return lambda r: mean_sd_text(r[key], stat) if isinstance(r.get(key), dict) and stat in r[key] else ""
 
 
 def frozen_columns(rows: list[dict[str, Any]]) -> list[Column]:
     """The frozen-feature columns any of ``rows`` has: kNN top-1 per (k, T); linear top-1 (and top-5 beside it,
     with all labels) per labelled fraction; scikit-learn's logistic top-1 (the probe's cross-check)."""
     knn_keys = list(dict.fromkeys(k for r in rows for k in r.get("knn", {})))
-    columns: list[Column] = [(f"kNN {k}", lambda r, k=k: number_text(r["knn"][k]["top1"], f'knn["{k}"].top1')
+    columns: list[Column] = [(f"kNN {k}", lambda r, k=k: f"{r['knn'][k]['top1']:.2f}"
                               if k in r.get("knn", {}) else "") for k in knn_keys]
     for key in probe_keys(rows):
         columns.append((probe_header(key), _probe_cell(key, "top1")))
         if key == "linear" and any("top5" in (r.get("linear") or {}) for r in rows):
             columns.append(("linear top-5", _probe_cell(key, "top5")))
     if any(isinstance(r.get("linear_sklearn"), dict) for r in rows):
-        columns.append((probe_header("linear_sklearn"), lambda r: number_text(r["linear_sklearn"]["top1"],
-                                                                              "linear_sklearn.top1")
+        columns.append((probe_header("linear_sklearn"), lambda r: f"{r['linear_sklearn']['top1']:.2f}"
                         if isinstance(r.get("linear_sklearn"), dict) else ""))
     return columns
 
@@ -515,7 +489,7 @@ def detection_columns(rows: list[dict[str, Any]]) -> list[Column]:
         return []
 
     def metric(key: str) -> Any:
-        return lambda r: number_text(r[key], key) if r.get("task") == DETECTION_TASK and key in r else ""
+        return lambda r: f"{r[key]:.2f}" if r.get("task") == DETECTION_TASK and key in r else ""
 
     columns: list[Column] = [("detection mAP", metric("map")), ("detection AP50", metric("ap50")),
                              ("detection AP75", metric("ap75"))]
@@ -548,7 +522,7 @@ def transfer_columns(rows: list[dict[str, Any]]) -> list[Column]:
         for f in fractions:
             def cell(r: dict[str, Any], f: float = f, stat: str = "top1", protocol: str = protocol) -> str:
                 t = _transfer_result(r, protocol, f)
-                return mean_sd_cell(t, stat, f"transfer[{protocol} {f:g}]") if t and stat in t else ""
+                return mean_sd_text(t, stat) if t and stat in t else ""
 
             columns.append((transfer_header(protocol, f), cell))
             if f == 1.0 and any("top5" in t for t in results if t["protocol"] == protocol and t["fraction"] == 1):
@@ -556,7 +530,7 @@ def transfer_columns(rows: list[dict[str, Any]]) -> list[Column]:
 
         def pct(r: dict[str, Any], protocol: str = protocol) -> str:
             t = next((t for t in r.get("transfer", []) if t["protocol"] == protocol and "trainable_pct" in t), None)
-            return number_text(t["trainable_pct"], f"transfer[{protocol}].trainable_pct") if t else ""
+            return f"{t['trainable_pct']:.2f}" if t else ""
 
         columns.append((f"{protocol} trainable %", pct))
         differing = options_that_differ([t for t in results if t["protocol"] == protocol])
@@ -662,17 +636,12 @@ def table_rows(entries: list[Entry], baselines: bool = False) -> tuple[list[str]
 
 
 def result_cells(entry: Entry, row: dict[str, Any], columns: list[Column]) -> list[str]:
-    """The cells of ``row`` (of ``entry``) in ``columns``.
+    """The cells of ``row`` (of ``entry``) in ``columns``; the values were checked by :func:`check_rows`.
 
     Raises:
-        LoadError: (one line) a value where a number belongs is not a finite one (null, text, true/false, NaN,
-            infinity: an edited or cut results.json), naming the target, the row, the key and the value; or the
-            row's structure is not what selfsup writes (a result that is not a mapping)."""
+        LoadError: (one line) a result lacks a key a cell reads (an edited or cut results.json)."""
     try:
         return [cell(row) for _, cell in columns]
-    except NotANumber as err:
-        raise LoadError(f"{entry.target}: its result {row.get('label', '')!r} holds {err}, where a finite number "
-                        f"belongs: its results.json was edited or cut short; evaluate it again") from None
     except (TypeError, ValueError, KeyError, AttributeError) as err:
         raise LoadError(f"{entry.target}: its result {row.get('label', '')!r} is not laid out as selfsup writes "
                         f"results ({type(err).__name__}: {err}): its results.json was edited or cut short; "
