@@ -206,6 +206,9 @@ def test_a_relative_or_home_root_names_the_folder_seen_when_typed(tmp_path, monk
         load_config(None, ["method.name=simclr", "data.name=image-folder", "data.root=$NOPE_UNSET/d1"])
     assert _one_line(err) == ("data.root '$NOPE_UNSET/d1': the environment variable NOPE_UNSET is not set; set it or "
                               "give the path itself")
+    _png(tmp_path / "price$list" / "a" / "0.png")  # a folder whose name holds a $ is that folder, not a variable
+    cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", "data.root=price$list"])
+    assert cfg.data.root == str(tmp_path / "price$list")
     saved = load_config(None, ["method.name=simclr", "data.name=image-folder", "data.root=mine"])  # typed here
     other = tmp_path / "elsewhere"
     _png(other / "mine" / "x" / "0.png")  # the same relative name from another directory: another folder

@@ -86,12 +86,15 @@ class DataConfig:
         for key in ("root", "cache_dir"):
             value = getattr(self, key)
             if isinstance(value, str) and value:
-                unset = [m[0] or m[1] for m in re.findall(r"\$\{(\w+)\}|\$(\w+)", value)
-                         if (m[0] or m[1]) not in os.environ]
-                if unset:  # expandvars would keep "$NAME" as part of a path that then "does not exist"
-                    raise ConfigError(f"data.{key} {value!r}: the environment variable {unset[0]} is not set; set it "
-                                      f"or give the path itself")
-                setattr(self, key, os.path.abspath(os.path.expandvars(os.path.expanduser(value))))
+                path = os.path.expanduser(value)
+                if not os.path.exists(path):  # a folder named "a$b" is itself; else $NAME is a variable
+                    unset = [m[0] or m[1] for m in re.findall(r"\$\{(\w+)\}|\$(\w+)", path)
+                             if (m[0] or m[1]) not in os.environ]
+                    if unset:  # expandvars would keep "$NAME" as part of a path that then "does not exist"
+                        raise ConfigError(f"data.{key} {value!r}: the environment variable {unset[0]} is not set; "
+                                          f"set it or give the path itself")
+                    path = os.path.expandvars(path)
+                setattr(self, key, os.path.abspath(path))
 
 
 @dataclass
