@@ -156,7 +156,15 @@ def markdown(res: dict) -> str:
               "writing the 12,576 values per image (25.7 MB a batch) into freshly allocated rows, 6-26 ms a "
               "batch on this VM (the kernel zeroes each new page on first touch; 3.8 ms into memory already "
               "touched). numpy already advises huge pages for such arrays; an explicit `MADV_HUGEPAGE` "
-              "mapping measured the same in alternated runs, so it was not kept.", ""]
+              "mapping measured the same in alternated runs, so it was not kept.", "",
+              "2026-12-02: numpy's huge-page advice is the fault, not the cure. On this VM after a day of work "
+              "(14 GB of page cache, memory fragmented; THP defrag `madvise`), each first touch of a huge-page-"
+              "advised array can stall in the kernel's direct compaction: the same code measured 0.448 "
+              "(all stages 4.9-5.9 s a repeat against 2.1-2.7 s), and filling 368 MiB of fresh `np.empty` rows "
+              "took 0.1-1.7 s, erratically, in fresh processes, against 0.12-0.15 s into memory from torch's "
+              "allocator, which gives no such advice. Stage rows and the kNN's normalised copies now come from "
+              "torch's allocator (`selfsup.memory.empty_float32`; tests/test_layers.py checks their mappings carry "
+              "no `hg` flag in /proc/self/smaps, as numpy's do).", ""]
     lines += ["Before channels_last (one 512-image batch, 1 thread, 2026-12-01): the forward pass that yields "
               "every stage (`forward_intermediates`) and the pooling take 252 ms against 241 ms for the encoder's own "
               "forward (the stem's 14x14 -> 12x12 grid pooling is 11 ms of it); the rest is copying every stage's "

@@ -175,6 +175,26 @@ def test_nonfinite_rows_of_a_lazy_source_are_listed():
     assert knn.nonfinite_rows(Lazy(), 7).tolist() == bad
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_nonfinite_rows_are_exact_where_a_row_sum_overflows_or_cancels(dtype):
+    """Every kind of non-finite row is found and no finite one is: NaN, +inf, -inf, +inf beside -inf
+    (a sum of NaN), and finite rows whose sum overflows the dtype (or float32) are kept; checked against
+    an element-by-element reference."""
+    big = torch.finfo(dtype).max
+    x = torch.randn(40, 9, dtype=torch.float64).to(dtype)
+    x[2, 0] = float("nan")
+    x[5, 8] = float("inf")
+    x[11, 3] = -float("inf")
+    x[17, 1], x[17, 2] = float("inf"), -float("inf")
+    x[20, :] = big  # finite: its sum overflows
+    x[23, :4] = -big
+    x[31, 0], x[31, 1] = big, float("nan")
+    expected = (~x.isfinite()).any(1).nonzero().squeeze(1).tolist()
+    assert expected == [2, 5, 11, 17, 31]
+    assert knn.nonfinite_rows(x, 7).tolist() == expected
+    assert knn.nonfinite_rows(x[:, :0], 7).tolist() == []  # no columns: nothing is non-finite
+
+
 @pytest.mark.parametrize("where, labels, message", [
     ("train", [0, 1, -1, 2, 1, 0], r"1 of 6 train labels lie outside \[0, 3\) \(e.g. -1 at row 2"),
     ("train", [0, 1, 3, 2, 1, 0], r"1 of 6 train labels lie outside \[0, 3\) \(e.g. 3 at row 2"),

@@ -412,3 +412,61 @@ def test_check_layers_names_the_stages_the_encoder_has(tiny_config):
     ev.check_layers(tiny_config("eval.layers=[layer3]"), enc)
     with pytest.raises(ConfigError, match=r"'layer5'.*act1, layer1, layer2, layer3, layer4"):
         ev.check_layers(tiny_config("eval.layers=layer5"), enc)
+
+
+# 64 rows of this many float32 values: 64 MiB, above glibc's largest mmap threshold (32 MiB), so each buffer is a
+# fresh mapping (a smaller one may reuse heap memory that an earlier numpy array advised)
+WIDE = 1 << 18
+
+
+def _vm_flags(array) -> set[str]:
+    """The kernel's VmFlags of every mapping that holds part of ``array``'s bytes (/proc/self/smaps;
+    numpy advises only the 2 MiB-aligned part of its buffer, so the mapping of the first byte may not
+    carry its advice)."""
+    lo_a = array.__array_interface__["data"][0]
+    hi_a = lo_a + array.nbytes
+    flags, inside, found = set(), False, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo < hi_a and lo_a < hi
+                found |= inside
+            elif inside and head == "VmFlags:":
+                flags.update(line.split()[1:])
+    assert found, f"no mapping holds addresses {lo_a:#x}-{hi_a:#x}"
+    return flags
+
+
+def test_large_row_buffers_are_not_advised_huge_pages_as_numpy_arrays_are():
+    # numpy advises huge pages on arrays of 4 MiB or more; on a fragmented machine each first touch
+    # then stalls in the kernel's compaction (0.1-1.7 s for 368 MiB of stage rows, erratic); the
+    # buffers of stage rows and of the kNN's normalised copies come from torch's allocator instead
+    import numpy as np
+
+    from selfsup.eval.search import load_unit
+    from selfsup.memory import empty_float32
+
+    numpy_rows = np.empty((64, WIDE), np.float32)  # 64 MiB
+    ours = empty_float32(64, WIDE)
+    assert ours.dtype == np.float32 and ours.shape == (64, WIDE) and ours.flags.c_contiguous and ours.flags.writeable
+    assert "hg" in _vm_flags(numpy_rows)  # what numpy asks for: the check below can tell the two apart
+    assert "hg" not in _vm_flags(ours)
+    feats = torch.randn(64, WIDE)
+    unit = load_unit(feats)
+    assert "hg" not in _vm_flags(unit)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="dimensions must be >= 0"):
+        empty_float32(3, -1)
+
+
+def test_stage_rows_in_memory_are_not_advised_huge_pages(tmp_path):
+    from selfsup.eval.features import StageRows
+
+    rows = StageRows(tmp_path, 64, budget=1 << 30)
+    batch = {"a": torch.randn(64, WIDE)}
+    rows.append(batch)
+    got = rows.features("a")
+    assert torch.equal(got, batch["a"])
+    assert "hg" not in _vm_flags(got.numpy())

@@ -559,3 +559,51 @@ def test_a_diverged_grid_setting_is_named_in_the_probes_warnings():
                                              "(never chosen; the reported setting is the best of the others)")
     sound = linear.probe_protocol(x, y, x[:50], y[:50], 10, [0.1, 0.3], [0.0], fractions=(1.0,), seeds=1, epochs=5)
     assert not any("diverged" in w for w in sound["linear"]["warnings"])
+
+
+def test_kernel_form_heads_equal_primal_heads():
+    """The kernel (dual) form W = u W_0 + A^T X trains the same heads as the primal weights, on fewer rows
+    than dimensions (where it is chosen) and on more (where it is not), with weight decay moving u,
+    several seeds and a last batch smaller than the others."""
+    for n, dim in ((90, 300), (300, 40)):
+        x, y = noisy_linear_set(n=n, dim=dim)
+        x = linear.standardise(x)[0]
+        settings = [(0.03, 0.0), (0.3, 1e-2), (0.1, 1e-4)]
+        primal = linear._train_heads(x, y, 12, settings, 5, 256, [1, 2], form="primal")
+        kernel = linear._train_heads(x, y, 12, settings, 5, 256, [1, 2], form="kernel")
+        assert len(primal) == len(kernel) == 6
+        for a, b in zip(primal, kernel):
+            torch.testing.assert_close(b.weight, a.weight, atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(b.bias, a.bias, atol=2e-5, rtol=1e-4)
+        moved = [(h.weight - h0.weight).abs().max().item() for h, h0 in zip(primal, primal[1:])]
+        assert max(moved) > 1e-2  # the heads differ: the equality above is not of untrained heads
+    with pytest.raises(ValueError, match="form must be 'primal' or 'kernel'"):
+        linear._train_heads(x, y, 12, settings, 1, 256, 0, form="dual")
+
+
+def test_probe_form_takes_the_kernel_form_on_fewer_rows_than_dimensions():
+    """The cheaper form by multiply-adds: 600 rows of a 9,216-dim stage and 1k rows of 2048-d features go
+    kernel; 54k rows (a Gram matrix over the memory cap) and 1k rows of 512-d features stay primal."""
+    steps = 480
+    assert linear.probe_form(600, 9216, 75, steps, 120) == "kernel"
+    assert linear.probe_form(900, 2048, 113, steps, 120) == "kernel"
+    assert linear.probe_form(900, 512, 113, steps, 120) == "primal"
+    assert linear.probe_form(54_000, 9216, 1024, 3180, 120) == "primal"  # 11.7 GB of Gram matrix
+    n_cap = int((linear.KERNEL_FORM_BYTES // 4) ** 0.5)
+    assert linear.probe_form(n_cap, 10**6, 64, 10**6, 120) == "kernel"
+    assert linear.probe_form(n_cap + 1, 10**6, 64, 10**6, 120) == "primal"  # the Gram matrix over the cap
+
+
+def test_the_probe_trains_wide_small_sets_in_the_kernel_form(monkeypatch):
+    """linear_probe on 120 rows of 600-d features trains both its grid and its refit in the kernel form, and
+    scores as the primal form does."""
+    chosen = []
+    real_form = linear.probe_form
+    monkeypatch.setattr(linear, "probe_form", lambda *a: chosen.append(real_form(*a)) or chosen[-1])
+    x, y = noisy_linear_set(n=220, dim=600)
+    res = linear_probe(x[:120], y[:120], x[120:], y[120:], 12, [0.01, 0.1], [0.0, 1e-4], epochs=10)
+    assert chosen == ["kernel", "kernel"]
+    monkeypatch.setattr(linear, "probe_form", lambda *a: "primal")
+    ref = linear_probe(x[:120], y[:120], x[120:], y[120:], 12, [0.01, 0.1], [0.0, 1e-4], epochs=10)
+    assert (res["lr"], res["weight_decay"]) == (ref["lr"], ref["weight_decay"])
+    assert res["top1"] == pytest.approx(ref["top1"], abs=1.01)  # at most one of 100 test rows flips

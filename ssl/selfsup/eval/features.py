@@ -23,6 +23,7 @@ from selfsup.data.base import Subset, WithIndices
 from selfsup.data.imagefiles import FolderImages
 from selfsup.eval.layers import Stage, stage_vectors
 from selfsup.fileio import save_tensors
+from selfsup.memory import empty_float32
 
 FLOAT16_RTOL = 2.0 ** -11  # float16's unit roundoff: the relative error of rounding a normal value
 # float16 rounding of a column stays below this share of the column's standard deviation: its rounding noise
@@ -265,7 +266,7 @@ class StageRows:
                 v.float().cpu().contiguous().numpy().tofile(f)  # [B, D] at the end of the file
                 continue
             if name not in self._maps:
-                self._maps[name] = np.empty((max(1, self.max_rows), v.shape[1]), dtype=np.float32)
+                self._maps[name] = empty_float32(max(1, self.max_rows), v.shape[1])  # no huge-page stalls
             dest = torch.from_numpy(self._maps[name])[self.n:self.n + b]  # [B, D]
             if v.data_ptr() != dest.data_ptr():  # not already written there through slots()
                 dest.copy_(v.float().cpu())

@@ -98,8 +98,118 @@ def threads_for_step(macs: int) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+# bytes of the [N, N] Gram matrix the kernel form holds: above this, the probe stays in the primal form
+KERNEL_FORM_BYTES = 512 << 20
+# one elementwise pass over a float32 tensor costs about as much as this many multiply-adds of a small matmul per
+# element (2-core Xeon, 1 thread: a [900, 120] addcmul_ 50-67 us, a 113 x 900 x 120 baddbmm 340 us)
+PASS_MACS = 21
+KERNEL_MARGIN = 0.75  # the kernel form is taken only when its estimate is below this share of the primal one's
+
+
+def probe_form(n: int, dim: int, batch: int, steps: int, heads: int) -> str:
+    """``"kernel"`` when training ``heads`` stacked linear heads on ``n`` rows of ``dim`` features
+    is estimated to cost clearly less in the kernel form (:class:`KernelHeads`) than in the primal
+    one (:class:`PrimalHeads`), and its ``[n, n]`` Gram matrix fits :data:`KERNEL_FORM_BYTES`; else
+    ``"primal"``. Estimates in multiply-adds: a primal step does two ``batch x dim x heads`` matmuls
+    (logits, gradient) and three passes over the ``heads x dim`` weights (momentum, weight decay,
+    update); a kernel step one ``batch x n x heads`` matmul and three passes over the ``n x heads``
+    coefficients, after the Gram matrix (``n^2 dim``) and the heads' projections (``2 n dim heads``,
+    with the final weights). The kernel form wins on fewer rows than dimensions: the low-shot
+    probes of wide stages (600 rows of a 9,216-dim stem) and 1k-row sets of 2048-d features
+    (benchmarks/results/probe.md)."""
+    if 4 * n * n > KERNEL_FORM_BYTES:
+        return "primal"
+    primal = steps * heads * dim * (2 * batch + 3 * PASS_MACS)
+    kernel = n * n * dim + 2 * n * dim * heads + steps * heads * n * (batch + 3 * PASS_MACS)
+    return "kernel" if kernel < KERNEL_MARGIN * primal else "primal"
+
+
+class PrimalHeads:
+    """The heads' weights ``W`` ``[G, S, C, D]`` themselves (G seeds, S settings, C classes): a step's
+    logits ``x_b W^T`` and weight gradient ``delta^T x_b``."""
+
+    def __init__(self, x: Tensor, weight: Tensor) -> None:
+        self.x, self.weight = x, weight  # [N, D], [G, S, C, D]
+        self.params = [self.weight]
+        self._xb = x.new_empty(0)
+
+    def per_setting(self, v: Tensor) -> list[Tensor]:
+        """A per-setting value ``v`` ``[..., S]`` (a learning rate, a weight decay) laid out to broadcast
+        over each parameter: ``[..., 1, S, 1, 1]`` over ``W``."""
+        return [v.unsqueeze(-2)[..., None, None]]
+
+    def logits(self, idx: Tensor, bias: Tensor) -> Tensor:
+        """``idx`` ``[G * B]`` (each seed's batch), ``bias`` ``[G, S, C]`` -> ``[G, B, S * C]``."""
+        g, s, c, d = self.weight.shape
+        self._xb = self.x.index_select(0, idx).view(g, -1, d)  # [G, B, D]; twice x[idx]'s speed
+        return torch.baddbmm(bias.view(g, 1, s * c), self._xb, self.weight.view(g, s * c, d).transpose(1, 2))
+
+    def add_grads(self, bufs: list[Tensor], delta: Tensor, idx: Tensor) -> None:
+        """Add the weights' gradient ``delta^T x_b`` (``delta`` ``[G, B, S, C]``: d loss / d logits) to
+        ``bufs[0]`` ``[G, S, C, D]`` in place."""
+        g, b, s, c = delta.shape
+        bufs[0].view(g, s * c, -1).baddbmm_(delta.view(g, b, s * c).transpose(1, 2), self._xb)
+
+    def final_weight(self) -> Tensor:
+        return self.weight  # [G, S, C, D]
+
+
+class KernelHeads:
+    """The heads' weights in the kernel (dual) form: ``W = u W_0 + A^T X``, with ``W_0`` the
+    initial weights ``[G, S, C, D]``, ``u`` ``[G, S]`` one scalar per head and ``A`` ``[G, N, S * C]``
+    one coefficient per training row and head output. Every SGD step keeps this form exactly: the cross-entropy's
+    weight gradient ``delta^T x_b`` is a combination of training rows (``delta`` in the batch's
+    rows of ``A``), and weight decay and momentum are linear, so they act on ``u`` and ``A`` as on
+    ``W`` (the representer theorem, step by step). A step's logits are
+    ``u (x_b W_0^T) + (x_b X^T) A``: rows of the Gram matrix ``K = X X^T`` ``[N, N]`` and of the
+    projections ``P = X W_0^T`` ``[N, G S C]``, both computed once. The same heads as
+    :class:`PrimalHeads` up to float rounding (tests/test_linear.py), at ``batch x N`` instead of
+    ``2 batch x D`` multiply-adds per head a step (:func:`probe_form`)."""
+
+    def __init__(self, x: Tensor, weight: Tensor) -> None:
+        g, s, c, d = weight.shape
+        n = len(x)
+        self.x, self.weight0 = x, weight  # [N, D], [G, S, C, D]
+        self.gram = x @ x.T  # [N, N]
+        self.proj = (x @ weight.view(g * s * c, d).T).view(n, g, s * c).transpose(0, 1).contiguous()  # [G, N, S * C]
+        self.coef = x.new_zeros(g, n, s * c)  # [G, N, S * C]: A
+        self.scale = x.new_ones(g, s)  # [G, S]: u
+        self.params = [self.coef, self.scale]
+        self.classes = c
+        self._rows = torch.arange(g)[:, None] * n  # [G, 1]: each seed's offset in the flattened rows
+
+    def per_setting(self, v: Tensor) -> list[Tensor]:
+        """A per-setting value ``v`` ``[..., S]`` laid out to broadcast over ``A`` (``[..., 1, 1, S * C]``:
+        a contiguous last dimension, which elementwise kernels run several times faster than a
+        broadcast over the 10 classes of ``[..., S, C]``) and over ``u`` (``[..., 1, S]``)."""
+        return [v.repeat_interleave(self.classes, -1)[..., None, None, :], v.unsqueeze(-2)]
+
+    def logits(self, idx: Tensor, bias: Tensor) -> Tensor:
+        """``idx`` ``[G * B]`` (each seed's batch), ``bias`` ``[G, S, C]`` -> ``[G, B, S * C]``."""
+        g, n, sc = self.coef.shape
+        kb = self.gram.index_select(0, idx).view(g, -1, n)  # [G, B, N]: x_b X^T
+        z = torch.baddbmm(bias.view(g, 1, sc), kb, self.coef)  # [G, B, S * C]
+        rows = (idx.view(g, -1) + self._rows).view(-1)  # [G * B]: rows of each seed's projections
+        pb = self.proj.view(g * n, sc).index_select(0, rows).view(g, -1, sc)  # [G, B, S * C]: x_b W_0^T
+        return z.addcmul_(pb, self.scale.repeat_interleave(self.classes, -1)[:, None])  # + u x_b W_0^T
+
+    def add_grads(self, bufs: list[Tensor], delta: Tensor, idx: Tensor) -> None:
+        """Add ``A``'s gradient to ``bufs[0]`` ``[G, N, S * C]`` in place: ``delta`` ``[G, B, S, C]`` in the
+        batch's rows (a batch holds each row at most once); ``u``'s gradient is 0 (the loss's gradient
+        has no ``W_0`` part: only weight decay moves ``u``)."""
+        g, n, sc = self.coef.shape
+        rows = (idx.view(g, -1) + self._rows).view(-1)  # [G * B]
+        bufs[0].view(g * n, sc).index_add_(0, rows, delta.reshape(-1, sc))
+
+    def final_weight(self) -> Tensor:
+        """``u W_0 + A^T X``: ``[G, S, C, D]``."""
+        g, s = self.scale.shape
+        span = torch.matmul(self.coef.transpose(1, 2), self.x)  # [G, S * C, D]
+        return span.view(self.weight0.shape).addcmul_(self.weight0, self.scale.view(g, s, 1, 1))
+
+
 def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[float, float]],
-                 epochs: int, batch_size: int, seeds: int | Sequence[int]) -> list[nn.Linear]:
+                 epochs: int, batch_size: int, seeds: int | Sequence[int], form: str | None = None) -> list[nn.Linear]:
     """One linear head per (seed, (lr, wd) setting), trained together with SGD (momentum 0.9,
     weight decay on weight and bias, cosine schedule: ``torch.optim.SGD`` with
     ``CosineAnnealingLR``) on standardised features ``x`` [N, D], for ``epochs`` in batches of
@@ -115,55 +225,61 @@ def _train_heads(x: Tensor, y: Tensor, num_classes: int, settings: list[tuple[fl
     cross-entropy's) and the optimiser are written out, because the settings' learning rates
     and weight decays are slices of one tensor and autograd's bookkeeping cost more than the
     arithmetic on small sets; the heads' numbers equal separate heads trained by autograd and
-    ``torch.optim.SGD`` up to float rounding (tests/test_linear.py)."""
+    ``torch.optim.SGD`` up to float rounding (tests/test_linear.py). ``form``: ``"primal"``
+    (:class:`PrimalHeads`) or ``"kernel"`` (:class:`KernelHeads`, the same heads, cheaper on fewer
+    rows than dimensions); None chooses by :func:`probe_form`."""
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     n_grp, n_set, dim, c = len(seeds), len(settings), x.shape[1], num_classes
     weight = torch.stack([torch.stack([torch.empty(c, dim).normal_(0, 0.01, generator=g) for _ in settings])
                           for g in gens])  # [G, S, C, D]
     bias = torch.zeros(n_grp, n_set, c)  # [G, S, C]
-    params = [weight, bias]
     base_lr = torch.tensor([lr for lr, _ in settings], dtype=torch.float64)  # [S]
     wd = torch.tensor([w for _, w in settings])  # [S]
-    momentum = [torch.zeros_like(weight), torch.zeros_like(bias)]
     batch_size, epochs = probe_schedule(len(x), epochs, batch_size)
     steps_per_epoch = math.ceil(len(x) / batch_size)
     total = epochs * steps_per_epoch
+    form = form or probe_form(len(x), dim, batch_size, total, n_grp * n_set * c)
+    if form not in ("primal", "kernel"):
+        raise ValueError(f"form must be 'primal' or 'kernel', got {form!r}")
+    heads_form = PrimalHeads(x, weight) if form == "primal" else KernelHeads(x, weight)
+    params = heads_form.params + [bias]
     cosine = (1 + torch.cos(math.pi * torch.arange(total, dtype=torch.float64) / total)) / 2  # [T], CosineAnnealingLR's
     lrs = (cosine[:, None] * base_lr).float()  # [T, S]: every step's learning rates, computed once
-    shapes = [(1, n_set) + (1,) * (p.dim() - 2) for p in params]  # a setting's lr / wd over its head's weights
-    wds = [wd.view(shape) for shape in shapes]
+    # each parameter's lr (every step's) and wd laid out over it; the bias [G, S, C] last
+    step_lrs = heads_form.per_setting(lrs) + [lrs[:, None, :, None]]  # each [T, ...]
+    wds = heads_form.per_setting(wd) + [wd[None, :, None]]
+    momentum = [torch.zeros_like(p) for p in params]
     one_hot = F.one_hot(y, c).to(x.dtype)  # [N, C]
     step = 0
     bar = Bar(f"linear probe: {n_set} setting(s) x {n_grp} seed(s), {len(x)} rows", total, unit="step")
-    macs = n_grp * min(batch_size, len(x)) * dim * n_set * c  # one step's logits matmul
+    width = dim if form == "primal" else len(x)  # the inner size of a step's logits matmul
+    macs = n_grp * min(batch_size, len(x)) * width * n_set * c  # one step's logits matmul
     with threads_for_step(macs):  # small steps on one thread (SMALL_STEP_MACS)
         for _ in range(epochs):
             perms = torch.stack([torch.randperm(len(x), generator=g) for g in gens])  # [G, N]
             for i in range(steps_per_epoch):
                 idx = perms[:, i * batch_size:(i + 1) * batch_size].reshape(-1)  # [G * B]: each seed's own batch
                 b = len(idx) // n_grp
-                xb = x.index_select(0, idx).view(n_grp, b, dim)  # [G, B, D]; twice x[idx]'s speed
-                logits = torch.baddbmm(bias.view(n_grp, 1, n_set * c), xb,
-                                       weight.view(n_grp, n_set * c, dim).transpose(1, 2))  # [G, B, S * C]
+                logits = heads_form.logits(idx, bias)  # [G, B, S * C]
                 # gradient of the sum over heads of each head's mean cross-entropy: (softmax - one-hot) / B
                 delta = softmax_last(logits.view(n_grp, b, n_set, c), MIN_EXPONENT)  # [G, B, S, C]; no subnormals
                 delta -= one_hot.index_select(0, idx).view(n_grp, b, 1, c)  # the label's one-hot, over the settings
                 delta /= b
-                grads = [torch.bmm(delta.view(n_grp, b, n_set * c).transpose(1, 2), xb).view(n_grp, n_set, c, dim),
-                         delta.sum(1)]  # [G, S, C, D], [G, S, C]
-                for p, grad, buf, wd_p, shape in zip(params, grads, momentum, wds, shapes):
-                    d_p = torch.addcmul(grad, wd_p, p)  # SGD's grad + wd * p
-                    if step == 0:
-                        buf.copy_(d_p)
-                    else:
-                        buf.mul_(0.9).add_(d_p)
-                    p.addcmul_(lrs[step].view(shape), buf, value=-1)  # p -= lr * buf
+                # SGD with momentum as torch.optim.SGD: buf = 0.9 buf + (grad + wd * p), p -= lr * buf (buf starts
+                # at 0, so the first step's buf is its d_p); the gradients are added into the buffers in place
+                for p, buf, wd_p in zip(params, momentum, wds):
+                    buf.mul_(0.9).addcmul_(wd_p, p)
+                heads_form.add_grads(momentum, delta, idx)
+                momentum[-1].add_(delta.sum(1))  # [G, S, C]: the bias's gradient
+                for p, buf, lr_p in zip(params, momentum, step_lrs):
+                    p.addcmul_(lr_p[step], buf, value=-1)  # p -= lr * buf
                 step += 1
                 bar.update()
     bar.close()
+    weight = heads_form.final_weight()
     heads = []
-    for w, b_ in zip(weight.view(-1, c, dim), bias.view(-1, c)):  # seed-major, as documented
+    for w, b_ in zip(weight.reshape(-1, c, dim), bias.view(-1, c)):  # seed-major, as documented
         head = nn.Linear(dim, c)
         with torch.no_grad():
             head.weight.copy_(w)
@@ -207,7 +323,7 @@ def standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
     a value near 1e5 and the held-out loss of every setting into thousands of nats."""
     mean, std = train.mean(0), train.std(0)  # [D], [D]
     std = torch.where(std < CONSTANT_STD, torch.ones_like(std), std)
-    return [(t - mean) / std for t in (train, *others)]
+    return [(t - mean).div_(std) for t in (train, *others)]  # one fresh [N, D] each
 
 
 def select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: list[float], wds: list[float],

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from selfsup.memory import empty_float32
 from selfsup.progress import progress
 
 EXACT_MAX = 2_000_000  # auto: exact search up to this many train rows
@@ -199,7 +200,7 @@ def unit_chunks(source: Features, chunk_rows: int) -> Iterator[tuple[int, np.nda
 
 def load_unit(source: Features, chunk_rows: int = 65_536) -> np.ndarray:
     """All rows, normalised, as one float32 array ``[N, D]`` (for the queries)."""
-    out = np.empty(tuple(source.shape), dtype=np.float32)  # [N, D]
+    out = empty_float32(*source.shape)  # [N, D]
     for start, chunk in unit_chunks(source, chunk_rows):
         out[start:start + len(chunk)] = chunk
     return out
@@ -210,7 +211,7 @@ def sample_unit_rows(source: Features, n: int, seed: int, chunk_rows: int) -> np
     total = source.shape[0]
     g = torch.Generator().manual_seed(seed)
     picked = torch.randperm(total, generator=g)[:n].sort().values.numpy()  # [n]
-    out = np.empty((len(picked), source.shape[1]), dtype=np.float32)
+    out = empty_float32(len(picked), source.shape[1])  # [n, D]
     filled = 0
     for start, stop in chunk_bounds(total, chunk_rows):
         lo, hi = np.searchsorted(picked, [start, stop])
