@@ -101,8 +101,9 @@ def threads_for_step(macs: int) -> Iterator[int]:
 # bytes of the [N, N] Gram matrix the kernel form holds: above this, the probe stays in the primal form
 KERNEL_FORM_BYTES = 512 << 20
 # one elementwise pass over a float32 tensor costs about as much as this many multiply-adds of a small matmul per
-# element (2-core Xeon, 1 thread: a [900, 120] addcmul_ 50-67 us, a 113 x 900 x 120 baddbmm 340 us)
-PASS_MACS = 21
+# element (2-core Xeon, 1 thread: a [900, 120] addcmul_ with a per-column factor about 15 us, a 113 x 900 x 120
+# baddbmm about 210 us)
+PASS_MACS = 8
 KERNEL_MARGIN = 0.75  # the kernel form is taken only when its estimate is below this share of the primal one's
 
 
