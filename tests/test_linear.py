@@ -317,6 +317,24 @@ def test_one_probe_seed_shows_no_spread_it_did_not_measure():
     assert f"95.50 ± {statistics.stdev([95.0, 96.0]):.2f}" in two and "sample standard deviation over 2" in two
 
 
+def test_top5_with_five_classes_or_fewer_is_said_to_be_100_by_construction():
+    """With 5 classes or fewer a top-5 prediction names every class, so the probe's top-5 is 100 whatever the
+    features: results.md says so beside the number; with 6 classes it says nothing."""
+    from selfsup.eval.report import markdown_table
+
+    x, y = noisy_linear_set(classes=3, n=260, dim=6)
+    res = linear_probe(x[:200], y[:200], x[200:], y[200:], 3, [0.1], [0.0], epochs=2)
+    assert res["top5"] == 100.0 and res["top1"] < 100.0  # the case the note is for
+
+    def table(classes):
+        row = {"label": "run x", "kind": "pretrained", "dataset": "toy", "num_classes": classes, "train_images": 200,
+               "test_images": 60, "seed": 0, "knn": {}, "linear": linear.summarise([{**res, "lr": 0.1}])}
+        return markdown_table([row])
+
+    assert "With 3 classes a top-5 prediction holds every class: top-5 is 100 by construction" in table(3)
+    assert "by construction" not in table(6)
+
+
 def test_every_table_shows_one_seed_as_the_mean_alone():
     """The sibling tables had their own `mean ± sd` (the export's model card, the transfer benchmark's
     cells) and printed `± 0.00` for one seed; all three use selfsup.eval.report.mean_sd_text now."""

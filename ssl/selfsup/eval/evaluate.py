@@ -148,7 +148,7 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
     classes = train_ds.num_classes
     results: dict[str, Any] = {"target": spec, "label": target.label, "kind": target.kind, **(about or {})}
     results.update({
-        "dataset": cfg.data.name,
+        "dataset": cfg.data.name, "num_classes": classes,
         "data_root": cfg.data.root, "train_images": len(ytr), "test_images": len(yte),
         "train_unlabeled_left_out": p.unlabeled_left_out, "feature_dim": lazy_tr.shape[1],
         # the side the encoder saw (px) and the data's: a trained encoder sees its training size

@@ -179,6 +179,10 @@ def markdown_table(rows: list[dict[str, Any]], extra_notes: Sequence[str] = ()) 
                 if any(r.get("kind") == "pretrained" for r in rows) else "no trained weights (baselines only)")
              + ", no epoch picked on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
              "is never counted as predicted, in top-5 too." + (" " + probe_choice_note(rows) if probes else "")]
+    few = sorted({r["num_classes"] for r in rows if 0 < r.get("num_classes", 6) <= 5})
+    if few and probes:
+        notes.append(f"With {' or '.join(map(str, few))} classes a top-5 prediction holds every class: top-5 is 100 "
+                     f"by construction there and says nothing about the features.")
     if any(r.get("knn_index") for r in rows):
         notes.append(knn_index_note(rows))
     lin = next((r["linear"] for r in rows if "linear" in r), None)
