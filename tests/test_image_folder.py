@@ -138,7 +138,13 @@ def test_a_class_named_like_a_split_beside_other_classes_is_refused_not_trained_
     assert _one_line(err) == (
         f"image folder {str(tmp_path)!r} has the split folder Train/ beside 'bus/', 'car/' holding images, which "
         f"would not be read: is Train/ a class named like a split? Put every class folder under Train/ (test images "
-        f"under test/), or rename the class folder")
+        f"under test/), or set data.splits=flat to read every subfolder as a class")
+    flat = _cfg(tmp_path, splits="flat")  # the fix the message names: Train/ is a class like the others
+    train, test = build_dataset(flat, "train"), build_dataset(flat, "test")
+    assert train.class_names == test.class_names == ("Train", "bus", "car")
+    assert len(train) + len(test) == 6 and len(test) == 3  # one of each class's 2 images held out
+    for ds in (train, test):
+        assert ds.labels.tolist() == [_class_of(f, ("Train", "bus", "car")) for f in ds.files]
     for cls in ("car", "bus"):
         shutil.rmtree(tmp_path / cls)
     _png(tmp_path / "stray.png")  # a loose image beside the split: not read either
@@ -151,6 +157,25 @@ def test_a_class_named_like_a_split_beside_other_classes_is_refused_not_trained_
         (tmp_path / "Train" / f"{i}.png").unlink()
         _png(tmp_path / "Train" / "x" / f"{i}.png")
     assert build_dataset(_cfg(tmp_path), "train").class_names == ("x",)
+
+
+def test_flat_splits_read_train_and_test_folders_as_classes(tmp_path):
+    """data.splits=flat: a folder whose classes are named train/ and test/ is read as two classes split by
+    holdout_fraction, where the default reads them as the splits of unlabeled images; another value is refused."""
+    for cls, colour in (("train", "a"), ("test", "b")):
+        for i in range(5):
+            _png(tmp_path / cls / f"{cls}{i}.png", COLOURS[colour])
+    auto = build_dataset(_cfg(tmp_path), "train")  # auto: train/ and test/ are splits of unlabeled images
+    assert auto.class_names == () and len(auto) == 5 and set(auto.labels.tolist()) == {-1}
+    train, test = build_dataset(_cfg(tmp_path, splits="flat"), "train"), build_dataset(_cfg(tmp_path, splits="flat"),
+                                                                                      "test")
+    assert train.class_names == ("test", "train") and len(train) == 8 and len(test) == 2
+    assert sorted(Path(f).parent.name for f in test.files) == ["test", "train"]
+    with pytest.raises(DataError, match="data.splits must be 'auto' or 'flat', got 'both'"):
+        from selfsup.data.folders import folder_split
+        folder_split(tmp_path, "train", splits="both")
+    with pytest.raises(ConfigError, match="splits"):
+        load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={tmp_path}", "data.splits=both"])
 
 
 def test_test_like_names_are_classes_without_a_train_folder_and_an_empty_test_folder_is_no_split(tmp_path):

@@ -56,6 +56,8 @@ class DataConfig:
     for any listing order, and does not depend on the run's ``seed`` (runs with different
     seeds are scored on the same images). ``holdout_fraction: 0`` trains on every image
     and leaves no test split. An unlabeled folder is never split (it has nothing to score).
+    ``splits: flat`` reads every subfolder of ``root`` as a class, even one named like a split
+    (``car/ bus/ train/``: Pascal VOC has a class "train"), and holds out ``holdout_fraction``.
     """
 
     name: str = param("fashion-mnist", help="dataset name (selfsup list shows them)")
@@ -75,6 +77,9 @@ class DataConfig:
     holdout_fraction: float = param(0.2, ge=0, lt=1, help="image folders without test/ or val/: share of each "
                                     "class held out (seeded, stratified) as the test split; 0: none")
     holdout_seed: int = param(0, ge=0, help="seed of that held-out split (independent of the run's seed)")
+    splits: Literal["auto", "flat"] = param("auto", help="image folders: auto: train/ and test/ (val/, ...) "
+                                            "subfolders are the splits; flat: every subfolder is a class (a class "
+                                            "named train/), the test split held out by holdout_fraction")
 
     def __post_init__(self) -> None:
         if self.in_chans not in (None, 1, 3):  # images are decoded as grayscale or RGB, nothing else

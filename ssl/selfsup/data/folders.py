@@ -176,10 +176,11 @@ def warn_unread(scan: FolderScan) -> None:
                   stacklevel=3)
 
 
-def test_folder(root: str | Path) -> str | None:
+def test_folder(root: str | Path, splits: str = "auto") -> str | None:
     """The image folder's test split (:data:`TEST_NAMES`: ``test/``, else ``val/``, ...), or None when it
-    has none and its test images are a seeded share of each class held out (``data.holdout_fraction``)."""
-    return _split_dirs(Path(root))[1]
+    has none (or ``splits`` is ``"flat"``) and its test images are a seeded share of each class held out
+    (``data.holdout_fraction``)."""
+    return _split_dirs(Path(root), splits)[1]
 
 
 TRAIN_NAMES = ("train", "training")  # a root's subfolder of training images, in any case (Train/, TRAIN/)
@@ -227,10 +228,11 @@ def _holds_image(folder: str) -> bool:
     return False
 
 
-def _split_dirs(root: Path) -> tuple[str, str | None]:
+def _split_dirs(root: Path, splits: str = "auto") -> tuple[str, str | None]:
     """(training folder, test folder or None) of an image-folder root: its split subfolders when present
     (:data:`TRAIN_NAMES`, :data:`TEST_NAMES`, in any case: ``Train/`` and ``Test/`` are splits, not two
-    classes named after them), else the root and no test folder.
+    classes named after them), else the root and no test folder. ``splits="flat"`` (``data.splits``): the
+    root and no test folder whatever its subfolders are named (a class named ``train/``).
 
     With several test-like folders holding images (``train/ val/ test/``) the first in :data:`TEST_NAMES`'
     order is the test split (``test/``); the others are not read; an empty one is no split. Without a
@@ -240,12 +242,17 @@ def _split_dirs(root: Path) -> tuple[str, str | None]:
     Raises:
         DataError: ``test/`` or ``val/`` without a training folder; a training folder beside other
             folders or loose files holding images, which would not be read (a class named like a split:
-            ``car/ bus/ Train/``); one split in two cases (:func:`_root_entries`).
+            ``car/ bus/ Train/``); one split in two cases (:func:`_root_entries`); ``splits`` neither
+            ``"auto"`` nor ``"flat"``.
     """
-    splits, others, loose = _root_entries(root)
-    train = next((splits[name] for name in TRAIN_NAMES if name in splits), None)
+    if splits not in ("auto", "flat"):
+        raise DataError(f"data.splits must be 'auto' or 'flat', got {splits!r}")
+    if splits == "flat":
+        return str(root), None
+    named, others, loose = _root_entries(root)
+    train = next((named[name] for name in TRAIN_NAMES if name in named), None)
     if train is None:
-        lone = next((splits[name] for name in ("test", "val") if name in splits), None)
+        lone = next((named[name] for name in ("test", "val") if name in named), None)
         if lone is not None:
             sub = os.path.basename(lone)
             raise DataError(f"image folder {str(root)!r} has a {sub}/ subfolder but no train/; put the training "
@@ -256,8 +263,8 @@ def _split_dirs(root: Path) -> tuple[str, str | None]:
         raise DataError(f"image folder {str(root)!r} has the split folder {os.path.basename(train)}/ beside "
                         f"{_few(beside)} holding images, which would not be read: is {os.path.basename(train)}/ a "
                         f"class named like a split? Put every class folder under {os.path.basename(train)}/ (test "
-                        f"images under test/), or rename the class folder")
-    test = next((splits[name] for name in TEST_NAMES if name in splits and _holds_image(splits[name])), None)
+                        f"images under test/), or set data.splits=flat to read every subfolder as a class")
+    test = next((named[name] for name in TEST_NAMES if name in named and _holds_image(named[name])), None)
     return train, test
 
 
@@ -287,20 +294,20 @@ def holdout_split(classes: dict[str, list[str]], folder: str, fraction: float,
 
 
 def folder_split(root: Path, split: str, fraction: float = 0.2,
-                 seed: int = 0) -> tuple[list[str], list[int], list[str]]:
+                 seed: int = 0, splits: str = "auto") -> tuple[list[str], list[int], list[str]]:
     """(files, labels, class names) of ``split`` ("train" or "test") of an image folder.
 
     Class numbers are the sorted class-folder names of the training folder, the same for
     both splits. Without ``test/`` or ``val/`` a labelled folder is split by
     :func:`holdout_split` (``fraction`` 0: all images train, no test split). Labels are -1
-    and the class list empty for an unlabeled (flat) folder.
+    and the class list empty for an unlabeled (flat) folder. ``splits``: as :func:`_split_dirs`'s.
 
     Raises DataError for: a test split that cannot exist (unlabeled folder without test/,
     ``fraction`` 0); a test class the training folder lacks; a training class folder with
     no images; loose images beside class folders; one file in two classes or in both
     splits; no images at all.
     """
-    train_dir, test_dir = _split_dirs(root)
+    train_dir, test_dir = _split_dirs(root, splits)
     train = scan_folder(train_dir)
     warn_unread(train)
     if not train.classes:
@@ -398,7 +405,7 @@ def image_folder(cfg: DataConfig, split: str) -> ImageDataset:
                         f"(class subfolders, or train/ and test/)")
     if not root.is_dir():
         raise DataError(f"image folder {str(root)!r} does not exist")
-    files, labels, names = folder_split(root, split, cfg.holdout_fraction, cfg.holdout_seed)
+    files, labels, names = folder_split(root, split, cfg.holdout_fraction, cfg.holdout_seed, cfg.splits)
     ds = FolderImages(files, labels, len(names), cfg.image_size or 224, cfg.in_chans or 3, cfg.on_bad_file,
                       tuple(names))
     if cfg.cache == "uint8":

@@ -98,7 +98,8 @@ def data_key(cfg: RunConfig, split: str, ds: ImageDataset, info: DataInfo) -> st
 
 
 # the data.* keys that decide which images and labels an evaluation sees
-DATA_IDENTITY = ("name", "root", "image_size", "in_chans", "subset", "holdout_fraction", "holdout_seed")
+DATA_IDENTITY = ("name", "root", "image_size", "in_chans", "subset", "holdout_fraction", "holdout_seed",
+                 "splits")
 
 
 def data_identity(cfg: RunConfig) -> dict[str, Any]:
