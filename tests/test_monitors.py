@@ -70,6 +70,19 @@ def test_monitors_refuse_bad_embeddings():
         alignment(torch.ones(4, 3), torch.ones(5, 3))
 
 
+def test_collapse_warning_measures_against_the_rank_the_rows_can_reach():
+    """RankMe of N embeddings is at most N: 30 test images of a 4,096-d stage (RankMe 21.9, helper-69's) were
+    called collapsed against 1% of 4,096; against the 30 they can reach they are not, while 1.2 still is. The
+    reach is checked against numpy: the rank of 30 random 4,096-d rows is 30."""
+    z = torch.randn(30, 4096, generator=torch.Generator().manual_seed(0))
+    assert np.linalg.matrix_rank(z.numpy()) == 30 and rankme(z) <= 30
+    assert "collapsed" in collapse_warning(21.9, 4096)  # without the rows: the old verdict
+    assert collapse_warning(21.9, 4096, rows=30) is None
+    assert "RankMe 1.20 of the 30 that 30 embeddings of 4096 dimensions can reach (below 1.5" in collapse_warning(
+        1.2, 4096, rows=30)
+    assert "RankMe 10.00 of 2048 dimensions (below 1%)" in collapse_warning(10.0, 2048, rows=5000)  # rows beyond D
+
+
 def test_collapse_warning_below_one_percent_of_the_width():
     assert "collapsed" in collapse_warning(2.0, 2048)  # < 20.48
     assert collapse_warning(30.0, 2048) is None
@@ -97,7 +110,8 @@ def test_pretraining_logs_the_monitors_and_restores_train_mode(tmp_path, monkeyp
     # callback's `log` attribute with the LightningModule's, which once crashed the run here)
     import selfsup.train.monitors as monitors
 
-    monkeypatch.setattr(monitors, "collapse_warning", lambda rank, width: f"RankMe {rank:.1f} of {width} (forced)")
+    monkeypatch.setattr(monitors, "collapse_warning",
+                        lambda rank, width, rows=None: f"RankMe {rank:.1f} of {width} (forced)")
     lines: list[str] = []
     run = pretrain(cfg, run_dir=tmp_path / "run", log=lines.append)
     warned = [line for line in lines if line.startswith("[monitor] step ")]

@@ -83,12 +83,18 @@ def relative_spread(z: Tensor) -> float:
     return 0.0 if size == 0.0 else float(x.var(0, unbiased=False).sum()) / size
 
 
-def collapse_warning(rank: float, dim: int, fraction: float = COLLAPSE_FRACTION) -> str | None:
-    """A one-line warning when RankMe ``rank`` is below ``fraction`` of the width ``dim``, or
-    below 1.5 (hardly more than one direction) whatever the width; None otherwise."""
-    if dim > 1 and rank < max(fraction * dim, 1.5):
-        below = f"below {fraction:.0%}" if fraction * dim >= 1.5 else "below 1.5, hardly more than one direction"
-        return (f"RankMe {rank:.2f} of {dim} dimensions ({below}): the embeddings have collapsed "
+def collapse_warning(rank: float, dim: int, fraction: float = COLLAPSE_FRACTION,
+                     rows: int | None = None) -> str | None:
+    """A one-line warning when RankMe ``rank`` is below ``fraction`` of the largest rank the matrix can have,
+    ``min(rows, dim)`` (``rows``: the embeddings it was measured on; None: ``dim`` alone), or below 1.5 (hardly
+    more than one direction) whatever the width; None otherwise. RankMe of ``rows`` embeddings is at most
+    ``rows``: 30 test images of a 4,096-d stage cannot reach 1% of 4,096, and were called collapsed."""
+    reach = dim if rows is None else min(rows, dim)
+    if reach > 1 and rank < max(fraction * reach, 1.5):
+        below = f"below {fraction:.0%}" if fraction * reach >= 1.5 else "below 1.5, hardly more than one direction"
+        of = (f"{dim} dimensions" if reach == dim
+              else f"the {reach} that {rows} embeddings of {dim} dimensions can reach")
+        return (f"RankMe {rank:.2f} of {of} ({below}): the embeddings have collapsed "
                 f"onto a few directions; lower the learning rate, check the augmentation, or raise the "
                 f"temperature / weight decay")
     return None

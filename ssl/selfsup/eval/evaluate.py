@@ -111,7 +111,7 @@ def feature_warnings(sample: Tensor, signals: dict[str, Any], kind: str, stage: 
         readable = int((sample.std(0) >= CONSTANT_STD).sum())
         return [said + ("; so are the probes: no feature varies by 1e-06 across images" if readable == 0 else
                         f"; the linear probe standardises each feature and reads the {readable} of {dim} that vary")]
-    collapsed = collapse_warning(signals["rankme"], dim) if kind == "pretrained" else None
+    collapsed = collapse_warning(signals["rankme"], dim, rows=len(sample)) if kind == "pretrained" else None
     return [f"the test features{where}: {collapsed}"] if collapsed else []
 
 

@@ -56,7 +56,7 @@ class LabelFreeMonitor(L.Callback):
         if trainer.is_global_zero:  # straight to the loggers: self.log would thin them to log_every_n_steps
             for logger in trainer.loggers:
                 logger.log_metrics({f"monitor/{k}": v for k, v in signals.items()}, step=trainer.global_step)
-        warning = collapse_warning(signals["rankme"], pl_module.method.num_features)
+        warning = collapse_warning(signals["rankme"], pl_module.method.num_features, rows=self.held.shape[0])
         if warning and not self.warned and trainer.is_global_zero:
             self.warned = True
             self.say(f"[monitor] step {trainer.global_step}: {warning}")
