@@ -334,7 +334,8 @@ def test_one_class_needs_two_classes_before_any_work(tmp_path, capsys):
 
 def test_a_low_shot_column_on_few_images_says_what_it_trained_on(tmp_path):
     """4 classes x 8 training images at 5%: one image per class makes 4 images (12.5%), and the
-    2 x 2 grid is chosen on 1 held-out image; results.md carries both warnings, logged too."""
+    2 x 2 grid is chosen on 1 held-out image, and 4 images are too few to standardise by; results.md carries
+    the warnings, logged too."""
     logs = []
     cfg = eval_cfg(toy_folder(tmp_path / "four", classes=4), "eval.linear=true", "eval.low_shot=[0.05]",
                    "eval.linear_lrs=[0.1, 0.3]", "eval.linear_wds=[0.0, 0.0001]", "eval.probe_seeds=1",
@@ -347,10 +348,14 @@ def test_a_low_shot_column_on_few_images_says_what_it_trained_on(tmp_path):
         "the linear probe at 5% labels trains on 4 of 32 images (12.5%): a class-balanced subset keeps at least one "
         "image per class",
         "the linear probe at 5% labels chose among 4 tried settings on 1 held-out image(s), fewer than the 4 classes, so "
-        "the choice is close to arbitrary; use more labelled images or a single setting"]
+        "the choice is close to arbitrary; use more labelled images or a single setting",
+        "the linear probe at 5% labels trains on 4 images, fewer than 16: too few to measure each feature's spread "
+        "(from a handful of images some features are near-constant by chance, and standardising multiplied them on "
+        "other images by up to 1e4), so it is standardised with the whole training split's mean and std (no labels "
+        "used)"]
     table = markdown_table([row])
     assert all(f"**Warning** (raw pixels): {w}" in table for w in row["warnings"])
-    assert sum("warning (raw pixels)" in m for m in logs) == 3
+    assert sum("warning (raw pixels)" in m for m in logs) == 4
 
 
 # --------------------------------------------------------------------------- the README's own-folder workflow

@@ -1,7 +1,6 @@
 """faiss weighted kNN against a naive reference: neighbours by numpy, votes summed exactly
 (``decimal``) in a python loop; what is refused (NaN/inf rows, bad labels) and what is warned."""
 
-import math
 from decimal import Decimal, localcontext
 
 import numpy as np
@@ -193,6 +192,12 @@ def test_nonfinite_rows_are_exact_where_a_row_sum_overflows_or_cancels(dtype):
     assert expected == [2, 5, 11, 17, 31]
     assert knn.nonfinite_rows(x, 7).tolist() == expected
     assert knn.nonfinite_rows(x[:, :0], 7).tolist() == []  # no columns: nothing is non-finite
+
+
+def test_nonfinite_rows_of_complex_features_see_the_imaginary_part():
+    z = torch.tensor([[1 + 0j, complex(2, float("nan"))], [1 + 0j, 2 + 0j], [complex(float("inf"), 0), 0j]],
+                     dtype=torch.complex64)
+    assert knn.nonfinite_rows(z).tolist() == [0, 2]
 
 
 @pytest.mark.parametrize("where, labels, message", [

@@ -457,8 +457,10 @@ def test_large_row_buffers_are_not_advised_huge_pages_as_numpy_arrays_are():
     unit = load_unit(feats)
     assert "hg" not in _vm_flags(unit)
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-5)
-    with pytest.raises(ValueError, match="dimensions must be >= 0"):
-        empty_float32(3, -1)
+    for bad in ((3, -1), (2, 3.5), (True, 2)):
+        with pytest.raises(ValueError, match="dimensions must be whole numbers >= 0"):
+            empty_float32(*bad)
+    assert empty_float32(2, 3.0).shape == (2, 3)
 
 
 def test_stage_rows_in_memory_are_not_advised_huge_pages(tmp_path):
@@ -470,3 +472,25 @@ def test_stage_rows_in_memory_are_not_advised_huge_pages(tmp_path):
     got = rows.features("a")
     assert torch.equal(got, batch["a"])
     assert "hg" not in _vm_flags(got.numpy())
+
+
+def test_layerwise_warnings_name_their_stages():
+    """helper-69's: results.md showed each layer-wise warning as the target's, without its stage (26 stage warnings
+    became 12 bullets, none saying which stage's probe diverged). Each warning names the stages it came from, once
+    per target; one that every stage of the target has says so."""
+    from selfsup.eval.report import markdown_table
+
+    def row(label, layer, warnings):
+        return {"label": label, "kind": "pretrained", "layer": layer, "pooling": "grid", "feature_dim": 8,
+                "dataset": "toy", "train_images": 10, "test_images": 5, "seed": 0,
+                "knn": {"k=5,T=0.07": {"top1": 50.0}}, "warnings": warnings}
+
+    data = "3 unreadable images were left out"
+    rows = [row("run a", "act1", [data, "lr 0.3 diverged at 1% labels"]), row("run a", "layer1", [data]),
+            row("run a", "layer2", [data, "lr 0.3 diverged at 1% labels", "k beyond the smallest class"]),
+            row("random-init resnet18", "act1", [data]), row("random-init resnet18", "layer1", [])]
+    notes = [line for line in markdown_table(rows).splitlines() if line.startswith("- **Warning**")]
+    assert notes == [f"- **Warning** (run a, every stage): {data}",
+                     "- **Warning** (run a, stages act1, layer2): lr 0.3 diverged at 1% labels",
+                     "- **Warning** (run a, stage layer2): k beyond the smallest class",
+                     f"- **Warning** (random-init resnet18, stage act1): {data}"]

@@ -7,6 +7,7 @@ import statistics
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import selfsup.eval.linear as linear
 from selfsup.config import ConfigError
@@ -317,6 +318,41 @@ def test_one_probe_seed_shows_no_spread_it_did_not_measure():
     assert f"95.50 ± {statistics.stdev([95.0, 96.0]):.2f}" in two and "sample standard deviation over 2" in two
 
 
+def test_a_tiny_low_shot_subset_is_standardised_with_the_whole_splits_statistics():
+    """helper-69's: a 1% subset of 3 images (one per class) whose feature 0 is 0.010788 and 0.010834 on the two
+    images it fits on (std 3e-5) but ~N(0, 1) elsewhere: standardised by its own std, the held-out image's value
+    became about 1e4 and every setting was judged diverged, aborting the whole evaluation. A subset under
+    MIN_STAT_ROWS images is standardised with the whole split's mean and std (label-free), says so, and scores
+    as a probe standardised that way by hand."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(330, 8, generator=g), torch.arange(330) % 3
+    x[:300] += 3 * F.one_hot(y[:300], 8)[:, :8].float()  # learnable: class c lifts feature c
+    idx = linear.class_balanced_subset(y[:300], 0.01, 0)
+    assert len(idx) == 3
+    x[idx, 0] = torch.tensor([0.010788, 0.010834, 0.010811])  # near-constant on the subset only
+    train, test = x[:300], x[300:]
+    own = linear.standardise(train[idx], test)[1]
+    assert own[:, 0].abs().max() > 1e3  # what the subset's own statistics did to the other images
+    res = probe_protocol(train, y[:300], test, y[300:], 3, [0.01, 0.1], [0.0], fractions=(0.01,), seeds=1,
+                         epochs=5)
+    got = res["linear_1pct"]
+    assert any("fewer than 16" in w and "whole training split's mean and std" in w for w in got["warnings"])
+    stats = linear.column_stats(train)
+    ref = linear._linear_probe(train[idx], y[idx], test, y[300:], 3, [0.01, 0.1], [0.0], 5, 1024, 0.1, 0, stats)
+    assert got["top1"] == pytest.approx(ref["top1"]) and (got["lr"], got["weight_decay"]) == ([ref["lr"]], [0.0])
+    full = probe_protocol(train, y[:300], test, y[300:], 3, [0.1], [0.0], fractions=(1.0, 0.1), seeds=1, epochs=2)
+    assert not any("fewer than" in w for r in full.values() for w in r["warnings"])  # 30 images: their own stats
+
+
+def test_column_stats_equal_numpy_on_float16_rows():
+    x = (torch.randn(3000, 7, generator=torch.Generator().manual_seed(1)) * 50 + 1000).half()
+    mean, std = linear.column_stats(x, chunk_rows=256)
+    ref = x.double().numpy()
+    assert np.allclose(mean.numpy(), ref.mean(0), rtol=1e-6) and np.allclose(std.numpy(), ref.std(0, ddof=1), rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 rows, got 1"):
+        linear.column_stats(x[:1])
+
+
 def test_top5_with_five_classes_or_fewer_is_said_to_be_100_by_construction():
     """With 5 classes or fewer a top-5 prediction names every class, so the probe's top-5 is 100 whatever the
     features: results.md says so beside the number; with 6 classes it says nothing."""
@@ -607,9 +643,12 @@ def test_probe_form_takes_the_kernel_form_on_fewer_rows_than_dimensions():
     assert linear.probe_form(900, 2048, 113, steps, 120) == "kernel"
     assert linear.probe_form(900, 512, 113, steps, 120) == "primal"
     assert linear.probe_form(54_000, 9216, 1024, 3180, 120) == "primal"  # 11.7 GB of Gram matrix
-    n_cap = int((linear.KERNEL_FORM_BYTES // 4) ** 0.5)
+    # helper-68's: 1,000 classes x 12 settings on 11k rows: the Gram matrix fits, the [N, heads] state does not
+    assert linear.probe_form(11_000, 9216, 1024, 660, 12_000) == "primal"
+    n_cap = (math.isqrt(360**2 + linear.KERNEL_FORM_BYTES) - 360) // 2  # the largest n with 4 (n^2 + 360 n) <= cap
+    assert 4 * (n_cap**2 + 360 * n_cap) <= linear.KERNEL_FORM_BYTES < 4 * ((n_cap + 1)**2 + 360 * (n_cap + 1))
     assert linear.probe_form(n_cap, 10**6, 64, 10**6, 120) == "kernel"
-    assert linear.probe_form(n_cap + 1, 10**6, 64, 10**6, 120) == "primal"  # the Gram matrix over the cap
+    assert linear.probe_form(n_cap + 1, 10**6, 64, 10**6, 120) == "primal"  # the kernel form's state over the cap
 
 
 def test_the_probe_trains_wide_small_sets_in_the_kernel_form(monkeypatch):

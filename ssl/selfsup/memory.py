@@ -18,8 +18,8 @@ import torch
 def empty_float32(*shape: int) -> np.ndarray:
     """An uninitialised, writable, C-contiguous float32 array of ``shape``, allocated by torch
     (no huge-page advice, see the module docstring); ``torch.from_numpy`` of it shares its
-    memory. Raises ValueError for a negative dimension and RuntimeError when the memory cannot be
+    memory. Raises ValueError for a negative or fractional dimension and RuntimeError when the memory cannot be
     allocated (torch's error, which names the bytes asked for)."""
-    if any(int(s) < 0 for s in shape):
-        raise ValueError(f"a buffer's dimensions must be >= 0, got {list(shape)}")
+    if any(isinstance(s, bool) or int(s) != s or s < 0 for s in shape):
+        raise ValueError(f"a buffer's dimensions must be whole numbers >= 0, got {list(shape)}")
     return torch.empty(tuple(int(s) for s in shape), dtype=torch.float32).numpy()

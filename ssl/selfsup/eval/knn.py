@@ -123,6 +123,8 @@ def nonfinite_rows(source: Features, chunk_rows: int = 65_536) -> Tensor:
     bad = []
     for a, b in chunk_bounds(source.shape[0], chunk_rows):
         chunk = read_rows(source, a, b)  # [n, D]
+        if chunk.is_complex():  # a NaN in the imaginary part counts too
+            chunk = torch.view_as_real(chunk).flatten(1)  # [n, 2D]
         sums = chunk.sum(1, dtype=torch.float64 if chunk.dtype == torch.float64 else torch.float32)  # [n]
         suspects = (~sums.isfinite()).nonzero().squeeze(1)  # [s]
         bad.append(suspects[~chunk[suspects].isfinite().all(1)] + a)  # [n_bad]

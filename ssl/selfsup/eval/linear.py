@@ -98,7 +98,7 @@ def threads_for_step(macs: int) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-# bytes of the [N, N] Gram matrix the kernel form holds: above this, the probe stays in the primal form
+# bytes the kernel form holds (its [N, N] Gram matrix and three [N, heads] tensors): above this, the primal form
 KERNEL_FORM_BYTES = 512 << 20
 # one elementwise pass over a float32 tensor costs about as much as this many multiply-adds of a small matmul per
 # element (2-core Xeon, 1 thread: a [900, 120] addcmul_ with a per-column factor about 15 us, a 113 x 900 x 120
@@ -110,7 +110,8 @@ KERNEL_MARGIN = 0.75  # the kernel form is taken only when its estimate is below
 def probe_form(n: int, dim: int, batch: int, steps: int, heads: int) -> str:
     """``"kernel"`` when training ``heads`` stacked linear heads on ``n`` rows of ``dim`` features
     is estimated to cost clearly less in the kernel form (:class:`KernelHeads`) than in the primal
-    one (:class:`PrimalHeads`), and its ``[n, n]`` Gram matrix fits :data:`KERNEL_FORM_BYTES`; else
+    one (:class:`PrimalHeads`), and its state (the ``[n, n]`` Gram matrix and three ``[n, heads]`` tensors)
+    fits :data:`KERNEL_FORM_BYTES`; else
     ``"primal"``. Estimates in multiply-adds: a primal step does two ``batch x dim x heads`` matmuls
     (logits, gradient) and three passes over the ``heads x dim`` weights (momentum, weight decay,
     update); a kernel step one ``batch x n x heads`` matmul and three passes over the ``n x heads``
@@ -118,7 +119,7 @@ def probe_form(n: int, dim: int, batch: int, steps: int, heads: int) -> str:
     with the final weights). The kernel form wins on fewer rows than dimensions: the low-shot
     probes of wide stages (600 rows of a 9,216-dim stem) and 1k-row sets of 2048-d features
     (benchmarks/results/probe.md)."""
-    if 4 * n * n > KERNEL_FORM_BYTES:
+    if 4 * (n * n + 3 * n * heads) > KERNEL_FORM_BYTES:  # the Gram matrix, the coefficients, their momentum, P
         return "primal"
     primal = steps * heads * dim * (2 * batch + 3 * PASS_MACS)
     kernel = n * n * dim + 2 * n * dim * heads + steps * heads * n * (batch + 3 * PASS_MACS)
@@ -317,14 +318,38 @@ def diverged(head: nn.Linear) -> bool:
     return not all(bool(p.isfinite().all()) for p in head.parameters())
 
 
-def standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
+def standardise(train: Tensor, *others: Tensor, stats: tuple[Tensor, Tensor] | None = None) -> list[Tensor]:
     """``train`` [N, D] and ``others`` [M, D] centred on train's column means and divided by its column
     standard deviations; a column constant on train (std below 1e-6: a border pixel, a dead channel)
     keeps scale 1. Dividing it by 1e-6, as before, turned any other split's small deviation there into
-    a value near 1e5 and the held-out loss of every setting into thousands of nats."""
-    mean, std = train.mean(0), train.std(0)  # [D], [D]
+    a value near 1e5 and the held-out loss of every setting into thousands of nats. ``stats``: the
+    ``(mean, std)`` ``[D]`` to use instead of train's (:func:`column_stats` of a larger set)."""
+    mean, std = (train.mean(0), train.std(0)) if stats is None else stats  # [D], [D]
     std = torch.where(std < CONSTANT_STD, torch.ones_like(std), std)
     return [(t - mean).div_(std) for t in (train, *others)]  # one fresh [N, D] each
+
+
+# a probe trained on fewer images than this is standardised with the whole training split's statistics (no labels):
+# a column's std from a handful of rows is near 0 by chance for some columns (from 2 rows, 1% of columns fall below
+# 1% of their spread), and standardising then multiplies those columns of every other image by up to 1e4
+MIN_STAT_ROWS = 16
+
+
+def column_stats(x: Tensor, chunk_rows: int = 1024) -> tuple[Tensor, Tensor]:
+    """Column means and sample standard deviations (float32 ``[D]`` each) of ``x`` ``[N, D]`` (any float
+    dtype, e.g. a float16 cache), accumulated in float64 over chunks of rows (no float32 copy of ``x``).
+    ValueError for fewer than 2 rows."""
+    n = len(x)
+    if n < 2:
+        raise ValueError(f"column statistics need at least 2 rows, got {n}")
+    total = torch.zeros(x.shape[1], dtype=torch.float64)  # [D]
+    for a in range(0, n, chunk_rows):
+        total += x[a:a + chunk_rows].double().sum(0)
+    mean = total / n
+    squares = torch.zeros_like(total)  # [D]
+    for a in range(0, n, chunk_rows):
+        squares += (x[a:a + chunk_rows].double() - mean).pow_(2).sum(0)
+    return mean.float(), (squares / (n - 1)).sqrt_().float()
 
 
 def select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: list[float], wds: list[float],
@@ -340,8 +365,9 @@ def select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: l
 
 
 def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: list[float], wds: list[float],
-                    epochs: int, batch_size: int, val_fraction: float,
-                    seed: int) -> tuple[tuple[float, float], float | None, list[tuple[float, float]]]:
+                    epochs: int, batch_size: int, val_fraction: float, seed: int,
+                    stats: tuple[Tensor, Tensor] | None = None) -> tuple[tuple[float, float], float | None,
+                                                                       list[tuple[float, float]]]:
     """:func:`select_setting` on data already checked (the protocol checks once, not per probe), and the
     settings whose probes diverged (never chosen; :func:`probe_protocol` says so in its warnings)."""
     train = train.float()
@@ -353,7 +379,7 @@ def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: 
     n_val = held_out_count(len(train), val_fraction)
     check_fit_split(len(train), n_val, "the linear probe")
     val_idx, fit_idx = perm[:n_val], perm[n_val:]
-    fit_x, val_x = standardise(train[fit_idx], train[val_idx])
+    fit_x, val_x = standardise(train[fit_idx], train[val_idx], stats=stats)
     with torch.no_grad():
         heads = _train_heads(fit_x, train_labels[fit_idx], num_classes, settings, epochs, batch_size, seed)
     val_y = train_labels[val_idx]  # [V]
@@ -384,18 +410,19 @@ def fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_labels
 
 
 def _fit_and_score(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
-                   setting: tuple[float, float], epochs: int, batch_size: int, seed: int) -> dict[str, float]:
-    """:func:`fit_and_score` on data already checked."""
+                   setting: tuple[float, float], epochs: int, batch_size: int, seed: int,
+                   stats: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+    """:func:`fit_and_score` on data already checked (``stats``: as :func:`standardise`'s)."""
     return _fit_and_score_seeds(train, train_labels, test, test_labels, num_classes, setting, epochs, batch_size,
-                                [seed])[0]
+                                [seed], stats)[0]
 
 
 def _fit_and_score_seeds(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor,
                          num_classes: int, setting: tuple[float, float], epochs: int, batch_size: int,
-                         seeds: Sequence[int]) -> list[dict[str, float]]:
+                         seeds: Sequence[int], stats: tuple[Tensor, Tensor] | None = None) -> list[dict[str, float]]:
     """:func:`_fit_and_score` from each of ``seeds``, the probes trained together (one loop, one
     batched matmul a step: :func:`_train_heads`); the same numbers as one call per seed."""
-    full_x, test_x = standardise(train.float(), test.float())
+    full_x, test_x = standardise(train.float(), test.float(), stats=stats)
     with torch.no_grad():
         heads = _train_heads(full_x, train_labels, num_classes, [setting], epochs, batch_size, seeds)
     with torch.no_grad():  # a single setting is never held-out scored: its training cross-entropy judges it
@@ -420,11 +447,12 @@ def linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels:
 
 def _linear_probe(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, num_classes: int,
                   lrs: list[float], wds: list[float], epochs: int, batch_size: int, val_fraction: float,
-                  seed: int) -> dict[str, float]:
-    """:func:`linear_probe` on data already checked."""
+                  seed: int, stats: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+    """:func:`linear_probe` on data already checked (``stats``: as :func:`standardise`'s)."""
     setting, val_acc, gone = _select_setting(train, train_labels, num_classes, lrs, wds, epochs, batch_size,
-                                             val_fraction, seed)
-    acc = _fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs, batch_size, seed)
+                                             val_fraction, seed, stats)
+    acc = _fit_and_score(train, train_labels, test, test_labels, num_classes, setting, epochs, batch_size, seed,
+                         stats)
     return {**acc, "lr": setting[0], "weight_decay": setting[1], "val_top1": val_acc, "diverged": gone}
 
 
@@ -579,10 +607,11 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
     choices = len(lrs) * len(wds)
     check_fraction_splits(train_labels, fractions, val_fraction, seed, "the linear probe", "eval.low_shot", choices)
     results: dict[str, dict[str, Any]] = {}
+    full_stats: tuple[Tensor, Tensor] | None = None  # the whole split's, for subsets under MIN_STAT_ROWS
     fits = sum(seeds + (f >= 1) for f in fractions)  # the grid once for all labels, then one fit per seed
     bar = Bar(f"linear probes ({len(fractions)} label fraction(s) x {seeds} seed(s))", fits, unit="fit")
     for fraction in fractions:
-        runs = []
+        runs, few = [], []  # few: the sizes of subsets under MIN_STAT_ROWS
         if fraction >= 1:
             setting, val_acc, gone = _select_setting(train, train_labels, num_classes, lrs, wds, epochs,
                                                      batch_size, val_fraction, seed)
@@ -596,9 +625,13 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
         else:
             for s in range(seed, seed + seeds):
                 idx = class_balanced_subset(train_labels, fraction, s)  # [n]
+                if len(idx) < MIN_STAT_ROWS and full_stats is None:
+                    full_stats = column_stats(train)
                 runs.append(_linear_probe(train[idx], train_labels[idx], test, test_labels, num_classes, lrs,
-                                          wds, epochs, batch_size, val_fraction, s))
+                                          wds, epochs, batch_size, val_fraction, s,
+                                          full_stats if len(idx) < MIN_STAT_ROWS else None))
                 n_train = len(idx)
+                few += [n_train] if n_train < MIN_STAT_ROWS else []
                 bar.update()
             val = [r["val_top1"] for r in runs]
         n_val = held_out_count(n_train, val_fraction, choices)
@@ -607,7 +640,12 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
             "val_top1": None if n_val == 0 else sum(val) / len(val),  # a single setting held nothing out
             "val_images": n_val, "warnings": selection_warnings("linear probe", fraction, n_train, len(train_labels),
                                                                 n_val, num_classes, choices)
-            + diverged_setting_warnings(runs, fraction)}
+            + diverged_setting_warnings(runs, fraction)
+            + ([f"the linear probe at {fraction * 100:g}% labels trains on {max(few)} images, fewer than "
+                f"{MIN_STAT_ROWS}: too few to measure each feature's spread (from a handful of images some features "
+                f"are near-constant by chance, and standardising multiplied them on other images by up to 1e4), so "
+                f"it is standardised with the whole training split's mean and std (no labels used)"]
+               if few else [])}
     bar.close()
     return results
 

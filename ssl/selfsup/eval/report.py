@@ -59,6 +59,27 @@ def row_warnings(row: dict[str, Any]) -> list[str]:
     return [*(row.get("warnings") or []), *((row.get("knn_index") or {}).get("warnings") or [])]
 
 
+def stage_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """The warnings of layer-wise rows, each once per target with the stages it came from: ``**Warning**
+    (run x, stages act1, layer1): ...``, or ``(run x, every stage)`` when all of the target's stage rows have
+    it (a target's data warnings), in the order first seen. Without the stage, a probe that diverged at one
+    stage read as the target's."""
+    stages: dict[str, list[str]] = {}
+    for r in rows:
+        stages.setdefault(r["label"], []).append(str(r.get("layer")))
+    seen: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        for w in row_warnings(r):
+            seen.setdefault((r["label"], w), []).append(str(r.get("layer")))
+    out = []
+    for (label, w), where in seen.items():
+        where = list(dict.fromkeys(where))
+        said = "every stage" if where == stages[label] and len(where) > 1 else \
+            f"stage{'s' if len(where) > 1 else ''} {', '.join(where)}"
+        out.append(f"**Warning** ({label}, {said}): {w}")
+    return out
+
+
 def layer_cell(row: dict[str, Any]) -> str:
     """The "stage" cell of a layer-wise row: the timm stage name, its pooling and width
     (``layer3 (grid, 1024-d)``; the final stage is the encoder's pooled output)."""
@@ -168,10 +189,11 @@ def markdown_table(rows: list[dict[str, Any]], extra_notes: Sequence[str] = ()) 
             cells.append(f"{r['linear_sklearn']['top1']:.2f}" if "linear_sklearn" in r else "")
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0]
-    warnings = [f"**Warning** ({r['label']}): {w}" for r in rows for w in row_warnings(r)]
+    warnings = stage_warnings(rows) if layered else [f"**Warning** ({r['label']}): {w}" for r in rows
+                                                      for w in row_warnings(r)]
     once = (lambda xs: list(dict.fromkeys(xs))) if layered else list  # a target's stage rows share its notes
     size_warnings, size_notes = input_size_notes(rows)
-    notes = [*size_warnings, *once(warnings), *size_notes,
+    notes = [*size_warnings, *warnings, *size_notes,
              f"Dataset {first['dataset']}: {first['train_images']} train / {first['test_images']} test images; "
              f"accuracies in percent on the test split; seed {first['seed']}; "
              + ("the weights of the last checkpoint (a run still training: its warning says so)"
