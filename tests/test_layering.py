@@ -19,7 +19,7 @@ PACKAGE = ROOT / "ssl" / "selfsup"
 # Bottom first. A name stands for the module and everything under it; the longest name that matches wins.
 LAYERS = [
     ["selfsup.registry", "selfsup.fileio", "selfsup.distributed", "selfsup.version", "selfsup.rundir",
-     "selfsup.safeload", "selfsup.statedict", "selfsup.schedules", "selfsup.progress"],
+     "selfsup.safeload", "selfsup.statedict", "selfsup.schedules", "selfsup.progress", "selfsup.memory"],
     ["selfsup.config", "selfsup.configread", "selfsup.transferconfig", "selfsup.configkeys"],
     ["selfsup.data"],
     ["selfsup.encoders", "selfsup.heads", "selfsup.losses", "selfsup.monitors"],

@@ -5,10 +5,11 @@ level or inside a function alike (tests/test_layering.py checks it with ``ast``,
 module first in a fresh interpreter, which exposes an import circle):
 
 1. ``registry``, ``fileio``, ``distributed``, ``version``, ``rundir``, ``safeload``, ``statedict``,
-   ``schedules``, ``progress``: no selfsup imports besides each other. ``rundir`` owns the layout of a run
-   directory (config.yaml, checkpoints/last.ckpt, results.json, export/, ...) and the export directory's
-   file names; ``safeload`` says what a file is and reads checkpoints and safetensors without unpickling
-   code (``LoadError``); ``statedict`` compares a state dict with a model's; ``progress``: progress bars.
+   ``schedules``, ``progress``, ``memory``: no selfsup imports besides each other. ``rundir`` owns the
+   layout of a run directory (config.yaml, checkpoints/last.ckpt, results.json, export/, ...) and the
+   export directory's file names; ``safeload`` says what a file is and reads checkpoints and safetensors
+   without unpickling code (``LoadError``); ``statedict`` compares a state dict with a model's;
+   ``progress``: progress bars; ``memory``: large feature buffers.
 2. ``configread``, ``config``, ``transferconfig``, ``configkeys``: typed run configs from YAML and
    ``a.b=c`` overrides (``configread``: a value checked against its field, YAML without repeated keys, an
    override; ``config``: every section's dataclass and loading a run's config; ``transferconfig``: the
