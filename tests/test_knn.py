@@ -244,6 +244,12 @@ def test_k_beyond_the_smallest_class_or_the_train_set_warns_in_the_report():
     _, info4 = knn_evaluate_with_index(train, ytr, test, torch.full((10,), 3), [(3, 0.1)], 4)
     assert info4["warnings"] == ["10 of 10 test rows belong to classes without train rows (class 3): "
                                  "kNN can never predict them"]
+    # an image folder's class names are said beside the numbers (helper-69: "class 2" named no folder)
+    _, named = knn_evaluate_with_index(train, ytr, test, yte, [(20, 0.07)], 3, class_names=("cat", "dog", "emu"))
+    assert named["warnings"][0].startswith("kNN k=20 exceeds the 4 train rows of the smallest class (class 2 'emu')")
+    _, named4 = knn_evaluate_with_index(train, ytr, test, torch.full((10,), 3), [(3, 0.1)], 4,
+                                        class_names=("cat", "dog", "emu", "fox"))
+    assert "(class 3 'fox'): kNN can never predict them" in named4["warnings"][0]
     _, quiet = knn_evaluate_with_index(train, ytr, test, yte, [(3, 0.1)], 3)
     assert quiet["warnings"] == []
     row = {"label": "run x", "kind": "pretrained", "dataset": "toy", "train_images": 64, "test_images": 10,

@@ -179,7 +179,8 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
     opts = IndexOptions(kind=e.knn_index, exact_max=e.knn_exact_max, nlist=e.knn_nlist or None, nprobe=e.knn_nprobe,
                         codes=e.knn_ivf_codes, chunk_rows=e.knn_chunk_rows, seed=cfg.seed,
                         gpu=None if str(device).startswith("cuda") else False)
-    results["knn"], results["knn_index"] = knn_evaluate_with_index(lazy_tr, ytr, xte, yte, list(e.knn), classes, opts)
+    results["knn"], results["knn_index"] = knn_evaluate_with_index(lazy_tr, ytr, xte, yte, list(e.knn), classes, opts,
+                                                                   getattr(train_ds, "class_names", ()))
     for warning in results["knn_index"].get("warnings", []):  # also under the results.md table
         log(f"[eval] warning ({shown}): {warning}")
     if cfg.eval.linear:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -172,10 +173,14 @@ def check_pairs(pairs: list[tuple[int, float]]) -> None:
 
 
 def knn_warnings(train_labels: Tensor, test_labels: Tensor, ks: list[int], num_classes: int, plan: IndexPlan,
-                 missing: Tensor) -> list[str]:
+                 missing: Tensor, class_names: Sequence[str] = ()) -> list[str]:
     """One-line warnings for the report: a k beyond the training set or the smallest class,
     test classes without train rows, queries that got fewer than k neighbours.
-    ``missing`` ``[Q, k']``: True where the search returned no neighbour."""
+    ``missing`` ``[Q, k']``: True where the search returned no neighbour; ``class_names``: label i's
+    name (an image folder's class folders), said beside the class number when given."""
+    def named(c: int) -> str:
+        return f"{c} '{class_names[c]}'" if c < len(class_names) else str(c)
+
     out = []
     counts = torch.bincount(train_labels, minlength=num_classes)  # [C]
     present = (counts > 0).nonzero().squeeze(1)  # [c]
@@ -187,11 +192,11 @@ def knn_warnings(train_labels: Tensor, test_labels: Tensor, ks: list[int], num_c
                        f"choose k < {n} in eval.knn")
         elif k > counts[smallest]:
             out.append(f"kNN k={k} exceeds the {int(counts[smallest])} train rows of the smallest class "
-                       f"(class {smallest}): it fills at most {int(counts[smallest])} of the k votes, so larger "
+                       f"(class {named(smallest)}): it fills at most {int(counts[smallest])} of the k votes, so larger "
                        f"classes outvote it; choose k <= {int(counts[smallest])} in eval.knn")
     unseen = counts[test_labels] == 0  # [Q]
     if unseen.any():
-        classes = ", ".join(str(c) for c in test_labels[unseen].unique().tolist())
+        classes = ", ".join(named(c) for c in test_labels[unseen].unique().tolist())
         out.append(f"{int(unseen.sum())} of {len(test_labels)} test rows belong to classes without train rows "
                    f"(class {classes}): kNN can never predict them")
     short, empty = int(missing.any(1).sum()), int(missing.all(1).sum())
@@ -205,14 +210,15 @@ def knn_warnings(train_labels: Tensor, test_labels: Tensor, ks: list[int], num_c
 
 def knn_evaluate_with_index(train: Features, train_labels: Tensor, test: Features, test_labels: Tensor,
                             pairs: list[tuple[int, float]], num_classes: int,
-                            options: IndexOptions | None = None) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+                            options: IndexOptions | None = None,
+                            class_names: Sequence[str] = ()) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Top-1/top-5 of weighted kNN for each (k, T) in ``pairs`` (keys like ``"k=20,T=0.07"``)
     and the index used: its plan, search seconds, how many queries got fewer than k
     neighbours (``short_queries``, IVF only: a missing neighbour casts no vote, a query with
     none is a miss) and ``warnings`` (one-line strings for the report, :func:`knn_warnings`).
 
     ``train`` ``[N, D]``, ``test`` ``[Q, D]``: tensors or lazy sources; labels ``[N]``, ``[Q]``
-    in ``[0, num_classes)``. Raises ConfigError (bad pairs), ValueError (labels that do not
+    in ``[0, num_classes)``; ``class_names``: for the warnings (:func:`knn_warnings`). Raises ConfigError (bad pairs), ValueError (labels that do not
     match the rows), DataError (no test rows, NaN or inf features, labels out of range).
     """
     check_pairs(pairs)
@@ -235,7 +241,8 @@ def knn_evaluate_with_index(train: Features, train_labels: Tensor, test: Feature
                for k, t in pairs}
     info = {**plan.describe(), "seconds": round(time.perf_counter() - t0, 3),
             "short_queries": int(missing.any(1).sum()),
-            "warnings": knn_warnings(train_labels, test_labels, [k for k, _ in pairs], num_classes, plan, missing)}
+            "warnings": knn_warnings(train_labels, test_labels, [k for k, _ in pairs], num_classes, plan, missing,
+                                     class_names)}
     asked = options.nlist if options is not None else None
     if plan.kind == "ivf" and asked is not None and plan.nlist < asked:  # search_plan's cap, said where it bit
         info["warnings"].append(f"eval.knn_nlist={asked} was capped at {plan.nlist} IVF cells: faiss's k-means needs "
