@@ -259,6 +259,10 @@ def test_transfer_table_says_why_frozen_cells_are_blank():
     assert len(notes) == 1 and "no kNN result" in notes[0] and "eval.knn" in notes[0]
     # every frozen cell filled: no note
     assert "\n- " not in transfer_markdown("runs/x", rows[:1], frozen)
+    # with 5 classes or fewer the top-5 column is 100 by construction, and the table says so (as results.md)
+    few = transfer_markdown("runs/x", [{**rows[0], "num_classes": 4}], frozen)
+    assert "\n- With 4 classes a top-5 prediction holds every class: top-5 is 100 by construction" in few
+    assert "by construction" not in transfer_markdown("runs/x", [{**rows[0], "num_classes": 6}], frozen)
 
 
 # --------------------------------------------------------------------------- selfsup config: --transfer options

@@ -59,6 +59,16 @@ def row_warnings(row: dict[str, Any]) -> list[str]:
     return [*(row.get("warnings") or []), *((row.get("knn_index") or {}).get("warnings") or [])]
 
 
+def top5_note(rows: list[dict[str, Any]]) -> str | None:
+    """A note when some rows (results.md's, the transfer table's: each with ``num_classes``) have 5 classes or
+    fewer: a top-5 prediction then holds every class, so top-5 is 100 whatever the features; None otherwise."""
+    few = sorted({r["num_classes"] for r in rows if 0 < r.get("num_classes", 6) <= 5})
+    if not few:
+        return None
+    return (f"With {' or '.join(map(str, few))} classes a top-5 prediction holds every class: top-5 is 100 by "
+            f"construction there and says nothing about the features.")
+
+
 def stage_warnings(rows: list[dict[str, Any]]) -> list[str]:
     """The warnings of layer-wise rows, each once per target with the stages it came from: ``**Warning**
     (run x, stages act1, layer1): ...``, or ``(run x, every stage)`` when all of the target's stage rows have
@@ -201,10 +211,8 @@ def markdown_table(rows: list[dict[str, Any]], extra_notes: Sequence[str] = ()) 
                 if any(r.get("kind") == "pretrained" for r in rows) else "no trained weights (baselines only)")
              + ", no epoch picked on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
              "is never counted as predicted, in top-5 too." + (" " + probe_choice_note(rows) if probes else "")]
-    few = sorted({r["num_classes"] for r in rows if 0 < r.get("num_classes", 6) <= 5})
-    if few and probes:
-        notes.append(f"With {' or '.join(map(str, few))} classes a top-5 prediction holds every class: top-5 is 100 "
-                     f"by construction there and says nothing about the features.")
+    if probes and top5_note(rows):
+        notes.append(top5_note(rows))
     if any(r.get("knn_index") for r in rows):
         notes.append(knn_index_note(rows))
     lin = next((r["linear"] for r in rows if "linear" in r), None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from selfsup.eval.linear import fraction_key
-from selfsup.eval.report import mean_sd_text
+from selfsup.eval.report import mean_sd_text, top5_note
 
 
 def frozen_own(frozen_rows: list[dict[str, Any]], size: int | None = None) -> list[dict[str, Any]]:
@@ -92,6 +92,7 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
                      f"{mean_sd_text(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
     notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows, other_data, behind)
+    notes += [n for n in [top5_note(rows)] if n]  # as results.md says for the frozen probes
     processes = {r.get("processes", 1) for r in rows}
     if processes != {1}:  # data-parallel: BatchNorm statistics and the batches' split differ from one process
         notes.append(f"Trained data-parallel on {', '.join(str(p) for p in sorted(processes))} processes "

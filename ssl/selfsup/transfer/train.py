@@ -491,7 +491,7 @@ def run_protocol(encoder: nn.Module, card: dict[str, Any], train_ds: ImageDatase
         for warning in warnings:
             log(f"[{options.protocol}] warning: {warning}")
         rows.append({"key": fraction_key(fraction).replace("linear", options.protocol, 1),
-                     "protocol": options.protocol, "fraction": fraction,
+                     "protocol": options.protocol, "fraction": fraction, "num_classes": train_ds.num_classes,
                      "train_images": runs[0]["train_images"], "val_images": runs[0]["val_images"],
                      "warnings": warnings, **summarise(runs),
                      "diverged_lrs": sorted({lr for r in runs for lr in r["diverged_lrs"]}), "processes": processes,
