@@ -137,6 +137,26 @@ def labelled_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     return run, folder, other
 
 
+def test_a_low_shot_fraction_too_small_for_the_labels_fails_before_pretraining(tmp_path, capsys):
+    """helper-70's: on a 2-class folder of 16 training images the default eval.low_shot (1%, 10%) leaves 1 image to
+    fit; pretraining ran to the end, then the evaluation refused the fractions, leaving no results and no export.
+    Refused before training now (no checkpoint written), naming the fractions to drop; without them it runs."""
+    from conftest import ROOT
+
+    folder = toy_folder(tmp_path / "data", size=16)
+    args = ["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(tmp_path / "run"),
+            "data.name=image-folder", f"data.root={folder}", "data.image_size=16", "data.in_chans=1",
+            "data.batch_size=8", "trainer.max_steps=1", "trainer.precision=32-true", "trainer.progress_bar=false",
+            TINY_ENCODER, "eval.knn=[[3, 0.07]]", "eval.plots=false", "eval.linear_epochs=1", "eval.probe_seeds=1"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the linear probe at 10% labels (also too few at 1%)" in err and "drop 0.1, 0.01 from eval.low_shot" in err
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    assert main([*args, "eval.low_shot=[]"]) == 0
+    assert (tmp_path / "run" / "results.json").is_file() and (tmp_path / "run" / "export").is_dir()
+
+
 def test_eval_of_a_run_on_other_data_keeps_the_runs_results(labelled_run, tmp_path, capsys):
     run, folder, other = labelled_run
     own = (run / "results.json").read_bytes()

@@ -178,6 +178,47 @@ def test_flat_splits_read_train_and_test_folders_as_classes(tmp_path):
         load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={tmp_path}", "data.splits=both"])
 
 
+def test_flat_splits_refuse_split_folders_that_hold_classes_and_say_what_applies(tmp_path):
+    """helper-70's: data.splits=flat on a folder with real train/{a,b} and test/{a,b} splits trained on two "classes",
+    test and train, each holding the real classes: refused, naming the folders. Under flat, holdout 0 no longer
+    suggests adding test/ (it would be a class), and test/ without train/ offers data.splits=flat."""
+    for split in ("train", "test"):
+        for cls in "ab":
+            for i in range(2):
+                _png(tmp_path / "split" / split / cls / f"{i}.png", COLOURS[cls])
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path / "split", splits="flat"), "train")
+    assert _one_line(err) == (f"data.splits=flat reads every subfolder of {str(tmp_path / 'split')!r} as a class, "
+                              f"but 'test/', 'train/' hold class folders of their own: they are splits, not classes; "
+                              f"drop data.splits=flat")
+    for cls in ("car", "bus", "test"):
+        for i in range(2):
+            _png(tmp_path / "cv" / cls / f"{i}.png", COLOURS["a"])
+    with pytest.raises(DataError, match=r"move test/ out to split the folder itself, or set data.splits=flat if test/ "
+                                        r"is a class$"):
+        build_dataset(_cfg(tmp_path / "cv"), "train")
+    assert build_dataset(_cfg(tmp_path / "cv", splits="flat"), "train").class_names == ("bus", "car", "test")
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path / "cv", splits="flat", holdout_fraction=0.0), "test")
+    assert _one_line(err).endswith("it is read with data.splits=flat and data.holdout_fraction is 0, so there is "
+                                   "nothing to evaluate on; set data.holdout_fraction (e.g. 0.2)")
+
+
+def test_class_names_reach_subsets_and_decoded_copies(tmp_path):
+    """helper-70's: kNN warnings lost the class names under data.subset and data.cache=uint8 (a Subset and the
+    decoded copy had none)."""
+    from selfsup.data import subset
+
+    for cls in ("crow", "duck", "emu"):
+        for i in range(4):
+            _png(tmp_path / "birds" / cls / f"{i}.png", COLOURS["a" if cls == "emu" else "b"])
+    plain = build_dataset(_cfg(tmp_path / "birds", holdout_fraction=0.25), "train")
+    cached = build_dataset(_cfg(tmp_path / "birds", holdout_fraction=0.25, cache="uint8",
+                                cache_dir=str(tmp_path / "cache")), "train")
+    assert plain.class_names == cached.class_names == subset(plain, 5, 0).class_names == ("crow", "duck", "emu")
+    assert subset(cached, 5, 0).class_names == ("crow", "duck", "emu")
+
+
 def test_test_like_names_are_classes_without_a_train_folder_and_an_empty_test_folder_is_no_split(tmp_path):
     """helper-65's: a flat labelled folder of classes valid/ and invalid/ was refused as "a valid/ subfolder but
     no train/" (accepted before split names widened); and train/ beside an empty Val/ read Val/ as the test split

@@ -17,7 +17,8 @@ from selfsup.artifacts.load import export_encoder, load_encoder
 from selfsup.artifacts.validate import read_card
 from selfsup.config import ConfigError, RunConfig, apply_override, build_config
 from selfsup.data import DataInfo
-from selfsup.eval.evaluate import NotScorable, cache_features, check_layers, evaluate_layers, prepare
+from selfsup.eval.evaluate import (NotScorable, cache_features, check_layers, check_probe_fractions, evaluate_layers,
+                                   prepare)
 from selfsup.eval.prepare import same_weights
 from selfsup.eval.report import baseline_options, markdown_table
 from selfsup.fileio import read_json_or_none, write_json, write_text
@@ -44,6 +45,7 @@ def pretrain_evaluate_export(cfg: RunConfig, run_dir: str | Path | None = None, 
     def check(encoder: nn.Module, info: DataInfo) -> None:
         check_layers(cfg, encoder)
         check_baselines(cfg, run_dir, info)
+        check_probe_fractions(cfg)  # a low-shot fraction too small for these labels fails now, not after training
 
     def evaluate_and_export(done: Path) -> None:
         table = finish_run(done, cfg, log)  # distributed: every rank extracts features, rank 0 reports

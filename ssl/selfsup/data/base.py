@@ -47,6 +47,7 @@ class ImageDataset(Dataset):
     num_classes: int
     in_chans: int
     image_size: int
+    class_names: tuple[str, ...] = ()  # label i's name where the data has names (an image folder's class folders)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -97,6 +98,7 @@ class WithIndices(ImageDataset):
     def __init__(self, base: ImageDataset) -> None:
         self.base, self.labels = base, base.labels
         self.num_classes, self.in_chans, self.image_size = base.num_classes, base.in_chans, base.image_size
+        self.class_names = base.class_names
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int] | None:
         item = self.base[i]
@@ -163,6 +165,7 @@ class Subset(ImageDataset):
         self.base, self.indices = base, indices
         self.labels = base.labels[torch.as_tensor(indices, dtype=torch.long)]
         self.num_classes, self.in_chans, self.image_size = base.num_classes, base.in_chans, base.image_size
+        self.class_names = base.class_names
 
     def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         return self.base[self.indices[i]]

@@ -65,8 +65,9 @@ class MappedImages(TensorImages):
     the file itself instead of receiving a copy."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int, int], labels: Tensor, num_classes: int,
-                 skipped: list[list[str]]) -> None:
+                 skipped: list[list[str]], class_names: tuple[str, ...] = ()) -> None:
         self.path, self.shape, self.skipped_files = Path(path), tuple(shape), skipped
+        self.class_names = tuple(class_names)  # the folder's (part of the copy's key)
         self._images: Tensor | None = None
         super().__init__(self.images, labels, num_classes)
 
@@ -169,4 +170,4 @@ def cached_folder(ds: FolderImages, cache_dir: str | Path | None, split: str, nu
         path, reason = info["skipped"][0]
         raise DataError(f"{reason} ({len(info['skipped'])} unreadable file(s) in this folder; first {path!r})")
     return MappedImages(data, info["shape"], torch.as_tensor(info["labels"], dtype=torch.long), info["num_classes"],
-                        info["skipped"])
+                        info["skipped"], ds.class_names)

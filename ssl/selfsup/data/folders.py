@@ -247,16 +247,21 @@ def _split_dirs(root: Path, splits: str = "auto") -> tuple[str, str | None]:
     """
     if splits not in ("auto", "flat"):
         raise DataError(f"data.splits must be 'auto' or 'flat', got {splits!r}")
-    if splits == "flat":
-        return str(root), None
     named, others, loose = _root_entries(root)
+    if splits == "flat":
+        nested = [f"{os.path.basename(d)}/" for d in named.values() if any(_holds_image(sub) for sub in _list_dir(d)[1])]
+        if nested:  # flat would read a split's class folders as one class named after the split
+            raise DataError(f"data.splits=flat reads every subfolder of {str(root)!r} as a class, but {_few(nested)} "
+                            f"hold class folders of their own: they are splits, not classes; drop data.splits=flat")
+        return str(root), None
     train = next((named[name] for name in TRAIN_NAMES if name in named), None)
     if train is None:
         lone = next((named[name] for name in ("test", "val") if name in named), None)
         if lone is not None:
             sub = os.path.basename(lone)
             raise DataError(f"image folder {str(root)!r} has a {sub}/ subfolder but no train/; put the training "
-                            f"images in train/ (class subfolders), or move {sub}/ out to split the folder itself")
+                            f"images in train/ (class subfolders), move {sub}/ out to split the folder itself, or "
+                            f"set data.splits=flat if {sub}/ is a class")
         return str(root), None
     beside = [f"{os.path.basename(d)}/" for d in others if _holds_image(d)] + [os.path.basename(f) for f in loose]
     if beside:
@@ -319,7 +324,7 @@ def folder_split(root: Path, split: str, fraction: float = 0.2,
                         f"and system folders are not counted); add images to them or remove them")
     names = sorted(train.classes)
     if test_dir is None:
-        chosen = _held_out_side(train, root, split, fraction, seed)
+        chosen = _held_out_side(train, root, split, fraction, seed, splits == "flat")
     elif split == "train":
         chosen = train.classes
     else:
@@ -347,12 +352,15 @@ def _unlabeled_side(train: FolderScan, test_dir: str | None, split: str, root: P
     return _nonempty(test.loose, test_dir)
 
 
-def _held_out_side(train: FolderScan, root: Path, split: str, fraction: float, seed: int) -> dict[str, list[str]]:
-    """``split``'s files per class of a labelled folder without test/ or val/ (see :func:`holdout_split`)."""
+def _held_out_side(train: FolderScan, root: Path, split: str, fraction: float, seed: int,
+                   flat: bool = False) -> dict[str, list[str]]:
+    """``split``'s files per class of a labelled folder without test/ or val/ (see :func:`holdout_split`);
+    ``flat``: read with ``data.splits=flat`` (a test/ folder would be one more class there)."""
     if fraction <= 0:
         if split == "test":
-            raise DataError(f"image folder {str(root)!r} has no test/ or val/ subfolder and data.holdout_fraction is "
-                            f"0, so there is nothing to evaluate on; set data.holdout_fraction (e.g. 0.2) or add test/")
+            what = "it is read with data.splits=flat" if flat else "it has no test/ or val/ subfolder"
+            raise DataError(f"image folder {str(root)!r}: {what} and data.holdout_fraction is 0, so there is nothing "
+                            f"to evaluate on; set data.holdout_fraction (e.g. 0.2)" + ("" if flat else " or add test/"))
         return train.classes
     kept, held = holdout_split(train.classes, train.folder, fraction, seed)
     if split == "test" and not any(held.values()):

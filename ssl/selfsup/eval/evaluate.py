@@ -30,7 +30,7 @@ from selfsup.eval.evaldata import (DATA_IDENTITY, NotScorable, changed_data_keys
                                    data_key, data_tag, describe_data, evaluation_data, labelled_part)
 from selfsup.eval.knn import check_finite, knn_evaluate_with_index
 from selfsup.eval.layers import Stage
-from selfsup.eval.linear import CONSTANT_STD, probe_protocol, sklearn_probe
+from selfsup.eval.linear import CONSTANT_STD, check_fraction_splits, probe_protocol, sklearn_probe
 from selfsup.eval.prepare import (Prepared, cache_features, check_layers, feature_extractor, fill_stage_cache,
                                   layer_wise, prepare, target_stages)
 from selfsup.eval.search import IndexOptions
@@ -39,11 +39,36 @@ from selfsup.monitors import CONSTANT_SPREAD, collapse_warning, rankme, relative
 from selfsup.rundir import training_warning, weights_record
 
 __all__ = ["DATA_IDENTITY", "EncoderLoader", "LABEL_FREE_ROWS", "NotScorable", "Prepared", "STORAGE", "Target",
-           "cache_features", "changed_data_keys", "check_channels", "check_layers", "data_identity", "data_key",
+           "cache_features", "changed_data_keys", "check_channels", "check_layers", "check_probe_fractions",
+           "data_identity", "data_key",
            "data_tag", "default_device", "describe_data", "evaluate", "evaluate_layers", "evaluation_data",
            "fill_stage_cache", "labelled_part", "layer_wise", "prepare", "resolve_target", "target_stages"]
 
 STORAGE = {"F16": "float16", "F32": "float32"}  # safetensors dtype code -> name in results.json
+
+
+def probe_fractions(cfg: RunConfig) -> tuple[float, ...]:
+    """The labelled fractions the probe protocol trains: all labels, then ``eval.low_shot`` largest first."""
+    return (1.0, *sorted(cfg.eval.low_shot, reverse=True))
+
+
+def check_probe_fractions(cfg: RunConfig) -> None:
+    """Refuse, before pretraining, the ``eval.low_shot`` fractions the linear probe would refuse after it
+    (:func:`selfsup.eval.linear.check_fraction_splits` on the evaluation's labelled training images): a
+    2-class folder of 24 images finished pretraining, then failed with no results and no export (helper-70).
+    Nothing to check without linear probes or labels (:class:`NotScorable`: the evaluation is skipped then).
+
+    Raises:
+        ConfigError / DataError: as the probe protocol would, naming the fractions to drop.
+    """
+    if not cfg.eval.linear:
+        return
+    try:
+        train_ds = evaluation_data(cfg)[0]
+    except NotScorable:
+        return
+    check_fraction_splits(train_ds.labels, probe_fractions(cfg), cfg.eval.linear_val_fraction, cfg.seed,
+                          "the linear probe", "eval.low_shot", len(cfg.eval.linear_lrs) * len(cfg.eval.linear_wds))
 LABEL_FREE_ROWS = 2048  # test rows RankMe and uniformity are measured on (a seeded sample)
 
 
@@ -180,7 +205,7 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
                         codes=e.knn_ivf_codes, chunk_rows=e.knn_chunk_rows, seed=cfg.seed,
                         gpu=None if str(device).startswith("cuda") else False)
     results["knn"], results["knn_index"] = knn_evaluate_with_index(lazy_tr, ytr, xte, yte, list(e.knn), classes, opts,
-                                                                   getattr(train_ds, "class_names", ()))
+                                                                   train_ds.class_names)
     for warning in results["knn_index"].get("warnings", []):  # also under the results.md table
         log(f"[eval] warning ({shown}): {warning}")
     if cfg.eval.linear:
@@ -189,7 +214,7 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
             f"{len(cfg.eval.linear_wds)}, labelled fractions {' '.join(f'{f:g}' for f in [1, *cfg.eval.low_shot])}, "
             f"{cfg.eval.probe_seeds} seed{'s' if cfg.eval.probe_seeds != 1 else ''})")
         probes = probe_protocol(xtr, ytr, xte, yte, classes, cfg.eval.linear_lrs, cfg.eval.linear_wds,
-                                (1.0, *sorted(cfg.eval.low_shot, reverse=True)), cfg.eval.probe_seeds,
+                                probe_fractions(cfg), cfg.eval.probe_seeds,
                                 cfg.eval.linear_epochs, cfg.eval.linear_batch_size, cfg.eval.linear_val_fraction,
                                 cfg.seed)
         results.update(probes)
