@@ -249,7 +249,8 @@ def _split_dirs(root: Path, splits: str = "auto") -> tuple[str, str | None]:
         raise DataError(f"data.splits must be 'auto' or 'flat', got {splits!r}")
     named, others, loose = _root_entries(root)
     if splits == "flat":
-        nested = [f"{os.path.basename(d)}/" for d in named.values() if any(_holds_image(sub) for sub in _list_dir(d)[1])]
+        nested = [f"{os.path.basename(d)}/" for d in named.values()
+                  if any(_holds_image(sub) for sub in _list_dir(d)[1])]  # a split-named folder of class folders
         if nested:  # flat would read a split's class folders as one class named after the split
             raise DataError(f"data.splits=flat reads every subfolder of {str(root)!r} as a class, but {_few(nested)} "
                             f"hold class folders of their own: they are splits, not classes; drop data.splits=flat")
