@@ -43,13 +43,12 @@ def labelled_part(ds: ImageDataset) -> tuple[ImageDataset, int]:
     return Subset(ds, keep.nonzero().squeeze(1).tolist()), dropped
 
 
-def evaluation_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset, int]:
-    """The labelled training images (``cfg.data.subset`` of them when set), the test split,
-    and how many unlabeled training images were left out.
+def labelled_training_data(cfg: RunConfig) -> tuple[ImageDataset, int]:
+    """The labelled training images an evaluation scores with (``cfg.data.subset`` of them when set) and how
+    many unlabeled training images were left out; the test split is not read.
 
-    Everything is checked before any feature is extracted: :class:`NotScorable` (one line)
-    when the training split has no labels or labelled images of fewer than two classes, a
-    DataError when the test split holds unlabeled images.
+    Raises:
+        NotScorable: (one line) the training split has no labels, or labelled images of fewer than two classes.
     """
     full = build_dataset(cfg.data, "train")
     if full.num_classes == 0 or not (full.labels >= 0).any():
@@ -66,6 +65,18 @@ def evaluation_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset, int]:
                           f"of {describe_data(cfg)} has labelled images of one class only ({which})",
                           "add images of another class (a class subfolder for image-folder) or evaluate on "
                           "other labelled data (data.root=... or data.name=...)")
+    return train_ds, dropped
+
+
+def evaluation_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset, int]:
+    """The labelled training images (:func:`labelled_training_data`), the test split, and how many unlabeled
+    training images were left out.
+
+    Everything is checked before any feature is extracted: :class:`NotScorable` (one line)
+    when the training split has no labels or labelled images of fewer than two classes, a
+    DataError when the test split holds unlabeled images.
+    """
+    train_ds, dropped = labelled_training_data(cfg)
     test_ds = build_dataset(cfg.data, "test")
     unlabeled = int((test_ds.labels < 0).sum())
     if unlabeled:

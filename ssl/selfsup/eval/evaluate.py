@@ -27,7 +27,8 @@ from torch import Tensor
 from selfsup.config import RunConfig
 from selfsup.data import ImageDataset
 from selfsup.eval.evaldata import (DATA_IDENTITY, NotScorable, changed_data_keys, check_channels, data_identity,
-                                   data_key, data_tag, describe_data, evaluation_data, labelled_part)
+                                   data_key, data_tag, describe_data, evaluation_data, labelled_part,
+                                   labelled_training_data)
 from selfsup.eval.knn import check_finite, knn_evaluate_with_index
 from selfsup.eval.layers import Stage
 from selfsup.eval.linear import CONSTANT_STD, check_fraction_splits, probe_protocol, sklearn_probe
@@ -40,11 +41,12 @@ from selfsup.rundir import training_warning, weights_record
 
 __all__ = ["DATA_IDENTITY", "EncoderLoader", "LABEL_FREE_ROWS", "NotScorable", "Prepared", "STORAGE", "Target",
            "cache_features", "changed_data_keys", "check_channels", "check_layers", "check_probe_fractions",
-           "data_identity", "data_key",
-           "data_tag", "default_device", "describe_data", "evaluate", "evaluate_layers", "evaluation_data",
-           "fill_stage_cache", "labelled_part", "layer_wise", "prepare", "resolve_target", "target_stages"]
+           "data_identity", "data_key", "data_tag", "default_device", "describe_data", "evaluate", "evaluate_layers",
+           "evaluation_data", "fill_stage_cache", "labelled_part", "labelled_training_data", "layer_wise", "prepare",
+           "probe_fractions", "resolve_target", "target_stages"]
 
 STORAGE = {"F16": "float16", "F32": "float32"}  # safetensors dtype code -> name in results.json
+LABEL_FREE_ROWS = 2048  # test rows RankMe and uniformity are measured on (a seeded sample)
 
 
 def probe_fractions(cfg: RunConfig) -> tuple[float, ...]:
@@ -54,8 +56,9 @@ def probe_fractions(cfg: RunConfig) -> tuple[float, ...]:
 
 def check_probe_fractions(cfg: RunConfig) -> None:
     """Refuse, before pretraining, the ``eval.low_shot`` fractions the linear probe would refuse after it
-    (:func:`selfsup.eval.linear.check_fraction_splits` on the evaluation's labelled training images): a
-    2-class folder of 24 images finished pretraining, then failed with no results and no export (helper-70).
+    (:func:`selfsup.eval.linear.check_fraction_splits` on the evaluation's labelled training images,
+    :func:`labelled_training_data`; the test split is not read): a 2-class folder of 24 images finished
+    pretraining, then failed with no results and no export (helper-70).
     Nothing to check without linear probes or labels (:class:`NotScorable`: the evaluation is skipped then).
 
     Raises:
@@ -64,12 +67,11 @@ def check_probe_fractions(cfg: RunConfig) -> None:
     if not cfg.eval.linear:
         return
     try:
-        train_ds = evaluation_data(cfg)[0]
+        labels = labelled_training_data(cfg)[0].labels  # [N]
     except NotScorable:
         return
-    check_fraction_splits(train_ds.labels, probe_fractions(cfg), cfg.eval.linear_val_fraction, cfg.seed,
+    check_fraction_splits(labels, probe_fractions(cfg), cfg.eval.linear_val_fraction, cfg.seed,
                           "the linear probe", "eval.low_shot", len(cfg.eval.linear_lrs) * len(cfg.eval.linear_wds))
-LABEL_FREE_ROWS = 2048  # test rows RankMe and uniformity are measured on (a seeded sample)
 
 
 def evaluate(spec: str, cfg: RunConfig, cache_dir: str | Path, device: str | None = None,
