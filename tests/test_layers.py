@@ -488,9 +488,11 @@ def test_layerwise_warnings_name_their_stages():
     data = "3 unreadable images were left out"
     rows = [row("run a", "act1", [data, "lr 0.3 diverged at 1% labels"]), row("run a", "layer1", [data]),
             row("run a", "layer2", [data, "lr 0.3 diverged at 1% labels", "k beyond the smallest class"]),
-            row("random-init resnet18", "act1", [data]), row("random-init resnet18", "layer1", [])]
+            row("random-init resnet18", "act1", [data]), row("random-init resnet18", "layer1", []),
+            {**row("raw pixels", None, [data]), "kind": "pixels"}]  # pixels: no stages
     notes = [line for line in markdown_table(rows).splitlines() if line.startswith("- **Warning**")]
     assert notes == [f"- **Warning** (run a, every stage): {data}",
                      "- **Warning** (run a, stages act1, layer2): lr 0.3 diverged at 1% labels",
                      "- **Warning** (run a, stage layer2): k beyond the smallest class",
-                     f"- **Warning** (random-init resnet18, stage act1): {data}"]
+                     f"- **Warning** (random-init resnet18, stage act1): {data}",
+                     f"- **Warning** (raw pixels): {data}"]

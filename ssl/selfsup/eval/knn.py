@@ -218,7 +218,8 @@ def knn_evaluate_with_index(train: Features, train_labels: Tensor, test: Feature
     none is a miss) and ``warnings`` (one-line strings for the report, :func:`knn_warnings`).
 
     ``train`` ``[N, D]``, ``test`` ``[Q, D]``: tensors or lazy sources; labels ``[N]``, ``[Q]``
-    in ``[0, num_classes)``; ``class_names``: for the warnings (:func:`knn_warnings`). Raises ConfigError (bad pairs), ValueError (labels that do not
+    in ``[0, num_classes)``; ``class_names``: for the warnings (:func:`knn_warnings`). Raises
+    ConfigError (bad pairs), ValueError (labels that do not
     match the rows), DataError (no test rows, NaN or inf features, labels out of range).
     """
     check_pairs(pairs)

@@ -74,19 +74,19 @@ def stage_warnings(rows: list[dict[str, Any]]) -> list[str]:
     (run x, stages act1, layer1): ...``, or ``(run x, every stage)`` when all of the target's stage rows have
     it (a target's data warnings), in the order first seen. Without the stage, a probe that diverged at one
     stage read as the target's."""
-    stages: dict[str, list[str]] = {}
+    stages: dict[str, list[str]] = {}  # a target's stage names, in row order (none for raw pixels)
+    seen: dict[tuple[str, str], list[str]] = {}  # (target, warning) -> the stages that gave it
     for r in rows:
-        stages.setdefault(r["label"], []).append(str(r.get("layer")))
-    seen: dict[tuple[str, str], list[str]] = {}
-    for r in rows:
+        where = [] if r.get("layer") is None else [str(r["layer"])]
+        stages.setdefault(r["label"], []).extend(where)
         for w in row_warnings(r):
-            seen.setdefault((r["label"], w), []).append(str(r.get("layer")))
+            seen.setdefault((r["label"], w), []).extend(where)
     out = []
     for (label, w), where in seen.items():
         where = list(dict.fromkeys(where))
-        said = "every stage" if where == stages[label] and len(where) > 1 else \
-            f"stage{'s' if len(where) > 1 else ''} {', '.join(where)}"
-        out.append(f"**Warning** ({label}, {said}): {w}")
+        said = ("" if not where else ", every stage" if where == stages[label] and len(where) > 1 else
+                f", stage{'s' if len(where) > 1 else ''} {', '.join(where)}")
+        out.append(f"**Warning** ({label}{said}): {w}")
     return out
 
 
@@ -211,8 +211,8 @@ def markdown_table(rows: list[dict[str, Any]], extra_notes: Sequence[str] = ()) 
                 if any(r.get("kind") == "pretrained" for r in rows) else "no trained weights (baselines only)")
              + ", no epoch picked on the test set. kNN: cosine, votes weighted by exp(sim/T); a class without a vote "
              "is never counted as predicted, in top-5 too." + (" " + probe_choice_note(rows) if probes else "")]
-    if probes and top5_note(rows):
-        notes.append(top5_note(rows))
+    if probes and (note := top5_note(rows)):
+        notes.append(note)
     if any(r.get("knn_index") for r in rows):
         notes.append(knn_index_note(rows))
     lin = next((r["linear"] for r in rows if "linear" in r), None)

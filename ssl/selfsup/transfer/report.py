@@ -92,7 +92,8 @@ def transfer_markdown(target: str, rows: list[dict[str, Any]], frozen_rows: list
                      f"{mean_sd_text(r, 'top5')} | {r['trainable_params']:,} ({r['trainable_pct']:.2f}%) | "
                      f"{r['minutes']:.1f} | {linear} | {knn} |")
     notes = [f"**Warning**: {w}" for r in rows for w in r.get("warnings", [])] + frozen_notes(target, rows, frozen_rows, other_data, behind)
-    notes += [n for n in [top5_note(rows)] if n]  # as results.md says for the frozen probes
+    if note := top5_note(rows):  # as results.md says for the frozen probes
+        notes.append(note)
     processes = {r.get("processes", 1) for r in rows}
     if processes != {1}:  # data-parallel: BatchNorm statistics and the batches' split differ from one process
         notes.append(f"Trained data-parallel on {', '.join(str(p) for p in sorted(processes))} processes "
