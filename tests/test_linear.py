@@ -344,6 +344,24 @@ def test_a_tiny_low_shot_subset_is_standardised_with_the_whole_splits_statistics
     assert not any("fewer than" in w for r in full.values() for w in r["warnings"])  # 30 images: their own stats
 
 
+def test_a_selection_split_of_few_rows_is_standardised_with_all_the_training_rows(monkeypatch):
+    """The same fault in select_setting's own split (linear_probe on a tiny labelled set, or a low-shot subset just
+    over MIN_STAT_ROWS): 5 rows left to fit, feature 0 near-constant on them (std 2e-5) and 5.0 on the held-out
+    row. Standardised by the fit rows' own std the held-out row's feature 0 became about 2.5e5 and every setting
+    was judged diverged; with all 6 rows' statistics (no labels used) a setting is chosen."""
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(6, 4, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+    held = torch.randperm(6, generator=torch.Generator().manual_seed(0))[:1]  # _select_setting's held-out row
+    x[:, 0] = 0.0108 + 2e-5 * torch.arange(6.0)
+    x[held, 0] = 5.0
+    setting, val_top1 = select_setting(x, y, 3, [0.1, 0.3], [0.0])
+    ref = linear._select_setting(x, y, 3, [0.1, 0.3], [0.0], 60, 1024, 0.1, 0, linear.column_stats(x))
+    assert (setting, val_top1) == ref[:2]
+    monkeypatch.setattr(linear, "MIN_STAT_ROWS", 0)  # the fit rows' own statistics: the fault
+    with pytest.raises(ConfigError, match="every linear-probe setting diverged"):
+        select_setting(x, y, 3, [0.1, 0.3], [0.0])
+
+
 def test_column_stats_equal_numpy_on_float16_rows():
     x = (torch.randn(3000, 7, generator=torch.Generator().manual_seed(1)) * 50 + 1000).half()
     mean, std = linear.column_stats(x, chunk_rows=256)

@@ -153,7 +153,8 @@ class PrimalHeads:
         bufs[0].view(g, s * c, -1).baddbmm_(delta.view(g, b, s * c).transpose(1, 2), self._xb)
 
     def final_weight(self) -> Tensor:
-        return self.weight  # [G, S, C, D]
+        """The trained weights ``[G, S, C, D]``."""
+        return self.weight
 
 
 class KernelHeads:
@@ -369,7 +370,9 @@ def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: 
                     stats: tuple[Tensor, Tensor] | None = None) -> tuple[tuple[float, float], float | None,
                                                                        list[tuple[float, float]]]:
     """:func:`select_setting` on data already checked (the protocol checks once, not per probe), and the
-    settings whose probes diverged (never chosen; :func:`probe_protocol` says so in its warnings)."""
+    settings whose probes diverged (never chosen; :func:`probe_protocol` says so in its warnings). Fewer than
+    :data:`MIN_STAT_ROWS` rows left to fit are standardised with the statistics of all of ``train`` (no labels
+    used) unless ``stats`` gives others."""
     train = train.float()
     settings = list(product(lrs, wds))
     if len(settings) == 1:  # nothing to choose: no probe trained, no image held out
@@ -379,6 +382,8 @@ def _select_setting(train: Tensor, train_labels: Tensor, num_classes: int, lrs: 
     n_val = held_out_count(len(train), val_fraction)
     check_fit_split(len(train), n_val, "the linear probe")
     val_idx, fit_idx = perm[:n_val], perm[n_val:]
+    if stats is None and len(fit_idx) < MIN_STAT_ROWS:  # too few to standardise by: the rows held out count too
+        stats = column_stats(train)
     fit_x, val_x = standardise(train[fit_idx], train[val_idx], stats=stats)
     with torch.no_grad():
         heads = _train_heads(fit_x, train_labels[fit_idx], num_classes, settings, epochs, batch_size, seed)
@@ -625,13 +630,13 @@ def probe_protocol(train: Tensor, train_labels: Tensor, test: Tensor, test_label
         else:
             for s in range(seed, seed + seeds):
                 idx = class_balanced_subset(train_labels, fraction, s)  # [n]
-                if len(idx) < MIN_STAT_ROWS and full_stats is None:
-                    full_stats = column_stats(train)
+                n_train = len(idx)
+                if n_train < MIN_STAT_ROWS:  # standardised with the whole split's statistics
+                    few.append(n_train)
+                    full_stats = full_stats or column_stats(train)
                 runs.append(_linear_probe(train[idx], train_labels[idx], test, test_labels, num_classes, lrs,
                                           wds, epochs, batch_size, val_fraction, s,
-                                          full_stats if len(idx) < MIN_STAT_ROWS else None))
-                n_train = len(idx)
-                few += [n_train] if n_train < MIN_STAT_ROWS else []
+                                          full_stats if n_train < MIN_STAT_ROWS else None))
                 bar.update()
             val = [r["val_top1"] for r in runs]
         n_val = held_out_count(n_train, val_fraction, choices)
