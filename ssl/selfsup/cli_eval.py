@@ -226,8 +226,9 @@ def check_out_folder(out: str | None, kind: str = "frozen", target: str | None =
                               f"the run's files there): give a folder of its own, e.g. {folder.parent}/eval-mine or a "
                               f"path outside the run")
     home = next((f for f in Path(out).resolve().parents if RunDir(f).is_run()), None)  # the run --out is inside
-    inside = target is not None and Path(target).exists() and (Path(target).resolve() == home or
-                                                              Path(target).resolve().is_relative_to(home or Path("/-")))
+    # the target (a run, its checkpoint or export) is part of that run; random:/pixels never are
+    inside = home is not None and target is not None and Path(target).exists() and \
+        Path(target).resolve().is_relative_to(home)
     if home is not None and target is not None and not inside:
         raise ConfigError(f"--out {out} is inside run {home}, whose folders compare and its resume read as that run's "
                           f"evaluations, but this evaluates {target}: give it a folder of its own outside {home}"
