@@ -817,6 +817,7 @@ def test_an_export_of_the_runs_last_checkpoint_keeps_its_results_and_an_earlier_
     shutil.copy(run / "checkpoints" / "last.ckpt", run / "checkpoints" / "epoch=0.ckpt")
     capsys.readouterr()
     assert main(["export", str(run / "checkpoints" / "epoch=0.ckpt"), str(tmp_path / "early")]) == 0
-    assert (f"note: {run / 'results.json'} holds the numbers of {run}'s last checkpoint, not of "
-            f"{run / 'checkpoints' / 'epoch=0.ckpt'}: the export carries no results") in capsys.readouterr().out
+    assert (f"note: {run / 'results.json'} holds the numbers of {run}'s last checkpoint, and "
+            f"{run / 'checkpoints' / 'epoch=0.ckpt'} is another checkpoint file, never evaluated itself: the export "
+            f"carries no results (for them: selfsup eval {tmp_path / 'early'})") in capsys.readouterr().out
     assert not read_card(tmp_path / "early").get("results")

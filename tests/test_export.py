@@ -218,6 +218,40 @@ def test_run_dir_names_the_files_pretrain_writes(trained_run):
     assert not RunDir(trained_run / "checkpoints").is_run()
 
 
+def test_an_export_checks_the_runs_results_before_writing_anything(trained_run, tmp_path, capsys):
+    """helper-71's: a hand-edited or cut-short results.json gave `selfsup export RUN` a traceback (top1 null, text)
+    after it had written the weights, or put -5 % in the model card; compare refused the same file. The export
+    reads results.json through compare's check first: one line naming the file, the key and the value, and
+    nothing written."""
+    import json
+    import shutil
+
+    from conftest import one_line_error
+    from selfsup.cli import main
+
+    run = tmp_path / "edited"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export", "eval-*"))
+    good = [{"label": "SimCLR resnet18 (pretrained)", "kind": "pretrained", "warnings": [],
+             "knn": {"k=20,T=0.07": {"top1": 81.5, "top5": 97.0}}}]  # a results.json as selfsup writes it
+    key, cell = "knn", "k=20,T=0.07"
+    for value, said in ((None, "null"), (-5, "-5"), ("abc", "\"abc\"")):
+        rows = json.loads(json.dumps(good))
+        rows[0][key][cell]["top1"] = value
+        (run / "results.json").write_text(json.dumps(rows))
+        assert main(["export", str(run), str(tmp_path / "out")]) == 2
+        err = one_line_error(capsys.readouterr().err)
+        assert str(run / "results.json") in err and f"top1 = {said}" in err, err
+        assert not (tmp_path / "out").exists()
+    (run / "results.json").write_text('[{"label": 1')
+    assert main(["export", str(run), str(tmp_path / "out")]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup export: error: {run / 'results.json'} is not readable JSON (edited or cut short?): evaluate the run "
+        f"again (selfsup eval {run}), or restore the file")
+    assert not (tmp_path / "out").exists()
+    (run / "results.json").write_text(json.dumps(good))
+    assert main(["export", str(run), str(tmp_path / "out")]) == 0 and (tmp_path / "out" / "README.md").is_file()
+
+
 def test_an_export_into_another_runs_export_folder_is_refused(trained_run, tmp_path, capsys):
     """helper-63's: `selfsup export RUN_B RUN_A/export` replaced RUN_A's export with RUN_B's weights ("replacing
     the export in ..."), and compare then listed them as RUN_A's. Refused in one line, RUN_A's files untouched;

@@ -104,12 +104,11 @@ def check_export_place(source: Path, out: Path) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     """model.safetensors + config.json + README.md of a run's encoder, plus the files of --format."""
-    import json
-
     from selfsup.artifacts.card import MODEL_CARD, results_summary
     from selfsup.artifacts.exportdir import parse_formats
     from selfsup.artifacts.load import export_encoder
     from selfsup.artifacts.validate import read_card
+    from selfsup.compare import read_results
     from selfsup.eval.report import baseline_options
     from selfsup.rundir import is_export_dir, results_behind, run_steps, training_pid
 
@@ -146,10 +145,10 @@ def _export(args: argparse.Namespace) -> None:
             print(f"note: {root} is being trained by {f'process {pid}' if pid else 'another process'}: this export "
                   f"holds its last checkpoint now, without results; export it again when its training has ended")
         elif res.is_file() and not last:  # an earlier checkpoint of the run: the run's results are not its numbers
-            print(f"note: {res} holds the numbers of {root}'s last checkpoint, not of {source}: the export carries "
-                  f"no results")
-        elif res.is_file():
-            rows, now = json.loads(res.read_text()), run_steps(root)
+            print(f"note: {res} holds the numbers of {root}'s last checkpoint, and {source} is another checkpoint "
+                  f"file, never evaluated itself: the export carries no results (for them: selfsup eval {out})")
+        elif res.is_file():  # checked before anything is written: a hand-edited number would reach the card
+            rows, now = read_results(res, f"evaluate the run again (selfsup eval {root})"), run_steps(root)
             behind = results_behind(rows, now)
             if behind is None:
                 results = results_summary(rows)

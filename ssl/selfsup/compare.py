@@ -101,6 +101,19 @@ def read_training_time(path: Path) -> dict[str, Any]:
     return timing
 
 
+def read_results(path: Path, again: str) -> list[dict[str, Any]]:
+    """A run's ``results.json`` at ``path``, read and checked (:func:`check_rows`) before any number of it is used
+    (compare's table, an export's model card).
+
+    Raises:
+        LoadError: (one line) the file is not JSON (edited or cut short), or not laid out as selfsup writes it;
+            ``again`` says how to make it afresh."""
+    raw = read_json_or_none(path)
+    if raw is None:
+        raise LoadError(f"{path} is not readable JSON (edited or cut short?): {again}, or restore the file")
+    return check_rows(raw, str(path))
+
+
 def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
     """``rows`` (a results.json read from ``source``) once they are laid out as selfsup writes them: a list of
     objects whose warnings are lists of text, whose kNN, probe, detection and transfer results hold their
@@ -263,11 +276,7 @@ def read_run(path: Path) -> Entry:
                      if found else "")
         raise LoadError(f"{path} has no results.json of its own: run selfsup eval {path}{elsewhere}")
     entry = run_about(path)
-    raw = read_json_or_none(run.results_json)
-    if raw is None:
-        raise LoadError(f"{run.results_json} is not readable JSON (edited or cut short?): evaluate the run again "
-                        f"(selfsup eval {path}), or restore the file")
-    entry.rows = _final_stage(check_rows(raw, str(run.results_json)))
+    entry.rows = _final_stage(read_results(run.results_json, f"evaluate the run again (selfsup eval {path})"))
     mark_stale(entry.rows, path)  # a resume with --no-eval leaves the results of the weights before it
     return entry
 
