@@ -204,6 +204,46 @@ def test_flat_splits_refuse_split_folders_that_hold_classes_and_say_what_applies
                                    "nothing to evaluate on; set data.holdout_fraction (e.g. 0.2)")
 
 
+def test_a_class_folder_linked_to_nothing_is_refused_not_dropped(tmp_path):
+    """helper-71's: a class folder that is a link to a missing place (an unmounted drive) was left out without a
+    word: 2 classes trained instead of 3, and every class number after it moved. Refused, naming the link and
+    its target; a broken link to an image file is still counted as an unreadable file."""
+    for cls in ("x", "y"):
+        for i in range(2):
+            _png(tmp_path / "root" / cls / f"{i}.png", COLOURS["a"])
+    (tmp_path / "root" / "w").symlink_to(tmp_path / "missing-drive")
+    with pytest.raises(DataError) as err:
+        build_dataset(_cfg(tmp_path / "root"), "train")
+    assert _one_line(err) == (f"{str(tmp_path / 'root' / 'w')!r} is a link to {str(tmp_path / 'missing-drive')!r}, "
+                              f"which does not exist (a drive not mounted?), so its images cannot be read: mount it, "
+                              f"or remove the link")
+    (tmp_path / "root" / "w").unlink()
+    (tmp_path / "root" / "x" / "gone.png").symlink_to(tmp_path / "nothing.png")
+    assert build_dataset(_cfg(tmp_path / "root"), "train").class_names == ("x", "y")
+
+
+def test_holdout_zero_names_the_online_probe_when_it_is_what_needs_a_test_split(tmp_path, capsys):
+    """helper-71's: data.holdout_fraction=0 (train on everything) with --no-eval was refused as "nothing to
+    evaluate on", though nothing was to be evaluated: the online probe's test loader needed the split. The
+    error names trainer.online_probe=false, which makes the same command train."""
+    from conftest import ROOT, one_line_error
+    from selfsup.cli import main
+
+    for cls in ("x", "y"):
+        for i in range(4):
+            _png(tmp_path / "data" / cls / f"{i}.png", COLOURS["a" if cls == "x" else "b"])
+    args = ["pretrain", str(ROOT / "configs" / "quickstart.yaml"), "--run-dir", str(tmp_path / "run"), "--no-eval",
+            "data.name=image-folder", f"data.root={tmp_path / 'data'}", "data.image_size=16", "data.in_chans=3",
+            "data.batch_size=4", "data.holdout_fraction=0", "trainer.max_steps=1", "trainer.progress_bar=false",
+            "encoder.kwargs={channels: [8, 16, 32, 64]}"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert err.startswith("selfsup pretrain: error: the online probe (trainer.online_probe) scores on the test split, "
+                          "and image folder") and err.endswith("; or set trainer.online_probe=false")
+    assert main([*args, "trainer.online_probe=false"]) == 0
+
+
 def test_class_names_reach_subsets_and_decoded_copies(tmp_path):
     """helper-70's: kNN warnings lost the class names under data.subset and data.cache=uint8 (a Subset and the
     decoded copy had none)."""

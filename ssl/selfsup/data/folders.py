@@ -69,7 +69,8 @@ def file_id(path: str) -> FileId:
 def _list_dir(folder: str) -> tuple[list[str], list[str], list[str]]:
     """(image files, subfolders, files of :data:`UNREAD_EXTENSIONS`) directly in ``folder`` as paths, sorted by
     name, hidden and system names left out. Links are followed; a broken link with an image name counts as
-    a file (it is then reported as unreadable). Raises DataError when the folder cannot be read."""
+    a file (it is then reported as unreadable). Raises DataError when the folder cannot be read, or holds a
+    broken link named like a folder (no extension)."""
     try:
         with os.scandir(folder) as it:
             entries = sorted((e for e in it if not is_ignored(e.name)), key=lambda e: e.name)
@@ -77,6 +78,12 @@ def _list_dir(folder: str) -> tuple[list[str], list[str], list[str]]:
         raise DataError(f"cannot list image folder {folder!r} ({err.strerror or err}); check that it "
                         f"exists and is readable") from None
     dirs = [e.path for e in entries if e.is_dir()]
+    # a link to nothing named like a folder (no extension): a class folder on a drive not mounted, say; left out,
+    # its class would vanish and every later class number shift without a word
+    gone = [e for e in entries if e.is_symlink() and not os.path.exists(e.path) and not os.path.splitext(e.name)[1]]
+    if gone:
+        raise DataError(f"{gone[0].path!r} is a link to {os.readlink(gone[0].path)!r}, which does not exist (a drive "
+                        f"not mounted?), so its images cannot be read: mount it, or remove the link")
     files = [e.path for e in entries if not e.is_dir() and _is_image_name(e.name)]
     unread = [e.path for e in entries if e.name.lower().endswith(UNREAD_EXTENSIONS) and not e.is_dir()]
     return files, dirs, unread

@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from selfsup.config import ConfigError, RunConfig, method_name
-from selfsup.data import DataInfo, build_dataset, make_loader, subset
+from selfsup.data import DataError, DataInfo, build_dataset, make_loader, subset
 from selfsup.encoders import EncoderError, check_forward, check_kwargs_take_effect
 from selfsup.fileio import write_json
 from selfsup.rundir import RunDir, bad_file_count
@@ -115,8 +115,12 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
                                seed=cfg.seed, with_indices=module.method.needs_indices)
     val_loader = None
     if module.probe is not None:
-        val_loader = make_loader(build_dataset(cfg.data, "test"), cfg.data.eval_batch_size, train=False,
-                                 num_workers=cfg.data.num_workers)
+        try:
+            test_ds = build_dataset(cfg.data, "test")
+        except DataError as err:  # no test split (data.holdout_fraction=0): the online probe has nothing to score
+            raise DataError(f"the online probe (trainer.online_probe) scores on the test split, and {err}; or set "
+                            f"trainer.online_probe=false") from None
+        val_loader = make_loader(test_ds, cfg.data.eval_batch_size, train=False, num_workers=cfg.data.num_workers)
     trainer = build_trainer(cfg, module, run_dir, log, resume)
     check_sync_batchnorm(t.sync_batchnorm, trainer.world_size, trainer.accelerator)  # before any process starts
     plan = plan_steps(len(train_ds), cfg.data.batch_size, trainer.world_size, t.limit_train_batches,
