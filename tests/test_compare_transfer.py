@@ -207,6 +207,17 @@ def test_bar_chart_starts_at_zero_and_draws_error_bars_only_where_there_is_sprea
     assert error_segments(ax) == [] and ax.get_ylim()[0] == 0.0
 
 
+def test_bar_chart_tells_a_zero_bar_from_a_missing_value(tmp_path, monkeypatch):
+    """A detection mAP of 0.00 drew a bar of height 0, which looked like the blank of a missing value:
+    zero bars are marked "0" and missing ones "n/a", each at its own bar's position."""
+    ax = drawn_axes(monkeypatch, ["run a", "run b"], {"kNN": [80.0, None], "mAP": [0.0, 12.5]}, tmp_path / "z.png")
+    marks = sorted((t.get_text(), round(t.xy[0], 3)) for t in ax.texts)
+    width = 0.8 / 2
+    assert marks == [("0", round(0 + width / 2, 3)), ("n/a", round(1 - width / 2, 3))]
+    ax = drawn_axes(monkeypatch, ["a"], {"kNN": [60.0]}, tmp_path / "y.png")
+    assert len(ax.texts) == 0  # nothing to mark
+
+
 def test_bar_chart_legend_covers_no_bar(tmp_path):
     """helper-62's: the legend sat inside the axes, over the tops of bars near the scale's top (accuracies of
     80-90 %, the usual case). It is drawn above the axes: its box meets no bar's in the saved figure."""

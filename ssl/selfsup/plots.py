@@ -372,8 +372,9 @@ def bar_chart(labels: Sequence[str], columns: Mapping[str, Sequence[float | None
               ylabel: str = "test top-1 (%)", errors: Mapping[str, Sequence[float | None]] | None = None) -> Path | None:
     """Grouped bars: one group per label, one bar per column (None: no bar), with error bars
     from ``errors`` where given and positive (None or 0: one seed, no spread measured, so no bar is drawn).
-    The value axis starts at 0 (bars cut off above 0 would exaggerate the differences). None when no
-    column has a value."""
+    The value axis starts at 0 (bars cut off above 0 would exaggerate the differences). A bar of
+    height 0 (a detection mAP of 0.00) is marked "0" and a missing value "n/a" at the axis, so that
+    neither reads as the other. None when no column has a value."""
     if not any(v is not None for vs in columns.values() for v in vs):
         return None
     plt = _pyplot()
@@ -387,6 +388,10 @@ def bar_chart(labels: Sequence[str], columns: Mapping[str, Sequence[float | None
                           dtype=float)  # [labels]
         xs = x + (i - (len(columns) - 1) / 2) * width
         ax.bar(xs, v, width, label=name)
+        for xi, vi in zip(xs, v):  # a bar of height 0 draws nothing: say which it is
+            if not np.isfinite(vi) or vi == 0:
+                ax.annotate("0" if vi == 0 else "n/a", (xi, 0), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7, rotation=90, color="dimgray")
         has = np.isfinite(v) & np.isfinite(spread) & (spread > 0)  # no error bar where no spread is measured
         if has.any():
             ax.errorbar(xs[has], v[has], yerr=spread[has], fmt="none", ecolor="black", capsize=2)
