@@ -122,7 +122,8 @@ def test_a_run_lists_its_unreadable_files_and_its_export_card_counts_them(messy_
     assert "9 training images (3 of them unreadable, left out of training)" in readme
     # helper-63's: how the files were decoded (EXIF turned, 16-bit scaled, RGB) for code that feeds it other files
     assert "the EXIF orientation applied (`PIL.ImageOps.exif_transpose`)" in readme and \
-        "16-bit images scaled by 255 / 65535, then converted to RGB" in readme
+        "unsigned 16-bit images scaled by 255 / 65535 (32-bit, signed and floating-point images were refused), " \
+        "then converted to RGB" in readme
 
 
 def test_a_decoded_copy_counts_readable_images_and_a_resume_switching_it_says_why_it_cannot(messy_folder, tmp_path,

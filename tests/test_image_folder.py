@@ -72,8 +72,71 @@ def test_another_member_test_with_one_late_class_and_an_empty_folder(tmp_path):
         _png(tmp_path / "train" / cls / "0.png", COLOURS[cls])
     _png(tmp_path / "val" / "d" / "0.png", COLOURS["d"])  # val/ stands in for test/
     (tmp_path / "val" / "b").mkdir()  # an empty test class folder is the class being absent
-    test = build_dataset(_cfg(tmp_path), "test")
+    with pytest.warns(UserWarning, match="training class folder.*'a', 'b', 'c' in .* have no test images"):
+        test = build_dataset(_cfg(tmp_path), "test")
     assert test.labels.tolist() == [3] and test.num_classes == 4
+
+
+def test_training_classes_without_test_images_are_named_in_a_warning(tmp_path, recwarn):
+    """helper-72's: a class with training images but no test images (no test folder, an empty one, or one image
+    when the test split is held out) was left out of the test split without a word, so the test accuracy said
+    nothing about it. It is still scored (its images train, its class can be predicted) but named in a warning,
+    only when the test split is built."""
+    for cls in "abc":
+        _png(tmp_path / "split" / "train" / cls / "0.png", COLOURS[cls])
+    _png(tmp_path / "split" / "test" / "a" / "0.png", COLOURS["a"])
+    (tmp_path / "split" / "test" / "c").mkdir()
+    train_dir, test_dir = str(tmp_path / "split" / "train"), str(tmp_path / "split" / "test")
+    assert len(build_dataset(_cfg(tmp_path / "split"), "train")) == 3 and not recwarn.list  # training: no warning
+    with pytest.warns(UserWarning) as said:
+        test = build_dataset(_cfg(tmp_path / "split"), "test")
+    assert test.labels.tolist() == [0]
+    assert [str(w.message) for w in said] == [
+        f"training class folder(s) 'b', 'c' in {train_dir!r} have no test images (no folder, or an empty one, in "
+        f"{test_dir!r}), so the test accuracy says nothing about those classes; add their test images as "
+        f"{os.path.join(test_dir, '<class>', '')!r}, or remove the class folder(s) from {train_dir!r}"]
+    _labelled(tmp_path / "held", {"a": 5, "b": 1, "c": 4, "d": 1})  # b and d: one image each, which trains
+    with pytest.warns(UserWarning) as said:
+        test = build_dataset(_cfg(tmp_path / "held"), "test")
+    assert sorted(set(test.labels.tolist())) == [0, 2]
+    assert [str(w.message) for w in said] == [
+        f"training class folder(s) 'b', 'd' in {str(tmp_path / 'held')!r} have one image only (it trains: a class "
+        f"needs two or more for one to be held out for testing), so the test accuracy says nothing about those "
+        f"classes; add images to those classes, or add a test/ folder of class subfolders"]
+
+
+def test_test_classes_a_training_subset_lacks_are_named_with_the_accuracy_they_cap(tmp_path):
+    """helper-72's: ``data.subset`` draws a random subset of the training images; a class it leaves out can never
+    be predicted, so its test images are certain errors, and nothing said so. The warning counts them, caps the
+    accuracy by their share, and names the fix."""
+    import warnings
+
+    from selfsup.eval.evaldata import evaluation_data
+
+    for cls, n in (("a", 6), ("b", 6), ("c", 1)):
+        for i in range(n):
+            _png(tmp_path / "train" / cls / f"{i}.png", COLOURS[cls])
+    for cls, n in (("a", 3), ("b", 2), ("c", 3)):
+        for i in range(n):
+            _png(tmp_path / "test" / cls / f"{i}.png", COLOURS[cls])
+    args = ["method.name=simclr", "data.name=image-folder", f"data.root={tmp_path}", "data.image_size=4"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every class trains: nothing to say
+        train, test, _ = evaluation_data(load_config(None, args))
+    assert len(train) == 13 and len(test) == 8
+    cfg = load_config(None, [*args, "data.subset=8", "seed=4"])  # seed 4 draws no image of c
+    with pytest.warns(UserWarning) as said:
+        train, test, _ = evaluation_data(cfg)
+    missing = sorted(set(test.labels.tolist()) - set(train.labels.tolist()))  # [classes] the subset left out
+    assert missing, "seed 4 must leave a class out of the 8-image subset for this test to test anything"
+    names = ("a", "b", "c")
+    n = sum(1 for y in test.labels.tolist() if y in missing)
+    shown = ", ".join(repr(names[c]) for c in missing)
+    assert [str(w.message) for w in said] == [
+        f"{n} of the 8 test images ({100 * n / 8:.1f}%) of dataset 'image-folder' at {str(tmp_path)!r} are of "
+        f"class(es) {shown}, which none of the 8 labelled training images has: kNN and probes can never predict "
+        f"them, so accuracy is at most {100 - 100 * n / 8:.1f}%; data.subset=8 drew none of their training images: "
+        f"raise data.subset (or drop it) so that every class has training images"]
 
 
 def test_a_test_class_that_train_lacks_is_a_one_line_error(tmp_path):
@@ -797,9 +860,8 @@ def test_sixteen_bit_images_decode_alike_in_every_format_and_float_images_are_re
     Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "f.tif")
     with pytest.raises(DataError) as err:
         decode_image(str(tmp_path / "f.tif"), 1)
-    assert _one_line(err).startswith(f"cannot decode image {str(tmp_path / 'f.tif')!r}: ValueError: a "
-                                     f"floating-point image (mode F) has no defined value range; save it as 8- or "
-                                     f"16-bit")
+    assert _one_line(err).startswith(f"cannot decode image {str(tmp_path / 'f.tif')!r}: ValueError: a 32-bit "
+                                     f"floating-point TIFF (SampleFormat 3) has no defined value range")
 
 
 def test_photos_in_formats_not_read_are_counted_and_named(tmp_path):

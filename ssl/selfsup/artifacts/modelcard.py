@@ -225,7 +225,8 @@ def decoding_note(in_chans: int) -> str:
               "channels, another function)" if in_chans == 1 else "converted to RGB by Pillow's `convert(\"RGB\")`")
     return ("Image files were decoded as an image viewer shows them, which plain timm and torchvision loaders do "
             "not all do: the EXIF orientation applied (`PIL.ImageOps.exif_transpose`), the first frame of "
-            "animations, transparency dropped (not composited), 16-bit images scaled by 255 / 65535, then "
+            "animations, transparency dropped (not composited), unsigned 16-bit images scaled by 255 / 65535 (32-bit, "
+            "signed and floating-point images were refused), then "
             f"{colour}; the shorter side resized to the input size (antialiased), then a centre crop.\n")
 
 

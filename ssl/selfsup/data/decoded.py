@@ -39,8 +39,9 @@ def default_cache_dir() -> Path:
 
 
 # Bump when decoding or resizing changes what a file decodes to (2: EXIF orientation applied; 3: mode "I"
-# always scaled as 16-bit, mode "F" refused), so that copies made by an older decoder are not reused.
-DECODER_VERSION = 3
+# always scaled as 16-bit, mode "F" refused; 4: 32-bit, signed and floating-point TIFFs refused, which an
+# older copy holds clipped or wrapped), so that copies made by an older decoder are not reused.
+DECODER_VERSION = 4
 
 
 def folder_key(ds: FolderImages) -> str:

@@ -318,7 +318,8 @@ def folder_split(root: Path, split: str, fraction: float = 0.2,
     Raises DataError for: a test split that cannot exist (unlabeled folder without test/,
     ``fraction`` 0); a test class the training folder lacks; a training class folder with
     no images; loose images beside class folders; one file in two classes or in both
-    splits; no images at all.
+    splits; no images at all. Warns (:func:`warn_untested`, for ``split="test"``) when a training
+    class has no test images (no or an empty test folder; a single image, when held out).
     """
     train_dir, test_dir = _split_dirs(root, splits)
     train = scan_folder(train_dir)
@@ -339,6 +340,7 @@ def folder_split(root: Path, split: str, fraction: float = 0.2,
         test = scan_folder(test_dir)
         warn_unread(test)
         chosen = _test_classes(train, test, names)
+        warn_untested([name for name in names if not chosen.get(name)], train_dir, test_dir)
     files = [f for name in names for f in chosen.get(name, [])]
     labels = [i for i, name in enumerate(names) for _ in chosen.get(name, [])]
     return _nonempty(files, test_dir if split == "test" and test_dir else train_dir), labels, names
@@ -374,7 +376,29 @@ def _held_out_side(train: FolderScan, root: Path, split: str, fraction: float, s
     if split == "test" and not any(held.values()):
         raise DataError(f"no class in {train.folder!r} has two or more images, so none can be held out for testing; "
                         f"add images or a test/ subfolder")
+    if split == "test":
+        warn_untested(sorted(name for name, files in held.items() if not files), train.folder, None)
     return held if split == "test" else kept
+
+
+def warn_untested(classes: list[str], train_dir: str, test_dir: str | None) -> None:
+    """Warn (one line) that the training classes ``classes`` have no test image: the test accuracy says nothing
+    about them (kNN and probes still predict them, so they can take test images of other classes), and a
+    per-class score has no test image of them. ``test_dir`` None: the test split is held out of ``train_dir``, where
+    such a class has a single image (it trains, :func:`holdout_split`)."""
+    import warnings
+
+    if not classes:
+        return
+    if test_dir is None:
+        why = "one image only (it trains: a class needs two or more for one to be held out for testing)"
+        fix = "add images to those classes, or add a test/ folder of class subfolders"
+    else:
+        why = f"no test images (no folder, or an empty one, in {test_dir!r})"
+        fix = (f"add their test images as {os.path.join(test_dir, '<class>', '')!r}, or remove the class folder(s) "
+               f"from {train_dir!r}")
+    warnings.warn(f"training class folder(s) {_few(classes, 10)} in {train_dir!r} have {why}, so the test accuracy "
+                  f"says nothing about those classes; {fix}", stacklevel=3)
 
 
 def _test_classes(train: FolderScan, test: FolderScan, names: list[str]) -> dict[str, list[str]]:

@@ -28,12 +28,15 @@ def decode_image(path: str, in_chans: int, exif_orientation: bool = True) -> Ten
     Multi-frame files (GIF, TIFF, WebP, APNG) give their first frame. Palette, CMYK, RGBA,
     grayscale+alpha and 16-bit images are converted; transparency is dropped, not
     composited (each pixel keeps its stored colour, as torchvision's ImageFolder loader
-    does); 16-bit values are scaled to 8 bits (65535 -> 255) instead of clipped, whatever the
-    image's own largest value (Pillow's mode "I" included: its 16-bit PGM, and 32-bit integer TIFFs,
-    whose values above 65535 clip), so a dark image is not brightened unlike a bright one. A
-    floating-point image (mode "F") is refused: its value range is not defined.
-    Any failure (missing permission, not an image, truncated or corrupt data) is a
-    DataError naming the file.
+    does); unsigned 16-bit values (PNG, TIFF, and PGM/PPM, whose maxval Pillow scales to 65535) are
+    scaled to 8 bits (65535 -> 255) instead of clipped, whatever the image's own largest value, so a dark
+    image is not brightened unlike a bright one. Images whose samples no such scale fits are refused,
+    never clipped (:func:`_refusal`): 32-bit integers (Pillow's mode "I" from a TIFF or any format but
+    PNG and PGM/PPM; scaled by their full range any value below 2**22 would round to black), signed
+    integers of any width (a TIFF's SampleFormat 2: a negative value has no brightness) and floating
+    point (mode "F": its value range is not defined, whether or not its values lie in [0, 1]).
+    Any failure (missing permission, not an image, truncated or corrupt data, one of the refused
+    kinds above, an image over Pillow's decompression-bomb limit) is a one-line DataError naming the file.
     """
     import numpy as np
     from PIL import Image
@@ -43,24 +46,96 @@ def decode_image(path: str, in_chans: int, exif_orientation: bool = True) -> Ten
         # from a file object, not the path: Pillow memory-maps uncompressed files opened by path,
         # and its mapping of a TIFF whose Orientation swaps width and height garbles the pixels
         with open(path, "rb") as f, Image.open(f) as im:
+            refused = _refusal(im)  # from the header and the mode, before any pixel is decoded
+            if refused:
+                raise ValueError(refused)
             im.load()  # decode now (the first frame): truncated files fail here, not later
             if exif_orientation:
                 im = _upright(im)
-            if im.mode == "F":  # no range a pixel value is measured against: any choice would be a guess
-                raise ValueError("a floating-point image (mode F) has no defined value range; save it as 8- or "
-                                 "16-bit")
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grayscale (Pillow's 16-bit PGM: "I")
+            if im.mode in SIXTEEN_BIT_MODES:  # unsigned 16-bit grayscale (_refusal let through no other "I")
                 arr = np.asarray(im, dtype=np.float64)  # [H, W] in 0..65535 (Pillow scales a PGM's maxval to it)
                 im = Image.fromarray(np.clip(arr * (255.0 / 65535.0), 0, 255).round().astype(np.uint8), "L")
             elif im.mode == "P":
                 im = im.convert("RGBA")  # palettes with transparency convert cleanly through RGBA
             im = im.convert("L" if in_chans == 1 else "RGB")
             return TF.pil_to_tensor(im)  # uint8 [C, H, W]
+    except Image.DecompressionBombError as err:  # Pillow's guard against a tiny file that decodes to gigabytes
+        raise DataError(f"cannot decode image {path!r}: {_bomb_message(str(err))}{BAD_FILE_ADVICE}") from None
     except Exception as err:  # PIL raises many types for corrupt, truncated or foreign files
         raise DataError(f"cannot decode image {path!r}: {type(err).__name__}: {err}{BAD_FILE_ADVICE}") from None
 
 
 BAD_FILE_ADVICE = ". Remove or replace the file, or set data.on_bad_file=skip to leave such files out"
+
+# Pillow's modes of unsigned 16-bit grayscale; its mode "I" (signed 32-bit) holds 16-bit data only from PNG
+# (Pillow before 10.4 read 16-bit grayscale PNGs as "I") and PGM/PPM (any maxval above 255, scaled to 0..65535)
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+SIXTEEN_BIT_IN_MODE_I = ("PNG", "PPM")
+TO_EIGHT_OR_SIXTEEN_BIT = "convert it to unsigned 8-bit or 16-bit (values scaled to 0..255 or 0..65535)"
+
+
+def _refusal(im: Image.Image) -> str:
+    """Why ``im``'s samples cannot be scaled to 8 bits without a guess (one line naming their bit depth
+    and the fix), or "" when they can.
+
+    A TIFF says what its samples are in its BitsPerSample (258) and SampleFormat (339: 1 unsigned,
+    2 signed, 3 floating point; TIFF 6.0, section 19) tags, which Pillow keeps in ``tag_v2``; Pillow
+    reads a signed 8-bit TIFF as mode "L" (-1 becomes 255) and an unsigned 32-bit one as mode "I"
+    (values from 2**31 up become negative), so the tags are read, not only the mode. Other formats:
+    by Pillow's mode ("F" floating point; "I" 32-bit integers except from PNG and PGM/PPM).
+    """
+    fmt = f"{im.format} " if im.format else ""
+    tags = getattr(im, "tag_v2", None) if im.format == "TIFF" else None
+    if tags is not None:
+        bits = max(_tag_values(tags.get(258)) or (1,))
+        sample_format = max(_tag_values(tags.get(339)) or (1,))
+        if sample_format == 3 or im.mode == "F":
+            return _float_refusal(f"a {bits}-bit floating-point TIFF (SampleFormat 3)")
+        if sample_format == 2:
+            return (f"a signed {bits}-bit integer TIFF (SampleFormat 2): a negative value has no brightness, so its "
+                    f"values cannot be scaled to 8 bits without a guess; {TO_EIGHT_OR_SIXTEEN_BIT}")
+        if bits > 16:
+            return (f"a {bits}-bit integer TIFF (Pillow mode {im.mode}) holds values up to {2 ** bits - 1:,}: scaled "
+                    f"by that range any value below {2 ** (bits - 9):,} would round to black; "
+                    f"{TO_EIGHT_OR_SIXTEEN_BIT}")
+        return ""
+    if im.mode == "F":
+        return _float_refusal(f"a floating-point {fmt}image (Pillow mode F)")
+    if im.mode == "I" and im.format not in SIXTEEN_BIT_IN_MODE_I:
+        return (f"a 32-bit integer {fmt}image (Pillow mode I) holds values up to {2 ** 31 - 1:,}: scaled by that "
+                f"range any value below {2 ** 22:,} would round to black; {TO_EIGHT_OR_SIXTEEN_BIT}")
+    return ""
+
+
+def _float_refusal(what: str) -> str:
+    """The refusal of a floating-point image, ``what`` naming its kind."""
+    return (f"{what} has no defined value range (whether or not its values lie in [0, 1]; values outside it or "
+            f"not finite could only be clipped), so it cannot be scaled to 8 bits without a guess; "
+            f"{TO_EIGHT_OR_SIXTEEN_BIT}")
+
+
+def _tag_values(value: object) -> tuple[int, ...]:
+    """A TIFF tag's integer values as a tuple (Pillow gives one value or a tuple, one per sample)."""
+    if value is None:
+        return ()
+    values = value if isinstance(value, tuple) else (value,)
+    return tuple(int(v) for v in values if isinstance(v, int))
+
+
+def _bomb_message(pillow_says: str) -> str:
+    """One line for Pillow's DecompressionBombError: the image's pixel count (from Pillow's message,
+    ``Image size (N pixels) exceeds limit of M pixels, ...``), Pillow's limit and how to raise it."""
+    import re
+
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    found = re.search(r"\((\d+) pixels\)", pillow_says)
+    size = f"{int(found.group(1)):,} pixels" if found else pillow_says.rstrip(".")
+    return (f"DecompressionBombError: the image has {size}, over Pillow's decompression-bomb limit (2 x "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {2 * limit:,} pixels; Pillow warns from {limit:,}), which guards against "
+            f"a small file that decodes to gigabytes; if the file is trusted, raise the limit in Python before the "
+            f"data is read (`PIL.Image.MAX_IMAGE_PIXELS = None` or a larger number), or downscale the image")
 
 
 def _upright(im: Image.Image) -> Image.Image:

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from selfsup.config import RunConfig
 from selfsup.data import DataError, DataInfo, ImageDataset, build_dataset, subset
 from selfsup.data.base import Subset
@@ -74,7 +76,8 @@ def evaluation_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset, int]:
 
     Everything is checked before any feature is extracted: :class:`NotScorable` (one line)
     when the training split has no labels or labelled images of fewer than two classes, a
-    DataError when the test split holds unlabeled images.
+    DataError when the test split holds unlabeled images; a warning (:func:`warn_unseen_classes`) when
+    test images are of classes the training images lack.
     """
     train_ds, dropped = labelled_training_data(cfg)
     test_ds = build_dataset(cfg.data, "test")
@@ -83,7 +86,35 @@ def evaluation_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset, int]:
         raise DataError(f"the test split of {describe_data(cfg)} has {unlabeled} unlabeled image(s) (label -1) "
                         f"of {len(test_ds)}; kNN and probes are scored on labelled test images only: give every "
                         f"test image a class (a class subfolder for image-folder)")
+    warn_unseen_classes(train_ds, test_ds, cfg)
     return train_ds, test_ds, dropped
+
+
+def warn_unseen_classes(train_ds: ImageDataset, test_ds: ImageDataset, cfg: RunConfig) -> None:
+    """Warn (one line) when test images are of classes no training image has: kNN and a probe trained on
+    ``train_ds`` can never predict those, so the accuracy is capped below 100% by their share. An image
+    folder refuses a test class its training folder lacks (:mod:`selfsup.data.folders`); this catches a
+    class that ``data.subset`` (a seeded random subset of the training images) left out, for any dataset.
+
+    ``train_ds.labels`` [N] and ``test_ds.labels`` [M] are class numbers (>= 0)."""
+    import warnings
+
+    unseen = sorted(set(test_ds.labels.unique().tolist()) - set(train_ds.labels.unique().tolist()))
+    if not unseen:
+        return
+    n = int(torch.isin(test_ds.labels, torch.as_tensor(unseen, dtype=torch.long)).sum())
+    names = getattr(test_ds, "class_names", ()) or getattr(train_ds, "class_names", ())
+    shown = ", ".join(repr(names[c]) if c < len(names) else str(c) for c in unseen[:5])
+    shown += f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
+    share = 100.0 * n / len(test_ds)
+    if cfg.data.subset is not None:
+        fix = (f"data.subset={cfg.data.subset} drew none of their training images: raise data.subset (or drop it) "
+               f"so that every class has training images")
+    else:
+        fix = "add training images of those classes"
+    warnings.warn(f"{n} of the {len(test_ds)} test images ({share:.1f}%) of {describe_data(cfg)} are of class(es) "
+                  f"{shown}, which none of the {len(train_ds)} labelled training images has: kNN and probes can "
+                  f"never predict them, so accuracy is at most {100.0 - share:.1f}%; {fix}", stacklevel=3)
 
 
 def check_channels(target: Target, ds: ImageDataset, cfg: RunConfig) -> None:
