@@ -100,11 +100,44 @@ def test_an_image_over_the_decompression_bomb_limit_names_its_pixels_and_the_ove
     assert str(err.value) == (
         f"cannot decode image {str(tmp_path / 'big.png')!r}: DecompressionBombError: the image has 1,000 pixels, over "
         f"Pillow's decompression-bomb limit (2 x PIL.Image.MAX_IMAGE_PIXELS = 800 pixels; Pillow warns from 400), "
-        f"which guards against a small file that decodes to gigabytes; if the file is trusted, raise the limit in "
-        f"Python before the data is read (`PIL.Image.MAX_IMAGE_PIXELS = None` or a larger number), or downscale the "
-        f"image{BAD_FILE_ADVICE}")
+        f"which guards against a small file that decodes to gigabytes; if the file is trusted, raise the limit "
+        f"(image folders: data.max_image_pixels=1000 or 0 for none; in Python: `PIL.Image.MAX_IMAGE_PIXELS`), or "
+        f"downscale the image{BAD_FILE_ADVICE}")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # within twice the limit: Pillow's warning, then decoded
     with pytest.warns(Image.DecompressionBombWarning):
         assert decode_image(str(tmp_path / "big.png"), 3).shape == (3, 25, 40)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the override the message names
     assert decode_image(str(tmp_path / "big.png"), 3).shape == (3, 25, 40)
+
+
+def test_data_max_image_pixels_sets_the_limit_an_image_folder_decodes_under(tmp_path, monkeypatch):
+    """The override the message names, for command-line users who cannot set Pillow's limit in Python: the key's
+    value becomes PIL.Image.MAX_IMAGE_PIXELS on every decode (so a spawned DataLoader worker has it too), 0 no
+    limit; left out, Pillow's limit stays as it is. It is part of a decoded copy's key (which files decode)."""
+    from selfsup.config import load_config
+    from selfsup.data import build_dataset, decoded
+
+    for cls in "ab":
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        Image.new("L", (40, 25), 9).save(tmp_path / "train" / cls / "big.png")  # 1,000 pixels
+        Image.new("L", (8, 8), 9).save(tmp_path / "train" / cls / "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)  # as if Pillow's default were 400: refused over 800
+
+    def folder(*overrides: str):
+        cfg = load_config(None, ["method.name=simclr", "data.name=image-folder", f"data.root={tmp_path}",
+                                 "data.image_size=8", "data.holdout_fraction=0", "data.on_bad_file=error", *overrides])
+        return build_dataset(cfg.data, "train")
+
+    with pytest.raises(DataError, match="data.max_image_pixels=1000 or 0 for none"):
+        folder()[0]
+    assert Image.MAX_IMAGE_PIXELS == 400  # left out: Pillow's limit untouched
+    for value, limit in (("1000", 1000), ("0", None)):
+        ds = folder(f"data.max_image_pixels={value}")
+        assert ds[0][0].shape == (3, 8, 8) and Image.MAX_IMAGE_PIXELS == limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400)
+    with pytest.raises(DataError):  # 300: refused above 600
+        folder("data.max_image_pixels=300")[0]
+    assert len({decoded.folder_key(folder(*o)) for o in ((), ("data.max_image_pixels=1000",),
+                                                           ("data.max_image_pixels=0",))}) == 3
+    with pytest.raises(ValueError, match="max_image_pixels"):
+        load_config(None, ["method.name=simclr", "data.max_image_pixels=-1"])

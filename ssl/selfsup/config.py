@@ -71,6 +71,10 @@ class DataConfig:
     in_chans: int | None = param(None, gt=0, help="image folders: 1 (grayscale) or 3 (RGB); default 3")
     on_bad_file: Literal["skip", "error"] = param("skip", help="image folders: leave unreadable files out "
                                                   "(counted, listed in the run's bad_files.txt) or stop")
+    max_image_pixels: int | None = param(None, ge=0, help="image folders: Pillow's decompression-bomb limit "
+                                         "(PIL.Image.MAX_IMAGE_PIXELS: Pillow warns above it and refuses an image "
+                                         "of more than twice it); None: Pillow's own (89,478,485), 0: no limit "
+                                         "(trusted files only)")
     cache: Literal["none", "uint8"] = param("none", help="image folders: decode every image once into a "
                                            "memory-mapped uint8 file (N x C x S x S bytes) and train from it")
     cache_dir: str | None = param(None, help="where data.cache=uint8 keeps its files (default ~/.cache/selfsup/decoded)")

@@ -46,11 +46,13 @@ DECODER_VERSION = 4
 
 def folder_key(ds: FolderImages) -> str:
     """Hash of what the decoded file depends on: the decoder version, the side, the channels,
-    the class names, and each file's path, label, size, inode, mtime and ctime (links are
+    the class names, the decompression-bomb limit (``data.max_image_pixels``: which files decode
+    at all), and each file's path, label, size, inode, mtime and ctime (links are
     followed: a symlink pointed at another file changes the key; ctime also catches a
     rewrite whose mtime was set back, as ``rsync -t`` or ``touch -d`` do)."""
     names = "/".join(ds.class_names)
-    h = hashlib.sha256(f"v{DECODER_VERSION}|{ds.image_size}|{ds.in_chans}|{ds.num_classes}|{names}\n".encode())
+    h = hashlib.sha256(f"v{DECODER_VERSION}|{ds.image_size}|{ds.in_chans}|{ds.num_classes}|{names}|"
+                       f"{ds.max_pixels}\n".encode())
     for path, label in zip(ds.files, ds.labels.tolist()):
         try:
             st = os.stat(path)

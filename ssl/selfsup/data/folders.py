@@ -447,7 +447,7 @@ def image_folder(cfg: DataConfig, split: str) -> ImageDataset:
         raise DataError(f"image folder {str(root)!r} does not exist")
     files, labels, names = folder_split(root, split, cfg.holdout_fraction, cfg.holdout_seed, cfg.splits)
     ds = FolderImages(files, labels, len(names), cfg.image_size or 224, cfg.in_chans or 3, cfg.on_bad_file,
-                      tuple(names))
+                      tuple(names), cfg.max_image_pixels)
     if cfg.cache == "uint8":
         return cached_folder(ds, cfg.cache_dir, split, cfg.num_workers)
     return ds

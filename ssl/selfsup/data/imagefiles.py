@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
-def decode_image(path: str, in_chans: int, exif_orientation: bool = True) -> Tensor:
+def decode_image(path: str, in_chans: int, exif_orientation: bool = True, max_pixels: int | None = None) -> Tensor:
     """uint8 ``[C, H, W]`` of an image file as grayscale (C=1) or RGB (C=3), the way an
     image viewer shows it.
 
@@ -37,9 +37,16 @@ def decode_image(path: str, in_chans: int, exif_orientation: bool = True) -> Ten
     point (mode "F": its value range is not defined, whether or not its values lie in [0, 1]).
     Any failure (missing permission, not an image, truncated or corrupt data, one of the refused
     kinds above, an image over Pillow's decompression-bomb limit) is a one-line DataError naming the file.
+
+    ``max_pixels`` (``data.max_image_pixels``): None leaves Pillow's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, a process-wide setting) as it is; a number sets it first, 0 to
+    no limit. Pillow warns above the limit and refuses an image of more than twice it.
     """
     import numpy as np
     from PIL import Image
+
+    if max_pixels is not None:  # set on every call: a DataLoader worker started by spawn has Pillow's default
+        Image.MAX_IMAGE_PIXELS = max_pixels or None
     from torchvision.transforms.v2 import functional as TF
 
     try:
@@ -131,11 +138,13 @@ def _bomb_message(pillow_says: str) -> str:
 
     limit = Image.MAX_IMAGE_PIXELS
     found = re.search(r"\((\d+) pixels\)", pillow_says)
-    size = f"{int(found.group(1)):,} pixels" if found else pillow_says.rstrip(".")
+    pixels = int(found.group(1)) if found else None
+    size = f"{pixels:,} pixels" if pixels else pillow_says.rstrip(".")
     return (f"DecompressionBombError: the image has {size}, over Pillow's decompression-bomb limit (2 x "
             f"PIL.Image.MAX_IMAGE_PIXELS = {2 * limit:,} pixels; Pillow warns from {limit:,}), which guards against "
-            f"a small file that decodes to gigabytes; if the file is trusted, raise the limit in Python before the "
-            f"data is read (`PIL.Image.MAX_IMAGE_PIXELS = None` or a larger number), or downscale the image")
+            f"a small file that decodes to gigabytes; if the file is trusted, raise the limit (image folders: "
+            f"data.max_image_pixels={pixels or 'N'} or 0 for none; in Python: "
+            f"`PIL.Image.MAX_IMAGE_PIXELS`), or downscale the image")
 
 
 def _upright(im: Image.Image) -> Image.Image:
@@ -161,12 +170,13 @@ class FolderImages(ImageDataset):
     """
 
     def __init__(self, files: list[str], labels: list[int], num_classes: int, size: int, in_chans: int,
-                 on_bad_file: str = "skip", class_names: tuple[str, ...] = ()) -> None:
+                 on_bad_file: str = "skip", class_names: tuple[str, ...] = (), max_pixels: int | None = None) -> None:
         self.files = files
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.num_classes, self.image_size, self.in_chans = num_classes, size, in_chans
         self.class_names = class_names  # label i is class_names[i] (class-folder names; empty when unlabeled)
         self.on_bad_file = on_bad_file
+        self.max_pixels = max_pixels  # data.max_image_pixels: Pillow's decompression-bomb limit (decode_image)
         self.bad_file_log: Path | None = None
         self.skipped: dict[str, str] = {}  # unreadable file -> reason, in this process (each worker has its own)
         self.substitute = False
@@ -185,7 +195,7 @@ class FolderImages(ImageDataset):
         label; a DataError when the file cannot be decoded."""
         from torchvision.transforms.v2 import functional as TF
 
-        img = decode_image(self.files[i], self.in_chans)
+        img = decode_image(self.files[i], self.in_chans, max_pixels=self.max_pixels)
         img = TF.resize(img, self.image_size, antialias=True)  # shorter side -> size
         img = TF.center_crop(img, [self.image_size, self.image_size])
         return img, int(self.labels[i])
