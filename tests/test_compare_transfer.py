@@ -728,8 +728,8 @@ def test_a_value_where_a_number_belongs_that_is_not_a_finite_one_is_named(tmp_pa
     ({"linear": {"top1": 1e308}}, "linear.top1", "1e+308", "a percentage in [0, 100]"),
     ({"linear": {"top1": 50.0, "top1_std": -3}}, "linear.top1_std", "-3", "a spread in [0, 100]"),
     ({"linear_10pct": {"top1": 50.0, "fraction": "0.1"}}, "linear_10pct.fraction", '"0.1"',
-     "a labelled fraction in [0, 1]"),
-    ({"linear": {"top1": 50.0, "seeds": "1"}}, "linear.seeds", '"1"', "a seed count >= 1"),
+     "a labelled fraction in (0, 1]"),
+    ({"linear": {"top1": 50.0, "seeds": "1"}}, "linear.seeds", '"1"', "a seed count: an integer >= 1"),
     ({"warnings": "lr diverged"}, "warnings", '"lr diverged"', "a list of warnings (text)"),
     ({"warnings": 5}, "warnings", "5", "a list of warnings (text)"),
     ({"knn_index": [1]}, "knn_index", "[1]", "an object describing the kNN index"),
@@ -747,6 +747,107 @@ def test_a_result_not_laid_out_as_selfsup_writes_is_named_not_a_traceback(tmp_pa
     assert main(["compare", str(folder)]) == 2
     assert one_line_error(capsys.readouterr().err) == (
         f"selfsup compare: error: {folder / 'results.json'}: result 'run x' holds {key} = {shown}, where selfsup "
+        f"writes {want}: its results.json was edited or cut short; evaluate it again")
+
+
+FROZEN_FIELDS = {"num_classes": 10, "train_images": 200, "test_images": 360, "train_unlabeled_left_out": 0,
+                 "feature_dim": 64, "image_size": 16, "data_image_size": 16, "trained_steps": 2, "seconds": 1.5,
+                 "label_free": {"rankme": 11.5, "uniformity": -0.23, "spread": 0.07, "rows": 360},
+                 "knn_index": {"kind": "exact", "rows": 200, "dim": 64, "k": 20, "seconds": 0.03, "warnings": []}}
+
+
+def numbered_row(where: str, value: object) -> tuple[dict, str]:
+    """A frozen row with every numeric field selfsup writes (:data:`FROZEN_FIELDS`, probes with their counts and
+    per-seed numbers), ``where`` (a dotted key, "transfer.KEY" for a transfer row's) set to ``value``; and the file
+    compare reads it from (results.json)."""
+    row = {**frozen_row("run x"), **json.loads(json.dumps(FROZEN_FIELDS))}
+    row["linear"].update(train_images=200, val_images=20, val_top1=75.0, top1_per_seed=[93.0, 93.5, 93.868])
+    row["linear_10pct"].update(train_images=21, val_images=2, val_top1=None, top1_per_seed=[80.0, 79.5, 82.0])
+    if where.startswith("transfer."):
+        t = transfer_row("bitfit", 1.0, [80.0, 82.0], [99.0, 99.5], 0.5)
+        t.update(num_classes=10, val_images=10, val_top1=81.0, processes=1, test_images=360, image_size=16)
+        t[where.split(".", 1)[1]] = value
+        return t, "transfer"
+    *path, last = where.split(".")
+    holder = row
+    for key in path:
+        holder = holder[key]
+    holder[last] = value
+    return row, "frozen"
+
+
+def test_a_result_with_every_numeric_field_selfsup_writes_compares(tmp_path, capsys):
+    """The rows the range checks below edit are read as written: their values are all in range."""
+    row, _ = numbered_row("linear.top1", 93.456)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "results.json").write_text(json.dumps([row]))
+    assert main(["compare", str(tmp_path / "x")]) == 0
+    assert table(capsys.readouterr().out)[1][str(tmp_path / "x")]["linear top-1"] == "93.46 ± 0.32"
+    t, _ = numbered_row("transfer.top1", 81.0)
+    write_transfer(tmp_path / "t", [t])
+    assert main(["compare", str(tmp_path / "t")]) == 0
+
+
+@pytest.mark.parametrize("where, value, shown, want", [
+    ("linear.fraction", 0, "0", "a labelled fraction in (0, 1]"),  # helper-73's: fraction 0 was read
+    ("linear_10pct.fraction", -0.1, "-0.1", "a labelled fraction in (0, 1]"),
+    ("linear_10pct.fraction", 1.5, "1.5", "a labelled fraction in (0, 1]"),
+    ("train_images", -5, "-5", "a count: an integer >= 0"),  # helper-73's: negative train_images was read
+    ("train_images", 2.5, "2.5", "a count: an integer >= 0"),
+    ("test_images", "360", '"360"', "a count: an integer >= 0"),
+    ("train_unlabeled_left_out", -1, "-1", "a count: an integer >= 0"),
+    ("num_classes", 1, "1", "a class count: an integer >= 2"),  # helper-73's: num_classes was not checked
+    ("num_classes", 10.0, "10.0", "a class count: an integer >= 2"),
+    ("num_classes", True, "true", "a class count: an integer >= 2"),
+    ("feature_dim", 0, "0", "a feature dimension: an integer >= 1"),
+    ("image_size", -16, "-16", "a side length in px: an integer >= 1"),
+    ("data_image_size", None, "null", "a side length in px: an integer >= 1"),
+    ("trained_steps", -3, "-3", "an optimiser step count: an integer >= 0"),
+    ("seconds", -1.5, "-1.5", "a duration >= 0"),
+    ("linear.train_images", -200, "-200", "a count: an integer >= 0"),
+    ("linear.val_images", 2.5, "2.5", "a count: an integer >= 0"),
+    ("linear.val_top1", 175.0, "175.0", "a percentage in [0, 100]"),
+    ("linear.seeds", 0, "0", "a seed count: an integer >= 1"),
+    ("linear.top1_per_seed", 93.0, "93.0", "a list of percentages, one per seed"),
+    ("linear_10pct.top1_per_seed", [80.0, -2.0], "-2.0", "a percentage in [0, 100]"),
+    ("label_free.rows", -360, "-360", "a count of test features: an integer >= 0"),
+    ("label_free.rankme", -1.0, "-1.0", "a number >= 0"),
+    ("label_free.uniformity", 0.5, "0.5", "a log-mean (uniformity): a number <= 0"),
+    ("knn_index.rows", -200, "-200", "a count or duration >= 0"),
+    ("transfer.fraction", 0.0, "0.0", "a labelled fraction in (0, 1]"),
+    ("transfer.train_images", -100, "-100", "a count: an integer >= 0"),
+    ("transfer.num_classes", 1, "1", "a class count: an integer >= 2"),
+    ("transfer.seeds", 0, "0", "a seed count: an integer >= 1"),
+    ("transfer.minutes", -0.1, "-0.1", "a duration >= 0"),
+    ("transfer.trainable_params", -1328, "-1328", "a count: an integer >= 0"),
+    ("transfer.processes", 0, "0", "a process count: an integer >= 1"),
+    ("transfer.top5_per_seed", [99.0, 101.0], "101.0", "a percentage in [0, 100]"),
+    ("label", 5, "5", "the evaluated encoder's name (non-empty text)"),
+    ("label", "", '""', "the evaluated encoder's name (non-empty text)"),
+])
+def test_every_numeric_field_and_the_label_of_a_result_are_checked(tmp_path, capsys, where, value, shown, want):
+    """helper-73's: compare read fraction 0, negative train_images and any num_classes or label. Each numeric field
+    selfsup writes is checked against what it writes (fractions in (0, 1], counts non-negative integers, classes
+    >= 2, percentages in [0, 100], durations >= 0, per-seed numbers too), in one line naming the file, the result,
+    the field, the value and the fix."""
+    row, kind = numbered_row(where, value)
+    folder = tmp_path / "x"
+    if kind == "transfer":
+        write_transfer(folder, [row])
+    else:
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps([row]))
+    assert main(["compare", str(folder)]) == 2
+    key = where.removeprefix("transfer.")
+    if kind == "transfer":
+        # a transfer row's counts are named as the row's own fields, its numbers as its protocol's result
+        key = key if key in ("train_images", "num_classes", "minutes", "trainable_params", "processes", "seeds") \
+            else f"transfer[bitfit].{key}"
+    if where.endswith("_per_seed") and isinstance(value, list):
+        key += f"[{next(i for i, v in enumerate(value) if not 0 <= v <= 100)}]"
+    label = "?" if where == "label" else "bitfit" if kind == "transfer" else "run x"
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup compare: error: {folder / 'results.json'}: result {label!r} holds {key} = {shown}, where selfsup "
         f"writes {want}: its results.json was edited or cut short; evaluate it again")
 
 

@@ -42,10 +42,9 @@ def eval_command(args: argparse.Namespace) -> None:
     import json
 
     from selfsup.artifacts.load import load_encoder
-    from selfsup.config import ConfigError, load_config
+    from selfsup.config import ConfigError
     from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers, prepare
     from selfsup.eval.report import markdown_table
-    from selfsup.pipeline import saved_config
     from selfsup.train.workdir import load_run_config
 
     target = Path(args.target)
@@ -64,11 +63,8 @@ def eval_command(args: argparse.Namespace) -> None:
         # not apply to it (detection.tile_size on synthetic-fmnist, ...) are refused when the config is read
         args.overrides = [*args.overrides, *(f"detection.{key}={json.dumps(value)}" for key, value in
                                              (("dataset", args.dataset), ("test_dataset", args.test_dataset)) if value)]
-    evaluation_only = ["method.name=simclr"]  # the method is not used by an evaluation, but the config needs one
-    if args.config:
-        cfg = load_config(args.config, args.overrides, defaults=evaluation_only)
-    else:
-        cfg = saved_config(target, args.overrides) or load_config(None, args.overrides, defaults=evaluation_only)
+    cfg = eval_config(args, args.overrides)
+    quiet_if_asked(args.overrides, cfg)
     if args.transfer and not args.protocol:
         raise ConfigError("--transfer sets options of a transfer protocol: add --protocol finetune|partial|bitfit|"
                           "lora|prompt, or drop --transfer")
@@ -79,6 +75,7 @@ def eval_command(args: argparse.Namespace) -> None:
         if cfg.eval.image_size:
             raise ConfigError("eval.image_size sets the side kNN, the linear probes and --protocol see; a detector "
                               "trains at detection.image_size: set that instead")
+        check_inert_overrides(args, cfg, "detection")
         _eval_detection(args, cfg, target)
         return
     if args.protocol:
@@ -87,6 +84,7 @@ def eval_command(args: argparse.Namespace) -> None:
     if args.dataset or args.test_dataset:
         raise ConfigError("--dataset and --test-dataset choose detection data; add --task detection, or set "
                           "data.name=... for kNN and linear probes")
+    check_inert_overrides(args, cfg, "frozen")
     run = RunDir(target)
     is_run = run.is_run()
     cfg = without_training_size(cfg, target) if is_run else cfg
@@ -98,7 +96,10 @@ def eval_command(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else (target if is_run else shared / f"eval-{eval_digest(cfg, targets)}")
     ensure_out_dir(out)
     cache = RunDir(shared if shared is not None else out).features
-    changed = changed_data_keys(load_run_config(target), cfg) if in_place else []
+    changed_keys = changed_data_keys(load_run_config(target), cfg) if is_run else []
+    changed = changed_keys if in_place else []
+    # the run's image folder read now against what it trained on (the same config can read other files)
+    since = data_changed_since(target, cfg) if is_run and not changed_keys else None
     if changed:  # other data: the run's own results.json stays as it is; one folder per data for the features,
         # one per settings and targets for the results (another evaluation of that data never replaces them)
         cache = RunDir(run.eval_dir(data_tag(cfg))).features
@@ -109,12 +110,158 @@ def eval_command(args: argparse.Namespace) -> None:
     check_distinct_encoders(targets, prepared)
     rows = [row for t, p in zip(targets, prepared)  # cache keyed by data
             for row in evaluate_layers(t, cfg, cache, prepared=p, load=load_encoder)]
-    reason = run_results_kept(target, cfg, rows) if in_place and not changed else None
+    reason = run_results_kept(target, cfg, rows, since) if in_place and not changed else None
     if reason:  # other eval settings or fewer rows: never replace the run's results with them
         out = run.eval_dir(f"{data_tag(cfg)}-{eval_digest(cfg, targets)}")
-        print(f"[eval] {reason}: results go to {out}, {own_results_note(run)}")
+        print(f"[eval] {reason}: results go to {out}, {own_results_note(run, data_changed=since is not None)}")
+    differs = (f"{', '.join(changed_keys)} differ{'s' if len(changed_keys) == 1 else ''} from the run's config"
+               if changed_keys else since)
+    table = markdown_table(rows)
+    if differs:  # numbers of other images than the encoder was pretrained on: said in both files
+        for r in rows:
+            r[PRETRAINING_DATA_DIFFERS] = differs
+        table = with_pretraining_data_line(table, target, differs)
     written = RunDir(out)  # an evaluation folder has a run directory's results.json / results.md / features/
-    write_results(written, rows, markdown_table(rows), cfg.eval.plots)
+    write_results(written, rows, table, cfg.eval.plots)
+
+
+# the results.json key of each row evaluated on other data than the evaluated run was pretrained on: why it differs
+PRETRAINING_DATA_DIFFERS = "pretraining_data_differs"
+
+
+def with_pretraining_data_line(table: str, run: Path, differs: str | None) -> str:
+    """results.md's text ``table`` with, as its last line when ``differs``, that the evaluation data is not what run
+    ``run`` was pretrained on: ``differs`` says how (other ``data`` keys, or its image folder's files changed since,
+    :func:`data_changed_since`); ``table`` itself otherwise."""
+    if not differs:
+        return table
+    return (table.rstrip("\n") + f"\n\n**Note**: the evaluation data differs from the data {run} was pretrained on "
+            f"({differs}): these numbers are of other images than its pretraining saw.\n")
+
+
+EVALUATION_ONLY = ["method.name=simclr"]  # the method is not used by an evaluation, but the config needs one
+# config sections (and top-level keys) an evaluation reads little or nothing of: an override of them is checked
+# against what it changes (:func:`check_inert_overrides`)
+CHECKED_SECTIONS = ("method", "optim", "trainer", "encoder", "detection", "name", "out_dir")
+# the trainer keys each evaluation reads: the device and the progress bars (trainer.progress_bar=false given to
+# eval acts as --quiet: quiet_if_asked) everywhere; a transfer also its Lightning Trainer's
+TRAINER_READ = {"frozen": ("accelerator", "progress_bar"), "detection": ("accelerator", "progress_bar"),
+                "transfer": ("accelerator", "devices", "num_nodes", "strategy", "sync_batchnorm", "precision",
+                             "progress_bar")}
+
+
+def quiet_if_asked(overrides: list[str], cfg: RunConfig) -> None:
+    """``trainer.progress_bar=false`` among ``selfsup eval``'s ``overrides`` turns its progress bars off, as
+    ``--quiet`` does (the pretraining spelling of it: ``selfsup pretrain --quiet`` sets that key). The value a
+    run's saved config holds is not acted on: a run pretrained with --quiet keeps the bars of a later eval."""
+    import os
+
+    from selfsup.progress import QUIET_ENV
+
+    if not cfg.trainer.progress_bar and any(o.partition("=")[0].strip() == "trainer.progress_bar" for o in overrides):
+        os.environ[QUIET_ENV] = "1"
+
+
+def eval_config(args: argparse.Namespace, overrides: list[str]) -> RunConfig:
+    """The config of ``selfsup eval`` (``args``) with ``overrides``: ``--config`` with them, else the one the
+    target was trained with (a run, checkpoint or export: :func:`selfsup.pipeline.saved_config`), else the
+    defaults; a placeholder method (:data:`EVALUATION_ONLY`) where none is given."""
+    from selfsup.config import load_config
+    from selfsup.pipeline import saved_config
+
+    if args.config:
+        return load_config(args.config, overrides, defaults=EVALUATION_ONLY)
+    return saved_config(Path(args.target), overrides) or load_config(None, overrides, defaults=EVALUATION_ONLY)
+
+
+def leaf_values(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """The dotted key paths of a nested dict's leaves and their values (``{"encoder.kwargs.depth": 2}``)."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(leaf_values(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def inert_reason(path: str, kind: str, target: str, random_changed: bool) -> str | None:
+    """Why config key ``path`` (dotted, e.g. ``encoder.name``) has no effect on a ``kind`` evaluation ("frozen",
+    "detection", "transfer") of ``target``, with the fix; None when the evaluation reads it. ``random_changed``:
+    whether the overrides change a ``random:`` target's or baseline's encoder
+    (:func:`selfsup.eval.target.random_encoder`), the one place ``encoder.name`` and ``encoder.kwargs`` act."""
+    section, _, key = path.partition(".")
+    key = key.split(".")[0]
+    weights = "pixels are no encoder" if target == "pixels" else f"{target} names its own architecture" if \
+        target.startswith("random:") else (f"{target}'s encoder is built from its own saved weights and "
+                                           f"architecture (its checkpoint or export)")
+    if section == "encoder" and key in ("name", "kwargs"):
+        if random_changed:
+            return None
+        return (f"{weights}, so encoder.{key} changes nothing that is evaluated: it only shapes random: baselines "
+                f"(random: alone is the config's encoder; encoder.kwargs apply to random:NAME of that name). To "
+                f"evaluate another encoder give its run or export as the target (selfsup eval OTHER_RUN), or a "
+                f"random-init one with --baseline random:<timm-name>; else drop it")
+    if section == "encoder" and key == "channels_last":
+        return None if kind == "frozen" else (f"only kNN and the linear probes read it (their feature extraction); "
+                                              f"a {kind} evaluation does not: drop it")
+    if section == "trainer":
+        if key in TRAINER_READ[kind]:
+            return None
+        read = ", ".join(f"trainer.{k}" for k in TRAINER_READ[kind])
+        fix = "drop it (--quiet turns the progress bars off)" if key == "progress_bar" else "drop it (" + {
+            "frozen": "the linear probes train as eval.linear_epochs etc. say", "detection": "the detector trains as "
+            "detection.epochs etc. say", "transfer": "a transfer trains as its --transfer options say, e.g. epochs=2"}[
+            kind] + ")"
+        return f"trainer.{key} is a pretraining setting and a {kind} evaluation reads only {read}: {fix}"
+    if section == "detection":
+        return None if kind == "detection" else (f"detection.* sets the detector of --task detection; this {kind} "
+                                                 f"evaluation trains none: drop it, or add --task detection")
+    if section in ("method", "optim"):
+        return (f"selfsup eval pretrains nothing, so the pretraining {section} has no effect on the evaluation "
+                f"(the encoder is evaluated as it is): drop it")
+    if section in ("name", "out_dir"):
+        return (f"{section} names a pretraining run's directory; an evaluation writes into the run it evaluates, "
+                f"runs/eval/ or --out DIR: drop it, or give --out DIR")
+    return None
+
+
+def check_inert_overrides(args: argparse.Namespace, cfg: RunConfig, kind: str) -> None:
+    """Refuse an override of ``selfsup eval`` (``args.overrides``) that changes a config value this ``kind`` of
+    evaluation ("frozen", "detection", "transfer") never reads (:func:`inert_reason`): ``encoder.name=vit_...`` on
+    a run evaluates the run's own encoder all the same (it is read from its checkpoint), so the user thought
+    they evaluated another one. An override equal to the value the config has without it (the run's own) is
+    accepted, and so is ``encoder.*`` where it shapes a ``random:`` target or baseline.
+
+    Raises:
+        ConfigError: (one line) naming the override, why it has no effect, and the fix."""
+    from selfsup.config import ConfigError, to_dict
+    from selfsup.eval.target import random_encoder
+
+    checked = [o for o in args.overrides if o.partition("=")[0].strip().split(".")[0] in CHECKED_SECTIONS]
+    if not checked:
+        return
+    try:
+        base = eval_config(args, [o for o in args.overrides if o not in checked])
+    except ConfigError:  # the config needs one of them to be whole: nothing to compare against
+        return
+    now, before = leaf_values(to_dict(cfg)), leaf_values(to_dict(base))
+    changed = [p for p in dict.fromkeys([*now, *before]) if now.get(p) != before.get(p)]
+    specs = [s for s in [args.target, *args.baseline] if s.startswith("random:")]
+    random_changed = any(random_encoder(s, cfg) != random_encoder(s, base) for s in specs)
+    for override in checked:
+        key = override.partition("=")[0].strip()
+        if random_changed and not args.target.startswith("random:") and key.split(".")[0] == "encoder" and \
+                any(p.startswith(("encoder.name", "encoder.kwargs")) and p.startswith(key) for p in changed):
+            print(f"[eval] {override} shapes the random-init baseline{'s' if len(specs) > 1 else ''} "
+                  f"({', '.join(specs)}) only: {args.target} is evaluated with its own encoder")
+        for path in changed:
+            if not (path == key or path.startswith(key + ".") or key.startswith(path + ".")):
+                continue
+            why = inert_reason(path, kind, args.target, random_changed)
+            if why:
+                raise ConfigError(f"{override} has no effect on selfsup eval {args.target}"
+                                  f"{' --task detection' if kind == 'detection' else ''}"
+                                  f"{f' --protocol {args.protocol}' if kind == 'transfer' else ''}: {why}")
 
 
 def without_training_size(cfg: RunConfig, run_dir: Path) -> RunConfig:
@@ -331,12 +478,13 @@ def init_tag(spec: str, cfg: RunConfig) -> str:
                                       digest_size=4).hexdigest()
 
 
-def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
+def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict], since: str | None = None) -> str | None:
     """Why ``rows`` (an evaluation of run directory ``run`` on its own data) must not replace the
     run's ``results.json``, or None when they may: they were read while another process trained the run
     (``mid_training``), its image folder is not what it trained on (:func:`data_changed_since`), the ``eval``
     settings differ from the run's config (other protocol, other numbers), or a row of the saved results (a
-    baseline, a stage) has no counterpart among ``rows``."""
+    baseline, a stage) has no counterpart among ``rows``. ``since``: :func:`data_changed_since` of ``run`` and
+    ``cfg``, computed by the caller (it reads the whole image folder)."""
     import json
 
     from selfsup.config import to_dict
@@ -344,9 +492,8 @@ def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict]) -> str | None:
 
     if any(r.get("mid_training") for r in rows):  # the run's own results are of its weights when it ends
         return "the run is being trained by another process (these numbers are of a checkpoint on the way)"
-    changed = data_changed_since(run, cfg)
-    if changed:
-        return changed
+    if since:  # data_changed_since(run, cfg), read before the evaluation
+        return since
     before, after = to_dict(load_run_config(run))["eval"], to_dict(cfg)["eval"]
     differ = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     if differ:
@@ -512,13 +659,19 @@ def relaunches_this_command() -> bool:
     return Path(sys.argv[0]).name in ("selfsup", "selfsup.exe", "selfsup-script.py")
 
 
-def own_results_note(run: Any) -> str:
+def own_results_note(run: Any, data_changed: bool = False) -> str:
     """Where the run's own results are, for a line saying that an evaluation goes elsewhere (a run made
-    with --no-eval has none yet: said so, not a path that does not exist)."""
+    with --no-eval has none yet: said so, not a path that does not exist). ``data_changed``: the run's image
+    folder is not what it trained on (:func:`data_changed_since`), so ``selfsup eval RUN`` cannot write them
+    until the folder holds those images again (advising it would send the user round in a circle)."""
     from selfsup.rundir import training_pid
 
     if run.results_json.is_file():
         return f"the run's own results stay in {run.results_json}"
+    if data_changed:
+        return (f"the run has no results of its own yet, and selfsup eval {run.root} writes them only on the images "
+                f"it trained on: put its image folder back as it was when it trained, then run "
+                f"selfsup eval {run.root} again")
     if training_pid(run.root) is not None:  # `selfsup eval RUN` now would come here again
         return (f"the run has no results of its own yet (its training writes {run.results_json.name} when it ends, "
                 f"or selfsup eval {run.root} after it)")
@@ -587,6 +740,7 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     if args.target == "pixels" or args.baseline:
         raise ConfigError("--protocol adapts an encoder: give a run, an export, a checkpoint or random:<timm-name> "
                           "(no pixels, no --baseline; run the random-init twin as its own target)")
+    check_inert_overrides(args, cfg, "transfer")
     say = print if is_rank_zero() else (lambda message: None)  # the other processes re-run this command
     trainer = transfer_trainer(cfg, options, say)  # refused before the data is read
     train_ds, test_ds, _ = evaluation_data(cfg)
@@ -610,22 +764,31 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
         say(f"[transfer] {args.target} sees the images at {size} px ({why}), resized from the data's "
             f"{train_ds.image_size} px")
     run = RunDir(target)
-    other_data = False
+    other_data, differs = False, None
     if run.is_run():  # the run's own folder for its own data; other data gets its own folder, as a frozen eval
         from selfsup.eval.evaluate import changed_data_keys, data_tag
         from selfsup.train.workdir import load_run_config
 
-        other_data = bool(changed_data_keys(load_run_config(target), cfg))
+        changed = changed_data_keys(load_run_config(target), cfg)
+        # other data keys, or the run's image folder changed since it trained: the run's frozen numbers are of
+        # other images, so neither its folder nor its results.json are this transfer's
+        differs = (f"{', '.join(changed)} differ{'s' if len(changed) == 1 else ''} from the run's config" if changed
+                   else data_changed_since(target, cfg))
+        other_data = differs is not None
         base = run.eval_dir(data_tag(cfg)) if other_data else run.root
     else:
         base = target_eval_dir(args.target, cfg)
     settings = transfer_settings(options, size)
     out = ensure_out_dir(Path(args.out) if args.out else transfer_folder(base, args.protocol, settings, trained_size))
+    if differs:  # said before the training, as a frozen evaluation says it
+        say(f"[transfer] evaluating on other data than {target} was pretrained on ({differs}): results go to {out}")
     rows = run_protocol(encoder, card, train_ds, test_ds, options, out_dir=out, trainer=trainer)
     steps = record.get("trained_steps")
     for r in rows:  # which data (selfsup compare's data column), the side the encoder saw, the run's steps
         r.update(dataset=cfg.data.name, test_images=len(test_ds), image_size=size, target=args.target,
                  **{k: v for k, v in record.items() if k in ("trained_steps", "mid_training")})
+        if differs:
+            r[PRETRAINING_DATA_DIFFERS] = differs
         if training:
             r["warnings"] = [*(r.get("warnings") or []), training]
     if not is_rank_zero():  # rank 0 writes the results (and wrote the export) once
@@ -648,5 +811,5 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     else:
         kept = f"the adapted classifier in {out / 'classifier'}" + (
             f" (LoRA merged; the adapter and head for peft in {out / 'adapter'})" if args.protocol == "lora" else "")
-    write_results(written, rows, transfer_markdown(args.target, rows, frozen, other_data, behind), plots=False,
-                  kept=kept)
+    table = transfer_markdown(args.target, rows, frozen, other_data, behind)
+    write_results(written, rows, with_pretraining_data_line(table, target, differs), plots=False, kept=kept)

@@ -114,13 +114,31 @@ def read_results(path: Path, again: str) -> list[dict[str, Any]]:
     return check_rows(raw, str(path))
 
 
+# the integer fields of a result row or of one probe / transfer result, and the least value selfsup writes there
+# (image, box, step and parameter counts >= 0; sizes, dimensions and process counts >= 1; classes >= 2)
+COUNTS = {"train_images": 0, "test_images": 0, "val_images": 0, "train_unlabeled_left_out": 0, "train_boxes": 0,
+          "test_boxes": 0, "trained_steps": 0, "trainable_params": 0, "encoder_params": 0,
+          "detector_trainable_params": 0, "feature_dim": 1, "image_size": 1, "data_image_size": 1, "processes": 1,
+          "seeds": 1, "num_classes": 2}
+COUNT_WORDS = {"seeds": "a seed count", "num_classes": "a class count", "feature_dim": "a feature dimension",
+               "image_size": "a side length in px", "data_image_size": "a side length in px",
+               "processes": "a process count", "trained_steps": "an optimiser step count"}
+DURATIONS = ("minutes", "seconds", "eval_seconds")  # numbers >= 0 where present
+PERCENTAGES = ("top1", "top5", "map", "ap50", "ap75")  # accuracies and detection APs, in [0, 100]
+SPREADS = ("top1_std", "top5_std")  # sample standard deviations of a percentage over seeds, in [0, 100] or null
+SEED_LISTS = ("top1_per_seed", "top5_per_seed")  # each seed's percentage
+
+
 def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
     """``rows`` (a results.json read from ``source``) once they are laid out as selfsup writes them: a list of
-    objects whose warnings are lists of text, whose kNN, probe, detection and transfer results hold their
-    accuracies as numbers in [0, 100] (spreads >= 0, fractions in (0, 1], seed counts >= 1) where present.
+    objects whose labels are text and warnings lists of text, whose kNN, probe, detection and transfer results
+    hold their accuracies as numbers in [0, 100] (per seed too; spreads in [0, 100], ``val_top1`` in [0, 100] or
+    null, labelled fractions in (0, 1]) and whose counts are integers (:data:`COUNTS`: images, boxes, steps and
+    parameters >= 0, seeds, sizes and dimensions >= 1, ``num_classes`` >= 2), durations numbers >= 0, the
+    label-free signals and the kNN index's numbers finite (counts >= 0), where present.
 
     Raises:
-        LoadError: (one line) naming ``source``, the row and the key, and the value found."""
+        LoadError: (one line) naming ``source``, the row and the key, the value found and the fix."""
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise LoadError(f"{source} is not a list of result objects (edited or cut short?): evaluate again into a "
                         f"fresh folder, or restore the file")
@@ -131,10 +149,22 @@ def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
             raise LoadError(f"{source}: result {label!r} holds {key} = {json.dumps(value, default=str)}, where "
                             f"selfsup writes {want}: its results.json was edited or cut short; evaluate it again")
 
-        def number(key: str, value: Any, low: float = 0.0, high: float = 100.0, want: str = "a percentage") -> None:
+        def number(key: str, value: Any, low: float = 0.0, high: float = 100.0, want: str = "a percentage",
+                   open_low: bool = False) -> None:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or \
-                    not low <= value <= high:
-                refuse(key, value, f"{want} in [{low:g}, {high:g}]" if math.isfinite(high) else f"{want} >= {low:g}")
+                    not low <= value <= high or (open_low and value == low):
+                refuse(key, value, f"{want} in {'(' if open_low else '['}{low:g}, {high:g}]" if math.isfinite(high)
+                       else f"{want} >= {low:g}")
+
+        def counts(prefix: str, res: dict[str, Any]) -> None:  # integer fields, durations, a label's text
+            for field_name, least in COUNTS.items():
+                value = res.get(field_name)
+                if field_name in res and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                    refuse(prefix + field_name, value, f"{COUNT_WORDS.get(field_name, 'a count')}: an integer "
+                                                       f">= {least}")
+            for field_name in DURATIONS:
+                if field_name in res:
+                    number(prefix + field_name, res[field_name], 0.0, math.inf, "a duration")
 
         def result(key: str, res: Any) -> None:  # one kNN pair's, probe's or transfer fraction's numbers
             if not isinstance(res, dict):
@@ -142,22 +172,46 @@ def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
             for stat in ("top1", "top5"):
                 if stat in res:
                     number(f"{key}.{stat}", res[stat])
+            if res.get("val_top1") is not None:  # null: a single setting held nothing out
+                number(f"{key}.val_top1", res["val_top1"])
+            for stat in SEED_LISTS:
+                if stat in res:
+                    if not isinstance(res[stat], list):
+                        refuse(f"{key}.{stat}", res[stat], "a list of percentages, one per seed")
+                    for i, value in enumerate(res[stat]):
+                        number(f"{key}.{stat}[{i}]", value)
             if "trainable_pct" in res:  # of the plain encoder's parameters: added adapters can take it past 100
                 number(f"{key}.trainable_pct", res["trainable_pct"], 0.0, math.inf, "a share in percent")
-            for stat in ("top1_std", "top5_std"):
+            for stat in SPREADS:
                 if res.get(stat) is not None:
                     number(f"{key}.{stat}", res[stat], 0.0, 100.0, "a spread")
-            if "fraction" in res:
-                number(f"{key}.fraction", res["fraction"], 0.0, 1.0, "a labelled fraction")
-            if "seeds" in res and (isinstance(res["seeds"], bool) or not isinstance(res["seeds"], int) or
-                                   res["seeds"] < 1):
-                refuse(f"{key}.seeds", res["seeds"], "a seed count >= 1")
+            if "fraction" in res:  # a share of the labelled images: none (0) is no probe selfsup runs
+                number(f"{key}.fraction", res["fraction"], 0.0, 1.0, "a labelled fraction", open_low=True)
+            counts(f"{key}.", res)
             words(f"{key}.warnings", res.get("warnings"))
 
         def words(key: str, value: Any) -> None:
             if value is not None and (not isinstance(value, list) or not all(isinstance(w, str) for w in value)):
                 refuse(key, value, "a list of warnings (text)")
 
+        if "label" in r and (not isinstance(r["label"], str) or not r["label"].strip()):
+            label = "?"
+            refuse("label", r["label"], "the evaluated encoder's name (non-empty text)")
+        counts("", r)
+        if r.get("label_free") is not None:  # RankMe, uniformity, spread of the test features, and how many
+            free = r["label_free"]
+            if not isinstance(free, dict):
+                refuse("label_free", free, "an object of label-free signals")
+            for key in ("rankme", "spread"):
+                if key in free:
+                    number(f"label_free.{key}", free[key], 0.0, math.inf, "a number")
+            value = free.get("uniformity")  # the log of a mean of exp(-2 d^2): <= 0
+            if "uniformity" in free and (isinstance(value, bool) or not isinstance(value, int | float) or
+                                         not math.isfinite(value) or value > 0):
+                refuse("label_free.uniformity", value, "a log-mean (uniformity): a number <= 0")
+            if "rows" in free and (isinstance(free["rows"], bool) or not isinstance(free["rows"], int) or
+                                   free["rows"] < 0):
+                refuse("label_free.rows", free["rows"], "a count of test features: an integer >= 0")
         words("warnings", r.get("warnings"))
         if "knn" in r:
             if not isinstance(r["knn"], dict):
@@ -171,6 +225,10 @@ def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
             if not isinstance(r["knn_index"], dict):
                 refuse("knn_index", r["knn_index"], "an object describing the kNN index")
             words("knn_index.warnings", r["knn_index"].get("warnings"))
+            for key, value in r["knn_index"].items():  # rows, dim, k, nlist, ...: integers >= 0; seconds >= 0
+                if isinstance(value, int | float) and not isinstance(value, bool) and \
+                        (not math.isfinite(value) or value < 0):
+                    refuse(f"knn_index.{key}", value, "a count or duration >= 0")
         if r.get("task") == DETECTION_TASK:
             for key in ("map", "ap50", "ap75"):
                 if key in r:

@@ -207,8 +207,10 @@ def check_same_data(saved: Path, now: dict[str, Any], cache_change: tuple[str, s
 
 def data_differences(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between two :class:`selfsup.data.DataInfo` dicts (a run's ``data_info.json`` and the data
-    read now), as "training images 10 then, 14 now" (:data:`DATA_INFO_KEYS`; keys either lacks are skipped)."""
-    return [f"{what} {then[k]} then, {now[k]} now" for k, what in DATA_INFO_KEYS.items()
+    read now), as "training images 10 then, 14 now" or "channel mean [0.5] then, [0.48] now" (:data:`DATA_INFO_KEYS`;
+    keys either lacks are skipped). Both sides are shown alike: per-channel statistics as lists, whether read from
+    the JSON file (lists) or from the data now (tuples)."""
+    return [f"{what} {_as_list(then[k])} then, {_as_list(now[k])} now" for k, what in DATA_INFO_KEYS.items()
             if k in then and k in now and _as_list(then[k]) != _as_list(now[k])]
 
 

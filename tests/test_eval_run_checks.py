@@ -1,0 +1,239 @@
+"""`selfsup eval RUN` checks: config overrides an evaluation never reads (encoder.* on a run's own encoder,
+method.*, optim.*, pretraining trainer.* keys, detection.* without --task detection) are refused in one line
+naming the key, why and the fix, unless they equal the run's own value or shape a random: target or baseline;
+an evaluation on an image folder that changed since pretraining says what to do for the run's own results and
+records in results.json / results.md that its data differs; the resume refusal shows the channel statistics of
+then and now alike."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, one_line_error
+from selfsup.cli import main
+
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _bars_restored(monkeypatch):
+    """eval's trainer.progress_bar=false sets SELFSUP_QUIET in this process: set here so that it is undone."""
+    from selfsup.progress import QUIET_ENV
+
+    monkeypatch.setenv(QUIET_ENV, "0")
+WEIGHTS = "'s encoder is built from its own saved weights and architecture (its checkpoint or export)"
+ENCODER_WHY = (", so encoder.{key} changes nothing that is evaluated: it only shapes random: baselines (random: alone "
+               "is the config's encoder; encoder.kwargs apply to random:NAME of that name). To evaluate another "
+               "encoder give its run or export as the target (selfsup eval OTHER_RUN), or a random-init one with "
+               "--baseline random:<timm-name>; else drop it")
+
+
+def hand_made_run(folder: Path, *overrides: str) -> Path:
+    """A run directory as selfsup lays it out (config.yaml, checkpoints/) without weights: enough for every check
+    made before an encoder is loaded; an evaluation that gets past them fails on the missing checkpoint."""
+    from selfsup.config import load_config, to_dict
+
+    cfg = load_config(None, ["method.name=simclr", "data.name=digits", "data.image_size=16",
+                             "encoder.kwargs={channels: [8, 16, 32, 64]}", *overrides])
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    return folder
+
+
+@pytest.mark.parametrize("extra, override, why", [
+    # helper-73's case: the user thinks a ViT is evaluated; the run's ResNet is
+    ([], "encoder.name=vit_small_patch16_224", "{run}" + WEIGHTS + ENCODER_WHY.format(key="name")),
+    ([], "encoder.kwargs={channels: [16, 32, 64, 128]}", "{run}" + WEIGHTS + ENCODER_WHY.format(key="kwargs")),
+    # random:NAME of another model takes no kwargs of the config's encoder: the override reaches nothing
+    (["--baseline", "random:resnet34"], "encoder.kwargs={output_stride: 16}",
+     "{run}" + WEIGHTS + ENCODER_WHY.format(key="kwargs")),
+    (["--protocol", "bitfit"], "encoder.name=resnet50", "{run}" + WEIGHTS + ENCODER_WHY.format(key="name")),
+    (["--task", "detection"], "encoder.name=resnet50", "{run}" + WEIGHTS + ENCODER_WHY.format(key="name")),
+    ([], "method.temperature=0.3", "selfsup eval pretrains nothing, so the pretraining method has no effect on the "
+                                   "evaluation (the encoder is evaluated as it is): drop it"),
+    ([], "optim.lr=0.01", "selfsup eval pretrains nothing, so the pretraining optim has no effect on the evaluation "
+                          "(the encoder is evaluated as it is): drop it"),
+    ([], "trainer.max_epochs=3", "trainer.max_epochs is a pretraining setting and a frozen evaluation reads only "
+                                 "trainer.accelerator, trainer.progress_bar: drop it (the linear probes train as "
+                                 "eval.linear_epochs etc. say)"),
+    (["--task", "detection"], "trainer.precision=32-true",
+     "trainer.precision is a pretraining setting and a detection evaluation reads only trainer.accelerator, "
+     "trainer.progress_bar: drop it (the detector trains as detection.epochs etc. say)"),
+    (["--protocol", "bitfit"], "trainer.max_epochs=4",
+     "trainer.max_epochs is a pretraining setting and a transfer evaluation reads only trainer.accelerator, "
+     "trainer.devices, trainer.num_nodes, trainer.strategy, trainer.sync_batchnorm, trainer.precision, "
+     "trainer.progress_bar: drop it (a transfer trains as its --transfer options say, e.g. epochs=2)"),
+    ([], "detection.epochs=2", "detection.* sets the detector of --task detection; this frozen evaluation trains "
+                               "none: drop it, or add --task detection"),
+    (["--protocol", "bitfit"], "detection.epochs=2", "detection.* sets the detector of --task detection; this "
+                                                     "transfer evaluation trains none: drop it, or add --task "
+                                                     "detection"),
+    (["--task", "detection"], "encoder.channels_last=false",
+     "only kNN and the linear probes read it (their feature extraction); a detection evaluation does not: drop it"),
+    ([], "out_dir=elsewhere", "out_dir names a pretraining run's directory; an evaluation writes into the run it "
+                              "evaluates, runs/eval/ or --out DIR: drop it, or give --out DIR"),
+])
+def test_an_override_the_evaluation_never_reads_is_refused_naming_it(tmp_path, capsys, extra, override, why):
+    """helper-73's: `selfsup eval RUN encoder.name=vit_small_patch16_224` evaluated the run's own ResNet (its
+    encoder comes from its checkpoint) and said nothing; so did method.*, optim.*, the pretraining trainer.* keys
+    and detection.* without --task detection. Each is one line naming the override, why and the fix, before
+    anything is loaded (the hand-made run has no weights)."""
+    run = hand_made_run(tmp_path / "run")
+    assert main(["eval", str(run), *extra, override]) == 2
+    how = " --task detection" if "detection" in extra else " --protocol bitfit" if "--protocol" in extra else ""
+    assert one_line_error(capsys.readouterr().err) == (
+        f"selfsup eval: error: {override} has no effect on selfsup eval {run}{how}: {why.format(run=run)}")
+
+
+@pytest.mark.parametrize("extra, overrides", [
+    ([], ["encoder.name=resnet18", "encoder.kwargs={channels: [8, 16, 32, 64]}"]),  # the run's own values
+    ([], ["method.name=simclr", "trainer.max_epochs=100"]),  # the run's own (the defaults it was made with)
+    ([], ["trainer.accelerator=cpu", "encoder.channels_last=false"]),  # read by kNN and the probes
+    ([], ["trainer.progress_bar=false"]),  # acts as --quiet
+    (["--task", "detection"], ["trainer.progress_bar=false"]),
+    (["--baseline", "random:"], ["encoder.name=vit_tiny_patch16_224"]),  # random: alone is the config's encoder
+    (["--baseline", "random:resnet18"], ["encoder.kwargs={channels: [4, 8, 16, 32]}"]),  # the config's encoder's
+    (["--protocol", "bitfit"], ["trainer.precision=32-true", "trainer.devices=1"]),  # a transfer's Trainer
+    (["--task", "detection"], ["detection.epochs=2"]),
+])
+def test_an_override_the_evaluation_reads_or_the_runs_own_value_is_accepted(tmp_path, capsys, extra, overrides):
+    """Not refused: an override equal to the run's own value, encoder.* where it shapes a random: baseline,
+    trainer keys the evaluation hands on. The evaluation goes on to load the run's weights (none here)."""
+    run = hand_made_run(tmp_path / "run")
+    assert main(["eval", str(run), *extra, *overrides]) == 2
+    said = capsys.readouterr()
+    err = one_line_error(said.err)
+    assert "has no effect" not in err and "without a checkpoint (no checkpoints/last.ckpt)" in err, err
+    # encoder.* that shapes a random: baseline says that the run's own encoder is what is evaluated
+    if extra[:1] == ["--baseline"]:
+        assert (f"[eval] {overrides[0]} shapes the random-init baseline ({extra[1]}) only: {run} is evaluated with "
+                f"its own encoder") in said.out, said.out
+    else:
+        assert "shapes the random-init" not in said.out, said.out
+
+
+def test_trainer_progress_bar_false_given_to_eval_acts_as_quiet(tmp_path, monkeypatch):
+    """Scripts that pass their pretraining overrides on to eval: trainer.progress_bar=false was refused as a
+    pretraining setting; it turns eval's bars off as --quiet does. A run's saved value is not acted on."""
+    from selfsup.cli_eval import quiet_if_asked
+    from selfsup.config import load_config
+    from selfsup.progress import QUIET_ENV
+
+    saved_quiet = load_config(None, ["method.name=simclr", "trainer.progress_bar=false"])
+    quiet_if_asked([], saved_quiet)  # the run's own config says false: nothing asked of this eval
+    assert os.environ[QUIET_ENV] == "0"
+    quiet_if_asked(["trainer.progress_bar=true"], load_config(None, ["method.name=simclr"]))
+    assert os.environ[QUIET_ENV] == "0"
+    quiet_if_asked(["trainer.progress_bar=false"], saved_quiet)
+    assert os.environ[QUIET_ENV] == "1"
+
+
+def test_encoder_overrides_shape_a_random_target_and_pixels_have_no_encoder(tmp_path, capsys, monkeypatch):
+    """`selfsup eval random: encoder.name=...` builds that encoder (accepted: the evaluation goes on to the data
+    check); `selfsup eval pixels encoder.name=...` evaluates no encoder, so it is refused."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "pixels", "data.name=digits", "encoder.name=resnet50"]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        "selfsup eval: error: encoder.name=resnet50 has no effect on selfsup eval pixels: pixels are no encoder"
+        + ENCODER_WHY.format(key="name"))
+    assert main(["eval", "pixels", "data.name=digits", "method.name=moco"]) == 2  # the placeholder is simclr
+    assert one_line_error(capsys.readouterr().err) == (
+        "selfsup eval: error: method.name=moco has no effect on selfsup eval pixels: selfsup eval pretrains nothing, "
+        "so the pretraining method has no effect on the evaluation (the encoder is evaluated as it is): drop it")
+    assert main(["eval", "random:", "data.name=image-folder", f"data.root={tmp_path / 'none'}",
+                 "encoder.name=resnet34"]) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert "has no effect" not in err and "none" in err, err
+
+
+def test_data_differences_show_the_channel_statistics_of_then_and_now_alike(tmp_path):
+    """helper-73's: the resume refusal printed the run's channel mean as a list ([0.5], read from data_info.json)
+    and the data's now as a tuple ((0.25,), from DataInfo): the same statistic in two spellings."""
+    from selfsup.config import ConfigError
+    from selfsup.train.resume import check_same_data, data_differences
+
+    then = {"num_samples": 16, "num_classes": 2, "in_chans": 1, "image_size": 12, "mean": [0.5], "std": [0.2]}
+    now = {"num_samples": 16, "num_classes": 2, "in_chans": 1, "image_size": 12, "mean": (0.25,), "std": (0.2,)}
+    assert data_differences(then, now) == ["channel mean [0.5] then, [0.25] now"]
+    rgb = {**now, "num_samples": 20, "mean": (0.5, 0.25, 0.125), "std": (0.1, 0.2, 0.3)}
+    assert data_differences({**then, "mean": [0.5, 0.25, 0.125], "std": [0.1, 0.2, 0.4]}, rgb) == [
+        "training images 16 then, 20 now", "channel std [0.1, 0.2, 0.4] then, [0.1, 0.2, 0.3] now"]
+    saved = tmp_path / "data_info.json"
+    saved.write_text(json.dumps(then))
+    with pytest.raises(ConfigError) as err:
+        check_same_data(saved, now)
+    assert str(err.value) == (
+        "cannot resume: the training data is not what this run trained on (channel mean [0.5] then, [0.25] now: its "
+        "files changed since, or it is other data); restore the data the run started with, or start a new run with "
+        "a fresh --run-dir")
+
+
+def test_an_evaluation_on_an_image_folder_changed_since_pretraining_says_so_and_what_to_do(tmp_path, capsys):
+    """helper-73's: after the run's image folder changed, `selfsup eval RUN` of a --no-eval run advised running
+    `selfsup eval RUN` (the command just run, which would come here again), and results.json / results.md did not
+    say that their data was not the pretraining data. The advice now is to put the images back, and every row and
+    the table say how the data differs."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for cls in "ab":
+        (root / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 120, (12, 12), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval", "data.name=image-folder",
+                 f"data.root={root}", "data.in_chans=1", "data.image_size=12", "data.batch_size=8",
+                 "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false", "trainer.max_steps=1",
+                 "trainer.precision=32-true", "trainer.online_probe=false"]) == 0
+    saved = json.loads((run / "data_info.json").read_text())
+    Image.new("L", (12, 12), 255).save(root / "b" / "0.png")  # as many files, other pixels
+    capsys.readouterr()
+    assert main(["eval", str(run), "eval.plots=false", "eval.probe_seeds=1", "eval.low_shot=[]",
+                 "eval.knn=[[3, 0.07]]"]) == 0
+    out = capsys.readouterr().out
+    from selfsup.cli_eval import data_changed_since
+    from selfsup.train.workdir import load_run_config
+
+    reason = data_changed_since(run, load_run_config(run))
+    assert reason.startswith(f"the run's image folder {root} is not what it trained on (channel mean "
+                             f"{saved['mean']} then, [") and reason.endswith(": its files changed since)"), reason
+    folder = next(run.glob("eval-*-*"))
+    assert (f"[eval] {reason}: results go to {folder}, the run has no results of its own yet, and selfsup eval {run} "
+            f"writes them only on the images it trained on: put its image folder back as it was when it trained, "
+            f"then run selfsup eval {run} again") in out, out
+    assert f"(selfsup eval {run} writes results.json)" not in out
+    rows = json.loads((folder / "results.json").read_text())
+    assert [r["pretraining_data_differs"] for r in rows] == [reason] * len(rows)
+    assert (folder / "results.md").read_text().splitlines()[-1] == (
+        f"**Note**: the evaluation data differs from the data {run} was pretrained on ({reason}): these numbers are "
+        f"of other images than its pretraining saw.")
+    assert not (run / "results.json").exists()
+    # a transfer of the run on that folder: a folder of its own too (not RUN/transfer-bitfit), and the same record
+    assert main(["eval", str(run), "--protocol", "bitfit", "--transfer", "epochs=1", "--transfer", "seeds=1",
+                 "--transfer", "low_shot=[]", "--transfer", "lrs=[0.01]"]) == 0
+    out = capsys.readouterr().out
+    assert not (run / "transfer-bitfit").exists()
+    transfer = next(run.glob("eval-*/transfer-bitfit"))
+    assert f"[transfer] evaluating on other data than {run} was pretrained on ({reason}): results go to {transfer}" \
+        in out, out
+    assert transfer.parent.name.startswith("eval-image-folder-") and transfer.parent != folder
+    rows = json.loads((transfer / "results.json").read_text())
+    assert [r["pretraining_data_differs"] for r in rows] == [reason]
+    assert (transfer / "results.md").read_text().splitlines()[-1] == (
+        f"**Note**: the evaluation data differs from the data {run} was pretrained on ({reason}): these numbers are "
+        f"of other images than its pretraining saw.")
+    # the same data keys as the run's but another dataset named: recorded too, by the keys that differ
+    assert main(["eval", str(run), "data.name=digits", "data.image_size=12", "eval.plots=false",
+                 "eval.probe_seeds=1", "eval.low_shot=[]", "eval.knn=[[3, 0.07]]", "eval.linear=false"]) == 0
+    capsys.readouterr()
+    other = [f for f in run.glob("eval-digits-*-*") if (f / "results.json").is_file()]
+    assert len(other) == 1
+    rows = json.loads((other[0] / "results.json").read_text())
+    assert {r["pretraining_data_differs"] for r in rows} == {"data.name differs from the run's config"}, rows
