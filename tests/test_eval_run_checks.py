@@ -237,3 +237,66 @@ def test_an_evaluation_on_an_image_folder_changed_since_pretraining_says_so_and_
     assert len(other) == 1
     rows = json.loads((other[0] / "results.json").read_text())
     assert {r["pretraining_data_differs"] for r in rows} == {"data.name differs from the run's config"}, rows
+
+
+def test_an_unchanged_image_folder_is_known_by_its_fingerprint_without_decoding_it(tmp_path, monkeypatch):
+    """`selfsup eval RUN` on an image folder compared the folder with the run's data_info.json by its channel
+    statistics, which decode up to 10,000 images (minutes of photos) even when nothing changed and the features
+    come from the cache. Pretraining now keeps a fingerprint of the files (paths, sizes, modes, inodes, mtimes);
+    the same fingerprint is the same data without decoding, any other falls back to the statistics."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.cli_eval import data_changed_since
+    from selfsup.data import build_dataset, subset
+    from selfsup.data.base import ImageDataset
+    from selfsup.rundir import RunDir
+    from selfsup.train.resume import same_fingerprint, write_fingerprint
+    from selfsup.train.workdir import load_run_config
+
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for cls in "ab":
+        (root / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 200, (12, 12), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval", "data.name=image-folder",
+                 f"data.root={root}", "data.in_chans=1", "data.image_size=12", "data.batch_size=4", "data.subset=8",
+                 "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false", "trainer.max_steps=1",
+                 "trainer.precision=32-true", "trainer.online_probe=false"]) == 0
+    cfg = load_run_config(run)
+    train = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
+    assert json.loads((run / "data_fingerprint.json").read_text()) == {"fingerprint": train.fingerprint()}
+    assert dataclasses.asdict(train.info()) == {**json.loads((run / "data_info.json").read_text()),
+                                                "mean": train.info().mean, "std": train.info().std}
+
+    def no_decoding(self, max_images=10_000):
+        raise AssertionError("decoded the images")
+
+    with monkeypatch.context() as m:
+        m.setattr(ImageDataset, "channel_stats", no_decoding)
+        assert data_changed_since(run, cfg) is None  # the same files: no image decoded
+        first = Path(train.base.files[train.indices[0]])  # a file the run trained on
+        st = first.stat()
+        os.utime(first, ns=(st.st_atime_ns + 10**9, st.st_mtime_ns))  # read again: only the access time moves
+        assert data_changed_since(run, cfg) is None
+        os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten alike (a copy tool): other mtime
+        with pytest.raises(AssertionError, match="decoded the images"):  # -> the statistics decide
+            data_changed_since(run, cfg)
+    assert data_changed_since(run, cfg) is None  # the same pixels: the statistics agree
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert same_fingerprint(RunDir(run), train.fingerprint())
+    for change in (lambda: first.chmod(0o600), lambda: Image.new("L", (12, 12), 7).save(root / "b" / "9.png")):
+        change()  # a mode (a file made unreadable decodes to nothing) or a file added: another fingerprint
+        assert not same_fingerprint(RunDir(run), subset(build_dataset(cfg.data, "train"), cfg.data.subset,
+                                                        cfg.seed).fingerprint())
+    full = build_dataset(cfg.data, "train")
+    assert len({full.fingerprint(), subset(full, 8, 0).fingerprint(), subset(full, 8, 1).fingerprint()}) == 3
+    # a decoded copy has no fingerprint: a resume switching data.cache on leaves none that describes other data
+    cached = build_dataset(dataclasses.replace(cfg.data, cache="uint8", cache_dir=str(tmp_path / "cache")), "train")
+    assert cached.fingerprint() is None
+    write_fingerprint(RunDir(run), cached.fingerprint())
+    assert not (run / "data_fingerprint.json").exists() and not same_fingerprint(RunDir(run), None)

@@ -4,6 +4,8 @@ A run directory (``selfsup pretrain`` writes one under ``runs/``) holds::
 
     config.yaml            the resolved run config (what built the model)
     data_info.json         what the method saw of the data (channels, size, mean/std, ...)
+    data_fingerprint.json  an image folder's files as they were (a hash of their stats), so that a later
+                           evaluation sees unchanged data without decoding it again
     bad_files.txt          images of an image folder that could not be decoded (when there were any)
     .lock                  held (flock) by the process writing the run; holds its pid
     checkpoints/last.ckpt  the last Lightning checkpoint (other *.ckpt beside it)
@@ -27,6 +29,7 @@ from typing import Any
 
 CONFIG_FILE = "config.yaml"
 DATA_INFO_FILE = "data_info.json"
+DATA_FINGERPRINT = "data_fingerprint.json"
 BAD_FILES = "bad_files.txt"
 LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
@@ -57,6 +60,10 @@ class RunDir:
     @property
     def data_info(self) -> Path:
         return self.root / DATA_INFO_FILE
+
+    @property
+    def data_fingerprint(self) -> Path:
+        return self.root / DATA_FINGERPRINT
 
     @property
     def bad_files(self) -> Path:

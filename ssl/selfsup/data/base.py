@@ -66,6 +66,12 @@ class ImageDataset(Dataset):
         mean, std = self.channel_stats()
         return DataInfo(self.in_chans, self.image_size, self.num_classes, mean, std, len(self))
 
+    def fingerprint(self) -> str | None:
+        """A hash of everything :meth:`info` reads that can change while the config stays the same (an image
+        folder's files), from the file system alone (no image decoded), or None where there is none: the same
+        hash later means the same :meth:`info` without decoding the images again. Image folders have one."""
+        return None
+
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
         items = [item for item in (self[i] for i in indices) if item is not None]  # None: a skipped bad file
         return collate(items) if items else self.empty_batch()
@@ -169,6 +175,15 @@ class Subset(ImageDataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         return self.base[self.indices[i]]
+
+    def fingerprint(self) -> str | None:
+        """The base's fingerprint and these indices (:meth:`ImageDataset.fingerprint`)."""
+        import hashlib
+
+        base = self.base.fingerprint()
+        if base is None:
+            return None
+        return hashlib.sha256(f"{base}|{','.join(map(str, self.indices))}".encode()).hexdigest()
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
         return self.base.__getitems__([self.indices[i] for i in indices])  # one indexing op for tensors

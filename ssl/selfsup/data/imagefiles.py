@@ -5,6 +5,7 @@ workers), skipping or replacing unreadable ones as ``data.on_bad_file`` says.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -202,6 +203,27 @@ class FolderImages(ImageDataset):
 
     def keep_batches_full(self) -> None:
         self.substitute = True
+
+    def fingerprint(self) -> str:
+        """A hash of what :meth:`info` depends on, from the file system alone: the decoder's version, the side,
+        the channels, the class names, the decompression-bomb limit, and each file's path, label, size, mode,
+        inode and modification time (``os.stat``, links followed; a missing file hashes as missing). Unlike a
+        decoded copy's key (:func:`selfsup.data.decoded.folder_key`) it leaves out the ctime, which a
+        ``chmod`` (the mode is in) or a backup restored with its times moves while the pixels stay. A file
+        rewritten in place with the same size and its mtime set back (``touch -d``) keeps its fingerprint."""
+        import hashlib
+
+        from selfsup.data.decoded import DECODER_VERSION
+
+        h = hashlib.sha256(f"v{DECODER_VERSION}|{self.image_size}|{self.in_chans}|{self.num_classes}|"
+                           f"{'/'.join(self.class_names)}|{self.max_pixels}\n".encode())
+        for path, label in zip(self.files, self.labels.tolist()):
+            try:
+                st = os.stat(path)
+                h.update(f"{path}|{label}|{st.st_size}|{st.st_mode}|{st.st_ino}|{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{path}|{label}|missing\n".encode())
+        return h.hexdigest()
 
     def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         for step in range(len(self.files) if self.substitute else 1):

@@ -205,6 +205,28 @@ def check_same_data(saved: Path, now: dict[str, Any], cache_change: tuple[str, s
                           f"start a new run with a fresh --run-dir")
 
 
+def write_fingerprint(run: RunDir, fingerprint: str | None) -> None:
+    """Keep the training data's :meth:`selfsup.data.ImageDataset.fingerprint` in the run's
+    ``data_fingerprint.json`` beside ``data_info.json`` (written together); None (data without one, e.g. a
+    decoded copy) removes a file an earlier session of the run left, which no longer describes its data."""
+    from selfsup.fileio import write_json
+
+    if fingerprint is None:
+        run.data_fingerprint.unlink(missing_ok=True)
+    else:
+        write_json({"fingerprint": fingerprint}, run.data_fingerprint)
+
+
+def same_fingerprint(run: RunDir, fingerprint: str | None) -> bool:
+    """Whether ``fingerprint`` (of the training data read now) is the one the run kept when it last started
+    (:func:`write_fingerprint`): the data's :meth:`~selfsup.data.ImageDataset.info` is then the run's
+    ``data_info.json`` without decoding the images again. False when either is missing."""
+    from selfsup.fileio import read_json_or_none
+
+    kept = read_json_or_none(run.data_fingerprint)
+    return fingerprint is not None and isinstance(kept, dict) and kept.get("fingerprint") == fingerprint
+
+
 def data_differences(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between two :class:`selfsup.data.DataInfo` dicts (a run's ``data_info.json`` and the data
     read now), as "training images 10 then, 14 now" or "channel mean [0.5] then, [0.48] now" (:data:`DATA_INFO_KEYS`;

@@ -33,6 +33,7 @@ from selfsup.train.monitors import LabelFreeMonitor
 from selfsup.train.precision import resolve_precision
 from selfsup.train.optim import check_scaled_lr
 from selfsup.train.resume import (check_devices, check_nodes, check_same_data, check_sync_batchnorm, device_count,
+                                  write_fingerprint,
                                   global_batch, record_config, resume_changes)
 from selfsup.train.state import AtomicCheckpointIO
 from selfsup.train.steps import NoStepsError, check_trainable, describe_plan, no_steps_message, plan_steps
@@ -137,6 +138,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         train_ds.set_bad_file_log(bad_files)
         if owner:
             write_json(dataclasses.asdict(info), RunDir(run_dir).data_info)
+            write_fingerprint(RunDir(run_dir), train_ds.fingerprint())
         log(f"[pretrain] {type(module.method).__name__} on {cfg.data.name} ({len(train_ds)} images, "
             f"{info.in_chans}x{info.image_size}x{info.image_size}; "
             f"{describe_plan(plan, cfg.data.batch_size, trainer.world_size)}), encoder {cfg.encoder.name}, "
