@@ -173,11 +173,9 @@ def test_data_differences_show_the_channel_statistics_of_then_and_now_alike(tmp_
         "a fresh --run-dir")
 
 
-def test_an_evaluation_on_an_image_folder_changed_since_pretraining_says_so_and_what_to_do(tmp_path, capsys):
-    """helper-73's: after the run's image folder changed, `selfsup eval RUN` of a --no-eval run advised running
-    `selfsup eval RUN` (the command just run, which would come here again), and results.json / results.md did not
-    say that their data was not the pretraining data. The advice now is to put the images back, and every row and
-    the table say how the data differs."""
+def pretrained_on_a_folder(tmp_path: Path, per_class: int, high: int, *extra: str) -> tuple[Path, Path]:
+    """A folder of two classes of ``per_class`` random 12 px grayscale PNGs (values below ``high``) and a run
+    pretrained on it for one step (no evaluation): ``(root, run)``."""
     import numpy as np
     from PIL import Image
 
@@ -185,13 +183,24 @@ def test_an_evaluation_on_an_image_folder_changed_since_pretraining_says_so_and_
     rng = np.random.default_rng(0)
     for cls in "ab":
         (root / cls).mkdir(parents=True)
-        for i in range(8):
-            Image.fromarray(rng.integers(0, 120, (12, 12), dtype=np.uint8)).save(root / cls / f"{i}.png")
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, high, (12, 12), dtype=np.uint8)).save(root / cls / f"{i}.png")
     run = tmp_path / "run"
     assert main(["pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval", "data.name=image-folder",
-                 f"data.root={root}", "data.in_chans=1", "data.image_size=12", "data.batch_size=8",
-                 "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false", "trainer.max_steps=1",
-                 "trainer.precision=32-true", "trainer.online_probe=false"]) == 0
+                 f"data.root={root}", "data.in_chans=1", "data.image_size=12", "encoder.kwargs={channels: [8, 16, 32, "
+                 "64]}", "trainer.progress_bar=false", "trainer.max_steps=1", "trainer.precision=32-true",
+                 "trainer.online_probe=false", *extra]) == 0
+    return root, run
+
+
+def test_an_evaluation_on_an_image_folder_changed_since_pretraining_says_so_and_what_to_do(tmp_path, capsys):
+    """helper-73's: after the run's image folder changed, `selfsup eval RUN` of a --no-eval run advised running
+    `selfsup eval RUN` (the command just run, which would come here again), and results.json / results.md did not
+    say that their data was not the pretraining data. The advice now is to put the images back, and every row and
+    the table say how the data differs."""
+    from PIL import Image
+
+    root, run = pretrained_on_a_folder(tmp_path, 8, 120, "data.batch_size=8")
     saved = json.loads((run / "data_info.json").read_text())
     Image.new("L", (12, 12), 255).save(root / "b" / "0.png")  # as many files, other pixels
     capsys.readouterr()
@@ -246,7 +255,6 @@ def test_an_unchanged_image_folder_is_known_by_its_fingerprint_without_decoding_
     the same fingerprint is the same data without decoding, any other falls back to the statistics."""
     import dataclasses
 
-    import numpy as np
     from PIL import Image
 
     from selfsup.cli_eval import data_changed_since
@@ -256,17 +264,7 @@ def test_an_unchanged_image_folder_is_known_by_its_fingerprint_without_decoding_
     from selfsup.train.resume import same_fingerprint, write_fingerprint
     from selfsup.train.workdir import load_run_config
 
-    root = tmp_path / "photos"
-    rng = np.random.default_rng(0)
-    for cls in "ab":
-        (root / cls).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 200, (12, 12), dtype=np.uint8)).save(root / cls / f"{i}.png")
-    run = tmp_path / "run"
-    assert main(["pretrain", QUICKSTART, "--run-dir", str(run), "--no-eval", "data.name=image-folder",
-                 f"data.root={root}", "data.in_chans=1", "data.image_size=12", "data.batch_size=4", "data.subset=8",
-                 "encoder.kwargs={channels: [8, 16, 32, 64]}", "trainer.progress_bar=false", "trainer.max_steps=1",
-                 "trainer.precision=32-true", "trainer.online_probe=false"]) == 0
+    root, run = pretrained_on_a_folder(tmp_path, 6, 200, "data.batch_size=4", "data.subset=8")
     cfg = load_run_config(run)
     train = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
     assert json.loads((run / "data_fingerprint.json").read_text()) == {"fingerprint": train.fingerprint()}

@@ -784,7 +784,9 @@ def test_decoded_cache_key_covers_the_decoder_version_and_class_names(tmp_path, 
         _png(tmp_path / "train" / cls / "0.png")
     ds = build_dataset(_cfg(tmp_path, holdout_fraction=0), "train")
     key = decoded.folder_key(ds)
-    monkeypatch.setattr(decoded, "DECODER_VERSION", decoded.DECODER_VERSION + 1)
+    from selfsup.data import imagefiles
+
+    monkeypatch.setattr(imagefiles, "DECODER_VERSION", imagefiles.DECODER_VERSION + 1)
     assert decoded.folder_key(ds) != key
     monkeypatch.undo()
     renamed = build_dataset(_cfg(tmp_path, holdout_fraction=0), "train")

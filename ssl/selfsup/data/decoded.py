@@ -16,7 +16,6 @@ ranks on one machine) take a file lock, one builds and the others then map its r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -29,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from selfsup.data.base import DataError, TensorImages
-from selfsup.data.imagefiles import BAD_FILE_ADVICE, FolderImages, bad_file_line
+from selfsup.data.imagefiles import BAD_FILE_ADVICE, FolderImages, bad_file_line, files_digest
 from selfsup.fileio import atomic_path, file_lock, write_json
 from selfsup.progress import progress
 
@@ -38,28 +37,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "selfsup" / "decoded"
 
 
-# Bump when decoding or resizing changes what a file decodes to (2: EXIF orientation applied; 3: mode "I"
-# always scaled as 16-bit, mode "F" refused; 4: 32-bit, signed and floating-point TIFFs refused, which an
-# older copy holds clipped or wrapped), so that copies made by an older decoder are not reused.
-DECODER_VERSION = 4
-
-
 def folder_key(ds: FolderImages) -> str:
-    """Hash of what the decoded file depends on: the decoder version, the side, the channels,
-    the class names, the decompression-bomb limit (``data.max_image_pixels``: which files decode
-    at all), and each file's path, label, size, inode, mtime and ctime (links are
+    """Hash of what the decoded file depends on (:func:`selfsup.data.imagefiles.files_digest`): the decoder
+    version, the side, the channels, the class names, the decompression-bomb limit (``data.max_image_pixels``:
+    which files decode at all), and each file's path, label, size, inode, mtime and ctime (links are
     followed: a symlink pointed at another file changes the key; ctime also catches a
     rewrite whose mtime was set back, as ``rsync -t`` or ``touch -d`` do)."""
-    names = "/".join(ds.class_names)
-    h = hashlib.sha256(f"v{DECODER_VERSION}|{ds.image_size}|{ds.in_chans}|{ds.num_classes}|{names}|"
-                       f"{ds.max_pixels}\n".encode())
-    for path, label in zip(ds.files, ds.labels.tolist()):
-        try:
-            st = os.stat(path)
-            h.update(f"{path}|{label}|{st.st_size}|{st.st_ino}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
-        except OSError:  # unreadable now: part of the key, left out when decoding
-            h.update(f"{path}|{label}|missing\n".encode())
-    return h.hexdigest()
+    return files_digest(ds, lambda st: (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
 
 
 class MappedImages(TensorImages):

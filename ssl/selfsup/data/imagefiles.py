@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -74,6 +75,29 @@ def decode_image(path: str, in_chans: int, exif_orientation: bool = True, max_pi
 
 
 BAD_FILE_ADVICE = ". Remove or replace the file, or set data.on_bad_file=skip to leave such files out"
+
+# Bump when decoding or resizing changes what a file decodes to (2: EXIF orientation applied; 3: mode "I"
+# always scaled as 16-bit, mode "F" refused; 4: 32-bit, signed and floating-point TIFFs refused, which an
+# older copy holds clipped or wrapped), so that copies made by an older decoder are not reused
+# (selfsup.data.decoded.folder_key) and a run's fingerprint of its files changes (FolderImages.fingerprint).
+DECODER_VERSION = 4
+
+
+def files_digest(ds: FolderImages, stat_fields: Callable[[os.stat_result], tuple[int, ...]]) -> str:
+    """sha256 (hex) of how ``ds``'s files decode (:data:`DECODER_VERSION`, side, channels, class names,
+    ``max_pixels``) and of each file's path, label and ``stat_fields(os.stat(path))`` (links followed; a
+    file that cannot be stat'ed hashes as missing), from the file system alone: no image is decoded."""
+    import hashlib
+
+    h = hashlib.sha256(f"v{DECODER_VERSION}|{ds.image_size}|{ds.in_chans}|{ds.num_classes}|"
+                       f"{'/'.join(ds.class_names)}|{ds.max_pixels}\n".encode())
+    for path, label in zip(ds.files, ds.labels.tolist()):
+        try:
+            fields = "|".join(map(str, stat_fields(os.stat(path))))
+            h.update(f"{path}|{label}|{fields}\n".encode())
+        except OSError:  # unreadable now: part of the hash (left out when decoding)
+            h.update(f"{path}|{label}|missing\n".encode())
+    return h.hexdigest()
 
 # Pillow's modes of unsigned 16-bit grayscale; its mode "I" (signed 32-bit) holds 16-bit data only from PNG
 # (Pillow before 10.4 read 16-bit grayscale PNGs as "I") and PGM/PPM (any maxval above 255, scaled to 0..65535)
@@ -205,25 +229,13 @@ class FolderImages(ImageDataset):
         self.substitute = True
 
     def fingerprint(self) -> str:
-        """A hash of what :meth:`info` depends on, from the file system alone: the decoder's version, the side,
-        the channels, the class names, the decompression-bomb limit, and each file's path, label, size, mode,
-        inode and modification time (``os.stat``, links followed; a missing file hashes as missing). Unlike a
-        decoded copy's key (:func:`selfsup.data.decoded.folder_key`) it leaves out the ctime, which a
-        ``chmod`` (the mode is in) or a backup restored with its times moves while the pixels stay. A file
-        rewritten in place with the same size and its mtime set back (``touch -d``) keeps its fingerprint."""
-        import hashlib
-
-        from selfsup.data.decoded import DECODER_VERSION
-
-        h = hashlib.sha256(f"v{DECODER_VERSION}|{self.image_size}|{self.in_chans}|{self.num_classes}|"
-                           f"{'/'.join(self.class_names)}|{self.max_pixels}\n".encode())
-        for path, label in zip(self.files, self.labels.tolist()):
-            try:
-                st = os.stat(path)
-                h.update(f"{path}|{label}|{st.st_size}|{st.st_mode}|{st.st_ino}|{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{path}|{label}|missing\n".encode())
-        return h.hexdigest()
+        """A hash of what :meth:`info` depends on, from the file system alone (:func:`files_digest`): the
+        decoder's version, the side, the channels, the class names, the decompression-bomb limit, and each
+        file's path, label, size, mode, inode and modification time. Unlike a decoded copy's key
+        (:func:`selfsup.data.decoded.folder_key`) it leaves out the ctime, which a ``chmod`` (the mode is in)
+        or a backup restored with its times moves while the pixels stay. A file rewritten in place with the
+        same size and its mtime set back (``touch -d``) keeps its fingerprint."""
+        return files_digest(self, lambda st: (st.st_size, st.st_mode, st.st_ino, st.st_mtime_ns))
 
     def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         for step in range(len(self.files) if self.substitute else 1):
