@@ -298,3 +298,42 @@ def test_an_unchanged_image_folder_is_known_by_its_fingerprint_without_decoding_
     assert cached.fingerprint() is None
     write_fingerprint(RunDir(run), cached.fingerprint())
     assert not (run / "data_fingerprint.json").exists() and not same_fingerprint(RunDir(run), None)
+
+
+def test_a_resume_on_the_same_files_reads_the_statistics_back_instead_of_decoding(tmp_path, monkeypatch, capsys):
+    """A resume decoded up to 10,000 images again for the channel statistics (minutes of photos) before its
+    first step. With the fingerprint the run kept unchanged it reads them from data_info.json; a file changed
+    since makes it decode and check them as before (a changed image: refused by its statistics)."""
+    from PIL import Image
+
+    from selfsup.data.base import DataInfo, ImageDataset
+    from selfsup.rundir import RunDir
+    from selfsup.train.resume import kept_info
+
+    root, run = pretrained_on_a_folder(tmp_path, 6, 200, "data.batch_size=4")
+    saved = json.loads((run / "data_info.json").read_text())
+    fingerprint = json.loads((run / "data_fingerprint.json").read_text())["fingerprint"]
+    assert kept_info(RunDir(run), fingerprint) == DataInfo.from_json(saved) and \
+        DataInfo.from_json(saved).mean == tuple(saved["mean"])
+    assert kept_info(RunDir(run), "another") is None and kept_info(RunDir(run), None) is None
+    decoded = []
+
+    def counted(self, max_images=10_000):
+        decoded.append(len(self))
+        return real(self, max_images)
+
+    real = ImageDataset.channel_stats
+    monkeypatch.setattr(ImageDataset, "channel_stats", counted)
+    assert main(["pretrain", "--resume", str(run), "--no-eval", "trainer.max_steps=2"]) == 0
+    assert decoded == []  # the same files: nothing decoded for the statistics
+    assert json.loads((run / "data_info.json").read_text()) == saved
+    (run / "data_info.json").write_text("{\"in_chans\": 1}")  # cut short: decoded and checked again, not trusted
+    assert kept_info(RunDir(run), fingerprint) is None
+    (run / "data_info.json").write_text(json.dumps(saved))
+    for i in range(6):  # other pixels (and sizes, mtimes) in every file of a class
+        Image.new("L", (12, 12), 255).save(root / "a" / f"{i}.png")
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", str(run), "--no-eval", "trainer.max_steps=3"]) == 2
+    assert decoded, "the changed folder was not decoded"
+    assert "cannot resume: the training data is not what this run trained on (channel mean" in \
+        one_line_error(capsys.readouterr().err)

@@ -323,7 +323,7 @@ def view_preview(run_dir: str | Path, out: str | Path, n: int = 6, seed: int = 0
         return None
     cfg = load_config(run.config)
     d = json.loads(run.data_info.read_text())
-    info = DataInfo(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+    info = DataInfo.from_json(d)
     try:
         ds = build_dataset(cfg.data, "train")
     except (DataError, OSError):

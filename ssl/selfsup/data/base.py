@@ -39,6 +39,14 @@ class DataInfo:
     std: tuple[float, ...]
     num_samples: int = 0  # training images (0: unknown); sizes per-image state such as memory banks
 
+    @classmethod
+    def from_json(cls, d: dict) -> DataInfo:
+        """The DataInfo a run's ``data_info.json`` holds (``dataclasses.asdict`` of one, lists for tuples).
+
+        Raises:
+            TypeError, ValueError: ``d`` is not such a dict (a key missing or foreign, a statistic not a list)."""
+        return cls(**{**d, "mean": tuple(float(v) for v in d["mean"]), "std": tuple(float(v) for v in d["std"])})
+
 
 class ImageDataset(Dataset):
     """Base: ``__getitem__`` -> (uint8 [C,H,W], label); ``labels`` is a LongTensor [N]."""

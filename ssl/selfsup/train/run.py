@@ -33,7 +33,7 @@ from selfsup.train.monitors import LabelFreeMonitor
 from selfsup.train.precision import resolve_precision
 from selfsup.train.optim import check_scaled_lr
 from selfsup.train.resume import (check_devices, check_nodes, check_same_data, check_sync_batchnorm, device_count,
-                                  write_fingerprint,
+                                  kept_info, write_fingerprint,
                                   global_batch, record_config, resume_changes)
 from selfsup.train.state import AtomicCheckpointIO
 from selfsup.train.steps import NoStepsError, check_trainable, describe_plan, no_steps_message, plan_steps
@@ -87,7 +87,8 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     if devices is not None:  # refuse a run of no step before Lightning starts (the Trainer checks it again)
         plan_steps(len(train_ds), cfg.data.batch_size, devices * t.num_nodes, t.limit_train_batches,
                    t.accumulate_grad_batches, t.max_epochs, t.max_steps)
-    info = train_ds.info()
+    # a resume on the files the run kept a fingerprint of reads their statistics back instead of decoding again
+    info = (kept_info(RunDir(run_dir), train_ds.fingerprint()) if resume else None) or train_ds.info()
     if resume and owner:  # the same config can read other images (files added to a folder since)
         cache_then = load_run_config(run_dir).data.cache
         check_same_data(RunDir(run_dir).data_info, dataclasses.asdict(info),
