@@ -216,6 +216,11 @@ def test_bar_chart_tells_a_zero_bar_from_a_missing_value(tmp_path, monkeypatch):
     assert marks == [("0", round(0 + width / 2, 3)), ("n/a", round(1 - width / 2, 3))]
     ax = drawn_axes(monkeypatch, ["a"], {"kNN": [60.0]}, tmp_path / "y.png")
     assert len(ax.texts) == 0  # nothing to mark
+    # helper-74's: the last group's missing bar fell outside the axes (they ended at the last bar drawn)
+    ax = drawn_axes(monkeypatch, ["a", "b"], {"kNN": [80.0, 70.0], "linear": [82.0, None]}, tmp_path / "w.png")
+    (mark,) = ax.texts
+    assert mark.get_text() == "n/a" and ax.get_xlim()[0] <= mark.xy[0] <= ax.get_xlim()[1]
+    assert ax.get_xlim() == (-0.5, 1.5)
 
 
 def test_bar_chart_legend_covers_no_bar(tmp_path):

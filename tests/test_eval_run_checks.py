@@ -337,3 +337,19 @@ def test_a_resume_on_the_same_files_reads_the_statistics_back_instead_of_decodin
     assert decoded, "the changed folder was not decoded"
     assert "cannot resume: the training data is not what this run trained on (channel mean" in \
         one_line_error(capsys.readouterr().err)
+
+
+def test_the_keys_named_as_changed_are_those_that_differ():
+    """helper-74's: `selfsup eval RUN data.subset=10` noted "data.subset, seed differ from the run's config" with
+    the run's own seed: the seed counted as changed whenever only one side drew a subset."""
+    from selfsup.config import load_config
+    from selfsup.eval.evaldata import changed_data_keys
+
+    def cfg(*o):
+        return load_config(None, ["method.name=simclr", *o])
+
+    assert changed_data_keys(cfg(), cfg("data.subset=10")) == ["data.subset"]
+    assert changed_data_keys(cfg("data.subset=10"), cfg()) == ["data.subset"]
+    assert changed_data_keys(cfg("data.subset=10"), cfg("data.subset=10", "seed=1")) == ["seed"]  # another draw
+    assert changed_data_keys(cfg(), cfg("seed=1")) == []  # no subset: the seed draws nothing of the data
+    assert changed_data_keys(cfg("data.subset=10"), cfg("data.subset=12", "seed=3")) == ["data.subset", "seed"]

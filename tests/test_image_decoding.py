@@ -15,14 +15,15 @@ from selfsup.data.imagefiles import BAD_FILE_ADVICE, decode_image
 TO_8_OR_16 = "convert it to unsigned 8-bit or 16-bit (values scaled to 0..255 or 0..65535)"
 
 
-def _tiff(path: Path, values: np.ndarray, sample_format: int) -> Path:
+def _tiff(path: Path, values: np.ndarray, sample_format: int, photometric: int = 1) -> Path:
     """A one-strip little-endian grayscale TIFF of ``values`` [H, W] written by hand (TIFF 6.0: BitsPerSample from
-    the dtype, SampleFormat 1 unsigned, 2 signed, 3 float), as other programs write what Pillow will not."""
+    the dtype, SampleFormat 1 unsigned, 2 signed, 3 float; PhotometricInterpretation 1 BlackIsZero, 0
+    WhiteIsZero), as other programs write what Pillow will not."""
     arr = np.ascontiguousarray(values, values.dtype.newbyteorder("<"))
     h, w = arr.shape
     data = arr.tobytes()
-    tags = [(256, 4, w), (257, 4, h), (258, 3, arr.dtype.itemsize * 8), (259, 3, 1), (262, 3, 1), (273, 4, -1),
-            (277, 3, 1), (278, 4, h), (279, 4, len(data)), (339, 3, sample_format)]
+    tags = [(256, 4, w), (257, 4, h), (258, 3, arr.dtype.itemsize * 8), (259, 3, 1), (262, 3, photometric),
+            (273, 4, -1), (277, 3, 1), (278, 4, h), (279, 4, len(data)), (339, 3, sample_format)]
     start = 8 + 2 + 12 * len(tags) + 4  # pixels right after the header and the one directory
     ifd = struct.pack("<H", len(tags))
     for tag, kind, value in tags:
@@ -141,3 +142,18 @@ def test_data_max_image_pixels_sets_the_limit_an_image_folder_decodes_under(tmp_
                                                            ("data.max_image_pixels=0",))}) == 3
     with pytest.raises(ValueError, match="max_image_pixels"):
         load_config(None, ["method.name=simclr", "data.max_image_pixels=-1"])
+
+
+def test_white_is_zero_tiffs_decode_as_a_viewer_shows_them_at_8_and_16_bits(tmp_path):
+    """helper-74's: a 16-bit TIFF whose PhotometricInterpretation is 0 (WhiteIsZero, as some scanners and
+    microscopes write) decoded exactly as its samples stored black-is-zero: a negative of the image. Pillow
+    inverts 8-bit ones itself; 16-bit ones are now inverted before the scaling to 8 bits."""
+    u16 = np.array([[0, 1000, 32768], [60000, 65535, 257]], dtype=np.uint16)  # [2, 3]
+    want16 = np.floor((65535 - u16.astype(np.float64)) * 255 / 65535 + 0.5).astype(np.uint8)
+    assert np.array_equal(decode_image(str(_tiff(tmp_path / "w16.tif", u16, 1, photometric=0)), 1)[0].numpy(),
+                          want16)
+    black16 = np.floor(u16.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)  # BlackIsZero: unchanged
+    assert np.array_equal(decode_image(str(_tiff(tmp_path / "b16.tif", u16, 1)), 1)[0].numpy(), black16)
+    u8 = np.array([[0, 10, 128], [200, 255, 1]], dtype=np.uint8)
+    assert np.array_equal(decode_image(str(_tiff(tmp_path / "w8.tif", u8, 1, photometric=0)), 1)[0].numpy(), 255 - u8)
+    assert np.array_equal(decode_image(str(_tiff(tmp_path / "b8.tif", u8, 1)), 1)[0].numpy(), u8)

@@ -399,6 +399,7 @@ def bar_chart(labels: Sequence[str], columns: Mapping[str, Sequence[float | None
             top = max(top, float(np.nanmax(np.where(has, v + spread, v))))
             low = min(low, float(np.nanmin(np.where(has, v - spread, v))))
     ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_xlim(-0.5, len(labels) - 0.5)  # every group's full width: a missing last bar ("n/a") is not cut off
     ax.set_ylabel(ylabel)
     ax.set_ylim(low * 1.05, top * 1.05 if top > 0 else 1.0)  # from 0 (below it only for a negative value)
     # above the axes: inside, the legend covered the tops of bars near the scale's top (accuracies of 80-90 %)

@@ -58,11 +58,16 @@ def decode_image(path: str, in_chans: int, exif_orientation: bool = True, max_pi
             refused = _refusal(im)  # from the header and the mode, before any pixel is decoded
             if refused:
                 raise ValueError(refused)
+            # a TIFF whose PhotometricInterpretation is 0 (WhiteIsZero): Pillow inverts 1- and 8-bit samples
+            # itself, 16-bit ones not (read off the header before the turn below gives a new image)
+            white_is_zero = im.format == "TIFF" and getattr(im, "tag_v2", {}).get(262) == 0
             im.load()  # decode now (the first frame): truncated files fail here, not later
             if exif_orientation:
                 im = _upright(im)
             if im.mode in SIXTEEN_BIT_MODES:  # unsigned 16-bit grayscale (_refusal let through no other "I")
                 arr = np.asarray(im, dtype=np.float64)  # [H, W] in 0..65535 (Pillow scales a PGM's maxval to it)
+                if white_is_zero:
+                    arr = 65535.0 - arr  # as a viewer shows it: 0 is white
                 im = Image.fromarray(np.clip(arr * (255.0 / 65535.0), 0, 255).round().astype(np.uint8), "L")
             elif im.mode == "P":
                 im = im.convert("RGBA")  # palettes with transparency convert cleanly through RGBA
@@ -78,7 +83,8 @@ BAD_FILE_ADVICE = ". Remove or replace the file, or set data.on_bad_file=skip to
 
 # Bump when decoding or resizing changes what a file decodes to (2: EXIF orientation applied; 3: mode "I"
 # always scaled as 16-bit, mode "F" refused; 4: 32-bit, signed and floating-point TIFFs refused, which an
-# older copy holds clipped or wrapped), so that copies made by an older decoder are not reused
+# older copy holds clipped or wrapped, and 16-bit WhiteIsZero TIFFs inverted), so that copies made by an
+# older decoder are not reused
 # (selfsup.data.decoded.folder_key) and a run's fingerprint of its files changes (FolderImages.fingerprint).
 DECODER_VERSION = 4
 

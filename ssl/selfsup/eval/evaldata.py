@@ -156,9 +156,11 @@ def data_identity(cfg: RunConfig) -> dict[str, Any]:
 
 
 def changed_data_keys(before: RunConfig, after: RunConfig) -> list[str]:
-    """The keys of :func:`data_identity` whose values differ between two configs, sorted."""
+    """The keys of :func:`data_identity` whose values differ between two configs, sorted. ``seed`` counts only
+    where both draw a subset (a subset set on one side only is ``data.subset`` differing: the same seed is not
+    another one)."""
     a, b = data_identity(before), data_identity(after)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and (k != "seed" or (k in a and k in b)))
 
 
 def data_tag(cfg: RunConfig) -> str:
