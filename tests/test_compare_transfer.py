@@ -755,9 +755,9 @@ def test_a_result_not_laid_out_as_selfsup_writes_is_named_not_a_traceback(tmp_pa
         f"writes {want}: its results.json was edited or cut short; evaluate it again")
 
 
-FROZEN_FIELDS = {"num_classes": 10, "train_images": 200, "test_images": 360, "train_unlabeled_left_out": 0,
+FROZEN_FIELDS = {"num_classes": 10, "train_images": 200, "test_images": 400, "train_unlabeled_left_out": 0,
                  "feature_dim": 64, "image_size": 16, "data_image_size": 16, "trained_steps": 2, "seconds": 1.5,
-                 "label_free": {"rankme": 11.5, "uniformity": -0.23, "spread": 0.07, "rows": 360},
+                 "label_free": {"rankme": 11.5, "uniformity": -0.23, "spread": 0.07, "rows": 400},
                  "knn_index": {"kind": "exact", "rows": 200, "dim": 64, "k": 20, "seconds": 0.03, "warnings": []}}
 
 
@@ -766,11 +766,15 @@ def numbered_row(where: str, value: object) -> tuple[dict, str]:
     per-seed numbers), ``where`` (a dotted key, "transfer.KEY" for a transfer row's) set to ``value``; and the file
     compare reads it from (results.json)."""
     row = {**frozen_row("run x"), **json.loads(json.dumps(FROZEN_FIELDS))}
-    row["linear"].update(train_images=200, val_images=20, val_top1=75.0, top1_per_seed=[93.0, 93.5, 93.868])
-    row["linear_10pct"].update(train_images=21, val_images=2, val_top1=None, top1_per_seed=[80.0, 79.5, 82.0])
+    # accuracies that agree with each other: whole numbers of the 400 test images (multiples of 0.25), each
+    # mean and sample standard deviation those of its seeds' values
+    row["knn"]["k=20,T=0.07"]["top1"], row["linear_sklearn"]["top1"] = 91.25, 92.75
+    row["linear"].update(train_images=200, val_images=20, val_top1=75.0, top1=93.5, top1_std=0.5,
+                         top1_per_seed=[93.0, 93.5, 94.0])
+    row["linear_10pct"].update(train_images=21, val_images=2, val_top1=None, top1_per_seed=[79.25, 80.5, 81.75])
     if where.startswith("transfer."):
         t = transfer_row("bitfit", 1.0, [80.0, 82.0], [99.0, 99.5], 0.5)
-        t.update(num_classes=10, val_images=10, val_top1=81.0, processes=1, test_images=360, image_size=16)
+        t.update(num_classes=10, val_images=10, val_top1=81.0, processes=1, test_images=400, image_size=16)
         t[where.split(".", 1)[1]] = value
         return t, "transfer"
     *path, last = where.split(".")
@@ -781,13 +785,16 @@ def numbered_row(where: str, value: object) -> tuple[dict, str]:
     return row, "frozen"
 
 
+OFF_GRID = [80.5 + 1.25 * z / 1.03 ** 0.5 for z in (-1.1, 0.2, 0.9)]  # z: mean 0, sum of squares 2 x 1.03
+
+
 def test_a_result_with_every_numeric_field_selfsup_writes_compares(tmp_path, capsys):
     """The rows the range checks below edit are read as written: their values are all in range."""
-    row, _ = numbered_row("linear.top1", 93.456)
+    row, _ = numbered_row("linear.top1", 93.5)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "results.json").write_text(json.dumps([row]))
     assert main(["compare", str(tmp_path / "x")]) == 0
-    assert table(capsys.readouterr().out)[1][str(tmp_path / "x")]["linear top-1"] == "93.46 ± 0.32"
+    assert table(capsys.readouterr().out)[1][str(tmp_path / "x")]["linear top-1"] == "93.50 ± 0.50"
     t, _ = numbered_row("transfer.top1", 81.0)
     write_transfer(tmp_path / "t", [t])
     assert main(["compare", str(tmp_path / "t")]) == 0
@@ -828,6 +835,17 @@ def test_a_result_with_every_numeric_field_selfsup_writes_compares(tmp_path, cap
     ("transfer.processes", 0, "0", "a process count: an integer >= 1"),
     ("transfer.top5_per_seed", [99.0, 101.0], "101.0", "a percentage in [0, 100]"),
     ("label", 5, "5", "the evaluated encoder's name (non-empty text)"),
+    # helper-74's: numbers each in range but contradicting another (a silent wrong row in the table)
+    ("linear.top5", 50.0, "50.0", "a top-5 accuracy >= its top-1 (93.5)"),
+    ("linear.top1", 95.0, "95.0", "the mean of top1_per_seed (93.5)"),
+    ("linear.top1_per_seed", [93.0, 94.0], "[93.0, 94.0]", "one value per seed (3)"),
+    ("linear.top1_std", 2.0, "2.0", "the sample standard deviation of top1_per_seed (0.5)"),
+    ("linear_sklearn.top1", 0.95, "0.95", "a whole number of the row's 400 test images, in percent (100 x k / 400)"),
+    # each seed's value not a whole number of images, their mean (80.5) and sample sd (1.25) still the row's
+    ("linear_10pct.top1_per_seed", OFF_GRID, json.dumps(OFF_GRID[0]),
+     "a whole number of the row's 400 test images, in percent (100 x k / 400)"),
+    ("test_images", 0, "0", "the count of test images its accuracies were measured on (>= 1)"),
+    ("transfer.top5_per_seed", [99.0, 99.5, 99.75], "[99.0, 99.5, 99.75]", "one value per seed (2)"),
     ("label", "", '""', "the evaluated encoder's name (non-empty text)"),
 ])
 def test_every_numeric_field_and_the_label_of_a_result_are_checked(tmp_path, capsys, where, value, shown, want):
@@ -848,8 +866,10 @@ def test_every_numeric_field_and_the_label_of_a_result_are_checked(tmp_path, cap
         # a transfer row's counts are named as the row's own fields, its numbers as its protocol's result
         key = key if key in ("train_images", "num_classes", "minutes", "trainable_params", "processes", "seeds") \
             else f"transfer[bitfit].{key}"
-    if where.endswith("_per_seed") and isinstance(value, list):
-        key += f"[{next(i for i, v in enumerate(value) if not 0 <= v <= 100)}]"
+    if where.endswith("_per_seed") and isinstance(value, list):  # the seed whose value is refused, if one is
+        bad = [i for i, v in enumerate(value)
+               if not 0 <= v <= 100 or (want.startswith("a whole number") and (v * 400 / 100) % 1)]
+        key += f"[{bad[0]}]" if bad else ""
     label = "?" if where == "label" else "bitfit" if kind == "transfer" else "run x"
     assert one_line_error(capsys.readouterr().err) == (
         f"selfsup compare: error: {folder / 'results.json'}: result {label!r} holds {key} = {shown}, where selfsup "

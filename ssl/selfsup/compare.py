@@ -129,6 +129,42 @@ SPREADS = ("top1_std", "top5_std")  # sample standard deviations of a percentage
 SEED_LISTS = ("top1_per_seed", "top5_per_seed")  # each seed's percentage
 
 
+def contradiction(res: dict[str, Any], test_images: int | None) -> tuple[str, Any, str] | None:
+    """The first number of one kNN, probe or transfer result ``res`` that contradicts another, as ``(key,
+    value, what selfsup writes there)``, or None: top-5 below top-1; per-seed lists of another length than
+    ``seeds``, or whose mean or sample standard deviation is not ``top1`` / ``top1_std`` (top-5 alike); with
+    ``test_images`` (the row's count, >= 1), an accuracy on one test set (a kNN pair's, each seed's) that is
+    no whole number of those images (a fraction typed for a percentage: 0.95 of 6 images). Each field's
+    own range is checked by :func:`check_rows`."""
+    top1, top5 = res.get("top1"), res.get("top5")
+    if isinstance(top1, int | float) and isinstance(top5, int | float) and top5 < top1 - 1e-9:
+        return "top5", top5, f"a top-5 accuracy >= its top-1 ({top1:g})"
+    single = [] if any(stat in res for stat in SEED_LISTS) or "seeds" in res else \
+        [(stat, res[stat]) for stat in ("top1", "top5") if isinstance(res.get(stat), int | float)]  # a kNN pair's
+    for stat in ("top1", "top5"):
+        values = res.get(f"{stat}_per_seed")
+        if not isinstance(values, list) or not values:
+            continue
+        if isinstance(res.get("seeds"), int) and len(values) != res["seeds"]:
+            return f"{stat}_per_seed", values, f"one value per seed ({res['seeds']})"
+        mean = sum(values) / len(values)
+        if isinstance(res.get(stat), int | float) and abs(mean - res[stat]) > 1e-6:
+            return stat, res[stat], f"the mean of {stat}_per_seed ({mean:g})"
+        spread = res.get(f"{stat}_std")
+        if len(values) > 1 and isinstance(spread, int | float):
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))  # the sample standard deviation
+            if abs(sd - spread) > 1e-6 * max(1.0, sd):
+                return f"{stat}_std", spread, f"the sample standard deviation of {stat}_per_seed ({sd:g})"
+        single += [(f"{stat}_per_seed[{i}]", v) for i, v in enumerate(values)]
+    if isinstance(test_images, int) and not isinstance(test_images, bool) and test_images >= 1:
+        for key, value in single:
+            hits = value * test_images / 100  # an accuracy is 100 x hits / test images
+            if abs(hits - round(hits)) > 1e-6 * max(1.0, hits):
+                return key, value, f"a whole number of the row's {test_images} test images, in percent (100 x k / " \
+                                   f"{test_images})"
+    return None
+
+
 def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
     """``rows`` (a results.json read from ``source``) once they are laid out as selfsup writes them: a list of
     objects whose labels are text and warnings lists of text, whose kNN, probe, detection and transfer results
@@ -189,6 +225,9 @@ def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
                 number(f"{key}.fraction", res["fraction"], 0.0, 1.0, "a labelled fraction", open_low=True)
             counts(f"{key}.", res)
             words(f"{key}.warnings", res.get("warnings"))
+            contradicted = contradiction(res, r.get("test_images"))
+            if contradicted:
+                refuse(f"{key}.{contradicted[0]}", contradicted[1], contradicted[2])
 
         def words(key: str, value: Any) -> None:
             if value is not None and (not isinstance(value, list) or not all(isinstance(w, str) for w in value)):
@@ -213,6 +252,8 @@ def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
                                    free["rows"] < 0):
                 refuse("label_free.rows", free["rows"], "a count of test features: an integer >= 0")
         words("warnings", r.get("warnings"))
+        if r.get("test_images") == 0 and any(k == "knn" or k.startswith("linear") or k == "protocol" for k in r):
+            refuse("test_images", 0, "the count of test images its accuracies were measured on (>= 1)")
         if "knn" in r:
             if not isinstance(r["knn"], dict):
                 refuse("knn", r["knn"], "an object of kNN results")
