@@ -105,6 +105,42 @@ def test_training_classes_without_test_images_are_named_in_a_warning(tmp_path, r
         f"classes; add images to those classes, or add a test/ folder of class subfolders"]
 
 
+def test_classes_missing_from_one_split_are_named_in_every_result_row(tmp_path, capsys):
+    """helper-74's: the warning of a training class without test images went to stderr only; results.json and
+    results.md (what a user reads later, and compare) said nothing, though the accuracy is of the other classes.
+    Each row's warnings now name the untested classes and, the other way round, test classes no training image
+    has (with the accuracy they cap); a split where every class is on both sides adds neither."""
+    import json
+
+    from selfsup.cli import main
+    from selfsup.eval.evaldata import unseen_classes_message, untested_classes_message
+
+    for cls in "abc":
+        for i in range(4):
+            _png(tmp_path / "d" / "train" / cls / f"{i}.png", COLOURS[cls])
+    for cls in "ab":
+        for i in range(2):
+            _png(tmp_path / "d" / "test" / cls / f"{i}.png", COLOURS[cls])
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="training class folder"):
+        assert main(["eval", "pixels", "data.name=image-folder", f"data.root={tmp_path / 'd'}", "data.image_size=4",
+                     "eval.plots=false", "eval.probe_seeds=1", "eval.low_shot=[]", "eval.knn=[[3, 0.07]]",
+                     "eval.linear=false", "--out", str(out)]) == 0
+    (row,) = json.loads((out / "results.json").read_text())
+    said = ("class(es) 'c' have training images but no test image: the test accuracy says nothing about them; add "
+            "test images of those classes")
+    assert said in row["warnings"] and said in (out / "results.md").read_text()
+    cfg = load_config(None, ["method.name=simclr"])
+    y = torch.tensor
+    assert untested_classes_message(y([0, 1, 2]), y([0, 1, 1]), ()) == said.replace("'c'", "2")
+    assert untested_classes_message(y([0, 1]), y([1, 0]), ("a", "b")) is None
+    assert unseen_classes_message(y([0, 1]), y([0, 1]), ("a", "b"), cfg) is None
+    assert unseen_classes_message(y([0, 0]), y([0, 1, 1, 1]), ("a", "b"), cfg) == (
+        "3 of the 4 test images (75.0%) of dataset 'fashion-mnist' are of class(es) 'b', which none of the 2 labelled "
+        "training images has: kNN and probes can never predict them, so accuracy is at most 25.0%; add training "
+        "images of those classes")
+
+
 def test_test_classes_a_training_subset_lacks_are_named_with_the_accuracy_they_cap(tmp_path):
     """helper-72's: ``data.subset`` draws a random subset of the training images; a class it leaves out can never
     be predicted, so its test images are certain errors, and nothing said so. The warning counts them, caps the

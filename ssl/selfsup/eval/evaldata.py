@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from selfsup.config import RunConfig
 from selfsup.data import DataError, DataInfo, ImageDataset, build_dataset, subset
@@ -91,30 +92,53 @@ def evaluation_data(cfg: RunConfig) -> tuple[ImageDataset, ImageDataset, int]:
 
 
 def warn_unseen_classes(train_ds: ImageDataset, test_ds: ImageDataset, cfg: RunConfig) -> None:
-    """Warn (one line) when test images are of classes no training image has: kNN and a probe trained on
-    ``train_ds`` can never predict those, so the accuracy is capped below 100% by their share. An image
-    folder refuses a test class its training folder lacks (:mod:`selfsup.data.folders`); this catches a
-    class that ``data.subset`` (a seeded random subset of the training images) left out, for any dataset.
-
-    ``train_ds.labels`` [N] and ``test_ds.labels`` [M] are class numbers (>= 0)."""
+    """Warn (one line, :func:`unseen_classes_message`) when test images are of classes no training image has.
+    An image folder refuses a test class its training folder lacks (:mod:`selfsup.data.folders`); this catches
+    a class that ``data.subset`` (a seeded random subset of the training images) left out, for any dataset."""
     import warnings
 
-    unseen = sorted(set(test_ds.labels.unique().tolist()) - set(train_ds.labels.unique().tolist()))
-    if not unseen:
-        return
-    n = int(torch.isin(test_ds.labels, torch.as_tensor(unseen, dtype=torch.long)).sum())
     names = getattr(test_ds, "class_names", ()) or getattr(train_ds, "class_names", ())
-    shown = ", ".join(repr(names[c]) if c < len(names) else str(c) for c in unseen[:5])
-    shown += f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
-    share = 100.0 * n / len(test_ds)
+    message = unseen_classes_message(train_ds.labels, test_ds.labels, names, cfg)
+    if message:
+        warnings.warn(message, stacklevel=3)
+
+
+def _class_list(classes: list[int], names: tuple[str, ...]) -> str:
+    """Up to five classes by name (their number where the data has no names), then how many more."""
+    shown = ", ".join(repr(names[c]) if c < len(names) else str(c) for c in classes[:5])
+    return shown + (f" and {len(classes) - 5} more" if len(classes) > 5 else "")
+
+
+def unseen_classes_message(train_labels: Tensor, test_labels: Tensor, names: tuple[str, ...],
+                           cfg: RunConfig) -> str | None:
+    """The warning when test images (``test_labels`` [M], class numbers >= 0) are of classes no training image
+    (``train_labels`` [N]) has: kNN and probes can never predict those, so the accuracy is capped below 100% by
+    their share; None when every test class has training images."""
+    unseen = sorted(set(test_labels.unique().tolist()) - set(train_labels.unique().tolist()))
+    if not unseen:
+        return None
+    n = int(torch.isin(test_labels, torch.as_tensor(unseen, dtype=torch.long)).sum())
+    share = 100.0 * n / len(test_labels)
     if cfg.data.subset is not None:
         fix = (f"data.subset={cfg.data.subset} drew none of their training images: raise data.subset (or drop it) "
                f"so that every class has training images")
     else:
         fix = "add training images of those classes"
-    warnings.warn(f"{n} of the {len(test_ds)} test images ({share:.1f}%) of {describe_data(cfg)} are of class(es) "
-                  f"{shown}, which none of the {len(train_ds)} labelled training images has: kNN and probes can "
-                  f"never predict them, so accuracy is at most {100.0 - share:.1f}%; {fix}", stacklevel=3)
+    return (f"{n} of the {len(test_labels)} test images ({share:.1f}%) of {describe_data(cfg)} are of class(es) "
+            f"{_class_list(unseen, names)}, which none of the {len(train_labels)} labelled training images has: kNN "
+            f"and probes can never predict them, so accuracy is at most {100.0 - share:.1f}%; {fix}")
+
+
+def untested_classes_message(train_labels: Tensor, test_labels: Tensor, names: tuple[str, ...]) -> str | None:
+    """The warning when classes of the training images (``train_labels`` [N]) have no test image
+    (``test_labels`` [M]): the test accuracy says nothing about them (they can still be predicted, wrongly, for
+    test images of other classes); None when every training class is tested. An image folder says so on stderr
+    when its split is read (:func:`selfsup.data.folders.warn_untested`); this line goes into each result row."""
+    untested = sorted(set(train_labels.unique().tolist()) - set(test_labels.unique().tolist()))
+    if not untested:
+        return None
+    return (f"class(es) {_class_list(untested, names)} have training images but no test image: the test accuracy "
+            f"says nothing about them; add test images of those classes")
 
 
 def check_channels(target: Target, ds: ImageDataset, cfg: RunConfig) -> None:

@@ -28,7 +28,7 @@ from selfsup.config import RunConfig
 from selfsup.data import ImageDataset
 from selfsup.eval.evaldata import (DATA_IDENTITY, NotScorable, changed_data_keys, check_channels, data_identity,
                                    data_key, data_tag, describe_data, evaluation_data, labelled_part,
-                                   labelled_training_data)
+                                   labelled_training_data, unseen_classes_message, untested_classes_message)
 from selfsup.eval.knn import check_finite, knn_evaluate_with_index
 from selfsup.eval.layers import Stage
 from selfsup.eval.linear import CONSTANT_STD, check_fraction_splits, probe_protocol, sklearn_probe
@@ -189,7 +189,9 @@ def _score(p: Prepared, spec: str, cfg: RunConfig, stage: Stage | None, about: d
         "feature_storage": {"train": STORAGE.get(lazy_tr.dtype, lazy_tr.dtype),
                             "test": STORAGE.get(lazy_te.dtype, lazy_te.dtype)}, "seed": cfg.seed,
         "warnings": [*warnings, *filter(None, [training_warning(spec, target.kind)]),
-                     *unreadable_warnings(len(ytr), image_files(train_ds), len(yte), image_files(test_ds))],
+                     *unreadable_warnings(len(ytr), image_files(train_ds), len(yte), image_files(test_ds)),
+                     *filter(None, [unseen_classes_message(ytr, yte, train_ds.class_names, cfg),
+                                    untested_classes_message(ytr, yte, train_ds.class_names)])],
         # where the test features are cached (the embedding picture reads them; checked against the key)
         "test_features": {"directory": str(cache.directory), "name": name_te, "key": key_te},
     })
