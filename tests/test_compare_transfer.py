@@ -845,6 +845,7 @@ def test_a_result_with_every_numeric_field_selfsup_writes_compares(tmp_path, cap
     ("linear_10pct.top1_per_seed", OFF_GRID, json.dumps(OFF_GRID[0]),
      "a whole number of the row's 400 test images, in percent (100 x k / 400)"),
     ("test_images", 0, "0", "the count of test images its accuracies were measured on (>= 1)"),
+    ("pretraining_data_differs", 5, "5", "how the data differs from the pretraining data (text)"),
     ("transfer.top5_per_seed", [99.0, 99.5, 99.75], "[99.0, 99.5, 99.75]", "one value per seed (2)"),
     ("label", "", '""', "the evaluated encoder's name (non-empty text)"),
 ])

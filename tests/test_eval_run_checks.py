@@ -224,6 +224,9 @@ def test_an_evaluation_on_an_image_folder_changed_since_pretraining_says_so_and_
         f"**Note**: the evaluation data differs from the data {run} was pretrained on ({reason}): these numbers are "
         f"of other images than its pretraining saw.")
     assert not (run / "results.json").exists()
+    # helper-74's: compare read the rows as if of the pretraining data; it says so under the table now
+    assert main(["compare", str(folder)]) == 0
+    assert f"evaluated on other data than its encoder was pretrained on ({reason})" in capsys.readouterr().out
     # a transfer of the run on that folder: a folder of its own too (not RUN/transfer-bitfit), and the same record
     assert main(["eval", str(run), "--protocol", "bitfit", "--transfer", "epochs=1", "--transfer", "seeds=1",
                  "--transfer", "low_shot=[]", "--transfer", "lrs=[0.01]"]) == 0

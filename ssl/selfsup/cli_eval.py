@@ -44,7 +44,7 @@ def eval_command(args: argparse.Namespace) -> None:
     from selfsup.artifacts.load import load_encoder
     from selfsup.config import ConfigError
     from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers, prepare
-    from selfsup.eval.report import markdown_table
+    from selfsup.eval.report import PRETRAINING_DATA_DIFFERS, markdown_table
     from selfsup.train.workdir import load_run_config
 
     target = Path(args.target)
@@ -125,8 +125,6 @@ def eval_command(args: argparse.Namespace) -> None:
     write_results(written, rows, table, cfg.eval.plots)
 
 
-# the results.json key of each row evaluated on other data than the evaluated run was pretrained on: why it differs
-PRETRAINING_DATA_DIFFERS = "pretraining_data_differs"
 
 
 def with_pretraining_data_line(table: str, run: Path, differs: str | None) -> str:
@@ -735,6 +733,7 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
     from selfsup.artifacts.load import load_encoder_and_card
     from selfsup.config import ConfigError
     from selfsup.eval.evaluate import evaluation_data, resolve_target
+    from selfsup.eval.report import PRETRAINING_DATA_DIFFERS
     from selfsup.eval.target import random_encoder
     from selfsup.transfer import run_protocol
     from selfsup.transfer.export import minimal_card

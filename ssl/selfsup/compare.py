@@ -36,7 +36,7 @@ from typing import Any
 
 from selfsup.artifacts.card import CARD, export_behind, from_config_json
 from selfsup.artifacts.validate import read_card
-from selfsup.eval.report import mean_sd_text, probe_header, probe_keys, row_warnings
+from selfsup.eval.report import PRETRAINING_DATA_DIFFERS, mean_sd_text, probe_header, probe_keys, row_warnings
 from selfsup.fileio import read_json_or_none
 from selfsup.rundir import (FEATURES_DIR, RunDir, is_export_dir, nearest_run, results_behind, run_steps, steps_text,
                             target_key, training_pid)
@@ -252,6 +252,9 @@ def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
                                    free["rows"] < 0):
                 refuse("label_free.rows", free["rows"], "a count of test features: an integer >= 0")
         words("warnings", r.get("warnings"))
+        if r.get(PRETRAINING_DATA_DIFFERS) is not None and not isinstance(r[PRETRAINING_DATA_DIFFERS], str):
+            refuse(PRETRAINING_DATA_DIFFERS, r[PRETRAINING_DATA_DIFFERS], "how the data differs from the pretraining "
+                                                                         "data (text)")
         if r.get("test_images") == 0 and any(k == "knn" or k.startswith("linear") or k == "protocol" for k in r):
             refuse("test_images", 0, "the count of test images its accuracies were measured on (>= 1)")
         if "knn" in r:
@@ -762,10 +765,13 @@ SIZE = "px"  # the column of the side length each row's encoder saw, when any ro
 
 def result_warnings(row: dict[str, Any]) -> list[str]:
     """The warnings a result row was written with: a frozen row's (:func:`selfsup.eval.report.row_warnings`),
-    a transfer row's from each protocol and fraction it holds."""
-    if row.get("kind") == TRANSFER_KIND:
-        return [w for t in row.get("transfer", []) for w in t.get("warnings") or []]
-    return row_warnings(row)
+    a transfer row's from each protocol and fraction it holds; and, where the evaluation data was not what
+    the encoder was pretrained on (``pretraining_data_differs``, written by ``selfsup eval``), that."""
+    parts = row.get("transfer", []) if row.get("kind") == TRANSFER_KIND else [row]
+    said = [w for t in parts for w in t.get("warnings") or []] if row.get("kind") == TRANSFER_KIND else \
+        row_warnings(row)
+    differs = dict.fromkeys(t[PRETRAINING_DATA_DIFFERS] for t in parts if t.get(PRETRAINING_DATA_DIFFERS))
+    return [*said, *(f"evaluated on other data than its encoder was pretrained on ({why})" for why in differs)]
 
 
 def differ(data: set[str]) -> bool:

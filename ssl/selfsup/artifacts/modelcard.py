@@ -98,8 +98,8 @@ def _training_rows(card: Mapping[str, Any]) -> list[tuple[str, str]]:
         done += f" in {minutes:.1f} wall minutes" if minutes >= 0.1 else f" in {minutes * 60:.1f} wall seconds"
     schedule = (f"{length}{done}; batch {data.get('batch_size', '?')}; {optim.get('name', '?')}, peak lr "
                 f"{optim.get('lr', '?')} at batch 256 ({optim.get('lr_scaling', '?')} scaling), weight decay "
-                f"{optim.get('weight_decay', '?')}, {counted(optim.get('warmup_epochs', '?'), 'warmup epoch')}; precision "
-                f"{trainer.get('precision', '?')}")
+                f"{optim.get('weight_decay', '?')}, {counted(optim.get('warmup_epochs', '?'), 'warmup epoch')}; "
+                f"precision {trainer.get('precision', '?')}")
     versions = card.get("versions") or {"selfsup": card.get("selfsup_version", "?")}
     return [("method", method), ("encoder", encoder), ("data", data_row), ("schedule", schedule),
             ("seed", str(tc.get("seed", "?"))), ("software", ", ".join(f"{k} {v}" for k, v in versions.items()))]

@@ -11,6 +11,11 @@ NOTES = {
 }
 
 
+# the results.json key of a row evaluated on other data than its encoder was pretrained on: how the data differs
+# (written by selfsup eval RUN, read by selfsup compare)
+PRETRAINING_DATA_DIFFERS = "pretraining_data_differs"
+
+
 POOL_NOTES = {
     "grid": "earlier stages average-pooled to a grid of about 9k values (round(sqrt(9216 / channels)) cells "
             "a side, at most the map's own size)",
