@@ -432,6 +432,15 @@ def test_frozen_evaluation_folders_compare(tmp_path, capsys):
     assert one_line_error(capsys.readouterr().err).endswith(f"has no results.json of its own: run selfsup eval "
                                                             f"{bare}, or compare its evaluation folder: "
                                                             f"{bare / 'eval-digits-x'}")
+    # helper-74's: a run of one class (or unlabeled) was told to run `selfsup eval RUN`, which cannot score it
+    for classes, has in ((1, "one class"), (0, "no labels")):
+        (bare / "data_info.json").write_text(json.dumps({"in_chans": 3, "image_size": 16, "num_classes": classes,
+                                                         "mean": [0.5] * 3, "std": [0.2] * 3, "num_samples": 9}))
+        assert main(["compare", str(bare)]) == 2
+        assert one_line_error(capsys.readouterr().err).endswith(
+            f"has no results.json of its own: run selfsup eval {bare} data.root=LABELLED_FOLDER (a folder of class "
+            f"subfolders: the run's own data has {has}, nothing to score), or compare its evaluation folder: "
+            f"{bare / 'eval-digits-x'}")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "results.json").write_text(json.dumps({"not": "rows"}))
     assert main(["compare", str(tmp_path / "junk")]) == 2  # helper-66's: named as a damaged results.json

@@ -376,7 +376,12 @@ def read_run(path: Path) -> Entry:
         found = [str(d) for d in run.evaluation_folders()]  # eval-*, transfer-*, detection/*
         elsewhere = (f", or compare its evaluation folder{'s' if len(found) > 1 else ''}: {' '.join(found)}"
                      if found else "")
-        raise LoadError(f"{path} has no results.json of its own: run selfsup eval {path}{elsewhere}")
+        info = read_json_or_none(run.data_info)
+        classes = info.get("num_classes") if isinstance(info, dict) else None
+        how = (f"selfsup eval {path} data.root=LABELLED_FOLDER (a folder of class subfolders: the run's own data has "
+               f"{'no labels' if classes == 0 else 'one class'}, nothing to score)"
+               if isinstance(classes, int) and not isinstance(classes, bool) and classes < 2 else f"selfsup eval {path}")
+        raise LoadError(f"{path} has no results.json of its own: run {how}{elsewhere}")
     entry = run_about(path)
     entry.rows = _final_stage(read_results(run.results_json, f"evaluate the run again (selfsup eval {path})"))
     mark_stale(entry.rows, path)  # a resume with --no-eval leaves the results of the weights before it

@@ -116,7 +116,8 @@ def results_markdown(results: Mapping[str, Any], dataset: str, input_size: int |
     rows = {label: r for label, r in results.items() if isinstance(r, Mapping)}
     if not rows:
         return ("No evaluation results were recorded with this export; `selfsup eval DIR` scores it with a kNN "
-                "classifier and a linear probe.\n")
+                "classifier and a linear probe on its training data when that has labels of two or more classes, "
+                "`selfsup eval DIR data.root=LABELLED_FOLDER` on a folder of class subfolders.\n")
     knn = list(dict.fromkeys(k for r in rows.values() for k in r.get("knn", {})))
     probes = {k: v for r in rows.values() for k, v in r.items() if k.startswith("linear") and isinstance(v, Mapping)}
     probe_keys = sorted(probes, key=lambda k: _probe_order(k, probes[k]))
