@@ -157,3 +157,45 @@ def test_white_is_zero_tiffs_decode_as_a_viewer_shows_them_at_8_and_16_bits(tmp_
     u8 = np.array([[0, 10, 128], [200, 255, 1]], dtype=np.uint8)
     assert np.array_equal(decode_image(str(_tiff(tmp_path / "w8.tif", u8, 1, photometric=0)), 1)[0].numpy(), 255 - u8)
     assert np.array_equal(decode_image(str(_tiff(tmp_path / "b8.tif", u8, 1)), 1)[0].numpy(), u8)
+
+
+@pytest.mark.parametrize("dtype, sample_format, what", [
+    (np.float64, 3, "a TIFF of 1 64-bit floating-point sample a pixel"),
+    (np.float16, 3, "a TIFF of 1 16-bit floating-point sample a pixel"),
+])
+def test_a_tiff_pillow_cannot_open_is_named_by_what_it_holds(tmp_path, dtype, sample_format, what):
+    """helper-74's: TIFFs Pillow has no mode for (64- or 16-bit floating point, ...) were refused only as
+    "cannot identify image file"; the refusal now says what the file holds, read from its header, and the fix."""
+    path = _tiff(tmp_path / "x.tif", np.zeros((2, 3), dtype=dtype), sample_format)
+    with pytest.raises(DataError) as err:
+        decode_image(str(path), 1)
+    assert str(err.value) == (f"cannot decode image {str(path)!r}: {what}, which Pillow cannot read; {TO_8_OR_16}"
+                              f"{BAD_FILE_ADVICE}")
+    (tmp_path / "not.tif").write_bytes(b"II*\x00" + b"\xff" * 4)  # an IFD offset past the end: no header to read
+    with pytest.raises(DataError, match="UnidentifiedImageError"):
+        decode_image(str(tmp_path / "not.tif"), 1)
+
+
+def test_a_colour_tiff_pillow_cannot_open_is_named_with_its_samples(tmp_path):
+    """Three signed 16-bit samples a pixel (BitsPerSample and SampleFormat three values each, stored away from
+    their directory entries), read from the header as written here by hand, big-endian."""
+    h, w = 2, 2
+    data = np.zeros((h, w, 3), dtype=">i2").tobytes()
+    n_tags = 11
+    extra = 8 + 2 + 12 * n_tags + 4  # where the arrays go: after the directory
+    bits_at, fmt_at, data_at = extra, extra + 6, extra + 12
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, bits_at), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, data_at), (277, 3, 1, 3), (278, 4, 1, h), (279, 4, 1, len(data)), (284, 3, 1, 1),
+            (339, 3, 3, fmt_at)]
+    ifd = struct.pack(">H", n_tags)
+    for tag, kind, count, value in tags:
+        inline = kind == 3 and count == 1
+        ifd += struct.pack(">HHI", tag, kind, count) + (struct.pack(">HH", value, 0) if inline else
+                                                         struct.pack(">I", value))
+    body = ifd + b"\x00" * 4 + struct.pack(">3H", 16, 16, 16) + struct.pack(">3H", 2, 2, 2) + data
+    path = tmp_path / "rgb.tif"
+    path.write_bytes(b"MM\x00*" + struct.pack(">I", 8) + body)
+    with pytest.raises(DataError) as err:
+        decode_image(str(path), 3)
+    assert str(err.value) == (f"cannot decode image {str(path)!r}: a TIFF of 3 16-bit signed integer samples a "
+                              f"pixel, which Pillow cannot read; {TO_8_OR_16}{BAD_FILE_ADVICE}")

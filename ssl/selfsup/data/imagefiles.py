@@ -76,6 +76,10 @@ def decode_image(path: str, in_chans: int, exif_orientation: bool = True, max_pi
     except Image.DecompressionBombError as err:  # Pillow's guard against a tiny file that decodes to gigabytes
         raise DataError(f"cannot decode image {path!r}: {_bomb_message(str(err))}{BAD_FILE_ADVICE}") from None
     except Exception as err:  # PIL raises many types for corrupt, truncated or foreign files
+        unread = _tiff_samples(path) if isinstance(err, Image.UnidentifiedImageError) else None
+        if unread:  # a TIFF Pillow has no mode for: say what it holds, not only that it is no image
+            raise DataError(f"cannot decode image {path!r}: {unread}, which Pillow cannot read; "
+                            f"{TO_EIGHT_OR_SIXTEEN_BIT}{BAD_FILE_ADVICE}") from None
         raise DataError(f"cannot decode image {path!r}: {type(err).__name__}: {err}{BAD_FILE_ADVICE}") from None
 
 
@@ -143,6 +147,43 @@ def _refusal(im: Image.Image) -> str:
         return (f"a 32-bit integer {fmt}image (Pillow mode I) holds values up to {2 ** 31 - 1:,}: scaled by that "
                 f"range any value below {2 ** 22:,} would round to black; {TO_EIGHT_OR_SIXTEEN_BIT}")
     return ""
+
+
+TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point"}  # tag 339 (TIFF 6.0)
+
+
+def _tiff_samples(path: str) -> str | None:
+    """What a classic TIFF's first image holds, read from its header (``"a TIFF of 3 64-bit floating-point
+    samples a pixel"``: SamplesPerPixel 277, BitsPerSample 258, SampleFormat 339), or None for a file that is
+    no TIFF, a BigTIFF or a header that does not read. For the files Pillow refuses to open at all
+    (floating point of 16 or 64 bits, signed or floating-point colour, 16-bit grey with alpha, ...)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            order = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if order is None or len(head) < 8 or struct.unpack(order + "H", head[2:4])[0] != 42:
+                return None
+            f.seek(struct.unpack(order + "I", head[4:8])[0])
+            (count,) = struct.unpack(order + "H", f.read(2))
+            entries = f.read(12 * count)
+            tags: dict[int, tuple[int, ...]] = {}
+            for i in range(count):  # each entry: tag, type (3 SHORT, 4 LONG), count, value or offset
+                tag, kind, n, value = struct.unpack(order + "HHI4s", entries[12 * i:12 * i + 12])
+                if tag in (258, 277, 339) and kind in (3, 4):
+                    size = 2 if kind == 3 else 4
+                    if n * size > 4:  # the values lie elsewhere in the file
+                        here = f.tell()
+                        f.seek(struct.unpack(order + "I", value)[0])
+                        value = f.read(n * size)
+                        f.seek(here)
+                    tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I") * n, value[:n * size])
+    except (OSError, struct.error):
+        return None
+    samples, bits = (tags.get(277) or (1,))[0], max(tags.get(258) or (1,))
+    kind = TIFF_SAMPLE_FORMATS.get(max(tags.get(339) or (1,)), "undefined")
+    return f"a TIFF of {samples} {bits}-bit {kind} sample{'s' * (samples != 1)} a pixel"
 
 
 def _float_refusal(what: str) -> str:
