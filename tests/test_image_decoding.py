@@ -171,6 +171,13 @@ def test_a_tiff_pillow_cannot_open_is_named_by_what_it_holds(tmp_path, dtype, sa
         decode_image(str(path), 1)
     assert str(err.value) == (f"cannot decode image {str(path)!r}: {what}, which Pillow cannot read; {TO_8_OR_16}"
                               f"{BAD_FILE_ADVICE}")
+    _tiff(tmp_path / "odd8.tif", np.zeros((2, 3), dtype=np.uint8), 1)  # readable samples, unknown compression:
+    raw = (tmp_path / "odd8.tif").read_bytes()  # the samples are not the cause, so not named as one
+    (tmp_path / "odd8.tif").write_bytes(raw.replace(struct.pack("<HHIHH", 259, 3, 1, 1, 0),
+                                                    struct.pack("<HHIHH", 259, 3, 1, 50000, 0)))
+    with pytest.raises(DataError) as err:
+        decode_image(str(tmp_path / "odd8.tif"), 1)
+    assert "which Pillow cannot read" not in str(err.value)
     (tmp_path / "not.tif").write_bytes(b"II*\x00" + b"\xff" * 4)  # an IFD offset past the end: no header to read
     with pytest.raises(DataError, match="UnidentifiedImageError"):
         decode_image(str(tmp_path / "not.tif"), 1)

@@ -155,7 +155,8 @@ TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating-
 def _tiff_samples(path: str) -> str | None:
     """What a classic TIFF's first image holds, read from its header (``"a TIFF of 3 64-bit floating-point
     samples a pixel"``: SamplesPerPixel 277, BitsPerSample 258, SampleFormat 339), or None for a file that is
-    no TIFF, a BigTIFF or a header that does not read. For the files Pillow refuses to open at all
+    no TIFF, a BigTIFF, a header that does not read, or unsigned samples of up to 16 bits (which Pillow reads:
+    something else failed). For the files Pillow refuses to open at all
     (floating point of 16 or 64 bits, signed or floating-point colour, 16-bit grey with alpha, ...)."""
     import struct
 
@@ -181,8 +182,10 @@ def _tiff_samples(path: str) -> str | None:
                     tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I") * n, value[:n * size])
     except (OSError, struct.error):
         return None
-    samples, bits = (tags.get(277) or (1,))[0], max(tags.get(258) or (1,))
-    kind = TIFF_SAMPLE_FORMATS.get(max(tags.get(339) or (1,)), "undefined")
+    samples, bits, sample_format = (tags.get(277) or (1,))[0], max(tags.get(258) or (1,)), max(tags.get(339) or (1,))
+    if sample_format == 1 and bits <= 16:  # samples Pillow reads: the cause is elsewhere (compression, layout)
+        return None
+    kind = TIFF_SAMPLE_FORMATS.get(sample_format, "undefined")
     return f"a TIFF of {samples} {bits}-bit {kind} sample{'s' * (samples != 1)} a pixel"
 
 
