@@ -281,15 +281,19 @@ def test_an_unchanged_image_folder_is_known_by_its_fingerprint_without_decoding_
         m.setattr(ImageDataset, "channel_stats", no_decoding)
         assert data_changed_since(run, cfg) is None  # the same files: no image decoded
         first = Path(train.base.files[train.indices[0]])  # a file the run trained on
-        st = first.stat()
-        os.utime(first, ns=(st.st_atime_ns + 10**9, st.st_mtime_ns))  # read again: only the access time moves
+        first.read_bytes()  # read again: nothing of its status changes
         assert data_changed_since(run, cfg) is None
-        os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # rewritten alike (a copy tool): other mtime
+        # helper-75's: pixels rewritten with size, inode and mtime kept (`cp -p` of a same-sized file over it, as
+        # fixed-size BMPs of an unpacked archive sharing one mtime allow; `touch -d` after an edit) kept the
+        # fingerprint, so a resume trained on the stale statistics. The write moved the ctime, which is in it
+        st = first.stat()
+        first.write_bytes(first.read_bytes())  # in place: the same inode and size
+        os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the mtime put back
+        assert (first.stat().st_ino, first.stat().st_size, first.stat().st_mtime_ns) == \
+            (st.st_ino, st.st_size, st.st_mtime_ns)
         with pytest.raises(AssertionError, match="decoded the images"):  # -> the statistics decide
             data_changed_since(run, cfg)
     assert data_changed_since(run, cfg) is None  # the same pixels: the statistics agree
-    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert same_fingerprint(RunDir(run), train.fingerprint())
     for change in (lambda: first.chmod(0o600), lambda: Image.new("L", (12, 12), 7).save(root / "b" / "9.png")):
         change()  # a mode (a file made unreadable decodes to nothing) or a file added: another fingerprint
         assert not same_fingerprint(RunDir(run), subset(build_dataset(cfg.data, "train"), cfg.data.subset,
@@ -356,3 +360,33 @@ def test_the_keys_named_as_changed_are_those_that_differ():
     assert changed_data_keys(cfg("data.subset=10"), cfg("data.subset=10", "seed=1")) == ["seed"]  # another draw
     assert changed_data_keys(cfg(), cfg("seed=1")) == []  # no subset: the seed draws nothing of the data
     assert changed_data_keys(cfg("data.subset=10"), cfg("data.subset=12", "seed=3")) == ["data.subset", "seed"]
+
+
+def test_pretraining_keeps_the_fingerprint_of_the_files_its_statistics_were_read_from(tmp_path, monkeypatch):
+    """helper-75's (from the code): the fingerprint was taken after the statistics, minutes of decoding later
+    for photos; a file changed in between was kept as unchanged beside the old statistics. It is taken before:
+    a change during the decoding leaves a fingerprint that no longer matches, so the next eval decodes again."""
+    from PIL import Image
+
+    from selfsup.data import build_dataset, subset
+    from selfsup.data.base import ImageDataset
+    from selfsup.rundir import RunDir
+    from selfsup.train.resume import same_fingerprint
+    from selfsup.train.workdir import load_run_config
+
+    real = ImageDataset.channel_stats
+    edited = []
+
+    def edit_while_decoding(self, max_images=10_000):
+        if not edited:  # another program writes a file while the statistics are decoded
+            target = Path(self.base.files[0] if hasattr(self, "base") else self.files[0])
+            Image.new("L", (12, 12), 255).save(target)
+            edited.append(target)
+        return real(self, max_images)
+
+    monkeypatch.setattr(ImageDataset, "channel_stats", edit_while_decoding)
+    root, run = pretrained_on_a_folder(tmp_path, 6, 200, "data.batch_size=4")
+    assert edited
+    cfg = load_run_config(run)
+    now = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed).fingerprint()
+    assert not same_fingerprint(RunDir(run), now)  # the run's fingerprint is of the files before the edit

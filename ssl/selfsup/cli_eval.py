@@ -517,8 +517,9 @@ def data_changed_since(run: Path, cfg: RunConfig) -> str | None:
     classes, channel mean and std: :func:`selfsup.train.resume.check_same_data`); files added, removed or changed
     since, or (a run made before roots were stored absolute) a relative ``data.root`` read from another working
     directory. None for other datasets, or when they agree. When the files' fingerprint is the one the run kept
-    (:func:`selfsup.train.resume.same_fingerprint`: paths, sizes, modes, inodes, mtimes), the folder is taken as
-    unchanged without decoding it (the channel statistics decode up to 10,000 images: minutes of photos)."""
+    (:func:`selfsup.train.resume.same_fingerprint`: paths, sizes, modes, inodes, mtimes, ctimes), the folder is
+    taken as unchanged without decoding it (the channel statistics decode up to 10,000 images: minutes of
+    photos)."""
     import dataclasses
 
     from selfsup.data import build_dataset, subset

@@ -281,11 +281,12 @@ class FolderImages(ImageDataset):
     def fingerprint(self) -> str:
         """A hash of what :meth:`info` depends on, from the file system alone (:func:`files_digest`): the
         decoder's version, the side, the channels, the class names, the decompression-bomb limit, and each
-        file's path, label, size, mode, inode and modification time. Unlike a decoded copy's key
-        (:func:`selfsup.data.decoded.folder_key`) it leaves out the ctime, which a ``chmod`` (the mode is in)
-        or a backup restored with its times moves while the pixels stay. A file rewritten in place with the
-        same size and its mtime set back (``touch -d``) keeps its fingerprint."""
-        return files_digest(self, lambda st: (st.st_size, st.st_mode, st.st_ino, st.st_mtime_ns))
+        file's path, label, size, mode, inode, modification and status-change time. The ctime is in because
+        the mtime alone can be put back: ``cp -p`` of one same-sized file over another (fixed-size formats
+        such as BMP, an unpacked archive whose files share one mtime), ``touch -d``, ``rsync -t`` rewrite the
+        pixels and keep size, inode and mtime, but every write moves the ctime, which no tool sets back. A
+        ``chmod`` or a restored backup moves it too: the statistics are then decoded and compared once more."""
+        return files_digest(self, lambda st: (st.st_size, st.st_mode, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
 
     def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
         for step in range(len(self.files) if self.substitute else 1):

@@ -87,8 +87,11 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
     if devices is not None:  # refuse a run of no step before Lightning starts (the Trainer checks it again)
         plan_steps(len(train_ds), cfg.data.batch_size, devices * t.num_nodes, t.limit_train_batches,
                    t.accumulate_grad_batches, t.max_epochs, t.max_steps)
-    # a resume on the files the run kept a fingerprint of reads their statistics back instead of decoding again
-    info = (kept_info(RunDir(run_dir), train_ds.fingerprint()) if resume else None) or train_ds.info()
+    # a resume on the files the run kept a fingerprint of reads their statistics back instead of decoding again;
+    # taken before the statistics, so that a file changed while they are decoded (minutes of photos) does not
+    # leave the new files' fingerprint beside the old files' statistics
+    fingerprint = train_ds.fingerprint()
+    info = (kept_info(RunDir(run_dir), fingerprint) if resume else None) or train_ds.info()
     if resume and owner:  # the same config can read other images (files added to a folder since)
         cache_then = load_run_config(run_dir).data.cache
         check_same_data(RunDir(run_dir).data_info, dataclasses.asdict(info),
@@ -139,7 +142,7 @@ def pretrain(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = F
         train_ds.set_bad_file_log(bad_files)
         if owner:
             write_json(dataclasses.asdict(info), RunDir(run_dir).data_info)
-            write_fingerprint(RunDir(run_dir), train_ds.fingerprint())
+            write_fingerprint(RunDir(run_dir), fingerprint)
         log(f"[pretrain] {type(module.method).__name__} on {cfg.data.name} ({len(train_ds)} images, "
             f"{info.in_chans}x{info.image_size}x{info.image_size}; "
             f"{describe_plan(plan, cfg.data.batch_size, trainer.world_size)}), encoder {cfg.encoder.name}, "
