@@ -294,6 +294,9 @@ def test_an_unchanged_image_folder_is_known_by_its_fingerprint_without_decoding_
         with pytest.raises(AssertionError, match="decoded the images"):  # -> the statistics decide
             data_changed_since(run, cfg)
     assert data_changed_since(run, cfg) is None  # the same pixels: the statistics agree
+    assert not same_fingerprint(RunDir(run), train.fingerprint())  # a plain check leaves the run as it is
+    assert data_changed_since(run, cfg, refresh=True) is None  # an evaluation in place keeps the new fingerprint
+    assert same_fingerprint(RunDir(run), train.fingerprint())  # so the next one decodes nothing
     for change in (lambda: first.chmod(0o600), lambda: Image.new("L", (12, 12), 7).save(root / "b" / "9.png")):
         change()  # a mode (a file made unreadable decodes to nothing) or a file added: another fingerprint
         assert not same_fingerprint(RunDir(run), subset(build_dataset(cfg.data, "train"), cfg.data.subset,

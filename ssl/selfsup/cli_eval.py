@@ -45,6 +45,7 @@ def eval_command(args: argparse.Namespace) -> None:
     from selfsup.config import ConfigError
     from selfsup.eval.evaluate import changed_data_keys, data_tag, evaluate_layers, prepare
     from selfsup.eval.report import PRETRAINING_DATA_DIFFERS, markdown_table
+    from selfsup.rundir import training_pid
     from selfsup.train.workdir import load_run_config
 
     target = Path(args.target)
@@ -99,7 +100,9 @@ def eval_command(args: argparse.Namespace) -> None:
     changed_keys = changed_data_keys(load_run_config(target), cfg) if is_run else []
     changed = changed_keys if in_place else []
     # the run's image folder read now against what it trained on (the same config can read other files)
-    since = data_changed_since(target, cfg) if is_run and not changed_keys else None
+    # a fingerprint that differs on the same statistics is renewed by an evaluation in place of a run at rest
+    since = data_changed_since(target, cfg, refresh=in_place and training_pid(target) is None) \
+        if is_run and not changed_keys else None
     if changed:  # other data: the run's own results.json stays as it is; one folder per data for the features,
         # one per settings and targets for the results (another evaluation of that data never replaces them)
         cache = RunDir(run.eval_dir(data_tag(cfg))).features
@@ -511,7 +514,7 @@ def run_results_kept(run: Path, cfg: RunConfig, rows: list[dict], since: str | N
     return None
 
 
-def data_changed_since(run: Path, cfg: RunConfig) -> str | None:
+def data_changed_since(run: Path, cfg: RunConfig, refresh: bool = False) -> str | None:
     """Why the images ``cfg`` reads are not those run directory ``run`` trained on, for an image folder: its
     training images now (the run's ``data.subset`` of them) against the run's ``data_info.json`` (image count,
     classes, channel mean and std: :func:`selfsup.train.resume.check_same_data`); files added, removed or changed
@@ -519,21 +522,26 @@ def data_changed_since(run: Path, cfg: RunConfig) -> str | None:
     directory. None for other datasets, or when they agree. When the files' fingerprint is the one the run kept
     (:func:`selfsup.train.resume.same_fingerprint`: paths, sizes, modes, inodes, mtimes, ctimes), the folder is
     taken as unchanged without decoding it (the channel statistics decode up to 10,000 images: minutes of
-    photos)."""
+    photos). ``refresh``: when the files' fingerprint differs but the statistics agree (a ``chmod``, a backup
+    restored), keep the fingerprint taken before decoding as the run's, so later evaluations do not decode
+    again (an evaluation writing into the run, which no other process is training)."""
     import dataclasses
 
     from selfsup.data import build_dataset, subset
     from selfsup.fileio import read_json_or_none
-    from selfsup.train.resume import data_differences, same_fingerprint
+    from selfsup.train.resume import data_differences, same_fingerprint, write_fingerprint
 
     then = read_json_or_none(RunDir(run).data_info)
     if cfg.data.name != "image-folder" or not isinstance(then, dict):
         return None
     train = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
-    if same_fingerprint(RunDir(run), train.fingerprint()):
+    fingerprint = train.fingerprint()  # before the statistics: a file changed while they decode is not kept
+    if same_fingerprint(RunDir(run), fingerprint):
         return None
     now = dataclasses.asdict(train.info())
     differ = data_differences(then, now)
+    if refresh and not differ and fingerprint is not None:
+        write_fingerprint(RunDir(run), fingerprint)
     return (f"the run's image folder {cfg.data.root} is not what it trained on ({'; '.join(differ)}: its files "
             f"changed since)") if differ else None
 
