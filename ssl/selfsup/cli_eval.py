@@ -117,8 +117,7 @@ def eval_command(args: argparse.Namespace) -> None:
     if reason:  # other eval settings or fewer rows: never replace the run's results with them
         out = run.eval_dir(f"{data_tag(cfg)}-{eval_digest(cfg, targets)}")
         print(f"[eval] {reason}: results go to {out}, {own_results_note(run, data_changed=since is not None)}")
-    differs = (f"{', '.join(changed_keys)} differ{'s' if len(changed_keys) == 1 else ''} from the run's config"
-               if changed_keys else since)
+    differs = pretraining_data_differs(changed_keys, since)
     table = markdown_table(rows)
     if differs:  # numbers of other images than the encoder was pretrained on: said in both files
         for r in rows:
@@ -128,6 +127,15 @@ def eval_command(args: argparse.Namespace) -> None:
     write_results(written, rows, table, cfg.eval.plots)
 
 
+
+
+def pretraining_data_differs(changed_keys: list[str], since: str | None) -> str | None:
+    """How the evaluation data differs from what the run was pretrained on: the ``data`` keys that differ from
+    its config (:func:`selfsup.eval.evaldata.changed_data_keys`), else ``since`` (its image folder changed,
+    :func:`data_changed_since`); None when neither."""
+    if changed_keys:
+        return f"{', '.join(changed_keys)} differ{'s' if len(changed_keys) == 1 else ''} from the run's config"
+    return since
 
 
 def with_pretraining_data_line(table: str, run: Path, differs: str | None) -> str:
@@ -785,8 +793,7 @@ def _eval_transfer(args: argparse.Namespace, cfg: RunConfig, target: Path) -> No
         changed = changed_data_keys(load_run_config(target), cfg)
         # other data keys, or the run's image folder changed since it trained: the run's frozen numbers are of
         # other images, so neither its folder nor its results.json are this transfer's
-        differs = (f"{', '.join(changed)} differ{'s' if len(changed) == 1 else ''} from the run's config" if changed
-                   else data_changed_since(target, cfg))
+        differs = pretraining_data_differs(changed, None if changed else data_changed_since(target, cfg))
         other_data = differs is not None
         base = run.eval_dir(data_tag(cfg)) if other_data else run.root
     else:

@@ -124,7 +124,7 @@ COUNT_WORDS = {"seeds": "a seed count", "num_classes": "a class count", "feature
                "image_size": "a side length in px", "data_image_size": "a side length in px",
                "processes": "a process count", "trained_steps": "an optimiser step count"}
 DURATIONS = ("minutes", "seconds", "eval_seconds")  # numbers >= 0 where present
-PERCENTAGES = ("top1", "top5", "map", "ap50", "ap75")  # accuracies and detection APs, in [0, 100]
+DETECTION_APS = ("map", "ap50", "ap75")  # a detection row's average precisions, in [0, 100]
 SPREADS = ("top1_std", "top5_std")  # sample standard deviations of a percentage over seeds, in [0, 100] or null
 SEED_LISTS = ("top1_per_seed", "top5_per_seed")  # each seed's percentage
 
@@ -274,7 +274,7 @@ def check_rows(rows: Any, source: str) -> list[dict[str, Any]]:
                         (not math.isfinite(value) or value < 0):
                     refuse(f"knn_index.{key}", value, "a count or duration >= 0")
         if r.get("task") == DETECTION_TASK:
-            for key in ("map", "ap50", "ap75"):
+            for key in DETECTION_APS:
                 if key in r:
                     number(key, r[key])
         if "protocol" in r:  # a transfer folder's row
@@ -694,7 +694,7 @@ def _scores(row: dict[str, Any]) -> str:
     numbers = {f"knn {k}": v.get("top1") for k, v in (row.get("knn") or {}).items() if isinstance(v, dict)}
     numbers.update({k: v.get("top1") for k, v in row.items() if k.startswith("linear") and isinstance(v, dict)})
     if row.get("task") == DETECTION_TASK:
-        numbers.update({k: row.get(k) for k in ("map", "ap50", "ap75", "image_size")})
+        numbers.update({k: row.get(k) for k in (*DETECTION_APS, "image_size")})
         numbers["settings"] = detection_settings(row)
     for t in row.get("transfer") or []:
         if isinstance(t, dict):
