@@ -393,3 +393,32 @@ def test_pretraining_keeps_the_fingerprint_of_the_files_its_statistics_were_read
     cfg = load_run_config(run)
     now = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed).fingerprint()
     assert not same_fingerprint(RunDir(run), now)  # the run's fingerprint is of the files before the edit
+
+
+def test_a_damaged_data_info_is_neither_trusted_nor_taken_for_unchanged_data(tmp_path, capsys):
+    """helper-76's: a resume read whatever data_info.json held while the fingerprint matched (a NaN mean failed
+    as a diverged loss, a 1-channel mean on RGB data trained silently, std -1 was a traceback), and an emptied file
+    made resume and eval take a changed folder for the run's own data. A statistic that is not in_chans finite
+    numbers (std above 0) is not read back; an unreadable file refuses the resume and is named by eval."""
+    from selfsup.cli_eval import data_changed_since
+    from selfsup.data.base import DataInfo
+    from selfsup.train.workdir import load_run_config
+
+    good = {"in_chans": 3, "image_size": 16, "num_classes": 2, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2],
+            "num_samples": 10}
+    assert DataInfo.from_json(good).mean == (0.5, 0.4, 0.3)
+    for bad in ({"mean": [float("nan")] * 3}, {"mean": [0.5]}, {"std": [-1.0, 0.0, 1.0]}, {"in_chans": True},
+                {"image_size": 0}, {"num_samples": 2.5}):
+        with pytest.raises((TypeError, ValueError)):
+            DataInfo.from_json({**good, **bad})
+    root, run = pretrained_on_a_folder(tmp_path, 6, 200, "data.batch_size=4")
+    (run / "data_info.json").write_text("")  # emptied
+    reason = data_changed_since(run, load_run_config(run))
+    assert reason == (f"the run's {run / 'data_info.json'} is not readable statistics (edited or cut short), so its "
+                      f"image folder {root} cannot be checked to be what it trained on")
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", str(run), "--no-eval", "trainer.max_steps=2"]) == 2
+    assert one_line_error(capsys.readouterr().err).endswith(
+        f"cannot resume: the run's {run / 'data_info.json'} is not readable statistics (edited or cut short), so the "
+        f"data cannot be checked to be what the run trained on; restore the file, or start a new run with a fresh "
+        f"--run-dir")

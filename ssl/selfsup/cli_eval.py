@@ -540,8 +540,12 @@ def data_changed_since(run: Path, cfg: RunConfig, refresh: bool = False) -> str 
     from selfsup.train.resume import data_differences, same_fingerprint, write_fingerprint
 
     then = read_json_or_none(RunDir(run).data_info)
-    if cfg.data.name != "image-folder" or not isinstance(then, dict):
+    if cfg.data.name != "image-folder":
         return None
+    if not isinstance(then, dict):  # no statistics to compare with: unknown, not unchanged, once the file is damaged
+        return None if not RunDir(run).data_info.exists() else (
+            f"the run's {RunDir(run).data_info} is not readable statistics (edited or cut short), so its image "
+            f"folder {cfg.data.root} cannot be checked to be what it trained on")
     train = subset(build_dataset(cfg.data, "train"), cfg.data.subset, cfg.seed)
     fingerprint = train.fingerprint()  # before the statistics: a file changed while they decode is not kept
     if same_fingerprint(RunDir(run), fingerprint):

@@ -44,8 +44,20 @@ class DataInfo:
         """The DataInfo a run's ``data_info.json`` holds (``dataclasses.asdict`` of one, lists for tuples).
 
         Raises:
-            TypeError, ValueError: ``d`` is not such a dict (a key missing or foreign, a statistic not a list)."""
-        return cls(**{**d, "mean": tuple(float(v) for v in d["mean"]), "std": tuple(float(v) for v in d["std"])})
+            TypeError, ValueError: ``d`` is not such a dict (a key missing or foreign, a count not a positive
+                integer, a statistic not ``in_chans`` finite numbers, a std not above 0)."""
+        import math
+
+        info = cls(**{**d, "mean": tuple(float(v) for v in d["mean"]), "std": tuple(float(v) for v in d["std"])})
+        counts = (info.in_chans, info.image_size, info.num_classes, info.num_samples)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts) or min(info.in_chans,
+                                                                                           info.image_size) < 1:
+            raise ValueError(f"channels, side, classes and images must be integers (channels, side >= 1): {counts}")
+        if not len(info.mean) == len(info.std) == info.in_chans or \
+                not all(math.isfinite(v) for v in (*info.mean, *info.std)) or min(info.std) <= 0:
+            raise ValueError(f"mean {info.mean} and std {info.std} must be {info.in_chans} finite numbers each, the "
+                             f"std above 0")
+        return info
 
 
 class ImageDataset(Dataset):

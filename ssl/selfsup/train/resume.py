@@ -195,6 +195,10 @@ def check_same_data(saved: Path, now: dict[str, Any], cache_change: tuple[str, s
 
     then = read_json_or_none(saved)
     if not isinstance(then, dict):
+        if Path(saved).exists():  # emptied or edited: the data can no longer be checked against it
+            raise ConfigError(f"cannot resume: the run's {saved} is not readable statistics (edited or cut short), so "
+                              f"the data cannot be checked to be what the run trained on; restore the file, or start "
+                              f"a new run with a fresh --run-dir")
         return
     differ = data_differences(then, now)
     if differ == [f"training images {then.get('num_samples')} then, {now.get('num_samples')} now"] and cache_change:
